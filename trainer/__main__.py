@@ -1,0 +1,87 @@
+"""`python -m trainer make-tiny PATH` and `python -m trainer train --spec --data --out [--events]`.
+
+The service runs these as subprocesses (embedded mode, and the Celery worker under torchrun), so a
+failure is always reported the same way: a non-zero exit and DIR/result.json {"error": {...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _make_tiny(args) -> int:
+    from trainer.tiny import make_tiny
+
+    t0 = time.time()
+    path = make_tiny(args.path, hidden_size=args.hidden, layers=args.layers, heads=args.heads, seed=args.seed)
+    print(json.dumps({"path": str(path), "seconds": round(time.time() - t0, 2)}))
+    return 0
+
+
+def _train(args) -> int:
+    import os
+
+    from trainer.errors import TrainError
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    events = open(args.events, "a", buffering=1) if args.events and main_rank else None
+
+    def on_event(e: dict) -> None:
+        e = {**e, "at": time.time()}
+        line = json.dumps(e, default=str)
+        if events:
+            events.write(line + "\n")
+        if not args.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    stop_file = Path(args.stop_file) if args.stop_file else None
+    try:
+        spec = json.loads(Path(args.spec).read_text())
+        from trainer.core import train
+        from trainer.data import read_jsonl
+
+        with open(args.data, "rb") as f:
+            records = list(read_jsonl(f))
+        result = train(spec, records, out, on_event, should_stop=(lambda: stop_file.exists()) if stop_file else None)
+        code = 0
+    except TrainError as exc:
+        result, code = {"error": exc.as_dict()}, 2
+    except Exception as exc:  # noqa: BLE001 - the caller needs a result.json whatever happened
+        result, code = {"error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}}, 1
+    if main_rank:
+        tmp = out / "result.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        tmp.replace(out / "result.json")  # a reader never sees half a file
+    if events:
+        events.close()
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer", description="Pedigree LoRA/QLoRA trainer")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("make-tiny", help="write a tiny random-weight Llama-style model + byte tokenizer")
+    t.add_argument("path")
+    t.add_argument("--hidden", type=int, default=64)
+    t.add_argument("--layers", type=int, default=2)
+    t.add_argument("--heads", type=int, default=4)
+    t.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser("train", help="train an adapter on a pedigree JSONL export")
+    r.add_argument("--spec", required=True, help="JSON: base_model, method, hyperparameters, ...")
+    r.add_argument("--data", required=True, help="pedigree JSONL export")
+    r.add_argument("--out", required=True, help="output folder (adapter/, result.json)")
+    r.add_argument("--events", help="append events here as JSON lines")
+    r.add_argument("--stop-file", help="stop with code 'cancelled' once this file exists")
+    r.add_argument("--quiet", action="store_true", help="do not echo events on stderr")
+    args = p.parse_args(argv)
+    return _make_tiny(args) if args.cmd == "make-tiny" else _train(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

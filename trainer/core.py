@@ -1,0 +1,335 @@
+"""train(): a verified snapshot export in, a PEFT adapter, metrics and per-example token counts out."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from trainer import hparams
+from trainer.errors import TrainError
+
+EventSink = Callable[[dict], None]
+
+
+def _event(kind: str, message: str, *, level: str = "info", step: int | None = None, data: dict | None = None):
+    return {"kind": kind, "level": level, "message": message, "step": step, "data": data or {}}
+
+
+def _dtype_kwarg(dtype) -> dict:
+    """transformers renamed `torch_dtype` to `dtype` (4.56); 5.x warns on the old name."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+def load_base(spec: dict, device, dtype):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = spec.get("base_model")
+    if not base or not isinstance(base, str):
+        raise TrainError("bad_base_model", "base_model is required")
+    # "org/name" may be a hub id; anything else that is not on disk is a bad path.
+    hub_id = base.count("/") == 1 and not base.startswith((".", "/", "~"))
+    if not hub_id and not Path(base).expanduser().exists():
+        raise TrainError("bad_base_model", f"base model path {base} does not exist")
+    kwargs = _dtype_kwarg(dtype)
+    if spec.get("method", "lora") == "qlora":
+        if not torch.cuda.is_available():
+            raise TrainError("qlora_unavailable", "QLoRA needs a CUDA GPU (bitsandbytes 4-bit); none is present")
+        try:
+            import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
+        except ImportError as exc:
+            raise TrainError("qlora_unavailable", f"QLoRA needs bitsandbytes: {exc}") from exc
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    except TrainError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any loader failure means the base model is unusable
+        raise TrainError("bad_base_model", f"cannot load base model {base}: {type(exc).__name__}: {exc}") from exc
+    if "quantization_config" not in kwargs:
+        model.to(device)
+    return tokenizer, model
+
+
+def attach_lora(model, hp: dict):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=hp["lora_r"],
+        lora_alpha=hp["lora_alpha"],
+        lora_dropout=hp["lora_dropout"],
+        target_modules=hp["target_modules"],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as exc:
+        raise TrainError("invalid_hyperparameters", f"hyperparameters.target_modules: {exc}") from exc
+    # Adapter weights stay fp32 (the optimizer's master copy); autocast computes them in bf16.
+    for p in peft_model.parameters():
+        if p.requires_grad and p.dtype != __import__("torch").float32:
+            p.data = p.data.float()
+    return peft_model
+
+
+def _micro_batches(rows, examples, hp, pad_id, dist):
+    """This rank's micro-batches of one step's rows."""
+    from trainer.packing import build_micro_batch
+
+    mine = rows[dist.rank :: dist.world]
+    per = max(1, hp["micro_batch_tokens"] // hp["max_seq_len"])
+    return [build_micro_batch(mine[i : i + per], examples, hp["max_seq_len"], pad_id) for i in range(0, len(mine), per)]
+
+
+def _all_sum(values: list[float], dist, device) -> list[float]:
+    if dist.world <= 1:
+        return values
+    import torch
+    import torch.distributed as tdist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    tdist.all_reduce(t)
+    return t.tolist()
+
+
+def train(
+    spec: dict,
+    records: Iterable[dict],
+    out_dir: Path,
+    on_event: EventSink = lambda e: None,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict:
+    import torch
+
+    from trainer import attention, modelcard, packing
+    from trainer.data import Renderer, verify_records
+    from trainer.engine import Engine, dist_from_env, lr_lambda, make_optimizer
+
+    t_start = time.time()
+    out_dir = Path(out_dir)
+    dist = dist_from_env()
+    emit = on_event if dist.main else (lambda e: None)
+    hp = hparams.resolve(spec.get("hyperparameters"))
+    method = spec.get("method", "lora")
+    if method not in ("lora", "qlora"):
+        raise TrainError("invalid_hyperparameters", f"method: must be lora or qlora, got {method!r}")
+
+    def check_stop():
+        if should_stop is not None and should_stop():
+            raise TrainError("cancelled", "the run was cancelled")
+
+    records, manifest = verify_records(records, spec.get("expected_manifest_sha256"))
+    emit(_event("log", f"export verified: {len(records)} records, manifest {manifest}"))
+
+    seed = hp["seed"]
+    random.seed(seed)
+    torch.manual_seed(seed)
+    device = torch.device("cuda", dist.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    on_gpu = device.type == "cuda"
+    # bf16 weights with autocast on the GPU; fp32 on the CPU, where bf16 matmuls are slow and the
+    # tests want tight tolerances.
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    tokenizer, model = load_base(spec, device, dtype)
+    emit(_event("log", f"loaded {spec['base_model']} ({sum(p.numel() for p in model.parameters()):,} parameters)"))
+    check_stop()
+
+    renderer = Renderer(tokenizer, hp["max_seq_len"])
+    train_ex, val_ex = [], []
+    for i, rec in enumerate(records):
+        ex = renderer.tokenize(i, rec)
+        (train_ex if rec["split"] == "train" else val_ex).append(ex)
+    if not train_ex:
+        raise TrainError("invalid_data", "the snapshot has no train examples")
+    truncated = sum(e.truncated for e in train_ex + val_ex)
+    if truncated:
+        emit(_event("log", f"{truncated} examples truncated to max_seq_len {hp['max_seq_len']}", level="warn"))
+    # Examples with nothing to learn from still count as seen, but contribute no loss.
+    no_targets = sum(1 for e in train_ex if e.supervised == 0)
+    if no_targets:
+        emit(_event("log", f"{no_targets} train examples have no supervised tokens", level="warn"))
+
+    torch.manual_seed(seed)
+    peft_model = attach_lora(model, hp)
+    if hp["gradient_checkpointing"]:
+        peft_model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    backend = hp["attention"] if hp["attention"] != "auto" else attention.default_backend(device)
+    engine = Engine(
+        peft_model,
+        backend=backend,
+        device=device,
+        autocast_dtype=torch.bfloat16 if on_gpu else None,
+        loss_chunk=hp["loss_chunk"],
+        dist=dist,
+        compile=hp["compile"],
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    train_plan = packing.plan(train_ex, hp["max_seq_len"])
+    val_plan = packing.plan(val_ex, hp["max_seq_len"]) if val_ex else None
+    rows_per_step = max(1, hp["batch_tokens"] // hp["max_seq_len"], dist.world)
+    steps_per_epoch = math.ceil(len(train_plan.rows) / rows_per_step)
+    total_steps = steps_per_epoch * hp["epochs"]
+    if hp["max_steps"]:
+        total_steps = min(total_steps, hp["max_steps"])
+    emit(
+        _event(
+            "log",
+            f"{len(train_ex)} train / {len(val_ex)} validation examples; {len(train_plan.rows)} rows of "
+            f"{hp['max_seq_len']} tokens, packing efficiency {train_plan.efficiency:.3f}; "
+            f"{total_steps} steps; attention {backend}; {dist.world} rank(s)",
+        )
+    )
+
+    def validate() -> float | None:
+        if val_plan is None:
+            return None
+        peft_model.eval()
+        s, n = engine.eval_losses(_micro_batches(val_plan.rows, val_ex, hp, pad_id, dist))
+        s, n = _all_sum([s, float(n)], dist, device)
+        peft_model.train()
+        return s / n if n else None
+
+    try:
+        val_before = validate()
+        if val_before is not None:
+            emit(_event("metrics", f"validation loss before training {val_before:.4f}", step=0,
+                        data={"val_loss": val_before}))
+        optimizer = make_optimizer(engine.params, lr=hp["learning_rate"], weight_decay=hp["weight_decay"],
+                                   device=device)
+        warmup = int(hp["warmup_ratio"] * total_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(hp["lr_scheduler"], total_steps, warmup))
+        sup_of = [e.supervised for e in train_ex]
+        len_of = [len(e.input_ids) for e in train_ex]
+        seen_tokens = [0] * len(train_ex)
+        seen_epochs = [0] * len(train_ex)
+        step = 0
+        real_total = sup_total = 0
+        train_time = 0.0
+        window = {"loss": 0.0, "sup": 0, "real": 0, "t": 0.0}
+        last_beat = time.time()
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats(device)
+        peft_model.train()
+        for epoch in range(hp["epochs"]):
+            order = list(range(len(train_plan.rows)))
+            # Row order changes per epoch; which examples share a row does not (packing is by length).
+            random.Random(seed * 1000003 + epoch).shuffle(order)
+            for s0 in range(0, len(order), rows_per_step):
+                if step >= total_steps:
+                    break
+                check_stop()
+                step_rows = [train_plan.rows[i] for i in order[s0 : s0 + rows_per_step]]
+                step_sup = sum(sup_of[i] for row in step_rows for i in row)
+                mbs = [mb.to(device) for mb in _micro_batches(step_rows, train_ex, hp, pad_id, dist)]
+                t0 = time.perf_counter()
+                loss_sum = engine.backward_step(mbs, max(1, step_sup))
+                if hp["max_grad_norm"] > 0:
+                    torch.nn.utils.clip_grad_norm_(engine.params, hp["max_grad_norm"])
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                step_real = sum(len_of[i] for row in step_rows for i in row)
+                for row in step_rows:
+                    for i in row:
+                        seen_tokens[i] += len_of[i]
+                        seen_epochs[i] += 1
+                window["loss"] += float(_all_sum([float(loss_sum)], dist, device)[0])
+                if on_gpu:
+                    torch.cuda.synchronize(device)
+                dt = time.perf_counter() - t0
+                train_time += dt
+                window["sup"] += step_sup
+                window["real"] += step_real
+                window["t"] += dt
+                real_total += step_real
+                sup_total += step_sup
+                if step % hp["log_every"] == 0 or step == total_steps:
+                    data = {
+                        "train_loss": window["loss"] / max(1, window["sup"]),
+                        "tokens_per_s": window["real"] / max(window["t"], 1e-9),
+                        "supervised_tokens_per_s": window["sup"] / max(window["t"], 1e-9),
+                        "learning_rate": scheduler.get_last_lr()[0],
+                        "epoch": epoch + 1,
+                    }
+                    emit(_event("metrics", f"step {step}/{total_steps} loss {data['train_loss']:.4f}", step=step,
+                                data=data))
+                    window = {"loss": 0.0, "sup": 0, "real": 0, "t": 0.0}
+                if time.time() - last_beat >= 10:
+                    emit(_event("heartbeat", "training", step=step))
+                    last_beat = time.time()
+        val_after = validate()
+        if val_after is not None:
+            emit(_event("metrics", f"validation loss after training {val_after:.4f}", step=step,
+                        data={"val_loss": val_after}))
+    except torch.OutOfMemoryError as exc:
+        raise TrainError(
+            "out_of_memory",
+            f"CUDA out of memory (batch_tokens {hp['batch_tokens']}, micro_batch_tokens "
+            f"{hp['micro_batch_tokens']}, max_seq_len {hp['max_seq_len']}): lower micro_batch_tokens or "
+            f"enable gradient_checkpointing",
+        ) from exc
+
+    peak = torch.cuda.max_memory_allocated(device) if on_gpu else None
+    metrics = {
+        "val_loss_before": val_before,
+        "val_loss_after": val_after,
+        "train_loss": window["loss"] / window["sup"] if window["sup"] else None,
+        "steps": step,
+        "epochs": hp["epochs"],
+        "train_examples": len(train_ex),
+        "validation_examples": len(val_ex),
+        "tokens": real_total,
+        "supervised_tokens": sup_total,
+        "tokens_per_s": real_total / train_time if train_time else None,
+        "supervised_tokens_per_s": sup_total / train_time if train_time else None,
+        "packing_efficiency": train_plan.efficiency,
+        "peak_memory_bytes": peak,
+        "trainable_parameters": sum(p.numel() for p in engine.params),
+        "attention": backend,
+        "world_size": dist.world,
+        "device": torch.cuda.get_device_name(device) if on_gpu else "cpu",
+        "manifest_sha256": manifest,
+        "wall_s": time.time() - t_start,
+    }
+    # The last logged window may be empty if it coincided with a log point; report the last real one.
+    if metrics["train_loss"] is None:
+        metrics["train_loss"] = data["train_loss"] if step else None
+    examples = [
+        {"revision_id": ex.revision_id, "tokens": seen_tokens[k], "epochs": seen_epochs[k]}
+        for k, ex in enumerate(train_ex)
+        if seen_epochs[k]
+    ]
+    adapter_dir = out_dir / "adapter"
+    if dist.main:
+        adapter_dir.mkdir(parents=True, exist_ok=True)
+        peft_model.save_pretrained(adapter_dir, safe_serialization=True)
+        (adapter_dir / "README.md").write_text(modelcard.render(spec, hp, metrics, examples))
+        (adapter_dir / "pedigree_training.json").write_text(
+            json.dumps({"hyperparameters": hp, "metrics": metrics, "base_model": spec["base_model"],
+                        "method": method}, indent=2, sort_keys=True) + "\n"
+        )
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+    emit(_event("log", f"training finished in {metrics['wall_s']:.1f}s; adapter at {adapter_dir}"))
+    return {"metrics": metrics, "examples": examples, "adapter_dir": str(adapter_dir)}
+

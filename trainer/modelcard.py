@@ -1,0 +1,62 @@
+"""The adapter's README.md: lineage facts handed over by the service, plus what the trainer knows."""
+
+from __future__ import annotations
+
+import json
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (dict, list)):
+        return "`" + json.dumps(v, sort_keys=True) + "`"
+    return "" if v is None else str(v)
+
+
+def _table(rows: dict) -> list[str]:
+    lines = ["| | |", "| --- | --- |"]
+    for k, v in rows.items():
+        cell = _fmt(v).replace("|", "\\|")
+        lines.append(f"| {k} | {cell} |")
+    return lines
+
+
+def render(spec: dict, hp: dict, metrics: dict, examples: list[dict]) -> str:
+    card = spec.get("model_card") or {}
+    name = card.get("model_name") or spec.get("model_name") or "adapter"
+    lines = [
+        "---",
+        f"base_model: {spec.get('base_model')}",
+        "library_name: peft",
+        "tags: [lora, pedigree]",
+        "---",
+        "",
+        f"# {name}",
+        "",
+        f"A {spec.get('method', 'lora').upper()} adapter for `{spec.get('base_model')}`, trained by Pedigree on a "
+        "frozen, content-addressed snapshot. Every trained example is traceable through the lineage API.",
+        "",
+        "## Lineage",
+        "",
+    ]
+    facts = {"snapshot manifest sha256": metrics.get("manifest_sha256")}
+    facts.update({k: v for k, v in card.items() if k != "model_name"})
+    facts["trained examples"] = len(examples)
+    facts["trained tokens"] = sum(e["tokens"] for e in examples)
+    lines += _table(facts)
+    lines += ["", "## Hyperparameters", ""]
+    lines += _table(hp)
+    lines += ["", "## Metrics", ""]
+    lines += _table(metrics)
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM",
+        f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({spec.get('base_model')!r}), PATH)",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
