@@ -1,0 +1,19 @@
+"""All ORM models, imported here so Alembic's metadata sees every table."""
+
+from app.models.audit import AuditEvent, AuditHead
+from app.models.auth import ApiKey
+from app.models.base import Base
+from app.models.dataset import Dataset
+from app.models.example import DuplicateLink, Example, ExampleRevision, IngestBatch
+
+__all__ = [
+    "ApiKey",
+    "AuditEvent",
+    "AuditHead",
+    "Base",
+    "Dataset",
+    "DuplicateLink",
+    "Example",
+    "ExampleRevision",
+    "IngestBatch",
+]

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+
+from app.audit import service
+from app.core.auth import Auditor
+from app.core.db import SessionDep
+from app.models.audit import AuditEvent
+
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
+
+
+@router.get("/verify")
+def verify(session: SessionDep, actor: Auditor) -> dict[str, Any]:
+    return service.verify(session).to_dict()
+
+
+@router.get("/events")
+def events(
+    session: SessionDep,
+    actor: Auditor,
+    entity_id: str | None = None,
+    action: str | None = None,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    q = select(AuditEvent).where(AuditEvent.seq > after)
+    if entity_id:
+        q = q.where(AuditEvent.entity_id == entity_id)
+    if action:
+        q = q.where(AuditEvent.action == action)
+    rows = list(session.scalars(q.order_by(AuditEvent.seq).limit(limit)))
+    return {
+        "items": [
+            {"seq": e.seq, "occurred_at": e.occurred_at.isoformat(), "actor": e.actor, "action": e.action,
+             "entity_type": e.entity_type, "entity_id": e.entity_id, "payload": e.payload,
+             "prev_hash": e.prev_hash, "hash": e.hash}
+            for e in rows
+        ],
+        "next_after": rows[-1].seq if len(rows) == limit else None,
+    }

@@ -1,0 +1,118 @@
+"""API keys and roles.
+
+A key looks like `pdg_<prefix>_<secret>`: the prefix finds the row, the sha256 of the whole key is
+compared in constant time. Keys are shown once, at creation, and never stored in the clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core.db import SessionDep
+from app.core.errors import Forbidden, Unauthorized, ValidationFailed
+from app.models.auth import ROLES, ApiKey
+
+KEY_PREFIX = "pdg"
+
+
+@dataclass(frozen=True)
+class Actor:
+    key_id: uuid.UUID
+    name: str
+    role: str
+    is_human: bool = True
+
+    @property
+    def ref(self) -> str:
+        """Stable identity used in provenance, reviews and audit events (names need not be unique)."""
+        return f"{self.name}#{str(self.key_id)[-8:]}"
+
+
+SYSTEM = Actor(key_id=uuid.UUID(int=0), name="system", role="admin", is_human=False)
+
+
+def _sha256(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, *, name: str, role: str, created_by: str | None = None,
+               is_human: bool = True) -> tuple[ApiKey, str]:
+    if role not in ROLES:
+        raise ValidationFailed(
+            f"unknown role {role!r}", details=[{"field": "role", "code": "invalid",
+                                                "message": f"one of {', '.join(ROLES)}"}]
+        )
+    prefix = secrets.token_hex(6)
+    key = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
+    row = ApiKey(name=name, role=role, prefix=prefix, key_sha256=_sha256(key), created_by=created_by,
+                 is_human=is_human)
+    session.add(row)
+    session.flush()
+    return row, key
+
+
+def authenticate(session: Session, key: str) -> Actor:
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX:
+        raise Unauthorized("malformed API key")
+    row = session.scalar(select(ApiKey).where(ApiKey.prefix == parts[1]))
+    if row is None or not hmac.compare_digest(row.key_sha256, _sha256(key)):
+        raise Unauthorized("invalid API key")
+    if row.revoked_at is not None:
+        raise Unauthorized("API key revoked")
+    return Actor(key_id=row.id, name=row.name, role=row.role, is_human=row.is_human)
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        raise Unauthorized("Authorization header must be 'Bearer <key>'")
+    # The reviewer page keeps the key in an HttpOnly session cookie instead of the header.
+    session_key = request.scope.get("session", {}).get("api_key") if "session" in request.scope else None
+    return session_key
+
+
+def current_actor(request: Request, session: SessionDep) -> Actor:
+    token = bearer_token(request)
+    if not token:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    actor = authenticate(session, token)
+    request.state.actor = actor
+    return actor
+
+
+CurrentActor = Annotated[Actor, Depends(current_actor)]
+
+
+def require(*roles: str):
+    """Dependency factory: admin passes every check; everyone else needs one of `roles`."""
+    allowed = set(roles) | {"admin"}
+
+    def _check(actor: CurrentActor) -> Actor:
+        if actor.role not in allowed:
+            raise Forbidden(
+                f"role {actor.role!r} may not do this; needs one of {sorted(allowed)}",
+                details={"role": actor.role, "allowed": sorted(allowed)},
+            )
+        return actor
+
+    return _check
+
+
+READERS = ("curator", "reviewer", "auditor", "trainer")
+Curator = Annotated[Actor, Depends(require("curator"))]
+Reader = Annotated[Actor, Depends(require(*READERS))]
+Auditor = Annotated[Actor, Depends(require("auditor"))]
+Admin = Annotated[Actor, Depends(require())]

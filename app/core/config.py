@@ -1,0 +1,77 @@
+"""One validated settings object, read from the environment (prefix PEDIGREE_).
+
+With no database URL and no Redis URL the service runs in the *embedded* mode: a SQLite file under
+./var/, Celery tasks executed in-process, a key file for the vault created on first use. Outside that
+mode the default secrets are refused at start-up, because a production deployment that silently runs
+with a well-known secret is worse than one that does not start.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SECRET = "embedded-insecure-secret-change-me"
+VAR_DIR = Path("var")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PEDIGREE_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(default_factory=lambda: f"sqlite:///{VAR_DIR / 'pedigree.db'}")
+    # Unset: Celery tasks run eagerly inside the process that enqueues them (embedded default).
+    redis_url: str | None = None
+    # Used to sign session cookies of the reviewer page and to key PII hashing.
+    secret_key: str = DEFAULT_SECRET
+    # Explicit opt-in to the embedded mode's conveniences when a database URL is set (tests, demos).
+    embedded: bool | None = None
+
+    # Ingestion limits: large enough for long multi-turn chats, small enough that one line cannot
+    # exhaust a worker. A refused line names the limit in its error.
+    max_example_bytes: int = 256 * 1024
+    max_field_chars: int = 100_000
+    max_messages: int = 256
+    ingest_batch_size: int = 2000
+
+    api_url: str = "http://127.0.0.1:8000"
+    artifact_root: str = str(VAR_DIR / "artifacts")
+    log_sql: bool = False
+
+    @property
+    def is_embedded(self) -> bool:
+        if self.embedded is not None:
+            return self.embedded
+        return self.database_url.startswith("sqlite") and self.redis_url is None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def tasks_eager(self) -> bool:
+        return self.redis_url is None
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> "Settings":
+        if not self.is_embedded and self.secret_key == DEFAULT_SECRET:
+            raise ValueError(
+                "PEDIGREE_SECRET_KEY is the built-in default; set a random secret "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`) "
+                "or run in the embedded mode (no PEDIGREE_DATABASE_URL / PEDIGREE_REDIS_URL)."
+            )
+        if len(self.secret_key) < 16:
+            raise ValueError("PEDIGREE_SECRET_KEY must be at least 16 characters")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests and the CLI change the environment)."""
+    get_settings.cache_clear()

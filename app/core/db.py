@@ -1,0 +1,84 @@
+"""Engine and sessions. The request owns the transaction: services flush, never commit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.config import get_settings
+from app.models.base import json_dumps
+
+
+@lru_cache
+def _engine_for(url: str, echo: bool) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            echo=echo,
+            json_serializer=json_dumps,
+            connect_args={"check_same_thread": False, "timeout": 30},
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
+            cur = dbapi_conn.cursor()
+            # WAL lets the API read while a worker writes; foreign keys are off by default in SQLite.
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        # No BEGIN IMMEDIATE: the audit append starts with an UPDATE of the head row, which takes
+        # SQLite's write lock before the head is read, so the chain cannot fork; a stale snapshot
+        # fails with SQLITE_BUSY instead of writing a wrong link.
+        return engine
+    return create_engine(
+        url, echo=echo, json_serializer=json_dumps, pool_pre_ping=True, pool_size=10, max_overflow=20
+    )
+
+
+def get_engine() -> Engine:
+    s = get_settings()
+    return _engine_for(s.database_url, s.log_sql)
+
+
+def session_factory() -> sessionmaker[Session]:
+    return sessionmaker(bind=get_engine(), expire_on_commit=False, autoflush=False)
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """One transaction: commit on success, roll back on any error (workers, CLI, tests)."""
+    session = session_factory()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def get_session() -> Iterator[Session]:
+    # A failed request must leave no trace: the rollback here is what makes "nothing already accepted
+    # is lost, nothing half-written is kept" hold for every endpoint without each one repeating it.
+    with session_scope() as session:
+        yield session
+
+
+# scope="function": commit before the response is sent, so a failed commit is an error response,
+# never a 201 for data that is not there.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]

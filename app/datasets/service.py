@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.core.auth import Actor
+from app.core.errors import Conflict, NotFound
+from app.datasets.schemas import DatasetCreate, DatasetUpdate
+from app.models.dataset import Dataset
+from app.models.example import STATUSES, Example
+
+
+def get(session: Session, ref: str | uuid.UUID) -> Dataset:
+    """By id or by name: the CLI and humans use names, the API hands out ids."""
+    ds = None
+    try:
+        ds = session.get(Dataset, uuid.UUID(str(ref)))
+    except ValueError:
+        ds = session.scalar(select(Dataset).where(Dataset.name == str(ref)))
+    if ds is None:
+        raise NotFound(f"dataset {ref} not found", details={"dataset": str(ref)})
+    return ds
+
+
+def create(session: Session, *, data: DatasetCreate, actor: Actor) -> Dataset:
+    if session.scalar(select(Dataset.id).where(Dataset.name == data.name)):
+        raise Conflict(f"a dataset named {data.name!r} already exists", code="name_taken",
+                       details={"field": "name"})
+    ds = Dataset(**data.model_dump(), created_by=actor.ref)
+    session.add(ds)
+    try:
+        session.flush()
+    except IntegrityError:  # lost a race with a concurrent create of the same name
+        raise Conflict(f"a dataset named {data.name!r} already exists", code="name_taken") from None
+    audit.record(session, actor=actor.ref, action="dataset.created", entity_type="dataset", entity_id=ds.id,
+                 payload=data.model_dump())
+    return ds
+
+
+def update(session: Session, *, dataset: Dataset, data: DatasetUpdate, actor: Actor) -> Dataset:
+    changes = data.model_dump(exclude_unset=True, exclude_none=True)
+    for k, v in changes.items():
+        setattr(dataset, k, v)
+    session.flush()
+    audit.record(session, actor=actor.ref, action="dataset.updated", entity_type="dataset",
+                 entity_id=dataset.id, payload=changes)
+    return dataset
+
+
+def list_all(session: Session) -> list[Dataset]:
+    return list(session.scalars(select(Dataset).order_by(Dataset.name)))
+
+
+def counts(session: Session, dataset_id: uuid.UUID) -> dict[str, Any]:
+    rows = session.execute(
+        select(Example.status, func.count()).where(Example.dataset_id == dataset_id).group_by(Example.status)
+    )
+    out = {s: 0 for s in STATUSES}
+    for status, n in rows:
+        out[status] = n
+    out["total"] = sum(v for k, v in out.items())
+    return out

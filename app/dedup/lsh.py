@@ -1,0 +1,264 @@
+"""MinHash LSH indexes: in memory (embedded default) and in Redis (shared by all workers).
+
+Both use the same first-writer-wins band layout. A band of r hash values is reduced to one 64-bit band
+key; the first example to claim a band key owns it, and every later example that lands on the same key is
+told the owner and becomes its candidate. Claiming and querying are one operation (``HSETNX``), so two
+workers inserting near-duplicates at the same instant cannot both miss each other: Redis orders the two
+``HSETNX`` on the shared band key, and the second one sees the first as the owner. Only owners are stored,
+so an index costs b small hash fields per example instead of a set member per band plus a key list per
+example (datasketch's Redis storage), and a query costs one pipelined round trip per batch instead of one
+per band. docs/dedup.md has the measurements.
+
+The price is that a bucket remembers one member, not all: an example that shares a band only with
+duplicates of the owner (never with the owner itself) learns only the owner. Verification then compares it
+with the owner; if they are below the threshold the link is missed. bench/dedup measures this against
+brute force (recall of pairs above the threshold, counted over clusters).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.dedup.minhash import IncompatibleSignatures, MinHashSpec, Signatures
+
+
+@functools.lru_cache(maxsize=64)
+def lsh_params(threshold: float, num_perm: int, weights: tuple[float, float] = (0.5, 0.5)) -> tuple[int, int]:
+    """(bands, rows) minimising the weighted false positive + false negative probability: datasketch's own
+    optimiser, so our index answers like ``MinHashLSH(threshold, num_perm)`` would."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError("threshold must be strictly between 0 and 1")
+    # Imported late: it pulls scipy, which only the index needs, and only once per parameter set.
+    from datasketch.lsh import _optimal_param
+
+    b, r = _optimal_param(threshold, num_perm, weights[0], weights[1])
+    return int(b), int(r)
+
+
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xC4CEB9FE1A85EC53)
+    h ^= h >> np.uint64(33)
+    return h
+
+
+def band_keys(values: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n, bands) uint64: each band's r hash values folded into one 64-bit key, for a whole batch at once.
+
+    A 64-bit key instead of the raw band bytes (datasketch stores r x 4 bytes) keeps Redis fields small; a
+    collision between two different bands costs one extra candidate, which verification then drops."""
+    n = len(values)
+    v = np.ascontiguousarray(values[:, : bands * rows], dtype=np.uint64).reshape(n, bands, rows)
+    acc = np.full((n, bands), _FNV_OFFSET, dtype=np.uint64)
+    for i in range(rows):
+        acc ^= v[:, :, i]
+        acc *= _FNV_PRIME
+    return _fmix64(acc)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    spec: MinHashSpec
+    threshold: float = 0.8
+    weights: tuple[float, float] = (0.5, 0.5)
+
+    @property
+    def params(self) -> tuple[int, int]:
+        return lsh_params(self.threshold, self.spec.num_perm, tuple(self.weights))
+
+    @property
+    def tag(self) -> str:
+        b, r = self.params
+        return f"{self.spec.tag}:b{b}:r{r}"
+
+
+class MemoryLSHIndex:
+    """One process's index (embedded default, tests, benchmarks). Keys may be any hashable."""
+
+    def __init__(self, config: IndexConfig) -> None:
+        self.config = config
+        self.bands, self.rows = config.params
+        self._tables: list[dict[int, Hashable]] = [{} for _ in range(self.bands)]
+
+    def _keys(self, sigs: Signatures) -> np.ndarray:
+        self.config.spec.check_compatible(sigs.spec)
+        return band_keys(sigs.values, self.bands, self.rows)
+
+    def query_insert(self, keys: Sequence[Hashable], sigs: Signatures) -> list[set]:
+        """For each example in order: the owners of its band keys (its candidates), then claim the free
+        ones. Earlier examples of the same batch are therefore candidates of later ones."""
+        bk = self._keys(sigs).tolist()
+        empty = sigs.empty
+        out: list[set] = []
+        for i, key in enumerate(keys):
+            cands: set = set()
+            if not empty[i]:
+                for table, k in zip(self._tables, bk[i], strict=True):
+                    owner = table.setdefault(k, key)
+                    if owner != key:
+                        cands.add(owner)
+            out.append(cands)
+        return out
+
+    def query(self, sigs: Signatures) -> list[set]:
+        bk = self._keys(sigs).tolist()
+        empty = sigs.empty
+        out: list[set] = []
+        for i in range(len(sigs)):
+            cands: set = set()
+            if not empty[i]:
+                for table, k in zip(self._tables, bk[i], strict=True):
+                    owner = table.get(k)
+                    if owner is not None:
+                        cands.add(owner)
+            out.append(cands)
+        return out
+
+    def remove(self, keys: Sequence[Hashable], sigs: Signatures) -> None:
+        bk = self._keys(sigs).tolist()
+        for key, row in zip(keys, bk, strict=True):
+            for table, k in zip(self._tables, row, strict=True):
+                if table.get(k) == key:
+                    del table[k]
+
+    def clear(self) -> None:
+        for t in self._tables:
+            t.clear()
+
+    def __len__(self) -> int:
+        """Band keys claimed (not examples)."""
+        return sum(len(t) for t in self._tables)
+
+
+# Compare-and-delete: only the owner's own claim goes, never a claim another example made meanwhile.
+_REMOVE_LUA = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+# Entries per small hash at the index's capacity. Redis keeps a hash of up to hash-max-listpack-entries
+# (128 by default) short fields as one flat listpack, a few bytes per entry instead of a dict entry each.
+_ENTRIES_PER_HASH = 100
+
+
+class RedisLSHIndex:
+    """The index shared by all workers. Keys are bytes (a UUID's 16 bytes, say) and come back as bytes.
+
+    Layout under ``prefix``: ``{prefix}:m`` holds the config tag and shard count (an index refuses
+    signatures of another spec); ``{prefix}:{band}:{shard}`` are small hashes mapping band key -> owner.
+    The shard count is fixed when the index is created, from ``capacity``."""
+
+    def __init__(self, client, prefix: str, config: IndexConfig, *, capacity: int = 1_000_000) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.config = config
+        self.bands, self.rows = config.params
+        self._capacity_shards = 1 << max(0, int(np.ceil(np.log2(max(1, capacity) / _ENTRIES_PER_HASH))))
+        self._remove = client.register_script(_REMOVE_LUA)
+        self._open()
+
+    def _open(self) -> None:
+        meta_key = f"{self.prefix}:m"
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hsetnx(meta_key, "tag", self.config.tag)
+        pipe.hsetnx(meta_key, "shards", self._capacity_shards)
+        pipe.hgetall(meta_key)
+        meta = pipe.execute()[-1]
+        tag = meta[b"tag"].decode()
+        if tag != self.config.tag:
+            raise IncompatibleSignatures(f"index {self.prefix!r} holds {tag!r}, not {self.config.tag!r}")
+        # An existing index keeps the shard count it was created with, whatever capacity says now.
+        self.shards = int(meta[b"shards"])
+        self._shard_bits = self.shards.bit_length() - 1
+        self._field_bytes = (64 - self._shard_bits + 7) // 8
+
+    def _locate(self, sigs: Signatures) -> tuple[list[list[str]], list[list[bytes]]]:
+        self.config.spec.check_compatible(sigs.spec)
+        bk = band_keys(sigs.values, self.bands, self.rows)
+        shard = (bk & np.uint64(self.shards - 1)).tolist()
+        raw = (bk >> np.uint64(self._shard_bits)).astype(">u8").tobytes()
+        fb = self._field_bytes
+        p = self.prefix
+        names, fields = [], []
+        for i in range(len(bk)):
+            names.append([f"{p}:{j}:{s:x}" for j, s in enumerate(shard[i])])
+            base = i * self.bands * 8
+            fields.append([raw[base + j * 8 + 8 - fb : base + j * 8 + 8] for j in range(self.bands)])
+        return names, fields
+
+    def query_insert(self, keys: Sequence[bytes], sigs: Signatures) -> list[set[bytes]]:
+        """Claim every band key of every example (one pipelined round trip); where the claim fails, read the
+        owner (a second round trip, only for the claims that failed). The owners are the candidates."""
+        names, fields = self._locate(sigs)
+        empty = sigs.empty
+        todo = [i for i in range(len(keys)) if not empty[i]]
+        pipe = self.client.pipeline(transaction=False)
+        for i in todo:
+            key = keys[i]
+            for name, f in zip(names[i], fields[i], strict=True):
+                pipe.hsetnx(name, f, key)
+        claimed = pipe.execute()
+        pairs = [(i, j) for i in todo for j in range(self.bands)]
+        lost = [pair for pair, ok in zip(pairs, claimed, strict=True) if not ok]
+        out: list[set[bytes]] = [set() for _ in keys]
+        if lost:
+            pipe = self.client.pipeline(transaction=False)
+            for i, j in lost:
+                pipe.hget(names[i][j], fields[i][j])
+            for (i, _), owner in zip(lost, pipe.execute(), strict=True):
+                # None: the owner was removed between the two round trips; it is gone, nothing to link.
+                if owner is not None and owner != keys[i]:
+                    out[i].add(owner)
+        return out
+
+    def query(self, sigs: Signatures) -> list[set[bytes]]:
+        names, fields = self._locate(sigs)
+        empty = sigs.empty
+        todo = [i for i in range(len(sigs)) if not empty[i]]
+        pipe = self.client.pipeline(transaction=False)
+        for i in todo:
+            for name, f in zip(names[i], fields[i], strict=True):
+                pipe.hget(name, f)
+        res = pipe.execute()
+        out: list[set[bytes]] = [set() for _ in range(len(sigs))]
+        for n, i in enumerate(todo):
+            out[i] = {o for o in res[n * self.bands : (n + 1) * self.bands] if o is not None}
+        return out
+
+    def remove(self, keys: Sequence[bytes], sigs: Signatures) -> None:
+        names, fields = self._locate(sigs)
+        pipe = self.client.pipeline(transaction=False)
+        for i, key in enumerate(keys):
+            for name, f in zip(names[i], fields[i], strict=True):
+                self._remove(keys=[name], args=[f, key], client=pipe)
+        pipe.execute()
+
+    def clear(self) -> int:
+        """Empty the index (before a rebuild under the same config). Returns the Redis keys removed."""
+        n = drop(self.client, self.prefix)
+        self._open()
+        return n
+
+
+def drop(client, prefix: str) -> int:
+    """Remove an index whatever its config (a rebuild after a threshold change starts here)."""
+    n = 0
+    batch: list = []
+    for k in client.scan_iter(match=f"{prefix}:*", count=1000):
+        batch.append(k)
+        if len(batch) >= 1000:
+            n += client.unlink(*batch)
+            batch = []
+    if batch:
+        n += client.unlink(*batch)
+    return n

@@ -1,0 +1,157 @@
+"""`pedigree demo`: the main job end to end on the embedded default, through the real HTTP API
+(an in-process client), so the demo exercises exactly what users call.
+
+Steps run in order; each later capability adds its step to STEPS (review, snapshot, train, lineage).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+
+console = Console(stderr=True)
+
+_TOPICS = [
+    ("reset a forgotten password", "Open Settings, choose Security, then 'Reset password' and follow the email link."),
+    ("export my invoices as CSV", "Go to Billing, pick the date range and press 'Export CSV'."),
+    ("change the delivery address", "Edit the address under Orders before the parcel is dispatched."),
+    ("cancel a subscription", "Choose Plan, then 'Cancel subscription'; access lasts until the period ends."),
+    ("enable two-factor authentication", "Under Security, choose 'Two-factor', scan the QR code and confirm a code."),
+    ("merge two accounts", "Support merges accounts after both owners confirm by email."),
+    ("download the mobile app", "Search for the app in your phone's store and sign in with your usual account."),
+    ("request a refund", "Refunds are possible within 30 days from the order page, under 'Request refund'."),
+]
+_PEOPLE = [("Maria Keller", "maria.keller@example.org", "+44 20 7946 0958"),
+           ("John Okafor", "j.okafor@example.com", "(212) 555-0147"),
+           ("Priya Raman", "priya.r@example.net", "+1 415 555 0199")]
+
+
+def demo_examples(n: int = 48, seed: int = 7) -> list[bytes]:
+    """Synthetic support conversations with PII, exact and near duplicates, and two bad lines."""
+    rng = random.Random(seed)
+    lines: list[bytes] = []
+    for i in range(n):
+        topic, answer = _TOPICS[i % len(_TOPICS)]
+        name, email, phone = _PEOPLE[i % len(_PEOPLE)]
+        variant = i // len(_TOPICS)
+        instruction = f"How do I {topic}?"
+        inp = f"Customer {name} ({email}, {phone}) writes: I need to {topic}, ticket {1000 + i}."
+        if variant % 3 == 2:  # a light edit of an earlier one: a near duplicate
+            inp = inp.replace("I need to", "I really need to")
+        lines.append(orjson.dumps({
+            "instruction": instruction, "input": inp, "output": answer,
+            "provenance": {"source": "helpdesk", "source_ref": f"ticket-{1000 + i}",
+                           "collected_at": f"2026-0{1 + i % 9}-1{i % 10}T09:00:00Z",
+                           "license": rng.choice(["internal", "CC-BY-4.0"]), "legal_basis": "contract"},
+        }))
+    lines.append(lines[3].replace(b"ticket-1003", b"crm-1003").replace(b'"helpdesk"', b'"crm"'))  # exact dup
+    lines.append(b'{"instruction": "broken line", "output": ')  # malformed JSON
+    lines.append(orjson.dumps({"instruction": "no output here"}))  # missing field
+    return lines
+
+
+@dataclass
+class Ctx:
+    client: Any
+    keys: dict[str, str] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def h(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[role]}"}
+
+    def call(self, method: str, path: str, role: str, expect: int | tuple[int, ...] = (200, 201), **kw: Any) -> Any:
+        r = self.client.request(method, path, headers={**self.h(role), **kw.pop("headers", {})}, **kw)
+        ok = (expect,) if isinstance(expect, int) else expect
+        if r.status_code not in ok:
+            raise RuntimeError(f"{method} {path} -> {r.status_code}: {r.text[:500]}")
+        return r.json() if r.headers.get("content-type", "").startswith("application/json") else r
+
+
+def step_keys(ctx: Ctx) -> None:
+    from app.core import auth
+    from app.core.db import session_scope
+
+    with session_scope() as s:
+        _, ctx.keys["admin"] = auth.create_key(s, name="demo-admin", role="admin", created_by="demo")
+    for role in ("curator", "reviewer", "auditor", "trainer"):
+        ctx.keys[role] = ctx.call("POST", "/v1/keys", "admin", json={"name": f"demo-{role}", "role": role})["key"]
+    ctx.keys["reviewer2"] = ctx.call("POST", "/v1/keys", "admin", json={"name": "demo-reviewer-2", "role": "reviewer"})["key"]
+    console.print(f"keys: {', '.join(ctx.keys)}")
+
+
+def step_dataset(ctx: Ctx) -> None:
+    ds = ctx.call("POST", "/v1/datasets", "curator", json={"name": "support-faq", "format": "instruction",
+                                                            "description": "Demo: support answers"})
+    ctx.state["dataset"] = ds
+    console.print(f"dataset {ds['name']} ({ds['id']})")
+
+
+def step_ingest(ctx: Ctx) -> None:
+    body = b"\n".join(demo_examples()) + b"\n"
+    r = ctx.call("POST", f"/v1/datasets/{ctx.state['dataset']['id']}/examples:import", "curator",
+                 content=body, headers={"Content-Type": "application/x-ndjson"})
+    ctx.state["batch"] = r
+    console.print(f"ingest: accepted {r['accepted']}, exact duplicates {r['exact_duplicates']}, rejected {r['rejected']}")
+    for e in r["errors"]:
+        console.print(f"  line {e['line']}: {e['code']} {e.get('field') or ''} {e['message']}")
+    again = ctx.call("POST", f"/v1/datasets/{ctx.state['dataset']['id']}/examples:import", "curator",
+                     content=body, headers={"Content-Type": "application/x-ndjson"})
+    console.print(f"re-sent the same file: accepted {again['accepted']}, unchanged {again['unchanged']} (idempotent)")
+
+
+def step_pipeline(ctx: Ctx) -> None:
+    ds = ctx.call("GET", f"/v1/datasets/{ctx.state['dataset']['id']}", "auditor")
+    counts = {k: v for k, v in ds["counts"].items() if v}
+    console.print(f"after the pipeline: {counts}")
+    page = ctx.call("GET", f"/v1/datasets/{ds['id']}/examples?limit=1", "reviewer")
+    ex = page["items"][0]
+    console.print(f"example {ex['id']}: status {ex['status']}, quality {ex['quality']}, flags {ex['quality_flags']}")
+
+
+def step_audit(ctx: Ctx) -> None:
+    v = ctx.call("GET", "/v1/audit/verify", "auditor")
+    console.print(f"audit chain: ok={v['ok']} over {v['events']} events")
+    if not v["ok"]:
+        raise RuntimeError(f"audit chain broken at event {v['first_bad_event']}")
+
+
+STEPS: list[tuple[str, Callable[[Ctx], None]]] = [
+    ("keys", step_keys),
+    ("dataset", step_dataset),
+    ("ingest", step_ingest),
+    ("pipeline", step_pipeline),
+    ("audit", step_audit),
+]
+
+
+def run_demo(*, workdir: Path, keep: bool = False) -> int:
+    if workdir.exists() and not keep:
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ["PEDIGREE_DATABASE_URL"] = f"sqlite:///{workdir / 'pedigree.db'}"
+    os.environ.pop("PEDIGREE_REDIS_URL", None)
+    os.environ["PEDIGREE_ARTIFACT_ROOT"] = str(workdir / "artifacts")
+    os.environ.setdefault("PEDIGREE_EMBEDDED", "true")
+    from app.core.config import reset_settings
+
+    reset_settings()
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app()) as client:
+        ctx = Ctx(client=client)
+        for name, step in STEPS:
+            console.rule(name)
+            step(ctx)
+    console.rule("done")
+    console.print(f"database: {workdir / 'pedigree.db'}")
+    return 0

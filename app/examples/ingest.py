@@ -1,0 +1,360 @@
+"""Ingestion: parse, validate and normalise lines, then store them set-based, a batch at a time.
+
+One batch = one transaction: examples, their revision 0, exact-duplicate links, one audit event
+listing every example id, and the pipeline's first stage enqueued after commit. The HTTP import
+streams its body through `LineParser` and hands batches here, so memory does not grow with the file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import insert, select, tuple_
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.core.auth import Actor
+from app.core.config import get_settings
+from app.core.ids import new_id
+from app.examples.formats import FieldError, content_sha256, normalize
+from app.models.base import utcnow
+from app.models.dataset import Dataset
+from app.models.example import DuplicateLink, Example, ExampleRevision, IngestBatch
+from app.pipeline import service as pipeline
+from app.pipeline import stages
+
+MAX_STORED_ERRORS = 1000
+PROVENANCE_KEYS = ("source", "source_ref", "collected_at", "license", "legal_basis", "metadata", "tags")
+
+
+@dataclass
+class LineError:
+    line: int
+    code: str
+    message: str
+    field: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"line": self.line, "code": self.code, "message": self.message}
+        if self.field:
+            d["field"] = self.field
+        return d
+
+
+@dataclass
+class Candidate:
+    line: int
+    content: dict[str, Any]
+    sha: str
+    source: str
+    source_ref: str | None
+    collected_at: dt.datetime | None
+    license: str | None
+    legal_basis: str | None
+    metadata: dict[str, Any]
+    tags: list[str]
+
+
+@dataclass
+class BatchOutcome:
+    accepted: int = 0
+    unchanged: int = 0
+    exact_duplicates: int = 0
+    errors: list[LineError] = field(default_factory=list)
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Defaults:
+    source: str | None = None
+    license: str | None = None
+    legal_basis: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "license": self.license, "legal_basis": self.legal_basis}
+
+
+def _parse_time(value: Any, line: int) -> dt.datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise FieldError("provenance.collected_at", "type", "collected_at must be an ISO 8601 string")
+    try:
+        ts = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise FieldError("provenance.collected_at", "invalid",
+                         f"collected_at {value!r} is not an ISO 8601 date or datetime") from None
+    return ts if ts.tzinfo else ts.replace(tzinfo=dt.UTC)
+
+
+def _opt_str(value: Any, name: str, limit: int) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and name == "source_ref":
+        value = str(value)
+    if not isinstance(value, str):
+        raise FieldError(f"provenance.{name}", "type", f"{name} must be a string")
+    value = value.strip()
+    if len(value) > limit:
+        raise FieldError(f"provenance.{name}", "too_long", f"{name} is longer than {limit} characters")
+    return value or None
+
+
+def prepare(fmt: str, obj: Any, line: int, defaults: Defaults) -> Candidate:
+    """Validate one decoded example object; raise FieldError naming the bad field."""
+    s = get_settings()
+    if not isinstance(obj, dict):
+        raise FieldError("$", "type", f"each example must be a JSON object, got {type(obj).__name__}")
+    content = normalize(fmt, obj, max_chars=s.max_field_chars, max_messages=s.max_messages)
+    prov = obj.get("provenance") or {}
+    if not isinstance(prov, dict):
+        raise FieldError("provenance", "type", "provenance must be an object")
+    unknown = set(prov) - set(PROVENANCE_KEYS)
+    if unknown:
+        raise FieldError(f"provenance.{sorted(unknown)[0]}", "unknown",
+                         f"unknown provenance field; allowed: {', '.join(PROVENANCE_KEYS)}")
+    meta = prov.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise FieldError("provenance.metadata", "type", "metadata must be an object")
+    # Keys outside the format's fields are the caller's own columns (ids, scores, labels): keep them.
+    extra = {k: v for k, v in obj.items() if k not in _CONTENT_KEYS[fmt] and k != "provenance"}
+    if extra:
+        meta = {**extra, **meta}
+    tags = prov.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise FieldError("provenance.tags", "type", "tags must be an array of strings")
+    source = _opt_str(prov.get("source"), "source", 200) or defaults.source or "api"
+    return Candidate(
+        line=line,
+        content=content,
+        sha=content_sha256(content),
+        source=source,
+        source_ref=_opt_str(prov.get("source_ref"), "source_ref", 500),
+        collected_at=_parse_time(prov.get("collected_at"), line),
+        license=_opt_str(prov.get("license"), "license", 100) or defaults.license,
+        legal_basis=_opt_str(prov.get("legal_basis"), "legal_basis", 100) or defaults.legal_basis,
+        metadata=meta,
+        tags=sorted(set(tags)),
+    )
+
+
+_CONTENT_KEYS = {
+    "chat": {"messages"},
+    "instruction": {"instruction", "input", "output"},
+    "completion": {"prompt", "completion"},
+    "preference": {"prompt", "chosen", "rejected"},
+}
+
+
+def parse_line(raw: bytes, line: int, fmt: str, defaults: Defaults) -> Candidate | LineError:
+    s = get_settings()
+    if len(raw) > s.max_example_bytes:
+        return LineError(line, "too_large", f"line is {len(raw)} bytes; the limit is {s.max_example_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as ue:
+            return LineError(line, "invalid_utf8", f"not valid UTF-8 at byte {ue.start}")
+        return LineError(line, "invalid_json", f"not valid JSON: {e}")
+    try:
+        return prepare(fmt, obj, line, defaults)
+    except FieldError as fe:
+        return LineError(line, fe.code, fe.message, fe.field)
+
+
+class LineParser:
+    """Splits a byte stream into lines without holding more than one partial line."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self.line_no = 0
+
+    def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
+        data = self._buf + chunk if self._buf else chunk
+        parts = data.split(b"\n")
+        self._buf = parts.pop()
+        return self._number(parts)
+
+    def close(self) -> list[tuple[int, bytes]]:
+        rest, self._buf = self._buf, b""
+        return self._number([rest]) if rest else []
+
+    def _number(self, parts: list[bytes]) -> list[tuple[int, bytes]]:
+        out = []
+        for p in parts:
+            self.line_no += 1
+            if p.endswith(b"\r"):
+                p = p[:-1]
+            if p.strip():  # blank lines are skipped but still counted, so line numbers match editors
+                out.append((self.line_no, p))
+        return out
+
+
+def open_batch(session: Session, *, dataset: Dataset, actor: Actor, channel: str, atomic: bool,
+               defaults: Defaults) -> IngestBatch:
+    batch = IngestBatch(id=new_id(), dataset_id=dataset.id, created_by=actor.ref, channel=channel,
+                        atomic=atomic, defaults=defaults.to_dict())
+    session.add(batch)
+    session.flush()
+    return batch
+
+
+def _insert_ignore(session: Session, table):  # noqa: ANN001, ANN202
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return pg_insert(table).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite_insert(table).on_conflict_do_nothing()
+    return insert(table)
+
+
+def store(session: Session, *, dataset: Dataset, batch_id: uuid.UUID, actor: Actor,
+          candidates: list[Candidate], want_items: bool = False) -> BatchOutcome:
+    """Store a batch of validated candidates set-based. Returns what happened to each line."""
+    out = BatchOutcome()
+    if not candidates:
+        return out
+    # 1. Idempotency: a (source, source_ref) already stored returns the same example; the same
+    #    ref with different content is a conflict, never a silent overwrite.
+    refs = {(c.source, c.source_ref) for c in candidates if c.source_ref is not None}
+    existing: dict[tuple[str, str], tuple[uuid.UUID, str, str]] = {}
+    if refs:
+        ref_list = list(refs)
+        for i in range(0, len(ref_list), 1000):
+            chunk = ref_list[i:i + 1000]
+            rows = session.execute(
+                select(Example.id, Example.source, Example.source_ref, Example.status, ExampleRevision.content_sha256)
+                .join(ExampleRevision, (ExampleRevision.example_id == Example.id) & (ExampleRevision.seq == 0))
+                .where(Example.dataset_id == dataset.id, tuple_(Example.source, Example.source_ref).in_(chunk))
+            )
+            for r in rows:
+                existing[(r.source, r.source_ref)] = (r.id, r.content_sha256, r.status)
+    fresh: list[Candidate] = []
+    seen_refs: dict[tuple[str, str], Candidate] = {}
+    for c in candidates:
+        key = (c.source, c.source_ref) if c.source_ref is not None else None
+        hit = existing.get(key) if key else None
+        if hit:
+            if hit[1] != c.sha:
+                out.errors.append(LineError(c.line, "source_ref_conflict",
+                                            f"source_ref {c.source_ref!r} was already ingested with different content "
+                                            f"(example {hit[0]}); send an edit instead", "provenance.source_ref"))
+            else:
+                out.unchanged += 1
+                if want_items:
+                    out.items.append({"line": c.line, "id": str(hit[0]), "status": hit[2], "created": False})
+            continue
+        if key:
+            prev = seen_refs.get(key)
+            if prev is not None:
+                if prev.sha != c.sha:
+                    out.errors.append(LineError(c.line, "source_ref_conflict",
+                                                f"source_ref {c.source_ref!r} appears earlier in this batch with different content",
+                                                "provenance.source_ref"))
+                else:
+                    out.unchanged += 1
+                continue
+            seen_refs[key] = c
+        fresh.append(c)
+    if not fresh:
+        return out
+
+    # 2. Exact duplicates: the earliest non-duplicate example with the same ingested content is
+    #    canonical (compared on revision 0, so a later scrub or edit does not hide a re-sent original).
+    hashes = list({c.sha for c in fresh})
+    canonical: dict[str, uuid.UUID] = {}
+    for i in range(0, len(hashes), 1000):
+        rows = session.execute(
+            select(ExampleRevision.content_sha256, Example.id)
+            .join(Example, (ExampleRevision.example_id == Example.id) & (ExampleRevision.seq == 0))
+            .where(Example.dataset_id == dataset.id, ExampleRevision.content_sha256.in_(hashes[i:i + 1000]),
+                   Example.status.not_in(("duplicate", "erased")))
+            .order_by(Example.id)
+        )
+        for sha, eid in rows:
+            canonical.setdefault(sha, eid)
+
+    now = utcnow()
+    first_stage = stages.next_stage(None)
+    ex_rows, rev_rows, link_rows = [], [], []
+    by_id: dict[uuid.UUID, tuple[Candidate, uuid.UUID | None]] = {}
+    for c in fresh:
+        eid, rid = new_id(), new_id()
+        canon = canonical.get(c.sha)
+        if canon is None:
+            canonical[c.sha] = eid
+        is_dup = canon is not None
+        ex_rows.append({
+            "id": eid, "dataset_id": dataset.id, "status": "duplicate" if is_dup else "ingested",
+            # Exact duplicates skip the pipeline: their canonical twin is scrubbed and reviewed once.
+            "stage": None if is_dup else first_stage, "current_revision_id": rid,
+            "source": c.source, "source_ref": c.source_ref, "collected_at": c.collected_at,
+            "license": c.license, "legal_basis": c.legal_basis, "ingest_batch_id": batch_id,
+            "ingested_by": actor.ref, "metadata": c.metadata, "tags": c.tags,
+            "created_at": now, "updated_at": now,
+        })
+        rev_rows.append({"id": rid, "example_id": eid, "seq": 0, "content": c.content, "content_sha256": c.sha,
+                         "parent_id": None, "reason": "ingest", "author": actor.ref, "created_at": now})
+        by_id[eid] = (c, canon)
+
+    # 3. Insert. ON CONFLICT DO NOTHING covers a concurrent import of the same source refs: the loser's
+    #    rows are simply not inserted, and RETURNING tells us which were.
+    ex_table = Example.__table__
+    stmt = _insert_ignore(session, ex_table).returning(ex_table.c.id)
+    inserted = {r[0] for r in session.execute(stmt, ex_rows)} if ex_rows else set()
+    rev_rows = [r for r in rev_rows if r["example_id"] in inserted]
+    if rev_rows:
+        session.execute(insert(ExampleRevision.__table__), rev_rows)
+    new_ok, dup_ids = [], []
+    for eid in inserted:
+        c, canon = by_id[eid]
+        if canon is not None:
+            dup_ids.append(eid)
+            link_rows.append({"id": new_id(), "dataset_id": dataset.id, "example_id": eid,
+                              "canonical_example_id": canon, "method": "exact", "similarity": 1.0,
+                              "created_by": "system:ingest", "created_at": now})
+        else:
+            new_ok.append(eid)
+    if link_rows:
+        session.execute(insert(DuplicateLink.__table__), link_rows)
+    lost = [by_id[eid][0] for eid in by_id if eid not in inserted]
+    for c in lost:  # lost a race with a concurrent import of the same ref: same example back
+        out.unchanged += 1
+    out.accepted = len(inserted)
+    out.exact_duplicates = len(dup_ids)
+    if want_items:
+        for r in ex_rows:
+            if r["id"] in inserted:
+                out.items.append({"line": by_id[r["id"]][0].line, "id": str(r["id"]), "status": r["status"],
+                                  "revision_id": str(r["current_revision_id"]), "created": True})
+        out.items.sort(key=lambda x: x["line"])
+    new_ok.sort()
+    audit.record(
+        session, actor=actor.ref, action="examples.ingested", entity_type="ingest_batch", entity_id=batch_id,
+        payload={"dataset_id": str(dataset.id), "examples": sorted(str(i) for i in inserted),
+                 "exact_duplicates": len(dup_ids)},
+    )
+    pipeline.enqueue_stage(session, first_stage, new_ok)
+    return out
+
+
+def finish_batch(session: Session, batch: IngestBatch, *, accepted: int, rejected: int, unchanged: int,
+                 exact_duplicates: int, errors: list[LineError], status: str = "completed") -> None:
+    batch.accepted = accepted
+    batch.rejected = rejected
+    batch.unchanged = unchanged
+    batch.exact_duplicates = exact_duplicates
+    batch.errors = [e.to_dict() for e in errors[:MAX_STORED_ERRORS]]
+    batch.status = status
+    batch.finished_at = utcnow()
+    audit.record(session, actor=batch.created_by, action="ingest_batch.finished", entity_type="ingest_batch",
+                 entity_id=batch.id, payload={"accepted": accepted, "rejected": rejected, "unchanged": unchanged,
+                                              "exact_duplicates": exact_duplicates, "status": status})

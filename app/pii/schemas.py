@@ -1,0 +1,170 @@
+"""Per-dataset PII policy and the shapes the scrubber hands back.
+
+The policy is stored as JSON on the dataset and validated here, so a bad regex or an unknown entity type is a
+422 at the API, never a crash in a worker.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Every type the engine can emit. A policy may name these plus the types of its own custom recognizers.
+KNOWN_ENTITIES: frozenset[str] = frozenset(
+    {
+        "PERSON",
+        "LOCATION",
+        "STREET_ADDRESS",
+        "ORGANIZATION",
+        "NRP",
+        "DATE_TIME",
+        "EMAIL_ADDRESS",
+        "PHONE_NUMBER",
+        "CREDIT_CARD",
+        "IBAN_CODE",
+        "US_SSN",
+        "US_ITIN",
+        "US_PASSPORT",
+        "US_DRIVER_LICENSE",
+        "US_BANK_NUMBER",
+        "UK_NHS",
+        "IP_ADDRESS",
+        "CRYPTO",
+        "MEDICAL_LICENSE",
+        "URL",
+    }
+)
+
+# What a dataset scrubs when its policy says nothing. DATE_TIME, NRP, ORGANIZATION and URL are left out on
+# purpose: in instruction data they are mostly not personal ("in 1990", "Google", a docs link) and scrubbing
+# them would wreck the examples; a policy can add them.
+DEFAULT_ENTITIES: tuple[str, ...] = (
+    "PERSON",
+    "LOCATION",
+    "STREET_ADDRESS",
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "US_SSN",
+    "US_ITIN",
+    "US_PASSPORT",
+    "US_BANK_NUMBER",
+    "UK_NHS",
+    "IP_ADDRESS",
+    "CRYPTO",
+    "MEDICAL_LICENSE",
+)
+
+_ENTITY_NAME = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
+EntityName = Annotated[str, Field(pattern=_ENTITY_NAME.pattern)]
+
+
+class OperatorType(StrEnum):
+    placeholder = "placeholder"  # "<PERSON>"
+    surrogate = "surrogate"  # a realistic fake, the same for the same value within one example
+    mask = "mask"  # "************1234"
+    hash = "hash"  # "<PERSON:3f2a9c0d1e4b>", HMAC with the service key: equal values hash equally
+    redact = "redact"  # removed
+
+
+class OperatorSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: OperatorType = OperatorType.placeholder
+    masking_char: str = Field(default="*", min_length=1, max_length=1)
+    # None masks every character; otherwise the last `keep_last` characters stay (card numbers, phones).
+    keep_last: int | None = Field(default=None, ge=0, le=8)
+
+
+class DenyList(BaseModel):
+    """Values that are always PII for this dataset (e.g. internal project code names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    entity_type: EntityName
+    values: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=1, max_length=5000)
+
+
+class CustomPattern(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    regex: str = Field(min_length=1, max_length=1000)
+    score: float = Field(default=0.6, ge=0.0, le=1.0)
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regex: {exc}") from exc
+        return value
+
+
+class CustomRecognizer(BaseModel):
+    """A regex recognizer the dataset owner adds, e.g. internal customer ids `CUST-\\d{8}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    entity_type: EntityName
+    patterns: list[CustomPattern] = Field(min_length=1, max_length=50)
+    context: list[str] = Field(default_factory=list, max_length=50)
+
+
+class PiiPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    entities: list[EntityName] = Field(default_factory=lambda: list(DEFAULT_ENTITIES))
+    score_threshold: float = Field(default=0.4, ge=0.0, le=1.0)
+    default_operator: OperatorSpec = Field(default_factory=OperatorSpec)
+    operators: dict[EntityName, OperatorSpec] = Field(default_factory=dict)
+    # Exact values (case-insensitive) that are never scrubbed, e.g. the company's own support address.
+    allow_list: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=5000
+    )
+    deny_lists: list[DenyList] = Field(default_factory=list, max_length=50)
+    custom_recognizers: list[CustomRecognizer] = Field(default_factory=list, max_length=50)
+    language: str = Field(default="en", pattern=r"^[a-z]{2}$")
+    # Longer fields are scrubbed in windows and flagged `oversize`; nothing is cut off.
+    max_chars: int = Field(default=20_000, ge=200, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _entities_known(self) -> PiiPolicy:
+        own = {r.entity_type for r in self.custom_recognizers} | {d.entity_type for d in self.deny_lists}
+        unknown = sorted(set(self.entities) - KNOWN_ENTITIES - own)
+        if unknown:
+            raise ValueError(f"unknown entity types {unknown}; known: {sorted(KNOWN_ENTITIES)} or a custom type")
+        unknown_ops = sorted(set(self.operators) - set(self.entities))
+        if unknown_ops:
+            raise ValueError(f"operators given for entity types not scrubbed by this policy: {unknown_ops}")
+        # A custom or deny-listed type is scrubbed even when the owner forgot to list it: that is the point.
+        for extra in sorted(own - set(self.entities)):
+            self.entities.append(extra)
+        return self
+
+    def operator_for(self, entity_type: str) -> OperatorSpec:
+        return self.operators.get(entity_type, self.default_operator)
+
+
+class FindingOut(BaseModel):
+    """One detected span, as the API shows it: types, spans and operators, never the raw value."""
+
+    id: str | None = None
+    field_path: str
+    entity_type: str
+    start: int
+    end: int
+    scrubbed_start: int
+    scrubbed_end: int
+    score: float
+    recognizer: str
+    operator: str
+    engine: str
+    model: str
+    verdict: str | None = None

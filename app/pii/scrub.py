@@ -1,0 +1,352 @@
+"""Scrub structured examples: every text field, structure kept, one finding per replaced span.
+
+Pure functions over an engine; no database. The pipeline stage (service.py) feeds it batches and stores the
+results; bench/pii and the tests call it directly.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache, partial
+from typing import Any
+
+from presidio_analyzer import RecognizerResult
+from presidio_anonymizer.entities import OperatorConfig
+from presidio_anonymizer.entities import RecognizerResult as AnonymizerInput
+
+from app.pii.engine import PiiEngine
+from app.pii.schemas import OperatorSpec, OperatorType, PiiPolicy
+
+# Keys whose string values are free text in the four task formats (and chat message `name`, which is often a
+# person's name). Everything else (role, ids, numbers) is structure and is left alone.
+TEXT_KEYS = frozenset(
+    {"content", "instruction", "input", "output", "prompt", "completion", "chosen", "rejected", "system",
+     "response", "text", "name"}
+)
+
+
+# --- field paths -------------------------------------------------------------------------------------------
+
+_PATH_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def parse_path(path: str) -> list[str | int]:
+    return [int(i) if i else k for k, i in _PATH_TOKEN.findall(path)]
+
+
+def get_path(content: Any, path: str) -> Any:
+    node = content
+    for part in parse_path(path):
+        node = node[part]
+    return node
+
+
+def set_path(content: Any, path: str, value: Any) -> None:
+    parts = parse_path(path)
+    node = content
+    for part in parts[:-1]:
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def text_fields(content: Any, _prefix: str = "") -> list[tuple[str, str]]:
+    """(path, text) for every free-text string, e.g. ("messages[2].content", "..."), in document order."""
+    out: list[tuple[str, str]] = []
+    if isinstance(content, dict):
+        for key, value in content.items():
+            path = f"{_prefix}.{key}" if _prefix else key
+            if isinstance(value, str):
+                if key in TEXT_KEYS:
+                    out.append((path, value))
+            elif isinstance(value, (dict, list)):
+                out.extend(text_fields(value, path))
+    elif isinstance(content, list):
+        for i, value in enumerate(content):
+            path = f"{_prefix}[{i}]"
+            if isinstance(value, str):
+                # A list of strings under a text key (e.g. "chosen": ["...", "..."]).
+                if _prefix.rsplit(".", 1)[-1].split("[")[0] in TEXT_KEYS:
+                    out.append((path, value))
+            else:
+                out.extend(text_fields(value, path))
+    return out
+
+
+# --- results -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Finding:
+    field_path: str
+    entity_type: str
+    start: int  # in the raw text of the field
+    end: int
+    scrubbed_start: int  # where the replacement sits in the scrubbed text of the field
+    scrubbed_end: int
+    score: float
+    recognizer: str
+    operator: str
+    engine: str
+    model: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ScrubInput:
+    content: dict
+    # Seeds the surrogates, so a redelivered task produces the same fake names (e.g. the example id).
+    key: str
+    fields: Sequence[tuple[str, str]] | None = None
+
+
+@dataclass
+class ScrubResult:
+    content: dict
+    findings: list[Finding]
+    # {"oversize": {path: chars}, "languages": {path: "non_en"}, "mode": "pattern_only"}; empty when clean.
+    flags: dict = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.findings)
+
+
+# --- operators ---------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _faker():
+    from faker import Faker  # import here: 0.3 s, and only surrogate policies need it
+
+    return Faker("en_US")
+
+
+_SURROGATES = {
+    "PERSON": lambda f: f.name(),
+    "EMAIL_ADDRESS": lambda f: f.email(),
+    "PHONE_NUMBER": lambda f: f.phone_number(),
+    "CREDIT_CARD": lambda f: f.credit_card_number(),
+    "IBAN_CODE": lambda f: f.iban(),
+    "US_SSN": lambda f: f.ssn(),
+    "US_ITIN": lambda f: f.itin(),
+    "IP_ADDRESS": lambda f: f.ipv4(),
+    "LOCATION": lambda f: f.city(),
+    "STREET_ADDRESS": lambda f: f.street_address(),
+    "ORGANIZATION": lambda f: f.company(),
+    "DATE_TIME": lambda f: f.date(),
+    "URL": lambda f: f.url(),
+    "US_PASSPORT": lambda f: f.passport_number(),
+    "US_BANK_NUMBER": lambda f: f.bban(),
+    "NRP": lambda f: f.country(),
+}
+
+
+class ExampleOperators:
+    """Applies the policy's operators within one example; surrogates stay consistent inside it."""
+
+    def __init__(self, policy: PiiPolicy, hash_key: bytes, example_key: str):
+        self.policy = policy
+        self.hash_key = hash_key
+        self.seed = int.from_bytes(hmac.new(hash_key, example_key.encode(), hashlib.sha256).digest()[:8], "big")
+        self._surrogates: dict[tuple[str, str], str] = {}
+        self._faker_seeded = False
+
+    def spec(self, entity_type: str) -> OperatorSpec:
+        return self.policy.operator_for(entity_type)
+
+    def replace(self, entity_type: str, value: str) -> str:
+        spec = self.spec(entity_type)
+        match spec.type:
+            case OperatorType.placeholder:
+                return f"<{entity_type}>"
+            case OperatorType.redact:
+                return ""
+            case OperatorType.mask:
+                keep = spec.keep_last or 0
+                keep = min(keep, len(value))
+                return spec.masking_char * (len(value) - keep) + (value[len(value) - keep :] if keep else "")
+            case OperatorType.hash:
+                digest = hmac.new(self.hash_key, f"{entity_type}:{_normalise(value)}".encode(), hashlib.sha256)
+                return f"<{entity_type}:{digest.hexdigest()[:12]}>"
+            case OperatorType.surrogate:
+                return self._surrogate(entity_type, value)
+        raise AssertionError(spec.type)
+
+    def _surrogate(self, entity_type: str, value: str) -> str:
+        key = (entity_type, _normalise(value))
+        found = self._surrogates.get(key)
+        if found is not None:
+            return found
+        make = _SURROGATES.get(entity_type)
+        if make is None:
+            found = f"{entity_type}_{sum(1 for k in self._surrogates if k[0] == entity_type) + 1}"
+        else:
+            fake = _faker()
+            # Reseed from (example, value): the fake depends only on the example and the value, not on
+            # the order values were met, so re-scrubbing after a reviewer edit keeps the same fakes.
+            fake.seed_instance(self.seed ^ int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], "big"))
+            found = make(fake)
+        self._surrogates[key] = found
+        return found
+
+
+def _normalise(value: str) -> str:
+    return " ".join(value.split()).casefold()
+
+
+# --- language and size -------------------------------------------------------------------------------------
+
+_EN_STOP = frozenset(
+    "the a an and or of to in is are was were be been it that this for on with as at by from you your i we "
+    "they he she not do does did have has had can will would should what which who how my me our".split()
+)
+_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+
+
+def guess_language(text: str) -> str | None:
+    """'en', 'non_en' or None (too short to tell). Cheap on purpose: it only decides whether to note that
+    the English NER model may have missed names; the text is scrubbed either way."""
+    words = _WORD.findall(text[:4000])
+    if len(words) < 8:
+        return None
+    latin = sum(1 for w in words if w.isascii())
+    if latin / len(words) < 0.6:
+        return "non_en"
+    stop = sum(1 for w in words if w.lower() in _EN_STOP)
+    return "en" if stop / len(words) >= 0.08 else "non_en"
+
+
+def windows(text: str, max_chars: int) -> list[tuple[int, str]]:
+    """Split an over-size text into windows at whitespace (so words are not cut); all text is kept."""
+    if len(text) <= max_chars:
+        return [(0, text)]
+    out: list[tuple[int, str]] = []
+    start = 0
+    while start < len(text):
+        end = min(start + max_chars, len(text))
+        if end < len(text):
+            cut = max(text.rfind("\n", start + max_chars // 2, end), text.rfind(" ", start + max_chars // 2, end))
+            if cut > start:
+                end = cut
+        out.append((start, text[start:end]))
+        start = end
+    return out
+
+
+# --- the scrubber ------------------------------------------------------------------------------------------
+
+
+def analyze_fields(engine: PiiEngine, texts: Sequence[str], policy: PiiPolicy) -> list[list[RecognizerResult]]:
+    """Results per text. Identical texts (a system prompt repeated in every example) are analyzed once, and
+    the whole batch goes through spaCy in one `pipe` call."""
+    pieces: list[str] = []
+    index: dict[str, int] = {}
+    plan: list[list[tuple[int, int]]] = []  # per text: (offset, piece index)
+    for text in texts:
+        parts = []
+        for offset, piece in windows(text, policy.max_chars):
+            if piece not in index:
+                index[piece] = len(pieces)
+                pieces.append(piece)
+            parts.append((offset, index[piece]))
+        plan.append(parts)
+    analyzed = engine.analyze_batch(pieces, policy) if pieces else []
+    out: list[list[RecognizerResult]] = []
+    for parts in plan:
+        results: list[RecognizerResult] = []
+        for offset, i in parts:
+            for r in analyzed[i]:
+                results.append(
+                    RecognizerResult(r.entity_type, r.start + offset, r.end + offset, r.score,
+                                     recognition_metadata=r.recognition_metadata)
+                )
+        out.append(results)
+    return out
+
+
+def scrub_examples(
+    engine: PiiEngine, items: Sequence[ScrubInput], policy: PiiPolicy, *, hash_key: bytes
+) -> list[ScrubResult]:
+    fields_per_item = [list(item.fields) if item.fields is not None else text_fields(item.content) for item in items]
+    flat: list[str] = [text for fields in fields_per_item for _, text in fields if text and text.strip()]
+    analyzed = iter(analyze_fields(engine, flat, policy))
+
+    info = engine.info
+    out: list[ScrubResult] = []
+    for item, fields in zip(items, fields_per_item):
+        content = copy.deepcopy(item.content)
+        operators = ExampleOperators(policy, hash_key, item.key)
+        findings: list[Finding] = []
+        flags: dict = {}
+        if info.mode == "pattern_only":
+            flags["mode"] = "pattern_only"
+        for path, text in fields:
+            if not text or not text.strip():
+                continue
+            results = next(analyzed)
+            if len(text) > policy.max_chars:
+                flags.setdefault("oversize", {})[path] = len(text)
+            if policy.language == "en" and guess_language(text) == "non_en":
+                # Scrubbed all the same (patterns are language-neutral); noted because the English NER
+                # model misses names in other languages, so a reviewer should look.
+                flags.setdefault("languages", {})[path] = "non_en"
+            if not results:
+                continue
+            scrubbed, field_findings = _anonymize(engine, text, results, operators, path)
+            set_path(content, path, scrubbed)
+            findings.extend(field_findings)
+        out.append(ScrubResult(content=content, findings=findings, flags=flags))
+    return out
+
+
+def _anonymize(engine: PiiEngine, text: str, results: list[RecognizerResult], operators: ExampleOperators,
+               path: str) -> tuple[str, list[Finding]]:
+    ops = {
+        et: OperatorConfig("custom", {"lambda": partial(operators.replace, et)})
+        for et in {r.entity_type for r in results}
+    }
+    anonymized = engine.anonymizer.anonymize(
+        text=text,
+        analyzer_results=[AnonymizerInput(r.entity_type, r.start, r.end, r.score) for r in results],
+        operators=ops,
+        # Spans are already disjoint (engine.resolve_overlaps); merging would break the 1:1 finding map.
+        merge_entities_with_spaces=False,
+    )
+    items = sorted(anonymized.items, key=lambda i: i.start)
+    ordered = sorted(results, key=lambda r: r.start)
+    if len(items) != len(ordered):  # pragma: no cover - guarded by resolve_overlaps
+        raise RuntimeError("anonymizer merged spans; findings would not map onto the output")
+    info = engine.info
+    findings = [
+        Finding(
+            field_path=path,
+            entity_type=r.entity_type,
+            start=r.start,
+            end=r.end,
+            scrubbed_start=item.start,
+            scrubbed_end=item.end,
+            score=round(float(r.score), 4),
+            recognizer=(r.recognition_metadata or {}).get(RecognizerResult.RECOGNIZER_NAME_KEY, "unknown"),
+            operator=operators.spec(r.entity_type).type.value,
+            engine=info.engine,
+            model=info.model,
+        )
+        for r, item in zip(ordered, items)
+    ]
+    return anonymized.text, findings
+
+
+def apply_spans(scrubbed: str, raw: str, findings: Iterable[Finding], restore: set[int]) -> str:
+    """Put back the raw text of the findings whose index is in `restore` (reviewer said false positive)."""
+    out = scrubbed
+    for i, f in sorted(enumerate(findings), key=lambda p: -p[1].scrubbed_start):
+        if i in restore:
+            out = out[: f.scrubbed_start] + raw[f.start : f.end] + out[f.scrubbed_end :]
+    return out

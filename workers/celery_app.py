@@ -1,0 +1,37 @@
+"""Celery application for the CPU queues (default, pii, dedup).
+
+Delivery is explicit: acks_late + reject_on_worker_lost, so a worker killed mid-batch leaves the
+message on the broker and another worker redelivers it; prefetch 1, so a slow batch does not hold
+others hostage. Tasks are idempotent (see app.pipeline.service), which is what makes this safe.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from kombu import Queue
+
+from app.core.config import get_settings
+
+settings = get_settings()
+broker = settings.redis_url or os.environ.get("CELERY_BROKER_URL") or "memory://"
+
+celery = Celery("pedigree", broker=broker, include=["workers.tasks.pipeline"])
+celery.conf.update(
+    task_queues=[Queue("default"), Queue("pii"), Queue("dedup")],
+    task_default_queue="default",
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    task_ignore_result=True,
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+    # Redis redelivers an unacked message after this long; longer than the slowest batch.
+    broker_transport_options={"visibility_timeout": 3600},
+    task_always_eager=settings.tasks_eager,
+    beat_schedule={
+        "pipeline-sweep": {"task": "pedigree.pipeline.sweep", "schedule": 300.0, "options": {"queue": "default"}},
+    },
+    timezone="UTC",
+)
+app = celery  # `celery -A workers.celery_app` finds `app` or `celery`

@@ -1,0 +1,19 @@
+"""Thin tasks: ids in, a service call, nothing else. Retries cover transient DB/broker faults."""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import OperationalError
+
+from app.pipeline import service
+from workers.celery_app import celery
+
+
+@celery.task(name=service.RUN_STAGE_TASK, acks_late=True, ignore_result=True, autoretry_for=(OperationalError,),
+             retry_backoff=True, retry_kwargs={"max_retries": 10})
+def run_stage(stage: str, example_ids: list[str]) -> int:
+    return service.run_stage(stage, example_ids)
+
+
+@celery.task(name=service.SWEEP_TASK, acks_late=True, ignore_result=True)
+def sweep() -> int:
+    return service.sweep()
