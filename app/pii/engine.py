@@ -101,6 +101,22 @@ class EngineInfo:
     mode: Mode
 
 
+class _SpanContextEnhancer(LemmaContextAwareEnhancer):
+    """Presidio counts the words after a match from the match's first token, so for a multi-token value
+    ("655 437 108 office") the suffix window never leaves the value itself. Count from its last token."""
+
+    def _extract_surrounding_words(self, nlp_artifacts: NlpArtifacts, word: str, start: int) -> list[str]:
+        if not nlp_artifacts.tokens:
+            return [""]
+        keywords = nlp_artifacts.keywords
+        tokens, idx = nlp_artifacts.tokens, nlp_artifacts.tokens_indices
+        first = self._find_index_of_match_token(word, start, tokens, idx)
+        last = self._find_index_of_match_token(word, start + max(len(word) - 1, 0), tokens, idx)
+        back = self._add_n_words_backward(first, self.context_prefix_count, nlp_artifacts.lemmas, keywords)
+        forward = self._add_n_words_forward(last, self.context_suffix_count, nlp_artifacts.lemmas, keywords)
+        return list(set(back + forward))
+
+
 class _LoadedSpacyEngine(SpacyNlpEngine):
     """Presidio's spaCy engine around a pipeline we loaded ourselves.
 
@@ -215,7 +231,7 @@ class PiiEngine:
             nlp_engine=self.nlp_engine,
             supported_languages=["en"],
             # Context words after the value count too ("655 437 108 office", "... fax").
-            context_aware_enhancer=LemmaContextAwareEnhancer(context_prefix_count=5, context_suffix_count=2),
+            context_aware_enhancer=_SpanContextEnhancer(context_prefix_count=5, context_suffix_count=2),
         )
         self.anonymizer = AnonymizerEngine()
         self.info = EngineInfo(

@@ -153,24 +153,13 @@ class LoosePhoneRecognizer(LocalRecognizer):
         r"(?<![\w+/.-])(?:\+|00)?\(?\d[\d().\s-]{5,22}\d(?:\s?(?:x|ext\.?)\s?\d{1,5})?(?![\w/]|[.-]\d)"
     )
     _DATE = re.compile(r"^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}$")
-    CONTEXT = [
-        "phone",
-        "call",
-        "tel",
-        "telephone",
-        "mobile",
-        "cell",
-        "fax",
-        "desk",
-        "office",
-        "contact",
-        "reach",
-        "answering",
-        "whatsapp",
-        "sms",
-        "text",
-        "number",
-    ]
+    # Checked on the raw text around the match rather than through Presidio's lemma enhancer: spaCy lists
+    # "call" as a stop word, and the enhancer drops stop words from the context window.
+    _CONTEXT = re.compile(
+        r"(?i)\b(?:phone|call|tel|telephone|mobile|cell|fax|desk|office|contact|reach|answering|whatsapp|sms|"
+        r"text|number|ring|dial)\w*"
+    )
+    CONTEXT = ["phone", "telephone", "mobile", "fax"]
 
     def __init__(self, supported_language: str = "en"):
         super().__init__(
@@ -203,7 +192,12 @@ class LoosePhoneRecognizer(LocalRecognizer):
             international = raw.startswith(("+", "00"))
             grouped = bool(re.search(r"\d[\s().-]+\d", core))
             score = 0.5 if international and grouped else 0.3
-            out.append(make_result("PHONE_NUMBER", start, end, score, self.name, self.id))
+            window = text[max(0, start - 40) : start] + " " + text[end : end + 20]
+            if self._CONTEXT.search(window):
+                score = min(1.0, score + 0.35)
+            result = make_result("PHONE_NUMBER", start, end, score, self.name, self.id)
+            result.recognition_metadata[RecognizerResult.IS_SCORE_ENHANCED_BY_CONTEXT_KEY] = score > 0.5
+            out.append(result)
         return out
 
 

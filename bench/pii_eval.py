@@ -1,0 +1,195 @@
+"""PII detection quality: precision, recall and F1 per entity type, at the span level.
+
+    python -m bench.pii_eval [--corpus-dir ../shared/corpora/pii] [--limit N] [--configs ...]
+
+Corpora: presidio-research's synthetic sets (presidio_synth_dataset_v2.json, presidio_generated_small.json):
+templates filled with Faker values, gold spans given as character offsets.
+
+Matching (span level, overlap based):
+  * A gold span counts as found (true positive for recall) when a predicted span of a compatible type shares
+    at least one character with it. Compatible types: the same type, plus the mapping below for gold labels
+    that Presidio names differently (GPE -> LOCATION, ADDRESS -> STREET_ADDRESS) and STREET_ADDRESS <->
+    LOCATION (a city or street tagged as a place by the NER model still removes the address).
+  * A predicted span is a true positive for precision when it overlaps a gold span of a compatible type, a
+    false positive when it overlaps no gold span at all or only gold spans of evaluated, incompatible
+    types, and is ignored when it overlaps only gold types this service does not scrub (TITLE, AGE,
+    ZIP_CODE, DOMAIN_NAME): the corpus labels those, and a hit on them is not an error of ours.
+  * `covered` is the share of gold spans overlapped by any prediction at all, whatever its type: the
+    privacy view (a name scrubbed as <ORGANIZATION> is still gone from the training data).
+  * Gold spans whose offsets do not point at their value are repaired by finding the value nearest to the
+    given offset (one span in presidio_generated_small.json), and counted under `repaired_spans`.
+
+Configurations: pattern-only vs en_core_web_sm, each with Presidio's stock recognizers only and with ours
+(app/pii/recognizers.py) added. The last line of stdout is one JSON object: figures, targets, "pass".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+TARGET_ENTITIES = ["PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS"]
+TARGET_RECALL = 0.90
+GOLD_MAP = {"GPE": "LOCATION", "ADDRESS": "STREET_ADDRESS"}
+COMPATIBLE = {"STREET_ADDRESS": {"STREET_ADDRESS", "LOCATION"}, "LOCATION": {"LOCATION", "STREET_ADDRESS"}}
+NOT_SCRUBBED = {"TITLE", "AGE", "ZIP_CODE", "DOMAIN_NAME"}
+EVAL_ENTITIES = [
+    "PERSON", "LOCATION", "STREET_ADDRESS", "ORGANIZATION", "NRP", "DATE_TIME", "EMAIL_ADDRESS", "PHONE_NUMBER",
+    "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "US_DRIVER_LICENSE", "URL",
+]
+FILES = ["presidio_synth_dataset_v2.json", "presidio_generated_small.json"]
+CONFIGS = {
+    "pattern_only_stock": {"mode": "pattern_only", "custom_recognizers": False},
+    "pattern_only_custom": {"mode": "pattern_only", "custom_recognizers": True},
+    "sm_stock": {"mode": "ner", "custom_recognizers": False},
+    "sm_custom": {"mode": "ner", "custom_recognizers": True},
+}
+HEADLINE = "sm_custom"
+
+
+def load_corpus(corpus_dir: Path, limit: int | None) -> tuple[list[dict], int]:
+    records: list[dict] = []
+    repaired = 0
+    for name in FILES:
+        path = corpus_dir / name
+        if not path.exists():
+            raise SystemExit(f"corpus file missing: {path} (see ../shared/corpora/README.md)")
+        for rec in json.loads(path.read_text()):
+            text = rec["full_text"]
+            spans = []
+            for s in rec["spans"]:
+                start, end, value = s["start_position"], s["end_position"], s["entity_value"]
+                if text[start:end] != value:
+                    found = _nearest(text, value, start)
+                    if found is None:
+                        continue
+                    start, end = found, found + len(value)
+                    repaired += 1
+                spans.append((GOLD_MAP.get(s["entity_type"], s["entity_type"]), start, end))
+            records.append({"text": text, "spans": spans})
+    return (records[:limit] if limit else records), repaired
+
+
+def _nearest(text: str, value: str, near: int) -> int | None:
+    best, i = None, text.find(value)
+    while i != -1:
+        if best is None or abs(i - near) < abs(best - near):
+            best = i
+        i = text.find(value, i + 1)
+    return best
+
+
+def _compatible(gold: str, pred: str) -> bool:
+    return pred in COMPATIBLE.get(gold, {gold})
+
+
+def evaluate(records: list[dict], predictions: list[list[tuple[str, int, int]]]) -> dict:
+    tp_r: dict[str, int] = defaultdict(int)
+    n_gold: dict[str, int] = defaultdict(int)
+    covered: dict[str, int] = defaultdict(int)
+    tp_p: dict[str, int] = defaultdict(int)
+    fp: dict[str, int] = defaultdict(int)
+    for rec, preds in zip(records, predictions):
+        for gtype, gs, ge in rec["spans"]:
+            if gtype in NOT_SCRUBBED:
+                continue
+            n_gold[gtype] += 1
+            overlapping = [p for p in preds if p[1] < ge and gs < p[2]]
+            if overlapping:
+                covered[gtype] += 1
+            if any(_compatible(gtype, p[0]) for p in overlapping):
+                tp_r[gtype] += 1
+        for ptype, ps, pe in preds:
+            golds = [g for g in rec["spans"] if g[1] < pe and ps < g[2]]
+            if any(_compatible(g[0], ptype) for g in golds):
+                tp_p[ptype] += 1
+            elif golds and all(g[0] in NOT_SCRUBBED for g in golds):
+                continue
+            else:
+                fp[ptype] += 1
+    out = {}
+    for et in sorted(set(n_gold) | set(tp_p) | set(fp)):
+        recall = tp_r[et] / n_gold[et] if n_gold[et] else None
+        predicted = tp_p[et] + fp[et]
+        precision = tp_p[et] / predicted if predicted else None
+        f1 = (2 * precision * recall / (precision + recall)
+              if precision is not None and recall is not None and precision + recall else None)
+        out[et] = {
+            "support": n_gold[et],
+            "precision": _r(precision),
+            "recall": _r(recall),
+            "f1": _r(f1),
+            "covered": _r(covered[et] / n_gold[et]) if n_gold[et] else None,
+            "predicted": predicted,
+        }
+    return out
+
+
+def _r(x):
+    return None if x is None else round(x, 3)
+
+
+def run_config(name: str, records: list[dict]) -> tuple[dict, float]:
+    from app.pii.engine import PiiEngine, PiiSettings
+    from app.pii.schemas import PiiPolicy
+
+    cfg = CONFIGS[name]
+    engine = PiiEngine(PiiSettings(mode=cfg["mode"], custom_recognizers=cfg["custom_recognizers"]))
+    policy = PiiPolicy(entities=EVAL_ENTITIES)
+    t0 = time.perf_counter()
+    results = engine.analyze_batch([r["text"] for r in records], policy)
+    elapsed = time.perf_counter() - t0
+    preds = [[(r.entity_type, r.start, r.end) for r in res] for res in results]
+    return evaluate(records, preds), elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.pii_eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus-dir", type=Path, default=Path("../shared/corpora/pii"))
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N records")
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS))
+    args = parser.parse_args(argv)
+    logging.disable(logging.WARNING)  # presidio logs one warning per unmapped label
+
+    records, repaired = load_corpus(args.corpus_dir, args.limit)
+    figures: dict[str, dict] = {}
+    for name in args.configs:
+        per_type, elapsed = run_config(name, records)
+        figures[name] = per_type
+        print(f"\n== {name}  ({len(records)} texts, {elapsed:.1f}s)")
+        print(f"{'entity':<20}{'n':>6}{'P':>8}{'R':>8}{'F1':>8}{'covered':>9}")
+        for et, m in per_type.items():
+            if not m["support"] and not m["predicted"]:
+                continue
+            print(f"{et:<20}{m['support']:>6}{_fmt(m['precision'])}{_fmt(m['recall'])}{_fmt(m['f1'])}"
+                  f"{_fmt(m['covered'], 9)}")
+    headline = figures.get(HEADLINE, {})
+    recalls = {et: headline.get(et, {}).get("recall") for et in TARGET_ENTITIES}
+    passed = bool(headline) and all(r is not None and r >= TARGET_RECALL for r in recalls.values())
+    summary = {
+        "bench": "pii_eval",
+        "texts": len(records),
+        "repaired_spans": repaired,
+        "matching": "span overlap >= 1 char, compatible type",
+        "headline_config": HEADLINE,
+        "headline_recall": recalls,
+        "figures": figures,
+        "targets": {"recall_min": TARGET_RECALL, "entities": TARGET_ENTITIES, "config": HEADLINE},
+        "pass": passed,
+    }
+    print(json.dumps(summary, separators=(",", ":")))
+    return 0
+
+
+def _fmt(x, width: int = 8) -> str:
+    return f"{'-':>{width}}" if x is None else f"{x:>{width}.3f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
