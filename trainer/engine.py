@@ -75,9 +75,11 @@ class Engine:
         self.loss_chunk = loss_chunk
         self.dist = dist or DistInfo()
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        base.set_attn_implementation(backend) if hasattr(base, "set_attn_implementation") else setattr(
-            base.config, "_attn_implementation", backend
-        )
+        try:
+            base.set_attn_implementation(backend)
+        except (AttributeError, ValueError):
+            # Older transformers: no setter, or it validates names against its own list.
+            base.config._attn_implementation = backend
         self.decoder = base.get_decoder() if hasattr(base, "get_decoder") else base.model
         self.lm_weight = base.get_output_embeddings().weight
         self.params = [p for p in model.parameters() if p.requires_grad]

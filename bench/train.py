@@ -1,0 +1,654 @@
+"""Trainer throughput: Hugging Face Trainer + PEFT (dynamic padding) against Pedigree's packed trainer.
+
+    python -m bench.train                 # both shapes, both trainers, one GPU
+    python -m bench.train --cpu-smoke     # tiny shapes on the CPU, < 1 min
+    torchrun --nproc_per_node 2 -m bench.train --ddp --trainers ours   # data parallel
+
+Data: the real length distribution of ../shared/corpora/instruct (prompt and answer token counts
+under a byte-level BPE trained here on that corpus, ChatML-templated), filled with random token ids.
+Models: random-init Qwen2.5-0.5B and Llama-3-8B shapes from config.json files written locally.
+LoRA r16 on all linear layers, sequence length 2048, bf16.
+
+MFU counts useful work only: per real token 4·N_linear (frozen weights: forward + input gradient)
++ 6·N_lora + 6·L·T_eff·d_attn, where N_linear is the decoder blocks' linear weights plus the LM
+head weighted by the supervised-token fraction (the only positions whose logits a loss needs) and
+T_eff = Σ n² / Σ n over example lengths n (causal attention within each example). Padding and
+cross-example attention are not useful work, so HF's MFU and ours differ exactly by their ratio.
+The last stdout line is one JSON object with the figures, the targets and "pass".
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "instruct"
+CACHE = ROOT / ".bench_cache" / "instruct_lengths.json"
+PEAK = {"measured_bf16_matmul": 790e12, "datasheet_bf16_dense": 989e12}
+TARGETS = {"ratio_vs_hf": 10.0, "llama3-8b_tokens_per_s": 11000, "qwen2.5-0.5b_tokens_per_s": 100000, "ddp_scaling": 1.9}
+
+SHAPES = {
+    "qwen2.5-0.5b": {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "max_position_embeddings": 32768,
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": True,
+        "hidden_act": "silu",
+        "use_sliding_window": False,
+        "bos_token_id": 151643,
+        "eos_token_id": 151643,
+    },
+    "llama3-8b": {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "max_position_embeddings": 8192,
+        "rope_theta": 500000.0,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": 128000,
+        "eos_token_id": 128001,
+    },
+}
+# Tokens per forward pass for our trainer: large enough that every matmul fills the GPU, small
+# enough to keep all activations without checkpointing (about 6 MB a token at 8B, 1.3 MB at 0.5B).
+OURS_MICRO_TOKENS = {"qwen2.5-0.5b": 32768, "llama3-8b": 12288}
+HF_LARGEST = {"qwen2.5-0.5b": [64, 32, 16], "llama3-8b": [32, 16]}
+
+
+def smoke_shape(base: dict) -> dict:
+    return {**base, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "bos_token_id": 1,
+            "eos_token_id": 2}
+
+
+# ---------------------------------------------------------------- data
+
+
+def corpus_pairs(corpus: Path) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs from every instruct file; malformed lines are skipped, as in ingest."""
+    pairs: list[tuple[str, str]] = []
+
+    def jsonl(name):
+        p = corpus / name
+        if not p.exists():
+            return
+        for line in p.open(encoding="utf-8"):
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+    def join(instr, inp):
+        return f"{instr}\n\n{inp}" if inp else instr
+
+    for name in ("alpaca_libre_tasks_v1.jsonl", "alpaca_libre_tasks_v2.jsonl"):
+        for r in jsonl(name):
+            pairs.append((join(r.get("instruction", ""), r.get("input", "")), r.get("output", "")))
+    for r in jsonl("dolly15k_first6400_flan-t5-xl_decode.jsonl"):
+        pairs.append((r.get("instruction", ""), r.get("text", "")))
+    for r in jsonl("selfinstruct_seed_tasks.jsonl"):
+        for inst in r.get("instances", [])[:1]:
+            pairs.append((join(r["instruction"], inst.get("input", "")), inst.get("output", "")))
+    gp = corpus / "gpteacher_codegen-instruct.json"
+    if gp.exists():
+        for r in json.loads(gp.read_text(encoding="utf-8")):
+            pairs.append((join(r.get("instruction", ""), r.get("input", "")), r.get("response", "")))
+    for r in jsonl("oasst_en_100_tree.jsonl"):
+        node = r.get("prompt") or {}
+        # One conversation per tree: the first reply at each turn, rendered as one prompt/answer
+        # pair per assistant turn (the prompt carrying the whole history before it).
+        history = ""
+        while node and node.get("replies"):
+            reply = node["replies"][0]
+            if node.get("role") == "prompter":
+                history += f"<|im_start|>user\n{node.get('text', '')}<|im_end|>\n"
+                pairs.append((history, reply.get("text", "")))
+            else:
+                history += f"<|im_start|>assistant\n{node.get('text', '')}<|im_end|>\n"
+            node = reply
+    return [(p, a) for p, a in pairs if a]
+
+
+def corpus_lengths(corpus: Path, cache: Path = CACHE) -> list[tuple[int, int]]:
+    """(prompt tokens, answer tokens) per example, cached: BPE training takes a few seconds."""
+    if cache.exists():
+        return [tuple(x) for x in json.loads(cache.read_text())["lengths"]]
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    pairs = corpus_pairs(corpus)
+    if not pairs:
+        raise SystemExit(f"no instruct data under {corpus}; pass --corpus or --lengths")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    # A Llama/Qwen-sized vocabulary is 128-152k; 32k on this small corpus already gives
+    # whole-word tokens for common words, so lengths sit close to a real tokenizer's.
+    trainer = trainers.BpeTrainer(vocab_size=32000, special_tokens=["<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator((p + "\n" + a for p, a in pairs), trainer)
+    prompts = [f"<|im_start|>user\n{p}<|im_end|>\n<|im_start|>assistant\n" for p, _ in pairs]
+    answers = [f"{a}<|im_end|>\n" for _, a in pairs]
+    lp = [len(e.ids) for e in tok.encode_batch(prompts)]
+    la = [len(e.ids) for e in tok.encode_batch(answers)]
+    lengths = list(zip(lp, la))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"corpus": str(corpus), "examples": len(lengths), "lengths": lengths}))
+    return lengths
+
+
+@dataclass
+class Ex:
+    """Duck-types trainer.data.Tokenized for the packer."""
+
+    index: int
+    input_ids: list[int]
+    labels_mask: list[bool]
+
+    @property
+    def supervised(self) -> int:
+        return sum(self.labels_mask[1:])
+
+
+def synth_examples(lengths, vocab: int, seq_len: int, n: int, seed: int) -> list[Ex]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        p, a = lengths[i % len(lengths)]
+        total = min(p + a, seq_len)
+        p = min(p, total - 1)
+        ids = [rng.randrange(vocab) for _ in range(total)]
+        out.append(Ex(i, ids, [False] * p + [True] * (total - p)))
+    rng.shuffle(out)
+    for k, e in enumerate(out):
+        e.index = k
+    return out
+
+
+def data_stats(examples) -> dict:
+    n = [len(e.input_ids) for e in examples]
+    s = [e.supervised for e in examples]
+    return {"examples": len(n), "mean_tokens": sum(n) / len(n), "max_tokens": max(n),
+            "supervised_fraction": sum(s) / sum(n), "t_eff": sum(x * x for x in n) / sum(n)}
+
+
+# ---------------------------------------------------------------- models and FLOPs
+
+
+def write_config(name: str, shape: dict, folder: Path) -> Path:
+    d = folder / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps({**shape, "torch_dtype": "bfloat16"}, indent=2))
+    return d
+
+
+def make_model(config_dir: Path, device, dtype, seed: int):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from trainer.core import _dtype_kwarg
+
+    cfg = AutoConfig.from_pretrained(config_dir)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, **_dtype_kwarg(dtype))
+    return model
+
+
+def flops_per_token(shape: dict, n_lora: int, stats: dict) -> float:
+    d, f, L = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    h, kv = shape["num_attention_heads"], shape["num_key_value_heads"]
+    hd = d // h
+    n_block = L * (d * h * hd + 2 * d * kv * hd + h * hd * d + 3 * d * f)
+    n_head = shape["vocab_size"] * d * stats["supervised_fraction"]
+    return 4 * (n_block + n_head) + 6 * n_lora + 6 * L * stats["t_eff"] * h * hd
+
+
+def lora_model(model, seed: int):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    return get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
+                                            task_type="CAUSAL_LM"))
+
+
+def free_memory():
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+# ---------------------------------------------------------------- (a) HF Trainer + PEFT
+
+
+def run_hf(config_dir, examples, *, batch_size: int, seconds: float, warmup: int, max_steps: int, device, seed: int,
+           out_dir: Path) -> dict:
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    free_memory()
+    on_gpu = device.type == "cuda"
+    model = make_model(config_dir, device, torch.bfloat16 if on_gpu else torch.float32, seed)
+    model = lora_model(model, seed)
+    n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    rows = [{"input_ids": e.input_ids, "labels": [t if m else -100 for t, m in zip(e.input_ids, e.labels_mask)]}
+            for e in examples]
+    collated: list[tuple[int, int]] = []
+
+    def collate(batch):
+        # What DataCollatorForSeq2Seq does with padding=True: pad to the longest in the batch,
+        # attention_mask 0 and labels -100 on padding.
+        n = max(len(b["input_ids"]) for b in batch)
+        ids = torch.zeros(len(batch), n, dtype=torch.long)
+        labels = torch.full((len(batch), n), -100, dtype=torch.long)
+        mask = torch.zeros(len(batch), n, dtype=torch.long)
+        real = sup = 0
+        for i, b in enumerate(batch):
+            k = len(b["input_ids"])
+            ids[i, :k] = torch.tensor(b["input_ids"])
+            labels[i, :k] = torch.tensor(b["labels"])
+            mask[i, :k] = 1
+            real += k
+            sup += sum(1 for x in b["labels"][1:] if x != -100)
+        collated.append((real, sup))
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.t0 = None
+            self.steps = 0
+
+        def on_step_end(self, args, state, control, **kw):
+            if on_gpu:
+                torch.cuda.synchronize()
+            if state.global_step == warmup:
+                self.t0 = time.perf_counter()
+            elif self.t0 is not None:
+                self.steps = state.global_step - warmup
+                self.elapsed = time.perf_counter() - self.t0
+                if self.elapsed >= seconds:
+                    control.should_training_stop = True
+
+    clock = Clock()
+    args = TrainingArguments(
+        output_dir=str(out_dir / "hf"),
+        per_device_train_batch_size=batch_size,
+        learning_rate=2e-4,
+        max_steps=max_steps,
+        bf16=on_gpu,
+        use_cpu=not on_gpu,
+        logging_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        seed=seed,
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[clock])
+    try:
+        trainer.train()
+    finally:
+        peak = torch.cuda.max_memory_allocated() if on_gpu else None
+        del trainer, model
+        free_memory()
+    if not clock.steps:
+        raise RuntimeError("HF run ended before any timed step")
+    # Batches are collated in step order (one may be collated ahead; it is simply not counted).
+    timed = collated[warmup : warmup + clock.steps]
+    real = sum(r for r, _ in timed)
+    sup = sum(s for _, s in timed)
+    padded = batch_size * clock.steps
+    return {"trainer": "hf", "batch_size": batch_size, "steps": clock.steps, "seconds": clock.elapsed,
+            "tokens_per_s": real / clock.elapsed, "supervised_tokens_per_s": sup / clock.elapsed,
+            "peak_memory_gib": peak / 2**30 if peak else None, "n_lora": n_lora, "rows": padded}
+
+
+def run_hf_largest(config_dir, examples, sizes, **kw) -> dict:
+    import torch
+
+    errors = []
+    for b in sizes:
+        try:
+            r = run_hf(config_dir, examples, batch_size=b, **kw)
+            r["tried"] = errors
+            return r
+        except torch.OutOfMemoryError:
+            errors.append({"batch_size": b, "error": "out_of_memory"})
+            free_memory()
+    return {"trainer": "hf", "error": "out_of_memory at every size", "tried": errors}
+
+
+# ---------------------------------------------------------------- (b) ours
+
+
+def run_ours(config_dir, examples, *, micro_tokens: int, seq_len: int, seconds: float, warmup: int, max_steps: int,
+             device, seed: int, compile: bool, dist=None) -> dict:
+    import torch
+
+    from trainer import attention, packing
+    from trainer.engine import DistInfo, Engine, make_optimizer
+    from trainer.loader import Prefetcher
+
+    dist = dist or DistInfo()
+    free_memory()
+    on_gpu = device.type == "cuda"
+    model = make_model(config_dir, device, torch.bfloat16 if on_gpu else torch.float32, seed)
+    model = lora_model(model, seed)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    backend = attention.default_backend(device)
+    engine = Engine(model, backend=backend, device=device, autocast_dtype=torch.bfloat16 if on_gpu else None,
+                    dist=dist, compile=compile)
+    opt = make_optimizer(engine.params, lr=2e-4, weight_decay=0.0, device=device)
+    plan = packing.plan(examples, seq_len)
+    rows_per_mb = max(1, micro_tokens // seq_len)
+    rows_per_step = rows_per_mb * dist.world
+    order = list(range(len(plan.rows)))
+    random.Random(seed).shuffle(order)
+    steps = [order[i : i + rows_per_step] for i in range(0, len(order) - rows_per_step + 1, rows_per_step)]
+    steps = (steps * (1 + max_steps // max(1, len(steps))))[:max_steps]  # cycle the data if it runs out
+    sup_of = [e.supervised for e in examples]
+
+    def build(step_rows):
+        rows = [plan.rows[i] for i in step_rows]
+        mine = rows[dist.rank :: dist.world]
+        mb = packing.build_micro_batch(mine, examples, seq_len, 0)
+        if on_gpu:
+            mb = mb.pin()  # so the copy to the GPU is asynchronous
+        return mb, sum(sup_of[i] for r in rows for i in r)
+
+    real = sup = done = 0
+    t0 = None
+    elapsed = 0.0
+    loader = Prefetcher(steps, lambda s: build(s), depth=3)
+    model.train()
+    try:
+        for k, (mb, step_sup) in enumerate(loader):
+            mb = mb.to(device)
+            engine.backward_step([mb], step_sup)
+            torch.nn.utils.clip_grad_norm_(engine.params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if k + 1 == warmup:
+                if on_gpu:
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+            elif t0 is not None:
+                real += mb.real_tokens
+                sup += mb.supervised_tokens
+                done += 1
+                if done % 5 == 0 or done == len(steps) - warmup:
+                    if on_gpu:
+                        torch.cuda.synchronize()
+                    elapsed = time.perf_counter() - t0
+                    if elapsed >= seconds:
+                        break
+        if on_gpu:
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+    finally:
+        loader.close()
+        peak = torch.cuda.max_memory_allocated() if on_gpu else None
+        del engine, model, opt
+        free_memory()
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        t = torch.tensor([real, sup, elapsed], dtype=torch.float64, device=device)
+        tdist.all_reduce(t[:2])
+        tdist.all_reduce(t[2:], op=tdist.ReduceOp.MAX)
+        real, sup, elapsed = int(t[0]), int(t[1]), float(t[2])
+    return {"trainer": "ours", "attention": backend, "compile": compile, "micro_batch_tokens": rows_per_mb * seq_len,
+            "steps": done, "seconds": elapsed, "tokens_per_s": real / elapsed, "supervised_tokens_per_s": sup / elapsed,
+            "peak_memory_gib": peak / 2**30 if peak else None, "n_lora": n_lora,
+            "packing_efficiency": plan.efficiency, "world_size": dist.world}
+
+
+# ---------------------------------------------------------------- correctness gate
+
+
+def correctness(device) -> dict:
+    """Packed vs unpacked per-example losses and LoRA grads, and every backend against the reference."""
+    import torch
+
+    from trainer import packing
+    from trainer.engine import Engine
+
+    cfg_dir = write_config("check", smoke_shape(SHAPES["llama3-8b"]) | {"hidden_size": 256, "num_attention_heads": 4,
+                                                                        "intermediate_size": 512},
+                           ROOT / ".bench_cache")
+    on_gpu = device.type == "cuda"
+    ex = synth_examples([(5, 20), (30, 60), (3, 9), (50, 11), (7, 7)], 512, 256, 10, seed=1)
+    out = {}
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    backends = ["pedigree_sdpa"] + (["pedigree_varlen", "pedigree_flex"] if on_gpu else [])
+
+    def losses_and_grads(backend, packed: bool):
+        model = lora_model(make_model(cfg_dir, device, dtype, 0), 0)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+        # LoRA B starts at zero, which would make every A gradient zero: perturb it.
+        g = torch.Generator(device="cpu").manual_seed(3)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.data = (torch.randn(p.shape, generator=g) * 0.02).to(p.device)
+        eng = Engine(model, backend=backend, device=device, autocast_dtype=torch.bfloat16 if on_gpu else None)
+        groups = [list(range(len(ex)))] if packed else [[i] for i in range(len(ex))]
+        per_example = torch.zeros(len(ex), dtype=torch.float64)
+        total_sup = sum(e.supervised for e in ex)
+        for grp in groups:
+            rows = packing.best_fit_decreasing([len(ex[i].input_ids) for i in grp], 256)
+            rows = [[grp[i] for i in r] for r in rows]
+            mb = packing.build_micro_batch(rows, ex, 256, 0).to(device)
+            losses = eng.token_losses(mb)
+            (losses.sum() / total_sup).backward()
+            per_example.index_add_(0, mb.sup_example.cpu(), losses.detach().double().cpu())
+        grads = torch.cat([p.grad.reshape(-1).double().cpu() for p in eng.params])
+        return per_example, grads
+
+    ref_l, ref_g = losses_and_grads("pedigree_sdpa", packed=False)
+    for b in backends:
+        try:
+            l, g = losses_and_grads(b, packed=True)
+            out[b] = {"loss_rel_err": float((l - ref_l).norm() / ref_l.norm()),
+                      "grad_rel_err": float((g - ref_g).norm() / ref_g.norm())}
+        except Exception as exc:  # noqa: BLE001 - report, do not abort the benchmark
+            out[b] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    tol = 2e-2 if on_gpu else 1e-5
+    out["pass"] = all("error" not in v and v["loss_rel_err"] < tol and v["grad_rel_err"] < tol
+                      for k, v in out.items() if k.startswith("pedigree"))
+    out["tolerance"] = tol
+    return out
+
+
+# ---------------------------------------------------------------- main
+
+
+def mfu(tokens_per_s: float, fpt: float) -> dict:
+    return {k: tokens_per_s * fpt / v for k, v in PEAK.items()}
+
+
+def machine() -> dict:
+    import torch
+
+    info = {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__}
+    try:
+        import peft
+        import transformers
+
+        info |= {"transformers": transformers.__version__, "peft": peft.__version__}
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpus"] = torch.cuda.device_count()
+        try:
+            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                            capture_output=True, text=True, timeout=20).stdout.strip().split("\n")[0]
+        except Exception:  # noqa: BLE001
+            pass
+    else:
+        info["gpu"] = None
+    return info
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="qwen2.5-0.5b,llama3-8b", help="comma list of " + ", ".join(SHAPES))
+    p.add_argument("--trainers", default="hf,ours", help="hf, ours or both")
+    p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="instruct corpus folder")
+    p.add_argument("--lengths", type=Path, default=CACHE, help="cached (prompt, answer) token lengths")
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--seconds", type=float, default=15.0, help="timed seconds per measurement")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator)")
+    p.add_argument("--max-steps", type=int, default=400)
+    p.add_argument("--hf-batch", type=int, default=8, help="the 'common' per-device batch size")
+    p.add_argument("--hf-largest", default="", help="override the largest-batch candidates, e.g. 64,32")
+    p.add_argument("--no-hf-largest", action="store_true", help="skip the largest-batch HF run")
+    p.add_argument("--micro-tokens", type=int, default=0, help="override our tokens per forward pass")
+    p.add_argument("--no-compile", action="store_true", help="run our trainer eagerly")
+    p.add_argument("--check", action="store_true", help="run the correctness gate first")
+    p.add_argument("--ddp", action="store_true", help="under torchrun: our trainer, data parallel")
+    p.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU, a few steps each")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="also write the result JSON here")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from trainer.engine import dist_from_env
+
+    dist = dist_from_env() if args.ddp else None
+    main_rank = dist is None or dist.main
+    log = (lambda *a: print(*a, flush=True)) if main_rank else (lambda *a: None)
+    device = torch.device("cpu")
+    if torch.cuda.is_available() and not args.cpu_smoke:
+        device = torch.device("cuda", dist.local_rank if dist else 0)
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+    if args.cpu_smoke:
+        args.seconds, args.warmup, args.max_steps, args.seq_len = 1.0, 1, 4, 256
+        args.no_compile, args.check = True, True
+    if device.type == "cpu" and not args.cpu_smoke:
+        log("no GPU: use --cpu-smoke")
+    lengths = corpus_lengths(args.corpus, args.lengths)
+    folder = ROOT / ".bench_cache" / "configs"
+    result = {"bench": "train", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine(), "seq_len": args.seq_len, "lora": "r16 alpha32 dropout0 all-linear",
+              "data": None, "shapes": {}, "targets": TARGETS, "peak_flops": PEAK, "cpu_smoke": args.cpu_smoke}
+    if args.check and main_rank and not args.ddp:
+        t = time.time()
+        result["correctness"] = correctness(device)
+        log(f"correctness gate ({time.time() - t:.1f}s): {json.dumps(result['correctness'])}")
+    trainers = args.trainers.split(",")
+    ok = True
+    for name in args.shapes.split(","):
+        shape = SHAPES[name] if not args.cpu_smoke else smoke_shape(SHAPES[name])
+        cfg_dir = write_config(name, shape, folder)
+        n_examples = 400 if args.cpu_smoke else len(lengths)
+        examples = synth_examples(lengths, shape["vocab_size"], args.seq_len, n_examples, args.seed)
+        stats = data_stats(examples)
+        result["data"] = {k: v for k, v in stats.items() if k != "t_eff"} | {"source": str(args.corpus)}
+        entry = {"t_eff": stats["t_eff"]}
+        common = dict(seconds=args.seconds, warmup=args.warmup, max_steps=args.max_steps, device=device,
+                      seed=args.seed)
+        if "hf" in trainers and not args.ddp:
+            log(f"[{name}] HF Trainer + PEFT, batch {args.hf_batch}")
+            entry["hf_batch"] = run_hf(cfg_dir, examples, batch_size=args.hf_batch, out_dir=folder, **common)
+            log(json.dumps(entry["hf_batch"]))
+            if not args.no_hf_largest:
+                sizes = [int(x) for x in args.hf_largest.split(",") if x] or HF_LARGEST[name]
+                if args.cpu_smoke:
+                    sizes = [16]
+                log(f"[{name}] HF Trainer + PEFT, largest batch of {sizes}")
+                entry["hf_largest"] = run_hf_largest(cfg_dir, examples, sizes, out_dir=folder, **common)
+                log(json.dumps(entry["hf_largest"]))
+        if "ours" in trainers:
+            micro = args.micro_tokens or (OURS_MICRO_TOKENS[name] if not args.cpu_smoke else 1024)
+            log(f"[{name}] ours, {micro} tokens per micro-batch, compile={not args.no_compile}")
+            try:
+                entry["ours"] = run_ours(cfg_dir, examples, micro_tokens=micro, seq_len=args.seq_len,
+                                         compile=not args.no_compile, dist=dist, **common)
+            except torch.OutOfMemoryError:
+                free_memory()
+                log(f"[{name}] ours OOM at {micro}; halving")
+                entry["ours"] = run_ours(cfg_dir, examples, micro_tokens=micro // 2, seq_len=args.seq_len,
+                                         compile=not args.no_compile, dist=dist, **common)
+            log(json.dumps(entry["ours"]))
+        for key in ("hf_batch", "hf_largest", "ours"):
+            r = entry.get(key)
+            if r and "tokens_per_s" in r:
+                r["flops_per_token"] = flops_per_token(shape, r["n_lora"], stats)
+                r["mfu"] = mfu(r["tokens_per_s"], r["flops_per_token"])
+        hf_best = max((entry[k]["tokens_per_s"] for k in ("hf_batch", "hf_largest")
+                       if k in entry and "tokens_per_s" in entry[k]), default=None)
+        if "ours" in entry:
+            ours = entry["ours"]["tokens_per_s"]
+            if hf_best:
+                entry["ratio_vs_hf_best"] = ours / hf_best
+                entry["ratio_vs_hf_batch8"] = ours / entry["hf_batch"]["tokens_per_s"]
+            if not args.cpu_smoke:
+                target = TARGETS[f"{name}_tokens_per_s"] * (dist.world if dist else 1)
+                entry["pass_tokens_per_s"] = ours >= target
+                ok &= entry["pass_tokens_per_s"]
+                if hf_best:
+                    entry["pass_ratio"] = entry["ratio_vs_hf_best"] >= TARGETS["ratio_vs_hf"]
+                    ok &= entry["pass_ratio"]
+        result["shapes"][name] = entry
+    if "correctness" in result:
+        ok &= result["correctness"]["pass"]
+    result["pass"] = bool(ok) and not args.cpu_smoke if not args.cpu_smoke else bool(
+        result.get("correctness", {}).get("pass", True))
+    line = json.dumps(result, default=float)
+    if main_rank:
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+        print(line, flush=True)
+    if dist and dist.world > 1:
+        import torch.distributed as tdist
+
+        tdist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
