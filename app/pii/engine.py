@@ -284,11 +284,15 @@ class PiiEngine:
         allow = {v.casefold() for v in policy.allow_list}
         out: list[list[RecognizerResult]] = []
         artifacts = self.nlp_engine.process_batch(texts, language="en", batch_size=self.settings.batch_size)
+        entities = list(policy.entities)
+        if "PERSON" in entities and self.settings.custom_recognizers and self.settings.mode == "ner":
+            # Names the small model mislabels as ORG/GPE are re-typed afterwards, so ask for those labels too.
+            entities = sorted(set(entities) | {"ORGANIZATION", "LOCATION", "NRP"})
         for text, nlp_artifacts in artifacts:
             results = self.analyzer.analyze(
                 text=text,
                 language="en",
-                entities=policy.entities,
+                entities=entities,
                 score_threshold=policy.score_threshold,
                 ad_hoc_recognizers=ad_hoc or None,
                 nlp_artifacts=nlp_artifacts,
@@ -299,7 +303,11 @@ class PiiEngine:
     def _postprocess(self, text: str, results: list[RecognizerResult], allow: set[str],
                      policy: PiiPolicy) -> list[RecognizerResult]:
         if "PERSON" in policy.entities and self.settings.custom_recognizers:
+            results = custom.retype_names(text, results)
+            results = results + custom.coordinated_names(text, results)
             results = results + custom.propagate_mentions(text, results)
+        wanted = set(policy.entities)
+        results = [r for r in results if r.entity_type in wanted]
         if allow:
             results = [r for r in results if text[r.start : r.end].strip().casefold() not in allow]
         return resolve_overlaps(results)

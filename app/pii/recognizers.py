@@ -266,7 +266,8 @@ class StreetAddressRecognizer(PatternRecognizer):
 # --- person names ------------------------------------------------------------------------------------------
 
 _NAME_TOKEN = r"[A-ZÀ-ÖØ-ÞĀ-Ž][a-zà-öø-ÿā-ž'’-]+"
-_NAME = rf"{_NAME_TOKEN}(?:\s+(?:[A-Z]\.?\s+)?{_NAME_TOKEN}){{0,2}}"
+_HONORIFIC = r"(?:Mr|Mrs|Ms|Mx|Dr|Prof|Sir|Mme|Mlle|Herr|Frau|Sr|Sra|Miss)"
+_NAME = rf"(?!{_HONORIFIC}\b){_NAME_TOKEN}(?:\s+(?:[A-Z]\.?\s+)?{_NAME_TOKEN}){{0,2}}"
 
 
 class PersonCueRecognizer(PatternRecognizer):
@@ -279,7 +280,7 @@ class PersonCueRecognizer(PatternRecognizer):
     PATTERNS = [
         Pattern(
             "honorific + name",
-            rf"(?<=\b(?:Mr|Mrs|Ms|Mx|Dr|Prof|Sir|Mme|Mlle|Herr|Frau|Sr|Sra|Miss)\.?\s){_NAME}",
+            rf"(?<=\b{_HONORIFIC}\.?\s){_NAME}",
             0.7,
         ),
     ]
@@ -348,10 +349,149 @@ def propagate_mentions(text: str, results: list[RecognizerResult], entity_type: 
     return out
 
 
+
+
+# --- re-typing names the small model calls something else ---------------------------------------------------
+
+_NAME_SHAPED = re.compile(r"^[A-ZÀ-ÖØ-ÞĀ-Ž][a-zà-öø-ÿā-ž'’-]+$|^[A-Z]\.?$")
+_ORG_WORDS = frozenset(
+    """inc ltd llc llp plc corp co company group bank university college school institute technologies
+    technology tech solutions partners consulting systems services labs lab media network networks capital
+    holdings international foundation association agency department ministry council club team records
+    studios studio press news times airlines airways motors energy health healthcare pharma software data
+    cloud analytics traffic reports weekly public explorer global industries enterprises ventures trust fund
+    society church hospital clinic center centre museum library restaurant hotel cafe bar store shop market
+    insurance financial finance securities investments realty properties logistics express communications
+    digital labs games entertainment productions pictures films music band orchestra""".split()
+)
+_PLACE_WORDS = frozenset(
+    """city county state states republic kingdom island islands mountain mountains river lake street road
+    avenue north south east west new san santa saint st fort port park bay beach valley heights springs falls
+    united africa america asia europe""".split()
+)
+
+
+def _looks_like_name(value: str) -> bool:
+    tokens = value.split()
+    if not 2 <= len(tokens) <= 4:
+        return False
+    if not all(_NAME_SHAPED.match(t) for t in tokens):
+        return False
+    if sum(1 for t in tokens if len(t.rstrip(".")) > 1) < 2:
+        return False
+    lowered = {t.lower().strip(".") for t in tokens}
+    return not (lowered & _ORG_WORDS or lowered & _PLACE_WORDS)
+
+
+def retype_names(text: str, results: list[RecognizerResult]) -> list[RecognizerResult]:
+    """en_core_web_sm tags many two-word names from outside the English-speaking world as ORG or GPE
+    ("Tiffany Kilfoyle", "Calquín Cazares"). A 2-4 word span of capitalised words with no company or place
+    word in it is far more often a person: re-type it, with a lower score than a direct PERSON tag."""
+    out = []
+    for r in results:
+        if r.entity_type in ("ORGANIZATION", "LOCATION", "NRP") and _looks_like_name(text[r.start : r.end]):
+            r = make_result("PERSON", r.start, r.end, 0.7, "NameShapeRetyper", "NameShapeRetyper")
+        out.append(r)
+    return out
+
+
+_LIST_ITEM = r"[A-ZÀ-ÖØ-ÞĀ-Ž][\w'’-]+(?:\s[A-ZÀ-ÖØ-ÞĀ-Ž][\w'’-]+)?"
+_LIST = re.compile(rf"{_LIST_ITEM}(?:,\s+{_LIST_ITEM})*,?\s+(?:and|or|&)\s+{_LIST_ITEM}")
+_ITEM = re.compile(_LIST_ITEM)
+
+
+def coordinated_names(text: str, results: list[RecognizerResult]) -> list[RecognizerResult]:
+    """In "Kónya, Becker and Vasquez" or "Mary, Ariana, Isabel and Jodi", once one member is a PERSON the
+    other capitalised members of the same list are too."""
+    persons = [(r.start, r.end) for r in results if r.entity_type == "PERSON" and r.score >= 0.5]
+    if not persons:
+        return []
+    out = []
+    taken = [(r.start, r.end) for r in results if r.entity_type == "PERSON"]
+    for m in _LIST.finditer(text):
+        if not any(s < m.end() and m.start() < e for s, e in persons):
+            continue
+        for item in _ITEM.finditer(text, m.start(), m.end()):
+            if item.group() in ("And", "Or"):
+                continue
+            if any(s < item.end() and item.start() < e for s, e in taken):
+                continue
+            out.append(make_result("PERSON", item.start(), item.end(), 0.6, "CoordinationPropagation",
+                                   "CoordinationPropagation"))
+    return out
+
+
+_SPEAKER_NOT_NAMES = frozenset(
+    """note answer question q a user assistant system human ai bot agent customer subject date from to re cc
+    fax phone mobile desk email e-mail address name title summary example input output step warning error tip
+    source update edit ps response instruction context prompt completion hint solution explanation reason
+    result results total price cost time location reference description comment comments feedback status
+    office home work tel cell when where who what why how zip postcode directed written produced starring genre
+    mission statement about overview objective skills experience education references birthday born age
+    website url company organization employer position role department""".split()
+)
+
+
+class SpeakerLabelRecognizer(LocalRecognizer):
+    """Transcript speaker labels at the start of a line ("Leverett: What a wife."), common in chat logs
+    and scripts, excluding the usual non-name labels (Note:, Answer:, User:, Phone:)."""
+
+    _LABEL = re.compile(r"(?m)^[ \t>*-]*([A-ZÀ-ÖØ-ÞĀ-Ž][\w'’-]+(?: [A-ZÀ-ÖØ-ÞĀ-Ž][\w'’-]+)?):[ \t]+\S")
+
+    def __init__(self, supported_language: str = "en"):
+        super().__init__(supported_entities=["PERSON"], supported_language=supported_language,
+                         name="SpeakerLabelRecognizer")
+
+    def load(self) -> None:
+        pass
+
+    def analyze(self, text, entities, nlp_artifacts=None):
+        if "PERSON" not in entities:
+            return []
+        out = []
+        for m in self._LABEL.finditer(text):
+            label = m.group(1)
+            words = label.split()
+            if any(w.lower() in _SPEAKER_NOT_NAMES for w in words) or label.isupper():
+                continue
+            out.append(make_result("PERSON", m.start(1), m.end(1), 0.6, self.name, self.id))
+        return out
+
+
+class CaseInsensitiveIbanRecognizer(LocalRecognizer):
+    """IBANs typed in lower case ("my iban is gb42nawi0445..."): the stock recognizer wants capitals.
+    The ISO 7064 mod-97 check keeps random lower-case tokens out."""
+
+    _CANDIDATE = re.compile(r"(?<![\w])[a-z]{2}\d{2}(?:\s?[a-z0-9]{4}){2,7}(?:\s?[a-z0-9]{1,4})?(?![\w])")
+
+    def __init__(self, supported_language: str = "en"):
+        super().__init__(supported_entities=["IBAN_CODE"], supported_language=supported_language,
+                         name="CaseInsensitiveIbanRecognizer")
+
+    def load(self) -> None:
+        pass
+
+    def analyze(self, text, entities, nlp_artifacts=None):
+        if "IBAN_CODE" not in entities:
+            return []
+        out = []
+        for m in self._CANDIDATE.finditer(text):
+            value = m.group().replace(" ", "").upper()
+            if not 15 <= len(value) <= 34:
+                continue
+            rearranged = value[4:] + value[:4]
+            number = "".join(str(int(ch, 36)) for ch in rearranged)
+            if int(number) % 97 == 1:
+                out.append(make_result("IBAN_CODE", m.start(), m.end(), 1.0, self.name, self.id))
+        return out
+
+
 def custom_recognizers(language: str = "en") -> list[EntityRecognizer]:
     return [
         PaymentCardRecognizer(language),
         LoosePhoneRecognizer(language),
         StreetAddressRecognizer(language),
         PersonCueRecognizer(language),
+        SpeakerLabelRecognizer(language),
+        CaseInsensitiveIbanRecognizer(language),
     ]
