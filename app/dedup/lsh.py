@@ -66,11 +66,19 @@ def band_keys(values: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return _fmix64(acc)
 
 
+# (false positive weight, false negative weight) for the band/row optimiser. datasketch's even (0.5, 0.5)
+# puts the S-curve's midpoint near the threshold, so a pair exactly at 0.8 is proposed only 40% of the
+# time (9 bands x 13 rows). Every candidate is verified exactly, so a false positive costs one Jaccard
+# computation while a false negative puts a duplicate into training: weigh misses 19:1. At 0.8 that gives
+# 16 x 8, P(candidate | J=0.8) = 0.95, and on t0_templates cluster recall 0.84 -> 0.99 (bench/dedup).
+DEFAULT_WEIGHTS = (0.05, 0.95)
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     spec: MinHashSpec
     threshold: float = 0.8
-    weights: tuple[float, float] = (0.5, 0.5)
+    weights: tuple[float, float] = DEFAULT_WEIGHTS
 
     @property
     def params(self) -> tuple[int, int]:
@@ -135,8 +143,9 @@ class MemoryLSHIndex:
         for t in self._tables:
             t.clear()
 
-    def __len__(self) -> int:
-        """Band keys claimed (not examples)."""
+    @property
+    def claimed(self) -> int:
+        """Band keys claimed (not examples). Not __len__: an empty index must not be falsy."""
         return sum(len(t) for t in self._tables)
 
 

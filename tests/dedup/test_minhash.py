@@ -142,3 +142,17 @@ def test_storage_round_trip_both_schemes():
         assert np.array_equal(from_bytes(data, spec), v)
     with pytest.raises(IncompatibleSignatures):
         from_bytes(b"\0" * 16, MinHashSpec())
+
+
+def test_batch_shingling_equals_one_text_at_a_time():
+    from app.dedup.minhash import shingle_batch, shingle_sets
+
+    spec = MinHashSpec()
+    texts = TEXTS + ["one", "one two three four five", "x " * 7, "日本語のテキストとEnglish words mixed together here"]
+    flat, counts, flags = shingle_batch(texts, spec)
+    pos = 0
+    for text, c, f in zip(texts, counts, flags, strict=True):
+        sh, fl = shingles(text, spec)
+        assert flat[pos : pos + c] == sh and f == fl, text
+        pos += c
+    assert shingle_sets(texts, spec) == [set(shingles(t, spec)[0]) for t in texts]
