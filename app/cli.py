@@ -118,7 +118,7 @@ def datasets_create(name: str, format: Annotated[str, typer.Option("--format")] 
     except PedigreeError as e:
         err.print(f"[red]{e.message}")
         raise typer.Exit(1) from None
-    out.print(json.dumps({"id": str(ds.id), "name": ds.name, "format": ds.format}))
+    print(json.dumps({"id": str(ds.id), "name": ds.name, "format": ds.format}))
 
 
 @datasets_app.command("list")
@@ -129,7 +129,7 @@ def datasets_list() -> None:
     _prepare_db()
     with session_scope() as s:
         for ds in service.list_all(s):
-            out.print(json.dumps({"id": str(ds.id), "name": ds.name, "format": ds.format, "counts": service.counts(s, ds.id)}))
+            print(json.dumps({"id": str(ds.id), "name": ds.name, "format": ds.format, "counts": service.counts(s, ds.id)}))
 
 
 def _iter_lines(path: Path, mapping: dict[str, str]):  # noqa: ANN202
@@ -245,7 +245,7 @@ def _summary(result: dict[str, Any]) -> None:
         err.print(f"  line {e['line']}: {e['code']}{field}: {e['message']}")
     if len(errs) > 20:
         err.print(f"  … and {len(errs) - 20} more (GET /v1/ingest-batches/{result['batch_id']})")
-    out.print(json.dumps({k: v for k, v in result.items() if k != "errors"}))
+    print(json.dumps({k: v for k, v in result.items() if k != "errors"}))
 
 
 def _ingest_http(file: Path, dataset: str, api_url: str, api_key: str | None, source: str | None,
@@ -281,7 +281,7 @@ def audit_verify() -> None:
     _prepare_db()
     with session_scope() as s:
         result = service.verify(s)
-    out.print(json.dumps(result.to_dict()))
+    print(json.dumps(result.to_dict()))
     if not result.ok:
         raise typer.Exit(1)
 

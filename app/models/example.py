@@ -3,7 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, CreatedAtMixin, IdMixin, utcnow
@@ -69,7 +69,7 @@ class Example(IdMixin, CreatedAtMixin, Base):
     ingested_by: Mapped[str] = mapped_column(String(200))
     meta: Mapped[dict] = mapped_column("metadata", default=dict)
     tags: Mapped[list] = mapped_column(default=list)
-    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow, server_default=func.now())
 
 
 class ExampleRevision(IdMixin, CreatedAtMixin, Base):

@@ -338,7 +338,8 @@ def propagate_mentions(text: str, results: list[RecognizerResult], entity_type: 
                 names.add(part)
     if not names:
         return []
-    covered = [(r.start, r.end) for r in results]
+    # Only same-type spans block a mention: the model may have tagged the second "Nishiyama" as ORG.
+    covered = [(r.start, r.end) for r in results if r.entity_type == entity_type]
     out = []
     pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) + r")(?!\w)")
     for m in pattern.finditer(text):

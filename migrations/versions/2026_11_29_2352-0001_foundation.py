@@ -103,10 +103,9 @@ def upgrade() -> None:
     sa.Column('ingested_by', sa.String(length=200), nullable=False),
     sa.Column('metadata', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('tags', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
     sa.Column('id', sa.Uuid(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-    sa.ForeignKeyConstraint(['current_revision_id'], ['example_revisions.id'], name=op.f('fk_examples_current_revision_id_example_revisions'), initially='DEFERRED', deferrable=True, use_alter=True),
     sa.ForeignKeyConstraint(['dataset_id'], ['datasets.id'], name=op.f('fk_examples_dataset_id_datasets')),
     sa.ForeignKeyConstraint(['ingest_batch_id'], ['ingest_batches.id'], name=op.f('fk_examples_ingest_batch_id_ingest_batches')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_examples')),
@@ -153,9 +152,21 @@ def upgrade() -> None:
     sa.UniqueConstraint('example_id', 'seq', name=op.f('uq_example_revisions_example_id_seq'))
     )
     op.create_index(op.f('ix_example_revisions_content_sha256'), 'example_revisions', ['content_sha256'], unique=False)
+    # Hand edit: examples <-> example_revisions is circular, so this FK comes after both tables.
+    # Deferred, so one transaction can insert an example and its first revision in either order.
+    fk_args = dict(initially="DEFERRED", deferrable=True)
+    if op.get_bind().dialect.name == "sqlite":
+        with op.batch_alter_table("examples") as batch:
+            batch.create_foreign_key(op.f("fk_examples_current_revision_id_example_revisions"),
+                                     "example_revisions", ["current_revision_id"], ["id"], **fk_args)
+    else:
+        op.create_foreign_key(op.f("fk_examples_current_revision_id_example_revisions"), "examples",
+                              "example_revisions", ["current_revision_id"], ["id"], **fk_args)
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name != "sqlite":
+        op.drop_constraint(op.f("fk_examples_current_revision_id_example_revisions"), "examples", type_="foreignkey")
     op.drop_index(op.f('ix_example_revisions_content_sha256'), table_name='example_revisions')
     op.drop_table('example_revisions')
     op.drop_index(op.f('ix_duplicate_links_example_id'), table_name='duplicate_links')

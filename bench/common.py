@@ -1,0 +1,137 @@
+"""Shared helpers for the benchmarks: corpora, a throwaway PostgreSQL database, a real API server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPORA = Path(os.environ.get("PEDIGREE_CORPORA", ROOT.parent / "shared" / "corpora"))
+PG_ADMIN = os.environ.get("PEDIGREE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS = os.environ.get("PEDIGREE_BENCH_REDIS", "redis://127.0.0.1:6379/15")
+
+
+def instruct_records() -> list[dict]:
+    """Instruction/input/output records from the shared corpora (several sources, real lengths)."""
+    d = CORPORA / "instruct"
+    out: list[dict] = []
+    for name in ("alpaca_libre_tasks_v1.jsonl", "alpaca_libre_tasks_v2.jsonl"):
+        for line in (d / name).read_bytes().splitlines():
+            try:
+                r = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if str(r.get("instruction") or "").strip() and str(r.get("output") or "").strip():
+                out.append({"instruction": r["instruction"], "input": r.get("input") or "", "output": r["output"],
+                            "_source": "alpaca-libre"})
+    for line in (d / "dolly15k_first6400_flan-t5-xl_decode.jsonl").read_bytes().splitlines():
+        r = orjson.loads(line)
+        if str(r.get("instruction") or "").strip() and str(r.get("text") or "").strip():
+            out.append({"instruction": r["instruction"], "input": "", "output": r["text"], "_source": "dolly"})
+    for r in orjson.loads((d / "gpteacher_codegen-instruct.json").read_bytes()):
+        if str(r.get("instruction") or "").strip() and str(r.get("response") or "").strip():
+            out.append({"instruction": r["instruction"], "input": r.get("input") or "", "output": r["response"],
+                        "_source": "gpteacher"})
+    return out
+
+
+def jsonl_examples(n: int, seed_records: list[dict] | None = None) -> Iterator[bytes]:
+    """n distinct examples: the corpus cycled, later passes varied so contents (and hashes) differ."""
+    recs = seed_records or instruct_records()
+    for i in range(n):
+        r = recs[i % len(recs)]
+        k = i // len(recs)
+        instruction = r["instruction"] if k == 0 else f"{r['instruction']} (variant {k})"
+        yield orjson.dumps({
+            "instruction": instruction, "input": r["input"], "output": r["output"],
+            "provenance": {"source": r["_source"], "source_ref": f"bench-{i}", "license": "CC-BY-SA-3.0",
+                           "collected_at": "2026-05-01T00:00:00Z"},
+        })
+
+
+@contextmanager
+def temp_pg_database(prefix: str = "pedigree_bench") -> Iterator[str]:
+    name = f"{prefix}_{os.getpid()}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        c.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    try:
+        yield url
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_env(db_url: str, redis_url: str | None = REDIS) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PEDIGREE_")}
+    env.update(PEDIGREE_DATABASE_URL=db_url, PEDIGREE_SECRET_KEY="bench-secret-0123456789abcdef",
+               PEDIGREE_EMBEDDED="false")
+    if redis_url:
+        env["PEDIGREE_REDIS_URL"] = redis_url
+    return env
+
+
+def migrate(env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "-m", "app.cli", "db", "upgrade"], cwd=ROOT, env=env, check=True,
+                   capture_output=True)
+
+
+def create_key(env: dict[str, str], role: str = "admin") -> str:
+    r = subprocess.run([sys.executable, "-m", "app.cli", "keys", "create", "--role", role, "--name", f"bench-{role}"],
+                       cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    return r.stdout.strip().splitlines()[-1]
+
+
+@contextmanager
+def api_server(env: dict[str, str], workers: int = 1) -> Iterator[tuple[str, subprocess.Popen]]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port",
+                             str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"],
+                            cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    for _ in range(200):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError("API server did not start")
+    try:
+        yield url, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM: the process's peak resident set size so far."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def median(xs: list[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2

@@ -1,0 +1,175 @@
+"""Ingestion throughput: ours through the real HTTP API vs a naive ORM loop vs PostgreSQL COPY.
+
+    python -m bench.ingest [--n 100000] [--naive-n 3000]
+
+(a) ours: the JSONL streamed to POST /v1/datasets/{id}/examples:import on a real uvicorn server,
+    into PostgreSQL, pipeline tasks enqueued to Redis (no worker: we time ingestion only);
+(b) naive baseline: the same validation, then one ORM Example + revision per row, a commit each
+    (run on --naive-n rows; its rate is per example, so the ratio is size-independent);
+(c) floor: COPY of the same prepared rows into the same two tables.
+The API's peak RSS after a small and after the full import shows memory does not grow with size.
+The last stdout line is one JSON object with figures, targets and "pass".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import uuid
+
+import httpx
+import orjson
+import psycopg
+
+from bench.common import (
+    REDIS,
+    api_server,
+    bench_env,
+    create_key,
+    instruct_records,
+    jsonl_examples,
+    migrate,
+    peak_rss_mb,
+    temp_pg_database,
+)
+
+
+def stream_import(url: str, key: str, dataset_id: str, lines) -> tuple[dict, float]:  # noqa: ANN001
+    def body():  # noqa: ANN202
+        buf = []
+        for ln in lines:
+            buf.append(ln)
+            if len(buf) == 500:
+                yield b"\n".join(buf) + b"\n"
+                buf = []
+        if buf:
+            yield b"\n".join(buf) + b"\n"
+
+    t0 = time.perf_counter()
+    r = httpx.post(f"{url}/v1/datasets/{dataset_id}/examples:import", content=body(), timeout=None,
+                   headers={"Authorization": f"Bearer {key}", "Content-Type": "application/x-ndjson"})
+    dt = time.perf_counter() - t0
+    r.raise_for_status()
+    return r.json(), dt
+
+
+def naive(env: dict, dataset_id: str, lines: list[bytes]) -> float:
+    """One ORM object per example, a commit each: what a first implementation usually does."""
+    import os
+
+    os.environ.update(env)
+    from app.core.auth import Actor
+    from app.core.config import reset_settings
+
+    reset_settings()
+    from app.core.db import session_factory
+    from app.examples import ingest
+    from app.models.example import Example, ExampleRevision
+
+    actor = Actor(key_id=uuid.uuid4(), name="naive", role="curator")
+    factory = session_factory()
+    t0 = time.perf_counter()
+    with factory() as s:
+        for n, raw in enumerate(lines, 1):
+            c = ingest.parse_line(raw, n, "instruction", ingest.Defaults())
+            ex = Example(dataset_id=uuid.UUID(dataset_id), status="ingested", stage="quality", source=c.source,
+                         source_ref=f"naive-{c.source_ref}", license=c.license, collected_at=c.collected_at,
+                         ingested_by=actor.ref, meta=c.metadata, tags=c.tags)
+            s.add(ex)
+            s.flush()
+            rev = ExampleRevision(example_id=ex.id, seq=0, content=c.content, content_sha256=c.sha,
+                                  reason="ingest", author=actor.ref)
+            s.add(rev)
+            s.flush()
+            ex.current_revision_id = rev.id
+            s.commit()
+    return len(lines) / (time.perf_counter() - t0)
+
+
+def copy_floor(db_url: str, dataset_id: str, lines: list[bytes]) -> float:
+    """COPY the same rows (already validated and hashed, untimed) into examples + example_revisions."""
+    from app.core.ids import new_id
+    from app.examples import ingest
+
+    ex_rows, rev_rows = [], []
+    for n, raw in enumerate(lines, 1):
+        c = ingest.parse_line(raw, n, "instruction", ingest.Defaults())
+        eid, rid = new_id(), new_id()
+        ex_rows.append((eid, dataset_id, "ingested", "quality", rid, c.source, f"copy-{c.source_ref}", c.collected_at,
+                        c.license, "copy", orjson.dumps(c.metadata).decode(), orjson.dumps(c.tags).decode()))
+        rev_rows.append((rid, eid, 0, orjson.dumps(c.content).decode(), c.sha, "ingest", "copy"))
+    dsn = db_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn) as conn:
+        t0 = time.perf_counter()
+        with conn.cursor() as cur:
+            cur.execute("SET CONSTRAINTS ALL DEFERRED")
+            with cur.copy("COPY examples (id, dataset_id, status, stage, current_revision_id, source, source_ref, "
+                          "collected_at, license, ingested_by, metadata, tags) FROM STDIN") as cp:
+                for row in ex_rows:
+                    cp.write_row(row)
+            with cur.copy("COPY example_revisions (id, example_id, seq, content, content_sha256, reason, author) "
+                          "FROM STDIN") as cp:
+                for row in rev_rows:
+                    cp.write_row(row)
+        conn.commit()
+        return len(lines) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100_000, help="examples imported through the API")
+    ap.add_argument("--naive-n", type=int, default=3000, help="examples for the naive baseline")
+    ap.add_argument("--small-n", type=int, default=10_000, help="size of the import used for the memory baseline")
+    args = ap.parse_args()
+
+    import redis
+
+    records = instruct_records()
+    full = list(jsonl_examples(args.n, records))
+    small = [ln.replace(b'"bench-', b'"small-') for ln in full[: args.small_n]]
+    with temp_pg_database() as db_url:
+        env = bench_env(db_url, REDIS)
+        migrate(env)
+        key = create_key(env)
+        redis.Redis.from_url(REDIS).flushdb()
+        with api_server(env) as (url, proc):
+            h = {"Authorization": f"Bearer {key}"}
+            ds_small = httpx.post(f"{url}/v1/datasets", json={"name": "bench-small", "format": "instruction"}, headers=h).json()
+            ds = httpx.post(f"{url}/v1/datasets", json={"name": "bench", "format": "instruction"}, headers=h).json()
+            res_small, t_small = stream_import(url, key, ds_small["id"], small)
+            rss_small = peak_rss_mb(proc.pid)
+            res, t_full = stream_import(url, key, ds["id"], full)
+            rss_full = peak_rss_mb(proc.pid)
+        assert res["accepted"] == args.n and res["rejected"] == 0, res
+        ours = args.n / t_full
+        naive_rate = naive(env, ds["id"], full[: args.naive_n])
+        copy_rate = copy_floor(db_url, ds["id"], full)
+        redis.Redis.from_url(REDIS).flushdb()
+
+    result = {
+        "bench": "ingest",
+        "n": args.n,
+        "ours_examples_per_s": round(ours),
+        "naive_examples_per_s": round(naive_rate),
+        "copy_examples_per_s": round(copy_rate),
+        "ours_vs_naive": round(ours / naive_rate, 1),
+        "copy_vs_ours": round(copy_rate / ours, 2),
+        "api_peak_rss_mb": {"after_small": round(rss_small, 1), "after_full": round(rss_full, 1),
+                            "small_n": args.small_n, "growth": round(rss_full / rss_small, 3)},
+        "small_import_examples_per_s": round(args.small_n / t_small),
+        "targets": {"ours_examples_per_s": 10_000, "ours_vs_naive": 20, "copy_vs_ours_max": 3,
+                    "rss_growth_max": 1.25},
+    }
+    result["pass"] = bool(
+        ours >= 10_000 and ours / naive_rate >= 20 and copy_rate / ours <= 3 and rss_full / rss_small <= 1.25
+    )
+    print(f"ours   {ours:10,.0f} examples/s  (HTTP import, PostgreSQL)")
+    print(f"naive  {naive_rate:10,.0f} examples/s  (ORM object + commit per example)")
+    print(f"COPY   {copy_rate:10,.0f} examples/s  (floor)")
+    print(f"API peak RSS: {rss_small:.0f} MB after {args.small_n:,}, {rss_full:.0f} MB after {args.n:,}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

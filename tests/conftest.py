@@ -1,0 +1,207 @@
+"""Test fixtures: real databases built by the migrations, real Redis, real processes.
+
+Data-layer tests take the `db` fixture, parametrised over SQLite (the embedded default) and
+PostgreSQL (production). Each PostgreSQL test run gets its own database, built once by
+`alembic upgrade head`; between tests the tables are truncated (the app opens its own sessions and
+commits, so a rolled-back outer transaction cannot isolate it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+PG_ADMIN_URL = os.environ.get("PEDIGREE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("PEDIGREE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+if not CORPORA.exists():
+    CORPORA = Path(os.environ.get("PEDIGREE_CORPORA", "../shared/corpora")).resolve()
+
+# Tests never run with a developer's own settings.
+for _k in [k for k in os.environ if k.startswith("PEDIGREE_") and not k.startswith("PEDIGREE_TEST")]:
+    del os.environ[_k]
+os.environ["PEDIGREE_SECRET_KEY"] = "test-secret-key-0123456789abcdef"
+
+
+def _worker_suffix() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    name = f"pedigree_test_{_worker_suffix()}_{os.getpid()}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    url = f"{base.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
+    _use_db(url)
+    from app.core.migrate import upgrade_head
+
+    upgrade_head()
+    yield url
+    from app.core.db import _engine_for
+
+    _engine_for.cache_clear()
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    _use_db(f"sqlite:///{path}")
+    from app.core.migrate import upgrade_head
+
+    upgrade_head()
+    from app.core.db import get_engine
+
+    get_engine().dispose()
+    return path
+
+
+def _use_db(url: str, redis_url: str | None = None) -> None:
+    os.environ["PEDIGREE_DATABASE_URL"] = url
+    if redis_url:
+        os.environ["PEDIGREE_REDIS_URL"] = redis_url
+    else:
+        os.environ.pop("PEDIGREE_REDIS_URL", None)
+    # Test databases are throwaway: allow the embedded conveniences (and its default key files).
+    os.environ["PEDIGREE_EMBEDDED"] = "false" if redis_url else "true"
+    from app.core.config import reset_settings
+
+    reset_settings()
+
+
+def truncate_all(url: str) -> None:
+    from app.core.db import get_engine
+    from app.models import Base
+
+    tables = [t.name for t in Base.metadata.sorted_tables if t.name != "audit_head"]
+    with get_engine().begin() as conn:
+        if url.startswith("postgresql"):
+            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        else:
+            for t in reversed(tables):
+                conn.execute(text(f"DELETE FROM {t}"))
+        conn.execute(text("UPDATE audit_head SET seq = 0, hash = :h WHERE id = 1"), {"h": "0" * 64})
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A clean database, on both backends. Yields the URL; settings point at it."""
+    if request.param == "sqlite":
+        template = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "pedigree.db"
+        shutil.copy(template, path)
+        url = f"sqlite:///{path}"
+        _use_db(url)
+        yield url
+        from app.core.db import get_engine
+
+        get_engine().dispose()
+    else:
+        url = request.getfixturevalue("pg_url")
+        _use_db(url)
+        truncate_all(url)
+        yield url
+
+
+@pytest.fixture
+def pg(pg_url: str) -> Iterator[str]:
+    """PostgreSQL only (concurrency, SKIP LOCKED, real workers)."""
+    _use_db(pg_url)
+    truncate_all(pg_url)
+    yield pg_url
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    import redis
+
+    r = redis.Redis.from_url(REDIS_URL)
+    r.ping()
+    yield REDIS_URL
+
+
+class Api:
+    """A TestClient with one key per role; `api.as_("reviewer").get(...)`."""
+
+    def __init__(self, client, keys: dict[str, str]) -> None:  # noqa: ANN001
+        self.client = client
+        self.keys = keys
+
+    def as_(self, role: str):  # noqa: ANN201
+        api = self
+
+        class _Bound:
+            def request(self, method: str, url: str, **kw):  # noqa: ANN202, ANN003
+                headers = {"Authorization": f"Bearer {api.keys[role]}", **kw.pop("headers", {})}
+                return api.client.request(method, url, headers=headers, **kw)
+
+            def get(self, url: str, **kw):  # noqa: ANN202, ANN003
+                return self.request("GET", url, **kw)
+
+            def post(self, url: str, **kw):  # noqa: ANN202, ANN003
+                return self.request("POST", url, **kw)
+
+            def patch(self, url: str, **kw):  # noqa: ANN202, ANN003
+                return self.request("PATCH", url, **kw)
+
+            def delete(self, url: str, **kw):  # noqa: ANN202, ANN003
+                return self.request("DELETE", url, **kw)
+
+        return _Bound()
+
+
+def make_keys() -> dict[str, str]:
+    from app.core import auth
+    from app.core.db import session_scope
+
+    keys = {}
+    with session_scope() as s:
+        for role in ("admin", "curator", "reviewer", "trainer", "auditor"):
+            _, keys[role] = auth.create_key(s, name=f"test-{role}", role=role)
+        _, keys["reviewer2"] = auth.create_key(s, name="test-reviewer-2", role="reviewer")
+        _, keys["curator2"] = auth.create_key(s, name="test-curator-2", role="curator")
+    return keys
+
+
+@pytest.fixture
+def api(db: str) -> Iterator[Api]:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app()) as client:
+        yield Api(client, make_keys())
+
+
+@pytest.fixture
+def pg_api(pg: str) -> Iterator[Api]:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app()) as client:
+        yield Api(client, make_keys())
+
+
+def new_dataset(api: Api, fmt: str = "instruction", **extra) -> dict:  # noqa: ANN003
+    r = api.as_("curator").post("/v1/datasets", json={"name": f"ds-{uuid.uuid4().hex[:8]}", "format": fmt, **extra})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def corpora_file(rel: str) -> Path:
+    path = CORPORA / rel
+    if not path.exists():
+        pytest.skip(f"shared corpora not present ({path}); CI has them")
+    return path
