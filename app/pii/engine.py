@@ -305,7 +305,7 @@ class PiiEngine:
         if "PERSON" in policy.entities and self.settings.custom_recognizers:
             results = custom.retype_names(text, results)
             results = results + custom.coordinated_names(text, results)
-            results = results + custom.propagate_mentions(text, results)
+            results = custom.propagate_mentions(text, results)
         wanted = set(policy.entities)
         results = [r for r in results if r.entity_type in wanted]
         if allow:

@@ -324,30 +324,35 @@ class PersonCueRecognizer(PatternRecognizer):
 
 def propagate_mentions(text: str, results: list[RecognizerResult], entity_type: str = "PERSON") -> list:
     """Once a name is found anywhere in a text, find its other mentions too (the model often tags a name on
-    one mention and not the next; the surname alone later is still the same person)."""
+    one mention and not the next; the surname alone later is still the same person). Returns the full
+    result list: a mention the model tagged as a place or an organisation is re-typed."""
     names: set[str] = set()
     for r in results:
         if r.entity_type != entity_type or r.score < 0.5:
             continue
         value = text[r.start : r.end].strip()
-        if len(value) < 3:
+        # Lower-case spans are where the model is least sure; spreading one would spread a false positive.
+        if len(value) < 3 or not value[0].isupper():
             continue
         names.add(value)
         for part in value.split():
             if len(part) >= 4 and part[0].isupper():
                 names.add(part)
     if not names:
-        return []
-    # Only same-type spans block a mention: the model may have tagged the second "Nishiyama" as ORG.
+        return results
+    # Only same-type spans block a mention: the model may have tagged the second "Nishiyama" as GPE.
     covered = [(r.start, r.end) for r in results if r.entity_type == entity_type]
-    out = []
-    pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) + r")(?!\w)")
+    found: list[RecognizerResult] = []
+    pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+                         + r")(?!\w)")
     for m in pattern.finditer(text):
         if any(s < m.end() and m.start() < e for s, e in covered):
             continue
         covered.append((m.start(), m.end()))
-        out.append(make_result(entity_type, m.start(), m.end(), 0.75, "MentionPropagation", "MentionPropagation"))
-    return out
+        found.append(make_result(entity_type, m.start(), m.end(), 0.75, "MentionPropagation", "MentionPropagation"))
+    spans = {(f.start, f.end) for f in found}
+    kept = [r for r in results if not (r.entity_type in _NER_OTHER and (r.start, r.end) in spans)]
+    return kept + found
 
 
 
@@ -382,6 +387,9 @@ def _looks_like_name(value: str) -> bool:
         return False
     lowered = {t.lower().strip(".") for t in tokens}
     return not (lowered & _ORG_WORDS or lowered & _PLACE_WORDS)
+
+
+_NER_OTHER = frozenset({"ORGANIZATION", "LOCATION", "NRP"})
 
 
 def retype_names(text: str, results: list[RecognizerResult]) -> list[RecognizerResult]:

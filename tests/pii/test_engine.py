@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from app.pii.engine import PiiEngine, PiiModelMissing, PiiSettings, get_engine
+from app.pii.schemas import PiiPolicy
+from app.pii.scrub import ScrubInput, scrub_examples
+
+KEY = b"k" * 32
+
+
+def test_engine_is_built_once_per_process(engine):
+    assert get_engine() is engine
+    assert get_engine(PiiSettings()) is engine
+
+
+def test_ner_pipeline_is_trimmed_to_what_presidio_uses(engine):
+    assert engine.nlp.pipe_names == ["ner"]
+    assert engine.info.model == "en_core_web_sm==3.8.0"
+    assert engine.info.engine.startswith("presidio-analyzer==")
+
+
+def test_missing_model_refuses_with_instructions():
+    with pytest.raises(PiiModelMissing) as exc:
+        PiiEngine(PiiSettings(spacy_model="xx_no_such_model_sm"))
+    message = str(exc.value)
+    assert "requirements/spacy-model.txt" in message
+    assert "PEDIGREE_PII_MODE=pattern_only" in message
+
+
+def test_pattern_only_is_recorded_on_every_finding():
+    engine = PiiEngine(PiiSettings(mode="pattern_only", spacy_model="xx_no_such_model_sm"))
+    [res] = scrub_examples(
+        engine, [ScrubInput({"prompt": "mail me at ann@example.org", "completion": "ok"}, "e1")],
+        PiiPolicy(), hash_key=KEY,
+    )
+    assert res.flags["mode"] == "pattern_only"
+    assert res.findings and all(f.model == "pattern-only" for f in res.findings)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    attempts: list[object] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts
+
+
+def test_build_and_scrub_with_the_network_blocked(no_network):
+    # A fresh engine (not the cached one): building it must not download a model or a suffix list either.
+    engine = PiiEngine(PiiSettings())
+    [res] = scrub_examples(
+        engine,
+        [ScrubInput({"instruction": "Write to bob.smith@mail.co.uk or jane@example.museum", "output": "ok"}, "e")],
+        PiiPolicy(),
+        hash_key=KEY,
+    )
+    assert [f.entity_type for f in res.findings] == ["EMAIL_ADDRESS", "EMAIL_ADDRESS"]
+    assert no_network == []
+
+
+def test_stock_email_validation_would_have_fetched(no_network):
+    """Guards the reason for OfflineEmailRecognizer: tldextract's default instance goes to the network."""
+    import tldextract
+
+    extractor = tldextract.TLDExtract(cache_dir=None)
+    extractor("someone@example.com")
+    assert no_network, "tldextract no longer fetches by default; OfflineEmailRecognizer may be dropped"
