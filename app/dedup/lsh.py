@@ -155,6 +155,27 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL'
 return 0
 """
 
+# Claim-or-read for a chunk of examples: KEYS are the band hashes (bands per example, example by example),
+# ARGV[1] the band count, then one field per key, then one owner per example. Returns a flat list of
+# (0-based key position, current owner) for every claim another example already holds. HSETNX then HGET
+# inside one script: no other client runs in between, so the owner read is the one that beat us.
+_CLAIM_LUA = """
+local n = #KEYS
+local b = tonumber(ARGV[1])
+local out = {}
+for i = 1, n do
+  local owner = ARGV[n + 2 + math.floor((i - 1) / b)]
+  if redis.call('HSETNX', KEYS[i], ARGV[i + 1], owner) == 0 then
+    local cur = redis.call('HGET', KEYS[i], ARGV[i + 1])
+    if cur ~= owner then out[#out + 1] = i - 1; out[#out + 1] = cur end
+  end
+end
+return out
+"""
+# Examples per script call: 250 x 16 bands = 4,000 claims, about 2 ms of Redis time, so a batch never
+# holds the server (which is also the Celery broker) for long; all calls of a batch share one round trip.
+_CLAIM_CHUNK = 250
+
 # Entries per small hash at the index's capacity. Redis keeps a hash of up to hash-max-listpack-entries
 # (128 by default) short fields as one flat listpack, a few bytes per entry instead of a dict entry each.
 _ENTRIES_PER_HASH = 100
@@ -174,6 +195,7 @@ class RedisLSHIndex:
         self.bands, self.rows = config.params
         self._capacity_shards = 1 << max(0, int(np.ceil(np.log2(max(1, capacity) / _ENTRIES_PER_HASH))))
         self._remove = client.register_script(_REMOVE_LUA)
+        self._claim = client.register_script(_CLAIM_LUA)
         self._open()
 
     def _open(self) -> None:
@@ -206,28 +228,26 @@ class RedisLSHIndex:
         return names, fields
 
     def query_insert(self, keys: Sequence[bytes], sigs: Signatures) -> list[set[bytes]]:
-        """Claim every band key of every example (one pipelined round trip); where the claim fails, read the
-        owner (a second round trip, only for the claims that failed). The owners are the candidates."""
+        """Claim every band key of every example; where a claim fails, the current owner is a candidate.
+        One pipelined round trip per batch. Each script call is atomic, so within a chunk and across
+        workers the claim and the read of the owner cannot be separated by another writer."""
         names, fields = self._locate(sigs)
         empty = sigs.empty
         todo = [i for i in range(len(keys)) if not empty[i]]
-        pipe = self.client.pipeline(transaction=False)
-        for i in todo:
-            key = keys[i]
-            for name, f in zip(names[i], fields[i], strict=True):
-                pipe.hsetnx(name, f, key)
-        claimed = pipe.execute()
-        pairs = [(i, j) for i in todo for j in range(self.bands)]
-        lost = [pair for pair, ok in zip(pairs, claimed, strict=True) if not ok]
         out: list[set[bytes]] = [set() for _ in keys]
-        if lost:
-            pipe = self.client.pipeline(transaction=False)
-            for i, j in lost:
-                pipe.hget(names[i][j], fields[i][j])
-            for (i, _), owner in zip(lost, pipe.execute(), strict=True):
-                # None: the owner was removed between the two round trips; it is gone, nothing to link.
-                if owner is not None and owner != keys[i]:
-                    out[i].add(owner)
+        if not todo:
+            return out
+        pipe = self.client.pipeline(transaction=False)
+        chunks = [todo[lo : lo + _CLAIM_CHUNK] for lo in range(0, len(todo), _CLAIM_CHUNK)]
+        for chunk in chunks:
+            self._claim(
+                keys=[nm for i in chunk for nm in names[i]],
+                args=[self.bands, *(f for i in chunk for f in fields[i]), *(keys[i] for i in chunk)],
+                client=pipe,
+            )
+        for chunk, res in zip(chunks, pipe.execute(), strict=True):
+            for pos in range(0, len(res), 2):
+                out[chunk[res[pos] // self.bands]].add(res[pos + 1])
         return out
 
     def query(self, sigs: Signatures) -> list[set[bytes]]:
