@@ -14,13 +14,15 @@ class _SupervisedCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk: int):
         n = hidden.shape[0]
-        losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        losses = torch.empty(n, dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
         need_grad = ctx.needs_input_grad[0]
         grad = torch.empty_like(hidden) if need_grad else None
         for s in range(0, n, chunk):
             h = hidden[s : s + chunk]
             t = targets[s : s + chunk]
-            logits = (h @ weight.t()).float()
+            logits = h @ weight.t()
+            if logits.dtype in (torch.bfloat16, torch.float16):
+                logits = logits.float()
             lse = torch.logsumexp(logits, dim=-1)
             losses[s : s + chunk] = lse - logits.gather(1, t[:, None]).squeeze(1)
             if need_grad:

@@ -1,0 +1,307 @@
+"""The GPU host's Celery worker: `celery -A trainer.worker worker -Q train --concurrency 1`.
+
+One task, `pedigree.train.run(run_id)`. It claims the run over HTTP, downloads the snapshot export,
+trains in a child process (torchrun when the host has several GPUs), streams events and heartbeats
+back, uploads the adapter, and reports completion or failure. Training always runs in a child so
+that an OOM, a CUDA fault or a cancel never leaves this long-lived worker holding GPU memory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from celery import Celery
+
+from trainer.client import ApiClient, Conflict
+
+EVENT_KEYS = ("kind", "level", "message", "step", "data")
+
+
+@dataclass
+class Settings:
+    api_url: str
+    key: str
+    redis_url: str
+    artifact_root: str
+    gpus: int | None = None  # None: count them
+    heartbeat_s: float = 10.0
+    flush_s: float = 2.0
+    cancel_grace_s: float = 60.0
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        gpus = os.environ.get("PEDIGREE_TRAINER_GPUS")
+        return cls(
+            api_url=os.environ.get("PEDIGREE_API_URL", "http://localhost:8000"),
+            key=os.environ.get("PEDIGREE_TRAINER_KEY", ""),
+            redis_url=os.environ.get("PEDIGREE_REDIS_URL", "redis://localhost:6379/0"),
+            artifact_root=os.environ.get("PEDIGREE_ARTIFACT_ROOT", "./var/artifacts"),
+            gpus=int(gpus) if gpus else None,
+        )
+
+
+def gpu_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def train_command(spec: Path, data: Path, out: Path, events: Path, stop: Path, gpus: int) -> list[str]:
+    args = ["-m", "trainer", "train", "--spec", str(spec), "--data", str(data), "--out", str(out),
+            "--events", str(events), "--stop-file", str(stop), "--quiet"]
+    if gpus > 1:
+        # Data parallel over every local GPU (issue 7 §5); torchrun sets RANK/WORLD_SIZE for trainer.core.
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", *args]
+    return [sys.executable, *args]
+
+
+class EventPump(threading.Thread):
+    """Forwards the child's events file to the API in batches, with heartbeats in between.
+
+    A 409 from the events endpoint means the run was cancelled or reaped: the pump then asks the
+    child to stop (stop file) and the task reports nothing further.
+    """
+
+    def __init__(self, client: ApiClient, run_id: str, path: Path, stop_file: Path, settings: Settings):
+        super().__init__(daemon=True)
+        self.client, self.run_id, self.path, self.stop_file, self.s = client, run_id, path, stop_file, settings
+        self.cancelled = threading.Event()
+        self._done = threading.Event()
+        self._pending: list[dict] = []
+        self._lock = threading.Lock()
+        self._offset = 0
+        self.last_sent = 0.0
+        self.error: Exception | None = None
+
+    def add(self, kind: str, message: str, level: str = "info", data: dict | None = None) -> None:
+        with self._lock:
+            self._pending.append({"kind": kind, "level": level, "message": message, "step": None, "data": data or {}})
+
+    def _read_new(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            chunk = f.read()
+        # Only whole lines: the child may be mid-write.
+        end = chunk.rfind(b"\n") + 1
+        self._offset += end
+        for line in chunk[:end].splitlines():
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            with self._lock:
+                self._pending.append({k: e.get(k) for k in EVENT_KEYS})
+
+    def flush(self, *, heartbeat: bool = False) -> None:
+        self._read_new()
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if not batch and heartbeat:
+            batch = [{"kind": "heartbeat", "level": "info", "message": "alive", "step": None, "data": {}}]
+        if not batch:
+            return
+        try:
+            self.client.events(self.run_id, batch)
+            self.last_sent = time.time()
+        except Conflict:
+            self.cancelled.set()
+            self.stop_file.touch()
+        except Exception as exc:  # noqa: BLE001 - a flaky API must not kill training; retried next tick
+            self.error = exc
+            with self._lock:
+                self._pending = batch + self._pending
+
+    def run(self) -> None:
+        self.last_sent = time.time()
+        while not self._done.wait(self.s.flush_s):
+            if self.cancelled.is_set():
+                continue
+            self.flush(heartbeat=time.time() - self.last_sent >= self.s.heartbeat_s)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(timeout=30)
+        if not self.cancelled.is_set():
+            self.flush()
+
+
+def package_adapter(adapter_dir: Path, dest: Path) -> str:
+    """tar.gz of the adapter folder's files at the archive root; byte-identical for identical files."""
+    h = hashlib.sha256()
+    with open(dest, "wb") as raw:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+            with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for path in sorted(p for p in adapter_dir.rglob("*") if p.is_file()):
+                    info = tar.gettarinfo(str(path), arcname=str(path.relative_to(adapter_dir)))
+                    info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
+                    with open(path, "rb") as f:
+                        tar.addfile(info, f)
+    with open(dest, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def upload(local: Path, artifact_root: str, model_name: str, run_id: str) -> str:
+    import fsspec
+
+    url = f"{artifact_root.rstrip('/')}/{model_name}/{run_id}.tar.gz"
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.put_file(str(local), path)
+    return fs.unstrip_protocol(path)
+
+
+def _spec_from_run(run: dict) -> dict:
+    metadata = run.get("metadata") or {}
+    return {
+        "base_model": run["base_model"],
+        "method": run.get("method", "lora"),
+        "hyperparameters": run.get("hyperparameters") or {},
+        "expected_manifest_sha256": run.get("expected_manifest_sha256"),
+        "model_name": run.get("model_name"),
+        "model_card": run.get("model_card") or metadata.get("model_card") or {},
+    }
+
+
+def execute(run_id: str, settings: Settings, client: ApiClient | None = None) -> dict:
+    """Run one training run end to end; returns what happened (for logs and tests)."""
+    own_client = client is None
+    client = client or ApiClient(settings.api_url, settings.key)
+    try:
+        run = client.get_run(run_id)
+        if run.get("status") not in (None, "queued", "validating"):
+            return {"status": "skipped", "reason": f"run is {run.get('status')}"}
+        try:
+            client.start(run_id, socket.gethostname())
+        except Conflict:
+            # Another worker has it, or it was cancelled before we got here: nothing to do.
+            return {"status": "skipped", "reason": "start refused (409)"}
+        try:
+            return _train_claimed(run_id, run, settings, client)
+        except Exception as exc:  # noqa: BLE001 - the run must end failed, not hang until the reaper
+            try:
+                client.fail(run_id, "internal_error", f"trainer worker: {type(exc).__name__}: {exc}")
+            except Exception:  # noqa: BLE001
+                pass
+            raise
+    finally:
+        if own_client:
+            client.close()
+
+
+def _train_claimed(run_id: str, run: dict, settings: Settings, client: ApiClient) -> dict:
+    spec = _spec_from_run(run)
+    with tempfile.TemporaryDirectory(prefix=f"pedigree-run-{run_id}-") as tmp:
+        tmp = Path(tmp)
+        events, stop, out = tmp / "events.jsonl", tmp / "stop", tmp / "out"
+        pump = EventPump(client, run_id, events, stop, settings)
+        pump.start()
+        try:
+            pump.add("log", f"worker {socket.gethostname()} downloading snapshot {run['snapshot_id']}")
+            data = tmp / "export.jsonl"
+            try:
+                header = client.download_export(run["snapshot_id"], data)
+            except Conflict:
+                pump.cancelled.set()
+                return {"status": "cancelled"}
+            expected = spec.get("expected_manifest_sha256")
+            if header and expected and header != expected:
+                pump.stop()
+                client.fail(run_id, "manifest_mismatch",
+                            f"snapshot export manifest {header} differs from the expected {expected}")
+                return {"status": "failed", "code": "manifest_mismatch"}
+            (tmp / "spec.json").write_text(json.dumps(spec))
+            gpus = settings.gpus if settings.gpus is not None else gpu_count()
+            cmd = train_command(tmp / "spec.json", data, out, events, stop, gpus)
+            pump.add("log", f"training on {max(gpus, 1)} {'GPU' if gpus else 'CPU process'}(s)")
+            proc = subprocess.Popen(cmd, cwd=os.getcwd(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            stderr_tail = _wait(proc, pump, settings)
+        finally:
+            pump.stop()
+        if pump.cancelled.is_set():
+            return {"status": "cancelled"}
+        result_path = out / "result.json"
+        result = json.loads(result_path.read_text()) if result_path.exists() else None
+        if not result or "error" in result:
+            err = (result or {}).get("error") or {
+                "code": "internal_error",
+                "message": f"trainer exited with {proc.returncode}: {stderr_tail[-2000:]}",
+            }
+            if err["code"] == "cancelled":
+                return {"status": "cancelled"}
+            client.fail(run_id, err["code"], err["message"])
+            return {"status": "failed", "code": err["code"]}
+        tarball = tmp / f"{run_id}.tar.gz"
+        sha = package_adapter(Path(result["adapter_dir"]), tarball)
+        model_name = spec.get("model_name") or run_id
+        uri = upload(tarball, settings.artifact_root, model_name, run_id)
+        body = {"artifact_uri": uri, "artifact_sha256": sha, "metrics": result["metrics"],
+                "examples": result["examples"]}
+        try:
+            client.complete(run_id, body)
+        except Conflict:
+            # The service refused a late report (reaped or cancelled meanwhile); the artifact stays
+            # unreferenced rather than registering a model the service no longer expects.
+            return {"status": "refused", "artifact_uri": uri}
+        return {"status": "succeeded", "artifact_uri": uri, "artifact_sha256": sha}
+
+
+def _wait(proc: subprocess.Popen, pump: EventPump, settings: Settings) -> str:
+    """Wait for the child; on cancel give it a grace period to stop at a step boundary, then kill it."""
+    stderr_chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    cancelled_at = None
+    while proc.poll() is None:
+        time.sleep(0.2)
+        if pump.cancelled.is_set() and cancelled_at is None:
+            cancelled_at = time.time()
+        if cancelled_at and time.time() - cancelled_at > settings.cancel_grace_s:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    reader.join(timeout=10)
+    return b"".join(stderr_chunks).decode(errors="replace")
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings.from_env()
+    celery = Celery("pedigree-trainer", broker=settings.redis_url)
+    celery.conf.update(
+        task_default_queue="train",
+        task_routes={"pedigree.train.run": {"queue": "train"}},
+        # One run at a time per host, and a run is only acknowledged once it has finished, so a
+        # host that dies mid-run does not silently drop it (the service's reaper decides its fate).
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        broker_connection_retry_on_startup=True,
+    )
+
+    @celery.task(name="pedigree.train.run", acks_late=True, ignore_result=True)
+    def run(run_id: str) -> dict:
+        return execute(run_id, Settings.from_env())
+
+    return celery
+
+
+app = make_app()
