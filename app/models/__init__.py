@@ -5,6 +5,7 @@ from app.models.auth import ApiKey
 from app.models.base import Base
 from app.models.dataset import Dataset
 from app.models.example import DuplicateLink, Example, ExampleRevision, IngestBatch
+from app.models.pii import PiiFinding, PiiScrub, PiiVaultEntry
 
 __all__ = [
     "ApiKey",
@@ -16,4 +17,7 @@ __all__ = [
     "Example",
     "ExampleRevision",
     "IngestBatch",
+    "PiiFinding",
+    "PiiScrub",
+    "PiiVaultEntry",
 ]
