@@ -121,6 +121,7 @@ def train(
     from trainer import attention, modelcard, packing
     from trainer.data import Renderer, verify_records
     from trainer.engine import Engine, dist_from_env, lr_lambda, make_optimizer
+    from trainer.loader import Prefetcher
 
     t_start = time.time()
     out_dir = Path(out_dir)
@@ -222,46 +223,60 @@ def train(
         step = 0
         real_total = sup_total = 0
         train_time = 0.0
+        data: dict = {}
         window = {"loss": 0.0, "sup": 0, "real": 0, "t": 0.0}
         last_beat = time.time()
         if on_gpu:
             torch.cuda.reset_peak_memory_stats(device)
         peft_model.train()
+        schedule = []
         for epoch in range(hp["epochs"]):
             order = list(range(len(train_plan.rows)))
             # Row order changes per epoch; which examples share a row does not (packing is by length).
             random.Random(seed * 1000003 + epoch).shuffle(order)
             for s0 in range(0, len(order), rows_per_step):
-                if step >= total_steps:
-                    break
+                schedule.append((epoch, [train_plan.rows[i] for i in order[s0 : s0 + rows_per_step]]))
+        schedule = schedule[:total_steps]
+
+        def build(item):
+            epoch, step_rows = item
+            mbs = _micro_batches(step_rows, train_ex, hp, pad_id, dist)
+            return epoch, step_rows, [mb.pin() for mb in mbs] if on_gpu else mbs
+
+        loader = Prefetcher(schedule, build, depth=2)
+        loss_acc = torch.zeros((), dtype=torch.float64, device=device)
+        if on_gpu:
+            torch.cuda.synchronize(device)
+        t_window = time.perf_counter()
+        try:
+            for epoch, step_rows, host_mbs in loader:
                 check_stop()
-                step_rows = [train_plan.rows[i] for i in order[s0 : s0 + rows_per_step]]
                 step_sup = sum(sup_of[i] for row in step_rows for i in row)
-                mbs = [mb.to(device) for mb in _micro_batches(step_rows, train_ex, hp, pad_id, dist)]
-                t0 = time.perf_counter()
-                loss_sum = engine.backward_step(mbs, max(1, step_sup))
+                mbs = [mb.to(device) for mb in host_mbs]
+                loss_acc += engine.backward_step(mbs, max(1, step_sup))
                 if hp["max_grad_norm"] > 0:
                     torch.nn.utils.clip_grad_norm_(engine.params, hp["max_grad_norm"])
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                step_real = sum(len_of[i] for row in step_rows for i in row)
+                step_real = 0
                 for row in step_rows:
                     for i in row:
                         seen_tokens[i] += len_of[i]
                         seen_epochs[i] += 1
-                window["loss"] += float(_all_sum([float(loss_sum)], dist, device)[0])
-                if on_gpu:
-                    torch.cuda.synchronize(device)
-                dt = time.perf_counter() - t0
-                train_time += dt
+                        step_real += len_of[i]
                 window["sup"] += step_sup
                 window["real"] += step_real
-                window["t"] += dt
                 real_total += step_real
                 sup_total += step_sup
+                # Synchronise only at log points: a per-step sync would stall the launch queue.
                 if step % hp["log_every"] == 0 or step == total_steps:
+                    window["loss"] = _all_sum([float(loss_acc)], dist, device)[0]
+                    loss_acc.zero_()
+                    now = time.perf_counter()
+                    window["t"] = now - t_window
+                    train_time += window["t"]
                     data = {
                         "train_loss": window["loss"] / max(1, window["sup"]),
                         "tokens_per_s": window["real"] / max(window["t"], 1e-9),
@@ -272,9 +287,12 @@ def train(
                     emit(_event("metrics", f"step {step}/{total_steps} loss {data['train_loss']:.4f}", step=step,
                                 data=data))
                     window = {"loss": 0.0, "sup": 0, "real": 0, "t": 0.0}
+                    t_window = time.perf_counter()
                 if time.time() - last_beat >= 10:
                     emit(_event("heartbeat", "training", step=step))
                     last_beat = time.time()
+        finally:
+            loader.close()
         val_after = validate()
         if val_after is not None:
             emit(_event("metrics", f"validation loss after training {val_after:.4f}", step=step,
@@ -291,7 +309,7 @@ def train(
     metrics = {
         "val_loss_before": val_before,
         "val_loss_after": val_after,
-        "train_loss": window["loss"] / window["sup"] if window["sup"] else None,
+        "train_loss": data.get("train_loss"),
         "steps": step,
         "epochs": hp["epochs"],
         "train_examples": len(train_ex),
@@ -309,9 +327,6 @@ def train(
         "manifest_sha256": manifest,
         "wall_s": time.time() - t_start,
     }
-    # The last logged window may be empty if it coincided with a log point; report the last real one.
-    if metrics["train_loss"] is None:
-        metrics["train_loss"] = data["train_loss"] if step else None
     examples = [
         {"revision_id": ex.revision_id, "tokens": seen_tokens[k], "epochs": seen_epochs[k]}
         for k, ex in enumerate(train_ex)
