@@ -204,7 +204,10 @@ class RedisLSHIndex:
         pipe.hsetnx(meta_key, "tag", self.config.tag)
         pipe.hsetnx(meta_key, "shards", self._capacity_shards)
         pipe.hgetall(meta_key)
-        meta = pipe.execute()[-1]
+        res = pipe.execute()
+        # True when this call created the index: its owner may need to warm it from stored signatures.
+        self.created = bool(res[0])
+        meta = res[-1]
         tag = meta[b"tag"].decode()
         if tag != self.config.tag:
             raise IncompatibleSignatures(f"index {self.prefix!r} holds {tag!r}, not {self.config.tag!r}")

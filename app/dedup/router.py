@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+
+from app.core.auth import Actor, Curator, Reader, require
+from app.core.db import SessionDep
+from app.datasets import service as datasets
+from app.dedup import service
+from app.dedup.schemas import OverruleIn
+from app.examples import service as examples
+
+router = APIRouter(tags=["dedup"])
+
+# Reviewers see both examples side by side, so they may separate them; keeping an eval overlap is a
+# curator's call, checked in the service.
+Overruler = Annotated[Actor, Depends(require("reviewer", "curator"))]
+
+
+@router.get("/v1/datasets/{dataset_ref}/duplicates")
+def list_duplicates(
+    dataset_ref: str,
+    session: SessionDep,
+    actor: Reader,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Clusters with their canonical member first; ``members`` excludes the canonical."""
+    ds = datasets.get(session, dataset_ref)
+    return service.clusters_page(session, dataset_id=ds.id, cursor=cursor, limit=limit)
+
+
+@router.get("/v1/datasets/{dataset_ref}/dedup")
+def dedup_summary(dataset_ref: str, session: SessionDep, actor: Reader) -> dict[str, Any]:
+    """Effective policy, index layout, counts and the latest rebuild with its progress."""
+    return service.dataset_summary(session, datasets.get(session, dataset_ref))
+
+
+@router.post("/v1/datasets/{dataset_ref}/dedup:rebuild", status_code=202)
+def rebuild(dataset_ref: str, session: SessionDep, actor: Curator) -> dict[str, Any]:
+    ds = datasets.get(session, dataset_ref)
+    rb = service.request_rebuild(session, ds=ds, actor=actor)
+    return {"rebuild": service.rebuild_view(rb), "status_url": f"/v1/datasets/{ds.id}/dedup"}
+
+
+@router.post("/v1/examples/{example_id}/dedup:overrule")
+def overrule(example_id: str, body: OverruleIn, session: SessionDep, actor: Overruler) -> dict[str, Any]:
+    ex = examples.get(session, example_id)
+    return service.overrule(session, example=ex, data=body, actor=actor)
