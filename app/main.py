@@ -19,6 +19,7 @@ from app.core.errors import PedigreeError
 from app.datasets.router import router as datasets_router
 from app.examples.router import router as examples_router
 from app.keys.router import router as keys_router
+from app.review.router import router as review_router
 
 log = logging.getLogger("pedigree")
 
@@ -75,7 +76,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Pedigree", version="0.1.0", lifespan=lifespan,
                   description="Governed training-data curation for LLM fine-tuning.")
     install_error_handlers(app)
-    for r in (datasets_router, examples_router, audit_router, keys_router):
+    for r in (datasets_router, examples_router, audit_router, keys_router, review_router):
         app.include_router(r)
 
     @app.get("/healthz", tags=["ops"])

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.review.schemas import ReviewPolicy
+
 Format = Literal["chat", "instruction", "completion", "preference"]
 
 
@@ -16,7 +18,7 @@ class DatasetCreate(BaseModel):
     format: Format
     description: str = ""
     # Later capabilities give these their own schemas (review, PII, dedup); stored as given for now.
-    review_policy: dict[str, Any] = Field(default_factory=dict)
+    review_policy: ReviewPolicy = Field(default_factory=ReviewPolicy)
     pii_policy: dict[str, Any] = Field(default_factory=dict)
     dedup_policy: dict[str, Any] = Field(default_factory=dict)
     quality_rules: dict[str, Any] = Field(default_factory=dict)
@@ -27,7 +29,7 @@ class DatasetUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     description: str | None = None
-    review_policy: dict[str, Any] | None = None
+    review_policy: ReviewPolicy | None = None
     pii_policy: dict[str, Any] | None = None
     dedup_policy: dict[str, Any] | None = None
     quality_rules: dict[str, Any] | None = None

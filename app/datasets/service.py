@@ -44,6 +44,8 @@ def create(session: Session, *, data: DatasetCreate, actor: Actor) -> Dataset:
 
 def update(session: Session, *, dataset: Dataset, data: DatasetUpdate, actor: Actor) -> Dataset:
     changes = data.model_dump(exclude_unset=True, exclude_none=True)
+    if "review_policy" in changes:  # a PATCH names the knobs it changes; the others keep their values
+        changes["review_policy"] = {**dataset.review_policy, **changes["review_policy"]}
     for k, v in changes.items():
         setattr(dataset, k, v)
     session.flush()

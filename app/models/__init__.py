@@ -6,6 +6,7 @@ from app.models.base import Base
 from app.models.dataset import Dataset
 from app.models.example import DuplicateLink, Example, ExampleRevision, IngestBatch
 from app.models.pii import PiiFinding, PiiScrub, PiiVaultEntry
+from app.models.review import Review, ReviewEscalation, ReviewLease, ReviewSuggestion
 
 __all__ = [
     "ApiKey",
@@ -20,4 +21,8 @@ __all__ = [
     "PiiFinding",
     "PiiScrub",
     "PiiVaultEntry",
+    "Review",
+    "ReviewEscalation",
+    "ReviewLease",
+    "ReviewSuggestion",
 ]

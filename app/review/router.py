@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+
+from app.core.auth import Actor, Reader, require
+from app.core.db import SessionDep
+from app.datasets import service as datasets
+from app.review import service, web
+from app.review.schemas import BulkReviewIn, ReviewIn, RevisionIn, SuggestionIn
+
+Reviewer = Annotated[Actor, Depends(require("reviewer"))]
+Editor = Annotated[Actor, Depends(require("reviewer", "curator"))]
+# Machine judges usually run with a reviewer or curator key marked is_human=false.
+Suggester = Annotated[Actor, Depends(require("reviewer", "curator"))]
+
+router = APIRouter(tags=["review"])
+
+
+@router.get("/v1/review/queue")
+def queue(session: SessionDep, actor: Reviewer, dataset: str,
+          limit: Annotated[int, Query(ge=1, le=50)] = 1) -> dict[str, Any]:
+    ds = datasets.get(session, dataset)
+    return {"items": service.next_items(session, dataset=ds, actor=actor, limit=limit)}
+
+
+@router.post("/v1/review/leases/{example_id}/renew")
+def renew(example_id: str, session: SessionDep, actor: Reviewer) -> dict[str, Any]:
+    return service.renew_lease(session, example_id=example_id, actor=actor)
+
+
+@router.delete("/v1/review/leases/{example_id}")
+def release(example_id: str, session: SessionDep, actor: Reviewer) -> dict[str, Any]:
+    return service.release_lease(session, example_id=example_id, actor=actor)
+
+
+@router.post("/v1/examples/{example_id}/reviews", status_code=201)
+def review(example_id: str, data: ReviewIn, session: SessionDep, actor: Reviewer) -> dict[str, Any]:
+    return service.decide(session, example_id=example_id, actor=actor, data=data)
+
+
+@router.post("/v1/reviews:bulk")
+def review_bulk(data: BulkReviewIn, session: SessionDep, actor: Reviewer) -> dict[str, Any]:
+    return service.decide_bulk(session, actor=actor, data=data)
+
+
+@router.post("/v1/examples/{example_id}/revisions", status_code=201)
+def revise(example_id: str, data: RevisionIn, session: SessionDep, actor: Editor) -> dict[str, Any]:
+    return service.edit(session, example_id=example_id, actor=actor, data=data)
+
+
+@router.post("/v1/examples/{example_id}/suggestions", status_code=201)
+def suggest(example_id: str, data: SuggestionIn, session: SessionDep, actor: Suggester) -> dict[str, Any]:
+    return service.add_suggestion(session, example_id=example_id, actor=actor, data=data)
+
+
+@router.get("/v1/review/stats")
+def stats(session: SessionDep, actor: Reader, dataset: str) -> dict[str, Any]:
+    return service.stats(session, dataset=datasets.get(session, dataset))
+
+
+# The reviewer page lives under /review; it shares the services above but authenticates by cookie.
+router.include_router(web.router)

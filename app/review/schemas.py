@@ -1,0 +1,107 @@
+"""Review policy and request bodies. Pure pydantic: app.datasets imports ReviewPolicy from here, so
+nothing in this module may import a service."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+
+DEFAULT_REASON_CODES = ("factual_error", "formatting", "tone", "pii", "off_topic", "unsafe", "low_quality", "other")
+Decision = Literal["approve", "reject", "request_changes"]
+
+
+class ReviewPolicy(BaseModel):
+    """A dataset's review policy. Stored as given (only the knobs a curator set), read through
+    `effective()`, so a default improved later reaches every dataset that did not pin it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Distinct human reviewers who must approve the current revision.
+    required_approvals: int = Field(default=1, ge=1, le=10)
+    # Nobody approves an example they ingested or a revision they wrote.
+    four_eyes: bool = True
+    # What a rejection does: final, or send the example back for an edit.
+    rejection: Literal["final", "changes_requested"] = "final"
+    # When reviewers disagree on one revision: any reject wins, the majority wins (a tie waits for
+    # another reviewer), or an admin decides.
+    conflict_resolution: Literal["any_reject", "majority", "escalate"] = "any_reject"
+    reviewers_may_edit: bool = True
+    # Rejections and change requests must name one of these.
+    reason_codes: list[str] = Field(default_factory=lambda: list(DEFAULT_REASON_CODES), min_length=1, max_length=50)
+    lease_seconds: int = Field(default=600, ge=10, le=24 * 3600)
+
+    @field_validator("reason_codes")
+    @classmethod
+    def _slugs(cls, codes: list[str]) -> list[str]:
+        import re
+
+        for c in codes:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", c):
+                raise ValueError(f"reason code {c!r} must be a lower-case slug (a-z, 0-9, _)")
+        if len(set(codes)) != len(codes):
+            raise ValueError("reason codes must be unique")
+        return codes
+
+    @model_serializer(mode="wrap")
+    def _only_set(self, handler: Any) -> dict[str, Any]:
+        # Dumped into datasets.review_policy: keep only what the curator chose (see the docstring).
+        data = handler(self)
+        return {k: v for k, v in data.items() if k in self.model_fields_set}
+
+    @classmethod
+    def effective(cls, stored: dict[str, Any] | None) -> ReviewPolicy:
+        return cls.model_validate(stored or {})
+
+    def full(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in type(self).model_fields}
+
+
+class ReviewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Decision
+    revision_id: uuid.UUID
+    reason_code: str | None = Field(default=None, max_length=64)
+    comment: str | None = Field(default=None, max_length=10_000)
+
+
+class BulkItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    example_id: uuid.UUID
+    revision_id: uuid.UUID
+
+
+class BulkReviewIn(BaseModel):
+    """One decision applied to many examples; each item names the revision it was shown."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Decision
+    items: list[BulkItem] = Field(min_length=1, max_length=500)
+    reason_code: str | None = Field(default=None, max_length=64)
+    comment: str | None = Field(default=None, max_length=10_000)
+    # All or nothing: the first refusal refuses the whole request.
+    atomic: bool = False
+
+
+class RevisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    content: dict[str, Any]
+    comment: str | None = Field(default=None, max_length=10_000)
+    # The revision the editor started from; an edit on top of a newer one is refused (409).
+    base_revision_id: uuid.UUID | None = None
+
+
+class SuggestionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    revision_id: uuid.UUID | None = None
+    model: str | None = Field(default=None, max_length=200)
+    label: str | None = Field(default=None, max_length=64)
+    score: float | None = None
+    reason_code: str | None = Field(default=None, max_length=64)
+    comment: str | None = Field(default=None, max_length=10_000)

@@ -1,0 +1,552 @@
+"""Review workflow: queue with leases, decisions under the dataset's policy, edits as revisions,
+machine suggestions, stats.
+
+Every mutating function takes the example's row lock first (FOR UPDATE on PostgreSQL; on SQLite a
+no-op write that takes the database's write lock), then checks, then writes. A refused request
+raises before its first real write and the request's transaction rolls back, so nothing changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import statistics
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import delete, exists, false, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.core.auth import Actor
+from app.core.config import get_settings
+from app.core.errors import Conflict, Forbidden, InvalidState, NotFound, ValidationFailed
+from app.core.ids import new_id
+from app.examples import service as examples
+from app.examples.formats import FieldError, content_sha256, normalize
+from app.models.base import utcnow
+from app.models.dataset import Dataset
+from app.models.example import Example, ExampleRevision
+from app.models.review import DECISIONS, Review, ReviewEscalation, ReviewLease, ReviewSuggestion
+from app.pipeline import service as pipeline
+from app.pipeline import stages
+from app.review import agreement
+from app.review.schemas import BulkReviewIn, ReviewIn, ReviewPolicy, RevisionIn, SuggestionIn
+
+E = Example.__table__
+R = Review.__table__
+L = ReviewLease.__table__
+REV = ExampleRevision.__table__
+ESC = ReviewEscalation.__table__
+
+EDITABLE = ("pending_review", "changes_requested", "approved")
+# Revisions whose author wrote the content; a pii_scrub or erasure revision is the system's.
+AUTHORED = ("ingest", "reviewer_edit")
+
+
+def _aware(ts: dt.datetime) -> dt.datetime:
+    # SQLite hands datetimes back naive; everything stored is UTC.
+    return ts if ts.tzinfo else ts.replace(tzinfo=dt.UTC)
+
+
+def _iso(ts: dt.datetime | None) -> str | None:
+    return _aware(ts).isoformat() if ts else None
+
+
+def _is_pg(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _serialize_writers(session: Session) -> None:
+    """On SQLite, take the write lock before reading state we are about to act on: pysqlite opens
+    the transaction at the first write, so reads before it could be stale by the time we write."""
+    if not _is_pg(session):
+        session.execute(update(L).where(false()).values(holder=L.c.holder))
+
+
+def policy_of(dataset: Dataset) -> ReviewPolicy:
+    return ReviewPolicy.effective(dataset.review_policy)
+
+
+def _lock_example(session: Session, example_id: str | uuid.UUID) -> Example:
+    try:
+        eid = uuid.UUID(str(example_id))
+    except ValueError:
+        raise NotFound(f"example {example_id} not found", details={"example": str(example_id)}) from None
+    _serialize_writers(session)
+    q = select(Example).where(Example.id == eid)
+    if _is_pg(session):
+        q = q.with_for_update()
+    # populate_existing: the row may sit in the identity map from before the lock was taken.
+    ex = session.scalars(q.execution_options(populate_existing=True)).one_or_none()
+    if ex is None:
+        raise NotFound(f"example {example_id} not found", details={"example": str(example_id)})
+    return ex
+
+
+def _authored_by(session: Session, example: Example, actor: Actor) -> bool:
+    if example.ingested_by == actor.ref:
+        return True
+    return bool(session.scalar(select(exists().where(
+        REV.c.example_id == example.id, REV.c.author == actor.ref, REV.c.reason.in_(AUTHORED)))))
+
+
+def _check_reason(policy: ReviewPolicy, decision: str, reason_code: str | None) -> None:
+    if reason_code is None:
+        if decision != "approve":
+            raise ValidationFailed(
+                f"a {decision} needs a reason_code", code="reason_required",
+                details=[{"field": "reason_code", "code": "missing",
+                          "message": f"one of {', '.join(policy.reason_codes)}"}])
+        return
+    if reason_code not in policy.reason_codes:
+        raise ValidationFailed(
+            f"unknown reason code {reason_code!r}", code="unknown_reason_code",
+            details=[{"field": "reason_code", "code": "unknown",
+                      "message": f"one of {', '.join(policy.reason_codes)}"}])
+
+
+def _lease_row(session: Session, example_id: uuid.UUID) -> Any:
+    return session.execute(select(L).where(L.c.example_id == example_id)).one_or_none()
+
+
+def _check_lease(lease: Any, actor: Actor, now: dt.datetime) -> None:
+    """A decision needs no lease (API clients may decide directly), but it must not cut across one:
+    someone else's live lease, or the caller's own lease that ran out (the item may be back in the
+    queue and in another reviewer's hands a moment later)."""
+    if lease is None:
+        return
+    live = _aware(lease.expires_at) > now
+    mine = lease.holder_key_id == actor.key_id
+    if mine and not live:
+        raise Conflict("your lease on this example expired; fetch it from the queue again", code="lease_expired",
+                       details={"expired_at": _iso(lease.expires_at)})
+    if not mine and live:
+        raise Conflict("another reviewer holds this example", code="leased",
+                       details={"holder": lease.holder, "expires_at": _iso(lease.expires_at)})
+
+
+# --- queue -------------------------------------------------------------------------------------------------
+
+def next_items(session: Session, *, dataset: Dataset, actor: Actor, limit: int = 1,
+               exclude: Iterable[uuid.UUID] = (), with_view: bool = True) -> list[dict[str, Any]]:
+    """Hand the caller up to `limit` examples nobody else holds, each with a lease.
+
+    The caller's own live leases come first (a reload gets the same item back, renewed). New items
+    are picked with FOR UPDATE SKIP LOCKED on PostgreSQL, so concurrent callers split the queue
+    instead of waiting; the lease upsert only takes a row whose lease is absent or expired, and
+    RETURNING says which it took, so even a stale pick cannot hand one item to two reviewers."""
+    policy = policy_of(dataset)
+    now = utcnow()
+    expires = now + dt.timedelta(seconds=policy.lease_seconds)
+    exclude = [uuid.UUID(str(x)) for x in exclude]
+    _serialize_writers(session)
+
+    own_q = (select(L.c.example_id).join(E, E.c.id == L.c.example_id)
+             .where(L.c.dataset_id == dataset.id, L.c.holder_key_id == actor.key_id, L.c.expires_at > now,
+                    E.c.status == "pending_review", E.c.stage.is_(None), L.c.revision_id == E.c.current_revision_id)
+             .order_by(L.c.example_id).limit(limit))
+    if exclude:
+        own_q = own_q.where(L.c.example_id.not_in(exclude))
+    own = list(session.scalars(own_q))
+    if own:
+        session.execute(update(L).where(L.c.example_id.in_(own)).values(expires_at=expires))
+    granted: list[uuid.UUID] = list(own)
+
+    want = limit - len(own)
+    if want > 0:
+        cand = (select(E.c.id, E.c.current_revision_id)
+                .where(E.c.dataset_id == dataset.id, E.c.status == "pending_review", E.c.stage.is_(None),
+                       ~exists().where(L.c.example_id == E.c.id, L.c.expires_at > now),
+                       ~exists().where(R.c.revision_id == E.c.current_revision_id,
+                                       R.c.reviewer_key_id == actor.key_id))
+                .order_by(E.c.id).limit(want))
+        if actor.role != "admin":
+            cand = cand.where(~exists().where(ESC.c.example_id == E.c.id))
+        if policy.four_eyes:
+            # Only items the caller may approve: nothing they ingested or wrote.
+            cand = cand.where(E.c.ingested_by != actor.ref,
+                              ~exists().where(REV.c.example_id == E.c.id, REV.c.author == actor.ref,
+                                              REV.c.reason.in_(AUTHORED)))
+        if exclude:
+            cand = cand.where(E.c.id.not_in(exclude))
+        if _is_pg(session):
+            cand = cand.with_for_update(of=E, skip_locked=True)
+        picked = session.execute(cand).all()
+        if picked:
+            rows = [{"example_id": p.id, "dataset_id": dataset.id, "revision_id": p.current_revision_id,
+                     "holder_key_id": actor.key_id, "holder": actor.ref, "acquired_at": now, "expires_at": expires}
+                    for p in picked]
+            ins = (pg_insert if _is_pg(session) else sqlite_insert)(L)
+            stmt = ins.on_conflict_do_update(
+                index_elements=[L.c.example_id],
+                set_={k: ins.excluded[k] for k in ("dataset_id", "revision_id", "holder_key_id", "holder",
+                                                   "acquired_at", "expires_at")},
+                where=L.c.expires_at <= now,
+            ).returning(L.c.example_id)
+            granted += sorted(session.scalars(stmt, rows).all())
+    if not granted:
+        return []
+    leases = {r.example_id: r for r in session.execute(select(L).where(L.c.example_id.in_(granted)))}
+    out = []
+    exs = {ex.id: ex for ex in session.scalars(select(Example).where(Example.id.in_(granted)))}
+    for eid in granted:
+        ls = leases[eid]
+        item: dict[str, Any] = {"example_id": str(eid), "revision_id": str(ls.revision_id),
+                                "dataset_id": str(dataset.id), "lease_expires_at": _iso(ls.expires_at),
+                                "leased_at": _iso(ls.acquired_at)}
+        if with_view:
+            item["example"] = examples.view(session, exs[eid], actor)
+        out.append(item)
+    return out
+
+
+def renew_lease(session: Session, *, example_id: str | uuid.UUID, actor: Actor) -> dict[str, Any]:
+    ex = _lock_example(session, example_id)
+    lease = _lease_row(session, ex.id)
+    now = utcnow()
+    if lease is None or lease.holder_key_id != actor.key_id:
+        raise Conflict("you hold no lease on this example", code="not_leased")
+    if _aware(lease.expires_at) <= now:
+        raise Conflict("your lease on this example expired; fetch it from the queue again", code="lease_expired",
+                       details={"expired_at": _iso(lease.expires_at)})
+    policy = policy_of(session.get(Dataset, ex.dataset_id))
+    expires = now + dt.timedelta(seconds=policy.lease_seconds)
+    session.execute(update(L).where(L.c.example_id == ex.id).values(expires_at=expires))
+    return {"example_id": str(ex.id), "revision_id": str(lease.revision_id), "lease_expires_at": _iso(expires)}
+
+
+def release_lease(session: Session, *, example_id: str | uuid.UUID, actor: Actor) -> dict[str, Any]:
+    ex = _lock_example(session, example_id)
+    n = session.execute(delete(L).where(L.c.example_id == ex.id, L.c.holder_key_id == actor.key_id)).rowcount
+    return {"example_id": str(ex.id), "released": bool(n)}
+
+
+# --- decisions ---------------------------------------------------------------------------------------------
+
+def _tally(session: Session, revision_id: uuid.UUID) -> Counter[str]:
+    return Counter(dict(session.execute(
+        select(R.c.decision, func.count()).where(R.c.revision_id == revision_id).group_by(R.c.decision)).all()))
+
+
+def _outcome(policy: ReviewPolicy, tally: Counter[str], decision: str) -> str | None:
+    """'approved', the rejection target, 'escalate', or None (wait for more reviewers)."""
+    approvals, rejects = tally["approve"], tally["reject"]
+    need = policy.required_approvals
+    rejected = "rejected" if policy.rejection == "final" else "changes_requested"
+    if decision == "request_changes":
+        return "changes_requested"
+    match policy.conflict_resolution:
+        case "any_reject":
+            if rejects:
+                return rejected
+            return "approved" if approvals >= need else None
+        case "majority":
+            if approvals >= need and approvals > rejects:
+                return "approved"
+            if rejects >= need and rejects > approvals:
+                return rejected
+            return None
+        case "escalate":
+            # Collect `need` opinions; unanimity decides, any disagreement goes to an admin.
+            if approvals and rejects:
+                return "escalate"
+            if approvals >= need:
+                return "approved"
+            if rejects >= need:
+                return rejected
+            return None
+    raise AssertionError(policy.conflict_resolution)
+
+
+def _set_status(session: Session, *, example: Example, to: str, actor: Actor, why: str) -> None:
+    before = example.status
+    if before == to:
+        return
+    session.execute(update(E).where(E.c.id == example.id).values(status=to, updated_at=utcnow()))
+    example.status = to
+    audit.record(session, actor=actor.ref, action="example.status_changed", entity_type="example",
+                 entity_id=example.id, payload={"from": before, "to": to, "why": why,
+                                                "revision_id": str(example.current_revision_id)})
+
+
+def decide(session: Session, *, example_id: str | uuid.UUID, actor: Actor, data: ReviewIn) -> dict[str, Any]:
+    if not actor.is_human:
+        raise Forbidden("machine keys may attach suggestions but not decide", code="not_human")
+    ex = _lock_example(session, example_id)
+    ds = session.get(Dataset, ex.dataset_id)
+    policy = policy_of(ds)
+    now = utcnow()
+    if ex.status != "pending_review" or ex.stage is not None:
+        raise InvalidState(f"example is {ex.status}, not pending_review", code="not_pending",
+                           details={"status": ex.status, "stage": ex.stage})
+    if data.revision_id != ex.current_revision_id:
+        raise Conflict("the revision you reviewed is no longer current", code="stale_revision",
+                       details={"revision_id": str(data.revision_id), "current_revision_id": str(ex.current_revision_id)})
+    _check_reason(policy, data.decision, data.reason_code)
+    escalated = session.get(ReviewEscalation, ex.id)
+    if escalated is not None and actor.role != "admin":
+        raise Forbidden("this example was escalated; an admin decides it", code="escalated")
+    if policy.four_eyes and data.decision == "approve" and _authored_by(session, ex, actor):
+        raise Forbidden("four eyes: you may not approve an example you ingested or edited", code="four_eyes",
+                        details={"reviewer": actor.ref})
+    lease = _lease_row(session, ex.id)
+    _check_lease(lease, actor, now)
+    if session.scalar(select(R.c.id).where(R.c.revision_id == ex.current_revision_id,
+                                           R.c.reviewer_key_id == actor.key_id)):
+        raise Conflict("you already decided on this revision", code="already_decided")
+
+    review_id = new_id()
+    row = {"id": review_id, "example_id": ex.id, "dataset_id": ex.dataset_id, "revision_id": ex.current_revision_id,
+           "reviewer": actor.ref, "reviewer_key_id": actor.key_id, "decision": data.decision,
+           "reason_code": data.reason_code, "comment": data.comment, "created_at": now,
+           "leased_at": lease.acquired_at if lease is not None and lease.holder_key_id == actor.key_id else None,
+           "resolves_escalation": escalated is not None}
+    try:
+        with session.begin_nested() if _is_pg(session) else contextlib.nullcontext():
+            session.execute(insert(R), [row])
+    except IntegrityError:  # the same key deciding twice at once; the unique constraint settles it
+        raise Conflict("you already decided on this revision", code="already_decided") from None
+    if lease is not None:
+        session.execute(delete(L).where(L.c.example_id == ex.id))
+
+    tally = _tally(session, ex.current_revision_id)
+    if escalated is not None:
+        outcome = "approved" if data.decision == "approve" else (
+            "changes_requested" if data.decision == "request_changes" or policy.rejection != "final" else "rejected")
+        session.execute(delete(ESC).where(ESC.c.example_id == ex.id))
+    else:
+        outcome = _outcome(policy, tally, data.decision)
+    audit.record(session, actor=actor.ref, action="review.decided", entity_type="example", entity_id=ex.id,
+                 payload={"review_id": str(review_id), "revision_id": str(ex.current_revision_id),
+                          "decision": data.decision, "reason_code": data.reason_code,
+                          # Comments are free text and may quote personal data; the review row keeps them.
+                          "has_comment": bool(data.comment), "approvals": tally["approve"],
+                          "required_approvals": policy.required_approvals, "outcome": outcome or "pending"})
+    if outcome == "escalate":
+        session.execute(insert(ESC), [{"example_id": ex.id, "dataset_id": ex.dataset_id,
+                                       "revision_id": ex.current_revision_id, "created_at": now,
+                                       "reason": f"conflicting decisions: {dict(tally)}"}])
+        audit.record(session, actor=actor.ref, action="review.escalated", entity_type="example", entity_id=ex.id,
+                     payload={"revision_id": str(ex.current_revision_id), "tally": dict(tally)})
+    elif outcome is not None:
+        _set_status(session, example=ex, to=outcome, actor=actor,
+                    why="escalation resolved by an admin" if escalated is not None else
+                    f"review policy ({policy.conflict_resolution}, {policy.required_approvals} approvals)")
+    return {
+        "review": {"id": str(review_id), "example_id": str(ex.id), "revision_id": str(ex.current_revision_id),
+                   "reviewer": actor.ref, "decision": data.decision, "reason_code": data.reason_code,
+                   "comment": data.comment, "created_at": _iso(now)},
+        "example": {"id": str(ex.id), "status": ex.status, "revision_id": str(ex.current_revision_id),
+                    "approvals": tally["approve"], "required_approvals": policy.required_approvals,
+                    "escalated": outcome == "escalate"},
+    }
+
+
+def decide_bulk(session: Session, *, actor: Actor, data: BulkReviewIn) -> dict[str, Any]:
+    """Each item is checked before anything of it is written, so a refused item leaves no trace and
+    the others go through; `atomic` refuses the whole request at the first refusal instead."""
+    from app.core.errors import PedigreeError
+
+    results = []
+    for item in data.items:
+        one = ReviewIn(decision=data.decision, revision_id=item.revision_id, reason_code=data.reason_code,
+                       comment=data.comment)
+        try:
+            out = decide(session, example_id=item.example_id, actor=actor, data=one)
+            results.append({"example_id": str(item.example_id), "ok": True, "status": out["example"]["status"],
+                            "review_id": out["review"]["id"]})
+        except PedigreeError as e:
+            if data.atomic:
+                e.details = {"example_id": str(item.example_id), "cause": e.details}
+                raise
+            results.append({"example_id": str(item.example_id), "ok": False,
+                            "error": {"code": e.code, "message": e.message, "details": e.details}})
+    return {"decided": sum(r["ok"] for r in results), "refused": sum(not r["ok"] for r in results),
+            "items": results}
+
+
+# --- edits -------------------------------------------------------------------------------------------------
+
+def edit(session: Session, *, example_id: str | uuid.UUID, actor: Actor, data: RevisionIn) -> dict[str, Any]:
+    """A new immutable revision (reason reviewer_edit). Approvals are per revision, so they reset;
+    the example re-enters the pipeline (quality, PII, dedup) and comes back to pending_review."""
+    ex = _lock_example(session, example_id)
+    ds = session.get(Dataset, ex.dataset_id)
+    policy = policy_of(ds)
+    if actor.role == "reviewer" and not policy.reviewers_may_edit:
+        raise Forbidden("this dataset's policy does not let reviewers edit", code="edits_disabled")
+    if ex.status not in EDITABLE or ex.stage is not None:
+        raise InvalidState(f"example is {ex.status}; only {', '.join(EDITABLE)} examples can be edited",
+                           code="not_editable", details={"status": ex.status, "stage": ex.stage})
+    if data.base_revision_id is not None and data.base_revision_id != ex.current_revision_id:
+        raise Conflict("the revision you edited is no longer current", code="stale_revision",
+                       details={"base_revision_id": str(data.base_revision_id),
+                                "current_revision_id": str(ex.current_revision_id)})
+    now = utcnow()
+    lease = _lease_row(session, ex.id)
+    if lease is not None and lease.holder_key_id != actor.key_id and _aware(lease.expires_at) > now:
+        raise Conflict("another reviewer holds this example", code="leased",
+                       details={"holder": lease.holder, "expires_at": _iso(lease.expires_at)})
+    s = get_settings()
+    try:
+        content = normalize(ds.format, data.content, max_chars=s.max_field_chars, max_messages=s.max_messages)
+    except FieldError as fe:
+        raise ValidationFailed(f"content.{fe.field}: {fe.message}",
+                               details=[{"field": f"content.{fe.field}", "code": fe.code, "message": fe.message}]) from None
+    current = session.get(ExampleRevision, ex.current_revision_id)
+    sha = content_sha256(content)
+    if current is not None and sha == current.content_sha256:
+        raise ValidationFailed("the edit does not change the content", code="unchanged",
+                               details=[{"field": "content", "code": "unchanged", "message": "same as the current revision"}])
+    seq = (session.scalar(select(func.max(REV.c.seq)).where(REV.c.example_id == ex.id)) or 0) + 1
+    rev = ExampleRevision(id=new_id(), example_id=ex.id, seq=seq, content=content, content_sha256=sha,
+                          parent_id=ex.current_revision_id, reason="reviewer_edit", author=actor.ref,
+                          comment=data.comment, created_at=now)
+    session.add(rev)
+    session.flush()
+    before = ex.status
+    first = stages.next_stage(None)
+    session.execute(update(E).where(E.c.id == ex.id).values(current_revision_id=rev.id, status="ingested",
+                                                            stage=first, updated_at=now))
+    ex.current_revision_id, ex.status, ex.stage = rev.id, "ingested", first
+    session.execute(delete(L).where(L.c.example_id == ex.id))
+    session.execute(delete(ESC).where(ESC.c.example_id == ex.id))
+    audit.record(session, actor=actor.ref, action="example.revised", entity_type="example", entity_id=ex.id,
+                 payload={"revision_id": str(rev.id), "parent_id": str(rev.parent_id), "seq": seq,
+                          "content_sha256": sha, "reason": "reviewer_edit"})
+    audit.record(session, actor=actor.ref, action="example.status_changed", entity_type="example",
+                 entity_id=ex.id, payload={"from": before, "to": "ingested", "why": "edited; re-enters the pipeline",
+                                           "revision_id": str(rev.id)})
+    pipeline.enqueue_stage(session, first, [ex.id])
+    return {"example_id": str(ex.id), "status": "ingested", "stage": first,
+            "revision": examples.revision_view(rev) | {"comment": rev.comment}}
+
+
+# --- suggestions -------------------------------------------------------------------------------------------
+
+def add_suggestion(session: Session, *, example_id: str | uuid.UUID, actor: Actor,
+                   data: SuggestionIn) -> dict[str, Any]:
+    ex = examples.get(session, example_id)
+    rid = data.revision_id or ex.current_revision_id
+    if data.revision_id is not None and not session.scalar(
+            select(REV.c.id).where(REV.c.id == rid, REV.c.example_id == ex.id)):
+        raise ValidationFailed("revision_id is not a revision of this example",
+                               details=[{"field": "revision_id", "code": "invalid", "message": "unknown revision"}])
+    s = ReviewSuggestion(id=new_id(), example_id=ex.id, revision_id=rid, source=actor.ref, model=data.model,
+                         label=data.label, score=data.score, reason_code=data.reason_code, comment=data.comment,
+                         created_at=utcnow())
+    session.add(s)
+    session.flush()
+    audit.record(session, actor=actor.ref, action="review.suggestion_added", entity_type="example", entity_id=ex.id,
+                 payload={"suggestion_id": str(s.id), "revision_id": str(rid), "model": data.model,
+                          "label": data.label, "score": data.score})
+    return _suggestion_out(s)
+
+
+def _suggestion_out(s: ReviewSuggestion) -> dict[str, Any]:
+    return {"id": str(s.id), "revision_id": str(s.revision_id), "source": s.source, "model": s.model,
+            "label": s.label, "score": s.score, "reason_code": s.reason_code, "comment": s.comment,
+            "created_at": _iso(s.created_at)}
+
+
+# --- the example view's review block -----------------------------------------------------------------------
+
+def review_view(session: Session, ex: Example, out: dict[str, Any], actor: Actor) -> None:
+    """VIEW_HOOKS entry: what a reviewer needs next to the content."""
+    ds = session.get(Dataset, ex.dataset_id)
+    policy = policy_of(ds)
+    rid = ex.current_revision_id
+    reviews = session.execute(
+        select(R.c.id, R.c.reviewer, R.c.decision, R.c.reason_code, R.c.comment, R.c.created_at, R.c.revision_id)
+        .where(R.c.example_id == ex.id).order_by(R.c.created_at)).all()
+    lease = _lease_row(session, ex.id)
+    sugg = session.scalars(select(ReviewSuggestion).where(ReviewSuggestion.example_id == ex.id)
+                           .order_by(ReviewSuggestion.created_at.desc()).limit(5)).all()
+    out["review"] = {
+        "approvals": sum(1 for r in reviews if r.revision_id == rid and r.decision == "approve"),
+        "required_approvals": policy.required_approvals,
+        "four_eyes": policy.four_eyes,
+        "reason_codes": policy.reason_codes,
+        "escalated": session.get(ReviewEscalation, ex.id) is not None,
+        "lease": None if lease is None else {"holder": lease.holder, "expires_at": _iso(lease.expires_at),
+                                             "live": _aware(lease.expires_at) > utcnow()},
+        "decisions": [{"id": str(r.id), "reviewer": r.reviewer, "decision": r.decision, "reason_code": r.reason_code,
+                       "comment": r.comment, "created_at": _iso(r.created_at), "revision_id": str(r.revision_id),
+                       "current": r.revision_id == rid} for r in reviews],
+    }
+    out["suggestions"] = [_suggestion_out(s) for s in sugg]
+
+
+examples.VIEW_HOOKS.append(review_view)
+
+
+# --- stats -------------------------------------------------------------------------------------------------
+
+def stats(session: Session, *, dataset: Dataset, now: dt.datetime | None = None) -> dict[str, Any]:
+    now = now or utcnow()
+    counts = dict(session.execute(select(E.c.status, func.count()).where(E.c.dataset_id == dataset.id)
+                                  .group_by(E.c.status)).all())
+    rows = session.execute(
+        select(R.c.example_id, R.c.revision_id, R.c.reviewer, R.c.decision, R.c.created_at, R.c.leased_at,
+               REV.c.created_at.label("revision_created_at"))
+        .join(REV, REV.c.id == R.c.revision_id)
+        .where(R.c.dataset_id == dataset.id)).all()
+    escalated = session.scalar(select(func.count()).select_from(ESC).where(ESC.c.dataset_id == dataset.id)) or 0
+    hour_ago, day_ago = now - dt.timedelta(hours=1), now - dt.timedelta(days=1)
+
+    def summary(rs: list[Any]) -> dict[str, Any]:
+        waits = [(_aware(r.created_at) - _aware(r.revision_created_at)).total_seconds() for r in rs]
+        handling = [(_aware(r.created_at) - _aware(r.leased_at)).total_seconds() for r in rs if r.leased_at]
+        by = Counter(r.decision for r in rs)
+        return {
+            "decisions": len(rs), **{d: by[d] for d in DECISIONS},
+            "decisions_last_hour": sum(1 for r in rs if _aware(r.created_at) >= hour_ago),
+            "decisions_last_day": sum(1 for r in rs if _aware(r.created_at) >= day_ago),
+            # From the revision's creation to the decision: queue wait plus reading time.
+            "median_seconds_to_decision": round(statistics.median(waits), 3) if waits else None,
+            # From taking the lease to deciding: the reviewer's own time on the item.
+            "median_handling_seconds": round(statistics.median(handling), 3) if handling else None,
+        }
+
+    by_reviewer: dict[str, list[Any]] = defaultdict(list)
+    for r in rows:
+        by_reviewer[r.reviewer].append(r)
+    units = [(str(r.revision_id), r.reviewer, r.decision) for r in rows]
+    agree = agreement.summarise(units)
+    reviewers = []
+    for name, rs in sorted(by_reviewer.items()):
+        reviewers.append({"reviewer": name, **summary(rs),
+                          "agreement_with_others": agree["per_reviewer"].get(name)})
+    return {
+        "dataset": {"id": str(dataset.id), "name": dataset.name,
+                    "pending": counts.get("pending_review", 0), "approved": counts.get("approved", 0),
+                    "rejected": counts.get("rejected", 0), "changes_requested": counts.get("changes_requested", 0),
+                    "escalated": escalated, "in_pipeline": counts.get("ingested", 0) + counts.get("scrubbed", 0),
+                    **summary(list(rows))},
+        "agreement": {k: v for k, v in agree.items() if k != "per_reviewer"},
+        "reviewers": reviewers,
+        "policy": policy_of(dataset).full(),
+    }
+
+
+def progress(session: Session, *, dataset: Dataset, actor: Actor) -> dict[str, Any]:
+    """Small and fast: the page's progress bar after every decision."""
+    counts = dict(session.execute(select(E.c.status, func.count()).where(E.c.dataset_id == dataset.id)
+                                  .group_by(E.c.status)).all())
+    mine = session.scalar(select(func.count()).select_from(R).where(R.c.dataset_id == dataset.id,
+                                                                    R.c.reviewer_key_id == actor.key_id)) or 0
+    total = sum(counts.values()) - counts.get("duplicate", 0) - counts.get("erased", 0)
+    done = counts.get("approved", 0) + counts.get("rejected", 0)
+    return {"pending": counts.get("pending_review", 0), "approved": counts.get("approved", 0),
+            "rejected": counts.get("rejected", 0), "changes_requested": counts.get("changes_requested", 0),
+            "done": done, "total": total, "mine": mine}
+
+
+__all__ = ["add_suggestion", "decide", "decide_bulk", "edit", "next_items", "policy_of", "progress",
+           "release_lease", "renew_lease", "review_view", "stats"]

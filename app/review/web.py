@@ -1,0 +1,240 @@
+"""The reviewer page at /review: server-rendered HTML, one small script, no framework.
+
+Sign-in takes an API key and keeps it in an HttpOnly, SameSite=Strict cookie, encrypted with a key
+derived from the service secret (AES-GCM), so the key is neither readable by scripts nor by anyone
+who only sees the cookie. The page's JSON calls live under /review/api and accept only that cookie
+plus an X-CSRF-Token header matching the token sealed inside it; the /v1 API never reads cookies,
+so it needs no CSRF defence. Example text is untrusted: the script only ever sets textContent, and
+a strict Content-Security-Policy forbids inline scripts should a template ever slip.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from app.core.auth import Actor, authenticate
+from app.core.config import get_settings
+from app.core.db import SessionDep
+from app.core.errors import Forbidden, PedigreeError, Unauthorized
+from app.datasets import service as datasets
+from app.examples import service as examples
+from app.review import service
+from app.review.schemas import ReviewIn, RevisionIn
+
+HERE = Path(__file__).resolve().parent
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+STATIC = {"review.js": "text/javascript", "review.css": "text/css"}
+
+COOKIE = "pedigree_review"
+PRE_COOKIE = "pedigree_review_pre"
+SESSION_TTL_S = 12 * 3600
+PAGE_ROLES = ("reviewer", "admin")
+
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+
+router = APIRouter(prefix="/review", include_in_schema=False)
+
+
+# --- the sealed session cookie -----------------------------------------------------------------------------
+
+def _aead() -> AESGCM:
+    secret = get_settings().secret_key.encode()
+    return AESGCM(hashlib.sha256(b"pedigree/review-session/v1\0" + secret).digest())
+
+
+def seal(data: dict[str, Any]) -> str:
+    nonce = secrets.token_bytes(12)
+    blob = nonce + _aead().encrypt(nonce, orjson.dumps(data), COOKIE.encode())
+    return base64.urlsafe_b64encode(blob).decode().rstrip("=")
+
+
+def unseal(value: str | None) -> dict[str, Any] | None:
+    if not value:
+        return None
+    try:
+        blob = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        data = orjson.loads(_aead().decrypt(blob[:12], blob[12:], COOKIE.encode()))
+    except (ValueError, InvalidTag, orjson.JSONDecodeError):
+        return None
+    if not isinstance(data, dict) or time.time() - data.get("iat", 0) > SESSION_TTL_S:
+        return None
+    return data
+
+
+def _secure(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+def _same_origin(request: Request) -> bool:
+    """Browsers send Origin on POSTs; when present it must be this server (a second line behind
+    SameSite=Strict and the CSRF token)."""
+    origin = request.headers.get("origin")
+    if not origin or origin == "null":
+        return origin is None
+    host = request.headers.get("host", "")
+    return origin.split("://", 1)[-1] == host
+
+
+def _headers(resp: Response) -> Response:
+    resp.headers["Content-Security-Policy"] = CSP
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    resp.headers["Referrer-Policy"] = "no-referrer"
+    resp.headers["X-Frame-Options"] = "DENY"
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+class PageUser:
+    def __init__(self, actor: Actor, csrf: str) -> None:
+        self.actor = actor
+        self.csrf = csrf
+
+
+def _page_user(request: Request, session: SessionDep) -> PageUser:
+    data = unseal(request.cookies.get(COOKIE))
+    if data is None:
+        raise Unauthorized("signed out; sign in at /review", code="signed_out")
+    # Authenticated on every call: a revoked key stops working at once, cookie or not.
+    actor = authenticate(session, data["k"])
+    if actor.role not in PAGE_ROLES:
+        raise Forbidden("the review page is for reviewer keys")
+    return PageUser(actor, data["c"])
+
+
+def _csrf_user(request: Request, user: Annotated[PageUser, Depends(_page_user)]) -> PageUser:
+    token = request.headers.get("x-csrf-token", "")
+    if not hmac.compare_digest(token, user.csrf) or not _same_origin(request):
+        raise Forbidden("missing or wrong CSRF token; reload the page", code="csrf")
+    return user
+
+
+Viewer = Annotated[PageUser, Depends(_page_user)]
+Writer = Annotated[PageUser, Depends(_csrf_user)]
+
+
+# --- pages -------------------------------------------------------------------------------------------------
+
+@router.get("", response_class=HTMLResponse)
+def page(request: Request, session: SessionDep, dataset: str | None = None) -> Response:
+    data = unseal(request.cookies.get(COOKIE))
+    actor = None
+    if data is not None:
+        try:
+            actor = authenticate(session, data["k"])
+        except PedigreeError:
+            actor = None
+    if actor is None or actor.role not in PAGE_ROLES:
+        pre = secrets.token_urlsafe(24)
+        resp = templates.TemplateResponse(request, "signin.html", {"pre": pre, "error": request.query_params.get("error")})
+        resp.set_cookie(PRE_COOKIE, pre, max_age=600, httponly=True, samesite="strict", secure=_secure(request),
+                        path="/review")
+        return _headers(resp)
+    rows = []
+    for ds in datasets.list_all(session):
+        c = datasets.counts(session, ds.id)
+        rows.append({"id": str(ds.id), "name": ds.name, "format": ds.format, "pending": c.get("pending_review", 0)})
+    selected = dataset or (max(rows, key=lambda r: r["pending"])["id"] if rows else None)
+    resp = templates.TemplateResponse(request, "review.html", {
+        "actor": actor, "csrf": data["c"], "datasets": rows, "selected": selected})
+    return _headers(resp)
+
+
+@router.post("/session")
+def sign_in(request: Request, session: SessionDep, api_key: Annotated[str, Form(max_length=200)],
+            pre: Annotated[str, Form(max_length=100)] = "") -> Response:
+    # Login CSRF: the form must carry the value of a cookie only this origin could have set.
+    if not pre or not hmac.compare_digest(pre, request.cookies.get(PRE_COOKIE, "")) or not _same_origin(request):
+        return _headers(RedirectResponse("/review?error=expired", status_code=303))
+    try:
+        actor = authenticate(session, api_key.strip())
+    except PedigreeError:
+        return _headers(RedirectResponse("/review?error=invalid", status_code=303))
+    if actor.role not in PAGE_ROLES or not actor.is_human:
+        return _headers(RedirectResponse("/review?error=role", status_code=303))
+    resp = RedirectResponse("/review", status_code=303)
+    resp.set_cookie(COOKIE, seal({"k": api_key.strip(), "c": secrets.token_urlsafe(32), "iat": int(time.time())}),
+                    max_age=SESSION_TTL_S, httponly=True, samesite="strict", secure=_secure(request), path="/review")
+    resp.delete_cookie(PRE_COOKIE, path="/review")
+    return _headers(resp)
+
+
+@router.post("/session/delete")
+def sign_out(request: Request, csrf: Annotated[str, Form(max_length=100)] = "") -> Response:
+    data = unseal(request.cookies.get(COOKIE))
+    resp = RedirectResponse("/review", status_code=303)
+    if data is not None and hmac.compare_digest(csrf, data["c"]):
+        resp.delete_cookie(COOKIE, path="/review")
+    return _headers(resp)
+
+
+@router.get("/static/{name}")
+def static(name: str) -> Response:
+    if name not in STATIC:
+        return Response(status_code=404)
+    resp = FileResponse(HERE / "static" / name, media_type=STATIC[name])
+    resp.headers["Cache-Control"] = "no-cache"
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    return resp
+
+
+# --- the page's JSON calls ---------------------------------------------------------------------------------
+
+def _skip_list(skip: str | None) -> list[str]:
+    out = []
+    for part in (skip or "").split(",")[:200]:
+        part = part.strip()
+        if len(part) == 36:
+            out.append(part)
+    return out
+
+
+@router.get("/api/next")
+def api_next(session: SessionDep, user: Viewer, dataset: str, skip: str | None = None) -> dict[str, Any]:
+    ds = datasets.get(session, dataset)
+    items = service.next_items(session, dataset=ds, actor=user.actor, limit=1, exclude=_skip_list(skip))
+    return {"item": items[0] if items else None,
+            "progress": service.progress(session, dataset=ds, actor=user.actor)}
+
+
+@router.get("/api/examples/{example_id}")
+def api_example(example_id: str, session: SessionDep, user: Viewer) -> dict[str, Any]:
+    ex = examples.get(session, example_id)
+    ds = datasets.get(session, ex.dataset_id)
+    return {"item": {"example_id": str(ex.id), "revision_id": str(ex.current_revision_id),
+                     "dataset_id": str(ex.dataset_id), "lease_expires_at": None,
+                     "example": examples.view(session, ex, user.actor)},
+            "progress": service.progress(session, dataset=ds, actor=user.actor)}
+
+
+@router.post("/api/examples/{example_id}/decision")
+def api_decide(example_id: str, data: ReviewIn, session: SessionDep, user: Writer) -> dict[str, Any]:
+    return service.decide(session, example_id=example_id, actor=user.actor, data=data)
+
+
+@router.post("/api/examples/{example_id}/revision")
+def api_edit(example_id: str, data: RevisionIn, session: SessionDep, user: Writer) -> dict[str, Any]:
+    return service.edit(session, example_id=example_id, actor=user.actor, data=data)
+
+
+@router.post("/api/examples/{example_id}/release")
+def api_release(example_id: str, session: SessionDep, user: Writer) -> dict[str, Any]:
+    return service.release_lease(session, example_id=example_id, actor=user.actor)
+
+
+@router.post("/api/examples/{example_id}/renew")
+def api_renew(example_id: str, session: SessionDep, user: Writer) -> dict[str, Any]:
+    return service.renew_lease(session, example_id=example_id, actor=user.actor)
