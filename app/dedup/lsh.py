@@ -155,19 +155,28 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL'
 return 0
 """
 
-# Claim-or-read for a chunk of examples: KEYS are the band hashes (bands per example, example by example),
-# ARGV[1] the band count, then one field per key, then one owner per example. Returns a flat list of
-# (0-based key position, current owner) for every claim another example already holds. HSETNX then HGET
-# inside one script: no other client runs in between, so the owner read is the one that beat us.
+# Claim-or-read for a chunk of examples. ARGV: key prefix, band count, field width, then per example its
+# packed band locations (per band: 4-byte shard, then the field) and its owner id. Returns a flat list of
+# (example position in the chunk, current owner) for every claim another example already holds. HSETNX
+# then HGET inside one script: no other client runs in between, so the owner read is the one that beat us.
+# The hash names are built here rather than passed as KEYS: 16 names per example were most of the bytes
+# redis-py had to pack (measured: packing 16k arguments took longer than Redis took to run the claims).
+# That is fine on a single Redis (or a primary with replicas); on Redis Cluster, a hash tag in the prefix
+# keeps one dataset's index on one slot.
 _CLAIM_LUA = """
-local n = #KEYS
-local b = tonumber(ARGV[1])
+local prefix, b, fb = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local w = 4 + fb
 local out = {}
-for i = 1, n do
-  local owner = ARGV[n + 2 + math.floor((i - 1) / b)]
-  if redis.call('HSETNX', KEYS[i], ARGV[i + 1], owner) == 0 then
-    local cur = redis.call('HGET', KEYS[i], ARGV[i + 1])
-    if cur ~= owner then out[#out + 1] = i - 1; out[#out + 1] = cur end
+for i = 4, #ARGV, 2 do
+  local blob, owner = ARGV[i], ARGV[i + 1]
+  for j = 0, b - 1 do
+    local o = j * w
+    local key = prefix .. ':' .. j .. ':' .. string.format('%x', struct.unpack('>I4', blob, o + 1))
+    local field = string.sub(blob, o + 5, o + w)
+    if redis.call('HSETNX', key, field, owner) == 0 then
+      local cur = redis.call('HGET', key, field)
+      if cur ~= owner then out[#out + 1] = (i - 4) / 2; out[#out + 1] = cur end
+    end
   end
 end
 return out
@@ -230,11 +239,24 @@ class RedisLSHIndex:
             fields.append([raw[base + j * 8 + 8 - fb : base + j * 8 + 8] for j in range(self.bands)])
         return names, fields
 
+    def _packed(self, sigs: Signatures) -> list[bytes]:
+        """Per example, its band locations as one string: (4-byte shard, field) per band."""
+        self.config.spec.check_compatible(sigs.spec)
+        bk = band_keys(sigs.values, self.bands, self.rows)
+        n, fb = len(bk), self._field_bytes
+        rec = np.zeros((n, self.bands), dtype=[("shard", ">u4"), ("field", f"V{fb}")])
+        rec["shard"] = bk & np.uint64(self.shards - 1)
+        fields = (bk >> np.uint64(self._shard_bits)).astype(">u8").view(np.uint8).reshape(n, self.bands, 8)
+        rec["field"] = np.ascontiguousarray(fields[:, :, 8 - fb :]).view(f"V{fb}").reshape(n, self.bands)
+        raw = rec.tobytes()
+        w = self.bands * (4 + fb)
+        return [raw[i * w : (i + 1) * w] for i in range(n)]
+
     def query_insert(self, keys: Sequence[bytes], sigs: Signatures) -> list[set[bytes]]:
         """Claim every band key of every example; where a claim fails, the current owner is a candidate.
         One pipelined round trip per batch. Each script call is atomic, so within a chunk and across
         workers the claim and the read of the owner cannot be separated by another writer."""
-        names, fields = self._locate(sigs)
+        packed = self._packed(sigs)
         empty = sigs.empty
         todo = [i for i in range(len(keys)) if not empty[i]]
         out: list[set[bytes]] = [set() for _ in keys]
@@ -243,14 +265,13 @@ class RedisLSHIndex:
         pipe = self.client.pipeline(transaction=False)
         chunks = [todo[lo : lo + _CLAIM_CHUNK] for lo in range(0, len(todo), _CLAIM_CHUNK)]
         for chunk in chunks:
-            self._claim(
-                keys=[nm for i in chunk for nm in names[i]],
-                args=[self.bands, *(f for i in chunk for f in fields[i]), *(keys[i] for i in chunk)],
-                client=pipe,
-            )
+            args: list = [self.prefix, self.bands, self._field_bytes]
+            for i in chunk:
+                args += (packed[i], keys[i])
+            self._claim(keys=[], args=args, client=pipe)
         for chunk, res in zip(chunks, pipe.execute(), strict=True):
             for pos in range(0, len(res), 2):
-                out[chunk[res[pos] // self.bands]].add(res[pos + 1])
+                out[chunk[res[pos]]].add(res[pos + 1])
         return out
 
     def query(self, sigs: Signatures) -> list[set[bytes]]:

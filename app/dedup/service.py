@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy import any_, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -145,10 +145,28 @@ def hasher(spec: MinHashSpec) -> MinHasher:
 # --- small helpers ---------------------------------------------------------------------------------------
 
 
-def _chunks(ids: Iterable, n: int = _CHUNK):
+def _chunks(session: Session, ids: Iterable, n: int = _CHUNK):
     ids = list(ids)
+    if _is_pg(session):
+        if ids:
+            yield ids  # one array parameter, however many ids
+        return
     for i in range(0, len(ids), n):
         yield ids[i : i + n]
+
+
+def _is_pg(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _in(session: Session, col, ids: list):
+    """``col IN ids``. On PostgreSQL as ``= ANY(array)``: one parameter instead of one per id, measured
+    0.13 s per 500-example batch saved in psycopg's client-side placeholder parsing alone."""
+    if _is_pg(session):
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        return col == any_(bindparam(None, list(ids), type_=ARRAY(col.type)))
+    return col.in_(ids)
 
 
 def _insert_ignore(session: Session, table, rows: list[dict]) -> None:
@@ -184,7 +202,7 @@ class Doc:
 
 def _load_docs(session: Session, ids: Iterable[uuid.UUID], dataset_id: uuid.UUID | None = None) -> dict[uuid.UUID, Doc]:
     out: dict[uuid.UUID, Doc] = {}
-    for chunk in _chunks(ids):
+    for chunk in _chunks(session, ids):
         q = (
             select(
                 Example.id, Example.dataset_id, Example.status, Example.stage, Example.created_at,
@@ -193,7 +211,7 @@ def _load_docs(session: Session, ids: Iterable[uuid.UUID], dataset_id: uuid.UUID
             )
             .join(ExampleRevision, ExampleRevision.id == Example.current_revision_id)
             .join(Dataset, Dataset.id == Example.dataset_id)
-            .where(Example.id.in_(chunk), Example.status != "erased")
+            .where(_in(session, Example.id, chunk), Example.status != "erased")
         )
         if dataset_id is not None:
             q = q.where(Example.dataset_id == dataset_id)
@@ -319,8 +337,8 @@ def dedup_batch(session: Session, ds: Dataset, policy: DedupPolicy, batch: list[
 def _store_signatures(session: Session, dataset_id: uuid.UUID, batch: list[Doc], sigs: Signatures,
                       spec: MinHashSpec) -> None:
     ids = [d.id for d in batch]
-    for chunk in _chunks(ids):
-        session.execute(delete(DedupSignature).where(DedupSignature.example_id.in_(chunk)))
+    for chunk in _chunks(session, ids):
+        session.execute(delete(DedupSignature).where(_in(session, DedupSignature.example_id, chunk)))
     now = utcnow()
     session.execute(
         DedupSignature.__table__.insert(),
@@ -334,11 +352,11 @@ def _store_signatures(session: Session, dataset_id: uuid.UUID, batch: list[Doc],
 
 def _pairs_of(session: Session, dataset_id: uuid.UUID, ids: list[uuid.UUID]) -> set[tuple[uuid.UUID, uuid.UUID]]:
     out = set()
-    for chunk in _chunks(ids):
+    for chunk in _chunks(session, ids):
         rows = session.execute(
             select(DedupPair.example_a_id, DedupPair.example_b_id).where(
                 DedupPair.dataset_id == dataset_id,
-                or_(DedupPair.example_a_id.in_(chunk), DedupPair.example_b_id.in_(chunk)),
+                or_(_in(session, DedupPair.example_a_id, chunk), _in(session, DedupPair.example_b_id, chunk)),
             )
         )
         out.update((a, b) for a, b in rows)
@@ -347,11 +365,11 @@ def _pairs_of(session: Session, dataset_id: uuid.UUID, ids: list[uuid.UUID]) -> 
 
 def _replace_pairs(session: Session, dataset_id: uuid.UUID, ids: list[uuid.UUID],
                    pairs: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, str]]) -> None:
-    for chunk in _chunks(ids):
+    for chunk in _chunks(session, ids):
         session.execute(
             delete(DedupPair).where(
                 DedupPair.dataset_id == dataset_id,
-                or_(DedupPair.example_a_id.in_(chunk), DedupPair.example_b_id.in_(chunk)),
+                or_(_in(session, DedupPair.example_a_id, chunk), _in(session, DedupPair.example_b_id, chunk)),
             )
         )
     now = utcnow()
@@ -400,11 +418,11 @@ def _component(session: Session, dataset_id: uuid.UUID, seeds: set[uuid.UUID]):
     edges: dict[tuple[uuid.UUID, uuid.UUID], float] = {}
     while frontier:
         new: set[uuid.UUID] = set()
-        for chunk in _chunks(frontier):
+        for chunk in _chunks(session, frontier):
             rows = session.execute(
                 select(DedupPair.example_a_id, DedupPair.example_b_id, DedupPair.similarity).where(
                     DedupPair.dataset_id == dataset_id,
-                    or_(DedupPair.example_a_id.in_(chunk), DedupPair.example_b_id.in_(chunk)),
+                    or_(_in(session, DedupPair.example_a_id, chunk), _in(session, DedupPair.example_b_id, chunk)),
                 )
             )
             for a, b, s in rows:
@@ -432,29 +450,29 @@ def _recluster(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, see
     docs = dict(docs or {})
     nodes, edges = _component(session, dataset_id, seeds)
     info: dict[uuid.UUID, Any] = {}
-    for chunk in _chunks(nodes):
+    for chunk in _chunks(session, nodes):
         for r in session.execute(
             select(Example.id, Example.status, Example.stage, Example.created_at, Example.updated_at)
-            .where(Example.id.in_(chunk), Example.dataset_id == dataset_id)
+            .where(_in(session, Example.id, chunk), Example.dataset_id == dataset_id)
         ):
             info[r.id] = r
     live = {n for n in nodes if n in info and info[n].status != "erased"}
     edges = {k: v for k, v in edges.items() if k[0] in live and k[1] in live}
     cannot: dict[uuid.UUID, set[uuid.UUID]] = {}
-    for chunk in _chunks(live):
+    for chunk in _chunks(session, live):
         for a, b in session.execute(
             select(DedupDecision.example_id, DedupDecision.other_example_id).where(
                 DedupDecision.decision == "not_duplicate",
-                or_(DedupDecision.example_id.in_(chunk), DedupDecision.other_example_id.in_(chunk)),
+                or_(_in(session, DedupDecision.example_id, chunk), _in(session, DedupDecision.other_example_id, chunk)),
             )
         ):
             cannot.setdefault(a, set()).add(b)
             cannot.setdefault(b, set()).add(a)
     old_links: dict[uuid.UUID, Any] = {}
-    for chunk in _chunks(live):
+    for chunk in _chunks(session, live):
         for ln in session.execute(
             select(DuplicateLink.example_id, DuplicateLink.canonical_example_id, DuplicateLink.note).where(
-                DuplicateLink.example_id.in_(chunk), DuplicateLink.method == METHOD_MINHASH
+                _in(session, DuplicateLink.example_id, chunk), DuplicateLink.method == METHOD_MINHASH
             )
         ):
             old_links[ln.example_id] = ln
@@ -504,9 +522,9 @@ def _recluster(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, see
 
     linked = {x["example_id"] for x in links}
     touched = [n for n in live if n in old_links or n in linked]
-    for chunk in _chunks(touched):
+    for chunk in _chunks(session, touched):
         session.execute(
-            delete(DuplicateLink).where(DuplicateLink.example_id.in_(chunk), DuplicateLink.method == METHOD_MINHASH)
+            delete(DuplicateLink).where(_in(session, DuplicateLink.example_id, chunk), DuplicateLink.method == METHOD_MINHASH)
         )
     if links:
         want = {x["example_id"] for x in links} | {x["canonical_example_id"] for x in links}
@@ -620,11 +638,11 @@ def clusters_page(session: Session, *, dataset_id: uuid.UUID, cursor: str | None
     nxt = examples.encode_cursor(canon[limit - 1]) if len(canon) > limit else None
     canon = canon[:limit]
     members: dict[uuid.UUID, list[dict]] = {c: [] for c in canon}
-    for chunk in _chunks(canon):
+    for chunk in _chunks(session, canon):
         rows = session.execute(
             select(DuplicateLink.canonical_example_id, DuplicateLink.example_id, DuplicateLink.method,
                    DuplicateLink.similarity)
-            .where(DuplicateLink.dataset_id == dataset_id, DuplicateLink.canonical_example_id.in_(chunk))
+            .where(DuplicateLink.dataset_id == dataset_id, _in(session, DuplicateLink.canonical_example_id, chunk))
             .order_by(DuplicateLink.canonical_example_id, DuplicateLink.example_id)
         )
         for c, e, m, s in rows:
@@ -835,8 +853,8 @@ def rebuild(dataset_id: str, rebuild_id: str, batch_size: int = 2000) -> dict:
             if live:
                 _progress(rb_id, total=len(ids))
             stored = {}
-            for chunk in _chunks(ids):
-                for r in session.execute(select(DedupSignature).where(DedupSignature.example_id.in_(chunk))):
+            for chunk in _chunks(session, ids):
+                for r in session.execute(select(DedupSignature).where(_in(session, DedupSignature.example_id, chunk))):
                     stored[r[0].example_id] = (r[0].revision_id, r[0].spec_tag, r[0].signature, r[0].flags)
             pairs: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, str]] = {}
             hits: list[dict] = []
