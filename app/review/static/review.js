@@ -22,13 +22,24 @@
     return node;
   }
 
-  function textWithPii(text) {
+  // Marks placeholders found by pattern plus the spans the PII stage reports for this field (a
+  // surrogate or mask does not look like a placeholder, but its finding says where it is).
+  function textWithPii(text, spans) {
+    text = String(text);
+    const ranges = [];
+    for (const f of spans || []) {
+      const a = f.scrubbed_start, b = f.scrubbed_end;
+      if (Number.isInteger(a) && Number.isInteger(b) && a >= 0 && b > a && b <= text.length) ranges.push([a, b, f.entity_type]);
+    }
+    for (const m of text.matchAll(PII)) ranges.push([m.index, m.index + m[0].length, "PII placeholder"]);
+    ranges.sort((x, y) => x[0] - y[0] || y[1] - x[1]);
     const frag = document.createDocumentFragment();
     let last = 0;
-    for (const m of String(text).matchAll(PII)) {
-      if (m.index > last) frag.appendChild(document.createTextNode(text.slice(last, m.index)));
-      frag.appendChild(el("mark", { class: "pii", title: "PII placeholder" }, m[0]));
-      last = m.index + m[0].length;
+    for (const [a, b, label] of ranges) {
+      if (a < last) continue;  // overlaps one already marked
+      if (a > last) frag.appendChild(document.createTextNode(text.slice(last, a)));
+      frag.appendChild(el("mark", { class: "pii", title: label || "PII" }, text.slice(a, b)));
+      last = b;
     }
     if (last < text.length) frag.appendChild(document.createTextNode(text.slice(last)));
     return frag;
@@ -70,23 +81,22 @@
       `you: ${p.mine} · pending ${p.pending} · approved ${p.approved} · rejected ${p.rejected} · ${pct}% done`;
   }
 
-  function section(label, text) {
-    return el("div", { class: "field" }, el("div", { class: "label" }, label),
-      el("div", { class: "text" }, textWithPii(text || "")));
-  }
-
-  function renderContent(content) {
+  function renderContent(content, findings) {
     const box = $("content");
     box.replaceChildren();
+    const spans = (path) => (findings || []).filter((f) => (f.field_path || f.field) === path);
     if (Array.isArray(content.messages)) {
-      for (const m of content.messages) {
+      content.messages.forEach((m, i) => {
         box.appendChild(el("div", { class: "msg " + m.role }, el("div", { class: "label" }, m.role),
-          el("div", { class: "text" }, textWithPii(m.content))));
-      }
+          el("div", { class: "text" }, textWithPii(m.content, spans(`messages[${i}].content`)))));
+      });
       return;
     }
     for (const key of ["instruction", "input", "output", "prompt", "completion", "chosen", "rejected"]) {
-      if (key in content) box.appendChild(section(key, content[key]));
+      if (key in content) {
+        box.appendChild(el("div", { class: "field" }, el("div", { class: "label" }, key),
+          el("div", { class: "text" }, textWithPii(content[key] || "", spans(key)))));
+      }
     }
   }
 
@@ -116,7 +126,7 @@
     $("approvals").textContent = `${review.approvals || 0} / ${review.required_approvals || 1} approvals`;
     $("lease").textContent = item.lease_expires_at
       ? "lease until " + new Date(item.lease_expires_at).toLocaleTimeString() : "";
-    renderContent(rev.content || {});
+    renderContent(rev.content || {}, ex.pii_findings);
     if (rev.reason === "reviewer_edit" || ex.status !== "pending_review") {
       const n = $("notice");
       n.hidden = false;
@@ -126,7 +136,7 @@
     }
     listInto("pii", ex.pii_findings, (f) => el("li", {},
       el("mark", { class: "pii" }, f.entity_type || f.type || "PII"), " ",
-      el("span", { class: "muted" }, [f.field || f.path || "", f.score != null ? "score " + Number(f.score).toFixed(2) : "",
+      el("span", { class: "muted" }, [f.field_path || f.field || "", f.score != null ? "score " + Number(f.score).toFixed(2) : "",
         f.operator || "", f.verdict || ""].filter(Boolean).join(" · "))));
     listInto("flags", ex.quality_flags, (f) => el("li", {}, el("code", {}, f.code), " ",
       el("span", { class: "muted" }, [f.field, f.message].filter(Boolean).join(": "))));
@@ -174,7 +184,9 @@
       });
       const verb = { approve: "Approved", reject: "Rejected", request_changes: "Changes requested" }[decision];
       await next();
-      say(`${verb}: ${item.example_id.slice(0, 8)} → ${out.example.status.replace("_", " ")}`, "ok");
+      const x = out.example;
+      const tally = x.status === "pending_review" ? ` (${x.approvals}/${x.required_approvals} approvals)` : "";
+      say(`${verb}: ${item.example_id.slice(0, 8)} → ${x.escalated ? "escalated to an admin" : x.status.replace("_", " ")}${tally}`, "ok");
     } catch (e) {
       say(e.code === "four_eyes" ? "Four eyes: " + e.message : e.message, "error");
     }
