@@ -138,23 +138,114 @@ def corpus_pairs(corpus: Path) -> list[tuple[str, str]]:
     return [(p, a) for p, a in pairs if a]
 
 
-def corpus_lengths(corpus: Path, cache: Path = CACHE) -> list[tuple[int, int]]:
-    """(prompt tokens, answer tokens) per example, cached: BPE training takes a few seconds."""
-    if cache.exists():
-        return [tuple(x) for x in json.loads(cache.read_text())["lengths"]]
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def train_bpe(pairs):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    pairs = corpus_pairs(corpus)
-    if not pairs:
-        raise SystemExit(f"no instruct data under {corpus}; pass --corpus or --lengths")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     # A Llama/Qwen-sized vocabulary is 128-152k; 32k on this small corpus already gives
     # whole-word tokens for common words, so lengths sit close to a real tokenizer's.
-    trainer = trainers.BpeTrainer(vocab_size=32000, special_tokens=["<|im_start|>", "<|im_end|>"],
+    trainer = trainers.BpeTrainer(vocab_size=32000, special_tokens=SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator((p + "\n" + a for p, a in pairs), trainer)
+    return tok
+
+
+def corpus_records(corpus: Path) -> list[dict]:
+    """The instruct corpus as a pedigree export (what a snapshot of it would export)."""
+    import hashlib
+
+    from trainer.data import content_sha256
+
+    contents = []
+
+    def jsonl(name):
+        p = corpus / name
+        for line in p.open(encoding="utf-8") if p.exists() else []:
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+    for name in ("alpaca_libre_tasks_v1.jsonl", "alpaca_libre_tasks_v2.jsonl"):
+        for r in jsonl(name):
+            contents.append(("instruction", {"instruction": r.get("instruction", ""), "input": r.get("input", ""),
+                                             "output": r.get("output", "")}))
+    for r in jsonl("dolly15k_first6400_flan-t5-xl_decode.jsonl"):
+        contents.append(("instruction", {"instruction": r.get("instruction", ""), "input": "",
+                                         "output": r.get("text", "")}))
+    gp = corpus / "gpteacher_codegen-instruct.json"
+    if gp.exists():
+        for r in json.loads(gp.read_text(encoding="utf-8")):
+            contents.append(("instruction", {"instruction": r.get("instruction", ""), "input": r.get("input", ""),
+                                             "output": r.get("response", "")}))
+    for r in jsonl("oasst_en_100_tree.jsonl"):
+        node, messages = r.get("prompt") or {}, []
+        while node:
+            messages.append({"role": "user" if node.get("role") == "prompter" else "assistant",
+                             "content": node.get("text", "")})
+            node = (node.get("replies") or [None])[0]
+        if len(messages) >= 2:
+            if messages[-1]["role"] != "assistant":
+                messages.pop()
+            contents.append(("chat", {"messages": messages}))
+    out, seen = [], set()
+    for fmt, content in contents:
+        if fmt == "instruction" and not content["output"]:
+            continue
+        sha = content_sha256(content)
+        if sha in seen:  # exact duplicates would be collapsed by dedup before any snapshot
+            continue
+        seen.add(sha)
+        split = "validation" if hashlib.sha256(sha.encode()).digest()[0] < 13 else "train"
+        out.append({"revision_id": f"rev-{sha[:16]}", "example_id": f"ex-{len(out):05d}", "split": split,
+                    "format": fmt, "content": content, "content_sha256": sha})
+    return out
+
+
+def write_base(folder: Path, shape_name: str, corpus: Path, device) -> Path:
+    """A random-init model of a real architecture with a BPE tokenizer trained on the corpus."""
+    import torch
+    from transformers import PreTrainedTokenizerFast
+
+    tok_cache = CACHE.parent / "tokenizer.json"
+    if tok_cache.exists():
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(tok_cache))
+    else:
+        tok = train_bpe(corpus_pairs(corpus))
+        tok_cache.parent.mkdir(parents=True, exist_ok=True)
+        tok.save(str(tok_cache))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    shape = {**SHAPES[shape_name], "bos_token_id": None, "eos_token_id": fast.eos_token_id,
+             "pad_token_id": fast.pad_token_id}
+    write_config(folder.name, shape, folder.parent)
+    model = make_model(folder, device, torch.bfloat16, 0)
+    model.save_pretrained(folder, safe_serialization=True)
+    fast.save_pretrained(folder)
+    return folder
+
+
+def corpus_lengths(corpus: Path, cache: Path = CACHE) -> list[tuple[int, int]]:
+    """(prompt tokens, answer tokens) per example, cached: BPE training takes a few seconds."""
+    if cache.exists():
+        return [tuple(x) for x in json.loads(cache.read_text())["lengths"]]
+    pairs = corpus_pairs(corpus)
+    if not pairs:
+        raise SystemExit(f"no instruct data under {corpus}; pass --corpus or --lengths")
+    tok = train_bpe(pairs)
     prompts = [f"<|im_start|>user\n{p}<|im_end|>\n<|im_start|>assistant\n" for p, _ in pairs]
     answers = [f"{a}<|im_end|>\n" for _, a in pairs]
     lp = [len(e.ids) for e in tok.encode_batch(prompts)]
@@ -206,7 +297,10 @@ def data_stats(examples) -> dict:
 def write_config(name: str, shape: dict, folder: Path) -> Path:
     d = folder / name
     d.mkdir(parents=True, exist_ok=True)
-    (d / "config.json").write_text(json.dumps({**shape, "torch_dtype": "bfloat16"}, indent=2))
+    # Atomic: under torchrun every rank writes the same file while another may be reading it.
+    tmp = d / f"config.json.{os.getpid()}"
+    tmp.write_text(json.dumps({**shape, "torch_dtype": "bfloat16"}, indent=2))
+    tmp.replace(d / "config.json")
     return d
 
 
@@ -548,9 +642,21 @@ def main(argv=None) -> int:
     p.add_argument("--check", action="store_true", help="run the correctness gate first")
     p.add_argument("--ddp", action="store_true", help="under torchrun: our trainer, data parallel")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU, a few steps each")
+    p.add_argument("--ddp-baseline", type=Path, help="a one-GPU result JSON to compute DDP scaling against")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="also write the result JSON here")
+    p.add_argument("--write-base", type=Path, metavar="DIR",
+                   help="write a random-init model of the first --shapes shape + corpus BPE tokenizer, and exit")
+    p.add_argument("--write-export", type=Path, metavar="FILE",
+                   help="write the corpus as a pedigree JSONL export, and exit")
     args = p.parse_args(argv)
+    if args.write_export:
+        recs = corpus_records(args.corpus)
+        args.write_export.parent.mkdir(parents=True, exist_ok=True)
+        args.write_export.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+        print(json.dumps({"export": str(args.write_export), "records": len(recs),
+                          "validation": sum(r["split"] == "validation" for r in recs)}))
+        return 0
 
     import torch
 
@@ -564,6 +670,10 @@ def main(argv=None) -> int:
         device = torch.device("cuda", dist.local_rank if dist else 0)
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
+    if args.write_base:
+        write_base(args.write_base, args.shapes.split(",")[0], args.corpus, device)
+        print(json.dumps({"base_model": str(args.write_base)}))
+        return 0
     if args.cpu_smoke:
         args.seconds, args.warmup, args.max_steps, args.seq_len = 1.0, 1, 4, 256
         args.no_compile, args.check = True, True
@@ -633,6 +743,16 @@ def main(argv=None) -> int:
                     entry["pass_ratio"] = entry["ratio_vs_hf_best"] >= TARGETS["ratio_vs_hf"]
                     ok &= entry["pass_ratio"]
         result["shapes"][name] = entry
+    if args.ddp_baseline and args.ddp_baseline.exists():
+        base = json.loads(args.ddp_baseline.read_text())
+        result["ddp"] = {}
+        for name, entry in result["shapes"].items():
+            single = base.get("shapes", {}).get(name, {}).get("ours", {}).get("tokens_per_s")
+            if single and "ours" in entry:
+                scaling = entry["ours"]["tokens_per_s"] / single
+                result["ddp"][name] = {"one_gpu_tokens_per_s": single, "scaling": scaling,
+                                       "pass": scaling >= TARGETS["ddp_scaling"]}
+                ok &= scaling >= TARGETS["ddp_scaling"]
     if "correctness" in result:
         ok &= result["correctness"]["pass"]
     result["pass"] = bool(ok) and not args.cpu_smoke if not args.cpu_smoke else bool(
