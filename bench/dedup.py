@@ -39,7 +39,7 @@ import numpy as np
 
 from app.dedup.cluster import UnionFind, clusters, verify_exact
 from app.dedup.lsh import IndexConfig, MemoryLSHIndex, RedisLSHIndex, drop
-from app.dedup.minhash import MinHasher, MinHashSpec, Signatures, hash_function, shingles
+from app.dedup.minhash import MinHasher, MinHashSpec, Signatures, hash_function, shingle_batch, shingles
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CORPORA = Path(os.environ.get("PEDIGREE_CORPORA", REPO.parent / "shared" / "corpora"))
@@ -123,6 +123,18 @@ def build_examples(root: Path, n: int, seed: int = 0) -> list[str]:
 # --- signatures ------------------------------------------------------------------------------------------
 
 
+def _shingle_lists(texts: list[str], spec: MinHashSpec) -> list[list[bytes]]:
+    """Per-text shingle lists, cut the same (batched) way ours are, for datasketch to consume."""
+    out: list[list[bytes]] = []
+    for i in range(0, len(texts), 1000):
+        flat, counts, _ = shingle_batch(texts[i : i + 1000], spec)
+        pos = 0
+        for c in counts.tolist():
+            out.append(flat[pos : pos + c])
+            pos += c
+    return out
+
+
 def bench_signatures(texts: list[str], args) -> tuple[dict, Signatures]:
     from datasketch import MinHash
 
@@ -130,33 +142,37 @@ def bench_signatures(texts: list[str], args) -> tuple[dict, Signatures]:
     mh = MinHasher(spec)
     mh.signatures(texts[:100])  # builds the Unicode tables once, as a warm worker has
     batch = 1000
-    t = time.perf_counter()
-    parts = [mh.signatures(texts[i : i + batch]) for i in range(0, len(texts), batch)]
-    ours_s = time.perf_counter() - t
-    sigs = Signatures(spec, np.vstack([p.values for p in parts]), np.concatenate([p.flags for p in parts]))
+    reps = max(1, args.repeat)
 
-    t = time.perf_counter()
-    sh = [shingles(x, spec)[0] for x in texts]
-    shingle_s = time.perf_counter() - t
-    t = time.perf_counter()
-    for i in range(0, len(sh), batch):
-        mh.signatures_from_shingles(sh[i : i + batch])
-    ours_sh_s = time.perf_counter() - t
+    def best(fn):
+        # Best of a few runs: the box is shared, and a neighbour's burst should not decide a ratio.
+        times, out = [], None
+        for _ in range(reps):
+            t = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t)
+        return min(times), out
+
+    ours_s, parts = best(lambda: [mh.signatures(texts[i : i + batch]) for i in range(0, len(texts), batch)])
+    sigs = Signatures(spec, np.vstack([p.values for p in parts]), np.concatenate([p.flags for p in parts]))
+    shingle_s, sh = best(lambda: _shingle_lists(texts, spec))
+    ours_sh_s, _ = best(lambda: [mh.signatures_from_shingles(sh[i : i + batch]) for i in range(0, len(sh), batch)])
 
     hf = hash_function(spec.hash_family)
     n_loop = min(args.update_sample, len(sh))
-    t = time.perf_counter()
-    loop_vals = []
-    for s in sh[:n_loop]:
-        m = MinHash(num_perm=spec.num_perm, seed=spec.seed, hashfunc=hf)
-        for x in s:
-            m.update(x)
-        loop_vals.append(m.hashvalues)
-    loop_s = time.perf_counter() - t
+
+    def loop():
+        vals = []
+        for s in sh[:n_loop]:
+            m = MinHash(num_perm=spec.num_perm, seed=spec.seed, hashfunc=hf)
+            for x in s:
+                m.update(x)
+            vals.append(m.hashvalues)
+        return vals
+
+    loop_s, loop_vals = best(loop)
     n_bulk = min(args.bulk_sample, len(sh))
-    t = time.perf_counter()
-    bulk = MinHash.bulk(sh[:n_bulk], num_perm=spec.num_perm, seed=spec.seed, hashfunc=hf)
-    bulk_s = time.perf_counter() - t
+    bulk_s, bulk = best(lambda: MinHash.bulk(sh[:n_bulk], num_perm=spec.num_perm, seed=spec.seed, hashfunc=hf))
     equal = bool(
         np.array_equal(np.vstack(loop_vals), sigs.values[:n_loop])
         and np.array_equal(np.vstack([m.hashvalues for m in bulk]), sigs.values[:n_bulk])
@@ -638,9 +654,29 @@ def _ingest_for_e2e(texts: list[str], name: str):
     return ds_id, ids, ingest_s
 
 
+def _reset_dedup(ds_id, rclient) -> None:
+    """Undo a dedup run on the dataset (its index, signatures, pairs, links, statuses) so the next run
+    starts from the same ingested state without ingesting again."""
+    from sqlalchemy import delete, select, update
+
+    from app.core.db import session_scope
+    from app.models.dedup import DedupEvalHit, DedupPair, DedupSignature, DedupState
+    from app.models.example import DuplicateLink, Example
+
+    with session_scope() as s:
+        for model in (DedupPair, DedupSignature, DedupEvalHit, DedupState):
+            s.execute(delete(model).where(model.dataset_id == ds_id))
+        s.execute(delete(DuplicateLink).where(DuplicateLink.dataset_id == ds_id, DuplicateLink.method == "minhash"))
+        exact = select(DuplicateLink.example_id).where(DuplicateLink.dataset_id == ds_id)
+        s.execute(update(Example).where(Example.dataset_id == ds_id, Example.id.not_in(exact))
+                  .values(status="ingested", stage="dedup"))
+    for k in rclient.scan_iter(match=f"pedigree:dedup:{ds_id}:*", count=1000):
+        rclient.unlink(k)
+
+
 def bench_e2e(texts: list[str], args) -> dict:
     """The examples through the real dedup stage: celery worker processes on queue "dedup", the Redis
-    index, PostgreSQL; 1 worker, then 2, each on a fresh dataset of the same examples."""
+    index, PostgreSQL; 1 worker, then 2, on the same ingested dataset, reset between runs."""
     import redis as redis_lib
     from sqlalchemy import func, select
 
@@ -667,8 +703,12 @@ def bench_e2e(texts: list[str], args) -> dict:
         rclient.flushdb()
         logdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-dedup-{os.getpid()}"
         logdir.mkdir(parents=True, exist_ok=True)
-        for w in args.workers:
-            ds_id, ids, ingest_s = _ingest_for_e2e(texts[: out["examples"]], f"bench-dedup-{w}w-{uuid.uuid4().hex[:6]}")
+        ds_id, ids, ingest_s = _ingest_for_e2e(texts[: out["examples"]], f"bench-dedup-{uuid.uuid4().hex[:6]}")
+        out["ingest_s"] = round(ingest_s, 1)
+        log(f"e2e: ingested {out['examples']} examples in {out['ingest_s']} s; {len(ids)} go through the dedup stage")
+        for run_no, w in enumerate(args.workers):
+            if run_no:
+                _reset_dedup(ds_id, rclient)
             procs = _start_workers(w, env, logdir)
             try:
                 t = time.perf_counter()
@@ -697,7 +737,6 @@ def bench_e2e(texts: list[str], args) -> dict:
                 "finished": left == 0,
                 "wall_s": round(wall, 1),
                 "examples_per_s": round(len(ids) / wall),
-                "ingest_s": round(ingest_s, 1),
                 "exact_duplicates_at_ingest": by_method.get("exact", 0),
                 "near_duplicates": by_method.get("minhash", 0),
                 "verified_pairs": pairs,
@@ -713,9 +752,10 @@ def bench_e2e(texts: list[str], args) -> dict:
     runs = out["runs"]
     if "1" in runs and "2" in runs:
         out["speedup_2_workers"] = round(runs["2"]["examples_per_s"] / runs["1"]["examples_per_s"], 2)
-        # Same examples, same rule: the two runs must agree (first-writer-wins may reorder who is found
-        # first, never whether a verified pair is linked).
-        out["same_near_duplicates"] = runs["1"]["near_duplicates"] == runs["2"]["near_duplicates"]
+        # Batches meet in another order with two workers, so first-writer-wins may hand an example another
+        # owner as candidate; the counts may differ by the few pairs whose only route was that owner.
+        a, b = runs["1"]["near_duplicates"], runs["2"]["near_duplicates"]
+        out["near_duplicates_relative_difference"] = round(abs(a - b) / max(1, a), 4)
     out["pass"] = all(r["finished"] for r in runs.values())
     return out
 
@@ -729,6 +769,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sections", default="signatures,index,accuracy,e2e", help="comma separated")
     p.add_argument("--examples", type=int, default=100_000, help="examples built from the corpora")
     p.add_argument("--update-sample", type=int, default=5_000, help="examples for datasketch's update loop")
+    p.add_argument("--repeat", type=int, default=2, help="signature timings: best of this many runs")
     p.add_argument("--bulk-sample", type=int, default=100_000, help="examples for datasketch's MinHash.bulk")
     p.add_argument("--compare-n", type=int, default=10_000, help="examples for the datasketch Redis comparison")
     p.add_argument("--index-size", type=int, default=1_000_000, help="signatures in the index for latency")
