@@ -202,7 +202,8 @@ def train(
         if val_plan is None:
             return None
         peft_model.eval()
-        s, n = engine.eval_losses(_micro_batches(val_plan.rows, val_ex, hp, pad_id, dist))
+        mbs = _micro_batches(val_plan.rows, val_ex, hp, pad_id, dist)
+        s, n = engine.eval_losses(mb.to(device) for mb in mbs)
         s, n = _all_sum([s, float(n)], dist, device)
         peft_model.train()
         return s / n if n else None
