@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from app.snapshots.cli import app as snapshot_app
+
 app = typer.Typer(help="Pedigree: governed training-data curation for LLM fine-tuning.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Datasets.", no_args_is_help=True)
@@ -27,6 +29,7 @@ app.add_typer(datasets_app, name="datasets")
 app.add_typer(audit_app, name="audit")
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
+app.add_typer(snapshot_app, name="snapshot")
 
 err = Console(stderr=True)
 out = Console()

@@ -123,11 +123,65 @@ def step_audit(ctx: Ctx) -> None:
         raise RuntimeError(f"audit chain broken at event {v['first_bad_event']}")
 
 
+def step_snapshot(ctx: Ctx) -> None:
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from app.core.config import get_settings
+
+    ds_id = ctx.state["dataset"]["id"]
+    if not any(name == "review" for name, _ in STEPS):
+        # Until the demo has a review step, the pending examples are approved directly so the
+        # snapshot has something to freeze; with one, only reviewed examples get in.
+        import uuid
+
+        from sqlalchemy import update
+
+        from app.core.db import session_scope
+        from app.models.example import Example
+
+        with session_scope() as s:
+            n = s.execute(update(Example).where(Example.dataset_id == uuid.UUID(ds_id),
+                                                Example.status == "pending_review")
+                          .values(status="approved", stage=None)).rowcount
+        console.print(f"no review step in this demo: approved {n} pending examples directly")
+    snap = ctx.call("POST", "/v1/snapshots", "curator", json={
+        "dataset_id": ds_id, "name": "support-faq-v1", "validation_fraction": 0.2, "seed": 7})
+    ctx.state["snapshot"] = snap
+    c = snap["counts"]
+    excluded = {k: v for k, v in c["excluded"].items() if v}
+    console.print(f"snapshot {snap['name']}: {c['train']} train + {c['validation']} validation, "
+                  f"excluded {excluded or 'nothing'}")
+    console.print(f"manifest sha256 {snap['manifest_sha256']}")
+    r = ctx.call("GET", f"/v1/snapshots/{snap['id']}/export?format=pedigree", "trainer")
+    recs = [json.loads(line) for line in r.content.splitlines()]
+    # What the trainer does before training: recompute every content hash and the manifest.
+    for rec in recs:
+        canon = json.dumps(rec["content"], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        assert hashlib.sha256(canon.encode()).hexdigest() == rec["content_sha256"]
+    lines = sorted(f"{rec['content_sha256']} {rec['split']}" for rec in recs)
+    manifest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    if manifest != r.headers["X-Manifest-SHA256"]:
+        raise RuntimeError("export does not match its manifest hash")
+    console.print(f"export verified: {len(recs)} records hash to the manifest")
+    out = Path(get_settings().artifact_root).parent / "snapshot"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "support-faq-v1.jsonl").write_bytes(r.content)
+    (out / "support-faq-v1.parquet").write_bytes(
+        ctx.call("GET", f"/v1/snapshots/{snap['id']}/export?format=parquet", "trainer").content)
+    for fmt in ("md", "html"):
+        sheet = ctx.call("GET", f"/v1/snapshots/{snap['id']}/datasheet?format={fmt}", "auditor")
+        (out / f"datasheet.{fmt}").write_text(sheet.text)
+    console.print(f"export, Parquet and datasheet written to {out}")
+
+
 STEPS: list[tuple[str, Callable[[Ctx], None]]] = [
     ("keys", step_keys),
     ("dataset", step_dataset),
     ("ingest", step_ingest),
     ("pipeline", step_pipeline),
+    ("snapshot", step_snapshot),
     ("audit", step_audit),
 ]
 

@@ -20,6 +20,7 @@ from app.datasets.router import router as datasets_router
 from app.examples.router import router as examples_router
 from app.keys.router import router as keys_router
 from app.review.router import router as review_router
+from app.snapshots.router import router as snapshots_router
 
 log = logging.getLogger("pedigree")
 
@@ -76,7 +77,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Pedigree", version="0.1.0", lifespan=lifespan,
                   description="Governed training-data curation for LLM fine-tuning.")
     install_error_handlers(app)
-    for r in (datasets_router, examples_router, audit_router, keys_router, review_router):
+    for r in (datasets_router, examples_router, audit_router, keys_router, review_router, snapshots_router):
         app.include_router(r)
 
     @app.get("/healthz", tags=["ops"])

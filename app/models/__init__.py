@@ -7,6 +7,7 @@ from app.models.dataset import Dataset
 from app.models.example import DuplicateLink, Example, ExampleRevision, IngestBatch
 from app.models.pii import PiiFinding, PiiScrub, PiiVaultEntry
 from app.models.review import Review, ReviewEscalation, ReviewLease, ReviewSuggestion
+from app.models.snapshot import Snapshot, SnapshotMember
 
 __all__ = [
     "ApiKey",
@@ -25,4 +26,6 @@ __all__ = [
     "ReviewEscalation",
     "ReviewLease",
     "ReviewSuggestion",
+    "Snapshot",
+    "SnapshotMember",
 ]

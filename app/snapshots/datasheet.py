@@ -1,0 +1,301 @@
+"""A datasheet for a snapshot, after "Datasheets for Datasets" (Gebru et al., 2021).
+
+Only the questions the stored data can answer are answered; every other section says plainly what is
+not known instead of disappearing, because an empty section in a datasheet reads as "nothing to say".
+Facts are gathered with a few aggregate queries (no per-member Python), then rendered as Markdown
+(charts as embedded PNG) or HTML (charts as inline SVG). Token counts are estimates: the API loads no
+tokenizer, so tokens ≈ characters / 4, which the sheet says where it uses them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Uuid, bindparam, text
+from sqlalchemy.orm import Session
+
+from app.datasets import service as datasets
+from app.models.base import Base
+from app.models.snapshot import Snapshot
+from app.snapshots import service
+
+UNKNOWN = "Not known: Pedigree holds no record of this."
+
+
+@dataclass
+class Section:
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[tuple[str, list[str], list[list[Any]]]] = field(default_factory=list)
+    charts: list[tuple[str, Any]] = field(default_factory=list)  # (caption, matplotlib Figure)
+
+
+@dataclass
+class Facts:
+    title: str
+    manifest_sha256: str
+    sections: list[Section]
+
+
+def _q(session: Session, sql: str, **params: Any) -> list[Any]:
+    binds = [bindparam(k, type_=Uuid()) for k in params if k in ("sid", "ds")]
+    return session.execute(text(sql).bindparams(*binds), params).all()
+
+
+def _length_sql(session: Session, fmt: str) -> str:
+    """Characters of trainable text per member revision `r`, per dialect."""
+    pg = session.get_bind().dialect.name == "postgresql"
+    if fmt == "chat":
+        if pg:
+            return "(SELECT COALESCE(sum(length(x->>'content')), 0) FROM jsonb_array_elements(r.content->'messages') x)"
+        return ("(SELECT COALESCE(sum(length(json_extract(x.value, '$.content'))), 0) "
+                "FROM json_each(r.content, '$.messages') x)")
+    fields = {"instruction": ("instruction", "input", "output"), "completion": ("prompt", "completion"),
+              "preference": ("prompt", "chosen", "rejected")}[fmt]
+    if pg:
+        return " + ".join(f"COALESCE(length(r.content->>'{f}'), 0)" for f in fields)
+    return " + ".join(f"COALESCE(length(json_extract(r.content, '$.{f}')), 0)" for f in fields)
+
+
+def _fig(kind: str, labels: list[str], values: list[Any], *, title: str, xlabel: str = "", ylabel: str = "",
+         series: dict[str, list[float]] | None = None):
+    # The object API, not pyplot: no global state, safe in the API's worker threads.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.2), dpi=100)
+    ax = fig.add_subplot()
+    if kind == "barh":
+        y = range(len(labels))
+        ax.barh(list(y), values, color="#3b6ea5")
+        ax.set_yticks(list(y), labels=[lbl[:40] for lbl in labels])
+        ax.invert_yaxis()
+    else:
+        for i, (name, vals) in enumerate((series or {}).items()):
+            ax.bar([j + i * 0.4 for j in range(len(labels))], vals, width=0.4, label=name,
+                   color=["#3b6ea5", "#e07b39"][i % 2])
+        ax.set_xticks([j + 0.2 for j in range(len(labels))], labels=labels, rotation=45, ha="right", fontsize=8)
+        ax.legend()
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    return fig
+
+
+def _table_rows(d: dict[str, int], total: int) -> list[list[Any]]:
+    return [[k, v, f"{100 * v / total:.1f}%" if total else "-"] for k, v in d.items()]
+
+
+def gather(session: Session, snap: Snapshot) -> Facts:
+    ds = datasets.get(session, snap.dataset_id)
+    st = snap.stats or {}
+    n = snap.member_count
+    erased = service.erased_members(session, snap)
+    sections: list[Section] = []
+
+    mot = Section("Motivation")
+    mot.paragraphs.append(f"Snapshot **{snap.name}** of dataset **{ds.name}** ({ds.format} format), frozen by "
+                          f"{snap.created_by} on {snap.created_at:%Y-%m-%d %H:%M} UTC.")
+    mot.paragraphs.append(f"Dataset description: {ds.description}" if ds.description else
+                          "Purpose and funding: not known — the dataset has no description. " + UNKNOWN)
+    sections.append(mot)
+
+    comp = Section("Composition")
+    comp.paragraphs.append(
+        f"{n:,} examples (one immutable revision each): {snap.counts.get('train', 0):,} train, "
+        f"{snap.counts.get('validation', 0):,} validation (fraction {snap.validation_fraction}, seed "
+        f"{snap.seed!r}{', stratified by tag ' + repr(snap.stratify_by) if snap.stratify_by else ''}). "
+        f"Task format: {snap.format}.")
+    comp.tables.append(("Members by source", ["source", "examples", "share"], _table_rows(st.get("sources", {}), n)))
+    comp.tables.append(("Members by license", ["license", "examples", "share"],
+                        _table_rows(st.get("licenses", {}), n)))
+    comp.tables.append(("Members by legal basis", ["legal basis", "examples", "share"],
+                        _table_rows(st.get("legal_bases", {}), n)))
+    excl = {k: v for k, v in (snap.counts.get("excluded") or {}).items() if v}
+    comp.tables.append(("Examples of the dataset left out, by rule", ["rule", "examples"],
+                        [[k, v] for k, v in excl.items()] or [["(none)", 0]]))
+    comp.paragraphs.append(f"Filter: `{snap.filter}`.")
+    if len(st.get("sources", {})) > 1:
+        srcs = st["sources"]
+        comp.charts.append(("Members by source", _fig("barh", list(srcs), list(srcs.values()),
+                                                      title="Members by source", xlabel="examples")))
+    if erased:
+        comp.paragraphs.append(f"**{len(erased)} member(s) were erased after the freeze** (right to erasure); "
+                               "exports omit them. The manifest hash of the original freeze stays on record.")
+    sections.append(comp)
+
+    col = Section("Collection process")
+    ca = st.get("collected_at") or {}
+    col.paragraphs.append(f"Collected between {ca.get('min') or 'unknown'} and {ca.get('max') or 'unknown'} "
+                          "(provenance `collected_at`; members without it are not counted in the range)."
+                          if ca.get("min") else "Collection dates: " + UNKNOWN)
+    batches = _q(session,
+                 "SELECT b.id, b.channel, b.created_by, min(b.created_at), count(*) FROM snapshot_members m "
+                 "JOIN examples e ON e.id = m.example_id JOIN ingest_batches b ON b.id = e.ingest_batch_id "
+                 "WHERE m.snapshot_id = :sid GROUP BY b.id, b.channel, b.created_by ORDER BY count(*) DESC",
+                 sid=snap.id)
+    if batches:
+        col.paragraphs.append(f"Ingested in {len(batches)} batch(es).")
+        col.tables.append(("Ingest batches (largest 20)", ["batch", "channel", "by", "at", "members"],
+                           [[str(b[0])[:8], b[1], b[2], str(b[3])[:19], b[4]] for b in batches[:20]]))
+    else:
+        col.paragraphs.append("Ingest batches: " + UNKNOWN)
+    col.paragraphs.append("How the data were originally produced (by whom, with what instructions or payment) is "
+                          "outside Pedigree's records: " + UNKNOWN)
+    sections.append(col)
+
+    pre = Section("Preprocessing, cleaning and labeling")
+    if "pii_findings" in Base.metadata.tables:
+        rows = _q(session, "SELECT f.entity_type, f.operator, count(*), "
+                           "sum(CASE WHEN f.verdict = 'false_positive' THEN 1 ELSE 0 END) FROM pii_findings f "
+                           "JOIN snapshot_members m ON m.snapshot_id = :sid AND m.example_id = f.example_id "
+                           "GROUP BY f.entity_type, f.operator ORDER BY count(*) DESC", sid=snap.id)
+        if rows:
+            pre.tables.append(("PII findings in members, by entity type and operator",
+                               ["entity type", "operator", "findings", "reviewer: false positive"],
+                               [list(r) for r in rows]))
+        else:
+            pre.paragraphs.append("PII: no findings recorded for these members (either none were found or the "
+                                  "examples were not scrubbed).")
+    else:
+        pre.paragraphs.append("PII scrubbing: " + UNKNOWN)
+    dups = _q(session, "SELECT dl.method, count(DISTINCT dl.example_id) FROM duplicate_links dl "
+                       "WHERE dl.dataset_id = :ds AND NOT EXISTS (SELECT 1 FROM snapshot_members m "
+                       "WHERE m.snapshot_id = :sid AND m.example_id = dl.example_id) GROUP BY dl.method",
+              sid=snap.id, ds=ds.id)
+    pre.tables.append(("Duplicates left out, by detection method", ["method", "examples"],
+                       [list(r) for r in dups] or [["(none linked)", 0]]))
+    if "reviews" in Base.metadata.tables:
+        revs = _q(session, "SELECT rv.reviewer, rv.decision, count(*) FROM reviews rv JOIN snapshot_members m "
+                           "ON m.snapshot_id = :sid AND m.revision_id = rv.revision_id "
+                           "GROUP BY rv.reviewer, rv.decision ORDER BY rv.reviewer", sid=snap.id)
+        agree = _q(session, "SELECT count(*), sum(CASE WHEN k.d = 1 THEN 1 ELSE 0 END) FROM ("
+                            "SELECT rv.revision_id, count(DISTINCT rv.decision) AS d FROM reviews rv "
+                            "JOIN snapshot_members m ON m.snapshot_id = :sid AND m.revision_id = rv.revision_id "
+                            "GROUP BY rv.revision_id HAVING count(*) > 1) k", sid=snap.id)
+        if revs:
+            by: dict[str, dict[str, int]] = {}
+            for who, decision, cnt in revs:
+                by.setdefault(who, {})[decision] = cnt
+            pre.tables.append(("Reviews of the frozen revisions", ["reviewer", "approve", "reject", "request_changes"],
+                               [[w, d.get("approve", 0), d.get("reject", 0), d.get("request_changes", 0)]
+                                for w, d in by.items()]))
+            multi, same = agree[0] if agree else (0, 0)
+            pre.paragraphs.append(
+                f"Agreement: {same or 0} of {multi or 0} revisions reviewed more than once got the same decision "
+                f"from every reviewer ({100 * (same or 0) / multi:.1f}% raw agreement)." if multi else
+                "Agreement: no revision in this snapshot was reviewed by more than one reviewer.")
+        else:
+            pre.paragraphs.append("Labeling: no review of these revisions is recorded (selected by status only).")
+    else:
+        pre.paragraphs.append("Labeling (reviews): " + UNKNOWN)
+    sections.append(pre)
+
+    dist = Section("Distribution")
+    length = _length_sql(session, snap.format)
+    rows = _q(session, f"SELECT m.split, ({length} + 3) / 4 AS tok, count(*) FROM snapshot_members m "
+                       f"JOIN example_revisions r ON r.id = m.revision_id WHERE m.snapshot_id = :sid "
+                       f"GROUP BY m.split, ({length} + 3) / 4", sid=snap.id)
+    if rows:
+        edges = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 10**12]
+        labels = [f"{edges[i]}–{edges[i + 1] - 1}" for i in range(len(edges) - 2)] + [f"≥{edges[-2]}"]
+        hist = {"train": [0] * len(labels), "validation": [0] * len(labels)}
+        total_tok = 0
+        for split, tok, cnt in rows:
+            tok = int(tok or 0)
+            total_tok += tok * cnt
+            for i in range(len(labels)):
+                if edges[i] <= tok < edges[i + 1]:
+                    hist.setdefault(split, [0] * len(labels))[i] += cnt
+                    break
+        dist.paragraphs.append(f"About {total_tok:,} tokens in all (estimate: characters ÷ 4; exact counts depend "
+                               "on the base model's tokenizer).")
+        keep = [i for i in range(len(labels)) if hist["train"][i] or hist["validation"][i]]
+        lo, hi = (keep[0], keep[-1] + 1) if keep else (0, len(labels))
+        dist.tables.append(("Length in estimated tokens", ["tokens", "train", "validation"],
+                            [[labels[i], hist["train"][i], hist["validation"][i]] for i in range(lo, hi)]))
+        dist.charts.append(("Length histogram (estimated tokens)",
+                            _fig("bar", labels[lo:hi], [], title="Example length (≈ tokens)", xlabel="tokens",
+                                 ylabel="examples", series={k: v[lo:hi] for k, v in hist.items()})))
+    dist.paragraphs.append(
+        f"Manifest sha256 `{snap.manifest_sha256}` over the sorted lines \"<content_sha256> <split>\". Exports: "
+        f"`GET /v1/snapshots/{snap.id}/export?format=pedigree|openai-chat|alpaca|completion|parquet`, each with "
+        "the hash in `X-Manifest-SHA256`; `manifest.json` beside them.")
+    dist.paragraphs.append("Terms of use: see the licenses above; any other restriction: " + UNKNOWN)
+    sections.append(dist)
+
+    main = Section("Maintenance")
+    main.paragraphs.append("The snapshot is immutable: no member can be added or swapped. A member can only be "
+                           "erased (right to erasure), after which exports omit it and say so in manifest.json.")
+    main.paragraphs.append(f"Currently erased members: {len(erased)}.")
+    main.paragraphs.append("Uses the data are or are not suited for, and who maintains it: " + UNKNOWN)
+    sections.append(main)
+    return Facts(title=f"Datasheet: {ds.name} / {snap.name}", manifest_sha256=snap.manifest_sha256,
+                 sections=sections)
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    svg = buf.getvalue()
+    return svg[svg.index("<svg"):]
+
+
+def _md_cell(v: Any) -> str:
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(f: Facts) -> str:
+    out = [f"# {f.title}", "", f"Manifest sha256: `{f.manifest_sha256}`", ""]
+    for s in f.sections:
+        out += [f"## {s.title}", ""]
+        for p in s.paragraphs:
+            out += [p, ""]
+        for caption, head, rows in s.tables:
+            out += [f"**{caption}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            out += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
+            out.append("")
+        for caption, fig in s.charts:
+            out += [f"![{caption}](data:image/png;base64,{_png(fig)})", ""]
+    return "\n".join(out)
+
+
+def _inline_md(p: str) -> str:
+    # Paragraphs carry **bold** and `code` only; everything else (names, filters) is escaped data.
+    import re
+
+    s = html.escape(p)
+    s = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", s)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+
+
+def render_html(f: Facts) -> str:
+    css = ("body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
+           "table{border-collapse:collapse;margin:.5rem 0 1rem}td,th{border:1px solid #ccc;padding:.2rem .6rem;"
+           "text-align:left}th{background:#f3f3f3}code{background:#f3f3f3;padding:0 .2rem;word-break:break-all}"
+           "figure{margin:1rem 0}figcaption{color:#555;font-size:13px}")
+    head = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(f.title)}</title>"
+            f"<style>{css}</style></head><body><h1>{html.escape(f.title)}</h1>")
+    out = [head, f"<p>Manifest sha256: <code>{f.manifest_sha256}</code></p>"]
+    for s in f.sections:
+        out.append(f"<h2>{html.escape(s.title)}</h2>")
+        out += [f"<p>{_inline_md(p)}</p>" for p in s.paragraphs]
+        for caption, head, rows in s.tables:
+            out.append(f"<table><caption>{html.escape(caption)}</caption><tr>"
+                       + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows]
+            out.append("</table>")
+        for caption, fig in s.charts:
+            out.append(f"<figure>{_svg(fig)}<figcaption>{html.escape(caption)}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out)

@@ -1,0 +1,227 @@
+"""Export writers: member batches in, bytes out, one batch in memory at a time.
+
+Formats
+- `pedigree`: what our trainer reads; one line per member,
+  {"revision_id", "example_id", "split", "format", "content", "content_sha256"}; content_sha256 is
+  sha256 over json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False) of the
+  parsed content (the line itself may space or order keys differently: hash the value, not the bytes).
+- `openai-chat`: {"messages": [...]} (OpenAI / TRL conversational); preference examples in OpenAI's
+  preference (DPO) shape {"input": {"messages"}, "preferred_output", "non_preferred_output"}.
+- `alpaca`: {"instruction", "input", "output"} (+ "system", "history" for multi-turn chats, as
+  LLaMA-Factory reads them); preference as {"instruction", "input", "chosen", "rejected"}.
+- `completion`: {"prompt", "completion"}: strings, or message lists for chats (TRL's conversational
+  prompt-completion shape), so no chat template is baked in here.
+- `parquet`: one column per content field of the dataset's format plus revision_id, example_id, split,
+  content_sha256; readable by pandas and `datasets.load_dataset("parquet", ...)`. Written row group by
+  row group, so it streams too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import orjson
+
+JSONL_FORMATS = ("pedigree", "openai-chat", "alpaca", "completion")
+CHUNK_BYTES = 1 << 20
+
+
+def canonical(content: Any) -> bytes:
+    # Byte-identical to json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # for our content (strings, small ints); tests/snapshots hold this against the stdlib.
+    return orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+
+
+def _user_text(instruction: str, inp: str) -> str:
+    return f"{instruction}\n\n{inp}" if inp else instruction
+
+
+def _messages(fmt: str, c: dict[str, Any]) -> list[dict[str, Any]]:
+    if fmt == "chat":
+        return c["messages"]
+    if fmt == "instruction":
+        return [{"role": "user", "content": _user_text(c["instruction"], c.get("input", ""))},
+                {"role": "assistant", "content": c["output"]}]
+    if fmt == "completion":
+        return [{"role": "user", "content": c["prompt"]}, {"role": "assistant", "content": c["completion"]}]
+    return [{"role": "user", "content": c["prompt"]}, {"role": "assistant", "content": c["chosen"]}]
+
+
+def to_openai_chat(fmt: str, c: dict[str, Any]) -> dict[str, Any]:
+    if fmt == "preference":
+        return {"input": {"messages": [{"role": "user", "content": c["prompt"]}]},
+                "preferred_output": [{"role": "assistant", "content": c["chosen"]}],
+                "non_preferred_output": [{"role": "assistant", "content": c["rejected"]}]}
+    return {"messages": _messages(fmt, c)}
+
+
+def to_alpaca(fmt: str, c: dict[str, Any]) -> dict[str, Any]:
+    if fmt == "instruction":
+        return {"instruction": c["instruction"], "input": c.get("input", ""), "output": c["output"]}
+    if fmt == "completion":
+        return {"instruction": c["prompt"], "input": "", "output": c["completion"]}
+    if fmt == "preference":
+        return {"instruction": c["prompt"], "input": "", "chosen": c["chosen"], "rejected": c["rejected"]}
+    msgs = c["messages"]
+    out: dict[str, Any] = {}
+    if msgs and msgs[0]["role"] == "system":
+        out["system"] = msgs[0]["content"]
+        msgs = msgs[1:]
+    # Validated chats alternate user/assistant and end with the assistant.
+    pairs = [(msgs[i]["content"], msgs[i + 1]["content"]) for i in range(0, len(msgs) - 1, 2)]
+    last_user, last_answer = pairs[-1]
+    out.update(instruction=last_user, input="", output=last_answer)
+    if len(pairs) > 1:
+        out["history"] = [list(p) for p in pairs[:-1]]
+    return out
+
+
+def to_completion(fmt: str, c: dict[str, Any]) -> dict[str, Any]:
+    if fmt == "completion":
+        return {"prompt": c["prompt"], "completion": c["completion"]}
+    if fmt == "instruction":
+        return {"prompt": _user_text(c["instruction"], c.get("input", "")), "completion": c["output"]}
+    if fmt == "preference":
+        return {"prompt": c["prompt"], "completion": c["chosen"]}
+    msgs = c["messages"]
+    return {"prompt": msgs[:-1], "completion": msgs[-1:]}
+
+
+CONVERTERS: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {
+    "openai-chat": to_openai_chat, "alpaca": to_alpaca, "completion": to_completion,
+}
+
+
+def convert_block(export_format: str, dataset_format: str, block: bytes) -> bytes:
+    """pedigree JSONL lines in, lines of another JSONL format out."""
+    if export_format == "pedigree":
+        return block
+    conv = CONVERTERS[export_format]
+    return b"".join(orjson.dumps(conv(dataset_format, orjson.loads(line)["content"]), option=orjson.OPT_APPEND_NEWLINE)
+                    for line in block.splitlines() if line)
+
+
+def stream_jsonl(export_format: str, dataset_format: str, blocks: Iterable[bytes]) -> Iterator[bytes]:
+    for block in blocks:
+        out = convert_block(export_format, dataset_format, block)
+        if out:
+            yield out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parquet
+
+def parquet_schema(dataset_format: str):
+    import pyarrow as pa
+
+    s = pa.string()
+    fields: list[Any]
+    if dataset_format == "chat":
+        msg = pa.struct([("role", s), ("content", s), ("weight", pa.int8())])
+        fields = [("messages", pa.list_(msg))]
+    elif dataset_format == "instruction":
+        fields = [("instruction", s), ("input", s), ("output", s)]
+    elif dataset_format == "completion":
+        fields = [("prompt", s), ("completion", s)]
+    else:
+        fields = [("prompt", s), ("chosen", s), ("rejected", s)]
+    meta = {b"pedigree.format": dataset_format.encode()}
+    return pa.schema([*fields, ("split", s), ("revision_id", s), ("example_id", s), ("content_sha256", s)],
+                     metadata=meta)
+
+
+def pedigree_arrow_schema(dataset_format: str):
+    """The pedigree line as pyarrow's JSON reader should type it."""
+    import pyarrow as pa
+
+    data = parquet_schema(dataset_format)
+    content_fields = [f for f in data if f.name not in ("split", "revision_id", "example_id", "content_sha256")]
+    s = pa.string()
+    return pa.schema([("revision_id", s), ("example_id", s), ("split", s), ("format", s),
+                      ("content", pa.struct(content_fields)), ("content_sha256", s)])
+
+
+def content_from_parquet_row(dataset_format: str, row: dict[str, Any]) -> dict[str, Any]:
+    """The stored content back from a Parquet row. A message without a weight has a null one in
+    Parquet; pandas hands weights back as floats (NaN for null), so both are normalised here."""
+    if dataset_format == "chat":
+        out = []
+        for m in row["messages"]:
+            msg = {"role": m["role"], "content": m["content"]}
+            w = m.get("weight")
+            if w is not None and not (isinstance(w, float) and math.isnan(w)):
+                msg["weight"] = int(w)
+            out.append(msg)
+        return {"messages": out}
+    keys = {"instruction": ("instruction", "input", "output"), "completion": ("prompt", "completion"),
+            "preference": ("prompt", "chosen", "rejected")}[dataset_format]
+    return {k: row[k] for k in keys}
+
+
+class _Sink:
+    """A write-only file that pyarrow fills and the generator drains after each row group."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.closed = False
+        self._pos = 0
+
+    def write(self, data: Any) -> int:
+        b = bytes(data)
+        self.chunks.append(b)
+        self._pos += len(b)
+        return len(b)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+    def drain(self) -> bytes:
+        out = b"".join(self.chunks)
+        self.chunks = []
+        return out
+
+
+def _table(dataset_format: str, block: bytes, schema: Any, in_schema: Any) -> Any:
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    # pyarrow's C++ JSON reader parses the whole block: no Python per row. The block size must
+    # exceed the longest line, so give it the block itself.
+    t = pj.read_json(pa.BufferReader(block), read_options=pj.ReadOptions(block_size=max(len(block), 1 << 20)),
+                     parse_options=pj.ParseOptions(explicit_schema=in_schema, unexpected_field_behavior="ignore"))
+    content = t.column("content").combine_chunks()
+    cols = {f.name: content.field(f.name) for f in in_schema.field("content").type}
+    for name in ("split", "revision_id", "example_id", "content_sha256"):
+        cols[name] = t.column(name)
+    return pa.Table.from_pydict(cols, schema=schema)
+
+
+def stream_parquet(dataset_format: str, blocks: Iterable[bytes], *, metadata: dict[str, str]) -> Iterator[bytes]:
+    """Each block of pedigree lines becomes one row group, written and sent before the next is read."""
+    import pyarrow.parquet as pq
+
+    schema = parquet_schema(dataset_format)
+    schema = schema.with_metadata({**schema.metadata, **{k.encode(): v.encode() for k, v in metadata.items()}})
+    in_schema = pedigree_arrow_schema(dataset_format)
+    sink = _Sink()
+    writer = pq.ParquetWriter(sink, schema, compression="zstd")
+    for block in blocks:
+        writer.write_table(_table(dataset_format, block, schema, in_schema))
+        data = sink.drain()
+        if data:
+            yield data
+    writer.close()
+    tail = sink.drain()
+    if tail:
+        yield tail

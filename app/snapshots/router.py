@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+
+from app.audit import service as audit
+from app.core.auth import Actor, Curator, require
+from app.core.db import SessionDep
+from app.core.errors import ValidationFailed
+from app.models.snapshot import Snapshot
+from app.snapshots import datasheet, export, service
+from app.snapshots.schemas import EXPORT_FORMATS, SnapshotCreate, SnapshotOut
+
+router = APIRouter(prefix="/v1/snapshots", tags=["snapshots"])
+
+# Reviewers work on examples, not on frozen sets; trainers and auditors read and export.
+SnapshotReader = Annotated[Actor, Depends(require("curator", "trainer", "auditor"))]
+
+MEDIA = {"parquet": "application/vnd.apache.parquet"}
+EXT = {"parquet": "parquet"}
+
+
+def _out(snap: Snapshot, *, stats: bool = True) -> dict[str, Any]:
+    out = SnapshotOut.model_validate(snap, from_attributes=True)
+    if not stats:
+        out.stats = None
+    return out.model_dump(mode="json")
+
+
+@router.post("", status_code=201)
+def create_snapshot(data: SnapshotCreate, session: SessionDep, actor: Curator) -> dict[str, Any]:
+    return _out(service.create(session, data=data, actor=actor))
+
+
+@router.get("")
+def list_snapshots(session: SessionDep, actor: SnapshotReader, dataset: str | None = None,
+                   cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
+    rows, nxt = service.list_page(session, dataset_ref=dataset, cursor=cursor, limit=limit)
+    return {"items": [_out(s, stats=False) for s in rows], "next_cursor": nxt}
+
+
+@router.get("/{snapshot_id}")
+def get_snapshot(snapshot_id: str, session: SessionDep, actor: SnapshotReader) -> dict[str, Any]:
+    snap = service.get(session, snapshot_id)
+    out = _out(snap)
+    erased = service.erased_members(session, snap)
+    out["erased_members"] = len(erased)
+    out["contains_erased"] = bool(snap.contains_erased or erased)
+    return out
+
+
+@router.get("/{snapshot_id}/manifest.json")
+def get_manifest(snapshot_id: str, session: SessionDep, actor: SnapshotReader) -> JSONResponse:
+    snap = service.get(session, snapshot_id)
+    return JSONResponse(service.manifest_document(session, snap),
+                        headers={"X-Manifest-SHA256": snap.manifest_sha256})
+
+
+def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValidationFailed(f"unknown {field} {value!r}; one of {', '.join(allowed)}",
+                               details=[{"field": field, "code": "invalid", "message": f"one of {', '.join(allowed)}"}])
+
+
+@router.get("/{snapshot_id}/export")
+def export_snapshot(snapshot_id: str, session: SessionDep, actor: SnapshotReader, format: str = "pedigree",
+                    split: str = "all") -> StreamingResponse:
+    _check_choice("format", format, EXPORT_FORMATS)
+    _check_choice("split", split, ("all", "train", "validation"))
+    snap = service.get(session, snapshot_id)
+    plan = service.plan_export(session, snap, split=split)
+    # Who took a copy of the data, and of exactly what, belongs in the audit trail.
+    audit.record(session, actor=actor.ref, action="snapshot.exported", entity_type="snapshot", entity_id=snap.id,
+                 payload={"format": format, "split": split, "members": plan.count,
+                          "export_manifest_sha256": plan.export_manifest_sha256,
+                          "omitted_erased": len(plan.omitted_erased)})
+    headers = {
+        "X-Manifest-SHA256": plan.manifest_sha256,
+        "X-Export-Manifest-SHA256": plan.export_manifest_sha256,
+        "X-Member-Count": str(plan.count),
+        "X-Erased-Omitted": str(len(plan.omitted_erased)),
+        "Content-Disposition": f'attachment; filename="{snap.name}.{split}.{EXT.get(format, "jsonl")}"',
+    }
+    if format == "parquet":
+        # Larger blocks for Parquet: each becomes one row group.
+        blocks = service.iter_pedigree_blocks(plan, block_rows=20_000)
+        body = export.stream_parquet(plan.dataset_format, blocks, metadata={
+            "pedigree.manifest_sha256": plan.manifest_sha256,
+            "pedigree.export_manifest_sha256": plan.export_manifest_sha256,
+            "pedigree.snapshot_id": str(snap.id)})
+    else:
+        body = export.stream_jsonl(format, plan.dataset_format, service.iter_pedigree_blocks(plan))
+    return StreamingResponse(body, media_type=MEDIA.get(format, "application/x-ndjson"), headers=headers)
+
+
+@router.get("/{snapshot_id}/datasheet")
+def get_datasheet(snapshot_id: str, session: SessionDep, actor: SnapshotReader, format: str = "md"):
+    _check_choice("format", format, ("md", "html"))
+    snap = service.get(session, snapshot_id)
+    facts = datasheet.gather(session, snap)
+    headers = {"X-Manifest-SHA256": snap.manifest_sha256}
+    if format == "html":
+        return HTMLResponse(datasheet.render_html(facts), headers=headers)
+    return PlainTextResponse(datasheet.render_markdown(facts), media_type="text/markdown; charset=utf-8",
+                             headers=headers)
+
+
+@router.get("/{a}/diff/{b}")
+def diff_snapshots(a: str, b: str, session: SessionDep, actor: SnapshotReader, change: str | None = None,
+                   cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+    return service.diff(session, service.get(session, a), service.get(session, b), change=change, cursor=cursor,
+                        limit=limit)

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from app.models.example import STATUSES
+
+EXPORT_FORMATS = ("pedigree", "openai-chat", "alpaca", "completion", "parquet")
+Split = Literal["train", "validation", "all"]
+
+
+class SnapshotFilter(BaseModel):
+    """What goes in. extra="forbid": a misspelt field is a 422, never a silently wider snapshot."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    statuses: list[str] = Field(default_factory=lambda: ["approved"], min_length=1)
+    # An example is selected when it carries any of these tags (all of them with tags_mode="all").
+    tags: list[str] | None = None
+    tags_mode: Literal["any", "all"] = "any"
+    sources: list[str] | None = None
+    licenses: list[str] | None = None
+    collected_after: dt.datetime | None = None
+    collected_before: dt.datetime | None = None
+    min_approvals: int | None = Field(default=None, ge=0)
+    # The three default exclusions; each can be lifted explicitly, never by accident.
+    include_duplicates: bool = False
+    include_contaminating: bool = False
+
+    @field_validator("statuses")
+    @classmethod
+    def _known_statuses(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if s not in STATUSES]
+        if bad:
+            raise ValueError(f"unknown status {bad[0]!r}; one of {', '.join(STATUSES)}")
+        if "erased" in v:
+            # Erased content is a tombstone: there is nothing left to train on.
+            raise ValueError("erased examples cannot be selected")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _range(self) -> SnapshotFilter:
+        if self.collected_after and self.collected_before and self.collected_after >= self.collected_before:
+            raise ValueError("collected_after must be earlier than collected_before")
+        return self
+
+
+class SnapshotCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str = Field(min_length=1, description="dataset id or name")
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    filter: SnapshotFilter = Field(default_factory=SnapshotFilter)
+    validation_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    seed: int | str = 0
+    # A tag prefix such as "lang": the stratum of an example is its first tag "lang:<value>".
+    stratify_by: str | None = Field(default=None, min_length=1, max_length=100)
+    description: str = ""
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int | str) -> int | str:
+        if isinstance(v, str) and len(v) > 100:
+            raise ValueError("seed is at most 100 characters")
+        return v
+
+
+class SnapshotOut(BaseModel):
+    id: uuid.UUID
+    dataset_id: uuid.UUID
+    name: str
+    format: str
+    manifest_sha256: str
+    split_manifests: dict[str, str]
+    counts: dict[str, Any]
+    filter: dict[str, Any]
+    validation_fraction: float
+    seed: str
+    stratify_by: str | None
+    member_count: int
+    contains_erased: bool
+    created_by: str
+    created_at: dt.datetime
+    stats: dict[str, Any] | None = None

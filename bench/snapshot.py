@@ -1,0 +1,271 @@
+"""Snapshot freeze and export speed, on PostgreSQL (1,000,000 approved examples) and SQLite (100,000).
+
+    python -m bench.snapshot [--n 1000000] [--sqlite-n 100000] [--skip-sqlite]
+
+For each database:
+  1. builds the dataset directly (COPY on PostgreSQL, executemany on SQLite): n approved instruction
+     examples from the shared corpora (later passes varied so every content hash differs), plus 5% more
+     that the default filter must exclude (pending review, duplicates with links, erased);
+  2. freezes a snapshot through the real HTTP API (uvicorn subprocess): POST /v1/snapshots, timed;
+  3. streams the export in `pedigree` JSONL and in Parquet to a file, timed (examples/s), with the
+     server's peak RSS (VmHWM) after an export of ~1% of the members and after the full ones, so memory growth
+     with size shows;
+  4. untimed checks: every JSONL line's content hash and the manifest recomputed with the stdlib (the
+     trainer's formula) equal the X-Manifest-SHA256 header; the Parquet file reads back with pyarrow.
+The last stdout line is one JSON object with the figures, the targets and "pass".
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import orjson
+import psycopg
+
+from bench.common import (
+    ROOT,
+    api_server,
+    bench_env,
+    create_key,
+    instruct_records,
+    migrate,
+    peak_rss_mb,
+    temp_pg_database,
+)
+
+TARGET_FREEZE_S = 10.0
+TARGET_EXPORT_PER_S = 50_000
+TARGET_RSS_GROWTH_MB = 150
+
+
+def _records(n: int, seed_records: list[dict]):
+    """(content, sha) for n distinct instruction examples."""
+    from app.examples.formats import content_sha256
+
+    for i in range(n):
+        r = seed_records[i % len(seed_records)]
+        k = i // len(seed_records)
+        content = {"instruction": r["instruction"] if k == 0 else f"{r['instruction']} (variant {k})",
+                   "input": r["input"], "output": r["output"]}
+        yield content, content_sha256(content), r["_source"]
+
+
+def _rows(n: int, dataset_id: uuid.UUID, batch_id: uuid.UUID):
+    """Example and revision rows: n approved + 5% that the default filter excludes."""
+    from app.core.ids import new_id
+
+    extra = max(n // 20, 3)
+    seed = instruct_records()
+    now = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+    for i, (content, sha, source) in enumerate(_records(n + extra, seed)):
+        eid, rid = new_id(), new_id()
+        status = "approved"
+        if i >= n:
+            status = ("pending_review", "duplicate", "erased")[i % 3]
+        collected = now - dt.timedelta(days=i % 365)
+        ex = (eid, dataset_id, status, None, rid, source, f"bench-{i}", collected,
+              "CC-BY-SA-3.0" if i % 4 else "CC-BY-4.0", "contract", batch_id, "bench", "{}",
+              '["lang:en"]' if i % 2 else '["lang:de"]', now, now)
+        rev = (rid, eid, 0, orjson.dumps(content).decode(), sha, "ingest", "bench", now)
+        yield ex, rev, status
+
+
+EX_COLS = ("id, dataset_id, status, stage, current_revision_id, source, source_ref, collected_at, license, "
+           "legal_basis, ingest_batch_id, ingested_by, metadata, tags, created_at, updated_at")
+REV_COLS = "id, example_id, seq, content, content_sha256, reason, author, created_at"
+
+
+def build_pg(db_url: str, n: int, dataset_id: str) -> float:
+    dsn = db_url.replace("postgresql+psycopg://", "postgresql://")
+    ds = uuid.UUID(dataset_id)
+    batch = uuid.uuid4()
+    t0 = time.perf_counter()
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO ingest_batches (id, dataset_id, created_by, channel, atomic, defaults, status, "
+                    "accepted, rejected, unchanged, exact_duplicates, errors) VALUES "
+                    "(%s, %s, 'bench', 'import', false, '{}', 'completed', %s, 0, 0, 0, '[]')", (batch, ds, n))
+        cur.execute("SET CONSTRAINTS ALL DEFERRED")
+        dups = []
+        with cur.copy(f"COPY examples ({EX_COLS}) FROM STDIN") as ex_cp:
+            revs = []
+            for ex, rev, status in _rows(n, ds, batch):
+                ex_cp.write_row(ex)
+                revs.append(rev)
+                if status == "duplicate":
+                    dups.append(ex[0])
+        with cur.copy(f"COPY example_revisions ({REV_COLS}) FROM STDIN") as rev_cp:
+            for rev in revs:
+                rev_cp.write_row(rev)
+        canon = revs[0][1]
+        with cur.copy("COPY duplicate_links (id, dataset_id, example_id, canonical_example_id, method, similarity, "
+                      "created_by) FROM STDIN") as cp:
+            for d in dups:
+                cp.write_row((uuid.uuid4(), ds, d, canon, "minhash", 0.9, "bench"))
+        conn.commit()
+        cur.execute("ANALYZE")
+    return time.perf_counter() - t0
+
+
+def build_sqlite(path: Path, n: int, dataset_id: str) -> float:
+    ds = uuid.UUID(dataset_id).hex
+    batch = uuid.uuid4().hex
+    t0 = time.perf_counter()
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO ingest_batches (id, dataset_id, created_by, channel, atomic, defaults, status, "
+                 "accepted, rejected, unchanged, exact_duplicates, errors, created_at) VALUES "
+                 "(?, ?, 'bench', 'import', 0, '{}', 'completed', ?, 0, 0, 0, '[]', CURRENT_TIMESTAMP)",
+                 (batch, ds, n))
+    exs, revs, links = [], [], []
+
+    def fmt(v):
+        if isinstance(v, uuid.UUID):
+            return v.hex
+        if isinstance(v, dt.datetime):
+            return v.replace(tzinfo=None).isoformat(sep=" ")
+        return v
+
+    for ex, rev, status in _rows(n, uuid.UUID(ds), uuid.UUID(batch)):
+        exs.append(tuple(fmt(v) for v in ex))
+        revs.append(tuple(fmt(v) for v in rev))
+        if status == "duplicate":
+            links.append((uuid.uuid4().hex, ds, ex[0].hex, revs[0][1], "minhash", 0.9, "bench", exs[0][-1]))
+    conn.executemany(f"INSERT INTO examples ({EX_COLS}) VALUES ({', '.join('?' * 16)})", exs)
+    conn.executemany(f"INSERT INTO example_revisions ({REV_COLS}) VALUES ({', '.join('?' * 8)})", revs)
+    conn.executemany("INSERT INTO duplicate_links (id, dataset_id, example_id, canonical_example_id, method, "
+                     "similarity, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", links)
+    conn.commit()
+    conn.execute("ANALYZE")
+    conn.close()
+    return time.perf_counter() - t0
+
+
+def _download(url: str, key: str, snap: str, fmt: str, dest: Path) -> tuple[float, dict[str, str], int]:
+    t0 = time.perf_counter()
+    size = 0
+    with httpx.stream("GET", f"{url}/v1/snapshots/{snap}/export", params={"format": fmt, "split": "all"},
+                      headers={"Authorization": f"Bearer {key}"}, timeout=None) as r, dest.open("wb") as f:
+        r.raise_for_status()
+        for chunk in r.iter_raw(1 << 20):
+            f.write(chunk)
+            size += len(chunk)
+        headers = dict(r.headers)
+    return time.perf_counter() - t0, headers, size
+
+
+def verify_jsonl(path: Path) -> tuple[int, str]:
+    """The trainer's check, written with the stdlib only."""
+    lines = []
+    with path.open("rb") as f:
+        for raw in f:
+            rec = json.loads(raw)
+            canon = json.dumps(rec["content"], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            if hashlib.sha256(canon.encode("utf-8")).hexdigest() != rec["content_sha256"]:
+                raise AssertionError(f"content hash mismatch in {rec['revision_id']}")
+            lines.append(f"{rec['content_sha256']} {rec['split']}")
+    lines.sort()
+    return len(lines), hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def run_one(label: str, db_url: str, n: int, env: dict[str, str], build) -> dict:
+    migrate(env)
+    key = create_key(env)
+    h = {"Authorization": f"Bearer {key}"}
+    out: dict = {"n": n}
+    with api_server(env) as (url, proc), tempfile.TemporaryDirectory() as tmp:
+        tmpd = Path(tmp)
+        ds = httpx.post(f"{url}/v1/datasets", json={"name": f"bench-{label}", "format": "instruction"}, headers=h).json()
+        out["build_s"] = round(build(n, ds["id"]), 1)
+        print(f"[{label}] built {n:,} approved examples (+5% excluded) in {out['build_s']} s", flush=True)
+
+        # Warm-up and memory baseline: a ~1% snapshot of the same data, exported both ways.
+        small = httpx.post(f"{url}/v1/snapshots", headers=h, timeout=None, json={
+            "dataset_id": ds["id"], "name": "small", "validation_fraction": 0.1,
+            # about 1% of the members: 4 of the 365 collection days
+            "filter": {"collected_after": "2026-05-28T12:00:00Z"}})
+        small.raise_for_status()
+        for fmt in ("pedigree", "parquet"):
+            _download(url, key, small.json()["id"], fmt, tmpd / f"small.{fmt}")
+        rss_small = peak_rss_mb(proc.pid)
+
+        t0 = time.perf_counter()
+        r = httpx.post(f"{url}/v1/snapshots", headers=h, timeout=None, json={
+            "dataset_id": ds["id"], "name": "full", "validation_fraction": 0.05, "seed": 42})
+        freeze_s = time.perf_counter() - t0
+        r.raise_for_status()
+        snap = r.json()
+        assert snap["counts"]["train"] + snap["counts"]["validation"] == n, snap["counts"]
+        print(f"[{label}] freeze: {freeze_s:.2f} s, excluded {snap['counts']['excluded']}", flush=True)
+        out["freeze_s"] = round(freeze_s, 2)
+        out["excluded"] = {k: v for k, v in snap["counts"]["excluded"].items() if v}
+
+        t_jsonl, hdr, size = _download(url, key, snap["id"], "pedigree", tmpd / "full.jsonl")
+        rss_jsonl = peak_rss_mb(proc.pid)
+        t_pq, hdr_pq, size_pq = _download(url, key, snap["id"], "parquet", tmpd / "full.parquet")
+        rss_full = peak_rss_mb(proc.pid)
+        out["export_jsonl_examples_per_s"] = round(n / t_jsonl)
+        out["export_jsonl_mb_per_s"] = round(size / t_jsonl / 1e6, 1)
+        out["export_parquet_examples_per_s"] = round(n / t_pq)
+        out["jsonl_mb"] = round(size / 1e6, 1)
+        out["parquet_mb"] = round(size_pq / 1e6, 1)
+        out["server_peak_rss_mb"] = {"after_10k_exports": round(rss_small, 1), "after_full_jsonl": round(rss_jsonl, 1),
+                                     "after_full_parquet": round(rss_full, 1),
+                                     "growth": round(rss_full - rss_small, 1)}
+        print(f"[{label}] export JSONL {n / t_jsonl:,.0f} ex/s ({size / 1e6:,.0f} MB in {t_jsonl:.1f} s), "
+              f"Parquet {n / t_pq:,.0f} ex/s ({size_pq / 1e6:,.0f} MB in {t_pq:.1f} s); server peak RSS "
+              f"{rss_small:.0f} MB after 10k exports, {rss_full:.0f} MB after the full ones", flush=True)
+
+        count, manifest = verify_jsonl(tmpd / "full.jsonl")
+        import pyarrow.parquet as pq
+
+        pq_rows = pq.ParquetFile(tmpd / "full.parquet").metadata.num_rows
+        out["verified"] = (count == n and manifest == hdr["x-manifest-sha256"] == snap["manifest_sha256"]
+                           and pq_rows == n and hdr_pq["x-manifest-sha256"] == manifest)
+        print(f"[{label}] verified: {count:,} lines, manifest {manifest[:16]}…, parquet rows {pq_rows:,}: "
+              f"{out['verified']}", flush=True)
+    out["pass"] = bool(out["verified"] and freeze_s <= TARGET_FREEZE_S
+                       and out["export_jsonl_examples_per_s"] >= TARGET_EXPORT_PER_S
+                       and out["export_parquet_examples_per_s"] >= TARGET_EXPORT_PER_S
+                       and out["server_peak_rss_mb"]["growth"] <= TARGET_RSS_GROWTH_MB)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000, help="approved examples on PostgreSQL")
+    ap.add_argument("--sqlite-n", type=int, default=100_000, help="approved examples on SQLite")
+    ap.add_argument("--skip-sqlite", action="store_true")
+    ap.add_argument("--skip-postgres", action="store_true")
+    args = ap.parse_args()
+
+    result: dict = {"bench": "snapshot"}
+    if not args.skip_postgres:
+        with temp_pg_database("pedigree_bench_snap") as db_url:
+            env = bench_env(db_url, None)
+            result["postgresql"] = run_one("postgresql", db_url, args.n, env,
+                                           lambda n, ds: build_pg(db_url, n, ds))
+    if not args.skip_sqlite:
+        with tempfile.TemporaryDirectory(dir=ROOT / "var" if (ROOT / "var").exists() else None) as tmp:
+            path = Path(tmp) / "bench.db"
+            url = f"sqlite:///{path}"
+            env = bench_env(url, None)
+            env["PEDIGREE_EMBEDDED"] = "true"
+            result["sqlite"] = run_one("sqlite", url, args.sqlite_n, env, lambda n, ds: build_sqlite(path, n, ds))
+    result["targets"] = {"freeze_s_max": TARGET_FREEZE_S, "export_examples_per_s_min": TARGET_EXPORT_PER_S,
+                         "server_rss_growth_mb_max": TARGET_RSS_GROWTH_MB, "hash_verified": True}
+    result["machine"] = f"{os.cpu_count()} cores"
+    result["pass"] = all(v["pass"] for k, v in result.items() if isinstance(v, dict) and "pass" in v)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
