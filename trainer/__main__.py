@@ -60,6 +60,13 @@ def _train(args) -> int:
         tmp.replace(out / "result.json")  # a reader never sees half a file
     if events:
         events.close()
+    try:
+        import torch.distributed as tdist
+
+        if tdist.is_available() and tdist.is_initialized():
+            tdist.destroy_process_group()
+    except ImportError:
+        pass
     return code
 
 
