@@ -116,6 +116,28 @@ def step_pipeline(ctx: Ctx) -> None:
     console.print(f"example {ex['id']}: status {ex['status']}, quality {ex['quality']}, flags {ex['quality_flags']}")
 
 
+def step_review(ctx: Ctx) -> None:
+    ds = ctx.state["dataset"]
+    ctx.call("PATCH", f"/v1/datasets/{ds['id']}", "curator", json={"review_policy": {"required_approvals": 2}})
+    # Two reviewers work through the queue; reviewer 2 disagrees once, and any reject wins.
+    disagreed = None
+    for role in ("reviewer", "reviewer2"):
+        while items := ctx.call("GET", f"/v1/review/queue?dataset={ds['id']}&limit=20", role)["items"]:
+            for it in items:
+                body = {"decision": "approve", "revision_id": it["revision_id"]}
+                if role == "reviewer2" and disagreed is None:
+                    disagreed = it["example_id"]
+                    body = {"decision": "reject", "revision_id": it["revision_id"], "reason_code": "formatting",
+                            "comment": "the answer should list the steps"}
+                ctx.call("POST", f"/v1/examples/{it['example_id']}/reviews", role, json=body)
+    st = ctx.call("GET", f"/v1/review/stats?dataset={ds['id']}", "auditor")
+    d, ag = st["dataset"], st["agreement"]
+    console.print(f"review (2 approvals, four eyes): approved {d['approved']}, rejected {d['rejected']}, "
+                  f"pending {d['pending']}; {d['decisions']} decisions")
+    console.print(f"agreement over {ag['items_with_several_reviews']} items: {ag['percent_agreement']:.0%}, "
+                  f"Krippendorff's alpha {ag['krippendorff_alpha']} (near 0 when almost every label is the same)")
+
+
 def step_audit(ctx: Ctx) -> None:
     v = ctx.call("GET", "/v1/audit/verify", "auditor")
     console.print(f"audit chain: ok={v['ok']} over {v['events']} events")
@@ -181,6 +203,7 @@ STEPS: list[tuple[str, Callable[[Ctx], None]]] = [
     ("dataset", step_dataset),
     ("ingest", step_ingest),
     ("pipeline", step_pipeline),
+    ("review", step_review),
     ("snapshot", step_snapshot),
     ("audit", step_audit),
 ]

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 
@@ -8,6 +8,7 @@ from app.core.auth import Actor, Reader, require
 from app.core.db import SessionDep
 from app.datasets import service as datasets
 from app.review import service, web
+from app.review.committer import committer
 from app.review.schemas import BulkReviewIn, ReviewIn, RevisionIn, SuggestionIn
 
 Reviewer = Annotated[Actor, Depends(require("reviewer"))]
@@ -20,9 +21,12 @@ router = APIRouter(tags=["review"])
 
 @router.get("/v1/review/queue")
 def queue(session: SessionDep, actor: Reviewer, dataset: str,
-          limit: Annotated[int, Query(ge=1, le=50)] = 1) -> dict[str, Any]:
+          limit: Annotated[int, Query(ge=1, le=50)] = 1,
+          view: Literal["compact", "full"] = "compact") -> dict[str, Any]:
+    """Compact items carry the revision's content and quality flags; `view=full` adds the whole
+    example view (PII findings, duplicates, review state, suggestions) at a few queries per item."""
     ds = datasets.get(session, dataset)
-    return {"items": service.next_items(session, dataset=ds, actor=actor, limit=limit)}
+    return {"items": service.next_items(session, dataset=ds, actor=actor, limit=limit, with_view=view == "full")}
 
 
 @router.post("/v1/review/leases/{example_id}/renew")
@@ -36,8 +40,9 @@ def release(example_id: str, session: SessionDep, actor: Reviewer) -> dict[str, 
 
 
 @router.post("/v1/examples/{example_id}/reviews", status_code=201)
-def review(example_id: str, data: ReviewIn, session: SessionDep, actor: Reviewer) -> dict[str, Any]:
-    return service.decide(session, example_id=example_id, actor=actor, data=data)
+async def review(example_id: str, data: ReviewIn, actor: Reviewer) -> dict[str, Any]:
+    # Committed by the group committer in its own transaction (see committer.py for why).
+    return await committer.decide(example_id=example_id, actor=actor, data=data)
 
 
 @router.post("/v1/reviews:bulk")

@@ -8,24 +8,23 @@ raises before its first real write and the request's transaction rolls back, so 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import statistics
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, exists, false, func, insert, select, update
+from sqlalchemy import delete, exists, false, func, insert, literal, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core.auth import Actor
 from app.core.config import get_settings
-from app.core.errors import Conflict, Forbidden, InvalidState, NotFound, ValidationFailed
+from app.core.errors import Conflict, Forbidden, InvalidState, NotFound, PedigreeError, ValidationFailed
 from app.core.ids import new_id
 from app.examples import service as examples
 from app.examples.formats import FieldError, content_sha256, normalize
@@ -89,13 +88,6 @@ def _lock_example(session: Session, example_id: str | uuid.UUID) -> Example:
     return ex
 
 
-def _authored_by(session: Session, example: Example, actor: Actor) -> bool:
-    if example.ingested_by == actor.ref:
-        return True
-    return bool(session.scalar(select(exists().where(
-        REV.c.example_id == example.id, REV.c.author == actor.ref, REV.c.reason.in_(AUTHORED)))))
-
-
 def _check_reason(policy: ReviewPolicy, decision: str, reason_code: str | None) -> None:
     if reason_code is None:
         if decision != "approve":
@@ -134,17 +126,19 @@ def _check_lease(lease: Any, actor: Actor, now: dt.datetime) -> None:
 # --- queue -------------------------------------------------------------------------------------------------
 
 def next_items(session: Session, *, dataset: Dataset, actor: Actor, limit: int = 1,
-               exclude: Iterable[uuid.UUID] = (), with_view: bool = True) -> list[dict[str, Any]]:
+               exclude: Iterable[uuid.UUID] = (), with_view: bool = False) -> list[dict[str, Any]]:
     """Hand the caller up to `limit` examples nobody else holds, each with a lease.
 
     The caller's own live leases come first (a reload gets the same item back, renewed). New items
     are picked with FOR UPDATE SKIP LOCKED on PostgreSQL, so concurrent callers split the queue
     instead of waiting; the lease upsert only takes a row whose lease is absent or expired, and
-    RETURNING says which it took, so even a stale pick cannot hand one item to two reviewers."""
+    RETURNING says which it took, so even a stale pick cannot hand one item to two reviewers.
+    Pick and upsert are one statement (a data-modifying CTE): one round trip on the hot path."""
     policy = policy_of(dataset)
     now = utcnow()
     expires = now + dt.timedelta(seconds=policy.lease_seconds)
     exclude = [uuid.UUID(str(x)) for x in exclude]
+    pg = _is_pg(session)
     _serialize_writers(session)
 
     own_q = (select(L.c.example_id).join(E, E.c.id == L.c.example_id)
@@ -153,10 +147,12 @@ def next_items(session: Session, *, dataset: Dataset, actor: Actor, limit: int =
              .order_by(L.c.example_id).limit(limit))
     if exclude:
         own_q = own_q.where(L.c.example_id.not_in(exclude))
+    granted: dict[uuid.UUID, Any] = {}
     own = list(session.scalars(own_q))
     if own:
-        session.execute(update(L).where(L.c.example_id.in_(own)).values(expires_at=expires))
-    granted: list[uuid.UUID] = list(own)
+        for r in session.execute(update(L).where(L.c.example_id.in_(own)).values(expires_at=expires)
+                                 .returning(L.c.example_id, L.c.revision_id, L.c.acquired_at, L.c.expires_at)):
+            granted[r.example_id] = r
 
     want = limit - len(own)
     if want > 0:
@@ -175,31 +171,39 @@ def next_items(session: Session, *, dataset: Dataset, actor: Actor, limit: int =
                                               REV.c.reason.in_(AUTHORED)))
         if exclude:
             cand = cand.where(E.c.id.not_in(exclude))
-        if _is_pg(session):
+        if pg:
             cand = cand.with_for_update(of=E, skip_locked=True)
-        picked = session.execute(cand).all()
-        if picked:
-            rows = [{"example_id": p.id, "dataset_id": dataset.id, "revision_id": p.current_revision_id,
-                     "holder_key_id": actor.key_id, "holder": actor.ref, "acquired_at": now, "expires_at": expires}
-                    for p in picked]
-            ins = (pg_insert if _is_pg(session) else sqlite_insert)(L)
-            stmt = ins.on_conflict_do_update(
-                index_elements=[L.c.example_id],
-                set_={k: ins.excluded[k] for k in ("dataset_id", "revision_id", "holder_key_id", "holder",
-                                                   "acquired_at", "expires_at")},
-                where=L.c.expires_at <= now,
-            ).returning(L.c.example_id)
-            granted += sorted(session.scalars(stmt, rows).all())
+        picked = cand.cte("picked")
+        cols = ("example_id", "dataset_id", "revision_id", "holder_key_id", "holder", "acquired_at", "expires_at")
+        src = select(picked.c.id, literal(dataset.id, type_=L.c.dataset_id.type),
+                     picked.c.current_revision_id, literal(actor.key_id, type_=L.c.holder_key_id.type),
+                     literal(actor.ref, type_=L.c.holder.type), literal(now, type_=L.c.acquired_at.type),
+                     literal(expires, type_=L.c.expires_at.type)).where(true())  # SQLite needs a WHERE before ON CONFLICT
+        ins = (pg_insert if pg else sqlite_insert)(L).from_select(list(cols), src)
+        stmt = ins.on_conflict_do_update(
+            index_elements=[L.c.example_id],
+            set_={k: ins.excluded[k] for k in cols[1:]},
+            where=L.c.expires_at <= now,
+        ).returning(L.c.example_id, L.c.revision_id, L.c.acquired_at, L.c.expires_at)
+        for r in session.execute(stmt):
+            granted[r.example_id] = r
     if not granted:
         return []
-    leases = {r.example_id: r for r in session.execute(select(L).where(L.c.example_id.in_(granted)))}
+    order = sorted(granted)
+    revs = {r.id: r for r in session.execute(
+        select(REV.c.id, REV.c.seq, REV.c.reason, REV.c.author, REV.c.content, REV.c.content_sha256, REV.c.quality)
+        .where(REV.c.id.in_([granted[e].revision_id for e in order])))}
+    exs = {ex.id: ex for ex in session.scalars(select(Example).where(Example.id.in_(order)))} if with_view else {}
     out = []
-    exs = {ex.id: ex for ex in session.scalars(select(Example).where(Example.id.in_(granted)))}
-    for eid in granted:
-        ls = leases[eid]
+    for eid in order:
+        ls = granted[eid]
+        rv = revs[ls.revision_id]
         item: dict[str, Any] = {"example_id": str(eid), "revision_id": str(ls.revision_id),
                                 "dataset_id": str(dataset.id), "lease_expires_at": _iso(ls.expires_at),
-                                "leased_at": _iso(ls.acquired_at)}
+                                "leased_at": _iso(ls.acquired_at),
+                                "revision": {"id": str(rv.id), "seq": rv.seq, "reason": rv.reason, "author": rv.author,
+                                             "content": rv.content, "content_sha256": rv.content_sha256},
+                                "quality_flags": (rv.quality or {}).get("flags", [])}
         if with_view:
             item["example"] = examples.view(session, exs[eid], actor)
         out.append(item)
@@ -228,11 +232,6 @@ def release_lease(session: Session, *, example_id: str | uuid.UUID, actor: Actor
 
 
 # --- decisions ---------------------------------------------------------------------------------------------
-
-def _tally(session: Session, revision_id: uuid.UUID) -> Counter[str]:
-    return Counter(dict(session.execute(
-        select(R.c.decision, func.count()).where(R.c.revision_id == revision_id).group_by(R.c.decision)).all()))
-
 
 def _outcome(policy: ReviewPolicy, tally: Counter[str], decision: str) -> str | None:
     """'approved', the rejection target, 'escalate', or None (wait for more reviewers)."""
@@ -264,109 +263,208 @@ def _outcome(policy: ReviewPolicy, tally: Counter[str], decision: str) -> str | 
     raise AssertionError(policy.conflict_resolution)
 
 
-def _set_status(session: Session, *, example: Example, to: str, actor: Actor, why: str) -> None:
-    before = example.status
-    if before == to:
-        return
-    session.execute(update(E).where(E.c.id == example.id).values(status=to, updated_at=utcnow()))
-    example.status = to
-    audit.record(session, actor=actor.ref, action="example.status_changed", entity_type="example",
-                 entity_id=example.id, payload={"from": before, "to": to, "why": why,
-                                                "revision_id": str(example.current_revision_id)})
+@dataclass
+class DecisionRequest:
+    example_id: str | uuid.UUID
+    actor: Actor
+    data: ReviewIn
 
 
-def decide(session: Session, *, example_id: str | uuid.UUID, actor: Actor, data: ReviewIn) -> dict[str, Any]:
-    if not actor.is_human:
-        raise Forbidden("machine keys may attach suggestions but not decide", code="not_human")
-    ex = _lock_example(session, example_id)
-    ds = session.get(Dataset, ex.dataset_id)
-    policy = policy_of(ds)
-    now = utcnow()
-    if ex.status != "pending_review" or ex.stage is not None:
-        raise InvalidState(f"example is {ex.status}, not pending_review", code="not_pending",
-                           details={"status": ex.status, "stage": ex.stage})
+@dataclass
+class _Batch:
+    """State of the examples a batch touches, read once and updated in memory as decisions apply,
+    so a later decision in the batch sees an earlier one (two approvals of one example, say)."""
+
+    examples: dict[uuid.UUID, Any]
+    policies: dict[uuid.UUID, ReviewPolicy]
+    status: dict[uuid.UUID, str]
+    leases: dict[uuid.UUID, Any]
+    escalated: set[uuid.UUID]
+    tallies: dict[uuid.UUID, Counter[str]]
+    decided: set[tuple[uuid.UUID, uuid.UUID]]
+    authored: set[tuple[uuid.UUID, str]]
+
+
+def _load_batch(session: Session, ids: list[uuid.UUID], refs: set[str]) -> _Batch:
+    D = Dataset.__table__
+    q = (select(E.c.id, E.c.dataset_id, E.c.status, E.c.stage, E.c.current_revision_id, E.c.ingested_by,
+                D.c.review_policy).join(D, D.c.id == E.c.dataset_id).where(E.c.id.in_(ids)).order_by(E.c.id))
+    if _is_pg(session):
+        # Locked in id order, so concurrent batches queue instead of deadlocking.
+        q = q.with_for_update(of=E)
+    examples = {r.id: r for r in session.execute(q)}
+    eids = list(examples)
+    rids = [r.current_revision_id for r in examples.values()]
+    tallies: dict[uuid.UUID, Counter[str]] = defaultdict(Counter)
+    decided: set[tuple[uuid.UUID, uuid.UUID]] = set()
+    leases, escalated, authored = {}, set(), set()
+    if eids:
+        for r in session.execute(select(R.c.revision_id, R.c.reviewer_key_id, R.c.decision)
+                                 .where(R.c.revision_id.in_(rids))):
+            tallies[r.revision_id][r.decision] += 1
+            decided.add((r.revision_id, r.reviewer_key_id))
+        leases = {r.example_id: r for r in session.execute(select(L).where(L.c.example_id.in_(eids)))}
+        escalated = set(session.scalars(select(ESC.c.example_id).where(ESC.c.example_id.in_(eids))))
+        authored = {(r.example_id, r.author) for r in session.execute(
+            select(REV.c.example_id, REV.c.author).where(REV.c.example_id.in_(eids), REV.c.author.in_(refs),
+                                                         REV.c.reason.in_(AUTHORED)))}
+    policies: dict[uuid.UUID, ReviewPolicy] = {}
+    for r in examples.values():
+        if r.dataset_id not in policies:
+            policies[r.dataset_id] = ReviewPolicy.effective(r.review_policy)
+    return _Batch(examples=examples, policies=policies, status={e: r.status for e, r in examples.items()},
+                  leases=leases, escalated=escalated, tallies=tallies, decided=decided, authored=authored)
+
+
+def _check(b: _Batch, eid: uuid.UUID, rq: DecisionRequest, now: dt.datetime) -> Any:
+    ex = b.examples.get(eid)
+    if ex is None:
+        raise NotFound(f"example {rq.example_id} not found", details={"example": str(rq.example_id)})
+    actor, data = rq.actor, rq.data
+    policy = b.policies[ex.dataset_id]
+    status = b.status[eid]
+    if status != "pending_review" or ex.stage is not None:
+        raise InvalidState(f"example is {status}, not pending_review", code="not_pending",
+                           details={"status": status, "stage": ex.stage})
     if data.revision_id != ex.current_revision_id:
         raise Conflict("the revision you reviewed is no longer current", code="stale_revision",
                        details={"revision_id": str(data.revision_id), "current_revision_id": str(ex.current_revision_id)})
     _check_reason(policy, data.decision, data.reason_code)
-    escalated = session.get(ReviewEscalation, ex.id)
-    if escalated is not None and actor.role != "admin":
+    if eid in b.escalated and actor.role != "admin":
         raise Forbidden("this example was escalated; an admin decides it", code="escalated")
-    if policy.four_eyes and data.decision == "approve" and _authored_by(session, ex, actor):
+    if policy.four_eyes and data.decision == "approve" and (
+            ex.ingested_by == actor.ref or (eid, actor.ref) in b.authored):
         raise Forbidden("four eyes: you may not approve an example you ingested or edited", code="four_eyes",
                         details={"reviewer": actor.ref})
-    lease = _lease_row(session, ex.id)
-    _check_lease(lease, actor, now)
-    if session.scalar(select(R.c.id).where(R.c.revision_id == ex.current_revision_id,
-                                           R.c.reviewer_key_id == actor.key_id)):
+    _check_lease(b.leases.get(eid), actor, now)
+    if (ex.current_revision_id, actor.key_id) in b.decided:
         raise Conflict("you already decided on this revision", code="already_decided")
+    return ex
 
-    review_id = new_id()
-    row = {"id": review_id, "example_id": ex.id, "dataset_id": ex.dataset_id, "revision_id": ex.current_revision_id,
-           "reviewer": actor.ref, "reviewer_key_id": actor.key_id, "decision": data.decision,
-           "reason_code": data.reason_code, "comment": data.comment, "created_at": now,
-           "leased_at": lease.acquired_at if lease is not None and lease.holder_key_id == actor.key_id else None,
-           "resolves_escalation": escalated is not None}
-    try:
-        with session.begin_nested() if _is_pg(session) else contextlib.nullcontext():
-            session.execute(insert(R), [row])
-    except IntegrityError:  # the same key deciding twice at once; the unique constraint settles it
-        raise Conflict("you already decided on this revision", code="already_decided") from None
-    if lease is not None:
-        session.execute(delete(L).where(L.c.example_id == ex.id))
 
-    tally = _tally(session, ex.current_revision_id)
-    if escalated is not None:
-        outcome = "approved" if data.decision == "approve" else (
-            "changes_requested" if data.decision == "request_changes" or policy.rejection != "final" else "rejected")
-        session.execute(delete(ESC).where(ESC.c.example_id == ex.id))
-    else:
-        outcome = _outcome(policy, tally, data.decision)
-    audit.record(session, actor=actor.ref, action="review.decided", entity_type="example", entity_id=ex.id,
-                 payload={"review_id": str(review_id), "revision_id": str(ex.current_revision_id),
-                          "decision": data.decision, "reason_code": data.reason_code,
-                          # Comments are free text and may quote personal data; the review row keeps them.
-                          "has_comment": bool(data.comment), "approvals": tally["approve"],
-                          "required_approvals": policy.required_approvals, "outcome": outcome or "pending"})
-    if outcome == "escalate":
-        session.execute(insert(ESC), [{"example_id": ex.id, "dataset_id": ex.dataset_id,
-                                       "revision_id": ex.current_revision_id, "created_at": now,
-                                       "reason": f"conflicting decisions: {dict(tally)}"}])
-        audit.record(session, actor=actor.ref, action="review.escalated", entity_type="example", entity_id=ex.id,
-                     payload={"revision_id": str(ex.current_revision_id), "tally": dict(tally)})
-    elif outcome is not None:
-        _set_status(session, example=ex, to=outcome, actor=actor,
-                    why="escalation resolved by an admin" if escalated is not None else
-                    f"review policy ({policy.conflict_resolution}, {policy.required_approvals} approvals)")
-    return {
-        "review": {"id": str(review_id), "example_id": str(ex.id), "revision_id": str(ex.current_revision_id),
-                   "reviewer": actor.ref, "decision": data.decision, "reason_code": data.reason_code,
-                   "comment": data.comment, "created_at": _iso(now)},
-        "example": {"id": str(ex.id), "status": ex.status, "revision_id": str(ex.current_revision_id),
-                    "approvals": tally["approve"], "required_approvals": policy.required_approvals,
-                    "escalated": outcome == "escalate"},
-    }
+def decide_many(session: Session, requests: list[DecisionRequest], *, atomic: bool = False) -> list[Any]:
+    """Decide a batch set-based: a handful of statements whatever its size. Returns, per request, the
+    response dict or the PedigreeError refusing it; a refused request writes nothing. With `atomic`,
+    the first refusal is raised before anything is written."""
+    now = utcnow()
+    out: list[Any] = [None] * len(requests)
+    ids: list[uuid.UUID | None] = []
+    for i, rq in enumerate(requests):
+        try:
+            ids.append(uuid.UUID(str(rq.example_id)))
+        except ValueError:
+            ids.append(None)
+            out[i] = NotFound(f"example {rq.example_id} not found", details={"example": str(rq.example_id)})
+            continue
+        if not rq.actor.is_human:
+            out[i] = Forbidden("machine keys may attach suggestions but not decide", code="not_human")
+    _serialize_writers(session)
+    b = _load_batch(session, sorted({e for e in ids if e is not None}), {rq.actor.ref for rq in requests})
+
+    reviews, lease_gone, esc_gone, esc_new = [], set(), set(), []
+    moves: dict[str, list[tuple[uuid.UUID, str, uuid.UUID, str, Actor]]] = defaultdict(list)
+    for i, rq in enumerate(requests):
+        if out[i] is not None:
+            continue
+        eid = ids[i]
+        try:
+            ex = _check(b, eid, rq, now)
+        except PedigreeError as e:
+            out[i] = e
+            continue
+        actor, data = rq.actor, rq.data
+        policy = b.policies[ex.dataset_id]
+        rid = ex.current_revision_id
+        lease = b.leases.pop(eid, None)
+        if lease is not None:
+            lease_gone.add(eid)
+        was_escalated = eid in b.escalated
+        review_id = new_id()
+        reviews.append({"id": review_id, "example_id": eid, "dataset_id": ex.dataset_id, "revision_id": rid,
+                        "reviewer": actor.ref, "reviewer_key_id": actor.key_id, "decision": data.decision,
+                        "reason_code": data.reason_code, "comment": data.comment, "created_at": now,
+                        "leased_at": lease.acquired_at if lease is not None and lease.holder_key_id == actor.key_id
+                        else None, "resolves_escalation": was_escalated})
+        b.decided.add((rid, actor.key_id))
+        tally = b.tallies[rid]
+        tally[data.decision] += 1
+        if was_escalated:
+            outcome = "approved" if data.decision == "approve" else (
+                "changes_requested" if data.decision == "request_changes" or policy.rejection != "final"
+                else "rejected")
+            b.escalated.discard(eid)
+            esc_gone.add(eid)
+        else:
+            outcome = _outcome(policy, tally, data.decision)
+        audit.record(session, actor=actor.ref, action="review.decided", entity_type="example", entity_id=eid,
+                     payload={"review_id": str(review_id), "revision_id": str(rid), "decision": data.decision,
+                              "reason_code": data.reason_code,
+                              # Comments are free text and may quote personal data; the review row keeps them.
+                              "has_comment": bool(data.comment), "approvals": tally["approve"],
+                              "required_approvals": policy.required_approvals, "outcome": outcome or "pending"})
+        if outcome == "escalate":
+            b.escalated.add(eid)
+            esc_new.append({"example_id": eid, "dataset_id": ex.dataset_id, "revision_id": rid, "created_at": now,
+                            "reason": f"conflicting decisions: {dict(tally)}"})
+            audit.record(session, actor=actor.ref, action="review.escalated", entity_type="example", entity_id=eid,
+                         payload={"revision_id": str(rid), "tally": dict(tally)})
+        elif outcome is not None:
+            why = ("escalation resolved by an admin" if was_escalated else
+                   f"review policy ({policy.conflict_resolution}, {policy.required_approvals} approvals)")
+            moves[outcome].append((eid, b.status[eid], rid, why, actor))
+            b.status[eid] = outcome
+        out[i] = {
+            "review": {"id": str(review_id), "example_id": str(eid), "revision_id": str(rid),
+                       "reviewer": actor.ref, "decision": data.decision, "reason_code": data.reason_code,
+                       "comment": data.comment, "created_at": _iso(now)},
+            "example": {"id": str(eid), "status": b.status[eid], "revision_id": str(rid),
+                        "approvals": tally["approve"], "required_approvals": policy.required_approvals,
+                        "escalated": outcome == "escalate"},
+        }
+    if atomic:
+        for i, r in enumerate(out):
+            if isinstance(r, PedigreeError):
+                r.details = {"example_id": str(requests[i].example_id), "cause": r.details}
+                raise r
+    if reviews:
+        # The unique constraint backs the in-memory check up: a collision fails the whole batch, which
+        # the caller then retries request by request.
+        session.execute(insert(R), reviews)
+    if lease_gone:
+        session.execute(delete(L).where(L.c.example_id.in_(lease_gone)))
+    if esc_gone:
+        session.execute(delete(ESC).where(ESC.c.example_id.in_(esc_gone)))
+    if esc_new:
+        session.execute(insert(ESC), esc_new)
+    for to, rows in moves.items():
+        session.execute(update(E).where(E.c.id.in_([r[0] for r in rows])).values(status=to, updated_at=now))
+        for eid, before, rid, why, actor in rows:
+            audit.record(session, actor=actor.ref, action="example.status_changed", entity_type="example",
+                         entity_id=eid, payload={"from": before, "to": to, "why": why, "revision_id": str(rid)})
+    return out
+
+
+def decide(session: Session, *, example_id: str | uuid.UUID, actor: Actor, data: ReviewIn) -> dict[str, Any]:
+    (result,) = decide_many(session, [DecisionRequest(example_id, actor, data)])
+    if isinstance(result, PedigreeError):
+        raise result
+    return result
 
 
 def decide_bulk(session: Session, *, actor: Actor, data: BulkReviewIn) -> dict[str, Any]:
-    """Each item is checked before anything of it is written, so a refused item leaves no trace and
-    the others go through; `atomic` refuses the whole request at the first refusal instead."""
-    from app.core.errors import PedigreeError
-
+    """One decision for many examples; a refused item leaves no trace and the others go through,
+    unless `atomic` asks for all or nothing."""
+    reqs = [DecisionRequest(it.example_id, actor, ReviewIn(decision=data.decision, revision_id=it.revision_id,
+                                                           reason_code=data.reason_code, comment=data.comment))
+            for it in data.items]
     results = []
-    for item in data.items:
-        one = ReviewIn(decision=data.decision, revision_id=item.revision_id, reason_code=data.reason_code,
-                       comment=data.comment)
-        try:
-            out = decide(session, example_id=item.example_id, actor=actor, data=one)
-            results.append({"example_id": str(item.example_id), "ok": True, "status": out["example"]["status"],
-                            "review_id": out["review"]["id"]})
-        except PedigreeError as e:
-            if data.atomic:
-                e.details = {"example_id": str(item.example_id), "cause": e.details}
-                raise
-            results.append({"example_id": str(item.example_id), "ok": False,
-                            "error": {"code": e.code, "message": e.message, "details": e.details}})
+    for rq, r in zip(reqs, decide_many(session, reqs, atomic=data.atomic), strict=True):
+        if isinstance(r, PedigreeError):
+            results.append({"example_id": str(rq.example_id), "ok": False,
+                            "error": {"code": r.code, "message": r.message, "details": r.details}})
+        else:
+            results.append({"example_id": str(rq.example_id), "ok": True, "status": r["example"]["status"],
+                            "review_id": r["review"]["id"]})
     return {"decided": sum(r["ok"] for r in results), "refused": sum(not r["ok"] for r in results),
             "items": results}
 

@@ -206,7 +206,8 @@ def _skip_list(skip: str | None) -> list[str]:
 @router.get("/api/next")
 def api_next(session: SessionDep, user: Viewer, dataset: str, skip: str | None = None) -> dict[str, Any]:
     ds = datasets.get(session, dataset)
-    items = service.next_items(session, dataset=ds, actor=user.actor, limit=1, exclude=_skip_list(skip))
+    items = service.next_items(session, dataset=ds, actor=user.actor, limit=1, exclude=_skip_list(skip),
+                               with_view=True)
     return {"item": items[0] if items else None,
             "progress": service.progress(session, dataset=ds, actor=user.actor)}
 

@@ -25,11 +25,11 @@ class Server:
         self.url = url
         self.keys = keys
 
-    def call(self, method: str, path: str, role: str, **kw) -> httpx.Response:  # noqa: ANN003
+    def call(self, method: str, path: str, role: str, **kw) -> httpx.Response:
         return httpx.request(method, self.url + path, headers={"Authorization": f"Bearer {self.keys[role]}"},
                              timeout=60, **kw)
 
-    def dataset(self, rows: list[dict], **policy) -> tuple[str, list[str]]:  # noqa: ANN003
+    def dataset(self, rows: list[dict], **policy) -> tuple[str, list[str]]:
         ds = self.call("POST", "/v1/datasets", "curator",
                        json={"name": f"web-{uuid.uuid4().hex[:6]}", "format": "instruction",
                              "review_policy": policy}).json()
@@ -89,7 +89,7 @@ def browser(server: Server) -> Iterator[object]:
 
 
 @pytest.fixture
-def page(browser, server: Server):  # noqa: ANN001, ANN201
+def page(browser, server: Server):
     ctx = browser.new_context(viewport={"width": 1360, "height": 900})
     pg = ctx.new_page()
     pg.set_default_timeout(20_000)
@@ -97,7 +97,7 @@ def page(browser, server: Server):  # noqa: ANN001, ANN201
     ctx.close()
 
 
-def sign_in(page, server: Server, role: str = "reviewer", dataset: str | None = None) -> None:  # noqa: ANN001
+def sign_in(page, server: Server, role: str = "reviewer", dataset: str | None = None) -> None:
     page.goto(server.url + "/review" + (f"?dataset={dataset}" if dataset else ""))
     page.get_by_test_id("api-key").fill(server.keys[role])
     page.get_by_test_id("sign-in").click()
@@ -107,7 +107,7 @@ def sign_in(page, server: Server, role: str = "reviewer", dataset: str | None = 
     page.get_by_test_id("content").wait_for()
 
 
-def rows(n: int, tag: str, **extra) -> list[dict]:  # noqa: ANN003
+def rows(n: int, tag: str, **extra) -> list[dict]:
     return [{"instruction": f"How do I do task {i} ({tag})?", "input": "",
              "output": f"Open the settings page and follow step {i}, then save.", **extra} for i in range(n)]
 
@@ -116,7 +116,7 @@ def status(server: Server, eid: str) -> dict:
     return server.call("GET", f"/v1/examples/{eid}", "auditor" if "auditor" in server.keys else "admin").json()
 
 
-def test_sign_in_approve_and_reject_with_a_reason(page, server: Server) -> None:  # noqa: ANN001
+def test_sign_in_approve_and_reject_with_a_reason(page, server: Server) -> None:
     ds, ids = server.dataset(rows(3, "flow"))
     sign_in(page, server, dataset=ds)
     cookie = next(c for c in page.context.cookies() if c["name"] == "pedigree_review")
@@ -140,7 +140,7 @@ def test_sign_in_approve_and_reject_with_a_reason(page, server: Server) -> None:
     assert rejected["review"]["decisions"][0]["reason_code"] == "formatting"
 
 
-def test_four_eyes_refusal_after_editing(page, server: Server) -> None:  # noqa: ANN001
+def test_four_eyes_refusal_after_editing(page, server: Server) -> None:
     ds, ids = server.dataset(rows(1, "eyes"))
     sign_in(page, server, dataset=ds)
     page.keyboard.press("e")
@@ -157,8 +157,8 @@ def test_four_eyes_refusal_after_editing(page, server: Server) -> None:  # noqa:
     assert ex["revision"]["reason"] in ("reviewer_edit", "pii_scrub")
 
 
-def test_untrusted_text_is_shown_as_text_and_placeholders_highlighted(page, server: Server) -> None:  # noqa: ANN001
-    ds, ids = server.dataset([{"instruction": "Reply to <PERSON> about the refund, politely.", "input": XSS,
+def test_untrusted_text_is_shown_as_text_and_placeholders_highlighted(page, server: Server) -> None:
+    ds, _ids = server.dataset([{"instruction": "Reply to <PERSON> about the refund, politely.", "input": XSS,
                                "output": "Dear <PERSON>, your refund is on its way. " + XSS}])
     sign_in(page, server, dataset=ds)
     content = page.get_by_test_id("content")
@@ -171,7 +171,7 @@ def test_untrusted_text_is_shown_as_text_and_placeholders_highlighted(page, serv
         page.screenshot(path=shot, full_page=False)
 
 
-def test_signed_out_page_and_bad_key(page, server: Server) -> None:  # noqa: ANN001
+def test_signed_out_page_and_bad_key(page, server: Server) -> None:
     page.goto(server.url + "/review")
     page.get_by_test_id("api-key").fill("pdg_nope_nope")
     page.get_by_test_id("sign-in").click()
@@ -180,7 +180,7 @@ def test_signed_out_page_and_bad_key(page, server: Server) -> None:  # noqa: ANN
     assert r.status_code == 401
 
 
-def test_screenshot_for_the_docs(page, server: Server) -> None:  # noqa: ANN001
+def test_screenshot_for_the_docs(page, server: Server) -> None:
     """Writes docs/review.png when PEDIGREE_TEST_SCREENSHOT_DOCS=1 (a realistic, busy item)."""
     if not os.environ.get("PEDIGREE_TEST_SCREENSHOT_DOCS"):
         pytest.skip("set PEDIGREE_TEST_SCREENSHOT_DOCS=1 to refresh docs/review.png")

@@ -80,8 +80,8 @@ def test_queue_hands_each_item_to_one_reviewer(api):
     assert {i["example_id"] for i in a}.isdisjoint({i["example_id"] for i in b})
     assert {i["example_id"] for i in a + b} == set(ids)
     first = a[0]
-    assert {"example_id", "revision_id", "lease_expires_at", "example"} <= set(first)
-    assert first["example"]["revision"]["content"]["instruction"].startswith("Explain")
+    assert {"example_id", "revision_id", "lease_expires_at", "revision", "quality_flags"} <= set(first)
+    assert first["revision"]["content"]["instruction"].startswith("Explain")
     # Asking again returns the caller's own leases (a reload does not lose the item).
     again = api.as_("reviewer").get(f"/v1/review/queue?dataset={ds['id']}&limit=2").json()["items"]
     assert [i["example_id"] for i in again] == [i["example_id"] for i in a]
@@ -211,8 +211,8 @@ def test_conflicts_majority_and_escalation(api):
     assert r.status_code == 201 and r.json()["example"]["escalated"] is True
     assert example(api, eid)["review"]["escalated"] is True
     assert api.as_("reviewer").get(f"/v1/review/queue?dataset={ds['id']}").json()["items"] == []
-    got = api.as_("admin").get(f"/v1/review/queue?dataset={ds['id']}").json()["items"]
-    assert [i["example_id"] for i in got] == [eid]
+    got = api.as_("admin").get(f"/v1/review/queue?dataset={ds['id']}&view=full").json()["items"]
+    assert [i["example_id"] for i in got] == [eid] and got[0]["example"]["review"]["escalated"] is True
     r = decide(api, "admin", eid, "reject", revision_id=got[0]["revision_id"], reason_code="tone")
     assert r.status_code == 201 and r.json()["example"]["status"] == "rejected"
     assert "review.escalated" in audit_actions()

@@ -1,0 +1,251 @@
+"""Review under load: simulated reviewers pulling from the queue and deciding, on PostgreSQL, through a
+real uvicorn server.
+
+    python -m bench.review [--reviewers 50] [--duration 60] [--examples 40000] [--server-workers 2]
+
+Each reviewer loops: GET /v1/review/queue?dataset=&limit=1 (takes a lease), then
+POST /v1/examples/{id}/reviews (approve, or reject with a reason for ~1 in 10). The dataset needs one
+approval, so every example should be handed out and decided exactly once. Examples are imported
+through the API and then set to pending_review directly: this measures review, not the pipeline.
+
+Proof of exclusivity, from both ends: the client log shows no example handed to two reviewers whose
+hold intervals overlap (nor handed twice at all), and the database holds no example with two
+reviews and exactly one review per accepted decision; the audit chain verifies afterwards.
+The last stdout line is one JSON object with figures, targets and "pass".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import itertools
+import json
+import multiprocessing as mp
+import os
+import platform
+import random
+import time
+import uuid
+from collections import defaultdict
+
+import httpx
+import orjson
+import psycopg
+
+from bench.common import api_server, bench_env, create_key, migrate, temp_pg_database
+
+TARGET_DECISIONS_PER_S = 200
+TARGET_P99_MS = 100
+REASONS = ("factual_error", "formatting", "tone", "off_topic")
+
+
+def synthetic_lines(n: int) -> list[bytes]:
+    topics = ["reset a password", "export invoices", "change an address", "cancel a plan", "enable 2FA",
+              "merge accounts", "request a refund", "download the app"]
+    out = []
+    for i in range(n):
+        t = topics[i % len(topics)]
+        out.append(orjson.dumps({
+            "instruction": f"How do I {t}? (case {i})",
+            "input": f"Ticket {100000 + i}: the customer asks how to {t} and mentions order {i * 7 % 99991}.",
+            "output": f"To {t}, open the account page, choose the matching section and follow the steps; case {i}.",
+            "provenance": {"source": "bench", "source_ref": f"review-bench-{i}", "license": "internal"},
+        }))
+    return out
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
+
+
+class _Http:
+    """A bare HTTP/1.1 keep-alive connection: the load generator shares the CPUs with the server and
+    PostgreSQL, and a general-purpose client spends several times more CPU per request than the
+    server's own parsing; this keeps the measurement about the server."""
+
+    def __init__(self, host: str, port: int, key: str) -> None:
+        self.host, self.port = host, port
+        self.auth = f"Authorization: Bearer {key}\r\n".encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n").encode()
+        self.writer.write(head + self.auth + b"\r\n" + body)
+        status = int((await self.reader.readline()).split()[1])
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        return status, await self.reader.readexactly(length)
+
+
+async def _reviewers(url: str, dataset: str, keys: list[str], start_at: float, measure_from: float, end_at: float,
+                     seed: int, think_ms: float) -> dict:
+    rng = random.Random(seed)
+    host, port = url.split("://", 1)[1].split(":")
+    log: list[tuple] = []
+    q_lat: list[float] = []
+    d_lat: list[float] = []
+    errors: dict[str, int] = defaultdict(int)
+    queue_path = f"/v1/review/queue?dataset={dataset}&limit=1"
+
+    async def one(key: str) -> None:
+        http = _Http(host, int(port), key)
+        await asyncio.sleep(max(0.0, start_at - time.time()) + rng.random() * think_ms / 1000)
+        while time.time() < end_at:
+            t0 = time.perf_counter()
+            status, raw = await http.request("GET", queue_path)
+            t1 = time.perf_counter()
+            measured = time.time() >= measure_from
+            if status != 200:
+                errors[f"queue {status}"] += 1
+                continue
+            if measured:
+                q_lat.append(t1 - t0)
+            items = orjson.loads(raw)["items"]
+            if not items:
+                await asyncio.sleep(0.05)
+                continue
+            it = items[0]
+            held_from = time.time()
+            # Reading time: uniform around --think-ms (compressed from a human's seconds so that 50
+            # reviewers offer a few hundred decisions per second).
+            await asyncio.sleep(think_ms / 1000 * (0.5 + rng.random()))
+            if rng.random() < 0.1:
+                body = {"decision": "reject", "revision_id": it["revision_id"], "reason_code": rng.choice(REASONS)}
+            else:
+                body = {"decision": "approve", "revision_id": it["revision_id"]}
+            t2 = time.perf_counter()
+            status, raw = await http.request("POST", f"/v1/examples/{it['example_id']}/reviews", orjson.dumps(body))
+            t3 = time.perf_counter()
+            held_to = time.time()
+            if status != 201:
+                errors[f"decide {status} {orjson.loads(raw).get('error', {}).get('code')}"] += 1
+            elif measured:
+                d_lat.append(t3 - t2)
+            log.append((it["example_id"], key[-8:], held_from, held_to, status == 201, measured))
+
+    await asyncio.gather(*(one(k) for k in keys))
+    return {"log": log, "q": q_lat, "d": d_lat, "errors": dict(errors)}
+
+
+def _proc(args: tuple) -> dict:
+    return asyncio.run(_reviewers(*args))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reviewers", type=int, default=50)
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds of load (after --warmup)")
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds excluded from the latency figures")
+    ap.add_argument("--examples", type=int, default=40000, help="pending examples (enough not to run dry)")
+    ap.add_argument("--server-workers", type=int, default=2, help="uvicorn worker processes")
+    ap.add_argument("--client-procs", type=int, default=1, help="client processes sharing the reviewers")
+    ap.add_argument("--think-ms", type=float, default=200.0,
+                    help="mean reading time per item (0: reviewers hammer back to back, to find the ceiling)")
+    args = ap.parse_args()
+
+    with temp_pg_database("pedigree_bench_review") as db_url:
+        env = bench_env(db_url)
+        env.setdefault("PEDIGREE_PII_VAULT_KEYS", base64.b64encode(b"bench-vault-key-32-bytes-long!!!").decode())
+        migrate(env)
+        admin = create_key(env, "admin")
+        with api_server(env, workers=args.server_workers) as (url, _proc_handle):
+            H = {"Authorization": f"Bearer {admin}"}
+            curator = httpx.post(f"{url}/v1/keys", json={"name": "bench-curator", "role": "curator"}, headers=H).json()["key"]
+            keys = [httpx.post(f"{url}/v1/keys", json={"name": f"bench-reviewer-{i}", "role": "reviewer"},
+                               headers=H).json()["key"] for i in range(args.reviewers)]
+            ds = httpx.post(f"{url}/v1/datasets", headers={"Authorization": f"Bearer {curator}"},
+                            json={"name": f"review-bench-{uuid.uuid4().hex[:6]}", "format": "instruction",
+                                  "review_policy": {"required_approvals": 1, "four_eyes": True}}).json()
+            t0 = time.perf_counter()
+            body = b"\n".join(synthetic_lines(args.examples)) + b"\n"
+            r = httpx.post(f"{url}/v1/datasets/{ds['id']}/examples:import", content=body, timeout=None,
+                           headers={"Authorization": f"Bearer {curator}", "Content-Type": "application/x-ndjson"})
+            r.raise_for_status()
+            # The pipeline's tasks went to a broker nobody consumes: put the examples where review starts.
+            pg_url = db_url.replace("postgresql+psycopg://", "postgresql://")
+            with psycopg.connect(pg_url, autocommit=True) as c:
+                c.execute("UPDATE examples SET status = 'pending_review', stage = NULL WHERE dataset_id = %s",
+                          (ds["id"],))
+                c.execute("VACUUM ANALYZE")
+            setup_s = time.perf_counter() - t0
+
+            start_at = time.time() + 1.0
+            measure_from = start_at + args.warmup
+            end_at = measure_from + args.duration
+            shares = [keys[i::args.client_procs] for i in range(args.client_procs)]
+            with mp.get_context("spawn").Pool(args.client_procs) as pool:
+                parts = pool.map(_proc, [(url, ds["id"], s, start_at, measure_from, end_at, i, args.think_ms)
+                                         for i, s in enumerate(shares)])
+            verify = httpx.get(f"{url}/v1/audit/verify", headers=H, timeout=None).json()
+
+        log = [e for p in parts for e in p["log"]]
+        q_lat = [x for p in parts for x in p["q"]]
+        d_lat = [x for p in parts for x in p["d"]]
+        errors: dict[str, int] = defaultdict(int)
+        for p in parts:
+            for k, v in p["errors"].items():
+                errors[k] += v
+        # Exclusivity, client side: intervals of the same example held by different reviewers.
+        by_example: dict[str, list[tuple]] = defaultdict(list)
+        for eid, who, a, b, _ok, _m in log:
+            by_example[eid].append((a, b, who))
+        handed_twice = sum(1 for v in by_example.values() if len(v) > 1)
+        overlapping = 0
+        for v in by_example.values():
+            v.sort()
+            for (a1, b1, w1), (a2, _b2, w2) in itertools.pairwise(v):
+                if w1 != w2 and a2 < b1:
+                    overlapping += 1
+        ok = sum(1 for e in log if e[4])
+        measured_ok = sum(1 for e in log if e[4] and e[5])
+        with psycopg.connect(pg_url) as c:
+            reviews = c.execute("SELECT count(*) FROM reviews").fetchone()[0]
+            decided_twice = c.execute(
+                "SELECT count(*) FROM (SELECT example_id FROM reviews GROUP BY example_id HAVING count(*) > 1) t"
+            ).fetchone()[0]
+            statuses = dict(c.execute("SELECT status, count(*) FROM examples GROUP BY status").fetchall())
+
+    rate = measured_ok / args.duration
+    q50, q99 = pct(q_lat, 50) * 1000, pct(q_lat, 99) * 1000
+    d50, d99 = pct(d_lat, 50) * 1000, pct(d_lat, 99) * 1000
+    proof_ok = handed_twice == 0 and overlapping == 0 and decided_twice == 0 and reviews == ok and verify["ok"]
+    result = {
+        "bench": "review",
+        "machine": f"{platform.node()} ({os.cpu_count()} cpus, {platform.machine()})",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "reviewers": args.reviewers, "duration_s": args.duration, "server_workers": args.server_workers,
+        "client_procs": args.client_procs, "think_ms": args.think_ms, "examples": args.examples, "setup_s": round(setup_s, 1),
+        "decisions": ok, "decisions_measured": measured_ok,
+        "decisions_per_s": round(rate, 1),
+        "queue_next_ms": {"p50": round(q50, 1), "p99": round(q99, 1), "n": len(q_lat)},
+        "decide_ms": {"p50": round(d50, 1), "p99": round(d99, 1), "n": len(d_lat)},
+        "errors": dict(errors),
+        "proof": {"examples_handed_out": len(by_example), "handed_to_two_reviewers": handed_twice,
+                  "overlapping_holds": overlapping, "reviews_in_db": reviews, "accepted_decisions": ok,
+                  "examples_decided_twice": decided_twice, "audit_chain_ok": verify["ok"],
+                  "audit_events": verify["events"], "statuses": statuses},
+        "targets": {"decisions_per_s": TARGET_DECISIONS_PER_S, "p99_ms": TARGET_P99_MS},
+    }
+    result["pass"] = bool(proof_ok and rate >= TARGET_DECISIONS_PER_S and q99 < TARGET_P99_MS
+                          and d99 < TARGET_P99_MS and not errors)
+    print(f"{ok} decisions in {args.duration:.0f}s by {args.reviewers} reviewers: {rate:.0f}/s; queue-next p50 "
+          f"{q50:.1f} ms p99 {q99:.1f} ms; decide p50 {d50:.1f} ms p99 {d99:.1f} ms; "
+          f"handed twice {handed_twice}, decided twice {decided_twice}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
