@@ -19,6 +19,7 @@ from app.core.errors import PedigreeError
 from app.datasets.router import router as datasets_router
 from app.examples.router import router as examples_router
 from app.keys.router import router as keys_router
+from app.pii.router import router as pii_router
 from app.review.router import router as review_router
 from app.snapshots.router import router as snapshots_router
 
@@ -70,6 +71,11 @@ async def lifespan(app: FastAPI):  # noqa: ANN201
         from app.core.migrate import upgrade_head
 
         upgrade_head()
+    from app.core.db import session_scope
+    from app.pii.service import startup_check
+
+    with session_scope() as session:  # a lost vault key stops the API here, not at the first reveal
+        startup_check(session)
     yield
 
 
@@ -77,7 +83,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Pedigree", version="0.1.0", lifespan=lifespan,
                   description="Governed training-data curation for LLM fine-tuning.")
     install_error_handlers(app)
-    for r in (datasets_router, examples_router, audit_router, keys_router, review_router, snapshots_router):
+    for r in (datasets_router, examples_router, audit_router, keys_router, pii_router, review_router, snapshots_router):
         app.include_router(r)
 
     @app.get("/healthz", tags=["ops"])

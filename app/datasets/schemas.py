@@ -4,11 +4,20 @@ import datetime as dt
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.review.schemas import ReviewPolicy
 
 Format = Literal["chat", "instruction", "completion", "preference"]
+
+
+def _valid_pii_policy(value: dict[str, Any]) -> dict[str, Any]:
+    # Validated here so a bad regex or unknown entity type is a 422 naming the field, never a worker
+    # crash; stored as given, so defaults added later apply to datasets that did not set them.
+    from app.pii.schemas import PiiPolicy
+
+    PiiPolicy.model_validate(value)
+    return value
 
 
 class DatasetCreate(BaseModel):
@@ -24,6 +33,11 @@ class DatasetCreate(BaseModel):
     quality_rules: dict[str, Any] = Field(default_factory=dict)
     is_eval_set: bool = False
 
+    @field_validator("pii_policy")
+    @classmethod
+    def _pii_policy(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _valid_pii_policy(value)
+
 
 class DatasetUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -34,6 +48,11 @@ class DatasetUpdate(BaseModel):
     dedup_policy: dict[str, Any] | None = None
     quality_rules: dict[str, Any] | None = None
     is_eval_set: bool | None = None
+
+    @field_validator("pii_policy")
+    @classmethod
+    def _pii_policy(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else _valid_pii_policy(value)
 
 
 class DatasetOut(BaseModel):

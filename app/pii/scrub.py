@@ -7,20 +7,21 @@ results; bench/pii and the tests call it directly.
 from __future__ import annotations
 
 import copy
-import hashlib
-import hmac
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any
 
 from presidio_analyzer import RecognizerResult
 from presidio_anonymizer.entities import OperatorConfig
 from presidio_anonymizer.entities import RecognizerResult as AnonymizerInput
 
+from app.pii import _deps  # noqa: F401  (first: keeps torch out, see _deps)
 from app.pii.engine import PiiEngine
-from app.pii.schemas import OperatorSpec, OperatorType, PiiPolicy
+from app.pii.operators import ExampleOperators
+from app.pii.paths import get_path, parse_path, set_path  # noqa: F401  (re-exported)
+from app.pii.schemas import PiiPolicy
 
 # Keys whose string values are free text in the four task formats (and chat message `name`, which is often a
 # person's name). Everything else (role, ids, numbers) is structure and is left alone.
@@ -28,30 +29,6 @@ TEXT_KEYS = frozenset(
     {"content", "instruction", "input", "output", "prompt", "completion", "chosen", "rejected", "system",
      "response", "text", "name"}
 )
-
-
-# --- field paths -------------------------------------------------------------------------------------------
-
-_PATH_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
-
-
-def parse_path(path: str) -> list[str | int]:
-    return [int(i) if i else k for k, i in _PATH_TOKEN.findall(path)]
-
-
-def get_path(content: Any, path: str) -> Any:
-    node = content
-    for part in parse_path(path):
-        node = node[part]
-    return node
-
-
-def set_path(content: Any, path: str, value: Any) -> None:
-    parts = parse_path(path)
-    node = content
-    for part in parts[:-1]:
-        node = node[part]
-    node[parts[-1]] = value
 
 
 def text_fields(content: Any, _prefix: str = "") -> list[tuple[str, str]]:
@@ -118,94 +95,10 @@ class ScrubResult:
         return bool(self.findings)
 
 
-# --- operators ---------------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def _faker():
-    from faker import Faker  # import here: 0.3 s, and only surrogate policies need it
-
-    return Faker("en_US")
-
-
-_SURROGATES = {
-    "PERSON": lambda f: f.name(),
-    "EMAIL_ADDRESS": lambda f: f.email(),
-    "PHONE_NUMBER": lambda f: f.phone_number(),
-    "CREDIT_CARD": lambda f: f.credit_card_number(),
-    "IBAN_CODE": lambda f: f.iban(),
-    "US_SSN": lambda f: f.ssn(),
-    "US_ITIN": lambda f: f.itin(),
-    "IP_ADDRESS": lambda f: f.ipv4(),
-    "LOCATION": lambda f: f.city(),
-    "STREET_ADDRESS": lambda f: f.street_address(),
-    "ORGANIZATION": lambda f: f.company(),
-    "DATE_TIME": lambda f: f.date(),
-    "URL": lambda f: f.url(),
-    "US_PASSPORT": lambda f: f.passport_number(),
-    "US_BANK_NUMBER": lambda f: f.bban(),
-    "NRP": lambda f: f.country(),
-}
-
-
-class ExampleOperators:
-    """Applies the policy's operators within one example; surrogates stay consistent inside it."""
-
-    def __init__(self, policy: PiiPolicy, hash_key: bytes, example_key: str):
-        self.policy = policy
-        self.hash_key = hash_key
-        self.seed = int.from_bytes(hmac.new(hash_key, example_key.encode(), hashlib.sha256).digest()[:8], "big")
-        self._surrogates: dict[tuple[str, str], str] = {}
-        self._faker_seeded = False
-
-    def spec(self, entity_type: str) -> OperatorSpec:
-        return self.policy.operator_for(entity_type)
-
-    def replace(self, entity_type: str, value: str) -> str:
-        spec = self.spec(entity_type)
-        match spec.type:
-            case OperatorType.placeholder:
-                return f"<{entity_type}>"
-            case OperatorType.redact:
-                return ""
-            case OperatorType.mask:
-                keep = spec.keep_last or 0
-                keep = min(keep, len(value))
-                return spec.masking_char * (len(value) - keep) + (value[len(value) - keep :] if keep else "")
-            case OperatorType.hash:
-                digest = hmac.new(self.hash_key, f"{entity_type}:{_normalise(value)}".encode(), hashlib.sha256)
-                return f"<{entity_type}:{digest.hexdigest()[:12]}>"
-            case OperatorType.surrogate:
-                return self._surrogate(entity_type, value)
-        raise AssertionError(spec.type)
-
-    def _surrogate(self, entity_type: str, value: str) -> str:
-        key = (entity_type, _normalise(value))
-        found = self._surrogates.get(key)
-        if found is not None:
-            return found
-        make = _SURROGATES.get(entity_type)
-        if make is None:
-            found = f"{entity_type}_{sum(1 for k in self._surrogates if k[0] == entity_type) + 1}"
-        else:
-            fake = _faker()
-            # Reseed from (example, value): the fake depends only on the example and the value, not on
-            # the order values were met, so re-scrubbing after a reviewer edit keeps the same fakes.
-            fake.seed_instance(self.seed ^ int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], "big"))
-            found = make(fake)
-        self._surrogates[key] = found
-        return found
-
-
-def _normalise(value: str) -> str:
-    return " ".join(value.split()).casefold()
-
-
 # --- language and size -------------------------------------------------------------------------------------
 
 _EN_STOP = frozenset(
-    "the a an and or of to in is are was were be been it that this for on with as at by from you your i we "
-    "they he she not do does did have has had can will would should what which who how my me our".split()
+    ["the", "a", "an", "and", "or", "of", "to", "in", "is", "are", "was", "were", "be", "been", "it", "that", "this", "for", "on", "with", "as", "at", "by", "from", "you", "your", "i", "we", "they", "he", "she", "not", "do", "does", "did", "have", "has", "had", "can", "will", "would", "should", "what", "which", "who", "how", "my", "me", "our"]
 )
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 

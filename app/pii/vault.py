@@ -1,7 +1,8 @@
 """Encryption at rest for raw (pre-scrub) text: AES-256-GCM under a key ring.
 
 * Keys come from `PEDIGREE_PII_VAULT_KEYS` ("kid:base64key,kid:base64key"; the first encrypts, all decrypt),
-  so a key can be rotated by prepending a new one and re-encrypting at leisure (`rotate`).
+  so a key can be rotated by prepending a new one and re-encrypting at leisure (`rotate`). Without it,
+  a deployment derives one from PEDIGREE_SECRET_KEY (with a warning; see `load_key_ring`).
 * Each ciphertext stores the id of its key, and is bound to its row by associated data (the example and
   revision ids): a ciphertext copied onto another row does not decrypt.
 * The embedded default keeps its key in a file under ./var and warns; it creates that file only while the
@@ -115,21 +116,46 @@ def parse_keys(value: str) -> list[bytes]:
     return keys
 
 
+def derive_key(secret: str) -> bytes:
+    """A vault key derived from the service secret (HKDF-SHA256, own label, so it never equals the secret)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"pedigree-pii-vault-v1").derive(
+        secret.encode()
+    )
+
+
 def load_key_ring(
-    *, configured: str | None, key_file: Path, embedded: bool, vault_empty: bool | None = None
+    *, configured: str | None, key_file: Path | None, embedded: bool, vault_empty: bool | None = None,
+    secret: str | None = None,
 ) -> KeyRing:
-    """The ring from settings, or, in the embedded mode only, from a key file.
+    """The key ring, by precedence:
+
+    * `configured` (PEDIGREE_PII_VAULT_KEYS): those keys, newest first; the key derived from `secret` is
+      appended as decrypt-only, so rows written before explicit keys were configured stay readable;
+    * embedded mode: a key file, created (with a warning) while the vault is empty;
+    * otherwise: the key derived from the service secret, with a warning (a production deployment should
+      keep the two apart, so that rotating one does not rotate the other).
 
     `vault_empty` (None = unknown) guards the one dangerous case: creating a fresh key file while rows
-    encrypted under the old, lost one exist.
+    encrypted under the old, lost one exist. Whatever the source, `KeyRing.check_ring` then refuses to
+    start when stored rows name a key the ring lacks.
     """
+    derived = [derive_key(secret)] if secret else []
     if configured:
-        return KeyRing(parse_keys(configured))
+        return KeyRing(parse_keys(configured) + derived)
     if not embedded:
-        raise VaultError(
-            "PEDIGREE_PII_VAULT_KEYS is not set. Outside the embedded mode the raw-text vault needs a key "
-            "from the environment (comma-separated base64 32-byte keys, newest first)."
-        )
+        if not derived:
+            raise VaultError(
+                "PEDIGREE_PII_VAULT_KEYS is not set. Outside the embedded mode the raw-text vault needs a key "
+                "from the environment (comma-separated base64 32-byte keys, newest first)."
+            )
+        log.warning("PII vault key derived from PEDIGREE_SECRET_KEY; set PEDIGREE_PII_VAULT_KEYS to keep the "
+                    "vault key apart from the service secret")
+        return KeyRing(derived)
+    if key_file is None:
+        raise VaultError("no vault key configured and no key file given")
     if key_file.exists():
         data = json.loads(key_file.read_text())
         return KeyRing([base64.b64decode(k) for k in data["keys"]])

@@ -50,8 +50,17 @@ def quality_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
         )
 
 
+def pii_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
+    # Imported on first use: Presidio and spaCy take seconds to import, which processes that never
+    # scrub (the API in production, the trainer) should not pay.
+    from app.pii.service import scrub_handler
+
+    scrub_handler(session=session, example_ids=example_ids)
+
+
 STAGES: list[Stage] = [
     Stage(name="quality", queue="default", handler=quality_handler),
+    Stage(name="pii", queue="pii", handler=pii_handler),
 ]
 
 

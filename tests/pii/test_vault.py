@@ -70,6 +70,17 @@ def test_production_without_keys_refuses(tmp_path):
         load_key_ring(configured=None, key_file=tmp_path / "k.json", embedded=False)
 
 
+def test_production_key_derived_from_the_secret_stays_readable_after_explicit_keys(caplog):
+    with caplog.at_level(logging.WARNING):
+        derived = load_key_ring(configured=None, key_file=None, embedded=False, secret="s" * 32)
+    assert "derived from PEDIGREE_SECRET_KEY" in caplog.text
+    old = derived.seal("raw", aad="a")
+    ring = load_key_ring(configured=base64.b64encode(K1).decode(), key_file=None, embedded=False, secret="s" * 32)
+    assert ring.primary_id == key_id_for(K1) and ring.open(old, aad="a") == "raw"
+    with pytest.raises(VaultKeyMissing):  # a changed secret is a lost key: caught at start-up
+        load_key_ring(configured=None, key_file=None, embedded=False, secret="t" * 32).check_ring([old.key_id])
+
+
 def test_embedded_key_file_created_with_warning_then_reused(tmp_path, caplog):
     path = tmp_path / "var" / "pii-vault.key"
     with caplog.at_level(logging.WARNING):

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.audit import service as audit
+from app.core.auth import Actor, Admin, Curator, Reader, require
+from app.core.db import SessionDep
+from app.datasets import service as datasets
+from app.examples import service as examples
+from app.pii import service
+from app.pii.schemas import EntityName, PiiPolicy
+
+router = APIRouter(tags=["pii"])
+
+Judge = Annotated[Actor, Depends(require("reviewer", "curator"))]
+
+
+class VerdictIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: Literal["confirmed", "false_positive"]
+
+
+class MissedSpanIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    field_path: str = Field(min_length=1, max_length=200)
+    start: int = Field(ge=0)
+    end: int = Field(ge=1)
+    entity_type: EntityName
+
+
+@router.get("/v1/examples/{example_id}/raw")
+def get_raw(example_id: str, session: SessionDep, actor: Admin) -> dict[str, Any]:
+    """The raw (pre-scrub) content. Admin only; every call is an audit event."""
+    return service.reveal_raw(session, example_id=example_id, actor=actor)
+
+
+@router.get("/v1/examples/{example_id}/pii-findings")
+def list_findings(example_id: str, session: SessionDep, actor: Reader) -> dict[str, Any]:
+    ex = examples.get(session, example_id)
+    return {"revision_id": str(ex.current_revision_id),
+            "items": [service.finding_view(f) for f in service.findings_for(session, ex.current_revision_id)]}
+
+
+@router.post("/v1/examples/{example_id}/pii-findings/{finding_id}/verdict")
+def post_verdict(example_id: str, finding_id: str, body: VerdictIn, session: SessionDep, actor: Judge) -> dict:
+    """`false_positive` restores the span's raw text from the vault into a new revision."""
+    return service.set_verdict(session, example_id=example_id, finding_id=finding_id, verdict=body.verdict,
+                               actor=actor)
+
+
+@router.post("/v1/examples/{example_id}/pii-findings", status_code=201)
+def post_missed(example_id: str, body: MissedSpanIn, session: SessionDep, actor: Judge) -> dict:
+    """A span the scrubber missed (offsets in the current revision's text): scrubbed in a new revision."""
+    return service.add_missed(session, example_id=example_id, field_path=body.field_path, start=body.start,
+                              end=body.end, entity_type=body.entity_type, actor=actor)
+
+
+@router.get("/v1/datasets/{dataset_ref}/pii-report")
+def get_report(dataset_ref: str, session: SessionDep, actor: Reader) -> dict[str, Any]:
+    return service.report(session, dataset_ref=dataset_ref)
+
+
+@router.get("/v1/datasets/{dataset_ref}/pii-policy")
+def get_policy(dataset_ref: str, session: SessionDep, actor: Reader) -> dict[str, Any]:
+    """The effective policy: what the dataset stores, with every default filled in."""
+    ds = datasets.get(session, dataset_ref)
+    return service.policy_of(ds.pii_policy).model_dump(mode="json")
+
+
+@router.put("/v1/datasets/{dataset_ref}/pii-policy")
+def put_policy(dataset_ref: str, policy: PiiPolicy, session: SessionDep, actor: Curator) -> dict[str, Any]:
+    """Replace the policy. It applies to examples scrubbed from now on; scrubbed revisions stay as they are."""
+    ds = datasets.get(session, dataset_ref)
+    stored = policy.model_dump(mode="json", exclude_unset=True)
+    ds.pii_policy = stored
+    session.flush()
+    audit.record(session, actor=actor.ref, action="dataset.pii_policy_set", entity_type="dataset",
+                 entity_id=ds.id, payload={"pii_policy": stored})
+    return policy.model_dump(mode="json")
