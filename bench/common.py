@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import subprocess
@@ -81,7 +82,9 @@ def free_port() -> int:
 def bench_env(db_url: str, redis_url: str | None = REDIS) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PEDIGREE_")}
     env.update(PEDIGREE_DATABASE_URL=db_url, PEDIGREE_SECRET_KEY="bench-secret-0123456789abcdef",
-               PEDIGREE_EMBEDDED="false")
+               PEDIGREE_EMBEDDED="false",
+               # Throwaway vault key for the raw-text vault (comma-separated base64 32-byte keys).
+               PEDIGREE_PII_VAULT_KEYS=base64.b64encode(b"bench-vault-key-32-bytes-long!!!").decode())
     if redis_url:
         env["PEDIGREE_REDIS_URL"] = redis_url
     return env

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Annotated, Any
 
@@ -126,7 +127,7 @@ async def import_examples(
             return ds, ingest.open_batch(s, dataset=ds, actor=actor, channel="import", atomic=False,
                                          defaults=defaults)
 
-    def flush(ds: Dataset, batch_id: uuid.UUID, lines: list[tuple[int, bytes]]) -> None:
+    def validate(ds: Dataset, lines: list[tuple[int, bytes]]) -> list[ingest.Candidate]:
         candidates = []
         for line_no, raw in lines:
             r = ingest.parse_line(raw, line_no, ds.format, defaults)
@@ -134,6 +135,9 @@ async def import_examples(
                 errors.append(r)
             else:
                 candidates.append(r)
+        return candidates
+
+    def write(ds: Dataset, batch_id: uuid.UUID, candidates: list[ingest.Candidate]) -> None:
         if atomic_session is not None:
             if errors:  # nothing will be kept: skip the writes but keep validating every line
                 return
@@ -174,14 +178,27 @@ async def import_examples(
         ds, batch = await run_in_threadpool(setup)
         parser = ingest.LineParser()
         pending: list[tuple[int, bytes]] = []
+        # Two-stage pipeline: batch k is written to the database (waiting on I/O, GIL released)
+        # while batch k+1 is parsed and validated. Writes stay in order, one at a time.
+        writing: asyncio.Future | None = None
+
+        async def submit(lines: list[tuple[int, bytes]]) -> None:
+            nonlocal writing
+            candidates = await run_in_threadpool(validate, ds, lines)
+            if writing is not None:
+                await writing
+            writing = asyncio.ensure_future(run_in_threadpool(write, ds, batch.id, candidates))
+
         async for chunk in request.stream():
             pending.extend(parser.feed(chunk))
             if len(pending) >= batch_size:
-                await run_in_threadpool(flush, ds, batch.id, pending)
+                await submit(pending)
                 pending = []
         pending.extend(parser.close())
         if pending:
-            await run_in_threadpool(flush, ds, batch.id, pending)
+            await submit(pending)
+        if writing is not None:
+            await writing
         errors.sort(key=lambda e: e.line)
         await run_in_threadpool(finish, batch.id, bool(atomic and errors))
     except BaseException:
