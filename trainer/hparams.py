@@ -23,7 +23,8 @@ DEFAULTS: dict = {
     "lr_scheduler": "cosine",
     "max_steps": None,
     "attention": "auto",
-    "compile": False,
+    # "auto": regional torch.compile on the GPU once a run is long enough to repay the ~1 min it takes.
+    "compile": "auto",
     "gradient_checkpointing": False,
     "loss_chunk": 4096,
     "log_every": 10,
@@ -88,9 +89,10 @@ def resolve(given: dict | None) -> dict:
         isinstance(tm, list) and tm and all(isinstance(x, str) and x for x in tm)
     ):
         raise _bad("target_modules", "must be 'all-linear' or a non-empty list of module names")
-    for key in ("compile", "gradient_checkpointing"):
-        if not isinstance(hp[key], bool):
-            raise _bad(key, "must be true or false")
+    if hp["compile"] not in (True, False, "auto"):
+        raise _bad("compile", "must be true, false or 'auto'")
+    if not isinstance(hp["gradient_checkpointing"], bool):
+        raise _bad("gradient_checkpointing", "must be true or false")
     if hp["micro_batch_tokens"] is None:
         hp["micro_batch_tokens"] = hp["batch_tokens"]
     return hp

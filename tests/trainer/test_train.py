@@ -162,3 +162,13 @@ def test_two_process_data_parallel_matches_one_process(tiny_model, tmp_path):
     assert two["metrics"]["world_size"] == 2
     assert one["examples"] == two["examples"]
     assert two["metrics"]["val_loss_after"] == pytest.approx(one["metrics"]["val_loss_after"], rel=1e-5)
+
+
+def test_gradient_checkpointing_changes_memory_not_results(tiny_model, tmp_path, records):
+    from trainer.core import train
+
+    plain = train(_spec(tiny_model), records, tmp_path / "a")
+    spec = _spec(tiny_model)
+    spec["hyperparameters"]["gradient_checkpointing"] = True
+    ckpt = train(spec, records, tmp_path / "b")
+    assert ckpt["metrics"]["val_loss_after"] == pytest.approx(plain["metrics"]["val_loss_after"], rel=1e-6)
