@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+import orjson
+from fastapi import APIRouter, Depends, Query, Response
 
 from app.core.auth import Actor, Reader, require
 from app.core.db import SessionDep
@@ -19,14 +20,21 @@ Suggester = Annotated[Actor, Depends(require("reviewer", "curator"))]
 router = APIRouter(tags=["review"])
 
 
+def _json(body: Any, status: int = 200) -> Response:
+    # The two hot endpoints skip FastAPI's generic encoder: their bodies are already plain JSON
+    # types, and orjson is several times faster on example content.
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
 @router.get("/v1/review/queue")
 def queue(session: SessionDep, actor: Reviewer, dataset: str,
           limit: Annotated[int, Query(ge=1, le=50)] = 1,
-          view: Literal["compact", "full"] = "compact") -> dict[str, Any]:
+          view: Literal["compact", "full"] = "compact") -> Response:
     """Compact items carry the revision's content and quality flags; `view=full` adds the whole
     example view (PII findings, duplicates, review state, suggestions) at a few queries per item."""
     ds = datasets.get(session, dataset)
-    return {"items": service.next_items(session, dataset=ds, actor=actor, limit=limit, with_view=view == "full")}
+    items = service.next_items(session, dataset=ds, actor=actor, limit=limit, with_view=view == "full")
+    return _json({"items": items})
 
 
 @router.post("/v1/review/leases/{example_id}/renew")
@@ -40,9 +48,9 @@ def release(example_id: str, session: SessionDep, actor: Reviewer) -> dict[str, 
 
 
 @router.post("/v1/examples/{example_id}/reviews", status_code=201)
-async def review(example_id: str, data: ReviewIn, actor: Reviewer) -> dict[str, Any]:
+async def review(example_id: str, data: ReviewIn, actor: Reviewer) -> Response:
     # Committed by the group committer in its own transaction (see committer.py for why).
-    return await committer.decide(example_id=example_id, actor=actor, data=data)
+    return _json(await committer.decide(example_id=example_id, actor=actor, data=data), 201)
 
 
 @router.post("/v1/reviews:bulk")
