@@ -289,6 +289,7 @@ class PiiEngine:
     def _postprocess(self, text: str, results: list[RecognizerResult], allow: set[str],
                      policy: PiiPolicy) -> list[RecognizerResult]:
         if "PERSON" in policy.entities and self.settings.custom_recognizers:
+            results = custom.prefer_cued_names(results)
             results = custom.retype_names(text, results)
             results = results + custom.coordinated_names(text, results)
             results = custom.propagate_mentions(text, results)

@@ -268,7 +268,7 @@ class StreetAddressRecognizer(PatternRecognizer):
 # --- person names ------------------------------------------------------------------------------------------
 
 _NAME_TOKEN = r"[A-ZÀ-ÖØ-ÞĀ-Ž][a-zà-öø-ÿā-ž'’-]+"
-_HONORIFIC = r"(?:Mr|Mrs|Ms|Mx|Dr|Prof|Sir|Mme|Mlle|Herr|Frau|Sr|Sra|Miss)"
+_HONORIFIC = r"(?:Mr|Mrs|Ms|Mx|Dr|Prof|Sir|Mme|Mlle|Herr|Frau|Sr|Sra|Miss|mr|mrs|ms|dr)"
 _NAME = rf"(?!{_HONORIFIC}\b){_NAME_TOKEN}(?:\s+(?:[A-Z]\.?\s+)?{_NAME_TOKEN}){{0,2}}"
 
 
@@ -383,6 +383,22 @@ def _looks_like_name(value: str) -> bool:
 
 
 _NER_OTHER = frozenset({"ORGANIZATION", "LOCATION", "NRP"})
+
+
+_CUE_RECOGNIZERS = frozenset({"PersonCueRecognizer", "SpeakerLabelRecognizer"})
+
+
+def prefer_cued_names(results: list[RecognizerResult]) -> list[RecognizerResult]:
+    """A name introduced by a cue ("my name is Siiri", "Mrs. Ayers") beats the model's ORG/GPE/DATE label
+    for the same words: the cue is the stronger evidence, even though the model's score is higher."""
+    cued = [r for r in results
+            if r.entity_type == "PERSON"
+            and (r.recognition_metadata or {}).get(RecognizerResult.RECOGNIZER_NAME_KEY) in _CUE_RECOGNIZERS]
+    if not cued:
+        return results
+    return [r for r in results
+            if not (r.entity_type in _NER_OTHER | {"DATE_TIME"}
+                    and any(c.start < r.end and r.start < c.end for c in cued))]
 
 
 def retype_names(text: str, results: list[RecognizerResult]) -> list[RecognizerResult]:
