@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import platform
 import random
@@ -30,14 +29,19 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "instruct"
 CACHE = ROOT / ".bench_cache" / "instruct_lengths.json"
 PEAK = {"measured_bf16_matmul": 790e12, "datasheet_bf16_dense": 989e12}
-TARGETS = {"ratio_vs_hf": 10.0, "llama3-8b_tokens_per_s": 11000, "qwen2.5-0.5b_tokens_per_s": 100000, "ddp_scaling": 1.9}
+TARGETS = {
+    "ratio_vs_hf": 10.0,
+    "llama3-8b_tokens_per_s": 11000,
+    "qwen2.5-0.5b_tokens_per_s": 100000,
+    "ddp_scaling": 1.9,
+}
 
 SHAPES = {
     "qwen2.5-0.5b": {
@@ -85,9 +89,17 @@ HF_LARGEST = {"qwen2.5-0.5b": [64, 32, 16], "llama3-8b": [32, 16]}
 
 
 def smoke_shape(base: dict) -> dict:
-    return {**base, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "bos_token_id": 1,
-            "eos_token_id": 2}
+    return {
+        **base,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 512,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
 
 
 # ---------------------------------------------------------------- data
@@ -155,8 +167,9 @@ def train_bpe(pairs):
     tok.decoder = decoders.ByteLevel()
     # A Llama/Qwen-sized vocabulary is 128-152k; 32k on this small corpus already gives
     # whole-word tokens for common words, so lengths sit close to a real tokenizer's.
-    trainer = trainers.BpeTrainer(vocab_size=32000, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=32000, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator((p + "\n" + a for p, a in pairs), trainer)
     return tok
 
@@ -179,21 +192,45 @@ def corpus_records(corpus: Path) -> list[dict]:
 
     for name in ("alpaca_libre_tasks_v1.jsonl", "alpaca_libre_tasks_v2.jsonl"):
         for r in jsonl(name):
-            contents.append(("instruction", {"instruction": r.get("instruction", ""), "input": r.get("input", ""),
-                                             "output": r.get("output", "")}))
+            contents.append(
+                (
+                    "instruction",
+                    {
+                        "instruction": r.get("instruction", ""),
+                        "input": r.get("input", ""),
+                        "output": r.get("output", ""),
+                    },
+                )
+            )
     for r in jsonl("dolly15k_first6400_flan-t5-xl_decode.jsonl"):
-        contents.append(("instruction", {"instruction": r.get("instruction", ""), "input": "",
-                                         "output": r.get("text", "")}))
+        contents.append(
+            (
+                "instruction",
+                {"instruction": r.get("instruction", ""), "input": "", "output": r.get("text", "")},
+            )
+        )
     gp = corpus / "gpteacher_codegen-instruct.json"
     if gp.exists():
         for r in json.loads(gp.read_text(encoding="utf-8")):
-            contents.append(("instruction", {"instruction": r.get("instruction", ""), "input": r.get("input", ""),
-                                             "output": r.get("response", "")}))
+            contents.append(
+                (
+                    "instruction",
+                    {
+                        "instruction": r.get("instruction", ""),
+                        "input": r.get("input", ""),
+                        "output": r.get("response", ""),
+                    },
+                )
+            )
     for r in jsonl("oasst_en_100_tree.jsonl"):
         node, messages = r.get("prompt") or {}, []
         while node:
-            messages.append({"role": "user" if node.get("role") == "prompter" else "assistant",
-                             "content": node.get("text", "")})
+            messages.append(
+                {
+                    "role": "user" if node.get("role") == "prompter" else "assistant",
+                    "content": node.get("text", ""),
+                }
+            )
             node = (node.get("replies") or [None])[0]
         if len(messages) >= 2:
             if messages[-1]["role"] != "assistant":
@@ -208,8 +245,16 @@ def corpus_records(corpus: Path) -> list[dict]:
             continue
         seen.add(sha)
         split = "validation" if hashlib.sha256(sha.encode()).digest()[0] < 13 else "train"
-        out.append({"revision_id": f"rev-{sha[:16]}", "example_id": f"ex-{len(out):05d}", "split": split,
-                    "format": fmt, "content": content, "content_sha256": sha})
+        out.append(
+            {
+                "revision_id": f"rev-{sha[:16]}",
+                "example_id": f"ex-{len(out):05d}",
+                "split": split,
+                "format": fmt,
+                "content": content,
+                "content_sha256": sha,
+            }
+        )
     return out
 
 
@@ -229,8 +274,12 @@ def write_base(folder: Path, shape_name: str, corpus: Path, device) -> Path:
         tok.save(str(tok_cache))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     fast.chat_template = CHATML
-    shape = {**SHAPES[shape_name], "bos_token_id": None, "eos_token_id": fast.eos_token_id,
-             "pad_token_id": fast.pad_token_id}
+    shape = {
+        **SHAPES[shape_name],
+        "bos_token_id": None,
+        "eos_token_id": fast.eos_token_id,
+        "pad_token_id": fast.pad_token_id,
+    }
     write_config(folder.name, shape, folder.parent)
     model = make_model(folder, device, torch.bfloat16, 0)
     model.save_pretrained(folder, safe_serialization=True)
@@ -287,8 +336,13 @@ def synth_examples(lengths, vocab: int, seq_len: int, n: int, seed: int) -> list
 def data_stats(examples) -> dict:
     n = [len(e.input_ids) for e in examples]
     s = [e.supervised for e in examples]
-    return {"examples": len(n), "mean_tokens": sum(n) / len(n), "max_tokens": max(n),
-            "supervised_fraction": sum(s) / sum(n), "t_eff": sum(x * x for x in n) / sum(n)}
+    return {
+        "examples": len(n),
+        "mean_tokens": sum(n) / len(n),
+        "max_tokens": max(n),
+        "supervised_fraction": sum(s) / sum(n),
+        "t_eff": sum(x * x for x in n) / sum(n),
+    }
 
 
 # ---------------------------------------------------------------- models and FLOPs
@@ -332,8 +386,10 @@ def lora_model(model, seed: int):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    return get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
-                                            task_type="CAUSAL_LM"))
+    return get_peft_model(
+        model,
+        LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
 
 
 def free_memory():
@@ -348,8 +404,18 @@ def free_memory():
 # ---------------------------------------------------------------- (a) HF Trainer + PEFT
 
 
-def run_hf(config_dir, examples, *, batch_size: int, seconds: float, warmup: int, max_steps: int, device, seed: int,
-           out_dir: Path) -> dict:
+def run_hf(
+    config_dir,
+    examples,
+    *,
+    batch_size: int,
+    seconds: float,
+    warmup: int,
+    max_steps: int,
+    device,
+    seed: int,
+    out_dir: Path,
+) -> dict:
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -358,8 +424,10 @@ def run_hf(config_dir, examples, *, batch_size: int, seconds: float, warmup: int
     model = make_model(config_dir, device, torch.bfloat16 if on_gpu else torch.float32, seed)
     model = lora_model(model, seed)
     n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    rows = [{"input_ids": e.input_ids, "labels": [t if m else -100 for t, m in zip(e.input_ids, e.labels_mask)]}
-            for e in examples]
+    rows = [
+        {"input_ids": e.input_ids, "labels": [t if m else -100 for t, m in zip(e.input_ids, e.labels_mask)]}
+        for e in examples
+    ]
     collated: list[tuple[int, int]] = []
 
     def collate(batch):
@@ -426,9 +494,17 @@ def run_hf(config_dir, examples, *, batch_size: int, seconds: float, warmup: int
     real = sum(r for r, _ in timed)
     sup = sum(s for _, s in timed)
     padded = batch_size * clock.steps
-    return {"trainer": "hf", "batch_size": batch_size, "steps": clock.steps, "seconds": clock.elapsed,
-            "tokens_per_s": real / clock.elapsed, "supervised_tokens_per_s": sup / clock.elapsed,
-            "peak_memory_gib": peak / 2**30 if peak else None, "n_lora": n_lora, "rows": padded}
+    return {
+        "trainer": "hf",
+        "batch_size": batch_size,
+        "steps": clock.steps,
+        "seconds": clock.elapsed,
+        "tokens_per_s": real / clock.elapsed,
+        "supervised_tokens_per_s": sup / clock.elapsed,
+        "peak_memory_gib": peak / 2**30 if peak else None,
+        "n_lora": n_lora,
+        "rows": padded,
+    }
 
 
 def run_hf_largest(config_dir, examples, sizes, **kw) -> dict:
@@ -449,8 +525,20 @@ def run_hf_largest(config_dir, examples, sizes, **kw) -> dict:
 # ---------------------------------------------------------------- (b) ours
 
 
-def run_ours(config_dir, examples, *, micro_tokens: int, seq_len: int, seconds: float, warmup: int, max_steps: int,
-             device, seed: int, compile: bool, dist=None) -> dict:
+def run_ours(
+    config_dir,
+    examples,
+    *,
+    micro_tokens: int,
+    seq_len: int,
+    seconds: float,
+    warmup: int,
+    max_steps: int,
+    device,
+    seed: int,
+    compile: bool,
+    dist=None,
+) -> dict:
     import torch
 
     from trainer import attention, packing
@@ -467,8 +555,14 @@ def run_ours(config_dir, examples, *, micro_tokens: int, seq_len: int, seconds: 
             p.data = p.data.float()
     n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
     backend = attention.default_backend(device)
-    engine = Engine(model, backend=backend, device=device, autocast_dtype=torch.bfloat16 if on_gpu else None,
-                    dist=dist, compile=compile)
+    engine = Engine(
+        model,
+        backend=backend,
+        device=device,
+        autocast_dtype=torch.bfloat16 if on_gpu else None,
+        dist=dist,
+        compile=compile,
+    )
     opt = make_optimizer(engine.params, lr=2e-4, weight_decay=0.0, device=device)
     plan = packing.plan(examples, seq_len)
     rows_per_mb = max(1, micro_tokens // seq_len)
@@ -528,10 +622,20 @@ def run_ours(config_dir, examples, *, micro_tokens: int, seq_len: int, seconds: 
         tdist.all_reduce(t[:2])
         tdist.all_reduce(t[2:], op=tdist.ReduceOp.MAX)
         real, sup, elapsed = int(t[0]), int(t[1]), float(t[2])
-    return {"trainer": "ours", "attention": backend, "compile": compile, "micro_batch_tokens": rows_per_mb * seq_len,
-            "steps": done, "seconds": elapsed, "tokens_per_s": real / elapsed, "supervised_tokens_per_s": sup / elapsed,
-            "peak_memory_gib": peak / 2**30 if peak else None, "n_lora": n_lora,
-            "packing_efficiency": plan.efficiency, "world_size": dist.world}
+    return {
+        "trainer": "ours",
+        "attention": backend,
+        "compile": compile,
+        "micro_batch_tokens": rows_per_mb * seq_len,
+        "steps": done,
+        "seconds": elapsed,
+        "tokens_per_s": real / elapsed,
+        "supervised_tokens_per_s": sup / elapsed,
+        "peak_memory_gib": peak / 2**30 if peak else None,
+        "n_lora": n_lora,
+        "packing_efficiency": plan.efficiency,
+        "world_size": dist.world,
+    }
 
 
 # ---------------------------------------------------------------- correctness gate
@@ -544,9 +648,12 @@ def correctness(device) -> dict:
     from trainer import packing
     from trainer.engine import Engine
 
-    cfg_dir = write_config("check", smoke_shape(SHAPES["llama3-8b"]) | {"hidden_size": 256, "num_attention_heads": 4,
-                                                                        "intermediate_size": 512},
-                           ROOT / ".bench_cache")
+    cfg_dir = write_config(
+        "check",
+        smoke_shape(SHAPES["llama3-8b"])
+        | {"hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 512},
+        ROOT / ".bench_cache",
+    )
     on_gpu = device.type == "cuda"
     ex = synth_examples([(5, 20), (30, 60), (3, 9), (50, 11), (7, 7)], 512, 256, 10, seed=1)
     out = {}
@@ -581,13 +688,18 @@ def correctness(device) -> dict:
     for b in backends:
         try:
             l, g = losses_and_grads(b, packed=True)
-            out[b] = {"loss_rel_err": float((l - ref_l).norm() / ref_l.norm()),
-                      "grad_rel_err": float((g - ref_g).norm() / ref_g.norm())}
+            out[b] = {
+                "loss_rel_err": float((l - ref_l).norm() / ref_l.norm()),
+                "grad_rel_err": float((g - ref_g).norm() / ref_g.norm()),
+            }
         except Exception as exc:  # noqa: BLE001 - report, do not abort the benchmark
             out[b] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     tol = 2e-2 if on_gpu else 1e-5
-    out["pass"] = all("error" not in v and v["loss_rel_err"] < tol and v["grad_rel_err"] < tol
-                      for k, v in out.items() if k.startswith("pedigree"))
+    out["pass"] = all(
+        "error" not in v and v["loss_rel_err"] < tol and v["grad_rel_err"] < tol
+        for k, v in out.items()
+        if k.startswith("pedigree")
+    )
     out["tolerance"] = tol
     return out
 
@@ -614,18 +726,30 @@ def machine() -> dict:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpus"] = torch.cuda.device_count()
         try:
-            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                            capture_output=True, text=True, timeout=20).stdout.strip().split("\n")[0]
-        except Exception:  # noqa: BLE001
-            pass
+            info["driver"] = (
+                subprocess.run(
+                    ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
+                    check=False,
+                )
+                .stdout.strip()
+                .split("\n")[0]
+            )
+        except (OSError, subprocess.SubprocessError):
+            info["driver"] = None
     else:
         info["gpu"] = None
     return info
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--shapes", default="qwen2.5-0.5b,llama3-8b", help="comma list of " + ", ".join(SHAPES))
     p.add_argument("--trainers", default="hf,ours", help="hf, ours or both")
     p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="instruct corpus folder")
@@ -645,17 +769,32 @@ def main(argv=None) -> int:
     p.add_argument("--ddp-baseline", type=Path, help="a one-GPU result JSON to compute DDP scaling against")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="also write the result JSON here")
-    p.add_argument("--write-base", type=Path, metavar="DIR",
-                   help="write a random-init model of the first --shapes shape + corpus BPE tokenizer, and exit")
-    p.add_argument("--write-export", type=Path, metavar="FILE",
-                   help="write the corpus as a pedigree JSONL export, and exit")
+    p.add_argument(
+        "--write-base",
+        type=Path,
+        metavar="DIR",
+        help="write a random-init model of the first --shapes shape + corpus BPE tokenizer, and exit",
+    )
+    p.add_argument(
+        "--write-export",
+        type=Path,
+        metavar="FILE",
+        help="write the corpus as a pedigree JSONL export, and exit",
+    )
     args = p.parse_args(argv)
     if args.write_export:
         recs = corpus_records(args.corpus)
         args.write_export.parent.mkdir(parents=True, exist_ok=True)
         args.write_export.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
-        print(json.dumps({"export": str(args.write_export), "records": len(recs),
-                          "validation": sum(r["split"] == "validation" for r in recs)}))
+        print(
+            json.dumps(
+                {
+                    "export": str(args.write_export),
+                    "records": len(recs),
+                    "validation": sum(r["split"] == "validation" for r in recs),
+                }
+            )
+        )
         return 0
 
     import torch
@@ -681,9 +820,18 @@ def main(argv=None) -> int:
         log("no GPU: use --cpu-smoke")
     lengths = corpus_lengths(args.corpus, args.lengths)
     folder = ROOT / ".bench_cache" / "configs"
-    result = {"bench": "train", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine(), "seq_len": args.seq_len, "lora": "r16 alpha32 dropout0 all-linear",
-              "data": None, "shapes": {}, "targets": TARGETS, "peak_flops": PEAK, "cpu_smoke": args.cpu_smoke}
+    result = {
+        "bench": "train",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "seq_len": args.seq_len,
+        "lora": "r16 alpha32 dropout0 all-linear",
+        "data": None,
+        "shapes": {},
+        "targets": TARGETS,
+        "peak_flops": PEAK,
+        "cpu_smoke": args.cpu_smoke,
+    }
     if args.check and main_rank and not args.ddp:
         t = time.time()
         result["correctness"] = correctness(device)
@@ -698,8 +846,13 @@ def main(argv=None) -> int:
         stats = data_stats(examples)
         result["data"] = {k: v for k, v in stats.items() if k != "t_eff"} | {"source": str(args.corpus)}
         entry = {"t_eff": stats["t_eff"]}
-        common = dict(seconds=args.seconds, warmup=args.warmup, max_steps=args.max_steps, device=device,
-                      seed=args.seed)
+        common = {
+            "seconds": args.seconds,
+            "warmup": args.warmup,
+            "max_steps": args.max_steps,
+            "device": device,
+            "seed": args.seed,
+        }
         if "hf" in trainers and not args.ddp:
             log(f"[{name}] HF Trainer + PEFT, batch {args.hf_batch}")
             entry["hf_batch"] = run_hf(cfg_dir, examples, batch_size=args.hf_batch, out_dir=folder, **common)
@@ -715,13 +868,27 @@ def main(argv=None) -> int:
             micro = args.micro_tokens or (OURS_MICRO_TOKENS[name] if not args.cpu_smoke else 1024)
             log(f"[{name}] ours, {micro} tokens per micro-batch, compile={not args.no_compile}")
             try:
-                entry["ours"] = run_ours(cfg_dir, examples, micro_tokens=micro, seq_len=args.seq_len,
-                                         compile=not args.no_compile, dist=dist, **common)
+                entry["ours"] = run_ours(
+                    cfg_dir,
+                    examples,
+                    micro_tokens=micro,
+                    seq_len=args.seq_len,
+                    compile=not args.no_compile,
+                    dist=dist,
+                    **common,
+                )
             except torch.OutOfMemoryError:
                 free_memory()
                 log(f"[{name}] ours OOM at {micro}; halving")
-                entry["ours"] = run_ours(cfg_dir, examples, micro_tokens=micro // 2, seq_len=args.seq_len,
-                                         compile=not args.no_compile, dist=dist, **common)
+                entry["ours"] = run_ours(
+                    cfg_dir,
+                    examples,
+                    micro_tokens=micro // 2,
+                    seq_len=args.seq_len,
+                    compile=not args.no_compile,
+                    dist=dist,
+                    **common,
+                )
             log(json.dumps(entry["ours"]))
         for key in ("hf_batch", "hf_largest", "ours"):
             r = entry.get(key)
@@ -729,14 +896,21 @@ def main(argv=None) -> int:
                 r["flops_per_token"] = flops_per_token(shape, r["n_lora"], stats)
                 # Per GPU: under --ddp tokens_per_s is the sum over ranks.
                 r["mfu"] = mfu(r["tokens_per_s"] / r.get("world_size", 1), r["flops_per_token"])
-        hf_best = max((entry[k]["tokens_per_s"] for k in ("hf_batch", "hf_largest")
-                       if k in entry and "tokens_per_s" in entry[k]), default=None)
+        hf_best = max(
+            (
+                entry[k]["tokens_per_s"]
+                for k in ("hf_batch", "hf_largest")
+                if k in entry and "tokens_per_s" in entry[k]
+            ),
+            default=None,
+        )
         if "ours" in entry:
             ours = entry["ours"]["tokens_per_s"]
             if hf_best:
                 # The most any trainer could reach over this baseline: 100% MFU against each peak.
-                entry["ratio_bound_at_peak"] = {k: v / entry["ours"]["flops_per_token"] / hf_best
-                                                for k, v in PEAK.items()}
+                entry["ratio_bound_at_peak"] = {
+                    k: v / entry["ours"]["flops_per_token"] / hf_best for k, v in PEAK.items()
+                }
                 entry["ratio_vs_hf_best"] = ours / hf_best
                 entry["ratio_vs_hf_batch8"] = ours / entry["hf_batch"]["tokens_per_s"]
             if not args.cpu_smoke:
@@ -754,13 +928,19 @@ def main(argv=None) -> int:
             single = base.get("shapes", {}).get(name, {}).get("ours", {}).get("tokens_per_s")
             if single and "ours" in entry:
                 scaling = entry["ours"]["tokens_per_s"] / single
-                result["ddp"][name] = {"one_gpu_tokens_per_s": single, "scaling": scaling,
-                                       "pass": scaling >= TARGETS["ddp_scaling"]}
+                result["ddp"][name] = {
+                    "one_gpu_tokens_per_s": single,
+                    "scaling": scaling,
+                    "pass": scaling >= TARGETS["ddp_scaling"],
+                }
                 ok &= scaling >= TARGETS["ddp_scaling"]
     if "correctness" in result:
         ok &= result["correctness"]["pass"]
-    result["pass"] = bool(ok) and not args.cpu_smoke if not args.cpu_smoke else bool(
-        result.get("correctness", {}).get("pass", True))
+    result["pass"] = (
+        bool(ok) and not args.cpu_smoke
+        if not args.cpu_smoke
+        else bool(result.get("correctness", {}).get("pass", True))
+    )
     line = json.dumps(result, default=float)
     if main_rank:
         if args.out:

@@ -7,6 +7,7 @@ failure is always reported the same way: a non-zero exit and DIR/result.json {"e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -30,36 +31,38 @@ def _train(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    events = open(args.events, "a", buffering=1) if args.events and main_rank else None
+    with contextlib.ExitStack() as stack:
+        events = (
+            stack.enter_context(open(args.events, "a", buffering=1)) if args.events and main_rank else None
+        )
 
-    def on_event(e: dict) -> None:
-        e = {**e, "at": time.time()}
-        line = json.dumps(e, default=str)
-        if events:
-            events.write(line + "\n")
-        if not args.quiet:
-            print(line, file=sys.stderr, flush=True)
+        def on_event(e: dict) -> None:
+            line = json.dumps({**e, "at": time.time()}, default=str)
+            if events:
+                events.write(line + "\n")
+            if not args.quiet:
+                print(line, file=sys.stderr, flush=True)
 
-    stop_file = Path(args.stop_file) if args.stop_file else None
-    try:
-        spec = json.loads(Path(args.spec).read_text())
-        from trainer.core import train
-        from trainer.data import read_jsonl
+        stop_file = Path(args.stop_file) if args.stop_file else None
+        try:
+            spec = json.loads(Path(args.spec).read_text())
+            from trainer.core import train
+            from trainer.data import read_jsonl
 
-        with open(args.data, "rb") as f:
-            records = list(read_jsonl(f))
-        result = train(spec, records, out, on_event, should_stop=(lambda: stop_file.exists()) if stop_file else None)
-        code = 0
-    except TrainError as exc:
-        result, code = {"error": exc.as_dict()}, 2
-    except Exception as exc:  # noqa: BLE001 - the caller needs a result.json whatever happened
-        result, code = {"error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}}, 1
-    if main_rank:
-        tmp = out / "result.json.tmp"
-        tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        tmp.replace(out / "result.json")  # a reader never sees half a file
-    if events:
-        events.close()
+            with open(args.data, "rb") as f:
+                records = list(read_jsonl(f))
+            result = train(
+                spec, records, out, on_event, should_stop=(lambda: stop_file.exists()) if stop_file else None
+            )
+            code = 0
+        except TrainError as exc:
+            result, code = {"error": exc.as_dict()}, 2
+        except Exception as exc:  # noqa: BLE001 - the caller needs a result.json whatever happened
+            result, code = {"error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}}, 1
+        if main_rank:
+            tmp = out / "result.json.tmp"
+            tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+            tmp.replace(out / "result.json")  # a reader never sees half a file
     try:
         import torch.distributed as tdist
 

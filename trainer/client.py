@@ -17,8 +17,15 @@ class Conflict(Exception):
 
 
 class ApiClient:
-    def __init__(self, base_url: str, key: str, *, timeout: float = 30.0, retries: int = 3,
-                 transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        key: str,
+        *,
+        timeout: float = 30.0,
+        retries: int = 3,
+        transport: httpx.BaseTransport | None = None,
+    ):
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {key}"},
@@ -55,7 +62,9 @@ class ApiClient:
         return self._send("GET", f"/v1/training-runs/{run_id}").json()
 
     def start(self, run_id: str, worker_host: str) -> dict:
-        return self._send("POST", f"/v1/training-runs/{run_id}/start", json={"worker_host": worker_host}).json()
+        return self._send(
+            "POST", f"/v1/training-runs/{run_id}/start", json={"worker_host": worker_host}
+        ).json()
 
     def events(self, run_id: str, events: list[dict]) -> None:
         self._send("POST", f"/v1/training-runs/{run_id}/events", json={"events": events})
@@ -74,6 +83,5 @@ class ApiClient:
                 raise Conflict(r.read().decode(errors="replace"))
             r.raise_for_status()
             with open(dest, "wb") as f:
-                for chunk in r.iter_bytes(1 << 20):
-                    f.write(chunk)
+                f.writelines(r.iter_bytes(1 << 20))
             return r.headers.get("X-Manifest-SHA256")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -20,7 +19,9 @@ EventSink = Callable[[dict], None]
 COMPILE_AUTO_TOKENS = 20_000_000
 
 
-def _event(kind: str, message: str, *, level: str = "info", step: int | None = None, data: dict | None = None):
+def _event(
+    kind: str, message: str, *, level: str = "info", step: int | None = None, data: dict | None = None
+):
     return {"kind": kind, "level": level, "message": message, "step": step, "data": data or {}}
 
 
@@ -46,7 +47,9 @@ def load_base(spec: dict, device, dtype):
     kwargs = _dtype_kwarg(dtype)
     if spec.get("method", "lora") == "qlora":
         if not torch.cuda.is_available():
-            raise TrainError("qlora_unavailable", "QLoRA needs a CUDA GPU (bitsandbytes 4-bit); none is present")
+            raise TrainError(
+                "qlora_unavailable", "QLoRA needs a CUDA GPU (bitsandbytes 4-bit); none is present"
+            )
         try:
             import bitsandbytes  # noqa: F401
             from transformers import BitsAndBytesConfig
@@ -63,8 +66,10 @@ def load_base(spec: dict, device, dtype):
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
     except TrainError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any loader failure means the base model is unusable
-        raise TrainError("bad_base_model", f"cannot load base model {base}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise TrainError(
+            "bad_base_model", f"cannot load base model {base}: {type(exc).__name__}: {exc}"
+        ) from exc
     if "quantization_config" not in kwargs:
         model.to(device)
     return tokenizer, model
@@ -98,7 +103,10 @@ def _micro_batches(rows, examples, hp, pad_id, dist):
 
     mine = rows[dist.rank :: dist.world]
     per = max(1, hp["micro_batch_tokens"] // hp["max_seq_len"])
-    return [build_micro_batch(mine[i : i + per], examples, hp["max_seq_len"], pad_id) for i in range(0, len(mine), per)]
+    return [
+        build_micro_batch(mine[i : i + per], examples, hp["max_seq_len"], pad_id)
+        for i in range(0, len(mine), per)
+    ]
 
 
 def _all_sum(values: list[float], dist, device) -> list[float]:
@@ -152,7 +160,11 @@ def train(
     # tests want tight tolerances.
     dtype = torch.bfloat16 if on_gpu else torch.float32
     tokenizer, model = load_base(spec, device, dtype)
-    emit(_event("log", f"loaded {spec['base_model']} ({sum(p.numel() for p in model.parameters()):,} parameters)"))
+    emit(
+        _event(
+            "log", f"loaded {spec['base_model']} ({sum(p.numel() for p in model.parameters()):,} parameters)"
+        )
+    )
     check_stop()
 
     renderer = Renderer(tokenizer, hp["max_seq_len"])
@@ -164,7 +176,9 @@ def train(
         raise TrainError("invalid_data", "the snapshot has no train examples")
     truncated = sum(e.truncated for e in train_ex + val_ex)
     if truncated:
-        emit(_event("log", f"{truncated} examples truncated to max_seq_len {hp['max_seq_len']}", level="warn"))
+        emit(
+            _event("log", f"{truncated} examples truncated to max_seq_len {hp['max_seq_len']}", level="warn")
+        )
     # Examples with nothing to learn from still count as seen, but contribute no loss.
     no_targets = sum(1 for e in train_ex if e.supervised == 0)
     if no_targets:
@@ -173,7 +187,9 @@ def train(
     torch.manual_seed(seed)
     peft_model = attach_lora(model, hp)
     if hp["gradient_checkpointing"]:
-        peft_model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        peft_model.get_base_model().gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     backend = hp["attention"] if hp["attention"] != "auto" else attention.default_backend(device)
     compile_layers = hp["compile"]
     if compile_layers == "auto":
@@ -219,12 +235,21 @@ def train(
     try:
         val_before = validate()
         if val_before is not None:
-            emit(_event("metrics", f"validation loss before training {val_before:.4f}", step=0,
-                        data={"val_loss": val_before}))
-        optimizer = make_optimizer(engine.params, lr=hp["learning_rate"], weight_decay=hp["weight_decay"],
-                                   device=device)
+            emit(
+                _event(
+                    "metrics",
+                    f"validation loss before training {val_before:.4f}",
+                    step=0,
+                    data={"val_loss": val_before},
+                )
+            )
+        optimizer = make_optimizer(
+            engine.params, lr=hp["learning_rate"], weight_decay=hp["weight_decay"], device=device
+        )
         warmup = int(hp["warmup_ratio"] * total_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(hp["lr_scheduler"], total_steps, warmup))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(hp["lr_scheduler"], total_steps, warmup)
+        )
         sup_of = [e.supervised for e in train_ex]
         len_of = [len(e.input_ids) for e in train_ex]
         seen_tokens = [0] * len(train_ex)
@@ -293,8 +318,14 @@ def train(
                         "learning_rate": scheduler.get_last_lr()[0],
                         "epoch": epoch + 1,
                     }
-                    emit(_event("metrics", f"step {step}/{total_steps} loss {data['train_loss']:.4f}", step=step,
-                                data=data))
+                    emit(
+                        _event(
+                            "metrics",
+                            f"step {step}/{total_steps} loss {data['train_loss']:.4f}",
+                            step=step,
+                            data=data,
+                        )
+                    )
                     window = {"loss": 0.0, "sup": 0, "real": 0, "t": 0.0}
                     t_window = time.perf_counter()
                 if time.time() - last_beat >= 10:
@@ -304,8 +335,14 @@ def train(
             loader.close()
         val_after = validate()
         if val_after is not None:
-            emit(_event("metrics", f"validation loss after training {val_after:.4f}", step=step,
-                        data={"val_loss": val_after}))
+            emit(
+                _event(
+                    "metrics",
+                    f"validation loss after training {val_after:.4f}",
+                    step=step,
+                    data={"val_loss": val_after},
+                )
+            )
     except torch.OutOfMemoryError as exc:
         raise TrainError(
             "out_of_memory",
@@ -347,8 +384,17 @@ def train(
         peft_model.save_pretrained(adapter_dir, safe_serialization=True)
         (adapter_dir / "README.md").write_text(modelcard.render(spec, hp, metrics, examples))
         (adapter_dir / "pedigree_training.json").write_text(
-            json.dumps({"hyperparameters": hp, "metrics": metrics, "base_model": spec["base_model"],
-                        "method": method}, indent=2, sort_keys=True) + "\n"
+            json.dumps(
+                {
+                    "hyperparameters": hp,
+                    "metrics": metrics,
+                    "base_model": spec["base_model"],
+                    "method": method,
+                },
+                indent=2,
+                sort_keys=True,
+            )
+            + "\n"
         )
     if dist.world > 1:
         import torch.distributed as tdist
@@ -356,4 +402,3 @@ def train(
         tdist.barrier()
     emit(_event("log", f"training finished in {metrics['wall_s']:.1f}s; adapter at {adapter_dir}"))
     return {"metrics": metrics, "examples": examples, "adapter_dir": str(adapter_dir)}
-

@@ -100,10 +100,16 @@ def to_messages(fmt: str, content: dict) -> list[dict] | None:
         user = content.get("instruction", "")
         if content.get("input"):
             user = f"{user}\n\n{content['input']}"
-        return [{"role": "user", "content": user}, {"role": "assistant", "content": content.get("output", "")}]
+        return [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": content.get("output", "")},
+        ]
     if fmt == "preference":
         # SFT on the chosen answer; the rejected one is kept in the snapshot for later DPO work.
-        return [{"role": "user", "content": content["prompt"]}, {"role": "assistant", "content": content["chosen"]}]
+        return [
+            {"role": "user", "content": content["prompt"]},
+            {"role": "assistant", "content": content["chosen"]},
+        ]
     return None
 
 

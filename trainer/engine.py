@@ -65,8 +65,17 @@ def fast_path(model) -> None:
 
 
 class Engine:
-    def __init__(self, model, *, backend: str, device: torch.device, autocast_dtype=None, loss_chunk: int = 4096,
-                 dist: DistInfo | None = None, compile: bool = False):
+    def __init__(
+        self,
+        model,
+        *,
+        backend: str,
+        device: torch.device,
+        autocast_dtype=None,
+        loss_chunk: int = 4096,
+        dist: DistInfo | None = None,
+        compile: bool = False,
+    ):
         attention.register()
         self.model = model
         self.backend = backend
@@ -100,7 +109,9 @@ class Engine:
         """Per-supervised-token CE of one micro-batch (fp32, [mb.supervised_tokens])."""
         kwargs = attention.forward_kwargs(self.backend, mb)
         with self._autocast():
-            out = self.decoder(input_ids=mb.input_ids, position_ids=mb.position_ids, use_cache=False, **kwargs)
+            out = self.decoder(
+                input_ids=mb.input_ids, position_ids=mb.position_ids, use_cache=False, **kwargs
+            )
             hidden = out.last_hidden_state[0].index_select(0, mb.sup_index)
             targets = mb.targets[0].index_select(0, mb.sup_index)
             return supervised_token_losses(hidden, self.lm_weight, targets, self.loss_chunk)

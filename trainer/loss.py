@@ -40,7 +40,9 @@ class _SupervisedCE(torch.autograd.Function):
         return grad * grad_losses[:, None].to(grad.dtype), None, None, None
 
 
-def supervised_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 4096):
+def supervised_token_losses(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 4096
+):
     """Per-token CE (fp32) for rows of `hidden` [N, d] against `targets` [N]; differentiable in `hidden`."""
     if weight.requires_grad:
         raise ValueError("the fused loss assumes a frozen LM head")

@@ -33,8 +33,10 @@ def render(spec: dict, hp: dict, metrics: dict, examples: list[dict]) -> str:
         "",
         f"# {name}",
         "",
-        f"A {spec.get('method', 'lora').upper()} adapter for `{spec.get('base_model')}`, trained by Pedigree on a "
-        "frozen, content-addressed snapshot. Every trained example is traceable through the lineage API.",
+        (
+            f"A {spec.get('method', 'lora').upper()} adapter for `{spec.get('base_model')}`, trained by Pedigree "
+            "on a frozen, content-addressed snapshot. Every trained example is traceable through the lineage API."
+        ),
         "",
         "## Lineage",
         "",

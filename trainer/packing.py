@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 IGNORE = -100
 
@@ -44,27 +48,29 @@ def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
 
 @dataclass
 class MicroBatch:
-    input_ids: "torch.Tensor"  # [1, T] long
-    position_ids: "torch.Tensor"  # [1, T] long
-    targets: "torch.Tensor"  # [1, T] long; IGNORE where no loss
-    doc_ids: "torch.Tensor"  # [1, T] int32; one id per segment
-    cu_seqlens: "torch.Tensor"  # [n_segments + 1] int32
+    input_ids: torch.Tensor  # [1, T] long
+    position_ids: torch.Tensor  # [1, T] long
+    targets: torch.Tensor  # [1, T] long; IGNORE where no loss
+    doc_ids: torch.Tensor  # [1, T] int32; one id per segment
+    cu_seqlens: torch.Tensor  # [n_segments + 1] int32
     max_seqlen: int
-    sup_index: "torch.Tensor"  # [N_sup] long: positions with a target
-    sup_example: "torch.Tensor"  # [N_sup] long: which example each target belongs to
+    sup_index: torch.Tensor  # [N_sup] long: positions with a target
+    sup_example: torch.Tensor  # [N_sup] long: which example each target belongs to
     examples: list[int]  # example indices in this micro-batch
     real_tokens: int
     supervised_tokens: int
 
-    def to(self, device, non_blocking: bool = True) -> "MicroBatch":
+    def to(self, device, non_blocking: bool = True) -> MicroBatch:
         import torch
 
         moved = {}
         for name, value in self.__dict__.items():
-            moved[name] = value.to(device, non_blocking=non_blocking) if isinstance(value, torch.Tensor) else value
+            moved[name] = (
+                value.to(device, non_blocking=non_blocking) if isinstance(value, torch.Tensor) else value
+            )
         return MicroBatch(**moved)
 
-    def pin(self) -> "MicroBatch":
+    def pin(self) -> MicroBatch:
         import torch
 
         pinned = {}

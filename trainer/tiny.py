@@ -47,7 +47,9 @@ def build_tokenizer():
     return fast
 
 
-def make_tiny(path: str | Path, *, hidden_size: int = 64, layers: int = 2, heads: int = 4, seed: int = 0) -> Path:
+def make_tiny(
+    path: str | Path, *, hidden_size: int = 64, layers: int = 2, heads: int = 4, seed: int = 0
+) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -41,7 +41,7 @@ class Settings:
     cancel_grace_s: float = 60.0
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         gpus = os.environ.get("PEDIGREE_TRAINER_GPUS")
         return cls(
             api_url=os.environ.get("PEDIGREE_API_URL", "http://localhost:8000"),
@@ -61,11 +61,32 @@ def gpu_count() -> int:
 
 
 def train_command(spec: Path, data: Path, out: Path, events: Path, stop: Path, gpus: int) -> list[str]:
-    args = ["-m", "trainer", "train", "--spec", str(spec), "--data", str(data), "--out", str(out),
-            "--events", str(events), "--stop-file", str(stop), "--quiet"]
+    args = [
+        "-m",
+        "trainer",
+        "train",
+        "--spec",
+        str(spec),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--events",
+        str(events),
+        "--stop-file",
+        str(stop),
+        "--quiet",
+    ]
     if gpus > 1:
         # Data parallel over every local GPU (issue 7 §5); torchrun sets RANK/WORLD_SIZE for trainer.core.
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", *args]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={gpus}",
+            *args,
+        ]
     return [sys.executable, *args]
 
 
@@ -78,7 +99,13 @@ class EventPump(threading.Thread):
 
     def __init__(self, client: ApiClient, run_id: str, path: Path, stop_file: Path, settings: Settings):
         super().__init__(daemon=True)
-        self.client, self.run_id, self.path, self.stop_file, self.s = client, run_id, path, stop_file, settings
+        self.client, self.run_id, self.path, self.stop_file, self.s = (
+            client,
+            run_id,
+            path,
+            stop_file,
+            settings,
+        )
         self.cancelled = threading.Event()
         self._done = threading.Event()
         self._pending: list[dict] = []
@@ -89,7 +116,9 @@ class EventPump(threading.Thread):
 
     def add(self, kind: str, message: str, level: str = "info", data: dict | None = None) -> None:
         with self._lock:
-            self._pending.append({"kind": kind, "level": level, "message": message, "step": None, "data": data or {}})
+            self._pending.append(
+                {"kind": kind, "level": level, "message": message, "step": None, "data": data or {}}
+            )
 
     def _read_new(self) -> None:
         if not self.path.exists():
@@ -144,14 +173,16 @@ class EventPump(threading.Thread):
 def package_adapter(adapter_dir: Path, dest: Path) -> str:
     """tar.gz of the adapter folder's files at the archive root; byte-identical for identical files."""
     h = hashlib.sha256()
-    with open(dest, "wb") as raw:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
-            with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for path in sorted(p for p in adapter_dir.rglob("*") if p.is_file()):
-                    info = tar.gettarinfo(str(path), arcname=str(path.relative_to(adapter_dir)))
-                    info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
-                    with open(path, "rb") as f:
-                        tar.addfile(info, f)
+    with (
+        open(dest, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for path in sorted(p for p in adapter_dir.rglob("*") if p.is_file()):
+            info = tar.gettarinfo(str(path), arcname=str(path.relative_to(adapter_dir)))
+            info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
+            with open(path, "rb") as f:
+                tar.addfile(info, f)
     with open(dest, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -195,10 +226,10 @@ def execute(run_id: str, settings: Settings, client: ApiClient | None = None) ->
             return {"status": "skipped", "reason": "start refused (409)"}
         try:
             return _train_claimed(run_id, run, settings, client)
-        except Exception as exc:  # noqa: BLE001 - the run must end failed, not hang until the reaper
+        except Exception as exc:
             try:
                 client.fail(run_id, "internal_error", f"trainer worker: {type(exc).__name__}: {exc}")
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001, S110 - the original error is what matters; it is re-raised
                 pass
             raise
     finally:
@@ -224,8 +255,11 @@ def _train_claimed(run_id: str, run: dict, settings: Settings, client: ApiClient
             expected = spec.get("expected_manifest_sha256")
             if header and expected and header != expected:
                 pump.stop()
-                client.fail(run_id, "manifest_mismatch",
-                            f"snapshot export manifest {header} differs from the expected {expected}")
+                client.fail(
+                    run_id,
+                    "manifest_mismatch",
+                    f"snapshot export manifest {header} differs from the expected {expected}",
+                )
                 return {"status": "failed", "code": "manifest_mismatch"}
             (tmp / "spec.json").write_text(json.dumps(spec))
             gpus = settings.gpus if settings.gpus is not None else gpu_count()
@@ -252,8 +286,12 @@ def _train_claimed(run_id: str, run: dict, settings: Settings, client: ApiClient
         sha = package_adapter(Path(result["adapter_dir"]), tarball)
         model_name = spec.get("model_name") or run_id
         uri = upload(tarball, settings.artifact_root, model_name, run_id)
-        body = {"artifact_uri": uri, "artifact_sha256": sha, "metrics": result["metrics"],
-                "examples": result["examples"]}
+        body = {
+            "artifact_uri": uri,
+            "artifact_sha256": sha,
+            "metrics": result["metrics"],
+            "examples": result["examples"],
+        }
         try:
             client.complete(run_id, body)
         except Conflict:

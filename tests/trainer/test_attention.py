@@ -42,19 +42,24 @@ def test_cpu_backends_match_reference(backend):
     from trainer import attention
 
     mb, q, k, v = _inputs()
-    fn = {"pedigree_sdpa": attention.sdpa_doc_attention, "pedigree_flex": attention.flex_doc_attention}[backend]
+    fn = {"pedigree_sdpa": attention.sdpa_doc_attention, "pedigree_flex": attention.flex_doc_attention}[
+        backend
+    ]
     out, _ = fn(None, q, k, v, None, scaling=0.25, **attention.forward_kwargs(backend, mb))
     ref = _reference(q, k, v, mb.cu_seqlens, 0.25)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen_attn needs CUDA (checked on the GPU by bench.train --check)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="varlen_attn needs CUDA (checked on the GPU by bench.train --check)"
+)
 def test_varlen_matches_reference():
     from trainer import attention
 
     mb, q, k, v = _inputs("cuda", torch.bfloat16)
-    out, _ = attention.varlen_doc_attention(None, q, k, v, None, scaling=0.25,
-                                            **attention.forward_kwargs("pedigree_varlen", mb))
+    out, _ = attention.varlen_doc_attention(
+        None, q, k, v, None, scaling=0.25, **attention.forward_kwargs("pedigree_varlen", mb)
+    )
     ref = _reference(q.cpu(), k.cpu(), v.cpu(), mb.cu_seqlens.cpu(), 0.25)
     torch.testing.assert_close(out.double().cpu(), ref, rtol=2e-2, atol=2e-2)
 

@@ -36,8 +36,11 @@ def test_verify_accepts_a_good_export_and_its_manifest():
 
 def test_tampered_content_is_a_manifest_mismatch():
     recs = make_records(6)
-    recs[3]["content"] = {**recs[3]["content"], "output": "tampered"} if "output" in recs[3]["content"] else {
-        **recs[3]["content"], "chosen": "tampered"}
+    recs[3]["content"] = (
+        {**recs[3]["content"], "output": "tampered"}
+        if "output" in recs[3]["content"]
+        else {**recs[3]["content"], "chosen": "tampered"}
+    )
     with pytest.raises(TrainError) as err:
         verify_records(recs, None)
     assert err.value.code == "manifest_mismatch" and "rev-003" in err.value.message
@@ -70,11 +73,19 @@ def test_only_assistant_and_completion_tokens_are_supervised(tiny_model):
         ex = r.tokenize(0, {"format": fmt, "content": content, "revision_id": "r"})
         return tok.decode([t for t, m in zip(ex.input_ids, ex.labels_mask) if m])
 
-    chat = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U1"},
-                         {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"},
-                         {"role": "assistant", "content": "A2"}]}
+    chat = {
+        "messages": [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "U1"},
+            {"role": "assistant", "content": "A1"},
+            {"role": "user", "content": "U2"},
+            {"role": "assistant", "content": "A2"},
+        ]
+    }
     assert supervised_text("chat", chat) == "A1<|im_end|>\nA2<|im_end|>\n"
-    assert supervised_text("instruction", {"instruction": "I", "input": "X", "output": "O"}) == "O<|im_end|>\n"
+    assert (
+        supervised_text("instruction", {"instruction": "I", "input": "X", "output": "O"}) == "O<|im_end|>\n"
+    )
     assert supervised_text("completion", {"prompt": "P", "completion": "C"}) == "C<|eos|>"
     pref = {"prompt": "P", "chosen": "good", "rejected": "bad"}
     assert supervised_text("preference", pref) == "good<|im_end|>\n"
@@ -87,6 +98,7 @@ def test_long_examples_are_truncated_to_max_seq_len(tiny_model):
     from trainer.data import Renderer
 
     r = Renderer(AutoTokenizer.from_pretrained(tiny_model), 32)
-    ex = r.tokenize(0, {"format": "completion", "content": {"prompt": "p", "completion": "x" * 100},
-                        "revision_id": "r"})
+    ex = r.tokenize(
+        0, {"format": "completion", "content": {"prompt": "p", "completion": "x" * 100}, "revision_id": "r"}
+    )
     assert len(ex.input_ids) == 32 and ex.truncated

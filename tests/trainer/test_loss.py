@@ -28,4 +28,6 @@ def test_refuses_a_trainable_head():
     from trainer.loss import supervised_token_losses
 
     with pytest.raises(ValueError):
-        supervised_token_losses(torch.randn(2, 4), torch.randn(5, 4, requires_grad=True), torch.tensor([0, 1]))
+        supervised_token_losses(
+            torch.randn(2, 4), torch.randn(5, 4, requires_grad=True), torch.tensor([0, 1])
+        )

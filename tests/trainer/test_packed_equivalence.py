@@ -57,8 +57,10 @@ def _run(engine, exs, groups, row_len=512):
     return per_example, grads
 
 
-_GPU_ONLY = pytest.mark.skipif(not torch.cuda.is_available(),
-                               reason="no CPU backward for this backend; bench.train --check runs it on the GPU")
+_GPU_ONLY = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="no CPU backward for this backend; bench.train --check runs it on the GPU",
+)
 
 
 @pytest.mark.parametrize("backend", ["pedigree_sdpa", pytest.param("pedigree_flex", marks=_GPU_ONLY)])

@@ -35,7 +35,11 @@ class _Ex:
 def test_micro_batch_layout():
     from trainer.packing import build_micro_batch
 
-    exs = [_Ex([1, 2, 3, 4], [False, False, True, True]), _Ex([5, 6, 7], [False, True, True]), _Ex([8, 9], [True, True])]
+    exs = [
+        _Ex([1, 2, 3, 4], [False, False, True, True]),
+        _Ex([5, 6, 7], [False, True, True]),
+        _Ex([8, 9], [True, True]),
+    ]
     mb = build_micro_batch([[0, 1], [2]], exs, 8, pad_id=0)
     assert mb.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7, 0, 8, 9, 0, 0, 0, 0, 0, 0]]
     # Positions restart at every example and at every padding tail.

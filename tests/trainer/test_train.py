@@ -17,9 +17,16 @@ HP = {"epochs": 2, "batch_tokens": 1024, "max_seq_len": 256, "learning_rate": 5e
 
 
 def _spec(tiny_model, **over):
-    return {"base_model": str(tiny_model), "method": "lora", "hyperparameters": dict(HP),
-            "model_card": {"snapshot": "snap-1", "counts_by_source": {"crm": 30, "wiki": 10},
-                           "reviewers": ["ana", "bo"]}} | over
+    return {
+        "base_model": str(tiny_model),
+        "method": "lora",
+        "hyperparameters": dict(HP),
+        "model_card": {
+            "snapshot": "snap-1",
+            "counts_by_source": {"crm": 30, "wiki": 10},
+            "reviewers": ["ana", "bo"],
+        },
+    } | over
 
 
 def test_train_end_to_end(tiny_model, tmp_path, records):
@@ -120,22 +127,39 @@ def test_cancel_stops_between_steps(tiny_model, tmp_path, records):
 
 def test_cli_make_tiny_and_train(tmp_path):
     model = tmp_path / "m"
-    subprocess.run([sys.executable, "-m", "trainer", "make-tiny", str(model)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "trainer", "make-tiny", str(model)], check=True, capture_output=True
+    )
     recs = make_records(16)
     data = tmp_path / "export.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in recs))
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"base_model": str(model), "method": "lora", "hyperparameters": {"max_seq_len": 256}}))
+    spec.write_text(
+        json.dumps({"base_model": str(model), "method": "lora", "hyperparameters": {"max_seq_len": 256}})
+    )
     out, events = tmp_path / "out", tmp_path / "events.jsonl"
-    cmd = [sys.executable, "-m", "trainer", "train", "--spec", str(spec), "--data", str(data), "--out", str(out),
-           "--events", str(events), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "train",
+        "--spec",
+        str(spec),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--events",
+        str(events),
+        "--quiet",
+    ]
     subprocess.run(cmd, check=True, capture_output=True)
     result = json.loads((out / "result.json").read_text())
     assert result["examples"] and (Path(result["adapter_dir"]) / "adapter_model.safetensors").exists()
     assert any(json.loads(line)["kind"] == "metrics" for line in events.read_text().splitlines())
 
     spec.write_text(json.dumps({"base_model": str(tmp_path / "nope"), "method": "lora"}))
-    proc = subprocess.run(cmd, capture_output=True)
+    proc = subprocess.run(cmd, capture_output=True, check=False)
     assert proc.returncode != 0
     assert json.loads((out / "result.json").read_text())["error"]["code"] == "bad_base_model"
 
@@ -147,14 +171,37 @@ def test_two_process_data_parallel_matches_one_process(tiny_model, tmp_path):
     data = tmp_path / "export.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in recs))
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"base_model": str(tiny_model), "method": "lora",
-                                "hyperparameters": {"max_seq_len": 256, "batch_tokens": 1024, "epochs": 2}}))
+    spec.write_text(
+        json.dumps(
+            {
+                "base_model": str(tiny_model),
+                "method": "lora",
+                "hyperparameters": {"max_seq_len": 256, "batch_tokens": 1024, "epochs": 2},
+            }
+        )
+    )
     results = {}
     for world in (1, 2):
         out = tmp_path / f"w{world}"
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"]
-        cmd = launcher + ["-m", "trainer", "train", "--spec", str(spec), "--data", str(data), "--out", str(out),
-                          "--quiet"]
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={world}",
+        ]
+        cmd = launcher + [
+            "-m",
+            "trainer",
+            "train",
+            "--spec",
+            str(spec),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
         env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
         subprocess.run(cmd, check=True, capture_output=True, env=env, timeout=300)
         results[world] = json.loads((out / "result.json").read_text())

@@ -60,8 +60,11 @@ class FakeService:
                     return self._reply(200, svc.run)
                 if self.path.startswith(f"/v1/snapshots/{svc.run['snapshot_id']}/export"):
                     assert "format=pedigree" in self.path and "split=all" in self.path
-                    return self._reply(200, svc.export, {"Content-Type": "application/x-ndjson",
-                                                         "X-Manifest-SHA256": svc.manifest})
+                    return self._reply(
+                        200,
+                        svc.export,
+                        {"Content-Type": "application/x-ndjson", "X-Manifest-SHA256": svc.manifest},
+                    )
                 self._reply(404, {"error": {"code": "not_found", "message": self.path}})
 
             def do_POST(self):
@@ -97,10 +100,17 @@ def service(tiny_model):
 
     recs = make_records(24)
     manifest = manifest_sha256((r["content_sha256"], r["split"]) for r in recs)
-    run = {"id": "run-1", "status": "queued", "snapshot_id": "snap-9", "base_model": str(tiny_model),
-           "method": "lora", "hyperparameters": {"max_seq_len": 256, "batch_tokens": 512, "log_every": 1},
-           "expected_manifest_sha256": manifest, "model_name": "support-bot",
-           "metadata": {"model_card": {"snapshot": "snap-9", "reviewers": ["ana"]}}}
+    run = {
+        "id": "run-1",
+        "status": "queued",
+        "snapshot_id": "snap-9",
+        "base_model": str(tiny_model),
+        "method": "lora",
+        "hyperparameters": {"max_seq_len": 256, "batch_tokens": 512, "log_every": 1},
+        "expected_manifest_sha256": manifest,
+        "model_name": "support-bot",
+        "metadata": {"model_card": {"snapshot": "snap-9", "reviewers": ["ana"]}},
+    }
     svc = FakeService(run, "".join(json.dumps(r) + "\n" for r in recs).encode(), manifest)
     yield svc
     svc.close()
@@ -109,8 +119,16 @@ def service(tiny_model):
 def _settings(svc, tmp_path, **over):
     from trainer.worker import Settings
 
-    base = dict(api_url=svc.url, key=KEY, redis_url="memory://", artifact_root=str(tmp_path / "artifacts"),
-                gpus=0, heartbeat_s=0.5, flush_s=0.1, cancel_grace_s=20)
+    base = {
+        "api_url": svc.url,
+        "key": KEY,
+        "redis_url": "memory://",
+        "artifact_root": str(tmp_path / "artifacts"),
+        "gpus": 0,
+        "heartbeat_s": 0.5,
+        "flush_s": 0.1,
+        "cancel_grace_s": 20,
+    }
     return Settings(**(base | over))
 
 
@@ -193,8 +211,13 @@ def test_pump_sends_heartbeats_when_idle(service, tmp_path):
     from trainer.worker import EventPump
 
     client = ApiClient(service.url, KEY)
-    pump = EventPump(client, "run-1", tmp_path / "none.jsonl", tmp_path / "stop", _settings(service, tmp_path,
-                                                                                             heartbeat_s=0.2))
+    pump = EventPump(
+        client,
+        "run-1",
+        tmp_path / "none.jsonl",
+        tmp_path / "stop",
+        _settings(service, tmp_path, heartbeat_s=0.2),
+    )
     pump.start()
     time.sleep(1.0)
     pump.stop()
