@@ -17,6 +17,7 @@ from app.core.config import get_settings
 from app.core.db import get_engine
 from app.core.errors import PedigreeError
 from app.datasets.router import router as datasets_router
+from app.dedup.router import router as dedup_router
 from app.examples.router import router as examples_router
 from app.keys.router import router as keys_router
 from app.pii.router import router as pii_router
@@ -83,7 +84,8 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Pedigree", version="0.1.0", lifespan=lifespan,
                   description="Governed training-data curation for LLM fine-tuning.")
     install_error_handlers(app)
-    for r in (datasets_router, examples_router, audit_router, keys_router, pii_router, review_router, snapshots_router):
+    for r in (datasets_router, examples_router, audit_router, keys_router, pii_router, review_router, snapshots_router,
+              dedup_router):
         app.include_router(r)
 
     @app.get("/healthz", tags=["ops"])

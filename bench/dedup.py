@@ -610,9 +610,15 @@ def _stop_workers(procs) -> None:
 
 
 def _ingest_for_e2e(texts: list[str], name: str):
-    """Store the texts as a completion dataset, straight through the ingest service, without starting
-    the pipeline; then put every example that is not an exact duplicate at the dedup stage."""
-    from sqlalchemy import select, update
+    """Store the texts as a completion dataset, every example at the dedup stage.
+
+    Validated and hashed by the ingest service's own ``prepare``, then written with two bulk INSERTs per
+    5,000 rows: what is timed is the dedup stage, and the full ingest path (exact-duplicate lookups, audit)
+    took longer than the stage itself on this box. Exact copies therefore reach the stage too, where they
+    are linked as ``exact`` pairs."""
+    import datetime as dt
+
+    from sqlalchemy import insert, select
 
     from app.core.auth import SYSTEM
     from app.core.db import session_scope
@@ -620,35 +626,35 @@ def _ingest_for_e2e(texts: list[str], name: str):
     from app.datasets.schemas import DatasetCreate
     from app.examples import ingest
     from app.examples.formats import FieldError
-    from app.models.example import Example
-    from app.pipeline import service as pipeline
+    from app.models.example import Example, ExampleRevision
 
     with session_scope() as s:
         ds = datasets.create(s, data=DatasetCreate(name=name, format="completion", pii_policy={"enabled": False}),
                              actor=SYSTEM)
         ds_id = ds.id
     defaults = ingest.Defaults(source="bench", license=None, legal_basis=None)
-    real = pipeline.enqueue_stage
-    pipeline.enqueue_stage = lambda *a, **k: None  # the bench starts the dedup stage itself, timed
     t = time.perf_counter()
-    try:
-        for lo in range(0, len(texts), 2000):
-            cands = []
-            for i, text in enumerate(texts[lo : lo + 2000], start=lo):
-                obj = {"prompt": text[:50_000], "completion": "ok", "provenance": {"source_ref": f"b{i}"}}
-                try:
-                    cands.append(ingest.prepare("completion", obj, i + 1, defaults))
-                except FieldError:
-                    continue
-            with session_scope() as s:
-                ds = datasets.get(s, ds_id)
-                batch = ingest.open_batch(s, dataset=ds, actor=SYSTEM, channel="api", atomic=False, defaults=defaults)
-                ingest.store(s, dataset=ds, batch_id=batch.id, actor=SYSTEM, candidates=cands)
-    finally:
-        pipeline.enqueue_stage = real
+    now = dt.datetime.now(dt.UTC)
+    ex_rows, rev_rows = [], []
+    for i, text in enumerate(texts):
+        obj = {"prompt": text[:50_000], "completion": "ok", "provenance": {"source_ref": f"b{i}"}}
+        try:
+            c = ingest.prepare("completion", obj, i + 1, defaults)
+        except FieldError:
+            continue
+        eid, rid = uuid.uuid4(), uuid.uuid4()
+        at = now + dt.timedelta(microseconds=i)  # ingest order = text order
+        ex_rows.append({"id": eid, "dataset_id": ds_id, "status": "ingested", "stage": "dedup",
+                        "current_revision_id": rid, "source": c.source, "source_ref": c.source_ref,
+                        "ingested_by": SYSTEM.ref, "metadata": {}, "tags": [], "created_at": at, "updated_at": at})
+        rev_rows.append({"id": rid, "example_id": eid, "seq": 0, "content": c.content, "content_sha256": c.sha,
+                         "reason": "ingest", "author": SYSTEM.ref, "created_at": at})
+    for lo in range(0, len(ex_rows), 5000):
+        with session_scope() as s:
+            s.execute(insert(Example.__table__), ex_rows[lo : lo + 5000])
+            s.execute(insert(ExampleRevision.__table__), rev_rows[lo : lo + 5000])
     ingest_s = time.perf_counter() - t
     with session_scope() as s:
-        s.execute(update(Example).where(Example.dataset_id == ds_id, Example.stage.is_not(None)).values(stage="dedup"))
         ids = list(s.scalars(select(Example.id).where(Example.dataset_id == ds_id, Example.stage == "dedup")
                              .order_by(Example.created_at, Example.id)))
     return ds_id, ids, ingest_s
@@ -657,7 +663,7 @@ def _ingest_for_e2e(texts: list[str], name: str):
 def _reset_dedup(ds_id, rclient) -> None:
     """Undo a dedup run on the dataset (its index, signatures, pairs, links, statuses) so the next run
     starts from the same ingested state without ingesting again."""
-    from sqlalchemy import delete, select, update
+    from sqlalchemy import delete, update
 
     from app.core.db import session_scope
     from app.models.dedup import DedupEvalHit, DedupPair, DedupSignature, DedupState
@@ -667,9 +673,7 @@ def _reset_dedup(ds_id, rclient) -> None:
         for model in (DedupPair, DedupSignature, DedupEvalHit, DedupState):
             s.execute(delete(model).where(model.dataset_id == ds_id))
         s.execute(delete(DuplicateLink).where(DuplicateLink.dataset_id == ds_id, DuplicateLink.method == "minhash"))
-        exact = select(DuplicateLink.example_id).where(DuplicateLink.dataset_id == ds_id)
-        s.execute(update(Example).where(Example.dataset_id == ds_id, Example.id.not_in(exact))
-                  .values(status="ingested", stage="dedup"))
+        s.execute(update(Example).where(Example.dataset_id == ds_id).values(status="ingested", stage="dedup"))
     for k in rclient.scan_iter(match=f"pedigree:dedup:{ds_id}:*", count=1000):
         rclient.unlink(k)
 
@@ -737,7 +741,7 @@ def bench_e2e(texts: list[str], args) -> dict:
                 "finished": left == 0,
                 "wall_s": round(wall, 1),
                 "examples_per_s": round(len(ids) / wall),
-                "exact_duplicates_at_ingest": by_method.get("exact", 0),
+                "exact_duplicates": by_method.get("exact", 0),
                 "near_duplicates": by_method.get("minhash", 0),
                 "verified_pairs": pairs,
                 "statuses": statuses,
@@ -746,7 +750,7 @@ def bench_e2e(texts: list[str], args) -> dict:
             log(
                 f"e2e, {w} worker(s): {len(ids)} examples through the dedup stage in {run['wall_s']} s "
                 f"({run['examples_per_s']}/s); {run['near_duplicates']} near duplicates, "
-                f"{run['exact_duplicates_at_ingest']} exact at ingest; finished: {run['finished']}"
+                f"{run['exact_duplicates']} exact; finished: {run['finished']}"
             )
         rclient.flushdb()
     runs = out["runs"]

@@ -17,7 +17,8 @@ from app.core.config import get_settings
 settings = get_settings()
 broker = settings.redis_url or os.environ.get("CELERY_BROKER_URL") or "memory://"
 
-celery = Celery("pedigree", broker=broker, include=["workers.tasks.pipeline", "workers.tasks.pii"])
+celery = Celery("pedigree", broker=broker,
+                include=["workers.tasks.pipeline", "workers.tasks.pii", "workers.tasks.dedup"])
 celery.conf.update(
     task_queues=[Queue("default"), Queue("pii"), Queue("dedup")],
     task_default_queue="default",

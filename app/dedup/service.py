@@ -46,6 +46,8 @@ from app.models.example import DuplicateLink, Example, ExampleRevision
 log = logging.getLogger(__name__)
 
 INDEX_PREFIX = "pedigree:dedup"
+# Links this stage writes (and rewrites when clusters change); ingest's exact links are never touched.
+LINK_AUTHOR = "system:dedup"
 REBUILD_TASK = "pedigree.dedup.rebuild"
 _CHUNK = 500  # ids per IN (...) list
 
@@ -465,7 +467,7 @@ def _recluster(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, see
     for chunk in _chunks(session, live):
         for ln in session.execute(
             select(DuplicateLink.example_id, DuplicateLink.canonical_example_id, DuplicateLink.note).where(
-                _in(session, DuplicateLink.example_id, chunk), DuplicateLink.method == METHOD_MINHASH
+                _in(session, DuplicateLink.example_id, chunk), DuplicateLink.created_by == LINK_AUTHOR
             )
         ):
             old_links[ln.example_id] = ln
@@ -492,11 +494,11 @@ def _recluster(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, see
     status_updates: list[dict] = []
     links: list[dict] = []
     now = utcnow()
-    for n in live:
+    # Only these are changed here: an example still in the pipeline elsewhere is settled by its own run,
+    # a rejected one keeps the reviewer's verdict.
+    settled = {n for n in live if (info[n].stage is None or n in in_batch) and info[n].status != "rejected"}
+    for n in settled:
         r, canon = info[n], desired.get(n)
-        settled = r.stage is None or n in in_batch
-        if not settled or r.status == "rejected":
-            continue
         old = old_links.get(n)
         if canon is not None:
             prev = old.note if old is not None else r.status
@@ -514,10 +516,10 @@ def _recluster(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, see
             status_updates.append({"eid": n, "st": back, "stg": None})
 
     linked = {x["example_id"] for x in links}
-    touched = [n for n in live if n in old_links or n in linked]
+    touched = [n for n in settled if n in old_links or n in linked]
     for chunk in _chunks(session, touched):
         session.execute(
-            delete(DuplicateLink).where(_in(session, DuplicateLink.example_id, chunk), DuplicateLink.method == METHOD_MINHASH)
+            delete(DuplicateLink).where(_in(session, DuplicateLink.example_id, chunk), DuplicateLink.created_by == LINK_AUTHOR)
         )
     if links:
         want = {x["example_id"] for x in links} | {x["canonical_example_id"] for x in links}
@@ -529,12 +531,14 @@ def _recluster(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, see
             sets.update(zip(have, shingle_sets([docs[n].text for n in have], policy.spec), strict=True))
         rows = []
         for x in links:
-            a, b = sets.get(x["example_id"], set()), sets.get(x["canonical_example_id"], set())
+            m, c = x["example_id"], x["canonical_example_id"]
+            a, b = sets.get(m, set()), sets.get(c, set())
             sim = len(a & b) / len(a | b) if (a or b) else 0.0
+            same = m in docs and c in docs and docs[m].content_sha256 == docs[c].content_sha256
             rows.append({
-                "id": uuid.uuid4(), "dataset_id": dataset_id, "example_id": x["example_id"],
-                "canonical_example_id": x["canonical_example_id"], "method": METHOD_MINHASH,
-                "similarity": round(sim, 4), "created_by": "system:dedup", "created_at": now,
+                "id": uuid.uuid4(), "dataset_id": dataset_id, "example_id": m, "canonical_example_id": c,
+                "method": METHOD_EXACT if same else METHOD_MINHASH,
+                "similarity": round(sim, 4), "created_by": LINK_AUTHOR, "created_at": now,
                 # The status before it became a duplicate, so a later overrule can give it back.
                 "note": x["prev"],
             })
@@ -743,16 +747,15 @@ def overrule(session: Session, *, example: Example, data: OverruleIn, actor: Act
             other_id = other.id
         else:
             link = session.execute(
-                select(DuplicateLink.canonical_example_id, DuplicateLink.method).where(DuplicateLink.example_id == example.id)
+                select(DuplicateLink.canonical_example_id).where(
+                    DuplicateLink.example_id == example.id, DuplicateLink.created_by == LINK_AUTHOR)
             ).first()
             if link is None:
+                if session.scalar(select(func.count()).select_from(DuplicateLink)
+                                  .where(DuplicateLink.example_id == example.id)):
+                    raise InvalidState("an exact copy found at ingest cannot be overruled: its content is identical")
                 raise InvalidState("this example is no one's duplicate; name other_example_id",
                                    details={"example_id": str(example.id)})
-            if link.method == METHOD_EXACT and session.scalar(
-                select(func.count()).select_from(DuplicateLink).where(
-                    DuplicateLink.example_id == example.id, DuplicateLink.method == METHOD_MINHASH)
-            ) == 0:
-                raise InvalidState("an exact copy cannot be overruled: its content is identical to its canonical's")
             other_id = link.canonical_example_id
         if other_id == example.id:
             raise InvalidState("an example cannot be separated from itself")

@@ -4,6 +4,7 @@ from app.models.audit import AuditEvent, AuditHead
 from app.models.auth import ApiKey
 from app.models.base import Base
 from app.models.dataset import Dataset
+from app.models.dedup import DedupDecision, DedupEvalHit, DedupPair, DedupRebuild, DedupSignature, DedupState
 from app.models.example import DuplicateLink, Example, ExampleRevision, IngestBatch
 from app.models.pii import PiiFinding, PiiScrub, PiiVaultEntry
 from app.models.review import Review, ReviewEscalation, ReviewLease, ReviewSuggestion
@@ -15,6 +16,12 @@ __all__ = [
     "AuditHead",
     "Base",
     "Dataset",
+    "DedupDecision",
+    "DedupEvalHit",
+    "DedupPair",
+    "DedupRebuild",
+    "DedupSignature",
+    "DedupState",
     "DuplicateLink",
     "Example",
     "ExampleRevision",

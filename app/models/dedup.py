@@ -56,7 +56,7 @@ class DedupDecision(IdMixin, CreatedAtMixin, Base):
 
     dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id"), index=True)
     example_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("examples.id"), index=True)
-    other_example_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("examples.id"))
+    other_example_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("examples.id"), index=True)
     decision: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str | None] = mapped_column(Text)
     decided_by: Mapped[str] = mapped_column(String(200))

@@ -58,9 +58,18 @@ def pii_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
     scrub_handler(session=session, example_ids=example_ids)
 
 
+def dedup_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
+    # Imported on first use, like pii: numpy and the index client are not needed by every process.
+    from app.dedup.service import dedup_handler as handler
+
+    handler(session=session, example_ids=example_ids)
+
+
 STAGES: list[Stage] = [
     Stage(name="quality", queue="default", handler=quality_handler),
     Stage(name="pii", queue="pii", handler=pii_handler),
+    # After pii: the scrubbed text is what a model would be trained on, so it is what is compared.
+    Stage(name="dedup", queue="dedup", handler=dedup_handler),
 ]
 
 

@@ -46,3 +46,14 @@ def test_canonical_is_earliest_approved_else_earliest_ingested():
     # exact ties are broken by key so every worker agrees
     e, f = Member("f", ingested_at=T0), Member("e", ingested_at=T0)
     assert choose_canonical([e, f]).key == choose_canonical([f, e]).key == "e"
+
+
+def test_cannot_link_keeps_a_pair_apart_and_the_stronger_edge_wins():
+    from app.dedup.service import constrained_clusters
+
+    edges = {("d", "c"): 0.9, ("x", "d"): 0.85}
+    assert sorted(map(sorted, constrained_clusters("cdx", edges, {}))) == [["c", "d", "x"]]
+    cannot = {"x": {"c"}, "c": {"x"}}
+    assert sorted(map(sorted, constrained_clusters("cdx", edges, cannot))) == [["c", "d"], ["x"]]
+    edges = {("d", "c"): 0.82, ("x", "d"): 0.95}
+    assert sorted(map(sorted, constrained_clusters("cdx", edges, cannot))) == [["c"], ["d", "x"]]

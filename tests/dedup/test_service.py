@@ -1,0 +1,253 @@
+"""The dedup stage through the API on the embedded default (SQLite) and PostgreSQL: statuses, links,
+clusters, overrules that stick, rebuilds, the evaluation-set guard, and a Redis fault mid-batch."""
+
+import orjson
+import pytest
+from sqlalchemy import func, select
+
+from app.core.db import session_scope
+from app.models.dedup import DedupPair, DedupSignature
+from app.models.example import DuplicateLink, Example
+from tests.conftest import new_dataset
+
+NDJSON = {"Content-Type": "application/x-ndjson"}
+NO_PII = {"pii_policy": {"enabled": False}}
+
+ARTICLE = (
+    "The committee met on Tuesday to review the proposed budget for the new library wing. After a long "
+    "discussion about shelving, lighting and the reading room, members agreed to postpone the vote until "
+    "the architect presents revised drawings that reduce the cost of the glass facade by a fifth."
+)
+OTHER = (
+    "Photosynthesis converts light energy into chemical energy stored in glucose. Chlorophyll in the "
+    "chloroplasts absorbs mostly blue and red light and reflects green, which is why leaves look green."
+)
+
+
+JA = (
+    "東京は日本の首都であり、世界最大の都市圏の一つです。江戸時代には江戸と呼ばれ、徳川幕府の本拠地として栄えました。"
+    "明治維新の後に東京と改名され、現在では政治、経済、文化の中心として多くの人々が暮らしています。"
+)
+
+
+def near(text: str, i: int) -> str:
+    words = text.split()
+    words[-2 - (i % 3)] = f"variant{i}"
+    return " ".join(words)
+
+
+def ingest(api, ds, rows, role="curator"):
+    body = b"\n".join(orjson.dumps(r) for r in rows)
+    r = api.as_(role).post(f"/v1/datasets/{ds['id']}/examples:import", content=body, headers=NDJSON)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def items(api, ds):
+    out = api.as_("reviewer").get(f"/v1/datasets/{ds['id']}/examples?limit=1000").json()["items"]
+    return {i["revision"]["content"]["source_ref"] if "source_ref" in i["revision"]["content"]
+            else i["provenance"]["source_ref"]: i for i in out}
+
+
+def by_ref(api, ds):
+    out = api.as_("reviewer").get(f"/v1/datasets/{ds['id']}/examples?limit=1000").json()["items"]
+    return {i["provenance"]["source_ref"]: i for i in out}
+
+
+def row(ref, output, instruction="Summarise the article."):
+    return {"instruction": instruction, "input": "", "output": output, "provenance": {"source": "t", "source_ref": ref}}
+
+
+def test_near_duplicate_is_linked_to_the_earliest_and_listed(api):
+    ds = new_dataset(api, **NO_PII)
+    ingest(api, ds, [row("a", ARTICLE), row("z", OTHER)])
+    ingest(api, ds, [row("b", near(ARTICLE, 1)), row("c", "Completely unrelated: " + OTHER[::-1])])
+    ex = by_ref(api, ds)
+    assert ex["a"]["status"] == "pending_review"
+    assert ex["b"]["status"] == "duplicate"
+    assert ex["c"]["status"] == "pending_review" and ex["z"]["status"] == "pending_review"
+    dup = ex["b"]["duplicates"]
+    assert dup[0]["example_id"] == ex["a"]["id"] and dup[0]["method"] == "minhash"
+    assert 0.8 <= dup[0]["similarity"] < 1.0
+    assert ex["b"]["dedup"]["cluster"] == {"canonical": ex["a"]["id"], "size": 2, "is_canonical": False}
+    assert ex["b"]["contaminates_eval"] is False
+    page = api.as_("auditor").get(f"/v1/datasets/{ds['id']}/duplicates").json()
+    assert page == {"clusters": [{"canonical": ex["a"]["id"], "size": 2,
+                                  "members": [{"example_id": ex["b"]["id"], "method": "minhash",
+                                               "similarity": dup[0]["similarity"]}]}],
+                    "next_cursor": None}
+    summary = api.as_("auditor").get(f"/v1/datasets/{ds['id']}/dedup").json()
+    assert summary["duplicates"] == {"minhash": 1} and summary["index"]["bands"] == 16
+    verify = api.as_("auditor").get("/v1/audit/verify").json()
+    assert verify["ok"]
+
+
+def test_duplicates_within_one_batch_and_a_chain_form_one_cluster(api):
+    ds = new_dataset(api, **NO_PII)
+    ingest(api, ds, [row(f"r{i}", near(ARTICLE, i)) for i in range(4)] + [row("o", OTHER)])
+    ex = by_ref(api, ds)
+    statuses = sorted(ex[f"r{i}"]["status"] for i in range(4))
+    assert statuses == ["duplicate", "duplicate", "duplicate", "pending_review"]
+    page = api.as_("auditor").get(f"/v1/datasets/{ds['id']}/duplicates?limit=1").json()
+    assert len(page["clusters"]) == 1 and page["clusters"][0]["size"] == 4
+    assert page["next_cursor"] is None
+
+
+def test_texts_that_must_not_link(api):
+    """Short texts, CJK, and unrelated texts: nothing is marked without a verified similarity."""
+    ds = new_dataset(api, "completion", **NO_PII)
+    rows = [
+        {"prompt": "Hi", "completion": "Hello", "provenance": {"source": "t", "source_ref": "s1"}},
+        {"prompt": "Hi", "completion": "Goodbye", "provenance": {"source": "t", "source_ref": "s2"}},
+        {"prompt": JA, "completion": "人口は約1400万人で、多くの企業の本社があります。", "provenance": {"source": "t", "source_ref": "j1"}},
+        {"prompt": JA, "completion": "人口は約1400万人で、多くの会社の本社があります。", "provenance": {"source": "t", "source_ref": "j2"}},
+        {"prompt": "京都は古い寺院と庭園で知られています。", "completion": "毎年多くの観光客が訪れる歴史的な都市です。",
+         "provenance": {"source": "t", "source_ref": "j3"}},
+    ]
+    ingest(api, ds, rows)
+    ex = by_ref(api, ds)
+    assert ex["s1"]["status"] == ex["s2"]["status"] == "pending_review"
+    assert ex["s1"]["dedup"]["signature"]["flags"] == ["short"]
+    assert {ex["j1"]["status"], ex["j2"]["status"]} == {"pending_review", "duplicate"}
+    assert "char_shingles" in ex["j1"]["dedup"]["signature"]["flags"]
+    assert ex["j3"]["status"] == "pending_review"
+
+
+def test_overrule_not_duplicate_is_audited_and_sticks_on_rebuild(api):
+    ds = new_dataset(api, **NO_PII)
+    ingest(api, ds, [row("a", ARTICLE)])
+    ingest(api, ds, [row("b", near(ARTICLE, 1))])
+    ex = by_ref(api, ds)
+    b = ex["b"]["id"]
+    r = api.as_("auditor").post(f"/v1/examples/{b}/dedup:overrule", json={"decision": "not_duplicate", "reason": "x"})
+    assert r.status_code == 403
+    r = api.as_("reviewer").post(f"/v1/examples/{b}/dedup:overrule",
+                                 json={"decision": "not_duplicate", "reason": "different budget figures"})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "pending_review"
+    assert r.json()["dedup"]["decisions"][0]["decision"] == "not_duplicate"
+    r = api.as_("reviewer").post(f"/v1/examples/{b}/dedup:overrule", json={"decision": "not_duplicate", "reason": "x"})
+    assert r.status_code == 409  # nothing left to overrule
+    # a third near copy joins the canonical but never puts a and b back together
+    ingest(api, ds, [row("c", near(ARTICLE, 2))])
+    rb = api.as_("curator").post(f"/v1/datasets/{ds['id']}/dedup:rebuild")
+    assert rb.status_code == 202, rb.text
+    summary = api.as_("auditor").get(f"/v1/datasets/{ds['id']}/dedup").json()
+    assert summary["rebuild"]["status"] == "done", summary
+    assert summary["rebuild"]["result"]["signatures_reused"] >= 2
+    ex = by_ref(api, ds)
+    assert ex["b"]["status"] == "pending_review"
+    assert ex["a"]["status"] == "pending_review"
+    assert ex["c"]["status"] == "duplicate"
+    events = api.as_("auditor").get("/v1/audit/verify").json()
+    assert events["ok"]
+
+
+def test_rebuild_after_threshold_change(api):
+    ds = new_dataset(api, **NO_PII)
+    words = ARTICLE.split()
+    lighter = " ".join(words[:-12] + [w.upper() + "x" for w in words[-12:]])  # Jaccard well below 0.8
+    ingest(api, ds, [row("a", ARTICLE), row("b", lighter)])
+    assert by_ref(api, ds)["b"]["status"] == "pending_review"
+    r = api.as_("curator").patch(f"/v1/datasets/{ds['id']}", json={"dedup_policy": {"threshold": 0.3}})
+    assert r.status_code == 200, r.text
+    assert api.as_("curator").post(f"/v1/datasets/{ds['id']}/dedup:rebuild").status_code == 202
+    ex = by_ref(api, ds)
+    assert ex["b"]["status"] == "duplicate", ex["b"]["dedup"]
+    summary = api.as_("auditor").get(f"/v1/datasets/{ds['id']}/dedup").json()
+    assert summary["index"]["bands"] > 16 and summary["rebuild"]["result"]["threshold"] == 0.3
+    # and back: a stricter threshold gives b its status back
+    api.as_("curator").patch(f"/v1/datasets/{ds['id']}", json={"dedup_policy": {"threshold": 0.9}})
+    api.as_("curator").post(f"/v1/datasets/{ds['id']}/dedup:rebuild")
+    assert by_ref(api, ds)["b"]["status"] == "pending_review"
+
+
+@pytest.mark.parametrize("eval_first", [True, False])
+def test_eval_contamination_guard(api, eval_first):
+    evalset = new_dataset(api, is_eval_set=True, **NO_PII)
+    train = new_dataset(api, **NO_PII)
+    steps = [(evalset, [row("e1", ARTICLE)]), (train, [row("t1", near(ARTICLE, 1)), row("t2", OTHER)])]
+    for ds, rows in steps if eval_first else steps[::-1]:
+        ingest(api, ds, rows)
+    ex = by_ref(api, train)
+    assert ex["t1"]["contaminates_eval"] is True
+    assert ex["t1"]["dedup"]["eval_matches"][0]["eval_dataset_id"] == evalset["id"]
+    assert ex["t2"]["contaminates_eval"] is False
+    assert ex["t1"]["status"] == "pending_review"  # flagged, not a duplicate: it is in another dataset
+    t1 = ex["t1"]["id"]
+    body = {"decision": "allow_eval_overlap", "reason": "the eval item is public boilerplate"}
+    assert api.as_("reviewer").post(f"/v1/examples/{t1}/dedup:overrule", json=body).status_code == 403
+    r = api.as_("curator").post(f"/v1/examples/{t1}/dedup:overrule", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["contaminates_eval"] is False
+    summary = api.as_("auditor").get(f"/v1/datasets/{train['id']}/dedup").json()
+    assert summary["contaminates_eval"] == 0
+
+
+def test_a_redis_fault_mid_batch_marks_nothing_and_the_rerun_does(db, monkeypatch):
+    import redis
+
+    from app.dedup import service
+    from app.pipeline import service as pipeline
+    from tests.conftest import Api, make_keys
+
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app()) as client:
+        api = Api(client, make_keys())
+        ds = new_dataset(api, **NO_PII)
+        ingest(api, ds, [row("a", ARTICLE)])
+        real = service.open_index
+
+        class Broken:
+            def __init__(self, idx):
+                self.idx = idx
+
+            def query_insert(self, keys, sigs):
+                raise redis.exceptions.ConnectionError("connection reset mid-batch")
+
+        monkeypatch.setattr(service, "open_index", lambda *a, **k: Broken(real(*a, **k)))
+        ingest(api, ds, [row("b", near(ARTICLE, 1))])  # the in-process task fails and is logged
+        b = by_ref(api, ds)["b"]
+        assert b["status"] != "duplicate" and b["stage"] == "dedup"
+        with session_scope() as s:
+            assert s.scalar(select(func.count()).select_from(DuplicateLink)) == 0
+            assert s.scalar(select(func.count()).select_from(DedupPair)) == 0
+            assert s.get(DedupSignature, __import__("uuid").UUID(b["id"])) is None
+        monkeypatch.setattr(service, "open_index", real)
+        assert pipeline.run_stage("dedup", [b["id"]]) == 1  # what the redelivery / sweeper does
+        b = by_ref(api, ds)["b"]
+        assert b["status"] == "duplicate" and b["stage"] is None
+        with session_scope() as s:
+            assert s.scalar(select(func.count()).select_from(Example).where(Example.status == "duplicate")) == 1
+
+
+def test_a_bridge_merges_clusters_and_the_approved_member_stays_canonical(api):
+    from sqlalchemy import update
+
+    words = [f"word{i}" for i in range(100)]
+    c_text = " ".join(words)
+    a_text = " ".join(words[:-6] + [f"end{i}" for i in range(6)])  # J(a, c) = 0.89
+    b_text = " ".join([f"st{i}" for i in range(6)] + words[6:])  # J(b, c) = 0.83, J(a, b) = 0.74
+    ds = new_dataset(api, **NO_PII)
+    ingest(api, ds, [row("a", a_text)])
+    ingest(api, ds, [row("b", b_text)])
+    ex = by_ref(api, ds)
+    assert ex["a"]["status"] == ex["b"]["status"] == "pending_review"
+    with session_scope() as s:  # as if a reviewer approved b
+        s.execute(update(Example).where(Example.id == __import__("uuid").UUID(ex["b"]["id"])).values(status="approved"))
+    ingest(api, ds, [row("c", c_text)])
+    ex = by_ref(api, ds)
+    assert ex["b"]["status"] == "approved"
+    assert ex["a"]["status"] == "duplicate" and ex["c"]["status"] == "duplicate"
+    assert {d["example_id"] for d in ex["a"]["duplicates"] if d["relation"] == "canonical"} == {ex["b"]["id"]}
+    page = api.as_("auditor").get(f"/v1/datasets/{ds['id']}/duplicates").json()
+    assert [(c["canonical"], c["size"]) for c in page["clusters"]] == [(ex["b"]["id"], 3)]
+    # separating a from b gives a its review status back; c stays with b
+    r = api.as_("curator").post(f"/v1/examples/{ex['a']['id']}/dedup:overrule",
+                                json={"decision": "not_duplicate", "reason": "different ending"})
+    assert r.status_code == 200, r.text
+    ex = by_ref(api, ds)
+    assert ex["a"]["status"] == "pending_review" and ex["c"]["status"] == "duplicate"

@@ -1,0 +1,116 @@
+"""Two real `celery worker` processes dedup near-duplicates that arrive at the same moment, against the real
+Redis index and PostgreSQL: every pair must end up in one cluster with exactly one canonical member."""
+
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from sqlalchemy import func, select
+
+from app.core.db import session_scope
+from app.models.dedup import DedupPair
+from app.models.example import DuplicateLink, Example
+from tests.conftest import Api, make_keys, new_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.worker, pytest.mark.redis, pytest.mark.postgres]
+NDJSON = {"Content-Type": "application/x-ndjson"}
+
+
+def start_worker(env: dict[str, str], name: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "default,pii,dedup",
+           "--concurrency", "1", "--pool", "prefork", "-n", f"{name}@%h", "--loglevel", "INFO",
+           "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen) -> bytes:
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out
+
+
+@pytest.fixture
+def worker_env(pg, redis_url, monkeypatch):
+    # A Redis database of its own (broker and index), away from the foundation's worker tests.
+    n = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+    url = redis_url.rsplit("/", 1)[0] + f"/{11 + n}"
+    redis.Redis.from_url(url).flushdb()
+    monkeypatch.setenv("PEDIGREE_REDIS_URL", url)
+    monkeypatch.setenv("PEDIGREE_EMBEDDED", "false")
+    from app.core.config import reset_settings
+
+    reset_settings()
+    from app.core import jobs
+
+    jobs.celery_client.cache_clear()
+    env = {**os.environ, "PEDIGREE_DATABASE_URL": pg, "PEDIGREE_REDIS_URL": url, "PEDIGREE_EMBEDDED": "false"}
+    yield env
+    redis.Redis.from_url(url).flushdb()
+
+
+def texts(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    vocab = [f"w{i}" for i in range(3000)]
+    return [" ".join(rng.choice(vocab) for _ in range(60)) for _ in range(n)]
+
+
+def near(text: str, i: int) -> str:
+    words = text.split()
+    words[-1 - (i % 2)] = f"edit{i}"  # at most 2 of 56 shingles change: Jaccard > 0.9
+    return " ".join(words)
+
+
+def test_two_workers_racing_on_near_duplicates_link_every_pair(worker_env):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    n = 300
+    base = texts(n, seed=5)
+    with TestClient(create_app()) as client:
+        api = Api(client, make_keys())
+        ds = new_dataset(api, pii_policy={"enabled": False})
+        # Both imports are queued before any worker runs, so the two workers take one each and reach the
+        # dedup stage together: near_i is claimed in Redis while base_i is being claimed by the other.
+        for rows in ([{"instruction": "q", "output": t, "provenance": {"source": "a", "source_ref": str(i)}}
+                      for i, t in enumerate(base)],
+                     [{"instruction": "q", "output": near(t, i), "provenance": {"source": "b", "source_ref": str(i)}}
+                      for i, t in enumerate(base)]):
+            body = b"\n".join(orjson.dumps(r) for r in rows)
+            r = api.as_("curator").post(f"/v1/datasets/{ds['id']}/examples:import", content=body, headers=NDJSON)
+            assert r.json()["accepted"] == n, r.text
+        procs = [start_worker(worker_env, "w1"), start_worker(worker_env, "w2")]
+        try:
+            deadline = time.time() + 180
+            counts: dict = {}
+            while time.time() < deadline:
+                counts = api.as_("auditor").get(f"/v1/datasets/{ds['id']}").json()["counts"]
+                if counts["pending_review"] + counts["duplicate"] == 2 * n:
+                    break
+                time.sleep(0.5)
+            assert counts["pending_review"] == n and counts["duplicate"] == n, counts
+            page = api.as_("auditor").get(f"/v1/datasets/{ds['id']}/duplicates?limit=1000").json()
+        finally:
+            logs = [stop(p) for p in procs]
+    assert all(b"pedigree.pipeline.run_stage" in out for out in logs), "both workers must have taken batches"
+    assert len(page["clusters"]) == n and all(c["size"] == 2 for c in page["clusters"])
+    with session_scope() as s:
+        src = dict(s.execute(select(Example.id, Example.source_ref + ":" + Example.source)).all())
+        links = s.execute(select(DuplicateLink.example_id, DuplicateLink.canonical_example_id)
+                          .where(DuplicateLink.dataset_id == uuid.UUID(ds["id"]))).all()
+        assert len(links) == n
+        for dup, canon in links:
+            assert src[dup].split(":")[0] == src[canon].split(":")[0]  # base_i with near_i, never another i
+        assert s.scalar(select(func.count()).select_from(DedupPair)) == n
