@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,7 +119,8 @@ def gather(session: Session, snap: Snapshot) -> Facts:
     excl = {k: v for k, v in (snap.counts.get("excluded") or {}).items() if v}
     comp.tables.append(("Examples of the dataset left out, by rule", ["rule", "examples"],
                         [[k, v] for k, v in excl.items()] or [["(none)", 0]]))
-    comp.paragraphs.append(f"Filter: `{snap.filter}`.")
+    shown = {k: v for k, v in (snap.filter or {}).items() if v not in (None, False)}
+    comp.paragraphs.append(f"Filter: `{json.dumps(shown, sort_keys=True)}` (anything not named here: defaults).")
     if len(st.get("sources", {})) > 1:
         srcs = st["sources"]
         comp.charts.append(("Members by source", _fig("barh", list(srcs), list(srcs.values()),
@@ -283,7 +285,7 @@ def render_html(f: Facts) -> str:
     css = ("body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
            "table{border-collapse:collapse;margin:.5rem 0 1rem}td,th{border:1px solid #ccc;padding:.2rem .6rem;"
            "text-align:left}th{background:#f3f3f3}code{background:#f3f3f3;padding:0 .2rem;word-break:break-all}"
-           "figure{margin:1rem 0}figcaption{color:#555;font-size:13px}")
+           "figure{margin:1rem 0}figcaption,caption{color:#555;font-size:13px;text-align:left}")
     head = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(f.title)}</title>"
             f"<style>{css}</style></head><body><h1>{html.escape(f.title)}</h1>")
     out = [head, f"<p>Manifest sha256: <code>{f.manifest_sha256}</code></p>"]

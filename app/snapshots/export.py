@@ -132,17 +132,6 @@ def parquet_schema(dataset_format: str):
                      metadata=meta)
 
 
-def pedigree_arrow_schema(dataset_format: str):
-    """The pedigree line as pyarrow's JSON reader should type it."""
-    import pyarrow as pa
-
-    data = parquet_schema(dataset_format)
-    content_fields = [f for f in data if f.name not in ("split", "revision_id", "example_id", "content_sha256")]
-    s = pa.string()
-    return pa.schema([("revision_id", s), ("example_id", s), ("split", s), ("format", s),
-                      ("content", pa.struct(content_fields)), ("content_sha256", s)])
-
-
 def content_from_parquet_row(dataset_format: str, row: dict[str, Any]) -> dict[str, Any]:
     """The stored content back from a Parquet row. A message without a weight has a null one in
     Parquet; pandas hands weights back as floats (NaN for null), so both are normalised here."""
@@ -192,32 +181,108 @@ class _Sink:
         return out
 
 
-def _table(dataset_format: str, block: bytes, schema: Any, in_schema: Any) -> Any:
+FLAT_FIELDS = {"instruction": ("instruction", "input", "output"), "completion": ("prompt", "completion"),
+               "preference": ("prompt", "chosen", "rejected")}
+META_FIELDS = ("split", "revision_id", "example_id", "content_sha256")
+
+
+def table_from_pedigree(dataset_format: str, block: bytes, schema: Any) -> Any:
+    """A block of pedigree lines as an Arrow table, parsed by pyarrow's C++ JSON reader (no Python per
+    row, and the GIL is released, so it overlaps with the writer)."""
     import pyarrow as pa
     import pyarrow.json as pj
 
-    # pyarrow's C++ JSON reader parses the whole block: no Python per row. The block size must
-    # exceed the longest line, so give it the block itself.
-    t = pj.read_json(pa.BufferReader(block), read_options=pj.ReadOptions(block_size=max(len(block), 1 << 20)),
+    content = pa.struct([f for f in schema if f.name not in META_FIELDS])
+    in_schema = pa.schema([("revision_id", pa.string()), ("example_id", pa.string()), ("split", pa.string()),
+                           ("content", content), ("content_sha256", pa.string())])
+    # The reader needs every line inside one of its blocks: size them above the longest line.
+    longest = max(map(len, block.split(b"\n")), default=0)
+    t = pj.read_json(pa.BufferReader(block),
+                     read_options=pj.ReadOptions(block_size=max(1 << 20, 2 * longest), use_threads=True),
                      parse_options=pj.ParseOptions(explicit_schema=in_schema, unexpected_field_behavior="ignore"))
-    content = t.column("content").combine_chunks()
-    cols = {f.name: content.field(f.name) for f in in_schema.field("content").type}
-    for name in ("split", "revision_id", "example_id", "content_sha256"):
+    struct = t.column("content").combine_chunks()
+    cols = {f.name: struct.field(f.name) for f in content}
+    for name in META_FIELDS:
         cols[name] = t.column(name)
     return pa.Table.from_pydict(cols, schema=schema)
 
 
-def stream_parquet(dataset_format: str, blocks: Iterable[bytes], *, metadata: dict[str, str]) -> Iterator[bytes]:
-    """Each block of pedigree lines becomes one row group, written and sent before the next is read."""
+def table_from_csv(dataset_format: str, block: bytes, schema: Any) -> Any:
+    """A block of CSV rows (the flat content fields, then META_FIELDS) as an Arrow table."""
+    import pyarrow as pa
+    import pyarrow.csv as pc
+
+    names = [*FLAT_FIELDS[dataset_format], *META_FIELDS]
+    return pc.read_csv(
+        pa.BufferReader(block),
+        read_options=pc.ReadOptions(column_names=names, use_threads=True),
+        parse_options=pc.ParseOptions(newlines_in_values=True),
+        convert_options=pc.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
+                                          strings_can_be_null=False, quoted_strings_can_be_null=False),
+    ).select([f.name for f in schema])
+
+
+def _prefetch(items: Iterable[Any], fn: Callable[[Any], Any], depth: int = 1) -> Iterator[Any]:
+    """fn(item) for each item, computed one step ahead in a thread: reading the database and parsing
+    (which release the GIL) overlap with compressing and sending. Stops the thread if the consumer
+    goes away (a client that disconnects mid-download)."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in items:
+                out = fn(item)
+                while not stop.is_set():
+                    try:
+                        q.put(("ok", out), timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("ok", done))
+        except BaseException as e:  # noqa: BLE001  (re-raised in the consumer)
+            q.put(("err", e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None and stop.is_set():
+                close()
+
+    t = threading.Thread(target=work, name="snapshot-export", daemon=True)
+    t.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "err":
+                raise value
+            if value is done:
+                return
+            yield value
+    finally:
+        stop.set()
+        t.join(timeout=30)
+
+
+def stream_parquet(dataset_format: str, blocks: Iterable[bytes], *, metadata: dict[str, str],
+                   csv: bool = False) -> Iterator[bytes]:
+    """Each block (pedigree lines, or CSV rows for flat formats) becomes one row group, written and sent
+    before the next is read."""
     import pyarrow.parquet as pq
 
     schema = parquet_schema(dataset_format)
     schema = schema.with_metadata({**schema.metadata, **{k.encode(): v.encode() for k, v in metadata.items()}})
-    in_schema = pedigree_arrow_schema(dataset_format)
+    parse = table_from_csv if csv else table_from_pedigree
     sink = _Sink()
-    writer = pq.ParquetWriter(sink, schema, compression="zstd")
-    for block in blocks:
-        writer.write_table(_table(dataset_format, block, schema, in_schema))
+    # Dictionary encoding only where values repeat: ids and hashes are unique, and trying a
+    # dictionary on them costs time for nothing.
+    writer = pq.ParquetWriter(sink, schema, compression="zstd", use_dictionary=["split"])
+    for table in _prefetch(blocks, lambda b: parse(dataset_format, b, schema)):
+        writer.write_table(table)
         data = sink.drain()
         if data:
             yield data

@@ -7,7 +7,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Str
 
 from app.audit import service as audit
 from app.core.auth import Actor, Curator, require
-from app.core.db import SessionDep
+from app.core.db import SessionDep, get_engine
 from app.core.errors import ValidationFailed
 from app.models.snapshot import Snapshot
 from app.snapshots import datasheet, export, service
@@ -84,12 +84,15 @@ def export_snapshot(snapshot_id: str, session: SessionDep, actor: SnapshotReader
         "Content-Disposition": f'attachment; filename="{snap.name}.{split}.{EXT.get(format, "jsonl")}"',
     }
     if format == "parquet":
+        meta = {"pedigree.manifest_sha256": plan.manifest_sha256,
+                "pedigree.export_manifest_sha256": plan.export_manifest_sha256, "pedigree.snapshot_id": str(snap.id)}
         # Larger blocks for Parquet: each becomes one row group.
-        blocks = service.iter_pedigree_blocks(plan, block_rows=20_000)
-        body = export.stream_parquet(plan.dataset_format, blocks, metadata={
-            "pedigree.manifest_sha256": plan.manifest_sha256,
-            "pedigree.export_manifest_sha256": plan.export_manifest_sha256,
-            "pedigree.snapshot_id": str(snap.id)})
+        if get_engine().dialect.name == "postgresql" and plan.dataset_format in export.FLAT_FIELDS:
+            blocks = service.iter_csv_blocks(plan, export.FLAT_FIELDS[plan.dataset_format])
+            body = export.stream_parquet(plan.dataset_format, blocks, metadata=meta, csv=True)
+        else:
+            blocks = service.iter_pedigree_blocks(plan, block_rows=10_000)
+            body = export.stream_parquet(plan.dataset_format, blocks, metadata=meta)
     else:
         body = export.stream_jsonl(format, plan.dataset_format, service.iter_pedigree_blocks(plan))
     return StreamingResponse(body, media_type=MEDIA.get(format, "application/x-ndjson"), headers=headers)

@@ -39,7 +39,7 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
     sa.ForeignKeyConstraint(['dataset_id'], ['datasets.id'], name=op.f('fk_snapshots_dataset_id_datasets')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_snapshots')),
-    sa.UniqueConstraint('dataset_id', 'name', name=op.f('uq_snapshots_dataset_id')),
+    sa.UniqueConstraint('dataset_id', 'name', name=op.f('uq_snapshots_dataset_id_name')),
     )
     op.create_index(op.f('ix_snapshots_dataset_id'), 'snapshots', ['dataset_id'], unique=False)
     op.create_index(op.f('ix_snapshots_manifest_sha256'), 'snapshots', ['manifest_sha256'], unique=False)

@@ -420,3 +420,14 @@ def test_cli_export_writes_and_verifies(api, tmp_path):
     assert files == ["s1.all.alpaca.jsonl", "s1.all.jsonl", "s1.all.parquet", "s1.manifest.json"]
     res = runner.invoke(cli, ["snapshot", "export", snap["id"], "--format", "xml"])
     assert res.exit_code == 2
+
+
+def test_parquet_loads_with_hf_datasets(api, tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")  # optional: not a dependency of the service
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    _, snap = _chat_snapshot(api)
+    path = tmp_path / "s.parquet"
+    path.write_bytes(api.as_("trainer").get(f"/v1/snapshots/{snap['id']}/export", params={"format": "parquet"}).content)
+    d = datasets.load_dataset("parquet", data_files=str(path), split="train")
+    assert d.num_rows == 2 and {"messages", "split", "content_sha256"} <= set(d.column_names)
