@@ -23,6 +23,7 @@ from app.keys.router import router as keys_router
 from app.pii.router import router as pii_router
 from app.review.router import router as review_router
 from app.snapshots.router import router as snapshots_router
+from app.training.router import router as training_router
 
 log = logging.getLogger("pedigree")
 
@@ -85,7 +86,7 @@ def create_app() -> FastAPI:
                   description="Governed training-data curation for LLM fine-tuning.")
     install_error_handlers(app)
     for r in (datasets_router, examples_router, audit_router, keys_router, pii_router, review_router, snapshots_router,
-              dedup_router):
+              dedup_router, training_router):
         app.include_router(r)
 
     @app.get("/healthz", tags=["ops"])

@@ -18,7 +18,8 @@ settings = get_settings()
 broker = settings.redis_url or os.environ.get("CELERY_BROKER_URL") or "memory://"
 
 celery = Celery("pedigree", broker=broker,
-                include=["workers.tasks.pipeline", "workers.tasks.pii", "workers.tasks.dedup"])
+                include=["workers.tasks.pipeline", "workers.tasks.pii", "workers.tasks.dedup",
+                         "workers.tasks.training"])
 celery.conf.update(
     task_queues=[Queue("default"), Queue("pii"), Queue("dedup")],
     task_default_queue="default",
@@ -32,6 +33,7 @@ celery.conf.update(
     task_always_eager=settings.tasks_eager,
     beat_schedule={
         "pipeline-sweep": {"task": "pedigree.pipeline.sweep", "schedule": 300.0, "options": {"queue": "default"}},
+        "training-reap": {"task": "pedigree.training.reap", "schedule": 30.0, "options": {"queue": "default"}},
     },
     timezone="UTC",
 )

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
 
     api_url: str = "http://127.0.0.1:8000"
     artifact_root: str = str(VAR_DIR / "artifacts")
+    # A running training run with no event or heartbeat for this long is failed as worker_lost by the
+    # reaper. The trainer heartbeats every 10 s; the margin covers a long checkpoint save or GC pause.
+    training_heartbeat_timeout_s: float = 120.0
     log_sql: bool = False
 
     @property

@@ -9,6 +9,15 @@ from app.models.example import DuplicateLink, Example, ExampleRevision, IngestBa
 from app.models.pii import PiiFinding, PiiScrub, PiiVaultEntry
 from app.models.review import Review, ReviewEscalation, ReviewLease, ReviewSuggestion
 from app.models.snapshot import Snapshot, SnapshotMember
+from app.models.training import (
+    Lineage,
+    ModelAlias,
+    ModelAliasHistory,
+    ModelVersion,
+    RegisteredModel,
+    TrainingRun,
+    TrainingRunEvent,
+)
 
 __all__ = [
     "ApiKey",
@@ -35,4 +44,11 @@ __all__ = [
     "ReviewSuggestion",
     "Snapshot",
     "SnapshotMember",
+    "TrainingRun",
+    "TrainingRunEvent",
+    "RegisteredModel",
+    "ModelVersion",
+    "ModelAlias",
+    "ModelAliasHistory",
+    "Lineage",
 ]

@@ -1,0 +1,153 @@
+"""Training runs, their events, the model registry (versions, aliases, alias history) and lineage."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, CreatedAtMixin, IdMixin
+
+RUN_STATUSES = ("validating", "queued", "running", "succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled")
+METHODS = ("lora", "qlora")
+EVENT_KINDS = ("log", "metrics")
+EVENT_LEVELS = ("info", "warn", "error")
+VERSION_STATUSES = ("candidate", "deployed", "retired", "tainted")
+
+# An integer key that autoincrements on both backends (SQLite only does so for INTEGER PRIMARY KEY).
+SerialId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class TrainingRun(IdMixin, CreatedAtMixin, Base):
+    __tablename__ = "training_runs"
+    __table_args__ = (Index("ix_training_runs_status_heartbeat_at", "status", "heartbeat_at"),)
+
+    snapshot_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("snapshots.id"), index=True)
+    # The snapshot's manifest as the run was created against it; the trainer re-derives it from the
+    # export and refuses to train on anything else.
+    expected_manifest_sha256: Mapped[str] = mapped_column(String(64))
+    base_model: Mapped[str] = mapped_column(String(1000))
+    method: Mapped[str] = mapped_column(String(10))
+    # As the caller gave them: the trainer owns the defaults (a default stored here would freeze today's
+    # value into every run and override a better one the trainer ships later).
+    hyperparameters: Mapped[dict] = mapped_column(default=dict)
+    model_name: Mapped[str] = mapped_column(String(200), index=True)
+    # `metadata` is reserved on declarative classes; the column keeps the API's name.
+    meta: Mapped[dict] = mapped_column("metadata", default=dict)
+    status: Mapped[str] = mapped_column(String(20))
+    # Which status the run was in when it failed (validating, queued, running).
+    failed_in: Mapped[str | None] = mapped_column(String(20))
+    error_code: Mapped[str | None] = mapped_column(String(50))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    worker_host: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[dt.datetime | None]
+    queued_at: Mapped[dt.datetime | None]
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    # While running: the latest metrics event's figures; once succeeded: the trainer's final metrics.
+    metrics: Mapped[dict] = mapped_column(default=dict)
+    event_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[str] = mapped_column(String(200))
+    cancelled_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class TrainingRunEvent(Base):
+    __tablename__ = "training_run_events"
+    __table_args__ = (Index("ix_training_run_events_run_id_id", "run_id", "id"),)
+
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("training_runs.id"))
+    kind: Mapped[str] = mapped_column(String(20))
+    level: Mapped[str] = mapped_column(String(10))
+    message: Mapped[str] = mapped_column(Text)
+    step: Mapped[int | None] = mapped_column(Integer)
+    data: Mapped[dict] = mapped_column(default=dict)
+    at: Mapped[dt.datetime]
+
+
+class RegisteredModel(CreatedAtMixin, Base):
+    """One row per model name. Registering a version bumps `latest_version` with one UPDATE, whose row
+    lock serialises concurrent registrations under the same name (versions never collide or skip)."""
+
+    __tablename__ = "registered_models"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    latest_version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ModelVersion(IdMixin, CreatedAtMixin, Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    name: Mapped[str] = mapped_column(ForeignKey("registered_models.name"))
+    version: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("training_runs.id"), unique=True)
+    artifact_uri: Mapped[str] = mapped_column(String(2000))
+    artifact_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20), default="candidate")
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(200))
+
+
+class ModelAlias(Base):
+    __tablename__ = "model_aliases"
+    __table_args__ = (PrimaryKeyConstraint("name", "alias"),)
+
+    name: Mapped[str] = mapped_column(ForeignKey("registered_models.name"))
+    alias: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)
+    # Both the number users speak of and the row it names (lineage joins on the id).
+    model_version_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    updated_at: Mapped[dt.datetime]
+    updated_by: Mapped[str] = mapped_column(String(200))
+
+
+class ModelAliasHistory(Base):
+    """Every move of an alias: who, from which version to which, when and why (append-only)."""
+
+    __tablename__ = "model_alias_history"
+    __table_args__ = (Index("ix_model_alias_history_name_alias_id", "name", "alias", "id"),)
+
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    alias: Mapped[str] = mapped_column(String(100))
+    from_version: Mapped[int | None] = mapped_column(Integer)
+    to_version: Mapped[int] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(200))
+    at: Mapped[dt.datetime]
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class Lineage(Base):
+    """One row per trained revision per run, written with the model version in one transaction.
+
+    `example_id` is copied from the snapshot member so "which models did this example train" is one
+    index lookup; no foreign keys to revisions/examples (the writes are bulk INSERT ... SELECT from rows
+    that exist, and examples are tombstoned, never deleted)."""
+
+    __tablename__ = "lineage"
+    __table_args__ = (
+        PrimaryKeyConstraint("run_id", "revision_id"),
+        Index("ix_lineage_example_id", "example_id"),
+        Index("ix_lineage_revision_id", "revision_id"),
+        Index("ix_lineage_model_version_id", "model_version_id"),
+    )
+
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("training_runs.id"))
+    model_version_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("model_versions.id"))
+    revision_id: Mapped[uuid.UUID]
+    example_id: Mapped[uuid.UUID]
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    epochs: Mapped[int] = mapped_column(Integer)

@@ -1,0 +1,162 @@
+"""The embedded default's trainer: with no Redis there is no GPU worker to send the task to, so a run
+executes in this process, in a background thread, through the same service functions the HTTP
+protocol calls (start, events, complete, fail) and the same command line a GPU host runs
+(`python -m trainer train`, as a child process: the API never imports torch, and a crash of the
+training code cannot take the API down with it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from app.core import jobs
+from app.core.auth import Actor
+from app.core.db import session_scope
+from app.core.errors import Conflict
+from app.snapshots import service as snapshots
+from app.training import artifacts, service
+from app.training.schemas import EventIn, RunComplete
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# The in-process runner acts with the trainer role, under a name that says where it ran.
+ACTOR = Actor(key_id=uuid.UUID(int=1), name="embedded-trainer", role="trainer", is_human=False)
+FLUSH_S = 1.0
+
+_threads: dict[str, threading.Thread] = {}
+
+
+@jobs.local_handler(service.TRAIN_TASK)
+def start_in_background(run_id: str) -> None:
+    """Called after the creating transaction commits. Returns at once: the request is not held for the
+    length of a training run."""
+    t = threading.Thread(target=run, args=(run_id,), name=f"pedigree-train-{run_id}", daemon=True)
+    _threads[run_id] = t
+    t.start()
+
+
+def wait(run_id: str, timeout: float | None = None) -> None:
+    t = _threads.get(run_id)
+    if t is not None:
+        t.join(timeout)
+
+
+def _events(run_id: str, events: list[dict[str, Any]]) -> bool:
+    """Forward a batch; False once the run no longer accepts events (cancelled or reaped)."""
+    try:
+        with session_scope() as s:
+            service.add_events(s, run_id=run_id, events=[EventIn(**e) for e in events])
+        return True
+    except Conflict:
+        return False
+
+
+def run(run_id: str) -> dict[str, Any]:
+    try:
+        with session_scope() as s:
+            r = service.start(s, run_id=run_id, worker_host=f"embedded:{socket.gethostname()}:{os.getpid()}",
+                              actor=ACTOR)
+            spec = {"base_model": r.base_model, "method": r.method, "hyperparameters": r.hyperparameters,
+                    "expected_manifest_sha256": r.expected_manifest_sha256, "model_name": r.model_name,
+                    "model_card": service.model_card_facts(s, r)}
+            snap = snapshots.get(s, r.snapshot_id)
+            plan = snapshots.plan_export(s, snap, split="all")
+    except Conflict:
+        return {"status": "skipped"}
+    try:
+        return _train(run_id, spec, plan)
+    except Exception as exc:
+        log.exception("embedded training run %s failed", run_id)
+        try:
+            with session_scope() as s:
+                service.fail(s, run_id=run_id, code="internal_error",
+                             message=f"embedded trainer: {type(exc).__name__}: {exc}", actor=ACTOR)
+        except Conflict:
+            pass
+        return {"status": "failed", "code": "internal_error"}
+
+
+def _train(run_id: str, spec: dict[str, Any], plan: Any) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix=f"pedigree-run-{run_id}-") as tmp_s:
+        tmp = Path(tmp_s)
+        data, events, stop, out = tmp / "export.jsonl", tmp / "events.jsonl", tmp / "stop", tmp / "out"
+        with open(data, "wb") as f:
+            for block in snapshots.iter_pedigree_blocks(plan):
+                f.write(block)
+                if not block.endswith(b"\n"):
+                    f.write(b"\n")
+        (tmp / "spec.json").write_text(json.dumps(spec, default=str))
+        cmd = [sys.executable, "-m", "trainer", "train", "--spec", str(tmp / "spec.json"), "--data", str(data),
+               "--out", str(out), "--events", str(events), "--stop-file", str(stop), "--quiet"]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
+                                                                         os.environ.get("PYTHONPATH")]))}
+        _events(run_id, [{"kind": "log", "message": f"embedded trainer: {plan.count} records, training on the CPU"}])
+        proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stderr: list[bytes] = []
+        reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
+        reader.start()
+        offset, cancelled = 0, False
+        while True:
+            done = proc.poll() is not None
+            offset, batch = _read_new(events, offset)
+            # An empty batch is still a heartbeat, so the reaper leaves a slow first step alone.
+            if not cancelled and not _events(run_id, batch or [{"kind": "heartbeat"}]):
+                cancelled = True
+                stop.touch()  # the trainer stops at the next step boundary
+            if done:
+                break
+            time.sleep(FLUSH_S)
+        reader.join(timeout=10)
+        if cancelled:
+            return {"status": "cancelled"}
+        result_path = out / "result.json"
+        result = json.loads(result_path.read_text()) if result_path.exists() else None
+        if not result or "error" in result:
+            err = (result or {}).get("error") or {
+                "code": "internal_error",
+                "message": f"trainer exited with {proc.returncode}: "
+                           f"{b''.join(stderr).decode(errors='replace')[-2000:]}"}
+            with session_scope() as s:
+                service.fail(s, run_id=run_id, code=err["code"], message=err["message"], actor=ACTOR)
+            return {"status": "failed", "code": err["code"]}
+        tarball = tmp / f"{run_id}.tar.gz"
+        sha = artifacts.package(Path(result["adapter_dir"]), tarball)
+        uri = artifacts.upload(tarball, spec["model_name"], run_id)
+        body = RunComplete(artifact_uri=uri, artifact_sha256=sha, metrics=result["metrics"],
+                           examples=result["examples"])
+        try:
+            with session_scope() as s:
+                _, mv = service.complete(s, run_id=run_id, data=body, actor=ACTOR)
+                name, version = mv.name, mv.version
+        except Conflict:
+            return {"status": "refused", "artifact_uri": uri}
+        return {"status": "succeeded", "model_version": {"name": name, "version": version}}
+
+
+def _read_new(path: Path, offset: int) -> tuple[int, list[dict[str, Any]]]:
+    if not path.exists():
+        return offset, []
+    with open(path, "rb") as f:
+        f.seek(offset)
+        chunk = f.read()
+    end = chunk.rfind(b"\n") + 1  # whole lines only: the child may be mid-write
+    out = []
+    for line in chunk[:end].splitlines():
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        out.append({k: e.get(k) for k in ("kind", "level", "message", "step", "data")})
+    return offset + end, out

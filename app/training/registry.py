@@ -1,0 +1,161 @@
+"""The model registry: versions counting up per name, aliases that point at versions, and the history
+of every alias move (MLflow keeps none: mlflow issue 2169).
+
+A version's status follows its aliases: `candidate` until an alias points at it, `deployed` while one
+does, `retired` once the last one moves away. `tainted` (set when a trained example turns out to be
+bad: the lineage issue) is sticky, and a tainted version cannot be promoted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.core.auth import Actor
+from app.core.errors import Conflict, NotFound
+from app.models.base import utcnow
+from app.models.training import ModelAlias, ModelAliasHistory, ModelVersion, RegisteredModel, TrainingRun
+
+
+def register(session: Session, *, name: str, run: TrainingRun, artifact_uri: str, artifact_sha256: str,
+             actor: Actor) -> ModelVersion:
+    ins = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.execute(ins(RegisteredModel).values(name=name, latest_version=0, created_at=utcnow())
+                    .on_conflict_do_nothing(index_elements=["name"]))
+    # The UPDATE's row lock is held to commit: two runs finishing under one name get n and n+1.
+    version = session.execute(
+        update(RegisteredModel).where(RegisteredModel.name == name)
+        .values(latest_version=RegisteredModel.latest_version + 1).returning(RegisteredModel.latest_version)
+    ).scalar_one()
+    mv = ModelVersion(name=name, version=version, run_id=run.id, artifact_uri=artifact_uri,
+                      artifact_sha256=artifact_sha256, status="candidate", created_by=actor.ref)
+    session.add(mv)
+    session.flush()
+    audit.record(session, actor=actor.ref, action="model_version.registered", entity_type="model_version",
+                 entity_id=mv.id, payload={"name": name, "version": version, "run_id": str(run.id),
+                                           "artifact_uri": artifact_uri, "artifact_sha256": artifact_sha256})
+    return mv
+
+
+def get_version(session: Session, name: str, version: int, *, lock: bool = False) -> ModelVersion:
+    q = select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
+    if lock:
+        q = q.with_for_update()
+    mv = session.scalar(q)
+    if mv is None:
+        raise NotFound(f"model {name} has no version {version}", details={"model": name, "version": version})
+    return mv
+
+
+def _require_model(session: Session, name: str, *, lock: bool = False) -> RegisteredModel:
+    q = select(RegisteredModel).where(RegisteredModel.name == name)
+    if lock:
+        q = q.with_for_update()
+    m = session.scalar(q)
+    if m is None:
+        raise NotFound(f"model {name} not found", details={"model": name})
+    return m
+
+
+def aliases_by_version(session: Session, name: str) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for alias, version in session.execute(select(ModelAlias.alias, ModelAlias.version)
+                                          .where(ModelAlias.name == name).order_by(ModelAlias.alias)):
+        out.setdefault(version, []).append(alias)
+    return out
+
+
+def list_models(session: Session) -> list[dict[str, Any]]:
+    rows = session.execute(select(RegisteredModel.name, RegisteredModel.latest_version, RegisteredModel.created_at)
+                           .order_by(RegisteredModel.name)).all()
+    aliases: dict[str, dict[str, int]] = {}
+    for name, alias, version in session.execute(select(ModelAlias.name, ModelAlias.alias, ModelAlias.version)):
+        aliases.setdefault(name, {})[alias] = version
+    return [{"name": n, "latest_version": v, "created_at": c, "aliases": aliases.get(n, {})} for n, v, c in rows]
+
+
+def list_versions(session: Session, name: str, *, status: str | None = None) -> list[ModelVersion]:
+    _require_model(session, name)
+    q = select(ModelVersion).where(ModelVersion.name == name)
+    if status:
+        q = q.where(ModelVersion.status == status)
+    return list(session.scalars(q.order_by(ModelVersion.version.desc())))
+
+
+def move_alias(session: Session, *, name: str, alias: str, version: int, reason: str | None,
+               actor: Actor) -> dict[str, Any]:
+    """Promote, or roll back (the same call with an earlier version). The model row is locked first, so
+    concurrent moves of any alias of one model apply one after the other and the history has no gaps."""
+    _require_model(session, name, lock=True)
+    target = get_version(session, name, version, lock=True)
+    if target.status == "tainted":
+        raise Conflict(f"{name} v{version} is tainted and cannot be promoted", code="tainted",
+                       details={"model": name, "version": version, "reason": target.status_reason})
+    current = session.scalar(select(ModelAlias).where(ModelAlias.name == name, ModelAlias.alias == alias)
+                             .with_for_update())
+    from_version = current.version if current else None
+    if from_version == version:
+        return {"name": name, "alias": alias, "version": version, "from_version": from_version, "changed": False}
+    now = utcnow()
+    if current is None:
+        session.add(ModelAlias(name=name, alias=alias, version=version, model_version_id=target.id, updated_at=now,
+                               updated_by=actor.ref))
+    else:
+        current.version, current.model_version_id = version, target.id
+        current.updated_at, current.updated_by = now, actor.ref
+    session.execute(insert(ModelAliasHistory), [{"name": name, "alias": alias, "from_version": from_version,
+                                                 "to_version": version, "actor": actor.ref, "at": now,
+                                                 "reason": reason}])
+    session.flush()
+    target.status = "deployed"
+    if from_version is not None:
+        still = session.scalar(select(func.count()).select_from(ModelAlias)
+                               .where(ModelAlias.name == name, ModelAlias.version == from_version))
+        old = get_version(session, name, from_version)
+        if not still and old.status == "deployed":
+            old.status = "retired"
+    audit.record(session, actor=actor.ref, action="model_alias.moved", entity_type="model_version",
+                 entity_id=target.id, payload={"name": name, "alias": alias, "from_version": from_version,
+                                               "to_version": version, "reason": reason})
+    return {"name": name, "alias": alias, "version": version, "from_version": from_version, "changed": True}
+
+
+def alias_history(session: Session, *, name: str, alias: str, before: int | None,
+                  limit: int) -> tuple[list[ModelAliasHistory], int | None]:
+    _require_model(session, name)
+    q = select(ModelAliasHistory).where(ModelAliasHistory.name == name, ModelAliasHistory.alias == alias)
+    if before is not None:
+        q = q.where(ModelAliasHistory.id < before)
+    rows = list(session.scalars(q.order_by(ModelAliasHistory.id.desc()).limit(limit + 1)))
+    nxt = rows[limit - 1].id if len(rows) > limit else None
+    return rows[:limit], nxt
+
+
+def set_status(session: Session, *, name: str, version: int, status: str, reason: str | None,
+               actor: Actor) -> ModelVersion:
+    """Retire or taint a version by hand (the lineage issue taints automatically through this)."""
+    mv = get_version(session, name, version, lock=True)
+    if mv.status == "tainted" and status != "tainted":
+        raise Conflict(f"{name} v{version} is tainted; a tainted version stays tainted", code="tainted")
+    if status in ("tainted", "retired", "candidate"):
+        holding = session.scalars(select(ModelAlias.alias).where(ModelAlias.name == name,
+                                                                 ModelAlias.version == version)).all()
+        if holding and status != "tainted":
+            raise Conflict(f"{name} v{version} is served by alias(es) {', '.join(holding)}; move them first",
+                           code="aliased", details={"aliases": list(holding)})
+    previous = mv.status
+    mv.status, mv.status_reason = status, reason
+    audit.record(session, actor=actor.ref, action="model_version.status_changed", entity_type="model_version",
+                 entity_id=mv.id, payload={"name": name, "version": version, "from": previous, "to": status,
+                                           "reason": reason})
+    return mv
+
+
+def version_by_id(session: Session, mv_id: uuid.UUID) -> ModelVersion | None:
+    return session.get(ModelVersion, mv_id)

@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.core.auth import Actor, Curator, require
+from app.core.db import SessionDep
+from app.core.errors import NotFound
+from app.models.training import ModelVersion, TrainingRun, TrainingRunEvent
+from app.training import artifacts, registry, service
+from app.training import embedded as _embedded  # noqa: F401 - registers the in-process runner
+from app.training.schemas import (
+    AliasMove,
+    AliasName,
+    EventsIn,
+    ModelName,
+    RunComplete,
+    RunCreate,
+    RunFail,
+    RunStart,
+    VersionStatusChange,
+)
+
+runs = APIRouter(prefix="/v1/training-runs", tags=["training"])
+models = APIRouter(prefix="/v1/models", tags=["models"])
+
+# Trainers read the run they were handed; auditors and curators read everything; reviewers work on
+# examples and have no business here.
+RunReader = Annotated[Actor, Depends(require("curator", "auditor", "trainer"))]
+Trainer = Annotated[Actor, Depends(require("trainer"))]
+
+
+def _dt(v: Any) -> str | None:
+    return v.isoformat() if v is not None else None
+
+
+def run_out(session: Session, run: TrainingRun, mv: ModelVersion | None = None, *, full: bool = True) -> dict[str, Any]:
+    if mv is None and run.status == "succeeded":
+        mv = service.versions_for(session, [run]).get(run.id)
+    out: dict[str, Any] = {
+        "id": str(run.id),
+        "status": run.status,
+        "snapshot_id": str(run.snapshot_id),
+        "expected_manifest_sha256": run.expected_manifest_sha256,
+        "base_model": run.base_model,
+        "method": run.method,
+        "hyperparameters": run.hyperparameters,
+        "model_name": run.model_name,
+        "metadata": run.meta,
+        "error": {"code": run.error_code, "message": run.error_message, "failed_in": run.failed_in}
+        if run.status == "failed" else None,
+        "metrics": run.metrics or {},
+        "model_version": {"name": mv.name, "version": mv.version, "status": mv.status,
+                          "artifact_sha256": mv.artifact_sha256} if mv else None,
+        "worker_host": run.worker_host,
+        "created_by": run.created_by,
+        "cancelled_by": run.cancelled_by,
+        "created_at": _dt(run.created_at),
+        "queued_at": _dt(run.queued_at),
+        "started_at": _dt(run.started_at),
+        "heartbeat_at": _dt(run.heartbeat_at),
+        "finished_at": _dt(run.finished_at),
+        "event_count": run.event_count,
+    }
+    if full:
+        out["model_card"] = service.model_card_facts(session, run)
+    return out
+
+
+def event_out(e: TrainingRunEvent) -> dict[str, Any]:
+    return {"id": e.id, "kind": e.kind, "level": e.level, "message": e.message, "step": e.step, "data": e.data,
+            "at": _dt(e.at)}
+
+
+@runs.post("", status_code=201)
+def create_run(data: RunCreate, session: SessionDep, actor: Curator) -> dict[str, Any]:
+    run = service.create(session, data=data, actor=actor)
+    return run_out(session, run)
+
+
+@runs.get("")
+def list_runs(session: SessionDep, actor: RunReader,
+              status: Literal["validating", "queued", "running", "succeeded", "failed", "cancelled"] | None = None,
+              snapshot: str | None = None, model: str | None = None, cursor: str | None = None,
+              limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
+    rows, nxt = service.list_page(session, status=status, snapshot_id=snapshot, model_name=model, cursor=cursor,
+                                  limit=limit)
+    mvs = service.versions_for(session, rows)
+    return {"items": [run_out(session, r, mvs.get(r.id), full=False) for r in rows], "next_cursor": nxt}
+
+
+@runs.get("/{run_id}")
+def get_run(run_id: str, session: SessionDep, actor: RunReader) -> dict[str, Any]:
+    return run_out(session, service.get(session, run_id))
+
+
+@runs.get("/{run_id}/events")
+def list_events(run_id: str, session: SessionDep, actor: RunReader, cursor: int | None = None,
+                kind: Literal["log", "metrics"] | None = None, level: Literal["info", "warn", "error"] | None = None,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+    rows, nxt = service.list_events(session, run_id=run_id, after=cursor, limit=limit, kind=kind, level=level)
+    return {"items": [event_out(e) for e in rows], "next_cursor": nxt}
+
+
+@runs.post("/{run_id}/cancel")
+def cancel_run(run_id: str, session: SessionDep, actor: Curator) -> dict[str, Any]:
+    return run_out(session, service.cancel(session, run_id=run_id, actor=actor))
+
+
+# The trainer's side of the protocol (trainer/client.py).
+
+
+@runs.post("/{run_id}/start")
+def start_run(run_id: str, body: RunStart, session: SessionDep, actor: Trainer) -> dict[str, Any]:
+    return run_out(session, service.start(session, run_id=run_id, worker_host=body.worker_host, actor=actor))
+
+
+@runs.post("/{run_id}/events")
+def post_events(run_id: str, body: EventsIn, session: SessionDep, actor: Trainer) -> dict[str, Any]:
+    return {"accepted": service.add_events(session, run_id=run_id, events=body.events)}
+
+
+@runs.post("/{run_id}/complete")
+def complete_run(run_id: str, body: RunComplete, session: SessionDep, actor: Trainer) -> dict[str, Any]:
+    run, mv = service.complete(session, run_id=run_id, data=body, actor=actor)
+    return run_out(session, run, mv)
+
+
+@runs.post("/{run_id}/fail")
+def fail_run(run_id: str, body: RunFail, session: SessionDep, actor: Trainer) -> dict[str, Any]:
+    return run_out(session, service.fail(session, run_id=run_id, code=body.code, message=body.message, actor=actor))
+
+
+# Model registry
+
+
+def version_out(mv: ModelVersion, aliases: list[str]) -> dict[str, Any]:
+    return {"name": mv.name, "version": mv.version, "status": mv.status, "status_reason": mv.status_reason,
+            "run_id": str(mv.run_id), "artifact_uri": mv.artifact_uri, "artifact_sha256": mv.artifact_sha256,
+            "aliases": aliases, "created_at": _dt(mv.created_at), "created_by": mv.created_by}
+
+
+@models.get("")
+def list_models(session: SessionDep, actor: RunReader) -> dict[str, Any]:
+    return {"items": [{**m, "created_at": _dt(m["created_at"])} for m in registry.list_models(session)]}
+
+
+@models.get("/{name}/versions")
+def list_versions(name: ModelName, session: SessionDep, actor: RunReader,
+                  status: Literal["candidate", "deployed", "retired", "tainted"] | None = None) -> dict[str, Any]:
+    rows = registry.list_versions(session, name, status=status)
+    aliases = registry.aliases_by_version(session, name)
+    return {"items": [version_out(mv, aliases.get(mv.version, [])) for mv in rows]}
+
+
+@models.get("/{name}/versions/{version}")
+def get_version(name: ModelName, version: int, session: SessionDep, actor: RunReader) -> dict[str, Any]:
+    mv = registry.get_version(session, name, version)
+    return version_out(mv, registry.aliases_by_version(session, name).get(version, []))
+
+
+@models.patch("/{name}/versions/{version}")
+def change_version_status(name: ModelName, version: int, body: VersionStatusChange, session: SessionDep,
+                          actor: Curator) -> dict[str, Any]:
+    mv = registry.set_status(session, name=name, version=version, status=body.status, reason=body.reason,
+                             actor=actor)
+    return version_out(mv, registry.aliases_by_version(session, name).get(version, []))
+
+
+@models.get("/{name}/versions/{version}/artifact")
+def download_artifact(name: ModelName, version: int, session: SessionDep, actor: RunReader) -> StreamingResponse:
+    mv = registry.get_version(session, name, version)
+    if not artifacts.exists(mv.artifact_uri):
+        raise NotFound(f"the artifact of {name} v{version} is gone from {mv.artifact_uri}", code="artifact_missing")
+    # Who took a copy of a model, and of exactly which bytes, belongs in the audit trail.
+    audit.record(session, actor=actor.ref, action="model_version.downloaded", entity_type="model_version",
+                 entity_id=mv.id, payload={"name": name, "version": version, "artifact_sha256": mv.artifact_sha256})
+    return StreamingResponse(artifacts.iter_bytes(mv.artifact_uri), media_type="application/gzip", headers={
+        "Content-Disposition": f'attachment; filename="{name}-v{version}.tar.gz"',
+        "X-Artifact-SHA256": mv.artifact_sha256,
+    })
+
+
+@models.post("/{name}/aliases/{alias}")
+def move_alias(name: ModelName, alias: AliasName, body: AliasMove, session: SessionDep,
+               actor: Curator) -> dict[str, Any]:
+    return registry.move_alias(session, name=name, alias=alias, version=body.version, reason=body.reason, actor=actor)
+
+
+@models.get("/{name}/aliases/{alias}/history")
+def get_alias_history(name: ModelName, alias: AliasName, session: SessionDep, actor: RunReader,
+                      cursor: int | None = None, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
+    rows, nxt = registry.alias_history(session, name=name, alias=alias, before=cursor, limit=limit)
+    return {"items": [{"from_version": h.from_version, "to_version": h.to_version, "actor": h.actor,
+                       "at": _dt(h.at), "reason": h.reason} for h in rows], "next_cursor": nxt}
+
+
+router = APIRouter()
+router.include_router(runs)
+router.include_router(models)

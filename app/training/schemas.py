@@ -1,0 +1,112 @@
+"""Request bodies of the training and model-registry APIs.
+
+The hyperparameter ranges mirror trainer/hparams.py (the API may not import the trainer); a test
+compares the two so they cannot drift apart. Checking them here turns a typo into a 422 naming the
+field at submission, instead of a failed run minutes later on a GPU host.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+ModelName = Annotated[str, StringConstraints(pattern=NAME_RE)]
+AliasName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
+
+
+class Hyperparameters(BaseModel):
+    # A misspelt key silently falling back to its default is worse than a refusal.
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(1, ge=1, le=1000, strict=True)
+    learning_rate: float = Field(2e-4, gt=0.0, le=1.0)
+    # Tokens per optimizer step (the batch size) and per forward pass (bounds activation memory).
+    batch_tokens: int = Field(16384, ge=16, le=1 << 24, strict=True)
+    micro_batch_tokens: int | None = Field(None, ge=16, le=1 << 24, strict=True)
+    max_seq_len: int = Field(2048, ge=8, le=1 << 20, strict=True)
+    lora_r: int = Field(16, ge=1, le=4096, strict=True)
+    lora_alpha: float = Field(32, gt=0.0, le=1e6)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: str | list[Annotated[str, StringConstraints(min_length=1)]] = "all-linear"
+    seed: int = Field(0, ge=0, le=2**32 - 1, strict=True)
+    warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=10.0)
+    max_grad_norm: float = Field(1.0, ge=0.0, le=1e6)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_steps: int | None = Field(None, ge=1, le=10**9, strict=True)
+    attention: Literal["auto", "pedigree_varlen", "pedigree_flex", "pedigree_sdpa"] = "auto"
+    compile: bool | Literal["auto"] = "auto"
+    gradient_checkpointing: bool = False
+    loss_chunk: int = Field(4096, ge=64, le=1 << 20, strict=True)
+    log_every: int = Field(10, ge=1, le=10**6, strict=True)
+
+    @field_validator("target_modules")
+    @classmethod
+    def _modules(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v or isinstance(v, list) and not v:
+            raise ValueError("must be 'all-linear' or a non-empty list of module names")
+        return v
+
+
+class RunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    snapshot_id: str
+    expected_manifest_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+    base_model: Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+    method: Literal["lora", "qlora"] = "lora"
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    model_name: ModelName
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunStart(BaseModel):
+    worker_host: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+
+
+class EventIn(BaseModel):
+    kind: Literal["log", "metrics", "heartbeat"] | None = "log"
+    level: Literal["info", "warn", "error"] | None = "info"
+    message: str | None = ""
+    step: int | None = None
+    data: dict[str, Any] | None = None
+
+
+class EventsIn(BaseModel):
+    events: list[EventIn] = Field(max_length=10_000)
+
+
+class ExampleTrained(BaseModel):
+    revision_id: str
+    tokens: int = Field(ge=0)
+    epochs: int = Field(ge=0)
+
+
+class RunComplete(BaseModel):
+    artifact_uri: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    artifact_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    examples: list[ExampleTrained]
+
+
+class RunFail(BaseModel):
+    code: Annotated[str, StringConstraints(min_length=1, max_length=50)]
+    message: Annotated[str, StringConstraints(max_length=20_000)] = ""
+
+
+class AliasMove(BaseModel):
+    version: int = Field(ge=1)
+    reason: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+
+class VersionStatusChange(BaseModel):
+    status: Literal["candidate", "retired", "tainted"]
+    reason: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+
+def is_hub_id(base_model: str) -> bool:
+    """'org/name' may be a Hugging Face hub id (resolved on the GPU host); anything else is a path.
+    The same rule as trainer/core.py's load_base, so both sides agree on what must exist on disk."""
+    return base_model.count("/") == 1 and not base_model.startswith((".", "/", "~"))

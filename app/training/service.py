@@ -1,0 +1,374 @@
+"""Training runs: creation and validation, the trainer's protocol (start, events, complete, fail),
+cancel, and the read side.
+
+State machine (every transition one transaction plus one audit event):
+
+    validating ─▶ queued ─▶ running ─▶ succeeded
+        │           │          ├─────▶ failed      (trainer report, or the reaper: worker_lost)
+        └─▶ failed  └──────────┴─────▶ cancelled   (curator)
+
+Transitions lock the run row (FOR UPDATE on PostgreSQL; SQLite's single writer serialises them), so a
+completion racing a cancel or the reaper ends in exactly one final state, and a report that arrives
+after the run has ended is refused with 409 rather than resurrecting it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Uuid, bindparam, insert, select, text, update
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.core import jobs
+from app.core.auth import Actor
+from app.core.errors import Conflict, NotFound, ValidationFailed
+from app.examples.service import decode_cursor, encode_cursor
+from app.models.base import utcnow
+from app.models.snapshot import Snapshot
+from app.models.training import FINISHED, ModelVersion, TrainingRun, TrainingRunEvent
+from app.snapshots import service as snapshots
+from app.training import artifacts, registry
+from app.training.schemas import EventIn, RunComplete, RunCreate, is_hub_id
+
+TRAIN_TASK = "pedigree.train.run"
+TRAIN_QUEUE = "train"
+
+
+def _uuid(value: str | uuid.UUID, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise NotFound(f"{what} {value} not found", details={what: str(value)}) from None
+
+
+def get(session: Session, run_id: str | uuid.UUID, *, lock: bool = False) -> TrainingRun:
+    q = select(TrainingRun).where(TrainingRun.id == _uuid(run_id, "training_run"))
+    if lock:
+        q = q.with_for_update()
+    run = session.scalar(q.execution_options(populate_existing=True))
+    if run is None:
+        raise NotFound(f"training run {run_id} not found", details={"training_run": str(run_id)})
+    return run
+
+
+def _finished_conflict(run: TrainingRun, doing: str) -> Conflict:
+    why = f" ({run.error_code})" if run.error_code else ""
+    return Conflict(f"training run {run.id} is {run.status}{why}; cannot {doing}", code="run_finished"
+                    if run.status in FINISHED else "invalid_state",
+                    details={"status": run.status, "error_code": run.error_code})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Creation
+
+
+def create(session: Session, *, data: RunCreate, actor: Actor) -> TrainingRun:
+    snap = snapshots.get(session, data.snapshot_id)
+    if data.expected_manifest_sha256 and data.expected_manifest_sha256 != snap.manifest_sha256:
+        raise Conflict(
+            f"snapshot {snap.id} has manifest {snap.manifest_sha256}, not the expected {data.expected_manifest_sha256}",
+            code="manifest_mismatch",
+            details={"field": "expected_manifest_sha256", "snapshot_manifest_sha256": snap.manifest_sha256},
+        )
+    erased = snapshots.erased_members(session, snap)
+    if snap.contains_erased or erased:
+        # Its export omits the erased members, so it no longer hashes to its manifest: training it would
+        # fail on the GPU host. Say so now, and say what to do.
+        raise Conflict(f"snapshot {snap.id} contains erased examples; freeze a new snapshot to train on",
+                       code="snapshot_contains_erased", details={"erased_members": len(erased)})
+    now = utcnow()
+    run = TrainingRun(
+        snapshot_id=snap.id,
+        expected_manifest_sha256=snap.manifest_sha256,
+        base_model=data.base_model,
+        method=data.method,
+        hyperparameters=data.hyperparameters.model_dump(exclude_unset=True),
+        model_name=data.model_name,
+        meta=data.metadata,
+        status="validating",
+        created_by=actor.ref,
+        metrics={},
+        event_count=0,
+    )
+    session.add(run)
+    session.flush()
+    audit.record(session, actor=actor.ref, action="training_run.created", entity_type="training_run",
+                 entity_id=run.id, payload={"snapshot_id": str(snap.id), "manifest_sha256": snap.manifest_sha256,
+                                            "base_model": run.base_model, "method": run.method,
+                                            "hyperparameters": run.hyperparameters, "model_name": run.model_name})
+    problem = _validate_base_model(run.base_model)
+    if problem:
+        # The run is kept (a record of what was asked and why it did not train), ended before any GPU
+        # host sees it.
+        _end(session, run, "failed", code="bad_base_model", message=problem, actor=actor, now=now)
+        _add_events(session, run, [EventIn(kind="log", level="error", message=problem)], now=now)
+        return run
+    run.status, run.queued_at = "queued", now
+    _add_events(session, run, [EventIn(kind="log", message=f"queued on {TRAIN_QUEUE!r}")], now=now)
+    audit.record(session, actor=actor.ref, action="training_run.queued", entity_type="training_run",
+                 entity_id=run.id, payload={"queue": TRAIN_QUEUE})
+    jobs.enqueue(session, TRAIN_TASK, str(run.id), queue=TRAIN_QUEUE)
+    return run
+
+
+def _validate_base_model(base_model: str) -> str | None:
+    if is_hub_id(base_model):
+        return None  # resolved (or refused) on the GPU host, which may have it cached
+    path = Path(base_model).expanduser()
+    if not path.exists():
+        return f"base model path {base_model} does not exist"
+    if path.is_dir() and not (path / "config.json").exists():
+        return f"base model path {base_model} has no config.json (not a Hugging Face model folder)"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The trainer's protocol
+
+
+def start(session: Session, *, run_id: str, worker_host: str, actor: Actor) -> TrainingRun:
+    run = get(session, run_id, lock=True)
+    if run.status not in ("queued", "validating"):
+        # Another host claimed it, or it ended meanwhile: the trainer stops quietly on 409.
+        raise Conflict(f"training run {run.id} is {run.status} (worker {run.worker_host or '-'}); not startable",
+                       code="not_startable", details={"status": run.status, "worker_host": run.worker_host})
+    now = utcnow()
+    run.status, run.worker_host, run.started_at, run.heartbeat_at = "running", worker_host, now, now
+    _add_events(session, run, [EventIn(kind="log", message=f"started on {worker_host}")], now=now)
+    audit.record(session, actor=actor.ref, action="training_run.started", entity_type="training_run",
+                 entity_id=run.id, payload={"worker_host": worker_host})
+    return run
+
+
+def add_events(session: Session, *, run_id: str, events: list[EventIn]) -> int:
+    """Store a batch of events and count it as a heartbeat. Heartbeat events themselves are not stored:
+    they only move `heartbeat_at` (one every few seconds per run would bury the log)."""
+    rid = _uuid(run_id, "training_run")
+    now = utcnow()
+    stored = [e for e in events if e.kind != "heartbeat"]
+    # One conditional UPDATE both checks the state and takes the row lock: no read-then-write race with
+    # a cancel or the reaper, and a dead run's late reports are refused.
+    row = session.execute(
+        update(TrainingRun)
+        .where(TrainingRun.id == rid, TrainingRun.status == "running")
+        .values(heartbeat_at=now)
+        .returning(TrainingRun.metrics)
+    ).first()
+    if row is None:
+        run = get(session, rid)
+        raise _finished_conflict(run, "accept events")
+    if stored:
+        run = get(session, rid)
+        _add_events(session, run, stored, now=now)
+    return len(stored)
+
+
+def _add_events(session: Session, run: TrainingRun, events: list[EventIn], *, now: dt.datetime) -> None:
+    if not events:
+        return
+    rows = [{"run_id": run.id, "kind": e.kind or "log", "level": e.level or "info", "message": (e.message or "")[:20_000],
+             "step": e.step, "data": e.data or {}, "at": now} for e in events]
+    session.execute(insert(TrainingRunEvent), rows)
+    run.event_count = (run.event_count or 0) + len(rows)
+    latest = [e for e in events if e.kind == "metrics" and e.data]
+    if latest and run.status == "running":
+        merged = dict(run.metrics or {})
+        for e in latest:
+            merged.update({k: v for k, v in (e.data or {}).items() if isinstance(v, (int, float, str)) or v is None})
+            if e.step is not None:
+                merged["step"] = e.step
+        run.metrics = merged
+
+
+def complete(session: Session, *, run_id: str, data: RunComplete, actor: Actor) -> tuple[TrainingRun, ModelVersion]:
+    run = get(session, run_id, lock=True)
+    if run.status == "succeeded":
+        mv = session.scalar(select(ModelVersion).where(ModelVersion.run_id == run.id))
+        if mv is not None and mv.artifact_sha256 == data.artifact_sha256:
+            return run, mv  # a retried report (lost response): same answer, nothing written twice
+        raise Conflict(f"training run {run.id} already completed with artifact {mv.artifact_sha256 if mv else '-'}",
+                       code="already_completed")
+    if run.status != "running":
+        raise _finished_conflict(run, "complete")
+    artifacts.check_under_root(data.artifact_uri)
+    try:
+        actual = artifacts.sha256_of(data.artifact_uri)
+    except FileNotFoundError:
+        raise ValidationFailed(f"artifact {data.artifact_uri} does not exist", details=[
+            {"field": "artifact_uri", "code": "missing", "message": "no file at this URI"}]) from None
+    if actual != data.artifact_sha256:
+        raise ValidationFailed(f"artifact hashes to {actual}, the report says {data.artifact_sha256}", details=[
+            {"field": "artifact_sha256", "code": "mismatch", "message": f"the stored file hashes to {actual}"}])
+    revs = _revision_ids(data)
+    now = utcnow()
+    mv = registry.register(session, name=run.model_name, run=run, artifact_uri=data.artifact_uri,
+                           artifact_sha256=data.artifact_sha256, actor=actor)
+    written = _write_lineage(session, run=run, mv=mv, revs=revs, data=data)
+    if written != len(revs):
+        # Any reported revision outside the snapshot would be a false lineage claim: refuse the whole
+        # report (the request's rollback takes the model version with it).
+        raise ValidationFailed(f"{len(revs) - written} reported revisions are not members of snapshot "
+                               f"{run.snapshot_id}", details=[{"field": "examples", "code": "not_in_snapshot",
+                                                               "message": "every revision must be a member"}])
+    run.metrics = data.metrics
+    _end(session, run, "succeeded", actor=actor, now=now,
+         payload={"model_version": {"name": mv.name, "version": mv.version}, "artifact_sha256": mv.artifact_sha256,
+                  "lineage_rows": written, "tokens": sum(e.tokens for e in data.examples)})
+    _add_events(session, run, [EventIn(kind="log", message=f"registered {mv.name} v{mv.version} "
+                                       f"({written} trained revisions)")], now=now)
+    return run, mv
+
+
+def _revision_ids(data: RunComplete) -> list[uuid.UUID]:
+    revs, seen = [], set()
+    for i, e in enumerate(data.examples):
+        try:
+            r = uuid.UUID(e.revision_id)
+        except ValueError:
+            raise ValidationFailed(f"examples[{i}].revision_id is not a revision id", details=[
+                {"field": f"examples[{i}].revision_id", "code": "invalid", "message": "not a UUID"}]) from None
+        if r in seen:
+            raise ValidationFailed(f"examples[{i}].revision_id {r} is reported twice", details=[
+                {"field": f"examples[{i}].revision_id", "code": "duplicate", "message": "reported twice"}])
+        seen.add(r)
+        revs.append(r)
+    return revs
+
+
+def _write_lineage(session: Session, *, run: TrainingRun, mv: ModelVersion, revs: list[uuid.UUID],
+                   data: RunComplete) -> int:
+    if not revs:
+        return 0
+    toks = [e.tokens for e in data.examples]
+    eps = [e.epochs for e in data.examples]
+    if session.get_bind().dialect.name == "postgresql":
+        # One statement: the reported arrays joined to the snapshot's partition, so example ids come
+        # from the frozen membership and a revision outside the snapshot simply does not join.
+        stmt = text(
+            "INSERT INTO lineage (run_id, model_version_id, revision_id, example_id, tokens, epochs) "
+            "SELECT :run, :mv, m.revision_id, m.example_id, u.tokens, u.epochs "
+            "FROM unnest(CAST(:revs AS uuid[]), CAST(:toks AS bigint[]), CAST(:eps AS int[])) "
+            "AS u(revision_id, tokens, epochs) "
+            "JOIN snapshot_members m ON m.snapshot_id = :sid AND m.revision_id = u.revision_id"
+        ).bindparams(bindparam("run", type_=Uuid()), bindparam("mv", type_=Uuid()), bindparam("sid", type_=Uuid()))
+        res = session.execute(stmt, {"run": run.id, "mv": mv.id, "sid": run.snapshot_id, "revs": revs,
+                                     "toks": toks, "eps": eps})
+        return res.rowcount
+    # SQLite (the embedded mode's sizes): the membership as a dict, then one executemany.
+    members = dict(session.execute(
+        text("SELECT revision_id, example_id FROM snapshot_members WHERE snapshot_id = :sid")
+        .bindparams(bindparam("sid", type_=Uuid())).columns(revision_id=Uuid(), example_id=Uuid()),
+        {"sid": run.snapshot_id}).all())
+    rows = [{"run_id": run.id, "model_version_id": mv.id, "revision_id": r, "example_id": members[r],
+             "tokens": t, "epochs": e} for r, t, e in zip(revs, toks, eps, strict=True) if r in members]
+    if rows:
+        from app.models.training import Lineage
+
+        session.execute(insert(Lineage), rows)
+    return len(rows)
+
+
+def fail(session: Session, *, run_id: str, code: str, message: str, actor: Actor) -> TrainingRun:
+    run = get(session, run_id, lock=True)
+    if run.status == "failed" and run.error_code == code:
+        return run  # a retried report
+    if run.status in FINISHED:
+        raise _finished_conflict(run, "fail")
+    now = utcnow()
+    _end(session, run, "failed", code=code, message=message, actor=actor, now=now)
+    _add_events(session, run, [EventIn(kind="log", level="error", message=f"{code}: {message}")], now=now)
+    return run
+
+
+def cancel(session: Session, *, run_id: str, actor: Actor) -> TrainingRun:
+    run = get(session, run_id, lock=True)
+    if run.status in FINISHED:
+        raise _finished_conflict(run, "cancel")
+    now = utcnow()
+    run.cancelled_by = actor.ref
+    # The trainer learns of it from the 409 on its next events post (heartbeats come every few
+    # seconds) and stops at a step boundary; nothing it reports afterwards is accepted.
+    _end(session, run, "cancelled", actor=actor, now=now)
+    _add_events(session, run, [EventIn(kind="log", level="warn", message=f"cancelled by {actor.ref}")], now=now)
+    return run
+
+
+def _end(session: Session, run: TrainingRun, status: str, *, actor: Actor, now: dt.datetime, code: str | None = None,
+         message: str | None = None, payload: dict[str, Any] | None = None) -> None:
+    previous = run.status
+    run.status, run.finished_at = status, now
+    if status == "failed":
+        run.failed_in, run.error_code, run.error_message = previous, code, message
+    audit.record(session, actor=actor.ref, action=f"training_run.{status}", entity_type="training_run",
+                 entity_id=run.id, payload={"from": previous, **({"code": code, "message": message} if code else {}),
+                                            **(payload or {})})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def list_page(session: Session, *, status: str | None, snapshot_id: str | None, model_name: str | None,
+              cursor: str | None, limit: int) -> tuple[list[TrainingRun], str | None]:
+    q = select(TrainingRun)
+    if status:
+        q = q.where(TrainingRun.status == status)
+    if snapshot_id:
+        q = q.where(TrainingRun.snapshot_id == _uuid(snapshot_id, "snapshot"))
+    if model_name:
+        q = q.where(TrainingRun.model_name == model_name)
+    if cursor:
+        q = q.where(TrainingRun.id < decode_cursor(cursor))
+    # Newest first, as hosted fine-tuning APIs list jobs; ids are time-ordered (UUIDv7).
+    rows = list(session.scalars(q.order_by(TrainingRun.id.desc()).limit(limit + 1)))
+    nxt = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    return rows[:limit], nxt
+
+
+def list_events(session: Session, *, run_id: str, after: int | None, limit: int, kind: str | None,
+                level: str | None) -> tuple[list[TrainingRunEvent], int | None]:
+    run = get(session, run_id)
+    q = select(TrainingRunEvent).where(TrainingRunEvent.run_id == run.id)
+    if after is not None:
+        q = q.where(TrainingRunEvent.id > after)
+    if kind:
+        q = q.where(TrainingRunEvent.kind == kind)
+    if level:
+        q = q.where(TrainingRunEvent.level == level)
+    rows = list(session.scalars(q.order_by(TrainingRunEvent.id).limit(limit + 1)))
+    nxt = rows[limit - 1].id if len(rows) > limit else None
+    return rows[:limit], nxt
+
+
+def versions_for(session: Session, runs: list[TrainingRun]) -> dict[uuid.UUID, ModelVersion]:
+    ids = [r.id for r in runs if r.status == "succeeded"]
+    if not ids:
+        return {}
+    return {mv.run_id: mv for mv in session.scalars(select(ModelVersion).where(ModelVersion.run_id.in_(ids)))}
+
+
+def model_card_facts(session: Session, run: TrainingRun) -> dict[str, Any]:
+    """Lineage facts the trainer writes into the adapter's README.md (it cannot query the service's
+    database, so they travel with the run)."""
+    snap = session.get(Snapshot, run.snapshot_id)
+    if snap is None:
+        return {}
+    stats = snap.stats or {}
+    counts = snap.counts or {}
+    return {
+        "model_name": run.model_name,
+        "training run": str(run.id),
+        "snapshot": f"{snap.name} ({snap.id})",
+        "snapshot members": snap.member_count,
+        "splits": {"train": counts.get("train"), "validation": counts.get("validation")},
+        "excluded at freeze": {k: v for k, v in (counts.get("excluded") or {}).items() if v},
+        "sources": stats.get("sources"),
+        "licenses": stats.get("licenses"),
+        "legal bases": stats.get("legal_bases"),
+        "collected at": stats.get("collected_at"),
+    }
+
