@@ -20,6 +20,7 @@ from app.datasets.router import router as datasets_router
 from app.dedup.router import router as dedup_router
 from app.examples.router import router as examples_router
 from app.keys.router import router as keys_router
+from app.lineage.router import router as lineage_router
 from app.pii.router import router as pii_router
 from app.review.router import router as review_router
 from app.snapshots.router import router as snapshots_router
@@ -88,6 +89,7 @@ def create_app() -> FastAPI:
     for r in (datasets_router, examples_router, audit_router, keys_router, pii_router, review_router, snapshots_router,
               dedup_router, training_router):
         app.include_router(r)
+    app.include_router(lineage_router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, Any]:

@@ -115,14 +115,19 @@ class VerifyResult:
     events: int
     first_bad_event: int | None
     reason: str | None = None
+    mode: str = "full"
+    # The checkpoint this run resumed after (0: from the genesis) and how many events it hashed.
+    verified_from: int = 0
+    checked: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "events": self.events, "first_bad_event": self.first_bad_event,
-                "reason": self.reason}
+                "reason": self.reason, "mode": self.mode, "verified_from": self.verified_from,
+                "checked": self.checked}
 
 
-def _iter_events(session: Session, batch: int = 5000) -> Iterator[AuditEvent]:
-    last = 0
+def _iter_events(session: Session, batch: int = 5000, *, after: int = 0) -> Iterator[AuditEvent]:
+    last = after
     while True:
         chunk = session.scalars(
             select(AuditEvent).where(AuditEvent.seq > last).order_by(AuditEvent.seq).limit(batch)
@@ -134,27 +139,89 @@ def _iter_events(session: Session, batch: int = 5000) -> Iterator[AuditEvent]:
         session.expunge_all()
 
 
-def verify(session: Session) -> VerifyResult:
-    """Walk the whole chain and name the first event whose hash, link or position is wrong."""
-    prev = GENESIS_HASH
-    expected_seq = 1
-    count = 0
-    for ev in _iter_events(session):
-        count += 1
+def _walk(session: Session, *, after: int, prev: str) -> tuple[VerifyResult | None, int, str]:
+    """Check events after `after`, chained from `prev`. Returns (failure or None, last seq, last hash)."""
+    expected_seq = after + 1
+    for ev in _iter_events(session, after=after):
         if ev.seq != expected_seq:
-            return VerifyResult(False, count, expected_seq, "missing event (gap in sequence)")
+            return VerifyResult(False, expected_seq - 1, expected_seq, "missing event (gap in sequence)"), after, prev
         if ev.prev_hash != prev:
-            return VerifyResult(False, count, ev.seq, "prev_hash does not match the previous event")
+            return VerifyResult(False, ev.seq, ev.seq, "prev_hash does not match the previous event"), after, prev
         h = event_hash(seq=ev.seq, prev_hash=ev.prev_hash, occurred_at=ev.occurred_at, actor=ev.actor,
                        action=ev.action, entity_type=ev.entity_type, entity_id=ev.entity_id,
                        payload=ev.payload)
         if h != ev.hash:
-            return VerifyResult(False, count, ev.seq, "event content does not match its hash")
+            return VerifyResult(False, ev.seq, ev.seq, "event content does not match its hash"), after, prev
         prev = ev.hash
+        after = ev.seq
         expected_seq += 1
+    return None, after, prev
+
+
+def _save_checkpoint(session: Session, seq: int, h: str, *, full: bool) -> None:
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    from app.models.lineage import AuditCheckpoint
+
+    now = utcnow()
+    values = {"id": 1, "seq": seq, "hash": h, "verified_at": now, "full_verified_at": now if full else None}
+    ins = (pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert)(AuditCheckpoint)
+    ins = ins.values(**values)
+    update_cols = {"seq": ins.excluded.seq, "hash": ins.excluded.hash, "verified_at": ins.excluded.verified_at}
+    if full:
+        update_cols["full_verified_at"] = ins.excluded.full_verified_at
+    # Two verifications racing must not move the checkpoint backwards.
+    session.execute(ins.on_conflict_do_update(index_elements=["id"], set_=update_cols,
+                                              where=AuditCheckpoint.seq <= ins.excluded.seq))
+
+
+# Below this many events a full walk costs about a second, so `auto` simply re-proves everything: an
+# edit of an already-verified row (which only re-hashing that row can reveal) is then always caught.
+FULL_WALK_MAX_EVENTS = 100_000
+MODES = ("auto", "incremental", "full")
+
+
+def verify(session: Session, *, mode: str = "auto", full: bool = False) -> VerifyResult:
+    """Check the chain and name the first event whose hash, link or position is wrong.
+
+    `incremental` resumes after the checkpoint (the last event a previous verification proved good,
+    with its hash) after re-hashing that one event, so new events cost what they add, not what the
+    chain holds. It proves the new events and every link to the old ones, but not that an old row was
+    left alone: only re-hashing it shows that, which is what `full` does (on demand, and periodically).
+    `auto` is incremental above FULL_WALK_MAX_EVENTS and full below it.
+    """
+    from app.models.lineage import AuditCheckpoint
+
+    if full:
+        mode = "full"
+    if mode == "auto":
+        head_seq = session.scalar(select(AuditHead.seq).where(AuditHead.id == 1)) or 0
+        mode = "full" if head_seq <= FULL_WALK_MAX_EVENTS else "incremental"
+    full = mode == "full"
+    after, prev = 0, GENESIS_HASH
+    cp = None if full else session.get(AuditCheckpoint, 1)
+    if cp is not None and cp.seq > 0:
+        ev = session.get(AuditEvent, cp.seq)
+        if ev is None or ev.hash != cp.hash or event_hash(
+                seq=ev.seq, prev_hash=ev.prev_hash, occurred_at=ev.occurred_at, actor=ev.actor,
+                action=ev.action, entity_type=ev.entity_type, entity_id=ev.entity_id,
+                payload=ev.payload) != cp.hash:
+            return VerifyResult(False, cp.seq, cp.seq, "the checkpointed event changed since it was verified",
+                                mode="incremental", verified_from=cp.seq)
+        after, prev = cp.seq, cp.hash
+    start = after
+    bad, last_seq, last_hash = _walk(session, after=after, prev=prev)
+    mode = "full" if cp is None else "incremental"
+    if bad is not None:
+        bad.mode, bad.verified_from, bad.checked = mode, start, bad.events - start
+        return bad
     head = session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)).one()
-    if head.seq != count or head.hash != prev:
+    if head.seq != last_seq or head.hash != last_hash:
         # The tail was deleted or the head was rewritten.
-        return VerifyResult(False, count, count + 1 if head.seq > count else None,
-                            "chain head does not match the last event")
-    return VerifyResult(True, count, None)
+        return VerifyResult(False, last_seq, last_seq + 1 if head.seq > last_seq else None,
+                            "chain head does not match the last event", mode=mode, verified_from=start,
+                            checked=last_seq - start)
+    if last_seq > 0:
+        _save_checkpoint(session, last_seq, last_hash, full=full)
+    return VerifyResult(True, last_seq, None, mode=mode, verified_from=start, checked=last_seq - start)

@@ -6,6 +6,7 @@ from app.models.base import Base
 from app.models.dataset import Dataset
 from app.models.dedup import DedupDecision, DedupEvalHit, DedupPair, DedupRebuild, DedupSignature, DedupState
 from app.models.example import DuplicateLink, Example, ExampleRevision, IngestBatch
+from app.models.lineage import AuditCheckpoint, ErasureRequest, ModelVersionTaint
 from app.models.pii import PiiFinding, PiiScrub, PiiVaultEntry
 from app.models.review import Review, ReviewEscalation, ReviewLease, ReviewSuggestion
 from app.models.snapshot import Snapshot, SnapshotMember
@@ -21,6 +22,7 @@ from app.models.training import (
 
 __all__ = [
     "ApiKey",
+    "AuditCheckpoint",
     "AuditEvent",
     "AuditHead",
     "Base",
@@ -32,9 +34,11 @@ __all__ = [
     "DedupSignature",
     "DedupState",
     "DuplicateLink",
+    "ErasureRequest",
     "Example",
     "ExampleRevision",
     "IngestBatch",
+    "ModelVersionTaint",
     "PiiFinding",
     "PiiScrub",
     "PiiVaultEntry",

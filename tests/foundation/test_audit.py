@@ -18,7 +18,8 @@ def test_chain_verifies_and_tampering_is_named(api):
     new_dataset(api)
     _events(5)
     v = api.as_("auditor").get("/v1/audit/verify").json()
-    assert v == {"ok": True, "events": 6, "first_bad_event": None, "reason": None}
+    assert {k: v[k] for k in ("ok", "events", "first_bad_event", "reason")} == {
+        "ok": True, "events": 6, "first_bad_event": None, "reason": None}
     with get_engine().begin() as conn:
         conn.execute(text("UPDATE audit_events SET actor = 'mallory' WHERE seq = 3"))
     v = api.as_("auditor").get("/v1/audit/verify").json()

@@ -1,0 +1,473 @@
+"""Erasure requests (GDPR Art. 17) that reach the models.
+
+A request selects examples (source refs, a metadata value, or, admin only, a value found in the raw
+text), previews or executes, and reports what it touched: examples, the snapshots holding them, the
+model versions trained on them and the aliases serving those versions.
+
+Execution runs one transaction per batch of examples, each with its audit event, so a request over
+100,000 examples never holds one giant transaction, and a crash leaves a `running` request that the
+same POST resumes (already-erased examples are simply not selected again). Per batch:
+  - the vault entries are deleted (the raw text is gone for good);
+  - every revision's content becomes a tombstone, its `content_sha256` kept, so snapshot manifests and
+    the audit chain, which commit to hashes, still verify;
+  - the examples become `erased` (metadata cleared: it is where subject identifiers live);
+  - every snapshot holding one is marked `contains_erased` (exports omit erased members from then on);
+  - every model version trained on one becomes `tainted`, with the request id in model_version_taints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections import Counter
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.core.auth import Actor
+from app.core.db import session_scope
+from app.core.errors import Conflict, Forbidden, NotFound
+from app.core.ids import new_id
+from app.lineage import service as lineage
+from app.lineage import training as tr
+from app.models.base import utcnow
+from app.models.dataset import Dataset
+from app.models.example import Example, ExampleRevision
+from app.models.lineage import ErasureRequest, ModelVersionTaint
+from app.models.pii import PiiVaultEntry
+from app.models.snapshot import Snapshot, SnapshotMember
+
+log = logging.getLogger(__name__)
+
+SEARCH_BATCH = 2000
+
+
+class ErasureSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PEDIGREE_ERASURE_", extra="ignore")
+
+    # A selector matching more than this share of a dataset, or more than `confirm_max_examples` in all,
+    # needs confirm=true: a typo in a metadata value must not wipe a dataset. One example is never broad.
+    confirm_share: float = Field(0.5, gt=0, le=1)
+    confirm_max_examples: int = Field(1000, ge=1)
+    batch_size: int = Field(2000, ge=1, le=50_000)
+
+
+class Selector(BaseModel):
+    source_refs: list[str] | None = Field(None, min_length=1, max_length=100_000)
+    metadata: dict[str, str | int | float | bool] | None = Field(None, min_length=1, max_length=20)
+    raw_text_contains: str | None = Field(None, min_length=3, max_length=1000)
+    # Optional narrowing: refs are only unique within a dataset and source.
+    dataset_id: uuid.UUID | None = None
+    source: str | None = None
+
+    model_config = {"extra": "forbid"}
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Selector:
+        given = [k for k in ("source_refs", "metadata", "raw_text_contains") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of source_refs, metadata, raw_text_contains")
+        return self
+
+    @field_validator("raw_text_contains")
+    @classmethod
+    def _not_blank(cls, v: str | None) -> str | None:
+        if v is not None and len(v.strip()) < 3:
+            raise ValueError("at least 3 non-blank characters")
+        return v
+
+    def canonical(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.source_refs is not None:
+            out["source_refs"] = sorted(set(self.source_refs))
+        if self.metadata is not None:
+            out["metadata"] = dict(sorted(self.metadata.items()))
+        if self.raw_text_contains is not None:
+            out["raw_text_contains"] = self.raw_text_contains
+        if self.dataset_id is not None:
+            out["dataset_id"] = str(self.dataset_id)
+        if self.source is not None:
+            out["source"] = self.source
+        return out
+
+    def sha256(self) -> str:
+        return hashlib.sha256(orjson.dumps(self.canonical(), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+    def redacted(self) -> dict[str, Any]:
+        """What is stored and shown: a raw-text needle is itself the personal data being erased, so only
+        its hash is kept."""
+        out = self.canonical()
+        if "raw_text_contains" in out:
+            needle = out.pop("raw_text_contains")
+            out["raw_text_contains_sha256"] = hashlib.sha256(needle.encode()).hexdigest()
+        return out
+
+
+class ErasureCreate(BaseModel):
+    selector: Selector
+    reason: str = Field(min_length=1, max_length=2000)
+    dry_run: bool = False
+    confirm: bool = False
+
+
+def settings() -> ErasureSettings:
+    return ErasureSettings()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Selection
+
+
+def _scope(q, sel: Selector):
+    if sel.dataset_id is not None:
+        q = q.where(Example.dataset_id == sel.dataset_id)
+    if sel.source is not None:
+        q = q.where(Example.source == sel.source)
+    return q
+
+
+def _metadata_cond(session: Session, meta: dict[str, Any]):
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        return text("examples.metadata @> CAST(:meta AS jsonb)").bindparams(meta=orjson.dumps(meta).decode())
+    conds = []
+    for k, v in meta.items():
+        path = '$."' + k.replace('"', '\\"') + '"'
+        conds.append(func.json_extract(Example.meta, path) == (int(v) if isinstance(v, bool) else v))
+    return conds
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _contains(content: Any, needle: str) -> bool:
+    return any(needle in s.casefold() for s in _strings(content))
+
+
+def _raw_text_matches(session: Session, sel: Selector) -> set[uuid.UUID]:
+    """Examples whose raw text (the vault) or any stored revision contains the needle, case-insensitive.
+    The vault is encrypted, so it is decrypted batch by batch here: a full pass over the scope's vault,
+    which is why this selector is admin-only and best narrowed with dataset_id."""
+    from app.pii import service as pii
+
+    needle = sel.raw_text_contains.casefold()
+    found: set[uuid.UUID] = set()
+    ring = pii.key_ring(session)
+    last: uuid.UUID | None = None
+    while True:
+        q = select(PiiVaultEntry.id, PiiVaultEntry.example_id, PiiVaultEntry.revision_id, PiiVaultEntry.key_id,
+                   PiiVaultEntry.ciphertext).join(Example, Example.id == PiiVaultEntry.example_id)
+        q = _scope(q, sel)
+        if last is not None:
+            q = q.where(PiiVaultEntry.id > last)
+        rows = session.execute(q.order_by(PiiVaultEntry.id).limit(SEARCH_BATCH)).all()
+        if not rows:
+            break
+        for r in rows:
+            if r.example_id in found:
+                continue
+            plain = ring.open(pii.vault.Sealed(r.key_id, r.ciphertext), aad=pii._aad(r.example_id, r.revision_id))
+            if _contains(orjson.loads(plain), needle):
+                found.add(r.example_id)
+        last = rows[-1].id
+
+    # Revisions never vaulted hold their text in the clear (nothing was found in them, or a reviewer
+    # edited one): a LIKE prefilter in the database, the exact test here.
+    q = select(ExampleRevision.example_id, ExampleRevision.content).join(
+        Example, Example.id == ExampleRevision.example_id).where(Example.status != "erased")
+    q = _scope(q, sel)
+    if sel.raw_text_contains.isascii() and not set('"\\') & set(sel.raw_text_contains):
+        like = "%" + sel.raw_text_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        from sqlalchemy import String, cast
+
+        col = cast(ExampleRevision.content, String)
+        q = q.where(col.ilike(like, escape="\\"))
+    for eid, content in session.execute(q).yield_per(SEARCH_BATCH):
+        if eid not in found and _contains(content, needle):
+            found.add(eid)
+    return found
+
+
+def select_examples(session: Session, sel: Selector, actor: Actor) -> list[tuple[uuid.UUID, uuid.UUID, str]]:
+    """(example_id, dataset_id, status) of every example the selector matches, erased ones included."""
+    if sel.raw_text_contains is not None:
+        if actor.role != "admin":
+            raise Forbidden("searching raw text reads the PII vault: admin only",
+                            details={"role": actor.role, "allowed": ["admin"]})
+        ids = sorted(_raw_text_matches(session, sel))
+        rows = []
+        for i in range(0, len(ids), SEARCH_BATCH):
+            rows += session.execute(select(Example.id, Example.dataset_id, Example.status)
+                                    .where(Example.id.in_(ids[i:i + SEARCH_BATCH]))).all()
+        return [tuple(r) for r in rows]
+    q = select(Example.id, Example.dataset_id, Example.status)
+    if sel.source_refs is not None:
+        refs = sorted(set(sel.source_refs))
+        rows = []
+        for i in range(0, len(refs), SEARCH_BATCH):
+            rows += session.execute(_scope(q.where(Example.source_ref.in_(refs[i:i + SEARCH_BATCH])), sel)).all()
+        return [tuple(r) for r in rows]
+    cond = _metadata_cond(session, sel.metadata)
+    q = q.where(*cond) if isinstance(cond, list) else q.where(cond)
+    return [tuple(r) for r in session.execute(_scope(q, sel)).all()]
+
+
+def _check_breadth(session: Session, matched: list[tuple[uuid.UUID, uuid.UUID, str]], confirm: bool) -> None:
+    if confirm or len(matched) <= 1:
+        return
+    cfg = settings()
+    per_ds = Counter(ds for _, ds, _ in matched)
+    totals = dict(session.execute(select(Example.dataset_id, func.count())
+                                  .where(Example.dataset_id.in_(list(per_ds))).group_by(Example.dataset_id)).all())
+    names = dict(session.execute(select(Dataset.id, Dataset.name).where(Dataset.id.in_(list(per_ds)))).all())
+    broad = [{"dataset_id": str(ds), "dataset": names.get(ds), "matched": n, "examples": totals.get(ds, 0),
+              "share": round(n / max(totals.get(ds, 1), 1), 4)}
+             for ds, n in per_ds.items() if n > cfg.confirm_share * totals.get(ds, 0)]
+    if broad or len(matched) > cfg.confirm_max_examples:
+        raise Conflict(
+            f"the selector matches {len(matched)} example(s), more than the configured share "
+            f"({cfg.confirm_share:.0%} of a dataset) or count ({cfg.confirm_max_examples}); "
+            "preview it with dry_run=true and resend with confirm=true",
+            code="confirmation_required",
+            details={"matched": len(matched), "datasets": broad, "confirm_share": cfg.confirm_share,
+                     "confirm_max_examples": cfg.confirm_max_examples})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Impact
+
+
+def impact(session: Session, example_ids: list[uuid.UUID]) -> dict[str, Any]:
+    """Snapshots, model versions and aliases the erasure of these examples reaches."""
+    snap_ids: set[uuid.UUID] = set()
+    mv_counts: Counter[uuid.UUID] = Counter()
+    has_training = tr.available(session)
+    for i in range(0, len(example_ids), SEARCH_BATCH):
+        chunk = example_ids[i:i + SEARCH_BATCH]
+        snap_ids.update(session.scalars(select(SnapshotMember.snapshot_id).distinct()
+                                        .where(SnapshotMember.example_id.in_(chunk))))
+        if has_training:
+            ln = tr.lineage
+            mv_counts.update(dict(session.execute(select(ln.c.model_version_id, func.count())
+                                                  .where(ln.c.example_id.in_(chunk))
+                                                  .group_by(ln.c.model_version_id)).all()))
+    snaps = [{"id": str(s.id), "name": s.name, "dataset_id": str(s.dataset_id),
+              "manifest_sha256": s.manifest_sha256}
+             for s in session.scalars(select(Snapshot).where(Snapshot.id.in_(list(snap_ids)))
+                                      .order_by(Snapshot.created_at))] if snap_ids else []
+    mvs = lineage.model_version_views(session, list(mv_counts),
+                                      extra={k: {"erased_examples": n} for k, n in mv_counts.items()}) \
+        if mv_counts else []
+    aliases = [{"name": m["name"], "alias": a, "version": m["version"], "model_version_id": m["id"]}
+               for m in mvs for a in m["aliases"]]
+    return {"snapshots": snaps, "model_versions": mvs, "aliases": aliases}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Execution
+
+
+def _tombstone(request_id: uuid.UUID, at: str) -> dict[str, Any]:
+    return {lineage.TOMBSTONE_KEY: {"request_id": str(request_id), "at": at}}
+
+
+def _upsert_taints(session: Session, rows: list[dict[str, Any]]) -> None:
+    ins = (pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert)(ModelVersionTaint)
+    ins = ins.values(rows)
+    session.execute(ins.on_conflict_do_update(
+        index_elements=["model_version_id", "erasure_request_id"],
+        set_={"examples": ModelVersionTaint.examples + ins.excluded.examples}))
+
+
+def _erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batch_no: int, actor: Actor) -> dict:
+    now = utcnow()
+    tomb = _tombstone(req_id, now.isoformat())
+    vault_deleted = session.execute(delete(PiiVaultEntry).where(PiiVaultEntry.example_id.in_(ids))).rowcount
+    revisions = session.execute(update(ExampleRevision).where(ExampleRevision.example_id.in_(ids))
+                                .values(content=tomb).execution_options(synchronize_session=False)).rowcount
+    session.execute(update(Example).where(Example.id.in_(ids))
+                    .values(status="erased", stage=None, meta={lineage.TOMBSTONE_KEY: str(req_id)}, updated_at=now)
+                    .execution_options(synchronize_session=False))
+    snap_ids = list(session.scalars(select(SnapshotMember.snapshot_id).distinct()
+                                    .where(SnapshotMember.example_id.in_(ids))))
+    if snap_ids:
+        session.execute(update(Snapshot).where(Snapshot.id.in_(snap_ids), Snapshot.contains_erased.is_(False))
+                        .values(contains_erased=True).execution_options(synchronize_session=False))
+    tainted: list[str] = []
+    if tr.available(session):
+        ln, mv = tr.lineage, tr.model_versions
+        counts = session.execute(select(ln.c.model_version_id, func.count()).where(ln.c.example_id.in_(ids))
+                                 .group_by(ln.c.model_version_id)).all()
+        if counts:
+            mv_ids = [c[0] for c in counts]
+            session.execute(update(mv).where(mv.c.id.in_(mv_ids), mv.c.status != "tainted").values(status="tainted"))
+            _upsert_taints(session, [{"model_version_id": k, "erasure_request_id": req_id, "examples": n,
+                                      "created_at": now} for k, n in counts])
+            tainted = [str(k) for k in mv_ids]
+    session.execute(update(ErasureRequest).where(ErasureRequest.id == req_id)
+                    .values(batches_done=batch_no + 1))
+    audit.record(session, actor=actor.ref, action="erasure.batch_executed", entity_type="erasure_request",
+                 entity_id=req_id,
+                 payload={"batch": batch_no, "examples": [str(i) for i in ids], "revisions": revisions,
+                          "vault_entries_deleted": vault_deleted, "snapshots": [str(s) for s in snap_ids],
+                          "model_versions_tainted": tainted})
+    return {"revisions": revisions, "vault": vault_deleted}
+
+
+def _response(req: ErasureRequest, *, replayed: bool = False) -> dict[str, Any]:
+    rep = req.report or {}
+    return {
+        "id": str(req.id), "status": req.status, "dry_run": req.dry_run, "reason": req.reason,
+        "selector": req.selector, "requested_by": req.requested_by, "created_at": lineage._iso(req.created_at),
+        "finished_at": lineage._iso(req.finished_at), "replayed": replayed,
+        "affected": {
+            "examples": rep.get("examples", 0),
+            "snapshots": rep.get("snapshots", []),
+            "model_versions": [{"name": m["name"], "version": m["version"], "id": m["id"], "run_id": m.get("run_id"),
+                                "status": "tainted" if req.status == "completed" else m.get("status"),
+                                "erased_examples": m.get("erased_examples")}
+                               for m in rep.get("model_versions", [])],
+            "aliases": rep.get("aliases", []),
+        },
+        "already_erased": rep.get("already_erased", 0),
+        "datasets": rep.get("datasets", {}),
+        "example_ids": rep.get("example_ids", []),
+        "warnings": rep.get("warnings", []),
+        "batches": {"total": rep.get("batches", 0), "done": req.batches_done},
+        "error": req.error,
+    }
+
+
+def _warnings(aliases: list[dict[str, Any]], dry_run: bool) -> list[str]:
+    verb = "would be" if dry_run else "is now"
+    return [f"ALIAS {a['name']}@{a['alias']} points at model version {a['name']} v{a['version']}, which {verb} "
+            "TAINTED by this erasure: it was trained on erased data; retrain without it and move the alias"
+            for a in aliases]
+
+
+def create(session: Session, *, data: ErasureCreate, actor: Actor) -> tuple[dict[str, Any], int]:
+    """Preview or execute. Returns (response, HTTP status): 201 for a new request that matched something,
+    200 when nothing matched (an empty report is an answer, not an error); a replay of an executed
+    request returns that request's response and status unchanged."""
+    sel = data.selector
+    sel_sha = sel.sha256()
+    matched = select_examples(session, sel, actor)
+    todo = sorted(eid for eid, _, status in matched if status != "erased")
+    already = len(matched) - len(todo)
+
+    if not data.dry_run:
+        prior = session.scalar(select(ErasureRequest).where(
+            ErasureRequest.selector_sha256 == sel_sha, ErasureRequest.dry_run.is_(False),
+            ErasureRequest.status.in_(("completed", "running"))).order_by(ErasureRequest.created_at.desc()).limit(1))
+        if prior is not None and prior.status == "completed" and not todo:
+            return _response(prior, replayed=True), 201 if prior.report.get("examples") else 200
+        if prior is not None and prior.status == "running":
+            # A crashed or interrupted execution: finish it (what it already erased is no longer selected).
+            return _execute(prior.id, todo, actor, resumed=True)
+
+    _check_breadth(session, [m for m in matched if m[2] != "erased"], data.confirm)
+    imp = impact(session, todo)
+    per_ds = Counter(str(ds) for eid, ds, status in matched if status != "erased")
+    cfg = settings()
+    report = {"examples": len(todo), "example_ids": [str(e) for e in todo], "already_erased": already,
+              "datasets": dict(per_ds), "snapshots": imp["snapshots"],
+              "model_versions": [{k: m[k] for k in ("id", "name", "version", "run_id", "status", "erased_examples")}
+                                 for m in imp["model_versions"]],
+              "aliases": imp["aliases"], "warnings": _warnings(imp["aliases"], data.dry_run),
+              "batches": -(-len(todo) // cfg.batch_size)}
+    req_id = new_id()
+    now = utcnow()
+    status = "previewed" if data.dry_run else ("running" if todo else "completed")
+    with session_scope() as s:
+        s.add(ErasureRequest(id=req_id, selector=sel.redacted(), selector_sha256=sel_sha, reason=data.reason,
+                             dry_run=data.dry_run, confirm=data.confirm, status=status, requested_by=actor.ref,
+                             report=report, batches_done=0, created_at=now,
+                             finished_at=None if status == "running" else now))
+        audit.record(s, actor=actor.ref, action="erasure.previewed" if data.dry_run else "erasure.requested",
+                     entity_type="erasure_request", entity_id=req_id,
+                     payload={"selector": sel.redacted(), "reason": data.reason, "examples": len(todo),
+                              "snapshots": len(imp["snapshots"]), "model_versions": len(imp["model_versions"]),
+                              "aliases": imp["aliases"]})
+    if status != "running":
+        with session_scope() as s:
+            req = s.get(ErasureRequest, req_id)
+            return _response(req), 201 if todo else 200
+    return _execute(req_id, todo, actor)
+
+
+def _execute(req_id: uuid.UUID, todo: list[uuid.UUID], actor: Actor, *, resumed: bool = False
+             ) -> tuple[dict[str, Any], int]:
+    cfg = settings()
+    with session_scope() as s:
+        done0 = s.get(ErasureRequest, req_id).batches_done
+    try:
+        for n, i in enumerate(range(0, len(todo), cfg.batch_size)):
+            with session_scope() as s:
+                _erase_batch(s, req_id, todo[i:i + cfg.batch_size], done0 + n, actor)
+    except Exception as exc:
+        log.exception("erasure request %s failed in a batch", req_id)
+        with session_scope() as s:
+            s.execute(update(ErasureRequest).where(ErasureRequest.id == req_id)
+                      .values(error=f"{type(exc).__name__}: {exc}"))
+        raise
+    with session_scope() as s:
+        req = s.get(ErasureRequest, req_id)
+        report = dict(req.report)
+        report["warnings"] = _warnings(report.get("aliases", []), False)
+        req.report = report
+        req.status = "completed"
+        req.error = None
+        req.finished_at = utcnow()
+        audit.record(s, actor=actor.ref, action="erasure.completed", entity_type="erasure_request", entity_id=req_id,
+                     payload={"examples": report.get("examples", 0), "resumed": resumed,
+                              "snapshots": [x["id"] for x in report.get("snapshots", [])],
+                              "model_versions_tainted": [f"{m['name']}:{m['version']}"
+                                                         for m in report.get("model_versions", [])],
+                              "aliases": report.get("aliases", [])})
+        for a in report.get("aliases", []):
+            log.warning("erasure %s tainted %s v%s, still served by alias %s", req_id, a["name"], a["version"],
+                        a["alias"])
+        s.flush()
+        return _response(req), 201
+
+
+def get(session: Session, request_id: str) -> dict[str, Any]:
+    req = session.get(ErasureRequest, lineage._uuid(request_id, "erasure_request"))
+    if req is None:
+        raise NotFound(f"erasure request {request_id} not found", details={"erasure_request": request_id})
+    return _response(req)
+
+
+def list_page(session: Session, *, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    from app.examples.service import decode_cursor, encode_cursor
+
+    q = select(ErasureRequest)
+    if cursor:
+        q = q.where(ErasureRequest.id < decode_cursor(cursor))
+    rows = list(session.scalars(q.order_by(ErasureRequest.id.desc()).limit(limit + 1)))
+    nxt = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    out = []
+    for r in rows[:limit]:
+        d = _response(r)
+        d.pop("example_ids")
+        out.append(d)
+    return out, nxt
+
+
+

@@ -1,0 +1,62 @@
+"""Erasure requests (GDPR Art. 17), the taints they leave on model versions, and the audit checkpoint."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import BigInteger, ForeignKey, Integer, PrimaryKeyConstraint, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, CreatedAtMixin, IdMixin, utcnow
+
+ERASURE_STATUSES = ("previewed", "running", "completed", "failed")
+
+
+class ErasureRequest(IdMixin, CreatedAtMixin, Base):
+    """One request to forget a data subject. A dry run is kept too (status `previewed`): what a DPO was
+    shown before deciding is part of the record. `selector_sha256` is the canonical selector's hash, so a
+    replay of an executed request finds it without comparing JSON."""
+
+    __tablename__ = "erasure_requests"
+
+    selector: Mapped[dict]
+    selector_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    dry_run: Mapped[bool] = mapped_column(default=False)
+    confirm: Mapped[bool] = mapped_column(default=False)
+    status: Mapped[str] = mapped_column(String(20))
+    requested_by: Mapped[str] = mapped_column(String(200))
+    # {"examples": n, "example_ids": [...], "snapshots": [...], "model_versions": [...], "aliases": [...],
+    #  "datasets": {...}, "batches": n}: what was (or, for a dry run, would be) touched.
+    report: Mapped[dict] = mapped_column(default=dict)
+    batches_done: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[dt.datetime | None]
+
+
+class ModelVersionTaint(Base):
+    """Why a model version is `tainted`: the erasure request(s) that removed examples it trained on.
+    No foreign key to model_versions: the registry's table belongs to the training domain and may be
+    partitioned or rebuilt there; the id is only ever joined, never cascaded."""
+
+    __tablename__ = "model_version_taints"
+    __table_args__ = (PrimaryKeyConstraint("model_version_id", "erasure_request_id"),)
+
+    model_version_id: Mapped[uuid.UUID]
+    erasure_request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("erasure_requests.id"), index=True)
+    examples: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class AuditCheckpoint(Base):
+    """One row: the audit chain is known good up to `seq`, whose hash was `hash`. Verification resumes
+    from here instead of re-hashing millions of events; `?full=true` ignores it and walks everything."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+    verified_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    full_verified_at: Mapped[dt.datetime | None]

@@ -1,0 +1,72 @@
+"""Fixtures for lineage tests: a stand-in for the training domain's tables until they land.
+
+Lineage reads training_runs / model_versions / model_aliases / lineage directly (app/lineage/training.py
+describes the columns it reads). Where the real tables are not in the migrated schema yet, the same
+columns are created here, so the lineage and erasure paths are exercised end to end on both databases.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import insert, inspect, text
+
+from app.lineage import training as tr
+from app.models.base import utcnow
+
+
+@pytest.fixture
+def training(db: str) -> Iterator[None]:
+    from app.core.db import get_engine
+
+    if tr.STANDIN:
+        engine = get_engine()
+        existing = set(inspect(engine).get_table_names())
+        missing = [t for t in tr.TABLES if t.name not in existing]
+        if missing:
+            tr._md.create_all(engine, tables=missing)
+        with engine.begin() as conn:
+            for t in reversed(tr.TABLES):
+                conn.execute(text(f"DELETE FROM {t.name}"))
+    yield
+
+
+def _row(table, **values) -> dict:
+    return {k: v for k, v in values.items() if k in table.c}
+
+
+def register_model(*, snapshot_id: str, members: list[tuple[str, str]], name: str = "m", version: int = 1,
+                   aliases: tuple[str, ...] = (), tokens: int = 100, epochs: int = 2,
+                   status: str = "candidate") -> dict:
+    """A succeeded run over `members` [(example_id, revision_id)] registered as name:version, written the
+    way the training service writes it (one lineage row per trained revision)."""
+    from app.core.db import session_scope
+    from app.models.snapshot import Snapshot
+
+    run_id, mv_id = uuid.uuid4(), uuid.uuid4()
+    now = utcnow()
+    with session_scope() as s:
+        manifest = s.get(Snapshot, uuid.UUID(snapshot_id)).manifest_sha256
+        if not tr.STANDIN:
+            from app.models.training import RegisteredModel
+
+            if s.get(RegisteredModel, name) is None:
+                s.execute(insert(RegisteredModel).values(name=name, latest_version=version, created_at=now))
+        s.execute(insert(tr.training_runs).values(**_row(
+            tr.training_runs, id=run_id, snapshot_id=uuid.UUID(snapshot_id), expected_manifest_sha256=manifest,
+            base_model="tiny", method="lora", hyperparameters={"epochs": epochs, "lora_r": 8}, meta={},
+            metadata={}, status="succeeded", model_name=name, metrics={}, event_count=0, created_by="test",
+            created_at=now, started_at=now, finished_at=now)))
+        s.execute(insert(tr.model_versions).values(**_row(
+            tr.model_versions, id=mv_id, name=name, version=version, run_id=run_id, status=status,
+            artifact_uri="file:///x", artifact_sha256="ab" * 32, created_by="test", created_at=now)))
+        s.execute(insert(tr.lineage), [
+            {"model_version_id": mv_id, "example_id": uuid.UUID(e), "revision_id": uuid.UUID(r), "run_id": run_id,
+             "tokens": tokens + i, "epochs": epochs} for i, (e, r) in enumerate(members)])
+        for a in aliases:
+            s.execute(insert(tr.model_aliases).values(**_row(
+                tr.model_aliases, name=name, alias=a, version=version, model_version_id=mv_id, updated_at=now,
+                updated_by="test")))
+    return {"run_id": str(run_id), "model_version_id": str(mv_id), "name": name, "version": version}
