@@ -44,6 +44,15 @@ def _train(args) -> int:
                 print(line, file=sys.stderr, flush=True)
 
         stop_file = Path(args.stop_file) if args.stop_file else None
+        parent = os.getppid()
+
+        def should_stop() -> bool:
+            if stop_file and stop_file.exists():
+                return True
+            # Reparented: whoever launched us (the worker, or torchrun's agent) is gone and nobody
+            # will read what we produce; stop rather than hold the GPU from the next run.
+            return args.exit_with_parent and os.getppid() != parent
+
         try:
             spec = json.loads(Path(args.spec).read_text())
             from trainer.core import train
@@ -51,9 +60,7 @@ def _train(args) -> int:
 
             with open(args.data, "rb") as f:
                 records = list(read_jsonl(f))
-            result = train(
-                spec, records, out, on_event, should_stop=(lambda: stop_file.exists()) if stop_file else None
-            )
+            result = train(spec, records, out, on_event, should_stop=should_stop)
             code = 0
         except TrainError as exc:
             result, code = {"error": exc.as_dict()}, 2
@@ -89,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--events", help="append events here as JSON lines")
     r.add_argument("--stop-file", help="stop with code 'cancelled' once this file exists")
     r.add_argument("--quiet", action="store_true", help="do not echo events on stderr")
+    r.add_argument(
+        "--exit-with-parent", action="store_true", help="stop (code cancelled) if the parent process dies"
+    )
     args = p.parse_args(argv)
     return _make_tiny(args) if args.cmd == "make-tiny" else _train(args)
 

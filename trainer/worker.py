@@ -76,6 +76,7 @@ def train_command(spec: Path, data: Path, out: Path, events: Path, stop: Path, g
         "--stop-file",
         str(stop),
         "--quiet",
+        "--exit-with-parent",
     ]
     if gpus > 1:
         # Data parallel over every local GPU (issue 7 §5); torchrun sets RANK/WORLD_SIZE for trainer.core.
@@ -265,7 +266,13 @@ def _train_claimed(run_id: str, run: dict, settings: Settings, client: ApiClient
             gpus = settings.gpus if settings.gpus is not None else gpu_count()
             cmd = train_command(tmp / "spec.json", data, out, events, stop, gpus)
             pump.add("log", f"training on {max(gpus, 1)} {'GPU' if gpus else 'CPU process'}(s)")
-            proc = subprocess.Popen(cmd, cwd=os.getcwd(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            proc = subprocess.Popen(
+                cmd,
+                cwd=os.getcwd(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - async-signal-safe, see _die_with_parent
+            )
             stderr_tail = _wait(proc, pump, settings)
         finally:
             pump.stop()
@@ -299,6 +306,26 @@ def _train_claimed(run_id: str, run: dict, settings: Settings, client: ApiClient
             # unreferenced rather than registering a model the service no longer expects.
             return {"status": "refused", "artifact_uri": uri}
         return {"status": "succeeded", "artifact_uri": uri, "artifact_sha256": sha}
+
+
+try:
+    # Resolved at import: the pre-exec hook runs in a forked child of a threaded process, where an
+    # import (and its lock) could deadlock; a bare foreign call cannot.
+    import ctypes
+    import signal
+
+    _PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    _SIGTERM = int(signal.SIGTERM)
+except (OSError, AttributeError):
+    _PRCTL = None
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when this worker process dies (Linux), so a killed worker
+    never leaves an orphaned run holding the GPU. torchrun forwards the signal to its ranks, which
+    also stop on their own once reparented (--exit-with-parent)."""
+    if _PRCTL is not None:
+        _PRCTL(1, _SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _wait(proc: subprocess.Popen, pump: EventPump, settings: Settings) -> str:

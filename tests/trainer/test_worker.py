@@ -250,3 +250,57 @@ def test_celery_task_contract():
     cmd = train_command(*paths, gpus=2)
     assert cmd[1:3] == ["-m", "torch.distributed.run"] and "--nproc_per_node=2" in cmd
     assert train_command(*paths, gpus=1)[1:3] == ["-m", "trainer"]
+
+
+def test_training_child_dies_with_the_worker(tmp_path):
+    """A killed worker must not leave its training child holding the GPU for the next run."""
+    import os
+    import subprocess
+    import sys
+
+    pidfile = tmp_path / "child.pid"
+    parent = (
+        "import subprocess, sys, time\n"
+        "from trainer.worker import _die_with_parent\n"
+        "p = subprocess.Popen(['sleep', '60'], preexec_fn=_die_with_parent)\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+        "import os; os._exit(0)\n"  # die without cleaning up, like a SIGKILLed worker
+    )
+    subprocess.run([sys.executable, "-c", parent], check=True, timeout=60)
+    pid = int(pidfile.read_text())
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        # A zombie (already signalled, not yet reaped by init) counts as gone.
+        state = (
+            Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
+        )
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.1)
+    os.kill(pid, 9)
+    raise AssertionError("the child outlived its parent")
+
+
+def test_orphaned_trainer_stops_as_cancelled(tiny_model, tmp_path):
+    import subprocess
+    import sys
+
+    data = tmp_path / "export.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in make_records(40)))
+    spec = tmp_path / "spec.json"
+    hp = {"max_seq_len": 256, "batch_tokens": 256, "epochs": 200}  # long enough to outlive its parent
+    spec.write_text(json.dumps({"base_model": str(tiny_model), "method": "lora", "hyperparameters": hp}))
+    out = tmp_path / "out"
+    cmd = (
+        f"{sys.executable} -m trainer train --spec {spec} --data {data} --out {out} --quiet --exit-with-parent"
+        " >/dev/null 2>&1 & sleep 2"
+    )
+    subprocess.run(["sh", "-c", cmd], check=True, timeout=60)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "result.json").exists():
+        time.sleep(0.5)
+    assert json.loads((out / "result.json").read_text())["error"]["code"] == "cancelled"
