@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from app.lineage.cli import app as lineage_app
 from app.snapshots.cli import app as snapshot_app
 
 app = typer.Typer(help="Pedigree: governed training-data curation for LLM fine-tuning.", no_args_is_help=True)
@@ -30,6 +31,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
 app.add_typer(snapshot_app, name="snapshot")
+app.add_typer(lineage_app, name="lineage")
 
 err = Console(stderr=True)
 out = Console()
@@ -276,14 +278,16 @@ def _ingest_http(file: Path, dataset: str, api_url: str, api_key: str | None, so
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
+def audit_verify(
+    full: Annotated[bool, typer.Option(help="re-hash every event, ignoring the checkpoint")] = False,
+) -> None:
     """Walk the hash chain; exit 1 and name the first bad event if it is broken."""
     from app.audit import service
     from app.core.db import session_scope
 
     _prepare_db()
     with session_scope() as s:
-        result = service.verify(s)
+        result = service.verify(s, full=full)
     print(json.dumps(result.to_dict()))
     if not result.ok:
         raise typer.Exit(1)

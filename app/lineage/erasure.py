@@ -316,7 +316,16 @@ def _erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batc
                                  .group_by(ln.c.model_version_id)).all()
         if counts:
             mv_ids = [c[0] for c in counts]
-            session.execute(update(mv).where(mv.c.id.in_(mv_ids), mv.c.status != "tainted").values(status="tainted"))
+            values: dict[str, Any] = {"status": "tainted"}
+            if "status_reason" in mv.c:
+                values["status_reason"] = f"trained on examples erased by erasure request {req_id}"
+            newly = session.execute(update(mv).where(mv.c.id.in_(mv_ids), mv.c.status != "tainted").values(**values)
+                                    .returning(mv.c.id, mv.c.name, mv.c.version, mv.c.status)).all()
+            for row in newly:
+                # One event per version, on the version: its own audit trail says when and why it was tainted.
+                audit.record(session, actor=actor.ref, action="model_version.tainted", entity_type="model_version",
+                             entity_id=row.id, payload={"name": row.name, "version": row.version,
+                                                        "erasure_request_id": str(req_id)})
             _upsert_taints(session, [{"model_version_id": k, "erasure_request_id": req_id, "examples": n,
                                       "created_at": now} for k, n in counts])
             tainted = [str(k) for k in mv_ids]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from sqlalchemy import select, text
@@ -255,3 +256,31 @@ def test_auditor_reads_everything_and_changes_nothing(api, training):
                                                                 "reason": "r", "dry_run": True})
     assert r.status_code == 403
     assert api.as_("reviewer").get("/v1/erasure-requests").status_code == 403
+
+
+def test_cli_prints_a_readable_tree(api, training):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _ds, ids, snap, _mv = _world(api, n=3)
+    _erase(api, {"selector": {"source_refs": ["helpdesk-2"]}, "reason": "Art. 17"})
+    root = Path(__file__).resolve().parents[2]
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "app.cli", "lineage", *args], cwd=root, env={**os.environ},
+                              capture_output=True, text=True, timeout=300, check=False)
+
+    r = cli("example", ids[0])
+    assert r.returncode == 0, r.stderr
+    for needle in ("provenance", "revisions", "reviews", "approve by alice#0000aaaa", "snapshots", "s1",
+                   snap["manifest_sha256"][:12], "model versions", "m v1", "tainted", "production"):
+        assert needle in r.stdout, (needle, r.stdout)
+    erased = cli("example", ids[2])
+    assert "erased by request" in erased.stdout
+    assert cli("example", str(uuid.uuid4())).returncode == 4
+    js = cli("example", ids[0], "--json", "--audit")
+    assert json.loads(js.stdout)["audit_events"]
+    m = cli("model", "m", "1")
+    assert m.returncode == 0 and "TAINTED" in m.stdout and "3 examples" in m.stdout, m.stdout
