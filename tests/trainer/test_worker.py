@@ -304,3 +304,54 @@ def test_orphaned_trainer_stops_as_cancelled(tiny_model, tmp_path):
     while time.time() < deadline and not (out / "result.json").exists():
         time.sleep(0.5)
     assert json.loads((out / "result.json").read_text())["error"]["code"] == "cancelled"
+
+
+@pytest.mark.redis
+@pytest.mark.worker
+def test_real_celery_worker_runs_a_task_sent_by_name(service, tmp_path):
+    """`celery -A trainer.worker worker -Q train` as its own process, the task sent by name over Redis,
+    as the API does."""
+    import os
+    import subprocess
+    import sys
+
+    from celery import Celery
+
+    redis = pytest.importorskip("redis")
+    base = os.environ.get("PEDIGREE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+    url = base.rsplit("/", 1)[0] + "/13"  # a database of its own: no other test's "train" queue
+    try:
+        redis.Redis.from_url(url).flushdb()
+    except redis.exceptions.ConnectionError:
+        pytest.skip("no Redis")
+    env = {
+        **os.environ,
+        "PEDIGREE_API_URL": service.url,
+        "PEDIGREE_TRAINER_KEY": KEY,
+        "PEDIGREE_REDIS_URL": url,
+        "PEDIGREE_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
+        "PEDIGREE_TRAINER_GPUS": "0",
+    }
+    repo = Path(__file__).resolve().parents[2]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "trainer.worker", "worker", "-Q", "train", "--concurrency", "1",
+         "--without-gossip", "--without-mingle", "-n", f"trainer-test-{os.getpid()}@%h", "--loglevel", "WARNING"],
+        cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        client = Celery(broker=url)
+        client.send_task("pedigree.train.run", args=["run-1"], queue="train")
+        deadline = time.time() + 240
+        while time.time() < deadline and not service.posted("complete") and not service.posted("fail"):
+            assert worker.poll() is None, worker.stderr.read().decode(errors="replace")[-3000:]
+            time.sleep(0.5)
+        assert not service.posted("fail"), service.posted("fail")
+        (done,) = service.posted("complete")
+        assert done["examples"] and (tmp_path / "artifacts" / "support-bot" / "run-1.tar.gz").exists()
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        redis.Redis.from_url(url).flushdb()
