@@ -1,0 +1,66 @@
+"""The embedded default (no Redis): a run started through the API trains in-process (a background
+thread running `python -m trainer train` as a child) and registers its version, with no trainer worker."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.training.conftest import snapshot
+
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+pytestmark = pytest.mark.train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("tiny-embedded") / "model"
+    subprocess.run([sys.executable, "-m", "trainer", "make-tiny", str(path)], cwd=ROOT, check=True,
+                   capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return str(path)
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+def test_embedded_run_trains_in_process(db, api, artifact_root, tiny_base):
+    from app.core.config import get_settings
+    from app.training import embedded
+
+    assert get_settings().tasks_eager  # no Redis: nothing would consume a `train` queue
+    snap, recs = snapshot(api, n=10)
+    t0 = time.time()
+    r = api.as_("curator").post("/v1/training-runs", json={
+        "snapshot_id": snap["id"], "base_model": tiny_base, "model_name": "embedded-tiny",
+        "hyperparameters": {"max_steps": 2, "batch_tokens": 1024, "max_seq_len": 256}})
+    assert r.status_code == 201, r.text
+    assert time.time() - t0 < 10  # the request does not wait for training
+    rid = r.json()["id"]
+    embedded.wait(rid, timeout=300)
+    run = api.as_("auditor").get(f"/v1/training-runs/{rid}").json()
+    assert run["status"] == "succeeded", run
+    assert run["worker_host"].startswith("embedded:")
+    assert run["model_version"]["version"] == 1
+    events = api.as_("auditor").get(f"/v1/training-runs/{rid}/events", params={"kind": "metrics"}).json()["items"]
+    assert events and any("train_loss" in e["data"] for e in events)
+    art = api.as_("auditor").get("/v1/models/embedded-tiny/versions/1/artifact")
+    with tarfile.open(fileobj=io.BytesIO(art.content), mode="r:gz") as tar:
+        assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(tar.getnames())
+        card = tar.extractfile("README.md").read().decode()
+    assert snap["manifest_sha256"] in card and "helpdesk" in card  # lineage facts in the model card
+    from sqlalchemy import text
+
+    from app.core.db import session_scope
+
+    train_revs = {r["revision_id"].replace("-", "") for r in recs if r["split"] == "train"}
+    with session_scope() as s:
+        got = {str(x).replace("-", "") for (x,) in s.execute(text("SELECT revision_id FROM lineage"))}
+    assert got and got <= train_revs
