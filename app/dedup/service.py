@@ -171,14 +171,42 @@ def _in(session: Session, col, ids: list):
     return col.in_(ids)
 
 
+def _pg_type(col) -> str:
+    from sqlalchemy import DateTime, Float, Integer, LargeBinary, Uuid
+
+    t = col.type
+    if isinstance(t, Uuid):
+        return "uuid"
+    if isinstance(t, DateTime):
+        return "timestamptz"
+    if isinstance(t, Float):
+        return "float8"
+    if isinstance(t, Integer):
+        return "int4"
+    if isinstance(t, LargeBinary):
+        return "bytea"
+    return "text"
+
+
 def _insert_ignore(session: Session, table, rows: list[dict]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING for many rows. On PostgreSQL one statement over unnest() of one
+    array per column: an executemany sent a statement per row, and a multi-row VALUES spent longer in
+    SQLAlchemy's compiler (3,500 bind parameters a batch) than PostgreSQL spent storing the rows."""
     if not rows:
         return
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    session.execute(insert(table).on_conflict_do_nothing(), rows)
+    if not _is_pg(session) or len(rows) == 1:
+        if _is_pg(session):
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        session.execute(insert(table).on_conflict_do_nothing(), rows)
+        return
+    from sqlalchemy import text
+
+    cols = list(rows[0])
+    arrays = ", ".join(f"CAST(:{c} AS {_pg_type(table.c[c])}[])" for c in cols)
+    sql = text(f"INSERT INTO {table.name} ({', '.join(cols)}) SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING")
+    session.execute(sql, {c: [r[c] for r in rows] for c in cols})
 
 
 def policy_of(ds: Dataset) -> DedupPolicy:
@@ -215,9 +243,11 @@ def _load_docs(session: Session, ids: Iterable[uuid.UUID], dataset_id: uuid.UUID
             .join(Dataset, Dataset.id == Example.dataset_id)
             .where(_in(session, Example.id, chunk), Example.status != "erased")
         )
-        if dataset_id is not None:
-            q = q.where(Example.dataset_id == dataset_id)
         for r in session.execute(q):
+            # The dataset is checked here, not in SQL: with it in the WHERE clause PostgreSQL chose the
+            # (dataset_id, status, id) index and read the whole dataset (65 ms a batch at 20k examples).
+            if dataset_id is not None and r.dataset_id != dataset_id:
+                continue
             out[r.id] = Doc(r.id, r.dataset_id, r.status, r.stage, r.created_at, r.updated_at, r.rid,
                             r.content_sha256, trainable_text(r.format, r.content))
     return out
@@ -342,8 +372,9 @@ def _store_signatures(session: Session, dataset_id: uuid.UUID, batch: list[Doc],
     for chunk in _chunks(session, ids):
         session.execute(delete(DedupSignature).where(_in(session, DedupSignature.example_id, chunk)))
     now = utcnow()
-    session.execute(
-        DedupSignature.__table__.insert(),
+    _insert_ignore(
+        session,
+        DedupSignature.__table__,
         [
             {"example_id": d.id, "dataset_id": dataset_id, "revision_id": d.revision_id, "spec_tag": spec.tag,
              "signature": to_bytes(v, spec), "flags": int(f), "created_at": now}
@@ -448,10 +479,11 @@ def _recluster(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, see
     info: dict[uuid.UUID, Any] = {}
     for chunk in _chunks(session, nodes):
         for r in session.execute(
-            select(Example.id, Example.status, Example.stage, Example.created_at, Example.updated_at)
-            .where(_in(session, Example.id, chunk), Example.dataset_id == dataset_id)
+            select(Example.id, Example.dataset_id, Example.status, Example.stage, Example.created_at,
+                   Example.updated_at).where(_in(session, Example.id, chunk))
         ):
-            info[r.id] = r
+            if r.dataset_id == dataset_id:  # filtered here for the same reason as in _load_docs
+                info[r.id] = r
     live = {n for n in nodes if n in info and info[n].status != "erased"}
     edges = {k: v for k, v in edges.items() if k[0] in live and k[1] in live}
     cannot: dict[uuid.UUID, set[uuid.UUID]] = {}
@@ -543,13 +575,13 @@ def _recluster(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, see
                 "note": x["prev"],
             })
         _insert_ignore(session, DuplicateLink.__table__, rows)
-    if status_updates:
-        t = Example.__table__
-        session.execute(
-            update(t).where(t.c.id == bindparam("eid")).values(status=bindparam("st"), stage=bindparam("stg"),
-                                                               updated_at=now),
-            status_updates,
-        )
+    groups: dict[tuple, list[uuid.UUID]] = {}
+    for u in status_updates:
+        groups.setdefault((u["st"], u["stg"]), []).append(u["eid"])
+    for (st, stg), ids in groups.items():  # one UPDATE per target status, not one per example
+        for chunk in _chunks(session, ids):
+            session.execute(update(Example).where(_in(session, Example.id, chunk))
+                            .values(status=st, stage=stg, updated_at=now))
     return {"duplicate": new_dup, "demoted": demoted, "restored": restored}
 
 
