@@ -198,6 +198,18 @@ def step_snapshot(ctx: Ctx) -> None:
     console.print(f"export, Parquet and datasheet written to {out}")
 
 
+def step_train(ctx: Ctx) -> None:
+    from app.training.demo import step_train as train
+
+    train(ctx)
+
+
+def step_lineage_report(ctx: Ctx) -> None:
+    from app.training.demo import step_lineage_report as report
+
+    report(ctx)
+
+
 STEPS: list[tuple[str, Callable[[Ctx], None]]] = [
     ("keys", step_keys),
     ("dataset", step_dataset),
@@ -205,6 +217,8 @@ STEPS: list[tuple[str, Callable[[Ctx], None]]] = [
     ("pipeline", step_pipeline),
     ("review", step_review),
     ("snapshot", step_snapshot),
+    ("train", step_train),
+    ("lineage report", step_lineage_report),
     ("audit", step_audit),
 ]
 
