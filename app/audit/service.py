@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,9 @@ from app.models.audit import GENESIS_HASH, AuditEvent, AuditHead
 from app.models.base import utcnow
 
 _PENDING = "pedigree_audit_pending"
+_COMMITTED = "pedigree_audit_committed"
+_SUBSCRIBERS: list[Callable[[list[dict[str, Any]]], None]] = []
+log = logging.getLogger(__name__)
 
 
 def record(
@@ -73,7 +77,7 @@ def _canonical_payload(payload: dict[str, Any]) -> dict[str, Any]:
     return orjson.loads(orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS))
 
 
-def _append(session: Session, pending: list[dict[str, Any]]) -> None:
+def _append(session: Session, pending: list[dict[str, Any]]) -> list[dict[str, Any]]:
     n = len(pending)
     row = session.execute(
         update(AuditHead)
@@ -94,6 +98,7 @@ def _append(session: Session, pending: list[dict[str, Any]]) -> None:
         prev = h
     session.execute(insert(AuditEvent), rows)
     session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=prev))
+    return rows
 
 
 @event.listens_for(Session, "before_commit")
@@ -101,12 +106,33 @@ def _write_pending(session: Session) -> None:
     pending = session.info.pop(_PENDING, None)
     if pending:
         session.flush()
-        _append(session, pending)
+        rows = _append(session, pending)
+        if _SUBSCRIBERS:
+            session.info[_COMMITTED] = rows
+
+
+@event.listens_for(Session, "after_commit")
+def _notify(session: Session) -> None:
+    rows = session.info.pop(_COMMITTED, None)
+    for fn in _SUBSCRIBERS if rows else ():
+        try:
+            fn(rows)
+        except Exception:  # the change is committed; a subscriber's failure must not turn it into an error
+            log.exception("audit subscriber %r failed", fn)
 
 
 @event.listens_for(Session, "after_rollback")
 def _drop_pending(session: Session) -> None:
     session.info.pop(_PENDING, None)
+    session.info.pop(_COMMITTED, None)
+
+
+def subscribe(fn: Callable[[list[dict[str, Any]]], None]) -> None:
+    """Call `fn(events)` after each commit that appended audit events (seq, action, entity_type,
+    entity_id, payload, occurred_at). For side channels (OpenLineage) that must see exactly what
+    committed; `fn` runs in the committing thread and must not use that session."""
+    if fn not in _SUBSCRIBERS:
+        _SUBSCRIBERS.append(fn)
 
 
 @dataclass

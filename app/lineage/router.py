@@ -7,7 +7,11 @@ from fastapi.responses import JSONResponse
 
 from app.core.auth import Actor, require
 from app.core.db import SessionDep
-from app.lineage import erasure, service
+from app.lineage import (
+    erasure,
+    openlineage,  # noqa: F401  (registers its audit subscription: training run events)
+    service,
+)
 
 lineage_router = APIRouter(prefix="/v1/lineage", tags=["lineage"])
 erasure_router = APIRouter(prefix="/v1/erasure-requests", tags=["erasure"])

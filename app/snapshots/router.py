@@ -9,6 +9,7 @@ from app.audit import service as audit
 from app.core.auth import Actor, Curator, require
 from app.core.db import SessionDep, get_engine
 from app.core.errors import ValidationFailed
+from app.lineage import openlineage
 from app.models.snapshot import Snapshot
 from app.snapshots import datasheet, export, service
 from app.snapshots.schemas import EXPORT_FORMATS, SnapshotCreate, SnapshotOut
@@ -31,7 +32,10 @@ def _out(snap: Snapshot, *, stats: bool = True) -> dict[str, Any]:
 
 @router.post("", status_code=201)
 def create_snapshot(data: SnapshotCreate, session: SessionDep, actor: Curator) -> dict[str, Any]:
-    return _out(service.create(session, data=data, actor=actor))
+    # Hook (lineage issue): OpenLineage START/COMPLETE/FAIL around the freeze; a no-op unless configured.
+    with openlineage.snapshot_freeze(session, dataset_ref=data.dataset_id, name=data.name) as ol:
+        ol.snapshot = service.create(session, data=data, actor=actor)
+    return _out(ol.snapshot)
 
 
 @router.get("")
