@@ -90,9 +90,10 @@ def attach_lora(model, hp: dict):
         peft_model = get_peft_model(model, config)
     except ValueError as exc:
         raise TrainError("invalid_hyperparameters", f"hyperparameters.target_modules: {exc}") from exc
-    # Adapter weights stay fp32 (the optimizer's master copy); autocast computes them in bf16.
+    # Adapter weights in half precision would lose small updates: keep them fp32 (the optimizer's
+    # master copy) and let autocast compute with them in bf16.
     for p in peft_model.parameters():
-        if p.requires_grad and p.dtype != __import__("torch").float32:
+        if p.requires_grad and p.dtype.itemsize < 4:
             p.data = p.data.float()
     return peft_model
 
@@ -191,6 +192,9 @@ def train(
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
     backend = hp["attention"] if hp["attention"] != "auto" else attention.default_backend(device)
+    if backend in ("pedigree_varlen", "pedigree_flex") and not on_gpu:
+        # varlen_attn is CUDA-only and flex_attention has no CPU backward.
+        raise TrainError("invalid_hyperparameters", f"hyperparameters.attention: {backend} needs a CUDA GPU")
     compile_layers = hp["compile"]
     if compile_layers == "auto":
         train_tokens = sum(len(e.input_ids) for e in train_ex) * hp["epochs"]

@@ -94,14 +94,15 @@ def test_same_seed_same_adapter(tiny_model, tmp_path, records):
         ({"hyperparameters": {"learning_rate": "fast"}}, "invalid_hyperparameters"),
         ({"hyperparameters": {"lora_rank": 8}}, "invalid_hyperparameters"),
         ({"expected_manifest_sha256": "f" * 64}, "manifest_mismatch"),
+        ({"hyperparameters": {"attention": "pedigree_varlen"}}, "invalid_hyperparameters"),
     ],
 )
 def test_failures_carry_their_code(tiny_model, tmp_path, records, spec_over, code):
     from trainer.core import train
     from trainer.errors import TrainError
 
-    if code == "qlora_unavailable" and torch.cuda.is_available():
-        pytest.skip("QLoRA may be available on a CUDA host")
+    if torch.cuda.is_available() and (code == "qlora_unavailable" or "attention" in str(spec_over)):
+        pytest.skip("available on a CUDA host")
     with pytest.raises(TrainError) as err:
         train(_spec(tiny_model, **spec_over), records, tmp_path)
     assert err.value.code == code
