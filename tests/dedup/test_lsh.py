@@ -1,4 +1,3 @@
-import os
 import threading
 import uuid
 
@@ -8,6 +7,7 @@ from datasketch import MinHash, MinHashLSH
 
 from app.dedup.lsh import IndexConfig, MemoryLSHIndex, RedisLSHIndex, band_keys, drop, lsh_params
 from app.dedup.minhash import IncompatibleSignatures, MinHasher, MinHashSpec, hash_function, shingles
+from tests.conftest import REDIS_URL
 
 BASE = (
     "Pedigree keeps a governed record of every training example, who brought it, under which license, and "
@@ -26,11 +26,11 @@ def near_copy(text: str, i: int) -> str:
 @pytest.fixture
 def redis_client():
     redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    client = redis.Redis.from_url(REDIS_URL)
     try:
         client.ping()
     except redis.exceptions.ConnectionError:
-        pytest.skip("Redis is not reachable at REDIS_URL")
+        pytest.skip("Redis is not reachable at PEDIGREE_TEST_REDIS")
     yield client
     client.close()
 
@@ -138,7 +138,7 @@ def test_concurrent_writers_on_the_same_band_are_always_linked(redis_client, pre
     results: dict[int, set] = {}
 
     def worker(i):
-        client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+        client = redis.Redis.from_url(REDIS_URL)
         index = RedisLSHIndex(client, prefix, IndexConfig(MinHashSpec()))
         barrier.wait()
         results[i] = index.query_insert([f"k{i}".encode()], sigs[i])[0]
