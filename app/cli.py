@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from app.lineage.cli import app as lineage_app
 from app.snapshots.cli import app as snapshot_app
+from app.training.cli import app as runs_app
 
 app = typer.Typer(help="Pedigree: governed training-data curation for LLM fine-tuning.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
@@ -31,6 +32,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
 app.add_typer(snapshot_app, name="snapshot")
+app.add_typer(runs_app, name="runs")
 app.add_typer(lineage_app, name="lineage")
 
 err = Console(stderr=True)

@@ -36,13 +36,15 @@ ACTOR = Actor(key_id=uuid.UUID(int=1), name="embedded-trainer", role="trainer", 
 FLUSH_S = 1.0
 
 _threads: dict[str, threading.Thread] = {}
+# One run at a time, as a GPU host's worker runs with --concurrency 1: the others stay queued.
+_one_at_a_time = threading.Lock()
 
 
 @jobs.local_handler(service.TRAIN_TASK)
 def start_in_background(run_id: str) -> None:
     """Called after the creating transaction commits. Returns at once: the request is not held for the
     length of a training run."""
-    t = threading.Thread(target=run, args=(run_id,), name=f"pedigree-train-{run_id}", daemon=True)
+    t = threading.Thread(target=_serialised, args=(run_id,), name=f"pedigree-train-{run_id}", daemon=True)
     _threads[run_id] = t
     t.start()
 
@@ -61,6 +63,24 @@ def _events(run_id: str, events: list[dict[str, Any]]) -> bool:
         return True
     except Conflict:
         return False
+
+
+def _serialised(run_id: str) -> None:
+    with _one_at_a_time:
+        _reap_orphans()
+        run(run_id)
+
+
+def _reap_orphans() -> None:
+    """There is no beat scheduler in the embedded mode: a run left `running` by a process that exited
+    would stay so forever. Its heartbeats stopped with that process, so the reaper's rule applies."""
+    from app.training.reaper import reap
+
+    try:
+        with session_scope() as s:
+            reap(s)
+    except Exception:
+        log.exception("reaping orphaned embedded runs failed")
 
 
 def run(run_id: str) -> dict[str, Any]:

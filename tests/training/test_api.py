@@ -353,3 +353,19 @@ def test_hyperparameter_ranges_match_the_trainer():
     hparams.resolve(Hyperparameters().model_dump())
     assert Hyperparameters().model_dump() == {k: v for k, v in hparams.resolve({}).items()
                                               if k != "micro_batch_tokens"} | {"micro_batch_tokens": None}
+
+
+def test_cli_runs_list_show_reap(api, dispatched, base_model, artifact_root):
+    from typer.testing import CliRunner
+
+    from app.cli import app as cli
+
+    snap, _ = snapshot(api)
+    run = new_run(api, snap, base_model)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["runs", "show", run["id"]])
+    assert r.exit_code == 0, r.output
+    assert '"status": "queued"' in r.output
+    assert runner.invoke(cli, ["runs", "list"]).exit_code == 0
+    r = runner.invoke(cli, ["runs", "reap", "--stale-after", "60"])
+    assert r.exit_code == 0 and "reaped 0 run(s)" in r.output
