@@ -149,7 +149,7 @@ def main() -> None:
     ap.add_argument("--reviewers", type=int, default=50)
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of load (after --warmup)")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds excluded from the latency figures")
-    ap.add_argument("--examples", type=int, default=40000, help="pending examples (enough not to run dry)")
+    ap.add_argument("--examples", type=int, default=25000, help="pending examples (enough not to run dry)")
     ap.add_argument("--server-workers", type=int, default=2, help="uvicorn worker processes")
     ap.add_argument("--client-procs", type=int, default=1, help="client processes sharing the reviewers")
     ap.add_argument("--think-ms", type=float, default=200.0,
@@ -182,6 +182,7 @@ def main() -> None:
                 c.execute("VACUUM ANALYZE")
             setup_s = time.perf_counter() - t0
 
+            load_before = os.getloadavg()
             start_at = time.time() + 1.0
             measure_from = start_at + args.warmup
             end_at = measure_from + args.duration
@@ -189,6 +190,7 @@ def main() -> None:
             with mp.get_context("spawn").Pool(args.client_procs) as pool:
                 parts = pool.map(_proc, [(url, ds["id"], s, start_at, measure_from, end_at, i, args.think_ms)
                                          for i, s in enumerate(shares)])
+            load_after = os.getloadavg()
             verify = httpx.get(f"{url}/v1/audit/verify", headers=H, timeout=None).json()
 
         log = [e for p in parts for e in p["log"]]
@@ -226,6 +228,9 @@ def main() -> None:
         "bench": "review",
         "machine": f"{platform.node()} ({os.cpu_count()} cpus, {platform.machine()})",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        # The machine is shared: a load average well above the CPU count means the figures say as
+        # much about the neighbours as about the service.
+        "load_avg_1m": {"before": round(load_before[0], 1), "after": round(load_after[0], 1)},
         "reviewers": args.reviewers, "duration_s": args.duration, "server_workers": args.server_workers,
         "client_procs": args.client_procs, "think_ms": args.think_ms, "examples": args.examples, "setup_s": round(setup_s, 1),
         "decisions": ok, "decisions_measured": measured_ok,

@@ -44,6 +44,7 @@ REV = ExampleRevision.__table__
 ESC = ReviewEscalation.__table__
 
 EDITABLE = ("pending_review", "changes_requested", "approved")
+REV_COLS = (REV.c.seq, REV.c.reason, REV.c.author, REV.c.content, REV.c.content_sha256, REV.c.quality)
 # Revisions whose author wrote the content; a pii_scrub or erasure revision is the system's.
 AUTHORED = ("ingest", "reviewer_edit")
 
@@ -185,14 +186,19 @@ def next_items(session: Session, *, dataset: Dataset, actor: Actor, limit: int =
             set_={k: ins.excluded[k] for k in cols[1:]},
             where=L.c.expires_at <= now,
         ).returning(L.c.example_id, L.c.revision_id, L.c.acquired_at, L.c.expires_at)
+        if pg:
+            # The content comes back from the same statement: pick, lease and read in one round trip.
+            got = stmt.cte("granted")
+            stmt = select(got, *REV_COLS).join(REV, REV.c.id == got.c.revision_id)
         for r in session.execute(stmt):
             granted[r.example_id] = r
     if not granted:
         return []
     order = sorted(granted)
-    revs = {r.id: r for r in session.execute(
-        select(REV.c.id, REV.c.seq, REV.c.reason, REV.c.author, REV.c.content, REV.c.content_sha256, REV.c.quality)
-        .where(REV.c.id.in_([granted[e].revision_id for e in order])))}
+    revs = {r.revision_id: r for r in granted.values() if "content" in r._fields}
+    missing = [granted[e].revision_id for e in order if granted[e].revision_id not in revs]
+    if missing:
+        revs.update((r.id, r) for r in session.execute(select(REV.c.id, *REV_COLS).where(REV.c.id.in_(missing))))
     exs = {ex.id: ex for ex in session.scalars(select(Example).where(Example.id.in_(order)))} if with_view else {}
     out = []
     for eid in order:
@@ -201,7 +207,7 @@ def next_items(session: Session, *, dataset: Dataset, actor: Actor, limit: int =
         item: dict[str, Any] = {"example_id": str(eid), "revision_id": str(ls.revision_id),
                                 "dataset_id": str(dataset.id), "lease_expires_at": _iso(ls.expires_at),
                                 "leased_at": _iso(ls.acquired_at),
-                                "revision": {"id": str(rv.id), "seq": rv.seq, "reason": rv.reason, "author": rv.author,
+                                "revision": {"id": str(ls.revision_id), "seq": rv.seq, "reason": rv.reason, "author": rv.author,
                                              "content": rv.content, "content_sha256": rv.content_sha256},
                                 "quality_flags": (rv.quality or {}).get("flags", [])}
         if with_view:
