@@ -145,8 +145,15 @@ def train(
     if method not in ("lora", "qlora"):
         raise TrainError("invalid_hyperparameters", f"method: must be lora or qlora, got {method!r}")
 
-    def check_stop():
-        if should_stop is not None and should_stop():
+    def check_stop(step: int | None = None):
+        stop = should_stop is not None and should_stop()
+        if dist.world > 1:
+            # Ranks must agree, or one would leave while the others wait in an all-reduce. Agreeing
+            # costs a synchronisation, so ranks vote only where the loop synchronises anyway.
+            if step is not None and step % hp["log_every"]:
+                return
+            stop = _all_sum([float(stop)], dist, device)[0] > 0
+        if stop:
             raise TrainError("cancelled", "the run was cancelled")
 
     records, manifest = verify_records(records, spec.get("expected_manifest_sha256"))
@@ -288,7 +295,7 @@ def train(
         t_window = time.perf_counter()
         try:
             for epoch, step_rows, host_mbs in loader:
-                check_stop()
+                check_stop(step)
                 step_sup = sum(sup_of[i] for row in step_rows for i in row)
                 mbs = [mb.to(device) for mb in host_mbs]
                 loss_acc += engine.backward_step(mbs, max(1, step_sup))
