@@ -44,8 +44,10 @@ def demo_examples(n: int = 48, seed: int = 7) -> list[bytes]:
         variant = i // len(_TOPICS)
         instruction = f"How do I {topic}?"
         inp = f"Customer {name} ({email}, {phone}) writes: I need to {topic}, ticket {1000 + i}."
-        if variant % 3 == 2:  # a light edit of an earlier one: a near duplicate
-            inp = inp.replace("I need to", "I really need to")
+        if variant == 2:
+            # The same ticket re-sent through another channel with different spacing and punctuation:
+            # not byte-identical (so not an exact duplicate) but a near duplicate for MinHash.
+            inp = f"Customer {name} ({email}, {phone}) writes:  I need to {topic} - ticket {1000 + i % 8}!"
         lines.append(orjson.dumps({
             "instruction": instruction, "input": inp, "output": answer,
             "provenance": {"source": "helpdesk", "source_ref": f"ticket-{1000 + i}",

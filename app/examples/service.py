@@ -73,9 +73,19 @@ def duplicates_of(session: Session, example_id: uuid.UUID) -> list[dict[str, Any
     return out
 
 
+def _quality_of(session: Session, rev: ExampleRevision | None) -> dict[str, Any]:
+    """Quality flags of a revision, or of its nearest checked ancestor: a scrub replaces values with
+    placeholders but does not change what the checks look at, and a re-check may still be queued."""
+    hops = 0
+    while rev is not None and rev.quality is None and rev.parent_id is not None and hops < 16:
+        rev = session.get(ExampleRevision, rev.parent_id)
+        hops += 1
+    return (rev.quality if rev is not None else None) or {}
+
+
 def view(session: Session, ex: Example, actor: Actor) -> dict[str, Any]:
     rev = session.get(ExampleRevision, ex.current_revision_id) if ex.current_revision_id else None
-    quality = (rev.quality if rev else None) or {}
+    quality = _quality_of(session, rev)
     out: dict[str, Any] = {
         "id": str(ex.id), "dataset_id": str(ex.dataset_id), "status": ex.status, "stage": ex.stage,
         "provenance": provenance(ex),
