@@ -179,14 +179,15 @@ def _seed(env: dict[str, str], texts: list[str]) -> list[str]:
     return ids
 
 
-def _start_worker(env: dict[str, str], name: str):
+def _start_worker(env: dict[str, str], name: str, log_path: Path):
     import subprocess
 
+    log = log_path.open("wb")
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "pii", "--concurrency", "1",
          "--pool", "prefork", "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
          "--without-heartbeat"],
-        cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parents[1], env=env, stdout=log, stderr=subprocess.STDOUT,
     )
 
 
@@ -196,16 +197,19 @@ def run_worker_path(texts: list[str], workers: int) -> float:
 
     from bench.common import bench_env, migrate, temp_pg_database
 
-    redis_url = os.environ.get("PEDIGREE_BENCH_PII_REDIS", "redis://127.0.0.1:6379/13")
+    redis_url = os.environ.get("PEDIGREE_BENCH_PII_REDIS", "redis://127.0.0.1:6379/12")
     with temp_pg_database("pedigree_bench_pii") as url:
         env = bench_env(url, redis_url)
         migrate(env)
         ids = _seed(env, texts)
         redis.Redis.from_url(redis_url).flushdb()  # the quality tasks ingest enqueued: not measured here
-        procs = [_start_worker(env, f"benchpii{i}-{os.getpid()}") for i in range(workers)]
+        import tempfile
+
+        logs = [Path(tempfile.gettempdir()) / f"bench-pii-worker-{os.getpid()}-{i}.log" for i in range(workers)]
+        procs = [_start_worker(env, f"benchpii{i}-{os.getpid()}", logs[i]) for i in range(workers)]
         try:
-            for proc in procs:  # warm: the engine is built in worker_process_init before "ready"
-                _wait_ready(proc)
+            for proc, log in zip(procs, logs):  # warm: the engine is built in worker_process_init
+                _wait_ready(proc, log)
             from app.core.db import get_engine
             from app.core.jobs import celery_client
             from app.pipeline.service import RUN_STAGE_TASK
@@ -214,9 +218,12 @@ def run_worker_path(texts: list[str], workers: int) -> float:
             t0 = time.perf_counter()
             for i in range(0, len(ids), WORKER_CHUNK):
                 client.send_task(RUN_STAGE_TASK, args=["pii", ids[i : i + WORKER_CHUNK]], queue="pii")
+            deadline = time.time() + 1200
             with get_engine().connect() as conn:
                 while conn.execute(text("SELECT count(*) FROM examples WHERE stage = 'pii'")).scalar():
                     conn.rollback()
+                    if time.time() > deadline or any(p.poll() is not None for p in procs):
+                        raise RuntimeError(f"pii stage not drained; worker log: {logs[0]}")
                     time.sleep(0.05)
             elapsed = time.perf_counter() - t0
         finally:
@@ -232,25 +239,14 @@ def run_worker_path(texts: list[str], workers: int) -> float:
         return len(ids) / elapsed
 
 
-def _wait_ready(proc, timeout: float = 120.0) -> None:
-    import select as _select
-
+def _wait_ready(proc, log_path: Path, timeout: float = 120.0) -> None:
     deadline = time.time() + timeout
-    buf = b""
     while time.time() < deadline:
-        ready, _, _ = _select.select([proc.stdout], [], [], 0.5)
-        if ready:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                raise RuntimeError(f"worker exited: {buf.decode(errors='replace')[-2000:]}")
-            buf += line
-            if b" ready." in line:
-                # Drain the pipe from now on so a chatty worker never blocks on a full pipe.
-                import threading
-
-                threading.Thread(target=lambda: [None for _ in iter(proc.stdout.readline, b"")],
-                                 daemon=True).start()
-                return
+        if b" ready." in log_path.read_bytes():
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited: {log_path.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.2)
     raise RuntimeError("worker did not become ready")
 
 
