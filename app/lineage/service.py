@@ -169,12 +169,9 @@ def example_lineage(session: Session, *, example_id: str, actor: Actor, include_
     runs: list[dict[str, Any]] = []
     mvs: list[dict[str, Any]] = []
     if tr.available(session):
-        ln, run = tr.lineage, tr.training_runs
-        rows = session.execute(select(ln).where(ln.c.example_id == ex.id)).all()
-        extra = {r.model_version_id: {"run_id": str(r.run_id), "revision_id": str(r.revision_id),
-                                      "tokens": r.tokens, "epochs": r.epochs} for r in rows}
-        mvs = model_version_views(session, list(extra), extra=extra)
-        run_ids = sorted({r.run_id for r in rows})
+        run = tr.training_runs
+        mvs = model_versions_of_example(session, ex.id)
+        run_ids = sorted({uuid.UUID(m["run_id"]) for m in mvs})
         if run_ids:
             runs = [{"id": str(r.id), "status": r.status, "snapshot_id": _s(r.snapshot_id), "base_model": r.base_model,
                      "method": r.method, "created_at": _iso(r.created_at), "finished_at": _iso(r.finished_at)}
@@ -204,6 +201,19 @@ def example_lineage(session: Session, *, example_id: str, actor: Actor, include_
             ids.add(out["erasure"]["request_id"])
         out["audit_events"] = audit_events_for(session, sorted(ids))
     return out
+
+
+def model_versions_of_example(session: Session, example_id: uuid.UUID) -> list[dict[str, Any]]:
+    """Which model versions did this example train, with the tokens and epochs of each (one lineage
+    index lookup, then the versions, their aliases and taints by primary key)."""
+    if not tr.available(session):
+        return []
+    ln = tr.lineage
+    rows = session.execute(select(ln.c.model_version_id, ln.c.run_id, ln.c.revision_id, ln.c.tokens, ln.c.epochs)
+                           .where(ln.c.example_id == example_id)).all()
+    extra = {r.model_version_id: {"run_id": str(r.run_id), "revision_id": str(r.revision_id),
+                                  "tokens": r.tokens, "epochs": r.epochs} for r in rows}
+    return model_version_views(session, list(extra), extra=extra)
 
 
 def erasure_state(session: Session, ex: Example) -> dict[str, Any] | None:
