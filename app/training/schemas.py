@@ -78,8 +78,13 @@ class EventsIn(BaseModel):
     events: list[EventIn] = Field(max_length=10_000)
 
 
+# Canonical lower-case form only (as exports print them): validated in pydantic-core, and the ids then
+# go to PostgreSQL as one string, with no Python UUID object per trained example.
+RevisionId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+
+
 class ExampleTrained(BaseModel):
-    revision_id: str
+    revision_id: RevisionId
     tokens: int = Field(ge=0)
     epochs: int = Field(ge=0)
 
