@@ -155,8 +155,13 @@ def next_items(session: Session, *, dataset: Dataset, actor: Actor, limit: int =
                                  .returning(L.c.example_id, L.c.revision_id, L.c.acquired_at, L.c.expires_at)):
             granted[r.example_id] = r
 
-    want = limit - len(own)
-    if want > 0:
+    # A row another reviewer leased after this statement's snapshot is still lockable (their
+    # transaction only locked it) but refused by the upsert; the next statement sees that lease and
+    # passes the row by. So on PostgreSQL a short pick comes back for another try.
+    for _attempt in range(3 if pg else 1):
+        want = limit - len(granted)
+        if want <= 0:
+            break
         cand = (select(E.c.id, E.c.current_revision_id)
                 .where(E.c.dataset_id == dataset.id, E.c.status == "pending_review", E.c.stage.is_(None),
                        ~exists().where(L.c.example_id == E.c.id, L.c.expires_at > now),
@@ -190,8 +195,12 @@ def next_items(session: Session, *, dataset: Dataset, actor: Actor, limit: int =
             # The content comes back from the same statement: pick, lease and read in one round trip.
             got = stmt.cte("granted")
             stmt = select(got, *REV_COLS).join(REV, REV.c.id == got.c.revision_id)
+        got_any = False
         for r in session.execute(stmt):
             granted[r.example_id] = r
+            got_any = True
+        if not got_any and _attempt > 0:  # twice nothing: the queue is empty for this caller
+            break
     if not granted:
         return []
     order = sorted(granted)
@@ -419,14 +428,14 @@ def decide_many(session: Session, requests: list[DecisionRequest], *, atomic: bo
                    f"review policy ({policy.conflict_resolution}, {policy.required_approvals} approvals)")
             moves[outcome].append((eid, b.status[eid], rid, why, actor))
             b.status[eid] = outcome
-        out[i] = {
-            "review": {"id": str(review_id), "example_id": str(eid), "revision_id": str(rid),
-                       "reviewer": actor.ref, "decision": data.decision, "reason_code": data.reason_code,
-                       "comment": data.comment, "created_at": _iso(now)},
-            "example": {"id": str(eid), "status": b.status[eid], "revision_id": str(rid),
-                        "approvals": tally["approve"], "required_approvals": policy.required_approvals,
-                        "escalated": outcome == "escalate"},
-        }
+        review = {"id": str(review_id), "example_id": str(eid), "revision_id": str(rid), "reviewer": actor.ref,
+                  "decision": data.decision, "reason_code": data.reason_code, "comment": data.comment,
+                  "created_at": _iso(now)}
+        # The review at the top level (it is what was created), the example's new state beside it.
+        out[i] = {**review, "status": b.status[eid], "review": review,
+                  "example": {"id": str(eid), "status": b.status[eid], "revision_id": str(rid),
+                              "approvals": tally["approve"], "required_approvals": policy.required_approvals,
+                              "escalated": outcome == "escalate"}}
     if atomic:
         for i, r in enumerate(out):
             if isinstance(r, PedigreeError):
@@ -528,8 +537,9 @@ def edit(session: Session, *, example_id: str | uuid.UUID, actor: Actor, data: R
                  entity_id=ex.id, payload={"from": before, "to": "ingested", "why": "edited; re-enters the pipeline",
                                            "revision_id": str(rev.id)})
     pipeline.enqueue_stage(session, first, [ex.id])
-    return {"example_id": str(ex.id), "status": "ingested", "stage": first,
-            "revision": examples.revision_view(rev) | {"comment": rev.comment}}
+    revision = examples.revision_view(rev) | {"comment": rev.comment}
+    # The new revision at the top level (it is what was created), the example's state beside it.
+    return {**revision, "example_id": str(ex.id), "status": "ingested", "stage": first, "revision": revision}
 
 
 # --- suggestions -------------------------------------------------------------------------------------------
