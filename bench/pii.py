@@ -262,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _quiet()
 
+    load_start = os.getloadavg()[0]
     texts = load_texts(args.corpus_dir, args.texts)
     chars = sum(len(t) for t in texts)
     print(f"{len(texts)} texts, {chars} chars, cpus={os.cpu_count()}", flush=True)
@@ -295,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         "texts": len(texts),
         "chars": chars,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}",
+        # Other work on the machine skews the scaling figure first: the load average says how much there was.
+        "load_avg_1m_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "ours_docs_per_s": round(ours_dps, 1),
         "naive_docs_per_s": round(naive_dps, 1) if naive_dps else None,
         "speedup_vs_naive": round(speedup, 2) if speedup else None,
