@@ -14,6 +14,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import delete, exists, false, func, insert, literal, select, true, update
@@ -301,25 +302,34 @@ class _Batch:
 
 
 def _load_batch(session: Session, ids: list[uuid.UUID], refs: set[str]) -> _Batch:
+    """Three reads whatever the batch size; the lease and escalation ride on the locking read (both
+    are keyed by the example, so the outer joins add no rows)."""
     D = Dataset.__table__
     q = (select(E.c.id, E.c.dataset_id, E.c.status, E.c.stage, E.c.current_revision_id, E.c.ingested_by,
-                D.c.review_policy).join(D, D.c.id == E.c.dataset_id).where(E.c.id.in_(ids)).order_by(E.c.id))
+                D.c.review_policy, L.c.holder_key_id, L.c.holder, L.c.acquired_at, L.c.expires_at,
+                ESC.c.example_id.label("escalated_id"))
+         .join(D, D.c.id == E.c.dataset_id)
+         .outerjoin(L, L.c.example_id == E.c.id)
+         .outerjoin(ESC, ESC.c.example_id == E.c.id)
+         .where(E.c.id.in_(ids)).order_by(E.c.id))
     if _is_pg(session):
         # Locked in id order, so concurrent batches queue instead of deadlocking.
         q = q.with_for_update(of=E)
     examples = {r.id: r for r in session.execute(q)}
+    leases = {e: SimpleNamespace(holder_key_id=r.holder_key_id, holder=r.holder, acquired_at=r.acquired_at,
+                                 expires_at=r.expires_at)
+              for e, r in examples.items() if r.holder_key_id is not None}
+    escalated = {e for e, r in examples.items() if r.escalated_id is not None}
     eids = list(examples)
     rids = [r.current_revision_id for r in examples.values()]
     tallies: dict[uuid.UUID, Counter[str]] = defaultdict(Counter)
     decided: set[tuple[uuid.UUID, uuid.UUID]] = set()
-    leases, escalated, authored = {}, set(), set()
+    authored: set[tuple[uuid.UUID, str]] = set()
     if eids:
         for r in session.execute(select(R.c.revision_id, R.c.reviewer_key_id, R.c.decision)
                                  .where(R.c.revision_id.in_(rids))):
             tallies[r.revision_id][r.decision] += 1
             decided.add((r.revision_id, r.reviewer_key_id))
-        leases = {r.example_id: r for r in session.execute(select(L).where(L.c.example_id.in_(eids)))}
-        escalated = set(session.scalars(select(ESC.c.example_id).where(ESC.c.example_id.in_(eids))))
         authored = {(r.example_id, r.author) for r in session.execute(
             select(REV.c.example_id, REV.c.author).where(REV.c.example_id.in_(eids), REV.c.author.in_(refs),
                                                          REV.c.reason.in_(AUTHORED)))}
