@@ -417,6 +417,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               and figures["models_by_license_max_ms"] < TARGET_LICENSE_MS
               and figures["erasure_s"] < TARGET_ERASURE_S and ok_erasure)
     return {"bench": "lineage", "scale": args.scale, "host": socket.gethostname(), "cpus": os.cpu_count(),
+            # Latencies on a shared box move with what else runs: the load average says how busy it was.
+            "loadavg": [round(x, 2) for x in os.getloadavg()],
             "data": info, "figures": figures, "targets": targets,
             "plans_indexes": sorted({ln.strip() for p in plans.values() for plan in p for ln in plan.splitlines()
                                      if "Index" in ln and " on " in ln}),

@@ -12,7 +12,7 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import ColumnElement, exists, func, or_, select, text
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, text, true
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -58,26 +58,43 @@ def is_tombstone(content: Any) -> bool:
 # Model versions, shared by every lookup
 
 
-def _aliases_by_version(session: Session, mv_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[str]]:
-    out: dict[uuid.UUID, list[str]] = defaultdict(list)
-    if not mv_ids:
-        return out
-    a = tr.model_aliases
-    for row in session.execute(select(a.c.model_version_id, a.c.alias).where(a.c.model_version_id.in_(mv_ids))
-                               .order_by(a.c.alias)):
-        out[row.model_version_id].append(row.alias)
-    return out
-
-
-def _taints_by_version(session: Session, mv_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[str]]:
-    out: dict[uuid.UUID, list[str]] = defaultdict(list)
-    if not mv_ids:
-        return out
-    for row in session.execute(select(ModelVersionTaint.model_version_id, ModelVersionTaint.erasure_request_id)
-                               .where(ModelVersionTaint.model_version_id.in_(mv_ids))
-                               .order_by(ModelVersionTaint.created_at)):
-        out[row.model_version_id].append(str(row.erasure_request_id))
-    return out
+def _views(session: Session, where: ColumnElement[bool], *, example_id: uuid.UUID | None = None,
+           extra: dict[uuid.UUID, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One statement: the versions with their aliases and taints outer-joined (a handful of rows per
+    version at most), and, for `example_id`, that example's lineage row (tokens, epochs). One round
+    trip instead of one per kind of fact: on a busy database the round trips are the latency."""
+    mv, a = tr.model_versions, tr.model_aliases
+    t = ModelVersionTaint.__table__
+    cols = [mv.c.id, mv.c.name, mv.c.version, mv.c.run_id, mv.c.status, mv.c.artifact_sha256, a.c.alias,
+            t.c.erasure_request_id]
+    src = mv.outerjoin(a, a.c.model_version_id == mv.c.id).outerjoin(t, t.c.model_version_id == mv.c.id)
+    if example_id is not None:
+        ln = tr.lineage
+        cols += [ln.c.revision_id, ln.c.tokens, ln.c.epochs]
+        src = src.join(ln, and_(ln.c.model_version_id == mv.c.id, ln.c.example_id == example_id))
+    rows = session.execute(select(*cols).select_from(src).where(where)
+                           .order_by(mv.c.name, mv.c.version, a.c.alias, t.c.created_at)).all()
+    out: dict[uuid.UUID, dict[str, Any]] = {}
+    for r in rows:
+        item = out.get(r.id)
+        if item is None:
+            item = out[r.id] = {"id": str(r.id), "name": r.name, "version": r.version, "run_id": _s(r.run_id),
+                                "status": r.status, "artifact_sha256": r.artifact_sha256, "aliases": [],
+                                "tainted_by": []}
+            if example_id is not None:
+                item.update(revision_id=str(r.revision_id), tokens=r.tokens, epochs=r.epochs)
+            item.update((extra or {}).get(r.id, {}))
+        if r.alias is not None and r.alias not in item["aliases"]:
+            item["aliases"].append(r.alias)
+        tid = _s(r.erasure_request_id)
+        if tid is not None and tid not in item["tainted_by"]:
+            item["tainted_by"].append(tid)
+    for item in out.values():
+        if item["status"] == "tainted" and item["aliases"]:
+            item["warning"] = (f"TAINTED model version {item['name']} v{item['version']} is still served by "
+                               f"alias(es) {', '.join(item['aliases'])}: it was trained on erased data; retrain "
+                               "and move the alias")
+    return list(out.values())
 
 
 def model_version_views(session: Session, mv_ids: list[uuid.UUID], *,
@@ -86,22 +103,7 @@ def model_version_views(session: Session, mv_ids: list[uuid.UUID], *,
     name and version. A tainted version an alias still points at carries a loud `warning`."""
     if not mv_ids:
         return []
-    mv = tr.model_versions
-    rows = session.execute(select(mv).where(mv.c.id.in_(mv_ids)).order_by(mv.c.name, mv.c.version)).all()
-    aliases = _aliases_by_version(session, mv_ids)
-    taints = _taints_by_version(session, mv_ids)
-    out = []
-    for r in rows:
-        item = {"id": str(r.id), "name": r.name, "version": r.version, "run_id": _s(r.run_id), "status": r.status,
-                "artifact_sha256": r.artifact_sha256, "aliases": aliases.get(r.id, []),
-                "tainted_by": taints.get(r.id, [])}
-        item.update((extra or {}).get(r.id, {}))
-        if r.status == "tainted" and item["aliases"]:
-            item["warning"] = (f"TAINTED model version {r.name} v{r.version} is still served by alias(es) "
-                               f"{', '.join(item['aliases'])}: it was trained on erased data; retrain and move "
-                               "the alias")
-        out.append(item)
-    return out
+    return _views(session, tr.model_versions.c.id.in_(mv_ids), extra=extra)
 
 
 def tainted_alias_warnings(mvs: list[dict[str, Any]]) -> list[str]:
@@ -196,7 +198,9 @@ def example_lineage(session: Session, *, example_id: str, actor: Actor, include_
     }
     if include_audit:
         ids = {str(ex.id), *(r["id"] for r in revisions), *(s["id"] for s in snaps), *(r["id"] for r in runs),
-               *(m["id"] for m in mvs)}
+               *(m["id"] for m in mvs), *(r["id"] for r in reviews)}
+        if ex.ingest_batch_id:
+            ids.add(str(ex.ingest_batch_id))
         if out["erasure"]:
             ids.add(out["erasure"]["request_id"])
         out["audit_events"] = audit_events_for(session, sorted(ids))
@@ -204,16 +208,11 @@ def example_lineage(session: Session, *, example_id: str, actor: Actor, include_
 
 
 def model_versions_of_example(session: Session, example_id: uuid.UUID) -> list[dict[str, Any]]:
-    """Which model versions did this example train, with the tokens and epochs of each (one lineage
-    index lookup, then the versions, their aliases and taints by primary key)."""
+    """Which model versions did this example train, with the tokens and epochs of each: one statement,
+    driven by the (example_id, model_version_id) lineage index."""
     if not tr.available(session):
         return []
-    ln = tr.lineage
-    rows = session.execute(select(ln.c.model_version_id, ln.c.run_id, ln.c.revision_id, ln.c.tokens, ln.c.epochs)
-                           .where(ln.c.example_id == example_id)).all()
-    extra = {r.model_version_id: {"run_id": str(r.run_id), "revision_id": str(r.revision_id),
-                                  "tokens": r.tokens, "epochs": r.epochs} for r in rows}
-    return model_version_views(session, list(extra), extra=extra)
+    return _views(session, true(), example_id=example_id)
 
 
 def erasure_state(session: Session, ex: Example) -> dict[str, Any] | None:
