@@ -3,7 +3,8 @@ model version registered and one lineage row per trained revision written, in on
 
     python -m bench.registration [--n 1000000]
 
-Builds a snapshot of n members directly (generate_series into snapshot_members), a running run, a
+Builds a snapshot of n members directly (generate_series into snapshot_members, with time-ordered ids
+as UUIDv7 gives them: revisions were created in about the order of their examples), a running run, a
 small artifact, then times `POST /complete`'s work in two parts: parsing the JSON body with the
 request schema (what FastAPI does), and the service call (INSERT ... SELECT over unnest() joined to
 the snapshot's members). Checks afterwards that exactly n lineage rows exist and that every example id
@@ -67,8 +68,9 @@ def main() -> None:
         t0 = time.time()
         with session_scope() as s:
             s.execute(text("INSERT INTO snapshot_members (snapshot_id, example_id, revision_id, split, content_sha256) "
-                           "SELECT :sid, gen_random_uuid(), gen_random_uuid(), 'train', md5(g::text) || md5(g::text) "
-                           "FROM generate_series(1, :n) g"), {"sid": str(sid), "n": n})
+                           "SELECT :sid, ('01a20000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, "
+                           "('01a20001-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, 'train', "
+                           "md5(g::text) || md5(g::text) FROM generate_series(1, :n) g"), {"sid": str(sid), "n": n})
             s.execute(text("ANALYZE snapshot_members"))
             revs = [str(r) for (r,) in s.execute(text("SELECT revision_id FROM snapshot_members WHERE snapshot_id = :sid"),
                                                  {"sid": str(sid)})]

@@ -250,8 +250,13 @@ def _write_lineage(session: Session, *, run: TrainingRun, mv: ModelVersion, revs
             "SELECT :run, :mv, m.revision_id, m.example_id, u.tokens, u.epochs "
             "FROM unnest(string_to_array(:revs, ',')::uuid[], string_to_array(:toks, ',')::bigint[], "
             "string_to_array(:eps, ',')::int[]) AS u(revision_id, tokens, epochs) "
-            "JOIN snapshot_members m ON m.snapshot_id = :sid AND m.revision_id = u.revision_id"
+            "JOIN snapshot_members m ON m.snapshot_id = :sid AND m.revision_id = u.revision_id "
+            # Ids are time-ordered (UUIDv7): in example order, every index of lineage is filled nearly
+            # left to right instead of at a million random leaf pages (1M rows: 63 s -> see bench).
+            "ORDER BY m.example_id"
         ).bindparams(bindparam("run", type_=Uuid()), bindparam("mv", type_=Uuid()), bindparam("sid", type_=Uuid()))
+        # Enough memory to sort a million-row report without spilling (this transaction only).
+        session.execute(text("SET LOCAL work_mem = '128MB'"))
         res = session.execute(stmt, {"run": run.id, "mv": mv.id, "sid": run.snapshot_id,
                                      "revs": ",".join(revs), "toks": ",".join(map(str, toks)),
                                      "eps": ",".join(map(str, eps))})
