@@ -243,7 +243,7 @@ def _freeze_pg(session: Session, sid: uuid.UUID, ds_name: str, cand: _Query, par
     # The uuid is ours (new_id), never user input, so inlining it in DDL is safe.
     session.execute(text(f"CREATE TABLE {part} (LIKE snapshot_members INCLUDING DEFAULTS, "
                          f"CONSTRAINT ck_m_{sid.hex} CHECK (snapshot_id = '{sid}'))"))
-    agg = ("encode(sha256(convert_to(COALESCE(string_agg(l, E'\\n') {f}, ''), 'UTF8')), 'hex')")
+    agg = ("encode(sha256(textsend(COALESCE(string_agg(l, E'\\n') {f}, ''))), 'hex')")
     manifests = ", ".join(agg.format(f=flt) for flt in (
         "", "FILTER (WHERE split = 'train')", "FILTER (WHERE split = 'validation')"))
     if stratify is None:
