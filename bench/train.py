@@ -814,7 +814,7 @@ def main(argv=None) -> int:
         print(json.dumps({"base_model": str(args.write_base)}))
         return 0
     if args.cpu_smoke:
-        args.seconds, args.warmup, args.max_steps, args.seq_len = 1.0, 1, 4, 256
+        args.seconds, args.warmup, args.max_steps, args.seq_len = 0.5, 1, 3, 256
         args.no_compile, args.check = True, True
     if device.type == "cpu" and not args.cpu_smoke:
         log("no GPU: use --cpu-smoke")
@@ -841,7 +841,7 @@ def main(argv=None) -> int:
     for name in args.shapes.split(","):
         shape = SHAPES[name] if not args.cpu_smoke else smoke_shape(SHAPES[name])
         cfg_dir = write_config(name, shape, folder)
-        n_examples = 400 if args.cpu_smoke else len(lengths)
+        n_examples = 200 if args.cpu_smoke else len(lengths)
         examples = synth_examples(lengths, shape["vocab_size"], args.seq_len, n_examples, args.seed)
         stats = data_stats(examples)
         result["data"] = {k: v for k, v in stats.items() if k != "t_eff"} | {"source": str(args.corpus)}
@@ -860,7 +860,7 @@ def main(argv=None) -> int:
             if not args.no_hf_largest:
                 sizes = [int(x) for x in args.hf_largest.split(",") if x] or HF_LARGEST[name]
                 if args.cpu_smoke:
-                    sizes = [16]
+                    sizes = [12]
                 log(f"[{name}] HF Trainer + PEFT, largest batch of {sizes}")
                 entry["hf_largest"] = run_hf_largest(cfg_dir, examples, sizes, out_dir=folder, **common)
                 log(json.dumps(entry["hf_largest"]))
