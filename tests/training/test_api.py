@@ -369,3 +369,19 @@ def test_cli_runs_list_show_reap(api, dispatched, base_model, artifact_root):
     assert runner.invoke(cli, ["runs", "list"]).exit_code == 0
     r = runner.invoke(cli, ["runs", "reap", "--stale-after", "60"])
     assert r.exit_code == 0 and "reaped 0 run(s)" in r.output
+
+
+def test_reaper_task_on_beat(api, dispatched, base_model, artifact_root, monkeypatch):
+    from app.core.config import reset_settings
+    from workers.celery_app import celery
+    from workers.tasks.training import reap as reap_task
+
+    assert celery.conf.beat_schedule["training-reap"]["task"] == "pedigree.training.reap"
+    assert "pedigree.training.reap" in celery.tasks
+    snap, _ = snapshot(api)
+    rid = started(api, snap, base_model)["id"]
+    assert reap_task() == []
+    monkeypatch.setenv("PEDIGREE_TRAINING_HEARTBEAT_TIMEOUT_S", "0")
+    reset_settings()
+    assert reap_task() == [rid]
+    assert api.as_("auditor").get(f"/v1/training-runs/{rid}").json()["error"]["code"] == "worker_lost"
