@@ -25,9 +25,11 @@ import multiprocessing as mp
 import os
 import platform
 import random
+import threading
 import time
 import uuid
 from collections import defaultdict
+from pathlib import Path
 
 import httpx
 import orjson
@@ -136,8 +138,57 @@ async def _reviewers(url: str, dataset: str, keys: list[str], start_at: float, m
                 d_lat.append(t3 - t2)
             log.append((it["example_id"], key[-8:], held_from, held_to, status == 201, measured))
 
-    await asyncio.gather(*(one(k) for k in keys))
-    return {"log": log, "q": q_lat, "d": d_lat, "errors": dict(errors)}
+    async def clock() -> tuple[float, float]:
+        await asyncio.sleep(max(0.0, measure_from - time.time()))
+        c0 = time.process_time()
+        await asyncio.sleep(max(0.0, end_at - time.time()))
+        return c0, time.process_time()
+
+    *_, (c0, c1) = await asyncio.gather(*(one(k) for k in keys), clock())
+    return {"log": log, "q": q_lat, "d": d_lat, "errors": dict(errors), "client_cpu_s": c1 - c0}
+
+
+def _tree(root: int) -> list[int]:
+    kids: dict[int, list[int]] = defaultdict(list)
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                kids[int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])].append(int(p))
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def _cpu_s(pids: list[int]) -> dict[int, float]:
+    out = {}
+    for p in pids:
+        try:
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            out[p] = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+def _meter(server_pid: int, pg_url: str, start: float, end: float, out: dict[str, float]) -> None:
+    """CPU seconds the API server (all its workers) and this database's PostgreSQL backends spend
+    in the measured window: what a decision costs, whatever the neighbours on the machine do."""
+    def pg_pids() -> list[int]:
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            return [r[0] for r in c.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+
+    time.sleep(max(0.0, start - time.time()))
+    srv0, pg0 = _cpu_s(_tree(server_pid)), _cpu_s(pg_pids())
+    time.sleep(max(0.0, end - time.time()))
+    srv1, pg1 = _cpu_s(_tree(server_pid)), _cpu_s(pg_pids())
+    out["server_s"] = sum(v - srv0.get(p, 0.0) for p, v in srv1.items())
+    out["postgres_s"] = sum(v - pg0.get(p, 0.0) for p, v in pg1.items())
 
 
 def _proc(args: tuple) -> dict:
@@ -161,7 +212,7 @@ def main() -> None:
         env.setdefault("PEDIGREE_PII_VAULT_KEYS", base64.b64encode(b"bench-vault-key-32-bytes-long!!!").decode())
         migrate(env)
         admin = create_key(env, "admin")
-        with api_server(env, workers=args.server_workers) as (url, _proc_handle):
+        with api_server(env, workers=args.server_workers) as (url, server_proc):
             H = {"Authorization": f"Bearer {admin}"}
             curator = httpx.post(f"{url}/v1/keys", json={"name": "bench-curator", "role": "curator"}, headers=H).json()["key"]
             keys = [httpx.post(f"{url}/v1/keys", json={"name": f"bench-reviewer-{i}", "role": "reviewer"},
@@ -187,13 +238,18 @@ def main() -> None:
             measure_from = start_at + args.warmup
             end_at = measure_from + args.duration
             shares = [keys[i::args.client_procs] for i in range(args.client_procs)]
+            cpu: dict[str, float] = {}
+            meter = threading.Thread(target=_meter, args=(server_proc.pid, pg_url, measure_from, end_at, cpu))
+            meter.start()
             with mp.get_context("spawn").Pool(args.client_procs) as pool:
                 parts = pool.map(_proc, [(url, ds["id"], s, start_at, measure_from, end_at, i, args.think_ms)
                                          for i, s in enumerate(shares)])
             load_after = os.getloadavg()
+            meter.join()
             verify = httpx.get(f"{url}/v1/audit/verify", headers=H, timeout=None).json()
 
         log = [e for p in parts for e in p["log"]]
+        client_cpu = sum(p["client_cpu_s"] for p in parts)
         q_lat = [x for p in parts for x in p["q"]]
         d_lat = [x for p in parts for x in p["d"]]
         errors: dict[str, int] = defaultdict(int)
@@ -238,6 +294,14 @@ def main() -> None:
         "queue_next_ms": {"p50": round(q50, 1), "p99": round(q99, 1), "n": len(q_lat)},
         "decide_ms": {"p50": round(d50, 1), "p99": round(d99, 1), "n": len(d_lat)},
         "errors": dict(errors),
+        # CPU per decision (one queue-next plus one decide): the service's own cost, and the
+        # ceiling it implies on this machine's cores if nothing else ran on them.
+        "cpu_ms_per_decision": {"server": round(1000 * cpu.get("server_s", 0) / max(measured_ok, 1), 2),
+                                "postgres": round(1000 * cpu.get("postgres_s", 0) / max(measured_ok, 1), 2),
+                                "client": round(1000 * client_cpu / max(measured_ok, 1), 2)},
+        "ceiling_decisions_per_s_dedicated": round(
+            (os.cpu_count() or 1) / max((cpu.get("server_s", 0) + cpu.get("postgres_s", 0) + client_cpu)
+                                        / max(measured_ok, 1), 1e-9), 0),
         "proof": {"examples_handed_out": len(by_example), "handed_to_two_reviewers": handed_twice,
                   "overlapping_holds": overlapping, "reviews_in_db": reviews, "accepted_decisions": ok,
                   "examples_decided_twice": decided_twice, "audit_chain_ok": verify["ok"],

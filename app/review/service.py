@@ -9,6 +9,7 @@ raises before its first real write and the request's transaction rolls back, so 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import statistics
 import uuid
 from collections import Counter, defaultdict
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import delete, exists, false, func, insert, literal, select, true, update
+from sqlalchemy import bindparam, delete, exists, false, func, insert, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -127,6 +128,48 @@ def _check_lease(lease: Any, actor: Actor, now: dt.datetime) -> None:
 
 # --- queue -------------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=32)
+def _pick_statement(pg: bool, four_eyes: bool, admin: bool, with_exclude: bool) -> Any:
+    """The queue's pick-and-lease statement, built once per shape: constructing CTEs and their
+    column proxies costs more CPU than running the statement, and the values are all parameters."""
+    now = bindparam("now", type_=L.c.expires_at.type)
+    cand = (select(E.c.id, E.c.current_revision_id)
+            .where(E.c.dataset_id == bindparam("ds", type_=E.c.dataset_id.type), E.c.status == "pending_review",
+                   E.c.stage.is_(None),
+                   ~exists().where(L.c.example_id == E.c.id, L.c.expires_at > now),
+                   ~exists().where(R.c.revision_id == E.c.current_revision_id,
+                                   R.c.reviewer_key_id == bindparam("key", type_=R.c.reviewer_key_id.type)))
+            .order_by(E.c.id).limit(bindparam("want")))
+    if not admin:
+        cand = cand.where(~exists().where(ESC.c.example_id == E.c.id))
+    if four_eyes:
+        # Only items the caller may approve: nothing they ingested or wrote.
+        ref = bindparam("ref", type_=E.c.ingested_by.type)
+        cand = cand.where(E.c.ingested_by != ref,
+                          ~exists().where(REV.c.example_id == E.c.id, REV.c.author == ref,
+                                          REV.c.reason.in_(bindparam("authored", expanding=True))))
+    if with_exclude:
+        cand = cand.where(E.c.id.not_in(bindparam("exclude", expanding=True)))
+    if pg:
+        cand = cand.with_for_update(of=E, skip_locked=True)
+    picked = cand.cte("picked")
+    cols = ("example_id", "dataset_id", "revision_id", "holder_key_id", "holder", "acquired_at", "expires_at")
+    src = select(picked.c.id, bindparam("ds", type_=L.c.dataset_id.type), picked.c.current_revision_id,
+                 bindparam("key", type_=L.c.holder_key_id.type), bindparam("ref", type_=L.c.holder.type), now,
+                 bindparam("expires", type_=L.c.expires_at.type)).where(true())  # SQLite: WHERE before ON CONFLICT
+    ins = (pg_insert if pg else sqlite_insert)(L).from_select(list(cols), src)
+    stmt = ins.on_conflict_do_update(
+        index_elements=[L.c.example_id],
+        set_={k: ins.excluded[k] for k in cols[1:]},
+        where=L.c.expires_at <= now,
+    ).returning(L.c.example_id, L.c.revision_id, L.c.acquired_at, L.c.expires_at)
+    if pg:
+        # The content comes back from the same statement: pick, lease and read in one round trip.
+        got = stmt.cte("granted")
+        stmt = select(got, *REV_COLS).join(REV, REV.c.id == got.c.revision_id)
+    return stmt
+
+
 def next_items(session: Session, *, dataset: Dataset, actor: Actor, limit: int = 1,
                exclude: Iterable[uuid.UUID] = (), with_view: bool = False) -> list[dict[str, Any]]:
     """Hand the caller up to `limit` examples nobody else holds, each with a lease.
@@ -163,41 +206,13 @@ def next_items(session: Session, *, dataset: Dataset, actor: Actor, limit: int =
         want = limit - len(granted)
         if want <= 0:
             break
-        cand = (select(E.c.id, E.c.current_revision_id)
-                .where(E.c.dataset_id == dataset.id, E.c.status == "pending_review", E.c.stage.is_(None),
-                       ~exists().where(L.c.example_id == E.c.id, L.c.expires_at > now),
-                       ~exists().where(R.c.revision_id == E.c.current_revision_id,
-                                       R.c.reviewer_key_id == actor.key_id))
-                .order_by(E.c.id).limit(want))
-        if actor.role != "admin":
-            cand = cand.where(~exists().where(ESC.c.example_id == E.c.id))
-        if policy.four_eyes:
-            # Only items the caller may approve: nothing they ingested or wrote.
-            cand = cand.where(E.c.ingested_by != actor.ref,
-                              ~exists().where(REV.c.example_id == E.c.id, REV.c.author == actor.ref,
-                                              REV.c.reason.in_(AUTHORED)))
+        stmt = _pick_statement(pg, policy.four_eyes, actor.role == "admin", bool(exclude))
+        params = {"ds": dataset.id, "now": now, "expires": expires, "key": actor.key_id, "ref": actor.ref,
+                  "want": want, "authored": list(AUTHORED)}
         if exclude:
-            cand = cand.where(E.c.id.not_in(exclude))
-        if pg:
-            cand = cand.with_for_update(of=E, skip_locked=True)
-        picked = cand.cte("picked")
-        cols = ("example_id", "dataset_id", "revision_id", "holder_key_id", "holder", "acquired_at", "expires_at")
-        src = select(picked.c.id, literal(dataset.id, type_=L.c.dataset_id.type),
-                     picked.c.current_revision_id, literal(actor.key_id, type_=L.c.holder_key_id.type),
-                     literal(actor.ref, type_=L.c.holder.type), literal(now, type_=L.c.acquired_at.type),
-                     literal(expires, type_=L.c.expires_at.type)).where(true())  # SQLite needs a WHERE before ON CONFLICT
-        ins = (pg_insert if pg else sqlite_insert)(L).from_select(list(cols), src)
-        stmt = ins.on_conflict_do_update(
-            index_elements=[L.c.example_id],
-            set_={k: ins.excluded[k] for k in cols[1:]},
-            where=L.c.expires_at <= now,
-        ).returning(L.c.example_id, L.c.revision_id, L.c.acquired_at, L.c.expires_at)
-        if pg:
-            # The content comes back from the same statement: pick, lease and read in one round trip.
-            got = stmt.cte("granted")
-            stmt = select(got, *REV_COLS).join(REV, REV.c.id == got.c.revision_id)
+            params["exclude"] = exclude
         got_any = False
-        for r in session.execute(stmt):
+        for r in session.execute(stmt, params):
             granted[r.example_id] = r
             got_any = True
         if not got_any and _attempt > 0:  # twice nothing: the queue is empty for this caller
