@@ -598,6 +598,21 @@ def _start_workers(n: int, env: dict, logdir: Path) -> list:
     raise RuntimeError("celery workers did not start: " + procs[0][2].read_text()[-2000:])
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its descendants (the celery pool child does the work). Unlike
+    wall time, this does not grow when other processes crowd the box."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            total += _cpu_seconds(int(child))
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        pass
+    return total
+
+
 def _stop_workers(procs) -> None:
     for p, f, _ in procs:
         p.terminate()
@@ -715,6 +730,7 @@ def bench_e2e(texts: list[str], args) -> dict:
                 _reset_dedup(ds_id, rclient)
             procs = _start_workers(w, env, logdir)
             try:
+                cpu0 = sum(_cpu_seconds(p[0].pid) for p in procs)
                 t = time.perf_counter()
                 with session_scope() as s:
                     pipeline.enqueue_stage(s, "dedup", ids)
@@ -726,6 +742,7 @@ def bench_e2e(texts: list[str], args) -> dict:
                         left = s.scalar(select(func.count()).select_from(Example).where(
                             Example.dataset_id == ds_id, Example.stage == "dedup"))
                 wall = time.perf_counter() - t
+                cpu = sum(_cpu_seconds(p[0].pid) for p in procs) - cpu0
             finally:
                 _stop_workers(procs)
             with session_scope() as s:
@@ -741,6 +758,8 @@ def bench_e2e(texts: list[str], args) -> dict:
                 "finished": left == 0,
                 "wall_s": round(wall, 1),
                 "examples_per_s": round(len(ids) / wall),
+                "worker_cpu_s": round(cpu, 1),
+                "worker_cpu_ms_per_example": round(1000 * cpu / max(1, len(ids)), 3),
                 "exact_duplicates": by_method.get("exact", 0),
                 "near_duplicates": by_method.get("minhash", 0),
                 "verified_pairs": pairs,
@@ -749,7 +768,8 @@ def bench_e2e(texts: list[str], args) -> dict:
             out["runs"][str(w)] = run
             log(
                 f"e2e, {w} worker(s): {len(ids)} examples through the dedup stage in {run['wall_s']} s "
-                f"({run['examples_per_s']}/s); {run['near_duplicates']} near duplicates, "
+                f"({run['examples_per_s']}/s, worker CPU {run['worker_cpu_ms_per_example']} ms/example); "
+                f"{run['near_duplicates']} near duplicates, "
                 f"{run['exact_duplicates']} exact; finished: {run['finished']}"
             )
         rclient.flushdb()
@@ -796,7 +816,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     result: dict = {
         "bench": "dedup",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        # The load average says how shared the box was: wall-clock figures scale with it, ratios and CPU
+        # time per example much less.
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "loadavg_at_start": [round(x, 1) for x in os.getloadavg()]},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     targets = {
@@ -855,6 +878,7 @@ def main(argv: list[str] | None = None) -> int:
         result["e2e"] = r
         checks["e2e_finished"] = r["pass"]
     result["seconds"] = round(time.time() - started, 1)
+    result["machine"]["loadavg_at_end"] = [round(x, 1) for x in os.getloadavg()]
     result["targets"] = targets
     result["checks"] = checks
     result["pass"] = bool(checks) and all(checks.values())
