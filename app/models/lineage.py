@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, PrimaryKeyConstraint, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, PrimaryKeyConstraint, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, CreatedAtMixin, IdMixin, utcnow
@@ -60,3 +60,24 @@ class AuditCheckpoint(Base):
     hash: Mapped[str] = mapped_column(String(64))
     verified_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     full_verified_at: Mapped[dt.datetime | None]
+
+
+class ModelVersionFacet(Base):
+    """What a model version was trained on, counted once: examples and tokens per source, license and
+    legal basis. A version's training set never changes, so these are computed when its run succeeds
+    (app/lineage/facets.py) and "every model trained on CC-BY-NC data" is an index lookup here instead of
+    an aggregate over hundreds of thousands of lineage rows. The row with facet '*' marks a version as
+    counted; versions without it are answered from the lineage rows directly."""
+
+    __tablename__ = "model_version_facets"
+    __table_args__ = (
+        PrimaryKeyConstraint("model_version_id", "facet", "value"),
+        Index("ix_model_version_facets_facet_value", "facet", "value"),
+    )
+
+    model_version_id: Mapped[uuid.UUID]
+    facet: Mapped[str] = mapped_column(String(20))
+    # '' for an unknown value (NULL cannot be part of the key).
+    value: Mapped[str] = mapped_column(String(200))
+    examples: Mapped[int] = mapped_column(Integer)
+    tokens: Mapped[int] = mapped_column(BigInteger)

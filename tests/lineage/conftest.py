@@ -15,6 +15,7 @@ from sqlalchemy import insert, inspect, text
 
 from app.lineage import training as tr
 from app.models.base import utcnow
+from tests.training.conftest import artifact_root, base_model, dispatched  # noqa: F401  (shared fixtures)
 
 
 @pytest.fixture

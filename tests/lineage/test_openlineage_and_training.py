@@ -10,15 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from app.lineage import openlineage
-from tests.snapshots.helpers import freeze
-from tests.training.conftest import (  # noqa: F401  (fixtures)
-    artifact_root,
-    base_model,
-    complete_body,
-    dispatched,
-    fake_artifact,
-    snapshot,
-)
+from tests.training.conftest import complete_body, fake_artifact, snapshot
 
 HP = {"epochs": 1, "max_steps": 3}
 
@@ -28,7 +20,7 @@ def receiver(monkeypatch: pytest.MonkeyPatch):
     events: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             events.append({"path": self.path, **json.loads(body)})
             self.send_response(200)
@@ -116,6 +108,20 @@ def test_erasure_taints_registered_versions_and_blocks_promotion(api, dispatched
     assert api.as_("curator").post("/v1/models/faq-bot/aliases/production",
                                    json={"version": 2, "reason": "best eval"}).status_code == 200
     trained = [r for r in recs if r["split"] == "train"]
+    # The per-version counts were written after each run's commit, and answer the license lookup.
+    from sqlalchemy import func, select
+
+    from app.core.db import session_scope
+    from app.models.lineage import ModelVersionFacet
+
+    with session_scope() as s:
+        marks = s.scalar(select(func.count()).select_from(ModelVersionFacet).where(ModelVersionFacet.facet == "*"))
+    assert marks == 2
+    lic = api.as_("auditor").get("/v1/lineage/licenses/CC-BY-4.0").json()
+    assert [(m["name"], m["version"], m["matching_examples"]) for m in lic["model_versions"]] == [
+        ("faq-bot", 1, len(trained)), ("faq-bot", 2, len(trained))]
+    src = api.as_("auditor").get("/v1/lineage/sources/helpdesk").json()
+    assert [m["matching_examples"] for m in src["model_versions"]] == [len(trained), len(trained)]
     victim = trained[0]
     ex = api.as_("auditor").get(f"/v1/lineage/examples/{victim['example_id']}").json()
     assert [(m["name"], m["version"]) for m in ex["model_versions"]] == [("faq-bot", 1), ("faq-bot", 2)]

@@ -1,0 +1,108 @@
+"""Per model version counts of what it was trained on (source, license, legal basis), computed once.
+
+A version's lineage never changes after its run succeeds (erasure tombstones examples but keeps their
+provenance), so the counts are written right after the run's commit, from its `training_run.succeeded`
+audit event, with one INSERT ... SELECT over its lineage rows. Readers use them where a version has
+them (the '*' marker row) and fall back to the lineage rows where it has not (a version registered
+while this process was down, or before this table existed): a missing count costs speed, never a
+wrong answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Uuid,
+    any_,
+    bindparam,
+    delete,
+    func,
+    literal,
+    literal_column,
+    select,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.lineage import training as tr
+from app.models.example import Example
+from app.models.lineage import ModelVersionFacet
+
+log = logging.getLogger(__name__)
+
+FACETS = {"source": Example.source, "license": Example.license, "legal_basis": Example.legal_basis}
+MARKER = "*"
+
+
+def _in(session: Session, col: Any, ids: list[uuid.UUID]) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        return col == any_(bindparam(None, ids, type_=ARRAY(Uuid())))
+    return col.in_(ids)
+
+
+def refresh(session: Session, mv_ids: list[uuid.UUID]) -> int:
+    """(Re)count these versions' facets; returns the rows written."""
+    if not mv_ids or not tr.available(session):
+        return 0
+    ln = tr.lineage
+    t = ModelVersionFacet.__table__
+    session.execute(delete(t).where(_in(session, t.c.model_version_id, mv_ids)))
+    parts = []
+    for name, col in FACETS.items():
+        # A literal, not a parameter: PostgreSQL matches the GROUP BY expression to the selected one
+        # by text, and two parameters are two expressions.
+        value = func.coalesce(col, literal_column("''"))
+        parts.append(select(ln.c.model_version_id, literal(name), value, func.count(),
+                            func.coalesce(func.sum(ln.c.tokens), 0))
+                     .join(Example, Example.id == ln.c.example_id)
+                     .where(_in(session, ln.c.model_version_id, mv_ids))
+                     .group_by(ln.c.model_version_id, value))
+    parts.append(select(ln.c.model_version_id, literal(MARKER), literal(""), func.count(),
+                        func.coalesce(func.sum(ln.c.tokens), 0))
+                 .where(_in(session, ln.c.model_version_id, mv_ids)).group_by(ln.c.model_version_id))
+    res = session.execute(t.insert().from_select(["model_version_id", "facet", "value", "examples", "tokens"],
+                                                 union_all(*parts)))
+    return res.rowcount or 0
+
+
+def versions_with(session: Session, facet: str, value: str | None) -> dict[uuid.UUID, int]:
+    """{model_version_id: examples} of every version trained on examples whose `facet` is `value`."""
+    if not tr.available(session):
+        return {}
+    t = ModelVersionFacet.__table__
+    col = FACETS[facet]
+    found = dict(session.execute(select(t.c.model_version_id, t.c.examples)
+                                 .where(t.c.facet == facet, t.c.value == (value or ""))).all())
+    mv, ln = tr.model_versions, tr.lineage
+    missing = list(session.scalars(select(mv.c.id).where(~select(t.c.model_version_id).where(
+        t.c.model_version_id == mv.c.id, t.c.facet == MARKER).exists())))
+    if missing:
+        cond: ColumnElement[bool] = col.is_(None) if value is None else col == value
+        found.update(dict(session.execute(
+            select(ln.c.model_version_id, func.count()).join(Example, Example.id == ln.c.example_id)
+            .where(_in(session, ln.c.model_version_id, missing), cond).group_by(ln.c.model_version_id)).all()))
+    return found
+
+
+def _on_audit(events: list[dict[str, Any]]) -> None:
+    runs = [ev["entity_id"] for ev in events if ev["action"] == "training_run.succeeded" and ev.get("entity_id")]
+    if not runs:
+        return
+    from app.core.db import session_scope
+
+    try:
+        with session_scope() as s:
+            mv = tr.model_versions
+            ids = list(s.scalars(select(mv.c.id).where(mv.c.run_id.in_([uuid.UUID(r) for r in runs]))))
+            refresh(s, ids)
+    except Exception:  # readers fall back to the lineage rows for a version without counts
+        log.exception("could not count the facets of runs %s", runs)
+
+
+audit.subscribe(_on_audit)
