@@ -217,14 +217,14 @@ def complete(session: Session, *, run_id: str, data: RunComplete, actor: Actor) 
     run.metrics = data.metrics
     _end(session, run, "succeeded", actor=actor, now=now,
          payload={"model_version": {"name": mv.name, "version": mv.version}, "artifact_sha256": mv.artifact_sha256,
-                  "lineage_rows": written, "tokens": sum(e.tokens for e in data.examples)})
+                  "lineage_rows": written, "tokens": sum(e["tokens"] for e in data.examples)})
     _add_events(session, run, [EventIn(kind="log", message=f"registered {mv.name} v{mv.version} "
                                        f"({written} trained revisions)")], now=now)
     return run, mv
 
 
 def _revision_ids(data: RunComplete) -> list[str]:
-    revs = [e.revision_id for e in data.examples]
+    revs = [e["revision_id"] for e in data.examples]
     if len(set(revs)) != len(revs):
         seen: set[str] = set()
         for i, r in enumerate(revs):
@@ -239,8 +239,8 @@ def _write_lineage(session: Session, *, run: TrainingRun, mv: ModelVersion, revs
                    data: RunComplete) -> int:
     if not revs:
         return 0
-    toks = [e.tokens for e in data.examples]
-    eps = [e.epochs for e in data.examples]
+    toks = [e["tokens"] for e in data.examples]
+    eps = [e["epochs"] for e in data.examples]
     if session.get_bind().dialect.name == "postgresql":
         # One statement: the reported arrays joined to the snapshot's partition, so example ids come
         # from the frozen membership and a revision outside the snapshot simply does not join.
