@@ -6,7 +6,7 @@ from app.models.base import Base
 from app.models.dataset import Dataset
 from app.models.dedup import DedupDecision, DedupEvalHit, DedupPair, DedupRebuild, DedupSignature, DedupState
 from app.models.example import DuplicateLink, Example, ExampleRevision, IngestBatch
-from app.models.lineage import AuditCheckpoint, ErasureRequest, ModelVersionTaint
+from app.models.lineage import AuditCheckpoint, ErasureRequest, ModelVersionFacet, ModelVersionTaint
 from app.models.pii import PiiFinding, PiiScrub, PiiVaultEntry
 from app.models.review import Review, ReviewEscalation, ReviewLease, ReviewSuggestion
 from app.models.snapshot import Snapshot, SnapshotMember
@@ -38,6 +38,7 @@ __all__ = [
     "Example",
     "ExampleRevision",
     "IngestBatch",
+    "ModelVersionFacet",
     "ModelVersionTaint",
     "PiiFinding",
     "PiiScrub",
