@@ -330,7 +330,6 @@ def create(session: Session, *, data: SnapshotCreate, actor: Actor) -> Snapshot:
         # The manifest aggregates feed on a sorted subquery (one sort for the three hashes instead of
         # three); a serial plan is what guarantees the aggregate sees that order.
         session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
-        session.execute(text("SET LOCAL enable_nestloop = off"))
 
     sid = new_id()
     seed = str(data.seed)
