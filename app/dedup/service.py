@@ -504,9 +504,23 @@ def _recluster(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, see
         ):
             old_links[ln.example_id] = ln
 
+    # Approval time: the last approving review (the one that made it approved); the row's last update
+    # for an example approved without a review row (imported as approved, set by an admin).
+    approved_at: dict[uuid.UUID, Any] = {}
+    approved = [n for n in live if info[n].status == "approved"]
+    if approved:
+        from app.models.review import Review
+
+        for chunk in _chunks(session, approved):
+            approved_at.update(session.execute(
+                select(Review.example_id, func.max(Review.created_at))
+                .where(_in(session, Review.example_id, chunk), Review.decision == "approve")
+                .group_by(Review.example_id)
+            ).all())
+
     def member(n):
         r = info[n]
-        approved = r.updated_at if r.status == "approved" else None
+        approved = approved_at.get(n, r.updated_at) if r.status == "approved" else None
         return Member(n, ingested_at=r.created_at, approved_at=approved)
 
     def order(n):
