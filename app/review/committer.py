@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.core.auth import Actor
+from app.core.auth import Actor, authenticate, require
 from app.core.db import session_scope
 from app.core.errors import PedigreeError
 from app.review.schemas import ReviewIn
@@ -32,8 +32,11 @@ MAX_BATCH = 64
 @dataclass
 class _Job:
     example_id: str
-    actor: Actor
     data: ReviewIn
+    actor: Actor | None = None
+    # An API key still to check: the API hands the key over so that authentication rides on the
+    # batch's transaction instead of costing each request a session and a worker-thread hop.
+    token: str | None = None
     future: Future = field(default_factory=Future)
 
 
@@ -43,14 +46,16 @@ class DecisionCommitter:
         self._thread: threading.Thread | None = None
         self._start = threading.Lock()
 
-    def submit(self, *, example_id: str, actor: Actor, data: ReviewIn) -> Future:
-        job = _Job(example_id=example_id, actor=actor, data=data)
+    def submit(self, *, example_id: str, data: ReviewIn, actor: Actor | None = None,
+               token: str | None = None) -> Future:
+        job = _Job(example_id=example_id, data=data, actor=actor, token=token)
         self._ensure_thread()
         self._q.put(job)
         return job.future
 
-    async def decide(self, *, example_id: str, actor: Actor, data: ReviewIn) -> dict[str, Any]:
-        return await asyncio.wrap_future(self.submit(example_id=example_id, actor=actor, data=data))
+    async def decide(self, *, example_id: str, data: ReviewIn, actor: Actor | None = None,
+                     token: str | None = None) -> dict[str, Any]:
+        return await asyncio.wrap_future(self.submit(example_id=example_id, data=data, actor=actor, token=token))
 
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -79,10 +84,21 @@ class DecisionCommitter:
     def _commit(self, batch: list[_Job]) -> None:
         from app.review import service
 
+        refused: dict[int, PedigreeError] = {}
         try:
             with session_scope() as session:
+                actors: dict[str, Actor] = {}
+                for i, job in enumerate(batch):
+                    if job.actor is None:
+                        try:
+                            if job.token not in actors:
+                                actors[job.token] = require("reviewer")(authenticate(session, job.token or ""))
+                            job.actor = actors[job.token]
+                        except PedigreeError as e:
+                            refused[i] = e
+                live = [j for i, j in enumerate(batch) if i not in refused]
                 outcomes = service.decide_many(session, [service.DecisionRequest(j.example_id, j.actor, j.data)
-                                                         for j in batch])
+                                                         for j in live])
         except Exception as exc:  # noqa: BLE001 - any failure: answer alone, or retry each alone
             if len(batch) == 1:
                 batch[0].future.set_exception(exc)
@@ -91,7 +107,9 @@ class DecisionCommitter:
             for job in batch:
                 self._commit([job])
             return
-        for job, value in zip(batch, outcomes, strict=True):
+        for i, e in refused.items():
+            batch[i].future.set_exception(e)
+        for job, value in zip(live, outcomes, strict=True):
             if isinstance(value, PedigreeError):
                 job.future.set_exception(value)
             else:
