@@ -90,7 +90,7 @@ def run(run_id: str) -> dict[str, Any]:
                               actor=ACTOR)
             spec = {"base_model": r.base_model, "method": r.method, "hyperparameters": r.hyperparameters,
                     "expected_manifest_sha256": r.expected_manifest_sha256, "model_name": r.model_name,
-                    "model_card": service.model_card_facts(s, r)}
+                    "model_card": service.model_card_facts(s, r, governance=True)}
             snap = snapshots.get(s, r.snapshot_id)
             plan = snapshots.plan_export(s, snap, split="all")
     except Conflict:

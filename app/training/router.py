@@ -38,7 +38,8 @@ def _dt(v: Any) -> str | None:
     return v.isoformat() if v is not None else None
 
 
-def run_out(session: Session, run: TrainingRun, mv: ModelVersion | None = None, *, full: bool = True) -> dict[str, Any]:
+def run_out(session: Session, run: TrainingRun, mv: ModelVersion | None = None, *, full: bool = True,
+            governance: bool = False) -> dict[str, Any]:
     if mv is None and run.status == "succeeded":
         mv = service.versions_for(session, [run]).get(run.id)
     out: dict[str, Any] = {
@@ -67,7 +68,7 @@ def run_out(session: Session, run: TrainingRun, mv: ModelVersion | None = None, 
         "event_count": run.event_count,
     }
     if full:
-        out["model_card"] = service.model_card_facts(session, run)
+        out["model_card"] = service.model_card_facts(session, run, governance=governance)
     return out
 
 
@@ -94,8 +95,10 @@ def list_runs(session: SessionDep, actor: RunReader,
 
 
 @runs.get("/{run_id}")
-def get_run(run_id: str, session: SessionDep, actor: RunReader) -> dict[str, Any]:
-    return run_out(session, service.get(session, run_id))
+def get_run(run_id: str, session: SessionDep, actor: RunReader, model_card: bool = False) -> dict[str, Any]:
+    # The trainer fetches a run once, to train it, and writes the model card from it: it gets the review
+    # and PII aggregates without asking; a status poll does not pay for them.
+    return run_out(session, service.get(session, run_id), governance=model_card or actor.role == "trainer")
 
 
 @runs.get("/{run_id}/events")

@@ -354,15 +354,17 @@ def versions_for(session: Session, runs: list[TrainingRun]) -> dict[uuid.UUID, M
     return {mv.run_id: mv for mv in session.scalars(select(ModelVersion).where(ModelVersion.run_id.in_(ids)))}
 
 
-def model_card_facts(session: Session, run: TrainingRun) -> dict[str, Any]:
+def model_card_facts(session: Session, run: TrainingRun, *, governance: bool = False) -> dict[str, Any]:
     """Lineage facts the trainer writes into the adapter's README.md (it cannot query the service's
-    database, so they travel with the run)."""
+    database, so they travel with the run). `governance` adds the review and PII aggregates over the
+    snapshot's members: one join each, driven from the frozen membership, so it is asked for only by
+    the trainer (once per run), not on every status poll."""
     snap = session.get(Snapshot, run.snapshot_id)
     if snap is None:
         return {}
     stats = snap.stats or {}
     counts = snap.counts or {}
-    return {
+    facts: dict[str, Any] = {
         "model_name": run.model_name,
         "training run": str(run.id),
         "snapshot": f"{snap.name} ({snap.id})",
@@ -374,4 +376,22 @@ def model_card_facts(session: Session, run: TrainingRun) -> dict[str, Any]:
         "legal bases": stats.get("legal_bases"),
         "collected at": stats.get("collected_at"),
     }
-
+    if governance:
+        sid = bindparam("sid", type_=Uuid())
+        rv = session.execute(text(
+            "SELECT count(*), count(DISTINCT r.reviewer), "
+            "count(*) FILTER (WHERE r.decision = 'approve') FROM reviews r "
+            "JOIN snapshot_members m ON m.snapshot_id = :sid AND m.example_id = r.example_id").bindparams(sid),
+            {"sid": snap.id}).one()
+        facts["reviews"] = {"decisions": rv[0], "reviewers": rv[1], "approvals": rv[2]}
+        pii = session.execute(text(
+            "SELECT f.entity_type, count(*), count(DISTINCT f.example_id) FROM pii_findings f "
+            "JOIN snapshot_members m ON m.snapshot_id = :sid AND m.example_id = f.example_id "
+            "GROUP BY f.entity_type ORDER BY f.entity_type").bindparams(sid), {"sid": snap.id}).all()
+        facts["pii scrubbed (findings by entity type)"] = {t: n for t, n, _ in pii}
+        facts["examples with pii scrubbed"] = session.execute(text(
+            "SELECT count(DISTINCT f.example_id) FROM pii_findings f "
+            "JOIN snapshot_members m ON m.snapshot_id = :sid AND m.example_id = f.example_id").bindparams(sid),
+            {"sid": snap.id}).scalar_one()
+        facts["duplicates excluded at freeze"] = (counts.get("excluded") or {}).get("duplicate", 0)
+    return facts

@@ -50,6 +50,12 @@ def test_create_queue_dispatch_list_and_validation(api, dispatched, base_model, 
 
     got = api.as_("auditor").get(f"/v1/training-runs/{run['id']}").json()
     assert got["status"] == "queued" and got["metadata"] == {"ticket": "T-1"}
+    assert "reviews" not in got["model_card"]  # a status poll does not pay for the aggregates
+    card = api.as_("trainer").get(f"/v1/training-runs/{run['id']}").json()["model_card"]
+    assert card["reviews"] == {"decisions": 0, "reviewers": 0, "approvals": 0}  # approved directly in this test
+    assert card["examples with pii scrubbed"] == 0 and card["sources"] == {"helpdesk": snap["member_count"]}
+    assert api.as_("auditor").get(f"/v1/training-runs/{run['id']}", params={"model_card": True}).json()[
+        "model_card"] == card
 
     # Explicit expected hash: equal is accepted, different is a 409 that names the cause.
     new_run(api, snap, base_model, expected_manifest_sha256=snap["manifest_sha256"])
