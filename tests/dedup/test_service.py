@@ -1,6 +1,8 @@
 """The dedup stage through the API on the embedded default (SQLite) and PostgreSQL: statuses, links,
 clusters, overrules that stick, rebuilds, the evaluation-set guard, and a Redis fault mid-batch."""
 
+import uuid
+
 import orjson
 import pytest
 from sqlalchemy import func, select
@@ -41,12 +43,6 @@ def ingest(api, ds, rows, role="curator"):
     r = api.as_(role).post(f"/v1/datasets/{ds['id']}/examples:import", content=body, headers=NDJSON)
     assert r.status_code == 200, r.text
     return r.json()
-
-
-def items(api, ds):
-    out = api.as_("reviewer").get(f"/v1/datasets/{ds['id']}/examples?limit=1000").json()["items"]
-    return {i["revision"]["content"]["source_ref"] if "source_ref" in i["revision"]["content"]
-            else i["provenance"]["source_ref"]: i for i in out}
 
 
 def by_ref(api, ds):
@@ -215,7 +211,7 @@ def test_a_redis_fault_mid_batch_marks_nothing_and_the_rerun_does(db, monkeypatc
         with session_scope() as s:
             assert s.scalar(select(func.count()).select_from(DuplicateLink)) == 0
             assert s.scalar(select(func.count()).select_from(DedupPair)) == 0
-            assert s.get(DedupSignature, __import__("uuid").UUID(b["id"])) is None
+            assert s.get(DedupSignature, uuid.UUID(b["id"])) is None
         monkeypatch.setattr(service, "open_index", real)
         assert pipeline.run_stage("dedup", [b["id"]]) == 1  # what the redelivery / sweeper does
         b = by_ref(api, ds)["b"]
@@ -237,7 +233,7 @@ def test_a_bridge_merges_clusters_and_the_approved_member_stays_canonical(api):
     ex = by_ref(api, ds)
     assert ex["a"]["status"] == ex["b"]["status"] == "pending_review"
     with session_scope() as s:  # as if a reviewer approved b
-        s.execute(update(Example).where(Example.id == __import__("uuid").UUID(ex["b"]["id"])).values(status="approved"))
+        s.execute(update(Example).where(Example.id == uuid.UUID(ex["b"]["id"])).values(status="approved"))
     ingest(api, ds, [row("c", c_text)])
     ex = by_ref(api, ds)
     assert ex["b"]["status"] == "approved"
