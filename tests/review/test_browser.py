@@ -188,10 +188,10 @@ def test_screenshot_for_the_docs(page, server: Server) -> None:
         {"instruction": "A customer asks how to export invoices.", "input": "",
          "output": "Go to Billing, pick the date range and press Export CSV."},
         {"instruction": "A customer asks how to reset a forgotten password.",
-         "input": "Customer <PERSON> (<EMAIL_ADDRESS>, <PHONE_NUMBER>) writes: I can't log in since Tuesday, "
-                  "ticket 1042. <script>alert('hi')</script>",
-         "output": "Hi <PERSON>, open Settings → Security and choose “Reset password”; the link we email to "
-                   "<EMAIL_ADDRESS> is valid for 30 minutes."},
+         "input": "Customer Maria Keller (maria.keller@example.org, +44 20 7946 0958) writes: I can't log in "
+                  "since Tuesday, ticket 1042. <script>alert('hi')</script>",
+         "output": "Hi Maria Keller, open Settings → Security and choose “Reset password”; the link we email to "
+                   "maria.keller@example.org is valid for 30 minutes."},
     ], required_approvals=2)
     busy = ids[1]
     server.call("POST", f"/v1/examples/{busy}/suggestions", "reviewer2",
