@@ -54,7 +54,7 @@ def test_worker_killed_mid_batch_redelivers_without_double_revisions(worker_env)
             ds = new_dataset(api, "chat")
             body = b"\n".join(orjson.dumps({"messages": [
                 {"role": "user", "content": f"I'm Maria Garcia #{i}, mail maria{i}@example.org or call "
-                                            f"212-555-{i:04d}. " + "Some ordinary words follow here. " * 20},
+                                            f"212-555-{i:04d}. " + "Some ordinary words follow here, and then some more. " * 60},
                 {"role": "assistant", "content": f"Thanks Maria Garcia, I wrote to maria{i}@example.org."},
             ]}) for i in range(N))
             r = api.as_("curator").post(f"/v1/datasets/{ds['id']}/examples:import", content=body,
