@@ -229,12 +229,16 @@ def build(dsn: str, *, scale: float, seed: int = 7) -> dict[str, Any]:
         index_s = time.perf_counter() - t2
     # What each registration does for its own version right after its commit (app/lineage/facets.py),
     # here for all of them at once.
+    from sqlalchemy import func, select
+
     from app.core.db import session_scope
     from app.lineage import facets
+    from app.models.lineage import ModelVersionFacet
 
     t3 = time.perf_counter()
     with session_scope() as s:
-        facet_rows = facets.refresh(s, list(mv_ids))
+        facets.refresh(s, list(mv_ids))
+        facet_rows = s.scalar(select(func.count()).select_from(ModelVersionFacet))
     facets_s = time.perf_counter() - t3
     log(f"facets: {facet_rows:,} rows for {n_runs} versions in {facets_s:.1f}s")
     # VACUUM sets the visibility map (index-only scans), as autovacuum would after a bulk load.
@@ -292,7 +296,8 @@ def explain(engine, fn, title: str, must: str = "lineage") -> list[str]:
                 plan = "\n".join(r[0] for r in cur.fetchall())
             raw.rollback()
         out.append(plan)
-        log(f"\n--- EXPLAIN: {title}\n{stmt}\n{plan}")
+        short = "\n".join(ln if len(ln) <= 240 else ln[:240] + " ..." for ln in f"{stmt}\n{plan}".splitlines())
+        log(f"\n--- EXPLAIN: {title}\n{short}")
     return out
 
 

@@ -21,7 +21,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Any
 
 import orjson
@@ -263,21 +263,40 @@ def _check_breadth(session: Session, matched: list[tuple[uuid.UUID, uuid.UUID, s
 # Impact
 
 
-def impact(session: Session, example_ids: list[uuid.UUID]) -> dict[str, Any]:
-    """Snapshots, model versions and aliases the erasure of these examples reaches."""
-    snap_ids: set[uuid.UUID] = set()
+def impact(session: Session, example_ids: list[uuid.UUID], dataset_ids: set[uuid.UUID]) -> dict[str, Any]:
+    """Snapshots, model versions and aliases the erasure of these examples reaches, and the plan the
+    batches follow (which snapshots each example's erasure flags).
+
+    Lineage comes first: it is one index-only lookup, and each version found names its run's snapshot,
+    which therefore holds the example (a run trains only members of its snapshot). Only the other
+    snapshots of the same datasets are probed for membership. Probing is the expensive part (one index
+    descent per example per snapshot partition): at 100 snapshots and 10,000 examples, a million."""
     mv_counts: Counter[uuid.UUID] = Counter()
-    has_training = tr.available(session)
+    mv_snapshot: dict[uuid.UUID, uuid.UUID] = {}
     step = 50_000 if session.get_bind().dialect.name == "postgresql" else SEARCH_BATCH
-    for i in range(0, len(example_ids), step):
-        chunk = example_ids[i:i + step]
-        snap_ids.update(session.scalars(select(SnapshotMember.snapshot_id).distinct()
-                                        .where(_in(session, SnapshotMember.example_id, chunk))))
-        if has_training:
-            ln = tr.lineage
+    if tr.available(session):
+        ln, mv, run = tr.lineage, tr.model_versions, tr.training_runs
+        for i in range(0, len(example_ids), step):
             mv_counts.update(dict(session.execute(select(ln.c.model_version_id, func.count())
-                                                  .where(_in(session, ln.c.example_id, chunk))
+                                                  .where(_in(session, ln.c.example_id, example_ids[i:i + step]))
                                                   .group_by(ln.c.model_version_id)).all()))
+        if mv_counts:
+            mv_snapshot = dict(session.execute(select(mv.c.id, run.c.snapshot_id).join(run, run.c.id == mv.c.run_id)
+                                               .where(_in(session, mv.c.id, list(mv_counts)))).all())
+    snap_ids: set[uuid.UUID] = set(mv_snapshot.values())
+    # example -> the other snapshots holding it: each batch flags its snapshots from this and from its
+    # versions' snapshots, instead of probing every partition again.
+    members: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
+    others = [sid for sid in session.scalars(select(Snapshot.id).where(Snapshot.dataset_id.in_(list(dataset_ids))))
+              if sid not in snap_ids] if dataset_ids else []
+    if others:
+        for i in range(0, len(example_ids), step):
+            for sid, eid in session.execute(
+                    select(SnapshotMember.snapshot_id, SnapshotMember.example_id)
+                    .where(_in(session, SnapshotMember.snapshot_id, others),
+                           _in(session, SnapshotMember.example_id, example_ids[i:i + step]))):
+                snap_ids.add(sid)
+                members[eid].append(sid)
     snaps = [{"id": str(s.id), "name": s.name, "dataset_id": str(s.dataset_id),
               "manifest_sha256": s.manifest_sha256}
              for s in session.scalars(select(Snapshot).where(Snapshot.id.in_(list(snap_ids)))
@@ -287,7 +306,8 @@ def impact(session: Session, example_ids: list[uuid.UUID]) -> dict[str, Any]:
         if mv_counts else []
     aliases = [{"name": m["name"], "alias": a, "version": m["version"], "model_version_id": m["id"]}
                for m in mvs for a in m["aliases"]]
-    return {"snapshots": snaps, "model_versions": mvs, "aliases": aliases}
+    return {"snapshots": snaps, "model_versions": mvs, "aliases": aliases,
+            "plan": {"members": members, "mv_snapshot": mv_snapshot}}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -306,7 +326,8 @@ def _upsert_taints(session: Session, rows: list[dict[str, Any]]) -> None:
         set_={"examples": ModelVersionTaint.examples + ins.excluded.examples}))
 
 
-def _erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batch_no: int, actor: Actor) -> dict:
+def _erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batch_no: int, actor: Actor,
+                 plan: dict[str, Any] | None = None) -> dict:
     now = utcnow()
     tomb = _tombstone(req_id, now.isoformat())
     vault_deleted = session.execute(delete(PiiVaultEntry).where(_in(session, PiiVaultEntry.example_id, ids))).rowcount
@@ -315,12 +336,8 @@ def _erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batc
     session.execute(update(Example).where(_in(session, Example.id, ids))
                     .values(status="erased", stage=None, meta={lineage.TOMBSTONE_KEY: str(req_id)}, updated_at=now)
                     .execution_options(synchronize_session=False))
-    snap_ids = list(session.scalars(select(SnapshotMember.snapshot_id).distinct()
-                                    .where(_in(session, SnapshotMember.example_id, ids))))
-    if snap_ids:
-        session.execute(update(Snapshot).where(Snapshot.id.in_(snap_ids), Snapshot.contains_erased.is_(False))
-                        .values(contains_erased=True).execution_options(synchronize_session=False))
     tainted: list[str] = []
+    counts: list[Any] = []
     if tr.available(session):
         ln, mv = tr.lineage, tr.model_versions
         counts = session.execute(select(ln.c.model_version_id, func.count()).where(_in(session, ln.c.example_id, ids))
@@ -340,6 +357,16 @@ def _erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batc
             _upsert_taints(session, [{"model_version_id": k, "erasure_request_id": req_id, "examples": n,
                                       "created_at": now} for k, n in counts])
             tainted = [str(k) for k in mv_ids]
+    if plan is not None:
+        snaps = {plan["mv_snapshot"][k] for k, _ in counts if k in plan["mv_snapshot"]}
+        snaps.update(sid for eid in ids for sid in plan["members"].get(eid, ()))
+        snap_ids = sorted(snaps)
+    else:  # a resumed request: the plan went with the process that made it
+        snap_ids = list(session.scalars(select(SnapshotMember.snapshot_id).distinct()
+                                        .where(_in(session, SnapshotMember.example_id, ids))))
+    if snap_ids:
+        session.execute(update(Snapshot).where(Snapshot.id.in_(snap_ids), Snapshot.contains_erased.is_(False))
+                        .values(contains_erased=True).execution_options(synchronize_session=False))
     session.execute(update(ErasureRequest).where(ErasureRequest.id == req_id)
                     .values(batches_done=batch_no + 1))
     audit.record(session, actor=actor.ref, action="erasure.batch_executed", entity_type="erasure_request",
@@ -406,7 +433,7 @@ def create(session: Session, *, data: ErasureCreate, actor: Actor) -> tuple[dict
 
     _check_breadth(session, [m for m in matched if m[2] != "erased"], data.confirm)
     t_breadth = time.perf_counter()
-    imp = impact(session, todo)
+    imp = impact(session, todo, {ds for eid, ds, status in matched if status != "erased"})
     t_impact = time.perf_counter()
     per_ds = Counter(str(ds) for eid, ds, status in matched if status != "erased")
     cfg = settings()
@@ -436,11 +463,11 @@ def create(session: Session, *, data: ErasureCreate, actor: Actor) -> tuple[dict
         with session_scope() as s:
             req = s.get(ErasureRequest, req_id)
             return _response(req), 201 if todo else 200
-    return _execute(req_id, todo, actor)
+    return _execute(req_id, todo, actor, plan=imp["plan"])
 
 
-def _execute(req_id: uuid.UUID, todo: list[uuid.UUID], actor: Actor, *, resumed: bool = False
-             ) -> tuple[dict[str, Any], int]:
+def _execute(req_id: uuid.UUID, todo: list[uuid.UUID], actor: Actor, *, resumed: bool = False,
+             plan: dict[str, Any] | None = None) -> tuple[dict[str, Any], int]:
     cfg = settings()
     with session_scope() as s:
         done0 = s.get(ErasureRequest, req_id).batches_done
@@ -448,7 +475,7 @@ def _execute(req_id: uuid.UUID, todo: list[uuid.UUID], actor: Actor, *, resumed:
     try:
         for n, i in enumerate(range(0, len(todo), cfg.batch_size)):
             with session_scope() as s:
-                _erase_batch(s, req_id, todo[i:i + cfg.batch_size], done0 + n, actor)
+                _erase_batch(s, req_id, todo[i:i + cfg.batch_size], done0 + n, actor, plan)
     except Exception as exc:
         log.exception("erasure request %s failed in a batch", req_id)
         with session_scope() as s:

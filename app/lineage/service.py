@@ -12,7 +12,8 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, text, true
+from sqlalchemy import ColumnElement, Uuid, and_, any_, bindparam, exists, func, or_, select, text, true
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -104,7 +105,11 @@ def model_version_views(session: Session, mv_ids: list[uuid.UUID], *,
     name and version. A tainted version an alias still points at carries a loud `warning`."""
     if not mv_ids:
         return []
-    return _views(session, tr.model_versions.c.id.in_(mv_ids), extra=extra)
+    col = tr.model_versions.c.id
+    # = ANY(array) on PostgreSQL: a thousand versions are one parameter, not a thousand to render and bind.
+    cond = (col == any_(bindparam(None, list(mv_ids), type_=ARRAY(Uuid())))
+            if session.get_bind().dialect.name == "postgresql" else col.in_(mv_ids))
+    return _views(session, cond, extra=extra)
 
 
 def tainted_alias_warnings(mvs: list[dict[str, Any]]) -> list[str]:
