@@ -842,7 +842,7 @@ def overrule(session: Session, *, example: Example, data: OverruleIn, actor: Act
 def request_rebuild(session: Session, *, ds: Dataset, actor: Actor) -> DedupRebuild:
     from app.core import jobs
 
-    policy_of(ds)
+    parse_policy(ds.dedup_policy)  # a curator asking for a rebuild learns here that the policy is invalid
     running = session.scalar(select(DedupRebuild).where(
         DedupRebuild.dataset_id == ds.id, DedupRebuild.status.in_(("queued", "running"))))
     if running is not None:

@@ -247,3 +247,11 @@ def test_a_bridge_merges_clusters_and_the_approved_member_stays_canonical(api):
     assert r.status_code == 200, r.text
     ex = by_ref(api, ds)
     assert ex["a"]["status"] == "pending_review" and ex["c"]["status"] == "duplicate"
+
+
+def test_an_invalid_policy_is_refused_on_rebuild_and_ignored_by_the_stage(api):
+    ds = new_dataset(api, dedup_policy={"threshold": 2.0}, **NO_PII)
+    ingest(api, ds, [row("a", ARTICLE), row("b", near(ARTICLE, 1))])
+    assert by_ref(api, ds)["b"]["status"] == "duplicate"  # the stage fell back to the defaults
+    r = api.as_("curator").post(f"/v1/datasets/{ds['id']}/dedup:rebuild")
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "dedup_policy.threshold"
