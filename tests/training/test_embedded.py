@@ -64,3 +64,31 @@ def test_embedded_run_trains_in_process(db, api, artifact_root, tiny_base):
     with session_scope() as s:
         got = {str(x).replace("-", "") for (x,) in s.execute(text("SELECT revision_id FROM lineage"))}
     assert got and got <= train_revs
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+def test_embedded_run_cancelled_midway_stops_the_child(db, api, artifact_root, tiny_base):
+    from app.training import embedded
+
+    snap, _ = snapshot(api, n=10)
+    r = api.as_("curator").post("/v1/training-runs", json={
+        "snapshot_id": snap["id"], "base_model": tiny_base, "model_name": "embedded-long",
+        "hyperparameters": {"max_steps": 100000, "epochs": 1000, "batch_tokens": 1024, "max_seq_len": 256}})
+    rid = r.json()["id"]
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        run = api.as_("auditor").get(f"/v1/training-runs/{rid}").json()
+        if run["status"] == "running" and run["metrics"].get("step"):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"never started training: {run}")
+    assert api.as_("curator").post(f"/v1/training-runs/{rid}/cancel").status_code == 200
+    t0 = time.time()
+    embedded.wait(rid, timeout=120)
+    assert not embedded._threads[rid].is_alive(), "the in-process runner did not stop"
+    stopped_in = time.time() - t0
+    run = api.as_("auditor").get(f"/v1/training-runs/{rid}").json()
+    assert run["status"] == "cancelled" and run["model_version"] is None
+    assert api.as_("auditor").get("/v1/models/embedded-long/versions").status_code == 404
+    assert stopped_in < 60, stopped_in
