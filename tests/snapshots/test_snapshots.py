@@ -295,7 +295,9 @@ def test_exports_in_every_format(api):
 @pytest.mark.parametrize("fmt", ["instruction", "completion", "preference"])
 def test_parquet_round_trips_each_task_format(api, fmt):
     rows = {
-        "instruction": [{"instruction": "Sum", "input": "1 2", "output": "3"}, {"instruction": "Hi", "output": "Hello"}],
+        "instruction": [{"instruction": "Sum", "input": "1 2", "output": "3"}, {"instruction": "Hi", "output": "Hello"},
+                        # CSV and COPY escaping: quotes, commas, newlines, backslashes, non-ASCII
+                        {"instruction": 'Say "hi",\nthen \\ leave', "input": 'a,b\n"c"', "output": "ünï ✓ \\n"}],
         "completion": [{"prompt": "The sky is", "completion": " blue."}],
         "preference": [{"prompt": "Pick", "chosen": "good", "rejected": "bad"}],
     }[fmt]
