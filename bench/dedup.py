@@ -229,6 +229,26 @@ def _redis_kwargs(url: str) -> dict:
     return {"host": u.hostname or "127.0.0.1", "port": u.port or 6379, "db": int((u.path or "/0").lstrip("/") or 0)}
 
 
+# Redis key patterns this run creates, removed at the end even when a section fails halfway.
+_CREATED: list[str] = []
+
+
+def _track(pattern: str) -> str:
+    _CREATED.append(pattern)
+    return pattern
+
+
+def _unlink(client, pattern: str) -> None:
+    batch: list = []
+    for k in client.scan_iter(match=pattern, count=5000):
+        batch.append(k)
+        if len(batch) >= 5000:
+            client.unlink(*batch)
+            batch = []
+    if batch:
+        client.unlink(*batch)
+
+
 def _memory_usage(client, pattern: str) -> int:
     total = 0
     keys = list(client.scan_iter(match=pattern, count=5000))
@@ -257,6 +277,7 @@ def bench_index(sigs: Signatures, args) -> dict:
     n = min(args.compare_n, len(sigs))
     keys = [uuid.uuid4().bytes for _ in range(n)]
     ds_base = f"bench:ds:{uuid.uuid4().hex[:8]}"
+    _track(ds_base + "*")
     lsh = MinHashLSH(
         threshold=0.8,
         num_perm=spec.num_perm,
@@ -271,9 +292,10 @@ def bench_index(sigs: Signatures, args) -> dict:
         lsh.insert(k, m, check_duplication=False)
     ds_s = time.perf_counter() - t
     ds_bytes = _memory_usage(client, ds_base + "*")
-    drop(client, ds_base)
+    _unlink(client, ds_base + "*")  # datasketch names keys {basename}_bucket_..., not {basename}:...
 
     prefix = f"bench:ours:{uuid.uuid4().hex[:8]}"
+    _track(prefix + ":*")
     idx = RedisLSHIndex(client, prefix, config, capacity=n)
     ours_cands: list[set] = []
     t = time.perf_counter()
@@ -316,6 +338,7 @@ def bench_index(sigs: Signatures, args) -> dict:
     size = args.index_size
     rng = np.random.default_rng(1)
     prefix = f"bench:big:{uuid.uuid4().hex[:8]}"
+    _track(prefix + ":*")
     idx = RedisLSHIndex(client, prefix, config, capacity=size)
     t = time.perf_counter()
     fill_batch = 10_000
@@ -512,6 +535,7 @@ def bench_t0(root: Path, args) -> dict:
         # The Redis index must answer exactly as the in-memory one at the default threshold.
         client = _redis(args.redis_url)
         prefix = f"bench:t0:{uuid.uuid4().hex[:8]}"
+        _track(prefix + ":*")
         idx = RedisLSHIndex(client, prefix, IndexConfig(spec, threshold=0.8), capacity=n)
         try:
             _, links_r, _ = _run_pipeline(sigs, sets, 0.8, index=_KeyBytes(idx))
@@ -787,6 +811,48 @@ def bench_e2e(texts: list[str], args) -> dict:
 # --- main ------------------------------------------------------------------------------------------------
 
 
+def _run_sections(args, result: dict, checks: dict) -> None:
+    sigs = None
+    texts = None
+    if "signatures" in args.sections or "index" in args.sections:
+        log(f"building {args.examples} examples from {args.corpora} ...")
+        texts = build_examples(args.corpora, args.examples)
+    if "signatures" in args.sections or "index" in args.sections:
+        r, sigs = bench_signatures(texts, args)
+        result["signatures"] = r
+        if "signatures" in args.sections:
+            checks["signatures_x_update_loop"] = r["x_update_loop_strict"] >= 10
+            checks["signatures_x_bulk"] = r["x_bulk"] > 1 and r["x_bulk_from_shingles"] > 1
+            checks["bit_equal_to_datasketch"] = r["bit_equal_to_datasketch"]
+    if "index" in args.sections:
+        r = bench_index(sigs, args)
+        result["index"] = r
+        v = r["vs_datasketch_redis"]
+        checks["redis_ours_vs_datasketch"] = (
+            v["ours_bytes_per_doc"] < v["datasketch_bytes_per_doc"]
+            and v["ours_docs_per_s"] > v["datasketch_docs_per_s"]
+            and v["covered_by_ours"] >= 0.99
+        )
+        checks["redis_1m_query_p99_ms"] = r["redis_1m"]["query_p99_ms"] <= 10
+    if "accuracy" in args.sections:
+        t0 = bench_t0(args.corpora, args)
+        result["t0_templates"] = t0
+        at = {row["threshold"]: row for row in t0["sweep"]}
+        if 0.8 in at:
+            checks["t0_cluster_recall_at_0.8"] = at[0.8]["cluster_recall"] >= 0.95
+        checks["link_precision_all_thresholds"] = all(row["link_precision"] == 1.0 for row in t0["sweep"])
+        if "redis_links_equal_memory_links" in t0:
+            checks["redis_links_equal_memory_links"] = t0["redis_links_equal_memory_links"]
+        result["clough_stevenson"] = bench_clough(args.corpora, args)
+    if "e2e" in args.sections:
+        if texts is None or len(texts) < args.e2e_examples:
+            log(f"building {args.e2e_examples} examples from {args.corpora} ...")
+            texts = build_examples(args.corpora, args.e2e_examples)
+        r = bench_e2e(texts, args)
+        result["e2e"] = r
+        checks["e2e_finished"] = r["pass"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.dedup", description=__doc__.split("\n\n")[0])
     p.add_argument("--corpora", type=Path, default=DEFAULT_CORPORA, help="shared corpora folder")
@@ -838,45 +904,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 1
 
-    sigs = None
-    texts = None
-    if "signatures" in args.sections or "index" in args.sections:
-        log(f"building {args.examples} examples from {args.corpora} ...")
-        texts = build_examples(args.corpora, args.examples)
-    if "signatures" in args.sections or "index" in args.sections:
-        r, sigs = bench_signatures(texts, args)
-        result["signatures"] = r
-        if "signatures" in args.sections:
-            checks["signatures_x_update_loop"] = r["x_update_loop_strict"] >= 10
-            checks["signatures_x_bulk"] = r["x_bulk"] > 1 and r["x_bulk_from_shingles"] > 1
-            checks["bit_equal_to_datasketch"] = r["bit_equal_to_datasketch"]
-    if "index" in args.sections:
-        r = bench_index(sigs, args)
-        result["index"] = r
-        v = r["vs_datasketch_redis"]
-        checks["redis_ours_vs_datasketch"] = (
-            v["ours_bytes_per_doc"] < v["datasketch_bytes_per_doc"]
-            and v["ours_docs_per_s"] > v["datasketch_docs_per_s"]
-            and v["covered_by_ours"] >= 0.99
-        )
-        checks["redis_1m_query_p99_ms"] = r["redis_1m"]["query_p99_ms"] <= 10
-    if "accuracy" in args.sections:
-        t0 = bench_t0(args.corpora, args)
-        result["t0_templates"] = t0
-        at = {row["threshold"]: row for row in t0["sweep"]}
-        if 0.8 in at:
-            checks["t0_cluster_recall_at_0.8"] = at[0.8]["cluster_recall"] >= 0.95
-        checks["link_precision_all_thresholds"] = all(row["link_precision"] == 1.0 for row in t0["sweep"])
-        if "redis_links_equal_memory_links" in t0:
-            checks["redis_links_equal_memory_links"] = t0["redis_links_equal_memory_links"]
-        result["clough_stevenson"] = bench_clough(args.corpora, args)
-    if "e2e" in args.sections:
-        if texts is None:
-            log(f"building {args.e2e_examples} examples from {args.corpora} ...")
-            texts = build_examples(args.corpora, args.e2e_examples)
-        r = bench_e2e(texts, args)
-        result["e2e"] = r
-        checks["e2e_finished"] = r["pass"]
+    try:
+        _run_sections(args, result, checks)
+    finally:
+        if _CREATED:
+            client = _redis(args.redis_url)
+            for pattern in _CREATED:
+                _unlink(client, pattern)
+            client.close()
     result["seconds"] = round(time.time() - started, 1)
     result["machine"]["loadavg_at_end"] = [round(x, 1) for x in os.getloadavg()]
     result["targets"] = targets
