@@ -33,8 +33,9 @@ pytest.importorskip("peft")
 pytestmark = [pytest.mark.train, pytest.mark.worker, pytest.mark.postgres, pytest.mark.redis]
 
 ROOT = Path(__file__).resolve().parents[2]
-# A Redis database of its own, so no other test's worker steals these runs (13 is tests/trainer/test_worker.py's, whose worker would take these runs under
-# xdist; 12, 14, 15 are benches'): the fixture flushes it.
+# A Redis database of its own, so no other test's worker steals these runs (13 is
+# tests/trainer/test_worker.py's, whose worker would take them under xdist; 12, 14, 15 are the
+# benches'): the fixture flushes it.
 BROKER = os.environ.get("PEDIGREE_TEST_TRAIN_REDIS", "redis://127.0.0.1:6379/11")
 SHORT = {"max_steps": 2, "batch_tokens": 1024, "max_seq_len": 256, "log_every": 1}
 
