@@ -16,13 +16,16 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Uuid,
     any_,
     bindparam,
+    cast,
     delete,
     func,
     literal,
     literal_column,
+    null,
     select,
     union_all,
 )
@@ -77,11 +80,18 @@ def versions_with(session: Session, facet: str, value: str | None) -> dict[uuid.
         return {}
     t = ModelVersionFacet.__table__
     col = FACETS[facet]
-    found = dict(session.execute(select(t.c.model_version_id, t.c.examples)
-                                 .where(t.c.facet == facet, t.c.value == (value or ""))).all())
     mv, ln = tr.model_versions, tr.lineage
-    missing = list(session.scalars(select(mv.c.id).where(~select(t.c.model_version_id).where(
-        t.c.model_version_id == mv.c.id, t.c.facet == MARKER).exists())))
+    # One statement: the counted versions that have the value, and the versions not counted at all.
+    hits = select(t.c.model_version_id, t.c.examples).where(t.c.facet == facet, t.c.value == (value or ""))
+    uncounted = select(mv.c.id, cast(null(), Integer)).where(~select(t.c.model_version_id).where(
+        t.c.model_version_id == mv.c.id, t.c.facet == MARKER).exists())
+    found: dict[uuid.UUID, int] = {}
+    missing: list[uuid.UUID] = []
+    for mv_id, n in session.execute(union_all(hits, uncounted)):
+        if n is None:
+            missing.append(mv_id)
+        else:
+            found[mv_id] = n
     if missing:
         cond: ColumnElement[bool] = col.is_(None) if value is None else col == value
         found.update(dict(session.execute(

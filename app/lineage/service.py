@@ -319,8 +319,12 @@ def model_examples(session: Session, *, name: str, version: int, source: str | N
     """Page of the examples a model version trained, in example-id order: a range scan of the lineage
     (model_version_id, example_id) index that probes each example by primary key and stops after `limit`
     matches, so page 1 costs about limit / selectivity probes whatever the version's size."""
-    mvr = get_model_version(session, name, version)
-    ln = tr.lineage
+    if not tr.available(session):
+        get_model_version(session, name, version)  # raises the 404
+    ln, mv = tr.lineage, tr.model_versions
+    # The version's id as an InitPlan of the page query itself: one round trip; the 404 check runs only
+    # when the page comes back empty.
+    mv_id = select(mv.c.id).where(mv.c.name == name, mv.c.version == version).scalar_subquery()
     conds: list[ColumnElement[bool]] = []
     if source is not None:
         conds.append(Example.source == source)
@@ -340,12 +344,14 @@ def model_examples(session: Session, *, name: str, version: int, source: str | N
     else:
         q = (select(ln.c.example_id, ln.c.revision_id, ln.c.tokens, ln.c.epochs, *cols)
              .join(Example, Example.id == ln.c.example_id).where(*conds))
-    q = q.where(ln.c.model_version_id == mvr.id)
+    q = q.where(ln.c.model_version_id == mv_id)
     if reviewer is not None:
         q = q.where(exists().where(Review.revision_id == ln.c.revision_id, _reviewer_match(reviewer)))
     if cursor:
         q = q.where(ln.c.example_id > examples.decode_cursor(cursor))
     rows = session.execute(q.order_by(ln.c.example_id).limit(limit + 1)).all()
+    if not rows:
+        get_model_version(session, name, version)
     nxt = examples.encode_cursor(rows[limit - 1].example_id) if len(rows) > limit else None
     items = [{"example_id": str(r.example_id), "revision_id": str(r.revision_id), "dataset_id": str(r.dataset_id),
               "source": r.source, "source_ref": r.source_ref, "license": r.license, "legal_basis": r.legal_basis,
