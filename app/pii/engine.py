@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -199,11 +199,6 @@ def _registry(settings: PiiSettings, nlp_engine) -> RecognizerRegistry:
         for recognizer in custom.custom_recognizers():
             registry.add_recognizer(recognizer)
     return registry
-
-
-@dataclass
-class _PolicyRecognizers:
-    ad_hoc: list[EntityRecognizer] = field(default_factory=list)
 
 
 class PiiEngine:
