@@ -92,7 +92,7 @@ def available(session: Session) -> bool:
     """True when the training tables exist in this database. Cached once true (tables are not dropped
     under a running service); a miss is re-checked, so a migration applied later is picked up."""
     bind = session.get_bind()
-    key = str(bind.url)
+    key = str(bind.engine.url)
     if _present.get(key):
         return True
     names = set(inspect(session.connection()).get_table_names())
