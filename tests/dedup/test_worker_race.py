@@ -43,9 +43,11 @@ def stop(proc: subprocess.Popen) -> bytes:
 
 @pytest.fixture
 def worker_env(pg, redis_url, monkeypatch):
-    # A Redis database of its own (broker and index), away from the foundation's worker tests.
+    # A Redis database of its own (broker and index), flushed before and after: 3 + xdist worker number.
+    # Taken elsewhere: 7-8 foundation worker test, 11 training e2e, 12 bench/pii, 13 trainer worker test,
+    # 14 bench/dedup, 15 bench/common.
     n = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
-    url = redis_url.rsplit("/", 1)[0] + f"/{11 + n}"
+    url = redis_url.rsplit("/", 1)[0] + f"/{3 + n}"
     redis.Redis.from_url(url).flushdb()
     monkeypatch.setenv("PEDIGREE_REDIS_URL", url)
     monkeypatch.setenv("PEDIGREE_EMBEDDED", "false")
