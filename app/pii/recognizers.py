@@ -155,6 +155,7 @@ class LoosePhoneRecognizer(LocalRecognizer):
         r"(?<![\w+/.-])(?:\+|00)?\(?\d[\d().\s-]{5,22}\d(?:\s?(?:x|ext\.?)\s?\d{1,5})?(?![\w/]|[.-]\d)"
     )
     _DATE = re.compile(r"^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}$")
+    _YEARS = re.compile(r"^(?:1[5-9]|20)\d\d\s?[-–/]\s?(?:1[5-9]|20)\d\d$")  # "2019-2020"
     # Checked on the raw text around the match rather than through Presidio's lemma enhancer: spaCy lists
     # "call" as a stop word, and the enhancer drops stop words from the context window.
     _CONTEXT = re.compile(
@@ -183,7 +184,7 @@ class LoosePhoneRecognizer(LocalRecognizer):
             start, end = m.start(), m.start() + len(raw)
             core = re.split(r"\s?(?:x|ext\.?)\s?", raw)[0]
             digits = re.sub(r"\D", "", core)
-            if not 7 <= len(digits) <= 15 or self._DATE.match(core.strip()):
+            if not 7 <= len(digits) <= 15 or self._DATE.match(core.strip()) or self._YEARS.match(core.strip()):
                 continue
             if "\n" in raw:
                 continue
@@ -220,6 +221,11 @@ _STREET_PREFIXES = (
 )
 
 
+# Dates ("18 June 1812", "1925 February 21") have the shape of a continental address.
+_MONTHS = (r"(?:January|February|March|April|May|June|July|August|September|October|November|December|"
+           r"Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)")
+
+
 class StreetAddressRecognizer(PatternRecognizer):
     """House number + street in US/UK order ("3482 Main St"), street + number in continental order
     ("Koskikatu 25", "Via Roma 131"), and unit designators ("Apt. 864", "Suite 201").
@@ -236,7 +242,7 @@ class StreetAddressRecognizer(PatternRecognizer):
         ),
         Pattern(
             "street suffix + number (continental)",
-            rf"\b(?:{_CAP}\s+){{0,2}}[\w'’-]*(?:{_STREET_SUFFIXES})\s+\d{{1,5}}[a-zA-Z]?\b",
+            rf"\b(?:{_CAP}\s+){{0,2}}[A-ZÀ-ÖØ-ÞĀ-Ž][\w'’-]*(?:{_STREET_SUFFIXES})\s+\d{{1,5}}[a-zA-Z]?\b",
             0.6,
         ),
         Pattern(
@@ -246,7 +252,8 @@ class StreetAddressRecognizer(PatternRecognizer):
         ),
         Pattern(
             "number + capitalised words + number (continental, with house number first)",
-            rf"\b\d{{2,6}}\s+(?:{_CAP}\s+){{1,3}}\d{{1,4}}[a-zA-Z]?\b",
+            rf"\b(?!(?:1[5-9]|20)\d\d\b)\d{{2,6}}\s+(?!{_MONTHS}\b)(?:{_CAP}\s+){{1,3}}(?!(?:1[5-9]|20)\d\d\b)"
+            rf"\d{{1,4}}[a-zA-Z]?\b",
             0.45,
         ),
         Pattern("unit", r"\b(?:Apt\.?|Apartment|Suite|Unit|Flat)\s*#?\s*\d{1,5}[A-Za-z]?\b", 0.5),
@@ -324,6 +331,12 @@ class PersonCueRecognizer(PatternRecognizer):
         )
 
 
+_TITLE_WORDS = frozenset(
+    """uncle aunt saint king queen prince princess lord lady sir madam doctor professor captain general
+    president senator judge father mother brother sister""".split()  # noqa: SIM905
+)
+
+
 def propagate_mentions(text: str, results: list[RecognizerResult], entity_type: str = "PERSON") -> list:
     """Once a name is found anywhere in a text, find its other mentions too (the model often tags a name on
     one mention and not the next; the surname alone later is still the same person). Returns the full
@@ -337,9 +350,11 @@ def propagate_mentions(text: str, results: list[RecognizerResult], entity_type: 
         if len(value) < 3 or not value[0].isupper():
             continue
         names.add(value)
-        for part in value.split():
-            if len(part) >= 4 and part[0].isupper():
-                names.add(part)
+        # The surname alone is the usual later mention; first names and title words ("Uncle Walter")
+        # would spread far more false positives than they catch.
+        last = value.split()[-1]
+        if len(value.split()) > 1 and len(last) >= 4 and last[0].isupper() and last.lower() not in _TITLE_WORDS:
+            names.add(last)
     if not names:
         return results
     # Only same-type spans block a mention: the model may have tagged the second "Nishiyama" as GPE.
@@ -444,6 +459,9 @@ _SPEAKER_NOT_NAMES = frozenset(
 )
 
 
+_WORDISH = re.compile(r"(?:ive|tion|sion|ment|ness|ity|ics|ing|ure|ance|ence|ary|ory|ism|ogy|ship|ware|s)$")
+
+
 class SpeakerLabelRecognizer(LocalRecognizer):
     """Transcript speaker labels at the start of a line ("Leverett: What a wife."), common in chat logs
     and scripts, excluding the usual non-name labels (Note:, Answer:, User:, Phone:)."""
@@ -466,8 +484,11 @@ class SpeakerLabelRecognizer(LocalRecognizer):
             words = label.split()
             if any(w.lower() in _SPEAKER_NOT_NAMES for w in words) or label.isupper():
                 continue
+            if _WORDISH.search(words[-1]):  # "Qualitative:", "Requirements:", "Pricing:"
+                continue
             out.append(make_result("PERSON", m.start(1), m.end(1), 0.6, self.name, self.id))
-        return out
+        # One "Label:" line is a heading; a transcript has at least two speaker lines.
+        return out if len(out) >= 2 else []
 
 
 class CaseInsensitiveIbanRecognizer(LocalRecognizer):
