@@ -20,13 +20,23 @@ def _valid_pii_policy(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+def _valid_dedup_policy(value: dict[str, Any]) -> dict[str, Any]:
+    # Same reasoning as the PII policy: refuse a bad threshold at the door rather than have the stage
+    # fall back to defaults without anyone noticing.
+    from app.dedup.schemas import DedupPolicy
+
+    DedupPolicy.model_validate(value)
+    return value
+
+
 class DatasetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     format: Format
     description: str = ""
-    # Later capabilities give these their own schemas (review, PII, dedup); stored as given for now.
+    # Policies are validated by their capability's schema and stored as given, so defaults added later
+    # apply to datasets that did not set them.
     review_policy: ReviewPolicy = Field(default_factory=ReviewPolicy)
     pii_policy: dict[str, Any] = Field(default_factory=dict)
     dedup_policy: dict[str, Any] = Field(default_factory=dict)
@@ -37,6 +47,11 @@ class DatasetCreate(BaseModel):
     @classmethod
     def _pii_policy(cls, value: dict[str, Any]) -> dict[str, Any]:
         return _valid_pii_policy(value)
+
+    @field_validator("dedup_policy")
+    @classmethod
+    def _dedup_policy(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _valid_dedup_policy(value)
 
 
 class DatasetUpdate(BaseModel):
@@ -53,6 +68,11 @@ class DatasetUpdate(BaseModel):
     @classmethod
     def _pii_policy(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         return None if value is None else _valid_pii_policy(value)
+
+    @field_validator("dedup_policy")
+    @classmethod
+    def _dedup_policy(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else _valid_dedup_policy(value)
 
 
 class DatasetOut(BaseModel):

@@ -26,3 +26,9 @@ def test_patch_policies(api):
     r = api.as_("curator").patch(f"/v1/datasets/{ds['id']}", json={"dedup_policy": {"threshold": 0.7}})
     assert r.status_code == 200 and r.json()["dedup_policy"] == {"threshold": 0.7}
     assert api.as_("reviewer").patch(f"/v1/datasets/{ds['id']}", json={"description": "x"}).status_code == 403
+def test_bad_policies_are_422_naming_the_field(api):
+    for field, bad in [("dedup_policy", {"threshold": 2}), ("pii_policy", {"score_threshold": "x"}),
+                       ("review_policy", {"required_approvals": 0})]:
+        r = api.as_("curator").post("/v1/datasets", json={"name": f"p-{field[:4]}", "format": "chat", field: bad})
+        assert r.status_code == 422, (field, r.status_code, r.text)
+        assert r.json()["error"]["details"][0]["field"].startswith(field), r.json()
