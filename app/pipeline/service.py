@@ -35,9 +35,10 @@ def enqueue_stage(session: Session, stage_name: str | None, example_ids: list[uu
         return
     stage = stages.get_stage(stage_name)
     ids = [str(i) for i in example_ids]
-    # Batches keep a task small enough to redeliver cheaply and big enough to amortise the engine.
-    for i in range(0, len(ids), 500):
-        jobs.enqueue(session, RUN_STAGE_TASK, stage_name, ids[i:i + 500], queue=stage.queue)
+    # Batches keep a task small enough to redeliver cheaply and big enough to amortise the engine
+    # (and the broker round trips: a send costs as much as ingesting a few hundred rows).
+    for i in range(0, len(ids), 1000):
+        jobs.enqueue(session, RUN_STAGE_TASK, stage_name, ids[i:i + 1000], queue=stage.queue)
 
 
 def _lock_at_stage(session: Session, stage_name: str, example_ids: list[uuid.UUID]) -> list[uuid.UUID]:
