@@ -7,7 +7,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Str
 
 from app.audit import service as audit
 from app.core.auth import Actor, Curator, require
-from app.core.db import SessionDep
+from app.core.db import SessionDep, get_engine
 from app.core.errors import ValidationFailed
 from app.lineage import openlineage
 from app.models.snapshot import Snapshot
@@ -91,7 +91,7 @@ def export_snapshot(snapshot_id: str, session: SessionDep, actor: SnapshotReader
         meta = {"pedigree.manifest_sha256": plan.manifest_sha256,
                 "pedigree.export_manifest_sha256": plan.export_manifest_sha256, "pedigree.snapshot_id": str(snap.id)}
         # Larger blocks for Parquet: each becomes one row group.
-        if plan.dataset_format in export.FLAT_FIELDS:
+        if get_engine().dialect.name == "postgresql" and plan.dataset_format in export.FLAT_FIELDS:
             blocks = service.iter_csv_blocks(plan, export.FLAT_FIELDS[plan.dataset_format])
             body = export.stream_parquet(plan.dataset_format, blocks, metadata=meta, csv=True)
         else:
