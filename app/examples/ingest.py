@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import psycopg
 import uuid_utils
 from sqlalchemy import insert, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -456,12 +457,51 @@ SELECT id::text FROM ins
 
 def _insert_pg(session: Session, ex_rows: list[dict[str, Any]], rev_rows: list[dict[str, Any]],
                link_rows: list[dict[str, Any]]) -> set[str]:
-    """COPY the batch into a session-local staging table, then one INSERT ... SELECT writes examples,
-    revisions and links together. Multi-row VALUES with thousands of placeholders spends more time
-    building and parsing SQL than PostgreSQL spends storing the rows; COPY does not."""
+    """Write a batch with COPY. Multi-row VALUES with thousands of placeholders spends more time
+    building and parsing SQL than PostgreSQL spends storing the rows; COPY does not.
+
+    Idempotency was checked before we got here, so the batch normally goes straight into the tables.
+    Only a concurrent import of the same source refs can still collide; then the savepoint is rolled
+    back and the batch goes through a staging table and `INSERT … ON CONFLICT DO NOTHING`, which
+    keeps whichever import won."""
+    cur = session.connection().connection.dbapi_connection.cursor()
+    cur.execute("SAVEPOINT ingest_copy")
+    try:
+        _copy_direct(cur, ex_rows, rev_rows, link_rows)
+    except psycopg.errors.UniqueViolation:
+        cur.execute("ROLLBACK TO SAVEPOINT ingest_copy")
+        return _insert_pg_staged(cur, ex_rows, rev_rows, link_rows)
+    cur.execute("RELEASE SAVEPOINT ingest_copy")
+    return {r["id"] for r in ex_rows}
+
+
+def _copy_direct(cur: Any, ex_rows: list[dict[str, Any]], rev_rows: list[dict[str, Any]],
+                 link_rows: list[dict[str, Any]]) -> None:
+    with cur.copy("COPY examples (id, dataset_id, status, stage, current_revision_id, source, source_ref, "
+                  "collected_at, license, legal_basis, ingest_batch_id, ingested_by, metadata, tags, created_at, "
+                  "updated_at) FROM STDIN") as cp:
+        for r in ex_rows:
+            cp.write_row((r["id"], r["dataset_id"], r["status"], r["stage"], r["current_revision_id"], r["source"],
+                          r["source_ref"], r["collected_at"], r["license"], r["legal_basis"], r["ingest_batch_id"],
+                          r["ingested_by"], json_dumps(r["metadata"]), json_dumps(r["tags"]), r["created_at"],
+                          r["created_at"]))
+    with cur.copy("COPY example_revisions (id, example_id, seq, content, content_sha256, reason, author, "
+                  "created_at) FROM STDIN") as cp:
+        for r in rev_rows:
+            cp.write_row((r["id"], r["example_id"], 0, json_dumps(r["content"]), r["content_sha256"], "ingest",
+                          r["author"], r["created_at"]))
+    if link_rows:
+        with cur.copy("COPY duplicate_links (id, dataset_id, example_id, canonical_example_id, method, similarity, "
+                      "created_by, created_at) FROM STDIN") as cp:
+            for r in link_rows:
+                cp.write_row((r["id"], r["dataset_id"], r["example_id"], r["canonical_example_id"], "exact", 1.0,
+                              "system:ingest", r["created_at"]))
+
+
+def _insert_pg_staged(cur: Any, ex_rows: list[dict[str, Any]], rev_rows: list[dict[str, Any]],
+                      link_rows: list[dict[str, Any]]) -> set[str]:
     links = {r["example_id"]: r for r in link_rows}
     revs = {r["example_id"]: r for r in rev_rows}
-    cur = session.connection().connection.dbapi_connection.cursor()
     cur.execute(_STAGE_DDL)
     with cur.copy("COPY ingest_stage FROM STDIN") as cp:
         for r in ex_rows:
