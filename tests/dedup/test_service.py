@@ -249,9 +249,24 @@ def test_a_bridge_merges_clusters_and_the_approved_member_stays_canonical(api):
     assert ex["a"]["status"] == "pending_review" and ex["c"]["status"] == "duplicate"
 
 
-def test_an_invalid_policy_is_refused_on_rebuild_and_ignored_by_the_stage(api):
-    ds = new_dataset(api, dedup_policy={"threshold": 2.0}, **NO_PII)
+def test_an_invalid_policy_is_refused_at_the_door_and_ignored_by_the_stage(api):
+    # The API refuses it on create and on PATCH (422 naming the field) ...
+    r = api.as_("curator").post("/v1/datasets", json={"name": "bad-dedup", "format": "instruction",
+                                                      "dedup_policy": {"threshold": 2.0}})
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"].startswith("dedup_policy")
+    ds = new_dataset(api, **NO_PII)
+    r = api.as_("curator").patch(f"/v1/datasets/{ds['id']}", json={"dedup_policy": {"threshold": 2.0}})
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"].startswith("dedup_policy")
+    # ... and a row that still holds one (written before validation existed) does not stop the stage,
+    # which falls back to the defaults, while a rebuild names the bad field.
+    from sqlalchemy import update
+
+    from app.core.db import session_scope
+    from app.models.dataset import Dataset
+
+    with session_scope() as s:
+        s.execute(update(Dataset).where(Dataset.name == ds["name"]).values(dedup_policy={"threshold": 2.0}))
     ingest(api, ds, [row("a", ARTICLE), row("b", near(ARTICLE, 1))])
-    assert by_ref(api, ds)["b"]["status"] == "duplicate"  # the stage fell back to the defaults
+    assert by_ref(api, ds)["b"]["status"] == "duplicate"
     r = api.as_("curator").post(f"/v1/datasets/{ds['id']}/dedup:rebuild")
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "dedup_policy.threshold"
