@@ -83,8 +83,14 @@ async def lifespan(app: FastAPI):  # noqa: ANN201
 
 
 def create_app() -> FastAPI:
+    # The interactive docs and the OpenAPI schema are the only pages besides /healthz and the review
+    # sign-in that answer without a key, so outside the embedded mode they are off unless asked for.
+    settings = get_settings()
+    docs = settings.api_docs if settings.api_docs is not None else settings.is_embedded
     app = FastAPI(title="Pedigree", version="0.1.0", lifespan=lifespan,
-                  description="Governed training-data curation for LLM fine-tuning.")
+                  description="Governed training-data curation for LLM fine-tuning.",
+                  docs_url="/docs" if docs else None, redoc_url=None,
+                  openapi_url="/openapi.json" if docs else None)
     install_error_handlers(app)
     for r in (datasets_router, examples_router, audit_router, keys_router, pii_router, review_router, snapshots_router,
               dedup_router, training_router):

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     # reaper. The trainer heartbeats every 10 s; the margin covers a long checkpoint save or GC pause.
     training_heartbeat_timeout_s: float = 120.0
     log_sql: bool = False
+    # Serve /docs and /openapi.json; default: only in the embedded mode.
+    api_docs: bool | None = None
 
     @property
     def is_embedded(self) -> bool:

@@ -67,3 +67,24 @@ def shutil_which(cmd):
     import shutil
 
     return shutil.which(cmd)
+
+
+def test_api_docs_are_off_outside_the_embedded_mode(monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from app.core.config import reset_settings
+    from app.main import create_app
+
+    monkeypatch.setenv("PEDIGREE_EMBEDDED", "false")
+    monkeypatch.setenv("PEDIGREE_DATABASE_URL", "sqlite:////tmp/pedigree-docs-test.db")
+    reset_settings()
+    try:
+        client = TestClient(create_app())
+        assert client.get("/openapi.json").status_code == 404
+        assert client.get("/docs").status_code == 404
+        monkeypatch.setenv("PEDIGREE_API_DOCS", "true")
+        reset_settings()
+        assert TestClient(create_app()).get("/openapi.json").status_code == 200
+    finally:
+        monkeypatch.undo()
+        reset_settings()
