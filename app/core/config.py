@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     max_example_bytes: int = 256 * 1024
     max_field_chars: int = 100_000
     max_messages: int = 256
-    ingest_batch_size: int = 2000
+    ingest_batch_size: int = 5000
 
     api_url: str = "http://127.0.0.1:8000"
     artifact_root: str = str(VAR_DIR / "artifacts")

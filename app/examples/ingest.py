@@ -196,7 +196,7 @@ class LineParser:
             self.line_no += 1
             if p.endswith(b"\r"):
                 p = p[:-1]
-            if p.strip():  # blank lines are skipped but still counted, so line numbers match editors
+            if p and not p.isspace():  # blank lines are skipped but counted, so numbers match editors
                 out.append((self.line_no, p))
         return out
 
@@ -219,16 +219,76 @@ def _insert_ignore(session: Session, table):  # noqa: ANN001, ANN202
     return insert(table)
 
 
+@dataclass
+class _Plan:
+    out: BatchOutcome
+    ex_rows: list[dict[str, Any]]
+    rev_rows: list[dict[str, Any]]
+    link_rows: list[dict[str, Any]]
+    by_id: dict[str, tuple[Candidate, uuid.UUID | str | None]]
+
+
 def store(session: Session, *, dataset: Dataset, batch_id: uuid.UUID, actor: Actor,
           candidates: list[Candidate], want_items: bool = False) -> BatchOutcome:
     """Store a batch of validated candidates set-based. Returns what happened to each line."""
-    out = BatchOutcome()
     if not candidates:
+        return BatchOutcome()
+    refs = list({(c.source, c.source_ref) for c in candidates if c.source_ref is not None})
+    if session.get_bind().dialect.name == "postgresql":
+        # Optimistic: new refs are the common case, so write first and look up only if the unique
+        # index says a ref is already there (the COPY fails at once and the savepoint undoes it).
+        # That saves a lookup round trip per batch on a fresh import.
+        cur = session.connection().connection.dbapi_connection.cursor()
+        plan = _plan(session, dataset, batch_id, actor, candidates, {}, want_items)
+        cur.execute("SAVEPOINT ingest_try")
+        try:
+            _copy_direct(cur, plan.ex_rows, plan.rev_rows, plan.link_rows)
+        except psycopg.errors.UniqueViolation:
+            cur.execute("ROLLBACK TO SAVEPOINT ingest_try")
+            existing = _existing_refs(session, dataset.id, refs) if refs else {}
+            plan = _plan(session, dataset, batch_id, actor, candidates, existing, want_items)
+            inserted = _insert_pg(session, plan.ex_rows, plan.rev_rows, plan.link_rows) if plan.ex_rows else set()
+        else:
+            cur.execute("RELEASE SAVEPOINT ingest_try")
+            inserted = {r["id"] for r in plan.ex_rows}
+        _maybe_analyze(session, len(inserted))
+    else:
+        existing = _existing_refs(session, dataset.id, refs) if refs else {}
+        plan = _plan(session, dataset, batch_id, actor, candidates, existing, want_items)
+        inserted = _insert_generic(session, plan.ex_rows, plan.rev_rows, plan.link_rows) if plan.ex_rows else set()
+    out, by_id = plan.out, plan.by_id
+    if not plan.ex_rows:
         return out
+    first_stage = stages.next_stage(None)
+    new_ok = [eid for eid in inserted if by_id[eid][1] is None]
+    dup_ids = [eid for eid in inserted if by_id[eid][1] is not None]
+    lost = [by_id[eid][0] for eid in by_id if eid not in inserted]
+    for c in lost:  # lost a race with a concurrent import of the same ref: same example back
+        out.unchanged += 1
+    out.accepted = len(inserted)
+    out.exact_duplicates = len(dup_ids)
+    if want_items:
+        for r in plan.ex_rows:
+            if r["id"] in inserted:
+                out.items.append({"line": by_id[r["id"]][0].line, "id": str(r["id"]), "status": r["status"],
+                                  "revision_id": str(r["current_revision_id"]), "created": True})
+        out.items.sort(key=lambda x: x["line"])
+    new_ok.sort()
+    audit.record(
+        session, actor=actor.ref, action="examples.ingested", entity_type="ingest_batch", entity_id=batch_id,
+        payload={"dataset_id": str(dataset.id), "examples": sorted(str(i) for i in inserted),
+                 "exact_duplicates": len(dup_ids)},
+    )
+    pipeline.enqueue_stage(session, first_stage, new_ok)
+    return out
+
+
+def _plan(session: Session, dataset: Dataset, batch_id: uuid.UUID, actor: Actor, candidates: list[Candidate],
+          existing: dict[tuple[str, str], tuple[uuid.UUID, str, str]], want_items: bool) -> _Plan:
+    """Decide what each candidate becomes, given the refs already stored (`existing`)."""
+    out = BatchOutcome()
     # 1. Idempotency: a (source, source_ref) already stored returns the same example; the same
     #    ref with different content is a conflict, never a silent overwrite.
-    refs = list({(c.source, c.source_ref) for c in candidates if c.source_ref is not None})
-    existing = _existing_refs(session, dataset.id, refs) if refs else {}
     fresh: list[Candidate] = []
     seen_refs: dict[tuple[str, str], Candidate] = {}
     for c in candidates:
@@ -256,8 +316,9 @@ def store(session: Session, *, dataset: Dataset, batch_id: uuid.UUID, actor: Act
                 continue
             seen_refs[key] = c
         fresh.append(c)
+    plan = _Plan(out=out, ex_rows=[], rev_rows=[], link_rows=[], by_id={})
     if not fresh:
-        return out
+        return plan
 
     # 2. Exact duplicates: the earliest non-duplicate example with the same ingested content is
     #    canonical (compared on revision 0, so a later scrub or edit does not hide a re-sent original).
@@ -265,19 +326,15 @@ def store(session: Session, *, dataset: Dataset, batch_id: uuid.UUID, actor: Act
 
     now = utcnow()
     first_stage = stages.next_stage(None)
-    ex_rows: list[dict[str, Any]] = []
-    rev_rows: list[dict[str, Any]] = []
-    link_rows: list[dict[str, Any]] = []
     # Ids as strings on the hot path: building a uuid.UUID costs more than the rest of the row's
     # bookkeeping (15% of the import's CPU); COPY takes text, and only the generic path needs objects.
-    by_id: dict[str, tuple[Candidate, uuid.UUID | str | None]] = {}
     for c in fresh:
         eid, rid = str(uuid_utils.uuid7()), str(uuid_utils.uuid7())
         canon = canonical.get(c.sha)
         if canon is None:
             canonical[c.sha] = eid
         is_dup = canon is not None
-        ex_rows.append({
+        plan.ex_rows.append({
             "id": eid, "dataset_id": dataset.id, "status": "duplicate" if is_dup else "ingested",
             # Exact duplicates skip the pipeline: their canonical twin is scrubbed and reviewed once.
             "stage": None if is_dup else first_stage, "current_revision_id": rid,
@@ -286,44 +343,14 @@ def store(session: Session, *, dataset: Dataset, batch_id: uuid.UUID, actor: Act
             "ingested_by": actor.ref, "metadata": c.metadata, "tags": c.tags,
             "created_at": now, "updated_at": now,
         })
-        rev_rows.append({"id": rid, "example_id": eid, "seq": 0, "content": c.content, "content_sha256": c.sha,
-                         "parent_id": None, "reason": "ingest", "author": actor.ref, "created_at": now})
-        by_id[eid] = (c, canon)
-
-    # 3. Insert. ON CONFLICT DO NOTHING covers a concurrent import of the same source refs: the loser's
-    #    rows are simply not inserted, and RETURNING tells us which were.
-    for r in ex_rows:
-        c, canon = by_id[r["id"]]
-        if canon is not None:
-            link_rows.append({"id": str(uuid_utils.uuid7()), "dataset_id": dataset.id, "example_id": r["id"],
-                              "canonical_example_id": canon, "method": "exact", "similarity": 1.0,
-                              "created_by": "system:ingest", "created_at": now})
-    if session.get_bind().dialect.name == "postgresql":
-        inserted = _insert_pg(session, ex_rows, rev_rows, link_rows)
-        _maybe_analyze(session, len(inserted))
-    else:
-        inserted = _insert_generic(session, ex_rows, rev_rows, link_rows)
-    new_ok = [eid for eid in inserted if by_id[eid][1] is None]
-    dup_ids = [eid for eid in inserted if by_id[eid][1] is not None]
-    lost = [by_id[eid][0] for eid in by_id if eid not in inserted]
-    for c in lost:  # lost a race with a concurrent import of the same ref: same example back
-        out.unchanged += 1
-    out.accepted = len(inserted)
-    out.exact_duplicates = len(dup_ids)
-    if want_items:
-        for r in ex_rows:
-            if r["id"] in inserted:
-                out.items.append({"line": by_id[r["id"]][0].line, "id": str(r["id"]), "status": r["status"],
-                                  "revision_id": str(r["current_revision_id"]), "created": True})
-        out.items.sort(key=lambda x: x["line"])
-    new_ok.sort()
-    audit.record(
-        session, actor=actor.ref, action="examples.ingested", entity_type="ingest_batch", entity_id=batch_id,
-        payload={"dataset_id": str(dataset.id), "examples": sorted(str(i) for i in inserted),
-                 "exact_duplicates": len(dup_ids)},
-    )
-    pipeline.enqueue_stage(session, first_stage, new_ok)
-    return out
+        plan.rev_rows.append({"id": rid, "example_id": eid, "seq": 0, "content": c.content, "content_sha256": c.sha,
+                              "parent_id": None, "reason": "ingest", "author": actor.ref, "created_at": now})
+        plan.by_id[eid] = (c, canon)
+        if is_dup:
+            plan.link_rows.append({"id": str(uuid_utils.uuid7()), "dataset_id": dataset.id, "example_id": eid,
+                                   "canonical_example_id": canon, "method": "exact", "similarity": 1.0,
+                                   "created_by": "system:ingest", "created_at": now})
+    return plan
 
 
 def finish_batch(session: Session, batch: IngestBatch, *, accepted: int, rejected: int, unchanged: int,
