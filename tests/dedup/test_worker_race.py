@@ -1,65 +1,29 @@
 """Two real `celery worker` processes dedup near-duplicates that arrive at the same moment, against the real
 Redis index and PostgreSQL: every pair must end up in one cluster with exactly one canonical member."""
 
-import os
 import random
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import orjson
 import pytest
-import redis
 from sqlalchemy import func, select
 
 from app.core.db import session_scope
 from app.models.dedup import DedupPair
 from app.models.example import DuplicateLink, Example
 from tests.conftest import Api, make_keys, new_dataset
+from tests.support import celery_env, start_worker, stop_worker
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.worker, pytest.mark.redis, pytest.mark.postgres]
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
 
-def start_worker(env: dict[str, str], name: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "default,pii,dedup",
-           "--concurrency", "1", "--pool", "prefork", "-n", f"{name}@%h", "--loglevel", "INFO",
-           "--without-gossip", "--without-mingle", "--without-heartbeat"]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen) -> bytes:
-    proc.terminate()
-    try:
-        out, _ = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out
-
-
 @pytest.fixture
 def worker_env(pg, redis_url, monkeypatch):
-    # A Redis database of its own (broker and index), flushed before and after: 3 + xdist worker number.
-    # Taken elsewhere: 7-8 foundation worker test, 11 training e2e, 12 bench/pii, 13 trainer worker test,
-    # 14 bench/dedup, 15 bench/common.
-    n = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
-    url = redis_url.rsplit("/", 1)[0] + f"/{3 + n}"
-    redis.Redis.from_url(url).flushdb()
-    monkeypatch.setenv("PEDIGREE_REDIS_URL", url)
-    monkeypatch.setenv("PEDIGREE_EMBEDDED", "false")
-    from app.core.config import reset_settings
-
-    reset_settings()
-    from app.core import jobs
-
-    jobs.celery_client.cache_clear()
-    env = {**os.environ, "PEDIGREE_DATABASE_URL": pg, "PEDIGREE_REDIS_URL": url, "PEDIGREE_EMBEDDED": "false"}
-    yield env
-    redis.Redis.from_url(url).flushdb()
+    # Its own Redis database (broker and index): see tests/support.py for who holds which.
+    with celery_env(pg, redis_url, monkeypatch, db_base=3) as env:
+        yield env
 
 
 def texts(n: int, seed: int) -> list[str]:
@@ -93,7 +57,7 @@ def test_two_workers_racing_on_near_duplicates_link_every_pair(worker_env):
             body = b"\n".join(orjson.dumps(r) for r in rows)
             r = api.as_("curator").post(f"/v1/datasets/{ds['id']}/examples:import", content=body, headers=NDJSON)
             assert r.json()["accepted"] == n, r.text
-        procs = [start_worker(worker_env, "w1"), start_worker(worker_env, "w2")]
+        procs = [start_worker(worker_env, name="w1"), start_worker(worker_env, name="w2")]
         try:
             deadline = time.time() + 180
             counts: dict = {}
@@ -105,7 +69,7 @@ def test_two_workers_racing_on_near_duplicates_link_every_pair(worker_env):
             assert counts["pending_review"] == n and counts["duplicate"] == n, counts
             page = api.as_("auditor").get(f"/v1/datasets/{ds['id']}/duplicates?limit=1000").json()
         finally:
-            logs = [stop(p) for p in procs]
+            logs = [stop_worker(p) for p in procs]
     assert all(b"pedigree.pipeline.run_stage" in out for out in logs), "both workers must have taken batches"
     assert len(page["clusters"]) == n and all(c["size"] == 2 for c in page["clusters"])
     with session_scope() as s:

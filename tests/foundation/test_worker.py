@@ -1,45 +1,20 @@
 """A real `celery worker` process against the real Redis and PostgreSQL."""
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import orjson
 import pytest
-import redis
 
 from tests.conftest import Api, make_keys, new_dataset
+from tests.support import celery_env, start_worker, stop_worker
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.worker, pytest.mark.redis, pytest.mark.postgres]
-
-
-def start_worker(env: dict[str, str], queues: str = "default,pii,dedup", name: str = "w1") -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queues,
-           "--concurrency", "1", "--pool", "prefork", "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip",
-           "--without-mingle", "--without-heartbeat"]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture
 def worker_env(pg, redis_url, monkeypatch):
-    # One Redis database per xdist worker, so parallel runs never flush each other's queues.
-    n = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
-    url = redis_url.rsplit("/", 1)[0] + f"/{7 + n}"
-    redis.Redis.from_url(url).flushdb()
-    monkeypatch.setenv("PEDIGREE_REDIS_URL", url)
-    monkeypatch.setenv("PEDIGREE_EMBEDDED", "false")
-    from app.core.config import reset_settings
-
-    reset_settings()
-    from app.core import jobs
-
-    jobs.celery_client.cache_clear()
-    env = {**os.environ, "PEDIGREE_DATABASE_URL": pg, "PEDIGREE_REDIS_URL": url, "PEDIGREE_EMBEDDED": "false"}
-    yield env
-    redis.Redis.from_url(url).flushdb()
+    with celery_env(pg, redis_url, monkeypatch, db_base=7) as env:
+        yield env
 
 
 def test_worker_runs_the_pipeline(worker_env):
@@ -68,10 +43,5 @@ def test_worker_runs_the_pipeline(worker_env):
             assert ex["quality"]["chars"] > 0
             assert api.as_("auditor").get("/v1/audit/verify").json()["ok"]
     finally:
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+        out = stop_worker(proc)
     assert b"pedigree.pipeline.run_stage" in out
