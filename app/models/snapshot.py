@@ -13,7 +13,8 @@ SPLITS = ("train", "validation")
 class Snapshot(IdMixin, CreatedAtMixin, Base):
     """A frozen set of example revisions. Immutable after insert, with one exception the lineage
     issue owns: `contains_erased` flips to true when a member is erased (exports then omit it, while
-    `manifest_sha256` keeps the hash of the original freeze on record)."""
+    `manifest_sha256` keeps the hash of the original freeze on record). `merkle_root` is written at
+    freeze; only snapshots frozen before it existed get it filled in once, later, from their members."""
 
     __tablename__ = "snapshots"
     __table_args__ = (UniqueConstraint("dataset_id", "name"),)
@@ -23,6 +24,9 @@ class Snapshot(IdMixin, CreatedAtMixin, Base):
     # The dataset's task format at freeze time; exports convert from it.
     format: Mapped[str] = mapped_column(String(20))
     manifest_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    # RFC 6962 root over the same sorted lines as manifest_sha256 (app/snapshots/merkle.py): proves one
+    # member without the whole list. NULL only for snapshots frozen before the column existed.
+    merkle_root: Mapped[str | None] = mapped_column(String(64))
     # {"train": sha, "validation": sha}: same formula over one split, so a split export verifies too.
     split_manifests: Mapped[dict] = mapped_column(default=dict)
     filter: Mapped[dict] = mapped_column(default=dict)

@@ -59,6 +59,12 @@ class Verifier:
         self.lines.sort()
         return hashlib.sha256("\n".join(self.lines).encode("utf-8")).hexdigest()
 
+    def merkle_root(self) -> str:
+        """RFC 6962 root over the same sorted lines (call after manifest(), which sorts them)."""
+        from app.snapshots import merkle
+
+        return merkle.root_of(merkle.leaf_hash(x.encode()) for x in self.lines).hex()
+
 
 def _http_source(api_url: str, api_key: str, snapshot: str, split: str) -> tuple[dict, dict, Iterator[bytes]]:
     import httpx
@@ -158,14 +164,20 @@ def export_cmd(
                 progress.advance(task, verifier.feed(block))
     got = verifier.manifest()
     ok = not verifier.bad and got == expected["export"] and len(verifier.lines) == expected["count"]
+    root = None
     if split == "all" and not expected["omitted"]:
         ok = ok and got == expected["manifest"]
+        # The whole, unerased snapshot: its Merkle root must come out of the same lines too.
+        if manifest.get("merkle_root"):
+            root = verifier.merkle_root()
+            ok = ok and root == manifest["merkle_root"]
     if not ok:
         bad = raw_path.with_name(f"{stem}.pedigree.jsonl.unverified")
         os.replace(raw_path, bad)
         err.print(f"[red]verification failed: manifest {got} (expected {expected['export']}), "
                   f"{len(verifier.lines)} records (expected {expected['count']}), "
-                  f"{len(verifier.bad)} content hash mismatches; kept as {bad}")
+                  f"{len(verifier.bad)} content hash mismatches, Merkle root {root} (expected "
+                  f"{manifest.get('merkle_root')}); kept as {bad}")
         raise typer.Exit(1)
 
     if format == "pedigree":
@@ -199,4 +211,36 @@ def export_cmd(
     note = f" ({expected['omitted']} erased member(s) omitted)" if expected["omitted"] else ""
     err.print(f"[green]verified[/green] {len(verifier.lines):,} records, manifest {got}{note}")
     print(json.dumps({"file": str(final), "records": len(verifier.lines), "manifest_sha256": expected["manifest"],
-                      "export_manifest_sha256": got, "erased_omitted": expected["omitted"], "verified": True}))
+                      "export_manifest_sha256": got, "merkle_root": root, "erased_omitted": expected["omitted"],
+                      "verified": True}))
+
+
+@app.command("verify-proof")
+def verify_proof_cmd(
+    proof: Annotated[Path, typer.Argument(help="proof JSON from GET /v1/snapshots/{id}/proof ('-': stdin)")],
+    root: Annotated[str | None, typer.Option(help="the Merkle root you trust (e.g. from a manifest.json you "
+                                                  "kept); without it the proof's own root is used")] = None,
+    content: Annotated[Path | None, typer.Option(help="JSON file with the example's content (or a pedigree "
+                                                      "export line): its hash must be the proven leaf's")] = None,
+) -> None:
+    """Check a membership proof offline, with no server and no database: the leaf is recomputed from
+    its content hash and split, folded up the audit path, and compared with the root. Exit 0 when it
+    holds, 1 when it does not."""
+    import sys
+
+    from app.snapshots import merkle
+
+    doc = json.loads(sys.stdin.read() if str(proof) == "-" else proof.read_text())
+    ok, why = merkle.verify_proof(doc)
+    if ok and root is not None and root.lower() != str(doc.get("merkle_root", "")).lower():
+        ok, why = False, f"the proof is for root {doc.get('merkle_root')}, not {root}"
+    if ok and content is not None:
+        c = json.loads(content.read_text())
+        c = c.get("content", c) if isinstance(c, dict) and "content_sha256" in c else c
+        if _content_sha256(c) != doc["leaf"]["content_sha256"]:
+            ok, why = False, "the content does not hash to the proven leaf's content_sha256"
+    (err.print("[green]proof holds") if ok else err.print(f"[red]proof fails: {why}"))
+    print(json.dumps({"verified": ok, "reason": why, "merkle_root": doc.get("merkle_root"),
+                      "leaf_index": doc.get("leaf_index"), "tree_size": doc.get("tree_size")}))
+    if not ok:
+        raise typer.Exit(1)

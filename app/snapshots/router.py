@@ -48,6 +48,7 @@ def list_snapshots(session: SessionDep, actor: SnapshotReader, dataset: str | No
 @router.get("/{snapshot_id}")
 def get_snapshot(snapshot_id: str, session: SessionDep, actor: SnapshotReader) -> dict[str, Any]:
     snap = service.get(session, snapshot_id)
+    service.ensure_merkle_root(session, snap)
     out = _out(snap)
     erased = service.erased_members(session, snap)
     out["erased_members"] = len(erased)
@@ -58,8 +59,20 @@ def get_snapshot(snapshot_id: str, session: SessionDep, actor: SnapshotReader) -
 @router.get("/{snapshot_id}/manifest.json")
 def get_manifest(snapshot_id: str, session: SessionDep, actor: SnapshotReader) -> JSONResponse:
     snap = service.get(session, snapshot_id)
+    service.ensure_merkle_root(session, snap)
     return JSONResponse(service.manifest_document(session, snap),
                         headers={"X-Manifest-SHA256": snap.manifest_sha256})
+
+
+@router.get("/{snapshot_id}/proof")
+def membership_proof(snapshot_id: str, session: SessionDep, actor: SnapshotReader, example_id: str | None = None,
+                     revision_id: str | None = None) -> JSONResponse:
+    """RFC 6962 inclusion proof of one member against the snapshot's Merkle root; check it with
+    `pedigree snapshot verify-proof` or the dozen lines in docs/snapshots.md."""
+    snap = service.get(session, snapshot_id)
+    proof = service.membership_proof(session, snap, example_id=example_id, revision_id=revision_id)
+    return JSONResponse(proof, headers={"X-Manifest-SHA256": snap.manifest_sha256,
+                                        "X-Merkle-Root": proof["merkle_root"]})
 
 
 def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -74,6 +74,7 @@ class SnapshotOut(BaseModel):
     name: str
     format: str
     manifest_sha256: str
+    merkle_root: str | None = None
     split_manifests: dict[str, str]
     counts: dict[str, Any]
     filter: dict[str, Any]

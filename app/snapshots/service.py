@@ -8,6 +8,8 @@ Python, which is fine at the embedded mode's sizes.
 
 The manifest formula is shared with the trainer (which cannot import this package):
     sha256("\\n".join(sorted(f"{content_sha256} {split}" for each member)).encode("utf-8")).hexdigest()
+The same sorted lines are the leaves of an RFC 6962 Merkle tree (app/snapshots/merkle.py), whose root is
+stored beside the manifest hash so one member's membership can be proven without the whole list.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from app.datasets import service as datasets
 from app.examples.service import decode_cursor, encode_cursor
 from app.models.base import Base
 from app.models.snapshot import Snapshot
+from app.snapshots import merkle
 from app.snapshots.schemas import SnapshotCreate, SnapshotFilter
 
 # Exclusion rules in the order they are tested; an example is counted under the first that removes it.
@@ -217,6 +220,145 @@ def _split_sql(session: Session, *, stratify_by: str | None, src: str, extra: st
             f"FROM (SELECT {cols}, {h32} AS h32, {stratum} AS stratum FROM {src} c WHERE c.rule IS NULL) s")
 
 
+# Merkle tree on PostgreSQL, set-based: the leaf hashes of the sorted lines travel as one bytea
+# (32 bytes per leaf, aggregated over the sort the manifest needs anyway), and each level of the tree is
+# one step of a recursive CTE that hashes adjacent pairs of the level below, carrying an odd last node
+# up unchanged. Pairing level by level and promoting the odd node yields exactly RFC 6962's tree
+# (tests hold it against app/snapshots/merkle.py). No Python runs per member.
+PG_LEAVES_AGG = "string_agg(sha256('\\x00'::bytea || textsend(l)), ''::bytea)"
+
+
+def _pg_next_level(t: str) -> str:
+    return (f"s.v || CASE WHEN {t}.n % 2 = 1 THEN substring({t}.v FROM {t}.n * 32 - 31 FOR 32) ELSE ''::bytea END")
+
+
+_PG_PAIRS = ("LATERAL (SELECT string_agg(sha256('\\x01'::bytea || substring(t.v FROM k * 64 + 1 FOR 64)), ''::bytea) "
+             "AS v FROM generate_series(0, t.n / 2 - 1) k) s")
+
+
+def _pg_tree_cte(src: str, col: str) -> str:
+    """CTE `tree(n, v)`: one row per level, v the level's node hashes; the root is v where n = 1."""
+    return (f"tree(n, v) AS (SELECT n, {col} FROM {src} UNION ALL "
+            f"SELECT (t.n + 1) / 2, {_pg_next_level('t')} FROM tree t, {_PG_PAIRS} WHERE t.n > 1)")
+
+
+def _pg_sorted_lines(where: str) -> str:
+    return (f"(SELECT (m.content_sha256 || ' ' || m.split) COLLATE \"C\" AS l FROM snapshot_members m "
+            f"WHERE {where} ORDER BY 1) x")
+
+
+def _sorted_lines_generic(session: Session, snapshot_id: uuid.UUID) -> Iterator[bytes]:
+    result = session.execute(text(
+        "SELECT m.content_sha256 || ' ' || m.split FROM snapshot_members m WHERE m.snapshot_id = :sid ORDER BY 1"
+    ).bindparams(bindparam("sid", type_=Uuid())), {"sid": snapshot_id})
+    for (line,) in result:
+        yield line.encode()
+
+
+def ensure_merkle_root(session: Session, snap: Snapshot) -> str:
+    """The snapshot's Merkle root. Every freeze stores it; a snapshot frozen before the column existed
+    gets it computed once, here, from its stored members (which are never deleted, erased ones
+    included), so it is the root of the original freeze like the manifest hash."""
+    if snap.merkle_root:
+        return snap.merkle_root
+    if _is_pg(session):
+        session.execute(text("SET LOCAL work_mem = '256MB'"))
+        session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
+        root = session.execute(text(
+            f"WITH RECURSIVE lv AS (SELECT count(*)::int AS n, {PG_LEAVES_AGG} AS leaves FROM "
+            f"{_pg_sorted_lines('m.snapshot_id = :sid')}), {_pg_tree_cte('lv', 'leaves')} "
+            f"SELECT encode(v, 'hex') FROM tree WHERE n = 1").bindparams(bindparam("sid", type_=Uuid())),
+            {"sid": snap.id}).scalar()
+    else:
+        root = merkle.root_of(map(merkle.leaf_hash, _sorted_lines_generic(session, snap.id))).hex()
+    snap.merkle_root = root
+    session.flush()
+    return root
+
+
+def _member(session: Session, snap: Snapshot, *, example_id: str | None, revision_id: str | None) -> Any:
+    if (example_id is None) == (revision_id is None):
+        raise ValidationFailed("give exactly one of example_id and revision_id", details=[
+            {"field": "example_id", "code": "required", "message": "example_id or revision_id"}])
+    field, value = ("example_id", example_id) if example_id is not None else ("revision_id", revision_id)
+    try:
+        key = uuid.UUID(str(value))
+    except ValueError:
+        raise ValidationFailed(f"{field} is not a UUID", details=[
+            {"field": field, "code": "invalid", "message": "a UUID"}]) from None
+    row = session.execute(text(
+        f"SELECT m.example_id, m.revision_id, m.split, m.content_sha256, e.status FROM snapshot_members m "
+        f"JOIN examples e ON e.id = m.example_id WHERE m.snapshot_id = :sid AND m.{field} = :key"
+    ).bindparams(bindparam("sid", type_=Uuid()), bindparam("key", type_=Uuid())),
+        {"sid": snap.id, "key": key}).first()
+    if row is None:
+        raise NotFound(f"{field} {key} is not a member of snapshot {snap.id}", code="not_a_member",
+                       details={"snapshot": str(snap.id), field: str(key)})
+    return row
+
+
+def membership_proof(session: Session, snap: Snapshot, *, example_id: str | None = None,
+                     revision_id: str | None = None) -> dict[str, Any]:
+    """The member's leaf, its index in the sorted leaves, its RFC 6962 audit path and the root of the
+    original freeze. Refused (409 member_erased) for a member erased since: a proof would hand out a
+    fingerprint of erased content on demand; that it was a member stays in manifest.json."""
+    ex_id, rev_id, split, sha, status = _member(session, snap, example_id=example_id, revision_id=revision_id)
+    if status == "erased":
+        raise Conflict(f"example {_uuid(ex_id)} was erased after the freeze; no membership proof is issued for "
+                       "erased members", code="member_erased",
+                       details={"snapshot": str(snap.id), "example_id": str(_uuid(ex_id))})
+    root = ensure_merkle_root(session, snap)
+    line = merkle.leaf_line(sha, split)
+    sid = bindparam("sid", type_=Uuid())
+    # Equal lines (the same content twice in one split) are equal leaves: the first one's index
+    # proves the line is in the tree just as well.
+    collate = ' COLLATE "C"' if _is_pg(session) else ""  # SQLite compares text bytewise already
+    index = session.execute(text(
+        f"SELECT count(*) FROM snapshot_members m WHERE m.snapshot_id = :sid "
+        f"AND (m.content_sha256 || ' ' || m.split){collate} < :line").bindparams(sid),
+        {"sid": snap.id, "line": line.decode()}).scalar()
+    if _is_pg(session):
+        session.execute(text("SET LOCAL work_mem = '256MB'"))
+        session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
+        rows = session.execute(text(
+            f"WITH RECURSIVE lv AS (SELECT count(*)::int AS n, {PG_LEAVES_AGG} AS leaves FROM "
+            f"{_pg_sorted_lines('m.snapshot_id = :sid')}), "
+            f"t(lvl, n, i, v, sib) AS (SELECT 0, n, CAST(:idx AS integer), leaves, CAST(NULL AS bytea) FROM lv "
+            f"  UNION ALL SELECT t.lvl + 1, (t.n + 1) / 2, t.i / 2, {_pg_next_level('t')}, "
+            f"  CASE WHEN t.i % 2 = 1 THEN substring(t.v FROM (t.i - 1) * 32 + 1 FOR 32) "
+            f"       WHEN t.i + 1 < t.n THEN substring(t.v FROM (t.i + 1) * 32 + 1 FOR 32) END "
+            f"  FROM t, {_PG_PAIRS} WHERE t.n > 1) "
+            f"SELECT lvl, n, sib, CASE WHEN lvl = 0 THEN substring(v FROM i * 32 + 1 FOR 32) END, "
+            f"CASE WHEN n = 1 THEN v END FROM t ORDER BY lvl").bindparams(sid),
+            {"sid": snap.id, "idx": index}).all()
+        size = rows[0][1]
+        leaf_h = bytes(rows[0][3])
+        path = [bytes(r[2]) for r in rows if r[2] is not None]
+        computed = bytes(rows[-1][4])
+    else:
+        # One streamed pass over the sorted lines: O(log n) hashes held, whatever the size.
+        size = snap.member_count
+        leaf_h, path, computed = merkle.audit_path(map(merkle.leaf_hash, _sorted_lines_generic(session, snap.id)),
+                                                   index, size)
+    if computed.hex() != root:
+        # Stored members no longer hash to the recorded root: say so rather than serve a proof that
+        # cannot verify.
+        raise Conflict(f"snapshot {snap.id}: stored members do not match the recorded Merkle root",
+                       code="merkle_mismatch", details={"recorded": root, "computed": computed.hex()})
+    return {
+        "snapshot_id": str(snap.id),
+        "merkle_root": root,
+        "manifest_sha256": snap.manifest_sha256,
+        "algorithm": merkle.ALGORITHM,
+        "tree_size": size,
+        "leaf_index": index,
+        "leaf": {"example_id": str(_uuid(ex_id)), "revision_id": str(_uuid(rev_id)), "split": split,
+                 "content_sha256": sha, "line": line.decode()},
+        "leaf_hash": leaf_h.hex(),
+        "audit_path": [h.hex() for h in path],
+    }
+
+
 @dataclass
 class _Frozen:
     excluded: dict[str, int]
@@ -243,9 +385,9 @@ def _freeze_pg(session: Session, sid: uuid.UUID, ds_name: str, cand: _Query, par
     # The uuid is ours (new_id), never user input, so inlining it in DDL is safe.
     session.execute(text(f"CREATE TABLE {part} (LIKE snapshot_members INCLUDING DEFAULTS, "
                          f"CONSTRAINT ck_m_{sid.hex} CHECK (snapshot_id = '{sid}'))"))
-    agg = ("encode(sha256(textsend(COALESCE(string_agg(l, E'\\n') {f}, ''))), 'hex')")
-    manifests = ", ".join(agg.format(f=flt) for flt in (
-        "", "FILTER (WHERE split = 'train')", "FILTER (WHERE split = 'validation')"))
+    agg = ("encode(sha256(textsend(COALESCE(string_agg(l, E'\\n') {f}, ''))), 'hex') AS m_{name}")
+    manifests = ", ".join(agg.format(f=flt, name=name) for name, flt in (
+        ("all", ""), ("train", "FILTER (WHERE split = 'train')"), ("validation", "FILTER (WHERE split = 'validation')")))
     if stratify is None:
         # The split is computed inside the one materialised scan (for excluded rows too: cheaper than
         # a second materialisation of the selected ones), and `sel` is a plain filter over it.
@@ -253,15 +395,19 @@ def _freeze_pg(session: Session, sid: uuid.UUID, ds_name: str, cand: _Query, par
     else:
         sel = (f"sel AS MATERIALIZED ({_split_sql(session, stratify_by=stratify, src='cand', extra=', c.content_sha256')})")
     rows = session.execute(text(
-        f"WITH cand AS MATERIALIZED ({cand.sql}), {sel}, "
+        f"WITH RECURSIVE cand AS MATERIALIZED ({cand.sql}), {sel}, "
         f"ins AS (INSERT INTO {part} (snapshot_id, example_id, revision_id, split, content_sha256) "
-        f"  SELECT :sid, example_id, revision_id, split, content_sha256 FROM sel) "
+        f"  SELECT :sid, example_id, revision_id, split, content_sha256 FROM sel), "
+        # One sort feeds the three manifests and the Merkle leaves. COLLATE "C": byte order, which is
+        # what Python's sorted() gives for these ASCII lines.
+        f"mf AS (SELECT {manifests}, count(*)::int AS n, {PG_LEAVES_AGG} AS leaves FROM "
+        f"  (SELECT (content_sha256 || ' ' || split) COLLATE \"C\" AS l, split FROM sel ORDER BY 1) m), "
+        f"{_pg_tree_cte('mf', 'leaves')} "
         f"SELECT 'rule', rule, NULL, NULL, NULL, count(*), NULL, NULL FROM cand WHERE rule IS NOT NULL GROUP BY rule "
         f"UNION ALL SELECT 'stats', split, source, license, legal_basis, count(*), min(collected_at), max(collected_at) "
         f"  FROM sel GROUP BY split, source, license, legal_basis "
-        # COLLATE "C": byte order, which is what Python's sorted() gives for these ASCII lines.
-        f"UNION ALL SELECT 'manifest', {manifests}, NULL, count(*), NULL, NULL FROM "
-        f"  (SELECT (content_sha256 || ' ' || split) COLLATE \"C\" AS l, split FROM sel ORDER BY 1) m"
+        f"UNION ALL SELECT 'manifest', m_all, m_train, m_validation, (SELECT encode(v, 'hex') FROM tree WHERE n = 1), "
+        f"  n, NULL, NULL FROM mf"
     ).bindparams(*cand.binds, bindparam("sid", type_=Uuid())), params).all()
     excluded = dict.fromkeys(RULES, 0)
     stats_rows, manifest_row = [], None
@@ -271,7 +417,7 @@ def _freeze_pg(session: Session, sid: uuid.UUID, ds_name: str, cand: _Query, par
         elif kind == "stats":
             stats_rows.append((b, c, d, a, n, mn, mx))
         else:
-            manifest_row = (a, b, c, n)
+            manifest_row = (a, b, c, n, d)
     selected = manifest_row[3] if manifest_row else 0
     _empty(ds_name, excluded, selected)
     counts = {"train": 0, "validation": 0}
@@ -279,7 +425,8 @@ def _freeze_pg(session: Session, sid: uuid.UUID, ds_name: str, cand: _Query, par
         counts[r[3]] += r[4]
     manifests = {"all": {"sha256": manifest_row[0], "count": selected},
                  "train": {"sha256": manifest_row[1], "count": counts["train"]},
-                 "validation": {"sha256": manifest_row[2], "count": counts["validation"]}}
+                 "validation": {"sha256": manifest_row[2], "count": counts["validation"]},
+                 "merkle_root": manifest_row[4]}
     session.execute(text(f"ALTER TABLE {part} ADD CONSTRAINT pk_m_{sid.hex} PRIMARY KEY (snapshot_id, example_id)"))
     session.execute(text(f"CREATE INDEX ix_m_{sid.hex} ON {part} (example_id)"))
     # The CHECK constraint lets ATTACH skip its validation scan; the statistics let the planner
@@ -307,7 +454,7 @@ def _freeze_generic(session: Session, sid: uuid.UUID, ds_name: str, cand: _Query
         f"FROM ({_split_sql(session, stratify_by=stratify, src='cand')}) x "
         f"JOIN example_revisions r ON r.id = x.revision_id"
     ).bindparams(*cand.binds, bindparam("sid", type_=Uuid())), params)
-    manifests = _manifests(session, sid)
+    manifests = _manifests(session, sid, with_merkle=True)
     stats_rows = session.execute(text(
         "SELECT e.source, e.license, e.legal_basis, m.split, count(*), min(e.collected_at), max(e.collected_at) "
         "FROM snapshot_members m JOIN examples e ON e.id = m.example_id WHERE m.snapshot_id = :sid "
@@ -346,7 +493,7 @@ def create(session: Session, *, data: SnapshotCreate, actor: Actor) -> Snapshot:
     frozen = (_freeze_pg if pg else _freeze_generic)(session, sid, ds.name, cand, params, stratify)
 
     snap = Snapshot(id=sid, dataset_id=ds.id, name=data.name, format=ds.format,
-                    manifest_sha256=frozen.manifests["all"]["sha256"],
+                    manifest_sha256=frozen.manifests["all"]["sha256"], merkle_root=frozen.manifests["merkle_root"],
                     split_manifests={k: frozen.manifests[k]["sha256"] for k in ("train", "validation")},
                     filter=f.model_dump(mode="json"), validation_fraction=data.validation_fraction, seed=seed,
                     stratify_by=stratify, member_count=frozen.selected,
@@ -362,15 +509,16 @@ def create(session: Session, *, data: SnapshotCreate, actor: Actor) -> Snapshot:
                        code="name_taken", details={"field": "name"}) from None
     audit.record(session, actor=actor.ref, action="snapshot.created", entity_type="snapshot", entity_id=snap.id,
                  payload={"dataset_id": str(ds.id), "name": snap.name, "manifest_sha256": snap.manifest_sha256,
-                          "counts": snap.counts, "filter": snap.filter,
+                          "merkle_root": snap.merkle_root, "counts": snap.counts, "filter": snap.filter,
                           "validation_fraction": snap.validation_fraction, "seed": seed,
                           "stratify_by": stratify})
     return snap
 
 
-def _manifests(session: Session, snapshot_id: uuid.UUID, *,
-               omit: list[uuid.UUID] | None = None) -> dict[str, dict[str, Any]]:
-    """{"all" | "train" | "validation": {"sha256", "count"}} over the stored members (minus `omit`)."""
+def _manifests(session: Session, snapshot_id: uuid.UUID, *, omit: list[uuid.UUID] | None = None,
+               with_merkle: bool = False) -> dict[str, Any]:
+    """{"all" | "train" | "validation": {"sha256", "count"}} over the stored members (minus `omit`);
+    with_merkle (SQLite only, at freeze) adds "merkle_root" from the same pass over the sorted lines."""
     sid = bindparam("sid", type_=Uuid())
     omit_sql = ""
     binds = [sid]
@@ -394,13 +542,20 @@ def _manifests(session: Session, snapshot_id: uuid.UUID, *,
     result = session.execute(text(
         f"SELECT m.content_sha256 || ' ' || m.split, m.split FROM snapshot_members m "
         f"WHERE m.snapshot_id = :sid {omit_sql} ORDER BY 1").bindparams(*binds), params)
+    tree = merkle.RootBuilder() if with_merkle else None
     for line, split in result:
+        raw = line.encode()
         for key in ("all", split):
             if counts[key]:
                 hashers[key].update(b"\n")
-            hashers[key].update(line.encode())
+            hashers[key].update(raw)
             counts[key] += 1
-    return {k: {"sha256": h.hexdigest(), "count": counts[k]} for k, h in hashers.items()}
+        if tree is not None:
+            tree.add(merkle.leaf_hash(raw))
+    out: dict[str, Any] = {k: {"sha256": h.hexdigest(), "count": counts[k]} for k, h in hashers.items()}
+    if tree is not None:
+        out["merkle_root"] = tree.root().hex()
+    return out
 
 
 def _stats(rows: list[Any]) -> dict[str, Any]:
@@ -638,6 +793,11 @@ def manifest_document(session: Session, snap: Snapshot) -> dict[str, Any]:
         "content_sha256_algorithm": ('sha256(utf8(json.dumps(content, sort_keys=True, separators=(",", ":"), '
                                      'ensure_ascii=False)))'),
         "split_manifests": snap.split_manifests,
+        # Over the same sorted lines as manifest_sha256; the root of the original freeze, erasures or not.
+        "merkle_root": snap.merkle_root,
+        "merkle_tree_size": snap.member_count,
+        "merkle_algorithm": merkle.ALGORITHM,
+        "merkle_proof": f"GET /v1/snapshots/{snap.id}/proof?example_id=<id>",
         "counts": {"members": snap.member_count, **snap.counts},
         "sources": snap.stats.get("sources", {}),
         "licenses": snap.stats.get("licenses", {}),
