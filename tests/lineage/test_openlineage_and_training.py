@@ -143,3 +143,24 @@ def test_erasure_taints_registered_versions_and_blocks_promotion(api, dispatched
     assert ml["model_version"]["status"] == "tainted" and ml["model_version"]["tainted_by"] == [body["id"]]
     assert "production" in ml["warnings"][0] and ml["summary"]["examples"] == len(trained)
     assert got1["model_version"]["version"] == 1 and got2["model_version"]["version"] == 2
+
+
+def test_a_reaped_run_is_a_fail_event(api, receiver, dispatched, base_model):
+    # A killed trainer cannot report its death; the reaper's verdict must still reach the lineage
+    # backend, or an incident review there would show the run as still going.
+    import time
+
+    from app.core.db import session_scope
+    from app.training.reaper import reap
+
+    snap, _recs = snapshot(api, n=4)
+    r = api.as_("curator").post("/v1/training-runs", json={"snapshot_id": snap["id"], "base_model": base_model,
+                                                           "hyperparameters": HP, "model_name": "faq-bot"})
+    rid = r.json()["id"]
+    assert api.as_("trainer").post(f"/v1/training-runs/{rid}/start", json={"worker_host": "gpu-7"}).status_code == 200
+    time.sleep(0.05)
+    with session_scope() as s:
+        assert [str(x) for x in reap(s, stale_after_s=0)] == [rid]
+    fail = [e for e in _drain(receiver) if e["run"]["runId"] == rid]
+    assert [e["eventType"] for e in fail] == ["START", "FAIL"]
+    assert "worker_lost" in fail[1]["run"]["facets"]["errorMessage"]["message"]

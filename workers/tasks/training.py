@@ -18,10 +18,14 @@ def reap() -> list[str]:
     # Idempotent: a second run in the same instant finds nothing stale (the first one's UPDATE
     # re-checks state and heartbeat under the row lock).
     from app.core.db import session_scope
+    from app.lineage import openlineage  # subscribes to the audit log: a reaped run is an OpenLineage FAIL
     from app.training.reaper import reap as reap_runs
 
     with session_scope() as session:
         ids = reap_runs(session)
     if ids:
         log.warning("reaped %d training runs whose heartbeats stopped: %s", len(ids), ", ".join(map(str, ids)))
+        # The sender is a daemon thread; a task is short-lived enough that a recycled worker
+        # process could take the FAIL events with it.
+        openlineage.flush()
     return [str(i) for i in ids]
