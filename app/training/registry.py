@@ -80,12 +80,21 @@ def list_models(session: Session) -> list[dict[str, Any]]:
     return [{"name": n, "latest_version": v, "created_at": c, "aliases": aliases.get(n, {})} for n, v, c in rows]
 
 
-def list_versions(session: Session, name: str, *, status: str | None = None) -> list[ModelVersion]:
+def list_versions(session: Session, name: str, *, status: str | None = None, before: int | None = None,
+                  limit: int | None = None) -> tuple[list[ModelVersion], int | None]:
+    """Newest first; the cursor is the last version number returned (versions only grow, so a page
+    never shifts when a run registers meanwhile)."""
     _require_model(session, name)
     q = select(ModelVersion).where(ModelVersion.name == name)
     if status:
         q = q.where(ModelVersion.status == status)
-    return list(session.scalars(q.order_by(ModelVersion.version.desc())))
+    if before is not None:
+        q = q.where(ModelVersion.version < before)
+    q = q.order_by(ModelVersion.version.desc())
+    if limit is None:
+        return list(session.scalars(q)), None
+    rows = list(session.scalars(q.limit(limit + 1)))
+    return rows[:limit], (rows[limit - 1].version if len(rows) > limit else None)
 
 
 def move_alias(session: Session, *, name: str, alias: str, version: int, reason: str | None,

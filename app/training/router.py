@@ -154,10 +154,12 @@ def list_models(session: SessionDep, actor: RunReader) -> dict[str, Any]:
 
 @models.get("/{name}/versions")
 def list_versions(name: ModelName, session: SessionDep, actor: RunReader,
-                  status: Literal["candidate", "deployed", "retired", "tainted"] | None = None) -> dict[str, Any]:
-    rows = registry.list_versions(session, name, status=status)
+                  status: Literal["candidate", "deployed", "retired", "tainted"] | None = None,
+                  cursor: Annotated[int | None, Query(ge=1)] = None,
+                  limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
+    rows, nxt = registry.list_versions(session, name, status=status, before=cursor, limit=limit)
     aliases = registry.aliases_by_version(session, name)
-    return {"items": [version_out(mv, aliases.get(mv.version, [])) for mv in rows]}
+    return {"items": [version_out(mv, aliases.get(mv.version, [])) for mv in rows], "next_cursor": nxt}
 
 
 @models.get("/{name}/versions/{version}")

@@ -285,6 +285,11 @@ def test_registry_promote_rollback_history_taint(api, dispatched, base_model, ar
                                        json=complete_body(recs, uri, sha)).status_code == 200
     vs = api.as_("curator").get("/v1/models/faq-bot/versions").json()["items"]
     assert [v["version"] for v in vs] == [3, 2, 1]
+    page = api.as_("curator").get("/v1/models/faq-bot/versions?limit=2").json()
+    assert [v["version"] for v in page["items"]] == [3, 2] and page["next_cursor"] == 2
+    page = api.as_("curator").get(f"/v1/models/faq-bot/versions?limit=2&cursor={page['next_cursor']}").json()
+    assert [v["version"] for v in page["items"]] == [1] and page["next_cursor"] is None
+    assert api.as_("curator").get("/v1/models/faq-bot/versions?cursor=0").status_code == 422
 
     def move(alias, version, reason, role="curator"):
         return api.as_(role).post(f"/v1/models/faq-bot/aliases/{alias}", json={"version": version, "reason": reason})
