@@ -32,7 +32,12 @@ SerialId = BigInteger().with_variant(Integer(), "sqlite")
 
 class TrainingRun(IdMixin, CreatedAtMixin, Base):
     __tablename__ = "training_runs"
-    __table_args__ = (Index("ix_training_runs_status_heartbeat_at", "status", "heartbeat_at"),)
+    __table_args__ = (
+        Index("ix_training_runs_status_heartbeat_at", "status", "heartbeat_at"),
+        # A client's retry of a create (Idempotency-Key header) finds the run it already made: the
+        # database, not a lookup race, guarantees one GPU run per key and caller.
+        UniqueConstraint("created_by", "idempotency_key", name="uq_training_runs_created_by_idempotency_key"),
+    )
 
     snapshot_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("snapshots.id"), index=True)
     # The snapshot's manifest as the run was created against it; the trainer re-derives it from the
@@ -61,6 +66,9 @@ class TrainingRun(IdMixin, CreatedAtMixin, Base):
     event_count: Mapped[int] = mapped_column(Integer, default=0)
     created_by: Mapped[str] = mapped_column(String(200))
     cancelled_by: Mapped[str | None] = mapped_column(String(200))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    # sha256 of the create request: the same key with a different request is refused, not merged.
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class TrainingRunEvent(Base):

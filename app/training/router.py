@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
@@ -78,8 +78,14 @@ def event_out(e: TrainingRunEvent) -> dict[str, Any]:
 
 
 @runs.post("", status_code=201)
-def create_run(data: RunCreate, session: SessionDep, actor: Curator) -> dict[str, Any]:
-    run = service.create(session, data=data, actor=actor)
+def create_run(data: RunCreate, session: SessionDep, actor: Curator, response: Response,
+               idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+               ) -> dict[str, Any]:
+    """`Idempotency-Key` makes a retry safe: the same key and request answer 200 with the run the
+    first call created (no second GPU run); the same key with another request is a 409."""
+    run, created = service.create(session, data=data, actor=actor, idempotency_key=idempotency_key)
+    if not created:
+        response.status_code = 200
     return run_out(session, run)
 
 

@@ -15,11 +15,14 @@ after the run has ended is refused with 409 rather than resurrecting it.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Uuid, bindparam, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -66,7 +69,18 @@ def _finished_conflict(run: TrainingRun, doing: str) -> Conflict:
 # Creation
 
 
-def create(session: Session, *, data: RunCreate, actor: Actor) -> TrainingRun:
+def create(session: Session, *, data: RunCreate, actor: Actor,
+           idempotency_key: str | None = None) -> tuple[TrainingRun, bool]:
+    """The run and whether this call created it. With an idempotency key, a retry of the same
+    request returns the run the first call made (a lost response must not cost a second GPU run);
+    the same key with a different request is refused."""
+    request_sha = None
+    if idempotency_key is not None:
+        request_sha = hashlib.sha256(orjson.dumps(data.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS))\
+            .hexdigest()
+        prior = _by_idempotency_key(session, actor, idempotency_key, request_sha)
+        if prior is not None:
+            return prior, False
     snap = snapshots.get(session, data.snapshot_id)
     if data.expected_manifest_sha256 and data.expected_manifest_sha256 != snap.manifest_sha256:
         raise Conflict(
@@ -93,9 +107,24 @@ def create(session: Session, *, data: RunCreate, actor: Actor) -> TrainingRun:
         created_by=actor.ref,
         metrics={},
         event_count=0,
+        idempotency_key=idempotency_key,
+        request_sha256=request_sha,
     )
-    session.add(run)
-    session.flush()
+    if idempotency_key is None:
+        session.add(run)
+        session.flush()
+    else:
+        try:
+            # A concurrent twin with the same key waits on the unique index here and then fails:
+            # answer it with the run the other request made.
+            with session.begin_nested():
+                session.add(run)
+                session.flush()
+        except IntegrityError:
+            prior = _by_idempotency_key(session, actor, idempotency_key, request_sha)
+            if prior is None:
+                raise
+            return prior, False
     audit.record(session, actor=actor.ref, action="training_run.created", entity_type="training_run",
                  entity_id=run.id, payload={"snapshot_id": str(snap.id), "manifest_sha256": snap.manifest_sha256,
                                             "base_model": run.base_model, "method": run.method,
@@ -106,13 +135,23 @@ def create(session: Session, *, data: RunCreate, actor: Actor) -> TrainingRun:
         # host sees it.
         _end(session, run, "failed", code="bad_base_model", message=problem, actor=actor, now=now)
         _add_events(session, run, [EventIn(kind="log", level="error", message=problem)], now=now)
-        return run
+        return run, True
     run.status, run.queued_at = "queued", now
     _add_events(session, run, [EventIn(kind="log", message=f"queued on {TRAIN_QUEUE!r}")], now=now)
     audit.record(session, actor=actor.ref, action="training_run.queued", entity_type="training_run",
                  entity_id=run.id, payload={"queue": TRAIN_QUEUE})
     jobs.enqueue(session, TRAIN_TASK, str(run.id), queue=TRAIN_QUEUE)
-    return run
+    return run, True
+
+
+def _by_idempotency_key(session: Session, actor: Actor, key: str, request_sha: str | None) -> TrainingRun | None:
+    prior = session.scalar(select(TrainingRun).where(TrainingRun.created_by == actor.ref,
+                                                     TrainingRun.idempotency_key == key))
+    if prior is not None and prior.request_sha256 != request_sha:
+        raise Conflict(f"Idempotency-Key {key!r} was used for a different request (run {prior.id})",
+                       code="idempotency_key_reused",
+                       details={"field": "Idempotency-Key", "run_id": str(prior.id)})
+    return prior
 
 
 def _validate_base_model(base_model: str) -> str | None:

@@ -396,3 +396,30 @@ def test_reaper_task_on_beat(api, dispatched, base_model, artifact_root, monkeyp
     reset_settings()
     assert reap_task() == [rid]
     assert api.as_("auditor").get(f"/v1/training-runs/{rid}").json()["error"]["code"] == "worker_lost"
+
+
+def test_idempotency_key_makes_a_create_retry_safe(api, dispatched, base_model):
+    snap, _ = snapshot(api)
+    body = {"snapshot_id": snap["id"], "base_model": base_model, "hyperparameters": HP, "model_name": "faq-bot"}
+    cur = api.as_("curator")
+    first = cur.post("/v1/training-runs", json=body, headers={"Idempotency-Key": "nightly-2026-11-30"})
+    assert first.status_code == 201, first.text
+    # The response was lost; the client retries: same run, 200, nothing dispatched twice.
+    again = cur.post("/v1/training-runs", json=body, headers={"Idempotency-Key": "nightly-2026-11-30"})
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert dispatched == [(first.json()["id"],)]
+    assert count("SELECT count(*) FROM training_runs") == 1
+    # The same key for another request is refused, naming the header and the run it belongs to.
+    other = cur.post("/v1/training-runs", json={**body, "model_name": "other"},
+                     headers={"Idempotency-Key": "nightly-2026-11-30"})
+    assert other.status_code == 409
+    err = other.json()["error"]
+    assert err["code"] == "idempotency_key_reused" and err["details"]["field"] == "Idempotency-Key"
+    assert err["details"]["run_id"] == first.json()["id"]
+    # Keys are per caller: another curator's key of the same name is a new run; no key, no dedup.
+    assert api.as_("admin").post("/v1/training-runs", json=body,
+                                 headers={"Idempotency-Key": "nightly-2026-11-30"}).status_code == 201
+    assert cur.post("/v1/training-runs", json=body).status_code == 201
+    assert cur.post("/v1/training-runs", json=body).status_code == 201
+    assert count("SELECT count(*) FROM training_runs") == 4
+    assert cur.post("/v1/training-runs", json=body, headers={"Idempotency-Key": ""}).status_code == 422

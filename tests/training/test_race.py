@@ -118,3 +118,19 @@ def test_simultaneous_registrations_get_distinct_versions(pg_api, dispatched, ba
         fns.append(complete)
     got = _together(*fns)
     assert sorted(got) == [1, 2, 3, 4], got
+
+
+def test_simultaneous_retries_with_one_idempotency_key_make_one_run(pg_api, dispatched, base_model):
+    api = pg_api
+    snap, _ = snapshot(api)
+    body = {"snapshot_id": snap["id"], "base_model": base_model, "model_name": "race-model"}
+
+    def create():
+        r = api.as_("curator").post("/v1/training-runs", json=body, headers={"Idempotency-Key": "k-1"})
+        return r.status_code, r.json()["id"]
+
+    got = _together(*[create] * 6)
+    assert len({rid for _, rid in got}) == 1, got
+    assert sorted(code for code, _ in got) == [200] * 5 + [201]
+    assert _count("SELECT count(*) FROM training_runs WHERE CAST(id AS text) = :r", got[0][1]) == 1
+    assert len(dispatched) == 1
