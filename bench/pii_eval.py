@@ -19,8 +19,11 @@ Matching (span level, overlap based):
   * Gold spans whose offsets do not point at their value are repaired by finding the value nearest to the
     given offset (one span in presidio_generated_small.json), and counted under `repaired_spans`.
 
-Configurations: pattern-only vs en_core_web_sm, each with Presidio's stock recognizers only and with ours
-(app/pii/recognizers.py) added. The last line of stdout is one JSON object: figures, targets, "pass".
+Configurations: pattern-only vs en_core_web_sm, each with Presidio's stock recognizers only, with ours
+(app/pii/recognizers.py) but without the first-name gazetteer recognizer, and with all of ours (the
+headline). `--dolly N` (default 1000) also counts the spans found on the first N Dolly pairs with and without
+the gazetteer: no gold labels there, so the count is the cost in false positives (and real public figures).
+The last line of stdout is one JSON object: figures, targets, "pass".
 """
 
 from __future__ import annotations
@@ -45,10 +48,16 @@ EVAL_ENTITIES = [
 FILES = ["presidio_synth_dataset_v2.json", "presidio_generated_small.json"]
 CONFIGS = {
     "pattern_only_stock": {"mode": "pattern_only", "custom_recognizers": False},
+    "pattern_only_custom_no_gazetteer": {"mode": "pattern_only", "custom_recognizers": True, "name_gazetteer": False},
     "pattern_only_custom": {"mode": "pattern_only", "custom_recognizers": True},
     "sm_stock": {"mode": "ner", "custom_recognizers": False},
+    "sm_custom_no_gazetteer": {"mode": "ner", "custom_recognizers": True, "name_gazetteer": False},
     "sm_custom": {"mode": "ner", "custom_recognizers": True},
 }
+# Ordinary instruction data with no gold labels: every span found there under the default policy is either a
+# real public figure or place, or a false positive; the count per type shows what each configuration costs.
+DOLLY = Path("../shared/corpora/instruct/dolly15k_first6400_flan-t5-xl_decode.jsonl")
+DOLLY_CONFIGS = ("sm_custom_no_gazetteer", "sm_custom")
 HEADLINE = "sm_custom"
 
 
@@ -139,7 +148,7 @@ def run_config(name: str, records: list[dict]) -> tuple[dict, float]:
     from app.pii.schemas import PiiPolicy
 
     cfg = CONFIGS[name]
-    engine = PiiEngine(PiiSettings(mode=cfg["mode"], custom_recognizers=cfg["custom_recognizers"]))
+    engine = PiiEngine(PiiSettings(**cfg))
     policy = PiiPolicy(entities=EVAL_ENTITIES)
     t0 = time.perf_counter()
     results = engine.analyze_batch([r["text"] for r in records], policy)
@@ -148,12 +157,30 @@ def run_config(name: str, records: list[dict]) -> tuple[dict, float]:
     return evaluate(records, preds), elapsed
 
 
+def dolly_counts(name: str, n: int) -> dict[str, int]:
+    """Spans per entity type under the default policy on the first n Dolly instruction/response pairs
+    (the pair joined by a newline, as docs/pii.md has always counted them)."""
+    from app.pii.engine import PiiEngine, PiiSettings
+    from app.pii.schemas import PiiPolicy
+
+    records = [json.loads(line) for line in DOLLY.read_text(encoding="utf-8").splitlines()[:n]]
+    texts = [f"{r['instruction']}\n{r['text']}" for r in records]
+    engine = PiiEngine(PiiSettings(**CONFIGS[name]))
+    counts: dict[str, int] = defaultdict(int)
+    for results in engine.analyze_batch(texts, PiiPolicy()):
+        for r in results:
+            counts[r.entity_type] += 1
+    return dict(sorted(counts.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pii_eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus-dir", type=Path, default=Path("../shared/corpora/pii"))
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N records")
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--dolly", type=int, default=1000, metavar="N",
+                        help="also count spans found on the first N Dolly pairs (0: skip)")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)  # presidio logs one warning per unmapped label
 
@@ -169,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"{et:<20}{m['support']:>6}{_fmt(m['precision'])}{_fmt(m['recall'])}{_fmt(m['f1'])}"
                   f"{_fmt(m['covered'], 9)}")
+    dolly: dict[str, dict[str, int]] = {}
+    if args.dolly and DOLLY.exists():
+        for name in DOLLY_CONFIGS:
+            if name in args.configs:
+                dolly[name] = dolly_counts(name, args.dolly)
+                print(f"\n== {name}: spans on {args.dolly} Dolly pairs (default policy): {dolly[name]}")
     headline = figures.get(HEADLINE, {})
     recalls = {et: headline.get(et, {}).get("recall") for et in TARGET_ENTITIES}
     passed = bool(headline) and all(r is not None and r >= TARGET_RECALL for r in recalls.values())
@@ -180,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "headline_config": HEADLINE,
         "headline_recall": recalls,
         "figures": figures,
+        "dolly_spans": {"pairs": args.dolly, "counts": dolly} if dolly else None,
         "targets": {"recall_min": TARGET_RECALL, "entities": TARGET_ENTITIES, "config": HEADLINE},
         "pass": passed,
     }

@@ -29,6 +29,8 @@ class PiiSettings(BaseSettings):
     mode: Mode = "ner"
     phone_regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS
     custom_recognizers: bool = True
+    # The first-name gazetteer recognizer (part of the custom set; off only to measure what it adds).
+    name_gazetteer: bool = True
     batch_size: int = 64
 
 

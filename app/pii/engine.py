@@ -196,7 +196,7 @@ def _registry(settings: PiiSettings, nlp_engine) -> RecognizerRegistry:
         registry.add_recognizer(SpacyRecognizer(supported_entities=["PERSON", "LOCATION", "NRP", "DATE_TIME",
                                                                     "ORGANIZATION"]))
     if settings.custom_recognizers:
-        for recognizer in custom.custom_recognizers():
+        for recognizer in custom.custom_recognizers(gazetteer=settings.name_gazetteer):
             registry.add_recognizer(recognizer)
     return registry
 
@@ -284,6 +284,7 @@ class PiiEngine:
     def _postprocess(self, text: str, results: list[RecognizerResult], allow: set[str],
                      policy: PiiPolicy) -> list[RecognizerResult]:
         if "PERSON" in policy.entities and self.settings.custom_recognizers:
+            results = custom.trim_unit_words(text, results)
             results = custom.prefer_cued_names(results)
             results = custom.retype_names(text, results)
             results = results + custom.coordinated_names(text, results)

@@ -1,0 +1,53 @@
+"""First-name gazetteer for the name recognizer: Jörg Michael's nam_dict.txt, as shipped by `gender-guesser`.
+
+About 45,000 first names from 54 countries (Icelandic, Hungarian, Finnish, Slavic, Arabic, East Asian...),
+compiled independently of Faker, which generated the evaluation corpus: Faker's own name lists would make
+the evaluation circular. The file is GNU FDL 1.2; only the data file is read, gender-guesser's (GPLv3) code
+is never imported. Everything is read from installed package data once per process: no network, no
+per-task loading.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+_HEX = frozenset("0123456789ABCDEF")
+
+
+def _nam_dict_lines() -> list[str]:
+    # resources.files() imports only gender_guesser/__init__.py, which is empty.
+    path = resources.files("gender_guesser") / "data" / "nam_dict.txt"
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+@lru_cache(maxsize=1)
+def first_names() -> dict[str, int]:
+    """Every first name, case-folded, with its highest frequency in any country on nam_dict's scale (1 rare
+    .. 13 extremely common; 0 where none is given). A '+' inside a name (Arabic, Chinese, Korean) stands for
+    '-', ' ' or nothing; the spaced form is two tokens and never matched as one, so only the other two are
+    kept."""
+    out: dict[str, int] = {}
+    for line in _nam_dict_lines():
+        # "=" lines map short forms onto long ones; both already have their own entries.
+        if not line or line[0] in "#=":
+            continue
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        name = parts[1].casefold()
+        # Columns 31 onwards hold one hexadecimal frequency digit per country, blank where not used there.
+        frequency = max((int(c, 16) for c in line[30:] if c in _HEX), default=0)
+        for variant in ({name.replace("+", ""), name.replace("+", "-")} if "+" in name else {name}):
+            if len(variant) >= 2:
+                out[variant] = max(out.get(variant, 0), frequency)
+    return out
+
+
+@lru_cache(maxsize=1)
+def common_word_names() -> frozenset[str]:
+    """First names that are also ordinary English words ("will", "may", "grace"): see
+    scripts/build_name_stoplist.py for how the list was made."""
+    text = resources.files("app.pii") / "data" / "name_common_words.txt"
+    return frozenset(w.strip() for w in text.read_text(encoding="utf-8").splitlines()
+                     if w.strip() and not w.startswith("#"))
