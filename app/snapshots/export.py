@@ -222,6 +222,104 @@ def table_from_csv(dataset_format: str, block: bytes, schema: Any) -> Any:
     ).select([f.name for f in schema])
 
 
+# Column blocks (SQLite): everything below is vectorised (numpy / Arrow), so the cost per member is a
+# few bytes copied, not a Python call.
+
+def _fixed_width(data: bytes, n: int, width: int) -> Any:
+    import numpy as np
+    import pyarrow as pa
+
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+    return pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def _uuids(hex32: bytes, n: int) -> Any:
+    """32 hex digits each -> the hyphenated 8-4-4-4-12 form, as one binary array."""
+    import numpy as np
+
+    a = np.frombuffer(hex32, dtype=np.uint8).reshape(n, 32)
+    out = np.full((n, 36), ord("-"), dtype=np.uint8)
+    for src, dst in ((0, 0), (8, 9), (12, 14), (16, 19), (20, 24)):
+        width = (8, 4, 4, 4, 12)[(0, 8, 12, 16, 20).index(src)]
+        out[:, dst:dst + width] = a[:, src:src + width]
+    return _fixed_width(out.tobytes(), n, 36)
+
+
+def _splits(codes: bytes) -> Any:
+    import numpy as np
+    import pyarrow as pa
+
+    idx = (np.frombuffer(codes, dtype=np.uint8) == ord("v")).astype(np.int8)
+    return pa.array([b"train", b"validation"], pa.binary()).take(pa.array(idx))
+
+
+def _check(block: Any) -> None:
+    n = block.count
+    if (len(block.revision_ids), len(block.example_ids), len(block.splits), len(block.content_sha256)) != (
+            32 * n, 32 * n, n, 64 * n):
+        raise ValueError("column block lengths disagree with its member count")
+
+
+def _binary_to_bytes(arr: Any) -> bytes:
+    """The concatenated values of a binary array without nulls: its data buffer between the first and
+    last offsets (one copy, no per-value objects)."""
+    import numpy as np
+
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
+    return arr.buffers()[2][int(offsets[0]):int(offsets[-1])].to_pybytes()
+
+
+def pedigree_lines(dataset_format: str, block: Any) -> bytes:
+    """A column block as `pedigree` JSONL lines, byte-identical to what SQLite built before: the
+    stored JSON text goes in unparsed, ids and hashes are ASCII and need no escaping."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not dataset_format.isalpha():
+        raise ValueError(dataset_format)
+    _check(block)
+    n = block.count
+    content = pc.split_pattern(pa.array([block.content], pa.binary()), pattern=b"\n").flatten()
+    if len(content) != n:
+        raise ValueError("a stored document holds a raw newline")
+    b = pa.binary()
+    lines = pc.binary_join_element_wise(
+        pa.scalar(b'{"revision_id":"', b), _uuids(block.revision_ids, n),
+        pa.scalar(b'","example_id":"', b), _uuids(block.example_ids, n),
+        pa.scalar(b'","split":"', b), _splits(block.splits),
+        pa.scalar(f'","format":"{dataset_format}","content":'.encode(), b), content,
+        pa.scalar(b',"content_sha256":"', b), _fixed_width(block.content_sha256, n, 64),
+        pa.scalar(b'"}\n', b), pa.scalar(b"", b))
+    return _binary_to_bytes(lines)
+
+
+def table_from_columns(dataset_format: str, block: Any, schema: Any) -> Any:
+    """A column block as an Arrow table: only the content documents go through pyarrow's JSON reader
+    (ids, hashes and splits are already columns)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    _check(block)
+    n = block.count
+    content = pa.schema([f for f in schema if f.name not in META_FIELDS])
+    # The reader needs every document inside one of its blocks: size them above the longest.
+    nl = np.flatnonzero(np.frombuffer(block.content, dtype=np.uint8) == ord("\n"))
+    longest = int(np.diff(nl, prepend=-1, append=len(block.content)).max()) if n else 0
+    t = pj.read_json(pa.BufferReader(block.content),
+                     read_options=pj.ReadOptions(block_size=max(1 << 20, 2 * longest), use_threads=True),
+                     parse_options=pj.ParseOptions(explicit_schema=content, unexpected_field_behavior="ignore"))
+    if t.num_rows != n:
+        raise ValueError(f"column block: {t.num_rows} documents for {n} members")
+    s = pa.string()
+    cols = {f.name: t.column(f.name) for f in content}
+    cols["split"] = _splits(block.splits).cast(s)
+    cols["revision_id"] = _uuids(block.revision_ids, n).cast(s)
+    cols["example_id"] = _uuids(block.example_ids, n).cast(s)
+    cols["content_sha256"] = _fixed_width(block.content_sha256, n, 64).cast(s)
+    return pa.Table.from_pydict({f.name: cols[f.name] for f in schema}, schema=schema)
+
+
 def _prefetch(items: Iterable[Any], fn: Callable[[Any], Any], depth: int = 1) -> Iterator[Any]:
     """fn(item) for each item, computed one step ahead in a thread: reading the database and parsing
     (which release the GIL) overlap with compressing and sending. Stops the thread if the consumer
@@ -268,15 +366,15 @@ def _prefetch(items: Iterable[Any], fn: Callable[[Any], Any], depth: int = 1) ->
         t.join(timeout=30)
 
 
-def stream_parquet(dataset_format: str, blocks: Iterable[bytes], *, metadata: dict[str, str],
-                   csv: bool = False) -> Iterator[bytes]:
-    """Each block (pedigree lines, or CSV rows for flat formats) becomes one row group, written and sent
-    before the next is read."""
+def stream_parquet(dataset_format: str, blocks: Iterable[Any], *, metadata: dict[str, str],
+                   csv: bool = False, columns: bool = False) -> Iterator[bytes]:
+    """Each block (pedigree lines, CSV rows for flat formats, or SQLite column blocks) becomes one row
+    group, written and sent before the next is read."""
     import pyarrow.parquet as pq
 
     schema = parquet_schema(dataset_format)
     schema = schema.with_metadata({**schema.metadata, **{k.encode(): v.encode() for k, v in metadata.items()}})
-    parse = table_from_csv if csv else table_from_pedigree
+    parse = table_from_columns if columns else table_from_csv if csv else table_from_pedigree
     sink = _Sink()
     # Dictionary encoding only where values repeat: ids and hashes are unique, and trying a
     # dictionary on them costs time for nothing.

@@ -78,7 +78,7 @@ def _proof(api, snap_id: str, role: str = "auditor", **params):
 
 def test_root_at_freeze_and_proofs_for_every_member(api):
     # 13 members: an uneven tree, so odd nodes are promoted at several levels.
-    ds, ids = approved_dataset(api, 13)
+    ds, _ = approved_dataset(api, 13)
     snap = freeze(api, ds, validation_fraction=0.3, seed=3)
     recs, _ = export_records(api, snap["id"])
     lines = sorted(f"{r['content_sha256']} {r['split']}".encode() for r in recs)
