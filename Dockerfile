@@ -35,6 +35,6 @@ ENV PYTHONUNBUFFERED=1 DEBIAN_FRONTEND=noninteractive
 RUN apt-get update && apt-get install -y --no-install-recommends python3.11 python3-pip && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY --from=build /wheels /wheels
-RUN python3.11 -m pip install --no-cache-dir --find-links /wheels "pedigree[train]" && rm -rf /wheels
+RUN python3.11 -m pip install --no-cache-dir --find-links /wheels "pedigree[train,qlora]" && rm -rf /wheels
 COPY trainer trainer
 CMD ["python3.11", "-m", "celery", "-A", "trainer.worker", "worker", "-Q", "train", "--concurrency", "1", "--loglevel", "INFO"]

@@ -39,7 +39,7 @@ err = Console(stderr=True)
 out = Console()
 
 
-def _cli_actor():  # noqa: ANN202
+def _cli_actor():
     from app.core.auth import Actor
 
     # Someone with shell access to the database host acts as admin; the audit log names them.
@@ -139,7 +139,7 @@ def datasets_list() -> None:
             print(json.dumps({"id": str(ds.id), "name": ds.name, "format": ds.format, "counts": service.counts(s, ds.id)}))
 
 
-def _iter_lines(path: Path, mapping: dict[str, str]):  # noqa: ANN202
+def _iter_lines(path: Path, mapping: dict[str, str]):
     """Yield (line_no, raw bytes) from JSONL, or from a JSON array (one element per 'line')."""
     import orjson
 
@@ -265,7 +265,7 @@ def _ingest_http(file: Path, dataset: str, api_url: str, api_key: str | None, so
     params = {k: v for k, v in {"source": source or f"file:{file.name}", "license": license,
                                 "legal_basis": legal_basis}.items() if v}
 
-    def body():  # noqa: ANN202
+    def body():
         for _, raw in _iter_lines(file, mapping):
             yield raw + b"\n"
 

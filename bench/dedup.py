@@ -638,12 +638,14 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _stop_workers(procs) -> None:
+    import subprocess
+
     for p, f, _ in procs:
         p.terminate()
     for p, f, _ in procs:
         try:
             p.wait(timeout=30)
-        except Exception:
+        except subprocess.TimeoutExpired:
             p.kill()
         f.close()
 

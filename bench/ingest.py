@@ -24,21 +24,21 @@ import orjson
 import psycopg
 
 from bench.common import (
-    median,
     REDIS,
     api_server,
     bench_env,
     create_key,
     instruct_records,
     jsonl_examples,
+    median,
     migrate,
     peak_rss_mb,
     temp_pg_database,
 )
 
 
-def stream_import(url: str, key: str, dataset_id: str, lines) -> tuple[dict, float]:  # noqa: ANN001
-    def body():  # noqa: ANN202
+def stream_import(url: str, key: str, dataset_id: str, lines) -> tuple[dict, float]:
+    def body():
         buf = []
         for ln in lines:
             buf.append(ln)
@@ -140,7 +140,7 @@ def main() -> None:
             h = {"Authorization": f"Bearer {key}"}
             ds_small = httpx.post(f"{url}/v1/datasets", json={"name": "bench-small", "format": "instruction"}, headers=h).json()
             ds = httpx.post(f"{url}/v1/datasets", json={"name": "bench", "format": "instruction"}, headers=h).json()
-            res_small, t_small = stream_import(url, key, ds_small["id"], small)
+            _res_small, t_small = stream_import(url, key, ds_small["id"], small)
             rss_small = peak_rss_mb(proc.pid)
             ours_runs = []
             for k in range(args.repeats):

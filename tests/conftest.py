@@ -134,28 +134,28 @@ def redis_url() -> Iterator[str]:
 class Api:
     """A TestClient with one key per role; `api.as_("reviewer").get(...)`."""
 
-    def __init__(self, client, keys: dict[str, str]) -> None:  # noqa: ANN001
+    def __init__(self, client, keys: dict[str, str]) -> None:
         self.client = client
         self.keys = keys
 
-    def as_(self, role: str):  # noqa: ANN201
+    def as_(self, role: str):
         api = self
 
         class _Bound:
-            def request(self, method: str, url: str, **kw):  # noqa: ANN202, ANN003
+            def request(self, method: str, url: str, **kw):
                 headers = {"Authorization": f"Bearer {api.keys[role]}", **kw.pop("headers", {})}
                 return api.client.request(method, url, headers=headers, **kw)
 
-            def get(self, url: str, **kw):  # noqa: ANN202, ANN003
+            def get(self, url: str, **kw):
                 return self.request("GET", url, **kw)
 
-            def post(self, url: str, **kw):  # noqa: ANN202, ANN003
+            def post(self, url: str, **kw):
                 return self.request("POST", url, **kw)
 
-            def patch(self, url: str, **kw):  # noqa: ANN202, ANN003
+            def patch(self, url: str, **kw):
                 return self.request("PATCH", url, **kw)
 
-            def delete(self, url: str, **kw):  # noqa: ANN202, ANN003
+            def delete(self, url: str, **kw):
                 return self.request("DELETE", url, **kw)
 
         return _Bound()
@@ -194,7 +194,7 @@ def pg_api(pg: str) -> Iterator[Api]:
         yield Api(client, make_keys())
 
 
-def new_dataset(api: Api, fmt: str = "instruction", **extra) -> dict:  # noqa: ANN003
+def new_dataset(api: Api, fmt: str = "instruction", **extra) -> dict:
     r = api.as_("curator").post("/v1/datasets", json={"name": f"ds-{uuid.uuid4().hex[:8]}", "format": fmt, **extra})
     assert r.status_code == 201, r.text
     return r.json()

@@ -32,7 +32,7 @@ def stop_worker(proc: subprocess.Popen) -> bytes:
 
 
 @contextmanager
-def celery_env(pg: str, redis_url: str, monkeypatch, db_base: int) -> Iterator[dict[str, str]]:  # noqa: ANN001
+def celery_env(pg: str, redis_url: str, monkeypatch, db_base: int) -> Iterator[dict[str, str]]:
     """Point this process and its workers at PostgreSQL and a Redis database of their own
     (`db_base` + xdist worker number), flushed before and after, so parallel suites never share a queue.
     Taken: 3-4 dedup race, 7-8 foundation/pii workers, 11 training e2e, 12 bench/pii, 13 trainer worker,

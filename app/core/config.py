@@ -60,7 +60,7 @@ class Settings(BaseSettings):
         return self.redis_url is None
 
     @model_validator(mode="after")
-    def _refuse_default_secrets(self) -> "Settings":
+    def _refuse_default_secrets(self) -> Settings:
         if not self.is_embedded and self.secret_key == DEFAULT_SECRET:
             raise ValueError(
                 "PEDIGREE_SECRET_KEY is the built-in default; set a random secret "

@@ -10,7 +10,7 @@ from app.datasets.schemas import DatasetCreate, DatasetOut, DatasetUpdate
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
-def _out(session, ds, with_counts: bool = True) -> DatasetOut:  # noqa: ANN001
+def _out(session, ds, with_counts: bool = True) -> DatasetOut:
     out = DatasetOut.model_validate(ds, from_attributes=True)
     if with_counts:
         out.counts = service.counts(session, ds.id)

@@ -195,7 +195,7 @@ def _uses_char_shingles(norm: str) -> bool:
 def shingles(text: str, spec: MinHashSpec) -> tuple[list[bytes], int]:
     """The shingle bytes of one text and its flags. Shingles repeat if the text repeats; MinHash and
     Jaccard treat them as a set."""
-    flat, counts, flags = shingle_batch([text], spec)
+    flat, _counts, flags = shingle_batch([text], spec)
     return flat, int(flags[0])
 
 

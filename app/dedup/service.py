@@ -34,7 +34,15 @@ from app.core.config import get_settings
 from app.core.errors import Forbidden, InvalidState, NotFound
 from app.dedup.cluster import METHOD_EXACT, METHOD_MINHASH, Member, canonical_order, verify_exact
 from app.dedup.lsh import MemoryLSHIndex, RedisLSHIndex, drop
-from app.dedup.minhash import MinHasher, MinHashSpec, Signatures, flag_names, from_bytes, shingle_sets, to_bytes
+from app.dedup.minhash import (
+    MinHasher,
+    MinHashSpec,
+    Signatures,
+    flag_names,
+    from_bytes,
+    shingle_sets,
+    to_bytes,
+)
 from app.dedup.schemas import DedupPolicy, OverruleIn, parse_policy
 from app.examples import service as examples
 from app.examples.formats import trainable_text
@@ -212,7 +220,7 @@ def _insert_ignore(session: Session, table, rows: list[dict]) -> None:
 def policy_of(ds: Dataset) -> DedupPolicy:
     try:
         return parse_policy(ds.dedup_policy)
-    except Exception:  # a bad stored policy must not wedge the pipeline; the API refuses new bad ones
+    except Exception:  # noqa: BLE001 - a bad stored policy must not wedge the pipeline; the API refuses new bad ones
         log.warning("dataset %s has an invalid dedup_policy; using the defaults", ds.id)
         return DedupPolicy()
 

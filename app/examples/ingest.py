@@ -89,7 +89,7 @@ def _parse_time(value: Any, line: int) -> dt.datetime | None:
     if not isinstance(value, str):
         raise FieldError("provenance.collected_at", "type", "collected_at must be an ISO 8601 string")
     try:
-        ts = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        ts = dt.datetime.fromisoformat(value)
     except ValueError:
         raise FieldError("provenance.collected_at", "invalid",
                          f"collected_at {value!r} is not an ISO 8601 date or datetime") from None
@@ -120,7 +120,7 @@ def prepare(fmt: str, obj: Any, line: int, defaults: Defaults) -> Candidate:
         raise FieldError("provenance", "type", "provenance must be an object")
     unknown = set(prov) - set(PROVENANCE_KEYS)
     if unknown:
-        raise FieldError(f"provenance.{sorted(unknown)[0]}", "unknown",
+        raise FieldError(f"provenance.{min(unknown)}", "unknown",
                          f"unknown provenance field; allowed: {', '.join(PROVENANCE_KEYS)}")
     meta = prov.get("metadata") or {}
     if not isinstance(meta, dict):
@@ -210,7 +210,7 @@ def open_batch(session: Session, *, dataset: Dataset, actor: Actor, channel: str
     return batch
 
 
-def _insert_ignore(session: Session, table):  # noqa: ANN001, ANN202
+def _insert_ignore(session: Session, table):
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         return pg_insert(table).on_conflict_do_nothing()

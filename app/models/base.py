@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import ClassVar
 
 import orjson
 from sqlalchemy import JSON, DateTime, MetaData, Uuid, func
@@ -37,7 +38,7 @@ def json_dumps(value: object) -> str:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {
+    type_annotation_map: ClassVar[dict] = {
         dt.datetime: DateTime(timezone=True),
         uuid.UUID: Uuid(),
         dict: JSONType,

@@ -182,14 +182,12 @@ def test_eval_contamination_guard(api, eval_first):
 
 def test_a_redis_fault_mid_batch_marks_nothing_and_the_rerun_does(db, monkeypatch):
     import redis
-
-    from app.dedup import service
-    from app.pipeline import service as pipeline
-    from tests.conftest import Api, make_keys
-
     from fastapi.testclient import TestClient
 
+    from app.dedup import service
     from app.main import create_app
+    from app.pipeline import service as pipeline
+    from tests.conftest import Api, make_keys
 
     with TestClient(create_app()) as client:
         api = Api(client, make_keys())

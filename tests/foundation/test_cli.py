@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _cli(args, env, **kw):
     return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300, **kw)
+                          text=True, timeout=300, check=False, **kw)
 
 
 def test_keys_datasets_ingest_and_verify(db, tmp_path):

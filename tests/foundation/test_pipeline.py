@@ -39,7 +39,7 @@ def test_stage_run_is_idempotent_and_a_crash_changes_nothing(db, monkeypatch):
     from app.core.config import reset_settings
 
     reset_settings()
-    import app.core.jobs as jobs
+    from app.core import jobs
 
     sent = []
     monkeypatch.setattr(jobs, "send", lambda name, args, queue: sent.append((name, args, queue)))
