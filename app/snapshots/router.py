@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, BackgroundTasks, Depends, Query
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 
 from app.audit import service as audit
@@ -31,10 +31,15 @@ def _out(snap: Snapshot, *, stats: bool = True) -> dict[str, Any]:
 
 
 @router.post("", status_code=201)
-def create_snapshot(data: SnapshotCreate, session: SessionDep, actor: Curator) -> dict[str, Any]:
+def create_snapshot(data: SnapshotCreate, session: SessionDep, actor: Curator,
+                    background: BackgroundTasks) -> dict[str, Any]:
     # Hook (lineage issue): OpenLineage START/COMPLETE/FAIL around the freeze; a no-op unless configured.
     with openlineage.snapshot_freeze(session, dataset_ref=data.dataset_id, name=data.name) as ol:
         ol.snapshot = service.create(session, data=data, actor=actor)
+    if ol.snapshot.merkle_root is None:
+        # A large freeze on PostgreSQL: the root follows right after the response (after the commit,
+        # so it reads the committed members), outside the freeze's time.
+        background.add_task(service.fill_merkle_root, ol.snapshot.id)
     return _out(ol.snapshot)
 
 

@@ -233,3 +233,26 @@ def test_database_root_matches_the_reference_at_small_sizes(api, n):
     assert snap["merkle_root"] == _mth(lines).hex()
     p = _proof(api, snap["id"], example_id=recs[-1]["example_id"]).json()
     assert merkle.verify_proof(p)[0] and p["audit_path"] == [h.hex() for h in _path(p["leaf_index"], lines)]
+
+
+def test_large_freezes_get_their_root_right_after_the_response(api, monkeypatch):
+    """PostgreSQL above MERKLE_AT_FREEZE_MAX_MEMBERS: the freeze answers without the root, which
+    follows after the commit (the same value a freeze would have stored) and is audited."""
+    from app.core.config import get_settings
+    from app.snapshots import service
+
+    monkeypatch.setattr(service, "MERKLE_AT_FREEZE_MAX_MEMBERS", 0)
+    ds, _ = approved_dataset(api, 6)
+    snap = freeze(api, ds, validation_fraction=0.5)
+    recs, _ = export_records(api, snap["id"])
+    want = _mth(sorted(f"{r['content_sha256']} {r['split']}".encode() for r in recs)).hex()
+    if get_settings().is_sqlite:
+        assert snap["merkle_root"] == want  # SQLite computes it in the freeze's own pass, always
+        return
+    assert snap["merkle_root"] is None
+    listed = api.as_("auditor").get("/v1/snapshots", params={"dataset": ds["id"]}).json()["items"]
+    assert listed[0]["merkle_root"] == want  # filled after the response, before anyone asked
+    assert api.as_("auditor").get(f"/v1/snapshots/{snap['id']}").json()["merkle_root"] == want
+    assert api.as_("auditor").get("/v1/audit/verify").json()["ok"]
+    p = _proof(api, snap["id"], example_id=recs[0]["example_id"]).json()
+    assert p["merkle_root"] == want and merkle.verify_proof(p)[0]
