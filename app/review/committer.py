@@ -20,7 +20,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.core.auth import Actor, authenticate, require
+from sqlalchemy.orm import Session
+
+from app.core.auth import Actor, authenticate_many, require
 from app.core.db import session_scope
 from app.core.errors import PedigreeError
 from app.review.schemas import ReviewIn
@@ -82,23 +84,9 @@ class DecisionCommitter:
                         job.future.set_exception(RuntimeError("decision not recorded; retry"))
 
     def _commit(self, batch: list[_Job]) -> None:
-        from app.review import service
-
-        refused: dict[int, PedigreeError] = {}
         try:
             with session_scope() as session:
-                actors: dict[str, Actor] = {}
-                for i, job in enumerate(batch):
-                    if job.actor is None:
-                        try:
-                            if job.token not in actors:
-                                actors[job.token] = require("reviewer")(authenticate(session, job.token or ""))
-                            job.actor = actors[job.token]
-                        except PedigreeError as e:
-                            refused[i] = e
-                live = [j for i, j in enumerate(batch) if i not in refused]
-                outcomes = service.decide_many(session, [service.DecisionRequest(j.example_id, j.actor, j.data)
-                                                         for j in live])
+                answers = _decide(session, batch)
         except Exception as exc:  # noqa: BLE001 - any failure: answer alone, or retry each alone
             if len(batch) == 1:
                 batch[0].future.set_exception(exc)
@@ -107,13 +95,36 @@ class DecisionCommitter:
             for job in batch:
                 self._commit([job])
             return
-        for i, e in refused.items():
-            batch[i].future.set_exception(e)
-        for job, value in zip(live, outcomes, strict=True):
+        for job, value in zip(batch, answers, strict=True):
             if isinstance(value, PedigreeError):
                 job.future.set_exception(value)
             else:
                 job.future.set_result(value)
+
+
+def _decide(session: Session, batch: list[_Job]) -> list[Any]:
+    """One batch in the caller's transaction: per job, the response or the error refusing it."""
+    from app.review import service
+
+    answers: list[Any] = [None] * len(batch)
+    actors = authenticate_many(session, {j.token or "" for j in batch if j.actor is None})
+    live: list[int] = []
+    for i, job in enumerate(batch):
+        if job.actor is None:
+            who = actors[job.token or ""]
+            try:
+                if isinstance(who, PedigreeError):
+                    raise who
+                job.actor = require("reviewer")(who)
+            except PedigreeError as e:
+                answers[i] = e
+                continue
+        live.append(i)
+    outcomes = service.decide_many(session, [service.DecisionRequest(batch[i].example_id, batch[i].actor,
+                                                                     batch[i].data) for i in live])
+    for i, value in zip(live, outcomes, strict=True):
+        answers[i] = value
+    return answers
 
 
 committer = DecisionCommitter()

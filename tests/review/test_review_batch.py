@@ -68,3 +68,25 @@ def test_committer_answers_each_decision(api):
         except PedigreeError as e:
             results.append(e.code)
     assert results[:4] == ["approved"] * 4 and results[4] in ("not_pending", "stale_revision")
+
+
+def test_committer_authenticates_a_batch_of_keys_at_once(api):
+    """Keys ride in the batch and are checked with one query; each bad key refuses only its own
+    decision (malformed, unknown, wrong role), the others go through."""
+    ds = new_dataset(api)
+    ids = ingest(api, ds, 2)
+    rev = {e: example(api, e)["revision"]["id"] for e in ids}
+    committer = DecisionCommitter()
+    good = [committer.submit(example_id=e, token=api.keys[k], data=ReviewIn(decision="approve", revision_id=rev[e]))
+            for e, k in zip(ids, ("reviewer", "reviewer2"), strict=True)]
+    bad = [committer.submit(example_id=ids[0], token=t, data=ReviewIn(decision="approve", revision_id=rev[ids[0]]))
+           for t in ("not-a-key", "pdg_000000000000_nope", api.keys["curator"])]
+    assert [f.result(timeout=30)["example"]["status"] for f in good] == ["approved", "approved"]
+    codes = []
+    for f in bad:
+        try:
+            f.result(timeout=30)
+            codes.append("ok")
+        except PedigreeError as e:
+            codes.append(e.status_code)
+    assert codes == [401, 401, 403]
