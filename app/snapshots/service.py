@@ -228,8 +228,8 @@ def _split_sql(session: Session, *, stratify_by: str | None, src: str, extra: st
 # (tests hold it against app/snapshots/merkle.py). No Python runs per member.
 # Above this many members a PostgreSQL freeze leaves the root to a step after its commit (the API runs
 # it as soon as the response is sent; any read before that computes it itself). The root statement
-# costs ~2-3 s at 1M members on the shared 2-core machine, on top of a freeze whose target is 10 s;
-# at 250k it is ~0.5 s.
+# costs ~2-3 s at 1M members on the shared 2-core machine, on top of a freeze whose target is 10 s
+# (a whole 200k freeze, root included, took 2.5 s).
 MERKLE_AT_FREEZE_MAX_MEMBERS = 250_000
 PG_LEAVES_AGG = "string_agg(sha256('\\x00'::bytea || textsend(l)), ''::bytea)"
 
