@@ -222,10 +222,11 @@ def _split_sql(session: Session, *, stratify_by: str | None, src: str, extra: st
 
 
 # Merkle tree on PostgreSQL, set-based: the leaf hashes of the sorted lines travel as one bytea
-# (32 bytes per leaf, aggregated over the sort the manifest needs anyway), and each level of the tree is
-# one step of a recursive CTE that hashes adjacent pairs of the level below, carrying an odd last node
-# up unchanged. Pairing level by level and promoting the odd node yields exactly RFC 6962's tree
-# (tests hold it against app/snapshots/merkle.py). No Python runs per member.
+# (32 bytes per leaf), and each level of the tree is one step of a recursive CTE that hashes adjacent
+# pairs of the level below, carrying an odd last node up unchanged. Pairing level by level and
+# promoting the odd node yields exactly RFC 6962's tree (tests hold it against app/snapshots/merkle.py).
+# No Python runs per member.
+
 # Above this many members a PostgreSQL freeze leaves the root to a step after its commit (the API runs
 # it as soon as the response is sent; any read before that computes it itself). The root statement
 # costs ~2-3 s at 1M members on the shared 2-core machine, on top of a freeze whose target is 10 s
