@@ -229,6 +229,13 @@ def gather(session: Session, snap: Snapshot) -> Facts:
         f"Manifest sha256 `{snap.manifest_sha256}` over the sorted lines \"<content_sha256> <split>\". Exports: "
         f"`GET /v1/snapshots/{snap.id}/export?format=pedigree|openai-chat|alpaca|completion|parquet`, each with "
         "the hash in `X-Manifest-SHA256`; `manifest.json` beside them.")
+    # The root lets one member's inclusion be proven without the whole member list (an auditor asking
+    # about one data subject); large PostgreSQL freezes store it a few seconds after the freeze.
+    dist.paragraphs.append(
+        f"Merkle root (RFC 6962, same sorted lines) `{snap.merkle_root}`; a membership proof for one example: "
+        f"`GET /v1/snapshots/{snap.id}/proof?example_id=...`." if snap.merkle_root else
+        "Merkle root: not stored yet (large freezes store it just after the freeze; "
+        f"`GET /v1/snapshots/{snap.id}` shows it).")
     dist.paragraphs.append("Terms of use: see the licenses above; any other restriction: " + UNKNOWN)
     sections.append(dist)
 

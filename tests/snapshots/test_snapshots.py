@@ -387,6 +387,7 @@ def test_datasheet_markdown_and_html(api):
                     "## Preprocessing, cleaning and labeling", "## Distribution", "## Maintenance"):
         assert section in md
     assert snap["manifest_sha256"] in md and "| zendesk | 8 |" in md and "data:image/png;base64," in md
+    assert snap["merkle_root"] and f"Merkle root (RFC 6962, same sorted lines) `{snap['merkle_root']}`" in md
     assert "Not known" in md  # unknowns are stated, not dropped
     r = api.as_("trainer").get(f"/v1/snapshots/{snap['id']}/datasheet", params={"format": "html"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
