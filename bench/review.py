@@ -178,17 +178,28 @@ def _cpu_s(pids: list[int]) -> dict[int, float]:
 def _meter(server_pid: int, pg_url: str, start: float, end: float, out: dict[str, float]) -> None:
     """CPU seconds the API server (all its workers) and this database's PostgreSQL backends spend
     in the measured window: what a decision costs, whatever the neighbours on the machine do."""
+    conn = psycopg.connect(pg_url, autocommit=True)
+
     def pg_pids() -> list[int]:
-        with psycopg.connect(pg_url, autocommit=True) as c:
-            return [r[0] for r in c.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+        return [r[0] for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
 
     time.sleep(max(0.0, start - time.time()))
-    srv0, pg0 = _cpu_s(_tree(server_pid)), _cpu_s(pg_pids())
-    time.sleep(max(0.0, end - time.time()))
-    srv1, pg1 = _cpu_s(_tree(server_pid)), _cpu_s(pg_pids())
+    srv0 = _cpu_s(_tree(server_pid))
+    # Backends come and go with the pool's overflow connections: sampled every 0.2 s, a backend that
+    # lives only between two samples is missed, not one that lives through a sample (a reading at
+    # the start and one at the end missed all of them).
+    first: dict[int, float] = _cpu_s(pg_pids())
+    last = dict(first)
+    while time.time() < end:
+        time.sleep(min(0.2, max(0.0, end - time.time())))
+        for p, v in _cpu_s(pg_pids()).items():
+            first.setdefault(p, 0.0)
+            last[p] = v
+    srv1 = _cpu_s(_tree(server_pid))
     out["server_s"] = sum(v - srv0.get(p, 0.0) for p, v in srv1.items())
-    out["postgres_s"] = sum(v - pg0.get(p, 0.0) for p, v in pg1.items())
+    out["postgres_s"] = sum(v - first[p] for p, v in last.items())
+    conn.close()
 
 
 def _proc(args: tuple) -> dict:
