@@ -68,7 +68,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI):  # noqa: ANN201
+async def lifespan(app: FastAPI):
     settings = get_settings()  # fail fast on bad settings before taking traffic
     if settings.is_embedded:
         from app.core.migrate import upgrade_head
