@@ -28,6 +28,7 @@ import logging
 import multiprocessing as mp
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -257,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus-dir", type=Path, default=Path("../shared/corpora"))
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--reps", type=int, default=3,
+                        help="process-scaling repetitions (1 and 2 processes alternating); medians reported")
     parser.add_argument("--worker-path", action="store_true",
                         help="also measure the real pipeline: PostgreSQL + Redis + celery workers (1 and 2)")
     args = parser.parse_args(argv)
@@ -276,10 +279,17 @@ def main(argv: list[str] | None = None) -> int:
         naive_dps = len(texts) / naive_s
         print(f"naive loop (1 process):    {naive_dps:8.1f} docs/s", flush=True)
 
-    per_procs: dict[int, float] = {}
-    for n in args.processes:
-        per_procs[n] = len(texts) / run_processes(texts, n)
-        print(f"ours, {n} process(es):       {per_procs[n]:8.1f} docs/s", flush=True)
+    # Alternating repetitions, medians: on a 2-core machine any neighbour's burst lands on one side of a
+    # single 1-vs-2 comparison and moves the ratio by more than the 1.8 target's margin.
+    runs: dict[int, list[float]] = {n: [] for n in args.processes}
+    rep_scaling: list[float] = []
+    for rep in range(max(1, args.reps)):
+        for n in args.processes:
+            runs[n].append(len(texts) / run_processes(texts, n))
+            print(f"ours, {n} process(es), rep {rep + 1}: {runs[n][-1]:8.1f} docs/s", flush=True)
+        if 1 in runs and 2 in runs:
+            rep_scaling.append(runs[2][-1] / runs[1][-1])
+    per_procs = {n: statistics.median(v) for n, v in runs.items()}
 
     worker_dps: dict[int, float] = {}
     if args.worker_path:
@@ -288,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"worker path, {n} celery worker(s): {worker_dps[n]:8.1f} docs/s", flush=True)
 
     speedup = ours_dps / naive_dps if naive_dps else None
-    scaling = per_procs[2] / per_procs[1] if 1 in per_procs and 2 in per_procs else None
+    scaling = statistics.median(rep_scaling) if rep_scaling else None
     passed = (speedup is not None and speedup >= TARGET_SPEEDUP and scaling is not None
               and scaling >= TARGET_SCALING)
     summary = {
@@ -303,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_vs_naive": round(speedup, 2) if speedup else None,
         "processes_docs_per_s": {str(k): round(v, 1) for k, v in per_procs.items()},
         "scaling_1_to_2": round(scaling, 2) if scaling else None,
+        "scaling_1_to_2_per_rep": [round(x, 2) for x in rep_scaling],
         "worker_path_docs_per_s": {str(k): round(v, 1) for k, v in worker_dps.items()} or None,
         "worker_path_scaling_1_to_2": (round(worker_dps[2] / worker_dps[1], 2)
                                        if 1 in worker_dps and 2 in worker_dps else None),
