@@ -426,7 +426,7 @@ def test_cli_export_writes_and_verifies(api, tmp_path):
 
 
 def test_parquet_loads_with_hf_datasets(api, tmp_path, monkeypatch):
-    datasets = pytest.importorskip("datasets")  # optional: not a dependency of the service
+    import datasets  # a dev dependency: the service itself never imports it
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     _, snap = _chat_snapshot(api)
