@@ -574,6 +574,8 @@ _TOKEN = re.compile(r"[^\W\d_]+(?:-[^\W\d_]+|['’](?!s\b)[^\W\d_]+)*\.?")
 _HOUSE_NUMBER_BEFORE = re.compile(r"\d\s+$")
 # "in Monroe", "from Dolores": a lone name after these is mostly a place named after someone.
 _LOCATIVE = frozenset({"in", "from", "near", "outside", "inside", "across", "around", "via"})
+# Matched at a position, never on a slice: a slice per candidate copies the rest of the text each time.
+_DIGIT_AFTER = re.compile(r"\s*\d")
 _LIST_GAP = re.compile(r"^\s*(?:,\s*)?(?:(?:and|or|&)\s+)?$")
 
 
@@ -702,7 +704,7 @@ class GazetteerNameRecognizer(LocalRecognizer):
             return None
         if joined(i + 1) and capital(i + 1):
             return None
-        if re.match(r"\s*\d", text[tokens[i][1] :]):
+        if _DIGIT_AFTER.match(text, tokens[i][1]):
             return None  # "Pier 39", "Mist 2."
         if joined(i) and tokens[i - 1][2].casefold() in _LOCATIVE:
             return None
