@@ -284,6 +284,11 @@ def ensure_merkle_root(session: Session, snap: Snapshot) -> str:
     if snap.merkle_root:
         return snap.merkle_root
     if _is_pg(session):
+        # Two first reads (or a read and the freeze's after-commit step) would both compute and both
+        # audit: the row lock makes the second wait and find the stored root.
+        session.refresh(snap, with_for_update=True)
+        if snap.merkle_root:
+            return snap.merkle_root
         root = _pg_merkle_root(session, f"FROM snapshot_members m WHERE m.snapshot_id = '{uuid.UUID(str(snap.id))}'")
     else:
         root = merkle.root_of(map(merkle.leaf_hash, _sorted_lines_generic(session, snap.id))).hex()

@@ -256,3 +256,32 @@ def test_large_freezes_get_their_root_right_after_the_response(api, monkeypatch)
     assert api.as_("auditor").get("/v1/audit/verify").json()["ok"]
     p = _proof(api, snap["id"], example_id=recs[0]["example_id"]).json()
     assert p["merkle_root"] == want and merkle.verify_proof(p)[0]
+
+
+def test_simultaneous_first_reads_compute_and_audit_the_root_once(pg_api):
+    import threading
+
+    ds, _ = approved_dataset(pg_api, 9)
+    snap = freeze(pg_api, ds, validation_fraction=0.3)
+    sql("UPDATE snapshots SET merkle_root = NULL")
+    barrier = threading.Barrier(6)
+    roots: list = []
+
+    def read():
+        barrier.wait()
+        roots.append(pg_api.as_("auditor").get(f"/v1/snapshots/{snap['id']}").json()["merkle_root"])
+
+    threads = [threading.Thread(target=read) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert roots == [snap["merkle_root"]] * 6
+    from sqlalchemy import text
+
+    from app.core.db import session_scope
+
+    with session_scope() as s:
+        audited = s.execute(text("SELECT count(*) FROM audit_events WHERE action = 'snapshot.merkle_root' "
+                                 "AND entity_id = :sid"), {"sid": snap["id"]}).scalar_one()
+    assert audited == 1
