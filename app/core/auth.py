@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from app.core.db import SessionDep
+from app.core.db import SessionDep, one_of
 from app.core.errors import Forbidden, Unauthorized, ValidationFailed
 from app.models.auth import ROLES, ApiKey
 
@@ -60,14 +60,14 @@ def create_key(session: Session, *, name: str, role: str, created_by: str | None
     return row, key
 
 
-def _prefix(key: str) -> str:
+def key_prefix(key: str) -> str:
     parts = key.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_PREFIX:
         raise Unauthorized("malformed API key")
     return parts[1]
 
 
-def _check_key(row, key: str) -> Actor:  # an ApiKey row or its columns
+def check_key(row, key: str) -> Actor:  # an ApiKey row or its columns
     if row is None or not hmac.compare_digest(row.key_sha256, _sha256(key)):
         raise Unauthorized("invalid API key")
     if row.revoked_at is not None:
@@ -75,15 +75,17 @@ def _check_key(row, key: str) -> Actor:  # an ApiKey row or its columns
     return Actor(key_id=row.id, name=row.name, role=row.role, is_human=row.is_human)
 
 
-# Columns, not the entity: every request authenticates, and loading an ORM object (identity map,
-# instance state) cost several times the query itself.
-_KEY_COLUMNS = (ApiKey.id, ApiKey.name, ApiKey.role, ApiKey.is_human, ApiKey.key_sha256, ApiKey.revoked_at,
-                ApiKey.prefix)
+# Table columns and statements built once: every request authenticates, and an ORM entity load
+# (identity map, instance state) or a statement built per call cost several times the query itself.
+_K = ApiKey.__table__
+KEY_COLUMNS = (_K.c.id, _K.c.name, _K.c.role, _K.c.is_human, _K.c.key_sha256, _K.c.revoked_at, _K.c.prefix)
+_BY_PREFIX = select(*KEY_COLUMNS).where(_K.c.prefix == bindparam("prefix"))
+_BY_PREFIXES = {pg: select(*KEY_COLUMNS).where(one_of(_K.c.prefix, "prefixes", pg=pg)) for pg in (False, True)}
 
 
 def authenticate(session: Session, key: str) -> Actor:
-    prefix = _prefix(key)
-    return _check_key(session.execute(select(*_KEY_COLUMNS).where(ApiKey.prefix == prefix)).first(), key)
+    prefix = key_prefix(key)
+    return check_key(session.connection().execute(_BY_PREFIX, {"prefix": prefix}).first(), key)
 
 
 def authenticate_many(session: Session, keys: set[str]) -> dict[str, Actor | Unauthorized]:
@@ -93,15 +95,17 @@ def authenticate_many(session: Session, keys: set[str]) -> dict[str, Actor | Una
     prefixes: dict[str, str] = {}
     for key in keys:
         try:
-            prefixes[key] = _prefix(key)
+            prefixes[key] = key_prefix(key)
         except Unauthorized as e:
             out[key] = e
-    rows = {r.prefix: r for r in session.execute(select(*_KEY_COLUMNS)
-                                                 .where(ApiKey.prefix.in_(set(prefixes.values()))))} \
-        if prefixes else {}
+    rows = {}
+    if prefixes:
+        conn = session.connection()
+        stmt = _BY_PREFIXES[conn.dialect.name == "postgresql"]
+        rows = {r.prefix: r for r in conn.execute(stmt, {"prefixes": sorted(set(prefixes.values()))})}
     for key, prefix in prefixes.items():
         try:
-            out[key] = _check_key(rows.get(prefix), key)
+            out[key] = check_key(rows.get(prefix), key)
         except Unauthorized as e:
             out[key] = e
     return out

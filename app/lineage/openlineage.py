@@ -284,13 +284,14 @@ def _training_event(run_id: str, state: str, occurred_at: dt.datetime | None, pa
 
 
 def _on_audit(events: list[dict[str, Any]]) -> None:
-    if not enabled():
+    # Called after every commit that audited anything: look at the actions before the settings,
+    # which are read from the environment on each call (a review decision's commit has no run event).
+    runs = [(ev, _RUN_STATES[ev["action"]]) for ev in events if ev["action"] in _RUN_STATES and ev.get("entity_id")]
+    if not runs or not enabled():
         return
-    for ev in events:
-        state = _RUN_STATES.get(ev["action"])
-        if state and ev.get("entity_id"):
-            _submit(lambda ev=ev, state=state: _training_event(ev["entity_id"], state, ev.get("occurred_at"),
-                                                               ev.get("payload") or {}))
+    for ev, state in runs:
+        _submit(lambda ev=ev, state=state: _training_event(ev["entity_id"], state, ev.get("occurred_at"),
+                                                           ev.get("payload") or {}))
 
 
 audit.subscribe(_on_audit)

@@ -5,9 +5,8 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy.orm import Session
 
-from app.core.auth import Actor, Reader, authenticate, bearer_token, require
+from app.core.auth import Actor, Reader, bearer_token, require
 from app.core.db import SessionDep, session_scope
 from app.core.errors import Unauthorized
 from app.datasets import service as datasets
@@ -29,28 +28,26 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def _actor(session: Session, request: Request, *roles: str) -> Actor:
-    """The Reviewer dependency's checks, in the caller's thread: the hot endpoints below authenticate
-    inside their single worker-thread hop, where the dependency chain (session, key, role, session
-    teardown) would take four; under load those hand-offs cost more CPU than the queries."""
-    token = bearer_token(request)
-    if not token:
-        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    actor = authenticate(session, token)
-    request.state.actor = actor
-    return require(*roles)(actor)
-
-
 @router.get("/v1/review/queue")
 async def queue(request: Request, dataset: str, limit: Annotated[int, Query(ge=1, le=50)] = 1,
                 view: Literal["compact", "full"] = "compact") -> Response:
     """Compact items carry the revision's content and quality flags; `view=full` adds the whole
     example view (PII findings, duplicates, review state, suggestions) at a few queries per item."""
+    token = bearer_token(request)
+    if not token:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+
+    # One worker-thread hop for the whole request, authentication included: through the dependency
+    # chain (session, key, role, teardown) it took four, and under load the hand-offs cost more CPU
+    # than the queries.
     def work() -> list[dict[str, Any]]:
         with session_scope() as session:
-            actor = _actor(session, request, "reviewer")
-            ds = service.dataset_ref(session, dataset) if view == "compact" else datasets.get(session, dataset)
-            return service.next_items(session, dataset=ds, actor=actor, limit=limit, with_view=view == "full")
+            actor, ds, own = service.queue_context(session, token, dataset, "reviewer")
+            request.state.actor = actor
+            if view == "full":
+                ds = datasets.get(session, dataset)
+            return service.next_items(session, dataset=ds, actor=actor, limit=limit, with_view=view == "full",
+                                      own_leases=own)
 
     return _json({"items": await run_in_threadpool(work)})
 

@@ -24,12 +24,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.core.auth import Actor
+from app.core.auth import KEY_COLUMNS, Actor, check_key, key_prefix, require
 from app.core.config import get_settings
+from app.core.db import one_of
 from app.core.errors import Conflict, Forbidden, InvalidState, NotFound, PedigreeError, ValidationFailed
 from app.core.ids import new_id
 from app.examples import service as examples
 from app.examples.formats import FieldError, content_sha256, normalize
+from app.models.auth import ApiKey
 from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.example import Example, ExampleRevision
@@ -83,6 +85,39 @@ def dataset_ref(session: Session, ref: str) -> Any:
     if row is None:
         raise NotFound(f"dataset {ref} not found", details={"dataset": str(ref)})
     return row
+
+
+@functools.lru_cache(maxsize=2)
+def _context_statement(by_id: bool) -> Any:
+    K, D = ApiKey.__table__, Dataset.__table__
+    # Whether the caller holds live leases on pending items here: almost never after a decision, and
+    # then next_items skips its own-lease query.
+    own = (select(literal_column("1")).select_from(L.join(E, E.c.id == L.c.example_id))
+           .where(L.c.dataset_id == D.c.id, L.c.holder_key_id == K.c.id,
+                  L.c.expires_at > bindparam("now", type_=L.c.expires_at.type),
+                  E.c.status == "pending_review", E.c.stage.is_(None), L.c.revision_id == E.c.current_revision_id)
+           .exists())
+    cond = D.c.id == bindparam("ds_id", type_=D.c.id.type) if by_id else D.c.name == bindparam("ds_name")
+    return (select(*KEY_COLUMNS, D.c.id.label("ds_id"), D.c.name.label("ds_name"), D.c.review_policy,
+                   own.label("has_own"))
+            .select_from(K.outerjoin(D, cond)).where(K.c.prefix == bindparam("prefix")))
+
+
+def queue_context(session: Session, token: str, ref: str, *roles: str) -> tuple[Actor, Any, bool]:
+    """The queue's key check, dataset lookup and own-lease probe in one round trip: (actor, dataset
+    as id/name/review_policy, whether the caller holds live leases in it). Refuses in the order the
+    separate checks would: bad key 401, role 403, unknown dataset 404."""
+    prefix = key_prefix(token)
+    try:
+        params: dict[str, Any] = {"ds_id": uuid.UUID(str(ref))}
+    except ValueError:
+        params = {"ds_name": str(ref)}
+    row = session.connection().execute(_context_statement("ds_id" in params),
+                                       {**params, "prefix": prefix, "now": utcnow()}).first()
+    actor = require(*roles)(check_key(row, token))
+    if row.ds_id is None:
+        raise NotFound(f"dataset {ref} not found", details={"dataset": str(ref)})
+    return actor, SimpleNamespace(id=row.ds_id, name=row.ds_name, review_policy=row.review_policy), bool(row.has_own)
 
 
 def policy_of(dataset: Any) -> ReviewPolicy:
@@ -177,9 +212,9 @@ def _pick_statement(pg: bool, four_eyes: bool, admin: bool, with_exclude: bool) 
         ref = bindparam("ref", type_=E.c.ingested_by.type)
         cand = cand.where(E.c.ingested_by != ref,
                           none_of(REV.c.example_id == E.c.id, REV.c.author == ref,
-                                  REV.c.reason.in_(bindparam("authored", expanding=True))))
+                                  one_of(REV.c.reason, "authored", pg=pg)))
     if with_exclude:
-        cand = cand.where(E.c.id.not_in(bindparam("exclude", expanding=True)))
+        cand = cand.where(~one_of(E.c.id, "exclude", pg=pg))
     if pg:
         cand = cand.with_for_update(of=E, skip_locked=True)
     picked = cand.cte("picked")
@@ -201,19 +236,22 @@ def _pick_statement(pg: bool, four_eyes: bool, admin: bool, with_exclude: bool) 
 
 
 def next_items(session: Session, *, dataset: Any, actor: Actor, limit: int = 1,
-               exclude: Iterable[uuid.UUID] = (), with_view: bool = False) -> list[dict[str, Any]]:
+               exclude: Iterable[uuid.UUID] = (), with_view: bool = False,
+               own_leases: bool = True) -> list[dict[str, Any]]:
     """Hand the caller up to `limit` examples nobody else holds, each with a lease.
 
     The caller's own live leases come first (a reload gets the same item back, renewed). New items
     are picked with FOR UPDATE SKIP LOCKED on PostgreSQL, so concurrent callers split the queue
     instead of waiting; the lease upsert only takes a row whose lease is absent or expired, and
     RETURNING says which it took, so even a stale pick cannot hand one item to two reviewers.
-    Pick and upsert are one statement (a data-modifying CTE): one round trip on the hot path."""
+    Pick and upsert are one statement (a data-modifying CTE): one round trip on the hot path.
+    `own_leases=False` (the caller just checked, see queue_context) skips the own-lease query."""
     policy = policy_of(dataset)
     now = utcnow()
     expires = now + dt.timedelta(seconds=policy.lease_seconds)
     exclude = [uuid.UUID(str(x)) for x in exclude]
-    pg = _is_pg(session)
+    conn = session.connection()
+    pg = conn.dialect.name == "postgresql"
     _serialize_writers(session)
 
     own_q = (select(L.c.example_id).join(E, E.c.id == L.c.example_id)
@@ -223,7 +261,7 @@ def next_items(session: Session, *, dataset: Any, actor: Actor, limit: int = 1,
     if exclude:
         own_q = own_q.where(L.c.example_id.not_in(exclude))
     granted: dict[uuid.UUID, Any] = {}
-    own = list(session.scalars(own_q))
+    own = list(session.scalars(own_q)) if own_leases else []
     if own:
         for r in session.execute(update(L).where(L.c.example_id.in_(own)).values(expires_at=expires)
                                  .returning(L.c.example_id, L.c.revision_id, L.c.acquired_at, L.c.expires_at)):
@@ -242,7 +280,7 @@ def next_items(session: Session, *, dataset: Any, actor: Actor, limit: int = 1,
         if exclude:
             params["exclude"] = exclude
         got_any = False
-        for r in session.execute(stmt, params):
+        for r in conn.execute(stmt, params):
             granted[r.example_id] = r
             got_any = True
         if not got_any and _attempt > 0:  # twice nothing: the queue is empty for this caller
@@ -346,21 +384,34 @@ class _Batch:
     authored: set[tuple[uuid.UUID, str]]
 
 
-def _load_batch(session: Session, ids: list[uuid.UUID], refs: set[str]) -> _Batch:
-    """Three reads whatever the batch size; the lease and escalation ride on the locking read (both
-    are keyed by the example, so the outer joins add no rows)."""
+@functools.lru_cache(maxsize=2)
+def _batch_statements(pg: bool) -> tuple[Any, Any, Any]:
+    """The batch's three reads, built once (see one_of): the locking read with the lease and the
+    escalation riding on it (both keyed by the example, so the outer joins add no rows), the current
+    revisions' decisions, and which of the batch's reviewers wrote a revision of which example."""
     D = Dataset.__table__
-    q = (select(E.c.id, E.c.dataset_id, E.c.status, E.c.stage, E.c.current_revision_id, E.c.ingested_by,
-                D.c.review_policy, L.c.holder_key_id, L.c.holder, L.c.acquired_at, L.c.expires_at,
-                ESC.c.example_id.label("escalated_id"))
-         .join(D, D.c.id == E.c.dataset_id)
-         .outerjoin(L, L.c.example_id == E.c.id)
-         .outerjoin(ESC, ESC.c.example_id == E.c.id)
-         .where(E.c.id.in_(ids)).order_by(E.c.id))
-    if _is_pg(session):
+    lock = (select(E.c.id, E.c.dataset_id, E.c.status, E.c.stage, E.c.current_revision_id, E.c.ingested_by,
+                   D.c.review_policy, L.c.holder_key_id, L.c.holder, L.c.acquired_at, L.c.expires_at,
+                   ESC.c.example_id.label("escalated_id"))
+            .join(D, D.c.id == E.c.dataset_id)
+            .outerjoin(L, L.c.example_id == E.c.id)
+            .outerjoin(ESC, ESC.c.example_id == E.c.id)
+            .where(one_of(E.c.id, "ids", pg=pg)).order_by(E.c.id))
+    if pg:
         # Locked in id order, so concurrent batches queue instead of deadlocking.
-        q = q.with_for_update(of=E)
-    examples = {r.id: r for r in session.execute(q)}
+        lock = lock.with_for_update(of=E)
+    decisions = (select(R.c.revision_id, R.c.reviewer_key_id, R.c.decision)
+                 .where(one_of(R.c.revision_id, "rids", pg=pg)))
+    authored = (select(REV.c.example_id, REV.c.author)
+                .where(one_of(REV.c.example_id, "ids", pg=pg), one_of(REV.c.author, "refs", pg=pg),
+                       one_of(REV.c.reason, "authored", pg=pg)))
+    return lock, decisions, authored
+
+
+def _load_batch(session: Session, ids: list[uuid.UUID], refs: set[str]) -> _Batch:
+    conn = session.connection()
+    lock, decisions, authored_q = _batch_statements(conn.dialect.name == "postgresql")
+    examples = {r.id: r for r in conn.execute(lock, {"ids": ids})}
     leases = {e: SimpleNamespace(holder_key_id=r.holder_key_id, holder=r.holder, acquired_at=r.acquired_at,
                                  expires_at=r.expires_at)
               for e, r in examples.items() if r.holder_key_id is not None}
@@ -371,13 +422,11 @@ def _load_batch(session: Session, ids: list[uuid.UUID], refs: set[str]) -> _Batc
     decided: set[tuple[uuid.UUID, uuid.UUID]] = set()
     authored: set[tuple[uuid.UUID, str]] = set()
     if eids:
-        for r in session.execute(select(R.c.revision_id, R.c.reviewer_key_id, R.c.decision)
-                                 .where(R.c.revision_id.in_(rids))):
+        for r in conn.execute(decisions, {"rids": rids}):
             tallies[r.revision_id][r.decision] += 1
             decided.add((r.revision_id, r.reviewer_key_id))
-        authored = {(r.example_id, r.author) for r in session.execute(
-            select(REV.c.example_id, REV.c.author).where(REV.c.example_id.in_(eids), REV.c.author.in_(refs),
-                                                         REV.c.reason.in_(AUTHORED)))}
+        authored = {(r.example_id, r.author) for r in conn.execute(
+            authored_q, {"ids": eids, "refs": sorted(refs), "authored": list(AUTHORED)})}
     policies: dict[uuid.UUID, ReviewPolicy] = {}
     for r in examples.values():
         if r.dataset_id not in policies:
@@ -410,6 +459,18 @@ def _check(b: _Batch, eid: uuid.UUID, rq: DecisionRequest, now: dt.datetime) -> 
     if (ex.current_revision_id, actor.key_id) in b.decided:
         raise Conflict("you already decided on this revision", code="already_decided")
     return ex
+
+
+@functools.lru_cache(maxsize=2)
+def _write_statements(pg: bool) -> SimpleNamespace:
+    return SimpleNamespace(
+        add_reviews=insert(R),
+        drop_leases=delete(L).where(one_of(L.c.example_id, "ids", pg=pg)),
+        drop_escalations=delete(ESC).where(one_of(ESC.c.example_id, "ids", pg=pg)),
+        add_escalations=insert(ESC),
+        move=update(E).where(one_of(E.c.id, "ids", pg=pg)).values(
+            status=bindparam("new_status"), updated_at=bindparam("at", type_=E.c.updated_at.type)),
+    )
 
 
 def decide_many(session: Session, requests: list[DecisionRequest], *, atomic: bool = False) -> list[Any]:
@@ -496,18 +557,20 @@ def decide_many(session: Session, requests: list[DecisionRequest], *, atomic: bo
             if isinstance(r, PedigreeError):
                 r.details = {"example_id": str(requests[i].example_id), "cause": r.details}
                 raise r
+    conn = session.connection()
+    w = _write_statements(conn.dialect.name == "postgresql")
     if reviews:
         # The unique constraint backs the in-memory check up: a collision fails the whole batch, which
         # the caller then retries request by request.
-        session.execute(insert(R), reviews)
+        conn.execute(w.add_reviews, reviews)
     if lease_gone:
-        session.execute(delete(L).where(L.c.example_id.in_(lease_gone)))
+        conn.execute(w.drop_leases, {"ids": sorted(lease_gone)})
     if esc_gone:
-        session.execute(delete(ESC).where(ESC.c.example_id.in_(esc_gone)))
+        conn.execute(w.drop_escalations, {"ids": sorted(esc_gone)})
     if esc_new:
-        session.execute(insert(ESC), esc_new)
+        conn.execute(w.add_escalations, esc_new)
     for to, rows in moves.items():
-        session.execute(update(E).where(E.c.id.in_([r[0] for r in rows])).values(status=to, updated_at=now))
+        conn.execute(w.move, {"ids": [r[0] for r in rows], "new_status": to, "at": now})
         for eid, before, rid, why, actor in rows:
             audit.record(session, actor=actor.ref, action="example.status_changed", entity_type="example",
                          entity_id=eid, payload={"from": before, "to": to, "why": why, "revision_id": str(rid)})
