@@ -73,20 +73,6 @@ def _serialize_writers(session: Session) -> None:
         session.execute(update(L).where(false()).values(holder=L.c.holder))
 
 
-def dataset_ref(session: Session, ref: str) -> Any:
-    """The queue's dataset lookup by id or name, as a plain row (id, name, review_policy): the ORM
-    load of a Dataset with its JSON columns is a tenth of a queue request's CPU."""
-    D = Dataset.__table__
-    try:
-        cond = D.c.id == uuid.UUID(str(ref))
-    except ValueError:
-        cond = D.c.name == str(ref)
-    row = session.execute(select(D.c.id, D.c.name, D.c.review_policy).where(cond)).one_or_none()
-    if row is None:
-        raise NotFound(f"dataset {ref} not found", details={"dataset": str(ref)})
-    return row
-
-
 @functools.lru_cache(maxsize=2)
 def _context_statement(by_id: bool) -> Any:
     K, D = ApiKey.__table__, Dataset.__table__

@@ -98,6 +98,36 @@ def test_queue_hands_each_item_to_one_reviewer(api):
     assert api.as_("auditor").get(f"/v1/review/queue?dataset={ds['id']}").status_code == 403
 
 
+def test_queue_refuses_in_order_key_then_role_then_dataset(api):
+    """The queue checks the key, the role and the dataset in one statement; the answers must be
+    those of separate checks: a bad or revoked key is 401 whatever the dataset, a role that may
+    not review is 403 even for a dataset that does not exist, and only then an unknown one is 404."""
+    ds = new_dataset(api)
+    ingest(api, ds, 1)
+    missing = str(uuid.uuid4())
+
+    def get(key: str, ref: str):
+        return api.client.get(f"/v1/review/queue?dataset={ref}", headers={"Authorization": f"Bearer {key}"})
+
+    forged = api.keys["reviewer"][:-4] + "AAAA"
+    for key in ("not-a-key", forged, "pdg_000000000000_" + "x" * 43):
+        for ref in (ds["id"], missing):
+            r = get(key, ref)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", (key, ref, r.text)
+    r = get(api.keys["auditor"], missing)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    for ref in (missing, "no-such-dataset"):
+        r = get(api.keys["reviewer"], ref)
+        assert r.status_code == 404 and r.json()["error"]["details"] == {"dataset": ref}
+    # By name as well as by id; then the caller's own live lease comes back on the next call.
+    (item,) = get(api.keys["reviewer"], ds["name"]).json()["items"]
+    assert get(api.keys["reviewer"], ds["id"]).json()["items"][0]["example_id"] == item["example_id"]
+    key_id = next(k["id"] for k in api.as_("admin").get("/v1/keys").json()["items"] if k["name"] == "test-reviewer")
+    assert api.as_("admin").delete(f"/v1/keys/{key_id}").status_code == 200
+    r = get(api.keys["reviewer"], ds["id"])
+    assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
+
+
 def test_expired_and_foreign_leases_refuse_a_decision(api):
     ds = new_dataset(api)
     ingest(api, ds, 1)
