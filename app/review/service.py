@@ -240,18 +240,19 @@ def next_items(session: Session, *, dataset: Any, actor: Actor, limit: int = 1,
     pg = conn.dialect.name == "postgresql"
     _serialize_writers(session)
 
-    own_q = (select(L.c.example_id).join(E, E.c.id == L.c.example_id)
-             .where(L.c.dataset_id == dataset.id, L.c.holder_key_id == actor.key_id, L.c.expires_at > now,
-                    E.c.status == "pending_review", E.c.stage.is_(None), L.c.revision_id == E.c.current_revision_id)
-             .order_by(L.c.example_id).limit(limit))
-    if exclude:
-        own_q = own_q.where(L.c.example_id.not_in(exclude))
     granted: dict[uuid.UUID, Any] = {}
-    own = list(session.scalars(own_q)) if own_leases else []
-    if own:
-        for r in session.execute(update(L).where(L.c.example_id.in_(own)).values(expires_at=expires)
-                                 .returning(L.c.example_id, L.c.revision_id, L.c.acquired_at, L.c.expires_at)):
-            granted[r.example_id] = r
+    if own_leases:
+        own_q = (select(L.c.example_id).join(E, E.c.id == L.c.example_id)
+                 .where(L.c.dataset_id == dataset.id, L.c.holder_key_id == actor.key_id, L.c.expires_at > now,
+                        E.c.status == "pending_review", E.c.stage.is_(None),
+                        L.c.revision_id == E.c.current_revision_id)
+                 .order_by(L.c.example_id).limit(limit))
+        if exclude:
+            own_q = own_q.where(L.c.example_id.not_in(exclude))
+        if own := list(session.scalars(own_q)):
+            for r in session.execute(update(L).where(L.c.example_id.in_(own)).values(expires_at=expires)
+                                     .returning(L.c.example_id, L.c.revision_id, L.c.acquired_at, L.c.expires_at)):
+                granted[r.example_id] = r
 
     # A row another reviewer leased after this statement's snapshot is still lockable (their
     # transaction only locked it) but refused by the upsert; the next statement sees that lease and
