@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import any_, bindparam, delete, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from app.audit import service as audit
 from app.core.auth import Actor
@@ -681,38 +681,79 @@ def contaminates_eval(session: Session, example_id: uuid.UUID) -> bool:
 # --- read side -------------------------------------------------------------------------------------------
 
 
+_MAX_CHAIN = 8  # links followed from a root; a chain is one or two long in practice
+
+
+def _cluster_members(session: Session, dataset_id: uuid.UUID, roots: list[uuid.UUID]) -> dict[uuid.UUID, list[dict]]:
+    """Each root's members, following links through members that are canonical of links of their own.
+
+    Ingest's exact links keep pointing at the copy they found, as the record of what ingest saw; when
+    that copy later joins another cluster (a better canonical arrived, or it was edited), the exact
+    copies of it belong to that cluster too. They are listed there with `via`, the member they copy."""
+    out: dict[uuid.UUID, list[dict]] = {r: [] for r in roots}
+    frontier = {r: r for r in roots}  # node -> its root
+    seen = set(roots)
+    for _ in range(_MAX_CHAIN):
+        if not frontier:
+            break
+        nxt: dict[uuid.UUID, uuid.UUID] = {}
+        for chunk in _chunks(session, list(frontier)):
+            rows = session.execute(
+                select(DuplicateLink.canonical_example_id, DuplicateLink.example_id, DuplicateLink.method,
+                       DuplicateLink.similarity)
+                .where(DuplicateLink.dataset_id == dataset_id, _in(session, DuplicateLink.canonical_example_id, chunk))
+                .order_by(DuplicateLink.canonical_example_id, DuplicateLink.example_id)
+            )
+            for c, e, m, sim in rows:
+                if e in seen:
+                    continue
+                seen.add(e)
+                root = frontier[c]
+                item = {"example_id": str(e), "method": m, "similarity": sim}
+                if c != root:
+                    item["via"] = str(c)
+                out[root].append(item)
+                nxt[e] = root
+        frontier = nxt
+    return out
+
+
 def clusters_page(session: Session, *, dataset_id: uuid.UUID, cursor: str | None, limit: int) -> dict:
-    q = select(DuplicateLink.canonical_example_id).where(DuplicateLink.dataset_id == dataset_id).distinct()
+    # Clusters are named by their root: a canonical that is nobody's duplicate itself.
+    inner = aliased(DuplicateLink)
+    q = (select(DuplicateLink.canonical_example_id).where(DuplicateLink.dataset_id == dataset_id)
+         .where(~select(inner.id).where(inner.example_id == DuplicateLink.canonical_example_id).exists())
+         .distinct())
     if cursor:
         q = q.where(DuplicateLink.canonical_example_id > examples.decode_cursor(cursor))
     canon = list(session.scalars(q.order_by(DuplicateLink.canonical_example_id).limit(limit + 1)))
     nxt = examples.encode_cursor(canon[limit - 1]) if len(canon) > limit else None
     canon = canon[:limit]
-    members: dict[uuid.UUID, list[dict]] = {c: [] for c in canon}
-    for chunk in _chunks(session, canon):
-        rows = session.execute(
-            select(DuplicateLink.canonical_example_id, DuplicateLink.example_id, DuplicateLink.method,
-                   DuplicateLink.similarity)
-            .where(DuplicateLink.dataset_id == dataset_id, _in(session, DuplicateLink.canonical_example_id, chunk))
-            .order_by(DuplicateLink.canonical_example_id, DuplicateLink.example_id)
-        )
-        for c, e, m, s in rows:
-            members[c].append({"example_id": str(e), "method": m, "similarity": s})
+    members = _cluster_members(session, dataset_id, canon)
     return {
         "clusters": [{"canonical": str(c), "size": len(members[c]) + 1, "members": members[c]} for c in canon],
         "next_cursor": nxt,
     }
 
 
-def example_dedup_view(session: Session, ex: Example) -> dict:
-    link = session.execute(
+def _link_of(session: Session, example_id: uuid.UUID) -> Any:
+    return session.execute(
         select(DuplicateLink.canonical_example_id, DuplicateLink.method, DuplicateLink.similarity)
-        .where(DuplicateLink.example_id == ex.id).order_by(DuplicateLink.created_at.desc())
+        .where(DuplicateLink.example_id == example_id).order_by(DuplicateLink.created_at.desc())
     ).first()
-    canonical = link.canonical_example_id if link else ex.id
-    size = 1 + session.scalar(
-        select(func.count()).select_from(DuplicateLink).where(DuplicateLink.canonical_example_id == canonical)
-    )
+
+
+def example_dedup_view(session: Session, ex: Example) -> dict:
+    link = _link_of(session, ex.id)
+    # The cluster's root: up the links (an exact copy found at ingest points at the copy it found,
+    # which may have joined another cluster since), then its members as the listing counts them.
+    canonical, seen = ex.id, {ex.id}
+    up = link
+    while up is not None and up.canonical_example_id not in seen and len(seen) <= _MAX_CHAIN:
+        canonical = up.canonical_example_id
+        seen.add(canonical)
+        up = _link_of(session, canonical)
+    size = 1 + len(_cluster_members(session, ex.dataset_id, [canonical])[canonical])
     sig = session.get(DedupSignature, ex.id)
     hits = session.execute(
         select(DedupEvalHit.eval_dataset_id, DedupEvalHit.eval_example_id, DedupEvalHit.similarity)

@@ -247,6 +247,46 @@ def test_a_bridge_merges_clusters_and_the_approved_member_stays_canonical(api):
     assert ex["a"]["status"] == "pending_review" and ex["c"]["status"] == "duplicate"
 
 
+def test_an_exact_copy_follows_its_twin_into_a_later_cluster(api):
+    """x is an exact copy of a found at ingest (that link stays as ingest recorded it); when a later
+    joins b's cluster, x is listed in b's cluster too, via a, and its view names b as canonical."""
+    from sqlalchemy import update
+
+    words = [f"word{i}" for i in range(100)]
+    c_text = " ".join(words)
+    a_text = " ".join(words[:-6] + [f"end{i}" for i in range(6)])
+    b_text = " ".join([f"st{i}" for i in range(6)] + words[6:])
+    ds = new_dataset(api, **NO_PII)
+    ingest(api, ds, [row("a", a_text)])
+    ingest(api, ds, [row("b", b_text)])
+    x = row("x", a_text)
+    x["provenance"]["source"] = "another-source"
+    assert ingest(api, ds, [x])["accepted"] == 1
+    ex = by_ref(api, ds)
+    assert ex["x"]["status"] == "duplicate"
+    with session_scope() as s:  # as if a reviewer approved b
+        s.execute(update(Example).where(Example.id == uuid.UUID(ex["b"]["id"])).values(status="approved"))
+    ingest(api, ds, [row("c", c_text)])
+    ex = by_ref(api, ds)
+    assert ex["a"]["status"] == "duplicate"
+    page = api.as_("auditor").get(f"/v1/datasets/{ds['id']}/duplicates").json()
+    assert [c["canonical"] for c in page["clusters"]] == [ex["b"]["id"]], page
+    (cluster,) = page["clusters"]
+    assert cluster["size"] == 4
+    members = {m["example_id"]: m for m in cluster["members"]}
+    assert set(members) == {ex["a"]["id"], ex["c"]["id"], ex["x"]["id"]}
+    assert members[ex["x"]["id"]] == {"example_id": ex["x"]["id"], "method": "exact", "similarity": 1.0,
+                                      "via": ex["a"]["id"]}
+    assert "via" not in members[ex["a"]["id"]]
+    for ref in ("x", "a", "b"):
+        assert ex[ref]["dedup"]["cluster"] == {"canonical": ex["b"]["id"], "size": 4, "is_canonical": ref == "b"}
+    # The ingest link itself is kept as ingest recorded it.
+    with session_scope() as s:
+        (canon,) = s.execute(select(DuplicateLink.canonical_example_id)
+                             .where(DuplicateLink.example_id == uuid.UUID(ex["x"]["id"]))).one()
+    assert str(canon) == ex["a"]["id"]
+
+
 def test_an_invalid_policy_is_refused_at_the_door_and_ignored_by_the_stage(api):
     # The API refuses it on create and on PATCH (422 naming the field) ...
     r = api.as_("curator").post("/v1/datasets", json={"name": "bad-dedup", "format": "instruction",
