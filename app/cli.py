@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from app.lineage.cli import app as lineage_app
+from app.review.cli import app as review_app
 from app.snapshots.cli import app as snapshot_app
 from app.training.cli import app as runs_app
 
@@ -32,6 +33,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
 app.add_typer(snapshot_app, name="snapshot")
+app.add_typer(review_app, name="review")
 app.add_typer(runs_app, name="runs")
 app.add_typer(lineage_app, name="lineage")
 

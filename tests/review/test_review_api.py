@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 
 import pytest
@@ -333,3 +334,16 @@ def test_stats_with_agreement(api):
     assert ag["krippendorff_alpha"] is not None
     assert len(st["reviewers"]) == 2
     assert all(r["decisions"] == 4 for r in st["reviewers"])
+    # The operator's view of the same figures: `pedigree review stats` (by name or id; --json is the API's).
+    from typer.testing import CliRunner
+
+    from app.cli import app as cli
+
+    runner = CliRunner()
+    r = runner.invoke(cli, ["review", "stats", ds["name"]], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "pending 1  approved 2  rejected 1" in r.output and "percent agreement 0.75" in r.output
+    assert "test-reviewer-2" in r.output and "Cohen's kappa" in r.output
+    r = runner.invoke(cli, ["review", "stats", ds["id"], "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["agreement"] == st["agreement"]
+    assert runner.invoke(cli, ["review", "stats", "no-such-dataset"]).exit_code == 4
