@@ -25,6 +25,11 @@ class DedupPolicy(BaseModel):
     max_chars: int = Field(200_000, ge=1_000, description="longer texts are compared on this prefix (flagged)")
     # Only meaningful for training sets: check their examples against every evaluation set.
     eval_guard: bool = True
+    # Only meaningful for evaluation sets: also flag a training example when one of the two texts holds
+    # this share of the other's word n-grams (an evaluation item pasted inside a longer text, which
+    # Jaccard misses); null turns it off. See app/dedup/containment.py.
+    eval_containment: float | None = Field(0.8, gt=0.0, le=1.0, description="overlap coefficient of word n-grams")
+    eval_ngram: int = Field(8, ge=3, le=50, description="words per n-gram for eval_containment")
 
     @property
     def spec(self) -> MinHashSpec:

@@ -20,6 +20,7 @@ import functools
 import logging
 import threading
 import uuid
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from app.audit import service as audit
 from app.core.auth import Actor
 from app.core.config import get_settings
 from app.core.errors import Forbidden, InvalidState, NotFound
+from app.dedup import containment
 from app.dedup.cluster import METHOD_EXACT, METHOD_MINHASH, Member, canonical_order, verify_exact
 from app.dedup.lsh import MemoryLSHIndex, RedisLSHIndex, drop
 from app.dedup.minhash import (
@@ -48,7 +50,15 @@ from app.examples import service as examples
 from app.examples.formats import trainable_text
 from app.models.base import utcnow
 from app.models.dataset import Dataset
-from app.models.dedup import DedupDecision, DedupEvalHit, DedupPair, DedupRebuild, DedupSignature, DedupState
+from app.models.dedup import (
+    DedupDecision,
+    DedupEvalHit,
+    DedupEvalNgram,
+    DedupPair,
+    DedupRebuild,
+    DedupSignature,
+    DedupState,
+)
 from app.models.example import DuplicateLink, Example, ExampleRevision
 
 log = logging.getLogger(__name__)
@@ -180,9 +190,11 @@ def _in(session: Session, col, ids: list):
 
 
 def _pg_type(col) -> str:
-    from sqlalchemy import DateTime, Float, Integer, LargeBinary, Uuid
+    from sqlalchemy import BigInteger, DateTime, Float, Integer, LargeBinary, Uuid
 
     t = col.type
+    if isinstance(t, BigInteger):
+        return "int8"
     if isinstance(t, Uuid):
         return "uuid"
     if isinstance(t, DateTime):
@@ -328,6 +340,8 @@ def dedup_batch(session: Session, ds: Dataset, policy: DedupPolicy, batch: list[
         if b in id_set:
             cands.setdefault(b, set()).add(a)
 
+    if ds.is_eval_set:
+        _index_eval_ngrams(session, ds, policy, batch)
     hits = _eval_guard(session, ds, policy, batch) if policy.eval_guard else []
 
     state = _lock_state(session, ds.id)
@@ -366,8 +380,8 @@ def dedup_batch(session: Session, ds: Dataset, policy: DedupPolicy, batch: list[
             "duplicates": {str(k): str(v) for k, v in changes["duplicate"].items()},
             "demoted": {str(k): str(v) for k, v in changes["demoted"].items()},
             "restored": [str(x) for x in changes["restored"]],
-            "contaminates_eval": [[str(h["example_id"]), str(h["eval_example_id"]), round(h["similarity"], 4)]
-                                  for h in hits],
+            "contaminates_eval": [[str(h["example_id"]), str(h["eval_example_id"]), round(h["similarity"], 4),
+                                   h["method"]] for h in hits],
             "flags": {str(d.id): flag_names(f) for d, f in zip(batch, flagged, strict=True) if f},
         },
     )
@@ -625,6 +639,8 @@ def _eval_guard(session: Session, ds: Dataset, policy: DedupPolicy, batch: list[
         if not other_policy.enabled:
             continue
         eval_ds, eval_policy = (ds, policy) if ds.is_eval_set else (other, other_policy)
+        if not ds.is_eval_set and eval_policy.eval_containment is not None:
+            hits += _containment_hits(session, ds.id, other, other_policy, batch)
         state = _ensure_state(session, other.id)
         idx = open_index(session, other.id, other_policy, state.generation)
         found = idx.query(hasher(other_policy.spec).signatures(texts))
@@ -647,7 +663,59 @@ def _eval_guard(session: Session, ds: Dataset, policy: DedupPolicy, batch: list[
                     train_id, eval_id = (cid, d.id) if ds.is_eval_set else (d.id, cid)
                     train_ds = other.id if ds.is_eval_set else ds.id
                     hits.append({"dataset_id": train_ds, "example_id": train_id, "eval_dataset_id": eval_ds.id,
-                                 "eval_example_id": eval_id, "similarity": sim})
+                                 "eval_example_id": eval_id, "similarity": sim, "method": METHOD_MINHASH})
+    # One hit per pair: a near copy is also contained; Jaccard, found first here, is what it is called.
+    out: dict[tuple[uuid.UUID, uuid.UUID], dict] = {}
+    for h in hits:
+        key = (h["example_id"], h["eval_example_id"])
+        if key not in out or (out[key]["method"] != METHOD_MINHASH and h["method"] == METHOD_MINHASH):
+            out[key] = h
+    return list(out.values())
+
+
+def _index_eval_ngrams(session: Session, ds: Dataset, policy: DedupPolicy, batch: list[Doc]) -> None:
+    """An evaluation batch's n-gram fingerprints replace those of the same examples' older revisions."""
+    for chunk in _chunks(session, [d.id for d in batch]):
+        session.execute(delete(DedupEvalNgram).where(_in(session, DedupEvalNgram.example_id, chunk)))
+    if policy.eval_containment is None:
+        return
+    sets = containment.ngram_sets([d.text for d in batch], policy)
+    _insert_ignore(session, DedupEvalNgram.__table__, [
+        {"example_id": d.id, "h": h, "eval_dataset_id": ds.id}
+        for d, s in zip(batch, sets, strict=True) for h in containment.fingerprint(s)])
+
+
+def _containment_hits(session: Session, train_ds_id: uuid.UUID, eval_ds: Dataset, eval_policy: DedupPolicy,
+                      batch: list[Doc]) -> list[dict]:
+    """Training examples of the batch that contain an example of `eval_ds` or are contained in one
+    (see containment.py): candidates by the stored n-gram hashes, verified on the n-grams."""
+    sets = containment.ngram_sets([d.text for d in batch], eval_policy)
+    docs_of: dict[int, list[int]] = defaultdict(list)  # n-gram hash -> positions in the batch
+    for i, s in enumerate(sets):
+        for h in containment.fingerprint(s):
+            docs_of[h].append(i)
+    if not docs_of:
+        return []
+    shared: dict[int, Counter] = defaultdict(Counter)  # batch position -> eval example -> shared hashes
+    for chunk in _chunks(session, list(docs_of)):
+        for h, eid in session.execute(
+            select(DedupEvalNgram.h, DedupEvalNgram.example_id)
+            .where(DedupEvalNgram.eval_dataset_id == eval_ds.id, _in(session, DedupEvalNgram.h, chunk))
+        ):
+            for i in docs_of[h]:
+                shared[i][eid] += 1
+    cands = sorted((i, e) for i, c in shared.items() for e, n in c.items() if n >= containment.MIN_NGRAMS)
+    if not cands:
+        return []
+    theirs = _load_docs(session, {e for _, e in cands}, eval_ds.id)
+    their_sets = dict(zip(theirs, containment.ngram_sets([d.text for d in theirs.values()], eval_policy),
+                          strict=True))
+    hits = []
+    for i, e in cands:
+        c = containment.overlap(sets[i], their_sets.get(e, set()))
+        if c is not None and c >= eval_policy.eval_containment:
+            hits.append({"dataset_id": train_ds_id, "example_id": batch[i].id, "eval_dataset_id": eval_ds.id,
+                         "eval_example_id": e, "similarity": round(c, 4), "method": containment.METHOD})
     return hits
 
 
@@ -756,7 +824,8 @@ def example_dedup_view(session: Session, ex: Example) -> dict:
     size = 1 + len(_cluster_members(session, ex.dataset_id, [canonical])[canonical])
     sig = session.get(DedupSignature, ex.id)
     hits = session.execute(
-        select(DedupEvalHit.eval_dataset_id, DedupEvalHit.eval_example_id, DedupEvalHit.similarity)
+        select(DedupEvalHit.eval_dataset_id, DedupEvalHit.eval_example_id, DedupEvalHit.similarity,
+               DedupEvalHit.method)
         .where(DedupEvalHit.example_id == ex.id)
     ).all()
     allowed = set(session.scalars(
@@ -775,7 +844,8 @@ def example_dedup_view(session: Session, ex: Example) -> dict:
         "signature": {"spec": sig.spec_tag, "flags": flag_names(sig.flags), "revision_id": str(sig.revision_id)}
         if sig else None,
         "eval_matches": [{"eval_dataset_id": str(h.eval_dataset_id), "eval_example_id": str(h.eval_example_id),
-                          "similarity": round(h.similarity, 4), "allowed": h.eval_example_id in allowed}
+                          "similarity": round(h.similarity, 4), "method": h.method,
+                          "allowed": h.eval_example_id in allowed}
                          for h in hits],
         "decisions": [{"decision": d.decision, "other_example_id": str(d.other_example_id), "by": d.decided_by,
                        "reason": d.reason, "at": d.created_at.isoformat()} for d in decisions],
@@ -976,6 +1046,8 @@ def rebuild(dataset_id: str, rebuild_id: str, batch_size: int = 2000) -> dict:
                     a, b = sorted((p.a, p.b))
                     m = METHOD_EXACT if docs[a].content_sha256 == docs[b].content_sha256 else METHOD_MINHASH
                     pairs[(a, b)] = (p.similarity, m)
+                if ds.is_eval_set:
+                    _index_eval_ngrams(session, ds, policy, batch)
                 if policy.eval_guard:
                     hits += _eval_guard(session, ds, policy, batch)
                 if live:

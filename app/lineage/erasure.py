@@ -42,6 +42,7 @@ from app.lineage import service as lineage
 from app.lineage import training as tr
 from app.models.base import utcnow
 from app.models.dataset import Dataset
+from app.models.dedup import DedupEvalNgram
 from app.models.example import Example, ExampleRevision
 from app.models.lineage import ErasureRequest, ModelVersionTaint
 from app.models.pii import PiiVaultEntry
@@ -331,6 +332,8 @@ def _erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batc
     now = utcnow()
     tomb = _tombstone(req_id, now.isoformat())
     vault_deleted = session.execute(delete(PiiVaultEntry).where(_in(session, PiiVaultEntry.example_id, ids))).rowcount
+    # An evaluation example's n-gram hashes fingerprint its text: they go with it.
+    session.execute(delete(DedupEvalNgram).where(_in(session, DedupEvalNgram.example_id, ids)))
     revisions = session.execute(update(ExampleRevision).where(_in(session, ExampleRevision.example_id, ids))
                                 .values(content=tomb).execution_options(synchronize_session=False)).rowcount
     session.execute(update(Example).where(_in(session, Example.id, ids))

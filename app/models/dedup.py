@@ -6,7 +6,17 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, CreatedAtMixin, IdMixin, utcnow
@@ -73,6 +83,22 @@ class DedupEvalHit(IdMixin, CreatedAtMixin, Base):
     eval_dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id"))
     eval_example_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("examples.id"))
     similarity: Mapped[float] = mapped_column(Float)
+    # "minhash": Jaccard of the shingle sets; "containment": the overlap coefficient of word n-grams
+    # (one text inside the other), see app/dedup/containment.py.
+    method: Mapped[str] = mapped_column(String(20), default="minhash", server_default="minhash")
+
+
+class DedupEvalNgram(Base):
+    """64-bit hashes of an evaluation example's word n-grams, for the containment half of the eval
+    guard: a training batch's n-grams are looked up here. Only evaluation sets store them (they are
+    small); a row is deleted with its example's next revision or its erasure."""
+
+    __tablename__ = "dedup_eval_ngrams"
+    __table_args__ = (Index("ix_dedup_eval_ngrams_eval_dataset_id_h", "eval_dataset_id", "h"),)
+
+    example_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("examples.id"), primary_key=True)
+    h: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    eval_dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id"))
 
 
 class DedupState(Base):

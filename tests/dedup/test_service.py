@@ -180,6 +180,63 @@ def test_eval_contamination_guard(api, eval_first):
     assert summary["contaminates_eval"] == 0
 
 
+QA_Q = "Which two colours of light does chlorophyll absorb most strongly during photosynthesis in plant leaves?"
+QA_A = "It absorbs mostly blue and red light and reflects the green part of the spectrum back to our eyes."
+FILLER = " ".join(f"Paragraph {i} of the field guide describes soil, water and the seasons in plain words." for i in range(12))
+
+
+def test_eval_containment_guard(api):
+    """An evaluation item pasted inside a long training text (Jaccard ~0.1, far below any threshold)
+    is caught by the n-gram containment check; a shared phrase is not; the eval set's policy can turn
+    it off; after an eval item arrives, a rebuild of the training set finds older training texts."""
+    evalset = new_dataset(api, is_eval_set=True, **NO_PII)
+    train = new_dataset(api, **NO_PII)
+    ingest(api, evalset, [{"instruction": QA_Q, "input": "", "output": QA_A,
+                           "provenance": {"source": "t", "source_ref": "e1"}}])
+    inside = f"{FILLER} {QA_Q} {QA_A} {FILLER[::-1]}"
+    phrase = f"{FILLER} Which two colours of light does chlorophyll absorb most strongly? Nobody knows."
+    ingest(api, train, [row("t_in", inside), row("t_phrase", phrase), row("t_other", OTHER)])
+    ex = by_ref(api, train)
+    assert ex["t_in"]["contaminates_eval"] is True, ex["t_in"]["dedup"]
+    (m,) = ex["t_in"]["dedup"]["eval_matches"]
+    assert m["method"] == "containment" and m["similarity"] >= 0.8 and m["eval_dataset_id"] == evalset["id"]
+    assert ex["t_phrase"]["contaminates_eval"] is False and ex["t_other"]["contaminates_eval"] is False
+    # The training text the other way round: a passage of a long evaluation item.
+    long_eval = new_dataset(api, is_eval_set=True, **NO_PII)
+    ingest(api, long_eval, [row("e_long", inside)])
+    ingest(api, train, [row("t_part", f"{QA_Q} {QA_A}")])
+    got = {m["eval_dataset_id"]: m["method"] for m in by_ref(api, train)["t_part"]["dedup"]["eval_matches"]}
+    assert got == {long_eval["id"]: "containment", evalset["id"]: "minhash"}  # and a near copy of e1
+    # Off in the eval set's policy: nothing new is flagged that way.
+    api.as_("curator").patch(f"/v1/datasets/{evalset['id']}", json={"dedup_policy": {"eval_containment": None}})
+    api.as_("curator").patch(f"/v1/datasets/{long_eval['id']}", json={"dedup_policy": {"eval_containment": None}})
+    for ds in (evalset, long_eval):
+        assert api.as_("curator").post(f"/v1/datasets/{ds['id']}/dedup:rebuild").status_code == 202
+    other_filler = " ".join(f"Chapter {i} of the cookbook lists flour, butter and an oven at a steady heat." for i in range(12))
+    ingest(api, train, [row("t_in2", f"{other_filler} {QA_Q} {QA_A}")])
+    assert by_ref(api, train)["t_in2"]["contaminates_eval"] is False
+    # Eval item after the training text: found when the training set is rebuilt.
+    late = new_dataset(api, is_eval_set=True, **NO_PII)
+    ingest(api, late, [row("e_late", f"{QA_Q} {QA_A}")])
+    assert by_ref(api, train)["t_in2"]["contaminates_eval"] is False
+    assert api.as_("curator").post(f"/v1/datasets/{train['id']}/dedup:rebuild").status_code == 202
+    ex = by_ref(api, train)
+    assert ex["t_in2"]["contaminates_eval"] is True and ex["t_in"]["contaminates_eval"] is True
+    # Erasing the eval item takes its n-gram fingerprints with it.
+    from app.models.dedup import DedupEvalNgram
+
+    e_late = by_ref(api, late)["e_late"]["id"]
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(DedupEvalNgram)
+                        .where(DedupEvalNgram.example_id == uuid.UUID(e_late))) > 0
+    r = api.as_("admin").post("/v1/erasure-requests", json={
+        "selector": {"source_refs": ["e_late"], "dataset_id": late["id"]}, "reason": "test"})
+    assert r.status_code in (200, 201, 202), r.text
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(DedupEvalNgram)
+                        .where(DedupEvalNgram.example_id == uuid.UUID(e_late))) == 0
+
+
 def test_a_redis_fault_mid_batch_marks_nothing_and_the_rerun_does(db, monkeypatch):
     import redis
     from fastapi.testclient import TestClient
