@@ -2,12 +2,18 @@
 
 MinHash LSH finds near copies, and Jaccard is the wrong measure when a short text sits inside a long
 one: an evaluation question and answer pasted into a longer training document have a Jaccard of
-about |short| / |long|, far below any useful threshold. So evaluation examples also store the 64-bit
-hashes of their word n-grams (8 words by default; an evaluation set is small), a training batch's
-n-grams are looked up there, and each candidate pair is verified exactly on the n-gram sets. A pair
-is flagged when the overlap coefficient |A ∩ B| / min(|A|, |B|) reaches the evaluation set's
+about |short| / |long|, far below any useful threshold. So evaluation examples also store fingerprints
+of their word n-grams (8 words by default; an evaluation set is small), a training batch's
+fingerprints are looked up there, and each candidate pair is verified exactly on the n-gram sets. A
+pair is flagged when the overlap coefficient |A ∩ B| / min(|A|, |B|) reaches the evaluation set's
 `eval_containment`, so a training example that is a passage of a long evaluation item counts too,
-and only with at least MIN_NGRAMS n-grams on the smaller side: a shared phrase is no evidence.
+and only with at least MIN_NGRAMS n-grams (11 words) on the smaller side: a shared phrase is no
+evidence.
+
+Fingerprints are winnowed (Schleimer, Wilkerson and Aiken, SIGMOD 2003, the scheme behind MOSS): of
+every WINDOW consecutive n-gram hashes the smallest is kept. Two texts that share a run of
+WINDOW + n - 1 words share that run's windows, hence their minima: no contained item is missed, and
+about 2 / (WINDOW + 1) of the hashes are stored and looked up.
 
 Texts are normalised and split exactly as for MinHash (app/dedup/minhash.py); scripts written
 without spaces are cut into character n-grams twice as long as the word n-grams.
@@ -17,12 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import xxhash
 
-from app.dedup.minhash import MinHashSpec, shingle_sets
+from app.dedup.minhash import MinHashSpec, shingle_batch
 from app.dedup.schemas import DedupPolicy
 
-MIN_NGRAMS = 3
+WINDOW = 4
+# The winnowing guarantee needs a shared run of WINDOW n-grams; fewer is no evidence anyway.
+MIN_NGRAMS = WINDOW
 METHOD = "containment"
 
 
@@ -31,20 +40,28 @@ def ngram_spec(policy: DedupPolicy) -> MinHashSpec:
                        max_chars=policy.max_chars)
 
 
-def ngram_sets(texts: Sequence[str], policy: DedupPolicy) -> list[set[bytes]]:
-    """Each text's n-gram set; empty for a text with fewer than MIN_NGRAMS of them (a text shorter
-    than one n-gram is one "n-gram" of all its words, and is left to the Jaccard guard)."""
-    return [s if len(s) >= MIN_NGRAMS else set() for s in shingle_sets(texts, ngram_spec(policy))]
+class Ngrams:
+    """The n-grams of a batch of texts, in text order; per text its set and its winnowed fingerprints
+    (signed 64-bit, a BIGINT column). A text with fewer than MIN_NGRAMS distinct n-grams has neither
+    (a text shorter than one n-gram is one "n-gram" of all its words, left to the Jaccard guard)."""
 
+    def __init__(self, texts: Sequence[str], policy: DedupPolicy) -> None:
+        flat, counts, _ = shingle_batch(texts, ngram_spec(policy))
+        hashes = np.fromiter((xxhash.xxh64_intdigest(g) for g in flat), dtype=np.uint64, count=len(flat))
+        hashes = hashes.view(np.int64)
+        ends = np.cumsum(counts)
+        self._flat, self._bounds = flat, list(zip((ends - counts).tolist(), ends.tolist(), strict=True))
+        self.fingerprints: list[np.ndarray] = []
+        for a, b in self._bounds:
+            h = hashes[a:b]
+            if len(np.unique(h)) < MIN_NGRAMS:
+                self.fingerprints.append(np.empty(0, dtype=np.int64))
+            else:
+                self.fingerprints.append(np.unique(np.lib.stride_tricks.sliding_window_view(h, WINDOW).min(axis=1)))
 
-def fingerprint(ngrams: set[bytes]) -> list[int]:
-    """64-bit hashes as signed integers (a BIGINT column). A collision only adds a candidate: every
-    candidate is verified on the n-grams themselves."""
-    out = []
-    for g in ngrams:
-        h = xxhash.xxh64_intdigest(g)
-        out.append(h - (1 << 64) if h >= 1 << 63 else h)
-    return out
+    def set(self, i: int) -> set[bytes]:
+        a, b = self._bounds[i]
+        return set(self._flat[a:b]) if len(self.fingerprints[i]) else set()
 
 
 def overlap(a: set[bytes], b: set[bytes]) -> float | None:

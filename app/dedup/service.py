@@ -20,7 +20,7 @@ import functools
 import logging
 import threading
 import uuid
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -634,13 +634,14 @@ def _eval_guard(session: Session, ds: Dataset, policy: DedupPolicy, batch: list[
     ).all()
     hits: list[dict] = []
     texts = [d.text for d in batch]
+    contained: list[tuple[Dataset, DedupPolicy]] = []  # eval sets to look the batch's n-grams up in
     for other in others:
         other_policy = policy_of(other)
         if not other_policy.enabled:
             continue
         eval_ds, eval_policy = (ds, policy) if ds.is_eval_set else (other, other_policy)
         if not ds.is_eval_set and eval_policy.eval_containment is not None:
-            hits += _containment_hits(session, ds.id, other, other_policy, batch)
+            contained.append((other, other_policy))
         state = _ensure_state(session, other.id)
         idx = open_index(session, other.id, other_policy, state.generation)
         found = idx.query(hasher(other_policy.spec).signatures(texts))
@@ -664,6 +665,8 @@ def _eval_guard(session: Session, ds: Dataset, policy: DedupPolicy, batch: list[
                     train_ds = other.id if ds.is_eval_set else ds.id
                     hits.append({"dataset_id": train_ds, "example_id": train_id, "eval_dataset_id": eval_ds.id,
                                  "eval_example_id": eval_id, "similarity": sim, "method": METHOD_MINHASH})
+    if contained:
+        hits += _containment_hits(session, ds.id, contained, batch)
     # One hit per pair: a near copy is also contained; Jaccard, found first here, is what it is called.
     out: dict[tuple[uuid.UUID, uuid.UUID], dict] = {}
     for h in hits:
@@ -679,43 +682,61 @@ def _index_eval_ngrams(session: Session, ds: Dataset, policy: DedupPolicy, batch
         session.execute(delete(DedupEvalNgram).where(_in(session, DedupEvalNgram.example_id, chunk)))
     if policy.eval_containment is None:
         return
-    sets = containment.ngram_sets([d.text for d in batch], policy)
+    grams = containment.Ngrams([d.text for d in batch], policy)
     _insert_ignore(session, DedupEvalNgram.__table__, [
         {"example_id": d.id, "h": h, "eval_dataset_id": ds.id}
-        for d, s in zip(batch, sets, strict=True) for h in containment.fingerprint(s)])
+        for d, fp in zip(batch, grams.fingerprints, strict=True) for h in fp.tolist()])
 
 
-def _containment_hits(session: Session, train_ds_id: uuid.UUID, eval_ds: Dataset, eval_policy: DedupPolicy,
+_NGRAM_LOOKUP_CHUNK = 5000  # hashes per IN (...) list on SQLite (PostgreSQL: one array)
+
+
+def _containment_hits(session: Session, train_ds_id: uuid.UUID, evals: list[tuple[Dataset, DedupPolicy]],
                       batch: list[Doc]) -> list[dict]:
-    """Training examples of the batch that contain an example of `eval_ds` or are contained in one
-    (see containment.py): candidates by the stored n-gram hashes, verified on the n-grams."""
-    sets = containment.ngram_sets([d.text for d in batch], eval_policy)
-    docs_of: dict[int, list[int]] = defaultdict(list)  # n-gram hash -> positions in the batch
-    for i, s in enumerate(sets):
-        for h in containment.fingerprint(s):
-            docs_of[h].append(i)
-    if not docs_of:
-        return []
-    shared: dict[int, Counter] = defaultdict(Counter)  # batch position -> eval example -> shared hashes
-    for chunk in _chunks(session, list(docs_of)):
-        for h, eid in session.execute(
-            select(DedupEvalNgram.h, DedupEvalNgram.example_id)
-            .where(DedupEvalNgram.eval_dataset_id == eval_ds.id, _in(session, DedupEvalNgram.h, chunk))
-        ):
-            for i in docs_of[h]:
-                shared[i][eid] += 1
-    cands = sorted((i, e) for i, c in shared.items() for e, n in c.items() if n >= containment.MIN_NGRAMS)
-    if not cands:
-        return []
-    theirs = _load_docs(session, {e for _, e in cands}, eval_ds.id)
-    their_sets = dict(zip(theirs, containment.ngram_sets([d.text for d in theirs.values()], eval_policy),
-                          strict=True))
+    """Training examples of the batch that contain an evaluation example or are contained in one (see
+    containment.py): candidates by the stored n-gram hashes, verified on the n-grams. Eval sets that
+    cut n-grams alike share the batch's n-grams and one lookup."""
+    groups: dict[tuple[int, int], list[tuple[Dataset, DedupPolicy]]] = defaultdict(list)
+    for ev, pol in evals:
+        groups[(pol.eval_ngram, pol.max_chars)].append((ev, pol))
     hits = []
-    for i, e in cands:
-        c = containment.overlap(sets[i], their_sets.get(e, set()))
-        if c is not None and c >= eval_policy.eval_containment:
-            hits.append({"dataset_id": train_ds_id, "example_id": batch[i].id, "eval_dataset_id": eval_ds.id,
-                         "eval_example_id": e, "similarity": round(c, 4), "method": containment.METHOD})
+    for members in groups.values():
+        spec_policy = members[0][1]
+        policies = {ev.id: pol for ev, pol in members}
+        grams = containment.Ngrams([d.text for d in batch], spec_policy)
+        # Fingerprint -> positions in the batch, as sorted arrays (a dict of lists per batch made enough
+        # small objects to set off the garbage collector mid-batch).
+        fp = np.concatenate(grams.fingerprints) if batch else np.empty(0, dtype=np.int64)
+        pos = np.repeat(np.arange(len(batch)), [len(f) for f in grams.fingerprints])
+        order = np.argsort(fp, kind="stable")
+        fp, pos = fp[order], pos[order]
+        wanted = np.unique(fp).tolist()
+        if not wanted:
+            continue
+        cands: set[tuple[int, uuid.UUID, uuid.UUID]] = set()
+        for chunk in _chunks(session, wanted, _NGRAM_LOOKUP_CHUNK):
+            for h, eid, eds in session.execute(
+                select(DedupEvalNgram.h, DedupEvalNgram.example_id, DedupEvalNgram.eval_dataset_id)
+                .where(_in(session, DedupEvalNgram.h, chunk), DedupEvalNgram.eval_dataset_id.in_(list(policies)))
+            ):
+                lo, hi = np.searchsorted(fp, h, side="left"), np.searchsorted(fp, h, side="right")
+                cands.update((int(i), eds, eid) for i in pos[lo:hi].tolist())
+        if not cands:
+            continue
+        theirs = _load_docs(session, {eid for _, _, eid in cands})
+        their_ids = list(theirs)
+        their_grams = containment.Ngrams([theirs[e].text for e in their_ids], spec_policy)
+        their_sets = {e: their_grams.set(k) for k, e in enumerate(their_ids)}
+        mine: dict[int, set[bytes]] = {}
+        for i, eds, eid in sorted(cands):
+            if eid not in theirs or theirs[eid].dataset_id != eds:
+                continue
+            if i not in mine:
+                mine[i] = grams.set(i)
+            c = containment.overlap(mine[i], their_sets[eid])
+            if c is not None and c >= policies[eds].eval_containment:
+                hits.append({"dataset_id": train_ds_id, "example_id": batch[i].id, "eval_dataset_id": eds,
+                             "eval_example_id": eid, "similarity": round(c, 4), "method": containment.METHOD})
     return hits
 
 

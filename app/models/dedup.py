@@ -94,7 +94,7 @@ class DedupEvalNgram(Base):
     small); a row is deleted with its example's next revision or its erasure."""
 
     __tablename__ = "dedup_eval_ngrams"
-    __table_args__ = (Index("ix_dedup_eval_ngrams_eval_dataset_id_h", "eval_dataset_id", "h"),)
+    __table_args__ = (Index("ix_dedup_eval_ngrams_h_eval_dataset_id", "h", "eval_dataset_id"),)
 
     example_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("examples.id"), primary_key=True)
     h: Mapped[int] = mapped_column(BigInteger, primary_key=True)

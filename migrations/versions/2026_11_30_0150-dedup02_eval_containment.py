@@ -26,7 +26,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(['example_id'], ['examples.id'], name=op.f('fk_dedup_eval_ngrams_example_id_examples')),
         sa.PrimaryKeyConstraint('example_id', 'h', name=op.f('pk_dedup_eval_ngrams')),
     )
-    op.create_index('ix_dedup_eval_ngrams_eval_dataset_id_h', 'dedup_eval_ngrams', ['eval_dataset_id', 'h'])
+    op.create_index('ix_dedup_eval_ngrams_h_eval_dataset_id', 'dedup_eval_ngrams', ['h', 'eval_dataset_id'])
     with op.batch_alter_table('dedup_eval_hits') as batch:
         batch.add_column(sa.Column('method', sa.String(length=20), server_default='minhash', nullable=False))
 
@@ -34,5 +34,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table('dedup_eval_hits') as batch:
         batch.drop_column('method')
-    op.drop_index('ix_dedup_eval_ngrams_eval_dataset_id_h', table_name='dedup_eval_ngrams')
+    op.drop_index('ix_dedup_eval_ngrams_h_eval_dataset_id', table_name='dedup_eval_ngrams')
     op.drop_table('dedup_eval_ngrams')
