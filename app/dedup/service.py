@@ -1078,7 +1078,12 @@ def rebuild(dataset_id: str, rebuild_id: str, batch_size: int = 2000) -> dict:
                 {"id": uuid.uuid4(), "dataset_id": ds.id, "example_a_id": a, "example_b_id": b, "method": m,
                  "similarity": s, "created_at": utcnow()} for (a, b), (s, m) in pairs.items()])
             side = DedupEvalHit.eval_dataset_id if ds.is_eval_set else DedupEvalHit.dataset_id
-            session.execute(delete(DedupEvalHit).where(side == ds.id))
+            stale = delete(DedupEvalHit).where(side == ds.id)
+            if ds.is_eval_set and policy.eval_containment is not None:
+                # Containment is found from the training side only (training n-grams are not kept):
+                # an eval set's rebuild recomputes its Jaccard hits and keeps those.
+                stale = stale.where(DedupEvalHit.method != containment.METHOD)
+            session.execute(stale)
             _store_eval_hits(session, hits)
             changes = _recluster(session, ds.id, policy, set(ids), in_batch=set())
             state.generation = gen

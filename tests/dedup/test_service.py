@@ -207,14 +207,20 @@ def test_eval_containment_guard(api):
     ingest(api, train, [row("t_part", f"{QA_Q} {QA_A}")])
     got = {m["eval_dataset_id"]: m["method"] for m in by_ref(api, train)["t_part"]["dedup"]["eval_matches"]}
     assert got == {long_eval["id"]: "containment", evalset["id"]: "minhash"}  # and a near copy of e1
-    # Off in the eval set's policy: nothing new is flagged that way.
+    # Rebuilding an eval set recomputes its Jaccard hits and keeps the containment ones.
+    assert api.as_("curator").post(f"/v1/datasets/{evalset['id']}/dedup:rebuild").status_code == 202
+    assert by_ref(api, train)["t_in"]["contaminates_eval"] is True
+    # Off in the eval set's policy: its containment hits go at its rebuild, and nothing new is flagged.
     api.as_("curator").patch(f"/v1/datasets/{evalset['id']}", json={"dedup_policy": {"eval_containment": None}})
     api.as_("curator").patch(f"/v1/datasets/{long_eval['id']}", json={"dedup_policy": {"eval_containment": None}})
     for ds in (evalset, long_eval):
         assert api.as_("curator").post(f"/v1/datasets/{ds['id']}/dedup:rebuild").status_code == 202
     other_filler = " ".join(f"Chapter {i} of the cookbook lists flour, butter and an oven at a steady heat." for i in range(12))
     ingest(api, train, [row("t_in2", f"{other_filler} {QA_Q} {QA_A}")])
-    assert by_ref(api, train)["t_in2"]["contaminates_eval"] is False
+    ex = by_ref(api, train)
+    assert ex["t_in2"]["contaminates_eval"] is False
+    # t_in stays flagged by Jaccard only: it is a copy of e_long (the same text, same fields).
+    assert {m["method"] for m in ex["t_in"]["dedup"]["eval_matches"]} == {"minhash"}
     # Eval item after the training text: found when the training set is rebuilt.
     late = new_dataset(api, is_eval_set=True, **NO_PII)
     ingest(api, late, [row("e_late", f"{QA_Q} {QA_A}")])
