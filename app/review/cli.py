@@ -12,8 +12,6 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(help="Review progress and agreement.", no_args_is_help=True)
-out = Console()
-err = Console(stderr=True)
 
 
 def _fmt(v: Any) -> str:
@@ -35,6 +33,8 @@ def stats(dataset: Annotated[str, typer.Argument(help="dataset id or name")],
     from app.datasets import service as datasets
     from app.review import service
 
+    # Made per call, not at import: the width is read from the terminal (or COLUMNS) when it prints.
+    out, err = Console(), Console(stderr=True)
     if get_settings().is_embedded:
         from app.core.migrate import upgrade_head
 
