@@ -171,6 +171,24 @@ def test_untrusted_text_is_shown_as_text_and_placeholders_highlighted(page, serv
         page.screenshot(path=shot, full_page=False)
 
 
+def test_an_evaluation_item_inside_the_example_is_shown(page, server: Server) -> None:
+    q = "Which planet in the solar system has the longest day, longer even than its own year around the Sun?"
+    a = "Venus takes about 243 Earth days to turn once, longer than the 225 days it needs to orbit the Sun."
+    ev = server.call("POST", "/v1/datasets", "curator", json={"name": f"eval-{uuid.uuid4().hex[:6]}",
+                                                              "format": "instruction", "is_eval_set": True}).json()
+    assert server.call("POST", f"/v1/datasets/{ev['id']}/examples", "curator",
+                       json=[{"instruction": q, "input": "", "output": a}]).status_code == 201
+    filler = " ".join(f"Note {i}: the observatory opens at nine and closes at five on weekdays." for i in range(10))
+    ds, (eid,) = server.dataset([{"instruction": "Summarise the visitor notes.", "input": "",
+                                  "output": f"{filler} {q} {a} {filler}"}])
+    assert status(server, eid)["contaminates_eval"] is True
+    sign_in(page, server, dataset=ds)
+    match = page.get_by_test_id("eval-match")
+    match.wait_for()
+    assert "evaluation set" in match.inner_text() and "contains / contained" in match.inner_text()
+    assert "left out of snapshots" in match.inner_text()
+
+
 def test_signed_out_page_and_bad_key(page, server: Server) -> None:
     page.goto(server.url + "/review")
     page.get_by_test_id("api-key").fill("pdg_nope_nope")

@@ -140,10 +140,18 @@
         f.operator || "", f.verdict || ""].filter(Boolean).join(" · "))));
     listInto("flags", ex.quality_flags, (f) => el("li", {}, el("code", {}, f.code), " ",
       el("span", { class: "muted" }, [f.field, f.message].filter(Boolean).join(": "))));
-    listInto("dups", ex.duplicates, (d) => el("li", {},
-      el("a", { href: "/review?dataset=" + encodeURIComponent(ex.dataset_id) + "#" + d.example_id, class: "mono",
-        "data-example": d.example_id }, d.example_id.slice(0, 8)),
-      " ", el("span", { class: "muted" }, `${d.relation} · ${d.method} · ${Math.round(100 * d.similarity)}%`)));
+    // Duplicate links within the dataset, then overlaps with evaluation sets (an example that holds an
+    // evaluation item stays out of snapshots unless a curator allows it; the reviewer should know).
+    const evalMatches = ((ex.dedup || {}).eval_matches || []).map((m) => ({ ...m, eval: true }));
+    listInto("dups", [...(ex.duplicates || []), ...evalMatches], (d) => d.eval
+      ? el("li", { class: d.allowed ? "" : "warn", "data-testid": "eval-match" },
+        el("strong", {}, "evaluation set"), " ",
+        el("span", { class: "muted" }, [d.method === "containment" ? "contains / contained" : "near copy",
+          `${Math.round(100 * d.similarity)}%`, d.allowed ? "allowed by a curator" : "left out of snapshots"].join(" · ")))
+      : el("li", {},
+        el("a", { href: "/review?dataset=" + encodeURIComponent(ex.dataset_id) + "#" + d.example_id, class: "mono",
+          "data-example": d.example_id }, d.example_id.slice(0, 8)),
+        " ", el("span", { class: "muted" }, `${d.relation} · ${d.method} · ${Math.round(100 * d.similarity)}%`)));
     listInto("suggestions", ex.suggestions, (s) => el("li", {},
       el("strong", {}, s.label || "—"), s.score != null ? ` (${Number(s.score).toFixed(2)})` : "", " ",
       el("span", { class: "muted" }, [s.model || s.source, s.reason_code, s.comment].filter(Boolean).join(" · "))));
