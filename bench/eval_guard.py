@@ -1,7 +1,7 @@
 """Evaluation-set contamination guard: the Jaccard guard alone (the baseline: what the guard was) against
 Jaccard + word n-gram containment (ours), side by side in one run, through the real pipeline.
 
-    python -m bench.eval_guard [--eval 300] [--clean 2000] [--reps 3]
+    python -m bench.eval_guard [--eval 300] [--clean 2000] [--reps 5]
 
 Each arm gets fresh databases on the embedded default (SQLite, pipeline tasks in-process, PII stage
 off: it is not what is measured) and the same data, imported over the HTTP API; the arms differ only in
@@ -19,7 +19,8 @@ shared corpora:
   set, the 95 answers (cut / light / heavy copies, and non) as a second training set.
 
 Figures: the share flagged per kind and per Clough category, false positives on clean + quote, and the
-pipeline's wall time on the training set (median of --reps, ours / baseline). The last stdout line is
+pipeline's wall time on the training set (median of --reps, ours / baseline); then ours once more with
+the evaluation sets imported after the training sets (the containment sweep finds the older texts). The last stdout line is
 one JSON object with the figures, the targets and "pass".
 """
 
@@ -116,9 +117,11 @@ def clough() -> tuple[list[dict], list[dict], dict[str, str]]:
 
 
 def run_arm(containment: bool, eval_rows: list[dict], train: list[dict], c_origs: list[dict], c_answers: list[dict],
-            workdir: Path) -> dict:
+            workdir: Path, eval_last: bool = False) -> dict:
     """One arm on a fresh SQLite database: returns the flagged training refs per evaluation set and
-    the wall time of the training import (the pipeline runs inside it on the embedded default)."""
+    the wall time of the training import (the pipeline runs inside it on the embedded default); with
+    `eval_last`, the evaluation sets come after the training sets and the time is that of the eval
+    import, which includes the containment sweep over the training sets."""
     os.environ["PEDIGREE_DATABASE_URL"] = f"sqlite:///{workdir / 'pedigree.db'}"
     os.environ.pop("PEDIGREE_REDIS_URL", None)
     os.environ["PEDIGREE_EMBEDDED"] = "true"
@@ -157,10 +160,16 @@ def run_arm(containment: bool, eval_rows: list[dict], train: list[dict], c_origs
 
         ev, tr = dataset("instruction", True), dataset("instruction", False)
         cev, ctr = dataset("completion", True), dataset("completion", False)
-        load(ev, eval_rows)
-        load(cev, c_origs)
-        seconds = load(tr, train)
-        load(ctr, c_answers)
+        if eval_last:
+            load(tr, train)
+            load(ctr, c_answers)
+            seconds = load(ev, eval_rows)
+            load(cev, c_origs)
+        else:
+            load(ev, eval_rows)
+            load(cev, c_origs)
+            seconds = load(tr, train)
+            load(ctr, c_answers)
         flagged: dict[str, dict[str, str]] = {ev: {}, cev: {}}
         with session_scope() as s:
             for ref, eds, method in s.execute(
@@ -175,7 +184,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--eval", type=int, default=300, help="evaluation items (and items of each contaminated kind)")
     ap.add_argument("--clean", type=int, default=2000, help="clean training examples")
-    ap.add_argument("--reps", type=int, default=3, help="repetitions of both arms, alternating (median time)")
+    ap.add_argument("--reps", type=int, default=5, help="repetitions of both arms, alternating (median time)")
     args = ap.parse_args()
 
     eval_rows, train = build(args.eval, args.clean)
@@ -195,6 +204,12 @@ def main() -> None:
             print(f"rep {rep + 1} {arm:<8}: training import + pipeline {res['seconds']:.1f} s, "
                   f"{len(res['main'])} flagged", flush=True)
 
+    # The other order: training texts first, then the evaluation items (their sweep finds the texts).
+    with tempfile.TemporaryDirectory(prefix="pedigree-bench-eval-last-") as tmp:
+        late = run_arm(True, eval_rows, train, c_origs, c_answers, Path(tmp), eval_last=True)
+    print(f"ours, evaluation set imported last: eval import + sweep of {len(train)} training examples "
+          f"{late['seconds']:.1f} s, {len(late['main'])} flagged", flush=True)
+
     def shares(res: dict) -> dict:
         by_kind = defaultdict(int)
         for ref in res["main"]:
@@ -212,7 +227,7 @@ def main() -> None:
                                                      for m in set(res["main"].values())}).items())),
         }
 
-    base, ours = shares(last["baseline"]), shares(last["ours"])
+    base, ours, ours_late = shares(last["baseline"]), shares(last["ours"]), shares(late)
     # What a laxer eval_containment would flag on Clough & Stevenson (the coefficient computed directly).
     from app.dedup import containment
     from app.dedup.schemas import DedupPolicy
@@ -226,9 +241,10 @@ def main() -> None:
              for t in (0.3, 0.5, 0.8)}
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["ours"] / med["baseline"]
-    print(f"{'kind':<10}{'n':>6}{'baseline':>10}{'ours':>8}")
+    print(f"{'kind':<10}{'n':>6}{'baseline':>10}{'ours':>8}{'ours, eval set last':>21}")
     for k, n in sorted(kinds.items()):
-        print(f"{k:<10}{n:>6}{base['flagged_share'][k]:>10.3f}{ours['flagged_share'][k]:>8.3f}")
+        print(f"{k:<10}{n:>6}{base['flagged_share'][k]:>10.3f}{ours['flagged_share'][k]:>8.3f}"
+              f"{ours_late['flagged_share'][k]:>21.3f}")
     print("Clough & Stevenson, share flagged against the Wikipedia originals:")
     for c in ("cut", "light", "heavy", "non"):
         print(f"  {c:<8}{base['clough_flagged_share'][c]:>10.3f}{ours['clough_flagged_share'][c]:>8.3f}")
@@ -243,12 +259,15 @@ def main() -> None:
         "load_avg_1m": {"before": round(load0, 1), "after": round(os.getloadavg()[0], 1)},
         "eval_items": len(eval_rows), "training_examples": len(train), "kinds": dict(sorted(kinds.items())),
         "baseline": base, "ours": ours, "clough_flagged_share_by_eval_containment": sweep,
+        "ours_eval_set_last": {**ours_late, "eval_import_with_sweep_s": round(late["seconds"], 2)},
         "seconds": {k: [round(x, 2) for x in v] for k, v in times.items()},
         "time_ratio": round(ratio, 3),
         "targets": TARGETS,
     }
     result["pass"] = bool(
         ours["flagged_share"]["pasted"] >= TARGETS["pasted_recall"]
+        and ours_late["flagged_share"]["pasted"] >= TARGETS["pasted_recall"]
+        and ours_late["false_positives"] <= TARGETS["false_positives"]
         and ours["flagged_share"]["near"] >= TARGETS["near_recall"]
         and ours["false_positives"] <= TARGETS["false_positives"]
         and ours["clough_flagged_share"]["non"] <= TARGETS["clough_non_flagged"]

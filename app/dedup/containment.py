@@ -41,27 +41,50 @@ def ngram_spec(policy: DedupPolicy) -> MinHashSpec:
 
 
 class Ngrams:
-    """The n-grams of a batch of texts, in text order; per text its set and its winnowed fingerprints
-    (signed 64-bit, a BIGINT column). A text with fewer than MIN_NGRAMS distinct n-grams has neither
-    (a text shorter than one n-gram is one "n-gram" of all its words, left to the Jaccard guard)."""
+    """The n-grams of a batch of texts, in text order; their winnowed fingerprints (signed 64-bit, a
+    BIGINT column) as two flat arrays, `fp` and the text each belongs to, `fp_doc` (sorted by text, one
+    entry per distinct fingerprint of a text); and a text's n-gram set on demand. A text with fewer than
+    MIN_NGRAMS distinct n-grams has neither (a text shorter than one n-gram is one "n-gram" of all its
+    words, left to the Jaccard guard). Computed for the whole batch at once: per-text numpy calls were
+    most of the cost."""
 
     def __init__(self, texts: Sequence[str], policy: DedupPolicy) -> None:
         flat, counts, _ = shingle_batch(texts, ngram_spec(policy))
-        hashes = np.fromiter((xxhash.xxh64_intdigest(g) for g in flat), dtype=np.uint64, count=len(flat))
-        hashes = hashes.view(np.int64)
+        n = len(texts)
+        h = np.fromiter((xxhash.xxh64_intdigest(g) for g in flat), dtype=np.uint64, count=len(flat)).view(np.int64)
+        doc = np.repeat(np.arange(n), counts)
         ends = np.cumsum(counts)
         self._flat, self._bounds = flat, list(zip((ends - counts).tolist(), ends.tolist(), strict=True))
-        self.fingerprints: list[np.ndarray] = []
-        for a, b in self._bounds:
-            h = hashes[a:b]
-            if len(np.unique(h)) < MIN_NGRAMS:
-                self.fingerprints.append(np.empty(0, dtype=np.int64))
-            else:
-                self.fingerprints.append(np.unique(np.lib.stride_tricks.sliding_window_view(h, WINDOW).min(axis=1)))
+        # Distinct n-grams per text: sort by (text, hash), count the first of each run.
+        order = np.lexsort((h, doc))
+        hs, ds = h[order], doc[order]
+        first = np.ones(len(hs), dtype=bool)
+        first[1:] = (hs[1:] != hs[:-1]) | (ds[1:] != ds[:-1])
+        self.enough = np.bincount(ds[first], minlength=n) >= MIN_NGRAMS
+        if len(h) >= WINDOW:
+            # The minimum of every window of WINDOW consecutive n-grams that lies within one text.
+            mins = np.lib.stride_tricks.sliding_window_view(h, WINDOW).min(axis=1)
+            inside = doc[: len(mins)] == doc[WINDOW - 1:]
+            mins, mdoc = mins[inside], doc[: len(inside)][inside]
+            keep = self.enough[mdoc]
+            mins, mdoc = mins[keep], mdoc[keep]
+            order = np.lexsort((mins, mdoc))
+            mins, mdoc = mins[order], mdoc[order]
+            first = np.ones(len(mins), dtype=bool)
+            first[1:] = (mins[1:] != mins[:-1]) | (mdoc[1:] != mdoc[:-1])
+            self.fp, self.fp_doc = mins[first], mdoc[first]
+        else:
+            self.fp, self.fp_doc = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+
+    @property
+    def fingerprints(self) -> list[np.ndarray]:
+        """Per text, its fingerprints."""
+        cuts = np.searchsorted(self.fp_doc, np.arange(1, len(self._bounds)))
+        return np.split(self.fp, cuts)
 
     def set(self, i: int) -> set[bytes]:
         a, b = self._bounds[i]
-        return set(self._flat[a:b]) if len(self.fingerprints[i]) else set()
+        return set(self._flat[a:b]) if self.enough[i] else set()
 
 
 def overlap(a: set[bytes], b: set[bytes]) -> float | None:

@@ -30,6 +30,7 @@ from sqlalchemy import any_, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from app.audit import service as audit
+from app.core import jobs
 from app.core.auth import Actor
 from app.core.config import get_settings
 from app.core.errors import Forbidden, InvalidState, NotFound
@@ -67,6 +68,7 @@ INDEX_PREFIX = "pedigree:dedup"
 # Links this stage writes (and rewrites when clusters change); ingest's exact links are never touched.
 LINK_AUTHOR = "system:dedup"
 REBUILD_TASK = "pedigree.dedup.rebuild"
+EVAL_SWEEP_TASK = "pedigree.dedup.eval_sweep"
 _CHUNK = 500  # ids per IN (...) list
 
 
@@ -683,9 +685,16 @@ def _index_eval_ngrams(session: Session, ds: Dataset, policy: DedupPolicy, batch
     if policy.eval_containment is None:
         return
     grams = containment.Ngrams([d.text for d in batch], policy)
-    _insert_ignore(session, DedupEvalNgram.__table__, [
-        {"example_id": d.id, "h": h, "eval_dataset_id": ds.id}
-        for d, fp in zip(batch, grams.fingerprints, strict=True) for h in fp.tolist()])
+    rows = [{"example_id": d.id, "h": h, "eval_dataset_id": ds.id}
+            for d, fp in zip(batch, grams.fingerprints, strict=True) for h in fp.tolist()]
+    if not rows:
+        return
+    _insert_ignore(session, DedupEvalNgram.__table__, rows)
+    # Training texts that arrived before these items are checked against them by a sweep, after commit.
+    _ensure_state(session, ds.id)
+    session.execute(update(DedupState).where(DedupState.dataset_id == ds.id)
+                    .values(ngram_version=DedupState.ngram_version + 1))
+    jobs.enqueue(session, EVAL_SWEEP_TASK, str(ds.id), queue="dedup")
 
 
 _NGRAM_LOOKUP_CHUNK = 5000  # hashes per IN (...) list on SQLite (PostgreSQL: one array)
@@ -706,21 +715,29 @@ def _containment_hits(session: Session, train_ds_id: uuid.UUID, evals: list[tupl
         grams = containment.Ngrams([d.text for d in batch], spec_policy)
         # Fingerprint -> positions in the batch, as sorted arrays (a dict of lists per batch made enough
         # small objects to set off the garbage collector mid-batch).
-        fp = np.concatenate(grams.fingerprints) if batch else np.empty(0, dtype=np.int64)
-        pos = np.repeat(np.arange(len(batch)), [len(f) for f in grams.fingerprints])
+        fp, pos = grams.fp, grams.fp_doc
         order = np.argsort(fp, kind="stable")
         fp, pos = fp[order], pos[order]
         wanted = np.unique(fp).tolist()
         if not wanted:
             continue
+        t = DedupEvalNgram.__table__
+        in_sets = t.c.eval_dataset_id.in_(list(policies))
+        # Evaluation sets are usually small: when they hold no more fingerprints than the batch looks up,
+        # their hashes alone (plain integers) are one short read, intersected here; only the matches
+        # come back with their example ids. Otherwise the batch's fingerprints are looked up.
+        stored = session.scalars(select(t.c.h).where(in_sets).limit(len(wanted) + 1)).all()
+        if len(stored) <= len(wanted):
+            wanted = np.intersect1d(fp, np.asarray(stored, dtype=np.int64)).tolist()
+        rows = [r for chunk in _chunks(session, wanted, _NGRAM_LOOKUP_CHUNK)
+                for r in session.execute(select(t.c.h, t.c.example_id, t.c.eval_dataset_id)
+                                         .where(in_sets, _in(session, t.c.h, chunk)))]
+        hs = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        los, his = np.searchsorted(fp, hs, side="left"), np.searchsorted(fp, hs, side="right")
         cands: set[tuple[int, uuid.UUID, uuid.UUID]] = set()
-        for chunk in _chunks(session, wanted, _NGRAM_LOOKUP_CHUNK):
-            for h, eid, eds in session.execute(
-                select(DedupEvalNgram.h, DedupEvalNgram.example_id, DedupEvalNgram.eval_dataset_id)
-                .where(_in(session, DedupEvalNgram.h, chunk), DedupEvalNgram.eval_dataset_id.in_(list(policies)))
-            ):
-                lo, hi = np.searchsorted(fp, h, side="left"), np.searchsorted(fp, h, side="right")
-                cands.update((int(i), eds, eid) for i in pos[lo:hi].tolist())
+        for k in np.flatnonzero(his > los).tolist():
+            _, eid, eds = rows[k]
+            cands.update((int(i), eds, eid) for i in pos[los[k]:his[k]].tolist())
         if not cands:
             continue
         theirs = _load_docs(session, {eid for _, _, eid in cands})
@@ -980,8 +997,6 @@ def overrule(session: Session, *, example: Example, data: OverruleIn, actor: Act
 
 
 def request_rebuild(session: Session, *, ds: Dataset, actor: Actor) -> DedupRebuild:
-    from app.core import jobs
-
     parse_policy(ds.dedup_policy)  # a curator asking for a rebuild learns here that the policy is invalid
     running = session.scalar(select(DedupRebuild).where(
         DedupRebuild.dataset_id == ds.id, DedupRebuild.status.in_(("queued", "running"))))
@@ -1103,10 +1118,63 @@ def rebuild(dataset_id: str, rebuild_id: str, batch_size: int = 2000) -> dict:
     return result
 
 
-def _register_local() -> None:
-    from app.core import jobs
+def eval_sweep(eval_dataset_id: str, batch_size: int = 1000) -> dict:
+    """Check the training sets' examples against an evaluation set's n-gram fingerprints: the containment
+    half of "both orders are caught" (a training batch is checked when it arrives; this covers the
+    training texts that were there before the evaluation items). One transaction per batch, so it
+    resumes where a crash left it on redelivery, and the hits are idempotent. Sweeps coalesce: one that
+    starts after another already covered the latest fingerprints returns at once."""
+    from app.core.db import session_scope
 
+    eds = uuid.UUID(eval_dataset_id)
+    with session_scope() as session:
+        ev = session.get(Dataset, eds)
+        state = session.get(DedupState, eds)
+        if ev is None or state is None or not ev.is_eval_set:
+            return {"skipped": "not an evaluation set"}
+        version, swept = state.ngram_version, state.swept_version
+        eval_policy = policy_of(ev)
+        if version <= swept:
+            return {"skipped": "already swept", "version": version}
+        if eval_policy.eval_containment is None or not eval_policy.enabled:
+            return {"skipped": "containment off"}
+        trains = [(d.id, d.name) for d in session.scalars(select(Dataset).where(Dataset.is_eval_set.is_(False)))
+                  if policy_of(d).enabled and policy_of(d).eval_guard]
+    checked = flagged = 0
+    for train_id, _name in trains:
+        after: uuid.UUID | None = None
+        while True:
+            with session_scope() as session:
+                q = (select(Example.id).where(Example.dataset_id == train_id, Example.status != "erased")
+                     .order_by(Example.id).limit(batch_size))
+                if after is not None:
+                    q = q.where(Example.id > after)
+                ids = list(session.scalars(q))
+                if not ids:
+                    break
+                after = ids[-1]
+                ev = session.get(Dataset, eds)
+                docs = list(_load_docs(session, ids, train_id).values())
+                hits = _containment_hits(session, train_id, [(ev, eval_policy)], docs)
+                _store_eval_hits(session, hits)
+                checked += len(docs)
+                flagged += len(hits)
+                if hits:
+                    audit.record(session, actor="system:dedup", action="dedup.eval_sweep", entity_type="dataset",
+                                 entity_id=train_id, payload={
+                                     "eval_dataset_id": eval_dataset_id, "ngram_version": version,
+                                     "contaminates_eval": [[str(h["example_id"]), str(h["eval_example_id"]),
+                                                            h["similarity"], h["method"]] for h in hits]})
+    with session_scope() as session:
+        session.execute(update(DedupState).where(DedupState.dataset_id == eds, DedupState.swept_version < version)
+                        .values(swept_version=version))
+    return {"eval_dataset_id": eval_dataset_id, "version": version, "training_sets": len(trains),
+            "checked": checked, "flagged": flagged}
+
+
+def _register_local() -> None:
     jobs.local_handler(REBUILD_TASK)(rebuild)
+    jobs.local_handler(EVAL_SWEEP_TASK)(eval_sweep)
 
 
 _register_local()

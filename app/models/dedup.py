@@ -94,7 +94,7 @@ class DedupEvalNgram(Base):
     small); a row is deleted with its example's next revision or its erasure."""
 
     __tablename__ = "dedup_eval_ngrams"
-    __table_args__ = (Index("ix_dedup_eval_ngrams_h_eval_dataset_id", "h", "eval_dataset_id"),)
+    __table_args__ = (Index("ix_dedup_eval_ngrams_eval_dataset_id_h", "eval_dataset_id", "h"),)
 
     example_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("examples.id"), primary_key=True)
     h: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -113,6 +113,10 @@ class DedupState(Base):
     spec_tag: Mapped[str | None] = mapped_column(String(100))
     # {"status": "queued"|"running"|"done"|"failed", "done": n, "total": n, "started_at", "finished_at", ...}
     rebuild: Mapped[dict] = mapped_column(default=dict)
+    # Evaluation sets: bumped with every batch of n-gram fingerprints stored, and the value the last
+    # containment sweep of the training sets covered (see service.eval_sweep).
+    ngram_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    swept_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 

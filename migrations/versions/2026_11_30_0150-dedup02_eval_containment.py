@@ -1,4 +1,5 @@
-"""dedup: word n-gram fingerprints of evaluation examples (containment guard); eval hits say their method.
+"""dedup: word n-gram fingerprints of evaluation examples (containment guard), their sweep versions;
+eval hits say their method.
 
 Revision ID: dedup02
 Revises: train03
@@ -26,13 +27,19 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(['example_id'], ['examples.id'], name=op.f('fk_dedup_eval_ngrams_example_id_examples')),
         sa.PrimaryKeyConstraint('example_id', 'h', name=op.f('pk_dedup_eval_ngrams')),
     )
-    op.create_index('ix_dedup_eval_ngrams_h_eval_dataset_id', 'dedup_eval_ngrams', ['h', 'eval_dataset_id'])
+    op.create_index('ix_dedup_eval_ngrams_eval_dataset_id_h', 'dedup_eval_ngrams', ['eval_dataset_id', 'h'])
     with op.batch_alter_table('dedup_eval_hits') as batch:
         batch.add_column(sa.Column('method', sa.String(length=20), server_default='minhash', nullable=False))
+    with op.batch_alter_table('dedup_state') as batch:
+        batch.add_column(sa.Column('ngram_version', sa.Integer(), server_default='0', nullable=False))
+        batch.add_column(sa.Column('swept_version', sa.Integer(), server_default='0', nullable=False))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('dedup_state') as batch:
+        batch.drop_column('swept_version')
+        batch.drop_column('ngram_version')
     with op.batch_alter_table('dedup_eval_hits') as batch:
         batch.drop_column('method')
-    op.drop_index('ix_dedup_eval_ngrams_h_eval_dataset_id', table_name='dedup_eval_ngrams')
+    op.drop_index('ix_dedup_eval_ngrams_eval_dataset_id_h', table_name='dedup_eval_ngrams')
     op.drop_table('dedup_eval_ngrams')

@@ -221,13 +221,21 @@ def test_eval_containment_guard(api):
     assert ex["t_in2"]["contaminates_eval"] is False
     # t_in stays flagged by Jaccard only: it is a copy of e_long (the same text, same fields).
     assert {m["method"] for m in ex["t_in"]["dedup"]["eval_matches"]} == {"minhash"}
-    # Eval item after the training text: found when the training set is rebuilt.
+    # An eval item after the training texts that contain it: the sweep its fingerprints set off finds
+    # them (in-process here, right after the eval batch commits; a dedup-queue task with workers).
     late = new_dataset(api, is_eval_set=True, **NO_PII)
     ingest(api, late, [row("e_late", f"{QA_Q} {QA_A}")])
-    assert by_ref(api, train)["t_in2"]["contaminates_eval"] is False
+    ex = by_ref(api, train)
+    assert ex["t_in2"]["contaminates_eval"] is True and ex["t_phrase"]["contaminates_eval"] is False
+    assert [m["method"] for m in ex["t_in2"]["dedup"]["eval_matches"]] == ["containment"]
+    from app.dedup import service
+
+    assert service.eval_sweep(late["id"]) == {"skipped": "already swept", "version": 1}  # sweeps coalesce
+    # A rebuild of the training set finds the same, and nothing twice.
     assert api.as_("curator").post(f"/v1/datasets/{train['id']}/dedup:rebuild").status_code == 202
     ex = by_ref(api, train)
     assert ex["t_in2"]["contaminates_eval"] is True and ex["t_in"]["contaminates_eval"] is True
+    assert len(ex["t_in2"]["dedup"]["eval_matches"]) == 1
     # Erasing the eval item takes its n-gram fingerprints with it.
     from app.models.dedup import DedupEvalNgram
 

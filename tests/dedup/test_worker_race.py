@@ -80,3 +80,43 @@ def test_two_workers_racing_on_near_duplicates_link_every_pair(worker_env):
         for dup, canon in links:
             assert src[dup].split(":")[0] == src[canon].split(":")[0]  # base_i with near_i, never another i
         assert s.scalar(select(func.count()).select_from(DedupPair)) == n
+
+
+def test_an_eval_item_after_the_training_text_is_found_by_the_sweep_task(worker_env):
+    """The containment sweep runs as a real task on the dedup queue: training texts first, then an
+    evaluation item they contain; the worker's sweep flags them (and leaves the clean ones)."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    item = texts(1, seed=9)[0]
+    fill = texts(8, seed=10)
+    with TestClient(create_app()) as client:
+        api = Api(client, make_keys())
+        train = new_dataset(api, pii_policy={"enabled": False})
+        evalset = new_dataset(api, is_eval_set=True, pii_policy={"enabled": False})
+        rows = [{"instruction": "q", "output": f"{fill[i]} {item} {fill[i + 1]}" if i < 3 else fill[i],
+                 "provenance": {"source": "t", "source_ref": f"t{i}"}} for i in range(6)]
+        body = b"\n".join(orjson.dumps(r) for r in rows)
+        assert api.as_("curator").post(f"/v1/datasets/{train['id']}/examples:import", content=body,
+                                       headers=NDJSON).json()["accepted"] == 6
+        proc = start_worker(worker_env, name="w1")
+        try:
+            deadline = time.time() + 120
+            while time.time() < deadline and \
+                    api.as_("auditor").get(f"/v1/datasets/{train['id']}").json()["counts"].get("pending_review") != 6:
+                time.sleep(0.3)
+            r = api.as_("curator").post(f"/v1/datasets/{evalset['id']}/examples", json=[
+                {"instruction": "q", "output": item, "provenance": {"source": "e", "source_ref": "e0"}}])
+            assert r.status_code == 201, r.text
+            flagged: dict = {}
+            while time.time() < deadline:
+                items = api.as_("reviewer").get(f"/v1/datasets/{train['id']}/examples?limit=10").json()["items"]
+                flagged = {i["provenance"]["source_ref"]: i["contaminates_eval"] for i in items}
+                if sum(flagged.values()) >= 3:
+                    break
+                time.sleep(0.3)
+        finally:
+            out = stop_worker(proc)
+    assert flagged == {"t0": True, "t1": True, "t2": True, "t3": False, "t4": False, "t5": False}, flagged
+    assert b"pedigree.dedup.eval_sweep" in out
