@@ -629,7 +629,9 @@ def _recluster(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, see
 def _eval_guard(session: Session, ds: Dataset, policy: DedupPolicy, batch: list[Doc]) -> list[dict]:
     """Training examples near any evaluation example. A training batch queries every eval set's index; an
     eval batch queries every training set's index, so the order in which the two arrive does not matter.
-    The eval set's policy (shingles, threshold) decides, since it defines what "seen in training" means."""
+    The eval set's policy (shingles, threshold) decides, since it defines what "seen in training" means.
+    A training batch is also checked for containment against every eval set that asks for it (the other
+    order is the eval sweep's: training n-grams are not kept)."""
     indexed = select(DedupState.dataset_id)
     others = session.scalars(
         select(Dataset).where(Dataset.id != ds.id, Dataset.id.in_(indexed), Dataset.is_eval_set.is_(not ds.is_eval_set))
