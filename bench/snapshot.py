@@ -47,6 +47,7 @@ from bench.common import (
     temp_pg_database,
 )
 
+BATCH_PROOFS = 1000
 TARGET_FREEZE_S = 10.0
 TARGET_EXPORT_PER_S = 50_000
 TARGET_RSS_GROWTH_MB = 100
@@ -166,24 +167,27 @@ def _download(url: str, key: str, snap: str, fmt: str, dest: Path) -> tuple[floa
     return time.perf_counter() - t0, headers, size
 
 
-def verify_jsonl(path: Path) -> tuple[int, str, str, str]:
-    """The trainer's check, written with the stdlib only; plus the Merkle root of the same lines and
-    the first member's example id (for the proof request)."""
+def verify_jsonl(path: Path) -> tuple[int, str, str, str, list[str]]:
+    """The trainer's check, written with the stdlib only; plus the Merkle root of the same lines, the
+    first member's example id (for the proof request) and every example id (a sample of them is
+    asked for in one batch of proofs)."""
     from app.snapshots import merkle  # stdlib only, no app imports
 
     lines = []
     first = ""
+    ids = []
     with path.open("rb") as f:
         for raw in f:
             rec = json.loads(raw)
             first = first or rec["example_id"]
+            ids.append(rec["example_id"])
             canon = json.dumps(rec["content"], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
             if hashlib.sha256(canon.encode("utf-8")).hexdigest() != rec["content_sha256"]:
                 raise AssertionError(f"content hash mismatch in {rec['revision_id']}")
             lines.append(f"{rec['content_sha256']} {rec['split']}")
     lines.sort()
     root = merkle.root_of(merkle.leaf_hash(x.encode()) for x in lines).hex()
-    return len(lines), hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest(), root, first
+    return len(lines), hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest(), root, first, ids
 
 
 def run_one(label: str, db_url: str, n: int, env: dict[str, str], build, reps: int = 3) -> dict:
@@ -256,7 +260,7 @@ def run_one(label: str, db_url: str, n: int, env: dict[str, str], build, reps: i
               f"Parquet {n / t_pq:,.0f} ex/s ({size_pq / 1e6:,.0f} MB in {t_pq:.1f} s); server peak RSS "
               f"{rss_small:.0f} MB after the 25% exports, {rss_full:.0f} MB after the full ones", flush=True)
 
-        count, manifest, root, first = verify_jsonl(tmpd / "full.jsonl")
+        count, manifest, root, first, all_ids = verify_jsonl(tmpd / "full.jsonl")
         import pyarrow.parquet as pq
 
         from app.snapshots import merkle
@@ -267,11 +271,25 @@ def run_one(label: str, db_url: str, n: int, env: dict[str, str], build, reps: i
         pr.raise_for_status()
         proof = pr.json()
         out["proof_path_len"] = len(proof["audit_path"])
+        # An auditor's batch: BATCH_PROOFS members spread over the snapshot, one request, one tree.
+        sample = all_ids[:: max(1, len(all_ids) // BATCH_PROOFS)][:BATCH_PROOFS]
+        t0 = time.perf_counter()
+        br = httpx.post(f"{url}/v1/snapshots/{snap['id']}/proofs", json={"example_ids": sample}, headers=h,
+                        timeout=None)
+        out["batch_proofs_s"] = round(time.perf_counter() - t0, 2)
+        br.raise_for_status()
+        batch = br.json()
+        batch_ok = (len(batch["proofs"]) == len(sample) and not batch["refused"]
+                    and all(merkle.verify_proof(p)[0] and p["merkle_root"] == root for p in batch["proofs"]))
+        out["batch_proofs"] = {"n": len(sample), "s": out["batch_proofs_s"], "verified": batch_ok,
+                               "vs_single_requests": round(len(sample) * out["proof_s"] / max(out["batch_proofs_s"], 1e-9), 1)}
+        print(f"[{label}] {len(sample):,} proofs in one request: {out['batch_proofs_s']} s (one at a time: "
+              f"~{len(sample) * out['proof_s']:,.0f} s); all verified: {batch_ok}", flush=True)
         pq_rows = pq.ParquetFile(tmpd / "full.parquet").metadata.num_rows
         out["verified"] = (count == n and manifest == hdr["x-manifest-sha256"] == snap["manifest_sha256"]
                            and pq_rows == n and hdr_pq["x-manifest-sha256"] == manifest
                            and root == snap["merkle_root"] and merkle.verify_proof(proof)[0]
-                           and proof["merkle_root"] == root)
+                           and proof["merkle_root"] == root and batch_ok)
         print(f"[{label}] proof in {out['proof_s']} s ({out['proof_path_len']} hashes); verified: {count:,} lines, "
               f"manifest {manifest[:16]}…, Merkle root {root[:16]}…, parquet rows {pq_rows:,}: {out['verified']}",
               flush=True)

@@ -217,7 +217,8 @@ def export_cmd(
 
 @app.command("verify-proof")
 def verify_proof_cmd(
-    proof: Annotated[Path, typer.Argument(help="proof JSON from GET /v1/snapshots/{id}/proof ('-': stdin)")],
+    proof: Annotated[Path, typer.Argument(help="proof JSON from GET /v1/snapshots/{id}/proof, or the answer of "
+                                               "POST /v1/snapshots/{id}/proofs ('-': stdin)")],
     root: Annotated[str | None, typer.Option(help="the Merkle root you trust (e.g. from a manifest.json you "
                                                   "kept); without it the proof's own root is used")] = None,
     content: Annotated[Path | None, typer.Option(help="JSON file with the example's content (or a pedigree "
@@ -231,6 +232,23 @@ def verify_proof_cmd(
     from app.snapshots import merkle
 
     doc = json.loads(sys.stdin.read() if str(proof) == "-" else proof.read_text())
+    if isinstance(doc, dict) and "proofs" in doc and content is None:
+        # The answer of POST /v1/snapshots/{id}/proofs: every proof must hold, all against one root.
+        results = []
+        for p in doc["proofs"]:
+            ok, why = merkle.verify_proof(p)
+            if ok and str(p.get("merkle_root", "")).lower() != str(root or doc.get("merkle_root", "")).lower():
+                ok, why = False, f"the proof is for root {p.get('merkle_root')}, not {root or doc.get('merkle_root')}"
+            results.append({"example_id": p.get("leaf", {}).get("example_id"), "verified": ok, "reason": why})
+        bad = [r for r in results if not r["verified"]]
+        ok = bool(results) and not bad
+        (err.print(f"[green]{len(results)} proofs hold") if ok
+         else err.print(f"[red]{len(bad)} of {len(results)} proofs fail" if results else "[red]no proofs in the file"))
+        print(json.dumps({"verified": ok, "proofs": len(results), "failed": bad,
+                          "merkle_root": root or doc.get("merkle_root"), "refused": len(doc.get("refused", []))}))
+        if not ok:
+            raise typer.Exit(1)
+        return
     ok, why = merkle.verify_proof(doc)
     if ok and root is not None and root.lower() != str(doc.get("merkle_root", "")).lower():
         ok, why = False, f"the proof is for root {doc.get('merkle_root')}, not {root}"

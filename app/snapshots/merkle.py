@@ -111,6 +111,31 @@ def audit_path(leaf_hashes: Iterable[bytes], index: int, size: int) -> tuple[byt
     return leaf, [b.root() for b in builders], whole.root()
 
 
+def tree_levels(leaf_hashes: Sequence[bytes]) -> list[list[bytes]]:
+    """Every level of the tree, leaves first, root last, paired level by level with an odd last node
+    carried up unchanged: the same tree as MTH's largest-power-of-two split (what PostgreSQL builds)."""
+    levels = [list(leaf_hashes)]
+    while len(levels[-1]) > 1:
+        cur = levels[-1]
+        nxt = [node_hash(cur[k], cur[k + 1]) for k in range(0, len(cur) - 1, 2)]
+        if len(cur) % 2:
+            nxt.append(cur[-1])
+        levels.append(nxt)
+    return levels
+
+
+def path_from_levels(levels: Sequence[Sequence[bytes]], index: int) -> list[bytes]:
+    """The audit path of leaf `index`, leaf side first: the sibling at each level, none where the
+    node was carried up alone."""
+    out = []
+    for level in levels[:-1]:
+        sibling = index ^ 1
+        if sibling < len(level):
+            out.append(level[sibling])
+        index >>= 1
+    return out
+
+
 def verify_inclusion(leaf: bytes, index: int, size: int, path: Sequence[bytes], root: bytes) -> bool:
     """RFC 9162 section 2.1.3.2: does `path` prove that `leaf` is leaf number `index` of the tree of
     `size` leaves whose root is `root`?"""

@@ -12,7 +12,7 @@ from app.core.errors import ValidationFailed
 from app.lineage import openlineage
 from app.models.snapshot import Snapshot
 from app.snapshots import datasheet, export, service
-from app.snapshots.schemas import EXPORT_FORMATS, SnapshotCreate, SnapshotOut
+from app.snapshots.schemas import EXPORT_FORMATS, ProofsRequest, SnapshotCreate, SnapshotOut
 
 router = APIRouter(prefix="/v1/snapshots", tags=["snapshots"])
 
@@ -78,6 +78,17 @@ def membership_proof(snapshot_id: str, session: SessionDep, actor: SnapshotReade
     proof = service.membership_proof(session, snap, example_id=example_id, revision_id=revision_id)
     return JSONResponse(proof, headers={"X-Manifest-SHA256": snap.manifest_sha256,
                                         "X-Merkle-Root": proof["merkle_root"]})
+
+
+@router.post("/{snapshot_id}/proofs")
+def membership_proofs(snapshot_id: str, data: ProofsRequest, session: SessionDep, actor: SnapshotReader) -> JSONResponse:
+    """Inclusion proofs of many members (up to 10,000) from one build of the tree, each in the single
+    proof's shape; members not in the snapshot or erased since are listed under `refused`."""
+    snap = service.get(session, snapshot_id)
+    field, values = ("example_id", data.example_ids) if data.example_ids is not None else \
+        ("revision_id", data.revision_ids)
+    out = service.membership_proofs(session, snap, field=field, values=values or [])
+    return JSONResponse(out, headers={"X-Manifest-SHA256": snap.manifest_sha256, "X-Merkle-Root": out["merkle_root"]})
 
 
 def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -86,3 +86,18 @@ class SnapshotOut(BaseModel):
     created_by: str
     created_at: dt.datetime
     stats: dict[str, Any] | None = None
+
+
+class ProofsRequest(BaseModel):
+    """Members to prove, by example id or by revision id (one of the two), at most MAX_PROOFS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    example_ids: list[uuid.UUID] | None = Field(None, min_length=1, max_length=10_000)
+    revision_ids: list[uuid.UUID] | None = Field(None, min_length=1, max_length=10_000)
+
+    @model_validator(mode="after")
+    def _one(self) -> ProofsRequest:
+        if (self.example_ids is None) == (self.revision_ids is None):
+            raise ValueError("give exactly one of example_ids and revision_ids")
+        return self

@@ -20,6 +20,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import DateTime, Uuid, bindparam, select, text
@@ -377,6 +378,114 @@ def membership_proof(session: Session, snap: Snapshot, *, example_id: str | None
         # cannot verify.
         raise Conflict(f"snapshot {snap.id}: stored members do not match the recorded Merkle root",
                        code="merkle_mismatch", details={"recorded": root, "computed": computed.hex()})
+    row = SimpleNamespace(example_id=ex_id, revision_id=rev_id, split=split, content_sha256=sha)
+    return _proof_doc(snap, root, size, index, row, line, leaf_h, path)
+
+
+# --- many proofs from one tree ---------------------------------------------------------------------------
+
+MAX_PROOFS = 10_000
+
+
+class _PackedLevel:
+    """One level of the tree as PostgreSQL returns it: the node hashes end to end in one bytea."""
+
+    def __init__(self, blob: bytes) -> None:
+        self._b = bytes(blob)
+
+    def __len__(self) -> int:
+        return len(self._b) // 32
+
+    def __getitem__(self, k: int) -> bytes:
+        return self._b[k * 32:(k + 1) * 32]
+
+
+def _members_of(session: Session, snap: Snapshot, field: str, keys: list[uuid.UUID]) -> list[Any]:
+    pg = _is_pg(session)
+    cond = f"m.{field} = ANY(:keys)" if pg else f"m.{field} IN :keys"
+    stmt = text(
+        f"SELECT m.example_id, m.revision_id, m.split, m.content_sha256, e.status FROM snapshot_members m "
+        f"JOIN examples e ON e.id = m.example_id WHERE m.snapshot_id = :sid AND {cond}")
+    if pg:
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        stmt = stmt.bindparams(bindparam("sid", type_=Uuid()), bindparam("keys", type_=ARRAY(Uuid())))
+        return list(session.execute(stmt, {"sid": snap.id, "keys": keys}))
+    stmt = stmt.bindparams(bindparam("sid", type_=Uuid()), bindparam("keys", type_=Uuid(), expanding=True))
+    return [r for i in range(0, len(keys), 500) for r in session.execute(stmt, {"sid": snap.id, "keys": keys[i:i + 500]})]
+
+
+def membership_proofs(session: Session, snap: Snapshot, *, field: str, values: list[uuid.UUID]) -> dict[str, Any]:
+    """Proofs for many members from one build of the tree: an auditor asking about a data subject's
+    examples gets all of them for the cost of one proof (each single proof rebuilds the tree). Each
+    proof has the single endpoint's shape, so each verifies on its own; members that are not in the
+    snapshot, or were erased since the freeze, are listed under `refused` with the single endpoint's
+    error code."""
+    keys = list(dict.fromkeys(values))
+    rows = {_uuid(getattr(r, field)): r for r in _members_of(session, snap, field, keys)}
+    refused, live = [], []
+    for k in keys:
+        r = rows.get(k)
+        if r is None:
+            refused.append({field: str(k), "code": "not_a_member",
+                            "message": f"{field} {k} is not a member of snapshot {snap.id}"})
+        elif r.status == "erased":
+            refused.append({field: str(k), "code": "member_erased",
+                            "message": "erased after the freeze; no membership proof is issued for erased members"})
+        else:
+            live.append(r)
+    root = ensure_merkle_root(session, snap)
+    out: dict[str, Any] = {"snapshot_id": str(snap.id), "merkle_root": root, "manifest_sha256": snap.manifest_sha256,
+                           "algorithm": merkle.ALGORITHM, "tree_size": snap.member_count, "proofs": [],
+                           "refused": refused}
+    if not live:
+        return out
+    wanted = {merkle.leaf_line(r.content_sha256, r.split) for r in live}
+    sid = bindparam("sid", type_=Uuid())
+    if _is_pg(session):
+        session.execute(text("SET LOCAL work_mem = '256MB'"))
+        session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
+        levels: list[Any] = [_PackedLevel(v) for _, v in session.execute(text(
+            f"WITH RECURSIVE lv AS (SELECT count(*)::int AS n, {PG_LEAVES_AGG} AS leaves FROM "
+            f"{_pg_sorted_lines('m.snapshot_id = :sid')}), {_pg_tree_cte('lv', 'leaves')} "
+            f"SELECT n, v FROM tree ORDER BY n DESC").bindparams(sid), {"sid": snap.id})]
+        # Equal lines are equal leaves: the first one's index (rank) proves the line as well.
+        first = {line.encode(): idx for line, idx in session.execute(text(
+            "SELECT l, min(r) FROM (SELECT (m.content_sha256 || ' ' || m.split) COLLATE \"C\" AS l, "
+            "rank() OVER (ORDER BY (m.content_sha256 || ' ' || m.split) COLLATE \"C\") - 1 AS r "
+            "FROM snapshot_members m WHERE m.snapshot_id = :sid) x WHERE l = ANY(:lines) GROUP BY l")
+            .bindparams(sid, bindparam("lines", type_=_text_array())),
+            {"sid": snap.id, "lines": sorted(w.decode() for w in wanted)})}
+    else:
+        lines = list(_sorted_lines_generic(session, snap.id))
+        levels = merkle.tree_levels([merkle.leaf_hash(x) for x in lines])
+        first = {}
+        for i, x in enumerate(lines):
+            if x in wanted and x not in first:
+                first[x] = i
+    size = len(levels[0])
+    computed = levels[-1][0]
+    if computed.hex() != root:
+        raise Conflict(f"snapshot {snap.id}: stored members do not match the recorded Merkle root",
+                       code="merkle_mismatch", details={"recorded": root, "computed": computed.hex()})
+    for r in live:
+        line = merkle.leaf_line(r.content_sha256, r.split)
+        index = first[line]
+        out["proofs"].append(_proof_doc(snap, root, size, index, r, line, levels[0][index],
+                                        merkle.path_from_levels(levels, index)))
+    out["tree_size"] = size
+    return out
+
+
+def _text_array() -> Any:
+    from sqlalchemy import Text
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    return ARRAY(Text())
+
+
+def _proof_doc(snap: Snapshot, root: str, size: int, index: int, row: Any, line: bytes, leaf_h: bytes,
+               path: list[bytes]) -> dict[str, Any]:
     return {
         "snapshot_id": str(snap.id),
         "merkle_root": root,
@@ -384,8 +493,8 @@ def membership_proof(session: Session, snap: Snapshot, *, example_id: str | None
         "algorithm": merkle.ALGORITHM,
         "tree_size": size,
         "leaf_index": index,
-        "leaf": {"example_id": str(_uuid(ex_id)), "revision_id": str(_uuid(rev_id)), "split": split,
-                 "content_sha256": sha, "line": line.decode()},
+        "leaf": {"example_id": str(_uuid(row.example_id)), "revision_id": str(_uuid(row.revision_id)),
+                 "split": row.split, "content_sha256": row.content_sha256, "line": line.decode()},
         "leaf_hash": leaf_h.hex(),
         "audit_path": [h.hex() for h in path],
     }

@@ -156,6 +156,62 @@ def test_proof_refusals_and_roles(api):
     assert p["merkle_root"] == snap["merkle_root"] and p["tree_size"] == 5 and merkle.verify_proof(p)[0]
 
 
+@pytest.mark.parametrize("n", [1, 2, 13, 33])
+def test_many_proofs_from_one_tree(api, n):
+    """POST /proofs: every member's proof equals the single endpoint's (RFC 6962 paths against the
+    reference), in the order asked, by example or by revision; a stranger is listed, not raised."""
+    ds, _ = approved_dataset(api, n)
+    snap = freeze(api, ds, validation_fraction=0.3, seed=5)
+    recs, _ = export_records(api, snap["id"])
+    lines = sorted(f"{r['content_sha256']} {r['split']}".encode() for r in recs)
+    stranger = "9d1f0000-0000-0000-0000-000000000000"
+    r = api.as_("auditor").post(f"/v1/snapshots/{snap['id']}/proofs",
+                                json={"example_ids": [x["example_id"] for x in recs] + [stranger]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert r.headers["X-Merkle-Root"] == body["merkle_root"] == snap["merkle_root"] and body["tree_size"] == n
+    assert body["refused"] == [{"example_id": stranger, "code": "not_a_member",
+                                "message": f"example_id {stranger} is not a member of snapshot {snap['id']}"}]
+    assert [p["leaf"]["example_id"] for p in body["proofs"]] == [x["example_id"] for x in recs]
+    for p in body["proofs"]:
+        assert merkle.verify_proof(p) == (True, "ok")
+        assert [bytes.fromhex(h) for h in p["audit_path"]] == _path(p["leaf_index"], lines)
+        assert p == _proof(api, snap["id"], example_id=p["leaf"]["example_id"]).json()
+    by_rev = api.as_("trainer").post(f"/v1/snapshots/{snap['id']}/proofs",
+                                     json={"revision_ids": [recs[0]["revision_id"]]}).json()
+    assert by_rev["proofs"] == [_proof(api, snap["id"], example_id=recs[0]["example_id"]).json()]
+
+
+def test_many_proofs_refusals_and_validation(api):
+    ds, ids = approved_dataset(api, 5)
+    snap = freeze(api, ds, validation_fraction=0.0)
+    url = f"/v1/snapshots/{snap['id']}/proofs"
+    set_status([ids[1]], "erased")
+    body = api.as_("auditor").post(url, json={"example_ids": ids}).json()
+    assert [x["example_id"] for x in body["refused"]] == [ids[1]] and body["refused"][0]["code"] == "member_erased"
+    assert sorted(p["leaf"]["example_id"] for p in body["proofs"]) == sorted(ids[:1] + ids[2:])
+    assert all(merkle.verify_proof(p)[0] for p in body["proofs"])
+    # The CLI checks the whole answer offline: all hold; one tampered proof fails the file.
+    from typer.testing import CliRunner
+
+    from app.cli import app as cli
+
+    runner = CliRunner()
+    r = runner.invoke(cli, ["snapshot", "verify-proof", "-", "--root", snap["merkle_root"]], input=json.dumps(body))
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["proofs"] == 4
+    body["proofs"][2]["leaf"]["split"] = "validation"
+    r = runner.invoke(cli, ["snapshot", "verify-proof", "-"], input=json.dumps(body))
+    assert r.exit_code == 1 and len(json.loads(r.stdout.strip().splitlines()[-1])["failed"]) == 1
+    assert api.as_("reviewer").post(url, json={"example_ids": ids}).status_code == 403
+    for bad in ({}, {"example_ids": ids, "revision_ids": ids}, {"example_ids": []}, {"example_ids": ["nope"]},
+                {"example_ids": ids * 2001}):
+        r = api.as_("auditor").post(url, json=bad)
+        assert r.status_code == 422, (bad, r.text)
+    r = api.as_("auditor").post(url, json={"example_ids": ["nope"]})
+    assert r.json()["error"]["details"][0]["field"] == "example_ids[0]"
+
+
 def test_snapshots_frozen_before_the_column_get_their_root_once(api):
     ds, _ = approved_dataset(api, 7)
     snap = freeze(api, ds, validation_fraction=0.3)
