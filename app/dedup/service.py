@@ -1123,9 +1123,10 @@ def rebuild(dataset_id: str, rebuild_id: str, batch_size: int = 2000) -> dict:
 def eval_sweep(eval_dataset_id: str, batch_size: int = 1000) -> dict:
     """Check the training sets' examples against an evaluation set's n-gram fingerprints: the containment
     half of "both orders are caught" (a training batch is checked when it arrives; this covers the
-    training texts that were there before the evaluation items). One transaction per batch, so it
-    resumes where a crash left it on redelivery, and the hits are idempotent. Sweeps coalesce: one that
-    starts after another already covered the latest fingerprints returns at once."""
+    training texts that were there before the evaluation items). One transaction per batch and
+    idempotent hits: a crash loses one batch's work, and the redelivered task repeats harmlessly.
+    Sweeps coalesce: one that starts after another already covered the latest fingerprints returns
+    at once."""
     from app.core.db import session_scope
 
     eds = uuid.UUID(eval_dataset_id)
