@@ -1,7 +1,7 @@
 """Evaluation-set contamination guard: the Jaccard guard alone (the baseline: what the guard was) against
 Jaccard + word n-gram containment (ours), side by side in one run, through the real pipeline.
 
-    python -m bench.eval_guard [--eval 300] [--clean 2000] [--reps 5]
+    python -m bench.eval_guard [--eval 300] [--clean 2000] [--reps 5] [--backend sqlite|postgresql]
 
 Each arm gets fresh databases on the embedded default (SQLite, pipeline tasks in-process, PII stage
 off: it is not what is measured) and the same data, imported over the HTTP API; the arms differ only in
@@ -117,12 +117,12 @@ def clough() -> tuple[list[dict], list[dict], dict[str, str]]:
 
 
 def run_arm(containment: bool, eval_rows: list[dict], train: list[dict], c_origs: list[dict], c_answers: list[dict],
-            workdir: Path, eval_last: bool = False) -> dict:
-    """One arm on a fresh SQLite database: returns the flagged training refs per evaluation set and
+            workdir: Path, eval_last: bool = False, db_url: str | None = None) -> dict:
+    """One arm on a fresh database (SQLite in `workdir`, or `db_url`): returns the flagged training refs per evaluation set and
     the wall time of the training import (the pipeline runs inside it on the embedded default); with
     `eval_last`, the evaluation sets come after the training sets and the time is that of the eval
     import, which includes the containment sweep over the training sets."""
-    os.environ["PEDIGREE_DATABASE_URL"] = f"sqlite:///{workdir / 'pedigree.db'}"
+    os.environ["PEDIGREE_DATABASE_URL"] = db_url or f"sqlite:///{workdir / 'pedigree.db'}"
     os.environ.pop("PEDIGREE_REDIS_URL", None)
     os.environ["PEDIGREE_EMBEDDED"] = "true"
     os.environ["PEDIGREE_ARTIFACT_ROOT"] = str(workdir / "artifacts")
@@ -180,10 +180,26 @@ def run_arm(containment: bool, eval_rows: list[dict], train: list[dict], c_origs
     return {"main": flagged[ev], "clough": flagged[cev], "seconds": seconds, "train_examples": len(train)}
 
 
+def _arm(backend: str, *args, **kw) -> dict:
+    if backend == "sqlite":
+        return run_arm(*args, **kw)
+    from bench.common import temp_pg_database
+
+    with temp_pg_database("pedigree_bench_eval") as url:
+        try:
+            return run_arm(*args, db_url=url, **kw)
+        finally:
+            from app.core.db import get_engine
+
+            get_engine().dispose()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--eval", type=int, default=300, help="evaluation items (and items of each contaminated kind)")
     ap.add_argument("--clean", type=int, default=2000, help="clean training examples")
+    ap.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite",
+                    help="the database (PostgreSQL: a throwaway database per arm on PEDIGREE_BENCH_PG)")
     ap.add_argument("--reps", type=int, default=5, help="repetitions of both arms, alternating (median time)")
     args = ap.parse_args()
 
@@ -198,7 +214,7 @@ def main() -> None:
     for rep in range(args.reps):
         for arm in (("baseline", "ours") if rep % 2 == 0 else ("ours", "baseline")):
             with tempfile.TemporaryDirectory(prefix=f"pedigree-bench-eval-{arm}-") as tmp:
-                res = run_arm(arm == "ours", eval_rows, train, c_origs, c_answers, Path(tmp))
+                res = _arm(args.backend, arm == "ours", eval_rows, train, c_origs, c_answers, Path(tmp))
             times[arm].append(res["seconds"])
             last[arm] = res
             print(f"rep {rep + 1} {arm:<8}: training import + pipeline {res['seconds']:.1f} s, "
@@ -206,7 +222,7 @@ def main() -> None:
 
     # The other order: training texts first, then the evaluation items (their sweep finds the texts).
     with tempfile.TemporaryDirectory(prefix="pedigree-bench-eval-last-") as tmp:
-        late = run_arm(True, eval_rows, train, c_origs, c_answers, Path(tmp), eval_last=True)
+        late = _arm(args.backend, True, eval_rows, train, c_origs, c_answers, Path(tmp), eval_last=True)
     print(f"ours, evaluation set imported last: eval import + sweep of {len(train)} training examples "
           f"{late['seconds']:.1f} s, {len(late['main'])} flagged", flush=True)
 
@@ -253,7 +269,7 @@ def main() -> None:
     print(f"training import + pipeline, median of {args.reps}: baseline {med['baseline']:.1f} s, ours {med['ours']:.1f} s "
           f"({ratio:.2f}x)")
     result = {
-        "bench": "eval_guard",
+        "bench": "eval_guard", "backend": args.backend,
         "machine": f"{platform.node()} ({os.cpu_count()} cpus, {platform.machine()})",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_avg_1m": {"before": round(load0, 1), "after": round(os.getloadavg()[0], 1)},
