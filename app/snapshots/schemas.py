@@ -88,13 +88,16 @@ class SnapshotOut(BaseModel):
     stats: dict[str, Any] | None = None
 
 
+MAX_PROOFS = 10_000
+
+
 class ProofsRequest(BaseModel):
     """Members to prove, by example id or by revision id (one of the two), at most MAX_PROOFS."""
 
     model_config = ConfigDict(extra="forbid")
 
-    example_ids: list[uuid.UUID] | None = Field(None, min_length=1, max_length=10_000)
-    revision_ids: list[uuid.UUID] | None = Field(None, min_length=1, max_length=10_000)
+    example_ids: list[uuid.UUID] | None = Field(None, min_length=1, max_length=MAX_PROOFS)
+    revision_ids: list[uuid.UUID] | None = Field(None, min_length=1, max_length=MAX_PROOFS)
 
     @model_validator(mode="after")
     def _one(self) -> ProofsRequest:

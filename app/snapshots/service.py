@@ -23,19 +23,21 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import DateTime, Uuid, bindparam, select, text
+from sqlalchemy import DateTime, Text, Uuid, bindparam, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core.auth import Actor
-from app.core.db import get_engine
+from app.core.db import get_engine, one_of
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.core.ids import new_id
 from app.datasets import service as datasets
 from app.examples.service import decode_cursor, encode_cursor
 from app.models.base import Base
-from app.models.snapshot import Snapshot
+from app.models.example import Example
+from app.models.snapshot import Snapshot, SnapshotMember
 from app.snapshots import merkle
 from app.snapshots.schemas import SnapshotCreate, SnapshotFilter
 
@@ -319,11 +321,7 @@ def _member(session: Session, snap: Snapshot, *, example_id: str | None, revisio
     except ValueError:
         raise ValidationFailed(f"{field} is not a UUID", details=[
             {"field": field, "code": "invalid", "message": "a UUID"}]) from None
-    row = session.execute(text(
-        f"SELECT m.example_id, m.revision_id, m.split, m.content_sha256, e.status FROM snapshot_members m "
-        f"JOIN examples e ON e.id = m.example_id WHERE m.snapshot_id = :sid AND m.{field} = :key"
-    ).bindparams(bindparam("sid", type_=Uuid()), bindparam("key", type_=Uuid())),
-        {"sid": snap.id, "key": key}).first()
+    row = next(iter(_members_of(session, snap, field, [key])), None)
     if row is None:
         raise NotFound(f"{field} {key} is not a member of snapshot {snap.id}", code="not_a_member",
                        details={"snapshot": str(snap.id), field: str(key)})
@@ -384,8 +382,6 @@ def membership_proof(session: Session, snap: Snapshot, *, example_id: str | None
 
 # --- many proofs from one tree ---------------------------------------------------------------------------
 
-MAX_PROOFS = 10_000
-
 
 class _PackedLevel:
     """One level of the tree as PostgreSQL returns it: the node hashes end to end in one bytea."""
@@ -401,18 +397,15 @@ class _PackedLevel:
 
 
 def _members_of(session: Session, snap: Snapshot, field: str, keys: list[uuid.UUID]) -> list[Any]:
+    """Member rows (example, revision, split, content hash, the example's status now) by example or
+    revision id."""
+    M, E = SnapshotMember.__table__, Example.__table__
     pg = _is_pg(session)
-    cond = f"m.{field} = ANY(:keys)" if pg else f"m.{field} IN :keys"
-    stmt = text(
-        f"SELECT m.example_id, m.revision_id, m.split, m.content_sha256, e.status FROM snapshot_members m "
-        f"JOIN examples e ON e.id = m.example_id WHERE m.snapshot_id = :sid AND {cond}")
-    if pg:
-        from sqlalchemy.dialects.postgresql import ARRAY
-
-        stmt = stmt.bindparams(bindparam("sid", type_=Uuid()), bindparam("keys", type_=ARRAY(Uuid())))
-        return list(session.execute(stmt, {"sid": snap.id, "keys": keys}))
-    stmt = stmt.bindparams(bindparam("sid", type_=Uuid()), bindparam("keys", type_=Uuid(), expanding=True))
-    return [r for i in range(0, len(keys), 500) for r in session.execute(stmt, {"sid": snap.id, "keys": keys[i:i + 500]})]
+    stmt = (select(M.c.example_id, M.c.revision_id, M.c.split, M.c.content_sha256, E.c.status)
+            .join(E, E.c.id == M.c.example_id)
+            .where(M.c.snapshot_id == snap.id, one_of(M.c[field], "keys", pg=pg)))
+    step = len(keys) if pg else 500  # SQLite: bounded IN lists
+    return [r for i in range(0, len(keys), max(step, 1)) for r in session.execute(stmt, {"keys": keys[i:i + step]})]
 
 
 def membership_proofs(session: Session, snap: Snapshot, *, field: str, values: list[uuid.UUID]) -> dict[str, Any]:
@@ -454,7 +447,7 @@ def membership_proofs(session: Session, snap: Snapshot, *, field: str, values: l
             "SELECT l, min(r) FROM (SELECT (m.content_sha256 || ' ' || m.split) COLLATE \"C\" AS l, "
             "rank() OVER (ORDER BY (m.content_sha256 || ' ' || m.split) COLLATE \"C\") - 1 AS r "
             "FROM snapshot_members m WHERE m.snapshot_id = :sid) x WHERE l = ANY(:lines) GROUP BY l")
-            .bindparams(sid, bindparam("lines", type_=_text_array())),
+            .bindparams(sid, bindparam("lines", type_=ARRAY(Text()))),
             {"sid": snap.id, "lines": sorted(w.decode() for w in wanted)})}
     else:
         lines = list(_sorted_lines_generic(session, snap.id))
@@ -475,13 +468,6 @@ def membership_proofs(session: Session, snap: Snapshot, *, field: str, values: l
                                         merkle.path_from_levels(levels, index)))
     out["tree_size"] = size
     return out
-
-
-def _text_array() -> Any:
-    from sqlalchemy import Text
-    from sqlalchemy.dialects.postgresql import ARRAY
-
-    return ARRAY(Text())
 
 
 def _proof_doc(snap: Snapshot, root: str, size: int, index: int, row: Any, line: bytes, leaf_h: bytes,
