@@ -366,6 +366,9 @@ def test_an_invalid_policy_is_refused_at_the_door_and_ignored_by_the_stage(api):
     ds = new_dataset(api, **NO_PII)
     r = api.as_("curator").patch(f"/v1/datasets/{ds['id']}", json={"dedup_policy": {"threshold": 2.0}})
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"].startswith("dedup_policy")
+    for bad, field in (({"eval_containment": 0}, "eval_containment"), ({"eval_ngram": 2}, "eval_ngram")):
+        r = api.as_("curator").patch(f"/v1/datasets/{ds['id']}", json={"dedup_policy": bad})
+        assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == f"dedup_policy.{field}", r.text
     # ... and a row that still holds one (written before validation existed) does not stop the stage,
     # which falls back to the defaults, while a rebuild names the bad field.
     from sqlalchemy import update
