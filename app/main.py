@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.audit.router import router as audit_router
 from app.core.config import get_settings
@@ -61,10 +62,37 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, _STATUS_CODES.get(exc.status_code, "error"), str(exc.detail))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return _error(500, "internal_error", "internal error; the request changed nothing")
+
+class CatchAllMiddleware:
+    """Turns an unhandled exception into the house 500 body *without* re-raising it.
+
+    Starlette's `exception_handler(Exception)` runs in ServerErrorMiddleware, which sends the answer
+    and then re-raises, so uvicorn closes the keep-alive connection after every 500 and a client's
+    pool loses a socket per error. Catching here, inside that middleware, ends the request normally.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def _send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, _send)
+        except Exception as exc:
+            log.exception("unhandled error", exc_info=exc)
+            if started:  # half a body is already out: only closing the connection tells the client
+                raise
+            await _error(500, "internal_error", "internal error; the request changed nothing")(scope, receive, send)
 
 
 @asynccontextmanager
@@ -92,6 +120,7 @@ def create_app() -> FastAPI:
                   docs_url="/docs" if docs else None, redoc_url=None,
                   openapi_url="/openapi.json" if docs else None)
     install_error_handlers(app)
+    app.add_middleware(CatchAllMiddleware)
     for r in (datasets_router, examples_router, audit_router, keys_router, pii_router, review_router, snapshots_router,
               dedup_router, training_router):
         app.include_router(r)
