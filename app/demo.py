@@ -232,6 +232,7 @@ def run_demo(*, workdir: Path, keep: bool = False) -> int:
     os.environ["PEDIGREE_DATABASE_URL"] = f"sqlite:///{workdir / 'pedigree.db'}"
     os.environ.pop("PEDIGREE_REDIS_URL", None)
     os.environ["PEDIGREE_ARTIFACT_ROOT"] = str(workdir / "artifacts")
+    os.environ["PEDIGREE_MODEL_ROOTS"] = str(workdir / "models")
     os.environ.setdefault("PEDIGREE_EMBEDDED", "true")
     from app.core.config import reset_settings
 

@@ -30,6 +30,18 @@ for _k in [k for k in os.environ if k.startswith("PEDIGREE_") and not k.startswi
 os.environ["PEDIGREE_SECRET_KEY"] = "test-secret-key-0123456789abcdef"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every tiny or fake base model a test makes lives under pytest's temporary folder: make it the one
+    model root, so the API accepts them and nothing else (processes started by tests inherit it)."""
+    root = tmp_path_factory.getbasetemp().resolve()
+    os.environ["PEDIGREE_MODEL_ROOTS"] = str(root)
+    from app.core.config import reset_settings
+
+    reset_settings()
+    return root
+
+
 def _worker_suffix() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
 

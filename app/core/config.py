@@ -8,6 +8,7 @@ with a well-known secret is worse than one that does not start.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -38,6 +39,10 @@ class Settings(BaseSettings):
 
     api_url: str = "http://127.0.0.1:8000"
     artifact_root: str = str(VAR_DIR / "artifacts")
+    # Folders a local `base_model` path must resolve into (os.pathsep-separated). Unset: `models`
+    # beside the artifact root. Without a bound, a curator could point a run at any file the API can
+    # see (/proc/self/environ was queued once) and learn from the answer whether a path exists.
+    model_roots: str | None = None
     # A running training run with no event or heartbeat for this long is failed as worker_lost by the
     # reaper. The trainer heartbeats every 10 s; the margin covers a long checkpoint save or GC pause.
     training_heartbeat_timeout_s: float = 120.0
@@ -50,6 +55,14 @@ class Settings(BaseSettings):
         if self.embedded is not None:
             return self.embedded
         return self.database_url.startswith("sqlite") and self.redis_url is None
+
+    @property
+    def model_root_list(self) -> list[Path]:
+        if self.model_roots:
+            return [Path(p) for p in self.model_roots.split(os.pathsep) if p.strip()]
+        if "://" in self.artifact_root:  # an object store: no folder beside it on this host
+            return [VAR_DIR / "models"]
+        return [Path(self.artifact_root).parent / "models"]
 
     @property
     def is_sqlite(self) -> bool:

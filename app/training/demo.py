@@ -31,7 +31,8 @@ def make_tiny(path: Path) -> None:
 
 
 def step_train(ctx: Any) -> None:
-    base = Path(get_settings().artifact_root).resolve().parent / "tiny-model"
+    # Inside the first model root: the API refuses a local base model anywhere else.
+    base = get_settings().model_root_list[0].resolve() / "tiny-model"
     t0 = time.time()
     make_tiny(base)
     console.print(f"tiny base model (random weights, byte-level tokenizer) at {base} in {time.time() - t0:.1f}s")

@@ -7,6 +7,7 @@ field at submission, instead of a failed run minutes later on a GPU host.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -118,3 +119,11 @@ def is_hub_id(base_model: str) -> bool:
     """'org/name' may be a Hugging Face hub id (resolved on the GPU host); anything else is a path.
     The same rule as trainer/core.py's load_base, so both sides agree on what must exist on disk."""
     return base_model.count("/") == 1 and not base_model.startswith((".", "/", "~"))
+
+
+# The hub's own rule for repo ids (letters, digits, '-', '_', '.'; no '..'; at most 96 characters per part).
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+def is_valid_hub_id(base_model: str) -> bool:
+    return bool(HUB_ID.match(base_model)) and ".." not in base_model

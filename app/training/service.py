@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.core import jobs
 from app.core.auth import Actor
+from app.core.config import get_settings
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.examples.service import decode_cursor, encode_cursor
 from app.models.base import utcnow
@@ -35,7 +37,7 @@ from app.models.snapshot import Snapshot
 from app.models.training import FINISHED, ModelVersion, TrainingRun, TrainingRunEvent
 from app.snapshots import service as snapshots
 from app.training import artifacts, registry
-from app.training.schemas import EventIn, RunComplete, RunCreate, is_hub_id
+from app.training.schemas import EventIn, RunComplete, RunCreate, is_hub_id, is_valid_hub_id
 
 TRAIN_TASK = "pedigree.train.run"
 TRAIN_QUEUE = "train"
@@ -74,6 +76,7 @@ def create(session: Session, *, data: RunCreate, actor: Actor,
     """The run and whether this call created it. With an idempotency key, a retry of the same
     request returns the run the first call made (a lost response must not cost a second GPU run);
     the same key with a different request is refused."""
+    check_base_model_allowed(data.base_model)
     request_sha = None
     if idempotency_key is not None:
         request_sha = hashlib.sha256(orjson.dumps(data.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS))\
@@ -152,6 +155,31 @@ def _by_idempotency_key(session: Session, actor: Actor, key: str, request_sha: s
                        code="idempotency_key_reused",
                        details={"field": "Idempotency-Key", "run_id": str(prior.id)})
     return prior
+
+
+BASE_MODEL_REFUSED = ("base_model must be a hub id ('org/name') or a path inside a configured model root "
+                      "(PEDIGREE_MODEL_ROOTS)")
+
+
+def _inside_model_roots(base_model: str) -> bool:
+    try:
+        # realpath follows symlinks: a link inside a root that points outside it is outside.
+        real = os.path.realpath(os.path.expanduser(base_model))
+        roots = [os.path.realpath(r) for r in get_settings().model_root_list]
+    except (OSError, ValueError):  # e.g. an embedded NUL byte
+        return False
+    return any(real != root and os.path.commonpath([real, root]) == root for root in roots)
+
+
+def check_base_model_allowed(base_model: str) -> None:
+    """Refuse, with one answer for every case, a base model that is neither a well-formed hub id nor a
+    path inside a model root, before anything looks at the path: the answer must not tell a caller
+    whether some file on the API host exists."""
+    ok = is_valid_hub_id(base_model) if is_hub_id(base_model) else _inside_model_roots(base_model)
+    if not ok:
+        raise ValidationFailed(BASE_MODEL_REFUSED, code="bad_base_model",
+                               details=[{"field": "base_model", "code": "bad_base_model",
+                                         "message": BASE_MODEL_REFUSED}])
 
 
 def _validate_base_model(base_model: str) -> str | None:

@@ -4,7 +4,9 @@ of the protocol is driven by hand here (the real trainer runs in test_e2e.py).""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -423,3 +425,46 @@ def test_idempotency_key_makes_a_create_retry_safe(api, dispatched, base_model):
     assert cur.post("/v1/training-runs", json=body).status_code == 201
     assert count("SELECT count(*) FROM training_runs") == 4
     assert cur.post("/v1/training-runs", json=body, headers={"Idempotency-Key": ""}).status_code == 422
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+def test_base_model_only_from_model_roots_or_hub(api, dispatched, base_model, tmp_path, monkeypatch):
+    from app.core.config import Settings, get_settings, reset_settings
+
+    snap, _ = snapshot(api, n=6)
+    outside = tmp_path.parent.parent.parent / f"outside-{uuid.uuid4().hex[:6]}"  # beyond the pytest root
+    root = tmp_path / "models"
+    (root / "real").mkdir(parents=True)
+    (root / "real" / "config.json").write_text("{}")
+    (root / "escape").symlink_to("/proc/self")
+    monkeypatch.setenv("PEDIGREE_MODEL_ROOTS", f"/nonexistent-root{os.pathsep}{root}")
+    reset_settings()
+    assert get_settings().model_root_list[-1] == root
+
+    assert new_run(api, snap, str(root / "real"))["status"] == "queued"
+    assert new_run(api, snap, "Qwen/Qwen2.5-0.5B")["status"] == "queued"
+    # Inside a root, a missing model is the caller's own business: the run records why it failed.
+    assert new_run(api, snap, str(root / "missing"))["error"]["code"] == "bad_base_model"
+    runs = count("SELECT count(*) FROM training_runs")
+
+    # Anywhere else, existing or not, one answer that names the field and nothing about the path.
+    refused = ["/proc/self/environ", "/etc/passwd", "/etc/no-such-file", str(outside), base_model,
+               str(root / "escape" / "environ"), str(root / ".." / "models-x"), f"{root}/real/../../../x", str(root),
+               "../../etc/passwd", "org/..", "../x", "org/na me", "org/name\x00", "~/.ssh/id_rsa"]
+    bodies = set()
+    for bad in refused:
+        r = api.as_("curator").post("/v1/training-runs", json={"snapshot_id": snap["id"], "base_model": bad,
+                                                              "model_name": "m"})
+        assert r.status_code == 422, (bad, r.text)
+        err = r.json()["error"]
+        assert err["details"][0]["field"] == "base_model" and err["code"] == "bad_base_model"
+        bodies.add(r.text)
+    assert len(bodies) == 1 and "/proc" not in bodies.pop()
+    assert count("SELECT count(*) FROM training_runs") == runs  # nothing stored, nothing queued
+
+    monkeypatch.delenv("PEDIGREE_MODEL_ROOTS")
+    monkeypatch.setenv("PEDIGREE_ARTIFACT_ROOT", "/srv/pedigree/artifacts")
+    assert Settings().model_root_list == [Path("/srv/pedigree/models")]
+    monkeypatch.setenv("PEDIGREE_ARTIFACT_ROOT", "s3://bucket/artifacts")
+    assert Settings().model_root_list == [Path("var/models")]
+    reset_settings()
