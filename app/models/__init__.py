@@ -8,7 +8,7 @@ from app.models.dedup import DedupDecision, DedupEvalHit, DedupPair, DedupRebuil
 from app.models.example import DuplicateLink, Example, ExampleRevision, IngestBatch
 from app.models.lineage import AuditCheckpoint, ErasureRequest, ModelVersionFacet, ModelVersionTaint
 from app.models.pii import PiiFinding, PiiScrub, PiiVaultEntry
-from app.models.review import Review, ReviewEscalation, ReviewLease, ReviewSuggestion
+from app.models.review import Review, ReviewEscalation, ReviewLease, ReviewSessionRevocation, ReviewSuggestion
 from app.models.snapshot import Snapshot, SnapshotMember
 from app.models.training import (
     Lineage,
@@ -51,6 +51,7 @@ __all__ = [
     "Review",
     "ReviewEscalation",
     "ReviewLease",
+    "ReviewSessionRevocation",
     "ReviewSuggestion",
     "Snapshot",
     "SnapshotMember",

@@ -80,3 +80,14 @@ class ReviewSuggestion(IdMixin, CreatedAtMixin, Base):
     score: Mapped[float | None] = mapped_column(Float)
     reason_code: Mapped[str | None] = mapped_column(String(64))
     comment: Mapped[str | None] = mapped_column(Text)
+
+
+class ReviewSessionRevocation(Base):
+    """A signed-out reviewer-page session. The sealed cookie is self-contained, so deleting it in the
+    browser does not stop a copy of it from replaying until it expires; its id listed here does. A row
+    is useless once the cookie would have expired anyway, and is deleted then."""
+
+    __tablename__ = "review_session_revocations"
+
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)

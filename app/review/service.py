@@ -35,7 +35,14 @@ from app.models.auth import ApiKey
 from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.example import Example, ExampleRevision
-from app.models.review import DECISIONS, Review, ReviewEscalation, ReviewLease, ReviewSuggestion
+from app.models.review import (
+    DECISIONS,
+    Review,
+    ReviewEscalation,
+    ReviewLease,
+    ReviewSessionRevocation,
+    ReviewSuggestion,
+)
 from app.pipeline import service as pipeline
 from app.pipeline import stages
 from app.review import agreement
@@ -769,3 +776,24 @@ def progress(session: Session, *, dataset: Dataset, actor: Actor) -> dict[str, A
 
 __all__ = ["add_suggestion", "decide", "decide_bulk", "edit", "next_items", "policy_of", "progress",
            "release_lease", "renew_lease", "review_view", "stats"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reviewer-page sessions ended by sign-out
+
+_REVOKED = ReviewSessionRevocation.__table__
+
+
+def page_session_revoked(session: Session, session_id: str) -> bool:
+    return session.connection().execute(
+        select(_REVOKED.c.session_id).where(_REVOKED.c.session_id == session_id)).first() is not None
+
+
+def revoke_page_session(session: Session, *, session_id: str, expires_at: dt.datetime) -> None:
+    conn = session.connection()
+    # Past its lifetime a cookie is refused when unsealed anyway, so its row can go; sign-outs are rare
+    # enough that this is all the cleaning the table needs.
+    conn.execute(delete(_REVOKED).where(_REVOKED.c.expires_at < utcnow()))
+    ins = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    # Two tabs signing one session out at once: the second insert is a no-op, not a 500.
+    conn.execute(ins(_REVOKED).values(session_id=session_id, expires_at=expires_at).on_conflict_do_nothing())

@@ -11,6 +11,7 @@ a strict Content-Security-Policy forbids inline scripts should a template ever s
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import secrets
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
 
 from app.core.auth import Actor, authenticate
 from app.core.config import get_settings
@@ -75,6 +77,14 @@ def unseal(value: str | None) -> dict[str, Any] | None:
     return data
 
 
+def _live(session: Session, data: dict[str, Any] | None) -> bool:
+    """A cookie that unseals and was not signed out. Cookies sealed before sessions had ids carry no
+    "s" and cannot be revoked, so they are refused too (their holders sign in again once)."""
+    if data is None or not isinstance(data.get("s"), str):
+        return False
+    return not service.page_session_revoked(session, data["s"])
+
+
 def _secure(request: Request) -> bool:
     return request.url.scheme == "https"
 
@@ -107,7 +117,7 @@ class PageUser:
 
 def _page_user(request: Request, session: SessionDep) -> PageUser:
     data = unseal(request.cookies.get(COOKIE))
-    if data is None:
+    if not _live(session, data):
         raise Unauthorized("signed out; sign in at /review", code="signed_out")
     # Authenticated on every call: a revoked key stops working at once, cookie or not.
     actor = authenticate(session, data["k"])
@@ -133,7 +143,7 @@ Writer = Annotated[PageUser, Depends(_csrf_user)]
 def page(request: Request, session: SessionDep, dataset: str | None = None) -> Response:
     data = unseal(request.cookies.get(COOKIE))
     actor = None
-    if data is not None:
+    if _live(session, data):
         try:
             actor = authenticate(session, data["k"])
         except PedigreeError:
@@ -167,17 +177,21 @@ def sign_in(request: Request, session: SessionDep, api_key: Annotated[str, Form(
     if actor.role not in PAGE_ROLES or not actor.is_human:
         return _headers(RedirectResponse("/review?error=role", status_code=303))
     resp = RedirectResponse("/review", status_code=303)
-    resp.set_cookie(COOKIE, seal({"k": api_key.strip(), "c": secrets.token_urlsafe(32), "iat": int(time.time())}),
+    resp.set_cookie(COOKIE, seal({"k": api_key.strip(), "c": secrets.token_urlsafe(32), "s": secrets.token_urlsafe(24),
+                                  "iat": int(time.time())}),
                     max_age=SESSION_TTL_S, httponly=True, samesite="strict", secure=_secure(request), path="/review")
     resp.delete_cookie(PRE_COOKIE, path="/review")
     return _headers(resp)
 
 
 @router.post("/session/delete")
-def sign_out(request: Request, csrf: Annotated[str, Form(max_length=100)] = "") -> Response:
+def sign_out(request: Request, session: SessionDep, csrf: Annotated[str, Form(max_length=100)] = "") -> Response:
     data = unseal(request.cookies.get(COOKIE))
     resp = RedirectResponse("/review", status_code=303)
     if data is not None and hmac.compare_digest(csrf, data["c"]):
+        if isinstance(data.get("s"), str):
+            service.revoke_page_session(session, session_id=data["s"], expires_at=dt.datetime.fromtimestamp(
+                data.get("iat", 0) + SESSION_TTL_S, dt.UTC))  # a copy of the cookie (another browser, a proxy log) dies with this one
         resp.delete_cookie(COOKIE, path="/review")
     return _headers(resp)
 

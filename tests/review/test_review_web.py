@@ -53,3 +53,53 @@ def test_sign_in_refuses_other_roles_forged_forms_and_tampered_cookies(api):
     assert r.headers["location"] == "/review?error=expired"
     api.client.cookies.set("pedigree_review", "AAAA" * 20, path="/review")
     assert api.client.get("/review/api/next?dataset=x").status_code == 401
+
+
+def test_sign_out_revokes_the_sealed_cookie_everywhere(api):
+    """Sign-out used to delete only the browser's copy: the same sealed value, replayed from anywhere,
+    stayed good for its 12 h lifetime."""
+    import datetime as dt
+
+    from sqlalchemy import text
+
+    from app.core.db import session_scope
+    from app.review import web
+
+    ds = new_dataset(api)
+    sign_in(api)
+    stolen = api.client.cookies.get("pedigree_review")
+    page = api.client.get(f"/review?dataset={ds['id']}")
+    token = re.search(r'name="csrf-token" content="([^"]+)"', page.text).group(1)
+    assert api.client.get(f"/review/api/next?dataset={ds['id']}").status_code == 200
+    # A second, independent session of the same key survives the first one's sign-out.
+    api.client.cookies.clear()
+    sign_in(api)
+    other = api.client.cookies.get("pedigree_review")
+    with session_scope() as s:  # an expired revocation is cleaned up by the next sign-out
+        s.execute(text("INSERT INTO review_session_revocations (session_id, expires_at) VALUES ('old', :t)"),
+                  {"t": dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)})
+
+    api.client.cookies.clear()
+    api.client.cookies.set("pedigree_review", stolen, path="/review")
+    assert api.client.post("/review/session/delete", data={"csrf": token}, follow_redirects=False).status_code == 303
+    for _ in range(2):  # a second sign-out of the same session (another tab) is harmless
+        api.client.cookies.set("pedigree_review", stolen, path="/review")
+        api.client.post("/review/session/delete", data={"csrf": token}, follow_redirects=False)
+
+    api.client.cookies.set("pedigree_review", stolen, path="/review")  # the replay
+    r = api.client.get(f"/review/api/next?dataset={ds['id']}")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "signed_out"
+    assert "Sign in" in api.client.get("/review").text
+    assert api.client.post(f"/review/api/examples/{ds['id']}/release",
+                           headers={"X-CSRF-Token": token}).status_code == 401
+    with session_scope() as s:
+        rows = s.execute(text("SELECT session_id, expires_at FROM review_session_revocations")).all()
+    assert len(rows) == 1 and rows[0][0] != "old"
+    assert web.unseal(stolen)["s"] == rows[0][0]
+
+    api.client.cookies.set("pedigree_review", other, path="/review")
+    assert api.client.get(f"/review/api/next?dataset={ds['id']}").status_code == 200
+    # A cookie sealed before sessions had ids cannot be revoked, so it is not accepted either.
+    legacy = web.seal({"k": api.keys["reviewer"], "c": "x", "iat": int(dt.datetime.now(dt.UTC).timestamp())})
+    api.client.cookies.set("pedigree_review", legacy, path="/review")
+    assert api.client.get(f"/review/api/next?dataset={ds['id']}").status_code == 401
