@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.audit.router import router as audit_router
 from app.core.config import get_settings
 from app.core.db import get_engine
-from app.core.errors import PedigreeError
+from app.core.errors import PedigreeError, RequestRecordMiddleware, internal_error_body
 from app.datasets.router import router as datasets_router
 from app.dedup.router import router as dedup_router
 from app.examples.router import router as examples_router
@@ -92,7 +92,7 @@ class CatchAllMiddleware:
             log.exception("unhandled error", exc_info=exc)
             if started:  # half a body is already out: only closing the connection tells the client
                 raise
-            await _error(500, "internal_error", "internal error; the request changed nothing")(scope, receive, send)
+            await JSONResponse(internal_error_body(scope), status_code=500)(scope, receive, send)
 
 
 @asynccontextmanager
@@ -121,6 +121,8 @@ def create_app() -> FastAPI:
                   openapi_url="/openapi.json" if docs else None)
     install_error_handlers(app)
     app.add_middleware(CatchAllMiddleware)
+    # Outside the catch-all (added later = further out), so the record exists when it answers.
+    app.add_middleware(RequestRecordMiddleware)
     for r in (datasets_router, examples_router, audit_router, keys_router, pii_router, review_router, snapshots_router,
               dedup_router, training_router):
         app.include_router(r)

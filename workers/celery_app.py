@@ -28,11 +28,14 @@ celery.conf.update(
     task_ignore_result=True,
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
-    # Redis redelivers an unacked message after this long; longer than the slowest batch.
-    broker_transport_options={"visibility_timeout": 3600},
+    # Redis redelivers an unacked message after this long; longer than the slowest batch (see the
+    # setting). A killed worker's batch is recovered sooner by the lease sweeper.
+    broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
     task_always_eager=settings.tasks_eager,
     beat_schedule={
-        "pipeline-sweep": {"task": "pedigree.pipeline.sweep", "schedule": 300.0, "options": {"queue": "default"}},
+        # A sweep that waited longer than one interval in a busy queue is dropped: the next is due.
+        "pipeline-sweep": {"task": "pedigree.pipeline.sweep", "schedule": settings.sweep_interval_s,
+                           "options": {"queue": "default", "expires": settings.sweep_interval_s}},
         "training-reap": {"task": "pedigree.training.reap", "schedule": 30.0, "options": {"queue": "default"}},
     },
     timezone="UTC",

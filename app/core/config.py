@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     # A running training run with no event or heartbeat for this long is failed as worker_lost by the
     # reaper. The trainer heartbeats every 10 s; the margin covers a long checkpoint save or GC pause.
     training_heartbeat_timeout_s: float = 120.0
+    # Pipeline recovery (docs/reliability.md). A running stage task renews its lease every third of
+    # stage_lease_s; the sweeper (every sweep_interval_s, from beat) re-enqueues the examples of a lease
+    # that expired, so a killed worker's batch is running again within lease + interval + one batch.
+    stage_lease_s: float = 30.0
+    sweep_interval_s: float = 10.0
+    # Redis re-delivers an unacked message after this long. It must exceed the slowest task (else a
+    # running batch is handed to a second worker, which finds it locked and does nothing); the lease
+    # sweeper, not this, is what recovers a killed worker's batch.
+    broker_visibility_timeout_s: int = 600
     log_sql: bool = False
     # Serve /docs and /openapi.json; default: only in the embedded mode.
     api_docs: bool | None = None

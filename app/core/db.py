@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -16,6 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import get_settings
 from app.models.base import json_dumps
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache
@@ -74,7 +77,13 @@ def session_scope() -> Iterator[Session]:
         yield session
         session.commit()
     except BaseException:
-        session.rollback()
+        try:
+            session.rollback()
+        except Exception:
+            # The rollback fails when the commit itself was what failed (an after-commit hook raised,
+            # the connection died mid-COMMIT); its error would replace the one that says what went
+            # wrong, so it is logged and the original is raised.
+            log.warning("rollback after a failed transaction failed as well", exc_info=True)
         raise
     finally:
         session.close()

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from app.core.auth import Curator, Reader
 from app.core.config import get_settings
 from app.core.db import SessionDep, session_factory, session_scope
-from app.core.errors import NotFound, PayloadTooLarge, ValidationFailed
+from app.core.errors import NotFound, PayloadTooLarge, ValidationFailed, note_batch_id
 from app.datasets import service as datasets
 from app.examples import ingest
 from app.examples import service as examples
@@ -176,6 +176,7 @@ async def import_examples(
 
     try:
         ds, batch = await run_in_threadpool(setup)
+        note_batch_id(batch.id)
         parser = ingest.LineParser()
         pending: list[tuple[int, bytes]] = []
         # Two-stage pipeline: batch k is written to the database (waiting on I/O, GIL released)

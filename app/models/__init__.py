@@ -8,6 +8,7 @@ from app.models.dedup import DedupDecision, DedupEvalHit, DedupPair, DedupRebuil
 from app.models.example import DuplicateLink, Example, ExampleRevision, IngestBatch
 from app.models.lineage import AuditCheckpoint, ErasureRequest, ModelVersionFacet, ModelVersionTaint
 from app.models.pii import PiiFinding, PiiScrub, PiiVaultEntry
+from app.models.pipeline import StageLease
 from app.models.review import Review, ReviewEscalation, ReviewLease, ReviewSessionRevocation, ReviewSuggestion
 from app.models.snapshot import Snapshot, SnapshotMember
 from app.models.training import (
@@ -55,6 +56,7 @@ __all__ = [
     "ReviewSuggestion",
     "Snapshot",
     "SnapshotMember",
+    "StageLease",
     "TrainingRun",
     "TrainingRunEvent",
 ]

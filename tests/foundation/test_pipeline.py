@@ -97,5 +97,5 @@ def test_sweeper_reenqueues_stalled_examples(db, monkeypatch):
     old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     with session_scope() as s:
         s.execute(update(Example).values(updated_at=old))
-    assert pipeline.sweep(older_than_s=60) == 1
+    assert pipeline.sweep() == 1
     assert sent and sent[0][1][0] == "quality"

@@ -1,8 +1,10 @@
 """Thin tasks: ids in, a service call, nothing else. Retries cover transient faults of the database and
-of Redis (the dedup index): the batch rolled back, so running it again is safe."""
+of Redis, whichever client reports them (redis-py for the dedup index, kombu's OperationalError for a
+broker call): the batch rolled back, so running it again is safe."""
 
 from __future__ import annotations
 
+from kombu.exceptions import OperationalError as BrokerOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 
@@ -10,7 +12,8 @@ from app.pipeline import service
 from workers.celery_app import celery
 
 
-@celery.task(name=service.RUN_STAGE_TASK, acks_late=True, ignore_result=True, autoretry_for=(OperationalError, RedisConnectionError),
+@celery.task(name=service.RUN_STAGE_TASK, acks_late=True, ignore_result=True,
+             autoretry_for=(OperationalError, RedisConnectionError, BrokerOperationalError),
              retry_backoff=True, retry_kwargs={"max_retries": 10})
 def run_stage(stage: str, example_ids: list[str]) -> int:
     return service.run_stage(stage, example_ids)
