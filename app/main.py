@@ -17,6 +17,7 @@ from app.audit.router import router as audit_router
 from app.core.config import get_settings
 from app.core.db import get_engine
 from app.core.errors import PedigreeError, RequestRecordMiddleware, internal_error_body
+from app.core.logs import install_access_log_filter
 from app.datasets.router import router as datasets_router
 from app.dedup.router import router as dedup_router
 from app.examples.router import router as examples_router
@@ -123,6 +124,7 @@ def create_app() -> FastAPI:
     app.add_middleware(CatchAllMiddleware)
     # Outside the catch-all (added later = further out), so the record exists when it answers.
     app.add_middleware(RequestRecordMiddleware)
+    install_access_log_filter()  # query values (source refs, tags) never reach the access log
     for r in (datasets_router, examples_router, audit_router, keys_router, pii_router, review_router, snapshots_router,
               dedup_router, training_router):
         app.include_router(r)

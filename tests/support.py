@@ -35,7 +35,7 @@ def stop_worker(proc: subprocess.Popen) -> bytes:
 def celery_env(pg: str, redis_url: str, monkeypatch, db_base: int) -> Iterator[dict[str, str]]:
     """Point this process and its workers at PostgreSQL and a Redis database of their own
     (`db_base` + xdist worker number), flushed before and after, so parallel suites never share a queue.
-    Taken: 3-4 dedup race, 7-8 foundation/pii workers, 11 training e2e, 12 bench/pii, 13 trainer worker,
+    Taken: 3-4 dedup race, 7-8 foundation/pii workers, 9 pii queued (no worker), 11 training e2e, 12 bench/pii, 13 trainer worker,
     14 bench/dedup, 15 bench/common."""
     n = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
     url = redis_url.rsplit("/", 1)[0] + f"/{db_base + n}"

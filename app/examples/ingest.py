@@ -92,7 +92,7 @@ def _parse_time(value: Any, line: int) -> dt.datetime | None:
         ts = dt.datetime.fromisoformat(value)
     except ValueError:
         raise FieldError("provenance.collected_at", "invalid",
-                         f"collected_at {value!r} is not an ISO 8601 date or datetime") from None
+                         "collected_at is not an ISO 8601 date or datetime") from None
     return ts if ts.tzinfo else ts.replace(tzinfo=dt.UTC)
 
 
@@ -280,6 +280,8 @@ def store(session: Session, *, dataset: Dataset, batch_id: uuid.UUID, actor: Act
                  "exact_duplicates": len(dup_ids)},
     )
     pipeline.enqueue_stage(session, first_stage, new_ok)
+    # Their twin is scrubbed through the whole pipeline; they only need their own scrub (and vault row).
+    pipeline.enqueue_stage(session, stages.SCRUB_STAGE, sorted(dup_ids))
     return out
 
 
@@ -297,7 +299,7 @@ def _plan(session: Session, dataset: Dataset, batch_id: uuid.UUID, actor: Actor,
         if hit:
             if hit[1] != c.sha:
                 out.errors.append(LineError(c.line, "source_ref_conflict",
-                                            f"source_ref {c.source_ref!r} was already ingested with different content "
+                                            "source_ref was already ingested with different content "
                                             f"(example {hit[0]}); send an edit instead", "provenance.source_ref"))
             else:
                 out.unchanged += 1
@@ -309,7 +311,7 @@ def _plan(session: Session, dataset: Dataset, batch_id: uuid.UUID, actor: Actor,
             if prev is not None:
                 if prev.sha != c.sha:
                     out.errors.append(LineError(c.line, "source_ref_conflict",
-                                                f"source_ref {c.source_ref!r} appears earlier in this batch with different content",
+                                                "source_ref appears earlier in this batch with different content",
                                                 "provenance.source_ref"))
                 else:
                     out.unchanged += 1
@@ -336,8 +338,9 @@ def _plan(session: Session, dataset: Dataset, batch_id: uuid.UUID, actor: Actor,
         is_dup = canon is not None
         plan.ex_rows.append({
             "id": eid, "dataset_id": dataset.id, "status": "duplicate" if is_dup else "ingested",
-            # Exact duplicates skip the pipeline: their canonical twin is scrubbed and reviewed once.
-            "stage": None if is_dup else first_stage, "current_revision_id": rid,
+            # Exact duplicates skip quality and dedup (their canonical twin is checked and reviewed once) but
+            # not the scrub: their own ingest revision holds the same raw text.
+            "stage": stages.SCRUB_STAGE if is_dup else first_stage, "current_revision_id": rid,
             "source": c.source, "source_ref": c.source_ref, "collected_at": c.collected_at,
             "license": c.license, "legal_basis": c.legal_basis, "ingest_batch_id": batch_id,
             "ingested_by": actor.ref, "metadata": c.metadata, "tags": c.tags,

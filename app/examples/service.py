@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.core.auth import Actor
 from app.core.errors import NotFound, ValidationFailed
+from app.examples import privacy
 from app.models.example import STATUSES, DuplicateLink, Example, ExampleRevision
 
 # Extension points: later capabilities (PII findings, review state) add keys to the example view
@@ -38,22 +39,29 @@ def get(session: Session, example_id: str | uuid.UUID) -> Example:
     return ex
 
 
-def provenance(ex: Example) -> dict[str, Any]:
+def provenance(ex: Example, actor: Actor | None) -> dict[str, Any]:
+    """Provenance as `actor` may see it: identifiers pseudonymised for roles without the raw grant
+    (app/examples/privacy.py)."""
     return {
-        "source": ex.source, "source_ref": ex.source_ref,
+        "source": ex.source,
         "collected_at": ex.collected_at.isoformat() if ex.collected_at else None,
-        "license": ex.license, "legal_basis": ex.legal_basis, "metadata": ex.meta, "tags": ex.tags,
+        "license": ex.license, "legal_basis": ex.legal_basis,
+        **privacy.provenance_fields(actor, source_ref=ex.source_ref, metadata=ex.meta, tags=ex.tags),
         "ingest_batch_id": str(ex.ingest_batch_id) if ex.ingest_batch_id else None,
         "ingested_by": ex.ingested_by, "ingested_at": ex.created_at.isoformat(),
     }
 
 
-def revision_view(rev: ExampleRevision) -> dict[str, Any]:
-    return {
-        "id": str(rev.id), "seq": rev.seq, "content": rev.content, "content_sha256": rev.content_sha256,
+def revision_view(rev: ExampleRevision, *, withheld: str | None = None) -> dict[str, Any]:
+    out = {
+        "id": str(rev.id), "seq": rev.seq, "content": None if withheld else rev.content,
+        "content_sha256": rev.content_sha256,
         "reason": rev.reason, "author": rev.author, "parent_id": str(rev.parent_id) if rev.parent_id else None,
         "created_at": rev.created_at.isoformat(),
     }
+    if withheld:
+        out["content_withheld"] = withheld
+    return out
 
 
 def duplicates_of(session: Session, example_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -88,8 +96,8 @@ def view(session: Session, ex: Example, actor: Actor) -> dict[str, Any]:
     quality = _quality_of(session, rev)
     out: dict[str, Any] = {
         "id": str(ex.id), "dataset_id": str(ex.dataset_id), "status": ex.status, "stage": ex.stage,
-        "provenance": provenance(ex),
-        "revision": revision_view(rev) if rev else None,
+        "provenance": provenance(ex, actor),
+        "revision": revision_view(rev, withheld=privacy.content_withheld(ex.stage, ex.status)) if rev else None,
         "quality": {k: v for k, v in quality.items() if k != "flags"} or None,
         "quality_flags": quality.get("flags", []),
         "pii_findings": [],
@@ -104,7 +112,7 @@ def view(session: Session, ex: Example, actor: Actor) -> dict[str, Any]:
 def list_page(session: Session, *, dataset_id: uuid.UUID, status: str | None, source_ref: str | None,
               cursor: str | None, limit: int) -> tuple[list[Example], str | None]:
     if status is not None and status not in STATUSES:
-        raise ValidationFailed(f"unknown status {status!r}",
+        raise ValidationFailed("unknown status",
                                details=[{"field": "status", "code": "invalid", "message": f"one of {', '.join(STATUSES)}"}])
     q = select(Example).where(Example.dataset_id == dataset_id)
     if status:

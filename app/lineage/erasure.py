@@ -38,6 +38,7 @@ from app.core.auth import Actor
 from app.core.db import session_scope
 from app.core.errors import Conflict, Forbidden, NotFound
 from app.core.ids import new_id
+from app.examples import privacy
 from app.lineage import service as lineage
 from app.lineage import training as tr
 from app.models.base import utcnow
@@ -105,9 +106,14 @@ class Selector(BaseModel):
         return hashlib.sha256(orjson.dumps(self.canonical(), option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     def redacted(self) -> dict[str, Any]:
-        """What is stored and shown: a raw-text needle is itself the personal data being erased, so only
-        its hash is kept."""
+        """What is stored and shown: the selector names the very person being erased, so a raw-text needle
+        keeps only its hash, and refs and metadata values their provenance pseudonyms (`hmac:…`, the form
+        every non-admin view shows them in, so a request still lines up with the examples it matched)."""
         out = self.canonical()
+        if "source_refs" in out:
+            out["source_refs"] = sorted({privacy.pseudonym(r) for r in out["source_refs"]})
+        if "metadata" in out:
+            out["metadata"] = {k: privacy.mask_value(v) for k, v in out["metadata"].items()}
         if "raw_text_contains" in out:
             needle = out.pop("raw_text_contains")
             out["raw_text_contains_sha256"] = hashlib.sha256(needle.encode()).hexdigest()

@@ -41,26 +41,27 @@ def model_examples(name: str, version: int, session: SessionDep, actor: LineageR
                    license: str | None = None, reviewer: str | None = None, tag: str | None = None,
                    cursor: str | None = None, limit: Limit = 50) -> dict[str, Any]:
     items, nxt = service.model_examples(session, name=name, version=version, source=source, license=license,
-                                        reviewer=reviewer, tag=tag, cursor=cursor, limit=limit)
+                                        reviewer=reviewer, tag=tag, cursor=cursor, limit=limit, actor=actor)
     return {"items": items, "next_cursor": nxt}
 
 
 @lineage_router.get("/sources/{source:path}")
 def by_source(source: str, session: SessionDep, actor: LineageReader, cursor: str | None = None,
               limit: Limit = 50) -> dict[str, Any]:
-    return service.by_source(session, source=source, cursor=cursor, limit=limit)
+    return service.by_source(session, source=source, cursor=cursor, limit=limit, actor=actor)
 
 
 @lineage_router.get("/licenses/{license:path}")
 def by_license(license: str, session: SessionDep, actor: LineageReader, cursor: str | None = None,
                limit: Limit = 50) -> dict[str, Any]:
-    return service.by_license(session, license=license, cursor=cursor, limit=limit)
+    return service.by_license(session, license=license, cursor=cursor, limit=limit, actor=actor)
 
 
 @lineage_router.get("/reviewers/{reviewer:path}")
 def by_reviewer(reviewer: str, session: SessionDep, actor: LineageReader, decision: str | None = None,
                 cursor: str | None = None, limit: Limit = 50) -> dict[str, Any]:
-    return service.by_reviewer(session, reviewer=reviewer, decision=decision, cursor=cursor, limit=limit)
+    return service.by_reviewer(session, reviewer=reviewer, decision=decision, cursor=cursor, limit=limit,
+                               actor=actor)
 
 
 @erasure_router.post("", status_code=201)

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.core.auth import Actor
 from app.core.errors import NotFound, ValidationFailed
+from app.examples import privacy
 from app.examples import service as examples
 from app.lineage import facets
 from app.lineage import training as tr
@@ -139,6 +140,8 @@ def example_lineage(session: Session, *, example_id: str, actor: Actor, include_
                                 .order_by(ExampleRevision.seq)))
     current = next((r for r in revs if r.id == ex.current_revision_id), None)
     quality = (current.quality if current else None) or {}
+    # Only the current revision can be unscrubbed: every earlier one was replaced by a scrub or an edit.
+    withheld = privacy.content_withheld(ex.stage, ex.status)
     revisions = []
     for r in revs:
         erased = is_tombstone(r.content)
@@ -148,7 +151,10 @@ def example_lineage(session: Session, *, example_id: str, actor: Actor, include_
                 # The raw text of a scrubbed revision lives in the vault; the row keeps a marker.
                 "vaulted": isinstance(r.content, dict) and "_pii_vault" in r.content}
         if show_content:
-            item["content"] = None if erased or item["vaulted"] else r.content
+            pending = withheld if r.id == ex.current_revision_id else None
+            item["content"] = None if erased or item["vaulted"] or pending else r.content
+            if pending:
+                item["content_withheld"] = pending
         revisions.append(item)
 
     findings = [
@@ -187,7 +193,7 @@ def example_lineage(session: Session, *, example_id: str, actor: Actor, include_
 
     out: dict[str, Any] = {
         "example": {"id": str(ex.id), "dataset_id": str(ex.dataset_id), "status": ex.status,
-                    "provenance": examples.provenance(ex), "current_revision_id": _s(ex.current_revision_id),
+                    "provenance": examples.provenance(ex, actor), "current_revision_id": _s(ex.current_revision_id),
                     "created_at": _iso(ex.created_at), "updated_at": _iso(ex.updated_at)},
         "revisions": revisions,
         "pii_findings": findings,
@@ -315,7 +321,8 @@ def _has_tag(session: Session, tag: str) -> ColumnElement[bool]:
 
 def model_examples(session: Session, *, name: str, version: int, source: str | None = None,
                    license: str | None = None, reviewer: str | None = None, tag: str | None = None,
-                   cursor: str | None = None, limit: int = 50) -> tuple[list[dict[str, Any]], str | None]:
+                   cursor: str | None = None, limit: int = 50,
+                   actor: Actor | None = None) -> tuple[list[dict[str, Any]], str | None]:
     """Page of the examples a model version trained, in example-id order: a range scan of the lineage
     (model_version_id, example_id) index that probes each example by primary key and stops after `limit`
     matches, so page 1 costs about limit / selectivity probes whatever the version's size."""
@@ -354,7 +361,8 @@ def model_examples(session: Session, *, name: str, version: int, source: str | N
         get_model_version(session, name, version)
     nxt = examples.encode_cursor(rows[limit - 1].example_id) if len(rows) > limit else None
     items = [{"example_id": str(r.example_id), "revision_id": str(r.revision_id), "dataset_id": str(r.dataset_id),
-              "source": r.source, "source_ref": r.source_ref, "license": r.license, "legal_basis": r.legal_basis,
+              "source": r.source, "source_ref": privacy.source_ref_for(actor, r.source_ref), "license": r.license,
+              "legal_basis": r.legal_basis,
               "status": r.status, "tokens": r.tokens, "epochs": r.epochs} for r in rows[:limit]]
     return items, nxt
 
@@ -399,8 +407,8 @@ def snapshots_containing(session: Session, example_filter: ColumnElement[bool]) 
                                      .order_by(Snapshot.created_at))]
 
 
-def _example_page(session: Session, cond: ColumnElement[bool], cursor: str | None,
-                  limit: int) -> tuple[list[dict[str, Any]], str | None]:
+def _example_page(session: Session, cond: ColumnElement[bool], cursor: str | None, limit: int,
+                  actor: Actor | None) -> tuple[list[dict[str, Any]], str | None]:
     q = select(Example.id, Example.dataset_id, Example.status, Example.source, Example.source_ref,
                Example.license).where(cond)
     if cursor:
@@ -408,7 +416,8 @@ def _example_page(session: Session, cond: ColumnElement[bool], cursor: str | Non
     rows = session.execute(q.order_by(Example.id).limit(limit + 1)).all()
     nxt = examples.encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
     return [{"example_id": str(r.id), "dataset_id": str(r.dataset_id), "status": r.status, "source": r.source,
-             "source_ref": r.source_ref, "license": r.license} for r in rows[:limit]], nxt
+             "source_ref": privacy.source_ref_for(actor, r.source_ref), "license": r.license}
+            for r in rows[:limit]], nxt
 
 
 def _counts(session: Session, cond: ColumnElement[bool]) -> dict[str, Any]:
@@ -417,8 +426,8 @@ def _counts(session: Session, cond: ColumnElement[bool]) -> dict[str, Any]:
 
 
 def _reverse(session: Session, kind: str, value: str, cond: ColumnElement[bool], cursor: str | None,
-             limit: int) -> dict[str, Any]:
-    items, nxt = _example_page(session, cond, cursor, limit)
+             limit: int, actor: Actor | None) -> dict[str, Any]:
+    items, nxt = _example_page(session, cond, cursor, limit, actor)
     mvs = (model_versions_with(session, kind, value) if kind in facets.FACETS
            else model_versions_trained_on(session, cond))
     return {kind: value, "counts": _counts(session, cond), "examples": {"items": items, "next_cursor": nxt},
@@ -426,21 +435,23 @@ def _reverse(session: Session, kind: str, value: str, cond: ColumnElement[bool],
             "warnings": tainted_alias_warnings(mvs)}
 
 
-def by_source(session: Session, *, source: str, cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
-    return _reverse(session, "source", source, Example.source == source, cursor, limit)
+def by_source(session: Session, *, source: str, cursor: str | None = None, limit: int = 50,
+              actor: Actor | None = None) -> dict[str, Any]:
+    return _reverse(session, "source", source, Example.source == source, cursor, limit, actor)
 
 
-def by_license(session: Session, *, license: str, cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
-    return _reverse(session, "license", license, Example.license == license, cursor, limit)
+def by_license(session: Session, *, license: str, cursor: str | None = None, limit: int = 50,
+               actor: Actor | None = None) -> dict[str, Any]:
+    return _reverse(session, "license", license, Example.license == license, cursor, limit, actor)
 
 
 def by_reviewer(session: Session, *, reviewer: str, decision: str | None = None, cursor: str | None = None,
-                limit: int = 50) -> dict[str, Any]:
+                limit: int = 50, actor: Actor | None = None) -> dict[str, Any]:
     rv = select(Review.example_id).where(_reviewer_match(reviewer))
     if decision:
         rv = rv.where(Review.decision == decision)
     cond = Example.id.in_(rv)
-    out = _reverse(session, "reviewer", reviewer, cond, cursor, limit)
+    out = _reverse(session, "reviewer", reviewer, cond, cursor, limit, actor)
     decisions = session.execute(select(Review.decision, func.count()).where(_reviewer_match(reviewer))
                                 .group_by(Review.decision)).all()
     out["decisions"] = dict(decisions)

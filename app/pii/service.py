@@ -41,8 +41,9 @@ from app.pii.schemas import PiiPolicy
 log = logging.getLogger(__name__)
 
 ACTOR = "system:pii"
-# Statuses the stage leaves alone (exact duplicates are scrubbed once, through their canonical twin).
-SKIP_STATUSES = ("duplicate", "erased", "rejected")
+# Statuses the stage leaves alone. Exact duplicates are not among them: each holds its own copy of the raw
+# text in its ingest revision, which must reach the vault like any other.
+SKIP_STATUSES = ("erased", "rejected")
 # A revision the stage itself produced is scrubbed already; running it again would re-find a span a
 # reviewer restored as a false positive.
 SCRUBBED_REASONS = ("pii_scrub", "pii_verdict")
@@ -160,6 +161,11 @@ def scrub_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
     done = {tuple(r) for r in session.execute(
         select(PiiScrub.example_id, PiiScrub.source_revision_id).where(PiiScrub.example_id.in_(example_ids))
     ).all()}
+    # Exact duplicates stop after their scrub: dedup and review happen once, on their canonical twin.
+    dups = sorted(r.id for r in rows if r.status == "duplicate")
+    if dups:
+        t = Example.__table__
+        session.execute(update(t).where(t.c.id.in_(dups)).values(stage=None, updated_at=utcnow()))
     todo = [r for r in rows if (r.id, r.rid) not in done and r.status not in SKIP_STATUSES
             and r.reason not in SCRUBBED_REASONS and VAULT_MARKER not in r.content]
     by_dataset: dict[uuid.UUID, list] = defaultdict(list)
@@ -372,7 +378,7 @@ def add_missed(session: Session, *, example_id: str, field_path: str, start: int
     content = orjson.loads(orjson.dumps(current.content))
     paths = dict(formats.text_fields(ds.format, content))
     if field_path not in paths:
-        raise ValidationFailed(f"no text field {field_path!r}", details=[
+        raise ValidationFailed("field_path is not a text field of this example", details=[
             {"field": "field_path", "code": "invalid", "message": f"one of {sorted(paths)}"}])
     text = paths[field_path]
     if not 0 <= start < end <= len(text) or not text[start:end].strip():

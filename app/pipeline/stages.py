@@ -73,8 +73,19 @@ STAGES: list[Stage] = [
 ]
 
 
+# Exact duplicates found at ingest enter here directly: their text is the same as their twin's, but the
+# ingest revision is raw and must be scrubbed (and vaulted) like any other before anyone reads it.
+SCRUB_STAGE = "pii"
+
+
 def stage_names() -> list[str]:
     return [s.name for s in STAGES]
+
+
+def pii_pending_stages() -> tuple[str, ...]:
+    """The stages an example sits at before it has been through the scrub: its current text may be raw."""
+    names = stage_names()
+    return tuple(names[: names.index(SCRUB_STAGE) + 1])
 
 
 def get_stage(name: str) -> Stage:

@@ -93,7 +93,7 @@ def membership_proofs(snapshot_id: str, data: ProofsRequest, session: SessionDep
 
 def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValidationFailed(f"unknown {field} {value!r}; one of {', '.join(allowed)}",
+        raise ValidationFailed(f"unknown {field}; one of {', '.join(allowed)}",
                                details=[{"field": field, "code": "invalid", "message": f"one of {', '.join(allowed)}"}])
 
 

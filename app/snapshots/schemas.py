@@ -35,7 +35,7 @@ class SnapshotFilter(BaseModel):
     def _known_statuses(cls, v: list[str]) -> list[str]:
         bad = [s for s in v if s not in STATUSES]
         if bad:
-            raise ValueError(f"unknown status {bad[0]!r}; one of {', '.join(STATUSES)}")
+            raise ValueError(f"unknown status; one of {', '.join(STATUSES)}")
         if "erased" in v:
             # Erased content is a tombstone: there is nothing left to train on.
             raise ValueError("erased examples cannot be selected")

@@ -38,11 +38,12 @@ from app.examples.service import decode_cursor, encode_cursor
 from app.models.base import Base
 from app.models.example import Example
 from app.models.snapshot import Snapshot, SnapshotMember
+from app.pipeline import stages
 from app.snapshots import merkle
 from app.snapshots.schemas import SnapshotCreate, SnapshotFilter
 
 # Exclusion rules in the order they are tested; an example is counted under the first that removes it.
-RULES = ("erased", "contaminates_eval", "duplicate", "status", "source", "license", "tags", "collected_at",
+RULES = ("erased", "pii_pending", "contaminates_eval", "duplicate", "status", "source", "license", "tags", "collected_at",
          "min_approvals")
 SPLIT_SPACE = 2**32
 
@@ -97,6 +98,9 @@ def _candidates(session: Session, dataset_id: uuid.UUID, f: SnapshotFilter, *, w
     binds: list[Any] = [bindparam("ds", type_=Uuid())]
     joins: list[str] = []
     whens: list[str] = ["WHEN e.status = 'erased' THEN 'erased'"]
+    # Not yet through the scrub: the current revision may hold raw text, whatever its status says.
+    pending = ", ".join(f"'{name}'" for name in stages.pii_pending_stages())
+    whens.append(f"WHEN e.stage IN ({pending}) THEN 'pii_pending'")
 
     if not f.include_contaminating:
         conds = []

@@ -28,10 +28,17 @@ def test_single_and_array_with_provenance(api):
     r = api.as_("curator").post(f"/v1/datasets/{ds['id']}/examples", json=one)
     assert r.status_code == 201, r.text
     item = r.json()["items"][0]
-    ex = api.as_("reviewer").get(f"/v1/examples/{item['id']}").json()
+    ex = api.as_("admin").get(f"/v1/examples/{item['id']}").json()
     prov = ex["provenance"]
     assert prov["source"] == "zendesk" and prov["source_ref"] == "T-1" and prov["legal_basis"] == "consent"
     assert prov["metadata"] == {"lang": "en", "ticket_priority": "high"}  # unknown keys are kept
+    # Everyone else reads the identifiers as keyed pseudonyms (docs/pii.md, "Who sees what").
+    ex = api.as_("reviewer").get(f"/v1/examples/{item['id']}").json()
+    seen = ex["provenance"]
+    assert seen["source"] == "zendesk" and seen["legal_basis"] == "consent"
+    assert seen["source_ref"].startswith("hmac:") and len(seen["source_ref"]) == 21
+    assert set(seen["metadata"]) == {"lang", "ticket_priority"}
+    assert all(v.startswith("hmac:") for v in seen["metadata"].values())
     assert prov["ingested_by"].startswith("test-curator#") and prov["ingest_batch_id"] == r.json()["batch_id"]
     assert ex["revision"]["reason"] == "ingest" and len(ex["revision"]["content_sha256"]) == 64
     assert ex["status"] == "pending_review"  # embedded: the pipeline ran in-process after commit
