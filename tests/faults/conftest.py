@@ -4,7 +4,7 @@ processes started in their own process groups so a SIGKILL takes the whole proce
 container kill or the OOM killer would.
 
 Recovery timings are the production mechanism with shorter settings (lease 10 s, sweep every 2 s) so
-the suite stays within its budget; `PEDIGREE_FAULTS_LEASE_S=30 PEDIGREE_FAULTS_SWEEP_S=10` runs it
+the suite stays within its budget; `PEDIGREE_TEST_FAULTS_LEASE_S=30 PEDIGREE_TEST_FAULTS_SWEEP_S=10` runs it
 with the shipped defaults (docs/reliability.md has both sets of figures).
 """
 
@@ -28,8 +28,8 @@ import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parents[2]
-LEASE_S = float(os.environ.get("PEDIGREE_FAULTS_LEASE_S", "10"))
-SWEEP_S = float(os.environ.get("PEDIGREE_FAULTS_SWEEP_S", "2"))
+LEASE_S = float(os.environ.get("PEDIGREE_TEST_FAULTS_LEASE_S", "10"))
+SWEEP_S = float(os.environ.get("PEDIGREE_TEST_FAULTS_SWEEP_S", "2"))
 
 
 def free_port() -> int:
