@@ -135,23 +135,50 @@ def current_actor(request: Request, session: SessionDep) -> Actor:
 CurrentActor = Annotated[Actor, Depends(current_actor)]
 
 
-def require(*roles: str):
-    """Dependency factory: admin passes every check; everyone else needs one of `roles`."""
+def check_role(actor: Actor, roles: tuple[str, ...], what: str = "do this") -> Actor:
+    """Admin passes every check; everyone else needs one of `roles`."""
     allowed = set(roles) | {"admin"}
+    if actor.role not in allowed:
+        raise Forbidden(
+            f"role {actor.role!r} may not {what}; needs one of {sorted(allowed)}",
+            details={"role": actor.role, "allowed": sorted(allowed)},
+        )
+    return actor
+
+
+def require(*roles: str):
+    """Dependency factory for `check_role`. The role check is a dependency, so it runs before the
+    handler looks anything up: a denied role gets 403 whether or not the id it named exists."""
 
     def _check(actor: CurrentActor) -> Actor:
-        if actor.role not in allowed:
-            raise Forbidden(
-                f"role {actor.role!r} may not do this; needs one of {sorted(allowed)}",
-                details={"role": actor.role, "allowed": sorted(allowed)},
-            )
-        return actor
+        return check_role(actor, roles)
 
+    _check.roles = frozenset(roles) | {"admin"}  # type: ignore[attr-defined]
     return _check
 
 
+# Every role grant of the API is one of these (admin is implied in each). docs/security.md is the
+# operation x role matrix they make; tests/security/test_roles.py holds every served operation to it.
 READERS = ("curator", "reviewer", "auditor", "trainer")
-Curator = Annotated[Actor, Depends(require("curator"))]
+CURATOR = ("curator",)
+REVIEWER = ("reviewer",)
+# Reviewers and curators judge content: PII verdicts and missed spans, dedup overrules, edits,
+# machine suggestions, and the dataset-wide PII and duplicate reports (trainers and auditors work
+# from snapshots and lineage; the reports name examples and PII entity counts per dataset).
+JUDGES = ("reviewer", "curator")
+AUDITOR = ("auditor",)
+TRAINER = ("trainer",)
+SNAPSHOT_READERS = ("curator", "trainer", "auditor")
+RUN_READERS = ("curator", "auditor", "trainer")
+ERASURE_READERS = ("curator", "auditor")
+
 Reader = Annotated[Actor, Depends(require(*READERS))]
-Auditor = Annotated[Actor, Depends(require("auditor"))]
+Curator = Annotated[Actor, Depends(require(*CURATOR))]
+Reviewer = Annotated[Actor, Depends(require(*REVIEWER))]
+Judge = Annotated[Actor, Depends(require(*JUDGES))]
+Auditor = Annotated[Actor, Depends(require(*AUDITOR))]
+Trainer = Annotated[Actor, Depends(require(*TRAINER))]
+SnapshotReader = Annotated[Actor, Depends(require(*SNAPSHOT_READERS))]
+RunReader = Annotated[Actor, Depends(require(*RUN_READERS))]
+ErasureReader = Annotated[Actor, Depends(require(*ERASURE_READERS))]
 Admin = Annotated[Actor, Depends(require())]

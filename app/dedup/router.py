@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 
-from app.core.auth import Actor, Curator, Reader, require
+from app.core.auth import Curator, Judge
 from app.core.db import SessionDep
 from app.datasets import service as datasets
 from app.dedup import service
@@ -15,14 +15,13 @@ router = APIRouter(tags=["dedup"])
 
 # Reviewers see both examples side by side, so they may separate them; keeping an eval overlap is a
 # curator's call, checked in the service.
-Overruler = Annotated[Actor, Depends(require("reviewer", "curator"))]
 
 
 @router.get("/v1/datasets/{dataset_ref}/duplicates")
 def list_duplicates(
     dataset_ref: str,
     session: SessionDep,
-    actor: Reader,
+    actor: Judge,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
@@ -32,7 +31,7 @@ def list_duplicates(
 
 
 @router.get("/v1/datasets/{dataset_ref}/dedup")
-def dedup_summary(dataset_ref: str, session: SessionDep, actor: Reader) -> dict[str, Any]:
+def dedup_summary(dataset_ref: str, session: SessionDep, actor: Judge) -> dict[str, Any]:
     """Effective policy, index layout, counts and the latest rebuild with its progress."""
     return service.dataset_summary(session, datasets.get(session, dataset_ref))
 
@@ -45,6 +44,6 @@ def rebuild(dataset_ref: str, session: SessionDep, actor: Curator) -> dict[str, 
 
 
 @router.post("/v1/examples/{example_id}/dedup:overrule")
-def overrule(example_id: str, body: OverruleIn, session: SessionDep, actor: Overruler) -> dict[str, Any]:
+def overrule(example_id: str, body: OverruleIn, session: SessionDep, actor: Judge) -> dict[str, Any]:
     ex = examples.get(session, example_id)
     return service.overrule(session, example=ex, data=body, actor=actor)

@@ -31,9 +31,9 @@ from sqlalchemy.orm import Session, aliased
 
 from app.audit import service as audit
 from app.core import jobs
-from app.core.auth import Actor
+from app.core.auth import CURATOR, Actor, check_role
 from app.core.config import get_settings
-from app.core.errors import Forbidden, InvalidState, NotFound
+from app.core.errors import InvalidState, NotFound
 from app.dedup import containment
 from app.dedup.cluster import METHOD_EXACT, METHOD_MINHASH, Member, canonical_order, verify_exact
 from app.dedup.lsh import MemoryLSHIndex, RedisLSHIndex, drop
@@ -974,9 +974,7 @@ def overrule(session: Session, *, example: Example, data: OverruleIn, actor: Act
                    "restored": [str(x) for x in changes["restored"]],
                    "demoted": {str(k): str(v) for k, v in changes["demoted"].items()}}
     else:
-        if actor.role not in ("curator", "admin"):
-            raise Forbidden("only a curator may keep an example that overlaps an evaluation set",
-                            details={"role": actor.role, "allowed": ["admin", "curator"]})
+        check_role(actor, CURATOR, "keep an example that overlaps an evaluation set")
         q = select(DedupEvalHit.eval_example_id).where(DedupEvalHit.example_id == example.id)
         if data.other_example_id is not None:
             q = q.where(DedupEvalHit.eval_example_id == data.other_example_id)

@@ -34,9 +34,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.core.auth import Actor
+from app.core.auth import Actor, check_role
 from app.core.db import session_scope
-from app.core.errors import Conflict, Forbidden, NotFound
+from app.core.errors import Conflict, NotFound
 from app.core.ids import new_id
 from app.examples import privacy
 from app.lineage import service as lineage
@@ -224,9 +224,7 @@ def _raw_text_matches(session: Session, sel: Selector) -> set[uuid.UUID]:
 def select_examples(session: Session, sel: Selector, actor: Actor) -> list[tuple[uuid.UUID, uuid.UUID, str]]:
     """(example_id, dataset_id, status) of every example the selector matches, erased ones included."""
     if sel.raw_text_contains is not None:
-        if actor.role != "admin":
-            raise Forbidden("searching raw text reads the PII vault: admin only",
-                            details={"role": actor.role, "allowed": ["admin"]})
+        check_role(actor, (), "search raw text (it reads the PII vault)")
         ids = sorted(_raw_text_matches(session, sel))
         rows = []
         for i in range(0, len(ids), SEARCH_BATCH):

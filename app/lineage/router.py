@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from app.core.auth import Actor, require
+from app.core.auth import Curator, ErasureReader, Reader
 from app.core.db import SessionDep
 from app.lineage import (
     erasure,
@@ -18,26 +18,23 @@ erasure_router = APIRouter(prefix="/v1/erasure-requests", tags=["erasure"])
 
 # Lineage is read by everyone who works with the data; the auditor reads all of it and changes nothing
 # (every route here is a GET, and erasure writes need curator or admin).
-LineageReader = Annotated[Actor, Depends(require("curator", "reviewer", "auditor", "trainer"))]
-ErasureWriter = Annotated[Actor, Depends(require("curator"))]
-ErasureReader = Annotated[Actor, Depends(require("curator", "auditor"))]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
 @lineage_router.get("/examples/{example_id}")
-def example_lineage(example_id: str, session: SessionDep, actor: LineageReader, include_audit: bool = False,
+def example_lineage(example_id: str, session: SessionDep, actor: Reader, include_audit: bool = False,
                     content: bool = True) -> dict[str, Any]:
     return service.example_lineage(session, example_id=example_id, actor=actor, include_audit=include_audit,
                                    include_content=content)
 
 
 @lineage_router.get("/models/{name}/versions/{version}")
-def model_lineage(name: str, version: int, session: SessionDep, actor: LineageReader) -> dict[str, Any]:
+def model_lineage(name: str, version: int, session: SessionDep, actor: Reader) -> dict[str, Any]:
     return service.model_lineage(session, name=name, version=version)
 
 
 @lineage_router.get("/models/{name}/versions/{version}/examples")
-def model_examples(name: str, version: int, session: SessionDep, actor: LineageReader, source: str | None = None,
+def model_examples(name: str, version: int, session: SessionDep, actor: Reader, source: str | None = None,
                    license: str | None = None, reviewer: str | None = None, tag: str | None = None,
                    cursor: str | None = None, limit: Limit = 50) -> dict[str, Any]:
     items, nxt = service.model_examples(session, name=name, version=version, source=source, license=license,
@@ -46,26 +43,26 @@ def model_examples(name: str, version: int, session: SessionDep, actor: LineageR
 
 
 @lineage_router.get("/sources/{source:path}")
-def by_source(source: str, session: SessionDep, actor: LineageReader, cursor: str | None = None,
+def by_source(source: str, session: SessionDep, actor: Reader, cursor: str | None = None,
               limit: Limit = 50) -> dict[str, Any]:
     return service.by_source(session, source=source, cursor=cursor, limit=limit, actor=actor)
 
 
 @lineage_router.get("/licenses/{license:path}")
-def by_license(license: str, session: SessionDep, actor: LineageReader, cursor: str | None = None,
+def by_license(license: str, session: SessionDep, actor: Reader, cursor: str | None = None,
                limit: Limit = 50) -> dict[str, Any]:
     return service.by_license(session, license=license, cursor=cursor, limit=limit, actor=actor)
 
 
 @lineage_router.get("/reviewers/{reviewer:path}")
-def by_reviewer(reviewer: str, session: SessionDep, actor: LineageReader, decision: str | None = None,
+def by_reviewer(reviewer: str, session: SessionDep, actor: Reader, decision: str | None = None,
                 cursor: str | None = None, limit: Limit = 50) -> dict[str, Any]:
     return service.by_reviewer(session, reviewer=reviewer, decision=decision, cursor=cursor, limit=limit,
                                actor=actor)
 
 
 @erasure_router.post("", status_code=201)
-def create_erasure(data: erasure.ErasureCreate, session: SessionDep, actor: ErasureWriter) -> JSONResponse:
+def create_erasure(data: erasure.ErasureCreate, session: SessionDep, actor: Curator) -> JSONResponse:
     body, status = erasure.create(session, data=data, actor=actor)
     return JSONResponse(body, status_code=status, headers={"Idempotent-Replayed": "true"} if body["replayed"] else {})
 

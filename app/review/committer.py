@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.core.auth import Actor, authenticate_many, require
+from app.core.auth import REVIEWER, Actor, authenticate_many, check_role
 from app.core.db import session_scope
 from app.core.errors import PedigreeError
 from app.review.schemas import ReviewIn
@@ -115,7 +115,7 @@ def _decide(session: Session, batch: list[_Job]) -> list[Any]:
             try:
                 if isinstance(who, PedigreeError):
                     raise who
-                job.actor = require("reviewer")(who)
+                job.actor = check_role(who, REVIEWER)
             except PedigreeError as e:
                 answers[i] = e
                 continue

@@ -3,21 +3,16 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from app.core.auth import Actor, Reader, bearer_token, require
+from app.core.auth import REVIEWER, Judge, Reader, Reviewer, bearer_token
 from app.core.db import SessionDep, session_scope
 from app.core.errors import Unauthorized
 from app.datasets import service as datasets
 from app.review import service, web
 from app.review.committer import committer
 from app.review.schemas import BulkReviewIn, ReviewIn, RevisionIn, SuggestionIn
-
-Reviewer = Annotated[Actor, Depends(require("reviewer"))]
-Editor = Annotated[Actor, Depends(require("reviewer", "curator"))]
-# Machine judges usually run with a reviewer or curator key marked is_human=false.
-Suggester = Annotated[Actor, Depends(require("reviewer", "curator"))]
 
 router = APIRouter(tags=["review"])
 
@@ -42,7 +37,7 @@ async def queue(request: Request, dataset: str, limit: Annotated[int, Query(ge=1
     # than the queries.
     def work() -> list[dict[str, Any]]:
         with session_scope() as session:
-            actor, ds, own = service.queue_context(session, token, dataset, "reviewer")
+            actor, ds, own = service.queue_context(session, token, dataset, *REVIEWER)
             request.state.actor = actor
             if view == "full":
                 ds = datasets.get(session, dataset)
@@ -78,12 +73,12 @@ def review_bulk(data: BulkReviewIn, session: SessionDep, actor: Reviewer) -> dic
 
 
 @router.post("/v1/examples/{example_id}/revisions", status_code=201)
-def revise(example_id: str, data: RevisionIn, session: SessionDep, actor: Editor) -> dict[str, Any]:
+def revise(example_id: str, data: RevisionIn, session: SessionDep, actor: Judge) -> dict[str, Any]:
     return service.edit(session, example_id=example_id, actor=actor, data=data)
 
 
 @router.post("/v1/examples/{example_id}/suggestions", status_code=201)
-def suggest(example_id: str, data: SuggestionIn, session: SessionDep, actor: Suggester) -> dict[str, Any]:
+def suggest(example_id: str, data: SuggestionIn, session: SessionDep, actor: Judge) -> dict[str, Any]:
     return service.add_suggestion(session, example_id=example_id, actor=actor, data=data)
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.core.auth import KEY_COLUMNS, Actor, check_key, key_prefix, require
+from app.core.auth import KEY_COLUMNS, Actor, check_key, check_role, key_prefix
 from app.core.config import get_settings
 from app.core.db import one_of
 from app.core.errors import Conflict, Forbidden, InvalidState, NotFound, PedigreeError, ValidationFailed
@@ -107,7 +107,7 @@ def queue_context(session: Session, token: str, ref: str, *roles: str) -> tuple[
         params = {"ds_name": str(ref)}
     row = session.connection().execute(_context_statement("ds_id" in params),
                                        {**params, "prefix": prefix, "now": utcnow()}).first()
-    actor = require(*roles)(check_key(row, token))
+    actor = check_role(check_key(row, token), roles)
     if row.ds_id is None:
         raise NotFound(f"dataset {ref} not found", details={"dataset": str(ref)})
     return actor, SimpleNamespace(id=row.ds_id, name=row.ds_name, review_policy=row.review_policy), bool(row.has_own)

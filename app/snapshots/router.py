@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Query
+from fastapi import APIRouter, BackgroundTasks, Query
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 
 from app.audit import service as audit
-from app.core.auth import Actor, Curator, require
+from app.core.auth import Curator, SnapshotReader
 from app.core.db import SessionDep, get_engine
 from app.core.errors import ValidationFailed
 from app.lineage import openlineage
@@ -17,7 +17,6 @@ from app.snapshots.schemas import EXPORT_FORMATS, ProofsRequest, SnapshotCreate,
 router = APIRouter(prefix="/v1/snapshots", tags=["snapshots"])
 
 # Reviewers work on examples, not on frozen sets; trainers and auditors read and export.
-SnapshotReader = Annotated[Actor, Depends(require("curator", "trainer", "auditor"))]
 
 MEDIA = {"parquet": "application/vnd.apache.parquet"}
 EXT = {"parquet": "parquet"}

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.core.auth import Actor, Curator, require
+from app.core.auth import Curator, RunReader, Trainer
 from app.core.db import SessionDep
 from app.core.errors import NotFound
 from app.models.training import ModelVersion, TrainingRun, TrainingRunEvent
@@ -30,8 +30,6 @@ models = APIRouter(prefix="/v1/models", tags=["models"])
 
 # Trainers read the run they were handed; auditors and curators read everything; reviewers work on
 # examples and have no business here.
-RunReader = Annotated[Actor, Depends(require("curator", "auditor", "trainer"))]
-Trainer = Annotated[Actor, Depends(require("trainer"))]
 
 
 def _dt(v: Any) -> str | None:

@@ -68,12 +68,12 @@ def test_near_duplicate_is_linked_to_the_earliest_and_listed(api):
     assert 0.8 <= dup[0]["similarity"] < 1.0
     assert ex["b"]["dedup"]["cluster"] == {"canonical": ex["a"]["id"], "size": 2, "is_canonical": False}
     assert ex["b"]["contaminates_eval"] is False
-    page = api.as_("auditor").get(f"/v1/datasets/{ds['id']}/duplicates").json()
+    page = api.as_("curator").get(f"/v1/datasets/{ds['id']}/duplicates").json()
     assert page == {"clusters": [{"canonical": ex["a"]["id"], "size": 2,
                                   "members": [{"example_id": ex["b"]["id"], "method": "minhash",
                                                "similarity": dup[0]["similarity"]}]}],
                     "next_cursor": None}
-    summary = api.as_("auditor").get(f"/v1/datasets/{ds['id']}/dedup").json()
+    summary = api.as_("curator").get(f"/v1/datasets/{ds['id']}/dedup").json()
     assert summary["duplicates"] == {"minhash": 1} and summary["index"]["bands"] == 16
     verify = api.as_("auditor").get("/v1/audit/verify").json()
     assert verify["ok"]
@@ -85,7 +85,7 @@ def test_duplicates_within_one_batch_and_a_chain_form_one_cluster(api):
     ex = by_ref(api, ds)
     statuses = sorted(ex[f"r{i}"]["status"] for i in range(4))
     assert statuses == ["duplicate", "duplicate", "duplicate", "pending_review"]
-    page = api.as_("auditor").get(f"/v1/datasets/{ds['id']}/duplicates?limit=1").json()
+    page = api.as_("curator").get(f"/v1/datasets/{ds['id']}/duplicates?limit=1").json()
     assert len(page["clusters"]) == 1 and page["clusters"][0]["size"] == 4
     assert page["next_cursor"] is None
 
@@ -129,7 +129,7 @@ def test_overrule_not_duplicate_is_audited_and_sticks_on_rebuild(api):
     ingest(api, ds, [row("c", near(ARTICLE, 2))])
     rb = api.as_("curator").post(f"/v1/datasets/{ds['id']}/dedup:rebuild")
     assert rb.status_code == 202, rb.text
-    summary = api.as_("auditor").get(f"/v1/datasets/{ds['id']}/dedup").json()
+    summary = api.as_("curator").get(f"/v1/datasets/{ds['id']}/dedup").json()
     assert summary["rebuild"]["status"] == "done", summary
     assert summary["rebuild"]["result"]["signatures_reused"] >= 2
     ex = by_ref(api, ds)
@@ -151,7 +151,7 @@ def test_rebuild_after_threshold_change(api):
     assert api.as_("curator").post(f"/v1/datasets/{ds['id']}/dedup:rebuild").status_code == 202
     ex = by_ref(api, ds)
     assert ex["b"]["status"] == "duplicate", ex["b"]["dedup"]
-    summary = api.as_("auditor").get(f"/v1/datasets/{ds['id']}/dedup").json()
+    summary = api.as_("curator").get(f"/v1/datasets/{ds['id']}/dedup").json()
     assert summary["index"]["bands"] > 16 and summary["rebuild"]["result"]["threshold"] == 0.3
     # and back: a stricter threshold gives b its status back
     api.as_("curator").patch(f"/v1/datasets/{ds['id']}", json={"dedup_policy": {"threshold": 0.9}})
@@ -177,7 +177,7 @@ def test_eval_contamination_guard(api, eval_first):
     r = api.as_("curator").post(f"/v1/examples/{t1}/dedup:overrule", json=body)
     assert r.status_code == 200, r.text
     assert r.json()["contaminates_eval"] is False
-    summary = api.as_("auditor").get(f"/v1/datasets/{train['id']}/dedup").json()
+    summary = api.as_("curator").get(f"/v1/datasets/{train['id']}/dedup").json()
     assert summary["contaminates_eval"] == 0
 
 
@@ -309,7 +309,7 @@ def test_a_bridge_merges_clusters_and_the_approved_member_stays_canonical(api):
     assert ex["b"]["status"] == "approved"
     assert ex["a"]["status"] == "duplicate" and ex["c"]["status"] == "duplicate"
     assert {d["example_id"] for d in ex["a"]["duplicates"] if d["relation"] == "canonical"} == {ex["b"]["id"]}
-    page = api.as_("auditor").get(f"/v1/datasets/{ds['id']}/duplicates").json()
+    page = api.as_("curator").get(f"/v1/datasets/{ds['id']}/duplicates").json()
     assert [(c["canonical"], c["size"]) for c in page["clusters"]] == [(ex["b"]["id"], 3)]
     # separating a from b gives a its review status back; c stays with b
     r = api.as_("curator").post(f"/v1/examples/{ex['a']['id']}/dedup:overrule",
@@ -341,7 +341,7 @@ def test_an_exact_copy_follows_its_twin_into_a_later_cluster(api):
     ingest(api, ds, [row("c", c_text)])
     ex = by_ref(api, ds)
     assert ex["a"]["status"] == "duplicate"
-    page = api.as_("auditor").get(f"/v1/datasets/{ds['id']}/duplicates").json()
+    page = api.as_("curator").get(f"/v1/datasets/{ds['id']}/duplicates").json()
     assert [c["canonical"] for c in page["clusters"]] == [ex["b"]["id"]], page
     (cluster,) = page["clusters"]
     assert cluster["size"] == 4

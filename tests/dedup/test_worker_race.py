@@ -67,7 +67,7 @@ def test_two_workers_racing_on_near_duplicates_link_every_pair(worker_env):
                     break
                 time.sleep(0.5)
             assert counts["pending_review"] == n and counts["duplicate"] == n, counts
-            page = api.as_("auditor").get(f"/v1/datasets/{ds['id']}/duplicates?limit=1000").json()
+            page = api.as_("curator").get(f"/v1/datasets/{ds['id']}/duplicates?limit=1000").json()
         finally:
             logs = [stop_worker(p) for p in procs]
     assert all(b"pedigree.pipeline.run_stage" in out for out in logs), "both workers must have taken batches"

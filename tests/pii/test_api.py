@@ -114,7 +114,7 @@ def test_false_positive_restores_the_span_and_missed_span_is_scrubbed(api, db):
         field = ex3["revision"]["content"][f["field_path"]]
         assert field[f["scrubbed_start"]:f["scrubbed_end"]].startswith("<"), f
 
-    report = api.as_("auditor").get(f"/v1/datasets/{ds['id']}/pii-report").json()
+    report = api.as_("curator").get(f"/v1/datasets/{ds['id']}/pii-report").json()
     assert report["false_positives"] == 1 and report["missed_added"] == 1
     assert report["examples_scrubbed"] == 1 and report["findings"] == len(findings)
     assert report["by_entity"]["TICKET_ID"]["added"] == 1
