@@ -171,6 +171,9 @@ TRAINER = ("trainer",)
 SNAPSHOT_READERS = ("curator", "trainer", "auditor")
 RUN_READERS = ("curator", "auditor", "trainer")
 ERASURE_READERS = ("curator", "auditor")
+# Raw PII: the vault's raw text and provenance identifiers as stored (everyone else reads pseudonyms,
+# app/examples/privacy.py). No role beyond admin, who passes every check.
+RAW_PII_READERS: tuple[str, ...] = ()
 
 Reader = Annotated[Actor, Depends(require(*READERS))]
 Curator = Annotated[Actor, Depends(require(*CURATOR))]
@@ -181,4 +184,5 @@ Trainer = Annotated[Actor, Depends(require(*TRAINER))]
 SnapshotReader = Annotated[Actor, Depends(require(*SNAPSHOT_READERS))]
 RunReader = Annotated[Actor, Depends(require(*RUN_READERS))]
 ErasureReader = Annotated[Actor, Depends(require(*ERASURE_READERS))]
+RawPiiReader = Annotated[Actor, Depends(require(*RAW_PII_READERS))]
 Admin = Annotated[Actor, Depends(require())]

@@ -18,15 +18,15 @@ from typing import Any
 
 import orjson
 
-from app.core.auth import Actor
+from app.core.auth import RAW_PII_READERS, Actor
 from app.core.config import get_settings
 from app.pipeline import stages
 
 PII_PENDING = "pii_pending"
 PSEUDONYM_PREFIX = "hmac:"
-# Roles that read provenance as stored. There is no separate raw-PII grant: the admin role is the one that
-# reads raw text from the vault, and the same rule holds here.
-RAW_PROVENANCE_ROLES = ("admin",)
+# Roles that read provenance as stored: the grant that reads raw text from the vault (admin, and whoever
+# app/core/auth.py's RAW_PII_READERS names; nobody else today).
+RAW_PROVENANCE_ROLES = ("admin", *RAW_PII_READERS)
 
 
 def content_withheld(stage: str | None, status: str) -> str | None:

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.audit import service as audit
-from app.core.auth import Admin, Curator, Judge, Reader
+from app.core.auth import Curator, Judge, RawPiiReader, Reader
 from app.core.db import SessionDep
 from app.datasets import service as datasets
 from app.examples import service as examples
@@ -33,7 +33,7 @@ class MissedSpanIn(BaseModel):
 
 
 @router.get("/v1/examples/{example_id}/raw")
-def get_raw(example_id: str, session: SessionDep, actor: Admin) -> dict[str, Any]:
+def get_raw(example_id: str, session: SessionDep, actor: RawPiiReader) -> dict[str, Any]:
     """The raw (pre-scrub) content. Admin only; every call is an audit event."""
     return service.reveal_raw(session, example_id=example_id, actor=actor)
 
