@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     max_field_chars: int = 100_000
     max_messages: int = 256
     ingest_batch_size: int = 5000
+    # An open import batch with no write for this long is marked `interrupted` (by the sweeper and at
+    # API start-up): its import died. Longer than any pause of a live import between two batches.
+    import_lease_s: float = 120.0
 
     api_url: str = "http://127.0.0.1:8000"
     artifact_root: str = str(VAR_DIR / "artifacts")

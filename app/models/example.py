@@ -29,7 +29,9 @@ class IngestBatch(IdMixin, CreatedAtMixin, Base):
     channel: Mapped[str] = mapped_column(String(20))  # api, import, cli
     atomic: Mapped[bool] = mapped_column(default=False)
     defaults: Mapped[dict] = mapped_column(default=dict)
-    status: Mapped[str] = mapped_column(String(20), default="open")  # open, completed, failed
+    # open (an import is writing), completed, failed (atomic, nothing kept), interrupted (the import
+    # died: the counts and lines_committed below are exactly what its committed transactions stored).
+    status: Mapped[str] = mapped_column(String(20), default="open", index=True)
     accepted: Mapped[int] = mapped_column(default=0)
     rejected: Mapped[int] = mapped_column(default=0)
     unchanged: Mapped[int] = mapped_column(default=0)
@@ -37,6 +39,11 @@ class IngestBatch(IdMixin, CreatedAtMixin, Base):
     # The first errors only: a million bad lines should not make a million-element JSON row.
     errors: Mapped[list] = mapped_column(default=list)
     finished_at: Mapped[dt.datetime | None]
+    # Updated inside every write transaction of a streamed import: every line up to this number is
+    # either stored or listed in `errors`, whatever happened to the import afterwards.
+    lines_committed: Mapped[int] = mapped_column(default=0, server_default="0")
+    # The import's heartbeat (its last write); an open batch older than the lease is interrupted.
+    last_seen: Mapped[dt.datetime | None]
 
 
 class Example(IdMixin, CreatedAtMixin, Base):

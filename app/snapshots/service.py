@@ -630,10 +630,15 @@ def create(session: Session, *, data: SnapshotCreate, actor: Actor) -> Snapshot:
                             "excluded": frozen.excluded, "considered": frozen.selected + sum(frozen.excluded.values())},
                     stats=_stats(frozen.stats_rows), created_by=actor.ref)
     session.add(snap)
+    # Read before the insert: after a failed flush `ds` is expired, and loading `ds.name` for the
+    # message raised PendingRollbackError (a 500) instead of the 409.
+    ds_name = ds.name
     try:
-        session.flush()
+        # A savepoint, so the session stays usable for the lineage hook's FAIL event.
+        with session.begin_nested():
+            session.flush()
     except IntegrityError:  # a concurrent freeze took the name
-        raise Conflict(f"dataset {ds.name!r} already has a snapshot named {data.name!r}",
+        raise Conflict(f"dataset {ds_name!r} already has a snapshot named {data.name!r}",
                        code="name_taken", details={"field": "name"}) from None
     audit.record(session, actor=actor.ref, action="snapshot.created", entity_type="snapshot", entity_id=snap.id,
                  payload={"dataset_id": str(ds.id), "name": snap.name, "manifest_sha256": snap.manifest_sha256,

@@ -8,6 +8,7 @@ from kombu.exceptions import OperationalError as BrokerOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 
+from app.examples import ingest
 from app.pipeline import service
 from workers.celery_app import celery
 
@@ -21,4 +22,5 @@ def run_stage(stage: str, example_ids: list[str]) -> int:
 
 @celery.task(name=service.SWEEP_TASK, acks_late=True, ignore_result=True)
 def sweep() -> int:
+    ingest.sweep_stale_imports()
     return service.sweep()
