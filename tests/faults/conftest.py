@@ -67,7 +67,7 @@ class PgCluster:
 
     def init(self) -> None:
         subprocess.run(_as_postgres([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
-                                     "-E", "UTF8", "--no-sync"]), check=True, capture_output=True)
+                                     "-E", "UTF8", "--locale=C", "--no-sync"]), check=True, capture_output=True)
         self._ctl("start")
 
     def restart_immediate(self) -> None:

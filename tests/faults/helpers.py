@@ -25,7 +25,7 @@ def examples_ndjson(n: int, tag: str) -> bytes:
     return b"\n".join(orjson.dumps({
         "instruction": f"Write to Dana Whitfield at dana.{tag}{i}@example.org about {text(14)}.",
         "output": f"Dear Dana, {text(24)}. Call +1 415 555 01{i % 100:02d} with questions.",
-        "source_ref": f"{tag}-{i}"}) for i in range(n))
+        "provenance": {"source_ref": f"{tag}-{i}"}}) for i in range(n))
 
 
 WORDS = """apple river stone cloud forest winter summer copper silver garden engine window harbor lantern
