@@ -5,7 +5,8 @@ bad lines, an exact duplicate and a near duplicate. A real API process (uvicorn)
 the pipeline over PostgreSQL and Redis; the test then freezes a snapshot, registers a training run through the
 trainer's protocol, files an erasure request, and asserts that no canary appears in:
 
-* any GET route of the OpenAPI document, for every role (path parameters filled with real ids);
+* any GET route of the OpenAPI document, for every role (path parameters filled with real ids), and the
+  reviewer page's own routes;
 * any table but the vault (every row, as text; provenance canaries are allowed only in `examples`, the
   record of provenance admin reads);
 * the API's and the worker's logs (access log included, with a canary in a query string);
@@ -21,6 +22,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -233,18 +235,29 @@ def test_no_canary_outside_the_vault(canary_stack):
     assert r.status_code == 422, r.text
     responses = {"import-1": orjson.dumps(first).decode(), "import-2": orjson.dumps(second).decode(),
                  "examples-422": r.text}
+    # A chat dataset: canaries in the system, user and assistant turns.
+    r = call("curator", "POST", "/v1/datasets", json={"name": "canary-chat", "format": "chat"})
+    assert r.status_code == 201, r.text
+    chat_id = r.json()["id"]
+    chat = _import(call, chat_id, [orjson.dumps({"messages": [
+        {"role": "system", "content": f"You answer {C_NAME}'s support tickets."},
+        {"role": "user", "content": f"Hi, this is {C_NAME}, call me on {C_PHONE} or mail {C_EMAIL}."},
+        {"role": "assistant", "content": f"Thanks {C_NAME}, I will call {C_PHONE} today."}],
+        "provenance": {"source": "chat", "source_ref": f"chat-for-{P_EMAIL}", "metadata": {"agent": P_NAME}}})])
+    assert chat["accepted"] == 1, chat
 
     # --- the pipeline, on the real worker ----------------------------------------------------------------
     deadline = time.time() + 180
     while True:
         items = call("admin", "GET", f"/v1/datasets/{ds_id}/examples").json()["items"]
-        if len(items) == 4 and all(i["stage"] is None for i in items):
+        chat_items = call("admin", "GET", f"/v1/datasets/{chat_id}/examples").json()["items"]
+        if len(items) == 4 and all(i["stage"] is None for i in items + chat_items):
             break
-        assert time.time() < deadline, items
+        assert time.time() < deadline, items + chat_items
         time.sleep(0.5)
     by_status = sorted(i["status"] for i in items)
     assert by_status.count("duplicate") >= 2, by_status  # the exact duplicate and (via dedup) the near one
-    example_ids = [i["id"] for i in items]
+    example_ids = [i["id"] for i in items + chat_items]
     ids_by_ref = {i["provenance"]["source_ref"]: i["id"] for i in items}
 
     # --- review, snapshot, training, erasure -------------------------------------------------------------
@@ -282,8 +295,8 @@ def test_no_canary_outside_the_vault(canary_stack):
     assert len(r.json()["items"]) == 1
 
     # --- every GET route, every role ---------------------------------------------------------------------
-    batches = [first["batch_id"], second["batch_id"]]
-    params = {"dataset_ref": [ds_id], "example_id": example_ids, "batch_id": batches, "snapshot_id": [snap["id"]],
+    batches = [first["batch_id"], second["batch_id"], chat["batch_id"]]
+    params = {"dataset_ref": [ds_id, chat_id], "example_id": example_ids, "batch_id": batches, "snapshot_id": [snap["id"]],
               "a": [snap["id"]], "b": [snap["id"]], "run_id": [run["id"]], "name": ["canary-bot"], "version": ["1"],
               "alias": ["production"], "request_id": [erasure_id], "source": ["crm", "mail"],
               "license": ["internal"], "reviewer": ["test-reviewer"]}
@@ -328,6 +341,22 @@ def test_no_canary_outside_the_vault(canary_stack):
                     if hit:
                         leaks.append(f"{role} GET {url} {q}: {hit}")
     assert answered > 100, answered
+    # The reviewer page (not in the OpenAPI document): signed in with a reviewer key, as a browser would.
+    base = str(cs["client"].base_url).rstrip("/")
+    with httpx.Client(base_url=base, timeout=60) as browser:
+        page = browser.get("/review")
+        pre = re.search(r'name="pre" value="([^"]+)"', page.text).group(1)
+        r = browser.post("/review/session", data={"api_key": cs["keys"]["reviewer"], "pre": pre},
+                         headers={"Origin": base})
+        assert r.status_code in (200, 303) and "pedigree_review" in browser.cookies, r.text
+        pages = [f"/review?dataset={d}" for d in (ds_id, chat_id)]
+        pages += [f"/review/api/next?dataset={d}" for d in (ds_id, chat_id)]
+        pages += [f"/review/api/examples/{e}" for e in example_ids]
+        for url in pages:
+            resp = browser.get(url)
+            assert resp.status_code == 200, (url, resp.text)
+            if hit := _hits(resp.text, CONTENT + PROVENANCE + BAD):
+                leaks.append(f"reviewer page {url}: {hit}")
     for what, body in responses.items():
         if hit := _hits(body, CONTENT + PROVENANCE + BAD):
             leaks.append(f"response of {what}: {hit}")
