@@ -38,6 +38,26 @@ def _revisions_dump() -> str:
         return " ".join(str(r) for r in conn.execute(text("SELECT content FROM example_revisions")))
 
 
+def _rerun_migration(revision: str) -> None:
+    """Run one data migration's upgrade() again on the current database. (Downgrading to it would walk back
+    through every later migration, other domains' included.)"""
+    import importlib.util
+    from pathlib import Path
+
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    from app.core.db import get_engine
+
+    (path,) = [p for p in (Path(__file__).resolve().parents[2] / "migrations" / "versions").glob("*.py")
+               if f"revision: str = '{revision}'" in p.read_text()]
+    spec = importlib.util.spec_from_file_location(f"migration_{revision}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with get_engine().begin() as conn, Operations.context(MigrationContext.configure(conn)):
+        module.upgrade()
+
+
 def test_an_exact_duplicate_is_scrubbed_with_its_own_findings_and_stays_a_duplicate(api, db):
     ds = new_dataset(api, "instruction")
     _ingest(api, ds, [ROW], source="crm")
@@ -190,9 +210,6 @@ def test_errors_name_the_field_never_the_value(api, db):
 def test_duplicates_ingested_before_the_fix_are_sent_back_to_the_scrub(api, db, monkeypatch):
     """The pii03 data migration: a duplicate parked with its raw ingest revision goes back to the pii stage,
     is withheld at once, and the sweeper has it scrubbed."""
-    from alembic import command
-
-    from app.core.migrate import alembic_config
     from app.examples import ingest
     from app.pipeline import service as pipeline
     from app.pipeline import stages
@@ -209,8 +226,7 @@ def test_duplicates_ingested_before_the_fix_are_sent_back_to_the_scrub(api, db, 
     items = api.as_("admin").get(f"/v1/datasets/{ds['id']}/examples", params={"status": "duplicate"}).json()["items"]
     dup_id = items[0]["id"]
 
-    command.downgrade(alembic_config(), "pii03-1")
-    command.upgrade(alembic_config(), "head")
+    _rerun_migration("pii03")
     ex = api.as_("reviewer").get(f"/v1/examples/{dup_id}").json()
     assert ex["stage"] == "pii" and ex["status"] == "duplicate"
     assert ex["revision"]["content"] is None and ex["revision"]["content_withheld"] == "pii_pending"
@@ -239,3 +255,36 @@ def test_access_log_lines_keep_parameter_names_not_values(caplog):
                                                  f"/v1/datasets/d/examples?source_ref={EMAIL}&limit=5", "1.1", 200)
     assert '"GET /v1/datasets/d/examples?source_ref=*&limit=* HTTP/1.1" 200' in caplog.text
     _no_canary(caplog.text)
+
+
+def test_line_errors_stored_before_the_fix_lose_their_values(api, db):
+    """The pii04 data migration: stored line errors that quoted a value get today's message."""
+    from app.core.db import session_scope
+    from app.models.example import IngestBatch
+
+    ds = new_dataset(api, "instruction")
+    body = _ingest(api, ds, [{"instruction": "a", "output": "b", "provenance": {"collected_at": NAME}},
+                             {"instruction": "c", "output": "d", "provenance": {"source_ref": EMAIL}},
+                             {"instruction": "c", "output": "e", "provenance": {"source_ref": EMAIL}}])
+    eid = "01a23a91-3eea-738b-bc9d-a3c4401827c1"
+    old = [{"line": 1, "code": "invalid", "field": "provenance.collected_at",
+            "message": f"collected_at {NAME!r} is not an ISO 8601 date or datetime"},
+           {"line": 3, "code": "source_ref_conflict", "field": "provenance.source_ref",
+            "message": f"source_ref {EMAIL!r} appears earlier in this batch with different content"},
+           {"line": 4, "code": "source_ref_conflict", "field": "provenance.source_ref",
+            "message": f"source_ref {EMAIL!r} was already ingested with different content (example {eid}); "
+                       "send an edit instead"},
+           {"line": 5, "code": "invalid_json", "message": "not valid JSON: unexpected end of data"}]
+    with session_scope() as s:  # what the old code stored
+        s.get(IngestBatch, uuid.UUID(body["batch_id"])).errors = old
+    assert NAME in api.as_("reviewer").get(f"/v1/ingest-batches/{body['batch_id']}").text
+
+    _rerun_migration("pii04")
+    got = api.as_("reviewer").get(f"/v1/ingest-batches/{body['batch_id']}").json()["errors"]
+    _no_canary(orjson.dumps(got).decode())
+    assert [e["message"] for e in got] == [
+        "collected_at is not an ISO 8601 date or datetime",
+        "source_ref appears earlier in this batch with different content",
+        f"source_ref was already ingested with different content (example {eid}); send an edit instead",
+        "not valid JSON: unexpected end of data"]
+    assert [(e["line"], e["code"]) for e in got] == [(e["line"], e["code"]) for e in old]
