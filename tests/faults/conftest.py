@@ -3,7 +3,7 @@ ports, which the tests kill and restart (never the shared 5432/6379), and real w
 processes started in their own process groups so a SIGKILL takes the whole process tree, as a
 container kill or the OOM killer would.
 
-Recovery timings are the production mechanism with shorter settings (lease 10 s, sweep every 2 s) so
+Recovery timings are the production mechanism with shorter settings (lease 6 s, sweep every 2 s) so
 the suite stays within its budget; `PEDIGREE_TEST_FAULTS_LEASE_S=30 PEDIGREE_TEST_FAULTS_SWEEP_S=10` runs it
 with the shipped defaults (docs/reliability.md has both sets of figures).
 """
@@ -28,7 +28,7 @@ import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parents[2]
-LEASE_S = float(os.environ.get("PEDIGREE_TEST_FAULTS_LEASE_S", "10"))
+LEASE_S = float(os.environ.get("PEDIGREE_TEST_FAULTS_LEASE_S", "6"))
 SWEEP_S = float(os.environ.get("PEDIGREE_TEST_FAULTS_SWEEP_S", "2"))
 
 
