@@ -288,3 +288,33 @@ def test_line_errors_stored_before_the_fix_lose_their_values(api, db):
         f"source_ref was already ingested with different content (example {eid}); send an edit instead",
         "not valid JSON: unexpected end of data"]
     assert [(e["line"], e["code"]) for e in got] == [(e["line"], e["code"]) for e in old]
+
+
+def test_erasure_requests_filed_before_the_fix_lose_their_identifiers(api, db):
+    """The pii05 data migration: a selector stored as given gets the pseudonymised form new requests get."""
+    from app.core.db import session_scope
+    from app.models.lineage import ErasureRequest
+
+    ds = new_dataset(api, "instruction")
+    ref = f"ticket-for-{EMAIL}"
+    _ingest(api, ds, [{"instruction": "Summarise the ticket.", "output": "Billing.",
+                       "provenance": {"source_ref": ref, "metadata": {"email": EMAIL, "n": 7, "vip": True}}}],
+            source="helpdesk")
+    made = {}
+    for selector in ({"source_refs": [ref, "other-ref"]}, {"metadata": {"email": EMAIL, "n": 7, "vip": True}}):
+        r = api.as_("curator").post("/v1/erasure-requests", json={"selector": selector, "reason": "subject",
+                                                                    "dry_run": True})
+        assert r.status_code == 201, r.text
+        made[r.json()["id"]] = (r.json()["selector"], selector)
+    with session_scope() as s:  # what the old code stored: the selector as given
+        for rid, (_, raw) in made.items():
+            s.get(ErasureRequest, uuid.UUID(rid)).selector = raw
+    assert EMAIL in api.as_("auditor").get("/v1/erasure-requests").text
+
+    _rerun_migration("pii05")
+    _no_canary(api.as_("auditor").get("/v1/erasure-requests").text)
+    for rid, (stored_now, _) in made.items():
+        assert api.as_("curator").get(f"/v1/erasure-requests/{rid}").json()["selector"] == stored_now
+    _rerun_migration("pii05")  # idempotent: pseudonyms are not pseudonymised again
+    for rid, (stored_now, _) in made.items():
+        assert api.as_("curator").get(f"/v1/erasure-requests/{rid}").json()["selector"] == stored_now
