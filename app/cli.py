@@ -208,8 +208,7 @@ def ingest(
     except PedigreeError as e:
         err.print(f"[red]{e.message}")
         raise typer.Exit(1) from None
-    totals = {"accepted": 0, "unchanged": 0, "exact_duplicates": 0}
-    errors: list[ing.LineError] = []
+    progress_ = ing.Progress()
     size = get_settings().ingest_batch_size
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} lines"),
                   TimeElapsedColumn(), console=err) as progress:
@@ -217,17 +216,16 @@ def ingest(
         pending: list[tuple[int, bytes]] = []
 
         def flush() -> None:
-            cands = []
+            # Same as the HTTP import: each batch commits with the batch row's counts, so a killed CLI
+            # leaves a batch that the sweeper marks interrupted with exactly what was stored.
+            cands, bad = [], []
             for n, raw in pending:
                 r = ing.parse_line(raw, n, fmt, defaults)
-                (errors.append(r) if isinstance(r, ing.LineError) else cands.append(r))
+                (bad.append(r) if isinstance(r, ing.LineError) else cands.append(r))
             with session_scope() as s:
                 ds_ = datasets.get(s, ds_id)
-                o = ing.store(s, dataset=ds_, batch_id=batch_id, actor=actor, candidates=cands)
-            errors.extend(o.errors)
-            totals["accepted"] += o.accepted
-            totals["unchanged"] += o.unchanged
-            totals["exact_duplicates"] += o.exact_duplicates
+            ing.store_batch(dataset=ds_, batch_id=batch_id, actor=actor, candidates=cands, line_errors=bad,
+                            last_line=pending[-1][0], progress=progress_)
             progress.advance(task, len(pending))
             pending.clear()
 
@@ -237,12 +235,13 @@ def ingest(
                 flush()
         if pending:
             flush()
-    errors.sort(key=lambda e: e.line)
+    totals = progress_.totals()
     with session_scope() as s:
         from app.models.example import IngestBatch
 
-        ing.finish_batch(s, s.get(IngestBatch, batch_id), rejected=len(errors), errors=errors, **totals)
-    _summary({"batch_id": str(batch_id), **totals, "rejected": len(errors), "errors": [e.to_dict() for e in errors]})
+        ing.finish_batch(s, s.get(IngestBatch, batch_id), errors=progress_.errors,
+                         lines_committed=progress_.lines_committed, **totals)
+    _summary({"batch_id": str(batch_id), **totals, "errors": [e.to_dict() for e in progress_.errors]})
 
 
 def _summary(result: dict[str, Any]) -> None:

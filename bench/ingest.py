@@ -9,6 +9,12 @@
 Each side runs --repeats times (default 3) and the medians are compared: this machine is noisy.
 (c) floor: COPY of the same prepared rows into the same two tables.
 The API's peak RSS after a small and after the full import shows memory does not grow with size.
+(d) concurrency: --importers (20) clients import at once into one dataset, each --concurrent-n
+    (4000) lines in its own order, every ref shared with the next importer's body (half of each
+    body overlaps). Aggregate lines/s and failed requests, against the same bodies imported one
+    after another by a single client into a fresh dataset in the same run (the same work: the same
+    share of new and already-stored refs). Checked: every ref stored once, accepted + unchanged ==
+    lines sent. `--only-concurrent` runs this part alone.
 The last stdout line is one JSON object with figures, targets and "pass".
 """
 
@@ -16,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
+import threading
 import time
 import uuid
 
@@ -54,6 +62,79 @@ def stream_import(url: str, key: str, dataset_id: str, lines) -> tuple[dict, flo
     dt = time.perf_counter() - t0
     r.raise_for_status()
     return r.json(), dt
+
+
+def overlapping_bodies(records: list[dict], importers: int, per_importer: int, seed: int = 7) -> list[bytes]:
+    """Importer i sends refs [i*h, i*h + per_importer) with h = per_importer/2, shuffled: its second
+    half is the next importer's first half. The contents of a ref are the same in every body."""
+    half = per_importer // 2
+    distinct = half * (importers + 1)
+    lines = list(jsonl_examples(distinct, records))
+    out = []
+    for i in range(importers):
+        refs = list(range(i * half, i * half + per_importer))
+        random.Random(seed + i).shuffle(refs)
+        out.append(b"\n".join(lines[r].replace(b'"bench-', b'"conc-') for r in refs) + b"\n")
+    return out
+
+
+def _post_body(url: str, key: str, dataset_id: str, body: bytes) -> tuple[int, dict | None]:
+    def chunks():
+        for i in range(0, len(body), 65536):
+            yield body[i:i + 65536]
+
+    try:
+        r = httpx.post(f"{url}/v1/datasets/{dataset_id}/examples:import", content=chunks(), timeout=600,
+                       headers={"Authorization": f"Bearer {key}", "Content-Type": "application/x-ndjson"})
+    except httpx.HTTPError:
+        return -1, None
+    return r.status_code, (r.json() if r.status_code == 200 else None)
+
+
+def concurrent_part(url: str, key: str, db_url: str, bodies: list[bytes], tag: str) -> dict:
+    """The bodies imported at once (one thread each) and, into a fresh dataset, one after another."""
+    h = {"Authorization": f"Bearer {key}"}
+    lines_sent = sum(b.count(b"\n") for b in bodies)
+    distinct = len({ln.split(b'"source_ref":"', 1)[1].split(b'"', 1)[0] for b in bodies for ln in b.splitlines()})
+    out: dict = {"importers": len(bodies), "lines_sent": lines_sent, "distinct_refs": distinct}
+    # Warm-up (imports, connection pool, statement caches) so the first side timed is not the slower for it.
+    warm = httpx.post(f"{url}/v1/datasets", json={"name": f"bench-{tag}-warm", "format": "instruction"},
+                      headers=h).json()
+    _post_body(url, key, warm["id"], bodies[0])
+    for mode in ("single", "concurrent"):
+        ds = httpx.post(f"{url}/v1/datasets", json={"name": f"bench-{tag}-{mode}", "format": "instruction"},
+                        headers=h).json()
+        results: list[tuple[int, dict | None]] = [(0, None)] * len(bodies)
+        t0 = time.perf_counter()
+        if mode == "single":
+            for i, b in enumerate(bodies):
+                results[i] = _post_body(url, key, ds["id"], b)
+        else:
+            def run(i: int, b: bytes, res: list, dataset_id: str) -> None:
+                res[i] = _post_body(url, key, dataset_id, b)
+
+            threads = [threading.Thread(target=run, args=(i, b, results, ds["id"])) for i, b in enumerate(bodies)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        wall = time.perf_counter() - t0
+        ok = [r for code, r in results if code == 200 and r is not None]
+        dsn = db_url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(dsn) as conn:
+            stored, stored_distinct = conn.execute(
+                "SELECT count(*), count(DISTINCT source_ref) FROM examples WHERE dataset_id = %s",
+                (ds["id"],)).fetchone()
+        out[mode] = {
+            "wall_s": round(wall, 2), "lines_per_s": round(lines_sent / wall),
+            "failed_requests": len(bodies) - len(ok),
+            "accepted": sum(r["accepted"] for r in ok), "unchanged": sum(r["unchanged"] for r in ok),
+            "rejected": sum(r["rejected"] for r in ok), "stored": stored,
+            "each_ref_once": stored == stored_distinct == distinct,
+            "all_lines_counted": sum(r["accepted"] + r["unchanged"] for r in ok) == lines_sent,
+        }
+    out["concurrent_vs_single"] = round(out["concurrent"]["lines_per_s"] / out["single"]["lines_per_s"], 2)
+    return out
 
 
 def naive(env: dict, dataset_id: str, lines: list[bytes]) -> float:
@@ -124,11 +205,31 @@ def main() -> None:
     ap.add_argument("--naive-n", type=int, default=3000, help="examples for the naive baseline")
     ap.add_argument("--small-n", type=int, default=10_000, help="size of the import used for the memory baseline")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each side; medians are reported")
+    ap.add_argument("--importers", type=int, default=20, help="concurrent importers of overlapping refs")
+    ap.add_argument("--concurrent-n", type=int, default=4000, help="lines each concurrent importer sends")
+    ap.add_argument("--only-concurrent", action="store_true", help="run the concurrency part alone")
     args = ap.parse_args()
 
     import redis
 
     records = instruct_records()
+    bodies = overlapping_bodies(records, args.importers, args.concurrent_n)
+    if args.only_concurrent:
+        with temp_pg_database() as db_url:
+            env = bench_env(db_url, REDIS)
+            migrate(env)
+            key = create_key(env)
+            redis.Redis.from_url(REDIS).flushdb()
+            with api_server(env) as (url, _proc):
+                conc = concurrent_part(url, key, db_url, bodies, "c")
+            redis.Redis.from_url(REDIS).flushdb()
+        result = {"bench": "ingest", "concurrent": conc, "concurrent_vs_single": conc["concurrent_vs_single"],
+                  "concurrent_failed_requests": conc["concurrent"]["failed_requests"],
+                  "targets": {"concurrent_vs_single_min": 0.8, "concurrent_failed_requests_max": 0}}
+        result["pass"] = _concurrent_pass(conc)
+        _print_concurrent(conc)
+        print(json.dumps(result))
+        return
     full = list(jsonl_examples(args.n, records))
     small = [ln.replace(b'"bench-', b'"small-') for ln in full[: args.small_n]]
     with temp_pg_database() as db_url:
@@ -151,6 +252,7 @@ def main() -> None:
                 assert res["accepted"] == args.n and res["rejected"] == 0, res
                 ours_runs.append(args.n / t_full)
             rss_full = peak_rss_mb(proc.pid)
+            conc = concurrent_part(url, key, db_url, bodies, "c")
         ours = median(ours_runs)
         naive_runs = [naive(env, ds["id"], [ln.replace(b'"bench-', f'"naive{k}-'.encode()) for ln in full[: args.naive_n]])
                       for k in range(args.repeats)]
@@ -173,17 +275,35 @@ def main() -> None:
         "api_peak_rss_mb": {"after_small": round(rss_small, 1), "after_full": round(rss_full, 1),
                             "small_n": args.small_n, "growth": round(rss_full / rss_small, 3)},
         "small_import_examples_per_s": round(args.small_n / t_small),
+        "concurrent": conc,
+        "concurrent_vs_single": conc["concurrent_vs_single"],
+        "concurrent_failed_requests": conc["concurrent"]["failed_requests"],
         "targets": {"ours_examples_per_s": 10_000, "ours_vs_naive": 20, "copy_vs_ours_max": 3,
-                    "rss_growth_max": 1.25},
+                    "rss_growth_max": 1.25, "concurrent_vs_single_min": 0.8, "concurrent_failed_requests_max": 0},
     }
     result["pass"] = bool(
         ours >= 10_000 and ours / naive_rate >= 20 and copy_rate / ours <= 3 and rss_full / rss_small <= 1.25
+        and _concurrent_pass(conc)
     )
     print(f"ours   {ours:10,.0f} examples/s  (HTTP import, PostgreSQL)")
     print(f"naive  {naive_rate:10,.0f} examples/s  (ORM object + commit per example)")
     print(f"COPY   {copy_rate:10,.0f} examples/s  (floor)")
     print(f"API peak RSS: {rss_small:.0f} MB after {args.small_n:,}, {rss_full:.0f} MB after {args.n:,}")
+    _print_concurrent(conc)
     print(json.dumps(result))
+
+
+def _concurrent_pass(conc: dict) -> bool:
+    c = conc["concurrent"]
+    return bool(conc["concurrent_vs_single"] >= 0.8 and c["failed_requests"] == 0 and c["each_ref_once"]
+                and c["all_lines_counted"] and conc["single"]["failed_requests"] == 0)
+
+
+def _print_concurrent(conc: dict) -> None:
+    s, c = conc["single"], conc["concurrent"]
+    print(f"single     {s['lines_per_s']:10,} lines/s  ({conc['importers']} bodies one after another)")
+    print(f"concurrent {c['lines_per_s']:10,} lines/s  ({conc['importers']} at once: {c['failed_requests']} failed, "
+          f"each ref once: {c['each_ref_once']}, {conc['concurrent_vs_single']}x single)")
 
 
 if __name__ == "__main__":

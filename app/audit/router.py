@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from app.audit import service
 from app.core.auth import Auditor
-from app.core.db import SessionDep
+from app.core.db import BIGINT_MAX, SessionDep
 from app.models.audit import AuditEvent
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -28,7 +28,7 @@ def events(
     actor: Auditor,
     entity_id: str | None = None,
     action: str | None = None,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=BIGINT_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     q = select(AuditEvent).where(AuditEvent.seq > after)

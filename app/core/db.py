@@ -21,6 +21,12 @@ from app.models.base import json_dumps
 log = logging.getLogger(__name__)
 
 
+# PostgreSQL's integer types: an integer parameter is bounded by the column it is compared with, so
+# an out-of-range value is a 422 naming the parameter instead of the database's "out of range" (a 500).
+INT_MAX = 2**31 - 1
+BIGINT_MAX = 2**63 - 1
+
+
 @lru_cache
 def _engine_for(url: str, echo: bool) -> Engine:
     if url.startswith("sqlite"):

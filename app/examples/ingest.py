@@ -30,6 +30,7 @@ from app.core.auth import Actor
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.ids import new_id
+from app.core.textguard import find_bad_character
 from app.examples.formats import FieldError, content_sha256, normalize
 from app.models.base import json_dumps, utcnow
 from app.models.dataset import Dataset
@@ -175,38 +176,6 @@ def _check_metadata(meta: dict[str, Any]) -> None:
     if size > MAX_METADATA_BYTES:
         raise FieldError("provenance.metadata", "too_large",
                          f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
-
-
-def find_bad_character(obj: Any, path: str = "") -> str | None:
-    """Path of the first string (or key) holding a character PostgreSQL cannot store in text: NUL,
-    or a lone UTF-16 surrogate. None if there is none."""
-    stack: list[tuple[Any, str]] = [(obj, path)]
-    while stack:
-        node, here = stack.pop()
-        if isinstance(node, str):
-            if _has_bad_char(node):
-                return here or "$"
-        elif isinstance(node, dict):
-            for k, v in node.items():
-                sub = f"{here}.{k}" if here else str(k)
-                if isinstance(k, str) and _has_bad_char(k):
-                    return sub
-                stack.append((v, sub))
-        elif isinstance(node, list):
-            stack.extend((v, f"{here}[{i}]") for i, v in enumerate(node))
-    return None
-
-
-def _has_bad_char(value: str) -> bool:
-    if "\x00" in value:
-        return True
-    if value.isascii():
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # only lone surrogates fail to encode
-        return True
-    return False
 
 
 _CONTENT_KEYS = {

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 
 from app.core.auth import Curator, ErasureReader, Reader
-from app.core.db import SessionDep
+from app.core.db import INT_MAX, SessionDep
 from app.lineage import (
     erasure,
     openlineage,  # noqa: F401  (registers its audit subscription: training run events)
@@ -19,6 +19,7 @@ erasure_router = APIRouter(prefix="/v1/erasure-requests", tags=["erasure"])
 # Lineage is read by everyone who works with the data; the auditor reads all of it and changes nothing
 # (every route here is a GET, and erasure writes need curator or admin).
 Limit = Annotated[int, Query(ge=1, le=1000)]
+Version = Annotated[int, Path(ge=1, le=INT_MAX)]
 
 
 @lineage_router.get("/examples/{example_id}")
@@ -29,12 +30,12 @@ def example_lineage(example_id: str, session: SessionDep, actor: Reader, include
 
 
 @lineage_router.get("/models/{name}/versions/{version}")
-def model_lineage(name: str, version: int, session: SessionDep, actor: Reader) -> dict[str, Any]:
+def model_lineage(name: str, version: Version, session: SessionDep, actor: Reader) -> dict[str, Any]:
     return service.model_lineage(session, name=name, version=version)
 
 
 @lineage_router.get("/models/{name}/versions/{version}/examples")
-def model_examples(name: str, version: int, session: SessionDep, actor: Reader, source: str | None = None,
+def model_examples(name: str, version: Version, session: SessionDep, actor: Reader, source: str | None = None,
                    license: str | None = None, reviewer: str | None = None, tag: str | None = None,
                    cursor: str | None = None, limit: Limit = 50) -> dict[str, Any]:
     items, nxt = service.model_examples(session, name=name, version=version, source=source, license=license,

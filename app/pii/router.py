@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.audit import service as audit
 from app.core.auth import Curator, Judge, RawPiiReader, Reader
-from app.core.db import SessionDep
+from app.core.db import INT_MAX, SessionDep
 from app.datasets import service as datasets
 from app.examples import service as examples
 from app.pii import service
@@ -27,8 +27,8 @@ class MissedSpanIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     field_path: str = Field(min_length=1, max_length=200)
-    start: int = Field(ge=0)
-    end: int = Field(ge=1)
+    start: int = Field(ge=0, le=INT_MAX)
+    end: int = Field(ge=1, le=INT_MAX)
     entity_type: EntityName
 
 

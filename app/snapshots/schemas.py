@@ -25,7 +25,7 @@ class SnapshotFilter(BaseModel):
     licenses: list[str] | None = None
     collected_after: dt.datetime | None = None
     collected_before: dt.datetime | None = None
-    min_approvals: int | None = Field(default=None, ge=0)
+    min_approvals: int | None = Field(default=None, ge=0, le=1000)
     # The three default exclusions; each can be lifted explicitly, never by accident.
     include_duplicates: bool = False
     include_contaminating: bool = False

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core.auth import Curator, RunReader, Trainer
-from app.core.db import SessionDep
+from app.core.db import BIGINT_MAX, INT_MAX, SessionDep
 from app.core.errors import NotFound
 from app.models.training import ModelVersion, TrainingRun, TrainingRunEvent
 from app.training import artifacts, registry, service
@@ -24,6 +24,8 @@ from app.training.schemas import (
     RunStart,
     VersionStatusChange,
 )
+
+Version = Annotated[int, Path(ge=1, le=INT_MAX)]
 
 runs = APIRouter(prefix="/v1/training-runs", tags=["training"])
 models = APIRouter(prefix="/v1/models", tags=["models"])
@@ -106,7 +108,8 @@ def get_run(run_id: str, session: SessionDep, actor: RunReader, model_card: bool
 
 
 @runs.get("/{run_id}/events")
-def list_events(run_id: str, session: SessionDep, actor: RunReader, cursor: int | None = None,
+def list_events(run_id: str, session: SessionDep, actor: RunReader,
+                cursor: Annotated[int | None, Query(ge=0, le=BIGINT_MAX)] = None,
                 kind: Literal["log", "metrics"] | None = None, level: Literal["info", "warn", "error"] | None = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     rows, nxt = service.list_events(session, run_id=run_id, after=cursor, limit=limit, kind=kind, level=level)
@@ -159,7 +162,7 @@ def list_models(session: SessionDep, actor: RunReader) -> dict[str, Any]:
 @models.get("/{name}/versions")
 def list_versions(name: ModelName, session: SessionDep, actor: RunReader,
                   status: Literal["candidate", "deployed", "retired", "tainted"] | None = None,
-                  cursor: Annotated[int | None, Query(ge=1)] = None,
+                  cursor: Annotated[int | None, Query(ge=1, le=INT_MAX)] = None,
                   limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
     rows, nxt = registry.list_versions(session, name, status=status, before=cursor, limit=limit)
     aliases = registry.aliases_by_version(session, name)
@@ -167,13 +170,13 @@ def list_versions(name: ModelName, session: SessionDep, actor: RunReader,
 
 
 @models.get("/{name}/versions/{version}")
-def get_version(name: ModelName, version: int, session: SessionDep, actor: RunReader) -> dict[str, Any]:
+def get_version(name: ModelName, version: Version, session: SessionDep, actor: RunReader) -> dict[str, Any]:
     mv = registry.get_version(session, name, version)
     return version_out(mv, registry.aliases_by_version(session, name).get(version, []))
 
 
 @models.patch("/{name}/versions/{version}")
-def change_version_status(name: ModelName, version: int, body: VersionStatusChange, session: SessionDep,
+def change_version_status(name: ModelName, version: Version, body: VersionStatusChange, session: SessionDep,
                           actor: Curator) -> dict[str, Any]:
     mv = registry.set_status(session, name=name, version=version, status=body.status, reason=body.reason,
                              actor=actor)
@@ -181,7 +184,7 @@ def change_version_status(name: ModelName, version: int, body: VersionStatusChan
 
 
 @models.get("/{name}/versions/{version}/artifact")
-def download_artifact(name: ModelName, version: int, session: SessionDep, actor: RunReader) -> StreamingResponse:
+def download_artifact(name: ModelName, version: Version, session: SessionDep, actor: RunReader) -> StreamingResponse:
     mv = registry.get_version(session, name, version)
     if not artifacts.exists(mv.artifact_uri):
         raise NotFound(f"the artifact of {name} v{version} is gone from {mv.artifact_uri}", code="artifact_missing")
@@ -202,7 +205,8 @@ def move_alias(name: ModelName, alias: AliasName, body: AliasMove, session: Sess
 
 @models.get("/{name}/aliases/{alias}/history")
 def get_alias_history(name: ModelName, alias: AliasName, session: SessionDep, actor: RunReader,
-                      cursor: int | None = None, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
+                      cursor: Annotated[int | None, Query(ge=1, le=BIGINT_MAX)] = None,
+                      limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
     rows, nxt = registry.alias_history(session, name=name, alias=alias, before=cursor, limit=limit)
     return {"items": [{"from_version": h.from_version, "to_version": h.to_version, "actor": h.actor,
                        "at": _dt(h.at), "reason": h.reason} for h in rows], "next_cursor": nxt}

@@ -72,7 +72,7 @@ class EventIn(BaseModel):
     kind: Literal["log", "metrics", "heartbeat"] | None = "log"
     level: Literal["info", "warn", "error"] | None = "info"
     message: str | None = ""
-    step: int | None = None
+    step: int | None = Field(default=None, ge=0, le=2**31 - 1)  # an integer column
     data: dict[str, Any] | None = None
 
 
@@ -106,7 +106,7 @@ class RunFail(BaseModel):
 
 
 class AliasMove(BaseModel):
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=2**31 - 1)
     reason: Annotated[str, StringConstraints(max_length=2000)] | None = None
 
 
