@@ -36,6 +36,7 @@ def _engine_for(url: str, echo: bool) -> Engine:
         engine = create_engine(
             url,
             echo=echo,
+            hide_parameters=True,  # see below
             json_serializer=json_dumps,
             connect_args={"check_same_thread": False, "timeout": 30},
         )
@@ -54,8 +55,11 @@ def _engine_for(url: str, echo: bool) -> Engine:
         # SQLite's write lock before the head is read, so the chain cannot fork; a stale snapshot
         # fails with SQLITE_BUSY instead of writing a wrong link.
         return engine
+    # hide_parameters: a failed statement's message (logged by the 500 handler and by workers) would
+    # otherwise carry its bound values, i.e. raw example text and provenance, into the logs.
     return create_engine(
-        url, echo=echo, json_serializer=json_dumps, pool_pre_ping=True, pool_size=10, max_overflow=20
+        url, echo=echo, hide_parameters=True, json_serializer=json_dumps, pool_pre_ping=True, pool_size=10,
+        max_overflow=20,
     )
 
 

@@ -318,3 +318,15 @@ def test_erasure_requests_filed_before_the_fix_lose_their_identifiers(api, db):
     _rerun_migration("pii05")  # idempotent: pseudonyms are not pseudonymised again
     for rid, (stored_now, _) in made.items():
         assert api.as_("curator").get(f"/v1/erasure-requests/{rid}").json()["selector"] == stored_now
+
+
+def test_a_failed_statement_does_not_carry_its_values_into_the_logs(db):
+    """The 500 handler and the workers log exceptions; SQLAlchemy's message would include the bound values."""
+    from sqlalchemy.exc import DBAPIError
+
+    from app.core.db import session_scope
+
+    with pytest.raises(DBAPIError) as info, session_scope() as s:
+        s.execute(text("INSERT INTO no_such_table (x) VALUES (:v)"), {"v": f"{NAME} {EMAIL}"})
+    assert "no_such_table" in str(info.value)
+    _no_canary(str(info.value))
