@@ -178,11 +178,17 @@ def sweep() -> int:
                 wanted.update(session.scalars(select(Example.id).where(Example.id.in_(lost[i:i + 10_000]),
                                                                        Example.stage == name)))
             depth = jobs.queue_depth(stages.get_stage(name).queue)
-            # A non-empty queue may hold these examples' message: wait until it drains.
-            cutoff = idle_cutoff if depth == 0 else backstop_cutoff
-            idle = session.scalars(select(Example.id).where(Example.stage == name, Example.updated_at < cutoff)
-                                   .limit(50_000))
-            wanted.update(i for i in idle if str(i) not in held)
+            # A non-empty queue may hold these examples' message: wait until it drains. Never a time
+            # cutoff then: in a backlog older than the cutoff it would re-enqueue the whole backlog on
+            # every sweep.
+            if depth != 0:
+                cutoff = backstop_cutoff if depth is None else None
+            else:
+                cutoff = idle_cutoff
+            if cutoff is not None:
+                idle = session.scalars(select(Example.id).where(Example.stage == name, Example.updated_at < cutoff)
+                                       .limit(50_000))
+                wanted.update(i for i in idle if str(i) not in held)
             if wanted:
                 total += len(wanted)
                 enqueue_stage(session, name, sorted(wanted))

@@ -67,7 +67,8 @@ def test_an_expired_lease_is_swept_a_live_one_is_not(broker):
 
 def test_an_idle_example_is_swept_only_once_its_queue_is_empty(broker):
     r, (a, b, c) = broker
-    _at([a, b, c], "dedup", age_s=120)
+    _at([a, b], "dedup", age_s=120)
+    _at([c], "dedup", age_s=7200)  # older than any cutoff: a deep backlog is not re-enqueued either
     _lease([b], "dedup", expires_in_s=60)  # a live task holds b, however long it has been at the stage
     r.lpush("dedup", b"a message that may be the one carrying a")
     assert pipeline.sweep() == 0
