@@ -1,33 +1,32 @@
 """Schemathesis over the served OpenAPI document: generated requests to every operation, as an admin
 (every operation reaches its handler) and as an auditor (a read-only role), must never get a 5xx.
 
-In-process (ASGI) against one SQLite database holding a real dataset, snapshots, a registered model
+In-process (ASGI) against one PostgreSQL database holding a real dataset, snapshots, a registered model
 and the rest, so that half of the cases carry real ids in their path and reach past the lookup into the
-service. Deterministic (derandomised) and bounded: a few examples per operation, well under 90 s.
+service. Deterministic (derandomised) and bounded: a few examples per operation and role.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
 
 from tests.security.test_roles import world  # noqa: F401  (real ids for path parameters)
 from tests.training.conftest import artifact_root, dispatched  # noqa: F401
 
-schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.generation import GenerationMode  # noqa: E402
-
-import os
-EXAMPLES = int(os.environ.get("PEDIGREE_TEST_SCHEMATHESIS_EXAMPLES", "8"))
+EXAMPLES = int(os.environ.get("PEDIGREE_TEST_SCHEMATHESIS_EXAMPLES", "6"))
 # CI runs the same cases every time; PEDIGREE_TEST_SCHEMATHESIS_RANDOM=1 explores new ones.
 DERANDOMIZE = not os.environ.get("PEDIGREE_TEST_SCHEMATHESIS_RANDOM")
 BACKEND = os.environ.get("PEDIGREE_TEST_SCHEMATHESIS_DB", "postgresql")
-BUDGET_S = 90
+BUDGET_S = 120  # seconds for the requests: 788 took 33 s at load average 10-12 on 2 cores
 # Real ids are never put in these: a generated request would revoke the test's own keys.
 NEVER_REAL = {("DELETE", "/v1/keys/{key_id}")}
 
@@ -71,4 +70,21 @@ def test_no_operation_answers_a_server_error(api, world):  # noqa: F811
     took = time.monotonic() - t0
     print(f"\nschemathesis: {len(operations)} operations, {calls[0]} requests in {took:.1f}s")
     assert not failures, "\n\n".join(failures)
-    assert took < BUDGET_S * max(1, EXAMPLES / 8), f"took {took:.0f}s, budget {BUDGET_S}s"
+    assert took < BUDGET_S * max(1, EXAMPLES / 6), f"took {took:.0f}s, budget {BUDGET_S}s"
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+def test_what_schemathesis_found_is_a_4xx(api, world):  # noqa: F811
+    """The 500s the run above found before the fixes, replayed by hand: an alias version beyond the
+    column, version path parameters beyond it, and a NUL inside a PII policy's allow list."""
+    real_ids, _ = world
+    admin = api.as_("admin")
+    r = admin.post("/v1/models/role-model/aliases/production", json={"version": 2**63})
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "version", r.text
+    for url in ("/v1/lineage/models/role-model/versions/99999999999/examples",
+                "/v1/lineage/models/role-model/versions/99999999999", "/v1/models/role-model/versions/99999999999"):
+        assert admin.get(url).status_code == 422, url
+    r = admin.request("PUT", f"/v1/datasets/{real_ids['dataset_ref']}/pii-policy",
+                      json={"allow_list": ["fine", "zqcanary\u0000value"]})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_character", r.text
+    assert "zqcanary" not in r.text  # the error names the field, never the value
