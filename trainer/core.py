@@ -44,6 +44,11 @@ def load_base(spec: dict, device, dtype):
     hub_id = base.count("/") == 1 and not base.startswith((".", "/", "~"))
     if not hub_id and not Path(base).expanduser().exists():
         raise TrainError("bad_base_model", f"base model path {base} does not exist")
+    if hub_id and Path(base).exists():
+        # The API accepted it as a hub id without looking at any disk; transformers would load a
+        # folder of that name under this process's working directory instead, outside every model root.
+        raise TrainError("bad_base_model", f"hub id {base} is also a folder under the trainer's working "
+                                           "directory; give the model's absolute path inside a model root")
     kwargs = _dtype_kwarg(dtype)
     if spec.get("method", "lora") == "qlora":
         if not torch.cuda.is_available():

@@ -1,6 +1,7 @@
 """train() end to end on the tiny model: adapter, model card, accounting, errors, determinism."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,20 @@ def test_same_seed_same_adapter(tiny_model, tmp_path, records):
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert a["metrics"]["val_loss_after"] == b["metrics"]["val_loss_after"]
+
+
+def test_a_hub_id_that_names_a_local_folder_is_refused(tiny_model, tmp_path, monkeypatch):
+    """The API takes 'org/name' as a hub id without a file-system check; from_pretrained would load a
+    folder ./org/name of the trainer's working directory instead, outside the model roots."""
+    from trainer.core import load_base
+    from trainer.errors import TrainError
+
+    (tmp_path / "org").mkdir()
+    shutil.copytree(tiny_model, tmp_path / "org" / "name")  # a real model: it would load
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TrainError) as err:
+        load_base({"base_model": "org/name"}, torch.device("cpu"), torch.float32)
+    assert err.value.code == "bad_base_model"
 
 
 @pytest.mark.parametrize(
