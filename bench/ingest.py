@@ -86,9 +86,9 @@ def _post_body(url: str, key: str, dataset_id: str, body: bytes) -> tuple[int, d
     try:
         r = httpx.post(f"{url}/v1/datasets/{dataset_id}/examples:import", content=chunks(), timeout=600,
                        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/x-ndjson"})
-    except httpx.HTTPError:
-        return -1, None
-    return r.status_code, (r.json() if r.status_code == 200 else None)
+    except httpx.HTTPError as e:
+        return -1, {"exception": type(e).__name__}
+    return r.status_code, (r.json() if r.status_code == 200 else {"body": r.text[:300]})
 
 
 def concurrent_part(url: str, key: str, db_url: str, bodies: list[bytes], tag: str) -> dict:
@@ -120,6 +120,7 @@ def concurrent_part(url: str, key: str, db_url: str, bodies: list[bytes], tag: s
                 t.join()
         wall = time.perf_counter() - t0
         ok = [r for code, r in results if code == 200 and r is not None]
+        failures = [{"status": code, **(r or {})} for code, r in results if code != 200]
         dsn = db_url.replace("postgresql+psycopg://", "postgresql://")
         with psycopg.connect(dsn) as conn:
             stored, stored_distinct = conn.execute(
@@ -127,7 +128,7 @@ def concurrent_part(url: str, key: str, db_url: str, bodies: list[bytes], tag: s
                 (ds["id"],)).fetchone()
         out[mode] = {
             "wall_s": round(wall, 2), "lines_per_s": round(lines_sent / wall),
-            "failed_requests": len(bodies) - len(ok),
+            "failed_requests": len(bodies) - len(ok), "failures": failures[:5],
             "accepted": sum(r["accepted"] for r in ok), "unchanged": sum(r["unchanged"] for r in ok),
             "rejected": sum(r["rejected"] for r in ok), "stored": stored,
             "each_ref_once": stored == stored_distinct == distinct,
