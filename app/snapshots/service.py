@@ -34,6 +34,7 @@ from app.core.db import get_engine, one_of
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.core.ids import new_id
 from app.datasets import service as datasets
+from app.examples import privacy
 from app.examples.service import decode_cursor, encode_cursor
 from app.models.base import Base
 from app.models.example import Example
@@ -190,6 +191,16 @@ def _candidates(session: Session, dataset_id: uuid.UUID, f: SnapshotFilter, *, w
            f"CASE {' '.join(whens)} ELSE NULL END AS rule "
            f"FROM examples e {' '.join(joins)} WHERE e.dataset_id = :ds")
     return _Query(sql, params, binds)
+
+
+def _stored_filter(f: SnapshotFilter) -> dict[str, Any]:
+    """The filter as kept on the snapshot (shown in its view, its datasheet and the audit event): tags are
+    provenance identifiers, so they are kept in the pseudonymised form every non-admin reads them in
+    (docs/pii.md). The filter is never re-applied, so nothing needs the values back."""
+    out = f.model_dump(mode="json")
+    if out.get("tags"):
+        out["tags"] = [privacy.mask_tag(t) for t in out["tags"]]
+    return out
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -623,7 +634,7 @@ def create(session: Session, *, data: SnapshotCreate, actor: Actor) -> Snapshot:
     snap = Snapshot(id=sid, dataset_id=ds.id, name=data.name, format=ds.format,
                     manifest_sha256=frozen.manifests["all"]["sha256"], merkle_root=frozen.manifests["merkle_root"],
                     split_manifests={k: frozen.manifests[k]["sha256"] for k in ("train", "validation")},
-                    filter=f.model_dump(mode="json"), validation_fraction=data.validation_fraction, seed=seed,
+                    filter=_stored_filter(f), validation_fraction=data.validation_fraction, seed=seed,
                     stratify_by=stratify, member_count=frozen.selected,
                     counts={"train": frozen.manifests["train"]["count"],
                             "validation": frozen.manifests["validation"]["count"],

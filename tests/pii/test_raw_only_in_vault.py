@@ -330,3 +330,32 @@ def test_a_failed_statement_does_not_carry_its_values_into_the_logs(db):
         s.execute(text("INSERT INTO no_such_table (x) VALUES (:v)"), {"v": f"{NAME} {EMAIL}"})
     assert "no_such_table" in str(info.value)
     _no_canary(str(info.value))
+
+
+def test_a_snapshot_keeps_its_tag_filter_as_pseudonyms(api, db):
+    """A curator filters by a tag that names a person: the snapshot's view, datasheet and audit event show
+    the tag as every non-admin reads it, and the filter still selected by the real value."""
+    from tests.snapshots.helpers import ingest, instruction_line, set_status
+
+    ds = new_dataset(api, "instruction")
+    ids = ingest(api, ds, [instruction_line(i, tags=[f"owner:{NAME}"] if i < 3 else ["owner:other"])
+                           for i in range(6)])
+    set_status(ids, "approved")
+    r = api.as_("curator").post("/v1/snapshots", json={"dataset_id": ds["id"], "name": "owned",
+                                                        "filter": {"tags": [f"owner:{NAME}"]}})
+    assert r.status_code == 201, r.text
+    snap = r.json()
+    assert snap["member_count"] == 3
+    _no_canary(r.text)
+    shown = api.as_("trainer").get(f"/v1/snapshots/{snap['id']}").json()["filter"]["tags"]
+    reader_view = api.as_("reviewer").get(f"/v1/examples/{ids[0]}").json()["provenance"]["tags"]
+    assert shown == reader_view and shown[0].startswith("owner:hmac:")
+    for role in ("curator", "trainer", "auditor"):
+        _no_canary(api.as_(role).get(f"/v1/snapshots/{snap['id']}").text)
+        _no_canary(api.as_(role).get(f"/v1/snapshots/{snap['id']}/datasheet").text)
+        _no_canary(api.as_(role).get(f"/v1/snapshots/{snap['id']}/manifest.json").text)
+    from app.core.db import get_engine
+
+    with get_engine().connect() as conn:
+        for table in ("snapshots", "audit_events"):
+            _no_canary(" ".join(str(r) for r in conn.execute(text(f"SELECT * FROM {table}"))))
