@@ -22,5 +22,6 @@ def run_stage(stage: str, example_ids: list[str]) -> int:
 
 @celery.task(name=service.SWEEP_TASK, acks_late=True, ignore_result=True)
 def sweep() -> int:
+    moved = service.sweep()  # first: a fault in the import sweep below must not hold up the pipeline's
     ingest.sweep_stale_imports()
-    return service.sweep()
+    return moved
