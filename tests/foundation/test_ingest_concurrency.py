@@ -332,3 +332,28 @@ def test_a_streaming_import_holds_no_idle_transaction_between_batches(broker, pg
                                 {"content": gen(), "headers": NDJSON})]))
     assert r.status_code == 200 and r.json()["accepted"] == 60, r.text
     assert seen == [0]
+
+
+def test_the_stale_statistics_lookup_finds_what_the_probe_finds(broker, pg_api):
+    """The hash-join lookup (used while the planner does not know a dataset's rows yet) and the
+    unique-index probe return the same examples, contents and statuses."""
+    from app.core.db import session_scope
+    from app.examples import ingest
+
+    ds = new_dataset(pg_api)
+    r = pg_api.as_("curator").post(f"/v1/datasets/{ds['id']}/examples:import", content=_body(range(300)),
+                                   headers=NDJSON)
+    assert r.json()["accepted"] == 300
+    refs = [("race", f"ref-{i}") for i in range(250, 400)]  # 50 stored, 100 not
+    with session_scope() as s:
+        probed = ingest._existing_refs(s, uuid.UUID(ds["id"]), refs)
+        hashed = ingest._existing_refs_hashed(s, {"sources": [a for a, _ in refs], "refs": [b for _, b in refs],
+                                                  "ds": uuid.UUID(ds["id"])})
+    assert len(probed) == 50 and probed == hashed
+    # And a re-send through it still tells unchanged lines from conflicting ones.
+    ingest._PROBE_PLAN_OK.discard(uuid.UUID(ds["id"]))
+    changed = orjson.dumps({"instruction": "different", "output": "x",
+                            "provenance": {"source": "race", "source_ref": "ref-3"}})
+    r = pg_api.as_("curator").post(f"/v1/datasets/{ds['id']}/examples:import",
+                                   content=_body(range(3)) + changed + b"\n", headers=NDJSON)
+    assert (r.json()["unchanged"], [e["code"] for e in r.json()["errors"]]) == (3, ["source_ref_conflict"])
