@@ -363,13 +363,13 @@ def make_model(config_dir: Path, device, dtype, seed: int):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from trainer.core import _dtype_kwarg
+    from trainer.model import dtype_kwarg
 
     cfg = AutoConfig.from_pretrained(config_dir)
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, **_dtype_kwarg(dtype))
+        model = AutoModelForCausalLM.from_config(cfg, **dtype_kwarg(dtype))
     return model
 
 

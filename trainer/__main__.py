@@ -55,8 +55,8 @@ def _train(args) -> int:
 
         try:
             spec = json.loads(Path(args.spec).read_text())
-            from trainer.core import train
             from trainer.data import read_jsonl
+            from trainer.run import train
 
             with open(args.data, "rb") as f:
                 records = list(read_jsonl(f))

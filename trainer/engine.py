@@ -1,4 +1,4 @@
-"""The packed LoRA training step, shared by `trainer.core.train` and `bench.train`.
+"""The packed LoRA training step, shared by `trainer.run.train` and `bench.train`.
 
 One micro-batch is one packed sequence (see trainer.packing). The decoder runs on it with an
 attention backend that respects segment bounds; only the hidden states of supervised positions go

@@ -79,7 +79,7 @@ def train_command(spec: Path, data: Path, out: Path, events: Path, stop: Path, g
         "--exit-with-parent",
     ]
     if gpus > 1:
-        # Data parallel over every local GPU (issue 7 §5); torchrun sets RANK/WORLD_SIZE for trainer.core.
+        # Data parallel over every local GPU (issue 7 §5); torchrun sets RANK/WORLD_SIZE for trainer.run.
         return [
             sys.executable,
             "-m",

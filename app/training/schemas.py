@@ -117,7 +117,7 @@ class VersionStatusChange(BaseModel):
 
 def is_hub_id(base_model: str) -> bool:
     """'org/name' may be a Hugging Face hub id (resolved on the GPU host); anything else is a path.
-    The same rule as trainer/core.py's load_base, so both sides agree on what must exist on disk."""
+    The same rule as trainer/model.py's load_base, so both sides agree on what must exist on disk."""
     return base_model.count("/") == 1 and not base_model.startswith((".", "/", "~"))
 
 

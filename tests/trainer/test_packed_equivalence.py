@@ -15,8 +15,8 @@ def _setup(tiny_model, backend, device="cpu", dtype=torch.float64):
     from transformers import AutoModelForCausalLM
 
     from trainer import hparams
-    from trainer.core import attach_lora
     from trainer.engine import Engine
+    from trainer.model import attach_lora
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=dtype).to(device)

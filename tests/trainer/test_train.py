@@ -34,8 +34,8 @@ def test_train_end_to_end(tiny_model, tmp_path, records):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from trainer.core import train
     from trainer.data import manifest_sha256
+    from trainer.run import train
 
     events = []
     manifest = manifest_sha256((r["content_sha256"], r["split"]) for r in records)
@@ -75,7 +75,7 @@ def test_train_end_to_end(tiny_model, tmp_path, records):
 def test_same_seed_same_adapter(tiny_model, tmp_path, records):
     from safetensors.torch import load_file
 
-    from trainer.core import train
+    from trainer.run import train
 
     a = train(_spec(tiny_model), records, tmp_path / "a")
     b = train(_spec(tiny_model), records, tmp_path / "b")
@@ -89,8 +89,8 @@ def test_same_seed_same_adapter(tiny_model, tmp_path, records):
 def test_a_hub_id_that_names_a_local_folder_is_refused(tiny_model, tmp_path, monkeypatch):
     """The API takes 'org/name' as a hub id without a file-system check; from_pretrained would load a
     folder ./org/name of the trainer's working directory instead, outside the model roots."""
-    from trainer.core import load_base
     from trainer.errors import TrainError
+    from trainer.model import load_base
 
     (tmp_path / "org").mkdir()
     shutil.copytree(tiny_model, tmp_path / "org" / "name")  # a real model: it would load
@@ -113,8 +113,8 @@ def test_a_hub_id_that_names_a_local_folder_is_refused(tiny_model, tmp_path, mon
     ],
 )
 def test_failures_carry_their_code(tiny_model, tmp_path, records, spec_over, code):
-    from trainer.core import train
     from trainer.errors import TrainError
+    from trainer.run import train
 
     if torch.cuda.is_available() and (code == "qlora_unavailable" or "attention" in str(spec_over)):
         pytest.skip("available on a CUDA host")
@@ -126,8 +126,8 @@ def test_failures_carry_their_code(tiny_model, tmp_path, records, spec_over, cod
 
 
 def test_cancel_stops_between_steps(tiny_model, tmp_path, records):
-    from trainer.core import train
     from trainer.errors import TrainError
+    from trainer.run import train
 
     calls = {"n": 0}
 
@@ -228,7 +228,7 @@ def test_two_process_data_parallel_matches_one_process(tiny_model, tmp_path):
 
 
 def test_gradient_checkpointing_changes_memory_not_results(tiny_model, tmp_path, records):
-    from trainer.core import train
+    from trainer.run import train
 
     plain = train(_spec(tiny_model), records, tmp_path / "a")
     spec = _spec(tiny_model)
