@@ -105,19 +105,19 @@ def _http_source(api_url: str, api_key: str, snapshot: str, split: str) -> tuple
 def _local_source(snapshot: str, split: str) -> tuple[dict, dict, Iterator[bytes]]:
     from app.core.db import session_scope
     from app.core.errors import PedigreeError
-    from app.snapshots import service
+    from app.snapshots import export, repository
 
     try:
         with session_scope() as s:
-            snap = service.get(s, snapshot)
-            manifest = service.manifest_document(s, snap)
-            plan = service.plan_export(s, snap, split=split)
+            snap = repository.get(s, snapshot)
+            manifest = repository.manifest_document(s, snap)
+            plan = export.plan_export(s, snap, split=split)
     except PedigreeError as e:
         err.print(f"[red]{e.message}")
         raise typer.Exit(1) from None
     expected = {"manifest": plan.manifest_sha256, "export": plan.export_manifest_sha256, "count": plan.count,
                 "omitted": len(plan.omitted_erased)}
-    return manifest, expected, service.iter_pedigree_blocks(plan)
+    return manifest, expected, export.iter_pedigree_blocks(plan)
 
 
 @app.command("export")

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from app.datasets import service as datasets
 from app.models.base import Base
 from app.models.snapshot import Snapshot
-from app.snapshots import service
+from app.snapshots import repository
 
 UNKNOWN = "Not known: Pedigree holds no record of this."
 
@@ -95,7 +95,7 @@ def gather(session: Session, snap: Snapshot) -> Facts:
     ds = datasets.get(session, snap.dataset_id)
     st = snap.stats or {}
     n = snap.member_count
-    erased = service.erased_members(session, snap)
+    erased = repository.erased_members(session, snap)
     sections: list[Section] = []
 
     mot = Section("Motivation")

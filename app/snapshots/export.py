@@ -18,11 +18,19 @@ Formats
 
 from __future__ import annotations
 
+import json
 import math
+import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from sqlalchemy.orm import Session
+
+from app.core.db import get_engine
+from app.models.snapshot import Snapshot
+from app.snapshots.repository import erased_members, manifest_hashes
 
 JSONL_FORMATS = ("pedigree", "openai-chat", "alpaca", "completion")
 CHUNK_BYTES = 1 << 20
@@ -388,3 +396,181 @@ def stream_parquet(dataset_format: str, blocks: Iterable[Any], *, metadata: dict
     tail = sink.drain()
     if tail:
         yield tail
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Member blocks from the database
+
+
+@dataclass
+class ExportPlan:
+    """What one export will contain, known before the first byte is sent (it goes in the headers)."""
+
+    snapshot_id: uuid.UUID
+    name: str
+    dataset_format: str
+    split: str
+    manifest_sha256: str  # the original freeze, on record forever
+    export_manifest_sha256: str  # exactly the members in this export
+    count: int
+    omitted_erased: list[uuid.UUID]
+
+
+def plan_export(session: Session, snap: Snapshot, *, split: str) -> ExportPlan:
+    erased = erased_members(session, snap)
+    if erased:
+        hashes = manifest_hashes(session, snap.id, omit=erased)
+        key = "all" if split == "all" else split
+        export_sha, count = hashes[key]["sha256"], hashes[key]["count"]
+    elif split == "all":
+        export_sha, count = snap.manifest_sha256, snap.member_count
+    else:
+        export_sha, count = snap.split_manifests[split], snap.counts[split]
+    return ExportPlan(snapshot_id=snap.id, name=snap.name, dataset_format=snap.format, split=split,
+                      manifest_sha256=snap.manifest_sha256, export_manifest_sha256=export_sha, count=count,
+                      omitted_erased=erased)
+
+
+def _pedigree_line_sql(plan: ExportPlan) -> str:
+    """One pedigree JSONL line per member, built by PostgreSQL. Everything inlined is ours (uuids,
+    a validated split and format): COPY takes no bind parameters."""
+    cond = _member_cond(plan)
+    return (
+        "SELECT '{\"revision_id\":\"' || m.revision_id || '\",\"example_id\":\"' || m.example_id || "
+        "'\",\"split\":\"' || m.split || "
+        f"'\",\"format\":\"{plan.dataset_format}\",\"content\":' || r.content::text || "
+        "',\"content_sha256\":\"' || m.content_sha256 || '\"}' "
+        f"FROM snapshot_members m JOIN example_revisions r ON r.id = m.revision_id WHERE {cond} "
+        "ORDER BY m.example_id"
+    )
+
+
+def _member_cond(plan: ExportPlan) -> str:
+    for value in (plan.dataset_format, plan.split):
+        if not value.isalpha():
+            raise ValueError(value)
+    cond = f"m.snapshot_id = '{uuid.UUID(str(plan.snapshot_id))}'"
+    if plan.split != "all":
+        cond += f" AND m.split = '{plan.split}'"
+    if plan.omitted_erased:
+        cond += " AND m.example_id NOT IN (" + ", ".join(f"'{uuid.UUID(str(u))}'" for u in plan.omitted_erased) + ")"
+    return cond
+
+
+def _copy_blocks(copy_sql: str, block_rows: int, unescape: bool) -> Iterator[bytes]:
+    engine = get_engine()
+    with engine.connect() as conn:
+        # A walk of the partition's primary key joined to revisions by key, in order: no sort, no
+        # hash of a million revisions, first bytes out at once.
+        for setting in ("enable_hashjoin = off", "enable_mergejoin = off", "enable_sort = off",
+                        "max_parallel_workers_per_gather = 0", "jit = off"):
+            conn.exec_driver_sql(f"SET LOCAL {setting}")
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur, cur.copy(copy_sql) as cp:
+            buf: list[Any] = []
+            for row in cp:
+                buf.append(row)
+                if len(buf) >= block_rows:
+                    block = b"".join(buf)
+                    # COPY's text format doubles every backslash; JSON text has no other byte it escapes.
+                    yield block.replace(b"\\\\", b"\\") if unescape else block
+                    buf = []
+            if buf:
+                block = b"".join(buf)
+                yield block.replace(b"\\\\", b"\\") if unescape else block
+        conn.rollback()
+
+
+def iter_csv_blocks(plan: ExportPlan, fields: tuple[str, ...], *, block_rows: int = 20_000) -> Iterator[bytes]:
+    """PostgreSQL: CSV rows of the given top-level content fields, then split, revision_id, example_id,
+    content_sha256. For flat formats this feeds Parquet faster than JSON lines do: `->>` extracts a
+    field without printing the whole document, and CSV parses faster than JSON."""
+    for f in fields:
+        if not f.isalpha():
+            raise ValueError(f)
+    if get_engine().dialect.name != "postgresql":
+        # SQLite's json_extract re-parses the document per field: its pedigree lines through
+        # pyarrow's JSON reader measured faster.
+        raise ValueError("CSV export blocks need PostgreSQL")
+    cols = ", ".join(f"r.content->>'{f}'" for f in fields)
+    sql = (f"COPY (SELECT {cols}, m.split, m.revision_id, m.example_id, m.content_sha256 "
+           f"FROM snapshot_members m JOIN example_revisions r ON r.id = m.revision_id WHERE {_member_cond(plan)} "
+           f"ORDER BY m.example_id) TO STDOUT WITH (FORMAT csv)")
+    yield from _copy_blocks(sql, block_rows, unescape=False)
+
+
+def iter_pedigree_blocks(plan: ExportPlan, *, block_rows: int = 5000) -> Iterator[bytes]:
+    """Blocks of complete `pedigree` JSONL lines in example-id order, on a connection of their own (the
+    request's session is gone by the time a streamed body is sent). Memory: one block.
+
+    PostgreSQL builds every line itself and streams them with COPY, so the database and this process
+    work in parallel and Python does nothing per row. The content is the stored JSONB as PostgreSQL
+    prints it: the same JSON value (it hashes the same once parsed), not the same bytes. SQLite hands
+    over column blocks (below) that Arrow joins into lines."""
+    engine = get_engine()
+    if engine.dialect.name != "postgresql":
+        for block in iter_column_blocks(plan, block_rows=block_rows):
+            yield pedigree_lines(plan.dataset_format, block)
+        return
+    yield from _copy_blocks(f"COPY ({_pedigree_line_sql(plan)}) TO STDOUT", block_rows, unescape=True)
+
+
+@dataclass
+class ColumnBlock:
+    """Up to block_rows members, one bytes value per column: SQLite concatenates each column of the
+    block itself (group_concat), so Python handles a few strings per block and never a row."""
+
+    count: int
+    content: bytes  # the stored JSON documents, "\n"-separated (JSON text holds no raw newline)
+    revision_ids: bytes  # 32 hex digits each (how SQLite stores UUIDs)
+    example_ids: bytes
+    splits: bytes  # b"t" or b"v" each
+    content_sha256: bytes  # 64 hex digits each
+
+
+def iter_column_blocks(plan: ExportPlan, *, block_rows: int = 10_000) -> Iterator[ColumnBlock]:
+    """SQLite: the export's members as column blocks, in example-id order.
+
+    Profiled on 100k members, the old path (SQLite building each JSON line, UUIDs hyphenated with
+    substr, SQLAlchemy rows joined in Python) spent over half its time in SQLite's string building
+    (the ten substr and || per UUID pair cost more than the whole join) and in per-row Row objects.
+    Here each block is one keyset query on the partition's primary key returning six values; the
+    lines or Arrow columns are built vectorised (export.pedigree_lines, export.table_from_columns).
+    All blocks are read in one read transaction, so they see one state of the database."""
+    engine = get_engine()
+    if engine.dialect.name == "postgresql":
+        raise ValueError("column blocks are the SQLite export path")
+    for value in (plan.dataset_format, plan.split):
+        if not value.isalpha():
+            raise ValueError(value)
+    cond = ""
+    args: list[Any] = []
+    if plan.split != "all":
+        cond += " AND m.split = ?"
+        args.append(plan.split)
+    if plan.omitted_erased:
+        # One JSON parameter instead of one per id: no limit on the number of erased members.
+        cond += " AND m.example_id NOT IN (SELECT value FROM json_each(?))"
+        args.append(json.dumps([uuid.UUID(str(u)).hex for u in plan.omitted_erased]))
+    sql = ("SELECT count(*), max(eid), group_concat(c, char(10)), group_concat(rid, ''), group_concat(eid, ''), "
+           "group_concat(sp, ''), group_concat(sha, '') FROM ("
+           "SELECT r.content AS c, m.revision_id AS rid, m.example_id AS eid, substr(m.split, 1, 1) AS sp, "
+           "m.content_sha256 AS sha FROM snapshot_members m JOIN example_revisions r ON r.id = m.revision_id "
+           f"WHERE m.snapshot_id = ? AND m.example_id > ?{cond} ORDER BY m.example_id LIMIT ?)")
+    sid = uuid.UUID(str(plan.snapshot_id)).hex
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        raw.execute("BEGIN")
+        try:
+            after = ""
+            while True:
+                n, last, content, rids, eids, splits, shas = raw.execute(sql, (sid, after, *args, block_rows)).fetchone()
+                if not n:
+                    break
+                yield ColumnBlock(n, content.encode(), rids.encode("ascii"), eids.encode("ascii"),
+                                  splits.encode("ascii"), shas.encode("ascii"))
+                if n < block_rows:
+                    break
+                after = last
+        finally:
+            raw.execute("ROLLBACK")

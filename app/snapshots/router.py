@@ -11,7 +11,7 @@ from app.core.db import SessionDep, get_engine
 from app.core.errors import ValidationFailed
 from app.lineage import openlineage
 from app.models.snapshot import Snapshot
-from app.snapshots import datasheet, export, service
+from app.snapshots import datasheet, diff, export, freeze, proofs, repository
 from app.snapshots.schemas import EXPORT_FORMATS, ProofsRequest, SnapshotCreate, SnapshotOut
 
 router = APIRouter(prefix="/v1/snapshots", tags=["snapshots"])
@@ -34,27 +34,27 @@ def create_snapshot(data: SnapshotCreate, session: SessionDep, actor: Curator,
                     background: BackgroundTasks) -> dict[str, Any]:
     # Hook (lineage issue): OpenLineage START/COMPLETE/FAIL around the freeze; a no-op unless configured.
     with openlineage.snapshot_freeze(session, dataset_ref=data.dataset_id, name=data.name) as ol:
-        ol.snapshot = service.create(session, data=data, actor=actor)
+        ol.snapshot = freeze.create(session, data=data, actor=actor)
     if ol.snapshot.merkle_root is None:
         # A large freeze on PostgreSQL: the root follows right after the response (after the commit,
         # so it reads the committed members), outside the freeze's time.
-        background.add_task(service.fill_merkle_root, ol.snapshot.id)
+        background.add_task(proofs.fill_merkle_root, ol.snapshot.id)
     return _out(ol.snapshot)
 
 
 @router.get("")
 def list_snapshots(session: SessionDep, actor: SnapshotReader, dataset: str | None = None,
                    cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
-    rows, nxt = service.list_page(session, dataset_ref=dataset, cursor=cursor, limit=limit)
+    rows, nxt = repository.list_page(session, dataset_ref=dataset, cursor=cursor, limit=limit)
     return {"items": [_out(s, stats=False) for s in rows], "next_cursor": nxt}
 
 
 @router.get("/{snapshot_id}")
 def get_snapshot(snapshot_id: str, session: SessionDep, actor: SnapshotReader) -> dict[str, Any]:
-    snap = service.get(session, snapshot_id)
-    service.ensure_merkle_root(session, snap)
+    snap = repository.get(session, snapshot_id)
+    proofs.ensure_merkle_root(session, snap)
     out = _out(snap)
-    erased = service.erased_members(session, snap)
+    erased = repository.erased_members(session, snap)
     out["erased_members"] = len(erased)
     out["contains_erased"] = bool(snap.contains_erased or erased)
     return out
@@ -62,9 +62,9 @@ def get_snapshot(snapshot_id: str, session: SessionDep, actor: SnapshotReader) -
 
 @router.get("/{snapshot_id}/manifest.json")
 def get_manifest(snapshot_id: str, session: SessionDep, actor: SnapshotReader) -> JSONResponse:
-    snap = service.get(session, snapshot_id)
-    service.ensure_merkle_root(session, snap)
-    return JSONResponse(service.manifest_document(session, snap),
+    snap = repository.get(session, snapshot_id)
+    proofs.ensure_merkle_root(session, snap)
+    return JSONResponse(repository.manifest_document(session, snap),
                         headers={"X-Manifest-SHA256": snap.manifest_sha256})
 
 
@@ -73,8 +73,8 @@ def membership_proof(snapshot_id: str, session: SessionDep, actor: SnapshotReade
                      revision_id: str | None = None) -> JSONResponse:
     """RFC 6962 inclusion proof of one member against the snapshot's Merkle root; check it with
     `pedigree snapshot verify-proof` or the dozen lines in docs/snapshots.md."""
-    snap = service.get(session, snapshot_id)
-    proof = service.membership_proof(session, snap, example_id=example_id, revision_id=revision_id)
+    snap = repository.get(session, snapshot_id)
+    proof = proofs.membership_proof(session, snap, example_id=example_id, revision_id=revision_id)
     return JSONResponse(proof, headers={"X-Manifest-SHA256": snap.manifest_sha256,
                                         "X-Merkle-Root": proof["merkle_root"]})
 
@@ -83,10 +83,10 @@ def membership_proof(snapshot_id: str, session: SessionDep, actor: SnapshotReade
 def membership_proofs(snapshot_id: str, data: ProofsRequest, session: SessionDep, actor: SnapshotReader) -> JSONResponse:
     """Inclusion proofs of many members (up to 10,000) from one build of the tree, each in the single
     proof's shape; members not in the snapshot or erased since are listed under `refused`."""
-    snap = service.get(session, snapshot_id)
+    snap = repository.get(session, snapshot_id)
     field, values = ("example_id", data.example_ids) if data.example_ids is not None else \
         ("revision_id", data.revision_ids)
-    out = service.membership_proofs(session, snap, field=field, values=values or [])
+    out = proofs.membership_proofs(session, snap, field=field, values=values or [])
     return JSONResponse(out, headers={"X-Manifest-SHA256": snap.manifest_sha256, "X-Merkle-Root": out["merkle_root"]})
 
 
@@ -101,8 +101,8 @@ def export_snapshot(snapshot_id: str, session: SessionDep, actor: SnapshotReader
                     split: str = "all") -> StreamingResponse:
     _check_choice("format", format, EXPORT_FORMATS)
     _check_choice("split", split, ("all", "train", "validation"))
-    snap = service.get(session, snapshot_id)
-    plan = service.plan_export(session, snap, split=split)
+    snap = repository.get(session, snapshot_id)
+    plan = export.plan_export(session, snap, split=split)
     # Who took a copy of the data, and of exactly what, belongs in the audit trail.
     audit.record(session, actor=actor.ref, action="snapshot.exported", entity_type="snapshot", entity_id=snap.id,
                  payload={"format": format, "split": split, "members": plan.count,
@@ -120,25 +120,25 @@ def export_snapshot(snapshot_id: str, session: SessionDep, actor: SnapshotReader
                 "pedigree.export_manifest_sha256": plan.export_manifest_sha256, "pedigree.snapshot_id": str(snap.id)}
         # Larger blocks for Parquet: each becomes one row group.
         if get_engine().dialect.name == "postgresql" and plan.dataset_format in export.FLAT_FIELDS:
-            blocks = service.iter_csv_blocks(plan, export.FLAT_FIELDS[plan.dataset_format])
+            blocks = export.iter_csv_blocks(plan, export.FLAT_FIELDS[plan.dataset_format])
             body = export.stream_parquet(plan.dataset_format, blocks, metadata=meta, csv=True)
         elif get_engine().dialect.name == "postgresql":
-            blocks = service.iter_pedigree_blocks(plan, block_rows=10_000)
+            blocks = export.iter_pedigree_blocks(plan, block_rows=10_000)
             body = export.stream_parquet(plan.dataset_format, blocks, metadata=meta)
         else:
             # 5,000 members a row group: with 10,000 the export ran no faster and its peak memory was
             # ~40 MB higher (measured on 100k members).
-            body = export.stream_parquet(plan.dataset_format, service.iter_column_blocks(plan, block_rows=5000),
+            body = export.stream_parquet(plan.dataset_format, export.iter_column_blocks(plan, block_rows=5000),
                                          metadata=meta, columns=True)
     else:
-        body = export.stream_jsonl(format, plan.dataset_format, service.iter_pedigree_blocks(plan))
+        body = export.stream_jsonl(format, plan.dataset_format, export.iter_pedigree_blocks(plan))
     return StreamingResponse(body, media_type=MEDIA.get(format, "application/x-ndjson"), headers=headers)
 
 
 @router.get("/{snapshot_id}/datasheet")
 def get_datasheet(snapshot_id: str, session: SessionDep, actor: SnapshotReader, format: str = "md"):
     _check_choice("format", format, ("md", "html"))
-    snap = service.get(session, snapshot_id)
+    snap = repository.get(session, snapshot_id)
     facts = datasheet.gather(session, snap)
     headers = {"X-Manifest-SHA256": snap.manifest_sha256}
     if format == "html":
@@ -150,5 +150,5 @@ def get_datasheet(snapshot_id: str, session: SessionDep, actor: SnapshotReader, 
 @router.get("/{a}/diff/{b}")
 def diff_snapshots(a: str, b: str, session: SessionDep, actor: SnapshotReader, change: str | None = None,
                    cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
-    return service.diff(session, service.get(session, a), service.get(session, b), change=change, cursor=cursor,
+    return diff.diff(session, repository.get(session, a), repository.get(session, b), change=change, cursor=cursor,
                         limit=limit)

@@ -24,7 +24,8 @@ from app.core import jobs
 from app.core.auth import Actor
 from app.core.db import session_scope
 from app.core.errors import Conflict
-from app.snapshots import service as snapshots
+from app.snapshots import export as snapshot_export
+from app.snapshots import repository as snapshots
 from app.training import artifacts, service
 from app.training.schemas import EventIn, RunComplete
 
@@ -92,7 +93,7 @@ def run(run_id: str) -> dict[str, Any]:
                     "expected_manifest_sha256": r.expected_manifest_sha256, "model_name": r.model_name,
                     "model_card": service.model_card_facts(s, r, governance=True)}
             snap = snapshots.get(s, r.snapshot_id)
-            plan = snapshots.plan_export(s, snap, split="all")
+            plan = snapshot_export.plan_export(s, snap, split="all")
     except Conflict:
         return {"status": "skipped"}
     try:
@@ -113,7 +114,7 @@ def _train(run_id: str, spec: dict[str, Any], plan: Any) -> dict[str, Any]:
         tmp = Path(tmp_s)
         data, events, stop, out = tmp / "export.jsonl", tmp / "events.jsonl", tmp / "stop", tmp / "out"
         with open(data, "wb") as f:
-            for block in snapshots.iter_pedigree_blocks(plan):
+            for block in snapshot_export.iter_pedigree_blocks(plan):
                 f.write(block)
                 if not block.endswith(b"\n"):
                     f.write(b"\n")

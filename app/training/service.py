@@ -35,7 +35,7 @@ from app.examples.service import decode_cursor, encode_cursor
 from app.models.base import utcnow
 from app.models.snapshot import Snapshot
 from app.models.training import FINISHED, ModelVersion, TrainingRun, TrainingRunEvent
-from app.snapshots import service as snapshots
+from app.snapshots import repository as snapshots
 from app.training import artifacts, registry
 from app.training.schemas import EventIn, RunComplete, RunCreate, is_hub_id, is_valid_hub_id
 

@@ -9,15 +9,15 @@ from tests.snapshots.helpers import approved_dataset, export_records, freeze, se
 
 
 def test_parquet_and_jsonl_agree_across_blocks_splits_and_erasure(api, monkeypatch):
-    from app.snapshots import service
+    from app.snapshots import export
 
     ds, _ = approved_dataset(api, 23)
     snap = freeze(api, ds, validation_fraction=0.3, seed=5)
     recs, _ = export_records(api, snap["id"])
     set_status([recs[3]["example_id"], recs[17]["example_id"]], "erased")
     # Blocks of 4 members: several keyset steps, a short last one, erased members inside blocks.
-    real = service.iter_column_blocks
-    monkeypatch.setattr(service, "iter_column_blocks", lambda plan, block_rows=5000: real(plan, block_rows=4))
+    real = export.iter_column_blocks
+    monkeypatch.setattr(export, "iter_column_blocks", lambda plan, block_rows=5000: real(plan, block_rows=4))
     import pandas as pd
 
     for split in ("all", "train", "validation"):

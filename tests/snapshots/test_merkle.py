@@ -295,9 +295,9 @@ def test_large_freezes_get_their_root_right_after_the_response(api, monkeypatch)
     """PostgreSQL above MERKLE_AT_FREEZE_MAX_MEMBERS: the freeze answers without the root, which
     follows after the commit (the same value a freeze would have stored) and is audited."""
     from app.core.config import get_settings
-    from app.snapshots import service
+    from app.snapshots import freeze as snapshot_freeze
 
-    monkeypatch.setattr(service, "MERKLE_AT_FREEZE_MAX_MEMBERS", 0)
+    monkeypatch.setattr(snapshot_freeze, "MERKLE_AT_FREEZE_MAX_MEMBERS", 0)
     ds, _ = approved_dataset(api, 6)
     snap = freeze(api, ds, validation_fraction=0.5)
     recs, _ = export_records(api, snap["id"])

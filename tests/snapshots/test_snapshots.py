@@ -61,7 +61,7 @@ def test_freeze_counts_manifest_and_export_agree(api):
 
 
 def test_same_content_same_hash_and_split_is_stable_when_examples_are_added(api):
-    from app.snapshots.service import split_h32, validation_threshold
+    from app.snapshots.repository import split_h32, validation_threshold
 
     ds, _ = approved_dataset(api, 40)
     a = freeze(api, ds, "a", validation_fraction=0.25, seed="s1")
