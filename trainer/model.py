@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from trainer.errors import TrainError
@@ -15,13 +16,10 @@ def dtype_kwarg(dtype) -> dict:
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
-def load_base(spec: dict, device, dtype):
+def load_base(base: str, method: str, device, dtype):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = spec.get("base_model")
-    if not base or not isinstance(base, str):
-        raise TrainError("bad_base_model", "base_model is required")
     # "org/name" may be a hub id; anything else that is not on disk is a bad path.
     hub_id = base.count("/") == 1 and not base.startswith((".", "/", "~"))
     if not hub_id and not Path(base).expanduser().exists():
@@ -32,7 +30,7 @@ def load_base(spec: dict, device, dtype):
         raise TrainError("bad_base_model", f"hub id {base} is also a folder under the trainer's working "
                                            "directory; give the model's absolute path inside a model root")
     kwargs = dtype_kwarg(dtype)
-    if spec.get("method", "lora") == "qlora":
+    if method == "qlora":
         if not torch.cuda.is_available():
             raise TrainError(
                 "qlora_unavailable", "QLoRA needs a CUDA GPU (bitsandbytes 4-bit); none is present"
@@ -62,7 +60,7 @@ def load_base(spec: dict, device, dtype):
     return tokenizer, model
 
 
-def attach_lora(model, hp: dict):
+def attach_lora(model, hp: Mapping):
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(

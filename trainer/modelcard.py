@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trainer.config import RunConfig
 
 
 def _fmt(v) -> str:
@@ -21,12 +25,12 @@ def _table(rows: dict) -> list[str]:
     return lines
 
 
-def render(spec: dict, hp: dict, metrics: dict, examples: list[dict]) -> str:
-    card = spec.get("model_card") or {}
-    name = card.get("model_name") or spec.get("model_name") or "adapter"
+def render(cfg: RunConfig, metrics: dict, examples: list[dict]) -> str:
+    card = cfg.model_card
+    name = card.get("model_name") or cfg.model_name or "adapter"
     lines = [
         "---",
-        f"base_model: {spec.get('base_model')}",
+        f"base_model: {cfg.base_model}",
         "library_name: peft",
         "tags: [lora, pedigree]",
         "---",
@@ -34,7 +38,7 @@ def render(spec: dict, hp: dict, metrics: dict, examples: list[dict]) -> str:
         f"# {name}",
         "",
         (
-            f"A {spec.get('method', 'lora').upper()} adapter for `{spec.get('base_model')}`, trained by Pedigree "
+            f"A {cfg.method.upper()} adapter for `{cfg.base_model}`, trained by Pedigree "
             "on a frozen, content-addressed snapshot. Every trained example is traceable through the lineage API."
         ),
         "",
@@ -47,7 +51,7 @@ def render(spec: dict, hp: dict, metrics: dict, examples: list[dict]) -> str:
     facts["trained tokens"] = sum(e["tokens"] for e in examples)
     lines += _table(facts)
     lines += ["", "## Hyperparameters", ""]
-    lines += _table(hp)
+    lines += _table(cfg.hp)
     lines += ["", "## Metrics", ""]
     lines += _table(metrics)
     lines += [
@@ -57,7 +61,7 @@ def render(spec: dict, hp: dict, metrics: dict, examples: list[dict]) -> str:
         "```python",
         "from peft import PeftModel",
         "from transformers import AutoModelForCausalLM",
-        f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({spec.get('base_model')!r}), PATH)",
+        f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({cfg.base_model!r}), PATH)",
         "```",
         "",
     ]

@@ -96,7 +96,7 @@ def test_a_hub_id_that_names_a_local_folder_is_refused(tiny_model, tmp_path, mon
     shutil.copytree(tiny_model, tmp_path / "org" / "name")  # a real model: it would load
     monkeypatch.chdir(tmp_path)
     with pytest.raises(TrainError) as err:
-        load_base({"base_model": "org/name"}, torch.device("cpu"), torch.float32)
+        load_base("org/name", "lora", torch.device("cpu"), torch.float32)
     assert err.value.code == "bad_base_model"
 
 

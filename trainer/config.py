@@ -1,0 +1,48 @@
+"""RunConfig: the spec a run is given (spec.json on the command line, built by the worker from the run),
+parsed and validated once, before any data is read or any model loaded."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from trainer import hparams
+from trainer.errors import TrainError
+
+METHODS = ("lora", "qlora")
+
+
+def _frozen(d: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(d or {}))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    base_model: str
+    method: str
+    # hparams.resolve()'s output: every key present, defaults filled, ranges checked.
+    hp: Mapping[str, Any]
+    expected_manifest_sha256: str | None = None
+    model_name: str | None = None
+    # Lineage facts handed over by the service for the adapter's README.md.
+    model_card: Mapping[str, Any] = field(default_factory=_frozen)
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> RunConfig:
+        hp = hparams.resolve(spec.get("hyperparameters"))
+        method = spec.get("method", "lora")
+        if method not in METHODS:
+            raise TrainError("invalid_hyperparameters", f"method: must be lora or qlora, got {method!r}")
+        base = spec.get("base_model")
+        if not base or not isinstance(base, str):
+            raise TrainError("bad_base_model", "base_model is required")
+        return cls(
+            base_model=base,
+            method=method,
+            hp=_frozen(hp),
+            expected_manifest_sha256=spec.get("expected_manifest_sha256"),
+            model_name=spec.get("model_name"),
+            model_card=_frozen(spec.get("model_card")),
+        )
