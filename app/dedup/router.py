@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query
 from app.core.auth import Curator, Judge
 from app.core.db import SessionDep
 from app.datasets import service as datasets
+from app.dedup import rebuild as rebuilds
 from app.dedup import service
 from app.dedup.schemas import OverruleIn
 from app.examples import service as examples
@@ -39,8 +40,8 @@ def dedup_summary(dataset_ref: str, session: SessionDep, actor: Judge) -> dict[s
 @router.post("/v1/datasets/{dataset_ref}/dedup:rebuild", status_code=202)
 def rebuild(dataset_ref: str, session: SessionDep, actor: Curator) -> dict[str, Any]:
     ds = datasets.get(session, dataset_ref)
-    rb = service.request_rebuild(session, ds=ds, actor=actor)
-    return {"rebuild": service.rebuild_view(rb), "status_url": f"/v1/datasets/{ds.id}/dedup"}
+    rb = rebuilds.request_rebuild(session, ds=ds, actor=actor)
+    return {"rebuild": rebuilds.rebuild_view(rb), "status_url": f"/v1/datasets/{ds.id}/dedup"}
 
 
 @router.post("/v1/examples/{example_id}/dedup:overrule")

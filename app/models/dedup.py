@@ -114,7 +114,7 @@ class DedupState(Base):
     # {"status": "queued"|"running"|"done"|"failed", "done": n, "total": n, "started_at", "finished_at", ...}
     rebuild: Mapped[dict] = mapped_column(default=dict)
     # Evaluation sets: bumped with every batch of n-gram fingerprints stored, and the value the last
-    # containment sweep of the training sets covered (see service.eval_sweep).
+    # containment sweep of the training sets covered (see app/dedup/jobs.py: eval_sweep).
     ngram_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     swept_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -49,7 +49,7 @@ def test_canonical_is_earliest_approved_else_earliest_ingested():
 
 
 def test_cannot_link_keeps_a_pair_apart_and_the_stronger_edge_wins():
-    from app.dedup.service import constrained_clusters
+    from app.dedup.recluster import constrained_clusters
 
     edges = {("d", "c"): 0.9, ("x", "d"): 0.85}
     assert sorted(map(sorted, constrained_clusters("cdx", edges, {}))) == [["c", "d", "x"]]

@@ -229,9 +229,9 @@ def test_eval_containment_guard(api):
     ex = by_ref(api, train)
     assert ex["t_in2"]["contaminates_eval"] is True and ex["t_phrase"]["contaminates_eval"] is False
     assert [m["method"] for m in ex["t_in2"]["dedup"]["eval_matches"]] == ["containment"]
-    from app.dedup import service
+    from app.dedup import jobs
 
-    assert service.eval_sweep(late["id"]) == {"skipped": "already swept", "version": 1}  # sweeps coalesce
+    assert jobs.eval_sweep(late["id"]) == {"skipped": "already swept", "version": 1}  # sweeps coalesce
     # A rebuild of the training set finds the same, and nothing twice.
     assert api.as_("curator").post(f"/v1/datasets/{train['id']}/dedup:rebuild").status_code == 202
     ex = by_ref(api, train)

@@ -6,18 +6,20 @@ from __future__ import annotations
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 
-from app.dedup import service
+from app.dedup import jobs
+from app.dedup.eval_guard import EVAL_SWEEP_TASK
+from app.dedup.rebuild import REBUILD_TASK
 from workers.celery_app import celery
 
 
-@celery.task(name=service.REBUILD_TASK, acks_late=True, ignore_result=True,
+@celery.task(name=REBUILD_TASK, acks_late=True, ignore_result=True,
              autoretry_for=(OperationalError, RedisConnectionError), retry_backoff=True,
              retry_kwargs={"max_retries": 5})
 def rebuild(dataset_id: str, rebuild_id: str) -> dict:
-    return service.rebuild(dataset_id, rebuild_id)
+    return jobs.rebuild(dataset_id, rebuild_id)
 
 
-@celery.task(name=service.EVAL_SWEEP_TASK, acks_late=True, ignore_result=True,
+@celery.task(name=EVAL_SWEEP_TASK, acks_late=True, ignore_result=True,
              autoretry_for=(OperationalError,), retry_backoff=True, retry_kwargs={"max_retries": 5})
 def eval_sweep(eval_dataset_id: str) -> dict:
-    return service.eval_sweep(eval_dataset_id)
+    return jobs.eval_sweep(eval_dataset_id)

@@ -1,0 +1,201 @@
+"""Clusters from the verified pairs minus reviewer cannot-links; canonicals, statuses and minhash links
+brought in line with them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from app.dedup.cluster import METHOD_EXACT, METHOD_MINHASH, Member, canonical_order
+from app.dedup.minhash import shingle_sets
+from app.dedup.schemas import DedupPolicy
+from app.dedup.store import LINK_AUTHOR, Doc, chunks, in_list, insert_ignore, load_docs, pair_rows
+from app.models.base import utcnow
+from app.models.dedup import DedupDecision
+from app.models.example import DuplicateLink, Example
+
+# A pipeline status (ingested, scrubbed) is not worth restoring: the example has finished the pipeline.
+_RESTORABLE = ("pending_review", "changes_requested", "approved")
+
+
+def constrained_clusters(nodes: Iterable[uuid.UUID], edges: dict[tuple[uuid.UUID, uuid.UUID], float],
+                         cannot: dict[uuid.UUID, set[uuid.UUID]]) -> list[list[uuid.UUID]]:
+    """Union-find over the edges, strongest first, skipping any union that would put a reviewer's
+    "not a duplicate" pair into one cluster. Without decisions this is plain connected components."""
+    parent = {n: n for n in nodes}
+    members = {n: {n} for n in nodes}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for (a, b), _ in sorted(edges.items(), key=lambda kv: (-kv[1], str(kv[0][0]), str(kv[0][1]))):
+        ra, rb = find(a), find(b)
+        if ra == rb:
+            continue
+        small, big = (members[ra], members[rb]) if len(members[ra]) <= len(members[rb]) else (members[rb], members[ra])
+        if any(cannot.get(x, set()) & big for x in small):
+            continue
+        parent[rb] = ra
+        members[ra] |= members.pop(rb)
+    return [sorted(m, key=str) for m in members.values()]
+
+
+def _component(session: Session, dataset_id: uuid.UUID, seeds: set[uuid.UUID]):
+    nodes, frontier = set(seeds), set(seeds)
+    edges: dict[tuple[uuid.UUID, uuid.UUID], float] = {}
+    while frontier:
+        new: set[uuid.UUID] = set()
+        for a, b, s in pair_rows(session, dataset_id, frontier):
+            edges[(a, b)] = s
+            for x in (a, b):
+                if x not in nodes:
+                    nodes.add(x)
+                    new.add(x)
+        frontier = new
+    return nodes, edges
+
+
+def recluster(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, seeds: set[uuid.UUID], *,
+               in_batch: set[uuid.UUID], sets: dict[uuid.UUID, set] | None = None,
+               docs: dict[uuid.UUID, Doc] | None = None) -> dict:
+    """Recompute the clusters around ``seeds`` and bring statuses and minhash links in line with them.
+
+    Examples of the batch that are not canonical become ``duplicate`` (stage cleared, so the runner does
+    not advance them). Examples outside the batch that have finished the pipeline follow their cluster:
+    demoted to ``duplicate`` if a better canonical joined, restored to their previous status if they are
+    no longer anyone's duplicate. Examples still in the pipeline elsewhere are left to their own run;
+    erased examples take no part; rejected ones keep their status and are canonical only as a last resort.
+    """
+    sets = dict(sets or {})
+    docs = dict(docs or {})
+    nodes, edges = _component(session, dataset_id, seeds)
+    info: dict[uuid.UUID, Any] = {}
+    for chunk in chunks(session, nodes):
+        for r in session.execute(
+            select(Example.id, Example.dataset_id, Example.status, Example.stage, Example.created_at,
+                   Example.updated_at).where(in_list(session, Example.id, chunk))
+        ):
+            if r.dataset_id == dataset_id:  # filtered here for the same reason as in load_docs
+                info[r.id] = r
+    live = {n for n in nodes if n in info and info[n].status != "erased"}
+    edges = {k: v for k, v in edges.items() if k[0] in live and k[1] in live}
+    cannot: dict[uuid.UUID, set[uuid.UUID]] = {}
+    for chunk in chunks(session, live):
+        for col in (DedupDecision.example_id, DedupDecision.other_example_id):
+            for a, b in session.execute(
+                select(DedupDecision.example_id, DedupDecision.other_example_id).where(
+                    DedupDecision.decision == "not_duplicate", in_list(session, col, chunk))
+            ):
+                cannot.setdefault(a, set()).add(b)
+                cannot.setdefault(b, set()).add(a)
+    old_links: dict[uuid.UUID, Any] = {}
+    for chunk in chunks(session, live):
+        for ln in session.execute(
+            select(DuplicateLink.example_id, DuplicateLink.canonical_example_id, DuplicateLink.note).where(
+                in_list(session, DuplicateLink.example_id, chunk), DuplicateLink.created_by == LINK_AUTHOR
+            )
+        ):
+            old_links[ln.example_id] = ln
+
+    # Approval time: the last approving review (the one that made it approved); the row's last update
+    # for an example approved without a review row (imported as approved, set by an admin).
+    approved_at: dict[uuid.UUID, Any] = {}
+    approved = [n for n in live if info[n].status == "approved"]
+    if approved:
+        from app.models.review import Review
+
+        for chunk in chunks(session, approved):
+            approved_at.update(session.execute(
+                select(Review.example_id, func.max(Review.created_at))
+                .where(in_list(session, Review.example_id, chunk), Review.decision == "approve")
+                .group_by(Review.example_id)
+            ).all())
+
+    def member(n):
+        r = info[n]
+        approved = approved_at.get(n, r.updated_at) if r.status == "approved" else None
+        return Member(n, ingested_at=r.created_at, approved_at=approved)
+
+    def order(n):
+        # Rejected members are canonical only when the whole cluster is rejected.
+        return (info[n].status == "rejected", *canonical_order(member(n)))
+
+    desired: dict[uuid.UUID, uuid.UUID | None] = {}
+    for group in constrained_clusters(live, edges, cannot):
+        canon = min(group, key=order) if len(group) > 1 else None
+        for n in group:
+            desired[n] = canon if n != canon else None
+
+    # What each example becomes.
+    new_dup: dict[uuid.UUID, uuid.UUID] = {}
+    demoted: dict[uuid.UUID, uuid.UUID] = {}
+    restored: list[uuid.UUID] = []
+    status_updates: list[dict] = []
+    links: list[dict] = []
+    now = utcnow()
+    # Only these are changed here: an example still in the pipeline elsewhere is settled by its own run,
+    # a rejected one keeps the reviewer's verdict.
+    settled = {n for n in live if (info[n].stage is None or n in in_batch) and info[n].status != "rejected"}
+    for n in settled:
+        r, canon = info[n], desired.get(n)
+        old = old_links.get(n)
+        if canon is not None:
+            prev = old.note if old is not None else r.status
+            if n in in_batch:
+                new_dup[n] = canon
+            elif r.status != "duplicate":
+                demoted[n] = canon
+            if r.status != "duplicate" or r.stage is not None:
+                status_updates.append({"eid": n, "st": "duplicate", "stg": None})
+            links.append({"example_id": n, "canonical_example_id": canon, "prev": prev})
+        elif old is not None and r.status == "duplicate":
+            # No longer anyone's duplicate (a reviewer separated it, or a rebuild at another threshold).
+            back = old.note if old.note in _RESTORABLE else "pending_review"
+            restored.append(n)
+            status_updates.append({"eid": n, "st": back, "stg": None})
+
+    linked = {x["example_id"] for x in links}
+    touched = [n for n in settled if n in old_links or n in linked]
+    for chunk in chunks(session, touched):
+        session.execute(
+            delete(DuplicateLink).where(in_list(session, DuplicateLink.example_id, chunk), DuplicateLink.created_by == LINK_AUTHOR)
+        )
+    if links:
+        want = {x["example_id"] for x in links} | {x["canonical_example_id"] for x in links}
+        missing = [n for n in want if n not in sets]
+        if missing:
+            extra = load_docs(session, [n for n in missing if n not in docs], dataset_id)
+            docs.update(extra)
+            have = [n for n in missing if n in docs]
+            sets.update(zip(have, shingle_sets([docs[n].text for n in have], policy.spec), strict=True))
+        rows = []
+        for x in links:
+            m, c = x["example_id"], x["canonical_example_id"]
+            a, b = sets.get(m, set()), sets.get(c, set())
+            sim = len(a & b) / len(a | b) if (a or b) else 0.0
+            same = m in docs and c in docs and docs[m].content_sha256 == docs[c].content_sha256
+            rows.append({
+                "id": uuid.uuid4(), "dataset_id": dataset_id, "example_id": m, "canonical_example_id": c,
+                "method": METHOD_EXACT if same else METHOD_MINHASH,
+                "similarity": round(sim, 4), "created_by": LINK_AUTHOR, "created_at": now,
+                # The status before it became a duplicate, so a later overrule can give it back.
+                "note": x["prev"],
+            })
+        insert_ignore(session, DuplicateLink.__table__, rows)
+    groups: dict[tuple, list[uuid.UUID]] = {}
+    for u in status_updates:
+        groups.setdefault((u["st"], u["stg"]), []).append(u["eid"])
+    for (st, stg), ids in groups.items():  # one UPDATE per target status, not one per example
+        for chunk in chunks(session, ids):
+            session.execute(update(Example).where(in_list(session, Example.id, chunk))
+                            .values(status=st, stage=stg, updated_at=now))
+    return {"duplicate": new_dup, "demoted": demoted, "restored": restored}
+
