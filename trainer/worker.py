@@ -19,37 +19,14 @@ import tarfile
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from celery import Celery
 
 from trainer.client import ApiClient, Conflict
+from trainer.settings import TrainerSettings
 
 EVENT_KEYS = ("kind", "level", "message", "step", "data")
-
-
-@dataclass
-class Settings:
-    api_url: str
-    key: str
-    redis_url: str
-    artifact_root: str
-    gpus: int | None = None  # None: count them
-    heartbeat_s: float = 10.0
-    flush_s: float = 2.0
-    cancel_grace_s: float = 60.0
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        gpus = os.environ.get("PEDIGREE_TRAINER_GPUS")
-        return cls(
-            api_url=os.environ.get("PEDIGREE_API_URL", "http://localhost:8000"),
-            key=os.environ.get("PEDIGREE_TRAINER_KEY", ""),
-            redis_url=os.environ.get("PEDIGREE_REDIS_URL", "redis://localhost:6379/0"),
-            artifact_root=os.environ.get("PEDIGREE_ARTIFACT_ROOT", "./var/artifacts"),
-            gpus=int(gpus) if gpus else None,
-        )
 
 
 def gpu_count() -> int:
@@ -98,7 +75,7 @@ class EventPump(threading.Thread):
     child to stop (stop file) and the task reports nothing further.
     """
 
-    def __init__(self, client: ApiClient, run_id: str, path: Path, stop_file: Path, settings: Settings):
+    def __init__(self, client: ApiClient, run_id: str, path: Path, stop_file: Path, settings: TrainerSettings):
         super().__init__(daemon=True)
         self.client, self.run_id, self.path, self.stop_file, self.s = (
             client,
@@ -212,7 +189,7 @@ def _spec_from_run(run: dict) -> dict:
     }
 
 
-def execute(run_id: str, settings: Settings, client: ApiClient | None = None) -> dict:
+def execute(run_id: str, settings: TrainerSettings, client: ApiClient | None = None) -> dict:
     """Run one training run end to end; returns what happened (for logs and tests)."""
     own_client = client is None
     client = client or ApiClient(settings.api_url, settings.key)
@@ -238,7 +215,7 @@ def execute(run_id: str, settings: Settings, client: ApiClient | None = None) ->
             client.close()
 
 
-def _train_claimed(run_id: str, run: dict, settings: Settings, client: ApiClient) -> dict:
+def _train_claimed(run_id: str, run: dict, settings: TrainerSettings, client: ApiClient) -> dict:
     spec = _spec_from_run(run)
     with tempfile.TemporaryDirectory(prefix=f"pedigree-run-{run_id}-") as tmp:
         tmp = Path(tmp)
@@ -328,7 +305,7 @@ def _die_with_parent() -> None:
         _PRCTL(1, _SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _wait(proc: subprocess.Popen, pump: EventPump, settings: Settings) -> str:
+def _wait(proc: subprocess.Popen, pump: EventPump, settings: TrainerSettings) -> str:
     """Wait for the child; on cancel give it a grace period to stop at a step boundary, then kill it."""
     stderr_chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)
@@ -348,8 +325,10 @@ def _wait(proc: subprocess.Popen, pump: EventPump, settings: Settings) -> str:
     return b"".join(stderr_chunks).decode(errors="replace")
 
 
-def make_app(settings: Settings | None = None) -> Celery:
-    settings = settings or Settings.from_env()
+def make_app(settings: TrainerSettings | None = None) -> Celery:
+    # Read once, here: `celery -A trainer.worker` imports this module at start-up, so a missing key
+    # stops the worker before it takes a task rather than failing every run it claims.
+    settings = settings or TrainerSettings()
     celery = Celery("pedigree-trainer", broker=settings.redis_url)
     celery.conf.update(
         task_default_queue="train",
@@ -364,7 +343,7 @@ def make_app(settings: Settings | None = None) -> Celery:
 
     @celery.task(name="pedigree.train.run", acks_late=True, ignore_result=True)
     def run(run_id: str) -> dict:
-        return execute(run_id, Settings.from_env())
+        return execute(run_id, settings)
 
     return celery
 

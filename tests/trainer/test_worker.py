@@ -116,8 +116,14 @@ def service(tiny_model):
     svc.close()
 
 
+@pytest.fixture(autouse=True)
+def _trainer_key(monkeypatch):
+    """trainer.worker builds its Celery app, and so reads TrainerSettings, when first imported."""
+    monkeypatch.setenv("PEDIGREE_TRAINER_KEY", KEY)
+
+
 def _settings(svc, tmp_path, **over):
-    from trainer.worker import Settings
+    from trainer.settings import TrainerSettings
 
     base = {
         "api_url": svc.url,
@@ -129,7 +135,7 @@ def _settings(svc, tmp_path, **over):
         "flush_s": 0.1,
         "cancel_grace_s": 20,
     }
-    return Settings(**(base | over))
+    return TrainerSettings(**(base | over))
 
 
 def test_successful_run_reports_artifact_metrics_and_lineage(service, tmp_path, tiny_model):
