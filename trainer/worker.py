@@ -38,6 +38,8 @@ def gpu_count() -> int:
 
 
 def train_command(spec: Path, data: Path, out: Path, events: Path, stop: Path, gpus: int) -> list[str]:
+    """The child's command line (docs/trainer.md, "The child protocol"); the embedded trainer's is the
+    same for one process."""
     args = [
         "-m",
         "trainer",
@@ -66,6 +68,26 @@ def train_command(spec: Path, data: Path, out: Path, events: Path, stop: Path, g
             *args,
         ]
     return [sys.executable, *args]
+
+
+def read_events(path: Path, offset: int) -> tuple[int, list[dict]]:
+    """The whole event lines of the child's events file after `offset`, and the offset after them
+    (docs/trainer.md, "The child protocol"; app/training/embedded.py reads them the same way)."""
+    if not path.exists():
+        return offset, []
+    with open(path, "rb") as f:
+        f.seek(offset)
+        chunk = f.read()
+    # Only whole lines: the child may be mid-write.
+    end = chunk.rfind(b"\n") + 1
+    events = []
+    for line in chunk[:end].splitlines():
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        events.append({k: e.get(k) for k in EVENT_KEYS})
+    return offset + end, events
 
 
 class EventPump(threading.Thread):
@@ -99,21 +121,9 @@ class EventPump(threading.Thread):
             )
 
     def _read_new(self) -> None:
-        if not self.path.exists():
-            return
-        with open(self.path, "rb") as f:
-            f.seek(self._offset)
-            chunk = f.read()
-        # Only whole lines: the child may be mid-write.
-        end = chunk.rfind(b"\n") + 1
-        self._offset += end
-        for line in chunk[:end].splitlines():
-            try:
-                e = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            with self._lock:
-                self._pending.append({k: e.get(k) for k in EVENT_KEYS})
+        self._offset, events = read_events(self.path, self._offset)
+        with self._lock:
+            self._pending.extend(events)
 
     def flush(self, *, heartbeat: bool = False) -> None:
         self._read_new()

@@ -119,8 +119,7 @@ def _train(run_id: str, spec: dict[str, Any], plan: Any) -> dict[str, Any]:
                 if not block.endswith(b"\n"):
                     f.write(b"\n")
         (tmp / "spec.json").write_text(json.dumps(spec, default=str))
-        cmd = [sys.executable, "-m", "trainer", "train", "--spec", str(tmp / "spec.json"), "--data", str(data),
-               "--out", str(out), "--events", str(events), "--stop-file", str(stop), "--quiet"]
+        cmd = train_command(tmp / "spec.json", data, out, events, stop)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                                          os.environ.get("PYTHONPATH")]))}
         _events(run_id, [{"kind": "log", "message": f"embedded trainer: {plan.count} records, training on the CPU"}])
@@ -131,7 +130,7 @@ def _train(run_id: str, spec: dict[str, Any], plan: Any) -> dict[str, Any]:
         offset, cancelled = 0, False
         while True:
             done = proc.poll() is not None
-            offset, batch = _read_new(events, offset)
+            offset, batch = read_events(events, offset)
             # An empty batch is still a heartbeat, so the reaper leaves a slow first step alone.
             if not cancelled and not _events(run_id, batch or [{"kind": "heartbeat"}]):
                 cancelled = True
@@ -166,7 +165,20 @@ def _train(run_id: str, spec: dict[str, Any], plan: Any) -> dict[str, Any]:
         return {"status": "succeeded", "model_version": {"name": name, "version": version}}
 
 
-def _read_new(path: Path, offset: int) -> tuple[int, list[dict[str, Any]]]:
+# The child protocol (docs/trainer.md) is the GPU worker's: these two mirror trainer.worker's
+# train_command and read_events, and a test holds them to it (the API may not import the trainer).
+EVENT_KEYS = ("kind", "level", "message", "step", "data")
+
+
+def train_command(spec: Path, data: Path, out: Path, events: Path, stop: Path) -> list[str]:
+    # --exit-with-parent: the child stops once this API process is gone, instead of training on for
+    # nobody (the run is then reaped as worker_lost).
+    return [sys.executable, "-m", "trainer", "train", "--spec", str(spec), "--data", str(data), "--out", str(out),
+            "--events", str(events), "--stop-file", str(stop), "--quiet", "--exit-with-parent"]
+
+
+def read_events(path: Path, offset: int) -> tuple[int, list[dict[str, Any]]]:
+    """The whole event lines after `offset`, and the offset after them."""
     if not path.exists():
         return offset, []
     with open(path, "rb") as f:
@@ -179,5 +191,5 @@ def _read_new(path: Path, offset: int) -> tuple[int, list[dict[str, Any]]]:
             e = json.loads(line)
         except json.JSONDecodeError:
             continue
-        out.append({k: e.get(k) for k in ("kind", "level", "message", "step", "data")})
+        out.append({k: e.get(k) for k in EVENT_KEYS})
     return offset + end, out

@@ -92,3 +92,31 @@ def test_embedded_run_cancelled_midway_stops_the_child(db, api, artifact_root, t
     assert run["status"] == "cancelled" and run["model_version"] is None
     assert api.as_("auditor").get("/v1/models/embedded-long/versions").status_code == 404
     assert stopped_in < 60, stopped_in
+
+
+def test_embedded_and_gpu_worker_speak_the_same_child_protocol(tmp_path, monkeypatch):
+    """The API may not import the trainer, so the two supervisors of `python -m trainer train` keep
+    their own copies of the protocol (docs/trainer.md, "The child protocol"); this holds them equal."""
+    monkeypatch.setenv("PEDIGREE_TRAINER_KEY", "k")  # trainer.worker reads its settings when imported
+    from app.training import embedded
+    from trainer import worker
+
+    paths = [tmp_path / n for n in ("spec.json", "export.jsonl", "out", "events.jsonl", "stop")]
+    assert embedded.train_command(*paths) == worker.train_command(*paths, gpus=1)
+    assert "--exit-with-parent" in embedded.train_command(*paths)
+
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(
+        b'{"kind": "log", "level": "info", "message": "export verified", "step": null, "data": {}, "at": 1.5}\n'
+        b"not json\n"
+        b'{"kind": "metrics", "level": "info", "message": "step 1/2", "step": 1, "data": {"train_loss": 2.0}}\n'
+        b'{"kind": "heartbeat", "mess'  # half-written: left for the next read
+    )
+    offset, got = embedded.read_events(events, 0)
+    assert (offset, got) == worker.read_events(events, 0)
+    assert [e["kind"] for e in got] == ["log", "metrics"] and all(set(e) == set(worker.EVENT_KEYS) for e in got)
+    assert embedded.EVENT_KEYS == worker.EVENT_KEYS
+    with open(events, "ab") as f:
+        f.write(b'sage": "training", "step": 1}\n')
+    assert embedded.read_events(events, offset) == worker.read_events(events, offset)
+    assert embedded.read_events(events, offset)[1][0]["kind"] == "heartbeat"
