@@ -8,6 +8,7 @@ from sqlalchemy import select
 from app.audit import service
 from app.core.auth import Auditor
 from app.core.db import BIGINT_MAX, SessionDep
+from app.core.sql import iso
 from app.models.audit import AuditEvent
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -39,7 +40,7 @@ def events(
     rows = list(session.scalars(q.order_by(AuditEvent.seq).limit(limit)))
     return {
         "items": [
-            {"seq": e.seq, "occurred_at": e.occurred_at.isoformat(), "actor": e.actor, "action": e.action,
+            {"seq": e.seq, "occurred_at": iso(e.occurred_at), "actor": e.actor, "action": e.action,
              "entity_type": e.entity_type, "entity_id": e.entity_id, "payload": e.payload,
              "prev_hash": e.prev_hash, "hash": e.hash}
             for e in rows

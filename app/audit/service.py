@@ -19,6 +19,7 @@ import orjson
 from sqlalchemy import bindparam, event, insert, select, update
 from sqlalchemy.orm import Session
 
+from app.core.sql import aware, dialect_insert
 from app.models.audit import GENESIS_HASH, AuditEvent, AuditHead
 from app.models.base import utcnow
 
@@ -51,9 +52,7 @@ def record(
 
 def _ts(value: dt.datetime) -> str:
     # SQLite hands datetimes back naive; both are UTC, so normalise before hashing.
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return aware(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def event_hash(*, seq: int, prev_hash: str, occurred_at: dt.datetime, actor: str, action: str,
@@ -190,15 +189,11 @@ def _walk(session: Session, *, after: int, prev: str) -> tuple[VerifyResult | No
 
 
 def _save_checkpoint(session: Session, seq: int, h: str, *, full: bool) -> None:
-    from sqlalchemy.dialects.postgresql import insert as pg_insert
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
     from app.models.lineage import AuditCheckpoint
 
     now = utcnow()
     values = {"id": 1, "seq": seq, "hash": h, "verified_at": now, "full_verified_at": now if full else None}
-    ins = (pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert)(AuditCheckpoint)
-    ins = ins.values(**values)
+    ins = dialect_insert(session, AuditCheckpoint).values(**values)
     update_cols = {"seq": ins.excluded.seq, "hash": ins.excluded.hash, "verified_at": ins.excluded.verified_at}
     if full:
         update_cols["full_verified_at"] = ins.excluded.full_verified_at

@@ -17,8 +17,9 @@ from fastapi import Depends, Request
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from app.core.db import SessionDep, one_of
+from app.core.db import SessionDep
 from app.core.errors import Forbidden, Unauthorized, ValidationFailed
+from app.core.sql import any_of
 from app.models.auth import ROLES, ApiKey
 
 KEY_PREFIX = "pdg"
@@ -80,7 +81,7 @@ def check_key(row, key: str) -> Actor:  # an ApiKey row or its columns
 _K = ApiKey.__table__
 KEY_COLUMNS = (_K.c.id, _K.c.name, _K.c.role, _K.c.is_human, _K.c.key_sha256, _K.c.revoked_at, _K.c.prefix)
 _BY_PREFIX = select(*KEY_COLUMNS).where(_K.c.prefix == bindparam("prefix"))
-_BY_PREFIXES = {pg: select(*KEY_COLUMNS).where(one_of(_K.c.prefix, "prefixes", pg=pg)) for pg in (False, True)}
+_BY_PREFIXES = {pg: select(*KEY_COLUMNS).where(any_of(_K.c.prefix, name="prefixes", pg=pg)) for pg in (False, True)}
 
 
 def authenticate(session: Session, key: str) -> Actor:

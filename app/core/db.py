@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends
-from sqlalchemy import ColumnElement, any_, bindparam, create_engine, event
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -104,17 +103,6 @@ def get_session() -> Iterator[Session]:
     # is lost, nothing half-written is kept" hold for every endpoint without each one repeating it.
     with session_scope() as session:
         yield session
-
-
-def one_of(column: ColumnElement, name: str, *, pg: bool) -> ColumnElement[bool]:
-    """`column IN (:name)` for a list bound at execution, for statements built once and reused.
-
-    On PostgreSQL it is `column = ANY(:name)` with one array parameter: the SQL text is the same
-    whatever the list's length, so SQLAlchemy renders nothing per call and psycopg prepares the
-    statement once per connection. Elsewhere it is an expanding IN."""
-    if pg:
-        return column == any_(bindparam(name, type_=ARRAY(column.type)))
-    return column.in_(bindparam(name, expanding=True))
 
 
 # scope="function": commit before the response is sent, so a failed commit is an error response,

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import base64
 import uuid
 from typing import Any
 
@@ -9,24 +8,15 @@ from sqlalchemy.orm import Session
 
 from app.core.auth import Actor
 from app.core.errors import NotFound, ValidationFailed
+
+# Re-exported until the domains that page import app.core.pagination themselves.
+from app.core.pagination import decode_cursor, encode_cursor
 from app.examples import privacy
 from app.models.example import STATUSES, DuplicateLink, Example, ExampleRevision
 
 # Extension points: later capabilities (PII findings, review state) add keys to the example view
 # without this module importing them. Each hook gets (session, example, view, actor).
 VIEW_HOOKS: list[Any] = []
-
-
-def encode_cursor(value: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(value.bytes).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(bytes=base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, TypeError):
-        raise ValidationFailed("invalid cursor", details=[{"field": "cursor", "code": "invalid",
-                                                           "message": "use next_cursor from a previous page"}]) from None
 
 
 def get(session: Session, example_id: str | uuid.UUID) -> Example:

@@ -12,6 +12,7 @@ from app.core import auth
 from app.core.auth import Admin, CurrentActor
 from app.core.db import SessionDep
 from app.core.errors import NotFound
+from app.core.sql import iso
 from app.models.auth import ApiKey
 from app.models.base import utcnow
 
@@ -28,8 +29,8 @@ class KeyCreate(BaseModel):
 
 def _out(k: ApiKey) -> dict[str, Any]:
     return {"id": str(k.id), "name": k.name, "role": k.role, "prefix": k.prefix, "is_human": k.is_human,
-            "created_at": k.created_at.isoformat(), "created_by": k.created_by,
-            "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None}
+            "created_at": iso(k.created_at), "created_by": k.created_by,
+            "revoked_at": iso(k.revoked_at)}
 
 
 @router.post("", status_code=201)

@@ -519,7 +519,7 @@ def get(session: Session, request_id: str) -> dict[str, Any]:
 
 
 def list_page(session: Session, *, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
-    from app.examples.service import decode_cursor, encode_cursor
+    from app.core.pagination import decode_cursor, encode_cursor
 
     q = select(ErasureRequest)
     if cursor:

@@ -17,9 +17,6 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Integer,
-    Uuid,
-    any_,
-    bindparam,
     cast,
     delete,
     func,
@@ -29,10 +26,10 @@ from sqlalchemy import (
     select,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
+from app.core.sql import any_of, is_pg
 from app.lineage import training as tr
 from app.models.example import Example
 from app.models.lineage import ModelVersionFacet
@@ -43,19 +40,13 @@ FACETS = {"source": Example.source, "license": Example.license, "legal_basis": E
 MARKER = "*"
 
 
-def _in(session: Session, col: Any, ids: list[uuid.UUID]) -> Any:
-    if session.get_bind().dialect.name == "postgresql":
-        return col == any_(bindparam(None, ids, type_=ARRAY(Uuid())))
-    return col.in_(ids)
-
-
 def refresh(session: Session, mv_ids: list[uuid.UUID]) -> int:
     """(Re)count these versions' facets; returns the rows written."""
     if not mv_ids or not tr.available(session):
         return 0
     ln = tr.lineage
     t = ModelVersionFacet.__table__
-    session.execute(delete(t).where(_in(session, t.c.model_version_id, mv_ids)))
+    session.execute(delete(t).where(any_of(t.c.model_version_id, mv_ids, pg=is_pg(session))))
     parts = []
     for name, col in FACETS.items():
         # A literal, not a parameter: PostgreSQL matches the GROUP BY expression to the selected one
@@ -64,11 +55,11 @@ def refresh(session: Session, mv_ids: list[uuid.UUID]) -> int:
         parts.append(select(ln.c.model_version_id, literal(name), value, func.count(),
                             func.coalesce(func.sum(ln.c.tokens), 0))
                      .join(Example, Example.id == ln.c.example_id)
-                     .where(_in(session, ln.c.model_version_id, mv_ids))
+                     .where(any_of(ln.c.model_version_id, mv_ids, pg=is_pg(session)))
                      .group_by(ln.c.model_version_id, value))
     parts.append(select(ln.c.model_version_id, literal(MARKER), literal(""), func.count(),
                         func.coalesce(func.sum(ln.c.tokens), 0))
-                 .where(_in(session, ln.c.model_version_id, mv_ids)).group_by(ln.c.model_version_id))
+                 .where(any_of(ln.c.model_version_id, mv_ids, pg=is_pg(session))).group_by(ln.c.model_version_id))
     res = session.execute(t.insert().from_select(["model_version_id", "facet", "value", "examples", "tokens"],
                                                  union_all(*parts)))
     return res.rowcount or 0
@@ -96,7 +87,7 @@ def versions_with(session: Session, facet: str, value: str | None) -> dict[uuid.
         cond: ColumnElement[bool] = col.is_(None) if value is None else col == value
         found.update(dict(session.execute(
             select(ln.c.model_version_id, func.count()).join(Example, Example.id == ln.c.example_id)
-            .where(_in(session, ln.c.model_version_id, missing), cond).group_by(ln.c.model_version_id)).all()))
+            .where(any_of(ln.c.model_version_id, missing, pg=is_pg(session)), cond).group_by(ln.c.model_version_id)).all()))
     return found
 
 

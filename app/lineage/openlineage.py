@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core.errors import PedigreeError
+from app.core.sql import iso, iso_now
 
 log = logging.getLogger(__name__)
 
@@ -124,18 +125,6 @@ def _emit(ev: Any) -> None:
     _client(s.url, s.endpoint, s.api_key, s.timeout_s).emit(ev)
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat()
-
-
-def _iso(value: dt.datetime | None) -> str:
-    if value is None:
-        return _now()
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return value.isoformat()
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Datasets and events
 
@@ -173,7 +162,7 @@ def _run_event(state: str, *, run_id: str, job_name: str, event_time: str | None
               facets={"jobType": job_type_job.JobTypeJobFacet(processingType="BATCH", integration="PEDIGREE",
                                                              jobType="SNAPSHOT_FREEZE" if job_name.endswith(".freeze")
                                                              else "TRAINING")})
-    return RunEvent(eventType=getattr(RunState, state), eventTime=event_time or _now(), producer=PRODUCER,
+    return RunEvent(eventType=getattr(RunState, state), eventTime=event_time or iso_now(), producer=PRODUCER,
                     run=Run(runId=run_id, facets=run_facets), job=job, inputs=inputs or [], outputs=outputs or [])
 
 
@@ -279,7 +268,7 @@ def _training_event(run_id: str, state: str, occurred_at: dt.datetime | None, pa
     error = None
     if state == "FAIL":
         error = f"{payload.get('code') or 'failed'}: {payload.get('message') or ''}".strip()
-    _emit(_run_event(state, run_id=run_id, job_name=f"{run.model_name}.train", event_time=_iso(occurred_at),
+    _emit(_run_event(state, run_id=run_id, job_name=f"{run.model_name}.train", event_time=iso(occurred_at) or iso_now(),
                      inputs=inputs, outputs=outputs, error=error))
 
 

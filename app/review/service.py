@@ -26,9 +26,9 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.core.auth import KEY_COLUMNS, Actor, check_key, check_role, key_prefix
 from app.core.config import get_settings
-from app.core.db import one_of
 from app.core.errors import Conflict, Forbidden, InvalidState, NotFound, PedigreeError, ValidationFailed
 from app.core.ids import new_id
+from app.core.sql import any_of
 from app.examples import service as examples
 from app.examples.formats import FieldError, content_sha256, normalize
 from app.models.auth import ApiKey
@@ -205,9 +205,9 @@ def _pick_statement(pg: bool, four_eyes: bool, admin: bool, with_exclude: bool) 
         ref = bindparam("ref", type_=E.c.ingested_by.type)
         cand = cand.where(E.c.ingested_by != ref,
                           none_of(REV.c.example_id == E.c.id, REV.c.author == ref,
-                                  one_of(REV.c.reason, "authored", pg=pg)))
+                                  any_of(REV.c.reason, name="authored", pg=pg)))
     if with_exclude:
-        cand = cand.where(~one_of(E.c.id, "exclude", pg=pg))
+        cand = cand.where(~any_of(E.c.id, name="exclude", pg=pg))
     if pg:
         cand = cand.with_for_update(of=E, skip_locked=True)
     picked = cand.cte("picked")
@@ -380,7 +380,7 @@ class _Batch:
 
 @functools.lru_cache(maxsize=2)
 def _batch_statements(pg: bool) -> tuple[Any, Any, Any]:
-    """The batch's three reads, built once (see one_of): the locking read with the lease and the
+    """The batch's three reads, built once (see any_of): the locking read with the lease and the
     escalation riding on it (both keyed by the example, so the outer joins add no rows), the current
     revisions' decisions, and which of the batch's reviewers wrote a revision of which example."""
     D = Dataset.__table__
@@ -390,15 +390,15 @@ def _batch_statements(pg: bool) -> tuple[Any, Any, Any]:
             .join(D, D.c.id == E.c.dataset_id)
             .outerjoin(L, L.c.example_id == E.c.id)
             .outerjoin(ESC, ESC.c.example_id == E.c.id)
-            .where(one_of(E.c.id, "ids", pg=pg)).order_by(E.c.id))
+            .where(any_of(E.c.id, name="ids", pg=pg)).order_by(E.c.id))
     if pg:
         # Locked in id order, so concurrent batches queue instead of deadlocking.
         lock = lock.with_for_update(of=E)
     decisions = (select(R.c.revision_id, R.c.reviewer_key_id, R.c.decision)
-                 .where(one_of(R.c.revision_id, "rids", pg=pg)))
+                 .where(any_of(R.c.revision_id, name="rids", pg=pg)))
     authored = (select(REV.c.example_id, REV.c.author)
-                .where(one_of(REV.c.example_id, "ids", pg=pg), one_of(REV.c.author, "refs", pg=pg),
-                       one_of(REV.c.reason, "authored", pg=pg)))
+                .where(any_of(REV.c.example_id, name="ids", pg=pg), any_of(REV.c.author, name="refs", pg=pg),
+                       any_of(REV.c.reason, name="authored", pg=pg)))
     return lock, decisions, authored
 
 
@@ -459,10 +459,10 @@ def _check(b: _Batch, eid: uuid.UUID, rq: DecisionRequest, now: dt.datetime) -> 
 def _write_statements(pg: bool) -> SimpleNamespace:
     return SimpleNamespace(
         add_reviews=insert(R),
-        drop_leases=delete(L).where(one_of(L.c.example_id, "ids", pg=pg)),
-        drop_escalations=delete(ESC).where(one_of(ESC.c.example_id, "ids", pg=pg)),
+        drop_leases=delete(L).where(any_of(L.c.example_id, name="ids", pg=pg)),
+        drop_escalations=delete(ESC).where(any_of(ESC.c.example_id, name="ids", pg=pg)),
         add_escalations=insert(ESC),
-        move=update(E).where(one_of(E.c.id, "ids", pg=pg)).values(
+        move=update(E).where(any_of(E.c.id, name="ids", pg=pg)).values(
             status=bindparam("new_status"), updated_at=bindparam("at", type_=E.c.updated_at.type)),
     )
 

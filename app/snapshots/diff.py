@@ -8,7 +8,7 @@ from sqlalchemy import Uuid, bindparam, text
 from sqlalchemy.orm import Session
 
 from app.core.errors import ValidationFailed
-from app.examples.service import decode_cursor, encode_cursor
+from app.core.pagination import decode_cursor, encode_cursor
 from app.models.snapshot import Snapshot
 from app.snapshots.repository import as_uuid
 

@@ -13,8 +13,8 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.core.db import one_of
 from app.core.errors import Conflict, NotFound, ValidationFailed
+from app.core.sql import any_of
 from app.models.example import Example
 from app.models.snapshot import Snapshot, SnapshotMember
 from app.snapshots import merkle
@@ -193,7 +193,7 @@ def _members_of(session: Session, snap: Snapshot, field: str, keys: list[uuid.UU
     pg = is_pg(session)
     stmt = (select(M.c.example_id, M.c.revision_id, M.c.split, M.c.content_sha256, E.c.status)
             .join(E, E.c.id == M.c.example_id)
-            .where(M.c.snapshot_id == snap.id, one_of(M.c[field], "keys", pg=pg)))
+            .where(M.c.snapshot_id == snap.id, any_of(M.c[field], name="keys", pg=pg)))
     step = len(keys) if pg else 500  # SQLite: bounded IN lists
     return [r for i in range(0, len(keys), max(step, 1)) for r in session.execute(stmt, {"keys": keys[i:i + step]})]
 

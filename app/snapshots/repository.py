@@ -16,8 +16,8 @@ from sqlalchemy import Uuid, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from app.core.errors import NotFound
+from app.core.pagination import decode_cursor, encode_cursor
 from app.datasets import service as datasets
-from app.examples.service import decode_cursor, encode_cursor
 from app.models.snapshot import Snapshot
 from app.snapshots import merkle
 

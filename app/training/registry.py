@@ -12,22 +12,21 @@ import uuid
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core.auth import Actor
 from app.core.errors import Conflict, NotFound
+from app.core.pagination import page
+from app.core.sql import insert_ignore
 from app.models.base import utcnow
 from app.models.training import ModelAlias, ModelAliasHistory, ModelVersion, RegisteredModel, TrainingRun
 
 
 def register(session: Session, *, name: str, run: TrainingRun, artifact_uri: str, artifact_sha256: str,
              actor: Actor) -> ModelVersion:
-    ins = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(ins(RegisteredModel).values(name=name, latest_version=0, created_at=utcnow())
-                    .on_conflict_do_nothing(index_elements=["name"]))
+    insert_ignore(session, RegisteredModel.__table__, [{"name": name, "latest_version": 0, "created_at": utcnow()}],
+                  index_elements=["name"])
     # The UPDATE's row lock is held to commit: two runs finishing under one name get n and n+1.
     version = session.execute(
         update(RegisteredModel).where(RegisteredModel.name == name)
@@ -93,8 +92,7 @@ def list_versions(session: Session, name: str, *, status: str | None = None, bef
     q = q.order_by(ModelVersion.version.desc())
     if limit is None:
         return list(session.scalars(q)), None
-    rows = list(session.scalars(q.limit(limit + 1)))
-    return rows[:limit], (rows[limit - 1].version if len(rows) > limit else None)
+    return page(list(session.scalars(q.limit(limit + 1))), limit, lambda mv: mv.version, encode=None)
 
 
 def move_alias(session: Session, *, name: str, alias: str, version: int, reason: str | None,
@@ -141,9 +139,8 @@ def alias_history(session: Session, *, name: str, alias: str, before: int | None
     q = select(ModelAliasHistory).where(ModelAliasHistory.name == name, ModelAliasHistory.alias == alias)
     if before is not None:
         q = q.where(ModelAliasHistory.id < before)
-    rows = list(session.scalars(q.order_by(ModelAliasHistory.id.desc()).limit(limit + 1)))
-    nxt = rows[limit - 1].id if len(rows) > limit else None
-    return rows[:limit], nxt
+    return page(list(session.scalars(q.order_by(ModelAliasHistory.id.desc()).limit(limit + 1))), limit,
+                encode=None)
 
 
 def set_status(session: Session, *, name: str, version: int, status: str, reason: str | None,

@@ -10,6 +10,7 @@ from app.audit import service as audit
 from app.core.auth import Curator, RunReader, Trainer
 from app.core.db import BIGINT_MAX, INT_MAX, SessionDep
 from app.core.errors import NotFound
+from app.core.sql import iso
 from app.models.training import ModelVersion, TrainingRun, TrainingRunEvent
 from app.training import artifacts, registry, service
 from app.training import embedded as _embedded  # noqa: F401 - registers the in-process runner
@@ -34,10 +35,6 @@ models = APIRouter(prefix="/v1/models", tags=["models"])
 # examples and have no business here.
 
 
-def _dt(v: Any) -> str | None:
-    return v.isoformat() if v is not None else None
-
-
 def run_out(session: Session, run: TrainingRun, mv: ModelVersion | None = None, *, full: bool = True,
             governance: bool = False) -> dict[str, Any]:
     if mv is None and run.status == "succeeded":
@@ -60,11 +57,11 @@ def run_out(session: Session, run: TrainingRun, mv: ModelVersion | None = None, 
         "worker_host": run.worker_host,
         "created_by": run.created_by,
         "cancelled_by": run.cancelled_by,
-        "created_at": _dt(run.created_at),
-        "queued_at": _dt(run.queued_at),
-        "started_at": _dt(run.started_at),
-        "heartbeat_at": _dt(run.heartbeat_at),
-        "finished_at": _dt(run.finished_at),
+        "created_at": iso(run.created_at),
+        "queued_at": iso(run.queued_at),
+        "started_at": iso(run.started_at),
+        "heartbeat_at": iso(run.heartbeat_at),
+        "finished_at": iso(run.finished_at),
         "event_count": run.event_count,
     }
     if full:
@@ -74,7 +71,7 @@ def run_out(session: Session, run: TrainingRun, mv: ModelVersion | None = None, 
 
 def event_out(e: TrainingRunEvent) -> dict[str, Any]:
     return {"id": e.id, "kind": e.kind, "level": e.level, "message": e.message, "step": e.step, "data": e.data,
-            "at": _dt(e.at)}
+            "at": iso(e.at)}
 
 
 @runs.post("", status_code=201)
@@ -151,12 +148,12 @@ def fail_run(run_id: str, body: RunFail, session: SessionDep, actor: Trainer) ->
 def version_out(mv: ModelVersion, aliases: list[str]) -> dict[str, Any]:
     return {"name": mv.name, "version": mv.version, "status": mv.status, "status_reason": mv.status_reason,
             "run_id": str(mv.run_id), "artifact_uri": mv.artifact_uri, "artifact_sha256": mv.artifact_sha256,
-            "aliases": aliases, "created_at": _dt(mv.created_at), "created_by": mv.created_by}
+            "aliases": aliases, "created_at": iso(mv.created_at), "created_by": mv.created_by}
 
 
 @models.get("")
 def list_models(session: SessionDep, actor: RunReader) -> dict[str, Any]:
-    return {"items": [{**m, "created_at": _dt(m["created_at"])} for m in registry.list_models(session)]}
+    return {"items": [{**m, "created_at": iso(m["created_at"])} for m in registry.list_models(session)]}
 
 
 @models.get("/{name}/versions")
@@ -209,7 +206,7 @@ def get_alias_history(name: ModelName, alias: AliasName, session: SessionDep, ac
                       limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
     rows, nxt = registry.alias_history(session, name=name, alias=alias, before=cursor, limit=limit)
     return {"items": [{"from_version": h.from_version, "to_version": h.to_version, "actor": h.actor,
-                       "at": _dt(h.at), "reason": h.reason} for h in rows], "next_cursor": nxt}
+                       "at": iso(h.at), "reason": h.reason} for h in rows], "next_cursor": nxt}
 
 
 router = APIRouter()

@@ -31,7 +31,7 @@ from app.core import jobs
 from app.core.auth import Actor
 from app.core.config import get_settings
 from app.core.errors import Conflict, NotFound, ValidationFailed
-from app.examples.service import decode_cursor, encode_cursor
+from app.core.pagination import decode_cursor, encode_cursor
 from app.models.base import utcnow
 from app.models.snapshot import Snapshot
 from app.models.training import FINISHED, ModelVersion, TrainingRun, TrainingRunEvent
