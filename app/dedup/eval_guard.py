@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from app.audit import service as audit
 from app.core import jobs
 from app.dedup import containment
 from app.dedup.cluster import METHOD_MINHASH
@@ -103,7 +105,7 @@ _NGRAM_LOOKUP_CHUNK = 5000  # hashes per IN (...) list on SQLite (PostgreSQL: on
 
 
 def containment_hits(session: Session, train_ds_id: uuid.UUID, evals: list[tuple[Dataset, DedupPolicy]],
-                      batch: list[Doc]) -> list[dict]:
+                     batch: list[Doc]) -> list[dict]:
     """Training examples of the batch that contain an evaluation example or are contained in one (see
     containment.py): candidates by the stored n-gram hashes, verified on the n-grams. Eval sets that
     cut n-grams alike share the batch's n-grams and one lookup."""
@@ -185,3 +187,61 @@ def contaminates_eval(session: Session, example_id: uuid.UUID) -> bool:
         contaminating(session, ex.dataset_id).where(DedupEvalHit.example_id == example_id).subquery()
     )) > 0
 
+
+
+# --- the sweep (jobs.eval_sweep runs it, one transaction per step) -----------------------------------------
+
+
+@dataclass
+class SweepPlan:
+    eval_dataset_id: uuid.UUID
+    version: int  # the n-gram version this sweep covers
+    policy: DedupPolicy  # the evaluation set's
+    train_ids: list[uuid.UUID]
+
+
+def sweep_plan(session: Session, eval_dataset_id: uuid.UUID) -> SweepPlan | dict:
+    """What a sweep of this evaluation set covers, or why there is nothing to do (the task's answer)."""
+    ev = session.get(Dataset, eval_dataset_id)
+    state = session.get(DedupState, eval_dataset_id)
+    if ev is None or state is None or not ev.is_eval_set:
+        return {"skipped": "not an evaluation set"}
+    version, swept = state.ngram_version, state.swept_version
+    eval_policy = policy_of(ev)
+    if version <= swept:
+        return {"skipped": "already swept", "version": version}
+    if eval_policy.eval_containment is None or not eval_policy.enabled:
+        return {"skipped": "containment off"}
+    trains = [d.id for d in session.scalars(select(Dataset).where(Dataset.is_eval_set.is_(False)))
+              if policy_of(d).enabled and policy_of(d).eval_guard]
+    return SweepPlan(eval_dataset_id, version, eval_policy, trains)
+
+
+def sweep_batch(session: Session, plan: SweepPlan, train_id: uuid.UUID, *, after: uuid.UUID | None,
+                limit: int) -> tuple[uuid.UUID, int, int] | None:
+    """Check the next ``limit`` training examples after ``after`` (by id): ``(last id, checked, flagged)``,
+    or None when the training set is done. Hits are idempotent, so a repeated step is harmless."""
+    q = (select(Example.id).where(Example.dataset_id == train_id, Example.status != "erased")
+         .order_by(Example.id).limit(limit))
+    if after is not None:
+        q = q.where(Example.id > after)
+    ids = list(session.scalars(q))
+    if not ids:
+        return None
+    ev = session.get(Dataset, plan.eval_dataset_id)
+    docs = list(load_docs(session, ids, train_id).values())
+    hits = containment_hits(session, train_id, [(ev, plan.policy)], docs)
+    store_eval_hits(session, hits)
+    if hits:
+        audit.record(session, actor="system:dedup", action="dedup.eval_sweep", entity_type="dataset",
+                     entity_id=train_id, payload={
+                         "eval_dataset_id": str(plan.eval_dataset_id), "ngram_version": plan.version,
+                         "contaminates_eval": [[str(h["example_id"]), str(h["eval_example_id"]),
+                                                h["similarity"], h["method"]] for h in hits]})
+    return ids[-1], len(docs), len(hits)
+
+
+def mark_swept(session: Session, plan: SweepPlan) -> None:
+    session.execute(update(DedupState).where(DedupState.dataset_id == plan.eval_dataset_id,
+                                             DedupState.swept_version < plan.version)
+                    .values(swept_version=plan.version))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -63,9 +64,21 @@ def _component(session: Session, dataset_id: uuid.UUID, seeds: set[uuid.UUID]):
     return nodes, edges
 
 
+@dataclass
+class _Plan:
+    """What the examples around the seeds become: who is whose duplicate now, and which statuses change."""
+
+    duplicate: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)  # of the batch, now a duplicate
+    demoted: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)  # outside it, a better canonical joined
+    restored: list[uuid.UUID] = field(default_factory=list)  # no longer anyone's duplicate
+    statuses: dict[uuid.UUID, str] = field(default_factory=dict)  # new status (the stage is cleared)
+    links: dict[uuid.UUID, tuple[uuid.UUID, str]] = field(default_factory=dict)  # example -> (canonical, prev)
+    touched: list[uuid.UUID] = field(default_factory=list)  # whose minhash link is rewritten or dropped
+
+
 def recluster(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, seeds: set[uuid.UUID], *,
-               in_batch: set[uuid.UUID], sets: dict[uuid.UUID, set] | None = None,
-               docs: dict[uuid.UUID, Doc] | None = None) -> dict:
+              in_batch: set[uuid.UUID], sets: dict[uuid.UUID, set] | None = None,
+              docs: dict[uuid.UUID, Doc] | None = None) -> dict:
     """Recompute the clusters around ``seeds`` and bring statuses and minhash links in line with them.
 
     Examples of the batch that are not canonical become ``duplicate`` (stage cleared, so the runner does
@@ -74,9 +87,20 @@ def recluster(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, seed
     no longer anyone's duplicate. Examples still in the pipeline elsewhere are left to their own run;
     erased examples take no part; rejected ones keep their status and are canonical only as a last resort.
     """
-    sets = dict(sets or {})
-    docs = dict(docs or {})
     nodes, edges = _component(session, dataset_id, seeds)
+    info = _members(session, dataset_id, nodes)
+    live = {n for n in nodes if n in info and info[n].status != "erased"}
+    edges = {k: v for k, v in edges.items() if k[0] in live and k[1] in live}
+    old_links = _old_links(session, live)
+    desired = _canonicals(session, info, live, edges, _cannot_links(session, live))
+    plan = _plan(info, live, in_batch, desired, old_links)
+    now = utcnow()
+    _write_links(session, dataset_id, policy, plan, dict(sets or {}), dict(docs or {}), now)
+    _write_statuses(session, plan.statuses, now)
+    return {"duplicate": plan.duplicate, "demoted": plan.demoted, "restored": plan.restored}
+
+
+def _members(session: Session, dataset_id: uuid.UUID, nodes: set[uuid.UUID]) -> dict[uuid.UUID, Any]:
     info: dict[uuid.UUID, Any] = {}
     for chunk in chunks(session, nodes):
         for r in session.execute(
@@ -85,8 +109,11 @@ def recluster(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, seed
         ):
             if r.dataset_id == dataset_id:  # filtered here for the same reason as in load_docs
                 info[r.id] = r
-    live = {n for n in nodes if n in info and info[n].status != "erased"}
-    edges = {k: v for k, v in edges.items() if k[0] in live and k[1] in live}
+    return info
+
+
+def _cannot_links(session: Session, live: set[uuid.UUID]) -> dict[uuid.UUID, set[uuid.UUID]]:
+    """Reviewers' "not a duplicate" decisions touching ``live``, both ways."""
     cannot: dict[uuid.UUID, set[uuid.UUID]] = {}
     for chunk in chunks(session, live):
         for col in (DedupDecision.example_id, DedupDecision.other_example_id):
@@ -96,6 +123,10 @@ def recluster(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, seed
             ):
                 cannot.setdefault(a, set()).add(b)
                 cannot.setdefault(b, set()).add(a)
+    return cannot
+
+
+def _old_links(session: Session, live: set[uuid.UUID]) -> dict[uuid.UUID, Any]:
     old_links: dict[uuid.UUID, Any] = {}
     for chunk in chunks(session, live):
         for ln in session.execute(
@@ -104,9 +135,12 @@ def recluster(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, seed
             )
         ):
             old_links[ln.example_id] = ln
+    return old_links
 
-    # Approval time: the last approving review (the one that made it approved); the row's last update
-    # for an example approved without a review row (imported as approved, set by an admin).
+
+def _approved_at(session: Session, info: dict[uuid.UUID, Any], live: set[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    """Approval time: the last approving review (the one that made it approved); the row's last update
+    for an example approved without a review row (imported as approved, set by an admin)."""
     approved_at: dict[uuid.UUID, Any] = {}
     approved = [n for n in live if info[n].status == "approved"]
     if approved:
@@ -118,29 +152,32 @@ def recluster(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, seed
                 .where(in_list(session, Review.example_id, chunk), Review.decision == "approve")
                 .group_by(Review.example_id)
             ).all())
+    return {n: approved_at.get(n, info[n].updated_at) for n in approved}
 
-    def member(n):
-        r = info[n]
-        approved = approved_at.get(n, r.updated_at) if r.status == "approved" else None
-        return Member(n, ingested_at=r.created_at, approved_at=approved)
+
+def _canonicals(session: Session, info: dict[uuid.UUID, Any], live: set[uuid.UUID],
+                edges: dict[tuple[uuid.UUID, uuid.UUID], float],
+                cannot: dict[uuid.UUID, set[uuid.UUID]]) -> dict[uuid.UUID, uuid.UUID | None]:
+    """Each live example's canonical (None for a canonical and for a cluster of one)."""
+    approved_at = _approved_at(session, info, live)
 
     def order(n):
+        r = info[n]
         # Rejected members are canonical only when the whole cluster is rejected.
-        return (info[n].status == "rejected", *canonical_order(member(n)))
+        return (r.status == "rejected",
+                *canonical_order(Member(n, ingested_at=r.created_at, approved_at=approved_at.get(n))))
 
     desired: dict[uuid.UUID, uuid.UUID | None] = {}
     for group in constrained_clusters(live, edges, cannot):
         canon = min(group, key=order) if len(group) > 1 else None
         for n in group:
             desired[n] = canon if n != canon else None
+    return desired
 
-    # What each example becomes.
-    new_dup: dict[uuid.UUID, uuid.UUID] = {}
-    demoted: dict[uuid.UUID, uuid.UUID] = {}
-    restored: list[uuid.UUID] = []
-    status_updates: list[dict] = []
-    links: list[dict] = []
-    now = utcnow()
+
+def _plan(info: dict[uuid.UUID, Any], live: set[uuid.UUID], in_batch: set[uuid.UUID],
+          desired: dict[uuid.UUID, uuid.UUID | None], old_links: dict[uuid.UUID, Any]) -> _Plan:
+    plan = _Plan()
     # Only these are changed here: an example still in the pipeline elsewhere is settled by its own run,
     # a rejected one keeps the reviewer's verdict.
     settled = {n for n in live if (info[n].stage is None or n in in_batch) and info[n].status != "rejected"}
@@ -148,54 +185,57 @@ def recluster(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, seed
         r, canon = info[n], desired.get(n)
         old = old_links.get(n)
         if canon is not None:
-            prev = old.note if old is not None else r.status
             if n in in_batch:
-                new_dup[n] = canon
+                plan.duplicate[n] = canon
             elif r.status != "duplicate":
-                demoted[n] = canon
+                plan.demoted[n] = canon
             if r.status != "duplicate" or r.stage is not None:
-                status_updates.append({"eid": n, "st": "duplicate", "stg": None})
-            links.append({"example_id": n, "canonical_example_id": canon, "prev": prev})
+                plan.statuses[n] = "duplicate"
+            plan.links[n] = (canon, old.note if old is not None else r.status)
         elif old is not None and r.status == "duplicate":
             # No longer anyone's duplicate (a reviewer separated it, or a rebuild at another threshold).
-            back = old.note if old.note in _RESTORABLE else "pending_review"
-            restored.append(n)
-            status_updates.append({"eid": n, "st": back, "stg": None})
+            plan.restored.append(n)
+            plan.statuses[n] = old.note if old.note in _RESTORABLE else "pending_review"
+    plan.touched = [n for n in settled if n in old_links or n in plan.links]
+    return plan
 
-    linked = {x["example_id"] for x in links}
-    touched = [n for n in settled if n in old_links or n in linked]
-    for chunk in chunks(session, touched):
+
+def _write_links(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, plan: _Plan,
+                 sets: dict[uuid.UUID, set], docs: dict[uuid.UUID, Doc], now) -> None:
+    """Replace the touched examples' minhash links by the plan's, each with its similarity to its
+    canonical (texts not at hand are loaded)."""
+    for chunk in chunks(session, plan.touched):
         session.execute(
             delete(DuplicateLink).where(in_list(session, DuplicateLink.example_id, chunk), DuplicateLink.created_by == LINK_AUTHOR)
         )
-    if links:
-        want = {x["example_id"] for x in links} | {x["canonical_example_id"] for x in links}
-        missing = [n for n in want if n not in sets]
-        if missing:
-            extra = load_docs(session, [n for n in missing if n not in docs], dataset_id)
-            docs.update(extra)
-            have = [n for n in missing if n in docs]
-            sets.update(zip(have, shingle_sets([docs[n].text for n in have], policy.spec), strict=True))
-        rows = []
-        for x in links:
-            m, c = x["example_id"], x["canonical_example_id"]
-            a, b = sets.get(m, set()), sets.get(c, set())
-            sim = len(a & b) / len(a | b) if (a or b) else 0.0
-            same = m in docs and c in docs and docs[m].content_sha256 == docs[c].content_sha256
-            rows.append({
-                "id": uuid.uuid4(), "dataset_id": dataset_id, "example_id": m, "canonical_example_id": c,
-                "method": METHOD_EXACT if same else METHOD_MINHASH,
-                "similarity": round(sim, 4), "created_by": LINK_AUTHOR, "created_at": now,
-                # The status before it became a duplicate, so a later overrule can give it back.
-                "note": x["prev"],
-            })
-        insert_ignore(session, DuplicateLink.__table__, rows)
-    groups: dict[tuple, list[uuid.UUID]] = {}
-    for u in status_updates:
-        groups.setdefault((u["st"], u["stg"]), []).append(u["eid"])
-    for (st, stg), ids in groups.items():  # one UPDATE per target status, not one per example
+    if not plan.links:
+        return
+    want = set(plan.links) | {c for c, _ in plan.links.values()}
+    missing = [n for n in want if n not in sets]
+    if missing:
+        docs.update(load_docs(session, [n for n in missing if n not in docs], dataset_id))
+        have = [n for n in missing if n in docs]
+        sets.update(zip(have, shingle_sets([docs[n].text for n in have], policy.spec), strict=True))
+    rows = []
+    for m, (c, prev) in plan.links.items():
+        a, b = sets.get(m, set()), sets.get(c, set())
+        sim = len(a & b) / len(a | b) if (a or b) else 0.0
+        same = m in docs and c in docs and docs[m].content_sha256 == docs[c].content_sha256
+        rows.append({
+            "id": uuid.uuid4(), "dataset_id": dataset_id, "example_id": m, "canonical_example_id": c,
+            "method": METHOD_EXACT if same else METHOD_MINHASH,
+            "similarity": round(sim, 4), "created_by": LINK_AUTHOR, "created_at": now,
+            # The status before it became a duplicate, so a later overrule can give it back.
+            "note": prev,
+        })
+    insert_ignore(session, DuplicateLink.__table__, rows)
+
+
+def _write_statuses(session: Session, statuses: dict[uuid.UUID, str], now) -> None:
+    groups: dict[str, list[uuid.UUID]] = {}
+    for n, st in statuses.items():
+        groups.setdefault(st, []).append(n)
+    for st, ids in groups.items():  # one UPDATE per target status, not one per example
         for chunk in chunks(session, ids):
             session.execute(update(Example).where(in_list(session, Example.id, chunk))
-                            .values(status=st, stage=stg, updated_at=now))
-    return {"duplicate": new_dup, "demoted": demoted, "restored": restored}
-
+                            .values(status=st, stage=None, updated_at=now))

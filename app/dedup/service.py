@@ -31,10 +31,9 @@ from app.core.auth import CURATOR, Actor, check_role
 from app.core.config import get_settings
 from app.core.errors import InvalidState
 from app.dedup import jobs as dedup_jobs
-from app.dedup.cluster import METHOD_EXACT, METHOD_MINHASH, verify_exact
 from app.dedup.eval_guard import contaminating, guard_hits, index_eval_ngrams, store_eval_hits
 from app.dedup.index import hasher, open_index
-from app.dedup.minhash import Signatures, flag_names, shingle_sets
+from app.dedup.minhash import Signatures, flag_names
 from app.dedup.rebuild import rebuild_view
 from app.dedup.recluster import recluster
 from app.dedup.schemas import DedupPolicy, OverruleIn
@@ -51,6 +50,7 @@ from app.dedup.store import (
     policy_of,
     replace_pairs,
     store_signatures,
+    verified_pairs,
 )
 from app.examples import service as examples
 from app.models.base import utcnow
@@ -121,18 +121,10 @@ def dedup_batch(session: Session, ds: Dataset, policy: DedupPolicy, batch: list[
             cands.setdefault(k, set()).update(v)
 
     docs = {d.id: d for d in batch}
-    need = {c for cs in cands.values() for c in cs} - id_set
-    docs.update(load_docs(session, need, ds.id))
-    sets = dict(zip(docs, shingle_sets([d.text for d in docs.values()], spec), strict=True))
-    verified = verify_exact({k: v for k, v in cands.items() if k in id_set}, sets, policy.threshold)
-    pairs = {}
-    for p in verified:
-        a, b = sorted((p.a, p.b))
-        method = METHOD_EXACT if docs[a].content_sha256 == docs[b].content_sha256 else METHOD_MINHASH
-        pairs[(a, b)] = (p.similarity, method)
+    pairs, sets = verified_pairs(session, ds.id, policy, {k: v for k, v in cands.items() if k in id_set}, docs)
     replace_pairs(session, ds.id, ids, pairs)
     changes = recluster(session, ds.id, policy, id_set | {x for pr in pairs for x in pr} | {x for pr in old for x in pr},
-                         in_batch=id_set, sets=sets, docs=docs)
+                        in_batch=id_set, sets=sets, docs=docs)
     store_eval_hits(session, hits)
     flagged = [int(f) for f in sigs.flags]
     audit.record(

@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy import any_, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
-from app.dedup.minhash import MinHashSpec, Signatures, to_bytes
+from app.dedup.cluster import METHOD_EXACT, METHOD_MINHASH, verify_exact
+from app.dedup.minhash import MinHashSpec, Signatures, shingle_sets, to_bytes
 from app.dedup.schemas import DedupPolicy, parse_policy
 from app.examples.formats import trainable_text
 from app.models.base import utcnow
@@ -158,7 +159,7 @@ def lock_state(session: Session, dataset_id: uuid.UUID) -> DedupState:
     return session.scalar(q)
 
 def store_signatures(session: Session, dataset_id: uuid.UUID, batch: list[Doc], sigs: Signatures,
-                      spec: MinHashSpec) -> None:
+                     spec: MinHashSpec) -> None:
     ids = [d.id for d in batch]
     for chunk in chunks(session, ids):
         session.execute(delete(DedupSignature).where(in_list(session, DedupSignature.example_id, chunk)))
@@ -193,10 +194,15 @@ def pair_rows(session: Session, dataset_id: uuid.UUID, ids: Iterable[uuid.UUID])
 
 
 def replace_pairs(session: Session, dataset_id: uuid.UUID, ids: list[uuid.UUID],
-                   pairs: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, str]]) -> None:
+                  pairs: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, str]]) -> None:
     for chunk in chunks(session, ids):
         for col in (DedupPair.example_a_id, DedupPair.example_b_id):
             session.execute(delete(DedupPair).where(in_list(session, col, chunk), DedupPair.dataset_id == dataset_id))
+    insert_pairs(session, dataset_id, pairs)
+
+
+def insert_pairs(session: Session, dataset_id: uuid.UUID,
+                 pairs: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, str]]) -> None:
     now = utcnow()
     insert_ignore(
         session,
@@ -205,3 +211,17 @@ def replace_pairs(session: Session, dataset_id: uuid.UUID, ids: list[uuid.UUID],
           "similarity": s, "created_at": now} for (a, b), (s, m) in pairs.items()],
     )
 
+
+def verified_pairs(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy,
+                   cands: dict[uuid.UUID, set[uuid.UUID]], docs: dict[uuid.UUID, Doc]):
+    """Exact Jaccard of each example against its candidates' current text (loaded into ``docs``):
+    ``(pairs, sets)``, pairs keyed (a, b) sorted -> (similarity, method), sets the shingle sets."""
+    need = {c for cs in cands.values() for c in cs} - set(docs)
+    docs.update(load_docs(session, need, dataset_id))
+    sets = dict(zip(docs, shingle_sets([d.text for d in docs.values()], policy.spec), strict=True))
+    pairs: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, str]] = {}
+    for p in verify_exact(cands, sets, policy.threshold):
+        a, b = sorted((p.a, p.b))
+        method = METHOD_EXACT if docs[a].content_sha256 == docs[b].content_sha256 else METHOD_MINHASH
+        pairs[(a, b)] = (p.similarity, method)
+    return pairs, sets
