@@ -14,12 +14,13 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core import jobs
+from app.core.sql import any_of, in_chunks, insert_ignore, is_pg
 from app.dedup import containment
 from app.dedup.cluster import METHOD_MINHASH
 from app.dedup.index import hasher, open_index
 from app.dedup.minhash import shingle_sets
 from app.dedup.schemas import DedupPolicy
-from app.dedup.store import Doc, chunks, ensure_state, in_list, insert_ignore, load_docs, policy_of
+from app.dedup.store import Doc, ensure_state, load_docs, policy_of
 from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.dedup import DedupDecision, DedupEvalHit, DedupEvalNgram, DedupState
@@ -84,8 +85,9 @@ def guard_hits(session: Session, ds: Dataset, policy: DedupPolicy, batch: list[D
 
 def index_eval_ngrams(session: Session, ds: Dataset, policy: DedupPolicy, batch: list[Doc]) -> None:
     """An evaluation batch's n-gram fingerprints replace those of the same examples' older revisions."""
-    for chunk in chunks(session, [d.id for d in batch]):
-        session.execute(delete(DedupEvalNgram).where(in_list(session, DedupEvalNgram.example_id, chunk)))
+    pg = is_pg(session)
+    for chunk in in_chunks([d.id for d in batch], pg=pg):
+        session.execute(delete(DedupEvalNgram).where(any_of(DedupEvalNgram.example_id, chunk, pg=pg)))
     if policy.eval_containment is None:
         return
     grams = containment.Ngrams([d.text for d in batch], policy)
@@ -109,6 +111,7 @@ def containment_hits(session: Session, train_ds_id: uuid.UUID, evals: list[tuple
     """Training examples of the batch that contain an evaluation example or are contained in one (see
     containment.py): candidates by the stored n-gram hashes, verified on the n-grams. Eval sets that
     cut n-grams alike share the batch's n-grams and one lookup."""
+    pg = is_pg(session)
     groups: dict[tuple[int, int], list[tuple[Dataset, DedupPolicy]]] = defaultdict(list)
     for ev, pol in evals:
         groups[(pol.eval_ngram, pol.max_chars)].append((ev, pol))
@@ -133,9 +136,9 @@ def containment_hits(session: Session, train_ds_id: uuid.UUID, evals: list[tuple
         stored = session.scalars(select(t.c.h).where(in_sets).limit(len(wanted) + 1)).all()
         if len(stored) <= len(wanted):
             wanted = np.intersect1d(fp, np.asarray(stored, dtype=np.int64)).tolist()
-        rows = [r for chunk in chunks(session, wanted, _NGRAM_LOOKUP_CHUNK)
+        rows = [r for chunk in in_chunks(wanted, pg=pg, size=_NGRAM_LOOKUP_CHUNK)
                 for r in session.execute(select(t.c.h, t.c.example_id, t.c.eval_dataset_id)
-                                         .where(in_sets, in_list(session, t.c.h, chunk)))]
+                                         .where(in_sets, any_of(t.c.h, chunk, pg=pg)))]
         hs = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         los, his = np.searchsorted(fp, hs, side="left"), np.searchsorted(fp, hs, side="right")
         cands: set[tuple[int, uuid.UUID, uuid.UUID]] = set()

@@ -12,12 +12,12 @@ from sqlalchemy import update
 from app.core import jobs as core_jobs
 from app.core.db import session_scope
 from app.core.errors import NotFound
+from app.core.sql import is_pg
 from app.dedup import eval_guard
 from app.dedup import rebuild as rebuilds
 from app.dedup.eval_guard import EVAL_SWEEP_TASK
 from app.dedup.index import drop_index
 from app.dedup.rebuild import REBUILD_TASK
-from app.dedup.store import is_pg
 from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.dedup import DedupRebuild

@@ -15,6 +15,7 @@ from app.audit import service as audit
 from app.core import jobs
 from app.core.auth import Actor
 from app.core.errors import InvalidState
+from app.core.sql import any_of, in_chunks, is_pg
 from app.dedup import containment
 from app.dedup.cluster import METHOD_EXACT
 from app.dedup.eval_guard import guard_hits, index_eval_ngrams, store_eval_hits
@@ -24,8 +25,6 @@ from app.dedup.recluster import recluster
 from app.dedup.schemas import DedupPolicy, parse_policy
 from app.dedup.store import (
     Doc,
-    chunks,
-    in_list,
     insert_pairs,
     load_docs,
     lock_state,
@@ -127,9 +126,10 @@ def _rebuilt_ids(session: Session, dataset_id: uuid.UUID) -> list[uuid.UUID]:
 
 
 def _stored_signatures(session: Session, ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple]:
+    pg = is_pg(session)
     stored = {}
-    for chunk in chunks(session, ids):
-        for r in session.execute(select(DedupSignature).where(in_list(session, DedupSignature.example_id, chunk))):
+    for chunk in in_chunks(ids, pg=pg):
+        for r in session.execute(select(DedupSignature).where(any_of(DedupSignature.example_id, chunk, pg=pg))):
             stored[r[0].example_id] = (r[0].revision_id, r[0].spec_tag, r[0].signature, r[0].flags)
     return stored
 

@@ -12,10 +12,11 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from app.core.sql import any_of, in_chunks, insert_ignore, is_pg
 from app.dedup.cluster import METHOD_EXACT, METHOD_MINHASH, Member, canonical_order
 from app.dedup.minhash import shingle_sets
 from app.dedup.schemas import DedupPolicy
-from app.dedup.store import LINK_AUTHOR, Doc, chunks, in_list, insert_ignore, load_docs, pair_rows
+from app.dedup.store import LINK_AUTHOR, Doc, load_docs, pair_rows
 from app.models.base import utcnow
 from app.models.dedup import DedupDecision
 from app.models.example import DuplicateLink, Example
@@ -101,11 +102,12 @@ def recluster(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, seed
 
 
 def _members(session: Session, dataset_id: uuid.UUID, nodes: set[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    pg = is_pg(session)
     info: dict[uuid.UUID, Any] = {}
-    for chunk in chunks(session, nodes):
+    for chunk in in_chunks(nodes, pg=pg):
         for r in session.execute(
             select(Example.id, Example.dataset_id, Example.status, Example.stage, Example.created_at,
-                   Example.updated_at).where(in_list(session, Example.id, chunk))
+                   Example.updated_at).where(any_of(Example.id, chunk, pg=pg))
         ):
             if r.dataset_id == dataset_id:  # filtered here for the same reason as in load_docs
                 info[r.id] = r
@@ -114,12 +116,13 @@ def _members(session: Session, dataset_id: uuid.UUID, nodes: set[uuid.UUID]) -> 
 
 def _cannot_links(session: Session, live: set[uuid.UUID]) -> dict[uuid.UUID, set[uuid.UUID]]:
     """Reviewers' "not a duplicate" decisions touching ``live``, both ways."""
+    pg = is_pg(session)
     cannot: dict[uuid.UUID, set[uuid.UUID]] = {}
-    for chunk in chunks(session, live):
+    for chunk in in_chunks(live, pg=pg):
         for col in (DedupDecision.example_id, DedupDecision.other_example_id):
             for a, b in session.execute(
                 select(DedupDecision.example_id, DedupDecision.other_example_id).where(
-                    DedupDecision.decision == "not_duplicate", in_list(session, col, chunk))
+                    DedupDecision.decision == "not_duplicate", any_of(col, chunk, pg=pg))
             ):
                 cannot.setdefault(a, set()).add(b)
                 cannot.setdefault(b, set()).add(a)
@@ -127,11 +130,12 @@ def _cannot_links(session: Session, live: set[uuid.UUID]) -> dict[uuid.UUID, set
 
 
 def _old_links(session: Session, live: set[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    pg = is_pg(session)
     old_links: dict[uuid.UUID, Any] = {}
-    for chunk in chunks(session, live):
+    for chunk in in_chunks(live, pg=pg):
         for ln in session.execute(
             select(DuplicateLink.example_id, DuplicateLink.canonical_example_id, DuplicateLink.note).where(
-                in_list(session, DuplicateLink.example_id, chunk), DuplicateLink.created_by == LINK_AUTHOR
+                any_of(DuplicateLink.example_id, chunk, pg=pg), DuplicateLink.created_by == LINK_AUTHOR
             )
         ):
             old_links[ln.example_id] = ln
@@ -141,15 +145,16 @@ def _old_links(session: Session, live: set[uuid.UUID]) -> dict[uuid.UUID, Any]:
 def _approved_at(session: Session, info: dict[uuid.UUID, Any], live: set[uuid.UUID]) -> dict[uuid.UUID, Any]:
     """Approval time: the last approving review (the one that made it approved); the row's last update
     for an example approved without a review row (imported as approved, set by an admin)."""
+    pg = is_pg(session)
     approved_at: dict[uuid.UUID, Any] = {}
     approved = [n for n in live if info[n].status == "approved"]
     if approved:
         from app.models.review import Review
 
-        for chunk in chunks(session, approved):
+        for chunk in in_chunks(approved, pg=pg):
             approved_at.update(session.execute(
                 select(Review.example_id, func.max(Review.created_at))
-                .where(in_list(session, Review.example_id, chunk), Review.decision == "approve")
+                .where(any_of(Review.example_id, chunk, pg=pg), Review.decision == "approve")
                 .group_by(Review.example_id)
             ).all())
     return {n: approved_at.get(n, info[n].updated_at) for n in approved}
@@ -204,9 +209,10 @@ def _write_links(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, p
                  sets: dict[uuid.UUID, set], docs: dict[uuid.UUID, Doc], now) -> None:
     """Replace the touched examples' minhash links by the plan's, each with its similarity to its
     canonical (texts not at hand are loaded)."""
-    for chunk in chunks(session, plan.touched):
+    pg = is_pg(session)
+    for chunk in in_chunks(plan.touched, pg=pg):
         session.execute(
-            delete(DuplicateLink).where(in_list(session, DuplicateLink.example_id, chunk), DuplicateLink.created_by == LINK_AUTHOR)
+            delete(DuplicateLink).where(any_of(DuplicateLink.example_id, chunk, pg=pg), DuplicateLink.created_by == LINK_AUTHOR)
         )
     if not plan.links:
         return
@@ -232,10 +238,11 @@ def _write_links(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, p
 
 
 def _write_statuses(session: Session, statuses: dict[uuid.UUID, str], now) -> None:
+    pg = is_pg(session)
     groups: dict[str, list[uuid.UUID]] = {}
     for n, st in statuses.items():
         groups.setdefault(st, []).append(n)
     for st, ids in groups.items():  # one UPDATE per target status, not one per example
-        for chunk in chunks(session, ids):
-            session.execute(update(Example).where(in_list(session, Example.id, chunk))
+        for chunk in in_chunks(ids, pg=pg):
+            session.execute(update(Example).where(any_of(Example.id, chunk, pg=pg))
                             .values(status=st, stage=None, updated_at=now))

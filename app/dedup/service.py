@@ -30,6 +30,8 @@ from app.audit import service as audit
 from app.core.auth import CURATOR, Actor, check_role
 from app.core.config import get_settings
 from app.core.errors import InvalidState
+from app.core.pagination import decode_cursor, page
+from app.core.sql import any_of, in_chunks, insert_ignore, is_pg
 from app.dedup import jobs as dedup_jobs
 from app.dedup.eval_guard import contaminating, guard_hits, index_eval_ngrams, store_eval_hits
 from app.dedup.index import hasher, open_index
@@ -40,10 +42,7 @@ from app.dedup.schemas import DedupPolicy, OverruleIn
 from app.dedup.store import (
     LINK_AUTHOR,
     Doc,
-    chunks,
     ensure_state,
-    in_list,
-    insert_ignore,
     load_docs,
     lock_state,
     pairs_of,
@@ -161,6 +160,7 @@ def _cluster_members(session: Session, dataset_id: uuid.UUID, roots: list[uuid.U
     Ingest's exact links keep pointing at the copy they found, as the record of what ingest saw; when
     that copy later joins another cluster (a better canonical arrived, or it was edited), the exact
     copies of it belong to that cluster too. They are listed there with `via`, the member they copy."""
+    pg = is_pg(session)
     out: dict[uuid.UUID, list[dict]] = {r: [] for r in roots}
     frontier = {r: r for r in roots}  # node -> its root
     seen = set(roots)
@@ -168,11 +168,11 @@ def _cluster_members(session: Session, dataset_id: uuid.UUID, roots: list[uuid.U
         if not frontier:
             break
         nxt: dict[uuid.UUID, uuid.UUID] = {}
-        for chunk in chunks(session, list(frontier)):
+        for chunk in in_chunks(list(frontier), pg=pg):
             rows = session.execute(
                 select(DuplicateLink.canonical_example_id, DuplicateLink.example_id, DuplicateLink.method,
                        DuplicateLink.similarity)
-                .where(DuplicateLink.dataset_id == dataset_id, in_list(session, DuplicateLink.canonical_example_id, chunk))
+                .where(DuplicateLink.dataset_id == dataset_id, any_of(DuplicateLink.canonical_example_id, chunk, pg=pg))
                 .order_by(DuplicateLink.canonical_example_id, DuplicateLink.example_id)
             )
             for c, e, m, sim in rows:
@@ -196,10 +196,9 @@ def clusters_page(session: Session, *, dataset_id: uuid.UUID, cursor: str | None
          .where(~select(inner.id).where(inner.example_id == DuplicateLink.canonical_example_id).exists())
          .distinct())
     if cursor:
-        q = q.where(DuplicateLink.canonical_example_id > examples.decode_cursor(cursor))
-    canon = list(session.scalars(q.order_by(DuplicateLink.canonical_example_id).limit(limit + 1)))
-    nxt = examples.encode_cursor(canon[limit - 1]) if len(canon) > limit else None
-    canon = canon[:limit]
+        q = q.where(DuplicateLink.canonical_example_id > decode_cursor(cursor))
+    rows = list(session.scalars(q.order_by(DuplicateLink.canonical_example_id).limit(limit + 1)))
+    canon, nxt = page(rows, limit, key=lambda c: c)
     members = _cluster_members(session, dataset_id, canon)
     return {
         "clusters": [{"canonical": str(c), "size": len(members[c]) + 1, "members": members[c]} for c in canon],
