@@ -144,7 +144,8 @@ def _r(x):
 
 
 def run_config(name: str, records: list[dict]) -> tuple[dict, float]:
-    from app.pii.engine import PiiEngine, PiiSettings
+    from app.core.config import PiiSettings
+    from app.pii.engine import PiiEngine
     from app.pii.schemas import PiiPolicy
 
     cfg = CONFIGS[name]
@@ -160,7 +161,8 @@ def run_config(name: str, records: list[dict]) -> tuple[dict, float]:
 def dolly_counts(name: str, n: int) -> dict[str, int]:
     """Spans per entity type under the default policy on the first n Dolly instruction/response pairs
     (the pair joined by a newline, as docs/pii.md has always counted them)."""
-    from app.pii.engine import PiiEngine, PiiSettings
+    from app.core.config import PiiSettings
+    from app.pii.engine import PiiEngine
     from app.pii.schemas import PiiPolicy
 
     records = [json.loads(line) for line in DOLLY.read_text(encoding="utf-8").splitlines()[:n]]

@@ -1,4 +1,4 @@
-"""One validated settings object, read from the environment (prefix PEDIGREE_).
+"""One validated settings object, read from the environment (prefix PEDIGREE_), built once.
 
 With no database URL and no Redis URL the service runs in the *embedded* mode: a SQLite file under
 ./var/, Celery tasks executed in-process, a key file for the vault created on first use. Outside that
@@ -11,12 +11,67 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET = "embedded-insecure-secret-change-me"
 VAR_DIR = Path("var")
+
+PiiMode = Literal["ner", "pattern_only"]
+
+# libphonenumber matching runs once per region over every text; each region costs about as much as the
+# rest of the pattern recognizers together, so the list is explicit and short. Numbers with a +country
+# prefix are found whatever the list; LoosePhoneRecognizer covers other national formats with context.
+DEFAULT_PHONE_REGIONS = ("US", "GB", "DE", "FR", "IN")
+
+
+# Sections: each reads its own flat variables (PEDIGREE_PII_SPACY_MODEL, not PEDIGREE_PII__SPACY_MODEL),
+# the names the README documents, and, as before the sections existed, only from the environment.
+
+
+class PiiSettings(BaseSettings):
+    """PEDIGREE_PII_*: the PII engine and the raw-text vault (docs/pii.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="PEDIGREE_PII_", extra="ignore")
+
+    spacy_model: str = "en_core_web_sm"
+    # "pattern_only" runs without NER: PERSON and LOCATION are then found only through cues. It must be
+    # chosen explicitly, and it is written on every finding.
+    mode: PiiMode = "ner"
+    phone_regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS
+    custom_recognizers: bool = True
+    # The first-name gazetteer recognizer (part of the custom set; off only to measure what it adds).
+    name_gazetteer: bool = True
+    batch_size: int = 64
+    # "kid:base64(32 bytes),..." newest first. Unset: embedded mode uses a key file, other modes refuse.
+    vault_keys: str | None = None
+    vault_key_file: Path = VAR_DIR / "pii-vault.key"
+
+
+class OpenLineageSettings(BaseSettings):
+    """PEDIGREE_OPENLINEAGE_*: where run events for freezes and training runs go (unset url: nowhere)."""
+
+    model_config = SettingsConfigDict(env_prefix="PEDIGREE_OPENLINEAGE_", extra="ignore")
+
+    url: str | None = None
+    endpoint: str = "api/v1/lineage"
+    namespace: str = "pedigree"
+    api_key: str | None = None
+    timeout_s: float = 5.0
+
+
+class ErasureSettings(BaseSettings):
+    """PEDIGREE_ERASURE_*: how broad a selector may be without confirm=true, and the batch size."""
+
+    model_config = SettingsConfigDict(env_prefix="PEDIGREE_ERASURE_", extra="ignore")
+
+    # A selector matching more than this share of a dataset, or more than `confirm_max_examples` in all,
+    # needs confirm=true: a typo in a metadata value must not wipe a dataset. One example is never broad.
+    confirm_share: float = Field(0.5, gt=0, le=1)
+    confirm_max_examples: int = Field(1000, ge=1)
+    batch_size: int = Field(2000, ge=1, le=50_000)
 
 
 class Settings(BaseSettings):
@@ -61,6 +116,10 @@ class Settings(BaseSettings):
     log_sql: bool = False
     # Serve /docs and /openapi.json; default: only in the embedded mode.
     api_docs: bool | None = None
+
+    pii: PiiSettings = Field(default_factory=PiiSettings)
+    openlineage: OpenLineageSettings = Field(default_factory=OpenLineageSettings)
+    erasure: ErasureSettings = Field(default_factory=ErasureSettings)
 
     @property
     def is_embedded(self) -> bool:

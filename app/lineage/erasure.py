@@ -26,7 +26,6 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Uuid, any_, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -35,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core.auth import Actor, check_role
+from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.errors import Conflict, NotFound
 from app.core.ids import new_id
@@ -52,16 +52,6 @@ from app.models.snapshot import Snapshot, SnapshotMember
 log = logging.getLogger(__name__)
 
 SEARCH_BATCH = 2000
-
-
-class ErasureSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PEDIGREE_ERASURE_", extra="ignore")
-
-    # A selector matching more than this share of a dataset, or more than `confirm_max_examples` in all,
-    # needs confirm=true: a typo in a metadata value must not wipe a dataset. One example is never broad.
-    confirm_share: float = Field(0.5, gt=0, le=1)
-    confirm_max_examples: int = Field(1000, ge=1)
-    batch_size: int = Field(2000, ge=1, le=50_000)
 
 
 class Selector(BaseModel):
@@ -125,10 +115,6 @@ class ErasureCreate(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
     dry_run: bool = False
     confirm: bool = False
-
-
-def settings() -> ErasureSettings:
-    return ErasureSettings()
 
 
 def _in(session: Session, col: Any, ids: list[uuid.UUID]) -> Any:
@@ -246,7 +232,7 @@ def select_examples(session: Session, sel: Selector, actor: Actor) -> list[tuple
 def _check_breadth(session: Session, matched: list[tuple[uuid.UUID, uuid.UUID, str]], confirm: bool) -> None:
     if confirm or len(matched) <= 1:
         return
-    cfg = settings()
+    cfg = get_settings().erasure
     per_ds = Counter(ds for _, ds, _ in matched)
     totals = dict(session.execute(select(Example.dataset_id, func.count())
                                   .where(Example.dataset_id.in_(list(per_ds))).group_by(Example.dataset_id)).all())
@@ -443,7 +429,7 @@ def create(session: Session, *, data: ErasureCreate, actor: Actor) -> tuple[dict
     imp = impact(session, todo, {ds for eid, ds, status in matched if status != "erased"})
     t_impact = time.perf_counter()
     per_ds = Counter(str(ds) for eid, ds, status in matched if status != "erased")
-    cfg = settings()
+    cfg = get_settings().erasure
     report = {"examples": len(todo), "example_ids": [str(e) for e in todo], "already_erased": already,
               "datasets": dict(per_ds), "snapshots": imp["snapshots"],
               "model_versions": [{k: m[k] for k in ("id", "name", "version", "run_id", "status", "erased_examples")}
@@ -475,7 +461,7 @@ def create(session: Session, *, data: ErasureCreate, actor: Actor) -> tuple[dict
 
 def _execute(req_id: uuid.UUID, todo: list[uuid.UUID], actor: Actor, *, resumed: bool = False,
              plan: dict[str, Any] | None = None) -> tuple[dict[str, Any], int]:
-    cfg = settings()
+    cfg = get_settings().erasure
     with session_scope() as s:
         done0 = s.get(ErasureRequest, req_id).batches_done
     t0 = time.perf_counter()

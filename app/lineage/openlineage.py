@@ -27,11 +27,11 @@ from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import Any
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
+from app.core.config import get_settings
 from app.core.errors import PedigreeError
 from app.core.sql import iso, iso_now
 
@@ -39,20 +39,6 @@ log = logging.getLogger(__name__)
 
 PRODUCER = "https://github.com/pedigree/pedigree"
 _PENDING = "pedigree_openlineage_pending"
-
-
-class OpenLineageSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PEDIGREE_OPENLINEAGE_", extra="ignore")
-
-    url: str | None = None
-    endpoint: str = "api/v1/lineage"
-    namespace: str = "pedigree"
-    api_key: str | None = None
-    timeout_s: float = 5.0
-
-
-def settings() -> OpenLineageSettings:
-    return OpenLineageSettings()
 
 
 @lru_cache
@@ -114,12 +100,16 @@ def flush(timeout: float = 10.0) -> bool:
 atexit.register(flush, 5.0)
 
 
+def _namespace() -> str:
+    return get_settings().openlineage.namespace
+
+
 def enabled() -> bool:
-    return bool(settings().url)
+    return bool(get_settings().openlineage.url)
 
 
 def _emit(ev: Any) -> None:
-    s = settings()
+    s = get_settings().openlineage
     if not s.url:
         return
     _client(s.url, s.endpoint, s.api_key, s.timeout_s).emit(ev)
@@ -146,7 +136,7 @@ def _snapshot_dataset(cls: Any, *, dataset_name: str, snapshot_name: str, manife
 
         kw["outputFacets"] = {"outputStatistics": output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(
             rowCount=member_count)}
-    return cls(namespace=settings().namespace, name=f"{dataset_name}/snapshots/{snapshot_name}", **kw)
+    return cls(namespace=_namespace(), name=f"{dataset_name}/snapshots/{snapshot_name}", **kw)
 
 
 def _run_event(state: str, *, run_id: str, job_name: str, event_time: str | None = None,
@@ -158,7 +148,7 @@ def _run_event(state: str, *, run_id: str, job_name: str, event_time: str | None
     run_facets: dict[str, Any] = {}
     if error:
         run_facets["errorMessage"] = error_message_run.ErrorMessageRunFacet(message=error, programmingLanguage="python")
-    job = Job(namespace=settings().namespace, name=job_name,
+    job = Job(namespace=_namespace(), name=job_name,
               facets={"jobType": job_type_job.JobTypeJobFacet(processingType="BATCH", integration="PEDIGREE",
                                                              jobType="SNAPSHOT_FREEZE" if job_name.endswith(".freeze")
                                                              else "TRAINING")})
@@ -189,7 +179,7 @@ def snapshot_freeze(session: Session, *, dataset_ref: Any, name: str) -> Iterato
     except PedigreeError:  # the freeze itself reports the unknown dataset
         ds_name = str(dataset_ref)
     job = f"{ds_name}.freeze"
-    source = InputDataset(namespace=settings().namespace, name=ds_name)
+    source = InputDataset(namespace=_namespace(), name=ds_name)
     start = _run_event("START", run_id=run_id, job_name=job, inputs=[source])
     _submit(lambda: _emit(start))
     try:
@@ -263,7 +253,7 @@ def _training_event(run_id: str, state: str, occurred_at: dt.datetime | None, pa
     if mv is not None:
         from openlineage.client.facet_v2 import dataset_version_dataset
 
-        outputs.append(OutputDataset(namespace=settings().namespace, name=f"models/{mv.name}", facets={
+        outputs.append(OutputDataset(namespace=_namespace(), name=f"models/{mv.name}", facets={
             "version": dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=str(mv.version))}))
     error = None
     if state == "FAIL":

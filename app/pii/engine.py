@@ -45,9 +45,9 @@ from presidio_analyzer.predefined_recognizers import (
 )
 from presidio_anonymizer import AnonymizerEngine
 
+from app.core.config import PiiMode, PiiSettings, get_settings
 from app.pii import _deps  # noqa: F401  (first: keeps torch out, see _deps)
 from app.pii import recognizers as custom
-from app.pii.config import Mode, PiiSettings
 from app.pii.schemas import PiiPolicy
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class PiiModelMissing(RuntimeError):
 class EngineInfo:
     engine: str  # "presidio-analyzer==2.2.366"
     model: str  # "en_core_web_sm==3.8.0" or "pattern-only"
-    mode: Mode
+    mode: PiiMode
 
 
 class _SpanContextEnhancer(LemmaContextAwareEnhancer):
@@ -354,8 +354,14 @@ def _build(settings_json: str) -> PiiEngine:
     return PiiEngine(PiiSettings.model_validate_json(settings_json))
 
 
+# The vault's settings are no part of an engine: leaving them out of the key keeps one engine per
+# process across a key rotation, and the keys out of the cache.
+_NOT_ENGINE = {"vault_keys", "vault_key_file"}
+
+
 def get_engine(settings: PiiSettings | None = None) -> PiiEngine:
-    """The process-wide engine for these settings (built on first call, then reused)."""
-    settings = settings or PiiSettings()
+    """The process-wide engine for these settings (default: the service's; built on first call, then
+    reused)."""
+    settings = settings or get_settings().pii
     with _engine_lock:
-        return _build(settings.model_dump_json())
+        return _build(settings.model_dump_json(exclude=_NOT_ENGINE))

@@ -33,7 +33,6 @@ from app.models.dataset import Dataset
 from app.models.example import Example, ExampleRevision
 from app.models.pii import PiiFinding, PiiScrub, PiiVaultEntry
 from app.pii import vault
-from app.pii.config import PiiServiceSettings
 from app.pii.operators import ExampleOperators
 from app.pii.paths import get_path, set_path
 from app.pii.schemas import PiiPolicy
@@ -50,15 +49,11 @@ SCRUBBED_REASONS = ("pii_scrub", "pii_verdict")
 VAULT_MARKER = "_pii_vault"
 
 
-def settings() -> PiiServiceSettings:
-    return PiiServiceSettings()
-
-
 def engine():
     # Presidio and spaCy are imported here, on first use, not when the API imports this module.
     from app.pii.engine import get_engine
 
-    return get_engine(settings().engine_settings())
+    return get_engine(get_settings().pii)
 
 
 def hash_key() -> bytes:
@@ -73,7 +68,8 @@ _rings: dict[tuple, vault.KeyRing] = {}
 
 
 def key_ring(session: Session | None = None) -> vault.KeyRing:
-    s, core = settings(), get_settings()
+    core = get_settings()
+    s = core.pii
     # Embedded mode keeps its own key file; elsewhere the service secret backs the vault (decrypt-only
     # once explicit keys are configured), so deployments need no extra secret to start.
     secret = None if core.is_embedded else core.secret_key

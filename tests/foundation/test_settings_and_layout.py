@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,122 @@ def test_api_docs_are_off_outside_the_embedded_mode(monkeypatch):
     finally:
         monkeypatch.undo()
         reset_settings()
+
+
+# Every variable a user can set, what it is set to here, and where the one settings object shows it. The
+# names are a contract (the README's settings table): moving a setting into a section must not rename it.
+ENV_TABLE = [
+    ("PEDIGREE_DATABASE_URL", "postgresql+psycopg://u@h/db", lambda s: s.database_url, "postgresql+psycopg://u@h/db"),
+    ("PEDIGREE_REDIS_URL", "redis://h:1/0", lambda s: s.redis_url, "redis://h:1/0"),
+    ("PEDIGREE_SECRET_KEY", "s" * 20, lambda s: s.secret_key, "s" * 20),
+    ("PEDIGREE_EMBEDDED", "false", lambda s: s.embedded, False),
+    ("PEDIGREE_MAX_EXAMPLE_BYTES", "1000", lambda s: s.max_example_bytes, 1000),
+    ("PEDIGREE_MAX_FIELD_CHARS", "900", lambda s: s.max_field_chars, 900),
+    ("PEDIGREE_MAX_MESSAGES", "9", lambda s: s.max_messages, 9),
+    ("PEDIGREE_INGEST_BATCH_SIZE", "77", lambda s: s.ingest_batch_size, 77),
+    ("PEDIGREE_IMPORT_LEASE_S", "7.5", lambda s: s.import_lease_s, 7.5),
+    ("PEDIGREE_API_URL", "http://api:1", lambda s: s.api_url, "http://api:1"),
+    ("PEDIGREE_ARTIFACT_ROOT", "s3://b/a", lambda s: s.artifact_root, "s3://b/a"),
+    ("PEDIGREE_MODEL_ROOTS", "/m1", lambda s: s.model_roots, "/m1"),
+    ("PEDIGREE_TRAINING_HEARTBEAT_TIMEOUT_S", "33", lambda s: s.training_heartbeat_timeout_s, 33.0),
+    ("PEDIGREE_STAGE_LEASE_S", "3", lambda s: s.stage_lease_s, 3.0),
+    ("PEDIGREE_SWEEP_INTERVAL_S", "2", lambda s: s.sweep_interval_s, 2.0),
+    ("PEDIGREE_BROKER_VISIBILITY_TIMEOUT_S", "700", lambda s: s.broker_visibility_timeout_s, 700),
+    ("PEDIGREE_LOG_SQL", "true", lambda s: s.log_sql, True),
+    ("PEDIGREE_API_DOCS", "true", lambda s: s.api_docs, True),
+    ("PEDIGREE_PII_SPACY_MODEL", "en_core_web_lg", lambda s: s.pii.spacy_model, "en_core_web_lg"),
+    ("PEDIGREE_PII_MODE", "pattern_only", lambda s: s.pii.mode, "pattern_only"),
+    ("PEDIGREE_PII_PHONE_REGIONS", '["DE", "AT"]', lambda s: s.pii.phone_regions, ("DE", "AT")),
+    ("PEDIGREE_PII_CUSTOM_RECOGNIZERS", "false", lambda s: s.pii.custom_recognizers, False),
+    ("PEDIGREE_PII_NAME_GAZETTEER", "false", lambda s: s.pii.name_gazetteer, False),
+    ("PEDIGREE_PII_BATCH_SIZE", "8", lambda s: s.pii.batch_size, 8),
+    ("PEDIGREE_PII_VAULT_KEYS", "k1:QUFB", lambda s: s.pii.vault_keys, "k1:QUFB"),
+    ("PEDIGREE_PII_VAULT_KEY_FILE", "/tmp/v.key", lambda s: s.pii.vault_key_file, Path("/tmp/v.key")),
+    ("PEDIGREE_OPENLINEAGE_URL", "http://marquez:5000", lambda s: s.openlineage.url, "http://marquez:5000"),
+    ("PEDIGREE_OPENLINEAGE_ENDPOINT", "api/v2/lineage", lambda s: s.openlineage.endpoint, "api/v2/lineage"),
+    ("PEDIGREE_OPENLINEAGE_NAMESPACE", "ns", lambda s: s.openlineage.namespace, "ns"),
+    ("PEDIGREE_OPENLINEAGE_API_KEY", "olk", lambda s: s.openlineage.api_key, "olk"),
+    ("PEDIGREE_OPENLINEAGE_TIMEOUT_S", "1.5", lambda s: s.openlineage.timeout_s, 1.5),
+    ("PEDIGREE_ERASURE_CONFIRM_SHARE", "0.25", lambda s: s.erasure.confirm_share, 0.25),
+    ("PEDIGREE_ERASURE_CONFIRM_MAX_EXAMPLES", "10", lambda s: s.erasure.confirm_max_examples, 10),
+    ("PEDIGREE_ERASURE_BATCH_SIZE", "100", lambda s: s.erasure.batch_size, 100),
+]
+# Options of the remote-API CLI commands (typer reads them), not of the settings object.
+CLI_ENV = {"PEDIGREE_API_URL_FOR_CLI", "PEDIGREE_API_KEY"}
+
+
+@pytest.mark.parametrize(("var", "raw", "read", "expected"), ENV_TABLE, ids=[row[0] for row in ENV_TABLE])
+def test_each_variable_takes_effect(monkeypatch, var, raw, read, expected):
+    from app.core.config import Settings, get_settings, reset_settings
+
+    assert read(Settings()) != expected, "the value under test must differ from the default"
+    monkeypatch.setenv(var, raw)
+    reset_settings()
+    try:
+        assert read(get_settings()) == expected
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+
+
+def test_sections_are_built_once():
+    from app.core.config import get_settings
+
+    s = get_settings()
+    assert get_settings() is s
+    assert s.pii is get_settings().pii and s.openlineage is get_settings().openlineage
+
+
+def test_every_setting_has_a_row_in_the_table():
+    from app.core.config import Settings
+
+    sections = {"pii", "openlineage", "erasure"}
+    names = {f"PEDIGREE_{f.upper()}" for f in Settings.model_fields if f not in sections}
+    for sec in sections:
+        names |= {f"PEDIGREE_{sec.upper()}_{f.upper()}" for f in Settings.model_fields[sec].annotation.model_fields}
+    assert names == {row[0] for row in ENV_TABLE}
+
+
+def _readme_variables() -> set[str]:
+    """The variables in the README's settings table; `_MODE` beside `PEDIGREE_PII_SPACY_MODEL` is short for
+    the same prefix (which prefix: the one that names a known variable)."""
+    known = {row[0] for row in ENV_TABLE} | CLI_ENV
+    found: set[str] = set()
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if not line.startswith("| `PEDIGREE_"):
+            continue
+        cell = line.split("|")[1]
+        tokens = re.findall(r"`(_?[A-Z][A-Z0-9_]*)`", cell)
+        first = tokens[0]
+        found.add(first)
+        parts = first.split("_")
+        for short in tokens[1:]:
+            if short.startswith("PEDIGREE_"):
+                found.add(short)
+                continue
+            options = ["_".join(parts[:i]) + short for i in range(1, len(parts))]
+            hits = [o for o in options if o in known]
+            assert hits, f"README row {first}: {short} names no known variable ({options})"
+            found.add(hits[-1])
+    return found
+
+
+def test_the_readme_settings_table_names_only_variables_that_take_effect():
+    readme = _readme_variables()
+    assert len(readme) >= 20  # the table was found and read
+    assert readme - {row[0] for row in ENV_TABLE} - CLI_ENV == set()
+
+
+def test_the_cli_reads_its_remote_api_variables():
+    import click
+    import typer
+
+    from app.cli import app
+
+    def envvars(cmd: click.Command) -> set[str]:
+        out = {e for p in cmd.params for e in ([p.envvar] if isinstance(p.envvar, str) else p.envvar or [])}
+        for sub in getattr(cmd, "commands", {}).values():
+            out |= envvars(sub)
+        return out
+
+    assert CLI_ENV <= envvars(typer.main.get_command(app))

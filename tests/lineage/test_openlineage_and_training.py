@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from app.core.config import reset_settings
 from app.lineage import openlineage
 from tests.training.conftest import complete_body, fake_artifact, snapshot
 
@@ -33,7 +34,11 @@ def receiver(monkeypatch: pytest.MonkeyPatch):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     monkeypatch.setenv("PEDIGREE_OPENLINEAGE_URL", f"http://127.0.0.1:{srv.server_address[1]}")
     monkeypatch.setenv("PEDIGREE_OPENLINEAGE_NAMESPACE", "pedigree-test")
+    reset_settings()  # settings are read once; the receiver's address is new
     yield events
+    monkeypatch.delenv("PEDIGREE_OPENLINEAGE_URL")
+    monkeypatch.delenv("PEDIGREE_OPENLINEAGE_NAMESPACE")
+    reset_settings()
     srv.shutdown()
 
 

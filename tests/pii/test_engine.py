@@ -4,7 +4,8 @@ import socket
 
 import pytest
 
-from app.pii.engine import PiiEngine, PiiModelMissing, PiiSettings, get_engine
+from app.core.config import PiiSettings
+from app.pii.engine import PiiEngine, PiiModelMissing, get_engine
 from app.pii.schemas import PiiPolicy
 from app.pii.scrub import ScrubInput, scrub_examples
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.pii.engine import PiiEngine, PiiSettings
+from app.core.config import PiiSettings
+from app.pii.engine import PiiEngine
 from app.pii.gazetteer import common_word_names, first_names
 from app.pii.recognizers import GazetteerNameRecognizer, card_network_ok, luhn_ok
 from app.pii.schemas import PiiPolicy

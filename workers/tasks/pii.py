@@ -16,12 +16,13 @@ log = logging.getLogger(__name__)
 
 @worker_init.connect
 def _refuse_to_start_without_model_or_vault_key(**_: object) -> None:
+    from app.core.config import get_settings
     from app.core.db import get_engine, session_scope
     from app.pii.engine import PiiModelMissing, resolve_model_package
-    from app.pii.service import settings, startup_check
+    from app.pii.service import startup_check
     from app.pii.vault import VaultError
 
-    s = settings()
+    s = get_settings().pii
     try:
         if s.mode == "ner" and resolve_model_package(s.spacy_model) is None:
             raise PiiModelMissing(
