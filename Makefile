@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # CPU build of torch for the [train] extra; on this project's machines it lies on local disk.
 TORCH_SPEC ?= torch==2.13.0
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --durations=15
 
 .PHONY: install demo test services lint bench-ingest clean
 
