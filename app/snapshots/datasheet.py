@@ -93,18 +93,25 @@ def _table_rows(d: dict[str, int], total: int) -> list[list[Any]]:
 
 def gather(session: Session, snap: Snapshot) -> Facts:
     ds = datasets.get(session, snap.dataset_id)
-    st = snap.stats or {}
-    n = snap.member_count
     erased = repository.erased_members(session, snap)
-    sections: list[Section] = []
+    sections = [_motivation(snap, ds), _composition(snap, erased), _collection(session, snap),
+                _preprocessing(session, snap, ds), _distribution(session, snap), _maintenance(erased)]
+    return Facts(title=f"Datasheet: {ds.name} / {snap.name}", manifest_sha256=snap.manifest_sha256,
+                 sections=sections)
 
+
+def _motivation(snap: Snapshot, ds: Any) -> Section:
     mot = Section("Motivation")
     mot.paragraphs.append(f"Snapshot **{snap.name}** of dataset **{ds.name}** ({ds.format} format), frozen by "
                           f"{snap.created_by} on {snap.created_at:%Y-%m-%d %H:%M} UTC.")
     mot.paragraphs.append(f"Dataset description: {ds.description}" if ds.description else
                           "Purpose and funding: not known — the dataset has no description. " + UNKNOWN)
-    sections.append(mot)
+    return mot
 
+
+def _composition(snap: Snapshot, erased: list[Any]) -> Section:
+    st = snap.stats or {}
+    n = snap.member_count
     comp = Section("Composition")
     comp.paragraphs.append(
         f"{n:,} examples (one immutable revision each): {snap.counts.get('train', 0):,} train, "
@@ -128,8 +135,11 @@ def gather(session: Session, snap: Snapshot) -> Facts:
     if erased:
         comp.paragraphs.append(f"**{len(erased)} member(s) were erased after the freeze** (right to erasure); "
                                "exports omit them. The manifest hash of the original freeze stays on record.")
-    sections.append(comp)
+    return comp
 
+
+def _collection(session: Session, snap: Snapshot) -> Section:
+    st = snap.stats or {}
     col = Section("Collection process")
     ca = st.get("collected_at") or {}
     col.paragraphs.append(f"Collected between {ca.get('min') or 'unknown'} and {ca.get('max') or 'unknown'} "
@@ -148,8 +158,10 @@ def gather(session: Session, snap: Snapshot) -> Facts:
         col.paragraphs.append("Ingest batches: " + UNKNOWN)
     col.paragraphs.append("How the data were originally produced (by whom, with what instructions or payment) is "
                           "outside Pedigree's records: " + UNKNOWN)
-    sections.append(col)
+    return col
 
+
+def _preprocessing(session: Session, snap: Snapshot, ds: Any) -> Section:
     pre = Section("Preprocessing, cleaning and labeling")
     if "pii_scrubs" in Base.metadata.tables:
         _pii_mode(session, snap, pre)
@@ -197,8 +209,10 @@ def gather(session: Session, snap: Snapshot) -> Facts:
             pre.paragraphs.append("Labeling: no review of these revisions is recorded (selected by status only).")
     else:
         pre.paragraphs.append("Labeling (reviews): " + UNKNOWN)
-    sections.append(pre)
+    return pre
 
+
+def _distribution(session: Session, snap: Snapshot) -> Section:
     dist = Section("Distribution")
     length = _length_sql(session, snap.format)
     rows = _q(session, f"SELECT m.split, ({length} + 3) / 4 AS tok, count(*) FROM snapshot_members m "
@@ -237,16 +251,16 @@ def gather(session: Session, snap: Snapshot) -> Facts:
         "Merkle root: not stored yet (large freezes store it just after the freeze; "
         f"`GET /v1/snapshots/{snap.id}` shows it).")
     dist.paragraphs.append("Terms of use: see the licenses above; any other restriction: " + UNKNOWN)
-    sections.append(dist)
+    return dist
 
+
+def _maintenance(erased: list[Any]) -> Section:
     main = Section("Maintenance")
     main.paragraphs.append("The snapshot is immutable: no member can be added or swapped. A member can only be "
                            "erased (right to erasure), after which exports omit it and say so in manifest.json.")
     main.paragraphs.append(f"Currently erased members: {len(erased)}.")
     main.paragraphs.append("Uses the data are or are not suited for, and who maintains it: " + UNKNOWN)
-    sections.append(main)
-    return Facts(title=f"Datasheet: {ds.name} / {snap.name}", manifest_sha256=snap.manifest_sha256,
-                 sections=sections)
+    return main
 
 
 def _png(fig) -> str:
