@@ -16,12 +16,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Uuid, bindparam, text
+from sqlalchemy import Select, Uuid, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from app.datasets import service as datasets
-from app.models.base import Base
-from app.models.snapshot import Snapshot
+from app.dedup import queries as dedup_queries
+from app.models.snapshot import Snapshot, SnapshotMember
+from app.pii import queries as pii_queries
+from app.review import queries as review_queries
 from app.snapshots import repository
 
 UNKNOWN = "Not known: Pedigree holds no record of this."
@@ -163,53 +165,40 @@ def _collection(session: Session, snap: Snapshot) -> Section:
 
 def _preprocessing(session: Session, snap: Snapshot, ds: Any) -> Section:
     pre = Section("Preprocessing, cleaning and labeling")
-    if "pii_scrubs" in Base.metadata.tables:
-        _pii_mode(session, snap, pre)
-    if "pii_findings" in Base.metadata.tables:
-        rows = _q(session, "SELECT f.entity_type, f.operator, count(*), "
-                           "sum(CASE WHEN f.verdict = 'false_positive' THEN 1 ELSE 0 END) FROM pii_findings f "
-                           "JOIN snapshot_members m ON m.snapshot_id = :sid AND m.example_id = f.example_id "
-                           "GROUP BY f.entity_type, f.operator ORDER BY count(*) DESC", sid=snap.id)
-        if rows:
-            pre.tables.append(("PII findings in members, by entity type and operator",
-                               ["entity type", "operator", "findings", "reviewer: false positive"],
-                               [list(r) for r in rows]))
-        else:
-            pre.paragraphs.append("PII: no findings recorded for these members (either none were found or the "
-                                  "examples were not scrubbed).")
+    members = select(SnapshotMember.example_id).where(SnapshotMember.snapshot_id == snap.id)
+    _pii_mode(session, snap, members, pre)
+    rows = pii_queries.findings_by_type_and_operator(session, members)
+    if rows:
+        pre.tables.append(("PII findings in members, by entity type and operator",
+                           ["entity type", "operator", "findings", "reviewer: false positive"],
+                           [list(r) for r in rows]))
     else:
-        pre.paragraphs.append("PII scrubbing: " + UNKNOWN)
-    dups = _q(session, "SELECT dl.method, count(DISTINCT dl.example_id) FROM duplicate_links dl "
-                       "WHERE dl.dataset_id = :ds AND NOT EXISTS (SELECT 1 FROM snapshot_members m "
-                       "WHERE m.snapshot_id = :sid AND m.example_id = dl.example_id) GROUP BY dl.method",
-              sid=snap.id, ds=ds.id)
+        pre.paragraphs.append("PII: no findings recorded for these members (either none were found or the "
+                              "examples were not scrubbed).")
+    dups = dedup_queries.duplicates_by_method(session, ds.id, outside=members)
     pre.tables.append(("Duplicates left out, by detection method", ["method", "examples"],
                        [list(r) for r in dups] or [["(none linked)", 0]]))
-    if "reviews" in Base.metadata.tables:
-        revs = _q(session, "SELECT rv.reviewer, rv.decision, count(*) FROM reviews rv JOIN snapshot_members m "
-                           "ON m.snapshot_id = :sid AND m.revision_id = rv.revision_id "
-                           "GROUP BY rv.reviewer, rv.decision ORDER BY rv.reviewer", sid=snap.id)
-        agree = _q(session, "SELECT count(*), sum(CASE WHEN k.d = 1 THEN 1 ELSE 0 END) FROM ("
-                            "SELECT rv.revision_id, count(DISTINCT rv.decision) AS d FROM reviews rv "
-                            "JOIN snapshot_members m ON m.snapshot_id = :sid AND m.revision_id = rv.revision_id "
-                            "GROUP BY rv.revision_id HAVING count(*) > 1) k", sid=snap.id)
-        if revs:
-            by: dict[str, dict[str, int]] = {}
-            for who, decision, cnt in revs:
-                by.setdefault(who, {})[decision] = cnt
-            pre.tables.append(("Reviews of the frozen revisions", ["reviewer", "approve", "reject", "request_changes"],
-                               [[w, d.get("approve", 0), d.get("reject", 0), d.get("request_changes", 0)]
-                                for w, d in by.items()]))
-            multi, same = agree[0] if agree else (0, 0)
-            pre.paragraphs.append(
-                f"Agreement: {same or 0} of {multi or 0} revisions reviewed more than once got the same decision "
-                f"from every reviewer ({100 * (same or 0) / multi:.1f}% raw agreement)." if multi else
-                "Agreement: no revision in this snapshot was reviewed by more than one reviewer.")
-        else:
-            pre.paragraphs.append("Labeling: no review of these revisions is recorded (selected by status only).")
-    else:
-        pre.paragraphs.append("Labeling (reviews): " + UNKNOWN)
+    _labeling(session, snap, pre)
     return pre
+
+
+def _labeling(session: Session, snap: Snapshot, pre: Section) -> None:
+    revisions = select(SnapshotMember.revision_id).where(SnapshotMember.snapshot_id == snap.id)
+    revs = review_queries.decisions_by_reviewer(session, revisions)
+    if not revs:
+        pre.paragraphs.append("Labeling: no review of these revisions is recorded (selected by status only).")
+        return
+    by: dict[str, dict[str, int]] = {}
+    for who, decision, cnt in revs:
+        by.setdefault(who, {})[decision] = cnt
+    pre.tables.append(("Reviews of the frozen revisions", ["reviewer", "approve", "reject", "request_changes"],
+                       [[w, d.get("approve", 0), d.get("reject", 0), d.get("request_changes", 0)]
+                        for w, d in by.items()]))
+    multi, same = review_queries.agreement(session, revisions)
+    pre.paragraphs.append(
+        f"Agreement: {same} of {multi} revisions reviewed more than once got the same decision "
+        f"from every reviewer ({100 * same / multi:.1f}% raw agreement)." if multi else
+        "Agreement: no revision in this snapshot was reviewed by more than one reviewer.")
 
 
 def _distribution(session: Session, snap: Snapshot) -> Section:
@@ -283,7 +272,7 @@ def _md_cell(v: Any) -> str:
 PATTERN_ONLY = "pattern-only"
 
 
-def _pii_mode(session: Session, snap: Snapshot, pre: Section) -> None:
+def _pii_mode(session: Session, snap: Snapshot, members: Select, pre: Section) -> None:
     """Which PII engine and model scrubbed the members, and a warning first when any ran pattern-only.
 
     Pattern-only mode (PEDIGREE_PII_MODE=pattern_only) is the operator's explicit choice to scrub without a
@@ -291,14 +280,8 @@ def _pii_mode(session: Session, snap: Snapshot, pre: Section) -> None:
     datasheet must see it before trusting the data to be free of personal names. Scrubs and findings both
     record the model; either one saying pattern-only counts.
     """
-    models = _q(session, "SELECT s.model, count(DISTINCT s.example_id) FROM pii_scrubs s "
-                         "JOIN snapshot_members m ON m.snapshot_id = :sid AND m.example_id = s.example_id "
-                         "GROUP BY s.model ORDER BY count(DISTINCT s.example_id) DESC", sid=snap.id)
-    [[pattern_only]] = _q(session, "SELECT count(DISTINCT m.example_id) FROM snapshot_members m "
-                                   "WHERE m.snapshot_id = :sid AND (EXISTS (SELECT 1 FROM pii_scrubs s "
-                                   "WHERE s.example_id = m.example_id AND s.model = :po) OR EXISTS (SELECT 1 "
-                                   "FROM pii_findings f WHERE f.example_id = m.example_id AND f.model = :po))",
-                          sid=snap.id, po=PATTERN_ONLY)
+    models = pii_queries.scrub_models(session, members)
+    pattern_only = pii_queries.count_handled_by_model(session, members, PATTERN_ONLY)
     if pattern_only:
         pre.paragraphs.append(
             f"**Warning: PII scrubbing ran in pattern-only mode for {pattern_only} of {snap.member_count} "

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import DateTime, Uuid, bindparam, select, text
+from sqlalchemy import DateTime, Select, Uuid, bindparam, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,10 +23,11 @@ from app.core.auth import Actor
 from app.core.errors import Conflict, ValidationFailed
 from app.core.ids import new_id
 from app.datasets import service as datasets
+from app.dedup import queries as dedup_queries
 from app.examples import privacy
-from app.models.base import Base
 from app.models.snapshot import Snapshot
 from app.pipeline import stages
+from app.review import queries as review_queries
 from app.snapshots.proofs import pg_merkle_root
 from app.snapshots.repository import SPLIT_SPACE, is_pg, manifest_hashes, split_h32, validation_threshold
 from app.snapshots.schemas import SnapshotCreate, SnapshotFilter
@@ -47,9 +48,10 @@ def _sqlite_functions(session: Session) -> None:
     raw.create_function("pedigree_h32", 2, lambda eid, seed: split_h32(eid, seed), deterministic=True)
 
 
-def _table(name: str) -> bool:
-    return name in Base.metadata.tables
-
+def _inline(session: Session, stmt: Select) -> str:
+    """Another domain's select as SQL text for the candidates statement (text, built per dialect), its
+    values inline: they are ours (a dataset id, constant strings), never the caller's."""
+    return str(stmt.compile(dialect=session.get_bind().dialect, compile_kwargs={"literal_binds": True}))
 
 
 @dataclass
@@ -73,27 +75,16 @@ def _candidates(session: Session, dataset_id: uuid.UUID, f: SnapshotFilter, *, w
     whens.append(f"WHEN e.stage IN ({pending}) THEN 'pii_pending'")
 
     if not f.include_contaminating:
-        conds = []
-        if "contaminates_eval" in Base.metadata.tables["examples"].c:
-            conds.append("e.contaminates_eval")
-        if _table("dedup_eval_hits"):
-            # A curator's allow_eval_overlap decision lifts one hit; any other hit still excludes.
-            allow = ""
-            if _table("dedup_decisions"):
-                allow = ("AND NOT EXISTS (SELECT 1 FROM dedup_decisions d WHERE d.example_id = h.example_id "
-                         "AND d.other_example_id = h.eval_example_id AND d.decision = 'allow_eval_overlap')")
-            joins.append("LEFT JOIN (SELECT DISTINCT h.example_id FROM dedup_eval_hits h "
-                         f"WHERE h.dataset_id = :ds {allow}) ce ON ce.example_id = e.id")
-            conds.append("ce.example_id IS NOT NULL")
-        if conds:
-            whens.append(f"WHEN {' OR '.join(conds)} THEN 'contaminates_eval'")
+        joins.append(f"LEFT JOIN ({_inline(session, dedup_queries.contaminating(dataset_id))}) ce "
+                     "ON ce.example_id = e.id")
+        whens.append("WHEN ce.example_id IS NOT NULL THEN 'contaminates_eval'")
 
     statuses = list(f.statuses)
     if f.include_duplicates:
         statuses.append("duplicate")
     else:
         # The non-canonical side of a link is a duplicate even if someone approved it.
-        joins.append("LEFT JOIN (SELECT DISTINCT example_id FROM duplicate_links WHERE dataset_id = :ds) dl "
+        joins.append(f"LEFT JOIN ({_inline(session, dedup_queries.linked_duplicates(dataset_id))}) dl "
                      "ON dl.example_id = e.id")
         whens.append("WHEN e.status = 'duplicate' OR dl.example_id IS NOT NULL THEN 'duplicate'")
 
@@ -135,15 +126,8 @@ def _candidates(session: Session, dataset_id: uuid.UUID, f: SnapshotFilter, *, w
                 binds.append(bindparam(f"collected_{name}", type_=DateTime(timezone=True)))
         whens.append(f"WHEN {' OR '.join(conds)} THEN 'collected_at'")
     if f.min_approvals:
-        if not _table("reviews"):
-            raise ValidationFailed(
-                "min_approvals needs the review workflow, which this deployment does not have",
-                details=[{"field": "filter.min_approvals", "code": "unsupported",
-                          "message": "no reviews table"}])
-        # Distinct human reviewers who approved the revision that would be frozen: an edit (a new
-        # revision) resets the count, exactly as the review policy does.
-        joins.append("LEFT JOIN (SELECT revision_id, count(DISTINCT reviewer_key_id) AS n FROM reviews "
-                     "WHERE dataset_id = :ds AND decision = 'approve' GROUP BY revision_id) ap "
+        # Counted on the revision that would be frozen.
+        joins.append(f"LEFT JOIN ({_inline(session, review_queries.approvals_by_revision(dataset_id))}) ap "
                      "ON ap.revision_id = e.current_revision_id")
         whens.append("WHEN COALESCE(ap.n, 0) < :min_approvals THEN 'min_approvals'")
         params["min_approvals"] = f.min_approvals

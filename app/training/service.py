@@ -33,8 +33,10 @@ from app.core.config import get_settings
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.core.pagination import decode_cursor, encode_cursor
 from app.models.base import utcnow
-from app.models.snapshot import Snapshot
+from app.models.snapshot import Snapshot, SnapshotMember
 from app.models.training import FINISHED, ModelVersion, TrainingRun, TrainingRunEvent
+from app.pii import queries as pii_queries
+from app.review import queries as review_queries
 from app.snapshots import repository as snapshots
 from app.training import artifacts, registry
 from app.training.schemas import EventIn, RunComplete, RunCreate, is_hub_id, is_valid_hub_id
@@ -444,21 +446,9 @@ def model_card_facts(session: Session, run: TrainingRun, *, governance: bool = F
         "collected at": stats.get("collected_at"),
     }
     if governance:
-        sid = bindparam("sid", type_=Uuid())
-        rv = session.execute(text(
-            "SELECT count(*), count(DISTINCT r.reviewer), "
-            "count(*) FILTER (WHERE r.decision = 'approve') FROM reviews r "
-            "JOIN snapshot_members m ON m.snapshot_id = :sid AND m.example_id = r.example_id").bindparams(sid),
-            {"sid": snap.id}).one()
-        facts["reviews"] = {"decisions": rv[0], "reviewers": rv[1], "approvals": rv[2]}
-        pii = session.execute(text(
-            "SELECT f.entity_type, count(*), count(DISTINCT f.example_id) FROM pii_findings f "
-            "JOIN snapshot_members m ON m.snapshot_id = :sid AND m.example_id = f.example_id "
-            "GROUP BY f.entity_type ORDER BY f.entity_type").bindparams(sid), {"sid": snap.id}).all()
-        facts["pii scrubbed (findings by entity type)"] = {t: n for t, n, _ in pii}
-        facts["examples with pii scrubbed"] = session.execute(text(
-            "SELECT count(DISTINCT f.example_id) FROM pii_findings f "
-            "JOIN snapshot_members m ON m.snapshot_id = :sid AND m.example_id = f.example_id").bindparams(sid),
-            {"sid": snap.id}).scalar_one()
+        members = select(SnapshotMember.example_id).where(SnapshotMember.snapshot_id == snap.id)
+        facts["reviews"] = review_queries.summary_for_examples(session, members)
+        facts["pii scrubbed (findings by entity type)"] = pii_queries.findings_by_type(session, members)
+        facts["examples with pii scrubbed"] = pii_queries.count_with_findings(session, members)
         facts["duplicates excluded at freeze"] = (counts.get("excluded") or {}).get("duplicate", 0)
     return facts
