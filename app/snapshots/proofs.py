@@ -18,7 +18,7 @@ from app.core.sql import any_of
 from app.models.example import Example
 from app.models.snapshot import Snapshot, SnapshotMember
 from app.snapshots import merkle
-from app.snapshots.repository import as_uuid, get, is_pg
+from app.snapshots.repository import as_uuid, is_pg
 
 # Merkle tree on PostgreSQL, set-based: the leaf hashes of the sorted lines travel as one bytea
 # (32 bytes per leaf), and each level of the tree is one step of a recursive CTE that hashes adjacent
@@ -91,14 +91,6 @@ def ensure_merkle_root(session: Session, snap: Snapshot) -> str:
                  payload={"merkle_root": root, "tree_size": snap.member_count,
                           "manifest_sha256": snap.manifest_sha256})
     return root
-
-
-def fill_merkle_root(snapshot_id: uuid.UUID) -> None:
-    """The after-commit step of a large freeze: its own transaction; harmless if a read got there first."""
-    from app.core.db import session_scope
-
-    with session_scope() as s:
-        ensure_merkle_root(s, get(s, snapshot_id))
 
 
 def _member(session: Session, snap: Snapshot, *, example_id: str | None, revision_id: str | None) -> Any:

@@ -11,7 +11,7 @@ from app.core.db import SessionDep, get_engine
 from app.core.errors import ValidationFailed
 from app.lineage import openlineage
 from app.models.snapshot import Snapshot
-from app.snapshots import datasheet, diff, export, freeze, proofs, repository
+from app.snapshots import datasheet, diff, export, freeze, jobs, proofs, repository
 from app.snapshots.schemas import EXPORT_FORMATS, ProofsRequest, SnapshotCreate, SnapshotOut
 
 router = APIRouter(prefix="/v1/snapshots", tags=["snapshots"])
@@ -38,7 +38,7 @@ def create_snapshot(data: SnapshotCreate, session: SessionDep, actor: Curator,
     if ol.snapshot.merkle_root is None:
         # A large freeze on PostgreSQL: the root follows right after the response (after the commit,
         # so it reads the committed members), outside the freeze's time.
-        background.add_task(proofs.fill_merkle_root, ol.snapshot.id)
+        background.add_task(jobs.fill_merkle_root, ol.snapshot.id)
     return _out(ol.snapshot)
 
 
