@@ -265,15 +265,14 @@ def impact(session: Session, example_ids: list[uuid.UUID], dataset_ids: set[uuid
     mv_counts: Counter[uuid.UUID] = Counter()
     mv_snapshot: dict[uuid.UUID, uuid.UUID] = {}
     step = 50_000 if session.get_bind().dialect.name == "postgresql" else SEARCH_BATCH
-    if tr.available(session):
-        ln, mv, run = tr.lineage, tr.model_versions, tr.training_runs
-        for i in range(0, len(example_ids), step):
-            mv_counts.update(dict(session.execute(select(ln.c.model_version_id, func.count())
-                                                  .where(_in(session, ln.c.example_id, example_ids[i:i + step]))
-                                                  .group_by(ln.c.model_version_id)).all()))
-        if mv_counts:
-            mv_snapshot = dict(session.execute(select(mv.c.id, run.c.snapshot_id).join(run, run.c.id == mv.c.run_id)
-                                               .where(_in(session, mv.c.id, list(mv_counts)))).all())
+    ln, mv, run = tr.lineage, tr.model_versions, tr.training_runs
+    for i in range(0, len(example_ids), step):
+        mv_counts.update(dict(session.execute(select(ln.c.model_version_id, func.count())
+                                              .where(_in(session, ln.c.example_id, example_ids[i:i + step]))
+                                              .group_by(ln.c.model_version_id)).all()))
+    if mv_counts:
+        mv_snapshot = dict(session.execute(select(mv.c.id, run.c.snapshot_id).join(run, run.c.id == mv.c.run_id)
+                                           .where(_in(session, mv.c.id, list(mv_counts)))).all())
     snap_ids: set[uuid.UUID] = set(mv_snapshot.values())
     # example -> the other snapshots holding it: each batch flags its snapshots from this and from its
     # versions' snapshots, instead of probing every partition again.
@@ -331,25 +330,22 @@ def _erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batc
                     .execution_options(synchronize_session=False))
     tainted: list[str] = []
     counts: list[Any] = []
-    if tr.available(session):
-        ln, mv = tr.lineage, tr.model_versions
-        counts = session.execute(select(ln.c.model_version_id, func.count()).where(_in(session, ln.c.example_id, ids))
-                                 .group_by(ln.c.model_version_id)).all()
-        if counts:
-            mv_ids = [c[0] for c in counts]
-            values: dict[str, Any] = {"status": "tainted"}
-            if "status_reason" in mv.c:
-                values["status_reason"] = f"trained on examples erased by erasure request {req_id}"
-            newly = session.execute(update(mv).where(mv.c.id.in_(mv_ids), mv.c.status != "tainted").values(**values)
-                                    .returning(mv.c.id, mv.c.name, mv.c.version, mv.c.status)).all()
-            for row in newly:
-                # One event per version, on the version: its own audit trail says when and why it was tainted.
-                audit.record(session, actor=actor.ref, action="model_version.tainted", entity_type="model_version",
-                             entity_id=row.id, payload={"name": row.name, "version": row.version,
-                                                        "erasure_request_id": str(req_id)})
-            _upsert_taints(session, [{"model_version_id": k, "erasure_request_id": req_id, "examples": n,
-                                      "created_at": now} for k, n in counts])
-            tainted = [str(k) for k in mv_ids]
+    ln, mv = tr.lineage, tr.model_versions
+    counts = session.execute(select(ln.c.model_version_id, func.count()).where(_in(session, ln.c.example_id, ids))
+                             .group_by(ln.c.model_version_id)).all()
+    if counts:
+        mv_ids = [c[0] for c in counts]
+        values = {"status": "tainted", "status_reason": f"trained on examples erased by erasure request {req_id}"}
+        newly = session.execute(update(mv).where(mv.c.id.in_(mv_ids), mv.c.status != "tainted").values(**values)
+                                .returning(mv.c.id, mv.c.name, mv.c.version, mv.c.status)).all()
+        for row in newly:
+            # One event per version, on the version: its own audit trail says when and why it was tainted.
+            audit.record(session, actor=actor.ref, action="model_version.tainted", entity_type="model_version",
+                         entity_id=row.id, payload={"name": row.name, "version": row.version,
+                                                    "erasure_request_id": str(req_id)})
+        _upsert_taints(session, [{"model_version_id": k, "erasure_request_id": req_id, "examples": n,
+                                  "created_at": now} for k, n in counts])
+        tainted = [str(k) for k in mv_ids]
     if plan is not None:
         snaps = {plan["mv_snapshot"][k] for k, _ in counts if k in plan["mv_snapshot"]}
         snaps.update(sid for eid in ids for sid in plan["members"].get(eid, ()))

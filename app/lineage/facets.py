@@ -42,7 +42,7 @@ MARKER = "*"
 
 def refresh(session: Session, mv_ids: list[uuid.UUID]) -> int:
     """(Re)count these versions' facets; returns the rows written."""
-    if not mv_ids or not tr.available(session):
+    if not mv_ids:
         return 0
     ln = tr.lineage
     t = ModelVersionFacet.__table__
@@ -67,8 +67,6 @@ def refresh(session: Session, mv_ids: list[uuid.UUID]) -> int:
 
 def versions_with(session: Session, facet: str, value: str | None) -> dict[uuid.UUID, int]:
     """{model_version_id: examples} of every version trained on examples whose `facet` is `value`."""
-    if not tr.available(session):
-        return {}
     t = ModelVersionFacet.__table__
     col = FACETS[facet]
     mv, ln = tr.model_versions, tr.lineage

@@ -118,8 +118,6 @@ def tainted_alias_warnings(mvs: list[dict[str, Any]]) -> list[str]:
 
 
 def get_model_version(session: Session, name: str, version: int) -> Any:
-    if not tr.available(session):
-        raise NotFound(f"model {name!r} version {version} not found (no model registry in this deployment)")
     mv = tr.model_versions
     row = session.execute(select(mv).where(mv.c.name == name, mv.c.version == version)).first()
     if row is None:
@@ -182,14 +180,13 @@ def example_lineage(session: Session, *, example_id: str, actor: Actor, include_
 
     runs: list[dict[str, Any]] = []
     mvs: list[dict[str, Any]] = []
-    if tr.available(session):
-        run = tr.training_runs
-        mvs = model_versions_of_example(session, ex.id)
-        run_ids = sorted({uuid.UUID(m["run_id"]) for m in mvs})
-        if run_ids:
-            runs = [{"id": str(r.id), "status": r.status, "snapshot_id": _s(r.snapshot_id), "base_model": r.base_model,
-                     "method": r.method, "created_at": _iso(r.created_at), "finished_at": _iso(r.finished_at)}
-                    for r in session.execute(select(run).where(run.c.id.in_(run_ids)).order_by(run.c.created_at))]
+    run = tr.training_runs
+    mvs = model_versions_of_example(session, ex.id)
+    run_ids = sorted({uuid.UUID(m["run_id"]) for m in mvs})
+    if run_ids:
+        runs = [{"id": str(r.id), "status": r.status, "snapshot_id": _s(r.snapshot_id), "base_model": r.base_model,
+                 "method": r.method, "created_at": _iso(r.created_at), "finished_at": _iso(r.finished_at)}
+                for r in session.execute(select(run).where(run.c.id.in_(run_ids)).order_by(run.c.created_at))]
 
     out: dict[str, Any] = {
         "example": {"id": str(ex.id), "dataset_id": str(ex.dataset_id), "status": ex.status,
@@ -222,8 +219,6 @@ def example_lineage(session: Session, *, example_id: str, actor: Actor, include_
 def model_versions_of_example(session: Session, example_id: uuid.UUID) -> list[dict[str, Any]]:
     """Which model versions did this example train, with the tokens and epochs of each: one statement,
     driven by the (example_id, model_version_id) lineage index."""
-    if not tr.available(session):
-        return []
     return _views(session, true(), example_id=example_id)
 
 
@@ -326,8 +321,6 @@ def model_examples(session: Session, *, name: str, version: int, source: str | N
     """Page of the examples a model version trained, in example-id order: a range scan of the lineage
     (model_version_id, example_id) index that probes each example by primary key and stops after `limit`
     matches, so page 1 costs about limit / selectivity probes whatever the version's size."""
-    if not tr.available(session):
-        get_model_version(session, name, version)  # raises the 404
     ln, mv = tr.lineage, tr.model_versions
     # The version's id as an InitPlan of the page query itself: one round trip; the 404 check runs only
     # when the page comes back empty.
@@ -374,8 +367,6 @@ def model_examples(session: Session, *, name: str, version: int, source: str | N
 def model_versions_trained_on(session: Session, example_filter: ColumnElement[bool]) -> list[dict[str, Any]]:
     """Model versions whose lineage holds at least one example matching `example_filter`, each with how
     many such examples it trained."""
-    if not tr.available(session):
-        return []
     ln = tr.lineage
     rows = session.execute(
         select(ln.c.model_version_id, func.count()).join(Example, Example.id == ln.c.example_id)

@@ -1,17 +1,15 @@
-"""Fixtures for lineage tests: a stand-in for the training domain's tables until they land.
+"""Fixtures for lineage tests: models registered the way the training service writes them.
 
-Lineage reads training_runs / model_versions / model_aliases / lineage directly (app/lineage/training.py
-describes the columns it reads). Where the real tables are not in the migrated schema yet, the same
-columns are created here, so the lineage and erasure paths are exercised end to end on both databases.
+Lineage reads training_runs / model_versions / model_aliases / lineage directly (app/lineage/training.py),
+so these fixtures write those rows directly too, without running a trainer.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import insert, inspect, text
+from sqlalchemy import insert
 
 from app.lineage import training as tr
 from app.models.base import utcnow
@@ -19,19 +17,9 @@ from tests.training.conftest import artifact_root, base_model, dispatched  # noq
 
 
 @pytest.fixture
-def training(db: str) -> Iterator[None]:
-    from app.core.db import get_engine
-
-    if tr.STANDIN:
-        engine = get_engine()
-        existing = set(inspect(engine).get_table_names())
-        missing = [t for t in tr.TABLES if t.name not in existing]
-        if missing:
-            tr._md.create_all(engine, tables=missing)
-        with engine.begin() as conn:
-            for t in reversed(tr.TABLES):
-                conn.execute(text(f"DELETE FROM {t.name}"))
-    yield
+def training(db: str) -> str:
+    """The migrated database; the training tables are part of it."""
+    return db
 
 
 def _row(table, **values) -> dict:
@@ -45,16 +33,14 @@ def register_model(*, snapshot_id: str, members: list[tuple[str, str]], name: st
     way the training service writes it (one lineage row per trained revision)."""
     from app.core.db import session_scope
     from app.models.snapshot import Snapshot
+    from app.models.training import RegisteredModel
 
     run_id, mv_id = uuid.uuid4(), uuid.uuid4()
     now = utcnow()
     with session_scope() as s:
         manifest = s.get(Snapshot, uuid.UUID(snapshot_id)).manifest_sha256
-        if not tr.STANDIN:
-            from app.models.training import RegisteredModel
-
-            if s.get(RegisteredModel, name) is None:
-                s.execute(insert(RegisteredModel).values(name=name, latest_version=version, created_at=now))
+        if s.get(RegisteredModel, name) is None:
+            s.execute(insert(RegisteredModel).values(name=name, latest_version=version, created_at=now))
         s.execute(insert(tr.training_runs).values(**_row(
             tr.training_runs, id=run_id, snapshot_id=uuid.UUID(snapshot_id), expected_manifest_sha256=manifest,
             base_model="tiny", method="lora", hyperparameters={"epochs": epochs, "lora_r": 8}, meta={},
