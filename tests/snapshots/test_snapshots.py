@@ -155,10 +155,6 @@ def _db_uuid(value) -> str:
 
 
 def test_eval_contamination_is_excluded_unless_allowed(api):
-    from app.models import Base
-
-    if "dedup_eval_hits" not in Base.metadata.tables:
-        pytest.skip("dedup component not installed")
     ds, ids = approved_dataset(api, 6)
     ev = new_dataset(api, is_eval_set=True)
     ev_ids = ingest(api, ev, [instruction_line(100, source="bench")])
@@ -170,13 +166,15 @@ def test_eval_contamination_is_excluded_unless_allowed(api):
     assert snap["counts"]["excluded"]["contaminates_eval"] == 1 and snap["member_count"] == 5
     snap = freeze(api, ds, "dirty", filter={"include_contaminating": True})
     assert snap["member_count"] == 6
+    # A curator's allow_eval_overlap decision lifts exactly that hit.
+    sql("INSERT INTO dedup_decisions (id, dataset_id, example_id, other_example_id, decision, decided_by, created_at) "
+        "VALUES (:id, :ds, :ex, :evex, 'allow_eval_overlap', 'curator', CURRENT_TIMESTAMP)",
+        id=_db_uuid(uuid.uuid4()), ds=_db_uuid(ds["id"]), ex=_db_uuid(ids[0]), evex=_db_uuid(ev_ids[0]))
+    snap = freeze(api, ds, "allowed")
+    assert snap["counts"]["excluded"]["contaminates_eval"] == 0 and snap["member_count"] == 6
 
 
 def test_min_approvals_counts_distinct_reviewers_of_the_frozen_revision(api):
-    from app.models import Base
-
-    if "reviews" not in Base.metadata.tables:
-        pytest.skip("review component not installed")
     ds, ids = approved_dataset(api, 3)
     for i, n in ((0, 2), (1, 1)):
         ex = api.as_("curator").get(f"/v1/examples/{ids[i]}").json()
@@ -395,6 +393,42 @@ def test_datasheet_markdown_and_html(api):
     assert "<b>for</b>" not in r.text and "&lt;b&gt;for&lt;/b&gt;" in r.text
     assert api.as_("trainer").get(f"/v1/snapshots/{snap['id']}/datasheet",
                                   params={"format": "pdf"}).status_code == 422
+
+
+def _review(ds: dict, ex: dict, who: str, decision: str) -> None:
+    sql("INSERT INTO reviews (id, example_id, dataset_id, revision_id, reviewer, reviewer_key_id, decision, "
+        "resolves_escalation, created_at) VALUES (:id, :ex, :ds, :rev, :who, :key, :d, false, CURRENT_TIMESTAMP)",
+        id=_db_uuid(uuid.uuid4()), ex=_db_uuid(ex["id"]), ds=_db_uuid(ds["id"]), rev=_db_uuid(ex["revision"]["id"]),
+        who=who, key=_db_uuid(uuid.uuid4()), d=decision)
+
+
+def test_datasheet_preprocessing_counts_reviews_findings_and_left_out_duplicates(api):
+    """The preprocessing section's figures come from the review, PII and dedup read APIs, over the
+    members only: reviews and agreement of the frozen revisions, findings in members, and duplicates
+    of the dataset the freeze left out."""
+    ds, ids = approved_dataset(api, 4)
+    exs = [api.as_("curator").get(f"/v1/examples/{i}").json() for i in ids]
+    _review(ds, exs[0], "alice", "approve")
+    _review(ds, exs[0], "bob", "approve")  # reviewed twice, alike
+    _review(ds, exs[1], "alice", "approve")
+    _review(ds, exs[1], "bob", "reject")  # reviewed twice, not alike
+    rev = exs[2]["revision"]["id"]
+    for verdict in ("false_positive", None):
+        sql("INSERT INTO pii_findings (id, example_id, dataset_id, revision_id, source_revision_id, field_path, "
+            "entity_type, start, \"end\", scrubbed_start, scrubbed_end, score, recognizer, operator, engine, model, "
+            "verdict, created_at) VALUES (:id, :ex, :ds, :rev, :rev, 'output', 'EMAIL_ADDRESS', 0, 5, 0, 7, 1.0, "
+            "'email', 'replace', 'pedigree', 'm1', :v, CURRENT_TIMESTAMP)",
+            id=_db_uuid(uuid.uuid4()), ex=_db_uuid(ids[2]), ds=_db_uuid(ds["id"]), rev=_db_uuid(rev), v=verdict)
+    sql("INSERT INTO duplicate_links (id, dataset_id, example_id, canonical_example_id, method, similarity, "
+        "created_by, created_at) VALUES (:id, :ds, :ex, :canon, 'minhash', 0.9, 'system', CURRENT_TIMESTAMP)",
+        id=_db_uuid(uuid.uuid4()), ds=_db_uuid(ds["id"]), ex=_db_uuid(ids[3]), canon=_db_uuid(ids[0]))
+    snap = freeze(api, ds)
+    assert snap["member_count"] == 3 and snap["counts"]["excluded"]["duplicate"] == 1
+    md = api.as_("auditor").get(f"/v1/snapshots/{snap['id']}/datasheet").text
+    assert "| alice | 2 | 0 | 0 |" in md and "| bob | 1 | 1 | 0 |" in md
+    assert "Agreement: 1 of 2 revisions reviewed more than once got the same decision" in md
+    assert "| EMAIL_ADDRESS | replace | 2 | 1 |" in md
+    assert "| minhash | 1 |" in md
 
 
 def test_content_hash_formula_matches_the_stdlib_on_awkward_text():
