@@ -19,11 +19,12 @@ from app.dedup import containment
 from app.dedup.cluster import METHOD_MINHASH
 from app.dedup.index import hasher, open_index
 from app.dedup.minhash import shingle_sets
+from app.dedup.queries import contaminating
 from app.dedup.schemas import DedupPolicy
 from app.dedup.store import Doc, ensure_state, load_docs, policy_of
 from app.models.base import utcnow
 from app.models.dataset import Dataset
-from app.models.dedup import DedupDecision, DedupEvalHit, DedupEvalNgram, DedupState
+from app.models.dedup import DedupEvalHit, DedupEvalNgram, DedupState
 from app.models.example import Example
 
 EVAL_SWEEP_TASK = "pedigree.dedup.eval_sweep"
@@ -169,25 +170,12 @@ def store_eval_hits(session: Session, hits: list[dict]) -> None:
     insert_ignore(session, DedupEvalHit.__table__, [{"id": uuid.uuid4(), "created_at": now, **h} for h in hits])
 
 
-def contaminating(session: Session, dataset_id: uuid.UUID):
-    """Select of the example ids of a dataset that near-duplicate an evaluation example and have no
-    curator override: what a snapshot must leave out (the snapshot capability uses this)."""
-    allowed = select(DedupDecision.example_id).where(
-        DedupDecision.decision == "allow_eval_overlap",
-        DedupDecision.example_id == DedupEvalHit.example_id,
-        DedupDecision.other_example_id == DedupEvalHit.eval_example_id,
-    )
-    return select(DedupEvalHit.example_id).where(
-        DedupEvalHit.dataset_id == dataset_id, ~allowed.exists()
-    ).distinct()
-
-
 def contaminates_eval(session: Session, example_id: uuid.UUID) -> bool:
     ex = session.get(Example, example_id)
     if ex is None:
         return False
     return session.scalar(select(func.count()).select_from(
-        contaminating(session, ex.dataset_id).where(DedupEvalHit.example_id == example_id).subquery()
+        contaminating(ex.dataset_id).where(DedupEvalHit.example_id == example_id).subquery()
     )) > 0
 
 

@@ -33,9 +33,10 @@ from app.core.errors import InvalidState
 from app.core.pagination import decode_cursor, page
 from app.core.sql import any_of, in_chunks, insert_ignore, is_pg
 from app.dedup import jobs as dedup_jobs
-from app.dedup.eval_guard import contaminating, guard_hits, index_eval_ngrams, store_eval_hits
+from app.dedup.eval_guard import guard_hits, index_eval_ngrams, store_eval_hits
 from app.dedup.index import hasher, open_index
 from app.dedup.minhash import Signatures, flag_names
+from app.dedup.queries import contaminating
 from app.dedup.rebuild import rebuild_view
 from app.dedup.recluster import recluster
 from app.dedup.schemas import DedupPolicy, OverruleIn
@@ -275,7 +276,7 @@ def dataset_summary(session: Session, ds: Dataset) -> dict:
     n_clusters = session.scalar(
         select(func.count(func.distinct(DuplicateLink.canonical_example_id))).where(DuplicateLink.dataset_id == ds.id)
     )
-    n_contam = session.scalar(select(func.count()).select_from(contaminating(session, ds.id).subquery()))
+    n_contam = session.scalar(select(func.count()).select_from(contaminating(ds.id).subquery()))
     b, r = policy.index_config.params
     return {
         "dataset_id": str(ds.id),

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Select, Uuid, bindparam, select, text
 from sqlalchemy.orm import Session
 
+from app.core.sql import is_pg
 from app.datasets import service as datasets
 from app.dedup import queries as dedup_queries
 from app.models.snapshot import Snapshot, SnapshotMember
@@ -51,7 +52,7 @@ def _q(session: Session, sql: str, **params: Any) -> list[Any]:
 
 def _length_sql(session: Session, fmt: str) -> str:
     """Characters of trainable text per member revision `r`, per dialect."""
-    pg = session.get_bind().dialect.name == "postgresql"
+    pg = is_pg(session)
     if fmt == "chat":
         if pg:
             return "(SELECT COALESCE(sum(length(x->>'content')), 0) FROM jsonb_array_elements(r.content->'messages') x)"

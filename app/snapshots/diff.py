@@ -8,7 +8,7 @@ from sqlalchemy import Uuid, bindparam, text
 from sqlalchemy.orm import Session
 
 from app.core.errors import ValidationFailed
-from app.core.pagination import decode_cursor, encode_cursor
+from app.core.pagination import decode_cursor, page
 from app.models.snapshot import Snapshot
 from app.snapshots.repository import as_uuid
 
@@ -54,11 +54,11 @@ def diff(session: Session, a: Snapshot, b: Snapshot, *, change: str | None, curs
         f"SELECT d.example_id, d.rev_a, d.rev_b, d.split_a, d.split_b, {kind} FROM ({base}) d "
         f"WHERE {' AND '.join(where)} ORDER BY d.example_id LIMIT :lim").bindparams(*binds),
         {**params, "lim": limit + 1}).all()
+    rows, nxt = page(rows, limit, key=lambda r: as_uuid(r[0]))
     items = []
-    for ex, ra, rb, sa, sb, k in rows[:limit]:
+    for ex, ra, rb, sa, sb, k in rows:
         items.append({"change": k, "example_id": str(as_uuid(ex)), "revision_a": _opt(ra), "revision_b": _opt(rb),
                       "split_a": sa, "split_b": sb})
-    nxt = encode_cursor(as_uuid(rows[limit - 1][0])) if len(rows) > limit else None
     return {
         "a": {"id": str(a.id), "name": a.name, "manifest_sha256": a.manifest_sha256, "members": a.member_count},
         "b": {"id": str(b.id), "name": b.name, "manifest_sha256": b.manifest_sha256, "members": b.member_count},

@@ -29,6 +29,7 @@ import orjson
 from sqlalchemy.orm import Session
 
 from app.core.db import get_engine
+from app.core.sql import is_pg
 from app.models.snapshot import Snapshot
 from app.snapshots.repository import erased_members, manifest_hashes
 
@@ -488,7 +489,7 @@ def iter_csv_blocks(plan: ExportPlan, fields: tuple[str, ...], *, block_rows: in
     for f in fields:
         if not f.isalpha():
             raise ValueError(f)
-    if get_engine().dialect.name != "postgresql":
+    if not is_pg(get_engine()):
         # SQLite's json_extract re-parses the document per field: its pedigree lines through
         # pyarrow's JSON reader measured faster.
         raise ValueError("CSV export blocks need PostgreSQL")
@@ -508,7 +509,7 @@ def iter_pedigree_blocks(plan: ExportPlan, *, block_rows: int = 5000) -> Iterato
     prints it: the same JSON value (it hashes the same once parsed), not the same bytes. SQLite hands
     over column blocks (below) that Arrow joins into lines."""
     engine = get_engine()
-    if engine.dialect.name != "postgresql":
+    if not is_pg(engine):
         for block in iter_column_blocks(plan, block_rows=block_rows):
             yield pedigree_lines(plan.dataset_format, block)
         return
@@ -538,7 +539,7 @@ def iter_column_blocks(plan: ExportPlan, *, block_rows: int = 10_000) -> Iterato
     lines or Arrow columns are built vectorised (export.pedigree_lines, export.table_from_columns).
     All blocks are read in one read transaction, so they see one state of the database."""
     engine = get_engine()
-    if engine.dialect.name == "postgresql":
+    if is_pg(engine):
         raise ValueError("column blocks are the SQLite export path")
     for value in (plan.dataset_format, plan.split):
         if not value.isalpha():

@@ -22,6 +22,7 @@ from app.audit import service as audit
 from app.core.auth import Actor
 from app.core.errors import Conflict, ValidationFailed
 from app.core.ids import new_id
+from app.core.sql import aware, is_pg
 from app.datasets import service as datasets
 from app.dedup import queries as dedup_queries
 from app.examples import privacy
@@ -29,7 +30,7 @@ from app.models.snapshot import Snapshot
 from app.pipeline import stages
 from app.review import queries as review_queries
 from app.snapshots.proofs import pg_merkle_root
-from app.snapshots.repository import SPLIT_SPACE, is_pg, manifest_hashes, split_h32, validation_threshold
+from app.snapshots.repository import SPLIT_SPACE, manifest_hashes, split_h32, validation_threshold
 from app.snapshots.schemas import SnapshotCreate, SnapshotFilter
 
 # Exclusion rules in the order they are tested; an example is counted under the first that removes it.
@@ -122,7 +123,7 @@ def _candidates(session: Session, dataset_id: uuid.UUID, f: SnapshotFilter, *, w
         for name, value, op in (("after", f.collected_after, "<"), ("before", f.collected_before, ">=")):
             if value is not None:
                 conds.append(f"e.collected_at {op} :collected_{name}")
-                params[f"collected_{name}"] = _utc(value) if pg else _utc(value).replace(tzinfo=None)
+                params[f"collected_{name}"] = aware(value) if pg else aware(value).replace(tzinfo=None)
                 binds.append(bindparam(f"collected_{name}", type_=DateTime(timezone=True)))
         whens.append(f"WHEN {' OR '.join(conds)} THEN 'collected_at'")
     if f.min_approvals:
@@ -154,10 +155,6 @@ def _stored_filter(f: SnapshotFilter) -> dict[str, Any]:
     if out.get("tags"):
         out["tags"] = [privacy.mask_tag(t) for t in out["tags"]]
     return out
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 def _h32_below(session: Session, id_col: str) -> str:

@@ -14,11 +14,11 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core.errors import Conflict, NotFound, ValidationFailed
-from app.core.sql import any_of
+from app.core.sql import any_of, is_pg
 from app.models.example import Example
 from app.models.snapshot import Snapshot, SnapshotMember
 from app.snapshots import merkle
-from app.snapshots.repository import as_uuid, is_pg
+from app.snapshots.repository import as_uuid
 
 # Merkle tree on PostgreSQL, set-based: the leaf hashes of the sorted lines travel as one bytea
 # (32 bytes per leaf), and each level of the tree is one step of a recursive CTE that hashes adjacent

@@ -16,7 +16,8 @@ from sqlalchemy import Uuid, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from app.core.errors import NotFound
-from app.core.pagination import decode_cursor, encode_cursor
+from app.core.pagination import decode_cursor, page
+from app.core.sql import is_pg
 from app.datasets import service as datasets
 from app.models.snapshot import Snapshot
 from app.snapshots import merkle
@@ -41,10 +42,6 @@ def validation_threshold(fraction: float) -> int:
     return round(fraction * SPLIT_SPACE)
 
 
-def is_pg(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
 
 def get(session: Session, snapshot_id: str | uuid.UUID) -> Snapshot:
     try:
@@ -63,9 +60,7 @@ def list_page(session: Session, *, dataset_ref: str | None, cursor: str | None,
         q = q.where(Snapshot.dataset_id == datasets.get(session, dataset_ref).id)
     if cursor:
         q = q.where(Snapshot.id > decode_cursor(cursor))
-    rows = list(session.scalars(q.order_by(Snapshot.id).limit(limit + 1)))
-    nxt = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
-    return rows[:limit], nxt
+    return page(list(session.scalars(q.order_by(Snapshot.id).limit(limit + 1))), limit)
 
 
 def erased_members(session: Session, snap: Snapshot) -> list[uuid.UUID]:

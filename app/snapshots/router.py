@@ -9,6 +9,7 @@ from app.audit import service as audit
 from app.core.auth import Curator, SnapshotReader
 from app.core.db import SessionDep, get_engine
 from app.core.errors import ValidationFailed
+from app.core.sql import is_pg
 from app.lineage import openlineage
 from app.models.snapshot import Snapshot
 from app.snapshots import datasheet, diff, export, freeze, jobs, proofs, repository
@@ -119,10 +120,11 @@ def export_snapshot(snapshot_id: str, session: SessionDep, actor: SnapshotReader
         meta = {"pedigree.manifest_sha256": plan.manifest_sha256,
                 "pedigree.export_manifest_sha256": plan.export_manifest_sha256, "pedigree.snapshot_id": str(snap.id)}
         # Larger blocks for Parquet: each becomes one row group.
-        if get_engine().dialect.name == "postgresql" and plan.dataset_format in export.FLAT_FIELDS:
+        pg = is_pg(get_engine())
+        if pg and plan.dataset_format in export.FLAT_FIELDS:
             blocks = export.iter_csv_blocks(plan, export.FLAT_FIELDS[plan.dataset_format])
             body = export.stream_parquet(plan.dataset_format, blocks, metadata=meta, csv=True)
-        elif get_engine().dialect.name == "postgresql":
+        elif pg:
             blocks = export.iter_pedigree_blocks(plan, block_rows=10_000)
             body = export.stream_parquet(plan.dataset_format, blocks, metadata=meta)
         else:

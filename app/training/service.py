@@ -31,7 +31,8 @@ from app.core import jobs
 from app.core.auth import Actor
 from app.core.config import get_settings
 from app.core.errors import Conflict, NotFound, ValidationFailed
-from app.core.pagination import decode_cursor, encode_cursor
+from app.core.pagination import decode_cursor, page
+from app.core.sql import is_pg
 from app.models.base import utcnow
 from app.models.snapshot import Snapshot, SnapshotMember
 from app.models.training import FINISHED, ModelVersion, TrainingRun, TrainingRunEvent
@@ -310,7 +311,7 @@ def _write_lineage(session: Session, *, run: TrainingRun, mv: ModelVersion, revs
         return 0
     toks = [e["tokens"] for e in data.examples]
     eps = [e["epochs"] for e in data.examples]
-    if session.get_bind().dialect.name == "postgresql":
+    if is_pg(session):
         # One statement: the reported arrays joined to the snapshot's partition, so example ids come
         # from the frozen membership and a revision outside the snapshot simply does not join.
         # The arrays travel as three strings: binding 3n Python objects costs more than the INSERT.
@@ -396,9 +397,7 @@ def list_page(session: Session, *, status: str | None, snapshot_id: str | None, 
     if cursor:
         q = q.where(TrainingRun.id < decode_cursor(cursor))
     # Newest first, as hosted fine-tuning APIs list jobs; ids are time-ordered (UUIDv7).
-    rows = list(session.scalars(q.order_by(TrainingRun.id.desc()).limit(limit + 1)))
-    nxt = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
-    return rows[:limit], nxt
+    return page(list(session.scalars(q.order_by(TrainingRun.id.desc()).limit(limit + 1))), limit)
 
 
 def list_events(session: Session, *, run_id: str, after: int | None, limit: int, kind: str | None,
@@ -411,9 +410,7 @@ def list_events(session: Session, *, run_id: str, after: int | None, limit: int,
         q = q.where(TrainingRunEvent.kind == kind)
     if level:
         q = q.where(TrainingRunEvent.level == level)
-    rows = list(session.scalars(q.order_by(TrainingRunEvent.id).limit(limit + 1)))
-    nxt = rows[limit - 1].id if len(rows) > limit else None
-    return rows[:limit], nxt
+    return page(list(session.scalars(q.order_by(TrainingRunEvent.id).limit(limit + 1))), limit, encode=None)
 
 
 def versions_for(session: Session, runs: list[TrainingRun]) -> dict[uuid.UUID, ModelVersion]:
