@@ -472,3 +472,36 @@ def test_base_model_only_from_model_roots_or_hub(api, dispatched, base_model, tm
     monkeypatch.setenv("PEDIGREE_ARTIFACT_ROOT", "s3://bucket/artifacts")
     assert Settings().model_root_list == [Path("var/models")]
     reset_settings()
+
+
+def test_model_card_governance_counts_the_members_reviews_and_findings(api, dispatched, base_model, artifact_root):
+    """The card's review and PII aggregates (the review and PII read APIs) over the snapshot's members."""
+    from app.core.config import get_settings
+    from app.core.db import session_scope
+
+    def db(value) -> str:
+        u = uuid.UUID(str(value))
+        return u.hex if get_settings().is_sqlite else str(u)
+
+    snap, recs = snapshot(api, n=4)
+    a, b = recs[0], recs[1]
+    ds = db(snap["dataset_id"])
+    with session_scope() as s:
+        for who, decision in (("ann", "approve"), ("bo", "reject")):
+            s.execute(text(
+                "INSERT INTO reviews (id, example_id, dataset_id, revision_id, reviewer, reviewer_key_id, decision, "
+                "resolves_escalation, created_at) VALUES (:id, :ex, :ds, :rev, :who, :key, :d, false, "
+                "CURRENT_TIMESTAMP)"), {"id": db(uuid.uuid4()), "ex": db(a["example_id"]), "ds": ds,
+                                        "rev": db(a["revision_id"]), "who": who, "key": db(uuid.uuid4()), "d": decision})
+        for entity in ("EMAIL_ADDRESS", "PERSON"):
+            s.execute(text(
+                "INSERT INTO pii_findings (id, example_id, dataset_id, revision_id, source_revision_id, field_path, "
+                "entity_type, start, \"end\", scrubbed_start, scrubbed_end, score, recognizer, operator, engine, "
+                "model, created_at) VALUES (:id, :ex, :ds, :rev, :rev, 'output', :t, 0, 5, 0, 7, 1.0, 'r', "
+                "'replace', 'pedigree', 'm1', CURRENT_TIMESTAMP)"),
+                {"id": db(uuid.uuid4()), "ex": db(b["example_id"]), "ds": ds, "rev": db(b["revision_id"]), "t": entity})
+    run = new_run(api, snap, base_model)
+    card = api.as_("trainer").get(f"/v1/training-runs/{run['id']}").json()["model_card"]
+    assert card["reviews"] == {"decisions": 2, "reviewers": 2, "approvals": 1}
+    assert card["pii scrubbed (findings by entity type)"] == {"EMAIL_ADDRESS": 1, "PERSON": 1}
+    assert card["examples with pii scrubbed"] == 1
