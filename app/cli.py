@@ -41,6 +41,14 @@ err = Console(stderr=True)
 out = Console()
 
 
+@app.callback()
+def _wire() -> None:
+    # Runs before every command: the CLI is an entry point like the API and the worker.
+    from app.wiring import wire
+
+    wire()
+
+
 def _cli_actor():
     from app.core.auth import Actor
 

@@ -28,6 +28,7 @@ from app.pii.router import router as pii_router
 from app.review.router import router as review_router
 from app.snapshots.router import router as snapshots_router
 from app.training.router import router as training_router
+from app.wiring import wire
 
 log = logging.getLogger("pedigree")
 
@@ -116,6 +117,7 @@ async def lifespan(app: FastAPI):
 
 
 def create_app() -> FastAPI:
+    wire()
     # The interactive docs and the OpenAPI schema are the only pages besides /healthz and the review
     # sign-in that answer without a key, so outside the embedded mode they are off unless asked for.
     settings = get_settings()

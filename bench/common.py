@@ -15,6 +15,13 @@ from pathlib import Path
 import orjson
 import psycopg
 
+from app.wiring import wire
+
+# Every app-side benchmark imports this module and some call services in-process: like the API, the
+# worker and the CLI, the benchmark process is an entry point and wires the registries (stages, view
+# hooks, audit subscribers, in-process handlers). Wiring reads no settings, so the env set later holds.
+wire()
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPORA = Path(os.environ.get("PEDIGREE_CORPORA", ROOT.parent / "shared" / "corpora"))
 PG_ADMIN = os.environ.get("PEDIGREE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

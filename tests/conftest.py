@@ -31,6 +31,14 @@ os.environ["PEDIGREE_SECRET_KEY"] = "test-secret-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="session", autouse=True)
+def wired() -> None:
+    """The suite is an entry point like the API, the worker and the CLI: it wires the registries once."""
+    from app.wiring import wire
+
+    wire()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def model_roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every tiny or fake base model a test makes lives under pytest's temporary folder: make it the one
     model root, so the API accepts them and nothing else (processes started by tests inherit it)."""

@@ -13,7 +13,10 @@ from celery import Celery
 from kombu import Queue
 
 from app.core.config import get_settings
+from app.wiring import wire
 
+# The Celery app is an entry point: its stages, audit subscribers and handlers are the API's.
+wire()
 settings = get_settings()
 broker = settings.redis_url or os.environ.get("CELERY_BROKER_URL") or "memory://"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,12 +131,16 @@ def _drop_pending(session: Session) -> None:
     session.info.pop(_COMMITTED, None)
 
 
-def subscribe(fn: Callable[[list[dict[str, Any]]], None]) -> None:
-    """Call `fn(events)` after each commit that appended audit events (seq, action, entity_type,
-    entity_id, payload, occurred_at). For side channels (OpenLineage) that must see exactly what
-    committed; `fn` runs in the committing thread and must not use that session."""
-    if fn not in _SUBSCRIBERS:
-        _SUBSCRIBERS.append(fn)
+def install_subscribers(subscribers: Sequence[Callable[[list[dict[str, Any]]], None]]) -> None:
+    """Each `fn(events)` is called after every commit that appended audit events (seq, action,
+    entity_type, entity_id, payload, occurred_at). For side channels (OpenLineage, lineage facets) that
+    must see exactly what committed; `fn` runs in the committing thread and must not use that session.
+    Installed by app.wiring as a whole, so the set does not depend on which modules were imported."""
+    _SUBSCRIBERS[:] = subscribers
+
+
+def subscribers() -> tuple[Callable[[list[dict[str, Any]]], None], ...]:
+    return tuple(_SUBSCRIBERS)
 
 
 @dataclass

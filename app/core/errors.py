@@ -63,6 +63,11 @@ class PayloadTooLarge(PedigreeError):
     code = "payload_too_large"
 
 
+class NotWired(RuntimeError):
+    """An extension point (stages, view hooks, in-process handlers) was read before the process's entry
+    point called `app.wiring.wire()`. A programming error, never a 4xx: it is not mapped to HTTP."""
+
+
 # What a request did before it failed, so the 500 body says no more than is true. A commit that was
 # sent to the database may have happened even if the request then failed (a connection lost during
 # COMMIT is indistinguishable from one lost after it), so "changed nothing" is claimed only when no

@@ -2,14 +2,15 @@
 
 The API never imports `workers`: it sends tasks by name through a Celery client. In the embedded
 mode (no Redis) there is no broker, so the same service function the task would call runs
-in-process right after the commit; handlers register themselves here by task name.
+in-process right after the commit; the composition root (app.wiring) installs those handlers by task
+name.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -20,6 +21,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from app.core.config import get_settings
+from app.core.errors import NotWired
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +35,9 @@ QUEUES = ("default", "pii", "dedup", "train")
 SEND_BACKOFF_S = (0.25, 0.5, 1.0, 1.75)
 
 
-def local_handler(task_name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        LOCAL_HANDLERS[task_name] = fn
-        return fn
-
-    return deco
+def install_local_handlers(handlers: Mapping[str, Callable[..., Any]]) -> None:
+    LOCAL_HANDLERS.clear()
+    LOCAL_HANDLERS.update(handlers)
 
 
 @lru_cache
@@ -49,6 +48,9 @@ def celery_client(broker_url: str) -> Celery:
 def send(task_name: str, args: list[Any], queue: str) -> None:
     settings = get_settings()
     if settings.tasks_eager:
+        if not LOCAL_HANDLERS:
+            raise NotWired(f"no in-process handlers for {task_name}: the entry point must call "
+                           "app.wiring.wire() first")
         handler = LOCAL_HANDLERS.get(task_name)
         if handler is None:
             log.warning("no in-process handler for %s; the task is dropped in embedded mode", task_name)

@@ -9,15 +9,12 @@ import uuid
 
 from sqlalchemy import update
 
-from app.core import jobs as core_jobs
 from app.core.db import session_scope
 from app.core.errors import NotFound
 from app.core.sql import is_pg
 from app.dedup import eval_guard
 from app.dedup import rebuild as rebuilds
-from app.dedup.eval_guard import EVAL_SWEEP_TASK
 from app.dedup.index import drop_index
-from app.dedup.rebuild import REBUILD_TASK
 from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.dedup import DedupRebuild
@@ -78,9 +75,3 @@ def eval_sweep(eval_dataset_id: str, batch_size: int = 1000) -> dict:
         eval_guard.mark_swept(session, plan)
     return {"eval_dataset_id": eval_dataset_id, "version": plan.version, "training_sets": len(plan.train_ids),
             "checked": checked, "flagged": flagged}
-
-
-def register_local() -> None:
-    """The in-process handlers the embedded mode runs these tasks with (no Celery worker)."""
-    core_jobs.local_handler(REBUILD_TASK)(rebuild)
-    core_jobs.local_handler(EVAL_SWEEP_TASK)(eval_sweep)

@@ -32,7 +32,6 @@ from app.core.config import get_settings
 from app.core.errors import InvalidState
 from app.core.pagination import decode_cursor, page
 from app.core.sql import any_of, in_chunks, insert_ignore, is_pg
-from app.dedup import jobs as dedup_jobs
 from app.dedup.eval_guard import guard_hits, index_eval_ngrams, store_eval_hits
 from app.dedup.index import hasher, open_index
 from app.dedup.minhash import Signatures, flag_names
@@ -255,13 +254,10 @@ def example_dedup_view(session: Session, ex: Example) -> dict:
     }
 
 
-def _view_hook(session: Session, ex: Example, out: dict, actor: Actor) -> None:
+def view_hook(session: Session, ex: Example, out: dict, actor: Actor) -> None:
     view = example_dedup_view(session, ex)
     out["dedup"] = view
     out["contaminates_eval"] = any(not m["allowed"] for m in view["eval_matches"])
-
-
-examples.VIEW_HOOKS.append(_view_hook)
 
 
 def dataset_summary(session: Session, ds: Dataset) -> dict:
@@ -344,7 +340,3 @@ def overrule(session: Session, *, example: Example, data: OverruleIn, actor: Act
     session.flush()
     session.expire(example)
     return examples.view(session, example, actor)
-
-
-# Registered with the view hook above: importing the stage makes the rebuild and sweep runnable in process.
-dedup_jobs.register_local()

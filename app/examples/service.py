@@ -1,22 +1,31 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from app.core.auth import Actor
-from app.core.errors import NotFound, ValidationFailed
+from app.core.errors import NotFound, NotWired, ValidationFailed
 
 # Re-exported until the domains that page import app.core.pagination themselves.
 from app.core.pagination import decode_cursor, encode_cursor
 from app.examples import privacy
 from app.models.example import STATUSES, DuplicateLink, Example, ExampleRevision
 
-# Extension points: later capabilities (PII findings, review state) add keys to the example view
-# without this module importing them. Each hook gets (session, example, view, actor).
-VIEW_HOOKS: list[Any] = []
+# Extension point: other domains (PII findings, dedup, review state) add keys to the example view
+# without this module importing them. Each hook gets (session, example, view, actor). Installed by
+# app.wiring, in a fixed order, never at import time.
+VIEW_HOOKS: list[Callable[[Session, Example, dict[str, Any], Actor], None]] = []
+_hooks_installed = False
+
+
+def install_view_hooks(hooks: Sequence[Callable[[Session, Example, dict[str, Any], Actor], None]]) -> None:
+    global _hooks_installed
+    VIEW_HOOKS[:] = hooks
+    _hooks_installed = True
 
 
 def get(session: Session, example_id: str | uuid.UUID) -> Example:
@@ -82,6 +91,8 @@ def _quality_of(session: Session, rev: ExampleRevision | None) -> dict[str, Any]
 
 
 def view(session: Session, ex: Example, actor: Actor) -> dict[str, Any]:
+    if not _hooks_installed:
+        raise NotWired("the example view has no hooks: the entry point must call app.wiring.wire() first")
     rev = session.get(ExampleRevision, ex.current_revision_id) if ex.current_revision_id else None
     quality = _quality_of(session, rev)
     out: dict[str, Any] = {

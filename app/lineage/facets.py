@@ -28,7 +28,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from app.audit import service as audit
 from app.core.sql import any_of, is_pg
 from app.lineage import training as tr
 from app.models.example import Example
@@ -89,7 +88,7 @@ def versions_with(session: Session, facet: str, value: str | None) -> dict[uuid.
     return found
 
 
-def _on_audit(events: list[dict[str, Any]]) -> None:
+def on_audit(events: list[dict[str, Any]]) -> None:
     runs = [ev["entity_id"] for ev in events if ev["action"] == "training_run.succeeded" and ev.get("entity_id")]
     if not runs:
         return
@@ -103,5 +102,3 @@ def _on_audit(events: list[dict[str, Any]]) -> None:
     except Exception:  # readers fall back to the lineage rows for a version without counts
         log.exception("could not count the facets of runs %s", runs)
 
-
-audit.subscribe(_on_audit)

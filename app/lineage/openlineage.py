@@ -8,7 +8,8 @@ a training job, whose output is a model version.
 - Snapshot freeze: START when the request begins, COMPLETE once the freeze's transaction commits, FAIL
   when it raises or rolls back (a hook in the snapshots router: `snapshot_freeze`).
 - Training run: START / COMPLETE / FAIL / ABORT follow the run's audit events (training_run.started,
-  .succeeded, .failed, .cancelled), read after they commit, so the training domain needs no hook.
+  .succeeded, .failed, .cancelled), read after they commit (app.wiring subscribes `on_audit`), so the
+  training domain needs no hook.
 
 Events are sent from one background thread: a slow or absent lineage server must never slow down or
 fail a freeze or a trainer's report. `flush()` waits for the queue (tests, process exit).
@@ -30,7 +31,6 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from app.audit import service as audit
 from app.core.config import get_settings
 from app.core.errors import PedigreeError
 from app.core.sql import iso, iso_now
@@ -262,7 +262,7 @@ def _training_event(run_id: str, state: str, occurred_at: dt.datetime | None, pa
                      inputs=inputs, outputs=outputs, error=error))
 
 
-def _on_audit(events: list[dict[str, Any]]) -> None:
+def on_audit(events: list[dict[str, Any]]) -> None:
     # Called after every commit that audited anything: look at the actions before the settings,
     # which are read from the environment on each call (a review decision's commit has no run event).
     runs = [(ev, _RUN_STATES[ev["action"]]) for ev in events if ev["action"] in _RUN_STATES and ev.get("entity_id")]
@@ -272,5 +272,3 @@ def _on_audit(events: list[dict[str, Any]]) -> None:
         _submit(lambda ev=ev, state=state: _training_event(ev["entity_id"], state, ev.get("occurred_at"),
                                                            ev.get("payload") or {}))
 
-
-audit.subscribe(_on_audit)

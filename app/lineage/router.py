@@ -7,11 +7,7 @@ from fastapi.responses import JSONResponse
 
 from app.core.auth import Curator, ErasureReader, Reader
 from app.core.db import INT_MAX, SessionDep
-from app.lineage import (
-    erasure,
-    openlineage,  # noqa: F401  (registers its audit subscription: training run events)
-    service,
-)
+from app.lineage import erasure, service
 
 lineage_router = APIRouter(prefix="/v1/lineage", tags=["lineage"])
 erasure_router = APIRouter(prefix="/v1/erasure-requests", tags=["erasure"])

@@ -251,7 +251,7 @@ def findings_for(session: Session, revision_id: uuid.UUID | None) -> list[PiiFin
     ))
 
 
-def _view_hook(session: Session, ex: Example, out: dict[str, Any], actor: Actor) -> None:
+def view_hook(session: Session, ex: Example, out: dict[str, Any], actor: Actor) -> None:
     out["pii_findings"] = [finding_view(f) for f in findings_for(session, ex.current_revision_id)]
     scrub = session.scalar(select(PiiScrub).where(PiiScrub.example_id == ex.id)
                            .order_by(PiiScrub.created_at.desc()).limit(1))
@@ -259,9 +259,6 @@ def _view_hook(session: Session, ex: Example, out: dict[str, Any], actor: Actor)
         "scrubbed": True, "findings": scrub.findings, "flags": scrub.flags, "engine": scrub.engine,
         "model": scrub.model, "source_revision_id": str(scrub.source_revision_id),
     }
-
-
-examples.VIEW_HOOKS.append(_view_hook)
 
 
 def reveal_raw(session: Session, *, example_id: str, actor: Actor) -> dict[str, Any]:

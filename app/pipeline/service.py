@@ -151,9 +151,6 @@ def _run_stage(stage_name: str, ids: list[uuid.UUID], lease: _Lease | None) -> i
         return len(locked)
 
 
-jobs.local_handler(RUN_STAGE_TASK)(run_stage)
-
-
 def sweep() -> int:
     """Re-enqueue examples whose stage task died (expired lease) or whose message was lost."""
     settings = get_settings()
@@ -195,9 +192,6 @@ def sweep() -> int:
     if total:
         log.info("sweeper re-enqueued %d examples", total)
     return total
-
-
-jobs.local_handler(SWEEP_TASK)(sweep)
 
 
 def stage_counts(session: Session) -> dict[str, int]:

@@ -2,21 +2,18 @@
 
 An example enters at the first stage; each stage processes batches of examples that sit at it, and
 the runner moves them to the next one. After the last stage an example lands in `pending_review`.
-A later capability plugs in by adding a Stage here; nothing else needs rewiring.
+
+This package knows no stage's domain: the list is built by the composition root (`app.wiring`), which
+hands each domain's handler in. Importing pii or dedup here would close a package cycle (their
+services read examples, and examples enqueue stages), so a new stage is one line in `app.wiring`.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
-
-from app.models.dataset import Dataset
-from app.models.example import Example, ExampleRevision
-from app.pipeline import quality
+from app.core.errors import NotWired
 
 
 @dataclass(frozen=True)
@@ -29,57 +26,29 @@ class Stage:
     handler: Callable[..., None]
 
 
-def quality_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
-    rows = session.execute(
-        select(ExampleRevision.id, ExampleRevision.content, Dataset.format, Dataset.quality_rules)
-        .join(Example, Example.current_revision_id == ExampleRevision.id)
-        .join(Dataset, Dataset.id == Example.dataset_id)
-        .where(Example.id.in_(example_ids))
-    ).all()
-    updates = [
-        {"rid": r.id, "quality": quality.check(r.format, r.content, r.quality_rules)} for r in rows
-    ]
-    if updates:
-        from sqlalchemy import bindparam
-
-        session.execute(
-            update(ExampleRevision.__table__)
-            .where(ExampleRevision.__table__.c.id == bindparam("rid"))
-            .values(quality=bindparam("quality")),
-            updates,
-        )
-
-
-def pii_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
-    # Imported on first use: Presidio and spaCy take seconds to import, which processes that never
-    # scrub (the API in production, the trainer) should not pay.
-    from app.pii.service import scrub_handler
-
-    scrub_handler(session=session, example_ids=example_ids)
-
-
-def dedup_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
-    # Imported on first use, like pii: numpy and the index client are not needed by every process.
-    from app.dedup.service import dedup_handler as handler
-
-    handler(session=session, example_ids=example_ids)
-
-
-STAGES: list[Stage] = [
-    Stage(name="quality", queue="default", handler=quality_handler),
-    Stage(name="pii", queue="pii", handler=pii_handler),
-    # After pii: the scrubbed text is what a model would be trained on, so it is what is compared.
-    Stage(name="dedup", queue="dedup", handler=dedup_handler),
-]
-
+# Filled by `install()` (app.wiring), never at import time.
+STAGES: list[Stage] = []
 
 # Exact duplicates found at ingest enter here directly: their text is the same as their twin's, but the
 # ingest revision is raw and must be scrubbed (and vaulted) like any other before anyone reads it.
 SCRUB_STAGE = "pii"
 
 
+def install(stages: Sequence[Stage]) -> None:
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names) or SCRUB_STAGE not in names:
+        raise ValueError(f"stage names must be unique and include {SCRUB_STAGE!r}: {names}")
+    STAGES[:] = stages
+
+
+def _stages() -> list[Stage]:
+    if not STAGES:
+        raise NotWired("the pipeline has no stages: the entry point must call app.wiring.wire() first")
+    return STAGES
+
+
 def stage_names() -> list[str]:
-    return [s.name for s in STAGES]
+    return [s.name for s in _stages()]
 
 
 def pii_pending_stages() -> tuple[str, ...]:
@@ -89,7 +58,7 @@ def pii_pending_stages() -> tuple[str, ...]:
 
 
 def get_stage(name: str) -> Stage:
-    for s in STAGES:
+    for s in _stages():
         if s.name == name:
             return s
     raise KeyError(name)
@@ -98,6 +67,7 @@ def get_stage(name: str) -> Stage:
 def next_stage(name: str | None) -> str | None:
     names = stage_names()
     if name is None:
-        return names[0] if names else None
+        return names[0]
     i = names.index(name)
     return names[i + 1] if i + 1 < len(names) else None
+

@@ -684,7 +684,7 @@ def _suggestion_out(s: ReviewSuggestion) -> dict[str, Any]:
 # --- the example view's review block -----------------------------------------------------------------------
 
 def review_view(session: Session, ex: Example, out: dict[str, Any], actor: Actor) -> None:
-    """VIEW_HOOKS entry: what a reviewer needs next to the content."""
+    """Example view hook (installed by app.wiring): what a reviewer needs next to the content."""
     ds = session.get(Dataset, ex.dataset_id)
     policy = policy_of(ds)
     rid = ex.current_revision_id
@@ -707,9 +707,6 @@ def review_view(session: Session, ex: Example, out: dict[str, Any], actor: Actor
                        "current": r.revision_id == rid} for r in reviews],
     }
     out["suggestions"] = [_suggestion_out(s) for s in sugg]
-
-
-examples.VIEW_HOOKS.append(review_view)
 
 
 # --- stats -------------------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def show(run_id: str) -> None:
 def reap(stale_after: Annotated[float | None, typer.Option(help="seconds without a heartbeat")] = None) -> None:
     """Fail running runs whose heartbeats stopped (what the beat task does every 30 s)."""
     from app.core.db import session_scope
-    from app.lineage import openlineage  # subscribes to the audit log: a reaped run is an OpenLineage FAIL
+    from app.lineage import openlineage  # a reaped run is an OpenLineage FAIL, sent by its audit subscriber
     from app.training.reaper import reap as reap_runs
 
     _prepare()

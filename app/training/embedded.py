@@ -20,7 +20,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from app.core import jobs
 from app.core.auth import Actor
 from app.core.db import session_scope
 from app.core.errors import Conflict
@@ -41,7 +40,6 @@ _threads: dict[str, threading.Thread] = {}
 _one_at_a_time = threading.Lock()
 
 
-@jobs.local_handler(service.TRAIN_TASK)
 def start_in_background(run_id: str) -> None:
     """Called after the creating transaction commits. Returns at once: the request is not held for the
     length of a training run."""

@@ -1,3 +1,5 @@
+import json
+import os
 import re
 import subprocess
 import sys
@@ -26,6 +28,75 @@ def test_import_contracts_hold():
         r = subprocess.run([str(Path(sys.executable).parent / "lint-imports")], cwd=ROOT, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "BROKEN" not in r.stdout
+
+
+_REGISTRIES = "import json; from app.wiring import registered; print(json.dumps(registered()))"
+_ENTRY_POINTS = {
+    # Every module that used to fill a registry as a side effect of being imported, and nothing else.
+    "imports only": "import app.examples.router, app.pii.router, app.dedup.router, app.review.router, "
+                    "app.lineage.router, app.training.router, app.training.embedded, app.pipeline.service",
+    "api": "from app.main import create_app; create_app()",
+    "celery": "import workers.celery_app",
+    "cli": "from typer.testing import CliRunner; from app.cli import app; "
+           "assert CliRunner().invoke(app, ['db', '--help']).exit_code == 0",
+}
+
+
+def _registries(code: str) -> dict:
+    env = {**os.environ, "PEDIGREE_DATABASE_URL": "sqlite:////tmp/pedigree-wiring-test.db", "PEDIGREE_EMBEDDED": "true"}
+    r = subprocess.run([sys.executable, "-c", f"{code}; {_REGISTRIES}"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_every_entry_point_wires_the_same_registries_and_imports_wire_nothing():
+    got = {name: _registries(code) for name, code in _ENTRY_POINTS.items()}
+    assert all(v == [] for v in got.pop("imports only").values())
+    assert got["api"] == got["celery"] == got["cli"]
+    wired = got["api"]
+    assert [s.split("@")[0] for s in wired["stages"]] == ["quality", "pii", "dedup"]
+    assert wired["stages"][0].endswith(":app.examples.quality.quality_handler")
+    assert wired["view_hooks"] == ["app.pii.service.view_hook", "app.dedup.service.view_hook",
+                                   "app.review.service.review_view"]
+    assert wired["audit_subscribers"] == ["app.lineage.facets.on_audit", "app.lineage.openlineage.on_audit"]
+    assert {h.split(":")[0] for h in wired["local_handlers"]} == {
+        "pedigree.pipeline.run_stage", "pedigree.pipeline.sweep", "pedigree.dedup.rebuild",
+        "pedigree.dedup.eval_sweep", "pedigree.train.run"}
+
+
+def test_an_unwired_process_refuses_instead_of_doing_less():
+    code = ("from app.core.errors import NotWired; from app.pipeline import stages; from app.examples import service\n"
+            "for call in (stages.stage_names, lambda: service.view(None, None, None)):\n"
+            "    try: call()\n    except NotWired: pass\n    else: raise SystemExit('no NotWired')\n"
+            "print('{}')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+# Service modules that still open their own sessions. The request (or a job in app/<domain>/jobs.py)
+# owns the transaction; a service takes a session and never commits. Shrink this list, never grow it:
+# the test fails on a newcomer and on an entry that no longer needs to be here.
+_SESSION_OPENERS = {"app/pipeline/service.py"}
+_OPENERS = {"session_scope", "session_factory"}
+
+
+def _opens_sessions(path: Path) -> bool:
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module == "app.core.db" and \
+                any(a.name in _OPENERS for a in node.names):
+            return True
+        if isinstance(node, ast.Attribute) and node.attr in _OPENERS:
+            return True
+    return False
+
+
+def test_services_take_a_session_instead_of_opening_one():
+    opening = {str(p.relative_to(ROOT)) for p in sorted((ROOT / "app").rglob("service.py")) if _opens_sessions(p)}
+    assert not opening - _SESSION_OPENERS, "services open sessions (move that function to jobs.py)"
+    assert not _SESSION_OPENERS - opening, "no longer opens sessions: remove it from _SESSION_OPENERS"
 
 
 def test_api_does_not_import_torch():

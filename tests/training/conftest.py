@@ -27,7 +27,6 @@ def artifact_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def dispatched(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     """Records what would be sent to the `train` queue instead of training in-process, so API tests
     drive the trainer's protocol by hand."""
-    import app.main  # noqa: F401 - registers the in-process handler we replace
     from app.core import jobs
 
     sent: list[tuple] = []

@@ -18,7 +18,7 @@ def reap() -> list[str]:
     # Idempotent: a second run in the same instant finds nothing stale (the first one's UPDATE
     # re-checks state and heartbeat under the row lock).
     from app.core.db import session_scope
-    from app.lineage import openlineage  # subscribes to the audit log: a reaped run is an OpenLineage FAIL
+    from app.lineage import openlineage  # a reaped run is an OpenLineage FAIL, sent by its audit subscriber
     from app.training.reaper import reap as reap_runs
 
     with session_scope() as session:

@@ -1,12 +1,23 @@
-"""Quality checks: cheap, deterministic flags on a revision's text, stored on the revision."""
+"""The quality stage: cheap, deterministic flags on a revision's text, stored on the revision.
+
+It lives with examples, not with the pipeline: it reads only an example's current revision and its
+dataset's rules, writes `ExampleRevision.quality`, and the example view (`service.view`) is its only
+reader. The pipeline runs it because app.wiring hands `quality_handler` to the stage list.
+"""
 
 from __future__ import annotations
 
 import re
 import unicodedata
+import uuid
 from typing import Any
 
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.orm import Session
+
 from app.examples.formats import text_fields
+from app.models.dataset import Dataset
+from app.models.example import Example, ExampleRevision
 
 # C0/C1 controls other than tab and newline: almost always extraction debris.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -69,3 +80,16 @@ def check(fmt: str, content: dict[str, Any], rules: dict[str, Any] | None = None
                       + ", ".join(sorted(distinct))})
     return {"chars": chars, "approx_tokens": approx_tokens,
             "script": _script(" ".join(t for _, t in fields)), "flags": flags}
+
+
+def quality_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
+    rows = session.execute(
+        select(ExampleRevision.id, ExampleRevision.content, Dataset.format, Dataset.quality_rules)
+        .join(Example, Example.current_revision_id == ExampleRevision.id)
+        .join(Dataset, Dataset.id == Example.dataset_id)
+        .where(Example.id.in_(example_ids))
+    ).all()
+    updates = [{"rid": r.id, "quality": check(r.format, r.content, r.quality_rules)} for r in rows]
+    if updates:
+        t = ExampleRevision.__table__
+        session.execute(update(t).where(t.c.id == bindparam("rid")).values(quality=bindparam("quality")), updates)
