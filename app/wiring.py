@@ -32,6 +32,7 @@ from app.examples import quality
 from app.examples import service as examples
 from app.lineage import facets, openlineage
 from app.pii import service as pii
+from app.pipeline import jobs as pipeline_jobs
 from app.pipeline import service as pipeline
 from app.pipeline import stages
 from app.review import service as review
@@ -62,8 +63,8 @@ def wire() -> None:
         examples.install_view_hooks([pii.view_hook, dedup.view_hook, review.review_view])
         audit.install_subscribers([facets.on_audit, openlineage.on_audit])
         jobs.install_local_handlers({
-            pipeline.RUN_STAGE_TASK: pipeline.run_stage,
-            pipeline.SWEEP_TASK: pipeline.sweep,
+            pipeline.RUN_STAGE_TASK: pipeline_jobs.run_stage,
+            pipeline.SWEEP_TASK: pipeline_jobs.sweep,
             REBUILD_TASK: dedup_jobs.rebuild,
             EVAL_SWEEP_TASK: dedup_jobs.eval_sweep,
             training.TRAIN_TASK: embedded_training.start_in_background,

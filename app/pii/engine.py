@@ -46,7 +46,6 @@ from presidio_analyzer.predefined_recognizers import (
 from presidio_anonymizer import AnonymizerEngine
 
 from app.core.config import PiiMode, PiiSettings, get_settings
-from app.pii import _deps  # noqa: F401  (first: keeps torch out, see _deps)
 from app.pii import recognizers as custom
 from app.pii.schemas import PiiPolicy
 

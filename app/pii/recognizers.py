@@ -23,8 +23,6 @@ from presidio_analyzer import (
 )
 from presidio_analyzer.predefined_recognizers import EmailRecognizer
 
-from app.pii import _deps  # noqa: F401  (first: keeps torch out, see _deps)
-
 # Presidio compiles patterns case-insensitively by default; names and street words are recognised by
 # their capitals, so these recognizers opt out.
 _CASE_SENSITIVE = regex.DOTALL | regex.MULTILINE

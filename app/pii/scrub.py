@@ -17,7 +17,6 @@ from presidio_analyzer import RecognizerResult
 from presidio_anonymizer.entities import OperatorConfig
 from presidio_anonymizer.entities import RecognizerResult as AnonymizerInput
 
-from app.pii import _deps  # noqa: F401  (first: keeps torch out, see _deps)
 from app.pii.engine import PiiEngine
 from app.pii.operators import ExampleOperators
 from app.pii.paths import get_path, parse_path, set_path  # noqa: F401  (re-exported)

@@ -32,7 +32,7 @@ from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.example import Example, ExampleRevision
 from app.models.pii import PiiFinding, PiiScrub, PiiVaultEntry
-from app.pii import vault
+from app.pii import nlp, vault
 from app.pii.operators import ExampleOperators
 from app.pii.paths import get_path, set_path
 from app.pii.schemas import PiiPolicy
@@ -51,6 +51,7 @@ VAULT_MARKER = "_pii_vault"
 
 def engine():
     # Presidio and spaCy are imported here, on first use, not when the API imports this module.
+    nlp.load()
     from app.pii.engine import get_engine
 
     return get_engine(get_settings().pii)
@@ -168,6 +169,7 @@ def scrub_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
     for r in todo:
         by_dataset[r.dataset_id].append(r)
 
+    nlp.load()
     from app.pii.scrub import ScrubInput, scrub_examples
 
     eng, hk = engine(), hash_key()

@@ -258,7 +258,7 @@ def test_a_redis_fault_mid_batch_marks_nothing_and_the_rerun_does(db, monkeypatc
 
     from app.dedup import service
     from app.main import create_app
-    from app.pipeline import service as pipeline
+    from app.pipeline import jobs as pipeline
     from tests.conftest import Api, make_keys
 
     with TestClient(create_app()) as client:

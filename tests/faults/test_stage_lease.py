@@ -15,7 +15,7 @@ from app.core.db import session_scope
 from app.models.base import utcnow
 from app.models.example import Example
 from app.models.pipeline import StageLease
-from app.pipeline import service as pipeline
+from app.pipeline import jobs as pipeline
 from tests.conftest import new_dataset
 from tests.support import celery_env
 

@@ -6,6 +6,7 @@ from sqlalchemy import select, update
 
 from app.core.db import session_scope
 from app.models.example import Example, ExampleRevision
+from app.pipeline import jobs as pipeline_jobs
 from app.pipeline import service as pipeline
 from app.pipeline import stages
 from tests.conftest import new_dataset
@@ -62,7 +63,7 @@ def test_stage_run_is_idempotent_and_a_crash_changes_nothing(db, monkeypatch):
 
     monkeypatch.setattr(stages, "STAGES", [stages.Stage("quality", "default", boom)])
     with pytest.raises(RuntimeError):
-        pipeline.run_stage("quality", ids)
+        pipeline_jobs.run_stage("quality", ids)
     with session_scope() as s:
         assert {(e.stage, e.status) for e in s.scalars(select(Example))} == {("quality", "ingested")}
         assert all(r.quality is None for r in s.scalars(select(ExampleRevision)))
@@ -70,8 +71,8 @@ def test_stage_run_is_idempotent_and_a_crash_changes_nothing(db, monkeypatch):
     monkeypatch.setenv("PEDIGREE_REDIS_URL", "redis://127.0.0.1:1/0")
     reset_settings()
     monkeypatch.setattr(jobs, "send", lambda name, args, queue: sent.append((name, args, queue)))
-    assert pipeline.run_stage("quality", ids) == 4
-    assert pipeline.run_stage("quality", ids) == 0  # redelivered: nothing left at the stage
+    assert pipeline_jobs.run_stage("quality", ids) == 4
+    assert pipeline_jobs.run_stage("quality", ids) == 0  # redelivered: nothing left at the stage
     nxt = stages.next_stage("quality")  # later stages (pii, dedup) follow; they are driven elsewhere
     with session_scope() as s:
         expected = {(None, "pending_review")} if nxt is None else {(nxt, "ingested")}
@@ -97,5 +98,5 @@ def test_sweeper_reenqueues_stalled_examples(db, monkeypatch):
     old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     with session_scope() as s:
         s.execute(update(Example).values(updated_at=old))
-    assert pipeline.sweep() == 1
+    assert pipeline_jobs.sweep() == 1
     assert sent and sent[0][1][0] == "quality"

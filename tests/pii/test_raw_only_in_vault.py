@@ -98,7 +98,7 @@ def queued(pg, redis_url, monkeypatch):
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_content_is_withheld_from_every_view_until_the_scrub_ran(queued):
-    from app.pipeline.service import run_stage
+    from app.pipeline.jobs import run_stage
 
     api = queued
     ds = new_dataset(api, "instruction")
@@ -211,7 +211,7 @@ def test_duplicates_ingested_before_the_fix_are_sent_back_to_the_scrub(api, db, 
     """The pii03 data migration: a duplicate parked with its raw ingest revision goes back to the pii stage,
     is withheld at once, and the sweeper has it scrubbed."""
     from app.examples import ingest
-    from app.pipeline import service as pipeline
+    from app.pipeline import jobs as pipeline
     from app.pipeline import stages
 
     ds = new_dataset(api, "instruction")

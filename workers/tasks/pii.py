@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 def _refuse_to_start_without_model_or_vault_key(**_: object) -> None:
     from app.core.config import get_settings
     from app.core.db import get_engine, session_scope
+    from app.pii import nlp
+
+    nlp.load()  # before the engine module imports Presidio: keeps torch out of the worker
     from app.pii.engine import PiiModelMissing, resolve_model_package
     from app.pii.service import startup_check
     from app.pii.vault import VaultError

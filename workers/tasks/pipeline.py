@@ -9,7 +9,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 
 from app.examples import ingest
-from app.pipeline import service
+from app.pipeline import jobs, service
 from workers.celery_app import celery
 
 
@@ -17,11 +17,11 @@ from workers.celery_app import celery
              autoretry_for=(OperationalError, RedisConnectionError, BrokerOperationalError),
              retry_backoff=True, retry_kwargs={"max_retries": 10})
 def run_stage(stage: str, example_ids: list[str]) -> int:
-    return service.run_stage(stage, example_ids)
+    return jobs.run_stage(stage, example_ids)
 
 
 @celery.task(name=service.SWEEP_TASK, acks_late=True, ignore_result=True)
 def sweep() -> int:
-    moved = service.sweep()  # first: a fault in the import sweep below must not hold up the pipeline's
+    moved = jobs.sweep()  # first: a fault in the import sweep below must not hold up the pipeline's
     ingest.sweep_stale_imports()
     return moved
