@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,11 +17,10 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
+from tests.factories import Api, make_keys
+
 PG_ADMIN_URL = os.environ.get("PEDIGREE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("PEDIGREE_TEST_REDIS", "redis://127.0.0.1:6379/0")
-CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
-if not CORPORA.exists():
-    CORPORA = Path(os.environ.get("PEDIGREE_CORPORA", "../shared/corpora")).resolve()
 
 # Tests never run with a developer's own settings.
 for _k in [k for k in os.environ if k.startswith("PEDIGREE_") and not k.startswith("PEDIGREE_TEST")]:
@@ -151,49 +149,6 @@ def redis_url() -> Iterator[str]:
     yield REDIS_URL
 
 
-class Api:
-    """A TestClient with one key per role; `api.as_("reviewer").get(...)`."""
-
-    def __init__(self, client, keys: dict[str, str]) -> None:
-        self.client = client
-        self.keys = keys
-
-    def as_(self, role: str):
-        api = self
-
-        class _Bound:
-            def request(self, method: str, url: str, **kw):
-                headers = {"Authorization": f"Bearer {api.keys[role]}", **kw.pop("headers", {})}
-                return api.client.request(method, url, headers=headers, **kw)
-
-            def get(self, url: str, **kw):
-                return self.request("GET", url, **kw)
-
-            def post(self, url: str, **kw):
-                return self.request("POST", url, **kw)
-
-            def patch(self, url: str, **kw):
-                return self.request("PATCH", url, **kw)
-
-            def delete(self, url: str, **kw):
-                return self.request("DELETE", url, **kw)
-
-        return _Bound()
-
-
-def make_keys() -> dict[str, str]:
-    from app.core import auth
-    from app.core.db import session_scope
-
-    keys = {}
-    with session_scope() as s:
-        for role in ("admin", "curator", "reviewer", "trainer", "auditor"):
-            _, keys[role] = auth.create_key(s, name=f"test-{role}", role=role)
-        _, keys["reviewer2"] = auth.create_key(s, name="test-reviewer-2", role="reviewer")
-        _, keys["curator2"] = auth.create_key(s, name="test-curator-2", role="curator")
-    return keys
-
-
 @pytest.fixture
 def api(db: str) -> Iterator[Api]:
     from fastapi.testclient import TestClient
@@ -214,14 +169,3 @@ def pg_api(pg: str) -> Iterator[Api]:
         yield Api(client, make_keys())
 
 
-def new_dataset(api: Api, fmt: str = "instruction", **extra) -> dict:
-    r = api.as_("curator").post("/v1/datasets", json={"name": f"ds-{uuid.uuid4().hex[:8]}", "format": fmt, **extra})
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-def corpora_file(rel: str) -> Path:
-    path = CORPORA / rel
-    if not path.exists():
-        pytest.skip(f"shared corpora not present ({path}); CI has them")
-    return path

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from app.core.db import session_scope
 from app.models.dedup import DedupPair, DedupSignature
 from app.models.example import DuplicateLink, Example
-from tests.conftest import new_dataset
+from tests.factories import new_dataset
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 NO_PII = {"pii_policy": {"enabled": False}}
@@ -259,7 +259,7 @@ def test_a_redis_fault_mid_batch_marks_nothing_and_the_rerun_does(db, monkeypatc
     from app.dedup import service
     from app.main import create_app
     from app.pipeline import jobs as pipeline
-    from tests.conftest import Api, make_keys
+    from tests.factories import Api, make_keys
 
     with TestClient(create_app()) as client:
         api = Api(client, make_keys())

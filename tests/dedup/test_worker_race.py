@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from app.core.db import session_scope
 from app.models.dedup import DedupPair
 from app.models.example import DuplicateLink, Example
-from tests.conftest import Api, make_keys, new_dataset
+from tests.factories import Api, make_keys, new_dataset
 from tests.support import celery_env, start_worker, stop_worker
 
 pytestmark = [pytest.mark.worker, pytest.mark.redis, pytest.mark.postgres]

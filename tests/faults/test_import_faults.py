@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import make_keys
+from tests.factories import make_keys
 from tests.faults.helpers import assert_audit_chain_verifies, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]

@@ -36,7 +36,7 @@ import pytest
 import redis as redis_lib
 from sqlalchemy import text
 
-from tests.conftest import make_keys
+from tests.factories import make_keys
 from tests.faults.conftest import ROOT
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.worker]
@@ -279,7 +279,7 @@ def test_no_canary_outside_the_vault(canary_stack):
     assert r.status_code == 201, r.text
     run = r.json()
     assert call("trainer", "POST", f"/v1/training-runs/{run['id']}/start", json={"worker_host": "gpu-1"}).status_code == 200
-    from tests.training.conftest import complete_body, fake_artifact
+    from tests.factories import complete_body, fake_artifact
 
     uri, sha = fake_artifact(cs["artifacts"], "canary-bot", run["id"])
     r = call("trainer", "POST", f"/v1/training-runs/{run['id']}/complete", json=complete_body(recs, uri, sha))

@@ -16,7 +16,7 @@ from app.models.base import utcnow
 from app.models.example import Example
 from app.models.pipeline import StageLease
 from app.pipeline import jobs as pipeline
-from tests.conftest import new_dataset
+from tests.factories import new_dataset
 from tests.support import celery_env
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]

@@ -8,7 +8,7 @@ from sqlalchemy import update
 from app.core.db import session_scope
 from app.models.example import Example
 from app.pipeline import jobs as pipeline
-from tests.conftest import new_dataset
+from tests.factories import new_dataset
 
 pytestmark = [pytest.mark.postgres]
 

@@ -7,7 +7,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import Api, make_keys, new_dataset
+from tests.factories import Api, make_keys, new_dataset
 from tests.faults.conftest import LEASE_S, SWEEP_S
 from tests.faults.helpers import (
     assert_audit_chain_verifies,

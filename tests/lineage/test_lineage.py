@@ -11,9 +11,8 @@ from app.core.db import session_scope
 from app.lineage import training as tr
 from app.models.example import Example, ExampleRevision
 from app.models.review import Review
-from tests.conftest import new_dataset
+from tests.factories import export_records, freeze, ingest, instruction_line, new_dataset, set_status
 from tests.lineage.conftest import register_model
-from tests.snapshots.helpers import export_records, freeze, ingest, instruction_line, set_status
 
 
 def _line(i: int, *, user: str, source: str = "helpdesk", license: str = "CC-BY-4.0", tags=None) -> dict:

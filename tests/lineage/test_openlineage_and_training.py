@@ -11,7 +11,7 @@ import pytest
 
 from app.core.config import reset_settings
 from app.lineage import openlineage
-from tests.training.conftest import complete_body, fake_artifact, snapshot
+from tests.factories import complete_body, fake_artifact, snapshot
 
 HP = {"epochs": 1, "max_steps": 3}
 

@@ -6,7 +6,7 @@ import orjson
 import pytest
 from sqlalchemy import select, text
 
-from tests.conftest import new_dataset
+from tests.factories import new_dataset
 
 CHAT = {
     "messages": [

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from tests.conftest import new_dataset
-from tests.snapshots.helpers import freeze, ingest, instruction_line, set_status
+from tests.factories import freeze, ingest, instruction_line, new_dataset, set_status
 
 
 def _record_scrubs(ids: list[str], model: str) -> None:

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import Api, make_keys, new_dataset
+from tests.factories import Api, make_keys, new_dataset
 from tests.support import celery_env
 
 NAME, EMAIL, PHONE = "Margarethe Quixwright", "margarethe.quixwright@example.org", "415-555-0143"
@@ -335,7 +335,7 @@ def test_a_failed_statement_does_not_carry_its_values_into_the_logs(db):
 def test_a_snapshot_keeps_its_tag_filter_as_pseudonyms(api, db):
     """A curator filters by a tag that names a person: the snapshot's view, datasheet and audit event show
     the tag as every non-admin reads it, and the filter still selected by the real value."""
-    from tests.snapshots.helpers import ingest, instruction_line, set_status
+    from tests.factories import ingest, instruction_line, set_status
 
     ds = new_dataset(api, "instruction")
     ids = ingest(api, ds, [instruction_line(i, tags=[f"owner:{NAME}"] if i < 3 else ["owner:other"])

@@ -12,8 +12,8 @@ import orjson
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import Api, make_keys, new_dataset
-from tests.foundation.test_worker import start_worker, worker_env  # noqa: F401  (fixture)
+from tests.factories import Api, make_keys, new_dataset
+from tests.workers.test_worker import start_worker, worker_env  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.worker, pytest.mark.redis, pytest.mark.postgres]
 

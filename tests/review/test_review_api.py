@@ -12,22 +12,9 @@ from sqlalchemy import func, select, update
 from app.core.db import session_scope
 from app.models.audit import AuditEvent
 from app.models.review import Review, ReviewLease
-from tests.conftest import new_dataset
-
-
-def ingest(api, ds, n=3, role="curator"):
-    tag = uuid.uuid4().hex[:6]  # distinct content per call: exact duplicates skip review
-    rows = [{"instruction": f"Explain topic number {i} ({tag}) briefly.", "input": "",
-             "output": f"Topic {i} is explained here in one clear and complete sentence."} for i in range(n)]
-    r = api.as_(role).post(f"/v1/datasets/{ds['id']}/examples", json=rows)
-    assert r.status_code == 201, r.text
-    return [it["id"] for it in r.json()["items"]]
-
-
-def example(api, eid):
-    r = api.as_("reviewer").get(f"/v1/examples/{eid}")
-    assert r.status_code == 200, r.text
-    return r.json()
+from tests.factories import get_example as example
+from tests.factories import ingest_for_review as ingest
+from tests.factories import new_dataset
 
 
 def decide(api, role, eid, decision="approve", revision_id=None, **kw):

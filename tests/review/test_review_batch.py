@@ -13,8 +13,9 @@ from app.models.review import Review
 from app.review import service
 from app.review.committer import DecisionCommitter
 from app.review.schemas import ReviewIn
-from tests.conftest import new_dataset
-from tests.review.test_review_api import example, ingest
+from tests.factories import get_example as example
+from tests.factories import ingest_for_review as ingest
+from tests.factories import new_dataset
 
 
 def actors(n):

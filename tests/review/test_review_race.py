@@ -19,8 +19,8 @@ from app.models.dataset import Dataset
 from app.models.review import Review
 from app.review import service
 from app.review.schemas import ReviewIn
-from tests.conftest import new_dataset
-from tests.review.test_review_api import ingest
+from tests.factories import ingest_for_review as ingest
+from tests.factories import new_dataset
 
 pytestmark = pytest.mark.postgres
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from tests.conftest import new_dataset
-from tests.review.test_review_api import ingest
+from tests.factories import ingest_for_review as ingest
+from tests.factories import new_dataset
 
 
 def sign_in(api, role="reviewer"):

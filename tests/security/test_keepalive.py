@@ -14,7 +14,7 @@ import time
 import orjson
 import pytest
 
-from tests.conftest import make_keys
+from tests.factories import make_keys
 
 
 def _free_port() -> int:

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.snapshots.helpers import NDJSON, approved_dataset, freeze, instruction_line
-from tests.training.conftest import artifact_root, complete_body, dispatched, fake_artifact  # noqa: F401
+from tests.factories import NDJSON, approved_dataset, complete_body, fake_artifact, freeze, instruction_line
+from tests.training.conftest import artifact_root, dispatched  # noqa: F401
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 ROLES = ("admin", "curator", "reviewer", "trainer", "auditor")

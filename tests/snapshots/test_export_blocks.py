@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from tests.snapshots.helpers import approved_dataset, export_records, freeze, set_status, stdlib_manifest
+from tests.factories import approved_dataset, export_records, freeze, set_status, stdlib_manifest
 
 
 def test_parquet_and_jsonl_agree_across_blocks_splits_and_erasure(api, monkeypatch):

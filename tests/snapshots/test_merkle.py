@@ -11,7 +11,7 @@ import json
 import pytest
 
 from app.snapshots import merkle
-from tests.snapshots.helpers import approved_dataset, export_records, freeze, set_status, sql
+from tests.factories import approved_dataset, export_records, freeze, set_status, sql
 
 # Certificate Transparency's test leaves and the roots of their prefixes (RFC 6962 reference code).
 CT_LEAVES = [b"", b"\x00", b"\x10", b"\x20\x21", b"\x30\x31", b"\x40\x41\x42\x43", bytes(range(0x50, 0x58)),

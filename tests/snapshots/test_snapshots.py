@@ -10,13 +10,13 @@ import uuid
 
 import pytest
 
-from tests.conftest import new_dataset
-from tests.snapshots.helpers import (
+from tests.factories import (
     approved_dataset,
     export_records,
     freeze,
     ingest,
     instruction_line,
+    new_dataset,
     set_status,
     sql,
     stdlib_content_sha256,

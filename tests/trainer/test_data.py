@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.trainer.conftest import make_records
+from tests.factories import make_records
 from trainer.data import content_sha256, manifest_sha256, verify_records
 from trainer.errors import TrainError
 

@@ -36,7 +36,7 @@ def _setup(tiny_model, backend, device="cpu", dtype=torch.float64):
 def _examples(tiny_model):
     from transformers import AutoTokenizer
 
-    from tests.trainer.conftest import make_records
+    from tests.factories import make_records
     from trainer.data import Renderer
 
     r = Renderer(AutoTokenizer.from_pretrained(tiny_model), 512)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.conftest import make_records
+from tests.factories import make_records
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")

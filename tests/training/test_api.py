@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from tests.training.conftest import complete_body, fake_artifact, snapshot
+from tests.factories import complete_body, fake_artifact, snapshot
 
 HP = {"epochs": 1, "max_steps": 3, "batch_tokens": 1024, "max_seq_len": 256}
 

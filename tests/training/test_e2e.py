@@ -25,8 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Api, make_keys
-from tests.snapshots.helpers import approved_dataset, export_records, freeze
+from tests.factories import Api, approved_dataset, export_records, freeze, make_keys
 
 pytest.importorskip("torch")
 pytest.importorskip("peft")

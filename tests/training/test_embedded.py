@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.conftest import snapshot
+from tests.factories import snapshot
 
 pytest.importorskip("torch")
 pytest.importorskip("peft")

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.training.conftest import complete_body, fake_artifact, snapshot
+from tests.factories import complete_body, fake_artifact, snapshot
 
 pytestmark = pytest.mark.postgres
 

@@ -7,7 +7,7 @@ import time
 
 import orjson
 
-from tests.conftest import new_dataset
+from tests.factories import new_dataset
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 

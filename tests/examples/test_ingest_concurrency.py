@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, update
 
-from tests.conftest import new_dataset
+from tests.factories import new_dataset
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 

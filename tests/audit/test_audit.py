@@ -5,7 +5,7 @@ from sqlalchemy import select, text
 from app.audit import service as audit
 from app.core.db import get_engine, session_scope
 from app.models.audit import AuditEvent
-from tests.conftest import new_dataset
+from tests.factories import new_dataset
 
 
 def _events(n: int) -> None:

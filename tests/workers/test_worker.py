@@ -5,7 +5,7 @@ import time
 import orjson
 import pytest
 
-from tests.conftest import Api, make_keys, new_dataset
+from tests.factories import Api, make_keys, new_dataset
 from tests.support import celery_env, start_worker, stop_worker
 
 pytestmark = [pytest.mark.worker, pytest.mark.redis, pytest.mark.postgres]

@@ -9,7 +9,7 @@ from app.models.example import Example, ExampleRevision
 from app.pipeline import jobs as pipeline_jobs
 from app.pipeline import service as pipeline
 from app.pipeline import stages
-from tests.conftest import new_dataset
+from tests.factories import new_dataset
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
@@ -47,7 +47,7 @@ def test_stage_run_is_idempotent_and_a_crash_changes_nothing(db, monkeypatch):
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from tests.conftest import Api, make_keys
+    from tests.factories import Api, make_keys
 
     with TestClient(create_app()) as client:
         api = Api(client, make_keys())
@@ -88,7 +88,7 @@ def test_sweeper_reenqueues_stalled_examples(db, monkeypatch):
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from tests.conftest import Api, make_keys
+    from tests.factories import Api, make_keys
 
     with TestClient(create_app()) as client:
         api = Api(client, make_keys())

@@ -1,6 +1,6 @@
 import orjson
 
-from tests.conftest import corpora_file, new_dataset
+from tests.factories import corpora_file, new_dataset
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
