@@ -9,15 +9,21 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 from fastapi import Depends
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import get_settings
-from app.models.base import json_dumps
 
 log = logging.getLogger(__name__)
+
+
+def json_dumps(value: object) -> str:
+    # The engine's JSON serialiser. orjson: several times faster than json.dumps on the ingest path,
+    # and it serialises UUIDs and datetimes without a custom default.
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 # PostgreSQL's integer types: an integer parameter is bounded by the column it is compared with, so

@@ -28,11 +28,11 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.core.auth import Actor
 from app.core.config import get_settings
-from app.core.db import session_scope
+from app.core.db import json_dumps, session_scope
 from app.core.ids import new_id
 from app.core.textguard import find_bad_character
 from app.examples.formats import FieldError, content_sha256, normalize
-from app.models.base import json_dumps, utcnow
+from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.example import DuplicateLink, Example, ExampleRevision, IngestBatch
 from app.pipeline import service as pipeline

@@ -7,7 +7,6 @@ import datetime as dt
 import uuid
 from typing import ClassVar
 
-import orjson
 from sqlalchemy import JSON, DateTime, MetaData, Uuid, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -28,12 +27,6 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def json_dumps(value: object) -> str:
-    # orjson: several times faster than json.dumps on the ingest path, and it serialises UUIDs and
-    # datetimes without a custom default.
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 class Base(DeclarativeBase):
