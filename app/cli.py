@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from app.cli_support import cli_actor, prepare_db
 from app.lineage.cli import app as lineage_app
 from app.review.cli import app as review_app
 from app.snapshots.cli import app as snapshot_app
@@ -49,28 +49,12 @@ def _wire() -> None:
     wire()
 
 
-def _cli_actor():
-    from app.core.auth import Actor
-
-    # Someone with shell access to the database host acts as admin; the audit log names them.
-    return Actor(key_id=uuid.UUID(int=1), name=f"cli:{getpass.getuser()}", role="admin", is_human=True)
-
-
-def _prepare_db() -> None:
-    from app.core.config import get_settings
-
-    if get_settings().is_embedded:
-        from app.core.migrate import upgrade_head
-
-        upgrade_head()
-
-
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, reload: bool = False) -> None:
     """Run the API (embedded default when nothing is configured)."""
     import uvicorn
 
-    _prepare_db()
+    prepare_db()
     uvicorn.run("app.main:app", host=host, port=port, workers=workers, reload=reload, log_level="info")
 
 
@@ -102,8 +86,8 @@ def keys_create(role: Annotated[str, typer.Option()], name: Annotated[str, typer
     from app.core import auth
     from app.core.db import session_scope
 
-    _prepare_db()
-    actor = _cli_actor()
+    prepare_db()
+    actor = cli_actor()
     with session_scope() as s:
         row, key = auth.create_key(s, name=name or f"{role}-{getpass.getuser()}", role=role, created_by=actor.ref,
                                    is_human=not machine)
@@ -124,11 +108,11 @@ def datasets_create(name: str, format: Annotated[str, typer.Option("--format")] 
     from app.datasets import service
     from app.datasets.schemas import DatasetCreate
 
-    _prepare_db()
+    prepare_db()
     try:
         data = DatasetCreate(name=name, format=format, description=description, is_eval_set=eval_set)
         with session_scope() as s:
-            ds = service.create(s, data=data, actor=_cli_actor())
+            ds = service.create(s, data=data, actor=cli_actor())
     except ValidationError as e:
         err.print(f"[red]invalid: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}")
         raise typer.Exit(2) from None
@@ -143,7 +127,7 @@ def datasets_list() -> None:
     from app.core.db import session_scope
     from app.datasets import service
 
-    _prepare_db()
+    prepare_db()
     with session_scope() as s:
         for ds in service.list_all(s):
             print(json.dumps({"id": str(ds.id), "name": ds.name, "format": ds.format, "counts": service.counts(s, ds.id)}))
@@ -192,10 +176,9 @@ def ingest(
 ) -> None:
     """Ingest a JSONL (or JSON array) file into a dataset, with a progress bar and a summary."""
     from app.core.config import get_settings
-    from app.core.db import session_scope
     from app.core.errors import PedigreeError
-    from app.datasets import service as datasets
-    from app.examples import ingest as ing
+    from app.examples.importer import StreamedImport
+    from app.examples.parsing import Defaults
 
     if not file.exists():
         err.print(f"[red]{file}: no such file")
@@ -204,19 +187,15 @@ def ingest(
     if api_url:
         _ingest_http(file, dataset, api_url, api_key, source, license, legal_basis, mapping)
         return
-    _prepare_db()
-    actor = _cli_actor()
-    defaults = ing.Defaults(source=source or f"file:{file.name}", license=license, legal_basis=legal_basis)
+    prepare_db()
+    imp = StreamedImport(dataset_ref=dataset, actor=cli_actor(), channel="cli",
+                         defaults=Defaults(source=source or f"file:{file.name}", license=license,
+                                           legal_basis=legal_basis))
     try:
-        with session_scope() as s:
-            ds = datasets.get(s, dataset)
-            fmt, ds_id = ds.format, ds.id
-            batch = ing.open_batch(s, dataset=ds, actor=actor, channel="cli", atomic=False, defaults=defaults)
-            batch_id = batch.id
+        batch_id = imp.open()
     except PedigreeError as e:
         err.print(f"[red]{e.message}")
         raise typer.Exit(1) from None
-    progress_ = ing.Progress()
     size = get_settings().ingest_batch_size
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} lines"),
                   TimeElapsedColumn(), console=err) as progress:
@@ -226,14 +205,7 @@ def ingest(
         def flush() -> None:
             # Same as the HTTP import: each batch commits with the batch row's counts, so a killed CLI
             # leaves a batch that the sweeper marks interrupted with exactly what was stored.
-            cands, bad = [], []
-            for n, raw in pending:
-                r = ing.parse_line(raw, n, fmt, defaults)
-                (bad.append(r) if isinstance(r, ing.LineError) else cands.append(r))
-            with session_scope() as s:
-                ds_ = datasets.get(s, ds_id)
-            ing.store_batch(dataset=ds_, batch_id=batch_id, actor=actor, candidates=cands, line_errors=bad,
-                            last_line=pending[-1][0], progress=progress_)
+            imp.write(*imp.validate(pending), last_line=pending[-1][0])
             progress.advance(task, len(pending))
             pending.clear()
 
@@ -243,13 +215,8 @@ def ingest(
                 flush()
         if pending:
             flush()
-    totals = progress_.totals()
-    with session_scope() as s:
-        from app.models.example import IngestBatch
-
-        ing.finish_batch(s, s.get(IngestBatch, batch_id), errors=progress_.errors,
-                         lines_committed=progress_.lines_committed, **totals)
-    _summary({"batch_id": str(batch_id), **totals, "errors": [e.to_dict() for e in progress_.errors]})
+    imp.finish(imp.progress.lines_committed)
+    _summary({"batch_id": str(batch_id), **imp.progress.totals(), "errors": [e.to_dict() for e in imp.progress.errors]})
 
 
 def _summary(result: dict[str, Any]) -> None:
@@ -296,7 +263,7 @@ def audit_verify(
     from app.audit import service
     from app.core.db import session_scope
 
-    _prepare_db()
+    prepare_db()
     with session_scope() as s:
         result = service.verify(s, full=full)
     print(json.dumps(result.to_dict()))
@@ -324,7 +291,7 @@ def make_tiny(path: Path) -> None:
 @app.command()
 def demo(workdir: Path = Path("var/demo"), keep: bool = False) -> None:
     """The whole pipeline on the embedded default (SQLite, in-process tasks, a tiny model on the CPU)."""
-    from app.demo import run_demo
+    from app.embedded_demo import run_demo
 
     raise typer.Exit(run_demo(workdir=workdir, keep=keep))
 

@@ -110,7 +110,7 @@ async def lifespan(app: FastAPI):
 
     with session_scope() as session:  # a lost vault key stops the API here, not at the first reveal
         startup_check(session)
-    from app.examples.ingest import sweep_stale_imports
+    from app.examples.jobs import sweep_stale_imports
 
     sweep_stale_imports()  # imports a previous API process left open are interrupted, not open forever
     yield

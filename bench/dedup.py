@@ -665,7 +665,7 @@ def _ingest_for_e2e(texts: list[str], name: str):
     from app.core.db import session_scope
     from app.datasets import service as datasets
     from app.datasets.schemas import DatasetCreate
-    from app.examples import ingest
+    from app.examples import parsing
     from app.examples.formats import FieldError
     from app.models.example import Example, ExampleRevision
 
@@ -673,14 +673,14 @@ def _ingest_for_e2e(texts: list[str], name: str):
         ds = datasets.create(s, data=DatasetCreate(name=name, format="completion", pii_policy={"enabled": False}),
                              actor=SYSTEM)
         ds_id = ds.id
-    defaults = ingest.Defaults(source="bench", license=None, legal_basis=None)
+    defaults = parsing.Defaults(source="bench", license=None, legal_basis=None)
     t = time.perf_counter()
     now = dt.datetime.now(dt.UTC)
     ex_rows, rev_rows = [], []
     for i, text in enumerate(texts):
         obj = {"prompt": text[:50_000], "completion": "ok", "provenance": {"source_ref": f"b{i}"}}
         try:
-            c = ingest.prepare("completion", obj, i + 1, defaults)
+            c = parsing.prepare("completion", obj, i + 1, defaults)
         except FieldError:
             continue
         eid, rid = uuid.uuid4(), uuid.uuid4()

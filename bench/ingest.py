@@ -148,7 +148,7 @@ def naive(env: dict, dataset_id: str, lines: list[bytes]) -> float:
 
     reset_settings()
     from app.core.db import session_factory
-    from app.examples import ingest
+    from app.examples import parsing
     from app.models.example import Example, ExampleRevision
 
     actor = Actor(key_id=uuid.uuid4(), name="naive", role="curator")
@@ -156,7 +156,7 @@ def naive(env: dict, dataset_id: str, lines: list[bytes]) -> float:
     t0 = time.perf_counter()
     with factory() as s:
         for n, raw in enumerate(lines, 1):
-            c = ingest.parse_line(raw, n, "instruction", ingest.Defaults())
+            c = parsing.parse_line(raw, n, "instruction", parsing.Defaults())
             ex = Example(dataset_id=uuid.UUID(dataset_id), status="ingested", stage="quality", source=c.source,
                          source_ref=f"naive-{c.source_ref}", license=c.license, collected_at=c.collected_at,
                          ingested_by=actor.ref, meta=c.metadata, tags=c.tags)
@@ -174,11 +174,11 @@ def naive(env: dict, dataset_id: str, lines: list[bytes]) -> float:
 def copy_floor(db_url: str, dataset_id: str, lines: list[bytes], tag: str = "copy") -> float:
     """COPY the same rows (already validated and hashed, untimed) into examples + example_revisions."""
     from app.core.ids import new_id
-    from app.examples import ingest
+    from app.examples import parsing
 
     ex_rows, rev_rows = [], []
     for n, raw in enumerate(lines, 1):
-        c = ingest.parse_line(raw, n, "instruction", ingest.Defaults())
+        c = parsing.parse_line(raw, n, "instruction", parsing.Defaults())
         eid, rid = new_id(), new_id()
         ex_rows.append((eid, dataset_id, "ingested", "quality", rid, c.source, f"{tag}-{c.source_ref}", c.collected_at,
                         c.license, "copy", orjson.dumps(c.metadata).decode(), orjson.dumps(c.tags).decode()))

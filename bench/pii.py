@@ -159,7 +159,7 @@ def _seed(env: dict[str, str], texts: list[str]) -> list[str]:
     from app.core.auth import SYSTEM
     from app.core.config import reset_settings
     from app.core.db import session_scope
-    from app.examples import ingest
+    from app.examples import ingest, parsing
     from app.models.dataset import Dataset
     from app.models.example import Example
 
@@ -169,8 +169,8 @@ def _seed(env: dict[str, str], texts: list[str]) -> list[str]:
         s.add(ds)
         s.flush()
         batch = ingest.open_batch(s, dataset=ds, actor=SYSTEM, channel="api", atomic=True,
-                                  defaults=ingest.Defaults(source="bench"))
-        cands = [ingest.prepare("instruction", {"instruction": t, "output": "ok"}, i + 1, ingest.Defaults(source="bench"))
+                                  defaults=parsing.Defaults(source="bench"))
+        cands = [parsing.prepare("instruction", {"instruction": t, "output": "ok"}, i + 1, parsing.Defaults(source="bench"))
                  for i, t in enumerate(texts)]
         ingest.store(s, dataset=ds, batch_id=batch.id, actor=SYSTEM, candidates=cands)
         s.flush()

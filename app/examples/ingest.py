@@ -1,79 +1,36 @@
-"""Ingestion: parse, validate and normalise lines, then store them set-based, a batch at a time.
+"""Storing validated lines set-based, a batch at a time.
 
 One batch = one transaction: examples, their revision 0, exact-duplicate links, one audit event
-listing every example id, and the pipeline's first stage enqueued after commit. The HTTP import
-streams its body through `LineParser` and hands batches here, so memory does not grow with the file.
+listing every example id, and the pipeline's first stage enqueued after commit. Lines arrive here
+already validated (`parsing`); `importer` decides the transactions and calls `store` in each.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import logging
-import random
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import psycopg
 import uuid_utils
-from sqlalchemy import exc as sa_exc
-from sqlalchemy import func, insert, select, text, tuple_, update
+from sqlalchemy import insert, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core.auth import Actor
-from app.core.config import get_settings
-from app.core.db import json_dumps, session_scope
+from app.core.db import json_dumps
 from app.core.ids import new_id
-from app.core.textguard import find_bad_character
-from app.examples.formats import FieldError, content_sha256, normalize
+from app.examples.parsing import Candidate, Defaults, LineError
 from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.example import DuplicateLink, Example, ExampleRevision, IngestBatch
 from app.pipeline import service as pipeline
 from app.pipeline import stages
 
-log = logging.getLogger(__name__)
-
 MAX_STORED_ERRORS = 1000
-# Metadata is the caller's free-form JSON: bounded so one line cannot make a row the JSON encoder
-# refuses (it stops at 255 levels) or a megabyte of jsonb on every example.
-MAX_METADATA_DEPTH = 32
-MAX_METADATA_BYTES = 64 * 1024
-PROVENANCE_KEYS = ("source", "source_ref", "collected_at", "license", "legal_basis", "metadata", "tags")
-
-
-@dataclass
-class LineError:
-    line: int
-    code: str
-    message: str
-    field: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"line": self.line, "code": self.code, "message": self.message}
-        if self.field:
-            d["field"] = self.field
-        return d
-
-
-@dataclass
-class Candidate:
-    line: int
-    content: dict[str, Any]
-    sha: str
-    source: str
-    source_ref: str | None
-    collected_at: dt.datetime | None
-    license: str | None
-    legal_basis: str | None
-    metadata: dict[str, Any]
-    tags: list[str]
 
 
 @dataclass
@@ -83,203 +40,6 @@ class BatchOutcome:
     exact_duplicates: int = 0
     errors: list[LineError] = field(default_factory=list)
     items: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class Defaults:
-    source: str | None = None
-    license: str | None = None
-    legal_basis: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "license": self.license, "legal_basis": self.legal_basis}
-
-
-def _parse_time(value: Any, line: int) -> dt.datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise FieldError("provenance.collected_at", "type", "collected_at must be an ISO 8601 string")
-    try:
-        ts = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise FieldError("provenance.collected_at", "invalid",
-                         "collected_at is not an ISO 8601 date or datetime") from None
-    return ts if ts.tzinfo else ts.replace(tzinfo=dt.UTC)
-
-
-def _opt_str(value: Any, name: str, limit: int) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and name == "source_ref":
-        value = str(value)
-    if not isinstance(value, str):
-        raise FieldError(f"provenance.{name}", "type", f"{name} must be a string")
-    value = value.strip()
-    if len(value) > limit:
-        raise FieldError(f"provenance.{name}", "too_long", f"{name} is longer than {limit} characters")
-    return value or None
-
-
-def prepare(fmt: str, obj: Any, line: int, defaults: Defaults) -> Candidate:
-    """Validate one decoded example object; raise FieldError naming the bad field."""
-    s = get_settings()
-    if not isinstance(obj, dict):
-        raise FieldError("$", "type", f"each example must be a JSON object, got {type(obj).__name__}")
-    content = normalize(fmt, obj, max_chars=s.max_field_chars, max_messages=s.max_messages)
-    prov = obj.get("provenance") or {}
-    if not isinstance(prov, dict):
-        raise FieldError("provenance", "type", "provenance must be an object")
-    unknown = set(prov) - set(PROVENANCE_KEYS)
-    if unknown:
-        raise FieldError(f"provenance.{min(unknown)}", "unknown",
-                         f"unknown provenance field; allowed: {', '.join(PROVENANCE_KEYS)}")
-    meta = prov.get("metadata") or {}
-    if not isinstance(meta, dict):
-        raise FieldError("provenance.metadata", "type", "metadata must be an object")
-    # Keys outside the format's fields are the caller's own columns (ids, scores, labels): keep them.
-    extra = {k: v for k, v in obj.items() if k not in _CONTENT_KEYS[fmt] and k != "provenance"}
-    if extra:
-        meta = {**extra, **meta}
-    _check_metadata(meta)
-    tags = prov.get("tags") or []
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise FieldError("provenance.tags", "type", "tags must be an array of strings")
-    source = _opt_str(prov.get("source"), "source", 200) or defaults.source or "api"
-    return Candidate(
-        line=line,
-        content=content,
-        sha=content_sha256(content),
-        source=source,
-        source_ref=_opt_str(prov.get("source_ref"), "source_ref", 500),
-        collected_at=_parse_time(prov.get("collected_at"), line),
-        license=_opt_str(prov.get("license"), "license", 100) or defaults.license,
-        legal_basis=_opt_str(prov.get("legal_basis"), "legal_basis", 100) or defaults.legal_basis,
-        metadata=meta,
-        tags=sorted(set(tags)),
-    )
-
-
-def _check_metadata(meta: dict[str, Any]) -> None:
-    # Iterative, so a line nested 100,000 deep costs a loop, not the interpreter's recursion limit.
-    stack: list[tuple[Any, int, str]] = [(meta, 1, "provenance.metadata")]
-    while stack:
-        node, depth, path = stack.pop()
-        if depth > MAX_METADATA_DEPTH:
-            raise FieldError(path, "metadata_too_deep",
-                             f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep")
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1, f"{path}.{k}") for k, v in node.items())
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1, f"{path}[{i}]") for i, v in enumerate(node))
-    size = len(orjson.dumps(meta))
-    if size > MAX_METADATA_BYTES:
-        raise FieldError("provenance.metadata", "too_large",
-                         f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
-
-
-_CONTENT_KEYS = {
-    "chat": {"messages"},
-    "instruction": {"instruction", "input", "output"},
-    "completion": {"prompt", "completion"},
-    "preference": {"prompt", "chosen", "rejected"},
-}
-
-
-@dataclass(frozen=True)
-class TooLarge:
-    """Stands in for a line the parser dropped because it passed the size limit."""
-
-    limit: int
-
-
-def parse_line(raw: bytes | TooLarge, line: int, fmt: str, defaults: Defaults) -> Candidate | LineError:
-    s = get_settings()
-    if isinstance(raw, TooLarge):
-        return LineError(line, "too_large", f"line is longer than the limit of {raw.limit} bytes")
-    if len(raw) > s.max_example_bytes:
-        return LineError(line, "too_large", f"line is {len(raw)} bytes; the limit is {s.max_example_bytes}")
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as ue:
-            return LineError(line, "invalid_utf8", f"not valid UTF-8 at byte {ue.start}")
-        if "surrogate" in str(e):  # orjson refuses lone surrogates, which PostgreSQL could not store
-            return LineError(line, "invalid_character", "the line holds a lone UTF-16 surrogate escape")
-        return LineError(line, "invalid_json", f"not valid JSON: {e}")
-    # The escape is the only way a NUL gets into a decoded line (a raw NUL byte is invalid JSON),
-    # so the walk runs only for the rare line that spells it.
-    if b"\\u0000" in raw:
-        where = find_bad_character(obj)
-        if where is not None:
-            return LineError(line, "invalid_character",
-                             f"{where} contains a NUL character, which cannot be stored", where)
-    try:
-        return prepare(fmt, obj, line, defaults)
-    except FieldError as fe:
-        return LineError(line, fe.code, fe.message, fe.field)
-
-
-class LineParser:
-    """Splits a byte stream into lines without holding more than one partial line.
-
-    A partial line is kept as a list of chunks and joined once, when its newline arrives: joining on
-    every chunk re-copied a 96 MB line without a newline some 6,000 times before refusing it. A line
-    that passes `limit` is dropped as soon as it does (a `TooLarge` stands in for it) and the rest
-    of it is skipped up to its newline."""
-
-    def __init__(self, limit: int | None = None) -> None:
-        self._parts: list[bytes] = []
-        self._size = 0
-        self._skipping = False
-        self.limit = limit
-        self.line_no = 0
-
-    def feed(self, chunk: bytes) -> list[tuple[int, bytes | TooLarge]]:
-        out: list[tuple[int, bytes | TooLarge]] = []
-        start = 0
-        while True:
-            nl = chunk.find(b"\n", start)
-            if nl < 0:
-                self._extend(chunk[start:] if start else chunk, out)
-                return out
-            if self._skipping:
-                self._skipping = False
-            else:
-                piece = chunk[start:nl]
-                if self._parts:
-                    self._parts.append(piece)
-                    piece = b"".join(self._parts)
-                self._parts, self._size = [], 0
-                self._emit(piece, out)
-            start = nl + 1
-
-    def close(self) -> list[tuple[int, bytes | TooLarge]]:
-        out: list[tuple[int, bytes | TooLarge]] = []
-        if not self._skipping and self._parts:
-            rest = b"".join(self._parts)
-            self._emit(rest, out)
-        self._parts, self._size, self._skipping = [], 0, False
-        return out
-
-    def _extend(self, rest: bytes, out: list[tuple[int, bytes | TooLarge]]) -> None:
-        if self._skipping or not rest:
-            return
-        self._parts.append(rest)
-        self._size += len(rest)
-        if self.limit is not None and self._size > self.limit + 1:  # +1: a CR before the newline
-            self.line_no += 1
-            out.append((self.line_no, TooLarge(self.limit)))
-            self._parts, self._size, self._skipping = [], 0, True
-
-    def _emit(self, p: bytes, out: list[tuple[int, bytes | TooLarge]]) -> None:
-        self.line_no += 1
-        if p.endswith(b"\r"):
-            p = p[:-1]
-        if p and not p.isspace():  # blank lines are skipped but counted, so numbers match editors
-            out.append((self.line_no, p))
 
 
 def open_batch(session: Session, *, dataset: Dataset, actor: Actor, channel: str, atomic: bool,
@@ -317,7 +77,7 @@ def store(session: Session, *, dataset: Dataset, batch_id: uuid.UUID, actor: Act
     # One order for every import: two batches that share refs then take the unique index's entries
     # in the same order and one waits for the other instead of each waiting on the other (the
     # deadlocks of concurrent imports). The sort is stable, so the first line of a ref still wins.
-    candidates = sorted(candidates, key=_ref_order)
+    candidates = sorted(candidates, key=ref_order)
     refs = list({(c.source, c.source_ref) for c in candidates if c.source_ref is not None})
     if session.get_bind().dialect.name == "postgresql":
         # Optimistic: new refs are the common case, so write first and look up only if the unique
@@ -365,7 +125,7 @@ def store(session: Session, *, dataset: Dataset, batch_id: uuid.UUID, actor: Act
     return out
 
 
-def _ref_order(c: Candidate) -> tuple[str, str]:
+def ref_order(c: Candidate) -> tuple[str, str]:
     return (c.source, c.source_ref or "")
 
 
@@ -456,176 +216,6 @@ def finish_batch(session: Session, batch: IngestBatch, *, accepted: int, rejecte
     audit.record(session, actor=batch.created_by, action="ingest_batch.finished", entity_type="ingest_batch",
                  entity_id=batch.id, payload={"accepted": accepted, "rejected": rejected, "unchanged": unchanged,
                                               "exact_duplicates": exact_duplicates, "status": status})
-
-
-@dataclass
-class Progress:
-    """What an import's committed transactions have stored so far; the batch row holds the same
-    figures, written in those same transactions."""
-
-    accepted: int = 0
-    unchanged: int = 0
-    exact_duplicates: int = 0
-    rejected: int = 0
-    lines_committed: int = 0
-    errors: list[LineError] = field(default_factory=list)
-
-    def totals(self) -> dict[str, int]:
-        return {"accepted": self.accepted, "unchanged": self.unchanged, "exact_duplicates": self.exact_duplicates,
-                "rejected": self.rejected}
-
-
-# Races between concurrent imports that a fresh transaction resolves: a deadlock PostgreSQL broke by
-# aborting us, a serialization failure, and a unique-index collision with a batch that committed
-# between our lookup and our insert (the retry's lookup sees it and counts the line as unchanged).
-_RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure,
-              psycopg.errors.UniqueViolation, psycopg.errors.LockNotAvailable)
-MAX_ATTEMPTS = 6
-
-
-def _cause(e: BaseException) -> BaseException:
-    return getattr(e, "orig", None) or e
-
-
-def is_retryable(e: BaseException) -> bool:
-    return isinstance(_cause(e), _RETRYABLE)
-
-
-def is_unavailable(e: BaseException) -> bool:
-    """The database (or the connection to it) is gone: no line is at fault, the import stops."""
-    if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
-        return True
-    if isinstance(e, (sa_exc.DisconnectionError, sa_exc.TimeoutError, sa_exc.ResourceClosedError)):
-        return True
-    cause = _cause(e)
-    if isinstance(cause, _RETRYABLE):
-        return False
-    return isinstance(cause, (psycopg.OperationalError, psycopg.InterfaceError))
-
-
-def with_retries(fn, what: str = "write"):
-    """Run `fn()` (one whole transaction) again after a race that a fresh transaction resolves,
-    with jittered, growing pauses so the racers do not collide again in step."""
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
-            return fn()
-        except Exception as e:
-            if attempt == MAX_ATTEMPTS or not is_retryable(e):
-                raise
-            log.info("%s: %s, retrying (attempt %d)", what, type(_cause(e)).__name__, attempt)
-            time.sleep(random.uniform(0.5, 1.5) * 0.02 * 2 ** attempt)
-    raise AssertionError("unreachable")
-
-
-_BATCH = IngestBatch.__table__
-
-
-def _write_progress(session: Session, batch_id: uuid.UUID, p: Progress, stamp: dt.datetime) -> None:
-    session.execute(
-        update(_BATCH).where(_BATCH.c.id == batch_id).values(
-            accepted=p.accepted, unchanged=p.unchanged, exact_duplicates=p.exact_duplicates, rejected=p.rejected,
-            lines_committed=p.lines_committed, errors=[e.to_dict() for e in p.errors[:MAX_STORED_ERRORS]],
-            # A batch the sweeper gave up on comes back to life if its import was only slow.
-            status="open", last_seen=stamp,
-        )
-    )
-
-
-def _committed(batch_id: uuid.UUID, stamp: dt.datetime) -> bool:
-    with session_scope() as s:
-        seen = s.scalar(select(_BATCH.c.last_seen).where(_BATCH.c.id == batch_id))
-    if seen is not None and seen.tzinfo is None:  # SQLite hands datetimes back naive (UTC)
-        seen = seen.replace(tzinfo=dt.UTC)
-    return seen == stamp
-
-
-def store_batch(*, dataset: Dataset, batch_id: uuid.UUID, actor: Actor, candidates: list[Candidate],
-                line_errors: list[LineError], last_line: int, progress: Progress) -> None:
-    """Store one batch of an import in a transaction of its own, the batch row's counts and
-    `lines_committed` updated in that same transaction, so whatever happens next the row says
-    exactly what is stored. `progress` is advanced only after the commit.
-
-    Races with concurrent imports are retried. If the batch still fails, it is split in halves
-    until the line at fault is found: that line gets a `store_failed` error, the others commit."""
-    _store_part(dataset, batch_id, actor, sorted(candidates, key=_ref_order), line_errors, last_line, progress)
-
-
-def _store_part(dataset: Dataset, batch_id: uuid.UUID, actor: Actor, candidates: list[Candidate],
-                line_errors: list[LineError], last_line: int | None, progress: Progress) -> None:
-    try:
-        _commit_part(dataset, batch_id, actor, candidates, line_errors, last_line, progress)
-        return
-    except Exception as e:
-        if is_unavailable(e) or not candidates:
-            raise
-        log.warning("ingest batch %s: %d lines failed to store (%s); isolating the line at fault",
-                    batch_id, len(candidates), type(_cause(e)).__name__)
-    if len(candidates) == 1:
-        c = candidates[0]
-        bad = LineError(c.line, "store_failed", "the database refused this line; it was not stored")
-        _commit_part(dataset, batch_id, actor, [], [*line_errors, bad], last_line, progress)
-        return
-    mid = len(candidates) // 2
-    # The first half commits without advancing lines_committed: only the last part completes the batch.
-    _store_part(dataset, batch_id, actor, candidates[:mid], [], None, progress)
-    _store_part(dataset, batch_id, actor, candidates[mid:], line_errors, last_line, progress)
-
-
-def _commit_part(dataset: Dataset, batch_id: uuid.UUID, actor: Actor, candidates: list[Candidate],
-                 line_errors: list[LineError], last_line: int | None, progress: Progress) -> None:
-    stamp = utcnow()
-    after: Progress | None = None
-
-    def attempt() -> None:
-        nonlocal after
-        with session_scope() as s:
-            out = store(s, dataset=dataset, batch_id=batch_id, actor=actor, candidates=candidates)
-            errs = sorted([*line_errors, *out.errors], key=lambda e: e.line)
-            after = Progress(
-                accepted=progress.accepted + out.accepted, unchanged=progress.unchanged + out.unchanged,
-                exact_duplicates=progress.exact_duplicates + out.exact_duplicates,
-                rejected=progress.rejected + len(errs),
-                lines_committed=last_line if last_line is not None else progress.lines_committed,
-                errors=progress.errors + errs[:max(0, MAX_STORED_ERRORS - len(progress.errors))],
-            )
-            _write_progress(s, batch_id, after, stamp)
-
-    try:
-        with_retries(attempt, f"ingest batch {batch_id}")
-    except Exception as e:
-        # An error raised after the commit (a task send that failed) must not make us store the
-        # lines again: the stamp in the batch row tells whether this transaction committed.
-        if after is None or is_unavailable(e) or not _committed(batch_id, stamp):
-            raise
-        log.warning("ingest batch %s: error after commit (%s); the sweeper runs the pipeline",
-                    batch_id, type(e).__name__)
-    assert after is not None
-    progress.__dict__.update(after.__dict__)
-
-
-def mark_interrupted(batch_id: uuid.UUID) -> None:
-    """The import of this batch stopped before its end: say so now, if the database lets us."""
-    with session_scope() as s:
-        s.execute(update(_BATCH).where(_BATCH.c.id == batch_id, _BATCH.c.status == "open")
-                  .values(status="interrupted", finished_at=utcnow()))
-
-
-def sweep_stale_imports(lease_s: float | None = None) -> int:
-    """Mark `interrupted` the open import batches whose import stopped writing more than a lease ago
-    (killed API, lost database connection). Their counts are already exact: each write updated them."""
-    lease = get_settings().import_lease_s if lease_s is None else lease_s
-    cutoff = utcnow() - dt.timedelta(seconds=lease)
-    with session_scope() as s:
-        stale = (_BATCH.c.status == "open") & (_BATCH.c.atomic.is_(False)) & \
-            (func.coalesce(_BATCH.c.last_seen, _BATCH.c.created_at) < cutoff)
-        ids = list(s.scalars(update(_BATCH).where(stale).values(status="interrupted", finished_at=utcnow())
-                             .returning(_BATCH.c.id)))
-        for bid in ids:
-            audit.record(s, actor="system:sweeper", action="ingest_batch.interrupted", entity_type="ingest_batch",
-                         entity_id=bid, payload={})
-    if ids:
-        log.info("marked %d stale import batches interrupted", len(ids))
-    return len(ids)
 
 
 _UNIQUE_REF_INDEX = "uq_examples_dataset_id_source_source_ref"

@@ -2,42 +2,25 @@
 
 from __future__ import annotations
 
-import getpass
 import json
-import uuid
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.tree import Tree
 
+from app.cli_support import cli_actor, prepare_db
+
 app = typer.Typer(help="Lineage: where an example went, what a model was made of.", no_args_is_help=True)
 out = Console()
 err = Console(stderr=True)
-
-
-def _actor():
-    from app.core.auth import Actor
-
-    # Reading lineage changes nothing, so the shell user gets the auditor's view (the one role that reads
-    # everything here); the tree prints hashes, --json carries what the API would give an auditor.
-    return Actor(key_id=uuid.UUID(int=1), name=f"cli:{getpass.getuser()}", role="auditor", is_human=True)
-
-
-def _prepare() -> None:
-    from app.core.config import get_settings
-
-    if get_settings().is_embedded:
-        from app.core.migrate import upgrade_head
-
-        upgrade_head()
 
 
 def _run(fn, *args: Any, **kw: Any) -> dict[str, Any]:
     from app.core.db import session_scope
     from app.core.errors import PedigreeError
 
-    _prepare()
+    prepare_db()
     try:
         with session_scope() as s:
             return fn(s, *args, **kw)
@@ -109,7 +92,9 @@ def example(example_id: str, as_json: Annotated[bool, typer.Option("--json", hel
     """Everything known about one example, as a tree."""
     from app.lineage import service
 
-    d = _run(service.example_lineage, example_id=example_id, actor=_actor(), include_audit=audit)
+    # Reading lineage changes nothing, so the shell user gets the auditor's view (the one role that reads
+    # everything here); the tree prints hashes, --json carries what the API would give an auditor.
+    d = _run(service.example_lineage, example_id=example_id, actor=cli_actor("auditor"), include_audit=audit)
     if as_json:
         print(json.dumps(d, default=str))
         return

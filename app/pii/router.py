@@ -68,7 +68,7 @@ def get_report(dataset_ref: str, session: SessionDep, actor: Judge) -> dict[str,
 def get_policy(dataset_ref: str, session: SessionDep, actor: Reader) -> dict[str, Any]:
     """The effective policy: what the dataset stores, with every default filled in."""
     ds = datasets.get(session, dataset_ref)
-    return service.policy_of(ds.pii_policy).model_dump(mode="json")
+    return service.policy_of(ds).model_dump(mode="json")
 
 
 @router.put("/v1/datasets/{dataset_ref}/pii-policy")

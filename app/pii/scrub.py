@@ -30,7 +30,7 @@ TEXT_KEYS = frozenset(
 )
 
 
-def text_fields(content: Any, _prefix: str = "") -> list[tuple[str, str]]:
+def free_text_fields(content: Any, _prefix: str = "") -> list[tuple[str, str]]:
     """(path, text) for every free-text string, e.g. ("messages[2].content", "..."), in document order."""
     out: list[tuple[str, str]] = []
     if isinstance(content, dict):
@@ -40,7 +40,7 @@ def text_fields(content: Any, _prefix: str = "") -> list[tuple[str, str]]:
                 if key in TEXT_KEYS:
                     out.append((path, value))
             elif isinstance(value, (dict, list)):
-                out.extend(text_fields(value, path))
+                out.extend(free_text_fields(value, path))
     elif isinstance(content, list):
         for i, value in enumerate(content):
             path = f"{_prefix}[{i}]"
@@ -49,7 +49,7 @@ def text_fields(content: Any, _prefix: str = "") -> list[tuple[str, str]]:
                 if _prefix.rsplit(".", 1)[-1].split("[")[0] in TEXT_KEYS:
                     out.append((path, value))
             else:
-                out.extend(text_fields(value, path))
+                out.extend(free_text_fields(value, path))
     return out
 
 
@@ -166,7 +166,7 @@ def analyze_fields(engine: PiiEngine, texts: Sequence[str], policy: PiiPolicy) -
 def scrub_examples(
     engine: PiiEngine, items: Sequence[ScrubInput], policy: PiiPolicy, *, hash_key: bytes
 ) -> list[ScrubResult]:
-    fields_per_item = [list(item.fields) if item.fields is not None else text_fields(item.content) for item in items]
+    fields_per_item = [list(item.fields) if item.fields is not None else free_text_fields(item.content) for item in items]
     flat: list[str] = [text for fields in fields_per_item for _, text in fields if text and text.strip()]
     analyzed = iter(analyze_fields(engine, flat, policy))
 

@@ -138,8 +138,9 @@ def raw_content(session: Session, example_id: uuid.UUID, revision_id: uuid.UUID)
 # --- the stage -----------------------------------------------------------------------------------------------
 
 
-def policy_of(raw: dict | None) -> PiiPolicy:
-    return PiiPolicy.model_validate(raw or {})
+def policy_of(dataset: Any) -> PiiPolicy:
+    """The dataset's effective policy (anything with a `pii_policy`: a Dataset or a joined row)."""
+    return PiiPolicy.model_validate(dataset.pii_policy or {})
 
 
 def _policy_sha(policy: PiiPolicy) -> str:
@@ -179,7 +180,7 @@ def scrub_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
     to_vault: list[tuple[uuid.UUID, uuid.UUID, dict]] = []
     flagged = 0
     for dataset_id, group in by_dataset.items():
-        policy = policy_of(group[0].pii_policy)
+        policy = policy_of(group[0])
         if not policy.enabled:
             continue
         policy_sha = _policy_sha(policy)
@@ -380,7 +381,7 @@ def add_missed(session: Session, *, example_id: str, field_path: str, start: int
         raise ValidationFailed("start/end do not select text in the field", details=[
             {"field": "end", "code": "invalid", "message": f"0 <= start < end <= {len(text)}"}])
     value = text[start:end]
-    policy = policy_of(ds.pii_policy)
+    policy = policy_of(ds)
     operators = ExampleOperators(policy, hash_key(), f"{ex.dataset_id}:{current.content_sha256}")
     replacement = operators.replace(entity_type, value)
     old = findings_for(session, current.id)

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from app.cli_support import prepare_db
+
 app = typer.Typer(help="Review progress and agreement.", no_args_is_help=True)
 
 
@@ -27,7 +29,6 @@ def stats(dataset: Annotated[str, typer.Argument(help="dataset id or name")],
           as_json: Annotated[bool, typer.Option("--json", help="the API's JSON (GET /v1/review/stats)")] = False) -> None:
     """Pending / approved / rejected, throughput, median time to decision, and inter-reviewer
     agreement, for the dataset and per reviewer."""
-    from app.core.config import get_settings
     from app.core.db import session_scope
     from app.core.errors import PedigreeError
     from app.datasets import service as datasets
@@ -35,10 +36,7 @@ def stats(dataset: Annotated[str, typer.Argument(help="dataset id or name")],
 
     # Made per call, not at import: the width is read from the terminal (or COLUMNS) when it prints.
     out, err = Console(), Console(stderr=True)
-    if get_settings().is_embedded:
-        from app.core.migrate import upgrade_head
-
-        upgrade_head()
+    prepare_db()
     try:
         with session_scope() as s:
             st = service.stats(s, dataset=datasets.get(s, dataset))

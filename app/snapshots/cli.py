@@ -146,9 +146,9 @@ def export_cmd(
             raise typer.Exit(2)
         manifest, expected, blocks = _http_source(api_url, api_key, snapshot, split)
     else:
-        from app.cli import _prepare_db
+        from app.cli_support import prepare_db
 
-        _prepare_db()
+        prepare_db()
         manifest, expected, blocks = _local_source(snapshot, split)
 
     out.mkdir(parents=True, exist_ok=True)

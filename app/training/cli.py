@@ -10,17 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from app.cli_support import prepare_db
+
 app = typer.Typer(help="Training runs.", no_args_is_help=True)
 err = Console(stderr=True)
-
-
-def _prepare() -> None:
-    from app.core.config import get_settings
-
-    if get_settings().is_embedded:
-        from app.core.migrate import upgrade_head
-
-        upgrade_head()
 
 
 @app.command("list")
@@ -30,7 +23,7 @@ def list_runs(status: Annotated[str | None, typer.Option()] = None,
     from app.core.db import session_scope
     from app.training import service
 
-    _prepare()
+    prepare_db()
     table = Table("id", "status", "model", "version", "error", "created")
     with session_scope() as s:
         rows, _ = service.list_page(s, status=status, snapshot_id=None, model_name=model, cursor=None, limit=limit)
@@ -48,7 +41,7 @@ def show(run_id: str) -> None:
     from app.core.db import session_scope
     from app.training import router, service
 
-    _prepare()
+    prepare_db()
     with session_scope() as s:
         print(json.dumps(router.run_out(s, service.get(s, run_id)), indent=2, default=str))
 
@@ -60,7 +53,7 @@ def reap(stale_after: Annotated[float | None, typer.Option(help="seconds without
     from app.lineage import openlineage  # a reaped run is an OpenLineage FAIL, sent by its audit subscriber
     from app.training.reaper import reap as reap_runs
 
-    _prepare()
+    prepare_db()
     with session_scope() as s:
         ids = reap_runs(s, stale_after_s=stale_after)
     if ids:

@@ -194,19 +194,19 @@ def test_a_lost_race_on_the_same_source_refs_returns_the_same_examples(api, monk
     from app.core.auth import Actor
     from app.core.db import session_scope
     from app.datasets import service as datasets
-    from app.examples import ingest
+    from app.examples import ingest, parsing
 
     ds = new_dataset(api)
     rows = [{"instruction": f"q{i}", "output": f"a{i}", "provenance": {"source_ref": f"r{i}"}} for i in range(3)]
     assert _import(api, ds, rows, source="s").json()["accepted"] == 3
     monkeypatch.setattr(ingest, "_existing_refs", lambda *a, **k: {})  # the lookup ran before the winner committed
     actor = Actor(key_id=_uuid.uuid4(), name="racer", role="curator")
-    cands = [ingest.prepare("instruction", {**r, "provenance": {**r["provenance"], "source": "s"}}, i + 1,
-                            ingest.Defaults()) for i, r in enumerate(rows + [{"instruction": "new", "output": "one",
+    cands = [parsing.prepare("instruction", {**r, "provenance": {**r["provenance"], "source": "s"}}, i + 1,
+                            parsing.Defaults()) for i, r in enumerate(rows + [{"instruction": "new", "output": "one",
                                                                               "provenance": {"source_ref": "r9"}}])]
     with session_scope() as s:
         d = datasets.get(s, ds["id"])
-        batch = ingest.open_batch(s, dataset=d, actor=actor, channel="import", atomic=False, defaults=ingest.Defaults())
+        batch = ingest.open_batch(s, dataset=d, actor=actor, channel="import", atomic=False, defaults=parsing.Defaults())
         out = ingest.store(s, dataset=d, batch_id=batch.id, actor=actor, candidates=cands)
     assert (out.accepted, out.unchanged, out.errors) == (1, 3, [])
     assert _counts(api, ds)["total"] == 4

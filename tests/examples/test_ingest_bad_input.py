@@ -126,7 +126,7 @@ def test_integer_query_parameters_out_of_range_are_422_naming_them(pg_api):
 def test_an_overlong_line_is_refused_as_soon_as_it_passes_the_limit():
     """Before: a 96 MB line without a newline was re-copied on every chunk (+192 MB, 22.7 s) before
     it was refused."""
-    from app.examples.ingest import LineParser, TooLarge
+    from app.examples.parsing import LineParser, TooLarge
 
     limit = 256 * 1024
     p = LineParser(limit=limit)

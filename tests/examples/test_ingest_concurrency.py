@@ -197,7 +197,7 @@ def _db_gone(after_calls: int, monkeypatch, *, mark_fails: bool = True):
     """From the (after_calls+1)-th write on, the database is unreachable: every write (and, with
     mark_fails, the import's own attempt to mark its batch) fails with a lost connection, as in a
     PostgreSQL restart."""
-    from app.examples import ingest
+    from app.examples import importer, ingest
 
     real, calls = ingest.store, {"n": 0}
 
@@ -216,7 +216,7 @@ def _db_gone(after_calls: int, monkeypatch, *, mark_fails: bool = True):
 
     monkeypatch.setattr(ingest, "store", store)
     if mark_fails:
-        monkeypatch.setattr(ingest, "mark_interrupted", mark)
+        monkeypatch.setattr(importer, "mark_interrupted", mark)
     return calls
 
 
@@ -239,7 +239,7 @@ def _open_batches(dataset_id: str) -> list:
 def test_an_import_cut_by_the_database_leaves_an_interrupted_batch_with_exact_counts_and_a_resend_completes_it(
         broker, pg_api, small_batches):
     """Before: the batch stayed `open` with accepted 0 forever while rows were committed."""
-    from app.examples import ingest
+    from app.examples import jobs
     from app.main import create_app
 
     ds = new_dataset(pg_api)
@@ -252,8 +252,8 @@ def test_an_import_cut_by_the_database_leaves_an_interrupted_batch_with_exact_co
     assert r.status_code == 500
     [batch] = _open_batches(ds["id"])
     assert batch.status == "open"  # the import could not say it died; the sweep must
-    assert ingest.sweep_stale_imports(lease_s=3600) == 0  # a live import's lease is respected
-    assert ingest.sweep_stale_imports(lease_s=0) == 1
+    assert jobs.sweep_stale_imports(lease_s=3600) == 0  # a live import's lease is respected
+    assert jobs.sweep_stale_imports(lease_s=0) == 1
     b = pg_api.as_("auditor").get(f"/v1/ingest-batches/{batch.id}").json()
     assert b["status"] == "interrupted"
     assert (b["accepted"], b["unchanged"], b["rejected"], b["lines_committed"]) == (150, 0, 0, 150)

@@ -105,7 +105,7 @@ def test_a_database_crash_mid_import_leaves_a_true_account(stack, monkeypatch):
         assert "changed nothing" not in err["message"], err
         assert err["details"]["batch_id"] == _the_batch(stack)["id"], err
     # Marked by the API as the import failed, or by the stale-import sweep once the database is back.
-    from app.examples.ingest import sweep_stale_imports
+    from app.examples.jobs import sweep_stale_imports
 
     def interrupted() -> bool:
         sweep_stale_imports()

@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.pii.schemas import CustomPattern, CustomRecognizer, DenyList, OperatorSpec, PiiPolicy
-from app.pii.scrub import ScrubInput, apply_spans, get_path, guess_language, scrub_examples, text_fields
+from app.pii.scrub import ScrubInput, apply_spans, free_text_fields, get_path, guess_language, scrub_examples
 
 KEY = b"test-hash-key-0123456789abcdef01"
 
@@ -63,8 +63,8 @@ def test_all_formats(engine, content, paths):
     assert set(res.content) == set(content)
 
 
-def test_text_fields_paths():
-    assert [p for p, _ in text_fields(CHAT)] == [f"messages[{i}].content" for i in range(3)]
+def test_free_text_fields_paths():
+    assert [p for p, _ in free_text_fields(CHAT)] == [f"messages[{i}].content" for i in range(3)]
 
 
 def test_surrogates_are_consistent_within_an_example_and_deterministic(engine):

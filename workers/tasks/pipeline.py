@@ -8,7 +8,7 @@ from kombu.exceptions import OperationalError as BrokerOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 
-from app.examples import ingest
+from app.examples import jobs as ingest_jobs
 from app.pipeline import jobs, service
 from workers.celery_app import celery
 
@@ -23,5 +23,5 @@ def run_stage(stage: str, example_ids: list[str]) -> int:
 @celery.task(name=service.SWEEP_TASK, acks_late=True, ignore_result=True)
 def sweep() -> int:
     moved = jobs.sweep()  # first: a fault in the import sweep below must not hold up the pipeline's
-    ingest.sweep_stale_imports()
+    ingest_jobs.sweep_stale_imports()
     return moved

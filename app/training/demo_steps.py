@@ -1,6 +1,7 @@
-"""The demo's `train` and `lineage report` steps (app/demo.py calls these): a tiny random-weight model
-made with `python -m trainer make-tiny`, one LoRA run through the API executed in-process (embedded
-mode: no Redis, no trainer worker), promotion to `production`, and a short lineage summary."""
+"""The demo's `train` and `lineage report` steps (app/embedded_demo.py calls these): a tiny
+random-weight model made with `python -m trainer make-tiny`, one LoRA run through the API executed
+in-process (embedded mode: no Redis, no trainer worker), promotion to `production`, and a short
+lineage summary."""
 
 from __future__ import annotations
 

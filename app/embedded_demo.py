@@ -201,13 +201,13 @@ def step_snapshot(ctx: Ctx) -> None:
 
 
 def step_train(ctx: Ctx) -> None:
-    from app.training.demo import step_train as train
+    from app.training.demo_steps import step_train as train
 
     train(ctx)
 
 
 def step_lineage_report(ctx: Ctx) -> None:
-    from app.training.demo import step_lineage_report as report
+    from app.training.demo_steps import step_lineage_report as report
 
     report(ctx)
 
