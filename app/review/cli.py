@@ -32,14 +32,14 @@ def stats(dataset: Annotated[str, typer.Argument(help="dataset id or name")],
     from app.core.db import session_scope
     from app.core.errors import PedigreeError
     from app.datasets import service as datasets
-    from app.review import service
+    from app.review import stats as review_stats
 
     # Made per call, not at import: the width is read from the terminal (or COLUMNS) when it prints.
     out, err = Console(), Console(stderr=True)
     prepare_db()
     try:
         with session_scope() as s:
-            st = service.stats(s, dataset=datasets.get(s, dataset))
+            st = review_stats.stats(s, dataset=datasets.get(s, dataset))
     except PedigreeError as e:
         err.print(f"[red]{e.message}")
         raise typer.Exit(4 if e.status_code == 404 else 1) from None

@@ -10,8 +10,10 @@ from app.core.auth import REVIEWER, Judge, Reader, Reviewer, bearer_token
 from app.core.db import SessionDep, session_scope
 from app.core.errors import Unauthorized
 from app.datasets import service as datasets
-from app.review import service, web
-from app.review.committer import committer
+from app.review import decisions, edits, web
+from app.review import queue as review_queue
+from app.review import stats as review_stats
+from app.review.jobs import committer
 from app.review.schemas import BulkReviewIn, ReviewIn, RevisionIn, SuggestionIn
 
 router = APIRouter(tags=["review"])
@@ -37,24 +39,24 @@ async def queue(request: Request, dataset: str, limit: Annotated[int, Query(ge=1
     # than the queries.
     def work() -> list[dict[str, Any]]:
         with session_scope() as session:
-            actor, ds, own = service.queue_context(session, token, dataset, *REVIEWER)
+            actor, ds, own = review_queue.queue_context(session, token, dataset, *REVIEWER)
             request.state.actor = actor
             if view == "full":
                 ds = datasets.get(session, dataset)
-            return service.next_items(session, dataset=ds, actor=actor, limit=limit, with_view=view == "full",
-                                      own_leases=own)
+            return review_queue.next_items(session, dataset=ds, actor=actor, limit=limit,
+                                           with_view=view == "full", own_leases=own)
 
     return _json({"items": await run_in_threadpool(work)})
 
 
 @router.post("/v1/review/leases/{example_id}/renew")
 def renew(example_id: str, session: SessionDep, actor: Reviewer) -> dict[str, Any]:
-    return service.renew_lease(session, example_id=example_id, actor=actor)
+    return review_queue.renew_lease(session, example_id=example_id, actor=actor)
 
 
 @router.delete("/v1/review/leases/{example_id}")
 def release(example_id: str, session: SessionDep, actor: Reviewer) -> dict[str, Any]:
-    return service.release_lease(session, example_id=example_id, actor=actor)
+    return review_queue.release_lease(session, example_id=example_id, actor=actor)
 
 
 @router.post("/v1/examples/{example_id}/reviews", status_code=201)
@@ -63,28 +65,28 @@ async def review(example_id: str, data: ReviewIn, request: Request) -> Response:
     if not token:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     # Authenticated and committed by the group committer, in one transaction with the other
-    # decisions that arrived meanwhile (see committer.py for why).
+    # decisions that arrived meanwhile (see jobs.py for why).
     return _json(await committer.decide(example_id=example_id, data=data, token=token), 201)
 
 
 @router.post("/v1/reviews:bulk")
 def review_bulk(data: BulkReviewIn, session: SessionDep, actor: Reviewer) -> dict[str, Any]:
-    return service.decide_bulk(session, actor=actor, data=data)
+    return decisions.decide_bulk(session, actor=actor, data=data)
 
 
 @router.post("/v1/examples/{example_id}/revisions", status_code=201)
 def revise(example_id: str, data: RevisionIn, session: SessionDep, actor: Judge) -> dict[str, Any]:
-    return service.edit(session, example_id=example_id, actor=actor, data=data)
+    return edits.edit(session, example_id=example_id, actor=actor, data=data)
 
 
 @router.post("/v1/examples/{example_id}/suggestions", status_code=201)
 def suggest(example_id: str, data: SuggestionIn, session: SessionDep, actor: Judge) -> dict[str, Any]:
-    return service.add_suggestion(session, example_id=example_id, actor=actor, data=data)
+    return edits.add_suggestion(session, example_id=example_id, actor=actor, data=data)
 
 
 @router.get("/v1/review/stats")
 def stats(session: SessionDep, actor: Reader, dataset: str) -> dict[str, Any]:
-    return service.stats(session, dataset=datasets.get(session, dataset))
+    return review_stats.stats(session, dataset=datasets.get(session, dataset))
 
 
 # The reviewer page lives under /review; it shares the services above but authenticates by cookie.

@@ -33,7 +33,7 @@ from app.core.db import SessionDep
 from app.core.errors import Forbidden, PedigreeError, Unauthorized
 from app.datasets import service as datasets
 from app.examples import service as examples
-from app.review import service
+from app.review import decisions, edits, queue, service, stats
 from app.review.schemas import ReviewIn, RevisionIn
 
 HERE = Path(__file__).resolve().parent
@@ -220,10 +220,10 @@ def _skip_list(skip: str | None) -> list[str]:
 @router.get("/api/next")
 def api_next(session: SessionDep, user: Viewer, dataset: str, skip: str | None = None) -> dict[str, Any]:
     ds = datasets.get(session, dataset)
-    items = service.next_items(session, dataset=ds, actor=user.actor, limit=1, exclude=_skip_list(skip),
-                               with_view=True)
+    items = queue.next_items(session, dataset=ds, actor=user.actor, limit=1, exclude=_skip_list(skip),
+                             with_view=True)
     return {"item": items[0] if items else None,
-            "progress": service.progress(session, dataset=ds, actor=user.actor)}
+            "progress": stats.progress(session, dataset=ds, actor=user.actor)}
 
 
 @router.get("/api/examples/{example_id}")
@@ -233,24 +233,24 @@ def api_example(example_id: str, session: SessionDep, user: Viewer) -> dict[str,
     return {"item": {"example_id": str(ex.id), "revision_id": str(ex.current_revision_id),
                      "dataset_id": str(ex.dataset_id), "lease_expires_at": None,
                      "example": examples.view(session, ex, user.actor)},
-            "progress": service.progress(session, dataset=ds, actor=user.actor)}
+            "progress": stats.progress(session, dataset=ds, actor=user.actor)}
 
 
 @router.post("/api/examples/{example_id}/decision")
 def api_decide(example_id: str, data: ReviewIn, session: SessionDep, user: Writer) -> dict[str, Any]:
-    return service.decide(session, example_id=example_id, actor=user.actor, data=data)
+    return decisions.decide(session, example_id=example_id, actor=user.actor, data=data)
 
 
 @router.post("/api/examples/{example_id}/revision")
 def api_edit(example_id: str, data: RevisionIn, session: SessionDep, user: Writer) -> dict[str, Any]:
-    return service.edit(session, example_id=example_id, actor=user.actor, data=data)
+    return edits.edit(session, example_id=example_id, actor=user.actor, data=data)
 
 
 @router.post("/api/examples/{example_id}/release")
 def api_release(example_id: str, session: SessionDep, user: Writer) -> dict[str, Any]:
-    return service.release_lease(session, example_id=example_id, actor=user.actor)
+    return queue.release_lease(session, example_id=example_id, actor=user.actor)
 
 
 @router.post("/api/examples/{example_id}/renew")
 def api_renew(example_id: str, session: SessionDep, user: Writer) -> dict[str, Any]:
-    return service.renew_lease(session, example_id=example_id, actor=user.actor)
+    return queue.renew_lease(session, example_id=example_id, actor=user.actor)

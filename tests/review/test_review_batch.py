@@ -10,8 +10,8 @@ from app.core import auth
 from app.core.db import session_scope
 from app.core.errors import PedigreeError
 from app.models.review import Review
-from app.review import service
-from app.review.committer import DecisionCommitter
+from app.review import decisions
+from app.review.jobs import DecisionCommitter
 from app.review.schemas import ReviewIn
 from tests.factories import get_example as example
 from tests.factories import ingest_for_review as ingest
@@ -32,7 +32,7 @@ def test_one_batch_with_mixed_outcomes(api):
     a, b, c = ingest(api, ds, 3)
     ra, _rb, rc = (uuid.UUID(example(api, e)["revision"]["id"]) for e in (a, b, c))
     x, y = actors(2)
-    Rq = service.DecisionRequest
+    Rq = decisions.DecisionRequest
     reqs = [
         Rq(a, x, ReviewIn(decision="approve", revision_id=ra)),
         Rq(a, y, ReviewIn(decision="approve", revision_id=ra)),   # second approval in the same batch
@@ -43,7 +43,7 @@ def test_one_batch_with_mixed_outcomes(api):
         Rq(c, y, ReviewIn(decision="reject", revision_id=rc, reason_code="tone")),
     ]
     with session_scope() as s:
-        out = service.decide_many(s, reqs)
+        out = decisions.decide_many(s, reqs)
     codes = [r.code if isinstance(r, PedigreeError) else r["example"]["status"] for r in out]
     assert codes == ["pending_review", "approved", "not_pending", "stale_revision", "unknown_reason_code",
                      "not_found", "rejected"]

@@ -17,7 +17,7 @@ from app.core.errors import PedigreeError
 from app.models.audit import AuditEvent
 from app.models.dataset import Dataset
 from app.models.review import Review
-from app.review import service
+from app.review import decisions, queue
 from app.review.schemas import ReviewIn
 from tests.factories import ingest_for_review as ingest
 from tests.factories import new_dataset
@@ -36,8 +36,8 @@ def reviewers(n: int) -> list[auth.Actor]:
 
 def take(ds_id: str, actor: auth.Actor, limit: int = 1) -> list[dict]:
     with session_scope() as s:
-        return service.next_items(s, dataset=s.get(Dataset, uuid.UUID(ds_id)), actor=actor, limit=limit,
-                                  with_view=False)
+        return queue.next_items(s, dataset=s.get(Dataset, uuid.UUID(ds_id)), actor=actor, limit=limit,
+                                with_view=False)
 
 
 def test_concurrent_queue_calls_split_the_items(pg_api):
@@ -75,8 +75,8 @@ def test_fifty_reviewers_pull_and_decide_and_nothing_is_decided_twice(pg_api):
             with lock:
                 log.append((it["example_id"], actor.ref))
             with session_scope() as s:
-                service.decide(s, example_id=it["example_id"], actor=actor,
-                               data=ReviewIn(decision="approve", revision_id=it["revision_id"]))
+                decisions.decide(s, example_id=it["example_id"], actor=actor,
+                                 data=ReviewIn(decision="approve", revision_id=it["revision_id"]))
 
     with ThreadPoolExecutor(len(actors)) as pool:
         list(pool.map(review, actors))
@@ -99,8 +99,8 @@ def test_simultaneous_approvals_settle_the_status_once(pg_api):
         gate.wait()
         try:
             with session_scope() as s:
-                return service.decide(s, example_id=eid, actor=actor,
-                                      data=ReviewIn(decision="approve", revision_id=uuid.UUID(rid)))["example"]["status"]
+                return decisions.decide(s, example_id=eid, actor=actor,
+                                        data=ReviewIn(decision="approve", revision_id=uuid.UUID(rid)))["example"]["status"]
         except PedigreeError as e:
             return e.code
 

@@ -104,7 +104,7 @@ class DecisionCommitter:
 
 def _decide(session: Session, batch: list[_Job]) -> list[Any]:
     """One batch in the caller's transaction: per job, the response or the error refusing it."""
-    from app.review import service
+    from app.review import decisions
 
     answers: list[Any] = [None] * len(batch)
     actors = authenticate_many(session, {j.token or "" for j in batch if j.actor is None})
@@ -120,7 +120,7 @@ def _decide(session: Session, batch: list[_Job]) -> list[Any]:
                 answers[i] = e
                 continue
         live.append(i)
-    outcomes = service.decide_many(session, [service.DecisionRequest(batch[i].example_id, batch[i].actor,
+    outcomes = decisions.decide_many(session, [decisions.DecisionRequest(batch[i].example_id, batch[i].actor,
                                                                      batch[i].data) for i in live])
     for i, value in zip(live, outcomes, strict=True):
         answers[i] = value
