@@ -4,9 +4,10 @@ A request selects examples (source refs, a metadata value, or, admin only, a val
 text), previews or executes, and reports what it touched: examples, the snapshots holding them, the
 model versions trained on them and the aliases serving those versions.
 
-Execution runs one transaction per batch of examples, each with its audit event, so a request over
-100,000 examples never holds one giant transaction, and a crash leaves a `running` request that the
-same POST resumes (already-erased examples are simply not selected again). Per batch:
+Execution (`app.lineage.jobs`) runs one transaction per batch of examples, each with its audit event,
+so a request over 100,000 examples never holds one giant transaction, and a crash leaves a `running`
+request that the same POST resumes (already-erased examples are simply not selected again). Per
+batch (`erase_batch`):
   - the vault entries are deleted (the raw text is gone for good);
   - every revision's content becomes a tombstone, its `content_sha256` kept, so snapshot manifests and
     the audit chain, which commit to hashes, still verify;
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 import uuid
 from collections import Counter, defaultdict
 from typing import Any
@@ -35,9 +35,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.core.auth import Actor, check_role
 from app.core.config import get_settings
-from app.core.db import session_scope
 from app.core.errors import Conflict, NotFound
-from app.core.ids import new_id
 from app.examples import privacy
 from app.lineage import service as lineage
 from app.lineage import training as tr
@@ -229,7 +227,7 @@ def select_examples(session: Session, sel: Selector, actor: Actor) -> list[tuple
     return [tuple(r) for r in session.execute(_scope(q, sel)).all()]
 
 
-def _check_breadth(session: Session, matched: list[tuple[uuid.UUID, uuid.UUID, str]], confirm: bool) -> None:
+def check_breadth(session: Session, matched: list[tuple[uuid.UUID, uuid.UUID, str]], confirm: bool) -> None:
     if confirm or len(matched) <= 1:
         return
     cfg = get_settings().erasure
@@ -316,7 +314,7 @@ def _upsert_taints(session: Session, rows: list[dict[str, Any]]) -> None:
         set_={"examples": ModelVersionTaint.examples + ins.excluded.examples}))
 
 
-def _erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batch_no: int, actor: Actor,
+def erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batch_no: int, actor: Actor,
                  plan: dict[str, Any] | None = None) -> dict:
     now = utcnow()
     tomb = _tombstone(req_id, now.isoformat())
@@ -366,7 +364,7 @@ def _erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batc
     return {"revisions": revisions, "vault": vault_deleted}
 
 
-def _response(req: ErasureRequest, *, replayed: bool = False) -> dict[str, Any]:
+def response(req: ErasureRequest, *, replayed: bool = False) -> dict[str, Any]:
     rep = req.report or {}
     return {
         "id": str(req.id), "status": req.status, "dry_run": req.dry_run, "reason": req.reason,
@@ -391,113 +389,18 @@ def _response(req: ErasureRequest, *, replayed: bool = False) -> dict[str, Any]:
     }
 
 
-def _warnings(aliases: list[dict[str, Any]], dry_run: bool) -> list[str]:
+def warnings_for(aliases: list[dict[str, Any]], dry_run: bool) -> list[str]:
     verb = "would be" if dry_run else "is now"
     return [f"ALIAS {a['name']}@{a['alias']} points at model version {a['name']} v{a['version']}, which {verb} "
             "TAINTED by this erasure: it was trained on erased data; retrain without it and move the alias"
             for a in aliases]
 
 
-def create(session: Session, *, data: ErasureCreate, actor: Actor) -> tuple[dict[str, Any], int]:
-    """Preview or execute. Returns (response, HTTP status): 201 for a new request that matched something,
-    200 when nothing matched (an empty report is an answer, not an error); a replay of an executed
-    request returns that request's response and status unchanged."""
-    sel = data.selector
-    sel_sha = sel.sha256()
-    t0 = time.perf_counter()
-    matched = select_examples(session, sel, actor)
-    t_select = time.perf_counter()
-    todo = sorted(eid for eid, _, status in matched if status != "erased")
-    already = len(matched) - len(todo)
-
-    if not data.dry_run:
-        prior = session.scalar(select(ErasureRequest).where(
-            ErasureRequest.selector_sha256 == sel_sha, ErasureRequest.dry_run.is_(False),
-            ErasureRequest.status.in_(("completed", "running"))).order_by(ErasureRequest.created_at.desc()).limit(1))
-        if prior is not None and prior.status == "completed" and not todo:
-            return _response(prior, replayed=True), 201 if prior.report.get("examples") else 200
-        if prior is not None and prior.status == "running":
-            # A crashed or interrupted execution: finish it (what it already erased is no longer selected).
-            return _execute(prior.id, todo, actor, resumed=True)
-
-    _check_breadth(session, [m for m in matched if m[2] != "erased"], data.confirm)
-    t_breadth = time.perf_counter()
-    imp = impact(session, todo, {ds for eid, ds, status in matched if status != "erased"})
-    t_impact = time.perf_counter()
-    per_ds = Counter(str(ds) for eid, ds, status in matched if status != "erased")
-    cfg = get_settings().erasure
-    report = {"examples": len(todo), "example_ids": [str(e) for e in todo], "already_erased": already,
-              "datasets": dict(per_ds), "snapshots": imp["snapshots"],
-              "model_versions": [{k: m[k] for k in ("id", "name", "version", "run_id", "status", "erased_examples")}
-                                 for m in imp["model_versions"]],
-              "aliases": imp["aliases"], "warnings": _warnings(imp["aliases"], data.dry_run),
-              "batches": -(-len(todo) // cfg.batch_size),
-              # Where the time went: an operator sizing a large request wants to know.
-              "timings_s": {"select": round(t_select - t0, 3), "breadth_check": round(t_breadth - t_select, 3),
-                            "impact": round(t_impact - t_breadth, 3)}}
-    req_id = new_id()
-    now = utcnow()
-    status = "previewed" if data.dry_run else ("running" if todo else "completed")
-    with session_scope() as s:
-        s.add(ErasureRequest(id=req_id, selector=sel.redacted(), selector_sha256=sel_sha, reason=data.reason,
-                             dry_run=data.dry_run, confirm=data.confirm, status=status, requested_by=actor.ref,
-                             report=report, batches_done=0, created_at=now,
-                             finished_at=None if status == "running" else now))
-        audit.record(s, actor=actor.ref, action="erasure.previewed" if data.dry_run else "erasure.requested",
-                     entity_type="erasure_request", entity_id=req_id,
-                     payload={"selector": sel.redacted(), "reason": data.reason, "examples": len(todo),
-                              "snapshots": len(imp["snapshots"]), "model_versions": len(imp["model_versions"]),
-                              "aliases": imp["aliases"]})
-    if status != "running":
-        with session_scope() as s:
-            req = s.get(ErasureRequest, req_id)
-            return _response(req), 201 if todo else 200
-    return _execute(req_id, todo, actor, plan=imp["plan"])
-
-
-def _execute(req_id: uuid.UUID, todo: list[uuid.UUID], actor: Actor, *, resumed: bool = False,
-             plan: dict[str, Any] | None = None) -> tuple[dict[str, Any], int]:
-    cfg = get_settings().erasure
-    with session_scope() as s:
-        done0 = s.get(ErasureRequest, req_id).batches_done
-    t0 = time.perf_counter()
-    try:
-        for n, i in enumerate(range(0, len(todo), cfg.batch_size)):
-            with session_scope() as s:
-                _erase_batch(s, req_id, todo[i:i + cfg.batch_size], done0 + n, actor, plan)
-    except Exception as exc:
-        log.exception("erasure request %s failed in a batch", req_id)
-        with session_scope() as s:
-            s.execute(update(ErasureRequest).where(ErasureRequest.id == req_id)
-                      .values(error=f"{type(exc).__name__}: {exc}"))
-        raise
-    with session_scope() as s:
-        req = s.get(ErasureRequest, req_id)
-        report = dict(req.report)
-        report["warnings"] = _warnings(report.get("aliases", []), False)
-        report["timings_s"] = {**report.get("timings_s", {}), "execute": round(time.perf_counter() - t0, 3)}
-        req.report = report
-        req.status = "completed"
-        req.error = None
-        req.finished_at = utcnow()
-        audit.record(s, actor=actor.ref, action="erasure.completed", entity_type="erasure_request", entity_id=req_id,
-                     payload={"examples": report.get("examples", 0), "resumed": resumed,
-                              "snapshots": [x["id"] for x in report.get("snapshots", [])],
-                              "model_versions_tainted": [f"{m['name']}:{m['version']}"
-                                                         for m in report.get("model_versions", [])],
-                              "aliases": report.get("aliases", [])})
-        for a in report.get("aliases", []):
-            log.warning("erasure %s tainted %s v%s, still served by alias %s", req_id, a["name"], a["version"],
-                        a["alias"])
-        s.flush()
-        return _response(req), 201
-
-
 def get(session: Session, request_id: str) -> dict[str, Any]:
     req = session.get(ErasureRequest, lineage._uuid(request_id, "erasure_request"))
     if req is None:
         raise NotFound(f"erasure request {request_id} not found", details={"erasure_request": request_id})
-    return _response(req)
+    return response(req)
 
 
 def list_page(session: Session, *, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
@@ -510,7 +413,7 @@ def list_page(session: Session, *, cursor: str | None, limit: int) -> tuple[list
     nxt = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
     out = []
     for r in rows[:limit]:
-        d = _response(r)
+        d = response(r)
         d.pop("example_ids")
         out.append(d)
     return out, nxt

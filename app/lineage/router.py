@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from app.core.auth import Curator, ErasureReader, Reader
 from app.core.db import INT_MAX, SessionDep
 from app.lineage import erasure, service
+from app.lineage import jobs as lineage_jobs
 
 lineage_router = APIRouter(prefix="/v1/lineage", tags=["lineage"])
 erasure_router = APIRouter(prefix="/v1/erasure-requests", tags=["erasure"])
@@ -60,7 +61,7 @@ def by_reviewer(reviewer: str, session: SessionDep, actor: Reader, decision: str
 
 @erasure_router.post("", status_code=201)
 def create_erasure(data: erasure.ErasureCreate, session: SessionDep, actor: Curator) -> JSONResponse:
-    body, status = erasure.create(session, data=data, actor=actor)
+    body, status = lineage_jobs.create_erasure(session, data=data, actor=actor)
     return JSONResponse(body, status_code=status, headers={"Idempotent-Replayed": "true"} if body["replayed"] else {})
 
 
