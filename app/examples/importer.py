@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from app.core.auth import Actor
 from app.core.db import session_factory, session_scope
 from app.core.errors import ValidationFailed, note_batch_id
+from app.core.sql import aware
 from app.datasets import service as datasets
 from app.examples import ingest, parsing
 from app.examples.formats import FieldError
@@ -111,9 +112,7 @@ def _write_progress(session: Session, batch_id: uuid.UUID, p: Progress, stamp: d
 def _committed(batch_id: uuid.UUID, stamp: dt.datetime) -> bool:
     with session_scope() as s:
         seen = s.scalar(select(_BATCH.c.last_seen).where(_BATCH.c.id == batch_id))
-    if seen is not None and seen.tzinfo is None:  # SQLite hands datetimes back naive (UTC)
-        seen = seen.replace(tzinfo=dt.UTC)
-    return seen == stamp
+    return seen is not None and aware(seen) == stamp
 
 
 def mark_interrupted(batch_id: uuid.UUID) -> None:

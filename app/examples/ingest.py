@@ -15,14 +15,13 @@ from typing import Any
 import psycopg
 import uuid_utils
 from sqlalchemy import insert, select, text, tuple_
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core.auth import Actor
 from app.core.db import json_dumps
 from app.core.ids import new_id
+from app.core.sql import dialect_insert, is_pg
 from app.examples.parsing import Candidate, Defaults, LineError
 from app.models.base import utcnow
 from app.models.dataset import Dataset
@@ -51,15 +50,6 @@ def open_batch(session: Session, *, dataset: Dataset, actor: Actor, channel: str
     return batch
 
 
-def _insert_ignore(session: Session, table):
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return pg_insert(table).on_conflict_do_nothing()
-    if dialect == "sqlite":
-        return sqlite_insert(table).on_conflict_do_nothing()
-    return insert(table)
-
-
 @dataclass
 class _Plan:
     out: BatchOutcome
@@ -79,7 +69,7 @@ def store(session: Session, *, dataset: Dataset, batch_id: uuid.UUID, actor: Act
     # deadlocks of concurrent imports). The sort is stable, so the first line of a ref still wins.
     candidates = sorted(candidates, key=ref_order)
     refs = list({(c.source, c.source_ref) for c in candidates if c.source_ref is not None})
-    if session.get_bind().dialect.name == "postgresql":
+    if is_pg(session):
         # Optimistic: new refs are the common case, so write first and look up only if the unique
         # index says a ref is already there (the COPY fails at once and the savepoint undoes it).
         # That saves a lookup round trip per batch on a fresh import.
@@ -252,7 +242,7 @@ def _existing_refs_hashed(session: Session, params: dict[str, Any]) -> dict[tupl
 def _existing_refs(session: Session, dataset_id: uuid.UUID,
                    refs: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[uuid.UUID, str, str]]:
     out: dict[tuple[str, str], tuple[uuid.UUID, str, str]] = {}
-    if session.get_bind().dialect.name == "postgresql":
+    if is_pg(session):
         # Two array parameters instead of thousands of placeholders: the statement stays small and
         # the planner joins against unnest() with the (dataset_id, source, source_ref) index.
         params = {"sources": [a for a, _ in refs], "refs": [b for _, b in refs], "ds": dataset_id}
@@ -284,7 +274,7 @@ def _existing_refs(session: Session, dataset_id: uuid.UUID,
 def _canonicals(session: Session, dataset_id: uuid.UUID, hashes: list[str]) -> dict[str, uuid.UUID]:
     """content hash -> earliest live example with that ingested content, for hashes already stored."""
     canonical: dict[str, uuid.UUID] = {}
-    if session.get_bind().dialect.name == "postgresql":
+    if is_pg(session):
         rows = session.execute(
             text(
                 # The hash probe is fenced off (MATERIALIZED) so it always uses the content-hash
@@ -321,7 +311,7 @@ def _uuids(rows: list[dict[str, Any]], *keys: str) -> list[dict[str, Any]]:
 def _insert_generic(session: Session, ex_rows: list[dict[str, Any]], rev_rows: list[dict[str, Any]],
                     link_rows: list[dict[str, Any]]) -> set[str]:
     ex_table = Example.__table__
-    stmt = _insert_ignore(session, ex_table).returning(ex_table.c.id)
+    stmt = dialect_insert(session, ex_table).on_conflict_do_nothing().returning(ex_table.c.id)
     rows = _uuids(ex_rows, "id", "current_revision_id")
     inserted = {str(r[0]) for r in session.execute(stmt, rows)} if rows else set()
     revs = _uuids([r for r in rev_rows if r["example_id"] in inserted], "id", "example_id")

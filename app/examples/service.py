@@ -9,8 +9,6 @@ from sqlalchemy.orm import Session
 
 from app.core.auth import Actor
 from app.core.errors import NotFound, NotWired, ValidationFailed
-
-# Re-exported until the domains that page import app.core.pagination themselves.
 from app.core.pagination import decode_cursor, encode_cursor
 from app.examples import privacy
 from app.models.example import STATUSES, DuplicateLink, Example, ExampleRevision

@@ -26,16 +26,14 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, Field, field_validator, model_validator
-from sqlalchemy import Uuid, any_, bindparam, delete, func, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core.auth import Actor, check_role
 from app.core.config import get_settings
 from app.core.errors import Conflict, NotFound
+from app.core.sql import any_of, dialect_insert, is_pg
 from app.examples import privacy
 from app.lineage import service as lineage
 from app.lineage import training as tr
@@ -115,14 +113,6 @@ class ErasureCreate(BaseModel):
     confirm: bool = False
 
 
-def _in(session: Session, col: Any, ids: list[uuid.UUID]) -> Any:
-    """`col IN ids`; on PostgreSQL `col = ANY(array)`: one parameter instead of thousands, and a plan
-    that does not depend on the list's length."""
-    if session.get_bind().dialect.name == "postgresql":
-        return col == any_(bindparam(None, ids, type_=ARRAY(Uuid())))
-    return col.in_(ids)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Selection
 
@@ -136,7 +126,7 @@ def _scope(q, sel: Selector):
 
 
 def _metadata_cond(session: Session, meta: dict[str, Any]):
-    if session.get_bind().dialect.name == "postgresql":
+    if is_pg(session):
         from sqlalchemy import text
 
         return text("examples.metadata @> CAST(:meta AS jsonb)").bindparams(meta=orjson.dumps(meta).decode())
@@ -262,15 +252,16 @@ def impact(session: Session, example_ids: list[uuid.UUID], dataset_ids: set[uuid
     descent per example per snapshot partition): at 100 snapshots and 10,000 examples, a million."""
     mv_counts: Counter[uuid.UUID] = Counter()
     mv_snapshot: dict[uuid.UUID, uuid.UUID] = {}
-    step = 50_000 if session.get_bind().dialect.name == "postgresql" else SEARCH_BATCH
+    pg = is_pg(session)
+    step = 50_000 if pg else SEARCH_BATCH
     ln, mv, run = tr.lineage, tr.model_versions, tr.training_runs
     for i in range(0, len(example_ids), step):
         mv_counts.update(dict(session.execute(select(ln.c.model_version_id, func.count())
-                                              .where(_in(session, ln.c.example_id, example_ids[i:i + step]))
+                                              .where(any_of(ln.c.example_id, example_ids[i:i + step], pg=pg))
                                               .group_by(ln.c.model_version_id)).all()))
     if mv_counts:
         mv_snapshot = dict(session.execute(select(mv.c.id, run.c.snapshot_id).join(run, run.c.id == mv.c.run_id)
-                                           .where(_in(session, mv.c.id, list(mv_counts)))).all())
+                                           .where(any_of(mv.c.id, list(mv_counts), pg=pg))).all())
     snap_ids: set[uuid.UUID] = set(mv_snapshot.values())
     # example -> the other snapshots holding it: each batch flags its snapshots from this and from its
     # versions' snapshots, instead of probing every partition again.
@@ -281,8 +272,8 @@ def impact(session: Session, example_ids: list[uuid.UUID], dataset_ids: set[uuid
         for i in range(0, len(example_ids), step):
             for sid, eid in session.execute(
                     select(SnapshotMember.snapshot_id, SnapshotMember.example_id)
-                    .where(_in(session, SnapshotMember.snapshot_id, others),
-                           _in(session, SnapshotMember.example_id, example_ids[i:i + step]))):
+                    .where(any_of(SnapshotMember.snapshot_id, others, pg=pg),
+                           any_of(SnapshotMember.example_id, example_ids[i:i + step], pg=pg))):
                 snap_ids.add(sid)
                 members[eid].append(sid)
     snaps = [{"id": str(s.id), "name": s.name, "dataset_id": str(s.dataset_id),
@@ -307,8 +298,7 @@ def _tombstone(request_id: uuid.UUID, at: str) -> dict[str, Any]:
 
 
 def _upsert_taints(session: Session, rows: list[dict[str, Any]]) -> None:
-    ins = (pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert)(ModelVersionTaint)
-    ins = ins.values(rows)
+    ins = dialect_insert(session, ModelVersionTaint).values(rows)
     session.execute(ins.on_conflict_do_update(
         index_elements=["model_version_id", "erasure_request_id"],
         set_={"examples": ModelVersionTaint.examples + ins.excluded.examples}))
@@ -317,19 +307,20 @@ def _upsert_taints(session: Session, rows: list[dict[str, Any]]) -> None:
 def erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batch_no: int, actor: Actor,
                  plan: dict[str, Any] | None = None) -> dict:
     now = utcnow()
+    pg = is_pg(session)
     tomb = _tombstone(req_id, now.isoformat())
-    vault_deleted = session.execute(delete(PiiVaultEntry).where(_in(session, PiiVaultEntry.example_id, ids))).rowcount
+    vault_deleted = session.execute(delete(PiiVaultEntry).where(any_of(PiiVaultEntry.example_id, ids, pg=pg))).rowcount
     # An evaluation example's n-gram hashes fingerprint its text: they go with it.
-    session.execute(delete(DedupEvalNgram).where(_in(session, DedupEvalNgram.example_id, ids)))
-    revisions = session.execute(update(ExampleRevision).where(_in(session, ExampleRevision.example_id, ids))
+    session.execute(delete(DedupEvalNgram).where(any_of(DedupEvalNgram.example_id, ids, pg=pg)))
+    revisions = session.execute(update(ExampleRevision).where(any_of(ExampleRevision.example_id, ids, pg=pg))
                                 .values(content=tomb).execution_options(synchronize_session=False)).rowcount
-    session.execute(update(Example).where(_in(session, Example.id, ids))
+    session.execute(update(Example).where(any_of(Example.id, ids, pg=pg))
                     .values(status="erased", stage=None, meta={lineage.TOMBSTONE_KEY: str(req_id)}, updated_at=now)
                     .execution_options(synchronize_session=False))
     tainted: list[str] = []
     counts: list[Any] = []
     ln, mv = tr.lineage, tr.model_versions
-    counts = session.execute(select(ln.c.model_version_id, func.count()).where(_in(session, ln.c.example_id, ids))
+    counts = session.execute(select(ln.c.model_version_id, func.count()).where(any_of(ln.c.example_id, ids, pg=pg))
                              .group_by(ln.c.model_version_id)).all()
     if counts:
         mv_ids = [c[0] for c in counts]
@@ -350,7 +341,7 @@ def erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batch
         snap_ids = sorted(snaps)
     else:  # a resumed request: the plan went with the process that made it
         snap_ids = list(session.scalars(select(SnapshotMember.snapshot_id).distinct()
-                                        .where(_in(session, SnapshotMember.example_id, ids))))
+                                        .where(any_of(SnapshotMember.example_id, ids, pg=pg))))
     if snap_ids:
         session.execute(update(Snapshot).where(Snapshot.id.in_(snap_ids), Snapshot.contains_erased.is_(False))
                         .values(contains_erased=True).execution_options(synchronize_session=False))

@@ -12,13 +12,14 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import ColumnElement, Uuid, and_, any_, bindparam, exists, func, or_, select, text, true
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, text, true
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core.auth import Actor
 from app.core.errors import NotFound, ValidationFailed
+from app.core.pagination import decode_cursor, encode_cursor
+from app.core.sql import any_of, is_pg
 from app.examples import privacy
 from app.examples import service as examples
 from app.lineage import facets
@@ -108,8 +109,7 @@ def model_version_views(session: Session, mv_ids: list[uuid.UUID], *,
         return []
     col = tr.model_versions.c.id
     # = ANY(array) on PostgreSQL: a thousand versions are one parameter, not a thousand to render and bind.
-    cond = (col == any_(bindparam(None, list(mv_ids), type_=ARRAY(Uuid())))
-            if session.get_bind().dialect.name == "postgresql" else col.in_(mv_ids))
+    cond = any_of(col, mv_ids, pg=is_pg(session))
     return _views(session, cond, extra=extra)
 
 
@@ -309,7 +309,7 @@ def _reviewer_match(reviewer: str) -> ColumnElement[bool]:
 
 
 def _has_tag(session: Session, tag: str) -> ColumnElement[bool]:
-    if session.get_bind().dialect.name == "postgresql":
+    if is_pg(session):
         return Example.tags.op("?")(tag)
     return text("EXISTS (SELECT 1 FROM json_each(examples.tags) WHERE json_each.value = :tag)").bindparams(tag=tag)
 
@@ -334,7 +334,7 @@ def model_examples(session: Session, *, name: str, version: int, source: str | N
         conds.append(_has_tag(session, tag))
     cols = (Example.source, Example.source_ref, Example.license, Example.legal_basis, Example.status,
             Example.dataset_id)
-    if session.get_bind().dialect.name == "postgresql":
+    if is_pg(session):
         # A LATERAL probe fenced by OFFSET 0: left to itself the planner merge-joins the two id-ordered
         # indexes, and the examples side of a merge join starts at the table's first id, which is 100,000
         # rows of walking for a version trained on recent data (60 ms instead of 1).
@@ -348,11 +348,11 @@ def model_examples(session: Session, *, name: str, version: int, source: str | N
     if reviewer is not None:
         q = q.where(exists().where(Review.revision_id == ln.c.revision_id, _reviewer_match(reviewer)))
     if cursor:
-        q = q.where(ln.c.example_id > examples.decode_cursor(cursor))
+        q = q.where(ln.c.example_id > decode_cursor(cursor))
     rows = session.execute(q.order_by(ln.c.example_id).limit(limit + 1)).all()
     if not rows:
         get_model_version(session, name, version)
-    nxt = examples.encode_cursor(rows[limit - 1].example_id) if len(rows) > limit else None
+    nxt = encode_cursor(rows[limit - 1].example_id) if len(rows) > limit else None
     items = [{"example_id": str(r.example_id), "revision_id": str(r.revision_id), "dataset_id": str(r.dataset_id),
               "source": r.source, "source_ref": privacy.source_ref_for(actor, r.source_ref), "license": r.license,
               "legal_basis": r.legal_basis,
@@ -403,9 +403,9 @@ def _example_page(session: Session, cond: ColumnElement[bool], cursor: str | Non
     q = select(Example.id, Example.dataset_id, Example.status, Example.source, Example.source_ref,
                Example.license).where(cond)
     if cursor:
-        q = q.where(Example.id > examples.decode_cursor(cursor))
+        q = q.where(Example.id > decode_cursor(cursor))
     rows = session.execute(q.order_by(Example.id).limit(limit + 1)).all()
-    nxt = examples.encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    nxt = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
     return [{"example_id": str(r.id), "dataset_id": str(r.dataset_id), "status": r.status, "source": r.source,
              "source_ref": privacy.source_ref_for(actor, r.source_ref), "license": r.license}
             for r in rows[:limit]], nxt

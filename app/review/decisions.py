@@ -19,11 +19,11 @@ from app.audit import service as audit
 from app.core.auth import Actor
 from app.core.errors import Conflict, Forbidden, InvalidState, NotFound, PedigreeError
 from app.core.ids import new_id
-from app.core.sql import any_of
+from app.core.sql import any_of, is_pg, iso
 from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.review.schemas import BulkReviewIn, ReviewIn, ReviewPolicy
-from app.review.service import AUTHORED, ESC, REV, E, L, R, check_lease, check_reason, iso, serialize_writers
+from app.review.service import AUTHORED, ESC, REV, E, L, R, check_lease, check_reason, serialize_writers
 
 
 def _outcome(policy: ReviewPolicy, tally: Counter[str], decision: str) -> str | None:
@@ -104,7 +104,7 @@ def _batch_statements(pg: bool) -> tuple[Any, Any, Any]:
 
 def _load_batch(session: Session, ids: list[uuid.UUID], refs: set[str]) -> _Batch:
     conn = session.connection()
-    lock, decisions, authored_q = _batch_statements(conn.dialect.name == "postgresql")
+    lock, decisions, authored_q = _batch_statements(is_pg(conn))
     examples = {r.id: r for r in conn.execute(lock, {"ids": ids})}
     leases = {e: SimpleNamespace(holder_key_id=r.holder_key_id, holder=r.holder, acquired_at=r.acquired_at,
                                  expires_at=r.expires_at)
@@ -252,7 +252,7 @@ def decide_many(session: Session, requests: list[DecisionRequest], *, atomic: bo
                 r.details = {"example_id": str(requests[i].example_id), "cause": r.details}
                 raise r
     conn = session.connection()
-    w = _write_statements(conn.dialect.name == "postgresql")
+    w = _write_statements(is_pg(conn))
     if reviews:
         # The unique constraint backs the in-memory check up: a collision fails the whole batch, which
         # the caller then retries request by request.

@@ -13,6 +13,7 @@ from app.core.auth import Actor
 from app.core.config import get_settings
 from app.core.errors import Conflict, Forbidden, InvalidState, ValidationFailed
 from app.core.ids import new_id
+from app.core.sql import aware, iso
 from app.examples import service as examples
 from app.examples.formats import FieldError, content_sha256, normalize
 from app.models.base import utcnow
@@ -22,19 +23,7 @@ from app.models.review import ReviewSuggestion
 from app.pipeline import service as pipeline
 from app.pipeline import stages
 from app.review.schemas import RevisionIn, SuggestionIn
-from app.review.service import (
-    EDITABLE,
-    ESC,
-    REV,
-    E,
-    L,
-    aware,
-    iso,
-    lease_row,
-    lock_example,
-    policy_of,
-    suggestion_out,
-)
+from app.review.service import EDITABLE, ESC, REV, E, L, lease_row, lock_example, policy_of, suggestion_out
 
 
 def edit(session: Session, *, example_id: str | uuid.UUID, actor: Actor, data: RevisionIn) -> dict[str, Any]:

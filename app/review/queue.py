@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.core.auth import KEY_COLUMNS, Actor, check_key, check_role, key_prefix
 from app.core.errors import Conflict, NotFound
-from app.core.sql import any_of
+from app.core.sql import any_of, aware, is_pg, iso
 from app.examples import service as examples
 from app.models.auth import ApiKey
 from app.models.base import utcnow
@@ -31,8 +31,6 @@ from app.review.service import (
     E,
     L,
     R,
-    aware,
-    iso,
     lease_row,
     lock_example,
     policy_of,
@@ -147,7 +145,7 @@ def next_items(session: Session, *, dataset: Any, actor: Actor, limit: int = 1,
     expires = now + dt.timedelta(seconds=policy.lease_seconds)
     exclude = [uuid.UUID(str(x)) for x in exclude]
     conn = session.connection()
-    pg = conn.dialect.name == "postgresql"
+    pg = is_pg(conn)
     serialize_writers(session)
 
     granted: dict[uuid.UUID, Any] = {}

@@ -15,12 +15,11 @@ import uuid
 from typing import Any
 
 from sqlalchemy import delete, false, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.core.auth import Actor
 from app.core.errors import Conflict, NotFound, ValidationFailed
+from app.core.sql import aware, dialect_insert, is_pg, iso
 from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.example import Example, ExampleRevision
@@ -37,19 +36,6 @@ EDITABLE = ("pending_review", "changes_requested", "approved")
 REV_COLS = (REV.c.seq, REV.c.reason, REV.c.author, REV.c.content, REV.c.content_sha256, REV.c.quality)
 # Revisions whose author wrote the content; a pii_scrub or erasure revision is the system's.
 AUTHORED = ("ingest", "reviewer_edit")
-
-
-def aware(ts: dt.datetime) -> dt.datetime:
-    # SQLite hands datetimes back naive; everything stored is UTC.
-    return ts if ts.tzinfo else ts.replace(tzinfo=dt.UTC)
-
-
-def iso(ts: dt.datetime | None) -> str | None:
-    return aware(ts).isoformat() if ts else None
-
-
-def is_pg(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
 
 
 def serialize_writers(session: Session) -> None:
@@ -162,6 +148,5 @@ def revoke_page_session(session: Session, *, session_id: str, expires_at: dt.dat
     # Past its lifetime a cookie is refused when unsealed anyway, so its row can go; sign-outs are rare
     # enough that this is all the cleaning the table needs.
     conn.execute(delete(_REVOKED).where(_REVOKED.c.expires_at < utcnow()))
-    ins = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     # Two tabs signing one session out at once: the second insert is a no-op, not a 500.
-    conn.execute(ins(_REVOKED).values(session_id=session_id, expires_at=expires_at).on_conflict_do_nothing())
+    conn.execute(dialect_insert(conn, _REVOKED).values(session_id=session_id, expires_at=expires_at).on_conflict_do_nothing())

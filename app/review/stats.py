@@ -12,11 +12,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.core.auth import Actor
+from app.core.sql import aware
 from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.review import DECISIONS
 from app.review import agreement
-from app.review.service import ESC, REV, E, R, aware, policy_of
+from app.review.service import ESC, REV, E, R, policy_of
 
 
 def stats(session: Session, *, dataset: Dataset, now: dt.datetime | None = None) -> dict[str, Any]:
