@@ -20,7 +20,6 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 
 from tests.security.test_roles import world  # noqa: F401  (real ids for path parameters)
-from tests.training.conftest import artifact_root, dispatched  # noqa: F401
 
 EXAMPLES = int(os.environ.get("PEDIGREE_TEST_SCHEMATHESIS_EXAMPLES", "6"))
 # CI runs the same cases every time; PEDIGREE_TEST_SCHEMATHESIS_RANDOM=1 explores new ones.

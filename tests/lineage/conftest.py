@@ -13,7 +13,6 @@ from sqlalchemy import insert
 
 from app.lineage import training as tr
 from app.models.base import utcnow
-from tests.training.conftest import artifact_root, base_model, dispatched  # noqa: F401  (shared fixtures)
 
 
 @pytest.fixture

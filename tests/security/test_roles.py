@@ -17,7 +17,6 @@ import orjson
 import pytest
 
 from tests.factories import NDJSON, approved_dataset, complete_body, fake_artifact, freeze, instruction_line
-from tests.training.conftest import artifact_root, dispatched  # noqa: F401
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 ROLES = ("admin", "curator", "reviewer", "trainer", "auditor")
@@ -54,7 +53,7 @@ def _call(api, role: str | None, method: str, url: str, req: dict[str, Any]):
 
 
 @pytest.fixture
-def world(api, dispatched, artifact_root):  # noqa: F811
+def world(api, dispatched, artifact_root):
     """Real ids for every path parameter, and a key to revoke."""
     from app.core import auth
     from app.core.db import session_scope
