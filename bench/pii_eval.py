@@ -20,7 +20,7 @@ Matching (span level, overlap based):
     given offset (one span in presidio_generated_small.json), and counted under `repaired_spans`.
 
 Configurations: pattern-only vs en_core_web_sm, each with Presidio's stock recognizers only, with ours
-(app/pii/recognizers.py) but without the first-name gazetteer recognizer, and with all of ours (the
+(app/pii/recognizers/) but without the first-name gazetteer recognizer, and with all of ours (the
 headline). `--dolly N` (default 1000) also counts the spans found on the first N Dolly pairs with and without
 the gazetteer: no gold labels there, so the count is the cost in false positives (and real public figures).
 The last line of stdout is one JSON object: figures, targets, "pass".

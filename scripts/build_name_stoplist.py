@@ -4,7 +4,7 @@
 
 nam_dict.txt (gender-guesser) lists "Will", "May", "Mark", "Grace", "Hunter", "Summer"... as first names.
 On their own, capitalised at the start of a sentence, they are far more often the English word, so the
-gazetteer name recognizer never takes them alone (app/pii/recognizers.py). A word is on the list when it is
+gazetteer name recognizer never takes them alone (app/pii/recognizers/names.py). A word is on the list when it is
 written in lower case at least half as often as capitalised mid-sentence in ordinary instruction data:
 alpaca-libre, GPTeacher, OpenAssistant, self-instruct and Dolly records 2,000 onwards. Dolly's first 1,000
 records are held out: docs/pii.md counts the false positives on them. Neither the PII evaluation corpus

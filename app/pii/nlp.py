@@ -7,7 +7,7 @@ seconds of start-up and hundreds of MB per process. Both libraries treat an Impo
 installed", so `load()` imports them while an import finder refuses those two names, then removes it:
 a process that wants torch for itself (the trainer, the test suite) still gets it.
 
-`engine.py`, `recognizers.py` and `scrub.py` import Presidio at their top, so nothing imports them before
+`engine.py`, `recognizers/` and `scrub.py` import Presidio at their top, so nothing imports them before
 calling `load()`: `app.pii.service` (the engine and the scrub, on first use) and the pii worker's start-up
 do. This replaces a module that planted `None` in `sys.modules` as a side effect of being imported, and
 that import-sorting had moved below the Presidio imports it was meant to precede, so it guarded nothing.

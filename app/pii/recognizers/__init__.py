@@ -1,0 +1,66 @@
+"""Recognizers that close gaps in Presidio's stock set, measured in docs/pii.md (bench/pii_eval).
+
+Each one is a Presidio recognizer, so the analyzer's context enhancement, thresholds and allow-lists apply to
+it like to the stock ones. Scores are chosen so that a bare match of a loose shape stays below the default
+policy threshold (0.4) and only a match with a context word ("call", "fax", "card") or a validated checksum
+gets through.
+"""
+
+from __future__ import annotations
+
+from presidio_analyzer import EntityRecognizer
+
+from app.pii.recognizers.common import make_result
+from app.pii.recognizers.names import GazetteerNameRecognizer, PersonCueRecognizer, SpeakerLabelRecognizer
+from app.pii.recognizers.passes import (
+    coordinated_names,
+    prefer_cued_names,
+    propagate_mentions,
+    retype_names,
+    trim_unit_words,
+)
+from app.pii.recognizers.patterns import (
+    CaseInsensitiveIbanRecognizer,
+    LoosePhoneRecognizer,
+    OfflineEmailRecognizer,
+    PaymentCardRecognizer,
+    StreetAddressRecognizer,
+    card_network_ok,
+    luhn_ok,
+    offline_tld_extractor,
+)
+
+__all__ = [
+    "CaseInsensitiveIbanRecognizer",
+    "GazetteerNameRecognizer",
+    "LoosePhoneRecognizer",
+    "OfflineEmailRecognizer",
+    "PaymentCardRecognizer",
+    "PersonCueRecognizer",
+    "SpeakerLabelRecognizer",
+    "StreetAddressRecognizer",
+    "card_network_ok",
+    "coordinated_names",
+    "custom_recognizers",
+    "luhn_ok",
+    "make_result",
+    "offline_tld_extractor",
+    "prefer_cued_names",
+    "propagate_mentions",
+    "retype_names",
+    "trim_unit_words",
+]
+
+
+def custom_recognizers(language: str = "en", gazetteer: bool = True) -> list[EntityRecognizer]:
+    recognizers: list[EntityRecognizer] = [
+        PaymentCardRecognizer(language),
+        LoosePhoneRecognizer(language),
+        StreetAddressRecognizer(language),
+        PersonCueRecognizer(language),
+        SpeakerLabelRecognizer(language),
+        CaseInsensitiveIbanRecognizer(language),
+    ]
+    if gazetteer:
+        recognizers.append(GazetteerNameRecognizer(language))
+    return recognizers

@@ -1,0 +1,141 @@
+"""Passes over the analyzer's results for PERSON: trimming, re-typing, and spreading a found name to its
+other mentions and list members. engine.py runs them in order after the analyzer."""
+
+from __future__ import annotations
+
+import re
+
+from presidio_analyzer import RecognizerResult
+
+from app.pii.recognizers.common import _ORG_WORDS, _PLACE_WORDS, _UNIT, make_result
+
+_TITLE_WORDS = frozenset(
+    """uncle aunt saint king queen prince princess lord lady sir madam doctor professor captain general
+    president senator judge father mother brother sister""".split()  # noqa: SIM905
+)
+
+
+def propagate_mentions(text: str, results: list[RecognizerResult], entity_type: str = "PERSON") -> list:
+    """Once a name is found anywhere in a text, find its other mentions too (the model often tags a name on
+    one mention and not the next; the surname alone later is still the same person). Returns the full
+    result list: a mention the model tagged as a place or an organisation is re-typed."""
+    names: set[str] = set()
+    for r in results:
+        if r.entity_type != entity_type or r.score < 0.5:
+            continue
+        value = text[r.start : r.end].strip()
+        # Lower-case spans are where the model is least sure; spreading one would spread a false positive.
+        if len(value) < 3 or not value[0].isupper():
+            continue
+        names.add(value)
+        # The surname alone is the usual later mention; first names and title words ("Uncle Walter")
+        # would spread far more false positives than they catch.
+        last = value.split()[-1]
+        if len(value.split()) > 1 and len(last) >= 4 and last[0].isupper() and last.lower() not in _TITLE_WORDS:
+            names.add(last)
+    if not names:
+        return results
+    # Only same-type spans block a mention: the model may have tagged the second "Nishiyama" as GPE.
+    covered = [(r.start, r.end) for r in results if r.entity_type == entity_type]
+    found: list[RecognizerResult] = []
+    pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+                         + r")(?!\w)")
+    for m in pattern.finditer(text):
+        if any(s < m.end() and m.start() < e for s, e in covered):
+            continue
+        covered.append((m.start(), m.end()))
+        found.append(make_result(entity_type, m.start(), m.end(), 0.75, "MentionPropagation", "MentionPropagation"))
+    spans = {(f.start, f.end) for f in found}
+    kept = [r for r in results if not (r.entity_type in _NER_OTHER and (r.start, r.end) in spans)]
+    return kept + found
+
+
+
+
+# --- re-typing names the small model calls something else ---------------------------------------------------
+
+_NAME_SHAPED = re.compile(r"^[A-ZÀ-ÖØ-ÞĀ-Ž][a-zà-öø-ÿā-ž'’-]+$|^[A-Z]\.?$")
+
+
+def _looks_like_name(value: str) -> bool:
+    tokens = value.split()
+    if not 2 <= len(tokens) <= 4:
+        return False
+    if not all(_NAME_SHAPED.match(t) for t in tokens):
+        return False
+    if sum(1 for t in tokens if len(t.rstrip(".")) > 1) < 2:
+        return False
+    lowered = {t.lower().strip(".") for t in tokens}
+    return not (lowered & _ORG_WORDS or lowered & _PLACE_WORDS)
+
+
+_NER_OTHER = frozenset({"ORGANIZATION", "LOCATION", "NRP"})
+
+
+_CUE_RECOGNIZERS = frozenset({"PersonCueRecognizer", "SpeakerLabelRecognizer", "GazetteerNameRecognizer"})
+
+
+_TRAILING_UNIT = re.compile(rf"\s+{_UNIT}\.?$")
+
+
+def trim_unit_words(text: str, results: list[RecognizerResult]) -> list[RecognizerResult]:
+    """The model reads "Mrs. Barbara Yudina Apt. 675" as PERSON "Barbara Yudina Apt"; overlapping the unit,
+    the name would then be swallowed by the address. The unit word belongs to the address."""
+    for r in results:
+        if r.entity_type == "PERSON":
+            m = _TRAILING_UNIT.search(text, r.start, r.end)
+            if m and m.start() > r.start:
+                r.end = m.start()
+    return results
+
+
+def prefer_cued_names(results: list[RecognizerResult]) -> list[RecognizerResult]:
+    """A name introduced by a cue ("my name is Siiri", "Mrs. Ayers") beats the model's ORG/GPE/DATE label
+    for the same words: the cue is the stronger evidence, even though the model's score is higher."""
+    cued = [r for r in results
+            if r.entity_type == "PERSON"
+            and (r.recognition_metadata or {}).get(RecognizerResult.RECOGNIZER_NAME_KEY) in _CUE_RECOGNIZERS]
+    if not cued:
+        return results
+    return [r for r in results
+            if not (r.entity_type in _NER_OTHER | {"DATE_TIME"}
+                    and any(c.start < r.end and r.start < c.end for c in cued))]
+
+
+def retype_names(text: str, results: list[RecognizerResult]) -> list[RecognizerResult]:
+    """en_core_web_sm tags many two-word names from outside the English-speaking world as ORG or GPE
+    ("Tiffany Kilfoyle", "Calquín Cazares"). A 2-4 word span of capitalised words with no company or place
+    word in it is far more often a person: re-type it, with a lower score than a direct PERSON tag."""
+    out = []
+    for r in results:
+        if r.entity_type in ("ORGANIZATION", "LOCATION", "NRP") and _looks_like_name(text[r.start : r.end]):
+            r = make_result("PERSON", r.start, r.end, 0.7, "NameShapeRetyper", "NameShapeRetyper")
+        out.append(r)
+    return out
+
+
+_LIST_ITEM = r"[A-ZÀ-ÖØ-ÞĀ-Ž][\w'’-]+(?:\s[A-ZÀ-ÖØ-ÞĀ-Ž][\w'’-]+)?"
+_LIST = re.compile(rf"{_LIST_ITEM}(?:,\s+{_LIST_ITEM})*,?\s+(?:and|or|&)\s+{_LIST_ITEM}")
+_ITEM = re.compile(_LIST_ITEM)
+
+
+def coordinated_names(text: str, results: list[RecognizerResult]) -> list[RecognizerResult]:
+    """In "Kónya, Becker and Vasquez" or "Mary, Ariana, Isabel and Jodi", once one member is a PERSON the
+    other capitalised members of the same list are too."""
+    persons = [(r.start, r.end) for r in results if r.entity_type == "PERSON" and r.score >= 0.5]
+    if not persons:
+        return []
+    out = []
+    taken = [(r.start, r.end) for r in results if r.entity_type == "PERSON"]
+    for m in _LIST.finditer(text):
+        if not any(s < m.end() and m.start() < e for s, e in persons):
+            continue
+        for item in _ITEM.finditer(text, m.start(), m.end()):
+            if item.group() in ("And", "Or"):
+                continue
+            if any(s < item.end() and item.start() < e for s, e in taken):
+                continue
+            out.append(make_result("PERSON", item.start(), item.end(), 0.6, "CoordinationPropagation",
+                                   "CoordinationPropagation"))
+    return out
+

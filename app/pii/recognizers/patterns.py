@@ -1,0 +1,273 @@
+"""Pattern recognizers: email, payment cards, phone numbers, street addresses, lower-case IBANs.
+
+Scores are chosen so that a bare match of a loose shape stays below the default policy threshold (0.4) and
+only a match with a context word ("call", "fax", "card") or a validated checksum gets through.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import tldextract
+from presidio_analyzer import LocalRecognizer, Pattern, PatternRecognizer, RecognizerResult
+from presidio_analyzer.predefined_recognizers import EmailRecognizer
+
+from app.pii.recognizers.common import _CASE_SENSITIVE, make_result
+
+# --- email -------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def offline_tld_extractor() -> tldextract.TLDExtract:
+    # The stock EmailRecognizer calls tldextract.extract(), whose default instance fetches the public suffix
+    # list over HTTPS on first use (and writes a cache under $HOME). Workers have no internet and must not
+    # block on it: use the snapshot bundled in the wheel, never the network, never the disk cache.
+    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, fallback_to_snapshot=True)
+
+
+class OfflineEmailRecognizer(EmailRecognizer):
+    def validate_result(self, pattern_text: str) -> bool:
+        return offline_tld_extractor()(pattern_text).fqdn != ""
+
+
+# --- payment cards -----------------------------------------------------------------------------------------
+
+# Issuer prefixes (IIN ranges) with the lengths each network issues. Presidio's stock pattern stops at
+# 5[0-5]xx, so Mastercard's 2221-2720 series (issued since 2017), 19-digit Visa, 12-digit Maestro and
+# 15-digit JCB (2131/1800) were never found.
+_CARD_RANGES: tuple[tuple[int, int, frozenset[int]], ...] = (
+    (4, 4, frozenset({13, 16, 19})),  # Visa
+    (51, 55, frozenset({16})),  # Mastercard
+    (2221, 2720, frozenset({16})),  # Mastercard 2-series
+    (34, 34, frozenset({15})),  # Amex
+    (37, 37, frozenset({15})),
+    (300, 305, frozenset({14, 16, 19})),  # Diners
+    (36, 36, frozenset({14, 16, 19})),
+    (38, 39, frozenset({14, 16, 19})),
+    (6011, 6011, frozenset({16, 19})),  # Discover
+    (644, 649, frozenset({16, 19})),
+    (65, 65, frozenset({16, 19})),
+    (3528, 3589, frozenset({16, 17, 18, 19})),  # JCB
+    (2131, 2131, frozenset({15})),
+    (1800, 1800, frozenset({15})),
+    (50, 50, frozenset(range(12, 20))),  # Maestro
+    (56, 69, frozenset(range(12, 20))),
+    (62, 62, frozenset(range(16, 20))),  # UnionPay
+)
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def card_network_ok(digits: str) -> bool:
+    n = len(digits)
+    for lo, hi, lengths in _CARD_RANGES:
+        width = len(str(lo))
+        if lo <= int(digits[:width]) <= hi and n in lengths:
+            return True
+    return False
+
+
+class PaymentCardRecognizer(LocalRecognizer):
+    """Luhn-valid numbers of 12-19 digits whose prefix and length match a card network."""
+
+    _CANDIDATE = re.compile(r"(?<![\w-])\d(?:[ -]?\d){11,18}(?![\w-])")
+    CONTEXT = ["credit", "card", "visa", "mastercard", "amex", "discover", "jcb", "diners", "maestro", "cc"]  # noqa: RUF012 (Presidio's convention)
+
+    def __init__(self, supported_language: str = "en"):
+        super().__init__(
+            supported_entities=["CREDIT_CARD"],
+            supported_language=supported_language,
+            context=self.CONTEXT,
+            name="PaymentCardRecognizer",
+        )
+
+    def load(self) -> None:
+        pass
+
+    def analyze(self, text, entities, nlp_artifacts=None):
+        if "CREDIT_CARD" not in entities:
+            return []
+        out = []
+        for m in self._CANDIDATE.finditer(text):
+            digits = re.sub(r"[ -]", "", m.group())
+            if not (luhn_ok(digits) and card_network_ok(digits)):
+                continue
+            # A 12-14 digit Luhn-valid number with a plausible prefix happens by chance 1 time in 10: keep it
+            # under the context bar's reach but above the default threshold only with a context word.
+            score = 0.9 if len(digits) >= 15 else 0.35
+            out.append(make_result("CREDIT_CARD", m.start(), m.end(), score, self.name, self.id))
+        return out
+
+
+# --- phone numbers -----------------------------------------------------------------------------------------
+
+
+class LoosePhoneRecognizer(LocalRecognizer):
+    """Digit groups shaped like a phone number, in any national format.
+
+    libphonenumber (the stock PhoneRecognizer) only accepts numbers that are valid for one of the configured
+    regions, so "(37) 788-063", "0494 92 82 32" or "01.84.17.61.18" from outside those regions are missed.
+    A loose shape alone scores 0.3 (under the default threshold); a context word such as "call", "fax" or
+    "mobile" within a few words lifts it over.
+    """
+
+    _CANDIDATE = re.compile(
+        r"(?<![\w+/.-])(?:\+|00)?\(?\d[\d().\s-]{5,22}\d(?:\s?(?:x|ext\.?)\s?\d{1,5})?(?![\w/]|[.-]\d)"
+    )
+    _DATE = re.compile(r"^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}$")
+    _YEARS = re.compile(r"^(?:1[5-9]|20)\d\d\s?[-–/]\s?(?:1[5-9]|20)\d\d$")  # "2019-2020"
+    # Checked on the raw text around the match rather than through Presidio's lemma enhancer: spaCy lists
+    # "call" as a stop word, and the enhancer drops stop words from the context window.
+    _CONTEXT = re.compile(
+        r"(?i)\b(?:phone|call|tel|telephone|mobile|cell|fax|desk|office|contact|reach|answering|whatsapp|sms|"
+        r"text|number|ring|dial)\w*"
+    )
+    CONTEXT = ["phone", "telephone", "mobile", "fax"]  # noqa: RUF012 (Presidio's convention)
+
+    def __init__(self, supported_language: str = "en"):
+        super().__init__(
+            supported_entities=["PHONE_NUMBER"],
+            supported_language=supported_language,
+            context=self.CONTEXT,
+            name="LoosePhoneRecognizer",
+        )
+
+    def load(self) -> None:
+        pass
+
+    def analyze(self, text, entities, nlp_artifacts=None):
+        if "PHONE_NUMBER" not in entities:
+            return []
+        out = []
+        for m in self._CANDIDATE.finditer(text):
+            raw = m.group().rstrip()
+            start, end = m.start(), m.start() + len(raw)
+            core = re.split(r"\s?(?:x|ext\.?)\s?", raw)[0]
+            digits = re.sub(r"\D", "", core)
+            if not 7 <= len(digits) <= 15 or self._DATE.match(core.strip()) or self._YEARS.match(core.strip()):
+                continue
+            if "\n" in raw:
+                continue
+            if core.count("(") != core.count(")"):
+                continue
+            if len(digits) >= 13 and luhn_ok(digits) and card_network_ok(digits):
+                continue
+            international = raw.startswith(("+", "00"))
+            grouped = bool(re.search(r"\d[\s().-]+\d", core))
+            score = 0.5 if international and grouped else 0.3
+            window = text[max(0, start - 40) : start] + " " + text[end : end + 20]
+            if self._CONTEXT.search(window):
+                score = min(1.0, score + 0.35)
+            result = make_result("PHONE_NUMBER", start, end, score, self.name, self.id)
+            result.recognition_metadata[RecognizerResult.IS_SCORE_ENHANCED_BY_CONTEXT_KEY] = score > 0.5
+            out.append(result)
+        return out
+
+
+# --- street addresses --------------------------------------------------------------------------------------
+
+_CAP = r"[A-ZÀ-ÖØ-ÞĀ-Ž\u0370-\u03ff\u0400-\u042f][\w'’.-]*"
+_STREET_WORDS = (
+    r"Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Place|Pl|Square|Sq|Terrace|Way|"
+    r"Parkway|Pkwy|Highway|Hwy|Circle|Cir|Crescent|Close|Row|Gardens|Grove|Mews|Hill|Walk|Trail|Loop|Pike"
+)
+_STREET_SUFFIXES = (
+    r"straße|strasse|str\.|gasse|weg|platz|allee|ring|laan|straat|plein|gracht|gatan|vägen|gränd|katu|tie|"
+    r"kuja|polku|gade|vej|gate|veien|vegen|utca|útja|út|tér|körút|sor|ulica"
+)
+_STREET_PREFIXES = (
+    r"Via|Viale|Piazza|Corso|Largo|Rua|Avenida|Av\.|Travessa|Calle|Carrer|Paseo|Plaza|Camino|Rue|Chemin|"
+    r"Allée|Impasse|Quai|ul\.|ulica|al\.|Strada|Str\.|Odos|Οδός|улица|ул\."
+)
+
+
+# Dates ("18 June 1812", "1925 February 21") have the shape of a continental address.
+_MONTHS = (r"(?:January|February|March|April|May|June|July|August|September|October|November|December|"
+           r"Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)")
+
+
+class StreetAddressRecognizer(PatternRecognizer):
+    """House number + street in US/UK order ("3482 Main St"), street + number in continental order
+    ("Koskikatu 25", "Via Roma 131"), and unit designators ("Apt. 864", "Suite 201").
+
+    Presidio has no address recognizer; spaCy tags at best the city (GPE) inside an address, so the house
+    number and street, the most identifying part, stayed in the text.
+    """
+
+    PATTERNS = [  # noqa: RUF012 (Presidio's convention)
+        Pattern(
+            "number + street (US/UK)",
+            rf"\b\d{{1,6}}[A-Za-z]?,?\s+(?:{_CAP}\s+){{0,4}}(?:{_STREET_WORDS})\b\.?",
+            0.6,
+        ),
+        Pattern(
+            "street suffix + number (continental)",
+            rf"\b(?:{_CAP}\s+){{0,2}}[A-ZÀ-ÖØ-ÞĀ-Ž][\w'’-]*(?:{_STREET_SUFFIXES})\s+\d{{1,5}}[a-zA-Z]?\b",
+            0.6,
+        ),
+        Pattern(
+            "street prefix + name + number",
+            rf"\b(?:{_STREET_PREFIXES})\s+(?:[\w'’.-]+\s+){{0,4}}?\d{{1,5}}[a-zA-Z]?\b",
+            0.55,
+        ),
+        Pattern(
+            "number + capitalised words + number (continental, with house number first)",
+            rf"\b(?!(?:1[5-9]|20)\d\d\b)\d{{2,6}}\s+(?!{_MONTHS}\b)(?:{_CAP}\s+){{1,3}}(?!(?:1[5-9]|20)\d\d\b)"
+            rf"\d{{1,4}}[a-zA-Z]?\b",
+            0.45,
+        ),
+        Pattern("unit", r"\b(?:Apt\.?|Apartment|Suite|Unit|Flat)\s*#?\s*\d{1,5}[A-Za-z]?\b", 0.5),
+        Pattern("PO box", r"\b(?:P\.?\s?O\.?\s?Box|Postfach|Apartado)\s+\d{1,7}\b", 0.6),
+    ]
+    CONTEXT = ["address", "live", "lives", "street", "apt", "suite", "ship", "billing", "mail", "drop"]  # noqa: RUF012 (Presidio's convention)
+
+    def __init__(self, supported_language: str = "en"):
+        super().__init__(
+            supported_entity="STREET_ADDRESS",
+            patterns=self.PATTERNS,
+            context=self.CONTEXT,
+            supported_language=supported_language,
+            name="StreetAddressRecognizer",
+            global_regex_flags=_CASE_SENSITIVE,
+        )
+
+
+
+class CaseInsensitiveIbanRecognizer(LocalRecognizer):
+    """IBANs typed in lower case ("my iban is gb42nawi0445..."): the stock recognizer wants capitals.
+    The ISO 7064 mod-97 check keeps random lower-case tokens out."""
+
+    _CANDIDATE = re.compile(r"(?<![\w])[a-z]{2}\d{2}(?:\s?[a-z0-9]{4}){2,7}(?:\s?[a-z0-9]{1,4})?(?![\w])")
+
+    def __init__(self, supported_language: str = "en"):
+        super().__init__(supported_entities=["IBAN_CODE"], supported_language=supported_language,
+                         name="CaseInsensitiveIbanRecognizer")
+
+    def load(self) -> None:
+        pass
+
+    def analyze(self, text, entities, nlp_artifacts=None):
+        if "IBAN_CODE" not in entities:
+            return []
+        out = []
+        for m in self._CANDIDATE.finditer(text):
+            value = m.group().replace(" ", "").upper()
+            if not 15 <= len(value) <= 34:
+                continue
+            rearranged = value[4:] + value[:4]
+            number = "".join(str(int(ch, 36)) for ch in rearranged)
+            if int(number) % 97 == 1:
+                out.append(make_result("IBAN_CODE", m.start(), m.end(), 1.0, self.name, self.id))
+        return out
+
