@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+import yaml
+
 if TYPE_CHECKING:
     from trainer.config import RunConfig
 
@@ -28,11 +30,13 @@ def _table(rows: dict) -> list[str]:
 def render(cfg: RunConfig, metrics: dict, examples: list[dict]) -> str:
     card = cfg.model_card
     name = card.get("model_name") or cfg.model_name or "adapter"
+    # A YAML emitter, not string formatting: a legal model path may hold ": ", " #", a leading "@" or "-",
+    # or read as a YAML boolean, and the hub (and any other reader) must get the same string back.
+    meta = {"base_model": cfg.base_model, "library_name": "peft", "tags": ["lora", "pedigree"]}
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, default_flow_style=False)
     lines = [
         "---",
-        f"base_model: {cfg.base_model}",
-        "library_name: peft",
-        "tags: [lora, pedigree]",
+        front.rstrip("\n"),
         "---",
         "",
         f"# {name}",

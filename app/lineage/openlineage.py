@@ -9,7 +9,8 @@ a training job, whose output is a model version.
   when it raises or rolls back (a hook in the snapshots router: `snapshot_freeze`).
 - Training run: START / COMPLETE / FAIL / ABORT follow the run's audit events (training_run.started,
   .succeeded, .failed, .cancelled), read after they commit (app.wiring subscribes `on_audit`), so the
-  training domain needs no hook.
+  training domain needs no hook. A run that ends without ever starting (refused in validation, cancelled
+  while queued) still gets its START, sent just before the terminal event.
 
 Events are sent from one background thread: a slow or absent lineage server must never slow down or
 fail a freeze or a trainer's report. `flush()` waits for the queue (tests, process exit).
@@ -227,6 +228,9 @@ def _after_rollback(session: Session) -> None:
 
 _RUN_STATES = {"training_run.started": "START", "training_run.succeeded": "COMPLETE",
                "training_run.failed": "FAIL", "training_run.cancelled": "ABORT"}
+_TERMINAL = ("COMPLETE", "FAIL", "ABORT")
+# The states a run ends from without ever having been started by a trainer (the audit payload's "from").
+_NEVER_STARTED = ("validating", "queued")
 
 
 def _training_event(run_id: str, state: str, occurred_at: dt.datetime | None, payload: dict[str, Any]) -> None:
@@ -258,8 +262,15 @@ def _training_event(run_id: str, state: str, occurred_at: dt.datetime | None, pa
     error = None
     if state == "FAIL":
         error = f"{payload.get('code') or 'failed'}: {payload.get('message') or ''}".strip()
-    _emit(_run_event(state, run_id=run_id, job_name=f"{run.model_name}.train", event_time=iso(occurred_at) or iso_now(),
-                     inputs=inputs, outputs=outputs, error=error))
+    job_name, at = f"{run.model_name}.train", iso(occurred_at) or iso_now()
+    if state in _TERMINAL and payload.get("from") in _NEVER_STARTED:
+        # A run refused in validation or cancelled while queued never had a training_run.started event,
+        # but the spec's run cycle is one START and one terminal event: without the START, Marquez and
+        # DataHub show an orphan FAIL/ABORT with no run to hang it on. Stamped when the run was created.
+        _emit(_run_event("START", run_id=run_id, job_name=job_name, event_time=iso(run.created_at) or at,
+                         inputs=inputs))
+    _emit(_run_event(state, run_id=run_id, job_name=job_name, event_time=at, inputs=inputs, outputs=outputs,
+                     error=error))
 
 
 def on_audit(events: list[dict[str, Any]]) -> None:

@@ -23,6 +23,9 @@ ALGORITHM = ("RFC 6962 Merkle tree (sha256) over sorted(f\"{content_sha256} {spl
              "left subtree = the largest power of two below n leaves")
 
 
+DIGEST_SIZE = hashlib.sha256().digest_size
+
+
 def leaf_line(content_sha256: str, split: str) -> bytes:
     return f"{content_sha256} {split}".encode()
 
@@ -140,6 +143,10 @@ def verify_inclusion(leaf: bytes, index: int, size: int, path: Sequence[bytes], 
     """RFC 9162 section 2.1.3.2: does `path` prove that `leaf` is leaf number `index` of the tree of
     `size` leaves whose root is `root`?"""
     if not 0 <= index < size:
+        return False
+    # Every hash is one sha256 digest, as RFC 9162 verifiers require: an empty or short leaf would
+    # otherwise prove a tree whose "root" the forger computed from it (a one-leaf tree with root b"").
+    if any(len(h) != DIGEST_SIZE for h in (leaf, root, *path)):
         return False
     fn, sn, r = index, size - 1, leaf
     for p in path:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from datasketch import MinHash
@@ -48,6 +50,25 @@ def test_signatures_equal_datasketch_bit_for_bit(scheme, family, num_perm, seed)
         m.update_batch(sh)
         assert m.hashvalues.dtype == values.dtype
         assert np.array_equal(m.hashvalues, values), text
+
+
+def test_bit_equality_needs_datasketch_given_our_hash_function():
+    # What the README's "bit-equal to datasketch" rests on: the default spec hashes shingles with xxh32,
+    # so datasketch agrees only when handed xxhash.xxh32_intdigest, not with its default (sha1).
+    import xxhash
+
+    spec = MinHashSpec()
+    assert spec.hash_family == HASH_XXH32 and hash_function(HASH_XXH32) is xxhash.xxh32_intdigest
+    [ours] = MinHasher(spec).signatures(TEXTS[:1]).values
+    sh, _ = shingles(TEXTS[0], spec)
+    given, default = MinHash(num_perm=spec.num_perm, seed=spec.seed, hashfunc=xxhash.xxh32_intdigest), \
+        MinHash(num_perm=spec.num_perm, seed=spec.seed)
+    given.update_batch(sh)
+    default.update_batch(sh)
+    assert np.array_equal(given.hashvalues, ours)
+    assert not np.array_equal(default.hashvalues, ours)
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert "bit-equal to datasketch when it is given our hash: `MinHash(hashfunc=xxhash.xxh32_intdigest)`" in readme
 
 
 def test_batch_larger_than_one_chunk_matches_one_by_one():

@@ -171,3 +171,26 @@ def test_a_reaped_run_is_a_fail_event(api, receiver, dispatched, base_model):
     fail = [e for e in _drain(receiver) if e["run"]["runId"] == rid]
     assert [e["eventType"] for e in fail] == ["START", "FAIL"]
     assert "worker_lost" in fail[1]["run"]["facets"]["errorMessage"]["message"]
+
+
+def test_a_run_that_never_started_still_has_one_start_and_one_terminal_event(api, receiver, dispatched, base_model):
+    # The OpenLineage run cycle is START then one terminal event. A run refused in validation or cancelled
+    # while queued never reaches training_run.started; a consumer must still see a START for its FAIL/ABORT.
+    snap, _recs = snapshot(api, n=4)
+    r = api.as_("curator").post("/v1/training-runs", json={"snapshot_id": snap["id"], "hyperparameters": HP,
+                                                           "base_model": base_model + "-nope",
+                                                           "model_name": "faq-bot"})
+    assert r.status_code == 201, r.text
+    refused = r.json()
+    assert refused["status"] == "failed"
+    r = api.as_("curator").post("/v1/training-runs", json={"snapshot_id": snap["id"], "base_model": base_model,
+                                                           "hyperparameters": HP, "model_name": "faq-bot"})
+    queued = r.json()
+    assert queued["status"] == "queued"
+    assert api.as_("curator").post(f"/v1/training-runs/{queued['id']}/cancel").status_code == 200
+    events = _drain(receiver)
+    for run, terminal in ((refused, "FAIL"), (queued, "ABORT")):
+        mine = [e for e in events if e["run"]["runId"] == run["id"]]
+        assert [e["eventType"] for e in mine] == ["START", terminal], run
+        assert mine[0]["eventTime"] <= mine[1]["eventTime"]
+        assert mine[0]["job"]["name"] == mine[1]["job"]["name"] == "faq-bot.train"

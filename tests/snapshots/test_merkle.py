@@ -72,6 +72,21 @@ def test_a_leaf_cannot_pass_for_an_inner_node():
     assert not merkle.verify_inclusion(merkle.leaf_hash(forged), 0, 2, [merkle.node_hash(leaves[2], leaves[3])], root)
 
 
+def test_hashes_that_are_not_sha256_digests_are_refused():
+    # RFC 9162 verifiers (transparency-dev/merkle's RootFromInclusionProof) refuse a leaf or path hash
+    # that is not one digest long: a zero-length leaf "proves" a one-leaf tree whose root is b"", and a
+    # short leaf folded with a real sibling reaches whatever root the forger computed from it.
+    assert not merkle.verify_inclusion(b"", 0, 1, [], b"")
+    sibling = merkle.leaf_hash(b"x")
+    assert not merkle.verify_inclusion(b"", 0, 2, [sibling], merkle.node_hash(b"", sibling))
+    short = b"\x01" * 31
+    assert not merkle.verify_inclusion(short, 0, 2, [sibling], merkle.node_hash(short, sibling))
+    leaf = merkle.leaf_hash(b"a")
+    assert not merkle.verify_inclusion(leaf, 0, 2, [b"\x02" * 33], merkle.node_hash(leaf, b"\x02" * 33))
+    assert not merkle.verify_inclusion(leaf, 0, 1, [], leaf + b"\x00")
+    assert merkle.verify_inclusion(leaf, 0, 2, [sibling], merkle.node_hash(leaf, sibling))
+
+
 def _proof(api, snap_id: str, role: str = "auditor", **params):
     return api.as_(role).get(f"/v1/snapshots/{snap_id}/proof", params=params)
 
