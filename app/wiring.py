@@ -2,7 +2,7 @@
 
 Every process entry point calls `wire()` before it serves anything: the API factory (`app.main`),
 the Celery app (`workers.celery_app`), the CLI (`app.cli`), and the test suite's conftest. It fills
-four registries that used to be filled by import side effects, so what a process does (which stages
+the registries that used to be filled by import side effects, so what a process does (which stages
 run, what `GET /v1/examples/{id}` shows, who hears committed audit events, what runs in-process
 without a broker) no longer depends on which modules it happened to import:
 
@@ -10,7 +10,8 @@ without a broker) no longer depends on which modules it happened to import:
   pipeline package imports no domain that imports it back;
 - the example view's hooks (`app.examples.service`);
 - the audit log's after-commit subscribers (`app.audit.service`);
-- the in-process handlers for tasks in the embedded mode (`app.core.jobs`).
+- the in-process handlers for tasks in the embedded mode (`app.core.jobs`);
+- the text dedup compares (`app.dedup.store`): PII's view, scrubbed spans as keyed hashes.
 
 A read of an empty stage list, view-hook list or handler table raises `NotWired` instead of quietly
 doing less. `wire()` is idempotent; `registered()` names what is installed (the layout test compares
@@ -28,9 +29,11 @@ from app.dedup import jobs as dedup_jobs
 from app.dedup import service as dedup
 from app.dedup.eval_guard import EVAL_SWEEP_TASK
 from app.dedup.rebuild import REBUILD_TASK
+from app.dedup.store import install_view, installed_view
 from app.examples import quality
 from app.examples import service as examples
 from app.lineage import facets, openlineage
+from app.pii import queries as pii_queries
 from app.pii import service as pii
 from app.pipeline import jobs as pipeline_jobs
 from app.pipeline import service as pipeline
@@ -62,6 +65,8 @@ def wire() -> None:
         # build the same view.
         examples.install_view_hooks([pii.view_hook, dedup.view_hook, review.review_view])
         audit.install_subscribers([facets.on_audit, openlineage.on_audit])
+        # Dedup compares scrubbed text through PII's view (spans as keyed hashes of their values).
+        install_view(pii_queries.dedup_views)
         jobs.install_local_handlers({
             pipeline.RUN_STAGE_TASK: pipeline_jobs.run_stage,
             pipeline.SWEEP_TASK: pipeline_jobs.sweep,
@@ -83,4 +88,5 @@ def registered() -> dict[str, list[str]]:
         "view_hooks": [_name(h) for h in examples.VIEW_HOOKS],
         "audit_subscribers": [_name(f) for f in audit.subscribers()],
         "local_handlers": sorted(f"{k}:{_name(v)}" for k, v in jobs.LOCAL_HANDLERS.items()),
+        "dedup_view": [_name(v) for v in [installed_view()] if v is not None],
     }

@@ -16,7 +16,7 @@ from app.core.sql import any_of, in_chunks, insert_ignore, is_pg
 from app.dedup.cluster import METHOD_EXACT, METHOD_MINHASH, Member, canonical_order
 from app.dedup.minhash import shingle_sets
 from app.dedup.schemas import DedupPolicy
-from app.dedup.store import LINK_AUTHOR, Doc, load_docs, pair_rows
+from app.dedup.store import LINK_AUTHOR, Doc, load_docs, pair_rows, same_content
 from app.models.base import utcnow
 from app.models.dedup import DedupDecision
 from app.models.example import DuplicateLink, Example
@@ -226,7 +226,7 @@ def _write_links(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy, p
     for m, (c, prev) in plan.links.items():
         a, b = sets.get(m, set()), sets.get(c, set())
         sim = len(a & b) / len(a | b) if (a or b) else 0.0
-        same = m in docs and c in docs and docs[m].content_sha256 == docs[c].content_sha256
+        same = m in docs and c in docs and same_content(docs[m], docs[c])
         rows.append({
             "id": uuid.uuid4(), "dataset_id": dataset_id, "example_id": m, "canonical_example_id": c,
             "method": METHOD_EXACT if same else METHOD_MINHASH,

@@ -1,18 +1,24 @@
 """What the dedup modules share: the examples' text as dedup reads it, the per-dataset state row and its
 lock, the dataset's policy, stored signatures and pairs (verified, inserted, replaced).
+
+The text dedup reads is the comparison view of the current revision: its trainable text with each scrubbed
+span replaced by a keyed hash of the value it replaced (the view function app.wiring installs, PII's
+``dedup_views``), so "capital of <LOCATION>" stays "capital of France" vs "capital of Japan" in effect,
+without dedup ever holding either word. Revisions without such spans are read as they are.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from app.core.errors import NotWired
 from app.core.sql import any_of, in_chunks, insert_ignore, is_pg
 from app.dedup.cluster import METHOD_EXACT, METHOD_MINHASH, verify_exact
 from app.dedup.minhash import MinHashSpec, Signatures, shingle_sets, to_bytes
@@ -27,6 +33,24 @@ log = logging.getLogger(__name__)
 
 # Links this stage writes (and rewrites when clusters change); ingest's exact links are never touched.
 LINK_AUTHOR = "system:dedup"
+
+# (session, {revision id: content}) -> {revision id: comparison content}, for the revisions that have one.
+ViewFn = Callable[[Session, Mapping[uuid.UUID, Any]], Mapping[uuid.UUID, Any]]
+_view: list[ViewFn] = []
+
+
+def install_view(fn: ViewFn) -> None:
+    _view[:] = [fn]
+
+
+def installed_view() -> ViewFn | None:
+    return _view[0] if _view else None
+
+
+def _view_fn() -> ViewFn:
+    if not _view:
+        raise NotWired("dedup has no comparison view: the entry point must call app.wiring.wire() first")
+    return _view[0]
 
 
 def policy_of(ds: Dataset) -> DedupPolicy:
@@ -52,6 +76,7 @@ class Doc:
 
 def load_docs(session: Session, ids: Iterable[uuid.UUID], dataset_id: uuid.UUID | None = None) -> dict[uuid.UUID, Doc]:
     pg = is_pg(session)
+    view = _view_fn()
     out: dict[uuid.UUID, Doc] = {}
     for chunk in in_chunks(ids, pg=pg):
         q = (
@@ -64,14 +89,20 @@ def load_docs(session: Session, ids: Iterable[uuid.UUID], dataset_id: uuid.UUID 
             .join(Dataset, Dataset.id == Example.dataset_id)
             .where(any_of(Example.id, chunk, pg=pg), Example.status != "erased")
         )
-        for r in session.execute(q):
-            # The dataset is checked here, not in SQL: with it in the WHERE clause PostgreSQL chose the
-            # (dataset_id, status, id) index and read the whole dataset (65 ms a batch at 20k examples).
-            if dataset_id is not None and r.dataset_id != dataset_id:
-                continue
+        # The dataset is checked here, not in SQL: with it in the WHERE clause PostgreSQL chose the
+        # (dataset_id, status, id) index and read the whole dataset (65 ms a batch at 20k examples).
+        rows = [r for r in session.execute(q) if dataset_id is None or r.dataset_id == dataset_id]
+        views = view(session, {r.rid: r.content for r in rows}) if rows else {}
+        for r in rows:
             out[r.id] = Doc(r.id, r.dataset_id, r.status, r.stage, r.created_at, r.updated_at, r.rid,
-                            r.content_sha256, trainable_text(r.format, r.content))
+                            r.content_sha256, trainable_text(r.format, views.get(r.rid, r.content)))
     return out
+
+
+def same_content(a: Doc, b: Doc) -> bool:
+    """An exact duplicate: the same stored content and the same comparison text (two scrubbed revisions
+    can be equal while the values they replaced differ; then they are not copies)."""
+    return a.content_sha256 == b.content_sha256 and a.text == b.text
 
 
 def ensure_state(session: Session, dataset_id: uuid.UUID) -> DedupState:
@@ -160,6 +191,6 @@ def verified_pairs(session: Session, dataset_id: uuid.UUID, policy: DedupPolicy,
     pairs: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, str]] = {}
     for p in verify_exact(cands, sets, policy.threshold):
         a, b = sorted((p.a, p.b))
-        method = METHOD_EXACT if docs[a].content_sha256 == docs[b].content_sha256 else METHOD_MINHASH
+        method = METHOD_EXACT if same_content(docs[a], docs[b]) else METHOD_MINHASH
         pairs[(a, b)] = (p.similarity, method)
     return pairs, sets

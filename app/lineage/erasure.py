@@ -42,7 +42,7 @@ from app.models.dataset import Dataset
 from app.models.dedup import DedupEvalNgram
 from app.models.example import Example, ExampleRevision
 from app.models.lineage import ErasureRequest, ModelVersionTaint
-from app.models.pii import PiiVaultEntry
+from app.models.pii import PiiFinding, PiiVaultEntry
 from app.models.snapshot import Snapshot, SnapshotMember
 
 log = logging.getLogger(__name__)
@@ -310,6 +310,9 @@ def erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batch
     pg = is_pg(session)
     tomb = _tombstone(req_id, now.isoformat())
     vault_deleted = session.execute(delete(PiiVaultEntry).where(any_of(PiiVaultEntry.example_id, ids, pg=pg))).rowcount
+    # A finding's value token is a keyed hash of the erased value (app/pii/tokens.py): it goes with it.
+    session.execute(update(PiiFinding).where(any_of(PiiFinding.example_id, ids, pg=pg)).values(value_token=None)
+                    .execution_options(synchronize_session=False))
     # An evaluation example's n-gram hashes fingerprint its text: they go with it.
     session.execute(delete(DedupEvalNgram).where(any_of(DedupEvalNgram.example_id, ids, pg=pg)))
     revisions = session.execute(update(ExampleRevision).where(any_of(ExampleRevision.example_id, ids, pg=pg))

@@ -55,7 +55,10 @@ class PiiFinding(IdMixin, CreatedAtMixin, Base):
     types only: the raw value lives in the vault."""
 
     __tablename__ = "pii_findings"
-    __table_args__ = (Index("ix_pii_findings_dataset_id_verdict", "dataset_id", "verdict"),)
+    __table_args__ = (
+        Index("ix_pii_findings_dataset_id_verdict", "dataset_id", "verdict"),
+        Index("ix_pii_findings_dataset_id_value_token", "dataset_id", "value_token"),
+    )
 
     example_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("examples.id"), index=True)
     dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id"))
@@ -75,3 +78,7 @@ class PiiFinding(IdMixin, CreatedAtMixin, Base):
     verdict: Mapped[str | None] = mapped_column(String(20))
     verdict_by: Mapped[str | None] = mapped_column(String(200))
     verdict_at: Mapped[dt.datetime | None]
+    # HMAC of the replaced value (app/pii/tokens.py), never the value: equal values give equal tokens across
+    # examples, so dedup compares "France" and "Japan" as different words and the report counts values.
+    # Null on findings made before tokens existed and after erasure.
+    value_token: Mapped[str | None] = mapped_column(String(16))

@@ -48,6 +48,7 @@ from presidio_anonymizer import AnonymizerEngine
 from app.core.config import PiiMode, PiiSettings, get_settings
 from app.pii import recognizers as custom
 from app.pii.schemas import PiiPolicy
+from app.pii.tokens import token_key, value_token
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +263,7 @@ class PiiEngine:
         """Analyze many texts with one spaCy `pipe` pass; return non-overlapping results per text."""
         ad_hoc = self.policy_recognizers(policy)
         allow = {v.casefold() for v in policy.allow_list}
+        allowed_tokens = AllowedTokens(policy.allow_tokens)
         out: list[list[RecognizerResult]] = []
         artifacts = self.nlp_engine.process_batch(texts, language="en", batch_size=self.settings.batch_size)
         entities = list(policy.entities)
@@ -277,11 +279,11 @@ class PiiEngine:
                 ad_hoc_recognizers=ad_hoc or None,
                 nlp_artifacts=nlp_artifacts,
             )
-            out.append(self._postprocess(text, results, allow, policy))
+            out.append(self._postprocess(text, results, allow, policy, allowed_tokens))
         return out
 
     def _postprocess(self, text: str, results: list[RecognizerResult], allow: set[str],
-                     policy: PiiPolicy) -> list[RecognizerResult]:
+                     policy: PiiPolicy, allowed_tokens: AllowedTokens | None = None) -> list[RecognizerResult]:
         if "PERSON" in policy.entities and self.settings.custom_recognizers:
             results = custom.trim_unit_words(text, results)
             results = custom.prefer_cued_names(results)
@@ -292,7 +294,23 @@ class PiiEngine:
         results = [r for r in results if r.entity_type in wanted]
         if allow:
             results = [r for r in results if text[r.start : r.end].strip().casefold() not in allow]
+        if allowed_tokens:
+            results = [r for r in results if not allowed_tokens.has(text[r.start : r.end])]
         return resolve_overlaps(results)
+
+
+class AllowedTokens:
+    """Values allowed by their token (a curator allows a value from the PII report without seeing it)."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens = frozenset(tokens)
+        self.key = token_key() if self.tokens else b""
+
+    def __bool__(self) -> bool:
+        return bool(self.tokens)
+
+    def has(self, value: str) -> bool:
+        return value_token(self.key, value) in self.tokens
 
 
 # Types found by a pattern with a checksum or a rigid shape. Where one overlaps a NER span (spaCy tags

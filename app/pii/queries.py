@@ -3,12 +3,18 @@ examples given as a select, each one grouped statement (no per-row Python)."""
 
 from __future__ import annotations
 
+import copy
+import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Select, func, select, union
 from sqlalchemy.orm import Session
 
+from app.core.sql import any_of, in_chunks, is_pg
 from app.models.pii import PiiFinding, PiiScrub
+from app.pii.paths import get_path, set_path
+from app.pii.tokens import view_word
 
 
 def scrub_models(session: Session, examples: Select) -> list[Any]:
@@ -45,3 +51,33 @@ def count_with_findings(session: Session, examples: Select) -> int:
     """How many of the examples have at least one finding."""
     return session.scalar(select(func.count(PiiFinding.example_id.distinct()))
                           .where(PiiFinding.example_id.in_(examples))) or 0
+
+
+def dedup_views(session: Session, contents: Mapping[uuid.UUID, Any]) -> dict[uuid.UUID, Any]:
+    """Dedup's comparison view of scrubbed revisions: {revision id: content} in, the same content with
+    every scrubbed span that has a token replaced by that token's word out (only for revisions that have
+    one). Tokens are keyed hashes, so the view holds no raw value, and it is built when asked, never
+    stored. A span whose offsets do not fit the text (content changed under it) is left as scrubbed."""
+    pg = is_pg(session)
+    spans: dict[uuid.UUID, list[tuple[str, int, int, str]]] = {}
+    for chunk in in_chunks(list(contents), pg=pg):
+        rows = session.execute(
+            select(PiiFinding.revision_id, PiiFinding.field_path, PiiFinding.scrubbed_start,
+                   PiiFinding.scrubbed_end, PiiFinding.value_token)
+            .where(any_of(PiiFinding.revision_id, chunk, pg=pg), PiiFinding.value_token.is_not(None))
+        )
+        for rid, path, s, e, tok in rows:
+            spans.setdefault(rid, []).append((path, s, e, tok))
+    out: dict[uuid.UUID, Any] = {}
+    for rid, found in spans.items():
+        content = copy.deepcopy(contents[rid])
+        # Right to left within a field, so earlier offsets stay valid.
+        for path, s, e, tok in sorted(found, key=lambda x: (x[0], -x[1])):
+            try:
+                text = get_path(content, path)
+            except (KeyError, IndexError, TypeError, ValueError):
+                continue
+            if isinstance(text, str) and 0 <= s <= e <= len(text):
+                set_path(content, path, text[:s] + view_word(tok) + text[e:])
+        out[rid] = content
+    return out

@@ -21,6 +21,7 @@ from app.pii.engine import PiiEngine
 from app.pii.operators import ExampleOperators
 from app.pii.paths import get_path, parse_path, set_path  # noqa: F401  (re-exported)
 from app.pii.schemas import PiiPolicy
+from app.pii.tokens import value_token
 
 # Keys whose string values are free text in the four task formats (and chat message `name`, which is often a
 # person's name). Everything else (role, ids, numbers) is structure and is left alone.
@@ -69,6 +70,8 @@ class Finding:
     operator: str
     engine: str
     model: str
+    # HMAC of the replaced value (app/pii/tokens.py): what dedup compares in its place. None without a key.
+    value_token: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,7 +167,8 @@ def analyze_fields(engine: PiiEngine, texts: Sequence[str], policy: PiiPolicy) -
 
 
 def scrub_examples(
-    engine: PiiEngine, items: Sequence[ScrubInput], policy: PiiPolicy, *, hash_key: bytes
+    engine: PiiEngine, items: Sequence[ScrubInput], policy: PiiPolicy, *, hash_key: bytes,
+    token_key: bytes | None = None,
 ) -> list[ScrubResult]:
     fields_per_item = [list(item.fields) if item.fields is not None else free_text_fields(item.content) for item in items]
     flat: list[str] = [text for fields in fields_per_item for _, text in fields if text and text.strip()]
@@ -191,7 +195,7 @@ def scrub_examples(
                 flags.setdefault("languages", {})[path] = "non_en"
             if not results:
                 continue
-            scrubbed, field_findings = _anonymize(engine, text, results, operators, path)
+            scrubbed, field_findings = _anonymize(engine, text, results, operators, path, token_key)
             set_path(content, path, scrubbed)
             findings.extend(field_findings)
         out.append(ScrubResult(content=content, findings=findings, flags=flags))
@@ -199,7 +203,7 @@ def scrub_examples(
 
 
 def _anonymize(engine: PiiEngine, text: str, results: list[RecognizerResult], operators: ExampleOperators,
-               path: str) -> tuple[str, list[Finding]]:
+               path: str, token_key: bytes | None = None) -> tuple[str, list[Finding]]:
     ops = {
         et: OperatorConfig("custom", {"lambda": partial(operators.replace, et)})
         for et in {r.entity_type for r in results}
@@ -229,6 +233,7 @@ def _anonymize(engine: PiiEngine, text: str, results: list[RecognizerResult], op
             operator=operators.spec(r.entity_type).type.value,
             engine=info.engine,
             model=info.model,
+            value_token=value_token(token_key, text[r.start : r.end]) if token_key is not None else None,
         )
         for r, item in zip(ordered, items)
     ]

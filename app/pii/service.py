@@ -32,7 +32,7 @@ from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.example import Example, ExampleRevision
 from app.models.pii import PiiFinding, PiiScrub, PiiVaultEntry
-from app.pii import nlp, vault
+from app.pii import nlp, tokens, vault
 from app.pii.operators import ExampleOperators
 from app.pii.paths import get_path, set_path
 from app.pii.schemas import PiiPolicy
@@ -173,7 +173,7 @@ def scrub_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
     nlp.load()
     from app.pii.scrub import ScrubInput, scrub_examples
 
-    eng, hk = engine(), hash_key()
+    eng, hk, tk = engine(), hash_key(), tokens.token_key()
     ring = key_ring(session) if todo else None
     now = utcnow()
     rev_rows, scrub_rows, finding_rows, example_updates = [], [], [], []
@@ -187,7 +187,7 @@ def scrub_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
         # Exact duplicates of one another get the same key, hence the same surrogates and the same output.
         items = [ScrubInput(r.content, key=f"{dataset_id}:{r.content_sha256}",
                             fields=formats.text_fields(r.format, r.content)) for r in group]
-        for r, res in zip(group, scrub_examples(eng, items, policy, hash_key=hk)):
+        for r, res in zip(group, scrub_examples(eng, items, policy, hash_key=hk, token_key=tk)):
             result_rid = r.rid
             if res.findings:
                 result_rid = new_id()
@@ -232,7 +232,8 @@ def _finding_row(f, example_id, dataset_id, revision_id, source_revision_id, now
             "source_revision_id": source_revision_id, "field_path": f.field_path, "entity_type": f.entity_type,
             "start": f.start, "end": f.end, "scrubbed_start": f.scrubbed_start, "scrubbed_end": f.scrubbed_end,
             "score": f.score, "recognizer": f.recognizer, "operator": f.operator, "engine": f.engine,
-            "model": f.model, "verdict": None, "verdict_by": None, "verdict_at": None, "created_at": now}
+            "model": f.model, "verdict": None, "verdict_by": None, "verdict_at": None,
+            "value_token": f.value_token, "created_at": now}
 
 
 # --- reading -------------------------------------------------------------------------------------------------
@@ -319,7 +320,7 @@ def _carry_findings(session: Session, old: list[PiiFinding], new_rev: ExampleRev
         shift = delta if f.field_path == path and f.scrubbed_start >= at else 0
         row = {c: getattr(f, c) for c in ("example_id", "dataset_id", "source_revision_id", "field_path",
                                           "entity_type", "start", "end", "score", "recognizer", "operator",
-                                          "engine", "model", "verdict", "verdict_by", "verdict_at")}
+                                          "engine", "model", "verdict", "verdict_by", "verdict_at", "value_token")}
         row.update(id=new_id(), revision_id=new_rev.id, scrubbed_start=f.scrubbed_start + shift,
                    scrubbed_end=f.scrubbed_end + shift, created_at=utcnow())
         rows.append(row)
@@ -419,7 +420,7 @@ def add_missed(session: Session, *, example_id: str, field_path: str, start: int
         shift = shifts[f.id]
         row = {c: getattr(f, c) for c in ("example_id", "dataset_id", "source_revision_id", "field_path",
                                           "entity_type", "start", "end", "score", "recognizer", "operator",
-                                          "engine", "model", "verdict", "verdict_by", "verdict_at")}
+                                          "engine", "model", "verdict", "verdict_by", "verdict_at", "value_token")}
         row.update(id=new_id(), revision_id=rev.id, scrubbed_start=f.scrubbed_start + shift,
                    scrubbed_end=f.scrubbed_end + shift, created_at=now)
         rows.append(row)
@@ -432,7 +433,8 @@ def add_missed(session: Session, *, example_id: str, field_path: str, start: int
                      "start": at, "end": at + len(value), "scrubbed_start": s2, "scrubbed_end": e2, "score": 1.0,
                      "recognizer": "reviewer", "operator": operators.spec(entity_type).type.value,
                      "engine": "reviewer", "model": "reviewer", "verdict": "added", "verdict_by": actor.ref,
-                     "verdict_at": now, "created_at": now})
+                     "verdict_at": now, "value_token": tokens.value_token(tokens.token_key(), value),
+                     "created_at": now})
     session.execute(insert(PiiFinding), rows)
     session.flush()
     audit.record(session, actor=actor.ref, action="pii.finding.added", entity_type="example", entity_id=ex.id,
