@@ -296,6 +296,26 @@ def demo(workdir: Path = Path("var/demo"), keep: bool = False) -> None:
     raise typer.Exit(run_demo(workdir=workdir, keep=keep))
 
 
+@app.command()
+def openapi(
+    out: Annotated[Path | None, typer.Option(help="where to write it (default: docs/openapi.json)")] = None,
+    check: Annotated[bool, typer.Option(help="exit 1 if the file differs from the app's document")] = False,
+) -> None:
+    """Write the API's OpenAPI document (the committed docs/openapi.json is this command's output)."""
+    from app.core.openapi import DOC_PATH, render
+    from app.main import create_app
+
+    path = out or DOC_PATH
+    text = render(create_app().openapi())
+    if check:
+        if not path.exists() or path.read_text() != text:
+            err.print(f"[red]{path} differs from the served document; run: pedigree openapi")
+            raise typer.Exit(1)
+        return
+    path.write_text(text)
+    err.print(f"wrote {path}")
+
+
 def main() -> None:
     app()
 

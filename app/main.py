@@ -18,6 +18,7 @@ from app.core.config import get_settings
 from app.core.db import get_engine
 from app.core.errors import PedigreeError, RequestRecordMiddleware, internal_error_body
 from app.core.logs import install_access_log_filter
+from app.core.openapi import install as install_openapi
 from app.core.textguard import TextGuardMiddleware
 from app.datasets.router import router as datasets_router
 from app.dedup.router import router as dedup_router
@@ -127,6 +128,7 @@ def create_app() -> FastAPI:
                   docs_url="/docs" if docs else None, redoc_url=None,
                   openapi_url="/openapi.json" if docs else None)
     install_error_handlers(app)
+    install_openapi(app)
     # Innermost: a NUL or lone surrogate in a path, query or JSON/form body is a 422 naming the field.
     app.add_middleware(TextGuardMiddleware)
     app.add_middleware(CatchAllMiddleware)

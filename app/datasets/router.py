@@ -4,8 +4,9 @@ from fastapi import APIRouter
 
 from app.core.auth import Curator, Reader
 from app.core.db import SessionDep
+from app.core.openapi import errors
 from app.datasets import service
-from app.datasets.schemas import DatasetCreate, DatasetOut, DatasetUpdate
+from app.datasets.schemas import DatasetCreate, DatasetList, DatasetOut, DatasetUpdate
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -17,12 +18,12 @@ def _out(session, ds, with_counts: bool = True) -> DatasetOut:
     return out
 
 
-@router.post("", status_code=201, response_model=DatasetOut)
+@router.post("", status_code=201, response_model=DatasetOut, responses=errors(409))
 def create_dataset(data: DatasetCreate, session: SessionDep, actor: Curator) -> DatasetOut:
     return _out(session, service.create(session, data=data, actor=actor))
 
 
-@router.get("")
+@router.get("", response_model=DatasetList)
 def list_datasets(session: SessionDep, actor: Reader) -> dict:
     return {"items": [_out(session, ds, with_counts=False) for ds in service.list_all(session)]}
 

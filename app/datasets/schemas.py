@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.core.schemas import Items
 from app.review.schemas import ReviewPolicy
 
 Format = Literal["chat", "instruction", "completion", "preference"]
@@ -88,3 +89,7 @@ class DatasetOut(BaseModel):
     created_at: dt.datetime
     created_by: str | None
     counts: dict[str, int] | None = None
+
+
+class DatasetList(Items[DatasetOut]):
+    """`counts` is null in the list (a count per status per dataset is a query each)."""

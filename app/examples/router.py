@@ -12,10 +12,19 @@ from app.core.auth import Curator, Reader
 from app.core.config import get_settings
 from app.core.db import SessionDep
 from app.core.errors import NotFound, PayloadTooLarge, ValidationFailed
+from app.core.openapi import errors, request_body
 from app.datasets import service as datasets
 from app.examples import importer
 from app.examples import service as examples
 from app.examples.parsing import Defaults
+from app.examples.schemas import (
+    CreateResult,
+    ExampleIn,
+    ExampleOut,
+    ExamplePage,
+    ImportResult,
+    IngestBatchOut,
+)
 from app.models.example import IngestBatch
 
 router = APIRouter(tags=["examples"])
@@ -23,7 +32,7 @@ router = APIRouter(tags=["examples"])
 MAX_JSON_BODY = 32 * 1024 * 1024
 
 
-@router.get("/v1/datasets/{dataset_ref}/examples")
+@router.get("/v1/datasets/{dataset_ref}/examples", response_model=ExamplePage)
 def list_examples(
     dataset_ref: str,
     session: SessionDep,
@@ -39,13 +48,26 @@ def list_examples(
     return {"items": [examples.view(session, ex, actor) for ex in rows], "next_cursor": nxt}
 
 
-@router.get("/v1/examples/{example_id}")
+@router.get("/v1/examples/{example_id}", response_model=ExampleOut)
 def get_example(example_id: str, session: SessionDep, actor: Reader) -> dict[str, Any]:
     return examples.view(session, examples.get(session, example_id), actor)
 
 
-@router.post("/v1/datasets/{dataset_ref}/examples", status_code=201)
-async def create_examples(dataset_ref: str, request: Request, actor: Curator) -> dict[str, Any]:
+# The two ingest routes read their bodies themselves (in bounded pieces), so their bodies are declared here.
+_DEFAULTS = "; the query's `source`, `license` and `legal_basis` fill what an example's provenance leaves out"
+_CREATE_BODY = request_body({"application/json": ExampleIn | list[ExampleIn]},
+                            description="one example object of the dataset's format, or an array of them" + _DEFAULTS)
+_IMPORT_BODY = request_body({
+    "application/x-ndjson": {"type": "string", "description": "JSON Lines: one example object per line "
+                             "(the shape of the application/json body); line numbers count from 1"},
+    "application/json": ExampleIn,
+}, description="JSONL of any size, streamed (a single example object on one line is a one-line body)" + _DEFAULTS)
+
+
+@router.post("/v1/datasets/{dataset_ref}/examples", status_code=201, response_model=CreateResult,
+             openapi_extra=_CREATE_BODY, responses=errors(413))
+async def create_examples(dataset_ref: str, request: Request, actor: Curator, source: str | None = None,
+                          license: str | None = None, legal_basis: str | None = None) -> dict[str, Any]:
     """One example object or an array of them. All-or-nothing: a 422 names the index and field."""
     body = await _read_limited(request, MAX_JSON_BODY)
     try:
@@ -56,8 +78,7 @@ async def create_examples(dataset_ref: str, request: Request, actor: Curator) ->
     items = payload if isinstance(payload, list) else [payload]
     if not items:
         raise ValidationFailed("no examples in the body", details=[{"field": "$", "code": "empty", "message": "empty array"}])
-    defaults = Defaults(source=request.query_params.get("source"), license=request.query_params.get("license"),
-                        legal_basis=request.query_params.get("legal_basis"))
+    defaults = Defaults(source=source, license=license, legal_basis=legal_basis)
     return await run_in_threadpool(importer.store_objects, dataset_ref=dataset_ref, items=items, actor=actor,
                                    defaults=defaults)
 
@@ -72,7 +93,9 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@router.post("/v1/datasets/{dataset_ref}/examples:import")
+@router.post("/v1/datasets/{dataset_ref}/examples:import", response_model=ImportResult, openapi_extra=_IMPORT_BODY,
+             responses={422: {"description": "No line is a valid example (or, atomic, any line is not): the "
+                                             "Error body also carries the ImportResult fields"}})
 async def import_examples(
     dataset_ref: str,
     request: Request,
@@ -97,7 +120,7 @@ async def import_examples(
     return JSONResponse(body, status_code=status)
 
 
-@router.get("/v1/ingest-batches/{batch_id}")
+@router.get("/v1/ingest-batches/{batch_id}", response_model=IngestBatchOut)
 def get_batch(batch_id: str, session: SessionDep, actor: Reader) -> dict[str, Any]:
     try:
         b = session.get(IngestBatch, uuid.UUID(batch_id))

@@ -9,12 +9,26 @@ from fastapi.concurrency import run_in_threadpool
 from app.core.auth import REVIEWER, Judge, Reader, Reviewer, bearer_token
 from app.core.db import SessionDep, session_scope
 from app.core.errors import Unauthorized
+from app.core.openapi import BEARER, errors
 from app.datasets import service as datasets
+from app.examples.schemas import SuggestionOut
 from app.review import decisions, edits, web
 from app.review import queue as review_queue
 from app.review import stats as review_stats
 from app.review.jobs import committer
-from app.review.schemas import BulkReviewIn, ReviewIn, RevisionIn, SuggestionIn
+from app.review.schemas import (
+    BulkResult,
+    BulkReviewIn,
+    LeaseReleased,
+    LeaseRenewed,
+    ReviewCreated,
+    ReviewIn,
+    ReviewQueue,
+    ReviewStats,
+    RevisionCreated,
+    RevisionIn,
+    SuggestionIn,
+)
 
 router = APIRouter(tags=["review"])
 
@@ -25,7 +39,9 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-@router.get("/v1/review/queue")
+# The two hot routes read the key themselves (BEARER says so in the document) and send orjson bytes:
+# their models document the body, FastAPI does not re-validate it.
+@router.get("/v1/review/queue", response_model=ReviewQueue, openapi_extra=BEARER, responses=errors(403, 404))
 async def queue(request: Request, dataset: str, limit: Annotated[int, Query(ge=1, le=50)] = 1,
                 view: Literal["compact", "full"] = "compact") -> Response:
     """Compact items carry the revision's content and quality flags; `view=full` adds the whole
@@ -49,17 +65,18 @@ async def queue(request: Request, dataset: str, limit: Annotated[int, Query(ge=1
     return _json({"items": await run_in_threadpool(work)})
 
 
-@router.post("/v1/review/leases/{example_id}/renew")
+@router.post("/v1/review/leases/{example_id}/renew", response_model=LeaseRenewed, responses=errors(409))
 def renew(example_id: str, session: SessionDep, actor: Reviewer) -> dict[str, Any]:
     return review_queue.renew_lease(session, example_id=example_id, actor=actor)
 
 
-@router.delete("/v1/review/leases/{example_id}")
+@router.delete("/v1/review/leases/{example_id}", response_model=LeaseReleased, responses=errors(409))
 def release(example_id: str, session: SessionDep, actor: Reviewer) -> dict[str, Any]:
     return review_queue.release_lease(session, example_id=example_id, actor=actor)
 
 
-@router.post("/v1/examples/{example_id}/reviews", status_code=201)
+@router.post("/v1/examples/{example_id}/reviews", status_code=201, response_model=ReviewCreated, openapi_extra=BEARER,
+             responses=errors(403, 404, 409))
 async def review(example_id: str, data: ReviewIn, request: Request) -> Response:
     token = bearer_token(request)
     if not token:
@@ -69,22 +86,24 @@ async def review(example_id: str, data: ReviewIn, request: Request) -> Response:
     return _json(await committer.decide(example_id=example_id, data=data, token=token), 201)
 
 
-@router.post("/v1/reviews:bulk")
+@router.post("/v1/reviews:bulk", response_model=BulkResult, responses=errors(404, 409))
 def review_bulk(data: BulkReviewIn, session: SessionDep, actor: Reviewer) -> dict[str, Any]:
     return decisions.decide_bulk(session, actor=actor, data=data)
 
 
-@router.post("/v1/examples/{example_id}/revisions", status_code=201)
+@router.post("/v1/examples/{example_id}/revisions", status_code=201, response_model=RevisionCreated,
+             responses=errors(409))
 def revise(example_id: str, data: RevisionIn, session: SessionDep, actor: Judge) -> dict[str, Any]:
     return edits.edit(session, example_id=example_id, actor=actor, data=data)
 
 
-@router.post("/v1/examples/{example_id}/suggestions", status_code=201)
+@router.post("/v1/examples/{example_id}/suggestions", status_code=201, response_model=SuggestionOut,
+             responses=errors(409))
 def suggest(example_id: str, data: SuggestionIn, session: SessionDep, actor: Judge) -> dict[str, Any]:
     return edits.add_suggestion(session, example_id=example_id, actor=actor, data=data)
 
 
-@router.get("/v1/review/stats")
+@router.get("/v1/review/stats", response_model=ReviewStats, responses=errors(404))
 def stats(session: SessionDep, actor: Reader, dataset: str) -> dict[str, Any]:
     return review_stats.stats(session, dataset=datasets.get(session, dataset))
 

@@ -1,5 +1,6 @@
-"""Review policy and request bodies. Pure pydantic: app.datasets imports ReviewPolicy from here, so
-nothing in this module may import a service."""
+"""Review policy, request bodies and responses. Pure pydantic: app.datasets imports ReviewPolicy from
+here, so nothing in this module may import a service (the response models build on app.core.schemas and
+the example view's models, which are pydantic only too)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+
+from app.core.schemas import ErrorInfo, IsoTime, Items, JsonObject, Out
+from app.examples.schemas import ExampleOut, QualityFlag, RevisionOut
 
 DEFAULT_REASON_CODES = ("factual_error", "formatting", "tone", "pii", "off_topic", "unsafe", "low_quality", "other")
 Decision = Literal["approve", "reject", "request_changes"]
@@ -105,3 +109,146 @@ class SuggestionIn(BaseModel):
     score: float | None = None
     reason_code: str | None = Field(default=None, max_length=64)
     comment: str | None = Field(default=None, max_length=10_000)
+
+
+# --- responses -----------------------------------------------------------------------------------------------
+
+
+class QueueRevision(Out):
+    id: str
+    seq: int
+    reason: str
+    author: str | None
+    content: JsonObject | None
+    content_sha256: str
+
+
+class QueueItem(Out):
+    example_id: str
+    revision_id: str
+    dataset_id: str
+    lease_expires_at: IsoTime
+    leased_at: IsoTime
+    revision: QueueRevision
+    quality_flags: list[QualityFlag]
+    example: ExampleOut | None = Field(None, description="with view=full only")
+
+
+class ReviewQueue(Items[QueueItem]):
+    """The items leased to the caller now (up to `limit`); empty when nothing waits."""
+
+
+class LeaseRenewed(Out):
+    example_id: str
+    revision_id: str
+    lease_expires_at: IsoTime
+
+
+class LeaseReleased(Out):
+    example_id: str
+    released: bool = Field(description="false when the caller held no lease")
+
+
+class ReviewOut(Out):
+    id: str
+    example_id: str
+    revision_id: str
+    reviewer: str
+    decision: Decision
+    reason_code: str | None
+    comment: str | None
+    created_at: IsoTime
+
+
+class ReviewedExample(Out):
+    id: str
+    status: str
+    revision_id: str
+    approvals: int
+    required_approvals: int
+    escalated: bool
+
+
+class ReviewCreated(ReviewOut):
+    """The review at the top level (it is what was created), the example's new state beside it."""
+
+    status: str = Field(description="the example's status after this decision")
+    review: ReviewOut
+    example: ReviewedExample
+
+
+class BulkItemResult(Out):
+    example_id: str
+    ok: bool
+    status: str | None = Field(None, description="when ok")
+    review_id: str | None = Field(None, description="when ok")
+    error: ErrorInfo | None = Field(None, description="when refused")
+
+
+class BulkResult(Out):
+    decided: int
+    refused: int
+    items: list[BulkItemResult]
+
+
+class EditedRevision(RevisionOut):
+    comment: str | None
+
+
+class RevisionCreated(EditedRevision):
+    """The new revision at the top level (it is what was created), the example's state beside it."""
+
+    example_id: str
+    status: str
+    stage: str | None
+    revision: EditedRevision
+
+
+class DecisionCounts(Out):
+    decisions: int
+    approve: int
+    reject: int
+    request_changes: int
+    decisions_last_hour: int
+    decisions_last_day: int
+    median_seconds_to_decision: float | None = Field(description="from the revision's creation to the decision")
+    median_handling_seconds: float | None = Field(description="from taking the lease to deciding")
+
+
+class DatasetReviewStats(DecisionCounts):
+    id: str
+    name: str
+    pending: int
+    approved: int
+    rejected: int
+    changes_requested: int
+    escalated: int
+    in_pipeline: int
+
+
+class KappaPair(Out):
+    a: str
+    b: str
+    items: int
+    kappa: float | None
+    percent_agreement: float | None
+
+
+class Agreement(Out):
+    items_with_several_reviews: int
+    reviewers: int
+    percent_agreement: float | None
+    krippendorff_alpha: float | None
+    cohen_kappa_pairs: list[KappaPair]
+
+
+class ReviewerStats(DecisionCounts):
+    reviewer: str
+    agreement_with_others: float | None
+
+
+class ReviewStats(Out):
+    dataset: DatasetReviewStats
+    agreement: Agreement
+    reviewers: list[ReviewerStats]
+    policy: JsonObject = Field(description="the effective review policy, every default filled in")
