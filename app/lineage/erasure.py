@@ -311,7 +311,7 @@ def erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batch
     tomb = _tombstone(req_id, now.isoformat())
     vault_deleted = session.execute(delete(PiiVaultEntry).where(any_of(PiiVaultEntry.example_id, ids, pg=pg))).rowcount
     # A finding's value token is a keyed hash of the erased value (app/pii/tokens.py): it goes with it.
-    session.execute(update(PiiFinding).where(any_of(PiiFinding.example_id, ids, pg=pg)).values(value_token=None)
+    session.execute(update(PiiFinding).where(any_of(PiiFinding.example_id, ids, pg=pg)).values(value_token=None, value_words=None)
                     .execution_options(synchronize_session=False))
     # An evaluation example's n-gram hashes fingerprint its text: they go with it.
     session.execute(delete(DedupEvalNgram).where(any_of(DedupEvalNgram.example_id, ids, pg=pg)))

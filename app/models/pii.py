@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, SmallInteger, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, CreatedAtMixin, IdMixin
@@ -82,3 +82,6 @@ class PiiFinding(IdMixin, CreatedAtMixin, Base):
     # examples, so dedup compares "France" and "Japan" as different words and the report counts values.
     # Null on findings made before tokens existed and after erasure.
     value_token: Mapped[str | None] = mapped_column(String(16))
+    # Words in the value (1 for "France", 3 for "F. Scott Fitzgerald"): the view writes that many words for
+    # it, so a long name weighs in the comparison what it weighs in the text. Its length, never its words.
+    value_words: Mapped[int | None] = mapped_column(SmallInteger)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app.core.sql import any_of, in_chunks, is_pg
 from app.models.pii import PiiFinding, PiiScrub
 from app.pii.paths import get_path, set_path
-from app.pii.tokens import view_word
+from app.pii.tokens import view_words
 
 
 def scrub_models(session: Session, examples: Select) -> list[Any]:
@@ -59,25 +59,25 @@ def dedup_views(session: Session, contents: Mapping[uuid.UUID, Any]) -> dict[uui
     one). Tokens are keyed hashes, so the view holds no raw value, and it is built when asked, never
     stored. A span whose offsets do not fit the text (content changed under it) is left as scrubbed."""
     pg = is_pg(session)
-    spans: dict[uuid.UUID, list[tuple[str, int, int, str]]] = {}
+    spans: dict[uuid.UUID, list[tuple[str, int, int, str, int | None]]] = {}
     for chunk in in_chunks(list(contents), pg=pg):
         rows = session.execute(
             select(PiiFinding.revision_id, PiiFinding.field_path, PiiFinding.scrubbed_start,
-                   PiiFinding.scrubbed_end, PiiFinding.value_token)
+                   PiiFinding.scrubbed_end, PiiFinding.value_token, PiiFinding.value_words)
             .where(any_of(PiiFinding.revision_id, chunk, pg=pg), PiiFinding.value_token.is_not(None))
         )
-        for rid, path, s, e, tok in rows:
-            spans.setdefault(rid, []).append((path, s, e, tok))
+        for rid, path, s, e, tok, words in rows:
+            spans.setdefault(rid, []).append((path, s, e, tok, words))
     out: dict[uuid.UUID, Any] = {}
     for rid, found in spans.items():
         content = copy.deepcopy(contents[rid])
         # Right to left within a field, so earlier offsets stay valid.
-        for path, s, e, tok in sorted(found, key=lambda x: (x[0], -x[1])):
+        for path, s, e, tok, words in sorted(found, key=lambda x: (x[0], -x[1])):
             try:
                 text = get_path(content, path)
             except (KeyError, IndexError, TypeError, ValueError):
                 continue
             if isinstance(text, str) and 0 <= s <= e <= len(text):
-                set_path(content, path, text[:s] + view_word(tok) + text[e:])
+                set_path(content, path, text[:s] + view_words(tok, words) + text[e:])
         out[rid] = content
     return out

@@ -21,7 +21,7 @@ from app.pii.engine import PiiEngine
 from app.pii.operators import ExampleOperators
 from app.pii.paths import get_path, parse_path, set_path  # noqa: F401  (re-exported)
 from app.pii.schemas import PiiPolicy
-from app.pii.tokens import value_token
+from app.pii.tokens import value_token, word_count
 
 # Keys whose string values are free text in the four task formats (and chat message `name`, which is often a
 # person's name). Everything else (role, ids, numbers) is structure and is left alone.
@@ -72,6 +72,7 @@ class Finding:
     model: str
     # HMAC of the replaced value (app/pii/tokens.py): what dedup compares in its place. None without a key.
     value_token: str | None = None
+    value_words: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -234,6 +235,7 @@ def _anonymize(engine: PiiEngine, text: str, results: list[RecognizerResult], op
             engine=info.engine,
             model=info.model,
             value_token=value_token(token_key, text[r.start : r.end]) if token_key is not None else None,
+            value_words=word_count(text[r.start : r.end]) if token_key is not None else None,
         )
         for r, item in zip(ordered, items)
     ]

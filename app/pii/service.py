@@ -233,7 +233,7 @@ def _finding_row(f, example_id, dataset_id, revision_id, source_revision_id, now
             "start": f.start, "end": f.end, "scrubbed_start": f.scrubbed_start, "scrubbed_end": f.scrubbed_end,
             "score": f.score, "recognizer": f.recognizer, "operator": f.operator, "engine": f.engine,
             "model": f.model, "verdict": None, "verdict_by": None, "verdict_at": None,
-            "value_token": f.value_token, "created_at": now}
+            "value_token": f.value_token, "value_words": f.value_words, "created_at": now}
 
 
 # --- reading -------------------------------------------------------------------------------------------------
@@ -320,7 +320,8 @@ def _carry_findings(session: Session, old: list[PiiFinding], new_rev: ExampleRev
         shift = delta if f.field_path == path and f.scrubbed_start >= at else 0
         row = {c: getattr(f, c) for c in ("example_id", "dataset_id", "source_revision_id", "field_path",
                                           "entity_type", "start", "end", "score", "recognizer", "operator",
-                                          "engine", "model", "verdict", "verdict_by", "verdict_at", "value_token")}
+                                          "engine", "model", "verdict", "verdict_by", "verdict_at", "value_token",
+                                          "value_words")}
         row.update(id=new_id(), revision_id=new_rev.id, scrubbed_start=f.scrubbed_start + shift,
                    scrubbed_end=f.scrubbed_end + shift, created_at=utcnow())
         rows.append(row)
@@ -420,7 +421,8 @@ def add_missed(session: Session, *, example_id: str, field_path: str, start: int
         shift = shifts[f.id]
         row = {c: getattr(f, c) for c in ("example_id", "dataset_id", "source_revision_id", "field_path",
                                           "entity_type", "start", "end", "score", "recognizer", "operator",
-                                          "engine", "model", "verdict", "verdict_by", "verdict_at", "value_token")}
+                                          "engine", "model", "verdict", "verdict_by", "verdict_at", "value_token",
+                                          "value_words")}
         row.update(id=new_id(), revision_id=rev.id, scrubbed_start=f.scrubbed_start + shift,
                    scrubbed_end=f.scrubbed_end + shift, created_at=now)
         rows.append(row)
@@ -434,6 +436,7 @@ def add_missed(session: Session, *, example_id: str, field_path: str, start: int
                      "recognizer": "reviewer", "operator": operators.spec(entity_type).type.value,
                      "engine": "reviewer", "model": "reviewer", "verdict": "added", "verdict_by": actor.ref,
                      "verdict_at": now, "value_token": tokens.value_token(tokens.token_key(), value),
+                     "value_words": tokens.word_count(value),
                      "created_at": now})
     session.execute(insert(PiiFinding), rows)
     session.flush()

@@ -40,5 +40,17 @@ def value_token(key: bytes, value: str) -> str:
     return hmac.new(key, normalise(value).encode(), hashlib.sha256).hexdigest()[:TOKEN_HEX]
 
 
-def view_word(token: str) -> str:
-    return f" {VIEW_PREFIX}{token} "
+MAX_VIEW_WORDS = 8
+_WORDS = re.compile(r"\w+")
+
+
+def word_count(value: str) -> int:
+    """Words of a value as dedup's normalisation cuts them (punctuation splits), at least 1, capped."""
+    return max(1, min(MAX_VIEW_WORDS, len(_WORDS.findall(value))))
+
+
+def view_words(token: str, words: int | None) -> str:
+    """The value as the comparison view writes it: as many words as it had, all derived from its token, so
+    "F. Scott Fitzgerald" and "Roger Federer" differ in as many shingles as they do in the text."""
+    n = max(1, min(MAX_VIEW_WORDS, words or 1))
+    return " " + " ".join(f"{VIEW_PREFIX}{token}" + (f"w{i}" if i else "") for i in range(n)) + " "

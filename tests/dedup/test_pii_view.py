@@ -11,7 +11,7 @@ from sqlalchemy import select
 from app.core.db import session_scope
 from app.dedup.store import load_docs
 from app.models.pii import PiiFinding
-from app.pii.tokens import TOKEN_RE, VIEW_PREFIX, token_key, value_token
+from app.pii.tokens import TOKEN_RE, VIEW_PREFIX, token_key, value_token, view_words, word_count
 from tests.factories import new_dataset
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
@@ -71,3 +71,11 @@ def test_tokens_are_keyed_and_fold_case_and_space():
     a, b = token_key("one-secret-0123456789"), token_key("another-secret-0123")
     assert value_token(a, "New  York") == value_token(a, "new york")
     assert value_token(a, "New York") != value_token(b, "New York")
+
+
+def test_a_value_weighs_in_the_view_as_many_words_as_in_the_text():
+    tok = value_token(token_key(), "F. Scott Fitzgerald")
+    assert word_count("F. Scott Fitzgerald") == 3 and word_count("Paris") == 1 and word_count("-") == 1
+    words = view_words(tok, 3).split()
+    assert len(words) == 3 and len(set(words)) == 3 and all(w.startswith(VIEW_PREFIX + tok) for w in words)
+    assert view_words(tok, None).split() == [VIEW_PREFIX + tok]
