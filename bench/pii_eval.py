@@ -29,6 +29,7 @@ The last line of stdout is one JSON object: figures, targets, "pass".
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -37,7 +38,9 @@ from collections import defaultdict
 from pathlib import Path
 
 TARGET_ENTITIES = ["PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS"]
-TARGET_RECALL = 0.90
+TARGET_RECALL = 0.95
+# "tune": looked at while fixing recognizers; "measure": only ever run, never read record by record.
+PARTS = ("tune", "measure")
 GOLD_MAP = {"GPE": "LOCATION", "ADDRESS": "STREET_ADDRESS"}
 COMPATIBLE = {"STREET_ADDRESS": {"STREET_ADDRESS", "LOCATION"}, "LOCATION": {"LOCATION", "STREET_ADDRESS"}}
 NOT_SCRUBBED = {"TITLE", "AGE", "ZIP_CODE", "DOMAIN_NAME"}
@@ -45,6 +48,8 @@ EVAL_ENTITIES = [
     "PERSON", "LOCATION", "STREET_ADDRESS", "ORGANIZATION", "NRP", "DATE_TIME", "EMAIL_ADDRESS", "PHONE_NUMBER",
     "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "US_DRIVER_LICENSE", "URL",
 ]
+# Fixed before any figure was looked at; changing it reshuffles which templates are held out.
+SPLIT_SALT = "pedigree-pii-eval-split-v1"
 FILES = ["presidio_synth_dataset_v2.json", "presidio_generated_small.json"]
 CONFIGS = {
     "pattern_only_stock": {"mode": "pattern_only", "custom_recognizers": False},
@@ -59,16 +64,50 @@ CONFIGS = {
 DOLLY = Path("../shared/corpora/instruct/dolly15k_first6400_flan-t5-xl_decode.jsonl")
 DOLLY_CONFIGS = ("sm_custom_no_gazetteer", "sm_custom")
 HEADLINE = "sm_custom"
+FIXTURE = Path(__file__).parent / "fixtures" / "pii_shapes.jsonl"
+
+
+def split_templates(raw: list[dict]) -> dict[int, str]:
+    """template_id -> "tune" | "measure", deterministic and by template, never by record: the records of
+    one template share its wording and differ only in the Faker values, so a template on both sides would
+    let tuning on one record leak into the measure of its siblings. The two files share template ids
+    (same id, same template), so the split is over the union.
+
+    Stratified by the rarest target type a template holds (US_SSN and IP_ADDRESS come from two templates
+    each, IBAN_CODE from three): within each stratum the templates are ordered by a salted SHA-256 of
+    their id and dealt alternately, measure first, so every type with two or more templates lands on both
+    sides and a plain hash split cannot put all of one type on one side."""
+    counts: dict[str, set[int]] = defaultdict(set)
+    types: dict[int, set[str]] = defaultdict(set)
+    for rec in raw:
+        for s in rec["spans"]:
+            et = GOLD_MAP.get(s["entity_type"], s["entity_type"])
+            counts[et].add(rec["template_id"])
+            types[rec["template_id"]].add(et)
+    strata: dict[str, list[int]] = defaultdict(list)
+    for tid in {rec["template_id"] for rec in raw}:
+        targets = [et for et in types[tid] if et in TARGET_ENTITIES]
+        strata[min(targets, key=lambda et: (len(counts[et]), et)) if targets else ""].append(tid)
+    parts: dict[int, str] = {}
+    for tids in strata.values():
+        tids.sort(key=lambda t: hashlib.sha256(f"{SPLIT_SALT}:{t}".encode()).hexdigest())
+        for i, tid in enumerate(tids):
+            parts[tid] = "measure" if i % 2 == 0 else "tune"
+    return parts
 
 
 def load_corpus(corpus_dir: Path, limit: int | None) -> tuple[list[dict], int]:
     records: list[dict] = []
     repaired = 0
+    raw_files = []
     for name in FILES:
         path = corpus_dir / name
         if not path.exists():
             raise SystemExit(f"corpus file missing: {path} (see ../shared/corpora/README.md)")
-        for rec in json.loads(path.read_text()):
+        raw_files.append(json.loads(path.read_text()))
+    parts = split_templates([rec for raw in raw_files for rec in raw])
+    for raw in raw_files:
+        for rec in raw:
             text = rec["full_text"]
             spans = []
             for s in rec["spans"]:
@@ -80,7 +119,8 @@ def load_corpus(corpus_dir: Path, limit: int | None) -> tuple[list[dict], int]:
                     start, end = found, found + len(value)
                     repaired += 1
                 spans.append((GOLD_MAP.get(s["entity_type"], s["entity_type"]), start, end))
-            records.append({"text": text, "spans": spans})
+            records.append({"text": text, "spans": spans, "template_id": rec["template_id"],
+                            "part": parts[rec["template_id"]]})
     return (records[:limit] if limit else records), repaired
 
 
@@ -97,7 +137,18 @@ def _compatible(gold: str, pred: str) -> bool:
     return pred in COMPATIBLE.get(gold, {gold})
 
 
-def evaluate(records: list[dict], predictions: list[list[tuple[str, int, int]]]) -> dict:
+def _classify(rec: dict, pred: tuple) -> str:
+    """"tp", "fp" or "ignored" for one predicted span (see the module docstring)."""
+    ptype, ps, pe = pred[:3]
+    golds = [g for g in rec["spans"] if g[1] < pe and ps < g[2]]
+    if any(_compatible(g[0], ptype) for g in golds):
+        return "tp"
+    if golds and all(g[0] in NOT_SCRUBBED for g in golds):
+        return "ignored"
+    return "fp"
+
+
+def evaluate(records: list[dict], predictions: list[list[tuple]]) -> dict:
     tp_r: dict[str, int] = defaultdict(int)
     n_gold: dict[str, int] = defaultdict(int)
     covered: dict[str, int] = defaultdict(int)
@@ -113,14 +164,12 @@ def evaluate(records: list[dict], predictions: list[list[tuple[str, int, int]]])
                 covered[gtype] += 1
             if any(_compatible(gtype, p[0]) for p in overlapping):
                 tp_r[gtype] += 1
-        for ptype, ps, pe in preds:
-            golds = [g for g in rec["spans"] if g[1] < pe and ps < g[2]]
-            if any(_compatible(g[0], ptype) for g in golds):
-                tp_p[ptype] += 1
-            elif golds and all(g[0] in NOT_SCRUBBED for g in golds):
-                continue
-            else:
-                fp[ptype] += 1
+        for pred in preds:
+            verdict = _classify(rec, pred)
+            if verdict == "tp":
+                tp_p[pred[0]] += 1
+            elif verdict == "fp":
+                fp[pred[0]] += 1
     out = {}
     for et in sorted(set(n_gold) | set(tp_p) | set(fp)):
         recall = tp_r[et] / n_gold[et] if n_gold[et] else None
@@ -139,11 +188,24 @@ def evaluate(records: list[dict], predictions: list[list[tuple[str, int, int]]])
     return out
 
 
+def by_recognizer(records: list[dict], predictions: list[list[tuple]]) -> dict[str, dict[str, int]]:
+    """Where the final (post-overlap) findings come from: true and false positives per recognizer name
+    and entity type ("LoosePhoneRecognizer/PHONE_NUMBER"). A span widened by a weaker overlapping one
+    keeps the name of the one that won it."""
+    out: dict[str, dict[str, int]] = defaultdict(lambda: {"tp": 0, "fp": 0})
+    for rec, preds in zip(records, predictions):
+        for pred in preds:
+            verdict = _classify(rec, pred)
+            if verdict != "ignored":
+                out[f"{pred[3]}/{pred[0]}"][verdict] += 1
+    return dict(sorted(out.items(), key=lambda kv: -(kv[1]["tp"] + kv[1]["fp"])))
+
+
 def _r(x):
     return None if x is None else round(x, 3)
 
 
-def run_config(name: str, records: list[dict]) -> tuple[dict, float]:
+def run_config(name: str, records: list[dict]) -> tuple[list[list[tuple]], float]:
     from app.core.config import PiiSettings
     from app.pii.engine import PiiEngine
     from app.pii.schemas import PiiPolicy
@@ -154,8 +216,36 @@ def run_config(name: str, records: list[dict]) -> tuple[dict, float]:
     t0 = time.perf_counter()
     results = engine.analyze_batch([r["text"] for r in records], policy)
     elapsed = time.perf_counter() - t0
-    preds = [[(r.entity_type, r.start, r.end) for r in res] for res in results]
-    return evaluate(records, preds), elapsed
+    preds = [[(r.entity_type, r.start, r.end, _recognizer(r)) for r in res] for res in results]
+    return preds, elapsed
+
+
+def _recognizer(r) -> str:
+    from presidio_analyzer import RecognizerResult
+
+    return (r.recognition_metadata or {}).get(RecognizerResult.RECOGNIZER_NAME_KEY, "?")
+
+
+def heldout_fixture(path: Path) -> dict:
+    """The hand-written shapes (bench/fixtures/pii_shapes.jsonl): the failing cases from issue #15 and
+    variants of them written from the issue's description, not from the presidio sets. Gold values are
+    given as text and located in the record; a value found under a compatible type counts."""
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        spans = []
+        for et, value in item["spans"]:
+            start = item["text"].find(value)
+            if start < 0:
+                raise SystemExit(f"{path}: {value!r} not in {item['text']!r}")
+            spans.append((et, start, start + len(value)))
+        records.append({"text": item["text"], "spans": spans})
+    preds, _ = run_config(HEADLINE, records)
+    missed = [f"{rec['text'][s:e]!r} ({et})" for rec, ps in zip(records, preds) for et, s, e in rec["spans"]
+              if not any(_compatible(et, p[0]) and p[1] < e and s < p[2] for p in ps)]
+    return {"texts": len(records), "per_type": evaluate(records, preds), "missed": missed}
 
 
 def dolly_counts(name: str, n: int) -> dict[str, int]:
@@ -181,23 +271,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus-dir", type=Path, default=Path("../shared/corpora/pii"))
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N records")
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--fixture", type=Path, default=FIXTURE,
+                        help="hand-written held-out shapes (JSON lines: text, spans [[type, value], ...])")
     parser.add_argument("--dolly", type=int, default=1000, metavar="N",
                         help="also count spans found on the first N Dolly pairs (0: skip)")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)  # presidio logs one warning per unmapped label
 
     records, repaired = load_corpus(args.corpus_dir, args.limit)
+    parts = {part: [r for r in records if r["part"] == part] for part in PARTS}
     figures: dict[str, dict] = {}
+    sources: dict[str, dict] = {}
     for name in args.configs:
-        per_type, elapsed = run_config(name, records)
-        figures[name] = per_type
+        preds, elapsed = run_config(name, records)
+        figures[name] = {}
+        for part in PARTS:
+            part_preds = [p for r, p in zip(records, preds) if r["part"] == part]
+            figures[name][part] = evaluate(parts[part], part_preds)
+            if name == HEADLINE:
+                sources[part] = by_recognizer(parts[part], part_preds)
         print(f"\n== {name}  ({len(records)} texts, {elapsed:.1f}s)")
-        print(f"{'entity':<20}{'n':>6}{'P':>8}{'R':>8}{'F1':>8}{'covered':>9}")
-        for et, m in per_type.items():
-            if not m["support"] and not m["predicted"]:
-                continue
-            print(f"{et:<20}{m['support']:>6}{_fmt(m['precision'])}{_fmt(m['recall'])}{_fmt(m['f1'])}"
-                  f"{_fmt(m['covered'], 9)}")
+        print(f"{'entity':<20}" + "".join(f"{part + ' n':>10}{'P':>7}{'R':>7}{'cov':>7}" for part in PARTS))
+        types = sorted({et for part in PARTS for et in figures[name][part]})
+        for et in types:
+            row = f"{et:<20}"
+            for part in PARTS:
+                m = figures[name][part].get(et, {"support": 0, "precision": None, "recall": None,
+                                                 "covered": None})
+                row += f"{m['support']:>10}{_fmt(m['precision'], 7)}{_fmt(m['recall'], 7)}{_fmt(m['covered'], 7)}"
+            print(row)
+    for part, per in sources.items():
+        print(f"\n== {HEADLINE}: findings per recognizer ({part} part)")
+        for key, c in per.items():
+            print(f"  {key:<52}tp {c['tp']:>5}  fp {c['fp']:>5}")
+    fixture = heldout_fixture(args.fixture) if HEADLINE in args.configs and args.fixture.exists() else None
+    if fixture:
+        print(f"\n== {HEADLINE}: hand-written held-out shapes ({args.fixture})")
+        for et, m in fixture["per_type"].items():
+            print(f"  {et:<20}n {m['support']:>4}  P {_fmt(m['precision'], 6)}  R {_fmt(m['recall'], 6)}")
+        for miss in fixture["missed"]:
+            print(f"  missed {miss}")
     dolly: dict[str, dict[str, int]] = {}
     if args.dolly and DOLLY.exists():
         for name in DOLLY_CONFIGS:
@@ -205,18 +318,32 @@ def main(argv: list[str] | None = None) -> int:
                 dolly[name] = dolly_counts(name, args.dolly)
                 print(f"\n== {name}: spans on {args.dolly} Dolly pairs (default policy): {dolly[name]}")
     headline = figures.get(HEADLINE, {})
-    recalls = {et: headline.get(et, {}).get("recall") for et in TARGET_ENTITIES}
-    passed = bool(headline) and all(r is not None and r >= TARGET_RECALL for r in recalls.values())
+    recalls = {part: {et: headline.get(part, {}).get(et, {}).get("recall") for et in TARGET_ENTITIES}
+               for part in PARTS}
+    measured = recalls["measure"]
+    passed = bool(headline) and all(r is not None and r >= TARGET_RECALL for r in measured.values())
+    if fixture:
+        fixture_recall = [fixture["per_type"][et]["recall"] for et in TARGET_ENTITIES
+                          if fixture["per_type"].get(et, {}).get("support")]
+        passed = passed and all(r >= TARGET_RECALL for r in fixture_recall)
     summary = {
         "bench": "pii_eval",
         "texts": len(records),
+        "texts_per_part": {part: len(rs) for part, rs in parts.items()},
+        "split": f"by template_id, stratified by rarest target type, salt {SPLIT_SALT!r}",
         "repaired_spans": repaired,
         "matching": "span overlap >= 1 char, compatible type",
         "headline_config": HEADLINE,
-        "headline_recall": recalls,
+        "headline_recall": measured,
+        "tune_recall": recalls["tune"],
+        "headline_person_precision": {part: headline.get(part, {}).get("PERSON", {}).get("precision")
+                                      for part in PARTS},
         "figures": figures,
+        "sources": sources,
+        "fixture": fixture,
         "dolly_spans": {"pairs": args.dolly, "counts": dolly} if dolly else None,
-        "targets": {"recall_min": TARGET_RECALL, "entities": TARGET_ENTITIES, "config": HEADLINE},
+        "targets": {"recall_min": TARGET_RECALL, "entities": TARGET_ENTITIES, "config": HEADLINE,
+                    "on": "measure part and the hand-written fixture"},
         "pass": passed,
     }
     print(json.dumps(summary, separators=(",", ":")))

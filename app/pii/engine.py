@@ -34,7 +34,6 @@ from presidio_analyzer.predefined_recognizers import (
     IpRecognizer,
     MedicalLicenseRecognizer,
     NhsRecognizer,
-    PhoneRecognizer,
     SpacyRecognizer,
     UrlRecognizer,
     UsBankRecognizer,
@@ -176,7 +175,7 @@ def _registry(settings: PiiSettings, nlp_engine) -> RecognizerRegistry:
     registry = RecognizerRegistry(supported_languages=["en"])
     stock: list[EntityRecognizer] = [
         custom.OfflineEmailRecognizer(),
-        PhoneRecognizer(supported_regions=settings.phone_regions),
+        custom.RegionPhoneRecognizer(supported_regions=settings.phone_regions),
         CreditCardRecognizer(),
         IbanRecognizer(),
         IpRecognizer(),

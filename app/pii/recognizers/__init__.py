@@ -11,7 +11,13 @@ from __future__ import annotations
 from presidio_analyzer import EntityRecognizer
 
 from app.pii.recognizers.common import make_result
-from app.pii.recognizers.names import GazetteerNameRecognizer, PersonCueRecognizer, SpeakerLabelRecognizer
+from app.pii.recognizers.names import (
+    GazetteerNameRecognizer,
+    LowerCaseCueRecognizer,
+    PersonCueRecognizer,
+    SpeakerLabelRecognizer,
+    SubjectVerbNameRecognizer,
+)
 from app.pii.recognizers.passes import (
     coordinated_names,
     prefer_cued_names,
@@ -24,6 +30,7 @@ from app.pii.recognizers.patterns import (
     LoosePhoneRecognizer,
     OfflineEmailRecognizer,
     PaymentCardRecognizer,
+    RegionPhoneRecognizer,
     StreetAddressRecognizer,
     card_network_ok,
     luhn_ok,
@@ -34,11 +41,14 @@ __all__ = [
     "CaseInsensitiveIbanRecognizer",
     "GazetteerNameRecognizer",
     "LoosePhoneRecognizer",
+    "LowerCaseCueRecognizer",
     "OfflineEmailRecognizer",
     "PaymentCardRecognizer",
     "PersonCueRecognizer",
+    "RegionPhoneRecognizer",
     "SpeakerLabelRecognizer",
     "StreetAddressRecognizer",
+    "SubjectVerbNameRecognizer",
     "card_network_ok",
     "coordinated_names",
     "custom_recognizers",
@@ -59,8 +69,10 @@ def custom_recognizers(language: str = "en", gazetteer: bool = True) -> list[Ent
         StreetAddressRecognizer(language),
         PersonCueRecognizer(language),
         SpeakerLabelRecognizer(language),
+        SubjectVerbNameRecognizer(language),
         CaseInsensitiveIbanRecognizer(language),
     ]
     if gazetteer:
         recognizers.append(GazetteerNameRecognizer(language))
+        recognizers.append(LowerCaseCueRecognizer(language))
     return recognizers

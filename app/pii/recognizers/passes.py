@@ -9,6 +9,7 @@ from presidio_analyzer import RecognizerResult
 
 from app.pii.recognizers.common import _ORG_WORDS, _PLACE_WORDS, _UNIT, make_result
 
+_POSSESSIVE = re.compile(r"['’]s?$")
 _TITLE_WORDS = frozenset(
     """uncle aunt saint king queen prince princess lord lady sir madam doctor professor captain general
     president senator judge father mother brother sister""".split()  # noqa: SIM905
@@ -20,18 +21,22 @@ def propagate_mentions(text: str, results: list[RecognizerResult], entity_type: 
     one mention and not the next; the surname alone later is still the same person). Returns the full
     result list: a mention the model tagged as a place or an organisation is re-typed."""
     names: set[str] = set()
+    lower_text = not any(c.isupper() for c in text)
     for r in results:
         if r.entity_type != entity_type or r.score < 0.5:
             continue
-        value = text[r.start : r.end].strip()
-        # Lower-case spans are where the model is least sure; spreading one would spread a false positive.
-        if len(value) < 3 or not value[0].isupper():
+        # "Pinabel Marcil's Cautionary Tales ... early Marcil": the later mention has no possessive.
+        value = _POSSESSIVE.sub("", text[r.start : r.end].strip())
+        # Lower-case spans are where the model is least sure; spreading one would spread a false positive,
+        # except in a text written all in lower case, where a full name is as good as a capitalised one.
+        if len(value) < 3 or not (value[0].isupper() or lower_text and len(value.split()) > 1):
             continue
         names.add(value)
         # The surname alone is the usual later mention; first names and title words ("Uncle Walter")
         # would spread far more false positives than they catch.
         last = value.split()[-1]
-        if len(value.split()) > 1 and len(last) >= 4 and last[0].isupper() and last.lower() not in _TITLE_WORDS:
+        if (len(value.split()) > 1 and len(last) >= 4 and (last[0].isupper() or lower_text)
+                and last.lower() not in _TITLE_WORDS):
             names.add(last)
     if not names:
         return results
@@ -72,7 +77,8 @@ def _looks_like_name(value: str) -> bool:
 _NER_OTHER = frozenset({"ORGANIZATION", "LOCATION", "NRP"})
 
 
-_CUE_RECOGNIZERS = frozenset({"PersonCueRecognizer", "SpeakerLabelRecognizer", "GazetteerNameRecognizer"})
+_CUE_RECOGNIZERS = frozenset({"PersonCueRecognizer", "SpeakerLabelRecognizer", "GazetteerNameRecognizer",
+                              "SubjectVerbNameRecognizer", "LowerCaseCueRecognizer"})
 
 
 _TRAILING_UNIT = re.compile(rf"\s+{_UNIT}\.?$")
@@ -119,23 +125,49 @@ _LIST = re.compile(rf"{_LIST_ITEM}(?:,\s+{_LIST_ITEM})*,?\s+(?:and|or|&)\s+{_LIS
 _ITEM = re.compile(_LIST_ITEM)
 
 
+# Plural nouns that only people are: a list right after one is a list of people ("our 3 founders: Kónya,
+# Becker and Vasquez"), whatever the model makes of each member. Not "partners", "clients", "sponsors":
+# companies are those too.
+_PEOPLE_NOUNS = (
+    r"founders|co-founders|cofounders|authors|co-authors|children|kids|sons|daughters|brothers|sisters|"
+    r"siblings|parents|grandparents|grandchildren|cousins|friends|colleagues|coworkers|co-workers|witnesses|"
+    r"employees|students|classmates|roommates|teammates|neighbou?rs|nurses|teachers|guests"
+)
+_PEOPLE_CUE = re.compile(
+    rf"(?i)\b(?:{_PEOPLE_NOUNS})(?:\s*:|\s+(?:are|were|include|includes|included|named|called))?\s*$"
+)
+
+
 def coordinated_names(text: str, results: list[RecognizerResult]) -> list[RecognizerResult]:
-    """In "Kónya, Becker and Vasquez" or "Mary, Ariana, Isabel and Jodi", once one member is a PERSON the
-    other capitalised members of the same list are too."""
+    """In "Kónya, Becker and Vasquez" or "Mary, Ariana, Isabel and Jodi", once one member is a PERSON, or
+    the list follows a noun for people ("founders:"), the other capitalised members of the same list are
+    too. After the noun, a member the model labelled ORG/GPE/NORP is re-typed in place (its label would
+    otherwise win the overlap on score); the members no result covered are returned."""
     persons = [(r.start, r.end) for r in results if r.entity_type == "PERSON" and r.score >= 0.5]
-    if not persons:
+    lists = []
+    for m in _LIST.finditer(text):
+        cued = _PEOPLE_CUE.search(text, max(0, m.start() - 40), m.start()) is not None
+        if cued or any(s < m.end() and m.start() < e for s, e in persons):
+            lists.append((m, cued))
+    if not lists:
         return []
     out = []
     taken = [(r.start, r.end) for r in results if r.entity_type == "PERSON"]
-    for m in _LIST.finditer(text):
-        if not any(s < m.end() and m.start() < e for s, e in persons):
-            continue
+    for m, cued in lists:
         for item in _ITEM.finditer(text, m.start(), m.end()):
             if item.group() in ("And", "Or"):
                 continue
             if any(s < item.end() and item.start() < e for s, e in taken):
                 continue
+            # Only the noun cue outranks the model's label: one PERSON in a list of countries is the
+            # model's mistake more often than the countries are.
+            other = [r for r in results if r.entity_type in _NER_OTHER and r.start < item.end()
+                     and item.start() < r.end] if cued else []
+            if other:
+                for r in other:
+                    r.entity_type = "PERSON"
+                    r.recognition_metadata[RecognizerResult.RECOGNIZER_NAME_KEY] = "CoordinationPropagation"
+                continue
             out.append(make_result("PERSON", item.start(), item.end(), 0.6, "CoordinationPropagation",
                                    "CoordinationPropagation"))
     return out
-

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import tldextract
 from presidio_analyzer import LocalRecognizer, Pattern, PatternRecognizer, RecognizerResult
-from presidio_analyzer.predefined_recognizers import EmailRecognizer
+from presidio_analyzer.predefined_recognizers import EmailRecognizer, PhoneRecognizer
 
 from app.pii.recognizers.common import _CASE_SENSITIVE, make_result
 
@@ -82,6 +82,7 @@ class PaymentCardRecognizer(LocalRecognizer):
     """Luhn-valid numbers of 12-19 digits whose prefix and length match a card network."""
 
     _CANDIDATE = re.compile(r"(?<![\w-])\d(?:[ -]?\d){11,18}(?![\w-])")
+    _CARD_CUE = re.compile(r"(?i)\b(?:card|cc)\b(?:\s+(?:no\.?|number|num|#))?[\s:#.]*$")
     CONTEXT = ["credit", "card", "visa", "mastercard", "amex", "discover", "jcb", "diners", "maestro", "cc"]  # noqa: RUF012 (Presidio's convention)
 
     def __init__(self, supported_language: str = "en"):
@@ -101,7 +102,13 @@ class PaymentCardRecognizer(LocalRecognizer):
         out = []
         for m in self._CANDIDATE.finditer(text):
             digits = re.sub(r"[ -]", "", m.group())
-            if not (luhn_ok(digits) and card_network_ok(digits)):
+            if not luhn_ok(digits):
+                continue
+            if not card_network_ok(digits):
+                # Outside the issuer table (private-label, store and fleet cards, or a range we lack):
+                # only a card word right before it ("credit card 0604 2607 0011") makes it one.
+                if self._CARD_CUE.search(text, max(0, m.start() - 25), m.start()):
+                    out.append(make_result("CREDIT_CARD", m.start(), m.end(), 0.6, self.name, self.id))
                 continue
             # A 12-14 digit Luhn-valid number with a plausible prefix happens by chance 1 time in 10: keep it
             # under the context bar's reach but above the default threshold only with a context word.
@@ -113,6 +120,35 @@ class PaymentCardRecognizer(LocalRecognizer):
 # --- phone numbers -----------------------------------------------------------------------------------------
 
 
+# Words that name the number as something other than a phone. An unbroken digit run right after one
+# of these ("order 4839201", "account number 1234567", "ID: 7712093") is an identifier, unless a word
+# that only phones have (call, fax, mobile...) comes before it on the same line.
+_IDENTIFIER = re.compile(
+    r"(?i)\b(?:id|ids|identifier|order|account|acct|invoice|ticket|case|ref|reference|customer|client|member|"
+    r"membership|employee|staff|student|patient|record|policy|claim|tracking|serial|sku|item|product|"
+    r"transaction|confirmation|booking|reservation|receipt|no|nr|num|#)\b[\s.:#-]*(?:number|no\.?|num|#)?"
+    r"[\s.:#-]*$"
+)
+_PHONE_ONLY = re.compile(r"(?i)\b(?:phone|call|tel|telephone|mobile|cell|fax|whatsapp|sms|dial|ring)\w*")
+
+
+def identifier_before(text: str, start: int) -> bool:
+    """True when the word right before `start` names an identifier and no phone-only word precedes it on
+    the same line: the digits there are typed by that word, not by their count."""
+    line_start = text.rfind("\n", 0, start) + 1
+    before = text[max(line_start, start - 30) : start]
+    return _IDENTIFIER.search(before) is not None and not _PHONE_ONLY.search(before)
+
+
+class RegionPhoneRecognizer(PhoneRecognizer):
+    """The stock libphonenumber recognizer, minus unbroken digit runs named as identifiers: libphonenumber
+    reads "order 060426070011" as a phone number of some region."""
+
+    def analyze(self, text, entities, nlp_artifacts=None):
+        return [r for r in super().analyze(text, entities, nlp_artifacts)
+                if not (text[r.start : r.end].isdigit() and identifier_before(text, r.start))]
+
+
 class LoosePhoneRecognizer(LocalRecognizer):
     """Digit groups shaped like a phone number, in any national format.
 
@@ -122,8 +158,11 @@ class LoosePhoneRecognizer(LocalRecognizer):
     "mobile" within a few words lifts it over.
     """
 
+    # Horizontal whitespace only: a number never continues on the next line. With `\s` here, a postcode
+    # line and the phone line under it ("Hungary 34796\n(37) 788-063-Office") made one candidate, which
+    # the line-break check then threw away whole, and the phone was never tried alone.
     _CANDIDATE = re.compile(
-        r"(?<![\w+/.-])(?:\+|00)?\(?\d[\d().\s-]{5,22}\d(?:\s?(?:x|ext\.?)\s?\d{1,5})?(?![\w/]|[.-]\d)"
+        r"(?<![\w+/.-])(?:\+|00)?\(?\d[\d().\t -]{5,22}\d(?:[\t ]?(?:x|ext\.?)[\t ]?\d{1,5})?(?![\w/]|[.-]\d)"
     )
     _DATE = re.compile(r"^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}$")
     _YEARS = re.compile(r"^(?:1[5-9]|20)\d\d\s?[-–/]\s?(?:1[5-9]|20)\d\d$")  # "2019-2020"
@@ -131,7 +170,7 @@ class LoosePhoneRecognizer(LocalRecognizer):
     # "call" as a stop word, and the enhancer drops stop words from the context window.
     _CONTEXT = re.compile(
         r"(?i)\b(?:phone|call|tel|telephone|mobile|cell|fax|desk|office|contact|reach|answering|whatsapp|sms|"
-        r"text|number|ring|dial)\w*"
+        r"text|number|ring|dial|messag|sms|registered)\w*"
     )
     CONTEXT = ["phone", "telephone", "mobile", "fax"]  # noqa: RUF012 (Presidio's convention)
 
@@ -157,14 +196,14 @@ class LoosePhoneRecognizer(LocalRecognizer):
             digits = re.sub(r"\D", "", core)
             if not 7 <= len(digits) <= 15 or self._DATE.match(core.strip()) or self._YEARS.match(core.strip()):
                 continue
-            if "\n" in raw:
-                continue
             if core.count("(") != core.count(")"):
                 continue
             if len(digits) >= 13 and luhn_ok(digits) and card_network_ok(digits):
                 continue
             international = raw.startswith(("+", "00"))
             grouped = bool(re.search(r"\d[\s().-]+\d", core))
+            if not grouped and not international and identifier_before(text, start):
+                continue
             score = 0.5 if international and grouped else 0.3
             window = text[max(0, start - 40) : start] + " " + text[end : end + 20]
             if self._CONTEXT.search(window):
