@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, event, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.core.sql import aware, dialect_insert
-from app.models.audit import GENESIS_HASH, AuditEvent, AuditHead
+from app.models.audit import GENESIS_HASH, AuditCheckpoint, AuditEvent, AuditHead
 from app.models.base import utcnow
 
 _PENDING = "pedigree_audit_pending"
@@ -193,8 +193,6 @@ def _walk(session: Session, *, after: int, prev: str) -> tuple[VerifyResult | No
 
 
 def _save_checkpoint(session: Session, seq: int, h: str, *, full: bool) -> None:
-    from app.models.lineage import AuditCheckpoint
-
     now = utcnow()
     values = {"id": 1, "seq": seq, "hash": h, "verified_at": now, "full_verified_at": now if full else None}
     ins = dialect_insert(session, AuditCheckpoint).values(**values)
@@ -221,8 +219,6 @@ def verify(session: Session, *, mode: str = "auto", full: bool = False) -> Verif
     left alone: only re-hashing it shows that, which is what `full` does (on demand, and periodically).
     `auto` is incremental above FULL_WALK_MAX_EVENTS and full below it.
     """
-    from app.models.lineage import AuditCheckpoint
-
     if full:
         mode = "full"
     if mode == "auto":

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.core.schemas import Items
-from app.review.schemas import ReviewPolicy
+from app.datasets.policies import ReviewPolicy
 
 Format = Literal["chat", "instruction", "completion", "preference"]
 

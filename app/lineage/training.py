@@ -7,9 +7,9 @@ models define them, and these names are lineage's Core view of those tables.
 
 from __future__ import annotations
 
-from app.models.training import Lineage, ModelAlias, ModelVersion, TrainingRun
+from app.models.training import ModelAlias, ModelVersion, TrainedRevision, TrainingRun
 
 training_runs = TrainingRun.__table__
 model_versions = ModelVersion.__table__
 model_aliases = ModelAlias.__table__
-lineage = Lineage.__table__
+lineage = TrainedRevision.__table__

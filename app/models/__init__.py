@@ -1,22 +1,22 @@
 """All ORM models, imported here so Alembic's metadata sees every table."""
 
-from app.models.audit import AuditEvent, AuditHead
+from app.models.audit import AuditCheckpoint, AuditEvent, AuditHead
 from app.models.auth import ApiKey
 from app.models.base import Base
 from app.models.dataset import Dataset
 from app.models.dedup import DedupDecision, DedupEvalHit, DedupPair, DedupRebuild, DedupSignature, DedupState
 from app.models.example import DuplicateLink, Example, ExampleRevision, IngestBatch
-from app.models.lineage import AuditCheckpoint, ErasureRequest, ModelVersionFacet, ModelVersionTaint
+from app.models.lineage import ErasureRequest, ModelVersionFacet, ModelVersionTaint
 from app.models.pii import PiiFinding, PiiScrub, PiiVaultEntry
 from app.models.pipeline import StageLease
 from app.models.review import Review, ReviewEscalation, ReviewLease, ReviewSessionRevocation, ReviewSuggestion
 from app.models.snapshot import Snapshot, SnapshotMember
 from app.models.training import (
-    Lineage,
     ModelAlias,
     ModelAliasHistory,
     ModelVersion,
     RegisteredModel,
+    TrainedRevision,
     TrainingRun,
     TrainingRunEvent,
 )
@@ -39,7 +39,6 @@ __all__ = [
     "Example",
     "ExampleRevision",
     "IngestBatch",
-    "Lineage",
     "ModelAlias",
     "ModelAliasHistory",
     "ModelVersion",
@@ -57,6 +56,7 @@ __all__ = [
     "Snapshot",
     "SnapshotMember",
     "StageLease",
+    "TrainedRevision",
     "TrainingRun",
     "TrainingRunEvent",
 ]

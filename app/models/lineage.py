@@ -1,4 +1,4 @@
-"""Erasure requests (GDPR Art. 17), the taints they leave on model versions, and the audit checkpoint."""
+"""Erasure requests (GDPR Art. 17), the taints they leave on model versions, and per-version facets."""
 
 from __future__ import annotations
 
@@ -47,19 +47,6 @@ class ModelVersionTaint(Base):
     erasure_request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("erasure_requests.id"), index=True)
     examples: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-
-
-class AuditCheckpoint(Base):
-    """One row: the audit chain is known good up to `seq`, whose hash was `hash`. Verification resumes
-    from here instead of re-hashing millions of events; `?full=true` ignores it and walks everything."""
-
-    __tablename__ = "audit_checkpoints"
-
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    seq: Mapped[int] = mapped_column(BigInteger)
-    hash: Mapped[str] = mapped_column(String(64))
-    verified_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    full_verified_at: Mapped[dt.datetime | None]
 
 
 class ModelVersionFacet(Base):

@@ -138,7 +138,7 @@ class ModelAliasHistory(Base):
     reason: Mapped[str | None] = mapped_column(Text)
 
 
-class Lineage(Base):
+class TrainedRevision(Base):
     """One row per trained revision per run, written with the model version in one transaction.
 
     `example_id` is copied from the snapshot member so "which models did this example train" is one

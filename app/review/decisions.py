@@ -20,9 +20,10 @@ from app.core.auth import Actor
 from app.core.errors import Conflict, Forbidden, InvalidState, NotFound, PedigreeError
 from app.core.ids import new_id
 from app.core.sql import any_of, is_pg, iso
+from app.datasets.policies import ReviewPolicy
 from app.models.base import utcnow
 from app.models.dataset import Dataset
-from app.review.schemas import BulkReviewIn, ReviewIn, ReviewPolicy
+from app.review.schemas import BulkReviewIn, ReviewIn
 from app.review.service import AUTHORED, ESC, REV, E, L, R, check_lease, check_reason, serialize_writers
 
 

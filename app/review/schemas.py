@@ -1,65 +1,18 @@
-"""Review policy, request bodies and responses. Pure pydantic: app.datasets imports ReviewPolicy from
-here, so nothing in this module may import a service (the response models build on app.core.schemas and
-the example view's models, which are pydantic only too)."""
+"""Review request bodies and responses, pure pydantic (the response models build on app.core.schemas
+and the example view's models). The review policy lives with the dataset that stores it
+(app.datasets.policies)."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.schemas import ErrorInfo, IsoTime, Items, JsonObject, Out
 from app.examples.schemas import ExampleOut, QualityFlag, RevisionOut
 
-DEFAULT_REASON_CODES = ("factual_error", "formatting", "tone", "pii", "off_topic", "unsafe", "low_quality", "other")
 Decision = Literal["approve", "reject", "request_changes"]
-
-
-class ReviewPolicy(BaseModel):
-    """A dataset's review policy. Stored as given (only the knobs a curator set), read through
-    `effective()`, so a default improved later reaches every dataset that did not pin it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # Distinct human reviewers who must approve the current revision.
-    required_approvals: int = Field(default=1, ge=1, le=10)
-    # Nobody approves an example they ingested or a revision they wrote.
-    four_eyes: bool = True
-    # What a rejection does: final, or send the example back for an edit.
-    rejection: Literal["final", "changes_requested"] = "final"
-    # When reviewers disagree on one revision: any reject wins, the majority wins (a tie waits for
-    # another reviewer), or an admin decides.
-    conflict_resolution: Literal["any_reject", "majority", "escalate"] = "any_reject"
-    reviewers_may_edit: bool = True
-    # Rejections and change requests must name one of these.
-    reason_codes: list[str] = Field(default_factory=lambda: list(DEFAULT_REASON_CODES), min_length=1, max_length=50)
-    lease_seconds: int = Field(default=600, ge=10, le=24 * 3600)
-
-    @field_validator("reason_codes")
-    @classmethod
-    def _slugs(cls, codes: list[str]) -> list[str]:
-        import re
-
-        for c in codes:
-            if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", c):
-                raise ValueError(f"reason code {c!r} must be a lower-case slug (a-z, 0-9, _)")
-        if len(set(codes)) != len(codes):
-            raise ValueError("reason codes must be unique")
-        return codes
-
-    @model_serializer(mode="wrap")
-    def _only_set(self, handler: Any) -> dict[str, Any]:
-        # Dumped into datasets.review_policy: keep only what the curator chose (see the docstring).
-        data = handler(self)
-        return {k: v for k, v in data.items() if k in self.model_fields_set}
-
-    @classmethod
-    def effective(cls, stored: dict[str, Any] | None) -> ReviewPolicy:
-        return cls.model_validate(stored or {})
-
-    def full(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in type(self).model_fields}
 
 
 class ReviewIn(BaseModel):

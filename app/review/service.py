@@ -20,11 +20,11 @@ from sqlalchemy.orm import Session
 from app.core.auth import Actor
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.core.sql import aware, dialect_insert, is_pg, iso
+from app.datasets.policies import ReviewPolicy
 from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.example import Example, ExampleRevision
 from app.models.review import Review, ReviewEscalation, ReviewLease, ReviewSessionRevocation, ReviewSuggestion
-from app.review.schemas import ReviewPolicy
 
 E = Example.__table__
 R = Review.__table__

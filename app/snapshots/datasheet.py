@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from app.core.sql import is_pg
 from app.datasets import service as datasets
 from app.dedup import queries as dedup_queries
+from app.examples import queries as examples_queries
 from app.models.snapshot import Snapshot, SnapshotMember
 from app.pii import queries as pii_queries
 from app.review import queries as review_queries
@@ -148,11 +149,7 @@ def _collection(session: Session, snap: Snapshot) -> Section:
     col.paragraphs.append(f"Collected between {ca.get('min') or 'unknown'} and {ca.get('max') or 'unknown'} "
                           "(provenance `collected_at`; members without it are not counted in the range)."
                           if ca.get("min") else "Collection dates: " + UNKNOWN)
-    batches = _q(session,
-                 "SELECT b.id, b.channel, b.created_by, min(b.created_at), count(*) FROM snapshot_members m "
-                 "JOIN examples e ON e.id = m.example_id JOIN ingest_batches b ON b.id = e.ingest_batch_id "
-                 "WHERE m.snapshot_id = :sid GROUP BY b.id, b.channel, b.created_by ORDER BY count(*) DESC",
-                 sid=snap.id)
+    batches = examples_queries.ingest_batches_of(session, repository.member_ids(snap.id))
     if batches:
         col.paragraphs.append(f"Ingested in {len(batches)} batch(es).")
         col.tables.append(("Ingest batches (largest 20)", ["batch", "channel", "by", "at", "members"],
@@ -166,7 +163,7 @@ def _collection(session: Session, snap: Snapshot) -> Section:
 
 def _preprocessing(session: Session, snap: Snapshot, ds: Any) -> Section:
     pre = Section("Preprocessing, cleaning and labeling")
-    members = select(SnapshotMember.example_id).where(SnapshotMember.snapshot_id == snap.id)
+    members = repository.member_ids(snap.id)
     _pii_mode(session, snap, members, pre)
     rows = pii_queries.findings_by_type_and_operator(session, members)
     if rows:

@@ -12,14 +12,15 @@ import hashlib
 import uuid
 from typing import Any
 
-from sqlalchemy import Uuid, bindparam, select, text
+from sqlalchemy import Select, Uuid, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from app.core.errors import NotFound
 from app.core.pagination import decode_cursor, page
 from app.core.sql import is_pg
 from app.datasets import service as datasets
-from app.models.snapshot import Snapshot
+from app.examples import queries as examples_queries
+from app.models.snapshot import Snapshot, SnapshotMember
 from app.snapshots import merkle
 
 SPLIT_SPACE = 2**32
@@ -64,14 +65,19 @@ def list_page(session: Session, *, dataset_ref: str | None, cursor: str | None,
 
 
 def erased_members(session: Session, snap: Snapshot) -> list[uuid.UUID]:
-    """Members whose example was erased after the freeze. Driven from the (dataset, status) index, so
-    it costs the number of erased examples in the dataset, not the snapshot's size."""
-    rows = session.execute(text(
-        "SELECT e.id FROM examples e JOIN snapshot_members m ON m.snapshot_id = :sid AND m.example_id = e.id "
-        "WHERE e.dataset_id = :ds AND e.status = 'erased'").bindparams(
-        bindparam("sid", type_=Uuid()), bindparam("ds", type_=Uuid())), {"sid": snap.id, "ds": snap.dataset_id})
-    return sorted(uuid.UUID(str(r[0])) for r in rows)
+    """Members whose example was erased after the freeze (asked of the examples domain)."""
+    return examples_queries.erased_among(session, snap.dataset_id, member_ids(snap.id))
 
+
+def member_pairs(snapshot_id: uuid.UUID) -> Select:
+    """(revision_id, example_id) of every member: what a training run's lineage rows are joined to."""
+    return select(SnapshotMember.revision_id, SnapshotMember.example_id).where(
+        SnapshotMember.snapshot_id == snapshot_id)
+
+
+def member_ids(snapshot_id: uuid.UUID) -> Select:
+    """The snapshot's example ids, as a subquery other domains' read APIs take."""
+    return select(SnapshotMember.example_id).where(SnapshotMember.snapshot_id == snapshot_id)
 
 
 def manifest_hashes(session: Session, snapshot_id: uuid.UUID, *, omit: list[uuid.UUID] | None = None,

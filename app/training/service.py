@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Uuid, bindparam, insert, select, text, update
+from sqlalchemy import BigInteger, Integer, Uuid, cast, func, insert, literal, select, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,8 +35,8 @@ from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.core.pagination import decode_cursor, page
 from app.core.sql import is_pg
 from app.models.base import utcnow
-from app.models.snapshot import Snapshot, SnapshotMember
-from app.models.training import FINISHED, ModelVersion, TrainingRun, TrainingRunEvent
+from app.models.snapshot import Snapshot
+from app.models.training import FINISHED, ModelVersion, TrainedRevision, TrainingRun, TrainingRunEvent
 from app.pii import queries as pii_queries
 from app.review import queries as review_queries
 from app.snapshots import repository as snapshots
@@ -311,37 +312,38 @@ def _write_lineage(session: Session, *, run: TrainingRun, mv: ModelVersion, revs
         return 0
     toks = [e["tokens"] for e in data.examples]
     eps = [e["epochs"] for e in data.examples]
+    # The membership comes from the snapshots domain as a subquery; this domain owns only the rows it writes.
+    m = snapshots.member_pairs(run.snapshot_id).subquery("m")
     if is_pg(session):
         # One statement: the reported arrays joined to the snapshot's partition, so example ids come
         # from the frozen membership and a revision outside the snapshot simply does not join.
         # The arrays travel as three strings: binding 3n Python objects costs more than the INSERT.
-        stmt = text(
-            "INSERT INTO lineage (run_id, model_version_id, revision_id, example_id, tokens, epochs) "
-            "SELECT :run, :mv, m.revision_id, m.example_id, u.tokens, u.epochs "
-            "FROM unnest(string_to_array(:revs, ',')::uuid[], string_to_array(:toks, ',')::bigint[], "
-            "string_to_array(:eps, ',')::int[]) AS u(revision_id, tokens, epochs) "
-            "JOIN snapshot_members m ON m.snapshot_id = :sid AND m.revision_id = u.revision_id "
-            # Ids are time-ordered (UUIDv7): in example order, every index of lineage is filled nearly
-            # left to right instead of at a million random leaf pages (1M rows: 63 s -> see bench).
-            "ORDER BY m.example_id"
-        ).bindparams(bindparam("run", type_=Uuid()), bindparam("mv", type_=Uuid()), bindparam("sid", type_=Uuid()))
+        u = func.unnest(
+            cast(func.string_to_array(",".join(revs), ","), postgresql.ARRAY(postgresql.UUID())),
+            cast(func.string_to_array(",".join(map(str, toks)), ","), postgresql.ARRAY(BigInteger())),
+            cast(func.string_to_array(",".join(map(str, eps)), ","), postgresql.ARRAY(Integer())),
+        ).table_valued("revision_id", "tokens", "epochs").render_derived(name="u")
+        rows = (select(literal(run.id, Uuid()), literal(mv.id, Uuid()), m.c.revision_id, m.c.example_id,
+                       u.c.tokens, u.c.epochs)
+                .select_from(u.join(m, m.c.revision_id == u.c.revision_id))
+                # Ids are time-ordered (UUIDv7): in example order, every index of lineage is filled nearly
+                # left to right instead of at a million random leaf pages (1M rows: 63 s -> see bench).
+                .order_by(m.c.example_id))
+        # SQLAlchemy reports -1 for an INSERT's rowcount unless asked to keep the driver's; that count is
+        # what proves every reported revision joined.
+        stmt = insert(TrainedRevision.__table__).from_select(
+            ["run_id", "model_version_id", "revision_id", "example_id", "tokens", "epochs"], rows
+        ).execution_options(preserve_rowcount=True)
         # Enough memory to sort a million-row report without spilling (this transaction only).
         session.execute(text("SET LOCAL work_mem = '128MB'"))
-        res = session.execute(stmt, {"run": run.id, "mv": mv.id, "sid": run.snapshot_id,
-                                     "revs": ",".join(revs), "toks": ",".join(map(str, toks)),
-                                     "eps": ",".join(map(str, eps))})
+        res = session.execute(stmt)
         return res.rowcount
     # SQLite (the embedded mode's sizes): the membership as a dict, then one executemany.
-    members = dict(session.execute(
-        text("SELECT revision_id, example_id FROM snapshot_members WHERE snapshot_id = :sid")
-        .bindparams(bindparam("sid", type_=Uuid())).columns(revision_id=Uuid(), example_id=Uuid()),
-        {"sid": run.snapshot_id}).all())
+    members = dict(session.execute(select(m.c.revision_id, m.c.example_id)).all())
     rows = [{"run_id": run.id, "model_version_id": mv.id, "revision_id": r, "example_id": members[r],
              "tokens": t, "epochs": e} for r, t, e in zip(map(uuid.UUID, revs), toks, eps, strict=True) if r in members]
     if rows:
-        from app.models.training import Lineage
-
-        session.execute(insert(Lineage), rows)
+        session.execute(insert(TrainedRevision), rows)
     return len(rows)
 
 
@@ -443,7 +445,7 @@ def model_card_facts(session: Session, run: TrainingRun, *, governance: bool = F
         "collected at": stats.get("collected_at"),
     }
     if governance:
-        members = select(SnapshotMember.example_id).where(SnapshotMember.snapshot_id == snap.id)
+        members = snapshots.member_ids(snap.id)
         facts["reviews"] = review_queries.summary_for_examples(session, members)
         facts["pii scrubbed (findings by entity type)"] = pii_queries.findings_by_type(session, members)
         facts["examples with pii scrubbed"] = pii_queries.count_with_findings(session, members)

@@ -1,0 +1,57 @@
+"""Policies a dataset stores as JSON and each domain reads: defined here, below the domains that apply
+them, so a dataset's schema can validate them without importing those domains (docs/ARCHITECTURE.md,
+the layers contract)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+
+DEFAULT_REASON_CODES = ("factual_error", "formatting", "tone", "pii", "off_topic", "unsafe", "low_quality", "other")
+
+
+class ReviewPolicy(BaseModel):
+    """A dataset's review policy. Stored as given (only the knobs a curator set), read through
+    `effective()`, so a default improved later reaches every dataset that did not pin it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Distinct human reviewers who must approve the current revision.
+    required_approvals: int = Field(default=1, ge=1, le=10)
+    # Nobody approves an example they ingested or a revision they wrote.
+    four_eyes: bool = True
+    # What a rejection does: final, or send the example back for an edit.
+    rejection: Literal["final", "changes_requested"] = "final"
+    # When reviewers disagree on one revision: any reject wins, the majority wins (a tie waits for
+    # another reviewer), or an admin decides.
+    conflict_resolution: Literal["any_reject", "majority", "escalate"] = "any_reject"
+    reviewers_may_edit: bool = True
+    # Rejections and change requests must name one of these.
+    reason_codes: list[str] = Field(default_factory=lambda: list(DEFAULT_REASON_CODES), min_length=1, max_length=50)
+    lease_seconds: int = Field(default=600, ge=10, le=24 * 3600)
+
+    @field_validator("reason_codes")
+    @classmethod
+    def _slugs(cls, codes: list[str]) -> list[str]:
+        import re
+
+        for c in codes:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", c):
+                raise ValueError(f"reason code {c!r} must be a lower-case slug (a-z, 0-9, _)")
+        if len(set(codes)) != len(codes):
+            raise ValueError("reason codes must be unique")
+        return codes
+
+    @model_serializer(mode="wrap")
+    def _only_set(self, handler: Any) -> dict[str, Any]:
+        # Dumped into datasets.review_policy: keep only what the curator chose (see the docstring).
+        data = handler(self)
+        return {k: v for k, v in data.items() if k in self.model_fields_set}
+
+    @classmethod
+    def effective(cls, stored: dict[str, Any] | None) -> ReviewPolicy:
+        return cls.model_validate(stored or {})
+
+    def full(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in type(self).model_fields}
