@@ -7,8 +7,6 @@ others hostage. Tasks are idempotent (see app.pipeline.service), which is what m
 
 from __future__ import annotations
 
-import os
-
 from celery import Celery
 from kombu import Queue
 
@@ -18,7 +16,9 @@ from app.wiring import wire
 # The Celery app is an entry point: its stages, audit subscribers and handlers are the API's.
 wire()
 settings = get_settings()
-broker = settings.redis_url or os.environ.get("CELERY_BROKER_URL") or "memory://"
+# One setting names the broker (PEDIGREE_REDIS_URL); without it (embedded mode) tasks run in-process and
+# the in-memory transport only lets the app import.
+broker = settings.redis_url or "memory://"
 
 celery = Celery("pedigree", broker=broker,
                 include=["workers.tasks.pipeline", "workers.tasks.pii", "workers.tasks.dedup",

@@ -33,7 +33,8 @@ from app.audit import service as audit
 from app.core.auth import Actor, check_role
 from app.core.config import get_settings
 from app.core.errors import Conflict, NotFound
-from app.core.sql import any_of, dialect_insert, is_pg
+from app.core.ids import id_or_404
+from app.core.sql import any_of, dialect_insert, is_pg, iso
 from app.examples import privacy
 from app.lineage import service as lineage
 from app.lineage import training as tr
@@ -362,8 +363,8 @@ def response(req: ErasureRequest, *, replayed: bool = False) -> dict[str, Any]:
     rep = req.report or {}
     return {
         "id": str(req.id), "status": req.status, "dry_run": req.dry_run, "reason": req.reason,
-        "selector": req.selector, "requested_by": req.requested_by, "created_at": lineage._iso(req.created_at),
-        "finished_at": lineage._iso(req.finished_at), "replayed": replayed,
+        "selector": req.selector, "requested_by": req.requested_by, "created_at": iso(req.created_at),
+        "finished_at": iso(req.finished_at), "replayed": replayed,
         "affected": {
             "examples": rep.get("examples", 0),
             "snapshots": rep.get("snapshots", []),
@@ -391,7 +392,7 @@ def warnings_for(aliases: list[dict[str, Any]], dry_run: bool) -> list[str]:
 
 
 def get(session: Session, request_id: str) -> dict[str, Any]:
-    req = session.get(ErasureRequest, lineage._uuid(request_id, "erasure_request"))
+    req = session.get(ErasureRequest, id_or_404(request_id, "erasure_request"))
     if req is None:
         raise NotFound(f"erasure request {request_id} not found", details={"erasure_request": request_id})
     return response(req)

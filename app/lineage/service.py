@@ -19,7 +19,7 @@ from app.audit import service as audit
 from app.core.auth import Actor
 from app.core.errors import NotFound, ValidationFailed
 from app.core.pagination import decode_cursor, encode_cursor
-from app.core.sql import any_of, is_pg
+from app.core.sql import any_of, is_pg, iso
 from app.examples import privacy
 from app.examples import service as examples
 from app.lineage import facets
@@ -39,19 +39,10 @@ TOMBSTONE_KEY = "_erased"
 AUDIT_EVENTS_LIMIT = 500
 
 
-def _iso(v: Any) -> str | None:
-    return v.isoformat() if v is not None else None
-
 
 def _s(v: Any) -> str | None:
     return None if v is None else str(v)
 
-
-def _uuid(value: Any, what: str) -> uuid.UUID:
-    try:
-        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-    except ValueError:
-        raise NotFound(f"{what} {value} not found", details={what: str(value)}) from None
 
 
 def is_tombstone(content: Any) -> bool:
@@ -144,7 +135,7 @@ def example_lineage(session: Session, *, example_id: str, actor: Actor, include_
     for r in revs:
         erased = is_tombstone(r.content)
         item = {"id": str(r.id), "seq": r.seq, "reason": r.reason, "author": r.author, "comment": r.comment,
-                "content_sha256": r.content_sha256, "parent_id": _s(r.parent_id), "created_at": _iso(r.created_at),
+                "content_sha256": r.content_sha256, "parent_id": _s(r.parent_id), "created_at": iso(r.created_at),
                 "current": r.id == ex.current_revision_id, "erased": erased,
                 # The raw text of a scrubbed revision lives in the vault; the row keeps a marker.
                 "vaulted": isinstance(r.content, dict) and "_pii_vault" in r.content}
@@ -159,20 +150,20 @@ def example_lineage(session: Session, *, example_id: str, actor: Actor, include_
         {"id": str(f.id), "revision_id": str(f.revision_id), "field_path": f.field_path,
          "entity_type": f.entity_type, "start": f.start, "end": f.end, "score": f.score,
          "recognizer": f.recognizer, "operator": f.operator, "verdict": f.verdict, "verdict_by": f.verdict_by,
-         "verdict_at": _iso(f.verdict_at)}
+         "verdict_at": iso(f.verdict_at)}
         for f in session.scalars(select(PiiFinding).where(PiiFinding.example_id == ex.id)
                                  .order_by(PiiFinding.created_at, PiiFinding.field_path, PiiFinding.start))
     ]
     reviews = [
         {"id": str(r.id), "revision_id": str(r.revision_id), "reviewer": r.reviewer, "decision": r.decision,
-         "reason_code": r.reason_code, "comment": r.comment, "at": _iso(r.created_at),
+         "reason_code": r.reason_code, "comment": r.comment, "at": iso(r.created_at),
          "resolves_escalation": r.resolves_escalation}
         for r in session.scalars(select(Review).where(Review.example_id == ex.id).order_by(Review.created_at))
     ]
     snaps = [
         {"id": str(s.id), "name": s.name, "dataset_id": str(s.dataset_id), "manifest_sha256": s.manifest_sha256,
          "revision_id": str(m.revision_id), "split": m.split,
-         "contains_erased": bool(s.contains_erased or ex.status == "erased"), "created_at": _iso(s.created_at)}
+         "contains_erased": bool(s.contains_erased or ex.status == "erased"), "created_at": iso(s.created_at)}
         for m, s in session.execute(
             select(SnapshotMember, Snapshot).join(Snapshot, Snapshot.id == SnapshotMember.snapshot_id)
             .where(SnapshotMember.example_id == ex.id).order_by(Snapshot.created_at))
@@ -185,13 +176,13 @@ def example_lineage(session: Session, *, example_id: str, actor: Actor, include_
     run_ids = sorted({uuid.UUID(m["run_id"]) for m in mvs})
     if run_ids:
         runs = [{"id": str(r.id), "status": r.status, "snapshot_id": _s(r.snapshot_id), "base_model": r.base_model,
-                 "method": r.method, "created_at": _iso(r.created_at), "finished_at": _iso(r.finished_at)}
+                 "method": r.method, "created_at": iso(r.created_at), "finished_at": iso(r.finished_at)}
                 for r in session.execute(select(run).where(run.c.id.in_(run_ids)).order_by(run.c.created_at))]
 
     out: dict[str, Any] = {
         "example": {"id": str(ex.id), "dataset_id": str(ex.dataset_id), "status": ex.status,
                     "provenance": examples.provenance(ex, actor), "current_revision_id": _s(ex.current_revision_id),
-                    "created_at": _iso(ex.created_at), "updated_at": _iso(ex.updated_at)},
+                    "created_at": iso(ex.created_at), "updated_at": iso(ex.updated_at)},
         "revisions": revisions,
         "pii_findings": findings,
         "quality_flags": quality.get("flags", []),
@@ -244,7 +235,7 @@ def audit_events_for(session: Session, entity_ids: list[str]) -> list[dict[str, 
     for e in rows:
         h = audit.event_hash(seq=e.seq, prev_hash=e.prev_hash, occurred_at=e.occurred_at, actor=e.actor,
                              action=e.action, entity_type=e.entity_type, entity_id=e.entity_id, payload=e.payload)
-        out.append({"seq": e.seq, "at": _iso(e.occurred_at), "actor": e.actor, "action": e.action,
+        out.append({"seq": e.seq, "at": iso(e.occurred_at), "actor": e.actor, "action": e.action,
                     "entity_type": e.entity_type, "entity_id": e.entity_id, "payload": e.payload,
                     "hash": e.hash, "hash_ok": h == e.hash})
     return out
@@ -292,8 +283,8 @@ def model_lineage(session: Session, *, name: str, version: int) -> dict[str, Any
         "run": None if run is None else {
             "id": str(run.id), "status": run.status, "base_model": run.base_model, "method": run.method,
             "hyperparameters": run.hyperparameters, "created_by": run.created_by,
-            "created_at": _iso(run.created_at), "started_at": _iso(run.started_at),
-            "finished_at": _iso(run.finished_at)},
+            "created_at": iso(run.created_at), "started_at": iso(run.started_at),
+            "finished_at": iso(run.finished_at)},
         "snapshot": None if snap is None else {
             "id": str(snap.id), "name": snap.name, "dataset_id": str(snap.dataset_id),
             "manifest_sha256": snap.manifest_sha256, "member_count": snap.member_count,

@@ -34,6 +34,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # The in-process runner acts with the trainer role, under a name that says where it ran.
 ACTOR = Actor(key_id=uuid.UUID(int=1), name="embedded-trainer", role="trainer", is_human=False)
 FLUSH_S = 1.0
+# As the GPU worker's PEDIGREE_TRAINER_CANCEL_GRACE_S: time for a cancelled child to stop at a step
+# boundary before it is terminated (then killed), so a child stuck in one step cannot hold the run.
+CANCEL_GRACE_S = 60.0
 
 _threads: dict[str, threading.Thread] = {}
 # One run at a time, as a GPU host's worker runs with --concurrency 1: the others stay queued.
@@ -125,17 +128,21 @@ def _train(run_id: str, spec: dict[str, Any], plan: Any) -> dict[str, Any]:
         stderr: list[bytes] = []
         reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
         reader.start()
-        offset, cancelled = 0, False
+        offset, cancelled_at = 0, None
         while True:
             done = proc.poll() is not None
             offset, batch = read_events(events, offset)
             # An empty batch is still a heartbeat, so the reaper leaves a slow first step alone.
-            if not cancelled and not _events(run_id, batch or [{"kind": "heartbeat"}]):
-                cancelled = True
+            if cancelled_at is None and not _events(run_id, batch or [{"kind": "heartbeat"}]):
+                cancelled_at = time.monotonic()
                 stop.touch()  # the trainer stops at the next step boundary
             if done:
                 break
+            if cancelled_at is not None and time.monotonic() - cancelled_at > CANCEL_GRACE_S:
+                _stop_child(proc)
+                break
             time.sleep(FLUSH_S)
+        cancelled = cancelled_at is not None
         reader.join(timeout=10)
         if cancelled:
             return {"status": "cancelled"}
@@ -161,6 +168,16 @@ def _train(run_id: str, spec: dict[str, Any], plan: Any) -> dict[str, Any]:
         except Conflict:
             return {"status": "refused", "artifact_uri": uri}
         return {"status": "succeeded", "model_version": {"name": name, "version": version}}
+
+
+def _stop_child(proc: subprocess.Popen) -> None:
+    log.warning("trainer child %s ignored the stop file for %.0f s: terminating it", proc.pid, CANCEL_GRACE_S)
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 # The child protocol (docs/trainer.md) is the GPU worker's: these two mirror trainer.worker's

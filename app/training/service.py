@@ -32,6 +32,7 @@ from app.core import jobs
 from app.core.auth import Actor
 from app.core.config import get_settings
 from app.core.errors import Conflict, NotFound, ValidationFailed
+from app.core.ids import id_or_404
 from app.core.pagination import decode_cursor, page
 from app.core.sql import is_pg
 from app.models.base import utcnow
@@ -47,15 +48,9 @@ TRAIN_TASK = "pedigree.train.run"
 TRAIN_QUEUE = "train"
 
 
-def _uuid(value: str | uuid.UUID, what: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise NotFound(f"{what} {value} not found", details={what: str(value)}) from None
-
 
 def get(session: Session, run_id: str | uuid.UUID, *, lock: bool = False) -> TrainingRun:
-    q = select(TrainingRun).where(TrainingRun.id == _uuid(run_id, "training_run"))
+    q = select(TrainingRun).where(TrainingRun.id == id_or_404(run_id, "training_run"))
     if lock:
         q = q.with_for_update()
     run = session.scalar(q.execution_options(populate_existing=True))
@@ -218,7 +213,7 @@ def start(session: Session, *, run_id: str, worker_host: str, actor: Actor) -> T
 def add_events(session: Session, *, run_id: str, events: list[EventIn]) -> int:
     """Store a batch of events and count it as a heartbeat. Heartbeat events themselves are not stored:
     they only move `heartbeat_at` (one every few seconds per run would bury the log)."""
-    rid = _uuid(run_id, "training_run")
+    rid = id_or_404(run_id, "training_run")
     now = utcnow()
     stored = [e for e in events if e.kind != "heartbeat"]
     # One conditional UPDATE both checks the state and takes the row lock: no read-then-write race with
@@ -393,7 +388,7 @@ def list_page(session: Session, *, status: str | None, snapshot_id: str | None, 
     if status:
         q = q.where(TrainingRun.status == status)
     if snapshot_id:
-        q = q.where(TrainingRun.snapshot_id == _uuid(snapshot_id, "snapshot"))
+        q = q.where(TrainingRun.snapshot_id == id_or_404(snapshot_id, "snapshot"))
     if model_name:
         q = q.where(TrainingRun.model_name == model_name)
     if cursor:

@@ -94,6 +94,32 @@ def test_embedded_run_cancelled_midway_stops_the_child(db, api, artifact_root, t
     assert stopped_in < 60, stopped_in
 
 
+def test_embedded_cancel_kills_a_child_that_ignores_the_stop_file(db, api, artifact_root, tiny_base, monkeypatch):
+    """A child stuck inside one step never reads the stop file: after the grace period the runner ends
+    it, as the GPU worker does, instead of holding the run (and the one-run-at-a-time lock) forever."""
+    from app.training import embedded
+
+    pid_file = artifact_root / "stuck-child.pid"
+    stuck = (f"import os, pathlib, time; pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid())); "
+             "[time.sleep(1) for _ in range(600)]")
+    monkeypatch.setattr(embedded, "train_command", lambda *a: [sys.executable, "-c", stuck])
+    monkeypatch.setattr(embedded, "CANCEL_GRACE_S", 1.0)
+    snap, _ = snapshot(api, n=4)
+    rid = api.as_("curator").post("/v1/training-runs", json={
+        "snapshot_id": snap["id"], "base_model": tiny_base, "model_name": "embedded-stuck"}).json()["id"]
+    deadline = time.time() + 60
+    while not pid_file.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert pid_file.exists(), "the stand-in child never started"
+    assert api.as_("curator").post(f"/v1/training-runs/{rid}/cancel").status_code == 200
+    embedded.wait(rid, timeout=60)
+    assert not embedded._threads[rid].is_alive(), "the runner is still waiting on a child that ignores the stop file"
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert api.as_("auditor").get(f"/v1/training-runs/{rid}").json()["status"] == "cancelled"
+
+
 def test_embedded_and_gpu_worker_speak_the_same_child_protocol(tmp_path, monkeypatch):
     """The API may not import the trainer, so the two supervisors of `python -m trainer train` keep
     their own copies of the protocol (docs/trainer.md, "The child protocol"); this holds them equal."""
