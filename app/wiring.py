@@ -33,8 +33,10 @@ from app.dedup.store import install_view, installed_view
 from app.examples import quality
 from app.examples import service as examples
 from app.lineage import facets, openlineage
+from app.pii import jobs as pii_jobs
 from app.pii import queries as pii_queries
 from app.pii import service as pii
+from app.pii.rescrub import RESCRUB_TASK
 from app.pipeline import jobs as pipeline_jobs
 from app.pipeline import service as pipeline
 from app.pipeline import stages
@@ -72,6 +74,7 @@ def wire() -> None:
             pipeline.SWEEP_TASK: pipeline_jobs.sweep,
             REBUILD_TASK: dedup_jobs.rebuild,
             EVAL_SWEEP_TASK: dedup_jobs.eval_sweep,
+            RESCRUB_TASK: pii_jobs.rescrub,
             training.TRAIN_TASK: embedded_training.start_in_background,
         })
         _wired = True

@@ -2,15 +2,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.audit import service as audit
 from app.core.auth import Curator, Judge, RawPiiReader, Reader
 from app.core.db import INT_MAX, SessionDep
 from app.datasets import service as datasets
 from app.examples import service as examples
-from app.pii import service
+from app.pii import rescrub, service
 from app.pii.schemas import EntityName, PiiPolicy
 
 router = APIRouter(tags=["pii"])
@@ -59,9 +59,37 @@ def post_missed(example_id: str, body: MissedSpanIn, session: SessionDep, actor:
                               end=body.end, entity_type=body.entity_type, actor=actor)
 
 
+class AllowIn(BaseModel):
+    """One value to allow: as itself, or as its token from the PII report (what a curator can see)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: str | None = Field(default=None, min_length=1, max_length=200)
+    token: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$")
+
+    @model_validator(mode="after")
+    def _one(self) -> AllowIn:
+        if (self.value is None) == (self.token is None):
+            raise ValueError("give exactly one of value or token")
+        if self.value is not None and not self.value.strip():
+            raise ValueError("value is blank")
+        return self
+
+
 @router.get("/v1/datasets/{dataset_ref}/pii-report")
-def get_report(dataset_ref: str, session: SessionDep, actor: Judge) -> dict[str, Any]:
-    return service.report(session, dataset_ref=dataset_ref)
+def get_report(dataset_ref: str, session: SessionDep, actor: Judge,
+               top: int = Query(20, ge=1, le=200)) -> dict[str, Any]:
+    """Counts per entity type and verdict, and the `top` most frequent scrubbed values per type as tokens
+    (with the value itself for admin only; each such read is audited)."""
+    return service.report(session, dataset_ref=dataset_ref, actor=actor, top=top)
+
+
+@router.post("/v1/datasets/{dataset_ref}/pii-policy/allow-list")
+def post_allow(dataset_ref: str, body: AllowIn, session: SessionDep, actor: Curator) -> dict[str, Any]:
+    """Allow a value (or the value behind a token from the report) and re-scrub, in the background, the
+    examples whose current revision scrubbed it."""
+    ds = datasets.get(session, dataset_ref)
+    return service.allow_value(session, ds=ds, actor=actor, value=body.value, token=body.token)
 
 
 @router.get("/v1/datasets/{dataset_ref}/pii-policy")
@@ -73,11 +101,13 @@ def get_policy(dataset_ref: str, session: SessionDep, actor: Reader) -> dict[str
 
 @router.put("/v1/datasets/{dataset_ref}/pii-policy")
 def put_policy(dataset_ref: str, policy: PiiPolicy, session: SessionDep, actor: Curator) -> dict[str, Any]:
-    """Replace the policy. It applies to examples scrubbed from now on; scrubbed revisions stay as they are."""
+    """Replace the policy. New examples are scrubbed under it, and the scrubbed ones are re-scrubbed in the
+    background (a new revision only where the output changes; changed approved examples go back to review)."""
     ds = datasets.get(session, dataset_ref)
     stored = policy.model_dump(mode="json", exclude_unset=True)
     ds.pii_policy = stored
     session.flush()
     audit.record(session, actor=actor.ref, action="dataset.pii_policy_set", entity_type="dataset",
                  entity_id=ds.id, payload={"pii_policy": stored})
+    rescrub.request(session, ds, actor=actor, reason="policy_changed")
     return policy.model_dump(mode="json")

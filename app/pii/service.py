@@ -18,11 +18,12 @@ from collections import defaultdict
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.core.auth import Actor
+from app.core.auth import RAW_PII_READERS, Actor
 from app.core.config import get_settings
 from app.core.errors import InvalidState, NotFound, ValidationFailed
 from app.core.ids import new_id
@@ -102,7 +103,7 @@ def _aad(example_id: uuid.UUID, revision_id: uuid.UUID) -> str:
     return f"{example_id}:{revision_id}"
 
 
-def _seal_rows(ring: vault.KeyRing, items: list[tuple[uuid.UUID, uuid.UUID, dict]]) -> tuple[list, list]:
+def seal_rows(ring: vault.KeyRing, items: list[tuple[uuid.UUID, uuid.UUID, dict]]) -> tuple[list, list]:
     """Vault rows for (example, revision, raw content) and the marker updates for the revision rows."""
     vault_rows, markers = [], []
     now = utcnow()
@@ -115,7 +116,7 @@ def _seal_rows(ring: vault.KeyRing, items: list[tuple[uuid.UUID, uuid.UUID, dict
     return vault_rows, markers
 
 
-def _write_vault(session: Session, vault_rows: list, markers: list) -> None:
+def write_vault(session: Session, vault_rows: list, markers: list) -> None:
     if not vault_rows:
         return
     session.execute(insert(PiiVaultEntry), vault_rows)
@@ -143,7 +144,7 @@ def policy_of(dataset: Any) -> PiiPolicy:
     return PiiPolicy.model_validate(dataset.pii_policy or {})
 
 
-def _policy_sha(policy: PiiPolicy) -> str:
+def policy_sha(policy: PiiPolicy) -> str:
     return hashlib.sha256(policy.model_dump_json().encode()).hexdigest()
 
 
@@ -183,7 +184,7 @@ def scrub_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
         policy = policy_of(group[0])
         if not policy.enabled:
             continue
-        policy_sha = _policy_sha(policy)
+        sha = policy_sha(policy)
         # Exact duplicates of one another get the same key, hence the same surrogates and the same output.
         items = [ScrubInput(r.content, key=f"{dataset_id}:{r.content_sha256}",
                             fields=formats.text_fields(r.format, r.content)) for r in group]
@@ -195,12 +196,12 @@ def scrub_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
                                  "content_sha256": formats.content_sha256(res.content), "parent_id": r.rid,
                                  "reason": "pii_scrub", "author": ACTOR, "created_at": now})
                 to_vault.append((r.id, r.rid, r.content))
-                finding_rows.extend(_finding_row(f, r.id, dataset_id, result_rid, r.rid, now) for f in res.findings)
+                finding_rows.extend(finding_row(f, r.id, dataset_id, result_rid, r.rid, now) for f in res.findings)
             if res.flags:
                 flagged += 1
             scrub_rows.append({"id": new_id(), "example_id": r.id, "dataset_id": dataset_id,
                                "source_revision_id": r.rid, "source_sha256": r.content_sha256,
-                               "result_revision_id": result_rid, "policy_sha256": policy_sha,
+                               "result_revision_id": result_rid, "policy_sha256": sha,
                                "findings": len(res.findings), "flags": res.flags, "engine": eng.info.engine,
                                "model": eng.info.model, "created_at": now})
             example_updates.append({"eid": r.id, "rid": result_rid,
@@ -209,8 +210,8 @@ def scrub_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
         return
     if rev_rows:
         session.execute(insert(ExampleRevision), rev_rows)
-    vault_rows, markers = _seal_rows(ring, to_vault)
-    _write_vault(session, vault_rows, markers)
+    vault_rows, markers = seal_rows(ring, to_vault)
+    write_vault(session, vault_rows, markers)
     # The unique (example, source revision) constraint turns a concurrent double scrub into an error that
     # rolls this whole batch back, instead of a second scrubbed revision.
     session.execute(insert(PiiScrub), scrub_rows)
@@ -227,7 +228,7 @@ def scrub_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
                           "flagged": flagged, "engine": eng.info.engine, "model": eng.info.model})
 
 
-def _finding_row(f, example_id, dataset_id, revision_id, source_revision_id, now) -> dict:
+def finding_row(f, example_id, dataset_id, revision_id, source_revision_id, now) -> dict:
     return {"id": new_id(), "example_id": example_id, "dataset_id": dataset_id, "revision_id": revision_id,
             "source_revision_id": source_revision_id, "field_path": f.field_path, "entity_type": f.entity_type,
             "start": f.start, "end": f.end, "scrubbed_start": f.scrubbed_start, "scrubbed_end": f.scrubbed_end,
@@ -409,9 +410,9 @@ def add_missed(session: Session, *, example_id: str, field_path: str, start: int
                     shifts[f.id] += sum(delta for at, delta in shift_points if f.scrubbed_start >= at)
     # The text that still held the missed value goes to the vault like any raw text.
     if session.scalar(select(PiiVaultEntry.id).where(PiiVaultEntry.revision_id == current.id)) is None:
-        vault_rows, markers = _seal_rows(key_ring(session), [(ex.id, current.id, current.content)])
+        vault_rows, markers = seal_rows(key_ring(session), [(ex.id, current.id, current.content)])
         rev = _new_revision(session, ex, content, actor, f"reviewer added missed {entity_type} at {field_path}")
-        _write_vault(session, vault_rows, markers)
+        write_vault(session, vault_rows, markers)
     else:  # pragma: no cover - a pii_verdict revision is never vaulted twice
         rev = _new_revision(session, ex, content, actor, f"reviewer added missed {entity_type} at {field_path}")
     rows = []
@@ -450,7 +451,7 @@ def add_missed(session: Session, *, example_id: str, field_path: str, start: int
 # --- report --------------------------------------------------------------------------------------------------
 
 
-def report(session: Session, *, dataset_ref: str) -> dict[str, Any]:
+def report(session: Session, *, dataset_ref: str, actor: Actor | None = None, top: int = 20) -> dict[str, Any]:
     from app.datasets import service as datasets
 
     ds = datasets.get(session, dataset_ref)
@@ -498,4 +499,104 @@ def report(session: Session, *, dataset_ref: str) -> dict[str, Any]:
         "false_positive_rate": round(fp / (fp + confirmed), 4) if fp + confirmed else None,
         "missed_added": added,
         "flags": dict(flags),
+        "top_values": top_values(session, ds, top=top, actor=actor),
+        "rescrub_pending": _rescrub_pending(session, ds),
     }
+
+
+def _rescrub_pending(session: Session, ds: Dataset) -> int:
+    from app.pii import rescrub
+
+    q = rescrub.candidates(ds.id, policy_sha(policy_of(ds)))
+    return session.scalar(select(func.count()).select_from(q.subquery())) or 0
+
+
+def may_read_raw(actor: Actor | None) -> bool:
+    return actor is not None and (actor.role == "admin" or actor.role in RAW_PII_READERS)
+
+
+def top_values(session: Session, ds: Dataset, *, top: int, actor: Actor | None) -> dict[str, list[dict[str, Any]]]:
+    """The most frequent values scrubbed in the current revisions, per entity type: each as its token (the
+    HMAC a curator allows it by, app/pii/tokens.py), with how many findings and examples hold it; the value
+    itself only for a role that reads raw PII (admin), decrypted from the vault, each reveal audited."""
+    n, n_ex = func.count().label("n"), func.count(PiiFinding.example_id.distinct()).label("n_ex")
+    grouped = (
+        select(PiiFinding.entity_type, PiiFinding.value_token, n, n_ex)
+        .join(Example, (Example.id == PiiFinding.example_id) & (Example.current_revision_id == PiiFinding.revision_id))
+        .where(PiiFinding.dataset_id == ds.id, PiiFinding.value_token.is_not(None), Example.status != "erased")
+        .group_by(PiiFinding.entity_type, PiiFinding.value_token)
+    ).subquery()
+    rank = func.row_number().over(partition_by=grouped.c.entity_type,
+                                  order_by=(grouped.c.n.desc(), grouped.c.value_token)).label("rank")
+    ranked = select(grouped, rank).subquery()
+    rows = session.execute(select(ranked).where(ranked.c.rank <= top)
+                           .order_by(ranked.c.entity_type, ranked.c.rank)).all()
+    policy = policy_of(ds)
+    allowed = set(policy.allow_tokens)
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    reveal = may_read_raw(actor)
+    raws: dict[uuid.UUID, dict | None] = {}
+    for r in rows:
+        item: dict[str, Any] = {"token": r.value_token, "findings": r.n, "examples": r.n_ex,
+                                "allowed": r.value_token in allowed}
+        if reveal:
+            item["value"] = _value_of(session, ds.id, r.value_token, raws)
+        out[r.entity_type].append(item)
+    if reveal and rows:
+        audit.record(session, actor=actor.ref, action="pii.report.values_revealed", entity_type="dataset",
+                     entity_id=ds.id, payload={"values": len(rows), "top": top})
+    return dict(out)
+
+
+def _value_of(session: Session, dataset_id: uuid.UUID, token: str, raws: dict) -> str | None:
+    f = session.execute(
+        select(PiiFinding.example_id, PiiFinding.source_revision_id, PiiFinding.field_path, PiiFinding.start,
+               PiiFinding.end)
+        .where(PiiFinding.dataset_id == dataset_id, PiiFinding.value_token == token,
+               PiiFinding.verdict.is_distinct_from("added")).limit(1)
+    ).first()
+    if f is None:
+        return None
+    if f.source_revision_id not in raws:
+        raws[f.source_revision_id] = raw_content(session, f.example_id, f.source_revision_id)
+    raw = raws[f.source_revision_id]
+    if raw is None:
+        return None
+    try:
+        return get_path(raw, f.field_path)[f.start : f.end]
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+# --- allow list ----------------------------------------------------------------------------------------------
+
+
+def allow_value(session: Session, *, ds: Dataset, actor: Actor, value: str | None = None,
+                token: str | None = None) -> dict[str, Any]:
+    """Allow a value for the dataset, given as itself or as its token from the report (a curator reads only
+    tokens), and queue a re-scrub of the examples whose current revision scrubbed it."""
+    from app.pii import rescrub
+
+    stored = dict(ds.pii_policy or {})
+    if value is not None:
+        token = tokens.value_token(tokens.token_key(), value)
+        have = list(stored.get("allow_list", []))
+        if value.strip().casefold() not in {v.strip().casefold() for v in have}:
+            stored["allow_list"] = [*have, value]
+    else:
+        have = list(stored.get("allow_tokens", []))
+        if token not in have:
+            stored["allow_tokens"] = [*have, token]
+    try:
+        policy = PiiPolicy.model_validate(stored)
+    except ValidationError as e:
+        raise ValidationFailed("the allow list is full", details=[
+            {"field": "pii_policy." + ".".join(map(str, err["loc"])), "code": err["type"], "message": err["msg"]}
+            for err in e.errors()]) from None
+    ds.pii_policy = stored
+    session.flush()
+    audit.record(session, actor=actor.ref, action="dataset.pii_allow_list_added", entity_type="dataset",
+                 entity_id=ds.id, payload={"token": token, "given": "value" if value is not None else "token",
+                                           **({"value": value} if value is not None else {})})
+    queued = rescrub.request(session, ds, actor=actor, reason="allow_list", value_tokens=[token])
+    return {"token": token, "pii_policy": policy.model_dump(mode="json"), "rescrub": queued}

@@ -114,6 +114,7 @@ def world(api, dispatched, artifact_root):
             "json": {"field_path": "output", "start": 0, "end": 4, "entity_type": "PERSON"}},
         ("POST", "/v1/examples/{example_id}/pii-findings/{finding_id}/verdict"): {"json": {"verdict": "confirmed"}},
         ("PUT", "/v1/datasets/{dataset_ref}/pii-policy"): {"json": {}},
+        ("POST", "/v1/datasets/{dataset_ref}/pii-policy/allow-list"): {"json": {"token": "0123456789abcdef"}},
         ("GET", "/v1/review/queue"): {"params": {"dataset": ds["id"]}},
         ("GET", "/v1/review/stats"): {"params": {"dataset": ds["id"]}},
         ("POST", "/v1/examples/{example_id}/reviews"): {"json": {"decision": "approve", "revision_id": revision}},

@@ -1,7 +1,7 @@
-"""PII engine lifecycle in Celery workers: checked once in the parent, built once per child process.
+"""PII in Celery workers: the engine checked once in the parent and built once per child process, and the
+re-scrub task (queue "pii") after a dataset's PII policy changed.
 
-The scrub itself runs through the generic pipeline task on queue "pii" (app.pipeline.stages); nothing here
-runs per task.
+The scrub itself runs through the generic pipeline task on queue "pii" (app.pipeline.stages).
 """
 
 from __future__ import annotations
@@ -10,6 +10,11 @@ import logging
 import sys
 
 from celery.signals import worker_init, worker_process_init
+from sqlalchemy.exc import OperationalError
+
+from app.pii import jobs
+from app.pii.rescrub import RESCRUB_TASK
+from workers.celery_app import celery
 
 log = logging.getLogger(__name__)
 
@@ -47,3 +52,10 @@ def _build_engine(**_: object) -> None:
     from app.pii.service import engine
 
     engine()
+
+
+@celery.task(name=RESCRUB_TASK, acks_late=True, ignore_result=True,
+             autoretry_for=(OperationalError,), retry_backoff=True, retry_kwargs={"max_retries": 5})
+def rescrub(dataset_id: str, value_tokens: list[str] | None = None, reason: str = "policy_changed") -> dict:
+    """Idempotent: an example already scrubbed under the dataset's current policy is not a candidate."""
+    return jobs.rescrub(dataset_id, value_tokens, reason)

@@ -1,0 +1,192 @@
+"""Re-scrub: bring a dataset's scrubbed examples in line with its PII policy after the policy changed (a value
+allowed from the report, a new allow list, entities or operators, another profile).
+
+Each example is scrubbed again from its raw text in the vault with the policy as it is now. Where the output
+equals the current revision nothing is written but the scrub's policy hash (and, for findings made before
+value tokens existed, their tokens); where it differs, a new `pii_scrub` revision with its findings becomes
+current and the example goes through dedup again and back to review: an approval was given to the old
+content, and approvals count per revision. Idempotent: an example whose scrub already carries the policy's
+hash is not a candidate, so a redelivered task (acks late) or a second request redoes nothing.
+
+Examples a reviewer changed after their scrub (an edit, a missed span added) are left as they are and
+counted (`skipped_reviewed`): re-scrubbing their raw text would undo the reviewer's work. Their findings
+can still be judged one by one. False positives a reviewer marked stay restored: their values count as
+allowed for that example.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import and_, exists, func, insert, select, update
+from sqlalchemy.orm import Session, aliased
+
+from app.audit import service as audit
+from app.core import jobs
+from app.core.auth import Actor
+from app.core.ids import new_id
+from app.core.sql import any_of, is_pg
+from app.examples import formats
+from app.models.base import utcnow
+from app.models.dataset import Dataset
+from app.models.example import Example, ExampleRevision
+from app.models.pii import PiiFinding, PiiScrub
+from app.pii import nlp, tokens
+from app.pii import service as pii
+from app.pipeline import service as pipeline
+from app.pipeline import stages
+
+RESCRUB_TASK = "pedigree.pii.rescrub"
+BATCH = 200
+# Statuses whose content may be re-scrubbed; the others (erased, rejected) keep theirs.
+RESCRUBBABLE = ("scrubbed", "pending_review", "changes_requested", "approved", "duplicate")
+
+
+def _latest_scrub():
+    later = aliased(PiiScrub)
+    return ~exists().where(later.example_id == PiiScrub.example_id, later.created_at > PiiScrub.created_at)
+
+
+def candidates(dataset_id: uuid.UUID, policy_sha: str, value_tokens: list[str] | None = None):
+    """Examples whose latest scrub was made under another policy (and, given tokens, whose current revision
+    has a finding with one of them), settled or waiting for dedup: a select of example ids."""
+    q = (select(Example.id)
+         .join(PiiScrub, PiiScrub.example_id == Example.id)
+         .where(Example.dataset_id == dataset_id, Example.status.in_(RESCRUBBABLE),
+                Example.stage.is_(None) | (Example.stage == stages.next_stage("pii")),
+                PiiScrub.policy_sha256 != policy_sha, _latest_scrub()))
+    if value_tokens:
+        q = q.where(exists().where(PiiFinding.revision_id == Example.current_revision_id,
+                                   PiiFinding.value_token.in_(value_tokens)))
+    return q
+
+
+def request(session: Session, ds: Dataset, *, actor: Actor, reason: str, value_tokens: list[str] | None = None
+            ) -> dict[str, Any]:
+    """Queue a re-scrub of the dataset under its current policy (sent after commit, queue "pii")."""
+    sha = pii.policy_sha(pii.policy_of(ds))
+    n = session.scalar(select(func.count()).select_from(candidates(ds.id, sha, value_tokens).subquery())) or 0
+    audit.record(session, actor=actor.ref, action="pii.rescrub_requested", entity_type="dataset", entity_id=ds.id,
+                 payload={"reason": reason, "policy_sha256": sha, "candidates": n, "tokens": value_tokens or []})
+    if n:
+        jobs.enqueue(session, RESCRUB_TASK, str(ds.id), value_tokens or None, queue="pii")
+    return {"queued": bool(n), "candidates": n, "policy_sha256": sha}
+
+
+def _lock(session: Session, ids: list[uuid.UUID]) -> list[Any]:
+    q = (select(Example.id, Example.status, Example.stage, Example.current_revision_id)
+         .where(any_of(Example.id, ids, pg=is_pg(session))).order_by(Example.id))
+    if is_pg(session):
+        return session.execute(q.with_for_update()).all()
+    # SQLite: take the write lock first, so nothing changes between this read and the writes.
+    session.execute(update(Example).where(Example.id == ids[0]).values(updated_at=Example.updated_at))
+    return session.execute(q).all()
+
+
+def rescrub_batch(session: Session, ds: Dataset, ids: list[uuid.UUID], *, reason: str) -> dict[str, Any]:
+    """Re-scrub these examples of `ds` (candidates, locked here) in the caller's transaction."""
+    policy = pii.policy_of(ds)
+    sha = pii.policy_sha(policy)
+    rows = _lock(session, ids)
+    now = utcnow()
+    changed: list[list[str]] = []
+    back_to_review: list[str] = []
+    skipped: list[str] = []
+    unchanged = 0
+    redo_dedup: list[uuid.UUID] = []
+    nlp.load()
+    from app.pii.scrub import ScrubInput, scrub_examples
+
+    eng, hk, tk = pii.engine(), pii.hash_key(), tokens.token_key()
+    for r in rows:
+        if r.status not in RESCRUBBABLE or r.stage not in (None, stages.next_stage("pii")):
+            continue
+        scrub = session.scalar(select(PiiScrub).where(PiiScrub.example_id == r.id)
+                               .order_by(PiiScrub.created_at.desc()).limit(1))
+        if scrub is None or scrub.policy_sha256 == sha:
+            continue
+        current = session.get(ExampleRevision, r.current_revision_id)
+        findings = pii.findings_for(session, current.id)
+        if current.id != scrub.result_revision_id and (
+                current.reason != "pii_verdict" or any(f.verdict == "added" for f in findings)):
+            skipped.append(str(r.id))
+            continue
+        source = session.get(ExampleRevision, scrub.source_revision_id)
+        raw = pii.raw_content(session, r.id, source.id)
+        vaulted = raw is not None
+        if raw is None:
+            raw = source.content  # nothing was found in it before, so it was never vaulted: it is the raw text
+        if pii.VAULT_MARKER in raw:  # pragma: no cover - a marker without its vault row (erased under us)
+            skipped.append(str(r.id))
+            continue
+        run_policy = policy
+        restored = set(session.scalars(select(PiiFinding.value_token).where(
+            PiiFinding.example_id == r.id, PiiFinding.verdict == "false_positive", PiiFinding.value_token.is_not(None))))
+        if restored:
+            run_policy = policy.model_copy(update={"allow_tokens": sorted(set(policy.allow_tokens) | restored)})
+        item = ScrubInput(raw, key=f"{ds.id}:{scrub.source_sha256}", fields=formats.text_fields(ds.format, raw))
+        res = scrub_examples(eng, [item], run_policy, hash_key=hk, token_key=tk)[0]
+        out = res.content if res.findings else raw
+        out_sha = formats.content_sha256(out)
+        scrub.policy_sha256 = sha
+        if out_sha == current.content_sha256:
+            unchanged += 1
+            _backfill_tokens(findings, res.findings)
+            continue
+        rid = new_id()
+        seq = session.scalar(select(func.max(ExampleRevision.seq)).where(ExampleRevision.example_id == r.id)) or 0
+        session.execute(insert(ExampleRevision), [{
+            "id": rid, "example_id": r.id, "seq": seq + 1, "content": out, "content_sha256": out_sha,
+            "parent_id": current.id, "reason": "pii_scrub", "author": pii.ACTOR,
+            "comment": f"re-scrubbed: {reason}", "created_at": now}])
+        if res.findings and not vaulted:
+            vault_rows, markers = pii.seal_rows(pii.key_ring(session), [(r.id, source.id, raw)])
+            pii.write_vault(session, vault_rows, markers)
+        if res.findings:
+            session.execute(insert(PiiFinding), _keep_confirmed(
+                [pii.finding_row(f, r.id, ds.id, rid, source.id, now) for f in res.findings], findings))
+        scrub.result_revision_id, scrub.findings, scrub.flags = rid, len(res.findings), res.flags
+        nxt = stages.next_stage("pii")
+        session.execute(update(Example).where(Example.id == r.id).values(
+            current_revision_id=rid, status="scrubbed" if nxt else "pending_review", stage=nxt, updated_at=now))
+        changed.append([str(r.id), str(current.id), str(rid)])
+        if r.status == "approved":
+            back_to_review.append(str(r.id))
+        redo_dedup.append(r.id)
+    session.flush()
+    if redo_dedup and stages.next_stage("pii"):
+        pipeline.enqueue_stage(session, stages.next_stage("pii"), redo_dedup)
+    result = {"dataset_id": str(ds.id), "reason": reason, "policy_sha256": sha, "examples": len(rows),
+              "changed": changed, "unchanged": unchanged, "approvals_reset": back_to_review,
+              "skipped_reviewed": skipped}
+    audit.record(session, actor=pii.ACTOR, action="pii.rescrubbed", entity_type="example_batch", payload=result)
+    return result
+
+
+def _keep_confirmed(rows: list[dict], old: list[PiiFinding]) -> list[dict]:
+    """A reviewer's confirmation stays on the same span of the same raw text."""
+    confirmed = {(f.field_path, f.start, f.end, f.entity_type): f for f in old if f.verdict == "confirmed"}
+    for row in rows:
+        f = confirmed.get((row["field_path"], row["start"], row["end"], row["entity_type"]))
+        if f is not None:
+            row.update(verdict="confirmed", verdict_by=f.verdict_by, verdict_at=f.verdict_at)
+    return rows
+
+
+def _backfill_tokens(current: list[PiiFinding], fresh: list[Any]) -> None:
+    """Findings made before value tokens existed get them from the identical re-scrub."""
+    by_span = {(f.field_path, f.scrubbed_start, f.scrubbed_end): f for f in fresh}
+    for f in current:
+        if f.value_token is None and f.verdict != "added":
+            match = by_span.get((f.field_path, f.scrubbed_start, f.scrubbed_end))
+            if match is not None and match.entity_type == f.entity_type:
+                f.value_token, f.value_words = match.value_token, match.value_words
+
+
+def next_batch(session: Session, ds: Dataset, value_tokens: list[str] | None, after: uuid.UUID | None,
+               limit: int = BATCH) -> list[uuid.UUID]:
+    q = candidates(ds.id, pii.policy_sha(pii.policy_of(ds)), value_tokens)
+    if after is not None:
+        q = q.where(and_(Example.id > after))
+    return list(session.scalars(q.order_by(Example.id).limit(limit)))
