@@ -205,3 +205,13 @@ def base_model(tmp_path: Path) -> str:
     p.mkdir()
     (p / "config.json").write_text("{}")
     return str(p)
+
+
+@pytest.fixture
+def worker_env(pg, redis_url, monkeypatch):
+    """Environment for a real Celery worker process on the test's PostgreSQL and Redis (tests.support
+    starts and stops it); suites that race several workers use their own Redis database index."""
+    from tests.support import celery_env
+
+    with celery_env(pg, redis_url, monkeypatch, db_base=7) as env:
+        yield env

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.factories import Api, make_keys, new_dataset
-from tests.workers.test_worker import start_worker, worker_env  # noqa: F401  (fixture)
+from tests.support import start_worker
 
 pytestmark = [pytest.mark.worker, pytest.mark.redis, pytest.mark.postgres]
 
@@ -41,7 +41,7 @@ def _locked_at_pii(conn) -> bool:
     return total > 0 and free < total
 
 
-def test_worker_killed_mid_batch_redelivers_without_double_revisions(worker_env):  # noqa: F811
+def test_worker_killed_mid_batch_redelivers_without_double_revisions(worker_env):
     from fastapi.testclient import TestClient
 
     from app.core.db import get_engine
@@ -101,7 +101,7 @@ def test_worker_killed_mid_batch_redelivers_without_double_revisions(worker_env)
     assert b"pedigree.pipeline.run_stage" in out
 
 
-def test_worker_refuses_to_start_without_the_model(worker_env):  # noqa: F811
+def test_worker_refuses_to_start_without_the_model(worker_env):
     env = {**worker_env, "PEDIGREE_PII_SPACY_MODEL": "xx_no_such_model_sm"}
     proc = start_worker(env, queues="pii", name="pii2")
     try:

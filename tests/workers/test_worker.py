@@ -6,15 +6,9 @@ import orjson
 import pytest
 
 from tests.factories import Api, make_keys, new_dataset
-from tests.support import celery_env, start_worker, stop_worker
+from tests.support import start_worker, stop_worker
 
 pytestmark = [pytest.mark.worker, pytest.mark.redis, pytest.mark.postgres]
-
-
-@pytest.fixture
-def worker_env(pg, redis_url, monkeypatch):
-    with celery_env(pg, redis_url, monkeypatch, db_base=7) as env:
-        yield env
 
 
 def test_worker_runs_the_pipeline(worker_env):
