@@ -4,7 +4,7 @@ import datetime as dt
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.core.schemas import Items
 from app.datasets.policies import ReviewPolicy
@@ -19,6 +19,23 @@ def _valid_pii_policy(value: dict[str, Any]) -> dict[str, Any]:
 
     PiiPolicy.model_validate(value)
     return value
+
+
+def _valid_pii_profile(value: str) -> str:
+    from app.pii.schemas import check_profile
+
+    return check_profile(value)
+
+
+def valid_layered(profile: str, policy: dict[str, Any]) -> None:
+    # The owner's policy over the preset must still be a valid policy (e.g. an operator for a type the
+    # profile scrubs but the owner's entity list drops).
+    from app.pii.schemas import effective_policy
+
+    try:
+        effective_policy(profile, policy)
+    except ValueError as exc:
+        raise ValueError(f"pii_policy over pii_profile {profile!r}: {exc}") from None
 
 
 def _valid_dedup_policy(value: dict[str, Any]) -> dict[str, Any]:
@@ -40,6 +57,8 @@ class DatasetCreate(BaseModel):
     # apply to datasets that did not set them.
     review_policy: ReviewPolicy = Field(default_factory=ReviewPolicy)
     pii_policy: dict[str, Any] = Field(default_factory=dict)
+    # A preset of entities, operators and context rules (docs/pii.md, "Profiles"); pii_policy goes over it.
+    pii_profile: str = Field(default="default", max_length=40)
     dedup_policy: dict[str, Any] = Field(default_factory=dict)
     quality_rules: dict[str, Any] = Field(default_factory=dict)
     is_eval_set: bool = False
@@ -48,6 +67,16 @@ class DatasetCreate(BaseModel):
     @classmethod
     def _pii_policy(cls, value: dict[str, Any]) -> dict[str, Any]:
         return _valid_pii_policy(value)
+
+    @field_validator("pii_profile")
+    @classmethod
+    def _pii_profile(cls, value: str) -> str:
+        return _valid_pii_profile(value)
+
+    @model_validator(mode="after")
+    def _pii_layered(self) -> DatasetCreate:
+        valid_layered(self.pii_profile, self.pii_policy)
+        return self
 
     @field_validator("dedup_policy")
     @classmethod
@@ -83,6 +112,7 @@ class DatasetOut(BaseModel):
     description: str
     review_policy: dict[str, Any]
     pii_policy: dict[str, Any]
+    pii_profile: str
     dedup_policy: dict[str, Any]
     quality_rules: dict[str, Any]
     is_eval_set: bool

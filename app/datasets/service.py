@@ -9,8 +9,8 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core.auth import Actor
-from app.core.errors import Conflict, NotFound
-from app.datasets.schemas import DatasetCreate, DatasetUpdate
+from app.core.errors import Conflict, NotFound, ValidationFailed
+from app.datasets.schemas import DatasetCreate, DatasetUpdate, valid_layered
 from app.models.dataset import Dataset
 from app.models.example import STATUSES, Example
 
@@ -44,6 +44,8 @@ def create(session: Session, *, data: DatasetCreate, actor: Actor) -> Dataset:
 
 def update(session: Session, *, dataset: Dataset, data: DatasetUpdate, actor: Actor) -> Dataset:
     changes = data.model_dump(exclude_unset=True, exclude_none=True)
+    if "pii_policy" in changes:
+        _check_layered(dataset.pii_profile, changes["pii_policy"])
     if "review_policy" in changes:  # a PATCH names the knobs it changes; the others keep their values
         changes["review_policy"] = {**dataset.review_policy, **changes["review_policy"]}
     for k, v in changes.items():
@@ -52,6 +54,14 @@ def update(session: Session, *, dataset: Dataset, data: DatasetUpdate, actor: Ac
     audit.record(session, actor=actor.ref, action="dataset.updated", entity_type="dataset",
                  entity_id=dataset.id, payload=changes)
     return dataset
+
+
+def _check_layered(profile: str, policy: dict) -> None:
+    try:
+        valid_layered(profile, policy)
+    except ValueError as exc:
+        raise ValidationFailed("pii_policy does not fit pii_profile", details=[
+            {"field": "pii_policy", "code": "invalid", "message": str(exc)}]) from None
 
 
 def list_all(session: Session) -> list[Dataset]:

@@ -19,6 +19,8 @@ class Dataset(IdMixin, CreatedAtMixin, Base):
     # pydantic schema that validates it at the API boundary.
     review_policy: Mapped[dict] = mapped_column(default=dict)
     pii_policy: Mapped[dict] = mapped_column(default=dict)
+    # The PII preset chosen at creation (app/pii/schemas.py PROFILES); pii_policy is laid over it.
+    pii_profile: Mapped[str] = mapped_column(String(40), default="default", server_default="default")
     dedup_policy: Mapped[dict] = mapped_column(default=dict)
     quality_rules: Mapped[dict] = mapped_column(default=dict)
     is_eval_set: Mapped[bool] = mapped_column(default=False)

@@ -46,6 +46,9 @@ from presidio_anonymizer import AnonymizerEngine
 
 from app.core.config import PiiMode, PiiSettings, get_settings
 from app.pii import recognizers as custom
+from app.pii.allow import AllowFilter, cued
+from app.pii.context import code_spans, overlaps
+from app.pii.recognizers.secrets import SecretRecognizer
 from app.pii.schemas import PiiPolicy
 from app.pii.tokens import token_key, value_token
 
@@ -188,6 +191,7 @@ def _registry(settings: PiiSettings, nlp_engine) -> RecognizerRegistry:
         CryptoRecognizer(),
         MedicalLicenseRecognizer(),
         UrlRecognizer(),
+        SecretRecognizer(),
     ]
     for recognizer in stock:
         registry.add_recognizer(recognizer)
@@ -261,7 +265,8 @@ class PiiEngine:
     def analyze_batch(self, texts: list[str], policy: PiiPolicy) -> list[list[RecognizerResult]]:
         """Analyze many texts with one spaCy `pipe` pass; return non-overlapping results per text."""
         ad_hoc = self.policy_recognizers(policy)
-        allow = {v.casefold() for v in policy.allow_list}
+        allow = AllowFilter(policy.allow_list, builtin=policy.context.builtin_allow_list,
+                            keep_public=policy.public_entities == "keep")
         allowed_tokens = AllowedTokens(policy.allow_tokens)
         out: list[list[RecognizerResult]] = []
         artifacts = self.nlp_engine.process_batch(texts, language="en", batch_size=self.settings.batch_size)
@@ -278,11 +283,16 @@ class PiiEngine:
                 ad_hoc_recognizers=ad_hoc or None,
                 nlp_artifacts=nlp_artifacts,
             )
-            out.append(self._postprocess(text, results, allow, policy, allowed_tokens))
+            code = code_spans(text, blocks=policy.context.code_spans, lines=policy.context.code_lines)
+            out.append(self._postprocess(text, results, allow, policy, code, allowed_tokens))
         return out
 
-    def _postprocess(self, text: str, results: list[RecognizerResult], allow: set[str],
-                     policy: PiiPolicy, allowed_tokens: AllowedTokens | None = None) -> list[RecognizerResult]:
+    def _postprocess(self, text: str, results: list[RecognizerResult], allow: AllowFilter,
+                     policy: PiiPolicy, code: list[tuple[int, int]],
+                     allowed_tokens: AllowedTokens | None = None) -> list[RecognizerResult]:
+        # Before the name passes too: a term in code or on the allow list must not seed mention or list
+        # propagation ("Java" tagged once would otherwise spread to every "Java").
+        results = self._keep(text, _trim_numbers(text, results), allow, code)
         if "PERSON" in policy.entities and self.settings.custom_recognizers:
             results = custom.trim_unit_words(text, results)
             results = custom.prefer_cued_names(results)
@@ -291,11 +301,34 @@ class PiiEngine:
             results = custom.propagate_mentions(text, results)
         wanted = set(policy.entities)
         results = [r for r in results if r.entity_type in wanted]
-        if allow:
-            results = [r for r in results if text[r.start : r.end].strip().casefold() not in allow]
+        results = self._keep(text, results, allow, code)
         if allowed_tokens:
             results = [r for r in results if not allowed_tokens.has(text[r.start : r.end])]
         return resolve_overlaps(results)
+
+    @staticmethod
+    def _keep(text: str, results: list[RecognizerResult], allow: AllowFilter,
+              code: list[tuple[int, int]]) -> list[RecognizerResult]:
+        out = []
+        for r in results:
+            if code and _recognizer(r) in NAME_FINDERS and overlaps(r.start, r.end, code):
+                continue
+            if allow.allowed(r.entity_type, text[r.start : r.end], _recognizer(r), cue=cued(text, r.start)):
+                continue
+            out.append(r)
+        return out
+
+
+# Recognizers and passes that find names and places from the model, a gazetteer, cues or word shapes:
+# they do not run inside code (app/pii/context.py). Everything else (checksummed and rigid patterns,
+# secrets, the policy's own deny lists and regexes) does.
+NAME_FINDERS = frozenset({
+    "SpacyRecognizer", "GazetteerNameRecognizer", "PersonCueRecognizer", "SpeakerLabelRecognizer",
+    "NameShapeRetyper", "MentionPropagation", "CoordinationPropagation", "StreetAddressRecognizer",
+})
+
+
+_EDGE_NUMBER = regex.compile(r"\s+[\d.,:]+$")
 
 
 class AllowedTokens:
@@ -317,7 +350,7 @@ class AllowedTokens:
 _STRUCTURED = frozenset({
     "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "US_ITIN", "US_PASSPORT",
     "US_BANK_NUMBER", "US_DRIVER_LICENSE", "UK_NHS", "IP_ADDRESS", "CRYPTO", "MEDICAL_LICENSE", "URL",
-    "STREET_ADDRESS",
+    "STREET_ADDRESS", "SECRET",
 })
 
 

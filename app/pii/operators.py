@@ -17,7 +17,9 @@ def _faker():
 
 
 _SURROGATES = {
-    "PERSON": lambda f: f.name(),
+    # First and last name only: Faker's name() adds "Dr."/"PhD" now and then, which reads as a change of
+    # person in a word problem or a dialogue.
+    "PERSON": lambda f: f"{f.first_name()} {f.last_name()}",
     "EMAIL_ADDRESS": lambda f: f.email(),
     "PHONE_NUMBER": lambda f: f.phone_number(),
     "CREDIT_CARD": lambda f: f.credit_card_number(),
@@ -80,7 +82,8 @@ class ExampleOperators:
             # Reseed from (example, value): the fake depends only on the example and the value, not on
             # the order values were met, so re-scrubbing after a reviewer edit keeps the same fakes.
             fake.seed_instance(self.seed ^ int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], "big"))
-            found = make(fake)
+            # A lone first name ("Tom has 3 apples") gets a lone first name.
+            found = fake.first_name() if entity_type == "PERSON" and len(value.split()) == 1 else make(fake)
         self._surrogates[key] = found
         return found
 

@@ -3,15 +3,16 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.audit import service as audit
 from app.core.auth import Curator, Judge, RawPiiReader, Reader
 from app.core.db import INT_MAX, SessionDep
+from app.core.errors import ValidationFailed
 from app.datasets import service as datasets
 from app.examples import service as examples
 from app.pii import rescrub, service
-from app.pii.schemas import EntityName, PiiPolicy
+from app.pii.schemas import EntityName, PiiPolicy, check_profile, effective_policy
 
 router = APIRouter(tags=["pii"])
 
@@ -92,22 +93,46 @@ def post_allow(dataset_ref: str, body: AllowIn, session: SessionDep, actor: Cura
     return service.allow_value(session, ds=ds, actor=actor, value=body.value, token=body.token)
 
 
+class PolicyIn(PiiPolicy):
+    # What GET returns can be PUT back as it is: the profile rides along, and changes the dataset's
+    # profile when it names another one.
+    pii_profile: str | None = Field(default=None, max_length=40)
+
+    @field_validator("pii_profile")
+    @classmethod
+    def _profile(cls, value: str | None) -> str | None:
+        return None if value is None else check_profile(value)
+
+
+def _policy_out(ds) -> dict[str, Any]:
+    return {**service.policy_of(ds).model_dump(mode="json"), "pii_profile": ds.pii_profile}
+
+
 @router.get("/v1/datasets/{dataset_ref}/pii-policy")
 def get_policy(dataset_ref: str, session: SessionDep, actor: Reader) -> dict[str, Any]:
-    """The effective policy: what the dataset stores, with every default filled in."""
+    """The effective policy: the dataset's profile with what it stores laid over it, every default filled in,
+    and the profile's name (`pii_profile`)."""
     ds = datasets.get(session, dataset_ref)
-    return service.policy_of(ds).model_dump(mode="json")
+    return _policy_out(ds)
 
 
 @router.put("/v1/datasets/{dataset_ref}/pii-policy")
-def put_policy(dataset_ref: str, policy: PiiPolicy, session: SessionDep, actor: Curator) -> dict[str, Any]:
-    """Replace the policy. New examples are scrubbed under it, and the scrubbed ones are re-scrubbed in the
-    background (a new revision only where the output changes; changed approved examples go back to review)."""
+def put_policy(dataset_ref: str, policy: PolicyIn, session: SessionDep, actor: Curator) -> dict[str, Any]:
+    """Replace the policy (laid over the profile; `pii_profile` may switch the profile too). New examples are
+    scrubbed under it, and the scrubbed ones are re-scrubbed in the background (a new revision only where
+    the output changes; changed approved examples go back to review)."""
     ds = datasets.get(session, dataset_ref)
-    stored = policy.model_dump(mode="json", exclude_unset=True)
+    stored = policy.model_dump(mode="json", exclude_unset=True, exclude={"pii_profile"})
+    profile = policy.pii_profile or ds.pii_profile
+    try:
+        effective_policy(profile, stored)
+    except ValueError as exc:
+        raise ValidationFailed("the policy does not fit the dataset's pii_profile", details=[
+            {"field": "pii_policy", "code": "invalid", "message": str(exc)}]) from None
     ds.pii_policy = stored
+    ds.pii_profile = profile
     session.flush()
     audit.record(session, actor=actor.ref, action="dataset.pii_policy_set", entity_type="dataset",
-                 entity_id=ds.id, payload={"pii_policy": stored})
+                 entity_id=ds.id, payload={"pii_policy": stored, "pii_profile": profile})
     rescrub.request(session, ds, actor=actor, reason="policy_changed")
-    return policy.model_dump(mode="json")
+    return _policy_out(ds)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -35,6 +35,7 @@ KNOWN_ENTITIES: frozenset[str] = frozenset(
         "CRYPTO",
         "MEDICAL_LICENSE",
         "URL",
+        "SECRET",
     }
 )
 
@@ -57,6 +58,7 @@ DEFAULT_ENTITIES: tuple[str, ...] = (
     "IP_ADDRESS",
     "CRYPTO",
     "MEDICAL_LICENSE",
+    "SECRET",
 )
 
 _ENTITY_NAME = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
@@ -116,6 +118,23 @@ class CustomRecognizer(BaseModel):
     context: list[str] = Field(default_factory=list, max_length=50)
 
 
+class ContextRules(BaseModel):
+    """Where the name finders (spaCy's PERSON/LOCATION/ORG/NRP, the first-name gazetteer, cue-based names,
+    street addresses) are not run. Validated patterns (email, IBAN, Luhn-checked cards, SSN, IP, secrets),
+    the policy's own deny lists and custom recognizers run everywhere, code included."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Fenced (``` or ~~~) blocks, inline `code`, and indented blocks whose lines read as code.
+    code_spans: bool = True
+    # Code-like lines outside any fence (identifiers, calls, operators): "auto" in a field where most lines
+    # are code (a bare code answer), "on" everywhere (code datasets), "off" never.
+    code_lines: Literal["off", "auto", "on"] = "auto"
+    # The curated list of technologies, products, languages, foods and common nouns that NER mislabels
+    # (app/pii/data/allow_terms.txt), on top of the policy's own allow_list.
+    builtin_allow_list: bool = True
+
+
 class PiiPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -136,6 +155,11 @@ class PiiPolicy(BaseModel):
     language: str = Field(default="en", pattern=r"^[a-z]{2}$")
     # Longer fields are scrubbed in windows and flagged `oversize`; nothing is cut off.
     max_chars: int = Field(default=20_000, ge=200, le=1_000_000)
+    # "keep": well-known places (countries, their first-level regions, cities of 20,000 people or more,
+    # continents) and public figures from a curated list stay in the text; "scrub" treats them as any name.
+    # docs/pii.md ("Public entities") says why keep is the default and what the lists cannot know.
+    public_entities: Literal["keep", "scrub"] = "keep"
+    context: ContextRules = Field(default_factory=ContextRules)
 
     @model_validator(mode="after")
     def _entities_known(self) -> PiiPolicy:
@@ -171,3 +195,66 @@ class FindingOut(BaseModel):
     engine: str
     model: str
     verdict: str | None = None
+
+
+# --- dataset profiles ----------------------------------------------------------------------------------------
+
+# Presets a dataset picks at creation (`pii_profile`); its own `pii_policy` is laid over the preset (one
+# level deep for `operators` and `context`), so an owner changes one knob without restating the rest.
+# docs/pii.md ("Profiles") says what each is for and why.
+_NAME_SURROGATE = {"type": "surrogate"}
+PROFILES: dict[str, dict[str, Any]] = {
+    # Instruction and chat data: public places and figures are the facts the examples are about.
+    "default": {},
+    # Code-instruction data: every code-like line is code (no name finders there); keys and tokens matter.
+    "code": {"context": {"code_lines": "on"}},
+    # Word problems: the people and places are invented, and the arithmetic depends on telling them apart.
+    # A consistent surrogate per value and example keeps "Tom has 3 apples... Tom gives 1 to Ann" solvable
+    # (a placeholder would turn both names into <PERSON>), and still replaces a real name that slipped in.
+    "math_word_problems": {
+        "operators": {"PERSON": _NAME_SURROGATE, "LOCATION": _NAME_SURROGATE},
+    },
+    # Customer-support logs: every name, place and date is the customer's, famous or not; speakers keep a
+    # consistent surrogate name so the dialogue still reads.
+    "support_transcripts": {
+        "entities": [*DEFAULT_ENTITIES, "DATE_TIME", "URL"],
+        "public_entities": "scrub",
+        "operators": {"PERSON": _NAME_SURROGATE},
+    },
+    # Clinical notes, after HIPAA Safe Harbor's identifier list: names, places below state level, dates,
+    # contact details, record, licence and account numbers, URLs; a lower threshold trades precision
+    # for recall.
+    "clinical": {
+        "entities": [*DEFAULT_ENTITIES, "DATE_TIME", "URL", "US_DRIVER_LICENSE", "ORGANIZATION"],
+        "public_entities": "scrub",
+        "score_threshold": 0.3,
+    },
+}
+DEFAULT_PROFILE = "default"
+
+
+def check_profile(name: str) -> str:
+    if name not in PROFILES:
+        raise ValueError(f"unknown pii_profile {name!r}; known: {sorted(PROFILES)}")
+    return name
+
+
+def layered(profile: str, stored: dict[str, Any] | None) -> dict[str, Any]:
+    """The preset with the dataset's own policy over it (the dict a PiiPolicy is validated from)."""
+    out: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PROFILES[profile].items()}
+    stored = stored or {}
+    for key, value in stored.items():
+        if key in ("operators", "context") and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    if "entities" in stored and "operators" in out:
+        # The preset's operator for a type the owner no longer scrubs goes; the owner's own stays (and is
+        # refused by the policy's check, as without a profile).
+        own = set(stored.get("operators") or {})
+        out["operators"] = {k: v for k, v in out["operators"].items() if k in own or k in stored["entities"]}
+    return out
+
+
+def effective_policy(profile: str | None, stored: dict[str, Any] | None) -> PiiPolicy:
+    return PiiPolicy.model_validate(layered(profile or DEFAULT_PROFILE, stored))

@@ -36,7 +36,7 @@ from app.models.pii import PiiFinding, PiiScrub, PiiVaultEntry
 from app.pii import nlp, tokens, vault
 from app.pii.operators import ExampleOperators
 from app.pii.paths import get_path, set_path
-from app.pii.schemas import PiiPolicy
+from app.pii.schemas import PiiPolicy, effective_policy
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +140,9 @@ def raw_content(session: Session, example_id: uuid.UUID, revision_id: uuid.UUID)
 
 
 def policy_of(dataset: Any) -> PiiPolicy:
-    """The dataset's effective policy (anything with a `pii_policy`: a Dataset or a joined row)."""
-    return PiiPolicy.model_validate(dataset.pii_policy or {})
+    """The dataset's effective policy: its profile's preset with its own `pii_policy` over it (anything
+    with those two attributes: a Dataset or a joined row)."""
+    return effective_policy(getattr(dataset, "pii_profile", None), dataset.pii_policy)
 
 
 def policy_sha(policy: PiiPolicy) -> str:
@@ -152,7 +153,7 @@ def scrub_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
     rows = session.execute(
         select(Example.id, Example.dataset_id, Example.status, ExampleRevision.id.label("rid"),
                ExampleRevision.seq, ExampleRevision.content, ExampleRevision.content_sha256,
-               ExampleRevision.reason, Dataset.format, Dataset.pii_policy)
+               ExampleRevision.reason, Dataset.format, Dataset.pii_policy, Dataset.pii_profile)
         .join(ExampleRevision, Example.current_revision_id == ExampleRevision.id)
         .join(Dataset, Dataset.id == Example.dataset_id)
         .where(Example.id.in_(example_ids))

