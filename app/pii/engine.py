@@ -325,10 +325,26 @@ class PiiEngine:
 NAME_FINDERS = frozenset({
     "SpacyRecognizer", "GazetteerNameRecognizer", "PersonCueRecognizer", "SpeakerLabelRecognizer",
     "NameShapeRetyper", "MentionPropagation", "CoordinationPropagation", "StreetAddressRecognizer",
+    "SubjectVerbNameRecognizer", "LowerCaseCueRecognizer",
 })
 
 
 _EDGE_NUMBER = regex.compile(r"\s+[\d.,:]+$")
+
+
+def _trim_numbers(text: str, results: list[RecognizerResult]) -> list[RecognizerResult]:
+    """The model reads "Oliver 2 apples" as the PERSON "Oliver 2": the number is no part of a name or a
+    place, and in a word problem it is the problem."""
+    for r in results:
+        if r.entity_type in ("PERSON", "LOCATION") and _recognizer(r) == "SpacyRecognizer":
+            m = _EDGE_NUMBER.search(text, r.start, r.end)
+            if m and m.start() > r.start:
+                r.end = m.start()
+    return results
+
+
+def _recognizer(r: RecognizerResult) -> str:
+    return (r.recognition_metadata or {}).get(RecognizerResult.RECOGNIZER_NAME_KEY, "")
 
 
 class AllowedTokens:
