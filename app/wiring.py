@@ -35,6 +35,7 @@ from app.examples import service as examples
 from app.lineage import facets, openlineage
 from app.pii import jobs as pii_jobs
 from app.pii import queries as pii_queries
+from app.pii import rescrub as pii_rescrub
 from app.pii import service as pii
 from app.pii.rescrub import RESCRUB_TASK
 from app.pipeline import jobs as pipeline_jobs
@@ -66,7 +67,7 @@ def wire() -> None:
         # The hooks write disjoint keys of the view; the order is fixed anyway, so two processes
         # build the same view.
         examples.install_view_hooks([pii.view_hook, dedup.view_hook, review.review_view])
-        audit.install_subscribers([facets.on_audit, openlineage.on_audit])
+        audit.install_subscribers([facets.on_audit, openlineage.on_audit, pii_rescrub.on_audit])
         # Dedup compares scrubbed text through PII's view (spans as keyed hashes of their values).
         install_view(pii_queries.dedup_views)
         jobs.install_local_handlers({

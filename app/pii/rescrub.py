@@ -16,6 +16,7 @@ allowed for that example.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -36,6 +37,8 @@ from app.pii import nlp, tokens
 from app.pii import service as pii
 from app.pipeline import service as pipeline
 from app.pipeline import stages
+
+log = logging.getLogger(__name__)
 
 RESCRUB_TASK = "pedigree.pii.rescrub"
 BATCH = 200
@@ -64,8 +67,13 @@ def candidates(dataset_id: uuid.UUID, policy_sha: str, value_tokens: list[str] |
 
 def request(session: Session, ds: Dataset, *, actor: Actor, reason: str, value_tokens: list[str] | None = None
             ) -> dict[str, Any]:
-    """Queue a re-scrub of the dataset under its current policy (sent after commit, queue "pii")."""
-    sha = pii.policy_sha(pii.policy_of(ds))
+    """Queue a re-scrub of the dataset under its current policy (sent after commit, queue "pii"). A policy
+    that turns scrubbing off queues nothing: it applies to new examples, and undoing past scrubs would put
+    raw text in front of every reader."""
+    policy = pii.policy_of(ds)
+    sha = pii.policy_sha(policy)
+    if not policy.enabled:
+        return {"queued": False, "candidates": 0, "policy_sha256": sha}
     n = session.scalar(select(func.count()).select_from(candidates(ds.id, sha, value_tokens).subquery())) or 0
     audit.record(session, actor=actor.ref, action="pii.rescrub_requested", entity_type="dataset", entity_id=ds.id,
                  payload={"reason": reason, "policy_sha256": sha, "candidates": n, "tokens": value_tokens or []})
@@ -88,6 +96,9 @@ def rescrub_batch(session: Session, ds: Dataset, ids: list[uuid.UUID], *, reason
     """Re-scrub these examples of `ds` (candidates, locked here) in the caller's transaction."""
     policy = pii.policy_of(ds)
     sha = pii.policy_sha(policy)
+    if not policy.enabled:  # turned off after the task was queued: past scrubs stay (see request)
+        return {"dataset_id": str(ds.id), "reason": reason, "policy_sha256": sha, "examples": 0, "changed": [],
+                "unchanged": 0, "approvals_reset": [], "skipped_reviewed": []}
     rows = _lock(session, ids)
     now = utcnow()
     changed: list[list[str]] = []
@@ -190,3 +201,19 @@ def next_batch(session: Session, ds: Dataset, value_tokens: list[str] | None, af
     if after is not None:
         q = q.where(and_(Example.id > after))
     return list(session.scalars(q.order_by(Example.id).limit(limit)))
+
+
+# Dataset changes made through the datasets API (PATCH, a profile switch) that touch what is scrubbed.
+_POLICY_KEYS = frozenset({"pii_policy", "pii_profile"})
+
+
+def on_audit(events: list[dict[str, Any]]) -> None:
+    """After a commit that changed a dataset's PII policy or profile outside PUT pii-policy (which queues
+    its own): queue the re-scrub. Runs after the commit, so the task reads the new policy."""
+    for ev in events:
+        if (ev["action"] == "dataset.updated" and ev.get("entity_id")
+                and _POLICY_KEYS & set(ev.get("payload") or {})):
+            try:
+                jobs.send(RESCRUB_TASK, [str(ev["entity_id"]), None, "policy_changed"], "pii")
+            except Exception:
+                log.exception("could not queue the re-scrub of dataset %s", ev["entity_id"])

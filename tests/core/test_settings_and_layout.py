@@ -61,7 +61,8 @@ def test_every_entry_point_wires_the_same_registries_and_imports_wire_nothing():
     assert wired["stages"][0].endswith(":app.examples.quality.quality_handler")
     assert wired["view_hooks"] == ["app.pii.service.view_hook", "app.dedup.service.view_hook",
                                    "app.review.service.review_view"]
-    assert wired["audit_subscribers"] == ["app.lineage.facets.on_audit", "app.lineage.openlineage.on_audit"]
+    assert wired["audit_subscribers"] == ["app.lineage.facets.on_audit", "app.lineage.openlineage.on_audit",
+                                          "app.pii.rescrub.on_audit"]
     assert wired["dedup_view"] == ["app.pii.queries.dedup_views"]
     assert {h.split(":")[0] for h in wired["local_handlers"]} == {
         "pedigree.pipeline.run_stage", "pedigree.pipeline.sweep", "pedigree.dedup.rebuild",

@@ -142,3 +142,20 @@ def test_allow_list_bad_input(api, db):
         assert r.json()["error"]["details"], r.text
     assert api.as_("reviewer").post(url, json={"value": "Paris"}).status_code == 403
     assert api.as_("curator").post("/v1/datasets/nope/pii-policy/allow-list", json={"value": "Paris"}).status_code == 404
+
+
+def test_a_patch_of_the_policy_rescrubs_and_turning_scrubbing_off_restores_nothing(api, db):
+    ds = new_dataset(api)
+    ingest(api, ds, [_line(k) for k in TEXTS])
+    r = api.as_("curator").patch(f"/v1/datasets/{ds['id']}", json={"pii_policy": {"allow_list": ["Maria Schmidt"]}})
+    assert r.status_code == 200, r.text
+    ex = _examples(api, ds)  # the audit subscriber queued the re-scrub after the commit; it ran in-process
+    assert ex["c"]["revision"]["content"]["instruction"] == TEXTS["c"]
+    assert _actions("pii.rescrubbed")[-1]["reason"] == "policy_changed"
+    before = {k: v["revision"]["id"] for k, v in ex.items()}
+
+    r = api.as_("curator").request("PUT", f"/v1/datasets/{ds['id']}/pii-policy", json={"enabled": False})
+    assert r.status_code == 200
+    assert {k: v["revision"]["id"] for k, v in _examples(api, ds).items()} == before
+    assert "<LOCATION>" in _examples(api, ds)["a"]["revision"]["content"]["instruction"]
+    assert jobs.rescrub(ds["id"], None, "policy_changed")["changed"] == 0
