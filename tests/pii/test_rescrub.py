@@ -145,16 +145,18 @@ def test_allow_list_bad_input(api, db):
 
 
 def test_a_patch_of_the_policy_rescrubs_and_turning_scrubbing_off_restores_nothing(api, db):
-    ds = new_dataset(api)
+    ds = new_dataset(api, pii_policy=SCRUB_PUBLIC)
     ingest(api, ds, [_line(k) for k in TEXTS])
-    r = api.as_("curator").patch(f"/v1/datasets/{ds['id']}", json={"pii_policy": {"allow_list": ["Maria Schmidt"]}})
+    r = api.as_("curator").patch(f"/v1/datasets/{ds['id']}",
+                                 json={"pii_policy": {**SCRUB_PUBLIC, "allow_list": ["Maria Schmidt"]}})
     assert r.status_code == 200, r.text
     ex = _examples(api, ds)  # the audit subscriber queued the re-scrub after the commit; it ran in-process
     assert ex["c"]["revision"]["content"]["instruction"] == TEXTS["c"]
     assert _actions("pii.rescrubbed")[-1]["reason"] == "policy_changed"
     before = {k: v["revision"]["id"] for k, v in ex.items()}
 
-    r = api.as_("curator").request("PUT", f"/v1/datasets/{ds['id']}/pii-policy", json={"enabled": False})
+    r = api.as_("curator").request("PUT", f"/v1/datasets/{ds['id']}/pii-policy",
+                                   json={**SCRUB_PUBLIC, "enabled": False})
     assert r.status_code == 200
     assert {k: v["revision"]["id"] for k, v in _examples(api, ds).items()} == before
     assert "<LOCATION>" in _examples(api, ds)["a"]["revision"]["content"]["instruction"]
