@@ -48,6 +48,7 @@ from app.core.config import PiiMode, PiiSettings, get_settings
 from app.pii import recognizers as custom
 from app.pii.allow import AllowFilter, cued
 from app.pii.context import code_spans, overlaps
+from app.pii.recognizers.normalize import Normalised
 from app.pii.recognizers.secrets import SecretRecognizer
 from app.pii.schemas import PiiPolicy
 from app.pii.tokens import token_key, value_token
@@ -269,12 +270,16 @@ class PiiEngine:
                             keep_public=policy.public_entities == "keep")
         allowed_tokens = AllowedTokens(policy.allow_tokens)
         out: list[list[RecognizerResult]] = []
-        artifacts = self.nlp_engine.process_batch(texts, language="en", batch_size=self.settings.batch_size)
+        # Detection runs on a normalised copy (look-alike digits, zero-width characters, CRLF); results are
+        # mapped back onto the original text, which is what the scrub cuts.
+        normalised = [Normalised(t) for t in texts]
+        artifacts = self.nlp_engine.process_batch([n.text for n in normalised], language="en",
+                                                  batch_size=self.settings.batch_size)
         entities = list(policy.entities)
         if "PERSON" in entities and self.settings.custom_recognizers and self.settings.mode == "ner":
             # Names the small model mislabels as ORG/GPE are re-typed afterwards, so ask for those labels too.
             entities = sorted(set(entities) | {"ORGANIZATION", "LOCATION", "NRP"})
-        for text, nlp_artifacts in artifacts:
+        for norm, (text, nlp_artifacts) in zip(normalised, artifacts, strict=True):
             results = self.analyzer.analyze(
                 text=text,
                 language="en",
@@ -284,7 +289,7 @@ class PiiEngine:
                 nlp_artifacts=nlp_artifacts,
             )
             code = code_spans(text, blocks=policy.context.code_spans, lines=policy.context.code_lines)
-            out.append(self._postprocess(text, results, allow, policy, code, allowed_tokens))
+            out.append(norm.restore(self._postprocess(text, results, allow, policy, code, allowed_tokens)))
         return out
 
     def _postprocess(self, text: str, results: list[RecognizerResult], allow: AllowFilter,

@@ -31,6 +31,7 @@ _SURROGATES = {
     "STREET_ADDRESS": lambda f: f.street_address(),
     "ORGANIZATION": lambda f: f.company(),
     "DATE_TIME": lambda f: f.date(),
+    "DATE_OF_BIRTH": lambda f: f.date_of_birth().isoformat(),
     "URL": lambda f: f.url(),
     "US_PASSPORT": lambda f: f.passport_number(),
     "US_BANK_NUMBER": lambda f: f.bban(),

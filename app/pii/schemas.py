@@ -21,6 +21,7 @@ KNOWN_ENTITIES: frozenset[str] = frozenset(
         "ORGANIZATION",
         "NRP",
         "DATE_TIME",
+        "DATE_OF_BIRTH",
         "EMAIL_ADDRESS",
         "PHONE_NUMBER",
         "CREDIT_CARD",
@@ -41,11 +42,13 @@ KNOWN_ENTITIES: frozenset[str] = frozenset(
 
 # What a dataset scrubs when its policy says nothing. DATE_TIME, NRP, ORGANIZATION and URL are left out on
 # purpose: in instruction data they are mostly not personal ("in 1990", "Google", a docs link) and scrubbing
-# them would wreck the examples; a policy can add them.
+# them would wreck the examples; a policy can add them. DATE_OF_BIRTH is a date after a birth cue or in a
+# person's record (app/pii/recognizers/records.py), which does identify.
 DEFAULT_ENTITIES: tuple[str, ...] = (
     "PERSON",
     "LOCATION",
     "STREET_ADDRESS",
+    "DATE_OF_BIRTH",
     "EMAIL_ADDRESS",
     "PHONE_NUMBER",
     "CREDIT_CARD",

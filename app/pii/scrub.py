@@ -17,7 +17,7 @@ from presidio_analyzer import RecognizerResult
 from presidio_anonymizer.entities import OperatorConfig
 from presidio_anonymizer.entities import RecognizerResult as AnonymizerInput
 
-from app.pii.engine import PiiEngine
+from app.pii.engine import PiiEngine, resolve_overlaps
 from app.pii.operators import ExampleOperators
 from app.pii.paths import get_path, parse_path, set_path  # noqa: F401  (re-exported)
 from app.pii.schemas import PiiPolicy
@@ -119,11 +119,18 @@ def guess_language(text: str) -> str | None:
     return "en" if stop / len(words) >= 0.08 else "non_en"
 
 
-def windows(text: str, max_chars: int) -> list[tuple[int, str]]:
-    """Split an over-size text into windows at whitespace (so words are not cut); all text is kept."""
+# How far each window reads past its cut: a value the cut falls inside ("0494 92 | 82 32", a name on a
+# very long single line) is still seen whole by the window it starts in.
+WINDOW_OVERLAP = 256
+
+
+def windows(text: str, max_chars: int) -> list[tuple[int, int, str]]:
+    """Split an over-size text into windows at whitespace (so words are not cut); all text is kept.
+    Returns (offset, owned_end, piece): the window owns results that start before `owned_end` (a text
+    offset) and its piece reads up to WINDOW_OVERLAP characters further."""
     if len(text) <= max_chars:
-        return [(0, text)]
-    out: list[tuple[int, str]] = []
+        return [(0, len(text), text)]
+    out: list[tuple[int, int, str]] = []
     start = 0
     while start < len(text):
         end = min(start + max_chars, len(text))
@@ -131,7 +138,7 @@ def windows(text: str, max_chars: int) -> list[tuple[int, str]]:
             cut = max(text.rfind("\n", start + max_chars // 2, end), text.rfind(" ", start + max_chars // 2, end))
             if cut > start:
                 end = cut
-        out.append((start, text[start:end]))
+        out.append((start, end, text[start : min(len(text), end + WINDOW_OVERLAP)]))
         start = end
     return out
 
@@ -144,26 +151,29 @@ def analyze_fields(engine: PiiEngine, texts: Sequence[str], policy: PiiPolicy) -
     the whole batch goes through spaCy in one `pipe` call."""
     pieces: list[str] = []
     index: dict[str, int] = {}
-    plan: list[list[tuple[int, int]]] = []  # per text: (offset, piece index)
+    plan: list[list[tuple[int, int, int]]] = []  # per text: (offset, owned end, piece index)
     for text in texts:
         parts = []
-        for offset, piece in windows(text, policy.max_chars):
+        for offset, owned_end, piece in windows(text, policy.max_chars):
             if piece not in index:
                 index[piece] = len(pieces)
                 pieces.append(piece)
-            parts.append((offset, index[piece]))
+            parts.append((offset, owned_end, index[piece]))
         plan.append(parts)
     analyzed = engine.analyze_batch(pieces, policy) if pieces else []
     out: list[list[RecognizerResult]] = []
     for parts in plan:
         results: list[RecognizerResult] = []
-        for offset, i in parts:
+        for offset, owned_end, i in parts:
             for r in analyzed[i]:
+                if r.start + offset >= owned_end:
+                    continue  # the next window owns it
                 results.append(
                     RecognizerResult(r.entity_type, r.start + offset, r.end + offset, r.score,
                                      recognition_metadata=r.recognition_metadata)
                 )
-        out.append(results)
+        # A value read whole past one cut may overlap the next window's fragment of it.
+        out.append(resolve_overlaps(results) if len(parts) > 1 else results)
     return out
 
 

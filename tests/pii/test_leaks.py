@@ -127,3 +127,106 @@ def test_cue_shaped_names(engine, text, name):
 )
 def test_cues_do_not_take_ordinary_words(engine, text):
     assert not _values(engine, text, "PERSON")
+
+
+# --- person records ----------------------------------------------------------------------------------------
+
+
+def test_lower_case_person_record(engine):
+    found = _found(engine, "john smith, 12 oak st, 1984-03-02")
+    assert ("PERSON", "john smith") in found
+    assert ("STREET_ADDRESS", "12 oak st") in found
+    assert ("DATE_OF_BIRTH", "1984-03-02") in found
+
+
+def test_records_under_a_header_are_typed_by_their_columns(engine):
+    text = "id,name,address,dob\n1,maria garcia,4 elm road,1990-07-12\n2,li wei,77 pine ave,12/01/1975"
+    found = _found(engine, text)
+    assert {("PERSON", "maria garcia"), ("PERSON", "li wei"), ("DATE_OF_BIRTH", "1990-07-12"),
+            ("DATE_OF_BIRTH", "12/01/1975")} <= found
+    assert any(t == "STREET_ADDRESS" and "77 pine ave" in v for t, v in found)
+
+
+def test_all_caps_record_with_a_phone_field(engine):
+    found = _found(engine, "JOHN SMITH | 12 OAK ST | 03/02/1984 | 555-123-4567")
+    assert {("PERSON", "JOHN SMITH"), ("DATE_OF_BIRTH", "03/02/1984"), ("PHONE_NUMBER", "555-123-4567")} <= found
+
+
+def test_birth_dates_after_a_birth_cue(engine):
+    found = _found(engine, "She was born on 8/5/1989 in a small town. DOB: 1975-02-11.")
+    assert {("DATE_OF_BIRTH", "8/5/1989"), ("DATE_OF_BIRTH", "1975-02-11")} <= found
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Ford, Chevrolet, Mercedes and Lexus are car brands.", "I have 3 apples, 2 oranges, 1 banana",
+     "Robert Lewandowski, 2022-2021, 35 goals", "The meeting is on 2024-05-01, in room 4"],
+)
+def test_lists_that_are_not_person_records(engine, text):
+    found = _found(engine, text)
+    assert not any(t in ("DATE_OF_BIRTH", "PHONE_NUMBER", "STREET_ADDRESS") for t, _ in found), found
+
+
+# --- names in all capitals ---------------------------------------------------------------------------------
+
+
+def test_full_names_on_an_all_caps_line(engine):
+    assert "JOHN SMITH" in _values(engine, "PATIENT: JOHN SMITH\nDOB: 1984-03-02", "PERSON")
+    assert "JOHN SMITH" in _values(engine, "MARIA GARCIA AND JOHN SMITH ATTENDED THE MEETING", "PERSON")
+    assert not _values(engine, "THE NEW YORK GIANTS WON. PLEASE CALL MAY. TABLE OF CONTENTS", "PERSON")
+
+
+# --- bad input: look-alike characters, CRLF, very long lines -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, entity_type, value",
+    [
+        ("Please call me at ０４９４ ９２ ８２ ３２ tomorrow", "PHONE_NUMBER", "０４９４ ９２ ８２ ３２"),
+        ("Call me on ٠٤٩٤ ٩٢ ٨٢ ٣٢ please", "PHONE_NUMBER", "٠٤٩٤ ٩٢ ٨٢ ٣٢"),
+        ("My card ４１１１ １１１１ １１１１ １１１１ was declined", "CREDIT_CARD", "４１１１ １１１１ １１１１ １１１１"),
+        ("email jane\u200b.doe@exam\u200bple.com now", "EMAIL_ADDRESS", "jane\u200b.doe@exam\u200bple.com"),
+        ("write to jane\u00addoe\uff20example.com", "EMAIL_ADDRESS", "jane\u00addoe\uff20example.com"),
+    ],
+)
+def test_look_alike_characters_are_found_on_the_original_offsets(engine, text, entity_type, value):
+    assert (entity_type, value) in _found(engine, text)
+
+
+def test_crlf_lines(engine):
+    text = "Name: Kalman Ferenc\r\nPhone: 0494 92 82 32\r\nLeverett: hi\r\nDanielle: bye\r\n"
+    found = _found(engine, text)
+    assert {("PERSON", "Kalman Ferenc"), ("PHONE_NUMBER", "0494 92 82 32"), ("PERSON", "Leverett")} <= found
+    assert not any("\r" in v or "\n" in v for _, v in found)
+
+
+def test_scrub_removes_the_original_characters(engine):
+    from app.pii.scrub import ScrubInput, scrub_examples
+
+    text = "email jane\u200b.doe@exam\u200bple.com now\r\nName: Kalman Ferenc\r\nCall ０４９４ ９２ ８２ ３２"
+    [res] = scrub_examples(engine, [ScrubInput({"text": text}, "k")], PiiPolicy(), hash_key=b"k" * 32)
+    assert res.content["text"] == "email <EMAIL_ADDRESS> now\r\nName: <PERSON>\r\nCall <PHONE_NUMBER>"
+
+
+@pytest.mark.parametrize("cut", range(180, 200, 3))
+def test_values_cut_by_a_window_on_a_very_long_line(engine, cut):
+    from app.pii.scrub import ScrubInput, scrub_examples
+
+    line = (("word " * 200)[:cut] + " call me at 0494 92 82 32 or mail jane.doe@example.com, Mrs. Barbara Yudina"
+            " said " + "word " * 100)
+    [res] = scrub_examples(engine, [ScrubInput({"text": line}, "k")], PiiPolicy(max_chars=200),
+                           hash_key=b"k" * 32)
+    out = res.content["text"]
+    assert "92 82" not in out and "jane" not in out and "Yudina" not in out
+
+
+def test_normalised_offsets_map_back():
+    from app.pii.recognizers.normalize import Normalised
+
+    text = "a\u200bb\r\nc\uff10d"
+    norm = Normalised(text)
+    assert norm.text == "ab\nc0d"
+    assert norm.to_original(0, 2) == (0, 3)  # "a\u200bb": the zero-width character inside goes with it
+    assert norm.to_original(2, 3) == (3, 5)  # "\n" is the original "\r\n"
+    assert text[slice(*norm.to_original(4, 5))] == "\uff10"
+    assert Normalised("plain ascii").to_original(1, 3) == (1, 3)

@@ -36,6 +36,7 @@ from app.pii.recognizers.patterns import (
     luhn_ok,
     offline_tld_extractor,
 )
+from app.pii.recognizers.records import PersonRecordRecognizer
 
 __all__ = [
     "CaseInsensitiveIbanRecognizer",
@@ -45,6 +46,7 @@ __all__ = [
     "OfflineEmailRecognizer",
     "PaymentCardRecognizer",
     "PersonCueRecognizer",
+    "PersonRecordRecognizer",
     "RegionPhoneRecognizer",
     "SpeakerLabelRecognizer",
     "StreetAddressRecognizer",
@@ -75,4 +77,5 @@ def custom_recognizers(language: str = "en", gazetteer: bool = True) -> list[Ent
     if gazetteer:
         recognizers.append(GazetteerNameRecognizer(language))
         recognizers.append(LowerCaseCueRecognizer(language))
+        recognizers.append(PersonRecordRecognizer(language))
     return recognizers

@@ -14,7 +14,7 @@ from app.pii.recognizers.common import _CASE_SENSITIVE, _ORG_WORDS, _PLACE_WORDS
 
 _NAME_TOKEN = r"[A-ZÀ-ÖØ-ÞĀ-Ž][a-zà-öø-ÿā-ž'’-]+"
 _HONORIFIC = r"(?:Mr|Mrs|Ms|Mx|Dr|Prof|Sir|Mme|Mlle|Herr|Frau|Sr|Sra|Miss|mr|mrs|ms|dr)"
-_NAME = rf"(?!{_HONORIFIC}\b){_NAME_TOKEN}(?:\s+(?:[A-Z]\.?\s+)?(?!{_UNIT}){_NAME_TOKEN}){{0,2}}"
+_NAME = rf"(?!{_HONORIFIC}\b){_NAME_TOKEN}(?:[ \t]+(?:[A-Z]\.?[ \t]+)?(?!{_UNIT}){_NAME_TOKEN}){{0,2}}"
 
 
 class PersonCueRecognizer(PatternRecognizer):
@@ -336,11 +336,13 @@ class GazetteerNameRecognizer(LocalRecognizer):
             return []
         lower_text = not any(c.isupper() for c in text)
         tokens = [(m.start(), m.end(), m.group()) for m in _TOKEN.finditer(text)]
+        upper_lines: dict[int, bool] = {}
         blocked_single, blocked_full = self._blocked_spans(nlp_artifacts)
         out = []
         i = 0
         while i < len(tokens):
-            found = self._match(text, tokens, i, lower_text)
+            mode = "lower" if lower_text else self._line_case(text, tokens[i][0], upper_lines)
+            found = self._match(text, tokens, i, mode)
             if found is None:
                 i += 1
                 continue
@@ -364,17 +366,31 @@ class GazetteerNameRecognizer(LocalRecognizer):
                 [(s, e) for s, e, label in ents if label in _NOT_FULL_NAME_LABELS])
 
     @staticmethod
-    def _cased(word: str, lower_text: bool) -> bool:
-        if lower_text:
+    def _line_case(text: str, pos: int, cache: dict[int, bool]) -> str:
+        # "upper" for a token on a line written all in capitals ("PATIENT: JOHN SMITH"), else "mixed".
+        start = text.rfind("\n", 0, pos) + 1
+        upper = cache.get(start)
+        if upper is None:
+            end = text.find("\n", pos)
+            line = text[start : end if end >= 0 else len(text)]
+            upper = cache[start] = sum(c.isalpha() for c in line) >= 4 and not any(c.islower() for c in line)
+        return "upper" if upper else "mixed"
+
+    @staticmethod
+    def _cased(word: str, mode: str) -> bool:
+        if mode == "lower":
             return word.islower()
+        if mode == "upper":
+            return word.isupper()
         return word[0].isupper() and (len(word) == 1 or not word.isupper())
 
-    def _match(self, text: str, tokens: list, i: int, lower_text: bool) -> tuple[int, float] | None:
+    def _match(self, text: str, tokens: list, i: int, mode: str) -> tuple[int, float] | None:
         word = tokens[i][2].rstrip(".")
         key = word.casefold()
         frequency = self._first.get(key)
-        if frequency is None or key in self._never_first or not self._cased(word, lower_text):
+        if frequency is None or key in self._never_first or not self._cased(word, mode):
             return None
+        lower_text = mode == "lower"
 
         def joined(j: int) -> bool:
             # Tokens of one name are separated by spaces only: "> Lina Artemova\n> Irecycle" is a name
@@ -385,7 +401,8 @@ class GazetteerNameRecognizer(LocalRecognizer):
             return gap != "" and gap.isspace() and "\n" not in gap
 
         def capital(j: int) -> bool:
-            return not lower_text and tokens[j][2][0].isupper()
+            # On an all-capitals line case says nothing about where a proper noun ends.
+            return mode == "mixed" and tokens[j][2][0].isupper()
 
         # Continuing a longer proper noun: "New York", "RCA Victor", "St George Illawarra Dragons"; but a
         # capitalised "The" or "Dear" opens a sentence or a letter, not a proper noun.
@@ -400,17 +417,18 @@ class GazetteerNameRecognizer(LocalRecognizer):
             j += 1  # middle initial
         while joined(j) and tokens[j][2].casefold() in _PARTICLES:
             j += 1
-        if joined(j) and self._surname(tokens[j][2], lower_text):
+        if joined(j) and self._surname(tokens[j][2], mode):
             last = j
             # Compound surnames ("Maria Sánchez Pérez").
-            if joined(last + 1) and self._surname(tokens[last + 1][2], lower_text):
+            if mode != "upper" and joined(last + 1) and self._surname(tokens[last + 1][2], mode):
                 last += 1
             # "Irving S Wright Award", "Kansas City Chiefs"; an address label goes on with "Apt. 675".
             if (joined(last + 1) and capital(last + 1)
                     and tokens[last + 1][2].rstrip(".").casefold() not in _UNIT_WORDS):
                 return None
-            return last, (self.LOWER_FULL_SCORE if lower_text else self.FULL_SCORE)
-        if len(key) < 3 or frequency < self.SINGLE_MIN_FREQUENCY:
+            return last, (self.FULL_SCORE if mode == "mixed" else self.LOWER_FULL_SCORE)
+        # A lone capitalised word on a shouted line is any word ("PLEASE CALL MAY"): full names only.
+        if mode == "upper" or len(key) < 3 or frequency < self.SINGLE_MIN_FREQUENCY:
             return None
         if joined(i + 1) and capital(i + 1):
             return None
@@ -460,9 +478,9 @@ class GazetteerNameRecognizer(LocalRecognizer):
         names = sum(1 for o in others if o in self._first)
         return names * 2 < len(others)
 
-    def _surname(self, word: str, lower_text: bool) -> bool:
+    def _surname(self, word: str, mode: str) -> bool:
         bare = word.rstrip(".")
-        if len(bare) < 2 or not self._cased(bare, lower_text):
+        if len(bare) < 2 or not self._cased(bare, mode):
             return False
         key = bare.casefold()
         return key not in self._not_surname and not _NOUNISH.search(key)

@@ -267,6 +267,14 @@ class StreetAddressRecognizer(PatternRecognizer):
             0.45,
         ),
         Pattern("unit", r"\b(?:Apt\.?|Apartment|Suite|Unit|Flat)\s*#?\s*\d{1,5}[A-Za-z]?\b", 0.5),
+        # Typed in lower case ("12 oak st"), only with street words that are not also ordinary nouns after
+        # a number ("2 hard drive", "3 best way", "1 first place").
+        Pattern(
+            "number + street (lower case)",
+            r"\b\d{1,6}[a-z]?\s+(?:[a-z][\w'’.-]*\s+){1,3}(?:street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|"
+            r"court|ct|terrace|parkway|pkwy|highway|hwy)\b\.?",
+            0.5,
+        ),
         Pattern("PO box", r"\b(?:P\.?\s?O\.?\s?Box|Postfach|Apartado)\s+\d{1,7}\b", 0.6),
     ]
     CONTEXT = ["address", "live", "lives", "street", "apt", "suite", "ship", "billing", "mail", "drop"]  # noqa: RUF012 (Presidio's convention)
