@@ -330,7 +330,7 @@ class PiiEngine:
 NAME_FINDERS = frozenset({
     "SpacyRecognizer", "GazetteerNameRecognizer", "PersonCueRecognizer", "SpeakerLabelRecognizer",
     "NameShapeRetyper", "MentionPropagation", "CoordinationPropagation", "StreetAddressRecognizer",
-    "SubjectVerbNameRecognizer", "LowerCaseCueRecognizer",
+    "SubjectVerbNameRecognizer", "LowerCaseCueRecognizer", "PersonRecordRecognizer",
 })
 
 
