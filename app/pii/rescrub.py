@@ -158,10 +158,16 @@ def rescrub_batch(session: Session, ds: Dataset, ids: list[uuid.UUID], *, reason
             session.execute(insert(PiiFinding), _keep_confirmed(
                 [pii.finding_row(f, r.id, ds.id, rid, source.id, now) for f in res.findings], findings))
         scrub.result_revision_id, scrub.findings, scrub.flags = rid, len(res.findings), res.flags
+        changed.append([str(r.id), str(current.id), str(rid)])
+        if r.status == "duplicate":
+            # It stays its canonical's duplicate: the twin it copies is re-scrubbed from the same raw text
+            # to the same output, and a near duplicate's link is re-settled by the next dedup rebuild.
+            session.execute(update(Example).where(Example.id == r.id).values(current_revision_id=rid,
+                                                                             updated_at=now))
+            continue
         nxt = stages.next_stage("pii")
         session.execute(update(Example).where(Example.id == r.id).values(
             current_revision_id=rid, status="scrubbed" if nxt else "pending_review", stage=nxt, updated_at=now))
-        changed.append([str(r.id), str(current.id), str(rid)])
         if r.status == "approved":
             back_to_review.append(str(r.id))
         redo_dedup.append(r.id)

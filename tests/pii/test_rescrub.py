@@ -161,3 +161,19 @@ def test_a_patch_of_the_policy_rescrubs_and_turning_scrubbing_off_restores_nothi
     assert {k: v["revision"]["id"] for k, v in _examples(api, ds).items()} == before
     assert "<LOCATION>" in _examples(api, ds)["a"]["revision"]["content"]["instruction"]
     assert jobs.rescrub(ds["id"], None, "policy_changed")["changed"] == 0
+
+
+def test_an_exact_copy_is_rescrubbed_with_its_twin_and_stays_a_duplicate(api, db):
+    ds = new_dataset(api, pii_policy=SCRUB_PUBLIC)
+    twin = {**_line("a"), "provenance": {"source": "t", "source_ref": "a2"}}
+    ingest(api, ds, [_line("a"), twin])
+    ex = _examples(api, ds)
+    assert ex["a2"]["status"] == "duplicate" and ex["a"]["status"] == "pending_review"
+    r = api.as_("curator").post(f"/v1/datasets/{ds['id']}/pii-policy/allow-list",
+                                json={"token": value_token(token_key(), "Paris")})
+    assert r.json()["rescrub"]["candidates"] == 2
+    ex = _examples(api, ds)
+    assert ex["a"]["revision"]["content"] == ex["a2"]["revision"]["content"]
+    assert ex["a2"]["revision"]["content"]["instruction"] == TEXTS["a"]
+    assert ex["a2"]["status"] == "duplicate" and ex["a2"]["duplicates"][0]["example_id"] == ex["a"]["id"]
+    assert ex["a"]["status"] == "pending_review" and ex["a"]["dedup"]["cluster"]["size"] == 2
