@@ -1,4 +1,7 @@
+import time
+
 import orjson
+import pytest
 
 from tests.factories import corpora_file, new_dataset
 
@@ -211,3 +214,66 @@ def test_a_lost_race_on_the_same_source_refs_returns_the_same_examples(api, monk
     assert (out.accepted, out.unchanged, out.errors) == (1, 3, [])
     assert _counts(api, ds)["total"] == 4
     _verify(api)
+
+
+def test_a_cancelled_copy_falls_back_to_the_staged_path(api, db, monkeypatch):
+    """PostgreSQL reports a lock_timeout that fires just as the lock is granted as a cancel "due to user
+    request" (QueryCanceled, not LockNotAvailable). Seen under load with 20 overlapping imports; it must
+    send the batch down the ON CONFLICT path like a lock timeout, not fail the request with a 500."""
+    if not db.startswith("postgresql"):
+        pytest.skip("COPY and lock_timeout are PostgreSQL's")
+    import threading
+    import uuid as _uuid
+
+    from sqlalchemy import text
+
+    from app.core.auth import Actor
+    from app.core.db import session_scope
+    from app.datasets import service as datasets
+    from app.examples import ingest, parsing
+
+    ds = new_dataset(api)
+    # Long enough that the COPY waits on the other import's uncommitted row until we cancel it.
+    monkeypatch.setattr(ingest, "_COPY_LOCK_TIMEOUT", "60s")
+    actor = Actor(key_id=_uuid.uuid4(), name="racer", role="curator")
+
+    def cands(refs):
+        return [parsing.prepare("instruction", {"instruction": f"q {r}", "output": f"a {r}",
+                                                "provenance": {"source": "s", "source_ref": r}}, i + 1,
+                                parsing.Defaults()) for i, r in enumerate(refs)]
+
+    def store(refs, hold: threading.Event | None, out: dict):
+        try:
+            with session_scope() as s:
+                d = datasets.get(s, ds["id"])
+                batch = ingest.open_batch(s, dataset=d, actor=actor, channel="import", atomic=False,
+                                          defaults=parsing.Defaults())
+                out["outcome"] = ingest.store(s, dataset=d, batch_id=batch.id, actor=actor, candidates=cands(refs))
+                if hold is not None:
+                    hold.wait(30)  # keep the transaction (and its index entries) open
+        except Exception as exc:  # noqa: BLE001 - reported to the test below
+            out["error"] = exc
+
+    release, first, second = threading.Event(), {}, {}
+    a = threading.Thread(target=store, args=(["r1"], release, first))
+    a.start()
+    deadline = time.time() + 20
+    while "outcome" not in first and time.time() < deadline:
+        time.sleep(0.05)
+    b = threading.Thread(target=store, args=(["r1", "r2"], None, second))
+    b.start()
+    cancelled = 0
+    while not cancelled and time.time() < deadline:
+        time.sleep(0.1)
+        with session_scope() as s:
+            cancelled = len(s.execute(text(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE 'COPY examples%'")).all())
+    release.set()
+    a.join(30)
+    b.join(30)
+    assert cancelled, "the second import's COPY never waited on the first one's row"
+    assert "error" not in second, second.get("error")
+    out = second["outcome"]
+    assert (out.accepted, out.unchanged, out.errors) == (1, 1, [])
+    assert _counts(api, ds)["total"] == 2
