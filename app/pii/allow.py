@@ -86,7 +86,8 @@ TERM_TYPES = frozenset({"PERSON", "LOCATION", "NRP", "ORGANIZATION", "STREET_ADD
 # Recognizers whose evidence is a cue in the text, not the word itself (a propagated mention repeats a
 # name that survived these lists already).
 CUED = frozenset({"PersonCueRecognizer", "SpeakerLabelRecognizer", "LowerCaseCueRecognizer",
-                  "SubjectVerbNameRecognizer", "MentionPropagation", "PersonRecordRecognizer"})
+                  "SubjectVerbNameRecognizer", "MentionPropagation", "PersonRecordRecognizer",
+                  "VocativeNameRecognizer"})
 
 
 # The same cues checked on the text itself: the analyzer keeps one result per span, so a cue recognizer's

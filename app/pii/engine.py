@@ -331,6 +331,7 @@ NAME_FINDERS = frozenset({
     "SpacyRecognizer", "GazetteerNameRecognizer", "PersonCueRecognizer", "SpeakerLabelRecognizer",
     "NameShapeRetyper", "MentionPropagation", "CoordinationPropagation", "StreetAddressRecognizer",
     "SubjectVerbNameRecognizer", "LowerCaseCueRecognizer", "PersonRecordRecognizer",
+    "VocativeNameRecognizer",
 })
 
 
@@ -371,7 +372,7 @@ class AllowedTokens:
 _STRUCTURED = frozenset({
     "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "US_ITIN", "US_PASSPORT",
     "US_BANK_NUMBER", "US_DRIVER_LICENSE", "UK_NHS", "IP_ADDRESS", "CRYPTO", "MEDICAL_LICENSE", "URL",
-    "STREET_ADDRESS", "SECRET",
+    "STREET_ADDRESS", "SECRET", "DATE_OF_BIRTH",
 })
 
 

@@ -51,3 +51,12 @@ def common_word_names() -> frozenset[str]:
     text = resources.files("app.pii") / "data" / "name_common_words.txt"
     return frozenset(w.strip() for w in text.read_text(encoding="utf-8").splitlines()
                      if w.strip() and not w.startswith("#"))
+
+
+@lru_cache(maxsize=1)
+def common_words() -> frozenset[str]:
+    """Ordinary English words, lower case (scripts/build_common_words.py): the vocative and greeting cues
+    never take one of these for a name."""
+    text = resources.files("app.pii") / "data" / "common_words.txt"
+    return frozenset(w.strip() for w in text.read_text(encoding="utf-8").splitlines()
+                     if w.strip() and not w.startswith("#"))

@@ -230,3 +230,34 @@ def test_normalised_offsets_map_back():
     assert norm.to_original(2, 3) == (3, 5)  # "\n" is the original "\r\n"
     assert text[slice(*norm.to_original(4, 5))] == "\uff10"
     assert Normalised("plain ascii").to_original(1, 3) == (1, 3)
+
+
+# --- vocatives, greetings, address labels ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, name",
+    [("Warrane, can I please speak to your boss?", "Warrane"), ("Hi Siiri, thanks for the update.", "Siiri"),
+     ("Maria Pesonen\nSaanatunturintie 6\nLuoto 18979", "Maria Pesonen")],
+)
+def test_addressed_and_labelled_names(engine, text, name):
+    assert name in _values(engine, text, "PERSON")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Ideally, you would want to spend a day there.", "Sorry, can you help? Yes, I can.",
+     "Good morning Team. Dear Sir, please reply. Well, could you?", "Table of Contents\n1 Introduction\n2 Methods"],
+)
+def test_vocative_cues_leave_ordinary_words(engine, text):
+    assert not _values(engine, text, "PERSON")
+
+
+def test_street_patterns_stay_on_their_line(engine):
+    found = _found(engine, "Maria Pesonen\nSaanatunturintie 6\nLuoto 18979")
+    assert ("STREET_ADDRESS", "Saanatunturintie 6") in found
+
+
+def test_birth_date_beats_the_models_date_label(engine):
+    found = _found(engine, "john smith, 12 oak st, 1984-03-02", entities=["PERSON", "DATE_TIME", "DATE_OF_BIRTH"])
+    assert ("DATE_OF_BIRTH", "1984-03-02") in found

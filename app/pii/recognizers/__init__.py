@@ -11,13 +11,8 @@ from __future__ import annotations
 from presidio_analyzer import EntityRecognizer
 
 from app.pii.recognizers.common import make_result
-from app.pii.recognizers.names import (
-    GazetteerNameRecognizer,
-    LowerCaseCueRecognizer,
-    PersonCueRecognizer,
-    SpeakerLabelRecognizer,
-    SubjectVerbNameRecognizer,
-)
+from app.pii.recognizers.cues import LowerCaseCueRecognizer, SubjectVerbNameRecognizer, VocativeNameRecognizer
+from app.pii.recognizers.names import GazetteerNameRecognizer, PersonCueRecognizer, SpeakerLabelRecognizer
 from app.pii.recognizers.passes import (
     coordinated_names,
     prefer_cued_names,
@@ -51,6 +46,7 @@ __all__ = [
     "SpeakerLabelRecognizer",
     "StreetAddressRecognizer",
     "SubjectVerbNameRecognizer",
+    "VocativeNameRecognizer",
     "card_network_ok",
     "coordinated_names",
     "custom_recognizers",
@@ -77,5 +73,6 @@ def custom_recognizers(language: str = "en", gazetteer: bool = True) -> list[Ent
     if gazetteer:
         recognizers.append(GazetteerNameRecognizer(language))
         recognizers.append(LowerCaseCueRecognizer(language))
+        recognizers.append(VocativeNameRecognizer(language))
         recognizers.append(PersonRecordRecognizer(language))
     return recognizers

@@ -3,7 +3,6 @@ first-name gazetteer."""
 
 from __future__ import annotations
 
-import itertools
 import re
 
 from presidio_analyzer import LocalRecognizer, Pattern, PatternRecognizer
@@ -74,128 +73,6 @@ class PersonCueRecognizer(PatternRecognizer):
             global_regex_flags=_CASE_SENSITIVE,
         )
 
-
-# Verbs that only a person is the subject of, right after a name at the start of a sentence: "Ciset lives
-# on Rua Mina 50", "Ley began writing as a teenager", "Csanád P Gere lives at ...". The cue is the verb,
-# not the word, so it holds for names no gazetteer or model knows.
-_PERSON_VERB = re.compile(
-    r"[ \t]+(?:lives|lived|resides|resided)[ \t]+(?:on|at|in|with|near)\b|[ \t]+was[ \t]+born\b"
-    r"|[ \t]+grew[ \t]+up\b|[ \t]+passed[ \t]+away\b|[ \t]+began[ \t]+(?:writing|(?:her|his)[ \t]+career)\b"
-    r"|[ \t]+spent[ \t]+(?:a|an|one|two|three|several|her|his)[ \t]+(?:year|years|month|months|summer)\b"
-)
-_SENTENCE_END = re.compile(r"(?<!\b[A-Z])[.!?:;]\s+|[,\"“”()]\s*")
-_LEAD = re.compile(r"[ \t>*\-\"“'‘]*")
-_KIN_AND_ROLES = frozenset(
-    """mother father mom dad mum grandfather grandmother grandma grandpa brother sister son daughter
-    husband wife uncle aunt cousin friend boss neighbor neighbour everyone someone somebody nobody
-    everybody anyone teacher doctor author writer artist family thanks thank regards cheers hi hello hey
-    dear sincerely""".split()  # noqa: SIM905
-)
-_WORD = re.compile(r"[^\W\d_][^\W\d_'’-]*(?:[-'’][^\W\d_]+)*")
-
-
-class _StopWords:
-    def load(self) -> None:
-        from spacy.lang.en.stop_words import STOP_WORDS
-
-        from app.pii.gazetteer import common_word_names
-
-        self._not_name = frozenset(STOP_WORDS) | common_word_names() | _KIN_AND_ROLES | _ORG_WORDS | _PLACE_WORDS
-
-    def _name_word(self, word: str, lower: bool) -> bool:
-        if len(word) < 2 or word.casefold() in self._not_name:
-            return False
-        return word.islower() if lower else (word[0].isupper() and not word.isupper())
-
-
-class SubjectVerbNameRecognizer(_StopWords, LocalRecognizer):
-    """A one-to-three-word name opening a sentence and followed by a verb only people take (_PERSON_VERB).
-    In a text written all in lower case the name is lower case too ("bártová began writing")."""
-
-    NAME = "SubjectVerbNameRecognizer"
-
-    def __init__(self, supported_language: str = "en"):
-        super().__init__(supported_entities=["PERSON"], supported_language=supported_language, name=self.NAME)
-
-    def analyze(self, text, entities, nlp_artifacts=None):
-        if "PERSON" not in entities:
-            return []
-        lower = not any(c.isupper() for c in text)
-        out = []
-        for m in _PERSON_VERB.finditer(text):
-            line_start = text.rfind("\n", 0, m.start()) + 1
-            prefix = text[line_start : m.start()]
-            # The sentence the verb is in: after the last full stop that does not end an initial ("P.").
-            cut = 0
-            for b in _SENTENCE_END.finditer(prefix):
-                cut = b.end()
-            lead = _LEAD.match(prefix, cut)
-            start = line_start + lead.end()
-            tokens = text[start : m.start()].split()
-            initials = [t for t in tokens if len(t.rstrip(".")) == 1 and t[0].isupper()]
-            real = [t for t in tokens if t not in initials]
-            if not 1 <= len(real) <= 3 or not tokens or tokens[0] in initials or len(initials) > 1:
-                continue
-            if not all(_WORD.fullmatch(t) and self._name_word(t, lower) for t in real):
-                continue
-            out.append(make_result("PERSON", start, m.start(), 0.6, self.name, self.id))
-        return out
-
-
-# Cues after which a lower-case word is a name ("my name is vitoria", "her maiden name is nyberg"): the
-# possessive makes it a person's name, not a file's or a field's ("the name is required").
-_STRONG_CUE = re.compile(
-    r"(?i)\b(?:(?:my|his|her|their|your|our)(?:\s+(?:maiden|first|last|full|middle|real|nick))?\s*name\s+is|"
-    r"i\s+am\s+called|i'm\s+called)[ \t]+"
-)
-# Weaker cues: the word after them must be a known first name or carry a letter English does not use
-# ("sometimes people call me višeslav"); "call me tomorrow" stays.
-_WEAK_CUE = re.compile(
-    r"(?i)\b(?:call\s+me|i\s+am|i'm|this\s+is|dear|hi|hello|hey|speak\s+(?:to|with)|ask\s+for|named|"
-    r"called|signed|regards|thanks)[ \t,]+"
-)
-
-
-class LowerCaseCueRecognizer(_StopWords, LocalRecognizer):
-    """Names written in lower case after a self-introduction or greeting. PersonCueRecognizer wants a
-    capital; people typing fast, chat logs and record-linkage dumps do not use one."""
-
-    NAME = "LowerCaseCueRecognizer"
-
-    def __init__(self, supported_language: str = "en"):
-        super().__init__(supported_entities=["PERSON"], supported_language=supported_language, name=self.NAME)
-
-    def load(self) -> None:
-        super().load()
-        from app.pii.gazetteer import first_names
-
-        self._first = first_names()
-
-    def analyze(self, text, entities, nlp_artifacts=None):
-        if "PERSON" not in entities:
-            return []
-        out = []
-        for cue, strong in ((_STRONG_CUE, True), (_WEAK_CUE, False)):
-            for m in cue.finditer(text):
-                words = list(itertools.islice(_LOWER_WORDS.finditer(text, m.end()), 3))
-                span = []
-                for w in words:
-                    expected = span[-1].end() + 1 if span else m.end()
-                    if w.start() != expected or not self._name_word(w.group(), lower=True):
-                        break
-                    span.append(w)
-                if not span:
-                    continue
-                first = span[0].group()
-                if not strong and first not in self._first and first.isascii():
-                    continue
-                if not strong:
-                    span = span[:2]  # first name and surname; a third word is the sentence going on
-                out.append(make_result("PERSON", span[0].start(), span[-1].end(), 0.6, self.name, self.id))
-        return out
-
-
-_LOWER_WORDS = re.compile(r"[^\W\d_][\w'’-]*")
 
 
 _SPEAKER_NOT_NAMES = frozenset(

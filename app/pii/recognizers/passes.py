@@ -78,7 +78,8 @@ _NER_OTHER = frozenset({"ORGANIZATION", "LOCATION", "NRP"})
 
 
 _CUE_RECOGNIZERS = frozenset({"PersonCueRecognizer", "SpeakerLabelRecognizer", "GazetteerNameRecognizer",
-                              "SubjectVerbNameRecognizer", "LowerCaseCueRecognizer"})
+                              "SubjectVerbNameRecognizer", "LowerCaseCueRecognizer",
+                              "VocativeNameRecognizer"})
 
 
 _TRAILING_UNIT = re.compile(rf"\s+{_UNIT}\.?$")

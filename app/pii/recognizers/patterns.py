@@ -247,35 +247,35 @@ class StreetAddressRecognizer(PatternRecognizer):
     PATTERNS = [  # noqa: RUF012 (Presidio's convention)
         Pattern(
             "number + street (US/UK)",
-            rf"\b\d{{1,6}}[A-Za-z]?,?\s+(?:{_CAP}\s+){{0,4}}(?:{_STREET_WORDS})\b\.?",
+            rf"\b\d{{1,6}}[A-Za-z]?,?[ \t]+(?:{_CAP}[ \t]+){{0,4}}(?:{_STREET_WORDS})\b\.?",
             0.6,
         ),
         Pattern(
             "street suffix + number (continental)",
-            rf"\b(?:{_CAP}\s+){{0,2}}[A-ZÀ-ÖØ-ÞĀ-Ž][\w'’-]*(?:{_STREET_SUFFIXES})\s+\d{{1,5}}[a-zA-Z]?\b",
+            rf"\b(?:{_CAP}[ \t]+){{0,2}}[A-ZÀ-ÖØ-ÞĀ-Ž][\w'’-]*(?:{_STREET_SUFFIXES})[ \t]+\d{{1,5}}[a-zA-Z]?\b",
             0.6,
         ),
         Pattern(
             "street prefix + name + number",
-            rf"\b(?:{_STREET_PREFIXES})\s+(?:[\w'’.-]+\s+){{0,4}}?\d{{1,5}}[a-zA-Z]?\b",
+            rf"\b(?:{_STREET_PREFIXES})[ \t]+(?:[\w'’.-]+[ \t]+){{0,4}}?\d{{1,5}}[a-zA-Z]?\b",
             0.55,
         ),
         Pattern(
             "number + capitalised words + number (continental, with house number first)",
-            rf"\b(?!(?:1[5-9]|20)\d\d\b)\d{{2,6}}\s+(?!{_MONTHS}\b)(?:{_CAP}\s+){{1,3}}(?!(?:1[5-9]|20)\d\d\b)"
+            rf"\b(?!(?:1[5-9]|20)\d\d\b)\d{{2,6}}[ \t]+(?!{_MONTHS}\b)(?:{_CAP}[ \t]+){{1,3}}(?!(?:1[5-9]|20)\d\d\b)"
             rf"\d{{1,4}}[a-zA-Z]?\b",
             0.45,
         ),
-        Pattern("unit", r"\b(?:Apt\.?|Apartment|Suite|Unit|Flat)\s*#?\s*\d{1,5}[A-Za-z]?\b", 0.5),
+        Pattern("unit", r"\b(?:Apt\.?|Apartment|Suite|Unit|Flat)[ \t]*#?[ \t]*\d{1,5}[A-Za-z]?\b", 0.5),
         # Typed in lower case ("12 oak st"), only with street words that are not also ordinary nouns after
         # a number ("2 hard drive", "3 best way", "1 first place").
         Pattern(
             "number + street (lower case)",
-            r"\b\d{1,6}[a-z]?\s+(?:[a-z][\w'’.-]*\s+){1,3}(?:street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|"
+            r"\b\d{1,6}[a-z]?[ \t]+(?:[a-z][\w'’.-]*[ \t]+){1,3}(?:street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|"
             r"court|ct|terrace|parkway|pkwy|highway|hwy)\b\.?",
             0.5,
         ),
-        Pattern("PO box", r"\b(?:P\.?\s?O\.?\s?Box|Postfach|Apartado)\s+\d{1,7}\b", 0.6),
+        Pattern("PO box", r"\b(?:P\.?[ \t]?O\.?[ \t]?Box|Postfach|Apartado)[ \t]+\d{1,7}\b", 0.6),
     ]
     CONTEXT = ["address", "live", "lives", "street", "apt", "suite", "ship", "billing", "mail", "drop"]  # noqa: RUF012 (Presidio's convention)
 

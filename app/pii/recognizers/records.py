@@ -35,6 +35,12 @@ _STREET = re.compile(
     r"\.?\s*\w+)?$"
 )
 _PHONE = re.compile(r"^\+?[\d().\s-]{7,20}$")
+_LABEL_LEAD = re.compile(r"[ \t>*-]*")
+# A street line: a house number before or after a word, or a unit/PO box.
+_ADDRESS_LINE = re.compile(
+    r"(?i)^[ \t>*-]*(?:\d{1,6}[a-z]?\s+[^\W\d_]|[^\W\d_][\w'’.-]*(?:[ \t]+[\w'’.-]+){0,3}[ \t]+\d{1,5}[a-z]?\b"
+    r"|(?:apt|suite|unit|p\.?\s?o\.?\s?box)\b)"
+)
 _YEARS = re.compile(r"^(?:1[5-9]|20)\d\d\s?[-–/]\s?(?:1[5-9]|20)\d\d$")  # "2022-2021": a season
 _EMAIL = re.compile(r"^[\w.+-]+@[\w-]+(?:\.[\w-]+)+$")
 _NAME_COLUMNS = frozenset(
@@ -75,7 +81,10 @@ class PersonRecordRecognizer(LocalRecognizer):
                     out.append(make_result("DATE_OF_BIRTH", m.start(), m.end(), 0.85, self.name, self.id))
         columns: list[str] | None = None
         pos = 0
-        for line in text.splitlines(keepends=True):
+        lines = text.splitlines(keepends=True)
+        for n, line in enumerate(lines):
+            if "PERSON" in entities:
+                out.extend(self._address_label(line, pos, lines[n + 1 : n + 3]))
             fields = self._fields(line, pos)
             pos += len(line)
             if len(fields) < 2:
@@ -90,6 +99,15 @@ class PersonRecordRecognizer(LocalRecognizer):
             else:
                 out.extend(self._by_shape(fields, entities))
         return out
+
+    def _address_label(self, line: str, offset: int, following: list[str]) -> list:
+        """A line that is only a name, over a line with a house number or a street, or over a company line
+        and then that ("Maria Pesonen\nSaanatunturintie 6"): an envelope, a signature, a shipping label."""
+        lead = _LABEL_LEAD.match(line).end()
+        value = line[lead:].rstrip()
+        if not value or not any(_ADDRESS_LINE.search(f) for f in following) or not self._is_name(value):
+            return []
+        return [make_result("PERSON", offset + lead, offset + lead + len(value), 0.6, self.name, self.id)]
 
     @staticmethod
     def _fields(line: str, offset: int) -> list[tuple[int, int, str]]:
