@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.audit import service as audit
-from app.core.auth import Curator, Judge, RawPiiReader, Reader
+from app.core.auth import RAW_PII_READERS, Curator, Judge, RawPiiReader, Reader, check_role
 from app.core.db import INT_MAX, SessionDep
 from app.core.errors import ValidationFailed
 from app.datasets import service as datasets
@@ -78,11 +78,13 @@ class AllowIn(BaseModel):
 
 
 @router.get("/v1/datasets/{dataset_ref}/pii-report")
-def get_report(dataset_ref: str, session: SessionDep, actor: Judge,
-               top: int = Query(20, ge=1, le=200)) -> dict[str, Any]:
-    """Counts per entity type and verdict, and the `top` most frequent scrubbed values per type as tokens
-    (with the value itself for admin only; each such read is audited)."""
-    return service.report(session, dataset_ref=dataset_ref, actor=actor, top=top)
+def get_report(dataset_ref: str, session: SessionDep, actor: Judge, top: int = Query(20, ge=1, le=200),
+               reveal: bool = Query(False)) -> dict[str, Any]:
+    """Counts per entity type and verdict, and the `top` most frequent scrubbed values per type as tokens.
+    `reveal=true` (admin only, audited) adds each value itself, decrypted from the vault."""
+    if reveal:
+        check_role(actor, RAW_PII_READERS, "read raw PII values")
+    return service.report(session, dataset_ref=dataset_ref, actor=actor, top=top, reveal=reveal)
 
 
 @router.post("/v1/datasets/{dataset_ref}/pii-policy/allow-list")

@@ -452,7 +452,8 @@ def add_missed(session: Session, *, example_id: str, field_path: str, start: int
 # --- report --------------------------------------------------------------------------------------------------
 
 
-def report(session: Session, *, dataset_ref: str, actor: Actor | None = None, top: int = 20) -> dict[str, Any]:
+def report(session: Session, *, dataset_ref: str, actor: Actor | None = None, top: int = 20,
+           reveal: bool = False) -> dict[str, Any]:
     from app.datasets import service as datasets
 
     ds = datasets.get(session, dataset_ref)
@@ -500,7 +501,7 @@ def report(session: Session, *, dataset_ref: str, actor: Actor | None = None, to
         "false_positive_rate": round(fp / (fp + confirmed), 4) if fp + confirmed else None,
         "missed_added": added,
         "flags": dict(flags),
-        "top_values": top_values(session, ds, top=top, actor=actor),
+        "top_values": top_values(session, ds, top=top, actor=actor if reveal else None),
         "rescrub_pending": _rescrub_pending(session, ds),
     }
 
@@ -519,7 +520,7 @@ def may_read_raw(actor: Actor | None) -> bool:
 def top_values(session: Session, ds: Dataset, *, top: int, actor: Actor | None) -> dict[str, list[dict[str, Any]]]:
     """The most frequent values scrubbed in the current revisions, per entity type: each as its token (the
     HMAC a curator allows it by, app/pii/tokens.py), with how many findings and examples hold it; the value
-    itself only for a role that reads raw PII (admin), decrypted from the vault, each reveal audited."""
+    itself only when an `actor` who reads raw PII (admin) asks for it, decrypted from the vault, audited."""
     n, n_ex = func.count().label("n"), func.count(PiiFinding.example_id.distinct()).label("n_ex")
     grouped = (
         select(PiiFinding.entity_type, PiiFinding.value_token, n, n_ex)

@@ -306,6 +306,7 @@ def test_no_canary_outside_the_vault(canary_stack):
                "/v1/lineage/examples/{example_id}": [{"include_audit": "true"}],
                "/v1/review/queue": [{"dataset": ds_id, "limit": 100}],
                "/v1/review/stats": [{"dataset": ds_id}],
+               "/v1/datasets/{dataset_ref}/pii-report": [{}, {"reveal": "true"}],
                "/v1/audit/events": [{"limit": 1000}],
                "/v1/training-runs/{run_id}": [{"model_card": "true"}, {}],
                "/v1/snapshots/{snapshot_id}/proof": [{"example_id": e} for e in example_ids]}
@@ -335,8 +336,8 @@ def test_no_canary_outside_the_vault(canary_stack):
                     allowed = set()
                     if role == "admin":
                         allowed = set(PROVENANCE)  # admin reads provenance as stored
-                        if path == "/v1/examples/{example_id}/raw":
-                            allowed |= set(CONTENT)  # the audited reveal from the vault
+                        if path == "/v1/examples/{example_id}/raw" or q.get("reveal") == "true":
+                            allowed |= set(CONTENT)  # the audited reveals from the vault
                     hit = _hits(body, tuple(t for t in CONTENT + PROVENANCE + BAD if t not in allowed))
                     if hit:
                         leaks.append(f"{role} GET {url} {q}: {hit}")

@@ -59,7 +59,10 @@ def test_report_lists_top_values_as_tokens_and_values_for_admin_only(api, db):
     assert all("value" not in v for vs in rep["top_values"].values() for v in vs)
     assert "Maria" not in str(rep) and "Paris" not in str(rep)
     assert not _actions("pii.report.values_revealed")
-    admin = api.as_("admin").get(f"/v1/datasets/{ds['id']}/pii-report?top=1").json()
+    plain = api.as_("admin").get(f"/v1/datasets/{ds['id']}/pii-report?top=1").json()
+    assert "Paris" not in str(plain) and not _actions("pii.report.values_revealed")  # values only when asked
+    assert api.as_("curator").get(f"/v1/datasets/{ds['id']}/pii-report?reveal=true").status_code == 403
+    admin = api.as_("admin").get(f"/v1/datasets/{ds['id']}/pii-report?top=1&reveal=true").json()
     assert admin["top_values"]["LOCATION"] == [{"token": paris, "findings": 2, "examples": 2, "allowed": False,
                                                 "value": "Paris"}]
     assert admin["top_values"]["PERSON"][0]["value"] == "Maria Schmidt"
