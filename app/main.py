@@ -17,7 +17,8 @@ from app.audit.router import router as audit_router
 from app.core.config import get_settings
 from app.core.db import get_engine
 from app.core.errors import PedigreeError, RequestRecordMiddleware, internal_error_body
-from app.core.logs import install_access_log_filter
+from app.core.logs import RequestIdMiddleware, configure_logging, install_access_log_filter
+from app.core.metrics import HttpMetricsMiddleware
 from app.core.openapi import install as install_openapi
 from app.core.textguard import TextGuardMiddleware
 from app.datasets.router import router as datasets_router
@@ -25,6 +26,7 @@ from app.dedup.router import router as dedup_router
 from app.examples.router import router as examples_router
 from app.keys.router import router as keys_router
 from app.lineage.router import router as lineage_router
+from app.ops.router import router as ops_router
 from app.pii.router import router as pii_router
 from app.review.router import router as review_router
 from app.snapshots.router import router as snapshots_router
@@ -134,11 +136,17 @@ def create_app() -> FastAPI:
     app.add_middleware(CatchAllMiddleware)
     # Outside the catch-all (added later = further out), so the record exists when it answers.
     app.add_middleware(RequestRecordMiddleware)
+    if settings.metrics:  # outside the catch-all, so a 500 is timed and counted with its status
+        app.add_middleware(HttpMetricsMiddleware)
+    # Outermost: every log line of the request, its 500 included, and the tasks it sends carry the id.
+    app.add_middleware(RequestIdMiddleware)
+    configure_logging(settings.log_format_resolved, settings.log_level)
     install_access_log_filter()  # query values (source refs, tags) never reach the access log
     for r in (datasets_router, examples_router, audit_router, keys_router, pii_router, review_router, snapshots_router,
               dedup_router, training_router):
         app.include_router(r)
     app.include_router(lineage_router)
+    app.include_router(ops_router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, Any]:

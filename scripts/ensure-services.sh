@@ -28,3 +28,14 @@ redis_up || { echo "Redis did not come up on 127.0.0.1:6379" >&2; exit 1; }
 # The tests connect as postgres over TCP with trust auth (the machine's default setup).
 psql -h 127.0.0.1 -U postgres -tAc "select 1" >/dev/null
 echo "services: PostgreSQL and Redis are up"
+
+# promtool (Debian's `prometheus` package) checks deploy/prometheus/alerts.yml in tests/ops/test_metrics.py;
+# without it that test skips, saying so.
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+      || echo "promtool: could not install the prometheus package; the alert-rule test will skip" >&2
+  else
+    echo "promtool not found (apt-get install prometheus); the alert-rule test will skip" >&2
+  fi
+fi

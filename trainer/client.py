@@ -25,10 +25,16 @@ class ApiClient:
         timeout: float = 30.0,
         retries: int = 3,
         transport: httpx.BaseTransport | None = None,
+        request_id: str | None = None,
     ):
+        headers = {"Authorization": f"Bearer {key}"}
+        if request_id:
+            # The id of the request that queued the run: the API's log lines for this run's calls carry
+            # it, so one grep follows a run from its creation to its last report.
+            headers["X-Request-ID"] = request_id
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {key}"},
+            headers=headers,
             timeout=timeout,
             transport=transport,
         )

@@ -199,10 +199,11 @@ def _spec_from_run(run: dict) -> dict:
     }
 
 
-def execute(run_id: str, settings: TrainerSettings, client: ApiClient | None = None) -> dict:
+def execute(run_id: str, settings: TrainerSettings, client: ApiClient | None = None,
+            request_id: str | None = None) -> dict:
     """Run one training run end to end; returns what happened (for logs and tests)."""
     own_client = client is None
-    client = client or ApiClient(settings.api_url, settings.key)
+    client = client or ApiClient(settings.api_url, settings.key, request_id=request_id)
     try:
         run = client.get_run(run_id)
         if run.get("status") not in (None, "queued", "validating"):
@@ -335,6 +336,19 @@ def _wait(proc: subprocess.Popen, pump: EventPump, settings: TrainerSettings) ->
     return b"".join(stderr_chunks).decode(errors="replace")
 
 
+# The message header the service puts its request id in (app.core.logs.TASK_HEADER; the trainer imports
+# nothing from app, so the name is repeated here).
+REQUEST_ID_HEADER = "pedigree_request_id"
+
+
+def task_request_id(request) -> str | None:
+    """The service's request id from a task's message headers (Celery exposes a custom header both as an
+    attribute of the request and in its `headers`, depending on the protocol path)."""
+    rid = getattr(request, REQUEST_ID_HEADER, None) or (getattr(request, "headers", None) or {}).get(
+        REQUEST_ID_HEADER)
+    return rid if isinstance(rid, str) else None
+
+
 def make_app(settings: TrainerSettings | None = None) -> Celery:
     # Read once, here: `celery -A trainer.worker` imports this module at start-up, so a missing key
     # stops the worker before it takes a task rather than failing every run it claims.
@@ -351,9 +365,9 @@ def make_app(settings: TrainerSettings | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
     )
 
-    @celery.task(name="pedigree.train.run", acks_late=True, ignore_result=True)
-    def run(run_id: str) -> dict:
-        return execute(run_id, settings)
+    @celery.task(name="pedigree.train.run", acks_late=True, ignore_result=True, bind=True)
+    def run(self, run_id: str) -> dict:
+        return execute(run_id, settings, request_id=task_request_id(self.request))
 
     return celery
 

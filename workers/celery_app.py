@@ -12,6 +12,7 @@ from kombu import Queue
 
 from app.core.config import get_settings
 from app.wiring import wire
+from workers import observability  # noqa: F401  (connects the logging, request-id and metrics signals)
 
 # The Celery app is an entry point: its stages, audit subscribers and handlers are the API's.
 wire()
@@ -22,7 +23,7 @@ broker = settings.redis_url or "memory://"
 
 celery = Celery("pedigree", broker=broker,
                 include=["workers.tasks.pipeline", "workers.tasks.pii", "workers.tasks.dedup",
-                         "workers.tasks.training"])
+                         "workers.tasks.training", "workers.tasks.audit"])
 celery.conf.update(
     task_queues=[Queue("default"), Queue("pii"), Queue("dedup")],
     task_default_queue="default",
@@ -40,6 +41,8 @@ celery.conf.update(
         "pipeline-sweep": {"task": "pedigree.pipeline.sweep", "schedule": settings.sweep_interval_s,
                            "options": {"queue": "default", "expires": settings.sweep_interval_s}},
         "training-reap": {"task": "pedigree.training.reap", "schedule": 30.0, "options": {"queue": "default"}},
+        "audit-verify": {"task": "pedigree.audit.verify", "schedule": settings.audit_verify_interval_s,
+                         "options": {"queue": "default", "expires": settings.audit_verify_interval_s}},
     },
     timezone="UTC",
 )

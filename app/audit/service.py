@@ -19,6 +19,7 @@ import orjson
 from sqlalchemy import bindparam, event, insert, select, update
 from sqlalchemy.orm import Session
 
+from app.core import metrics
 from app.core.sql import aware, dialect_insert
 from app.models.audit import GENESIS_HASH, AuditCheckpoint, AuditEvent, AuditHead
 from app.models.base import utcnow
@@ -211,6 +212,14 @@ MODES = ("auto", "incremental", "full")
 
 
 def verify(session: Session, *, mode: str = "auto", full: bool = False) -> VerifyResult:
+    result = _verify(session, mode=mode, full=full)
+    # A failed verification is the alert an operator most needs (deploy/prometheus/alerts.yml); the last
+    # event proved good is read from the checkpoint at scrape time.
+    metrics.inc(metrics.AUDIT_VERIFICATIONS, result="ok" if result.ok else "failed")
+    return result
+
+
+def _verify(session: Session, *, mode: str = "auto", full: bool = False) -> VerifyResult:
     """Check the chain and name the first event whose hash, link or position is wrong.
 
     `incremental` resumes after the checkpoint (the last event a previous verification proved good,

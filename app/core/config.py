@@ -116,6 +116,17 @@ class Settings(BaseSettings):
     log_sql: bool = False
     # Serve /docs and /openapi.json; default: only in the embedded mode.
     api_docs: bool | None = None
+    # Operations (docs/operations.md). Prometheus metrics: recorded when true, served at GET /metrics
+    # (admin key) and, when metrics_port is set, by a Celery worker's own exporter on that port.
+    metrics: bool = True
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # "json": one JSON object a line with the request id; "text": uvicorn's and Celery's own formats.
+    # Default: json outside the embedded mode, text inside it (the demo prints to a terminal).
+    log_format: Literal["json", "text"] | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Celery beat verifies the audit chain this often (incremental from the checkpoint).
+    audit_verify_interval_s: float = Field(3600.0, gt=0)
 
     pii: PiiSettings = Field(default_factory=PiiSettings)
     openlineage: OpenLineageSettings = Field(default_factory=OpenLineageSettings)
@@ -134,6 +145,12 @@ class Settings(BaseSettings):
         if "://" in self.artifact_root:  # an object store: no folder beside it on this host
             return [VAR_DIR / "models"]
         return [Path(self.artifact_root).parent / "models"]
+
+    @property
+    def log_format_resolved(self) -> str:
+        if self.log_format is not None:
+            return self.log_format
+        return "text" if self.is_embedded else "json"
 
     @property
     def is_sqlite(self) -> bool:

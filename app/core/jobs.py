@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from app.core.config import get_settings
 from app.core.errors import NotWired
+from app.core.logs import TASK_HEADER, current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,11 @@ def send(task_name: str, args: list[Any], queue: str) -> None:
         except Exception:  # the sweeper re-runs stalled stages; a request must not fail after commit
             log.exception("in-process task %s failed", task_name)
         return
-    celery_client(settings.redis_url).send_task(task_name, args=args, queue=queue)
+    # The request id rides in a message header (not in args: tasks take ids only), so the worker's log
+    # lines for this task carry the id of the request that caused it (app.core.logs).
+    rid = current_request_id()
+    celery_client(settings.redis_url).send_task(task_name, args=args, queue=queue,
+                                                headers={TASK_HEADER: rid} if rid else None)
 
 
 def _send_with_retries(task_name: str, args: list[Any], queue: str) -> bool:

@@ -23,6 +23,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
+from app.core import metrics
 from app.core.auth import RAW_PII_READERS, Actor
 from app.core.config import get_settings
 from app.core.errors import InvalidState, NotFound, ValidationFailed
@@ -282,6 +283,7 @@ def reveal_raw(session: Session, *, example_id: str, actor: Actor) -> dict[str, 
         content, source = first.content, "revision"
     audit.record(session, actor=actor.ref, action="example.raw_revealed", entity_type="example", entity_id=ex.id,
                  payload={"revision_id": str(first.id), "source": source})
+    metrics.inc(metrics.VAULT_REVEALS)
     return {"id": str(ex.id), "revision_id": str(first.id), "content": content, "source": source}
 
 

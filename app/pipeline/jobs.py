@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 
 from sqlalchemy import and_, delete, insert, select, text, update
@@ -26,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.core import jobs
+from app.core import jobs, metrics
 from app.core.config import get_settings
 from app.core.db import get_engine, session_scope
 from app.core.ids import new_id
@@ -80,9 +81,15 @@ def run_stage(stage_name: str, example_ids: list[str] | list[uuid.UUID]) -> int:
     ids = [uuid.UUID(str(i)) for i in example_ids]
     # Without a broker the stage runs inside the process that enqueued it: nothing to lose, no lease.
     lease = None if get_settings().tasks_eager else _Lease(stage_name, ids)
+    start, outcome, done = time.perf_counter(), "failed", 0
     try:
-        return _run_stage(stage_name, ids, lease)
+        done = _run_stage(stage_name, ids, lease)
+        outcome = "ok" if done else "nothing_locked"
+        return done
     finally:
+        metrics.observe(metrics.STAGE_BATCH_DURATION, time.perf_counter() - start, stage=stage_name, outcome=outcome)
+        if done:
+            metrics.inc(metrics.STAGE_BATCH_EXAMPLES, done, stage=stage_name)
         if lease is not None:
             # On an error the lease stays and expires: if the task's retry never runs (its send
             # failed, retries ran out), the sweeper still re-enqueues the batch.

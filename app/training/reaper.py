@@ -15,6 +15,7 @@ from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
+from app.core import metrics
 from app.core.config import get_settings
 from app.models.base import utcnow
 from app.models.training import TrainingRun, TrainingRunEvent
@@ -46,4 +47,5 @@ def reap(session: Session, *, stale_after_s: float | None = None) -> list[uuid.U
         audit.record(session, actor=ACTOR, action="training_run.failed", entity_type="training_run", entity_id=rid,
                      payload={"from": "running", "code": "worker_lost", "worker_host": host,
                               "last_heartbeat_at": hb.isoformat() if hb else None, "timeout_s": timeout})
+    metrics.inc(metrics.TRAINING_RUNS_REAPED, len(rows))
     return [rid for rid, _, _ in rows]

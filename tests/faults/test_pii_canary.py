@@ -50,6 +50,8 @@ CONTENT = ("quixwright", "555-0143", "4155550143")
 PROVENANCE = ("vantargo", "555-0178", "3125550178")
 BAD = ("brackwater",)
 ROLES = ("admin", "curator", "reviewer", "trainer", "auditor")
+# The first import's X-Request-ID: its stage tasks' log lines on the worker must carry it.
+TRACE_ID = "canary-trace-7f3a9c"
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
 ARTICLE = (f"Dear support team, this is {C_NAME} writing again about the delayed refund for my order. You can "
@@ -97,8 +99,13 @@ def canary_stack(stack, receiver, tmp_path):
     ol_url, events = receiver
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
+    # Production's observability on: JSON logs, multiprocess metrics in one folder shared by the API and the
+    # worker (one host), and the worker's own exporter.
+    metrics_port = _free_port()
     stack.env.update({"PEDIGREE_OPENLINEAGE_URL": ol_url, "PEDIGREE_API_DOCS": "true",
-                      "PEDIGREE_ARTIFACT_ROOT": str(artifacts)})
+                      "PEDIGREE_ARTIFACT_ROOT": str(artifacts), "PEDIGREE_LOG_FORMAT": "json",
+                      "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
+                      "PEDIGREE_METRICS_PORT": str(metrics_port)})
     keys = make_keys()
     stack.start_worker("worker")
     port = _free_port()
@@ -117,7 +124,8 @@ def canary_stack(stack, receiver, tmp_path):
             pass
         assert time.time() < deadline and stack.procs["api"].poll() is None, stack.log("api")[-2000:]
         time.sleep(0.2)
-    yield {"client": client, "keys": keys, "stack": stack, "events": events, "artifacts": artifacts}
+    yield {"client": client, "keys": keys, "stack": stack, "events": events, "artifacts": artifacts,
+           "exporter": f"http://127.0.0.1:{metrics_port}"}
     client.close()
 
 
@@ -130,9 +138,12 @@ class _As:
                                                          **kw.pop("headers", {})}, **kw)
 
 
-def _import(call: _As, ds_id: str, lines: list[bytes], **params) -> dict:
-    r = call("curator", "POST", f"/v1/datasets/{ds_id}/examples:import", content=b"\n".join(lines), headers=NDJSON,
+def _import(call: _As, ds_id: str, lines: list[bytes], request_id: str | None = None, **params) -> dict:
+    headers = {**NDJSON, "X-Request-ID": request_id} if request_id else NDJSON
+    r = call("curator", "POST", f"/v1/datasets/{ds_id}/examples:import", content=b"\n".join(lines), headers=headers,
              params=params)
+    if request_id:
+        assert r.headers["X-Request-ID"] == request_id
     assert r.status_code in (200, 422), r.text
     return r.json()
 
@@ -224,7 +235,7 @@ def test_no_canary_outside_the_vault(canary_stack):
         orjson.dumps({"instruction": "Who wrote?", "output": f"It was {C_NAME} ({C_EMAIL}).",
                       "provenance": {"source": "crm", "source_ref": f"short-for-{P_EMAIL}", "tags": [P_NAME]}}),
     ]
-    first = _import(call, ds_id, lines)
+    first = _import(call, ds_id, lines, request_id=TRACE_ID)
     assert first["accepted"] == 3 and first["rejected"] == 4, first
     second = _import(call, ds_id, [orjson.dumps(dup),
                                    orjson.dumps({**canon, "output": "changed"})])  # same ref, other text: conflict
@@ -389,5 +400,37 @@ def test_no_canary_outside_the_vault(canary_stack):
     assert f"/v1/datasets/{ds_id}/examples?source_ref=" in api_log, api_log[-2000:]  # the access log is on
     for what, log in (("worker log", worker_log), ("api log", api_log)):
         if hit := _hits(log, CONTENT + PROVENANCE + BAD):
+            leaks.append(f"{what}: {hit}")
+    # Structured logs: every line the API wrote is one JSON object, access log included; the worker's are too
+    # (but for the banner Celery prints before logging starts). The import's request id is on its access
+    # line and on the worker's lines of the stage tasks it caused, whichever stage.
+    api_lines = [json.loads(ln) for ln in api_log.splitlines() if ln.strip()]
+    traced = [ln for ln in api_lines if ln.get("request_id") == TRACE_ID]
+    assert any(ln["logger"] == "uvicorn.access" and "examples:import" in ln["message"] for ln in traced), traced
+    worker_lines = [json.loads(ln) for ln in worker_log.splitlines() if ln.startswith("{")]
+    assert len(worker_lines) > 10
+    stage_lines = [ln for ln in worker_lines if ln.get("request_id") == TRACE_ID
+                   and ln.get("task") == "pedigree.pipeline.run_stage"]
+    assert stage_lines, worker_lines[-20:]
+    # Metrics: the worker's exporter serves what its pool child recorded (multiprocess folder); the API's
+    # /metrics, on the same host, merges the worker's counters with its own and the database levels.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    exported = httpx.get(f"{cs['exporter']}/metrics", timeout=10)
+    assert exported.status_code == 200
+    wfam = {f.name: f for f in text_string_to_metric_families(exported.text)}
+    ok = [s for s in wfam["pedigree_task_outcomes"].samples
+          if s.labels == {"task": "pedigree.pipeline.run_stage", "outcome": "ok"} and s.name.endswith("_total")]
+    assert ok and ok[0].value >= 3, wfam["pedigree_task_outcomes"].samples
+    assert httpx.get(f"{cs['exporter']}/readyz", timeout=10).json()["ok"] is True
+    scraped = call("admin", "GET", "/metrics")
+    assert scraped.status_code == 200
+    afam = {f.name: f for f in text_string_to_metric_families(scraped.text)}
+    assert any(s.labels.get("stage") == "pii" and s.name.endswith("_count") and s.value >= 1
+               for s in afam["pedigree_stage_batch_duration_seconds"].samples)
+    assert any(s.labels.get("route") == "/v1/datasets/{dataset_ref}/examples:import"
+               for s in afam["pedigree_http_request_duration_seconds"].samples)
+    for what, text_ in (("worker metrics", exported.text), ("api metrics", scraped.text)):
+        if hit := _hits(text_, CONTENT + PROVENANCE + BAD):
             leaks.append(f"{what}: {hit}")
     assert not leaks, "\n".join(leaks)

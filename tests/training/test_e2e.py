@@ -72,8 +72,9 @@ class Stack:
         return p
 
     def api(self) -> None:
+        # JSON lines with the access log: the trainer's calls must carry the run's request id.
         self.spawn([sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(self.port), "--log-level",
-                    "warning"], "api.log")
+                    "info"], "api.log", PEDIGREE_LOG_FORMAT="json")
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
@@ -131,10 +132,11 @@ def wait_for(api: Api, run_id: str, statuses: set[str], timeout: float = 300, mi
     raise AssertionError(f"run {run_id} still {run['status']} after {timeout}s: {run}")
 
 
-def post_run(api: Api, snap: dict, base: str, hp: dict) -> dict:
+def post_run(api: Api, snap: dict, base: str, hp: dict, request_id: str | None = None) -> dict:
     r = api.as_("curator").post("/v1/training-runs", json={
         "snapshot_id": snap["id"], "expected_manifest_sha256": snap["manifest_sha256"], "base_model": base,
-        "method": "lora", "hyperparameters": hp, "model_name": "tiny-faq"})
+        "method": "lora", "hyperparameters": hp, "model_name": "tiny-faq"},
+        headers={"X-Request-ID": request_id} if request_id else {})
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -158,7 +160,7 @@ def test_trainer_end_to_end_then_killed_trainer_is_reaped(stack, tiny_base):
 
     worker = st.trainer(api.keys["trainer"], "gpu-a")
     t0 = time.time()
-    run = post_run(api, snap, tiny_base, SHORT)
+    run = post_run(api, snap, tiny_base, SHORT, request_id="e2e-trace-run-1")
     done = wait_for(api, run["id"], {"succeeded", "failed", "cancelled"})
     took = time.time() - t0
     assert done["status"] == "succeeded", (done, (st.tmp / "gpu-a.log").read_text()[-3000:])
@@ -182,6 +184,17 @@ def test_trainer_end_to_end_then_killed_trainer_is_reaped(stack, tiny_base):
         names = tar.getnames()
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(names)
     assert hashlib.sha256(art.content).hexdigest() == done["model_version"]["artifact_sha256"]
+    # One request id from the create to the trainer's last report: the task carried it in its headers and
+    # the trainer sent it on every call (start, export, events, complete), as the API's access log shows.
+    import json
+
+    traced = [json.loads(ln) for ln in (st.tmp / "api.log").read_text().splitlines() if ln.startswith("{")]
+    traced = [ln["message"] for ln in traced
+              if ln.get("request_id") == "e2e-trace-run-1" and ln["logger"] == "uvicorn.access"]
+    for call in ("POST /v1/training-runs HTTP", f"POST /v1/training-runs/{run['id']}/start",
+                 f"/v1/snapshots/{snap['id']}/export", f"POST /v1/training-runs/{run['id']}/events",
+                 f"POST /v1/training-runs/{run['id']}/complete"):
+        assert any(call in m for m in traced), (call, traced)
     print(f"\nend-to-end run (API + Redis + celery trainer, tiny model, CPU): {took:.1f}s, "
           f"{len(rows)} lineage rows, artifact {len(art.content)} bytes")
 
