@@ -53,11 +53,11 @@ def _counts(session, model, *cols) -> list[tuple]:
 
 
 def _read_levels() -> dict[str, list[tuple[tuple[str, ...], float]]]:
-    from app.models.audit import AuditHead
+    from app.models.audit import AuditCheckpoint, AuditHead
     from app.models.base import utcnow
     from app.models.dedup import DedupRebuild
     from app.models.example import Example
-    from app.models.lineage import AuditCheckpoint, ErasureRequest
+    from app.models.lineage import ErasureRequest
     from app.models.pipeline import StageLease
     from app.models.training import TrainingRun
 
