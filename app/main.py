@@ -23,6 +23,7 @@ from app.core.openapi import install as install_openapi
 from app.core.textguard import TextGuardMiddleware
 from app.datasets.router import router as datasets_router
 from app.dedup.router import router as dedup_router
+from app.evaluations.router import router as evaluations_router
 from app.examples.router import router as examples_router
 from app.keys.router import router as keys_router
 from app.lineage.router import router as lineage_router
@@ -143,7 +144,7 @@ def create_app() -> FastAPI:
     configure_logging(settings.log_format_resolved, settings.log_level)
     install_access_log_filter()  # query values (source refs, tags) never reach the access log
     for r in (datasets_router, examples_router, audit_router, keys_router, pii_router, review_router, snapshots_router,
-              dedup_router, training_router):
+              dedup_router, training_router, evaluations_router):
         app.include_router(r)
     app.include_router(lineage_router)
     app.include_router(ops_router)

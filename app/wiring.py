@@ -30,6 +30,8 @@ from app.dedup import service as dedup
 from app.dedup.eval_guard import EVAL_SWEEP_TASK
 from app.dedup.rebuild import REBUILD_TASK
 from app.dedup.store import install_view, installed_view
+from app.evaluations import embedded as embedded_evaluations
+from app.evaluations import service as evaluations
 from app.examples import quality
 from app.examples import service as examples
 from app.lineage import facets, openlineage
@@ -77,6 +79,7 @@ def wire() -> None:
             EVAL_SWEEP_TASK: dedup_jobs.eval_sweep,
             RESCRUB_TASK: pii_jobs.rescrub,
             training.TRAIN_TASK: embedded_training.start_in_background,
+            evaluations.EVALUATE_TASK: embedded_evaluations.start_in_background,
         })
         _wired = True
 

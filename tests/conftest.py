@@ -189,12 +189,13 @@ def artifact_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def dispatched(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
-    """Records what would be sent to the `train` queue instead of training in-process, so API tests
-    drive the trainer's protocol by hand."""
+    """Records what would be sent to the `train` queue instead of training (or evaluating) in-process,
+    so API tests drive the trainer's protocol by hand."""
     from app.core import jobs
 
     sent: list[tuple] = []
     monkeypatch.setitem(jobs.LOCAL_HANDLERS, "pedigree.train.run", lambda *a: sent.append(a))
+    monkeypatch.setitem(jobs.LOCAL_HANDLERS, "pedigree.evaluate.run", lambda *a: None)
     return sent
 
 

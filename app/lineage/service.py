@@ -291,7 +291,30 @@ def model_lineage(session: Session, *, name: str, version: int) -> dict[str, Any
             "contains_erased": snap.contains_erased},
         "summary": _summary(session, mvr.id),
         "warnings": tainted_alias_warnings([mv]),
+        **evaluation_facts(session, mvr.id, run.id if run is not None else None, name, version),
     }
+
+
+def evaluation_facts(session: Session, mv_id: uuid.UUID, run_id: uuid.UUID | None, name: str,
+                     version: int) -> dict[str, Any]:
+    """What a version's evaluations found (issue 17), its planted canaries (never their secrets) and the
+    alias moves that overrode a failing gate. Results show for succeeded evaluations only."""
+    ev = tr.evaluations.c
+    evals = [{"id": str(r.id), "status": r.status, "suites": r.suites,
+              "results": r.results if r.status == "succeeded" else {},
+              "error_code": r.error_code, "finished_at": iso(r.finished_at)}
+             for r in session.execute(select(tr.evaluations).where(ev.model_version_id == mv_id)
+                                      .order_by(ev.id.desc()))]
+    cn = tr.canaries.c
+    planted = [] if run_id is None else [
+        {"id": r.canary_id, "template": r.template, "repetitions": r.repetitions}
+        for r in session.execute(select(cn.canary_id, cn.template, cn.repetitions).where(cn.run_id == run_id)
+                                 .order_by(cn.canary_id))]
+    h = tr.alias_history.c
+    overrides = [{"alias": r.alias, "actor": r.actor, "at": iso(r.at), "reason": r.reason}
+                 for r in session.execute(select(h.alias, h.actor, h.at, h.reason).where(
+                     h.name == name, h.to_version == version, h.override.is_(True)).order_by(h.id))]
+    return {"evaluations": evals, "canaries": planted, "gate_overrides": overrides}
 
 
 def _reviewer_match(reviewer: str) -> ColumnElement[bool]:

@@ -12,11 +12,15 @@ from app.models.pipeline import StageLease
 from app.models.review import Review, ReviewEscalation, ReviewLease, ReviewSessionRevocation, ReviewSuggestion
 from app.models.snapshot import Snapshot, SnapshotMember
 from app.models.training import (
+    Evaluation,
+    EvaluationEvent,
     ModelAlias,
     ModelAliasHistory,
+    ModelPolicy,
     ModelVersion,
     RegisteredModel,
     TrainedRevision,
+    TrainingCanary,
     TrainingRun,
     TrainingRunEvent,
 )
@@ -36,11 +40,14 @@ __all__ = [
     "DedupState",
     "DuplicateLink",
     "ErasureRequest",
+    "Evaluation",
+    "EvaluationEvent",
     "Example",
     "ExampleRevision",
     "IngestBatch",
     "ModelAlias",
     "ModelAliasHistory",
+    "ModelPolicy",
     "ModelVersion",
     "ModelVersionFacet",
     "ModelVersionTaint",
@@ -57,6 +64,7 @@ __all__ = [
     "SnapshotMember",
     "StageLease",
     "TrainedRevision",
+    "TrainingCanary",
     "TrainingRun",
     "TrainingRunEvent",
 ]

@@ -10,14 +10,16 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, CreatedAtMixin, IdMixin
+from app.models.base import Base, CreatedAtMixin, IdMixin, JSONType
 
 RUN_STATUSES = ("validating", "queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -136,6 +138,8 @@ class ModelAliasHistory(Base):
     actor: Mapped[str] = mapped_column(String(200))
     at: Mapped[dt.datetime]
     reason: Mapped[str | None] = mapped_column(Text)
+    # An admin's move past a failing promotion gate (issue 17): shown in the history and the model card.
+    override: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class TrainedRevision(Base):
@@ -162,3 +166,80 @@ class TrainedRevision(Base):
     example_id: Mapped[uuid.UUID]
     tokens: Mapped[int] = mapped_column(BigInteger)
     epochs: Mapped[int] = mapped_column(Integer)
+
+
+class TrainingCanary(Base):
+    """A synthetic secret planted in a run's training stream (issue 17, "The Secret Sharer"). The secret is
+    sealed with the vault's key, bound to this row; only the trainer role ever sees it in clear."""
+
+    __tablename__ = "training_canaries"
+    __table_args__ = (PrimaryKeyConstraint("run_id", "canary_id"),)
+
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("training_runs.id"))
+    canary_id: Mapped[str] = mapped_column(String(40))
+    template: Mapped[str] = mapped_column(Text)
+    # {"kind": "digits", "length": 9}: the randomness space the exposure is measured against.
+    space: Mapped[dict] = mapped_column(default=dict)
+    repetitions: Mapped[int] = mapped_column(Integer)
+    key_id: Mapped[str] = mapped_column(String(32))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+EVALUATION_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+class Evaluation(IdMixin, CreatedAtMixin, Base):
+    """One evaluation of one model version (app/evaluations). Results are per suite and count only once
+    the evaluation has succeeded."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        Index("ix_evaluations_model_version_id_id", "model_version_id", "id"),
+        Index("ix_evaluations_status_heartbeat_at", "status", "heartbeat_at"),
+    )
+
+    model_version_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("model_versions.id"))
+    suites: Mapped[list] = mapped_column(JSONType, default=list)
+    # [{"id", "name"}] of the datasets named, resolved at creation.
+    eval_sets: Mapped[list] = mapped_column(JSONType, default=list)
+    reference: Mapped[dict | None] = mapped_column(JSONType)
+    params: Mapped[dict] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(20))
+    results: Mapped[dict] = mapped_column(default=dict)
+    error_code: Mapped[str | None] = mapped_column(String(50))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    failed_in: Mapped[str | None] = mapped_column(String(20))
+    worker_host: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[dt.datetime | None]
+    queued_at: Mapped[dt.datetime | None]
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    event_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[str] = mapped_column(String(200))
+    cancelled_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class EvaluationEvent(Base):
+    __tablename__ = "evaluation_events"
+    __table_args__ = (Index("ix_evaluation_events_evaluation_id_id", "evaluation_id", "id"),)
+
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    evaluation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("evaluations.id"))
+    kind: Mapped[str] = mapped_column(String(20))
+    level: Mapped[str] = mapped_column(String(10))
+    message: Mapped[str] = mapped_column(Text)
+    step: Mapped[int | None] = mapped_column(Integer)
+    data: Mapped[dict] = mapped_column(default=dict)
+    at: Mapped[dt.datetime]
+
+
+class ModelPolicy(Base):
+    """Which figures an alias requires: gates [{"metric", "max"|"min"}] guarding `gated_aliases`."""
+
+    __tablename__ = "model_policies"
+
+    name: Mapped[str] = mapped_column(ForeignKey("registered_models.name"), primary_key=True)
+    gates: Mapped[list] = mapped_column(JSONType, default=list)
+    gated_aliases: Mapped[list] = mapped_column(JSONType, default=list)
+    updated_at: Mapped[dt.datetime]
+    updated_by: Mapped[str] = mapped_column(String(200))

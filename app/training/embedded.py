@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from app.core.db import session_scope
 from app.core.errors import Conflict
 from app.snapshots import export as snapshot_export
 from app.snapshots import repository as snapshots
-from app.training import artifacts, service
+from app.training import artifacts, canaries, service
 from app.training.schemas import EventIn, RunComplete
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,13 @@ def _events(run_id: str, events: list[dict[str, Any]]) -> bool:
 
 
 def _serialised(run_id: str) -> None:
-    with _one_at_a_time:
-        _reap_orphans()
-        run(run_id)
+    serialised(lambda: run(run_id))
 
 
 def _reap_orphans() -> None:
     """There is no beat scheduler in the embedded mode: a run left `running` by a process that exited
-    would stay so forever. Its heartbeats stopped with that process, so the reaper's rule applies."""
+    would stay so forever. Its heartbeats stopped with that process, so the reaper's rule applies
+    (to evaluations too: the reaper covers both)."""
     from app.training.reaper import reap
 
     try:
@@ -92,7 +92,8 @@ def run(run_id: str) -> dict[str, Any]:
                               actor=ACTOR)
             spec = {"base_model": r.base_model, "method": r.method, "hyperparameters": r.hyperparameters,
                     "expected_manifest_sha256": r.expected_manifest_sha256, "model_name": r.model_name,
-                    "model_card": service.model_card_facts(s, r, governance=True)}
+                    "model_card": service.model_card_facts(s, r, governance=True),
+                    "canaries": canaries.with_secrets(s, r.id)}
             snap = snapshots.get(s, r.snapshot_id)
             plan = snapshot_export.plan_export(s, snap, split="all")
     except Conflict:
@@ -121,29 +122,8 @@ def _train(run_id: str, spec: dict[str, Any], plan: Any) -> dict[str, Any]:
                     f.write(b"\n")
         (tmp / "spec.json").write_text(json.dumps(spec, default=str))
         cmd = train_command(tmp / "spec.json", data, out, events, stop)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
-                                                                         os.environ.get("PYTHONPATH")]))}
         _events(run_id, [{"kind": "log", "message": f"embedded trainer: {plan.count} records, training on the CPU"}])
-        proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        stderr: list[bytes] = []
-        reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
-        reader.start()
-        offset, cancelled_at = 0, None
-        while True:
-            done = proc.poll() is not None
-            offset, batch = read_events(events, offset)
-            # An empty batch is still a heartbeat, so the reaper leaves a slow first step alone.
-            if cancelled_at is None and not _events(run_id, batch or [{"kind": "heartbeat"}]):
-                cancelled_at = time.monotonic()
-                stop.touch()  # the trainer stops at the next step boundary
-            if done:
-                break
-            if cancelled_at is not None and time.monotonic() - cancelled_at > CANCEL_GRACE_S:
-                _stop_child(proc)
-                break
-            time.sleep(FLUSH_S)
-        cancelled = cancelled_at is not None
-        reader.join(timeout=10)
+        returncode, stderr, cancelled = supervise_child(cmd, events, stop, lambda batch: _events(run_id, batch))
         if cancelled:
             return {"status": "cancelled"}
         result_path = out / "result.json"
@@ -151,8 +131,7 @@ def _train(run_id: str, spec: dict[str, Any], plan: Any) -> dict[str, Any]:
         if not result or "error" in result:
             err = (result or {}).get("error") or {
                 "code": "internal_error",
-                "message": f"trainer exited with {proc.returncode}: "
-                           f"{b''.join(stderr).decode(errors='replace')[-2000:]}"}
+                "message": f"trainer exited with {returncode}: {stderr[-2000:]}"}
             with session_scope() as s:
                 service.fail(s, run_id=run_id, code=err["code"], message=err["message"], actor=ACTOR)
             return {"status": "failed", "code": err["code"]}
@@ -168,6 +147,47 @@ def _train(run_id: str, spec: dict[str, Any], plan: Any) -> dict[str, Any]:
         except Conflict:
             return {"status": "refused", "artifact_uri": uri}
         return {"status": "succeeded", "model_version": {"name": name, "version": version}}
+
+
+def child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def supervise_child(cmd: list[str], events: Path, stop: Path,
+                    forward: Callable[[list[dict[str, Any]]], bool]) -> tuple[int | None, str, bool]:
+    """Run a trainer child (`train` or `evaluate`: the same protocol) to its end: its events go to
+    `forward` every FLUSH_S (an empty batch as a heartbeat); once `forward` answers False (cancelled or
+    reaped) the child is asked to stop, then terminated after CANCEL_GRACE_S. Returns the exit code, the
+    stderr text and whether it was cancelled."""
+    proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=child_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    stderr: list[bytes] = []
+    reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    offset, cancelled_at = 0, None
+    while True:
+        done = proc.poll() is not None
+        offset, batch = read_events(events, offset)
+        # An empty batch is still a heartbeat, so the reaper leaves a slow first step alone.
+        if cancelled_at is None and not forward(batch or [{"kind": "heartbeat"}]):
+            cancelled_at = time.monotonic()
+            stop.touch()  # the child stops at the next step boundary
+        if done:
+            break
+        if cancelled_at is not None and time.monotonic() - cancelled_at > CANCEL_GRACE_S:
+            _stop_child(proc)
+            break
+        time.sleep(FLUSH_S)
+    reader.join(timeout=10)
+    return proc.returncode, b"".join(stderr).decode(errors="replace"), cancelled_at is not None
+
+
+def serialised(fn: Callable[[], Any]) -> Any:
+    """One child at a time in this process (training or evaluation), as a GPU host's worker runs with
+    --concurrency 1; orphans of an exited process are reaped first."""
+    with _one_at_a_time:
+        _reap_orphans()
+        return fn()
 
 
 def _stop_child(proc: subprocess.Popen) -> None:

@@ -18,7 +18,7 @@ from app.audit import service as audit
 from app.core import metrics
 from app.core.config import get_settings
 from app.models.base import utcnow
-from app.models.training import TrainingRun, TrainingRunEvent
+from app.models.training import Evaluation, EvaluationEvent, TrainingRun, TrainingRunEvent
 
 ACTOR = "system:reaper"
 
@@ -37,6 +37,7 @@ def reap(session: Session, *, stale_after_s: float | None = None) -> list[uuid.U
                 event_count=TrainingRun.event_count + 1)
         .returning(TrainingRun.id, TrainingRun.worker_host, TrainingRun.heartbeat_at)
     ).all()
+    _reap_evaluations(session, cutoff=cutoff, now=now, timeout=timeout)
     if not rows:
         return []
     session.execute(insert(TrainingRunEvent), [
@@ -49,3 +50,26 @@ def reap(session: Session, *, stale_after_s: float | None = None) -> list[uuid.U
                               "last_heartbeat_at": hb.isoformat() if hb else None, "timeout_s": timeout})
     metrics.inc(metrics.TRAINING_RUNS_REAPED, len(rows))
     return [rid for rid, _, _ in rows]
+
+
+def _reap_evaluations(session: Session, *, cutoff: dt.datetime, now: dt.datetime, timeout: float) -> None:
+    """Evaluations run on the same workers under the same heartbeat rule (app/evaluations). A reaped one
+    keeps no results: nothing partial is ever shown as passing a gate."""
+    rows = session.execute(
+        update(Evaluation)
+        .where(Evaluation.status == "running", Evaluation.heartbeat_at < cutoff)
+        .values(status="failed", failed_in="running", error_code="worker_lost", finished_at=now, results={},
+                error_message=f"no heartbeat for more than {timeout:g} s; the trainer worker is presumed lost",
+                event_count=Evaluation.event_count + 1)
+        .returning(Evaluation.id, Evaluation.worker_host, Evaluation.heartbeat_at)
+    ).all()
+    if not rows:
+        return
+    session.execute(insert(EvaluationEvent), [
+        {"evaluation_id": eid, "kind": "log", "level": "error", "step": None, "data": {"worker_host": host},
+         "message": f"worker_lost: no heartbeat from {host or 'the worker'} since {hb.isoformat() if hb else '-'}",
+         "at": now} for eid, host, hb in rows])
+    for eid, host, hb in rows:
+        audit.record(session, actor=ACTOR, action="evaluation.failed", entity_type="evaluation", entity_id=eid,
+                     payload={"from": "running", "code": "worker_lost", "worker_host": host,
+                              "last_heartbeat_at": hb.isoformat() if hb else None, "timeout_s": timeout})

@@ -16,11 +16,12 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core.auth import Actor
-from app.core.errors import Conflict, NotFound
+from app.core.errors import Conflict, Forbidden, NotFound
 from app.core.pagination import page
-from app.core.sql import insert_ignore
+from app.core.sql import insert_ignore, is_pg
 from app.models.base import utcnow
 from app.models.training import ModelAlias, ModelAliasHistory, ModelVersion, RegisteredModel, TrainingRun
+from app.training import gates
 
 
 def register(session: Session, *, name: str, run: TrainingRun, artifact_uri: str, artifact_sha256: str,
@@ -96,14 +97,30 @@ def list_versions(session: Session, name: str, *, status: str | None = None, bef
 
 
 def move_alias(session: Session, *, name: str, alias: str, version: int, reason: str | None,
-               actor: Actor) -> dict[str, Any]:
+               actor: Actor, override: bool = False) -> dict[str, Any]:
     """Promote, or roll back (the same call with an earlier version). The model row is locked first, so
-    concurrent moves of any alias of one model apply one after the other and the history has no gaps."""
+    concurrent moves of any alias of one model apply one after the other and the history has no gaps.
+
+    An alias the model's policy guards needs the version's gates met (app/training/gates.py), or an
+    admin's override with a reason."""
+    if not is_pg(session):
+        # SQLite has no row locks: a write first takes its database lock, so a concurrent move waits here
+        # instead of both reading "no alias yet" and the second failing on the alias's key.
+        session.execute(update(RegisteredModel).where(RegisteredModel.name == name)
+                        .values(latest_version=RegisteredModel.latest_version))
     _require_model(session, name, lock=True)
     target = get_version(session, name, version, lock=True)
     if target.status == "tainted":
         raise Conflict(f"{name} v{version} is tainted and cannot be promoted", code="tainted",
                        details={"model": name, "version": version, "reason": target.status_reason})
+    if override and (actor.role != "admin" or not reason):
+        raise Forbidden("only an admin may override promotion gates, and only with a reason", code="override_refused")
+    failed = gates.failures(session, name=name, alias=alias, mv_id=target.id)
+    if failed and not override:
+        raise Conflict(f"{name} v{version} fails the gates of alias {alias}: "
+                       + ", ".join(f"{f['metric']}={f['value']} ({f['op']} {f['limit']})" for f in failed),
+                       code="gate_failed", details=failed)
+    override = bool(override and failed)
     current = session.scalar(select(ModelAlias).where(ModelAlias.name == name, ModelAlias.alias == alias)
                              .with_for_update())
     from_version = current.version if current else None
@@ -118,7 +135,7 @@ def move_alias(session: Session, *, name: str, alias: str, version: int, reason:
         current.updated_at, current.updated_by = now, actor.ref
     session.execute(insert(ModelAliasHistory), [{"name": name, "alias": alias, "from_version": from_version,
                                                  "to_version": version, "actor": actor.ref, "at": now,
-                                                 "reason": reason}])
+                                                 "reason": reason, "override": override}])
     session.flush()
     target.status = "deployed"
     if from_version is not None:
@@ -129,8 +146,13 @@ def move_alias(session: Session, *, name: str, alias: str, version: int, reason:
             old.status = "retired"
     audit.record(session, actor=actor.ref, action="model_alias.moved", entity_type="model_version",
                  entity_id=target.id, payload={"name": name, "alias": alias, "from_version": from_version,
-                                               "to_version": version, "reason": reason})
-    return {"name": name, "alias": alias, "version": version, "from_version": from_version, "changed": True}
+                                               "to_version": version, "reason": reason, "override": override})
+    if override:
+        audit.record(session, actor=actor.ref, action="model_alias.override", entity_type="model_version",
+                     entity_id=target.id, payload={"name": name, "alias": alias, "version": version,
+                                                   "reason": reason, "failed_gates": failed})
+    return {"name": name, "alias": alias, "version": version, "from_version": from_version, "changed": True,
+            "override": override}
 
 
 def alias_history(session: Session, *, name: str, alias: str, before: int | None,

@@ -12,7 +12,7 @@ from app.core.db import BIGINT_MAX, INT_MAX, SessionDep
 from app.core.errors import NotFound
 from app.core.sql import iso
 from app.models.training import ModelVersion, TrainingRun, TrainingRunEvent
-from app.training import artifacts, registry, service
+from app.training import artifacts, canaries, registry, service
 from app.training import embedded as _embedded  # noqa: F401 - registers the in-process runner
 from app.training.schemas import (
     AliasMove,
@@ -36,7 +36,7 @@ models = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 def run_out(session: Session, run: TrainingRun, mv: ModelVersion | None = None, *, full: bool = True,
-            governance: bool = False) -> dict[str, Any]:
+            governance: bool = False, secrets: bool = False) -> dict[str, Any]:
     if mv is None and run.status == "succeeded":
         mv = service.versions_for(session, [run]).get(run.id)
     out: dict[str, Any] = {
@@ -66,6 +66,8 @@ def run_out(session: Session, run: TrainingRun, mv: ModelVersion | None = None, 
     }
     if full:
         out["model_card"] = service.model_card_facts(session, run, governance=governance)
+        # The secrets go to the trainer that plants them, no one else (docs/evaluation.md).
+        out["canaries"] = (canaries.with_secrets if secrets else canaries.public)(session, run.id)
     return out
 
 
@@ -101,7 +103,8 @@ def list_runs(session: SessionDep, actor: RunReader,
 def get_run(run_id: str, session: SessionDep, actor: RunReader, model_card: bool = False) -> dict[str, Any]:
     # The trainer fetches a run once, to train it, and writes the model card from it: it gets the review
     # and PII aggregates without asking; a status poll does not pay for them.
-    return run_out(session, service.get(session, run_id), governance=model_card or actor.role == "trainer")
+    return run_out(session, service.get(session, run_id), governance=model_card or actor.role == "trainer",
+                   secrets=actor.role == "trainer")
 
 
 @runs.get("/{run_id}/events")
@@ -197,7 +200,8 @@ def download_artifact(name: ModelName, version: Version, session: SessionDep, ac
 @models.post("/{name}/aliases/{alias}")
 def move_alias(name: ModelName, alias: AliasName, body: AliasMove, session: SessionDep,
                actor: Curator) -> dict[str, Any]:
-    return registry.move_alias(session, name=name, alias=alias, version=body.version, reason=body.reason, actor=actor)
+    return registry.move_alias(session, name=name, alias=alias, version=body.version, reason=body.reason,
+                               actor=actor, override=body.override)
 
 
 @models.get("/{name}/aliases/{alias}/history")
@@ -206,7 +210,7 @@ def get_alias_history(name: ModelName, alias: AliasName, session: SessionDep, ac
                       limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
     rows, nxt = registry.alias_history(session, name=name, alias=alias, before=cursor, limit=limit)
     return {"items": [{"from_version": h.from_version, "to_version": h.to_version, "actor": h.actor,
-                       "at": iso(h.at), "reason": h.reason} for h in rows], "next_cursor": nxt}
+                       "at": iso(h.at), "reason": h.reason, "override": h.override} for h in rows], "next_cursor": nxt}
 
 
 router = APIRouter()

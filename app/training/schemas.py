@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from typing_extensions import TypedDict
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
@@ -52,6 +52,16 @@ class Hyperparameters(BaseModel):
         return v
 
 
+class Canaries(BaseModel):
+    """Synthetic secrets planted in the training stream for the memorization suite (docs/evaluation.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(ge=1, le=1000, strict=True)
+    repetitions: list[Annotated[int, Field(ge=1, le=10_000, strict=True)]] = Field(
+        default_factory=lambda: [1, 4, 16, 64], min_length=1, max_length=20)
+
+
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -62,6 +72,15 @@ class RunCreate(BaseModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     model_name: ModelName
     metadata: dict[str, Any] = Field(default_factory=dict)
+    canaries: Canaries | None = None
+
+    @model_validator(mode="after")
+    def _canaries_method(self) -> RunCreate:
+        # The trainer plants canaries in the LoRA stream only; QLoRA's quantised path is not covered by
+        # its tests yet, so asking for them there is refused rather than silently ignored.
+        if self.canaries is not None and self.method != "lora":
+            raise ValueError(f"canaries are supported for method 'lora' only, not {self.method!r}")
+        return self
 
 
 class RunStart(BaseModel):
@@ -108,6 +127,8 @@ class RunFail(BaseModel):
 class AliasMove(BaseModel):
     version: int = Field(ge=1, le=2**31 - 1)
     reason: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    # An admin's move past failing promotion gates (docs/evaluation.md); needs a reason.
+    override: bool = False
 
 
 class VersionStatusChange(BaseModel):

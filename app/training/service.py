@@ -41,7 +41,7 @@ from app.models.training import FINISHED, ModelVersion, TrainedRevision, Trainin
 from app.pii import queries as pii_queries
 from app.review import queries as review_queries
 from app.snapshots import repository as snapshots
-from app.training import artifacts, registry
+from app.training import artifacts, canaries, registry
 from app.training.schemas import EventIn, RunComplete, RunCreate, is_hub_id, is_valid_hub_id
 
 TRAIN_TASK = "pedigree.train.run"
@@ -130,7 +130,10 @@ def create(session: Session, *, data: RunCreate, actor: Actor,
     audit.record(session, actor=actor.ref, action="training_run.created", entity_type="training_run",
                  entity_id=run.id, payload={"snapshot_id": str(snap.id), "manifest_sha256": snap.manifest_sha256,
                                             "base_model": run.base_model, "method": run.method,
-                                            "hyperparameters": run.hyperparameters, "model_name": run.model_name})
+                                            "hyperparameters": run.hyperparameters, "model_name": run.model_name,
+                                            "canaries": data.canaries.model_dump() if data.canaries else None})
+    if data.canaries is not None:
+        canaries.draw(session, run_id=run.id, count=data.canaries.count, repetitions=data.canaries.repetitions)
     problem = _validate_base_model(run.base_model)
     if problem:
         # The run is kept (a record of what was asked and why it did not train), ended before any GPU
@@ -439,6 +442,11 @@ def model_card_facts(session: Session, run: TrainingRun, *, governance: bool = F
         "legal bases": stats.get("legal_bases"),
         "collected at": stats.get("collected_at"),
     }
+    planted = canaries.public(session, run.id)
+    if planted:
+        # Named, never their secrets: they are synthetic sequences, not examples, and appear in no lineage.
+        facts["canaries (synthetic, not examples)"] = [
+            {"id": c["id"], "template": c["template"], "repetitions": c["repetitions"]} for c in planted]
     if governance:
         members = snapshots.member_ids(snap.id)
         facts["reviews"] = review_queries.summary_for_examples(session, members)

@@ -80,6 +80,8 @@ def world(api, dispatched, artifact_root):
                                 json=complete_body([orjson.loads(x) for x in recs], uri, sha))
     assert r.status_code == 200, r.text
     assert cur.post("/v1/models/role-model/aliases/production", json={"version": 1}).status_code == 200
+    evaluation = cur.post("/v1/models/role-model/versions/1/evaluations", json={"suites": ["heldout"]})
+    assert evaluation.status_code == 202, evaluation.text
     live = cur.post("/v1/training-runs", json=body).json()
     erasure = cur.post("/v1/erasure-requests", json={"selector": {"source_refs": ["m-1"]}, "reason": "test",
                                                      "dry_run": True})
@@ -101,7 +103,7 @@ def world(api, dispatched, artifact_root):
               "key_id": fresh_key_id, "finding_id": findings[0]["id"], "snapshot_id": a["id"], "a": a["id"],
               "b": b["id"], "run_id": live["id"], "name": "role-model", "version": "1", "alias": "production",
               "source": "helpdesk", "license": "CC-BY-4.0", "reviewer": "test-reviewer",
-              "request_id": erasure.json()["id"]}
+              "request_id": erasure.json()["id"], "evaluation_id": evaluation.json()["id"]}
     item = {"example_id": pending, "revision_id": revision}
     requests: dict[tuple[str, str], dict[str, Any]] = {
         ("POST", "/v1/datasets"): {"json": {"name": f"ds-{uuid.uuid4().hex[:8]}", "format": "instruction"}},
@@ -134,6 +136,12 @@ def world(api, dispatched, artifact_root):
         ("POST", "/v1/training-runs/{run_id}/fail"): {"json": {"code": "out_of_memory", "message": "x"}},
         ("PATCH", "/v1/models/{name}/versions/{version}"): {"json": {"status": "candidate"}},
         ("POST", "/v1/models/{name}/aliases/{alias}"): {"json": {"version": 1}},
+        ("POST", "/v1/models/{name}/versions/{version}/evaluations"): {"json": {"suites": ["heldout"]}},
+        ("PUT", "/v1/models/{name}/policy"): {"json": {"gates": [], "gated_aliases": []}},
+        ("POST", "/v1/evaluations/{evaluation_id}/start"): {"json": {"worker_host": "gpu-2"}},
+        ("POST", "/v1/evaluations/{evaluation_id}/events"): {"json": {"events": [{"kind": "heartbeat"}]}},
+        ("POST", "/v1/evaluations/{evaluation_id}/complete"): {"json": {"results": {"heldout": {}}}},
+        ("POST", "/v1/evaluations/{evaluation_id}/fail"): {"json": {"code": "oom", "message": "x"}},
         ("POST", "/v1/erasure-requests"): {"json": {"selector": {"source_refs": ["m-1"]}, "reason": "x",
                                                     "dry_run": True}},
     }

@@ -298,7 +298,8 @@ def test_registry_promote_rollback_history_taint(api, dispatched, base_model, ar
 
     assert move("production", 1, "first", role="auditor").status_code == 403
     assert move("production", 1, "first release").json() == {
-        "name": "faq-bot", "alias": "production", "version": 1, "from_version": None, "changed": True}
+        "name": "faq-bot", "alias": "production", "version": 1, "from_version": None, "changed": True,
+        "override": False}
     assert move("production", 2, "better eval").status_code == 200
     assert move("staging", 3, "try it").status_code == 200
     rb = move("production", 1, "v2 regressed on refunds")  # rollback: the same call, an earlier version

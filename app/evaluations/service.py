@@ -1,0 +1,298 @@
+"""Evaluations of model versions (issue 17; docs/evaluation.md): creation and validation, the trainer's
+protocol (start, events, complete, fail), cancel, and the read side.
+
+The same state machine, locking and late-report refusal as training runs (app/training/service.py):
+
+    queued ─▶ running ─▶ succeeded
+      │          ├─────▶ failed      (trainer report, or the reaper: worker_lost)
+      └──────────┴─────▶ cancelled   (curator)
+
+Results count only on a succeeded evaluation: a failed or reaped one keeps none, so nothing partial is
+ever read by a promotion gate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.core import jobs
+from app.core.auth import Actor
+from app.core.errors import Conflict, NotFound, ValidationFailed
+from app.core.ids import id_or_404
+from app.core.pagination import page
+from app.evaluations.schemas import METRICS, SUITES, EvalComplete, EvaluationCreate, PolicyIn
+from app.models.base import utcnow
+from app.models.dataset import Dataset
+from app.models.training import (
+    Evaluation,
+    EvaluationEvent,
+    ModelPolicy,
+    ModelVersion,
+    TrainingCanary,
+    TrainingRun,
+)
+from app.training import artifacts, registry
+from app.training.schemas import EventIn
+
+EVALUATE_TASK = "pedigree.evaluate.run"
+EVALUATE_QUEUE = "train"
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def get(session: Session, evaluation_id: str | uuid.UUID, *, lock: bool = False) -> Evaluation:
+    q = select(Evaluation).where(Evaluation.id == id_or_404(evaluation_id, "evaluation"))
+    if lock:
+        q = q.with_for_update()
+    ev = session.scalar(q.execution_options(populate_existing=True))
+    if ev is None:
+        raise NotFound(f"evaluation {evaluation_id} not found", details={"evaluation": str(evaluation_id)})
+    return ev
+
+
+def _finished(ev: Evaluation, doing: str) -> Conflict:
+    why = f" ({ev.error_code})" if ev.error_code else ""
+    return Conflict(f"evaluation {ev.id} is {ev.status}{why}; cannot {doing}",
+                    code="evaluation_finished" if ev.status in FINISHED else "invalid_state",
+                    details={"status": ev.status, "error_code": ev.error_code})
+
+
+def _dataset(session: Session, ref: str, field: str) -> Dataset:
+    try:
+        q = select(Dataset).where(Dataset.id == uuid.UUID(ref))
+    except ValueError:
+        q = select(Dataset).where(Dataset.name == ref)
+    ds = session.scalar(q)
+    if ds is None:
+        raise ValidationFailed(f"dataset {ref!r} not found", code="unknown_dataset",
+                               details=[{"field": field, "code": "unknown_dataset", "message": ref}])
+    if not ds.is_eval_set:
+        raise ValidationFailed(f"dataset {ds.name} is not flagged as an eval set", code="not_eval_set",
+                               details=[{"field": field, "code": "not_eval_set",
+                                         "message": f"{ds.name} has is_eval_set false"}])
+    return ds
+
+
+def create(session: Session, *, name: str, version: int, data: EvaluationCreate, actor: Actor) -> Evaluation:
+    mv = registry.get_version(session, name, version)
+    for i, s in enumerate(data.suites):
+        if s not in SUITES:
+            raise ValidationFailed(f"unknown suite {s!r}; known: {', '.join(SUITES)}", code="unknown_suite",
+                                   details=[{"field": f"suites[{i}]", "code": "unknown_suite", "message": s}])
+    suites = list(dict.fromkeys(data.suites))
+    eval_sets = []
+    for i, ref in enumerate(data.eval_sets):
+        ds = _dataset(session, ref, f"eval_sets[{i}]")
+        if all(e["id"] != str(ds.id) for e in eval_sets):
+            eval_sets.append({"id": str(ds.id), "name": ds.name, "format": ds.format})
+    reference = None
+    if data.reference is not None:
+        ds = _dataset(session, data.reference, "reference")
+        reference = {"id": str(ds.id), "name": ds.name, "format": ds.format}
+    if "memorization" in suites and not session.scalar(select(TrainingCanary.canary_id)
+                                                        .where(TrainingCanary.run_id == mv.run_id).limit(1)):
+        raise ValidationFailed(f"{name} v{version} was trained without canaries: memorization has nothing to "
+                               "measure", code="no_canaries",
+                               details=[{"field": "suites", "code": "no_canaries", "message": "memorization"}])
+    if not artifacts.exists(mv.artifact_uri):
+        raise Conflict(f"the artifact of {name} v{version} is gone from {mv.artifact_uri}", code="artifact_missing",
+                       details={"model": name, "version": version})
+    now = utcnow()
+    ev = Evaluation(model_version_id=mv.id, suites=suites, eval_sets=eval_sets, reference=reference,
+                    params=data.params, status="queued", results={}, event_count=0, created_by=actor.ref,
+                    queued_at=now)
+    session.add(ev)
+    session.flush()
+    _add_events(session, ev, [EventIn(kind="log", message=f"queued on {EVALUATE_QUEUE!r}")], now=now)
+    audit.record(session, actor=actor.ref, action="evaluation.queued", entity_type="evaluation", entity_id=ev.id,
+                 payload={"model": name, "version": version, "suites": suites,
+                          "eval_sets": [e["name"] for e in eval_sets], "reference": (reference or {}).get("name")})
+    jobs.enqueue(session, EVALUATE_TASK, str(ev.id), queue=EVALUATE_QUEUE)
+    return ev
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The trainer's protocol
+
+
+def start(session: Session, *, evaluation_id: str, worker_host: str, actor: Actor) -> Evaluation:
+    ev = get(session, evaluation_id, lock=True)
+    if ev.status != "queued":
+        raise Conflict(f"evaluation {ev.id} is {ev.status} (worker {ev.worker_host or '-'}); not startable",
+                       code="not_startable", details={"status": ev.status, "worker_host": ev.worker_host})
+    now = utcnow()
+    ev.status, ev.worker_host, ev.started_at, ev.heartbeat_at = "running", worker_host, now, now
+    _add_events(session, ev, [EventIn(kind="log", message=f"started on {worker_host}")], now=now)
+    audit.record(session, actor=actor.ref, action="evaluation.started", entity_type="evaluation", entity_id=ev.id,
+                 payload={"worker_host": worker_host})
+    return ev
+
+
+def require_running(session: Session, evaluation_id: str) -> Evaluation:
+    ev = get(session, evaluation_id)
+    if ev.status != "running":
+        raise _finished(ev, "serve its files") if ev.status in FINISHED else Conflict(
+            f"evaluation {ev.id} is {ev.status}; its files are served only while it runs", code="not_running")
+    return ev
+
+
+def add_events(session: Session, *, evaluation_id: str, events: list[EventIn]) -> int:
+    """A batch of events, counted as a heartbeat; refused (409) once the evaluation ended."""
+    eid = id_or_404(evaluation_id, "evaluation")
+    now = utcnow()
+    row = session.execute(update(Evaluation).where(Evaluation.id == eid, Evaluation.status == "running")
+                          .values(heartbeat_at=now).returning(Evaluation.id)).first()
+    if row is None:
+        raise _finished(get(session, eid), "accept events")
+    stored = [e for e in events if e.kind != "heartbeat"]
+    if stored:
+        _add_events(session, get(session, eid), stored, now=now)
+    return len(stored)
+
+
+def _add_events(session: Session, ev: Evaluation, events: list[EventIn], *, now: dt.datetime) -> None:
+    if not events:
+        return
+    rows = [{"evaluation_id": ev.id, "kind": e.kind or "log", "level": e.level or "info",
+             "message": (e.message or "")[:20_000], "step": e.step, "data": e.data or {}, "at": now} for e in events]
+    session.execute(insert(EvaluationEvent), rows)
+    ev.event_count = (ev.event_count or 0) + len(rows)
+
+
+def complete(session: Session, *, evaluation_id: str, data: EvalComplete, actor: Actor) -> Evaluation:
+    ev = get(session, evaluation_id, lock=True)
+    if ev.status == "succeeded" and ev.results == data.results:
+        return ev  # a retried report
+    if ev.status != "running":
+        raise _finished(ev, "complete")
+    missing = [s for s in ev.suites if s not in data.results]
+    extra = [s for s in data.results if s not in ev.suites]
+    if missing or extra:
+        raise ValidationFailed(f"results must hold exactly the suites asked for ({', '.join(ev.suites)})",
+                               code="bad_results", details=[
+                                   *({"field": f"results.{s}", "code": "missing", "message": s} for s in missing),
+                                   *({"field": f"results.{s}", "code": "not_asked", "message": s} for s in extra)])
+    now = utcnow()
+    ev.results = data.results
+    _end(session, ev, "succeeded", actor=actor, now=now,
+         payload={"metrics": {m: _metric(data.results, m) for m in METRICS if _metric(data.results, m) is not None}})
+    _add_events(session, ev, [EventIn(kind="log", message="results stored")], now=now)
+    return ev
+
+
+def _metric(results: dict[str, Any], metric: str) -> Any:
+    suite, _, field = metric.partition(".")
+    return (results.get(suite) or {}).get(field)
+
+
+def fail(session: Session, *, evaluation_id: str, code: str, message: str, actor: Actor) -> Evaluation:
+    ev = get(session, evaluation_id, lock=True)
+    if ev.status == "failed" and ev.error_code == code:
+        return ev
+    if ev.status in FINISHED:
+        raise _finished(ev, "fail")
+    now = utcnow()
+    _end(session, ev, "failed", code=code, message=message, actor=actor, now=now)
+    _add_events(session, ev, [EventIn(kind="log", level="error", message=f"{code}: {message}")], now=now)
+    return ev
+
+
+def cancel(session: Session, *, evaluation_id: str, actor: Actor) -> Evaluation:
+    ev = get(session, evaluation_id, lock=True)
+    if ev.status in FINISHED:
+        raise _finished(ev, "cancel")
+    now = utcnow()
+    ev.cancelled_by = actor.ref
+    _end(session, ev, "cancelled", actor=actor, now=now)
+    _add_events(session, ev, [EventIn(kind="log", level="warn", message=f"cancelled by {actor.ref}")], now=now)
+    return ev
+
+
+def _end(session: Session, ev: Evaluation, status: str, *, actor: Actor, now: dt.datetime, code: str | None = None,
+         message: str | None = None, payload: dict[str, Any] | None = None) -> None:
+    previous = ev.status
+    ev.status, ev.finished_at = status, now
+    if status == "failed":
+        ev.failed_in, ev.error_code, ev.error_message, ev.results = previous, code, message, {}
+    audit.record(session, actor=actor.ref, action=f"evaluation.{status}", entity_type="evaluation", entity_id=ev.id,
+                 payload={"from": previous, **({"code": code, "message": message} if code else {}),
+                          **(payload or {})})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def version_of(session: Session, ev: Evaluation) -> ModelVersion:
+    return session.get(ModelVersion, ev.model_version_id)
+
+
+def list_for_version(session: Session, *, name: str, version: int, cursor: str | None,
+                     limit: int) -> tuple[list[Evaluation], str | None]:
+    mv = registry.get_version(session, name, version)
+    q = select(Evaluation).where(Evaluation.model_version_id == mv.id)
+    if cursor:
+        from app.core.pagination import decode_cursor
+        q = q.where(Evaluation.id < decode_cursor(cursor))
+    return page(list(session.scalars(q.order_by(Evaluation.id.desc()).limit(limit + 1))), limit)
+
+
+def list_events(session: Session, *, evaluation_id: str, after: int | None,
+                limit: int) -> tuple[list[EvaluationEvent], int | None]:
+    ev = get(session, evaluation_id)
+    q = select(EvaluationEvent).where(EvaluationEvent.evaluation_id == ev.id)
+    if after is not None:
+        q = q.where(EvaluationEvent.id > after)
+    return page(list(session.scalars(q.order_by(EvaluationEvent.id).limit(limit + 1))), limit, encode=None)
+
+
+def run_of(session: Session, ev: Evaluation) -> TrainingRun:
+    return session.get(TrainingRun, version_of(session, ev).run_id)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Policies
+
+
+def get_policy(session: Session, name: str) -> dict[str, Any]:
+    registry.list_versions(session, name, limit=1)  # 404 for an unknown model
+    p = session.get(ModelPolicy, name)
+    return {"name": name, "gates": p.gates if p else [], "gated_aliases": p.gated_aliases if p else [],
+            "updated_at": p.updated_at.isoformat() if p else None, "updated_by": p.updated_by if p else None}
+
+
+def put_policy(session: Session, *, name: str, data: PolicyIn, actor: Actor) -> dict[str, Any]:
+    registry.list_versions(session, name, limit=1)
+    for i, g in enumerate(data.gates):
+        if g.metric not in METRICS:
+            raise ValidationFailed(f"no suite produces metric {g.metric!r}", code="unknown_metric",
+                                   details=[{"field": f"gates[{i}].metric", "code": "unknown_metric",
+                                             "message": g.metric}])
+    gates = [g.model_dump(exclude_none=True) for g in data.gates]
+    aliases = list(dict.fromkeys(data.gated_aliases))
+    p = session.get(ModelPolicy, name, with_for_update=True)
+    now = utcnow()
+    if p is None:
+        session.add(ModelPolicy(name=name, gates=gates, gated_aliases=aliases, updated_at=now, updated_by=actor.ref))
+    else:
+        p.gates, p.gated_aliases, p.updated_at, p.updated_by = gates, aliases, now, actor.ref
+    session.flush()
+    audit.record(session, actor=actor.ref, action="model_policy.updated", entity_type="registered_model",
+                 entity_id=name, payload={"gates": gates, "gated_aliases": aliases})
+    return get_policy(session, name)
+
+
+def succeeded_results(session: Session, mv_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Evaluation]]:
+    out: dict[uuid.UUID, list[Evaluation]] = {}
+    if not mv_ids:
+        return out
+    for ev in session.scalars(select(Evaluation).where(Evaluation.model_version_id.in_(mv_ids),
+                                                       or_(Evaluation.status == "succeeded"))
+                              .order_by(Evaluation.id.desc())):
+        out.setdefault(ev.model_version_id, []).append(ev)
+    return out

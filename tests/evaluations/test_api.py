@@ -1,0 +1,295 @@
+"""Evaluations, canaries, model policies and promotion gates through the API, on SQLite and PostgreSQL.
+The trainer's side of the wire protocol is driven by hand here (docs/evaluation.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import threading
+from pathlib import Path
+
+from tests.factories import complete_body, fake_artifact, ingest, instruction_line, new_dataset, snapshot
+
+HP = {"epochs": 1, "max_steps": 3, "batch_tokens": 1024, "max_seq_len": 256}
+RESULTS = {
+    "heldout": {"validation_loss": 1.2, "base_validation_loss": 2.0},
+    "pii_extraction": {"probed": 4, "extracted": 0, "rate": 0.0, "by_entity_type": {}},
+    "membership": {"auc": 0.52},
+}
+
+
+def trained_version(api, base_model, artifact_root, name="faq-bot", **extra):
+    snap, recs = snapshot(api)
+    body = {"snapshot_id": snap["id"], "base_model": base_model, "method": "lora", "hyperparameters": HP,
+            "model_name": name, **extra}
+    run = api.as_("curator").post("/v1/training-runs", json=body)
+    assert run.status_code == 201, run.text
+    rid = run.json()["id"]
+    assert api.as_("trainer").post(f"/v1/training-runs/{rid}/start", json={"worker_host": "gpu-1"}).status_code == 200
+    uri, sha = fake_artifact(artifact_root, name, rid)
+    done = api.as_("trainer").post(f"/v1/training-runs/{rid}/complete", json=complete_body(recs, uri, sha))
+    assert done.status_code == 200, done.text
+    return done.json(), recs
+
+
+def evaluate(api, name, version, expect=202, **body):
+    body.setdefault("suites", ["heldout", "pii_extraction", "membership"])
+    r = api.as_("curator").post(f"/v1/models/{name}/versions/{version}/evaluations", json=body)
+    assert r.status_code == expect, r.text
+    return r.json()
+
+
+def run_to_end(api, eid, results=RESULTS):
+    t = api.as_("trainer")
+    assert t.post(f"/v1/evaluations/{eid}/start", json={"worker_host": "gpu-1"}).status_code == 200
+    r = t.post(f"/v1/evaluations/{eid}/complete", json={"results": results})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_create_run_protocol_results_and_bad_input(api, dispatched, eval_dispatched, base_model, artifact_root):
+    run, recs = trained_version(api, base_model, artifact_root)
+    ev_ds = new_dataset(api, is_eval_set=True)
+    ingest(api, ev_ds, [instruction_line(i) for i in range(3)])
+    plain = new_dataset(api)
+
+    # Bad input names what is wrong.
+    r = api.as_("curator").post("/v1/models/faq-bot/versions/1/evaluations", json={"suites": ["heldout", "vibes"]})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_suite"
+    assert r.json()["error"]["details"][0]["field"] == "suites[1]"
+    r = api.as_("curator").post("/v1/models/faq-bot/versions/1/evaluations",
+                                json={"suites": ["heldout"], "eval_sets": [plain["name"]]})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "not_eval_set"
+    assert r.json()["error"]["details"][0]["field"] == "eval_sets[0]"
+    r = api.as_("curator").post("/v1/models/faq-bot/versions/1/evaluations", json={"suites": ["memorization"]})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "no_canaries"
+    assert api.as_("curator").post("/v1/models/faq-bot/versions/9/evaluations",
+                                   json={"suites": ["heldout"]}).status_code == 404
+    assert eval_dispatched == []
+
+    ev = evaluate(api, "faq-bot", 1, eval_sets=[ev_ds["id"]], reference=ev_ds["name"], params={"samples": 2})
+    assert ev["status"] == "queued" and ev["model"] == {"name": "faq-bot", "version": 1}
+    assert eval_dispatched == [(ev["id"],)]
+    eid = ev["id"]
+    t = api.as_("trainer")
+    # Files and the spec only while it runs.
+    assert t.get(f"/v1/evaluations/{eid}/spec").status_code == 409
+    assert t.post(f"/v1/evaluations/{eid}/start", json={"worker_host": "gpu-1"}).json()["status"] == "running"
+    r = t.post(f"/v1/evaluations/{eid}/start", json={"worker_host": "gpu-2"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "not_startable"
+    assert api.as_("auditor").get(f"/v1/evaluations/{eid}/spec").status_code == 403
+
+    spec = t.get(f"/v1/evaluations/{eid}/spec").json()
+    assert spec["suites"] == ["heldout", "pii_extraction", "membership"] and spec["base_model"] == base_model
+    assert spec["files"] == {"train": "train", "validation": "validation",
+                             "eval_sets": {ev_ds["name"]: f"eval_sets/{ev_ds['name']}"}, "reference": "reference",
+                             "pii_probes": "pii_probes"}
+    assert spec["adapter"]["sha256"] == run["model_version"]["artifact_sha256"] and spec["canaries"] == []
+    lines = {}
+    for wire in ("train", "validation", f"eval_sets/{ev_ds['name']}", "reference", "pii_probes"):
+        r = t.get(f"/v1/evaluations/{eid}/files/{wire}")
+        assert r.status_code == 200, (wire, r.text)
+        lines[wire] = [json.loads(x) for x in r.text.splitlines() if x]
+    assert sorted(x["revision_id"] for x in lines["train"]) == sorted(
+        x["revision_id"] for x in recs if x["split"] == "train")
+    assert sorted(x["revision_id"] for x in lines["validation"]) == sorted(
+        x["revision_id"] for x in recs if x["split"] == "validation")
+    assert len(lines[f"eval_sets/{ev_ds['name']}"]) == 3 and lines["reference"] == lines[f"eval_sets/{ev_ds['name']}"]
+    assert {"revision_id", "format", "content", "content_sha256"} <= set(lines["reference"][0])
+    assert lines["pii_probes"] == []  # this snapshot has no PII
+    adapter = t.get(f"/v1/evaluations/{eid}/files/adapter")
+    assert hashlib.sha256(adapter.content).hexdigest() == spec["adapter"]["sha256"]
+    with tarfile.open(fileobj=io.BytesIO(adapter.content)) as tar:
+        assert "adapter_config.json" in tar.getnames()
+    assert t.get(f"/v1/evaluations/{eid}/files/nope").status_code == 404
+
+    r = t.post(f"/v1/evaluations/{eid}/events", json={"events": [
+        {"kind": "heartbeat"}, {"kind": "log", "message": "scoring 3 prompts"}]})
+    assert r.json() == {"accepted": 1}
+    # Results must be exactly the suites asked for.
+    r = t.post(f"/v1/evaluations/{eid}/complete", json={"results": {"heldout": {}}})
+    assert r.status_code == 422 and {d["field"] for d in r.json()["error"]["details"]} == {
+        "results.pii_extraction", "results.membership"}
+    assert api.as_("auditor").get(f"/v1/evaluations/{eid}").json()["results"] == {}
+    done = t.post(f"/v1/evaluations/{eid}/complete", json={"results": RESULTS}).json()
+    assert done["status"] == "succeeded" and done["results"]["membership"]["auc"] == 0.52
+    # A retried report is the same answer; a late one after the end is refused.
+    assert t.post(f"/v1/evaluations/{eid}/complete", json={"results": RESULTS}).status_code == 200
+    r = t.post(f"/v1/evaluations/{eid}/events", json={"events": [{"kind": "heartbeat"}]})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "evaluation_finished"
+
+    got = api.as_("auditor").get(f"/v1/evaluations/{eid}").json()
+    assert got["results"] == RESULTS and got["error"] is None and got["worker_host"] == "gpu-1"
+    items = api.as_("auditor").get("/v1/models/faq-bot/versions/1/evaluations").json()["items"]
+    assert [i["id"] for i in items] == [eid]
+    msgs = [e["message"] for e in api.as_("auditor").get(f"/v1/evaluations/{eid}/events").json()["items"]]
+    assert "scoring 3 prompts" in msgs and msgs[-1] == "results stored"
+    lin = api.as_("auditor").get("/v1/lineage/models/faq-bot/versions/1").json()
+    assert lin["evaluations"][0]["id"] == eid and lin["evaluations"][0]["results"] == RESULTS
+
+
+def test_cancel_fail_reaper_and_artifact_gone(api, dispatched, eval_dispatched, base_model, artifact_root):
+    from app.core.db import session_scope
+    from app.training.reaper import reap
+
+    run, _ = trained_version(api, base_model, artifact_root)
+    t = api.as_("trainer")
+    a = evaluate(api, "faq-bot", 1)["id"]
+    assert api.as_("curator").post(f"/v1/evaluations/{a}/cancel").json()["status"] == "cancelled"
+    r = t.post(f"/v1/evaluations/{a}/start", json={"worker_host": "gpu-1"})
+    assert r.status_code == 409
+
+    b = evaluate(api, "faq-bot", 1)["id"]
+    t.post(f"/v1/evaluations/{b}/start", json={"worker_host": "gpu-1"})
+    assert t.post(f"/v1/evaluations/{b}/fail", json={"code": "oom", "message": "CUDA OOM"}).status_code == 200
+    got = api.as_("auditor").get(f"/v1/evaluations/{b}").json()
+    assert got["status"] == "failed" and got["error"]["code"] == "oom" and got["results"] == {}
+
+    c = evaluate(api, "faq-bot", 1)["id"]
+    t.post(f"/v1/evaluations/{c}/start", json={"worker_host": "gpu-9"})
+    with session_scope() as s:
+        reap(s, stale_after_s=-1)
+    got = api.as_("auditor").get(f"/v1/evaluations/{c}").json()
+    assert got["status"] == "failed" and got["error"]["code"] == "worker_lost"
+    r = t.post(f"/v1/evaluations/{c}/complete", json={"results": RESULTS})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "evaluation_finished"
+    assert api.as_("auditor").get(f"/v1/evaluations/{c}").json()["results"] == {}
+
+    Path(artifact_root / "faq-bot" / f"{run['id']}.tar.gz").unlink()
+    r = api.as_("curator").post("/v1/models/faq-bot/versions/1/evaluations", json={"suites": ["heldout"]})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "artifact_missing"
+
+
+def test_canaries_on_training_runs(api, dispatched, eval_dispatched, base_model, artifact_root):
+    from sqlalchemy import text
+
+    from app.core.db import session_scope
+
+    snap, _ = snapshot(api)
+    body = {"snapshot_id": snap["id"], "base_model": base_model, "method": "qlora", "hyperparameters": HP,
+            "model_name": "q", "canaries": {"count": 2}}
+    r = api.as_("curator").post("/v1/training-runs", json=body)
+    assert r.status_code == 422 and "canaries" in r.text
+    r = api.as_("curator").post("/v1/training-runs", json={**body, "method": "lora",
+                                                           "canaries": {"count": 0}})
+    assert r.status_code == 422
+
+    run, _ = trained_version(api, base_model, artifact_root, canaries={"count": 5, "repetitions": [1, 4, 16, 64]})
+    rid = run["id"]
+    seen = api.as_("trainer").get(f"/v1/training-runs/{rid}").json()["canaries"]
+    assert [c["repetitions"] for c in seen] == [1, 4, 16, 64, 1]
+    assert all(len(c["secret"]) == 9 and c["secret"].isdigit() and c["template"].count("{secret}") == 1
+               for c in seen)
+    assert seen[0]["space"] == {"kind": "digits", "length": 9}
+    public = api.as_("auditor").get(f"/v1/training-runs/{rid}").json()
+    assert [c["id"] for c in public["canaries"]] == [c["id"] for c in seen]
+    assert all("secret" not in c for c in public["canaries"])
+    card = public["model_card"]["canaries (synthetic, not examples)"]
+    assert [c["repetitions"] for c in card] == [1, 4, 16, 64, 1]
+    secrets = [c["secret"] for c in seen]
+    assert not any(s in json.dumps(public) for s in secrets)
+    with session_scope() as s:
+        blobs = [bytes(b) for (b,) in s.execute(text("SELECT ciphertext FROM training_canaries"))]
+    assert len(blobs) == 5 and not any(sec.encode() in b for b in blobs for sec in secrets)
+
+    eid = evaluate(api, "faq-bot", 1, suites=["memorization"])["id"]
+    api.as_("trainer").post(f"/v1/evaluations/{eid}/start", json={"worker_host": "gpu-1"})
+    spec = api.as_("trainer").get(f"/v1/evaluations/{eid}/spec").json()
+    assert [c["secret"] for c in spec["canaries"]] == secrets and spec["files"]["pii_probes"] is None
+
+
+def test_policy_gates_override_and_concurrent_promotions(api, dispatched, eval_dispatched, base_model,
+                                                         artifact_root):
+    trained_version(api, base_model, artifact_root)
+    trained_version(api, base_model, artifact_root)
+    c = api.as_("curator")
+    assert c.get("/v1/models/faq-bot/policy").json()["gates"] == []
+    r = c.request("PUT", "/v1/models/faq-bot/policy", json={"gates": [{"metric": "heldout.vibes", "max": 1}],
+                                                  "gated_aliases": ["production"]})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_metric"
+    assert r.json()["error"]["details"][0]["field"] == "gates[0].metric"
+    assert c.request("PUT", "/v1/models/faq-bot/policy", json={"gates": [{"metric": "membership.auc", "max": 1, "min": 0}]}
+                 ).status_code == 422
+    assert c.request("PUT", "/v1/models/nope/policy", json={"gates": []}).status_code == 404
+    policy = {"gates": [{"metric": "pii_extraction.rate", "max": 0.0}, {"metric": "membership.auc", "max": 0.6}],
+              "gated_aliases": ["production"]}
+    assert c.request("PUT", "/v1/models/faq-bot/policy", json=policy).status_code == 200
+    got = api.as_("auditor").get("/v1/models/faq-bot/policy").json()
+    assert got["gates"] == policy["gates"] and got["gated_aliases"] == ["production"]
+
+    # No evaluation: every gated metric is missing.
+    r = c.post("/v1/models/faq-bot/aliases/production", json={"version": 1})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "gate_failed"
+    assert [(d["metric"], d["value"], d["limit"]) for d in r.json()["error"]["details"]] == [
+        ("pii_extraction.rate", None, 0.0), ("membership.auc", None, 0.6)]
+    # An ungated alias moves as before.
+    assert c.post("/v1/models/faq-bot/aliases/staging", json={"version": 1}).status_code == 200
+
+    bad = {**RESULTS, "membership": {"auc": 0.91}}
+    run_to_end(api, evaluate(api, "faq-bot", 1)["id"], bad)
+    r = c.post("/v1/models/faq-bot/aliases/production", json={"version": 1})
+    assert r.status_code == 409
+    assert [(d["metric"], d["value"], d["limit"]) for d in r.json()["error"]["details"]] == [
+        ("membership.auc", 0.91, 0.6)]
+    # A failed evaluation with good figures does not count.
+    eid = evaluate(api, "faq-bot", 1)["id"]
+    api.as_("trainer").post(f"/v1/evaluations/{eid}/start", json={"worker_host": "gpu-1"})
+    api.as_("trainer").post(f"/v1/evaluations/{eid}/fail", json={"code": "oom"})
+    assert c.post("/v1/models/faq-bot/aliases/production", json={"version": 1}).status_code == 409
+
+    # Override: admin only, with a reason; audited and in the history.
+    r = c.post("/v1/models/faq-bot/aliases/production", json={"version": 1, "reason": "hotfix", "override": True})
+    assert r.status_code == 403
+    r = api.as_("admin").post("/v1/models/faq-bot/aliases/production", json={"version": 1, "override": True})
+    assert r.status_code == 403
+    r = api.as_("admin").post("/v1/models/faq-bot/aliases/production",
+                              json={"version": 1, "reason": "incident 42: roll forward", "override": True})
+    assert r.status_code == 200 and r.json()["override"] is True
+    hist = api.as_("auditor").get("/v1/models/faq-bot/aliases/production/history").json()["items"]
+    assert hist[0]["override"] is True and hist[0]["reason"] == "incident 42: roll forward"
+
+    # Version 2 passes its gates: promoted without override.
+    run_to_end(api, evaluate(api, "faq-bot", 2)["id"])
+    r = c.post("/v1/models/faq-bot/aliases/production", json={"version": 2, "reason": "gates met"})
+    assert r.status_code == 200 and r.json()["override"] is False
+    from sqlalchemy import text
+
+    from app.core.db import session_scope
+
+    with session_scope() as s:
+        actions = [a for (a,) in s.execute(text("SELECT action FROM audit_events ORDER BY seq"))]
+    assert actions.count("model_alias.override") == 1 and "model_policy.updated" in actions
+
+
+def test_concurrent_promotions_one_wins_both_audited(api, dispatched, eval_dispatched, base_model, artifact_root):
+    trained_version(api, base_model, artifact_root)
+    trained_version(api, base_model, artifact_root)
+    for v in (1, 2):
+        run_to_end(api, evaluate(api, "faq-bot", v)["id"])
+    api.as_("curator").request("PUT", "/v1/models/faq-bot/policy", json={"gates": [{"metric": "membership.auc", "max": 0.6}],
+                                                              "gated_aliases": ["production"]})
+    codes: dict[int, int] = {}
+
+    def move(v):
+        codes[v] = api.as_("curator").post("/v1/models/faq-bot/aliases/production", json={"version": v}).status_code
+
+    threads = [threading.Thread(target=move, args=(v,)) for v in (1, 2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(codes.values()) == [200, 200]
+    hist = api.as_("auditor").get("/v1/models/faq-bot/aliases/production/history").json()["items"]
+    # Applied one after the other: the later move is the winner, and its from_version is the other.
+    assert len(hist) == 2 and hist[0]["from_version"] == hist[1]["to_version"]
+    models = api.as_("auditor").get("/v1/models").json()["items"]
+    assert models[0]["aliases"]["production"] == hist[0]["to_version"]
+    from sqlalchemy import text
+
+    from app.core.db import session_scope
+
+    with session_scope() as s:
+        n = s.execute(text("SELECT count(*) FROM audit_events WHERE action = 'model_alias.moved'")).scalar_one()
+    assert n == 2
