@@ -218,6 +218,10 @@ class GazetteerNameRecognizer(LocalRecognizer):
         out = []
         i = 0
         while i < len(tokens):
+            # Only a known first name starts a match: the line's case is looked up for those alone.
+            if tokens[i][2].rstrip(".").casefold() not in self._first:
+                i += 1
+                continue
             mode = "lower" if lower_text else self._line_case(text, tokens[i][0], upper_lines)
             found = self._match(text, tokens, i, mode)
             if found is None:
@@ -245,6 +249,9 @@ class GazetteerNameRecognizer(LocalRecognizer):
     @staticmethod
     def _line_case(text: str, pos: int, cache: dict[int, bool]) -> str:
         # "upper" for a token on a line written all in capitals ("PATIENT: JOHN SMITH"), else "mixed".
+        if "\n" not in text:
+            upper = cache.setdefault(0, sum(c.isalpha() for c in text) >= 4 and not any(c.islower() for c in text))
+            return "upper" if upper else "mixed"
         start = text.rfind("\n", 0, pos) + 1
         upper = cache.get(start)
         if upper is None:

@@ -79,6 +79,8 @@ class PersonRecordRecognizer(LocalRecognizer):
             for m in _DATE.finditer(text):
                 if _BIRTH_CUE.search(text, max(0, m.start() - 25), m.start()):
                     out.append(make_result("DATE_OF_BIRTH", m.start(), m.end(), 0.85, self.name, self.id))
+        if "\n" not in text and not _FIELD_SPLIT.search(text):
+            return out  # one line, no fields: nothing shaped like a record
         columns: list[str] | None = None
         pos = 0
         lines = text.splitlines(keepends=True)
@@ -103,6 +105,8 @@ class PersonRecordRecognizer(LocalRecognizer):
     def _address_label(self, line: str, offset: int, following: list[str]) -> list:
         """A line that is only a name, over a line with a house number or a street, or over a company line
         and then that ("Maria Pesonen\nSaanatunturintie 6"): an envelope, a signature, a shipping label."""
+        if not 1 <= line.count(" ") <= 4 or len(line) > 80:
+            return []  # a name line is two to four words
         lead = _LABEL_LEAD.match(line).end()
         value = line[lead:].rstrip()
         if not value or not any(_ADDRESS_LINE.search(f) for f in following) or not self._is_name(value):
