@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from app.evaluations import service
@@ -90,35 +90,42 @@ def _dataset_lines(session: Session, ds: dict[str, Any]) -> Iterator[bytes]:
 
 
 def probes(session: Session, ev: Evaluation) -> list[dict[str, Any]]:
-    """A probe per PII span near what the version trained on: spans scrubbed from a trained revision
-    (prompted with the scrubbed text the model saw, up to the surrogate) and spans a reviewer flagged as
-    missed (verdict `added`: the raw value is in the trained text itself)."""
+    """A probe per PII span near what the version trained on:
+
+    - spans scrubbed from a trained revision: prompted with the scrubbed text the model saw, up to where
+      the surrogate stands; the raw value comes from the vault (the revision it was scrubbed from);
+    - spans a reviewer flagged as missed (verdict `added`) in a trained revision: that revision held the raw
+      value, so it is vaulted now; the prompt is its own text up to the span.
+    """
     mv = service.version_of(session, ev)
     trained = select(TrainedRevision.revision_id).where(TrainedRevision.model_version_id == mv.id)
-    out: list[dict[str, Any]] = []
     rows = session.execute(
         select(PiiFinding, ExampleRevision.content)
         .join(ExampleRevision, ExampleRevision.id == PiiFinding.revision_id)
-        .where(PiiFinding.revision_id.in_(trained), PiiFinding.verdict.is_distinct_from("false_positive"))
+        .where(or_(PiiFinding.revision_id.in_(trained),
+                   and_(PiiFinding.verdict == "added", PiiFinding.source_revision_id.in_(trained))),
+               PiiFinding.verdict.is_distinct_from("false_positive"))
         .order_by(PiiFinding.id)).all()
+    trained_ids = set(session.scalars(trained))
     raw_cache: dict[Any, dict | None] = {}
+    out: list[dict[str, Any]] = []
+    seen: set[tuple] = set()
     for f, content in rows:
-        text = _at(content, f.field_path)
-        if not isinstance(text, str):
+        key = (f.example_id, f.source_revision_id)
+        if key not in raw_cache:
+            raw_cache[key] = pii.raw_content(session, f.example_id, f.source_revision_id)
+        raw_text = _at(raw_cache[key], f.field_path) if raw_cache[key] is not None else None
+        if not isinstance(raw_text, str):
+            continue  # erased, or never vaulted: nothing to probe for
+        value = raw_text[f.start:f.end]
+        if f.revision_id in trained_ids:
+            text, cut = _at(content, f.field_path), f.scrubbed_start
+        else:  # flagged after training: the model saw the raw text
+            text, cut = raw_text, f.start
+        ident = (f.source_revision_id, f.field_path, f.start, f.end)
+        if not isinstance(text, str) or not value.strip() or ident in seen:
             continue
-        if f.verdict == "added":
-            value, cut = text[f.start:f.end], f.start
-        else:
-            key = (f.example_id, f.source_revision_id)
-            if key not in raw_cache:
-                raw_cache[key] = pii.raw_content(session, f.example_id, f.source_revision_id)
-            raw = raw_cache[key]
-            raw_text = _at(raw, f.field_path) if raw is not None else None
-            if not isinstance(raw_text, str):
-                continue  # erased, or never vaulted: nothing to probe for
-            value, cut = raw_text[f.start:f.end], f.scrubbed_start
-        if not value.strip():
-            continue
+        seen.add(ident)
         out.append({"probe_id": str(f.id), "entity_type": f.entity_type,
                     "prefix": text[max(0, cut - PREFIX_CHARS):cut], "value": value,
                     "value_sha256": hashlib.sha256(value.encode()).hexdigest()})

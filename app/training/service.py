@@ -37,11 +37,18 @@ from app.core.pagination import decode_cursor, page
 from app.core.sql import is_pg
 from app.models.base import utcnow
 from app.models.snapshot import Snapshot
-from app.models.training import FINISHED, ModelVersion, TrainedRevision, TrainingRun, TrainingRunEvent
+from app.models.training import (
+    FINISHED,
+    ModelAliasHistory,
+    ModelVersion,
+    TrainedRevision,
+    TrainingRun,
+    TrainingRunEvent,
+)
 from app.pii import queries as pii_queries
 from app.review import queries as review_queries
 from app.snapshots import repository as snapshots
-from app.training import artifacts, canaries, registry
+from app.training import artifacts, canaries, gates, registry
 from app.training.schemas import EventIn, RunComplete, RunCreate, is_hub_id, is_valid_hub_id
 
 TRAIN_TASK = "pedigree.train.run"
@@ -447,6 +454,21 @@ def model_card_facts(session: Session, run: TrainingRun, *, governance: bool = F
         # Named, never their secrets: they are synthetic sequences, not examples, and appear in no lineage.
         facts["canaries (synthetic, not examples)"] = [
             {"id": c["id"], "template": c["template"], "repetitions": c["repetitions"]} for c in planted]
+    mv = session.scalar(select(ModelVersion).where(ModelVersion.run_id == run.id))
+    if mv is not None:
+        # Known only after training (issue 17): the newest succeeded evaluation's figures and any promotion
+        # that overrode a failing gate, so the card a reader fetches now says what the version was found to do.
+        ev = gates.latest_succeeded(session, mv.id)
+        if ev is not None:
+            facts["evaluation"] = {"id": str(ev.id), "finished_at": ev.finished_at.isoformat(), "results": ev.results}
+        overrides = session.execute(select(ModelAliasHistory.alias, ModelAliasHistory.actor, ModelAliasHistory.at,
+                                           ModelAliasHistory.reason)
+                                    .where(ModelAliasHistory.name == mv.name, ModelAliasHistory.to_version == mv.version,
+                                           ModelAliasHistory.override.is_(True))
+                                    .order_by(ModelAliasHistory.id)).all()
+        if overrides:
+            facts["promotion gate overrides"] = [{"alias": a, "actor": who, "at": at.isoformat(), "reason": why}
+                                                 for a, who, at, why in overrides]
     if governance:
         members = snapshots.member_ids(snap.id)
         facts["reviews"] = review_queries.summary_for_examples(session, members)

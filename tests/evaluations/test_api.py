@@ -249,6 +249,12 @@ def test_policy_gates_override_and_concurrent_promotions(api, dispatched, eval_d
     assert r.status_code == 200 and r.json()["override"] is True
     hist = api.as_("auditor").get("/v1/models/faq-bot/aliases/production/history").json()["items"]
     assert hist[0]["override"] is True and hist[0]["reason"] == "incident 42: roll forward"
+    v1_run = api.as_("auditor").get("/v1/models/faq-bot/versions/1").json()["run_id"]
+    card = api.as_("auditor").get(f"/v1/training-runs/{v1_run}").json()["model_card"]
+    assert card["promotion gate overrides"][0]["reason"] == "incident 42: roll forward"
+    assert card["evaluation"]["results"]["membership"]["auc"] == 0.91
+    lin = api.as_("auditor").get("/v1/lineage/models/faq-bot/versions/1").json()
+    assert [o["alias"] for o in lin["gate_overrides"]] == ["production"]
 
     # Version 2 passes its gates: promoted without override.
     run_to_end(api, evaluate(api, "faq-bot", 2)["id"])
@@ -293,3 +299,57 @@ def test_concurrent_promotions_one_wins_both_audited(api, dispatched, eval_dispa
     with session_scope() as s:
         n = s.execute(text("SELECT count(*) FROM audit_events WHERE action = 'model_alias.moved'")).scalar_one()
     assert n == 2
+
+
+def test_pii_probes_from_scrubbed_and_later_added_spans(api, dispatched, eval_dispatched, base_model,
+                                                        artifact_root):
+    from tests.factories import export_records, freeze, set_status
+
+    ds = new_dataset(api)
+    lines = [instruction_line(i, text_=f"Write to alice.quill{i}@example.com about invoice {i}.") for i in range(8)]
+    lines.append(instruction_line(8, text_="Leave the parcel at the blue shed behind the mill."))
+    ids = ingest(api, ds, lines)
+    set_status(ids, "approved")
+    snap = freeze(api, ds, validation_fraction=0.0, seed="7")
+    recs, _ = export_records(api, snap["id"])
+    assert not any("alice.quill" in json.dumps(r) for r in recs)  # scrubbed before training
+    body = {"snapshot_id": snap["id"], "base_model": base_model, "method": "lora", "hyperparameters": HP,
+            "model_name": "pii-bot"}
+    rid = api.as_("curator").post("/v1/training-runs", json=body).json()["id"]
+    api.as_("trainer").post(f"/v1/training-runs/{rid}/start", json={"worker_host": "gpu-1"})
+    uri, sha = fake_artifact(artifact_root, "pii-bot", rid)
+    assert api.as_("trainer").post(f"/v1/training-runs/{rid}/complete",
+                                   json=complete_body(recs, uri, sha)).status_code == 200
+    # After training, a reviewer flags a name the scrubber may have missed in the last example.
+    ex = api.as_("curator").get(f"/v1/examples/{ids[-1]}").json()
+    text = ex["revision"]["content"]["instruction"]
+    assert "blue shed" in text  # no scrubber flags a place like this
+    at = text.index("blue shed")
+    r = api.as_("curator").post(f"/v1/examples/{ids[-1]}/pii-findings", json={
+        "field_path": "instruction", "start": at, "end": at + len("blue shed"), "entity_type": "LOCATION"})
+    assert r.status_code in (200, 201), r.text
+
+    eid = evaluate(api, "pii-bot", 1, suites=["pii_extraction"])["id"]
+    t = api.as_("trainer")
+    t.post(f"/v1/evaluations/{eid}/start", json={"worker_host": "gpu-1"})
+    probes = [json.loads(x) for x in t.get(f"/v1/evaluations/{eid}/files/pii_probes").text.splitlines() if x]
+    emails = {p["value"]: p for p in probes if p["entity_type"] == "EMAIL_ADDRESS"}
+    assert set(emails) == {f"alice.quill{i}@example.com" for i in range(8)}
+    for value, p in emails.items():
+        assert p["prefix"] == "Write to " and p["value_sha256"] == hashlib.sha256(value.encode()).hexdigest()
+    names = [p for p in probes if p["value"] == "blue shed"]
+    assert len(names) == 1 and names[0]["prefix"].endswith("Leave the parcel at the ")
+    # Raw values stay out of everything but that file: the evaluation, its events and the audit log.
+    done = t.post(f"/v1/evaluations/{eid}/complete", json={"results": {"pii_extraction": {
+        "probed": len(probes), "extracted": 0, "rate": 0.0, "by_entity_type": {},
+        "extracted_value_sha256": []}}}).json()
+    from sqlalchemy import text as sql_text
+
+    from app.core.db import session_scope
+
+    with session_scope() as s:
+        audit_blob = json.dumps([list(r) for r in s.execute(sql_text("SELECT payload FROM audit_events"))],
+                                default=str)
+    for blob in (json.dumps(done), audit_blob,
+                 api.as_("auditor").get(f"/v1/evaluations/{eid}/events").text):
+        assert "alice.quill" not in blob and "blue shed" not in blob
