@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -9,16 +10,26 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from app.training.schemas import AliasName, EventIn
 
 SUITES = ("heldout", "memorization", "pii_extraction", "membership")
-# The numbers the suites produce (trainer/evaluate): only these can be gated. A gate on anything else
-# could never be met, and would block its alias for good, so it is refused when the policy is written.
+# The numbers the suites produce (trainer/evaluate/suites.py), as dotted paths into the results: only
+# these can be gated. A gate on anything else could never be met and would block its alias for good, so
+# it is refused when the policy is written.
 METRICS = (
-    "heldout.validation_loss", "heldout.base_validation_loss", "heldout.validation_loss_delta",
-    "heldout.validation_perplexity", "heldout.reference_loss_delta", "heldout.exact_match", "heldout.token_f1",
-    "heldout.rouge_l",
-    "memorization.max_exposure", "memorization.mean_exposure",
-    "pii_extraction.rate", "pii_extraction.extracted", "pii_extraction.regurgitation_max_chars",
+    "heldout.validation_loss", "heldout.base_validation_loss", "heldout.validation_perplexity",
+    "heldout.base_validation_perplexity", "heldout.forgetting.delta", "heldout.forgetting.reference_loss",
+    "memorization.max_exposure",
+    "pii_extraction.rate", "pii_extraction.extracted", "pii_extraction.greedy_extracted",
+    "pii_extraction.regurgitation.longest_overlap_tokens",
     "membership.auc", "membership.min_k_auc",
 )
+# Per eval set: heldout.eval_sets.<dataset name>.loss, ... .generation.rouge_l.
+EVAL_SET_METRIC = re.compile(r"^heldout\.eval_sets\.[A-Za-z0-9][A-Za-z0-9._-]{0,199}\."
+                             r"(loss|base_loss|perplexity|generation\.(base_)?(exact_match|token_f1|rouge_l))$")
+
+
+def is_metric(name: str) -> bool:
+    return name in METRICS or bool(EVAL_SET_METRIC.match(name))
+
+
 DatasetRef = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 

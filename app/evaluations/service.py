@@ -26,7 +26,7 @@ from app.core.auth import Actor
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.core.ids import id_or_404
 from app.core.pagination import page
-from app.evaluations.schemas import METRICS, SUITES, EvalComplete, EvaluationCreate, PolicyIn
+from app.evaluations.schemas import METRICS, SUITES, EvalComplete, EvaluationCreate, PolicyIn, is_metric
 from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.training import (
@@ -37,7 +37,7 @@ from app.models.training import (
     TrainingCanary,
     TrainingRun,
 )
-from app.training import artifacts, registry
+from app.training import artifacts, gates, registry
 from app.training.schemas import EventIn
 
 EVALUATE_TASK = "pedigree.evaluate.run"
@@ -186,8 +186,7 @@ def complete(session: Session, *, evaluation_id: str, data: EvalComplete, actor:
 
 
 def _metric(results: dict[str, Any], metric: str) -> Any:
-    suite, _, field = metric.partition(".")
-    return (results.get(suite) or {}).get(field)
+    return gates.metric_value(results, metric)
 
 
 def fail(session: Session, *, evaluation_id: str, code: str, message: str, actor: Actor) -> Evaluation:
@@ -269,7 +268,7 @@ def get_policy(session: Session, name: str) -> dict[str, Any]:
 def put_policy(session: Session, *, name: str, data: PolicyIn, actor: Actor) -> dict[str, Any]:
     registry.list_versions(session, name, limit=1)
     for i, g in enumerate(data.gates):
-        if g.metric not in METRICS:
+        if not is_metric(g.metric):
             raise ValidationFailed(f"no suite produces metric {g.metric!r}", code="unknown_metric",
                                    details=[{"field": f"gates[{i}].metric", "code": "unknown_metric",
                                              "message": g.metric}])

@@ -19,11 +19,22 @@ from app.models.training import Evaluation, ModelPolicy
 
 
 def metric_value(results: dict[str, Any], metric: str) -> float | None:
-    suite, _, field = metric.partition(".")
-    v = (results.get(suite) or {}).get(field)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+    """The number at a dotted path ("heldout.forgetting.delta"); None when absent or not a number. A key
+    holding a dot (an eval set's name) is matched whole before the path is split further."""
+    node: Any = results
+    rest = metric
+    while rest:
+        if not isinstance(node, dict):
+            return None
+        # The longest key that the path starts with: an eval set named "qa.v1" is one step, not two.
+        keys = [k for k in node if rest == k or rest.startswith(f"{k}.")]
+        if not keys:
+            return None
+        key = max(keys, key=len)
+        node, rest = node[key], rest[len(key) + 1:]
+    if isinstance(node, bool) or not isinstance(node, (int, float)) or math.isnan(node):
         return None
-    return float(v)
+    return float(node)
 
 
 def latest_succeeded(session: Session, mv_id: uuid.UUID) -> Evaluation | None:

@@ -353,3 +353,21 @@ def test_pii_probes_from_scrubbed_and_later_added_spans(api, dispatched, eval_di
     for blob in (json.dumps(done), audit_blob,
                  api.as_("auditor").get(f"/v1/evaluations/{eid}/events").text):
         assert "alice.quill" not in blob and "blue shed" not in blob
+
+
+def test_nested_metrics_gate_and_unknown_ones_refused(api, dispatched, eval_dispatched, base_model, artifact_root):
+    trained_version(api, base_model, artifact_root)
+    c = api.as_("curator")
+    r = c.request("PUT", "/v1/models/faq-bot/policy", json={"gates": [
+        {"metric": "heldout.eval_sets.qa.v1.generation.bogus", "min": 0}]})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_metric"
+    policy = {"gates": [{"metric": "heldout.forgetting.delta", "max": 0.5},
+                        {"metric": "heldout.eval_sets.qa.v1.generation.rouge_l", "min": 0.3}],
+              "gated_aliases": ["production"]}
+    assert c.request("PUT", "/v1/models/faq-bot/policy", json=policy).status_code == 200
+    results = {**RESULTS, "heldout": {**RESULTS["heldout"], "forgetting": {"delta": 0.9},
+                                      "eval_sets": {"qa.v1": {"generation": {"rouge_l": 0.4}}}}}
+    run_to_end(api, evaluate(api, "faq-bot", 1)["id"], results)
+    r = c.post("/v1/models/faq-bot/aliases/production", json={"version": 1})
+    assert r.status_code == 409
+    assert [(d["metric"], d["value"]) for d in r.json()["error"]["details"]] == [("heldout.forgetting.delta", 0.9)]
