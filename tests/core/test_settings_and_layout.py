@@ -66,7 +66,7 @@ def test_every_entry_point_wires_the_same_registries_and_imports_wire_nothing():
     assert wired["dedup_view"] == ["app.pii.queries.dedup_views"]
     assert {h.split(":")[0] for h in wired["local_handlers"]} == {
         "pedigree.pipeline.run_stage", "pedigree.pipeline.sweep", "pedigree.dedup.rebuild",
-        "pedigree.dedup.eval_sweep", "pedigree.train.run", "pedigree.pii.rescrub"}
+        "pedigree.dedup.eval_sweep", "pedigree.train.run", "pedigree.pii.rescrub", "pedigree.evaluate.run"}
 
 
 def test_an_unwired_process_refuses_instead_of_doing_less():
