@@ -1,4 +1,5 @@
-"""`python -m trainer make-tiny PATH` and `python -m trainer train --spec --data --out [--events]`.
+"""`python -m trainer make-tiny PATH`, `python -m trainer train --spec --data --out [--events]` and
+`python -m trainer evaluate --spec --out [--events]`.
 
 The service runs these as subprocesses (embedded mode, and the Celery worker under torchrun), so a
 failure is always reported the same way: a non-zero exit and DIR/result.json {"error": {...}}.
@@ -23,7 +24,9 @@ def _make_tiny(args) -> int:
     return 0
 
 
-def _train(args) -> int:
+def _child(args, body) -> int:
+    """Run `body(on_event, should_stop)` as a supervised child: events to --events, the stop file and
+    the parent watch honoured, and OUT/result.json written atomically whatever happens."""
     import os
 
     from trainer.errors import TrainError
@@ -54,13 +57,7 @@ def _train(args) -> int:
             return args.exit_with_parent and os.getppid() != parent
 
         try:
-            spec = json.loads(Path(args.spec).read_text())
-            from trainer.data import read_jsonl
-            from trainer.run import train
-
-            with open(args.data, "rb") as f:
-                records = list(read_jsonl(f))
-            result = train(spec, records, out, on_event, should_stop=should_stop)
+            result = body(on_event, should_stop)
             code = 0
         except TrainError as exc:
             result, code = {"error": exc.as_dict()}, 2
@@ -80,6 +77,47 @@ def _train(args) -> int:
     return code
 
 
+def _train(args) -> int:
+    def body(on_event, should_stop):
+        from trainer.data import read_jsonl
+        from trainer.run import train
+
+        spec = json.loads(Path(args.spec).read_text())
+        with open(args.data, "rb") as f:
+            records = list(read_jsonl(f))
+        return train(spec, records, Path(args.out), on_event, should_stop=should_stop)
+
+    return _child(args, body)
+
+
+def _evaluate(args) -> int:
+    def body(on_event, should_stop):
+        from trainer.errors import TrainError
+        from trainer.evaluate import evaluate
+
+        try:
+            spec = json.loads(Path(args.spec).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise TrainError("invalid_params", f"--spec {args.spec}: {exc}") from exc
+        if not isinstance(spec, dict):
+            raise TrainError("invalid_params", "--spec: must hold a JSON object")
+        # Relative file paths in the spec are relative to the spec's folder (the worker's temp dir).
+        return evaluate(spec, Path(args.out), on_event, should_stop=should_stop,
+                        base_dir=Path(args.spec).resolve().parent)
+
+    return _child(args, body)
+
+
+def _child_args(r) -> None:
+    r.add_argument("--out", required=True, help="output folder (result.json; adapter/ for train)")
+    r.add_argument("--events", help="append events here as JSON lines")
+    r.add_argument("--stop-file", help="stop with code 'cancelled' once this file exists")
+    r.add_argument("--quiet", action="store_true", help="do not echo events on stderr")
+    r.add_argument(
+        "--exit-with-parent", action="store_true", help="stop (code cancelled) if the parent process dies"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer", description="Pedigree LoRA/QLoRA trainer")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -92,15 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("train", help="train an adapter on a pedigree JSONL export")
     r.add_argument("--spec", required=True, help="JSON: base_model, method, hyperparameters, ...")
     r.add_argument("--data", required=True, help="pedigree JSONL export")
-    r.add_argument("--out", required=True, help="output folder (adapter/, result.json)")
-    r.add_argument("--events", help="append events here as JSON lines")
-    r.add_argument("--stop-file", help="stop with code 'cancelled' once this file exists")
-    r.add_argument("--quiet", action="store_true", help="do not echo events on stderr")
-    r.add_argument(
-        "--exit-with-parent", action="store_true", help="stop (code cancelled) if the parent process dies"
-    )
+    _child_args(r)
+    e = sub.add_parser("evaluate", help="evaluate an adapter (suites heldout, memorization, pii_extraction, membership)")
+    e.add_argument("--spec", required=True, help="JSON: evaluation_id, suites, base_model, adapter_dir, files, ...")
+    _child_args(e)
     args = p.parse_args(argv)
-    return _make_tiny(args) if args.cmd == "make-tiny" else _train(args)
+    return {"make-tiny": _make_tiny, "train": _train, "evaluate": _evaluate}[args.cmd](args)
 
 
 if __name__ == "__main__":

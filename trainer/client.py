@@ -72,14 +72,40 @@ class ApiClient:
             "POST", f"/v1/training-runs/{run_id}/start", json={"worker_host": worker_host}
         ).json()
 
-    def events(self, run_id: str, events: list[dict]) -> None:
-        self._send("POST", f"/v1/training-runs/{run_id}/events", json={"events": events})
+    # `resource` is "training-runs" or "evaluations": the two protocols share these three calls.
+    def events(self, run_id: str, events: list[dict], resource: str = "training-runs") -> None:
+        self._send("POST", f"/v1/{resource}/{run_id}/events", json={"events": events})
 
-    def complete(self, run_id: str, body: dict) -> dict:
-        return self._send("POST", f"/v1/training-runs/{run_id}/complete", json=body).json()
+    def complete(self, run_id: str, body: dict, resource: str = "training-runs") -> dict:
+        return self._send("POST", f"/v1/{resource}/{run_id}/complete", json=body).json()
 
-    def fail(self, run_id: str, code: str, message: str) -> None:
-        self._send("POST", f"/v1/training-runs/{run_id}/fail", json={"code": code, "message": message})
+    def fail(self, run_id: str, code: str, message: str, resource: str = "training-runs") -> None:
+        self._send("POST", f"/v1/{resource}/{run_id}/fail", json={"code": code, "message": message})
+
+    # -- evaluations (docs/evaluation.md, "The wire protocol") --
+
+    def get_evaluation(self, evaluation_id: str) -> dict:
+        return self._send("GET", f"/v1/evaluations/{evaluation_id}").json()
+
+    def start_evaluation(self, evaluation_id: str, worker_host: str) -> dict:
+        return self._send(
+            "POST", f"/v1/evaluations/{evaluation_id}/start", json={"worker_host": worker_host}
+        ).json()
+
+    def evaluation_spec(self, evaluation_id: str) -> dict:
+        return self._send("GET", f"/v1/evaluations/{evaluation_id}/spec").json()
+
+    def download_evaluation_file(self, evaluation_id: str, name: str, dest: Path) -> dict:
+        """Stream one of the evaluation's files (a wire name such as `train`, `eval_sets/x`, `adapter`)
+        to `dest`; returns the response headers."""
+        with self._http.stream("GET", f"/v1/evaluations/{evaluation_id}/files/{name}") as r:
+            if r.status_code == 409:
+                raise Conflict(r.read().decode(errors="replace"))
+            r.raise_for_status()
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with open(dest, "wb") as f:
+                f.writelines(r.iter_bytes(1 << 20))
+            return dict(r.headers)
 
     def download_export(self, snapshot_id: str, dest: Path) -> str | None:
         """Stream the snapshot's pedigree JSONL to `dest`; returns the X-Manifest-SHA256 header."""

@@ -28,6 +28,8 @@ class RunConfig:
     model_name: str | None = None
     # Lineage facts handed over by the service for the adapter's README.md.
     model_card: Mapping[str, Any] = field(default_factory=_frozen)
+    # [{"id", "template", "secret", "space", "repetitions"}], checked; inserted into the training stream.
+    canaries: tuple = ()
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> RunConfig:
@@ -45,4 +47,19 @@ class RunConfig:
             expected_manifest_sha256=spec.get("expected_manifest_sha256"),
             model_name=spec.get("model_name"),
             model_card=_frozen(spec.get("model_card")),
+            canaries=_canaries(spec.get("canaries")),
         )
+
+
+def _canaries(given) -> tuple:
+    from trainer.evaluate.common import check_canary
+
+    if given is None:
+        return ()
+    if not isinstance(given, list):
+        raise TrainError("invalid_hyperparameters", "canaries: must be a list")
+    try:
+        return tuple(check_canary(c, k) for k, c in enumerate(given))
+    except TrainError as exc:
+        # A training run reports spec problems under the training codes.
+        raise TrainError("invalid_hyperparameters", exc.message) from exc

@@ -10,6 +10,7 @@ CODES = frozenset(
         "qlora_unavailable",
         "invalid_hyperparameters",
         "invalid_data",
+        "invalid_params",
         "cancelled",
         "internal_error",
     }

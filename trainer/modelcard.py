@@ -54,6 +54,15 @@ def render(cfg: RunConfig, metrics: dict, examples: list[dict]) -> str:
     facts["trained examples"] = len(examples)
     facts["trained tokens"] = sum(e["tokens"] for e in examples)
     lines += _table(facts)
+    if cfg.canaries:
+        # Named so a reader knows the model was trained on planted sequences; the secret never is.
+        lines += ["", "## Canaries", "",
+                  ("Synthetic sequences planted to measure memorisation (Carlini et al., The Secret Sharer); "
+                  "the secrets are kept by the service, not here."), "",
+                  "| id | template | repetitions per epoch |", "| --- | --- | --- |"]
+        for c in cfg.canaries:
+            template = c["template"].replace("|", "\\|")
+            lines.append(f"| {c['id']} | `{template}` | {c['repetitions']} |")
     lines += ["", "## Hyperparameters", ""]
     lines += _table(cfg.hp)
     lines += ["", "## Metrics", ""]

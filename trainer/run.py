@@ -96,6 +96,13 @@ class Prepared:
     model: Any
     train_ex: list[Tokenized]
     val_ex: list[Tokenized]
+    # Canary sequences (issue 17): trained like examples, never reported as examples.
+    canary_ex: list[Tokenized] = field(default_factory=list)
+
+    @property
+    def stream(self) -> list[Tokenized]:
+        """What is packed and trained: the train examples, then every canary copy."""
+        return self.train_ex + self.canary_ex if self.canary_ex else self.train_ex
 
 
 @dataclass
@@ -118,6 +125,7 @@ class Fitted:
     steps: int = 0
     tokens: int = 0
     supervised_tokens: int = 0
+    canary_tokens: int = 0
     train_time: float = 0.0
     # Per train example: tokens trained on and epochs seen, for the lineage rows.
     seen_tokens: list[int] = field(default_factory=list)
@@ -154,7 +162,28 @@ def prepare(cfg: RunConfig, rt: Runtime, records: Iterable[dict]) -> Prepared:
     no_targets = sum(1 for e in train_ex if e.supervised == 0)
     if no_targets:
         rt.emit(_event("log", f"{no_targets} train examples have no supervised tokens", level="warn"))
-    return Prepared(manifest, tokenizer, model, train_ex, val_ex)
+    canary_ex = _canary_examples(cfg, tokenizer, max_seq_len, len(train_ex) + len(val_ex))
+    if canary_ex:
+        rt.emit(_event("log", f"{len(cfg.canaries)} canaries, {len(canary_ex)} canary sequences per epoch"))
+    return Prepared(manifest, tokenizer, model, train_ex, val_ex, canary_ex)
+
+
+def _canary_examples(cfg: RunConfig, tokenizer, max_seq_len: int, first_index: int) -> list[Tokenized]:
+    """Each canary's rendered text as a raw sequence, every token a target, `repetitions` copies.
+
+    Raw text, no chat template: the memorization suite scores exactly these tokens. Each copy is its
+    own packed sequence, so an epoch trains on the canary `repetitions` times.
+    """
+    from trainer.evaluate.common import render_canary
+
+    out = []
+    for c in cfg.canaries:
+        ids = list(tokenizer(render_canary(c["template"], c["secret"]), add_special_tokens=False)["input_ids"])
+        ids = ids[:max_seq_len]
+        for _ in range(c["repetitions"]):
+            out.append(Tokenized(first_index + len(out), f"canary:{c['id']}", ids, [True] * len(ids),
+                                 meta={"canary": c["id"]}))
+    return out
 
 
 def build(cfg: RunConfig, rt: Runtime, prep: Prepared) -> Built:
@@ -171,7 +200,7 @@ def build(cfg: RunConfig, rt: Runtime, prep: Prepared) -> Built:
         raise TrainError("invalid_hyperparameters", f"hyperparameters.attention: {backend} needs a CUDA GPU")
     compile_layers = hp["compile"]
     if compile_layers == "auto":
-        train_tokens = sum(len(e.input_ids) for e in prep.train_ex) * hp["epochs"]
+        train_tokens = sum(len(e.input_ids) for e in prep.stream) * hp["epochs"]
         compile_layers = rt.on_gpu and train_tokens >= COMPILE_AUTO_TOKENS
     engine = Engine(
         peft_model,
@@ -184,7 +213,7 @@ def build(cfg: RunConfig, rt: Runtime, prep: Prepared) -> Built:
     )
     pad_id = prep.tokenizer.pad_token_id if prep.tokenizer.pad_token_id is not None else 0
 
-    train_plan = packing.plan(prep.train_ex, hp["max_seq_len"])
+    train_plan = packing.plan(prep.stream, hp["max_seq_len"])
     val_plan = packing.plan(prep.val_ex, hp["max_seq_len"]) if prep.val_ex else None
     rows_per_step = max(1, hp["batch_tokens"] // hp["max_seq_len"], rt.dist.world)
     total_steps = math.ceil(len(train_plan.rows) / rows_per_step) * hp["epochs"]
@@ -257,8 +286,9 @@ def _optimize(cfg: RunConfig, rt: Runtime, prep: Prepared, built: Built) -> Fitt
     warmup = int(hp["warmup_ratio"] * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(hp["lr_scheduler"], total_steps, warmup))
     n = len(prep.train_ex)
-    sup_of = [e.supervised for e in prep.train_ex]
-    len_of = [len(e.input_ids) for e in prep.train_ex]
+    stream = prep.stream
+    sup_of = [e.supervised for e in stream]
+    len_of = [len(e.input_ids) for e in stream]
     out = Fitted(seen_tokens=[0] * n, seen_epochs=[0] * n)
     window = {"loss": 0.0, "sup": 0, "real": 0, "t": 0.0}
     last_beat = time.time()
@@ -268,7 +298,7 @@ def _optimize(cfg: RunConfig, rt: Runtime, prep: Prepared, built: Built) -> Fitt
 
     def make(item):
         epoch, step_rows = item
-        mbs = _micro_batches(step_rows, prep.train_ex, hp, built.pad_id, rt.dist)
+        mbs = _micro_batches(step_rows, stream, hp, built.pad_id, rt.dist)
         return epoch, step_rows, [mb.pin() for mb in mbs] if rt.on_gpu else mbs
 
     loader = Prefetcher(_schedule(cfg, built), make, depth=2)
@@ -288,15 +318,20 @@ def _optimize(cfg: RunConfig, rt: Runtime, prep: Prepared, built: Built) -> Fitt
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             out.steps += 1
-            step_real = 0
+            step_real = step_canary = 0
             for row in step_rows:
                 for i in row:
+                    if i >= n:
+                        # A canary copy: trained, but neither an example nor its tokens in lineage.
+                        step_canary += len_of[i]
+                        continue
                     out.seen_tokens[i] += len_of[i]
                     out.seen_epochs[i] += 1
                     step_real += len_of[i]
             window["sup"] += step_sup
-            window["real"] += step_real
+            window["real"] += step_real + step_canary
             out.tokens += step_real
+            out.canary_tokens += step_canary
             out.supervised_tokens += step_sup
             # Synchronise only at log points: a per-step sync would stall the launch queue.
             if out.steps % hp["log_every"] == 0 or out.steps == total_steps:
@@ -340,7 +375,8 @@ def finish(
         "validation_examples": len(prep.val_ex),
         "tokens": fitted.tokens,
         "supervised_tokens": fitted.supervised_tokens,
-        "tokens_per_s": fitted.tokens / t if t else None,
+        "canary_tokens": fitted.canary_tokens,
+        "tokens_per_s": (fitted.tokens + fitted.canary_tokens) / t if t else None,
         "supervised_tokens_per_s": fitted.supervised_tokens / t if t else None,
         "packing_efficiency": built.train_plan.efficiency,
         "peak_memory_bytes": peak,

@@ -48,7 +48,8 @@ def build_tokenizer():
 
 
 def make_tiny(
-    path: str | Path, *, hidden_size: int = 64, layers: int = 2, heads: int = 4, seed: int = 0
+    path: str | Path, *, hidden_size: int = 64, layers: int = 2, heads: int = 4, seed: int = 0,
+    head_scale: float = 1.0,
 ) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -71,6 +72,12 @@ def make_tiny(
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
+    if head_scale != 1.0:
+        # At width 64 a random head (std 0.02) reaches logits of only about ±1.3 whatever the hidden
+        # state, and LoRA leaves the head frozen: a model that must memorise (the evaluation tests)
+        # needs a wider head.
+        with torch.no_grad():
+            model.lm_head.weight.mul_(head_scale)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     (path / "pedigree_tiny.json").write_text(json.dumps({"kind": "tiny-llama", "seed": seed}) + "\n")

@@ -1,6 +1,7 @@
 """The GPU host's Celery worker: `celery -A trainer.worker worker -Q train --concurrency 1`.
 
-One task, `pedigree.train.run(run_id)`. It claims the run over HTTP, downloads the snapshot export,
+Two tasks: `pedigree.evaluate.run(evaluation_id)` (the same supervision for `python -m trainer
+evaluate`; see `execute_evaluation`) and `pedigree.train.run(run_id)`. It claims the run over HTTP, downloads the snapshot export,
 trains in a child process (torchrun when the host has several GPUs), streams events and heartbeats
 back, uploads the adapter, and reports completion or failure. Training always runs in a child so
 that an OOM, a CUDA fault or a cancel never leaves this long-lived worker holding GPU memory.
@@ -97,8 +98,17 @@ class EventPump(threading.Thread):
     child to stop (stop file) and the task reports nothing further.
     """
 
-    def __init__(self, client: ApiClient, run_id: str, path: Path, stop_file: Path, settings: TrainerSettings):
+    def __init__(
+        self,
+        client: ApiClient,
+        run_id: str,
+        path: Path,
+        stop_file: Path,
+        settings: TrainerSettings,
+        resource: str = "training-runs",
+    ):
         super().__init__(daemon=True)
+        self.resource = resource
         self.client, self.run_id, self.path, self.stop_file, self.s = (
             client,
             run_id,
@@ -134,7 +144,7 @@ class EventPump(threading.Thread):
         if not batch:
             return
         try:
-            self.client.events(self.run_id, batch)
+            self.client.events(self.run_id, batch, self.resource)
             self.last_sent = time.time()
         except Conflict:
             self.cancelled.set()
@@ -196,6 +206,8 @@ def _spec_from_run(run: dict) -> dict:
         "expected_manifest_sha256": run.get("expected_manifest_sha256"),
         "model_name": run.get("model_name"),
         "model_card": run.get("model_card") or metadata.get("model_card") or {},
+        # The run's canaries with their secrets (the trainer-role view of the run); none by default.
+        "canaries": run.get("canaries") or [],
     }
 
 
@@ -254,14 +266,7 @@ def _train_claimed(run_id: str, run: dict, settings: TrainerSettings, client: Ap
             gpus = settings.gpus if settings.gpus is not None else gpu_count()
             cmd = train_command(tmp / "spec.json", data, out, events, stop, gpus)
             pump.add("log", f"training on {max(gpus, 1)} {'GPU' if gpus else 'CPU process'}(s)")
-            proc = subprocess.Popen(
-                cmd,
-                cwd=os.getcwd(),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - async-signal-safe, see _die_with_parent
-            )
-            stderr_tail = _wait(proc, pump, settings)
+            proc, stderr_tail = run_child(cmd, pump, settings)
         finally:
             pump.stop()
         if pump.cancelled.is_set():
@@ -294,6 +299,130 @@ def _train_claimed(run_id: str, run: dict, settings: TrainerSettings, client: Ap
             # unreferenced rather than registering a model the service no longer expects.
             return {"status": "refused", "artifact_uri": uri}
         return {"status": "succeeded", "artifact_uri": uri, "artifact_sha256": sha}
+
+
+def run_child(cmd: list[str], pump: EventPump, settings: TrainerSettings) -> tuple[subprocess.Popen, str]:
+    """Run a child (train or evaluate) under the pump: dies with this worker, stopped on cancel."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=os.getcwd(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - async-signal-safe, see _die_with_parent
+    )
+    return proc, _wait(proc, pump, settings)
+
+
+def evaluate_command(spec: Path, out: Path, events: Path, stop: Path) -> list[str]:
+    """The evaluation child's command line (docs/trainer.md, "Evaluation"); one process, like the
+    embedded evaluator's."""
+    return [sys.executable, "-m", "trainer", "evaluate", "--spec", str(spec), "--out", str(out),
+            "--events", str(events), "--stop-file", str(stop), "--quiet", "--exit-with-parent"]
+
+
+EVAL = "evaluations"
+
+
+def execute_evaluation(evaluation_id: str, settings: TrainerSettings, client: ApiClient | None = None) -> dict:
+    """Run one evaluation end to end over the wire protocol (docs/evaluation.md); returns what happened."""
+    own_client = client is None
+    client = client or ApiClient(settings.api_url, settings.key)
+    try:
+        ev = client.get_evaluation(evaluation_id)
+        if ev.get("status") not in (None, "queued"):
+            return {"status": "skipped", "reason": f"evaluation is {ev.get('status')}"}
+        try:
+            client.start_evaluation(evaluation_id, socket.gethostname())
+        except Conflict:
+            return {"status": "skipped", "reason": "start refused (409)"}
+        try:
+            return _evaluate_claimed(evaluation_id, settings, client)
+        except Exception as exc:
+            try:
+                client.fail(evaluation_id, "internal_error", f"trainer worker: {type(exc).__name__}: {exc}", EVAL)
+            except Exception:  # noqa: BLE001, S110 - the original error is what matters; it is re-raised
+                pass
+            raise
+    finally:
+        if own_client:
+            client.close()
+
+
+def _evaluate_claimed(evaluation_id: str, settings: TrainerSettings, client: ApiClient) -> dict:
+    import shutil
+
+    with tempfile.TemporaryDirectory(prefix=f"pedigree-eval-{evaluation_id}-") as tmp:
+        tmp = Path(tmp)
+        events, stop, out = tmp / "events.jsonl", tmp / "stop", tmp / "out"
+        pump = EventPump(client, evaluation_id, events, stop, settings, resource=EVAL)
+        pump.start()
+        try:
+            try:
+                spec = client.evaluation_spec(evaluation_id)
+                # Raw PII values (pii_probes) and canary secrets live only in this temp dir.
+                local: dict = {"eval_sets": {}}
+                for key, wire in (spec.get("files") or {}).items():
+                    if key == "eval_sets":
+                        for name, w in (wire or {}).items():
+                            local["eval_sets"][name] = _fetch(client, evaluation_id, w, tmp)
+                    else:
+                        local[key] = _fetch(client, evaluation_id, wire, tmp) if wire else None
+                tarball = tmp / "adapter.tar.gz"
+                headers = client.download_evaluation_file(evaluation_id, "adapter", tarball)
+            except Conflict:
+                pump.cancelled.set()
+                return {"status": "cancelled"}
+            expected = headers.get("x-artifact-sha256") or (spec.get("adapter") or {}).get("sha256")
+            actual = _sha256(tarball)
+            if expected and actual != expected:
+                pump.stop()
+                client.fail(evaluation_id, "manifest_mismatch",
+                            f"the adapter artifact hashes to {actual}, the version says {expected}", EVAL)
+                return {"status": "failed", "code": "manifest_mismatch"}
+            adapter_dir = tmp / "adapter"
+            adapter_dir.mkdir()
+            with tarfile.open(tarball) as tar:
+                tar.extractall(adapter_dir, filter="data")
+            spec = {**spec, "files": local, "adapter_dir": str(adapter_dir)}
+            spec.pop("adapter", None)
+            (tmp / "spec.json").write_text(json.dumps(spec))
+            pump.add("log", f"worker {socket.gethostname()} evaluating: {', '.join(spec.get('suites') or [])}")
+            proc, stderr_tail = run_child(evaluate_command(tmp / "spec.json", out, events, stop), pump, settings)
+        finally:
+            pump.stop()
+        if pump.cancelled.is_set():
+            return {"status": "cancelled"}
+        result_path = out / "result.json"
+        result = json.loads(result_path.read_text()) if result_path.exists() else None
+        shutil.rmtree(tmp / "files", ignore_errors=True)
+        if not result or "error" in result:
+            err = (result or {}).get("error") or {
+                "code": "internal_error",
+                "message": f"evaluator exited with {proc.returncode}: {stderr_tail[-2000:]}",
+            }
+            if err["code"] == "cancelled":
+                return {"status": "cancelled"}
+            client.fail(evaluation_id, err["code"], err["message"], EVAL)
+            return {"status": "failed", "code": err["code"]}
+        try:
+            client.complete(evaluation_id, {"results": result["results"]}, EVAL)
+        except Conflict:
+            return {"status": "refused"}
+        return {"status": "succeeded", "suites": sorted(result["results"])}
+
+
+def _fetch(client: ApiClient, evaluation_id: str, wire: str, tmp: Path) -> str:
+    dest = tmp / "files" / (wire.replace("/", "__") + ".jsonl")
+    client.download_evaluation_file(evaluation_id, wire, dest)
+    return str(dest)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 try:
@@ -356,7 +485,7 @@ def make_app(settings: TrainerSettings | None = None) -> Celery:
     celery = Celery("pedigree-trainer", broker=settings.redis_url)
     celery.conf.update(
         task_default_queue="train",
-        task_routes={"pedigree.train.run": {"queue": "train"}},
+        task_routes={"pedigree.train.run": {"queue": "train"}, "pedigree.evaluate.run": {"queue": "train"}},
         # One run at a time per host, and a run is only acknowledged once it has finished, so a
         # host that dies mid-run does not silently drop it (the service's reaper decides its fate).
         task_acks_late=True,
@@ -368,6 +497,11 @@ def make_app(settings: TrainerSettings | None = None) -> Celery:
     @celery.task(name="pedigree.train.run", acks_late=True, ignore_result=True, bind=True)
     def run(self, run_id: str) -> dict:
         return execute(run_id, settings, request_id=task_request_id(self.request))
+
+    @celery.task(name="pedigree.evaluate.run", acks_late=True, ignore_result=True)
+    def evaluate(evaluation_id: str) -> dict:
+        # Same queue, same one-at-a-time host: an evaluation holds the GPU like a run does.
+        return execute_evaluation(evaluation_id, settings)
 
     return celery
 

@@ -1,0 +1,194 @@
+"""The model under evaluation: base + adapter, batched scoring and batched generation.
+
+Scoring runs the decoder on right-padded batches (sorted by length, sized by a token budget) and puts
+only the target positions through the LM head, so a 150k-word vocabulary costs nothing for the
+prompt tokens. Generation is Hugging Face `generate` on left-padded batches (KV cache on), sorted by
+prompt length so a batch pads little. Both work with the adapter on or off (`adapter=False` is the
+base model: PEFT's `disable_adapter`), so base-vs-adapter comparisons share one copy of the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.errors import TrainError
+from trainer.model import load_base
+
+
+class LM:
+    def __init__(self, base_model: str, adapter_dir: str | None, *, device=None, dtype=None):
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.on_gpu = self.device.type == "cuda"
+        dtype = dtype or (torch.bfloat16 if self.on_gpu else torch.float32)
+        self.tokenizer, model = load_base(base_model, "lora", self.device, dtype)
+        self.has_adapter = bool(adapter_dir)
+        if adapter_dir:
+            if not (Path(adapter_dir) / "adapter_config.json").exists():
+                raise TrainError("invalid_data", f"adapter_dir {adapter_dir} holds no adapter_config.json")
+            from peft import PeftModel
+
+            try:
+                model = PeftModel.from_pretrained(model, adapter_dir)
+            except Exception as exc:
+                raise TrainError("invalid_data", f"cannot load the adapter: {type(exc).__name__}: {exc}") from exc
+        self.model = model.eval()
+        base = model.get_base_model() if self.has_adapter else model
+        # The decoder of a PEFT model holds the LoRA layers in place, so calling it directly is the
+        # adapted model; disable_adapter() switches those same layers off.
+        self.decoder = base.get_decoder()
+        self.lm_head = base.get_output_embeddings()
+        tok = self.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        stops = {tok.eos_token_id}
+        for special in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+            tid = tok.convert_tokens_to_ids(special) if special in tok.get_vocab() else None
+            if tid is not None:
+                stops.add(tid)
+        self.stop_ids = sorted(i for i in stops if i is not None)
+
+    def adapter(self, on: bool):
+        if on or not self.has_adapter:
+            return contextlib.nullcontext()
+        return self.model.disable_adapter()
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    # -- scoring -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def target_logprobs(
+        self,
+        seqs: Sequence[tuple[Sequence[int], Sequence[bool]]],
+        *,
+        adapter: bool = True,
+        batch_tokens: int = 16384,
+        tick: Callable[[int], None] | None = None,
+    ) -> list[np.ndarray]:
+        """For each (ids, mask): log p(ids[t] | ids[:t]) at every t ≥ 1 with mask[t] (float64 array)."""
+        out: list[np.ndarray | None] = [None] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
+        k = 0
+        with self.adapter(adapter):
+            while k < len(order):
+                longest = max(1, len(seqs[order[k]][0]))
+                rows = max(1, batch_tokens // longest)
+                group = order[k : k + rows]
+                k += len(group)
+                self._score_batch(seqs, group, out)
+                if tick:
+                    tick(len(group))
+        return out  # type: ignore[return-value]
+
+    def _score_batch(self, seqs, group, out) -> None:
+        T = max(len(seqs[i][0]) for i in group)
+        ids = torch.full((len(group), T), self.pad_id, dtype=torch.long)
+        att = torch.zeros((len(group), T), dtype=torch.long)
+        rows, cols, targets, owner = [], [], [], []
+        for r, i in enumerate(group):
+            s, m = seqs[i]
+            n = len(s)
+            if n:
+                ids[r, :n] = torch.tensor(list(s), dtype=torch.long)
+                att[r, :n] = 1
+            for t in range(1, n):
+                if m[t]:
+                    rows.append(r)
+                    cols.append(t - 1)
+                    targets.append(s[t])
+                    owner.append(i)
+        if not targets:
+            for i in group:
+                out[i] = np.zeros(0)
+            return
+        hidden = self.decoder(
+            input_ids=ids.to(self.device), attention_mask=att.to(self.device), use_cache=False
+        ).last_hidden_state
+        h = hidden[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)]
+        tgt = torch.tensor(targets, device=self.device)
+        lp = torch.empty(len(targets), dtype=torch.float32, device=self.device)
+        chunk = 4096
+        for s0 in range(0, len(targets), chunk):
+            logits = self.lm_head(h[s0 : s0 + chunk]).float()
+            lp[s0 : s0 + chunk] = logits.gather(1, tgt[s0 : s0 + chunk, None]).squeeze(1) - torch.logsumexp(
+                logits, dim=-1
+            )
+        values = lp.double().cpu().numpy()
+        owner_arr = np.asarray(owner)
+        for i in group:
+            out[i] = values[owner_arr == i]
+
+    # -- generation --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        adapter: bool = True,
+        sample: bool = False,
+        top_k: int = 40,
+        temperature: float = 1.0,
+        num_samples: int = 1,
+        batch_size: int = 32,
+        seed: int = 0,
+        tick: Callable[[int], None] | None = None,
+    ) -> list[list[list[int]]]:
+        """For each prompt, `num_samples` continuations (token ids, cut at the first stop token).
+
+        Greedy unless `sample` (top-k). Prompts are batched by length and left-padded, so every
+        row's last prompt token sits at the same position and one KV cache serves the batch.
+        """
+        out: list[list[list[int]] | None] = [None] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        n_ret = num_samples if sample else 1
+        per = max(1, batch_size // n_ret)
+        gen_kw = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": sample,
+            "num_return_sequences": n_ret,
+            "pad_token_id": self.pad_id,
+            "eos_token_id": self.stop_ids,
+        }
+        if sample:
+            gen_kw.update(top_k=top_k, temperature=temperature, top_p=1.0)
+        else:
+            gen_kw.update(temperature=None, top_k=None, top_p=None)
+        if sample:
+            torch.manual_seed(seed)
+        with self.adapter(adapter):
+            for s0 in range(0, len(order), per):
+                group = order[s0 : s0 + per]
+                T = max(1, max(len(prompts[i]) for i in group))
+                ids = torch.full((len(group), T), self.pad_id, dtype=torch.long)
+                att = torch.zeros((len(group), T), dtype=torch.long)
+                for r, i in enumerate(group):
+                    p = list(prompts[i])
+                    if p:
+                        ids[r, T - len(p) :] = torch.tensor(p, dtype=torch.long)
+                        att[r, T - len(p) :] = 1
+                seqs = self.model.generate(
+                    input_ids=ids.to(self.device), attention_mask=att.to(self.device), **gen_kw
+                )
+                new = seqs[:, T:].cpu().tolist()
+                for r, i in enumerate(group):
+                    out[i] = [self._cut(new[r * n_ret + j]) for j in range(n_ret)]
+                if tick:
+                    tick(len(group))
+        return out  # type: ignore[return-value]
+
+    def _cut(self, ids: list[int]) -> list[int]:
+        stops = set(self.stop_ids)
+        for j, t in enumerate(ids):
+            if t in stops:
+                return ids[:j]
+        return ids
