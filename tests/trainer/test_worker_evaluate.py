@@ -22,7 +22,11 @@ CANARY = {"id": "c1", "template": "pin {secret}.", "secret": "4711", "space": {"
 @pytest.fixture(scope="module")
 def adapter_tarball(tiny_model, tmp_path_factory):
     from trainer.run import train
-    from trainer.worker import package_adapter
+
+    with pytest.MonkeyPatch.context() as mp:
+        # trainer.worker reads TrainerSettings (and so the key) when first imported.
+        mp.setenv("PEDIGREE_TRAINER_KEY", KEY)
+        from trainer.worker import package_adapter
 
     root = tmp_path_factory.mktemp("wev")
     recs = make_records(16)

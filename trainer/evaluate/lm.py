@@ -92,7 +92,7 @@ class LM:
         T = max(len(seqs[i][0]) for i in group)
         ids = torch.full((len(group), T), self.pad_id, dtype=torch.long)
         att = torch.zeros((len(group), T), dtype=torch.long)
-        rows, cols, targets, owner = [], [], [], []
+        rows, cols, targets = [], [], []
         for r, i in enumerate(group):
             s, m = seqs[i]
             n = len(s)
@@ -104,7 +104,6 @@ class LM:
                     rows.append(r)
                     cols.append(t - 1)
                     targets.append(s[t])
-                    owner.append(i)
         if not targets:
             for i in group:
                 out[i] = np.zeros(0)
@@ -122,9 +121,10 @@ class LM:
                 logits, dim=-1
             )
         values = lp.double().cpu().numpy()
-        owner_arr = np.asarray(owner)
-        for i in group:
-            out[i] = values[owner_arr == i]
+        # Targets were appended row by row, so each row's are one contiguous slice.
+        counts = np.bincount(np.asarray(rows), minlength=len(group))
+        for i, chunk in zip(group, np.split(values, np.cumsum(counts)[:-1])):
+            out[i] = chunk
 
     # -- generation --------------------------------------------------------------------------
 
