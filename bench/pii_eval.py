@@ -282,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="hand-written held-out shapes (JSON lines: text, spans [[type, value], ...])")
     parser.add_argument("--dolly", type=int, default=1000, metavar="N",
                         help="also count spans found on the first N Dolly pairs (0: skip)")
+    parser.add_argument("--no-clean", dest="clean", action="store_false",
+                        help="skip the clean-text figures (bench.pii_clean)")
+    parser.add_argument("--clean-dolly", type=int, default=1000, help="Dolly answers per half for pii_clean")
+    parser.add_argument("--clean-code", type=int, default=5000, help="GPTeacher records for pii_clean")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)  # presidio logs one warning per unmapped label
 
@@ -333,6 +337,13 @@ def main(argv: list[str] | None = None) -> int:
         fixture_recall = [fixture["per_type"][et]["recall"] for et in TARGET_ENTITIES
                           if fixture["per_type"].get(et, {}).get("support")]
         passed = passed and all(r >= TARGET_RECALL for r in fixture_recall)
+    # Clean text (bench/pii_clean.py): what scrubbing rewrites where there is nothing private.
+    clean = None
+    if args.clean:
+        from bench import pii_clean
+
+        clean = pii_clean.run(args.clean_dolly, args.clean_code)
+        print(f"\n== clean text (bench.pii_clean): {clean['headline']}")
     summary = {
         "bench": "pii_eval",
         "texts": len(records),
@@ -351,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
         "dolly_spans": {"pairs": args.dolly, "counts": dolly} if dolly else None,
         "targets": {"recall_min": TARGET_RECALL, "entities": TARGET_ENTITIES, "config": HEADLINE,
                     "on": "measure part and the hand-written fixture"},
-        "pass": passed,
+        "recall_pass": passed,
+        "clean": {k: clean[k] for k in ("headline", "targets", "checks", "split", "pass")} if clean else None,
+        "pass": passed and (clean is None or clean["pass"]),
     }
     print(json.dumps(summary, separators=(",", ":")))
     return 0

@@ -26,14 +26,18 @@ _KEYWORD_START = re.compile(
     r"break|continue|namespace|package|public|private|protected|static|final|void|int|long|short|float|"
     r"double|char|bool|boolean|string|String|auto|const|let|var|function|func|fn|impl|struct|enum|interface|"
     r"trait|module|require|export|echo|print|printf|println|SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|"
-    r"FROM|WHERE|JOIN)\b|from\s+[\w.]+\s+import\b|#include|#define|#import|#!|using\s+namespace|"
+    r"FROM|WHERE|JOIN|GROUP\s+BY|ORDER\s+BY|HAVING|LIMIT|VALUES|SET)\b|from\s+[\w.]+\s+import\b|#include|#define|#import|#!|using\s+namespace|"
     r"type\s+\w+\s*=|console\.|System\.|std::|fmt\.|if\s*\(|for\s*\(|while\s*\(|switch\s*\(|catch\s*\(|"
     r"do\s*\{|@\w+(?:\(|$)|<\?php|<!DOCTYPE|<[a-zA-Z][\w-]*(?:\s[^>]*)?/?>|</[a-zA-Z]|\$\s|>>>)"
 )
 # Lines that are code whatever follows: preprocessor, shebang, imports, shell control words.
 _DIRECTIVE = re.compile(
     r"^(?:#include|#define|#import|#pragma|#!|(?:SELECT|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|"
-    r"CREATE\s+(?:TABLE|INDEX|VIEW)|ALTER\s+TABLE|DROP\s+TABLE)\s+\S|using\s+namespace\b|import\s+[\w.]+(?:\s+as\s+\w+)?\s*;?$|"
+    r"CREATE\s+(?:TABLE|INDEX|VIEW)|ALTER\s+TABLE|DROP\s+TABLE|WHERE|FROM|(?:LEFT\s+|RIGHT\s+|INNER\s+)?JOIN|"
+    r"GROUP\s+BY|ORDER\s+BY|HAVING|LIMIT|VALUES)\s+(?!:)\S|[A-Z_][A-Z0-9_]*=\S|"
+    r"(?:sudo\s+)?(?:find|grep|ls|cd|mkdir|rm|cp|mv|chmod|chown|npm|npx|yarn|pip3?|git|docker|kubectl|curl|wget|"
+    r"node|python3?|javac?|gcc|g\+\+|make|du|sort|head|tail|wc|cat|awk|sed|export|source|sh|bash|tar|ssh|scp)"
+    r"\s+(?=\S*[-/.$|*'\"])\S|using\s+namespace\b|import\s+[\w.]+(?:\s+as\s+\w+)?\s*;?$|"
     r"import\s+[\w.{*]|from\s+[\w.]+\s+import\b|package\s+[\w.]+;|require\(|"
     r".*;\s*(?:do|then)$|[\w$.]+\((?:[^()]|\([^()]*\))*\)\s*;?\s*(?:#.*|//.*)?$)"
 )
@@ -44,7 +48,7 @@ _PY_BLOCK = re.compile(r"^(?:if|for|while|elif|else|with|def|class|try|except)\b
 # `#` also opens a markdown heading, so a `#` line is code only next to other code (see _code_lines).
 _HASH_COMMENT = re.compile(r"^#(?!include|define|import|!)")
 _COMMENT = re.compile(r"^(?://|/\*|\*/|--\s|<!--)")
-_END = re.compile(r"(?:[;{}]|\)\s*:|\)\s*\{|=>|->|\\)\s*(?://.*)?$")
+_END = re.compile(r"(?:[;{}]|\)\s*:|\)\s*\{|=>|->|\\|,)\s*(?://.*)?$")
 _ASSIGN = re.compile(r"^(?:[a-z_$][\w$]*|[A-Za-z_$][\w$]*[._\[\d][\w$.\[\]'\"]*)(?:\s*,\s*[A-Za-z_$][\w$]*)*\s*"
                      r"(?:[+\-*/%|&^]|<<|>>|\?\?)?=(?!=)\s*\S")
 _CALL = re.compile(r"[A-Za-z_$][\w$.]*\((?:[^()]|\([^()]*\))*\)")
@@ -72,7 +76,8 @@ def _prose(line: str) -> bool:
 
 
 def _signals(s: str) -> int:
-    return (bool(_END.search(s)) + bool(_CALL.search(s)) + bool(_OPERATOR.search(s)) + bool(_IDENT.search(s))
+    operators = min(2, len(set(_OPERATOR.findall(s))))  # `factorial :: Integer -> Integer`
+    return (bool(_END.search(s)) + bool(_CALL.search(s)) + operators + bool(_IDENT.search(s))
             + bool(_BRACES.search(s)) + bool(_ASSIGN.match(s)))
 
 
@@ -151,6 +156,13 @@ def _indented(lines: list[tuple[int, int, str]], taken: list[Span]) -> list[Span
     return spans
 
 
+# In code datasets, a quoted identifier inside prose ("the built-in function 'max'", "the 'Name'
+# placeholder") is code too.
+_QUOTED_IDENT = re.compile(r"(?<![\w'\"])(['\"])[A-Za-z_$][\w$.]*(?:\(\))?\1(?![\w'\"])")
+# ... and so is a bare identifier shape ("num1", "max_value", "parseInt", "java.util.Scanner"): no name has one.
+_PROSE_IDENT = re.compile(r"\b[a-z]+[A-Z]\w*\b|\b[A-Za-z]+_\w+\b|\b[A-Za-z]+\d+\b|\b[a-z]\w*(?:\.[a-z_]\w*)+\b")
+
+
 def _code_lines(lines: list[tuple[int, int, str]], taken: list[Span], mode: str) -> list[Span]:
     candidates = [(s, e, b) for s, e, b in lines if b.strip() and not _inside(s, taken)]
     if not candidates:
@@ -158,16 +170,29 @@ def _code_lines(lines: list[tuple[int, int, str]], taken: list[Span], mode: str)
     flags = [code_like(b) for _, _, b in candidates]
     if mode == "auto" and sum(flags) * 2 <= len(candidates):
         return []
-    # A short line between code lines ("else", "end", "main()", a lone identifier) and a `#` comment go
-    # with their block.
-    for k, (_, _, b) in enumerate(candidates):
-        short = len(_WORD.findall(b)) <= 3 and not _prose(b)
-        if not flags[k] and (short or _HASH_COMMENT.match(b.strip())):
+    # A short line next to code ("else", "end", "main()", a lone identifier) and a `#` comment go with
+    # their block, and so does a line with one code mark between two code lines (`GROUP BY p.category_id`,
+    # `{ id: 1, name: 'Jane' }`). Until nothing changes, so a run of comments above a block joins it.
+    changed = True
+    while changed:
+        changed = False
+        for k, (_, _, b) in enumerate(candidates):
+            comment = bool(_HASH_COMMENT.match(b.strip()))
+            if flags[k] or (_prose(b) and not comment):
+                continue
+            short = len(_WORD.findall(b)) <= 3
             before = k > 0 and flags[k - 1]
             after = k + 1 < len(flags) and flags[k + 1]
-            if before or after:
-                flags[k] = True
-    return [(s, e) for (s, e, _), f in zip(candidates, flags) if f]
+            if ((short or comment) and (before or after)
+                    or before and after and _signals(b.strip()) >= 1):
+                flags[k] = changed = True
+    spans = [(s, e) for (s, e, _), f in zip(candidates, flags) if f]
+    if mode == "on":
+        for (s, _, b), f in zip(candidates, flags):
+            if not f:
+                spans.extend((s + m.start(), s + m.end()) for m in _QUOTED_IDENT.finditer(b))
+                spans.extend((s + m.start(), s + m.end()) for m in _PROSE_IDENT.finditer(b))
+    return spans
 
 
 def code_spans(text: str, *, blocks: bool = True, lines: Literal["off", "auto", "on"] = "auto") -> list[Span]:

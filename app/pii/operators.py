@@ -80,11 +80,18 @@ class ExampleOperators:
             found = f"{entity_type}_{sum(1 for k in self._surrogates if k[0] == entity_type) + 1}"
         else:
             fake = _faker()
+            taken = set(self._surrogates.values())
             # Reseed from (example, value): the fake depends only on the example and the value, not on
-            # the order values were met, so re-scrubbing after a reviewer edit keeps the same fakes.
-            fake.seed_instance(self.seed ^ int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], "big"))
-            # A lone first name ("Tom has 3 apples") gets a lone first name.
-            found = fake.first_name() if entity_type == "PERSON" and len(value.split()) == 1 else make(fake)
+            # the order values were met, so re-scrubbing after a reviewer edit keeps the same fakes. Two
+            # values never share a fake within an example (two people made one would change its meaning):
+            # on a clash the later value draws again, the one place where order matters.
+            for attempt in range(20):
+                salt = repr(key) if attempt == 0 else f"{key!r}:{attempt}"
+                fake.seed_instance(self.seed ^ int.from_bytes(hashlib.sha256(salt.encode()).digest()[:8], "big"))
+                # A lone first name ("Tom has 3 apples") gets a lone first name.
+                found = fake.first_name() if entity_type == "PERSON" and len(value.split()) == 1 else make(fake)
+                if found not in taken:
+                    break
         self._surrogates[key] = found
         return found
 

@@ -17,9 +17,11 @@ from presidio_analyzer import RecognizerResult
 from presidio_anonymizer.entities import OperatorConfig
 from presidio_anonymizer.entities import RecognizerResult as AnonymizerInput
 
+from app.pii.context import code_spans, overlaps
 from app.pii.engine import PiiEngine, resolve_overlaps
 from app.pii.operators import ExampleOperators
 from app.pii.paths import get_path, parse_path, set_path  # noqa: F401  (re-exported)
+from app.pii.recognizers.common import make_result
 from app.pii.schemas import PiiPolicy
 from app.pii.tokens import value_token, word_count
 
@@ -194,10 +196,9 @@ def scrub_examples(
         flags: dict = {}
         if info.mode == "pattern_only":
             flags["mode"] = "pattern_only"
-        for path, text in fields:
-            if not text or not text.strip():
-                continue
-            results = next(analyzed)
+        present = [(path, text) for path, text in fields if text and text.strip()]
+        per_field = example_mentions(present, [next(analyzed) for _ in present], policy)
+        for (path, text), results in zip(present, per_field):
             if len(text) > policy.max_chars:
                 flags.setdefault("oversize", {})[path] = len(text)
             if policy.language == "en" and guess_language(text) == "non_en":
@@ -210,6 +211,43 @@ def scrub_examples(
             set_path(content, path, scrubbed)
             findings.extend(field_findings)
         out.append(ScrubResult(content=content, findings=findings, flags=flags))
+    return out
+
+
+_MENTION_TYPES = ("PERSON",)
+_RETYPED = frozenset({"LOCATION", "NRP", "ORGANIZATION"})
+
+
+def example_mentions(fields: Sequence[tuple[str, str]], results: list[list[RecognizerResult]],
+                     policy: PiiPolicy) -> list[list[RecognizerResult]]:
+    """A name found anywhere in an example is scrubbed at every mention, in every field: "Inkeri" found in
+    the question and missed in the answer would otherwise be in clear there, and a word problem whose two
+    mentions of a person got different treatment has two people where it had one. Mentions in code spans
+    stay, as everything the name finders find there."""
+    values = {text[r.start : r.end] for (_, text), rs in zip(fields, results) for r in rs
+              if r.entity_type in _MENTION_TYPES and len(text[r.start : r.end].strip()) >= 3}
+    values = {v for v in values if v == v.strip() and not v.islower()}
+    if not values:
+        return results
+    pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(v) for v in sorted(values, key=len, reverse=True))
+                         + r")(?!\w)")
+    out = []
+    for (_, text), rs in zip(fields, results):
+        # The same word the model called a place at another mention ("older than Lisbet") is the person.
+        rs = [make_result("PERSON", r.start, r.end, r.score, "ExampleMentionPropagation", "ExampleMentionPropagation")
+              if r.entity_type in _RETYPED and text[r.start : r.end] in values else r for r in rs]
+        code = None
+        added = []
+        for m in pattern.finditer(text):
+            if any(r.start < m.end() and m.start() < r.end for r in rs):
+                continue
+            if code is None:
+                code = code_spans(text, blocks=policy.context.code_spans, lines=policy.context.code_lines)
+            if overlaps(m.start(), m.end(), code):
+                continue
+            added.append(make_result("PERSON", m.start(), m.end(), 0.75, "ExampleMentionPropagation",
+                                     "ExampleMentionPropagation"))
+        out.append(sorted([*rs, *added], key=lambda r: r.start) if added else rs)
     return out
 
 

@@ -1,0 +1,225 @@
+"""PII scrubbing on text that holds no private data: what it rewrites anyway.
+
+    python -m bench.pii_clean [--dolly N] [--code N]
+
+* Clean-text precision: scrubbed words per 1,000 words on Dolly answers (the `text` field of
+  ../shared/corpora/instruct/dolly15k_first6400_flan-t5-xl_decode.jsonl). Split by record id: even ids are
+  the tune half (looked at while writing app/pii/context.py and the allow-list rules), odd ids the measure
+  half (only measured). The allow list and public-figure list were built from other corpora altogether
+  (scripts/build_allow_list.py).
+* Code integrity: on GPTeacher code-instruct (gpteacher_codegen-instruct.json, measured only), the share
+  of responses left byte-identical after scrubbing, among responses in which no validated pattern (email,
+  card, IBAN, SSN, IP, secret...) found anything. Under the `code` profile (the target) and `default`.
+* Word problems: 200 problems from 8 templates written here with invented names (first names from the
+  name gazetteer, chosen by a seeded draw). Under `math_word_problems`: the share still solvable (every
+  number kept, no placeholder, each name written the same way at every mention, replaced or not, and two
+  people never made one); under `default`, the scrubbed words per 1,000.
+
+Baseline in the same run: the scrubber as it was before #15, i.e. the same engine with code spans off,
+no built-in allow list and public entities scrubbed. The last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+CORPORA = Path("../shared/corpora/instruct")
+DOLLY = CORPORA / "dolly15k_first6400_flan-t5-xl_decode.jsonl"
+GPTEACHER = CORPORA / "gpteacher_codegen-instruct.json"
+TARGET_WORDS_PER_1000 = 10.0
+TARGET_CODE_IDENTICAL = 1.0
+TARGET_MATH_SOLVABLE = 1.0
+# What a dataset got before #15: every name finder everywhere, no built-in allow list, public names scrubbed.
+BASELINE = {"public_entities": "scrub", "context": {"code_spans": False, "code_lines": "off",
+                                                     "builtin_allow_list": False}}
+PATTERN_TYPES = frozenset({"EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "US_ITIN",
+                           "IP_ADDRESS", "SECRET", "CRYPTO", "UK_NHS", "US_PASSPORT", "US_BANK_NUMBER",
+                           "MEDICAL_LICENSE", "URL"})
+
+_TEMPLATES = [
+    "{a} has {n1} apples. {b} gives {a} {n2} more apples. How many apples does {a} have now?",
+    ("{a} reads {n1} pages a day. {b} reads {n2} pages a day. How many more pages does {b} read than {a} in "
+    "{n3} days?"),
+    "{a} and {b} share {n1} marbles. {a} gets {n2} more than {b}. How many marbles does {b} get?",
+    "{a} bought {n1} pencils at {n2} cents each and paid with a {n3} dollar bill. How much change did {a} get?",
+    "{a} runs {n1} km on Monday and {n2} km on Tuesday. {b} runs {n3} km in total. Who ran farther, {a} or {b}?",
+    ("There are {n1} students in {a}'s class. {b} brought {n2} cookies for everyone. How many cookies does each "
+    "student get?"),
+    "{a} is {n1} years old. {b} is {n2} years older than {a}. How old will {b} be in {n3} years?",
+    ("{a} saves {n1} dollars a week. {b} saves {n2} dollars a week. After {n3} weeks, how much have {a} and "
+    "{b} saved together?"),
+]
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _engine():
+    from app.core.config import PiiSettings
+    from app.pii.engine import PiiEngine
+
+    return PiiEngine(PiiSettings())
+
+
+def _policy(profile: str, over: dict | None = None):
+    from app.pii.schemas import effective_policy
+
+    return effective_policy(profile, over or {})
+
+
+def _scrub(engine, contents: list[dict], policy) -> list:
+    from app.pii.scrub import ScrubInput, scrub_examples
+
+    items = [ScrubInput(c, key=str(i)) for i, c in enumerate(contents)]
+    return scrub_examples(engine, items, policy, hash_key=b"bench-pii-clean-key-0123456789ab")
+
+
+def words_per_1000(engine, texts: list[str], policy) -> dict:
+    results = _scrub(engine, [{"text": t} for t in texts], policy)
+    total = sum(_words(t) for t in texts)
+    scrubbed = 0
+    by_recognizer: Counter[str] = Counter()
+    by_type: Counter[str] = Counter()
+    for text, res in zip(texts, results):
+        for f in res.findings:
+            n = _words(text[f.start : f.end])
+            scrubbed += n
+            by_recognizer[f.recognizer] += n
+            by_type[f.entity_type] += n
+    return {"texts": len(texts), "words": total, "scrubbed_words": scrubbed,
+            "per_1000": round(1000 * scrubbed / total, 2) if total else None,
+            "records_touched": sum(1 for r in results if r.findings),
+            "by_recognizer": dict(by_recognizer.most_common()), "by_type": dict(by_type.most_common())}
+
+
+def dolly(engine, n: int) -> dict:
+    records = [json.loads(line) for line in DOLLY.read_text(encoding="utf-8").splitlines()]
+    halves = {"tune": [r["text"] for r in records if r["id"] % 2 == 0][:n],
+              "measure": [r["text"] for r in records if r["id"] % 2 == 1][:n]}
+    out = {}
+    for half, texts in halves.items():
+        out[half] = {"ours": words_per_1000(engine, texts, _policy("default")),
+                     "baseline": words_per_1000(engine, texts, _policy("default", BASELINE))}
+    return out
+
+
+def code_integrity(engine, n: int) -> dict:
+    records = json.loads(GPTEACHER.read_text(encoding="utf-8"))[:n]
+    responses = [r["response"] for r in records if r["response"].strip()]
+    out = {}
+    for name, policy in (("code", _policy("code")), ("default", _policy("default")),
+                         ("baseline", _policy("default", BASELINE))):
+        results = _scrub(engine, [{"text": t} for t in responses], policy)
+        clean = [(t, r) for t, r in zip(responses, results)
+                 if not any(f.entity_type in PATTERN_TYPES for f in r.findings)]
+        identical = [t for t, r in clean if r.content["text"] == t]
+        changed = Counter(t[f.start : f.end] for t, r in clean for f in r.findings)
+        out[name] = {"blocks": len(clean), "with_pattern_pii": len(responses) - len(clean),
+                     "identical": len(identical),
+                     "share_identical": round(len(identical) / len(clean), 4) if clean else None,
+                     "top_rewritten": [v for v, _ in changed.most_common(10)]}
+    return out
+
+
+def word_problems(seed: int = 15) -> list[tuple[str, list[str]]]:
+    from app.pii.gazetteer import common_word_names, first_names
+
+    stop = common_word_names()
+    pool = sorted(n for n, freq in first_names().items()
+                  if freq >= 5 and n.isalpha() and len(n) >= 4 and n not in stop)
+    rng = random.Random(seed)
+    out = []
+    for i in range(200):
+        a, b = (w.capitalize() for w in rng.sample(pool, 2))
+        nums = {f"n{k}": str(rng.randint(2, 60)) for k in (1, 2, 3)}
+        text = _TEMPLATES[i % len(_TEMPLATES)].format(a=a, b=b, **nums)
+        out.append((text, [n for n in (a, b) if n in text]))
+    return out
+
+
+def solvable(source: str, names: list[str], scrubbed: str) -> bool:
+    if "<" in scrubbed or re.findall(r"\d+", source) != re.findall(r"\d+", scrubbed):
+        return False
+    # Each name became one other word sequence, the same at every mention, and the two stay different.
+    pattern = re.escape(source)
+    for k, name in enumerate(names):
+        pattern = pattern.replace(re.escape(name), f"(?P<n{k}>.+?)", 1).replace(re.escape(name), f"(?P=n{k})")
+    m = re.fullmatch(pattern, scrubbed)
+    if not m:
+        return False
+    values = [m.group(f"n{k}") for k in range(len(names))]
+    # A name left as it was is fine; what breaks a problem is two people becoming one, or one becoming two.
+    return len(set(values)) == len(values)
+
+
+def math(engine) -> dict:
+    problems = word_problems()
+    texts = [p for p, _ in problems]
+    out = {"problems": len(problems)}
+    for name, policy in (("math_word_problems", _policy("math_word_problems")), ("default", _policy("default")),
+                         ("baseline", _policy("default", BASELINE))):
+        results = _scrub(engine, [{"text": t} for t in texts], policy)
+        ok = sum(solvable(t, names, r.content["text"]) for (t, names), r in zip(problems, results))
+        out[name] = {"solvable": ok, "share_solvable": round(ok / len(problems), 4),
+                     "changed": sum(1 for r in results if r.findings),
+                     "per_1000": words_per_1000(engine, texts, policy)["per_1000"]}
+    return out
+
+
+def run(dolly_n: int = 1000, code_n: int = 5000) -> dict:
+    logging.disable(logging.WARNING)
+    engine = _engine()
+    figures = {"dolly_answers": dolly(engine, dolly_n), "gpteacher_code": code_integrity(engine, code_n),
+               "word_problems": math(engine)}
+    measured = figures["dolly_answers"]["measure"]["ours"]["per_1000"]
+    identical = figures["gpteacher_code"]["code"]["share_identical"]
+    math_ok = figures["word_problems"]["math_word_problems"]["share_solvable"]
+    checks = {"dolly_words_per_1000": measured is not None and measured <= TARGET_WORDS_PER_1000,
+              "code_identical": identical is not None and identical >= TARGET_CODE_IDENTICAL,
+              "math_solvable": math_ok >= TARGET_MATH_SOLVABLE}
+    return {
+        "bench": "pii_clean",
+        "figures": figures,
+        "headline": {"dolly_measure_words_per_1000": measured,
+                     "dolly_measure_words_per_1000_baseline":
+                         figures["dolly_answers"]["measure"]["baseline"]["per_1000"],
+                     "dolly_tune_words_per_1000": figures["dolly_answers"]["tune"]["ours"]["per_1000"],
+                     "code_share_identical": identical,
+                     "code_share_identical_baseline": figures["gpteacher_code"]["baseline"]["share_identical"],
+                     "math_share_solvable": math_ok},
+        "targets": {"dolly_words_per_1000_max": TARGET_WORDS_PER_1000, "code_identical_min": TARGET_CODE_IDENTICAL,
+                    "math_solvable_min": TARGET_MATH_SOLVABLE},
+        "checks": checks,
+        "split": "Dolly: even ids tune, odd ids measure; GPTeacher and the word problems: measure only",
+        "pass": all(checks.values()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.pii_clean", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dolly", type=int, default=1000, help="Dolly answers per half")
+    parser.add_argument("--code", type=int, default=5000, help="GPTeacher records")
+    args = parser.parse_args(argv)
+    for path in (DOLLY, GPTEACHER):
+        if not path.exists():
+            raise SystemExit(f"corpus file missing: {path} (see ../shared/corpora/README.md)")
+    summary = run(args.dolly, args.code)
+    for key, value in summary["headline"].items():
+        print(f"{key:<45}{value}")
+    for name, fig in summary["figures"]["gpteacher_code"].items():
+        print(f"code[{name}] rewritten most: {fig['top_rewritten']}")
+    print(json.dumps(summary, separators=(",", ":")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
