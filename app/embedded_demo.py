@@ -206,6 +206,12 @@ def step_train(ctx: Ctx) -> None:
     train(ctx)
 
 
+def step_evaluate(ctx: Ctx) -> None:
+    from app.evaluations.demo_steps import step_evaluate as evaluate
+
+    evaluate(ctx)
+
+
 def step_lineage_report(ctx: Ctx) -> None:
     from app.training.demo_steps import step_lineage_report as report
 
@@ -220,6 +226,7 @@ STEPS: list[tuple[str, Callable[[Ctx], None]]] = [
     ("review", step_review),
     ("snapshot", step_snapshot),
     ("train", step_train),
+    ("evaluate", step_evaluate),
     ("lineage report", step_lineage_report),
     ("audit", step_audit),
 ]

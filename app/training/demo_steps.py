@@ -43,7 +43,9 @@ def step_train(ctx: Any) -> None:
         "method": "lora", "model_name": "support-faq-lora",
         "hyperparameters": {"epochs": 2, "learning_rate": 1e-3, "batch_tokens": 2048, "max_seq_len": 256,
                             "lora_r": 8, "lora_alpha": 16, "seed": 7, "log_every": 1},
-        "metadata": {"purpose": "demo"}})
+        "metadata": {"purpose": "demo"},
+        # Planted for the evaluate step's memorization suite (docs/evaluation.md).
+        "canaries": {"count": 4, "repetitions": [1, 4, 16, 64]}})
     console.print(f"training run {run['id']}: {run['status']} (embedded: trains in-process, no trainer worker)")
     deadline = time.time() + 600
     while run["status"] in ("validating", "queued", "running") and time.time() < deadline:
@@ -61,12 +63,13 @@ def step_train(ctx: Any) -> None:
     mv = run["model_version"]
     console.print(f"registered model {mv['name']} v{mv['version']} ({mv['status']}), "
                   f"artifact sha256 {mv['artifact_sha256'][:16]}...")
-    ctx.call("POST", f"/v1/models/{mv['name']}/aliases/production", "curator",
+    # Staging only: production is gated on an evaluation (the evaluate step).
+    ctx.call("POST", f"/v1/models/{mv['name']}/aliases/staging", "curator",
              json={"version": mv["version"], "reason": "demo: first adapter"})
-    hist = ctx.call("GET", f"/v1/models/{mv['name']}/aliases/production/history", "auditor")["items"]
+    hist = ctx.call("GET", f"/v1/models/{mv['name']}/aliases/staging/history", "auditor")["items"]
     h = hist[0]
     was = f"v{h['from_version']}" if h["from_version"] else "unset"
-    console.print(f"alias production: {was} -> v{h['to_version']} by {h['actor']} ({h['reason']})")
+    console.print(f"alias staging: {was} -> v{h['to_version']} by {h['actor']} ({h['reason']})")
     art = ctx.call("GET", f"/v1/models/{mv['name']}/versions/{mv['version']}/artifact", "auditor")
     out = Path(get_settings().artifact_root).resolve().parent / f"{mv['name']}-v{mv['version']}.tar.gz"
     out.write_bytes(art.content)
