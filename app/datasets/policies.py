@@ -55,3 +55,25 @@ class ReviewPolicy(BaseModel):
 
     def full(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in type(self).model_fields}
+
+
+class DedupPolicyFields(BaseModel):
+    """A dataset's ``dedup_policy``. Which text is compared: the trainable text, i.e. every text field of
+    the format joined (instruction + input + output; all turns of a chat; prompt + completion; prompt +
+    chosen + rejected), after PII scrubbing, because that is what a model would be trained on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    threshold: float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard on shingle sets")
+    shingle_size: int = Field(5, ge=1, le=20, description="words per shingle")
+    char_shingle_size: int = Field(5, ge=1, le=20, description="characters per shingle (CJK, Thai, ...)")
+    num_perm: int = Field(128, ge=16, le=1024)
+    max_chars: int = Field(200_000, ge=1_000, description="longer texts are compared on this prefix (flagged)")
+    # Only meaningful for training sets: check their examples against every evaluation set.
+    eval_guard: bool = True
+    # Only meaningful for evaluation sets: also flag a training example when one of the two texts holds
+    # this share of the other's word n-grams (an evaluation item pasted inside a longer text, which
+    # Jaccard misses); null turns it off. See app/dedup/containment.py.
+    eval_containment: float | None = Field(0.8, gt=0.0, le=1.0, description="overlap coefficient of word n-grams")
+    eval_ngram: int = Field(8, ge=3, le=50, description="words per n-gram for eval_containment")

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.core.schemas import Items
-from app.datasets.policies import ReviewPolicy
+from app.datasets.policies import DedupPolicyFields, ReviewPolicy
 
 Format = Literal["chat", "instruction", "completion", "preference"]
 
@@ -41,9 +41,7 @@ def valid_layered(profile: str, policy: dict[str, Any]) -> None:
 def _valid_dedup_policy(value: dict[str, Any]) -> dict[str, Any]:
     # Same reasoning as the PII policy: refuse a bad threshold at the door rather than have the stage
     # fall back to defaults without anyone noticing.
-    from app.dedup.schemas import DedupPolicy
-
-    DedupPolicy.model_validate(value)
+    DedupPolicyFields.model_validate(value)
     return value
 
 
