@@ -233,26 +233,26 @@ def _summary(result: dict[str, Any]) -> None:
 
 def _ingest_http(file: Path, dataset: str, api_url: str, api_key: str | None, source: str | None,
                  license: str | None, legal_basis: str | None, mapping: dict[str, str]) -> None:
-    import httpx
+    from pedigree.client import ApiError, Client
 
     if not api_key:
         err.print("[red]--api-key (or PEDIGREE_API_KEY) is required with --api-url")
         raise typer.Exit(2)
-    params = {k: v for k, v in {"source": source or f"file:{file.name}", "license": license,
-                                "legal_basis": legal_basis}.items() if v}
 
-    def body():
-        for _, raw in _iter_lines(file, mapping):
-            yield raw + b"\n"
+    class _Lines:  # starts over on each iteration, so the SDK may resend it after a 503
+        def __iter__(self):
+            return (raw for _, raw in _iter_lines(file, mapping))
 
-    r = httpx.post(f"{api_url.rstrip('/')}/v1/datasets/{dataset}/examples:import", params=params, content=body(),
-                   headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/x-ndjson"},
-                   timeout=None)
-    data = r.json()
-    if "accepted" not in data:
-        err.print(f"[red]{r.status_code}: {data.get('error', {}).get('message')}")
-        raise typer.Exit(1)
-    _summary(data)
+    with Client(api_url, api_key, timeout=None) as client:
+        try:
+            result = client.import_examples(dataset, _Lines(), source_name=source or f"file:{file.name}",
+                                            license=license, legal_basis=legal_basis).model_dump(mode="json")
+        except ApiError as e:
+            if "accepted" not in e.body:  # an import refused as a whole still reports its lines
+                err.print(f"[red]{e.status}: {e.message}")
+                raise typer.Exit(1) from None
+            result = e.body
+    _summary(result)
 
 
 @audit_app.command("verify")

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Self
 
 import orjson
 import psycopg
@@ -108,12 +109,68 @@ def create_key(env: dict[str, str], role: str = "admin") -> str:
     return r.stdout.strip().splitlines()[-1]
 
 
+def observability_env(env: dict[str, str], on: bool, folder: Path) -> dict[str, str]:
+    """The API's settings with metrics and structured logs on as in production (multiprocess metrics in
+    `folder`, JSON lines) or off (no metrics, the servers' own text logs)."""
+    out = dict(env)
+    if on:
+        (folder / "prometheus").mkdir(parents=True, exist_ok=True)
+        out.update(PEDIGREE_METRICS="true", PEDIGREE_LOG_FORMAT="json",
+                   PROMETHEUS_MULTIPROC_DIR=str(folder / "prometheus"))
+    else:
+        out.update(PEDIGREE_METRICS="false", PEDIGREE_LOG_FORMAT="text")
+        out.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return out
+
+
+class Scraper:
+    """Prometheus in miniature: GET /metrics every `every_s` while the load runs, so the on side pays for
+    its scrapes too (production scrapes every 15-30 s; 5 s is the harsher case)."""
+
+    def __init__(self, url: str, key: str, every_s: float = 5.0) -> None:
+        import threading
+
+        self.url, self.key, self.every_s = url, key, every_s
+        self.scrapes, self.failed = 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import httpx
+
+        while True:  # one scrape at once, then every every_s until stopped
+            try:
+                r = httpx.get(f"{self.url}/metrics", headers={"Authorization": f"Bearer {self.key}"}, timeout=30)
+                self.scrapes += 1
+                self.failed += r.status_code != 200
+            except httpx.HTTPError:
+                self.failed += 1
+            if self._stop.wait(self.every_s):
+                return
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
 @contextmanager
-def api_server(env: dict[str, str], workers: int = 1) -> Iterator[tuple[str, subprocess.Popen]]:
+def api_server(env: dict[str, str], workers: int = 1,
+               log_path: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A uvicorn API. With `log_path`, as in production: INFO with the access log, written to that file
+    (the observability comparison); without, quiet (warnings only, no access log) as the benches were."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port",
-                             str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"],
-                            cwd=ROOT, env=env)
+    cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", str(workers)]
+    if log_path is None:
+        proc = subprocess.Popen([*cmd, "--log-level", "warning", "--no-access-log"], cwd=ROOT, env=env)
+    else:
+        with open(log_path, "ab") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen([*cmd, "--log-level", "info"], cwd=ROOT, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     import httpx
 

@@ -15,17 +15,24 @@ The API's peak RSS after a small and after the full import shows memory does not
     after another by a single client into a fresh dataset in the same run (the same work: the same
     share of new and already-stored refs). Checked: every ref stored once, accepted + unchanged ==
     lines sent. `--only-concurrent` runs this part alone.
+(e) observability: the same import (--obs-n lines, a fresh dataset each time) on two API servers over
+    the same database, one with metrics (multiprocess mode, scraped every 5 s) and JSON logs with the
+    access log, one with metrics off and the servers' text logs with the access log; the two alternate
+    --repeats times and the medians are compared (on/off >= 0.95). `--only-observability` runs it alone.
 The last stdout line is one JSON object with figures, targets and "pass".
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
+import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import orjson
@@ -33,6 +40,7 @@ import psycopg
 
 from bench.common import (
     REDIS,
+    Scraper,
     api_server,
     bench_env,
     create_key,
@@ -40,6 +48,7 @@ from bench.common import (
     jsonl_examples,
     median,
     migrate,
+    observability_env,
     peak_rss_mb,
     temp_pg_database,
 )
@@ -138,6 +147,37 @@ def concurrent_part(url: str, key: str, db_url: str, bodies: list[bytes], tag: s
     return out
 
 
+OBS_TARGET = 0.95
+
+
+def observability_part(env: dict, key: str, lines: list[bytes], repeats: int, folder: Path) -> dict:
+    """Import rate with metrics and structured logs on vs off, alternating, medians (see the docstring)."""
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    scrapes = failed = 0
+    for k in range(repeats):
+        for side in ("off", "on"):
+            on = side == "on"
+            with api_server(observability_env(env, on, folder), log_path=folder / f"api-{side}.log") as (url, _p):
+                h = {"Authorization": f"Bearer {key}"}
+                d = httpx.post(f"{url}/v1/datasets", json={"name": f"obs-{side}-{k}", "format": "instruction"},
+                               headers=h).json()
+                body = [ln.replace(b'"bench-', f'"obs-{side}{k}-'.encode()) for ln in lines]
+                with Scraper(url, key) if on else contextlib.nullcontext() as sc:
+                    res, t = stream_import(url, key, d["id"], body)
+                assert res["accepted"] == len(lines), res
+                rates[side].append(len(lines) / t)
+                if on:
+                    scrapes, failed = scrapes + sc.scrapes, failed + sc.failed
+    off, on = median(rates["off"]), median(rates["on"])
+    return {"n": len(lines), "repeats": repeats, "runs_examples_per_s": {k: [round(x) for x in v] for k, v in rates.items()},
+            "off_examples_per_s": round(off), "on_examples_per_s": round(on), "on_vs_off": round(on / off, 3),
+            "scrapes": scrapes, "failed_scrapes": failed, "target_on_vs_off_min": OBS_TARGET}
+
+
+def _obs_pass(obs: dict) -> bool:
+    return bool(obs["on_vs_off"] >= OBS_TARGET and obs["failed_scrapes"] == 0 and obs["scrapes"] > 0)
+
+
 def naive(env: dict, dataset_id: str, lines: list[bytes]) -> float:
     """One ORM object per example, a commit each: what a first implementation usually does."""
     import os
@@ -209,6 +249,9 @@ def main() -> None:
     ap.add_argument("--importers", type=int, default=20, help="concurrent importers of overlapping refs")
     ap.add_argument("--concurrent-n", type=int, default=4000, help="lines each concurrent importer sends")
     ap.add_argument("--only-concurrent", action="store_true", help="run the concurrency part alone")
+    ap.add_argument("--obs-n", type=int, default=30_000, help="lines per import in the observability comparison")
+    ap.add_argument("--only-observability", action="store_true",
+                    help="run the metrics-and-logs on/off comparison alone")
     args = ap.parse_args()
 
     import redis
@@ -229,6 +272,20 @@ def main() -> None:
                   "targets": {"concurrent_vs_single_min": 0.8, "concurrent_failed_requests_max": 0}}
         result["pass"] = _concurrent_pass(conc)
         _print_concurrent(conc)
+        print(json.dumps(result))
+        return
+    if args.only_observability:
+        with temp_pg_database() as db_url, tempfile.TemporaryDirectory() as tmp:
+            env = bench_env(db_url, REDIS)
+            migrate(env)
+            key = create_key(env)
+            redis.Redis.from_url(REDIS).flushdb()
+            obs = observability_part(env, key, list(jsonl_examples(args.obs_n, records)), args.repeats, Path(tmp))
+            redis.Redis.from_url(REDIS).flushdb()
+        result = {"bench": "ingest", "observability": obs, "observability_on_vs_off": obs["on_vs_off"],
+                  "targets": {"observability_on_vs_off_min": OBS_TARGET}}
+        result["pass"] = _obs_pass(obs)
+        _print_obs(obs)
         print(json.dumps(result))
         return
     full = list(jsonl_examples(args.n, records))
@@ -261,6 +318,9 @@ def main() -> None:
         copy_runs = [copy_floor(db_url, ds["id"], full, tag=f"copy{k}") for k in range(args.repeats)]
         copy_rate = median(copy_runs)
         redis.Redis.from_url(REDIS).flushdb()
+        with tempfile.TemporaryDirectory() as tmp:
+            obs = observability_part(env, key, full[: args.obs_n], args.repeats, Path(tmp))
+        redis.Redis.from_url(REDIS).flushdb()
 
     result = {
         "bench": "ingest",
@@ -279,19 +339,28 @@ def main() -> None:
         "concurrent": conc,
         "concurrent_vs_single": conc["concurrent_vs_single"],
         "concurrent_failed_requests": conc["concurrent"]["failed_requests"],
+        "observability": obs,
+        "observability_on_vs_off": obs["on_vs_off"],
         "targets": {"ours_examples_per_s": 10_000, "ours_vs_naive": 20, "copy_vs_ours_max": 3,
-                    "rss_growth_max": 1.25, "concurrent_vs_single_min": 0.8, "concurrent_failed_requests_max": 0},
+                    "rss_growth_max": 1.25, "concurrent_vs_single_min": 0.8, "concurrent_failed_requests_max": 0,
+                    "observability_on_vs_off_min": OBS_TARGET},
     }
     result["pass"] = bool(
         ours >= 10_000 and ours / naive_rate >= 20 and copy_rate / ours <= 3 and rss_full / rss_small <= 1.25
-        and _concurrent_pass(conc)
+        and _concurrent_pass(conc) and _obs_pass(obs)
     )
     print(f"ours   {ours:10,.0f} examples/s  (HTTP import, PostgreSQL)")
     print(f"naive  {naive_rate:10,.0f} examples/s  (ORM object + commit per example)")
     print(f"COPY   {copy_rate:10,.0f} examples/s  (floor)")
     print(f"API peak RSS: {rss_small:.0f} MB after {args.small_n:,}, {rss_full:.0f} MB after {args.n:,}")
     _print_concurrent(conc)
+    _print_obs(obs)
     print(json.dumps(result))
+
+
+def _print_obs(obs: dict) -> None:
+    print(f"metrics+JSON logs on {obs['on_examples_per_s']:8,} examples/s, off {obs['off_examples_per_s']:8,}: "
+          f"{obs['on_vs_off']}x ({obs['scrapes']} scrapes, {obs['failed_scrapes']} failed)")
 
 
 def _concurrent_pass(conc: dict) -> bool:

@@ -1,0 +1,1 @@
+"""Pedigree's Python SDK: `from pedigree.client import Client`."""
