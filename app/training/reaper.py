@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
@@ -27,49 +28,36 @@ def reap(session: Session, *, stale_after_s: float | None = None) -> list[uuid.U
     timeout = get_settings().training_heartbeat_timeout_s if stale_after_s is None else stale_after_s
     now = utcnow()
     cutoff = now - dt.timedelta(seconds=timeout)
+    reaped = _reap(session, TrainingRun, TrainingRunEvent, "run_id", "training_run", cutoff=cutoff, now=now,
+                   timeout=timeout)
+    # Evaluations run on the same workers under the same heartbeat rule (app/evaluations). A reaped one
+    # keeps no results: nothing partial is ever shown as passing a gate.
+    _reap(session, Evaluation, EvaluationEvent, "evaluation_id", "evaluation", cutoff=cutoff, now=now,
+          timeout=timeout, results={})
+    metrics.inc(metrics.TRAINING_RUNS_REAPED, len(reaped))
+    return reaped
+
+
+def _reap(session: Session, model: Any, event_model: Any, fk: str, entity_type: str, *, cutoff: dt.datetime,
+          now: dt.datetime, timeout: float, **reset: Any) -> list[uuid.UUID]:
     # One set-based UPDATE; its WHERE re-checks the state under the row lock, so a run that sent a
     # heartbeat or finished a moment ago is left alone.
     rows = session.execute(
-        update(TrainingRun)
-        .where(TrainingRun.status == "running", TrainingRun.heartbeat_at < cutoff)
-        .values(status="failed", failed_in="running", error_code="worker_lost", finished_at=now,
+        update(model)
+        .where(model.status == "running", model.heartbeat_at < cutoff)
+        .values(status="failed", failed_in="running", error_code="worker_lost", finished_at=now, **reset,
                 error_message=f"no heartbeat for more than {timeout:g} s; the trainer worker is presumed lost",
-                event_count=TrainingRun.event_count + 1)
-        .returning(TrainingRun.id, TrainingRun.worker_host, TrainingRun.heartbeat_at)
+                event_count=model.event_count + 1)
+        .returning(model.id, model.worker_host, model.heartbeat_at)
     ).all()
-    _reap_evaluations(session, cutoff=cutoff, now=now, timeout=timeout)
     if not rows:
         return []
-    session.execute(insert(TrainingRunEvent), [
-        {"run_id": rid, "kind": "log", "level": "error", "step": None, "data": {"worker_host": host},
+    session.execute(insert(event_model), [
+        {fk: rid, "kind": "log", "level": "error", "step": None, "data": {"worker_host": host},
          "message": f"worker_lost: no heartbeat from {host or 'the worker'} since {hb.isoformat() if hb else '-'}",
          "at": now} for rid, host, hb in rows])
     for rid, host, hb in rows:
-        audit.record(session, actor=ACTOR, action="training_run.failed", entity_type="training_run", entity_id=rid,
+        audit.record(session, actor=ACTOR, action=f"{entity_type}.failed", entity_type=entity_type, entity_id=rid,
                      payload={"from": "running", "code": "worker_lost", "worker_host": host,
                               "last_heartbeat_at": hb.isoformat() if hb else None, "timeout_s": timeout})
-    metrics.inc(metrics.TRAINING_RUNS_REAPED, len(rows))
     return [rid for rid, _, _ in rows]
-
-
-def _reap_evaluations(session: Session, *, cutoff: dt.datetime, now: dt.datetime, timeout: float) -> None:
-    """Evaluations run on the same workers under the same heartbeat rule (app/evaluations). A reaped one
-    keeps no results: nothing partial is ever shown as passing a gate."""
-    rows = session.execute(
-        update(Evaluation)
-        .where(Evaluation.status == "running", Evaluation.heartbeat_at < cutoff)
-        .values(status="failed", failed_in="running", error_code="worker_lost", finished_at=now, results={},
-                error_message=f"no heartbeat for more than {timeout:g} s; the trainer worker is presumed lost",
-                event_count=Evaluation.event_count + 1)
-        .returning(Evaluation.id, Evaluation.worker_host, Evaluation.heartbeat_at)
-    ).all()
-    if not rows:
-        return
-    session.execute(insert(EvaluationEvent), [
-        {"evaluation_id": eid, "kind": "log", "level": "error", "step": None, "data": {"worker_host": host},
-         "message": f"worker_lost: no heartbeat from {host or 'the worker'} since {hb.isoformat() if hb else '-'}",
-         "at": now} for eid, host, hb in rows])
-    for eid, host, hb in rows:
-        audit.record(session, actor=ACTOR, action="evaluation.failed", entity_type="evaluation", entity_id=eid,
-                     payload={"from": "running", "code": "worker_lost", "worker_host": host,
-                              "last_heartbeat_at": hb.isoformat() if hb else None, "timeout_s": timeout})
