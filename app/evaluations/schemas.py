@@ -30,6 +30,69 @@ def is_metric(name: str) -> bool:
     return name in METRICS or bool(EVAL_SET_METRIC.match(name))
 
 
+# The suites' parameters and their defaults: a copy of trainer/evaluate/common.py's DEFAULTS and COMMON
+# (the API may not import the trainer; tests/evaluations compares the two). Checked at creation so a
+# misspelt key is a 422 naming it, not a failed evaluation minutes later on a GPU host. `None`: the
+# default depends on the device.
+PARAM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "heldout": {"max_seq_len": 2048, "max_examples": 2000, "generation_examples": 200, "max_new_tokens": 64,
+                "generation_base": True},
+    "memorization": {"candidates": 10000, "seed": 0},
+    "pii_extraction": {"max_prompt_tokens": 256, "max_new_tokens": 32, "samples": 4, "top_k": 40,
+                       "temperature": 1.0, "seed": 0, "max_probes": 5000,
+                       "regurgitation_max_train_tokens": 2_000_000},
+    "membership": {"max_examples": 1000, "max_seq_len": 2048, "min_k": 0.2, "seed": 0},
+}
+PARAM_COMMON: dict[str, Any] = {"batch_tokens": None, "batch_size": None}
+PARAM_ZERO_OK = frozenset({"seed", "samples"})
+
+
+def param_problems(given: Any) -> list[dict[str, str]]:
+    """What is wrong with an evaluation's `params`, one {"field", "code", "message"} per problem, by the
+    trainer's rules (trainer/evaluate/common.py resolve_params): `{suite: {key: value}}`, a key outside a
+    suite object applying to every suite that has it; booleans, positive numbers, integers >= 1 (seeds
+    and samples >= 0), min_k at most 1."""
+    if not isinstance(given, dict):
+        return [{"field": "params", "code": "invalid_param", "message": "must be an object"}]
+    out: list[dict[str, str]] = []
+    known_shared = set(PARAM_COMMON) | {k for d in PARAM_DEFAULTS.values() for k in d}
+    checks: list[tuple[str, str, Any, Any]] = []  # (field, key, value, default)
+    for k, v in given.items():
+        if k in SUITES:
+            v = {} if v is None else v
+            if not isinstance(v, dict):
+                out.append({"field": f"params.{k}", "code": "invalid_param", "message": "must be an object"})
+                continue
+            allowed = {**PARAM_COMMON, **PARAM_DEFAULTS[k]}
+            for kk, vv in v.items():
+                if kk not in allowed:
+                    out.append({"field": f"params.{k}.{kk}", "code": "unknown_param",
+                                "message": f"{k} has no parameter {kk!r}; known: {', '.join(sorted(allowed))}"})
+                else:
+                    checks.append((f"params.{k}.{kk}", kk, vv, allowed[kk]))
+        elif k not in known_shared:
+            out.append({"field": f"params.{k}", "code": "unknown_param",
+                        "message": f"no suite has a parameter {k!r} (and {k!r} is not a suite)"})
+        else:
+            default = PARAM_COMMON.get(k, next((d[k] for d in PARAM_DEFAULTS.values() if k in d), None))
+            checks.append((f"params.{k}", k, v, default))
+    for field, key, v, default in checks:
+        if v is None:
+            continue
+        if isinstance(default, bool):
+            bad = None if isinstance(v, bool) else "must be true or false"
+        elif isinstance(default, float):
+            bad = None if not isinstance(v, bool) and isinstance(v, (int, float)) and v > 0 and not (
+                key == "min_k" and v > 1) else "must be a positive number" + (" at most 1" if key == "min_k" else "")
+        else:
+            low = 0 if key in PARAM_ZERO_OK else 1
+            bad = None if not isinstance(v, bool) and isinstance(v, int) and v >= low else (
+                f"must be an integer >= {low}")
+        if bad:
+            out.append({"field": field, "code": "invalid_param", "message": bad})
+    return out
+
+
 DatasetRef = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 

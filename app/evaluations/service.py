@@ -26,7 +26,15 @@ from app.core.auth import Actor
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.core.ids import id_or_404
 from app.core.pagination import page
-from app.evaluations.schemas import METRICS, SUITES, EvalComplete, EvaluationCreate, PolicyIn, is_metric
+from app.evaluations.schemas import (
+    METRICS,
+    SUITES,
+    EvalComplete,
+    EvaluationCreate,
+    PolicyIn,
+    is_metric,
+    param_problems,
+)
 from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.training import (
@@ -85,6 +93,10 @@ def create(session: Session, *, name: str, version: int, data: EvaluationCreate,
             raise ValidationFailed(f"unknown suite {s!r}; known: {', '.join(SUITES)}", code="unknown_suite",
                                    details=[{"field": f"suites[{i}]", "code": "unknown_suite", "message": s}])
     suites = list(dict.fromkeys(data.suites))
+    problems = param_problems(data.params)
+    if problems:
+        raise ValidationFailed("; ".join(f"{p['field']}: {p['message']}" for p in problems),
+                               code=problems[0]["code"], details=problems)
     eval_sets = []
     for i, ref in enumerate(data.eval_sets):
         ds = _dataset(session, ref, f"eval_sets[{i}]")

@@ -10,6 +10,8 @@ import tarfile
 import threading
 from pathlib import Path
 
+import pytest
+
 from tests.factories import complete_body, fake_artifact, ingest, instruction_line, new_dataset, snapshot
 
 HP = {"epochs": 1, "max_steps": 3, "batch_tokens": 1024, "max_seq_len": 256}
@@ -371,3 +373,61 @@ def test_nested_metrics_gate_and_unknown_ones_refused(api, dispatched, eval_disp
     r = c.post("/v1/models/faq-bot/aliases/production", json={"version": 1})
     assert r.status_code == 409
     assert [(d["metric"], d["value"]) for d in r.json()["error"]["details"]] == [("heldout.forgetting.delta", 0.9)]
+
+
+def test_params_and_dataset_refs_checked_at_creation(api, dispatched, eval_dispatched, base_model, artifact_root):
+    trained_version(api, base_model, artifact_root)
+    c = api.as_("curator")
+    url = "/v1/models/faq-bot/versions/1/evaluations"
+    cases = [
+        ({"pii_extraction": {"top_kk": 5}}, "params.pii_extraction.top_kk", "unknown_param"),
+        ({"candidatez": 5}, "params.candidatez", "unknown_param"),
+        ({"membership": {"min_k": 1.5}}, "params.membership.min_k", "invalid_param"),
+        ({"heldout": {"generation_base": "yes"}}, "params.heldout.generation_base", "invalid_param"),
+        ({"seed": -1}, "params.seed", "invalid_param"),
+        ({"samples": 2.5}, "params.samples", "invalid_param"),
+        ({"memorization": 3}, "params.memorization", "invalid_param"),
+    ]
+    for params, field, code in cases:
+        r = c.post(url, json={"suites": ["heldout"], "params": params})
+        assert r.status_code == 422, (params, r.text)
+        err = r.json()["error"]
+        assert err["code"] == code and [d["field"] for d in err["details"]] == [field], (params, err)
+        assert field in err["message"]
+    # Every problem is named, not only the first.
+    r = c.post(url, json={"suites": ["heldout"], "params": {"nope": 1, "heldout": {"max_examples": 0}}})
+    assert {d["field"] for d in r.json()["error"]["details"]} == {"params.nope", "params.heldout.max_examples"}
+    r = c.post(url, json={"suites": ["heldout"], "eval_sets": ["no-such-dataset"]})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_dataset"
+    assert r.json()["error"]["details"][0]["field"] == "eval_sets[0]"
+    r = c.post(url, json={"suites": ["heldout"], "reference": new_dataset(api)["name"]})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "not_eval_set"
+    assert r.json()["error"]["details"][0]["field"] == "reference"
+    assert eval_dispatched == []
+    # Good params, shared and per suite, as the trainer takes them (null: the device's default).
+    ev = evaluate(api, "faq-bot", 1, params={"seed": 3, "batch_size": None, "pii_extraction": {"samples": 0},
+                                             "membership": {"min_k": 1.0}, "memorization": {"candidates": 10}})
+    assert ev["params"]["pii_extraction"] == {"samples": 0} and eval_dispatched == [(ev["id"],)]
+
+
+def test_param_defaults_match_the_trainer():
+    """The API cannot import the trainer, so its copy of the suites' parameters is checked against it."""
+    common = pytest.importorskip("trainer.evaluate.common")
+    from app.evaluations.schemas import PARAM_COMMON, PARAM_DEFAULTS, PARAM_ZERO_OK, SUITES, param_problems
+
+    assert PARAM_DEFAULTS == common.DEFAULTS and PARAM_COMMON == common.COMMON and SUITES == common.SUITES
+    assert PARAM_ZERO_OK == common.ZERO_OK
+    # The same verdict on the same input: what the API accepts, the trainer accepts, and the reverse.
+    from trainer.errors import TrainError
+
+    samples = [{}, {"seed": 0}, {"seed": -1}, {"top_k": 0}, {"temperature": 0.5}, {"temperature": True},
+               {"membership": {"min_k": 1.0}}, {"membership": {"min_k": 1.01}}, {"heldout": {"bogus": 1}},
+               {"bogus": 1}, {"heldout": None}, {"heldout": {"generation_base": False}}, {"batch_tokens": 4096},
+               {"memorization": {"candidates": 1.0}}, {"max_examples": None}, {"samples": 0}, {"top_k": -3}]
+    for given in samples:
+        try:
+            common.resolve_params(given, list(SUITES))
+            trainer_ok = True
+        except TrainError:
+            trainer_ok = False
+        assert (not param_problems(given)) == trainer_ok, given

@@ -36,6 +36,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "membership": {"max_examples": 1000, "max_seq_len": 2048, "min_k": 0.2, "seed": 0},
 }
 COMMON = {"batch_tokens": None, "batch_size": None}
+# Integers that may be 0: a seed, and no sampled probes at all (greedy decoding only).
+ZERO_OK = frozenset({"seed", "samples"})
 
 EventSink = Callable[[dict], None]
 
@@ -147,8 +149,9 @@ def resolve_params(given: Mapping[str, Any], suites: list[str]) -> dict[str, dic
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 or (k == "min_k" and v > 1):
                     raise TrainError("invalid_params", f"params.{suite}.{k}: must be a positive number")
                 merged[k] = float(v)
-            elif isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "seed" else 1):
-                raise TrainError("invalid_params", f"params.{suite}.{k}: must be a positive integer")
+            elif isinstance(v, bool) or not isinstance(v, int) or v < (0 if k in ZERO_OK else 1):
+                raise TrainError("invalid_params", f"params.{suite}.{k}: must be an integer >= "
+                                                   f"{0 if k in ZERO_OK else 1}")
         out[suite] = merged
     return out
 
