@@ -196,7 +196,7 @@ def naive(env: dict, dataset_id: str, lines: list[bytes]) -> float:
     t0 = time.perf_counter()
     with factory() as s:
         for n, raw in enumerate(lines, 1):
-            c = parsing.parse_line(raw, n, "instruction", parsing.Defaults())
+            c = parsing.parse_line(raw, n, "instruction", parsing.Defaults())[0]
             ex = Example(dataset_id=uuid.UUID(dataset_id), status="ingested", stage="quality", source=c.source,
                          source_ref=f"naive-{c.source_ref}", license=c.license, collected_at=c.collected_at,
                          ingested_by=actor.ref, meta=c.metadata, tags=c.tags)
@@ -218,7 +218,7 @@ def copy_floor(db_url: str, dataset_id: str, lines: list[bytes], tag: str = "cop
 
     ex_rows, rev_rows = [], []
     for n, raw in enumerate(lines, 1):
-        c = parsing.parse_line(raw, n, "instruction", parsing.Defaults())
+        c = parsing.parse_line(raw, n, "instruction", parsing.Defaults())[0]
         eid, rid = new_id(), new_id()
         ex_rows.append((eid, dataset_id, "ingested", "quality", rid, c.source, f"{tag}-{c.source_ref}", c.collected_at,
                         c.license, "copy", orjson.dumps(c.metadata).decode(), orjson.dumps(c.tags).decode()))

@@ -105,12 +105,16 @@ def to_messages(fmt: str, content: dict) -> list[dict] | None:
             {"role": "assistant", "content": content.get("output", "")},
         ]
     if fmt == "preference":
-        # SFT on the chosen answer; the rejected one is kept in the snapshot for later DPO work.
-        return [
-            {"role": "user", "content": content["prompt"]},
-            {"role": "assistant", "content": content["chosen"]},
-        ]
+        # SFT (lora, qlora, full) trains on the chosen answer; method "dpo" uses both (trainer.dpo).
+        return [*prompt_messages(content["prompt"]), {"role": "assistant", "content": content["chosen"]}]
     return None
+
+
+def prompt_messages(prompt: str | list[dict]) -> list[dict]:
+    """A preference prompt (a string, or a conversation ending with the user) as chat messages."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
 
 
 class Renderer:
@@ -134,8 +138,10 @@ class Renderer:
         # prompt. This works for any template where a longer conversation extends a shorter one.
         full = self._chat(messages)
         spans = []
+        # A preference prompt's earlier assistant turns are context; only the answer is a target.
+        first = len(messages) - 1 if fmt == "preference" else 0
         for i, msg in enumerate(messages):
-            if msg["role"] != "assistant":
+            if msg["role"] != "assistant" or i < first:
                 continue
             before = self._chat(messages[:i], add_generation_prompt=True) if i else ""
             after = self._chat(messages[: i + 1])

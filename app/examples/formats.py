@@ -108,15 +108,53 @@ def normalize(fmt: str, obj: dict[str, Any], *, max_chars: int = 100_000, max_me
             "completion": _text(_required(obj, "completion"), "completion", max_chars=max_chars),
         }
     if fmt == "preference":
-        content = {
-            "prompt": _text(_required(obj, "prompt"), "prompt", max_chars=max_chars),
+        # Identical answers are stored (the quality stage flags them and DPO snapshots leave them out),
+        # so a reviewer sees the pair instead of the importer silently losing it.
+        return {
+            "prompt": _prompt(_required(obj, "prompt"), max_chars=max_chars, max_messages=max_messages),
             "chosen": _text(_required(obj, "chosen"), "chosen", max_chars=max_chars),
             "rejected": _text(_required(obj, "rejected"), "rejected", max_chars=max_chars),
         }
-        if content["chosen"] == content["rejected"]:
-            raise FieldError("rejected", "invalid", "chosen and rejected are identical")
-        return content
     raise FieldError("format", "invalid", f"unknown format {fmt!r}")
+
+
+def _prompt(value: Any, *, max_chars: int, max_messages: int) -> str | list[dict[str, str]]:
+    """A preference prompt: a string, or the conversation before the answers (a system message first
+    if any, user/assistant alternating, ending with the user). A conversation of one user turn is
+    stored as its string, so the same comparison hashes the same from every tool's shape."""
+    if isinstance(value, str):
+        return _text(value, "prompt", max_chars=max_chars)
+    if not isinstance(value, list) or not value:
+        raise FieldError("prompt", "type", "prompt must be a string or a non-empty array of messages")
+    if len(value) > max_messages:
+        raise FieldError("prompt", "too_long", f"{len(value)} messages; the limit is {max_messages}")
+    out = []
+    expected = "user"
+    for i, m in enumerate(value):
+        path = f"prompt[{i}]"
+        if not isinstance(m, dict):
+            raise FieldError(path, "type", f"{path} must be an object with role and content")
+        role = m.get("role")
+        if role not in CHAT_ROLES:
+            raise FieldError(f"{path}.role", "invalid", f"{path}.role must be one of {', '.join(CHAT_ROLES)}")
+        if role == "system":
+            if i != 0:
+                raise FieldError(f"{path}.role", "order", "a system message may only come first")
+        elif role != expected:
+            raise FieldError(f"{path}.role", "order",
+                             f"{path} is {role!r} but turns must alternate user/assistant; expected {expected!r}")
+        else:
+            expected = "assistant" if role == "user" else "user"
+        out.append({"role": role, "content": _text(m.get("content"), f"{path}.content", max_chars=max_chars)})
+    if out[-1]["role"] != "user":
+        raise FieldError(f"prompt[{len(out) - 1}].role", "order", "a prompt conversation must end with the user")
+    if len(out) == 1:
+        return out[0]["content"]
+    return out
+
+
+def prompt_messages(prompt: str | list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
 
 
 def _required(obj: dict[str, Any], field: str) -> Any:
@@ -129,16 +167,20 @@ def text_fields(fmt: str, content: dict[str, Any]) -> list[tuple[str, str]]:
     """Every text field as (path, text), in a stable order. PII scrubbing and dedup walk this."""
     if fmt == "chat":
         return [(f"messages[{i}].content", m["content"]) for i, m in enumerate(content["messages"])]
+    if fmt == "preference" and isinstance(content.get("prompt"), list):
+        return [*((f"prompt[{i}].content", m["content"]) for i, m in enumerate(content["prompt"])),
+                ("chosen", content["chosen"]), ("rejected", content["rejected"])]
     return [(f, content[f]) for f in CONTENT_FIELDS[fmt] if f in content]
 
 
 def set_text(content: dict[str, Any], path: str, text: str) -> None:
     """Write `text` at a path produced by text_fields (content is modified in place)."""
-    if path.startswith("messages["):
-        idx = int(path[len("messages["):path.index("]")])
-        content["messages"][idx]["content"] = text
-    else:
-        content[path] = text
+    for key in ("messages", "prompt"):
+        if path.startswith(key + "["):
+            idx = int(path[len(key) + 1:path.index("]")])
+            content[key][idx]["content"] = text
+            return
+    content[path] = text
 
 
 def trainable_text(fmt: str, content: dict[str, Any]) -> str:

@@ -155,7 +155,10 @@ class StreamedImport:
         candidates, bad = [], []
         for line_no, raw in lines:
             r = parsing.parse_line(raw, line_no, self.dataset.format, self.defaults)
-            (bad if isinstance(r, LineError) else candidates).append(r)
+            if isinstance(r, LineError):
+                bad.append(r)
+            else:
+                candidates.extend(r)
         return candidates, bad
 
     def write(self, candidates: list[Candidate], bad: list[LineError], last_line: int) -> None:
@@ -371,7 +374,7 @@ def store_objects(*, dataset_ref: str, items: list[Any], actor: Actor, defaults:
             candidates, errors = [], []
             for i, obj in enumerate(items):
                 try:
-                    candidates.append(parsing.prepare(ds.format, obj, i + 1, defaults))
+                    candidates.extend(parsing.prepare_line(ds.format, obj, i + 1, defaults))
                 except FieldError as fe:
                     errors.append({"index": i, "line": i + 1, "field": fe.field, "code": fe.code, "message": fe.message})
             if errors:

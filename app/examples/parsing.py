@@ -11,6 +11,7 @@ import orjson
 
 from app.core.config import get_settings
 from app.core.textguard import find_bad_character
+from app.examples import preference
 from app.examples.formats import FieldError, content_sha256, normalize
 
 # Metadata is the caller's free-form JSON: bounded so one line cannot make a row the JSON encoder
@@ -53,6 +54,8 @@ class Defaults:
     source: str | None = None
     license: str | None = None
     legal_basis: str | None = None
+    # Preference imports: the line shape (app.examples.preference.SHAPES); None detects it per line.
+    shape: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "license": self.license, "legal_basis": self.legal_basis}
@@ -156,7 +159,15 @@ class TooLarge:
     limit: int
 
 
-def parse_line(raw: bytes | TooLarge, line: int, fmt: str, defaults: Defaults) -> Candidate | LineError:
+def prepare_line(fmt: str, obj: Any, line: int, defaults: Defaults) -> list[Candidate]:
+    """One decoded line as its examples: one, except an OpenAssistant tree, which gives a pair per two
+    ranked siblings. Raises FieldError naming the field."""
+    if fmt != "preference":
+        return [prepare(fmt, obj, line, defaults)]
+    return [prepare(fmt, o, line, defaults) for o in preference.expand(obj, defaults.shape)]
+
+
+def parse_line(raw: bytes | TooLarge, line: int, fmt: str, defaults: Defaults) -> list[Candidate] | LineError:
     s = get_settings()
     if isinstance(raw, TooLarge):
         return LineError(line, "too_large", f"line is longer than the limit of {raw.limit} bytes")
@@ -180,7 +191,7 @@ def parse_line(raw: bytes | TooLarge, line: int, fmt: str, defaults: Defaults) -
             return LineError(line, "invalid_character",
                              f"{where} contains a NUL character, which cannot be stored", where)
     try:
-        return prepare(fmt, obj, line, defaults)
+        return prepare_line(fmt, obj, line, defaults)
     except FieldError as fe:
         return LineError(line, fe.code, fe.message, fe.field)
 

@@ -24,6 +24,7 @@ from app.examples.schemas import (
     ExamplePage,
     ImportResult,
     IngestBatchOut,
+    PreferenceShape,
 )
 from app.models.example import IngestBatch
 
@@ -67,7 +68,8 @@ _IMPORT_BODY = request_body({
 @router.post("/v1/datasets/{dataset_ref}/examples", status_code=201, response_model=CreateResult,
              openapi_extra=_CREATE_BODY, responses=errors(413))
 async def create_examples(dataset_ref: str, request: Request, actor: Curator, source: str | None = None,
-                          license: str | None = None, legal_basis: str | None = None) -> dict[str, Any]:
+                          license: str | None = None, legal_basis: str | None = None,
+                          shape: PreferenceShape | None = None) -> dict[str, Any]:
     """One example object or an array of them. All-or-nothing: a 422 names the index and field."""
     body = await _read_limited(request, MAX_JSON_BODY)
     try:
@@ -78,7 +80,7 @@ async def create_examples(dataset_ref: str, request: Request, actor: Curator, so
     items = payload if isinstance(payload, list) else [payload]
     if not items:
         raise ValidationFailed("no examples in the body", details=[{"field": "$", "code": "empty", "message": "empty array"}])
-    defaults = Defaults(source=source, license=license, legal_basis=legal_basis)
+    defaults = Defaults(source=source, license=license, legal_basis=legal_basis, shape=shape)
     return await run_in_threadpool(importer.store_objects, dataset_ref=dataset_ref, items=items, actor=actor,
                                    defaults=defaults)
 
@@ -105,6 +107,9 @@ async def import_examples(
     license: str | None = None,
     legal_basis: str | None = None,
     atomic: bool = False,
+    shape: Annotated[PreferenceShape | None, Query(
+        description="preference datasets: the line shape (openai, trl, hh, oasst); without it each line's "
+                    "shape is detected from its keys")] = None,
 ) -> JSONResponse:
     """Stream JSONL of any size. Each batch of lines is validated and stored in its own transaction
     (or all in one with atomic=true); memory stays flat however large the file is."""
@@ -114,7 +119,7 @@ async def import_examples(
     settings = get_settings()
     kind = importer.AtomicImport if atomic else importer.StreamedImport
     imp = kind(dataset_ref=dataset_ref, actor=actor, defaults=Defaults(source=source, license=license,
-                                                                       legal_basis=legal_basis))
+                                                                       legal_basis=legal_basis, shape=shape))
     status, body = await imp.run(request.stream(), batch_size=settings.ingest_batch_size,
                                  line_limit=settings.max_example_bytes)
     return JSONResponse(body, status_code=status)

@@ -56,9 +56,15 @@ class CompletionExampleIn(_ExampleIn):
 
 
 class PreferenceExampleIn(_ExampleIn):
-    prompt: str
+    prompt: str | list[ChatMessage] = Field(description="a string, or the conversation before the answers "
+                                                        "(a system message first, user/assistant alternating, "
+                                                        "ending with the user)")
     chosen: str
     rejected: str
+
+
+# The other line shapes a preference import accepts (app/examples/preference.py converts them).
+PreferenceShape = Literal["openai", "trl", "hh", "oasst"]
 
 
 # One object of the dataset's format (the format decides which of these applies).

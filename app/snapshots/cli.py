@@ -186,6 +186,10 @@ def export_cmd(
     else:
         final = out / f"{stem}.{'parquet' if format == 'parquet' else format + '.jsonl'}"
         fmt = manifest["dataset"]["format"]
+        if format in ex.PREFERENCE_ONLY and fmt != "preference":
+            raw_path.unlink()
+            err.print(f"[red]the {format} export needs a preference snapshot; this one is {fmt}")
+            raise typer.Exit(2)
 
         def reread(block_lines: int = 20_000) -> Iterator[bytes]:
             with raw_path.open("rb") as f:

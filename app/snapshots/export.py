@@ -7,6 +7,11 @@ Formats
   parsed content (the line itself may space or order keys differently: hash the value, not the bytes).
 - `openai-chat`: {"messages": [...]} (OpenAI / TRL conversational); preference examples in OpenAI's
   preference (DPO) shape {"input": {"messages"}, "preferred_output", "non_preferred_output"}.
+- `openai-dpo` (preference datasets only): that DPO shape, the file OpenAI's fine-tuning API takes with
+  `method.type: dpo`.
+- `trl` (preference datasets only): TRL's conversational preference shape, {"prompt": [messages],
+  "chosen": [assistant], "rejected": [assistant]}, for every line (a plain-string prompt becomes one user
+  turn), so `datasets` sees one column type and DPOTrainer applies the model's chat template itself.
 - `alpaca`: {"instruction", "input", "output"} (+ "system", "history" for multi-turn chats, as
   LLaMA-Factory reads them); preference as {"instruction", "input", "chosen", "rejected"}.
 - `completion`: {"prompt", "completion"}: strings, or message lists for chats (TRL's conversational
@@ -33,7 +38,8 @@ from app.core.sql import is_pg
 from app.models.snapshot import Snapshot
 from app.snapshots.repository import erased_members, manifest_hashes
 
-JSONL_FORMATS = ("pedigree", "openai-chat", "alpaca", "completion")
+JSONL_FORMATS = ("pedigree", "openai-chat", "alpaca", "completion", "openai-dpo", "trl")
+PREFERENCE_ONLY = ("openai-dpo", "trl")
 CHUNK_BYTES = 1 << 20
 
 
@@ -47,6 +53,14 @@ def _user_text(instruction: str, inp: str) -> str:
     return f"{instruction}\n\n{inp}" if inp else instruction
 
 
+def _prompt_messages(prompt: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def _prompt_text(prompt: str | list[dict[str, Any]]) -> str:
+    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+
 def _messages(fmt: str, c: dict[str, Any]) -> list[dict[str, Any]]:
     if fmt == "chat":
         return c["messages"]
@@ -55,14 +69,23 @@ def _messages(fmt: str, c: dict[str, Any]) -> list[dict[str, Any]]:
                 {"role": "assistant", "content": c["output"]}]
     if fmt == "completion":
         return [{"role": "user", "content": c["prompt"]}, {"role": "assistant", "content": c["completion"]}]
-    return [{"role": "user", "content": c["prompt"]}, {"role": "assistant", "content": c["chosen"]}]
+    return [*_prompt_messages(c["prompt"]), {"role": "assistant", "content": c["chosen"]}]
+
+
+def to_openai_dpo(fmt: str, c: dict[str, Any]) -> dict[str, Any]:
+    return {"input": {"messages": _prompt_messages(c["prompt"])},
+            "preferred_output": [{"role": "assistant", "content": c["chosen"]}],
+            "non_preferred_output": [{"role": "assistant", "content": c["rejected"]}]}
+
+
+def to_trl(fmt: str, c: dict[str, Any]) -> dict[str, Any]:
+    return {"prompt": _prompt_messages(c["prompt"]), "chosen": [{"role": "assistant", "content": c["chosen"]}],
+            "rejected": [{"role": "assistant", "content": c["rejected"]}]}
 
 
 def to_openai_chat(fmt: str, c: dict[str, Any]) -> dict[str, Any]:
     if fmt == "preference":
-        return {"input": {"messages": [{"role": "user", "content": c["prompt"]}]},
-                "preferred_output": [{"role": "assistant", "content": c["chosen"]}],
-                "non_preferred_output": [{"role": "assistant", "content": c["rejected"]}]}
+        return to_openai_dpo(fmt, c)
     return {"messages": _messages(fmt, c)}
 
 
@@ -72,7 +95,9 @@ def to_alpaca(fmt: str, c: dict[str, Any]) -> dict[str, Any]:
     if fmt == "completion":
         return {"instruction": c["prompt"], "input": "", "output": c["completion"]}
     if fmt == "preference":
-        return {"instruction": c["prompt"], "input": "", "chosen": c["chosen"], "rejected": c["rejected"]}
+        out = _alpaca_turns(_prompt_messages(c["prompt"]))
+        out.update(chosen=c["chosen"], rejected=c["rejected"])
+        return out
     msgs = c["messages"]
     out: dict[str, Any] = {}
     if msgs and msgs[0]["role"] == "system":
@@ -87,12 +112,26 @@ def to_alpaca(fmt: str, c: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _alpaca_turns(msgs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A preference prompt (ending with the user) as LLaMA-Factory's system / history / instruction."""
+    out: dict[str, Any] = {}
+    if msgs[0]["role"] == "system":
+        out["system"] = msgs[0]["content"]
+        msgs = msgs[1:]
+    out.update(instruction=msgs[-1]["content"], input="")
+    if len(msgs) > 1:
+        out["history"] = [[msgs[i]["content"], msgs[i + 1]["content"]] for i in range(0, len(msgs) - 1, 2)]
+    return out
+
+
 def to_completion(fmt: str, c: dict[str, Any]) -> dict[str, Any]:
     if fmt == "completion":
         return {"prompt": c["prompt"], "completion": c["completion"]}
     if fmt == "instruction":
         return {"prompt": _user_text(c["instruction"], c.get("input", "")), "completion": c["output"]}
     if fmt == "preference":
+        if isinstance(c["prompt"], list):
+            return {"prompt": c["prompt"], "completion": [{"role": "assistant", "content": c["chosen"]}]}
         return {"prompt": c["prompt"], "completion": c["chosen"]}
     msgs = c["messages"]
     return {"prompt": msgs[:-1], "completion": msgs[-1:]}
@@ -100,6 +139,7 @@ def to_completion(fmt: str, c: dict[str, Any]) -> dict[str, Any]:
 
 CONVERTERS: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {
     "openai-chat": to_openai_chat, "alpaca": to_alpaca, "completion": to_completion,
+    "openai-dpo": to_openai_dpo, "trl": to_trl,
 }
 
 
@@ -135,7 +175,10 @@ def parquet_schema(dataset_format: str):
     elif dataset_format == "completion":
         fields = [("prompt", s), ("completion", s)]
     else:
-        fields = [("prompt", s), ("chosen", s), ("rejected", s)]
+        # A prompt is a string or a conversation: one column each, the other null, so a row gives back
+        # exactly the stored content (and its hash).
+        fields = [("prompt", s), ("prompt_messages", pa.list_(pa.struct([("role", s), ("content", s)]))),
+                  ("chosen", s), ("rejected", s)]
     meta = {b"pedigree.format": dataset_format.encode()}
     return pa.schema([*fields, ("split", s), ("revision_id", s), ("example_id", s), ("content_sha256", s)],
                      metadata=meta)
@@ -153,8 +196,11 @@ def content_from_parquet_row(dataset_format: str, row: dict[str, Any]) -> dict[s
                 msg["weight"] = int(w)
             out.append(msg)
         return {"messages": out}
-    keys = {"instruction": ("instruction", "input", "output"), "completion": ("prompt", "completion"),
-            "preference": ("prompt", "chosen", "rejected")}[dataset_format]
+    if dataset_format == "preference":
+        pm = row.get("prompt_messages")
+        prompt = row["prompt"] if pm is None else [{"role": m["role"], "content": m["content"]} for m in pm]
+        return {"prompt": prompt, "chosen": row["chosen"], "rejected": row["rejected"]}
+    keys = {"instruction": ("instruction", "input", "output"), "completion": ("prompt", "completion")}[dataset_format]
     return {k: row[k] for k in keys}
 
 
@@ -190,9 +236,22 @@ class _Sink:
         return out
 
 
-FLAT_FIELDS = {"instruction": ("instruction", "input", "output"), "completion": ("prompt", "completion"),
-               "preference": ("prompt", "chosen", "rejected")}
+# Formats whose content is flat strings (CSV from PostgreSQL feeds their Parquet); a preference prompt may be
+# a conversation, so preference goes through preference_table.
+FLAT_FIELDS = {"instruction": ("instruction", "input", "output"), "completion": ("prompt", "completion")}
 META_FIELDS = ("split", "revision_id", "example_id", "content_sha256")
+
+
+def preference_table(contents: list[dict[str, Any]], meta: dict[str, Any], schema: Any) -> Any:
+    """Preference rows, built in Python: pyarrow's JSON reader cannot read a field that is a string on
+    one line and a list on the next."""
+    import pyarrow as pa
+
+    cols: dict[str, Any] = {
+        "prompt": [c["prompt"] if isinstance(c["prompt"], str) else None for c in contents],
+        "prompt_messages": [None if isinstance(c["prompt"], str) else c["prompt"] for c in contents],
+        "chosen": [c["chosen"] for c in contents], "rejected": [c["rejected"] for c in contents], **meta}
+    return pa.Table.from_pydict({f.name: cols[f.name] for f in schema}, schema=schema)
 
 
 def table_from_pedigree(dataset_format: str, block: bytes, schema: Any) -> Any:
@@ -200,6 +259,10 @@ def table_from_pedigree(dataset_format: str, block: bytes, schema: Any) -> Any:
     row, and the GIL is released, so it overlaps with the writer)."""
     import pyarrow as pa
     import pyarrow.json as pj
+
+    if dataset_format == "preference":
+        recs = [orjson.loads(line) for line in block.splitlines() if line]
+        return preference_table([r["content"] for r in recs], {k: [r[k] for r in recs] for k in META_FIELDS}, schema)
 
     content = pa.struct([f for f in schema if f.name not in META_FIELDS])
     in_schema = pa.schema([("revision_id", pa.string()), ("example_id", pa.string()), ("split", pa.string()),
@@ -311,6 +374,13 @@ def table_from_columns(dataset_format: str, block: Any, schema: Any) -> Any:
 
     _check(block)
     n = block.count
+    s = pa.string()
+    if dataset_format == "preference":
+        docs = [orjson.loads(d) for d in block.content.split(b"\n")]
+        meta = {"split": _splits(block.splits).cast(s), "revision_id": _uuids(block.revision_ids, n).cast(s),
+                "example_id": _uuids(block.example_ids, n).cast(s),
+                "content_sha256": _fixed_width(block.content_sha256, n, 64).cast(s)}
+        return preference_table(docs, meta, schema)
     content = pa.schema([f for f in schema if f.name not in META_FIELDS])
     # The reader needs every document inside one of its blocks: size them above the longest.
     nl = np.flatnonzero(np.frombuffer(block.content, dtype=np.uint8) == ord("\n"))
@@ -320,7 +390,6 @@ def table_from_columns(dataset_format: str, block: Any, schema: Any) -> Any:
                      parse_options=pj.ParseOptions(explicit_schema=content, unexpected_field_behavior="ignore"))
     if t.num_rows != n:
         raise ValueError(f"column block: {t.num_rows} documents for {n} members")
-    s = pa.string()
     cols = {f.name: t.column(f.name) for f in content}
     cols["split"] = _splits(block.splits).cast(s)
     cols["revision_id"] = _uuids(block.revision_ids, n).cast(s)

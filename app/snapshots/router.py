@@ -103,6 +103,11 @@ def export_snapshot(snapshot_id: str, session: SessionDep, actor: SnapshotReader
     _check_choice("format", format, EXPORT_FORMATS)
     _check_choice("split", split, ("all", "train", "validation"))
     snap = repository.get(session, snapshot_id)
+    if format in export.PREFERENCE_ONLY and snap.format != "preference":
+        raise ValidationFailed(f"the {format} export needs a preference snapshot; this one is {snap.format}",
+                               code="format_mismatch",
+                               details=[{"field": "format", "code": "format_mismatch",
+                                         "message": f"{format} holds preference pairs only"}])
     plan = export.plan_export(session, snap, split=split)
     # Who took a copy of the data, and of exactly what, belongs in the audit trail.
     audit.record(session, actor=actor.ref, action="snapshot.exported", entity_type="snapshot", entity_id=snap.id,

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from app.models.example import STATUSES
 
-EXPORT_FORMATS = ("pedigree", "openai-chat", "alpaca", "completion", "parquet")
+EXPORT_FORMATS = ("pedigree", "openai-chat", "alpaca", "completion", "parquet", "openai-dpo", "trl")
 Split = Literal["train", "validation", "all"]
 
 

@@ -37,8 +37,8 @@ def test_required_fields_and_size_cap():
         normalize("completion", {"prompt": "p", "completion": "x" * 101}, max_chars=100)
     assert e.value.code == "too_long" and "100" in e.value.message
     with pytest.raises(FieldError) as e:
-        normalize("preference", {"prompt": "p", "chosen": "same", "rejected": "same"})
-    assert e.value.field == "rejected"
+        normalize("preference", {"prompt": "p", "chosen": "x" * 101, "rejected": "y"}, max_chars=100)
+    assert e.value.field == "chosen" and e.value.code == "too_long"
 
 
 def test_text_fields_round_trip():

@@ -89,6 +89,9 @@ def test_only_assistant_and_completion_tokens_are_supervised(tiny_model):
     assert supervised_text("completion", {"prompt": "P", "completion": "C"}) == "C<|eos|>"
     pref = {"prompt": "P", "chosen": "good", "rejected": "bad"}
     assert supervised_text("preference", pref) == "good<|im_end|>\n"
+    conv = {**pref, "prompt": [{"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"},
+                               {"role": "user", "content": "U2"}]}
+    assert supervised_text("preference", conv) == "good<|im_end|>\n"  # the prompt's assistant turn is context
 
 
 @pytest.mark.train
