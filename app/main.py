@@ -122,6 +122,10 @@ async def lifespan(app: FastAPI):
 
 def create_app() -> FastAPI:
     wire()
+    # The bias report's lexicons: a missing or malformed file refuses start-up, naming it (docs/bias.md).
+    from app.snapshots import lexicons
+
+    lexicons.check()
     # The interactive docs and the OpenAPI schema are the only pages besides /healthz and the review
     # sign-in that answer without a key, so outside the embedded mode they are off unless asked for.
     settings = get_settings()

@@ -77,3 +77,49 @@ class DedupPolicyFields(BaseModel):
     # Jaccard misses); null turns it off. See app/dedup/containment.py.
     eval_containment: float | None = Field(0.8, gt=0.0, le=1.0, description="overlap coefficient of word n-grams")
     eval_ngram: int = Field(8, ge=3, le=50, description="words per n-gram for eval_containment")
+
+
+REVALIDATION_TRIGGERS = ("pii_engine", "spacy_model", "recognizers", "dedup_policy")
+
+
+class BiasPolicy(BaseModel):
+    """When the snapshot bias report flags a group (docs/bias.md): its share of its dimension's mentions
+    differs by more than `share_difference` (absolute) between train and validation, or between one source
+    and the rest of the snapshot, where both sides have at least `min_mentions` mentions of the dimension."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    share_difference: float = Field(0.10, gt=0.0, lt=1.0)
+    min_mentions: int = Field(30, ge=1, le=10_000_000)
+
+
+class GovernancePolicy(BaseModel):
+    """A dataset's ``governance_policy``: how old a validation may get and what makes it stale, and the
+    bias report's thresholds. Stored as given, read with defaults, like the other policies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # An example validated longer ago than this is stale: snapshots leave it out (rule `stale`). Null: never.
+    revalidate_after_days: int | None = Field(None, ge=1, le=3650)
+    # Which changes make an example's validation stale (and re-queue it): the PII engine version, the spaCy
+    # model, the recognizer set, the dataset's dedup policy.
+    revalidate_on: list[Literal["pii_engine", "spacy_model", "recognizers", "dedup_policy"]] = Field(
+        default_factory=lambda: list(REVALIDATION_TRIGGERS))
+    bias: BiasPolicy = Field(default_factory=BiasPolicy)
+
+    @classmethod
+    def effective(cls, stored: dict[str, Any] | None) -> GovernancePolicy:
+        return cls.model_validate(stored or {})
+
+
+class DatasetDocumentation(BaseModel):
+    """What only a curator can say about a dataset (Croissant RAI fields, the datasheet, the technical
+    documentation): Pedigree's records cannot answer these, so they are asked for, never guessed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    intended_uses: str = Field("", max_length=20_000)
+    out_of_scope_uses: str = Field("", max_length=20_000)
+    limitations: str = Field("", max_length=20_000)
+    collection_notes: str = Field("", max_length=20_000)
+    maintainer: str = Field("", max_length=500)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.core.schemas import Items
-from app.datasets.policies import DedupPolicyFields, ReviewPolicy
+from app.datasets.policies import DatasetDocumentation, DedupPolicyFields, GovernancePolicy, ReviewPolicy
 
 Format = Literal["chat", "instruction", "completion", "preference"]
 
@@ -60,6 +60,9 @@ class DatasetCreate(BaseModel):
     dedup_policy: dict[str, Any] = Field(default_factory=dict)
     quality_rules: dict[str, Any] = Field(default_factory=dict)
     is_eval_set: bool = False
+    # Revalidation age and triggers, bias-report thresholds (docs/bias.md, docs/revalidation in README).
+    governance_policy: GovernancePolicy = Field(default_factory=GovernancePolicy)
+    documentation: DatasetDocumentation = Field(default_factory=DatasetDocumentation)
 
     @field_validator("pii_policy")
     @classmethod
@@ -91,6 +94,8 @@ class DatasetUpdate(BaseModel):
     dedup_policy: dict[str, Any] | None = None
     quality_rules: dict[str, Any] | None = None
     is_eval_set: bool | None = None
+    governance_policy: GovernancePolicy | None = None
+    documentation: DatasetDocumentation | None = None
 
     @field_validator("pii_policy")
     @classmethod
@@ -114,6 +119,8 @@ class DatasetOut(BaseModel):
     dedup_policy: dict[str, Any]
     quality_rules: dict[str, Any]
     is_eval_set: bool
+    governance_policy: dict[str, Any] = Field(default_factory=dict)
+    documentation: dict[str, Any] = Field(default_factory=dict)
     created_at: dt.datetime
     created_by: str | None
     counts: dict[str, int] | None = None

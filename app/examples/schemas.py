@@ -297,6 +297,8 @@ class ExampleOut(Out):
     duplicates: list[DuplicateOut]
     created_at: IsoTime
     updated_at: IsoTime
+    last_validated_at: IsoTime | None = Field(
+        None, description="when the pipeline last finished on the current content (null: not yet)")
     # Filled by the PII, dedup and review hooks.
     pii: PiiScrubOut | None = None
     dedup: DedupView | None = None

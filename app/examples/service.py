@@ -102,6 +102,7 @@ def view(session: Session, ex: Example, actor: Actor) -> dict[str, Any]:
         "pii_findings": [],
         "duplicates": duplicates_of(session, ex.id),
         "created_at": ex.created_at.isoformat(), "updated_at": ex.updated_at.isoformat(),
+        "last_validated_at": ex.last_validated_at.isoformat() if ex.last_validated_at else None,
     }
     for hook in VIEW_HOOKS:
         hook(session, ex, out, actor)

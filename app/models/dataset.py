@@ -24,3 +24,8 @@ class Dataset(IdMixin, CreatedAtMixin, Base):
     dedup_policy: Mapped[dict] = mapped_column(default=dict)
     quality_rules: Mapped[dict] = mapped_column(default=dict)
     is_eval_set: Mapped[bool] = mapped_column(default=False)
+    # Revalidation and bias-report thresholds (app/datasets/policies.py GovernancePolicy).
+    governance_policy: Mapped[dict] = mapped_column(default=dict, server_default="{}")
+    # Curator-written intended uses, limitations, maintainer (DatasetDocumentation): read by the datasheet,
+    # Croissant's RAI fields and the technical documentation.
+    documentation: Mapped[dict] = mapped_column(default=dict, server_default="{}")

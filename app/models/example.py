@@ -77,6 +77,9 @@ class Example(IdMixin, CreatedAtMixin, Base):
     meta: Mapped[dict] = mapped_column("metadata", default=dict)
     tags: Mapped[list] = mapped_column(default=list)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow, server_default=func.now())
+    # When the pipeline last finished with this example (scrub, dedup and the checks all run on its
+    # current content); NULL until it has. Governance policies' `revalidate_after_days` reads it.
+    last_validated_at: Mapped[dt.datetime | None]
 
 
 class ExampleRevision(IdMixin, CreatedAtMixin, Base):

@@ -60,3 +60,29 @@ def common_words() -> frozenset[str]:
     text = resources.files("app.pii") / "data" / "common_words.txt"
     return frozenset(w.strip() for w in text.read_text(encoding="utf-8").splitlines()
                      if w.strip() and not w.startswith("#"))
+
+
+@lru_cache(maxsize=1)
+def first_names_by_gender() -> dict[str, str]:
+    """Case-folded first names nam_dict marks as male or female ("M"/"F", "1M"/"1F" as a first part,
+    "?M"/"?F" mostly), for counting gendered names in a snapshot's bias report. Unisex names ("?") are
+    left out, and so are names that are also ordinary English words ("will", "may", "grace"): in
+    lower-cased text they are mostly the word."""
+    skip = common_word_names() | common_words()
+    out: dict[str, str] = {}
+    for line in _nam_dict_lines():
+        if not line or line[0] in "#=":
+            continue
+        code, parts = line[:2].strip(), line.split()
+        gender = {"M": "male", "1M": "male", "?M": "male", "F": "female", "1F": "female", "?F": "female"}.get(code)
+        if gender is None or len(parts) < 2 or "+" in parts[1]:
+            continue
+        name = parts[1].casefold()
+        if len(name) < 2 or name in skip:
+            continue
+        # A name listed under both genders (different countries) is ambiguous: drop it.
+        if out.get(name, gender) != gender:
+            out[name] = ""
+        else:
+            out[name] = gender
+    return {k: v for k, v in out.items() if v}

@@ -114,8 +114,11 @@ def _run_stage(stage_name: str, ids: list[uuid.UUID], lease: _Lease | None) -> i
             session.execute(
                 update(Example)
                 .where(still_here, Example.status.not_in(TERMINAL))
-                .values(stage=None, status="pending_review", updated_at=now)
+                .values(stage=None, status="pending_review", updated_at=now, last_validated_at=now)
             )
+            # Examples a stage already settled (duplicate, rejected) were validated all the same.
+            session.execute(update(Example).where(still_here, Example.status.in_(TERMINAL))
+                            .values(last_validated_at=now))
         session.execute(update(Example).where(still_here).values(stage=nxt, updated_at=now))
         audit.record(
             session,

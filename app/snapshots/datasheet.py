@@ -99,7 +99,8 @@ def gather(session: Session, snap: Snapshot) -> Facts:
     ds = datasets.get(session, snap.dataset_id)
     erased = repository.erased_members(session, snap)
     sections = [_motivation(snap, ds), _composition(snap, erased), _collection(session, snap),
-                _preprocessing(session, snap, ds), _distribution(session, snap), _maintenance(erased)]
+                _preprocessing(session, snap, ds), _bias(session, snap), _distribution(session, snap),
+                _maintenance(erased)]
     return Facts(title=f"Datasheet: {ds.name} / {snap.name}", manifest_sha256=snap.manifest_sha256,
                  sections=sections)
 
@@ -197,6 +198,51 @@ def _labeling(session: Session, snap: Snapshot, pre: Section) -> None:
         f"Agreement: {same} of {multi} revisions reviewed more than once got the same decision "
         f"from every reviewer ({100 * same / multi:.1f}% raw agreement)." if multi else
         "Agreement: no revision in this snapshot was reviewed by more than one reviewer.")
+
+
+def _bias(session: Session, snap: Snapshot) -> Section:
+    from app.snapshots import bias
+
+    rep = bias.compute(session, snap)
+    sec = Section("Bias examination")
+    sec.paragraphs.append(
+        f"Demographic descriptors counted in {rep['members_examined']:,} members"
+        + (f" ({rep['erased_excluded']} erased members left out)" if rep["erased_excluded"] else "")
+        + f"; lexicons version `{rep['lexicons']['version']}`. The full report, with co-occurrence (PMI) "
+        f"with occupations and sentiment, per source and license: `GET /v1/snapshots/{snap.id}/bias-report`.")
+    sec.paragraphs.append("Method: " + rep["method"])
+    for dim, d in rep["dimensions"].items():
+        title = dim.replace("_", " ").capitalize()
+        groups = sorted(((g, v) for g, v in d["groups"].items() if v["mentions"]), key=lambda kv: -kv[1]["mentions"])
+        if not groups:
+            sec.paragraphs.append(f"{title}: no mentions.")
+            continue
+
+        def pct(x: float | None) -> str:
+            return "-" if x is None else f"{x:.1%}"
+
+        sec.tables.append((f"{title}: mentions by group",
+                           ["group", "mentions", "share", "prompt", "answer", "train share", "validation share"],
+                           [[g, v["mentions"], pct(v["share"]), v["by_role"]["prompt"], v["by_role"]["answer"],
+                             pct(v["share_by_split"]["train"]), pct(v["share_by_split"]["validation"])]
+                            for g, v in groups]))
+        if len(groups) > 1:
+            top = groups[:12]
+            sec.charts.append((f"{title}: mentions by group",
+                               _fig("barh", [g for g, _ in top], [v["mentions"] for _, v in top],
+                                    title=f"{dim.replace('_', ' ')}: mentions", xlabel="mentions")))
+    th = rep["thresholds"]
+    if rep["flags"]:
+        sec.tables.append(((f"Flags (share difference over {th['share_difference']:.0%}, at least "
+                           f"{th['min_mentions']:g} mentions each side)"),
+                           ["kind", "dimension", "group", "where", "difference"],
+                           [[f["kind"], f["dimension"], f["group"], f.get("source", "train vs validation"),
+                             f"{f['difference']:+.1%}"] for f in rep["flags"]]))
+    else:
+        sec.paragraphs.append(f"Flags: none (no share differs by more than {th['share_difference']:.0%} between "
+                              "splits or between a source and the rest).")
+    sec.paragraphs.append("Limits: " + " ".join(rep["limits"]))
+    return sec
 
 
 def _distribution(session: Session, snap: Snapshot) -> Section:

@@ -12,8 +12,8 @@ from app.core.errors import ValidationFailed
 from app.core.sql import is_pg
 from app.lineage import openlineage
 from app.models.snapshot import Snapshot
-from app.snapshots import datasheet, diff, export, freeze, jobs, proofs, repository
-from app.snapshots.schemas import EXPORT_FORMATS, ProofsRequest, SnapshotCreate, SnapshotOut
+from app.snapshots import bias, datasheet, diff, export, freeze, jobs, proofs, repository
+from app.snapshots.schemas import EXPORT_FORMATS, BiasReport, ProofsRequest, SnapshotCreate, SnapshotOut
 
 router = APIRouter(prefix="/v1/snapshots", tags=["snapshots"])
 
@@ -140,6 +140,13 @@ def export_snapshot(snapshot_id: str, session: SessionDep, actor: SnapshotReader
     else:
         body = export.stream_jsonl(format, plan.dataset_format, export.iter_pedigree_blocks(plan))
     return StreamingResponse(body, media_type=MEDIA.get(format, "application/x-ndjson"), headers=headers)
+
+
+@router.get("/{snapshot_id}/bias-report", response_model=BiasReport)
+def bias_report(snapshot_id: str, session: SessionDep, actor: SnapshotReader) -> dict[str, Any]:
+    """Representation of demographic descriptors per role, split, source and license, their co-occurrence
+    with occupations and sentiment (PMI with counts), and flags over the dataset's threshold (docs/bias.md)."""
+    return bias.compute(session, repository.get(session, snapshot_id))
 
 
 @router.get("/{snapshot_id}/datasheet")

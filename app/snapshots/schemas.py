@@ -104,3 +104,58 @@ class ProofsRequest(BaseModel):
         if (self.example_ids is None) == (self.revision_ids is None):
             raise ValueError("give exactly one of example_ids and revision_ids")
         return self
+
+
+# -- the bias report (app/snapshots/bias.py, docs/bias.md) --------------------------------------------------
+
+
+class _Pmi(BaseModel):
+    members: int
+    pmi: float | None = Field(description="log2 PMI over members; null below the minimum joint count")
+
+
+class BiasOccupation(_Pmi):
+    occupation: str
+
+
+class BiasSentiment(BaseModel):
+    positive: _Pmi
+    negative: _Pmi
+    mean_valence: float | None = Field(description="mean VADER valence of sentiment words in members naming the group")
+
+
+class BiasGroup(BaseModel):
+    mentions: int
+    share: float | None = Field(description="of the dimension's mentions")
+    members: int = Field(description="members with at least one mention")
+    member_share: float | None
+    by_role: dict[str, int]
+    by_split: dict[str, int]
+    share_by_split: dict[str, float | None]
+    by_evidence: dict[str, int] = Field(description="pronoun, term, name, nationality, ethnicity")
+    by_source: dict[str, int]
+    by_license: dict[str, int]
+    top_terms: list[tuple[str, int]]
+    occupations: list[BiasOccupation]
+    sentiment: BiasSentiment
+
+
+class BiasDimension(BaseModel):
+    mentions: int
+    by_role: dict[str, int]
+    by_split: dict[str, int]
+    groups: dict[str, BiasGroup]
+
+
+class BiasReport(BaseModel):
+    snapshot_id: str
+    manifest_sha256: str
+    members_examined: int
+    members_by_split: dict[str, int]
+    erased_excluded: int = Field(description="members erased since the freeze: left out of every count")
+    dimensions: dict[str, BiasDimension]
+    flags: list[dict[str, Any]] = Field(description="split_share and source_share differences over the policy's threshold")
+    thresholds: dict[str, float]
+    lexicons: dict[str, Any]
+    method: str
+    limits: list[str]
