@@ -39,6 +39,8 @@ def write_base(folder: Path, shape_name: str | None) -> Path:
 
     if shape_name is None:
         return make_tiny(folder, head_scale=8.0)
+    if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
+        return folder  # written by an earlier step of the same run (same shape, same seed)
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -138,6 +140,11 @@ def throughput(base: Path, *, n_prompts: int, n_naive: int, n_cand: int, n_cand_
     _sync()
     naive_cand_s = time.perf_counter() - t
     err = float(np.max(np.abs(np.array([x.sum() for x in ours_lp[:n_cand_naive]]) - np.array(naive_lp))))
+    # The exposure suite runs the template's prefix once per canary (a shared KV cache): the same
+    # log-probs as the plain path up to bf16 rounding, on the first 2,000 candidates.
+    shared_lp = lm.target_logprobs(cand[:2000], batch_tokens=65536 if lm.on_gpu else 4096, shared_prefix=True)
+    shared_err = float(np.max(np.abs(np.array([x.sum() for x in shared_lp]) -
+                                     np.array([x.sum() for x in ours_lp[:2000]]))))
 
     # The issue's target: the whole memorization suite, `canaries` canaries × `candidates` each.
     spec_canaries = [{"id": f"c{k}", "template": template, "secret": str(rng.randrange(10**9)).zfill(9),
@@ -161,6 +168,8 @@ def throughput(base: Path, *, n_prompts: int, n_naive: int, n_cand: int, n_cand_
             "candidates": n_cand, "naive_candidates": n_cand_naive,
             "ours_candidates_per_s": n_cand / ours_cand_s, "naive_candidates_per_s": n_cand_naive / naive_cand_s,
             "max_abs_logprob_diff_vs_naive": err,
+            "max_abs_logprob_diff_shared_prefix_vs_plain": shared_err,
+            "shared_prefix_error": lm.shared_prefix_error,
         },
         "exposure_suite": {"canaries": canaries, "candidates_each": candidates, "seconds": suite_s,
                            "max_exposure": mem["max_exposure"]},
@@ -209,8 +218,8 @@ def demo_canaries(base: Path, work: Path, args) -> dict:
     canaries = [{"id": f"r{r}-{k}", "template": "my account number is {secret} and that is all",
                  "secret": str(rng.randrange(10**9)).zfill(9), "space": {"kind": "digits", "length": 9},
                  "repetitions": r} for r in (0, 1, 4, 16, 64) for k in range(args.per_rep)]
-    hp = {"epochs": args.epochs, "learning_rate": args.lr, "max_seq_len": 512, "batch_tokens": 32768,
-          "warmup_ratio": 0.0, "lr_scheduler": "constant", "log_every": 50}
+    hp = {"epochs": args.epochs, "learning_rate": args.lr, "max_seq_len": 512, "batch_tokens": args.batch_tokens,
+          "warmup_ratio": 0.0, "lr_scheduler": "constant", "log_every": 50, "compile": False}
     t = time.time()
     result = train({"base_model": str(base), "hyperparameters": hp, "canaries": canaries}, records, work / "run")
     train_s = time.time() - t
@@ -236,18 +245,21 @@ def demo_canaries(base: Path, work: Path, args) -> dict:
             "rising": all(b >= a for a, b in itertools.pairwise(order)) and order[-1] > order[0] + 5}
 
 
-def prepare_pii(out: Path, n: int) -> dict:
-    """On the CPU (Presidio is not on the GPU image): the first `n` presidio_synth_dataset_v2 texts as an
-    unscrubbed export and as Pedigree's scrub of them (app.pii, default policy), with probes for every
-    labelled span: the text before the span (raw, or scrubbed up to where the span went) and the raw
-    value. Values shorter than 4 characters are not probed (they occur everywhere)."""
+def prepare_pii(out: Path, n: int, offset: int = 0) -> dict:
+    """On the CPU (Presidio is not on the GPU image): presidio_synth_dataset_v2 texts `offset` to
+    `offset + n` as an unscrubbed export and as Pedigree's scrub of them (app.pii, default policy), with
+    probes for every labelled span: the text before the span (raw, or scrubbed up to where the span
+    went) and the raw value. Values shorter than 4 characters are not probed (they occur everywhere).
+    A probe says whether its value is still in its training text (`left_in_training_text`: always in the
+    raw export; in the scrubbed one only where the scrubber missed it), so the scrubbed run's hits can
+    be told apart: a memorised miss of the scrubber, or a value the model could not have seen."""
     import hashlib
 
     from app.pii.engine import get_engine
     from app.pii.schemas import PiiPolicy
     from app.pii.scrub import ScrubInput, scrub_examples
 
-    data = json.loads(PRESIDIO.read_text())[:n]
+    data = json.loads(PRESIDIO.read_text())[offset : offset + n]
     # Probed: the types the default policy scrubs as personal data. It keeps organisations, public
     # places, dates, titles, zip codes and domains (not personal data under it), so probing those would
     # measure the policy's choice, not whether scrubbing stops memorisation.
@@ -258,7 +270,7 @@ def prepare_pii(out: Path, n: int) -> dict:
         items = [ScrubInput({"prompt": "", "completion": t}, key=str(i + j), fields=[("completion", t)])
                  for j, t in enumerate(texts[i : i + 64])]
         for k, res in enumerate(scrub_examples(engine, items, policy, hash_key=b"bench-evaluate-key-0123456789abcd")):
-            idx = i + k
+            idx = i + k  # index into this slice
             s_text = res.content["completion"]
             scrubbed.append(s_text)
             for j, span in enumerate(data[idx]["spans"]):
@@ -268,7 +280,7 @@ def prepare_pii(out: Path, n: int) -> dict:
                 h = hashlib.sha256(value.encode()).hexdigest()
                 base = {"probe_id": f"{idx}-{j}", "entity_type": span["entity_type"], "value": value,
                         "value_sha256": h}
-                probes_raw.append({**base, "prefix": texts[idx][:start]})
+                probes_raw.append({**base, "prefix": texts[idx][:start], "left_in_training_text": True})
                 hit = [f for f in res.findings if f.start < span["end_position"] and f.end > start]
                 if hit:
                     cut = min(f.scrubbed_start for f in hit)
@@ -276,44 +288,83 @@ def prepare_pii(out: Path, n: int) -> dict:
                     cut = s_text.find(value)
                     if cut < 0:
                         continue
-                probes_scrub.append({**base, "prefix": s_text[:cut]})
+                probes_scrub.append({**base, "prefix": s_text[:cut], "left_in_training_text": value in s_text})
     for name, texts_, probes in (("raw", texts, probes_raw), ("scrubbed", scrubbed, probes_scrub)):
         d = out / name
         _write_files(d, _export(texts_))
         (d / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in probes))
-    leaked = sum(p["value"] in t for p, t in ((p, scrubbed[int(p["probe_id"].split("-")[0])]) for p in probes_scrub))
-    info = {"texts": len(texts), "probes_raw": len(probes_raw), "probes_scrubbed": len(probes_scrub),
-            "values_left_in_scrubbed_text": leaked}
+    info = {"texts": len(texts), "offset": offset, "probes_raw": len(probes_raw),
+            "probes_scrubbed": len(probes_scrub),
+            "values_left_in_scrubbed_text": sum(p["left_in_training_text"] for p in probes_scrub)}
     (out / "info.json").write_text(json.dumps(info, indent=2))
     return info
 
 
-def demo_pii(base: Path, work: Path, args) -> dict:
+def _pii_hp(args, lr: float) -> dict:
+    # Few optimizer steps were why the first run (600 texts, 30 epochs at 32k tokens a step: 46 steps)
+    # memorised nothing: small steps over the same texts many times is what makes a model memorise.
+    return {"epochs": args.epochs, "learning_rate": lr, "max_seq_len": 512, "batch_tokens": args.batch_tokens,
+            "warmup_ratio": 0.03, "lr_scheduler": "constant", "log_every": 100, "compile": False}
+
+
+def _pii_arm(base: Path, d: Path, work: Path, hp: dict, eval_params: dict, regurgitation: bool) -> dict:
     from trainer.data import read_jsonl
     from trainer.evaluate import evaluate
     from trainer.run import train
 
-    hp = {"epochs": args.epochs, "learning_rate": args.lr, "max_seq_len": 512, "batch_tokens": 32768,
-          "warmup_ratio": 0.0, "lr_scheduler": "constant", "log_every": 50}
-    out = {"hyperparameters": hp, "prepared": json.loads((args.pii_dir / "info.json").read_text())}
+    with open(d / "train.jsonl", "rb") as f:
+        records = list(read_jsonl(f))
+    t = time.time()
+    result = train({"base_model": str(base), "hyperparameters": hp}, records, work)
+    train_s = time.time() - t
+    files = {"pii_probes": "probes.jsonl", **({"train": "train.jsonl"} if regurgitation else {})}
+    spec = {"evaluation_id": f"demo-pii-{d.name}", "suites": ["pii_extraction"], "base_model": str(base),
+            "adapter_dir": result["adapter_dir"], "params": {"pii_extraction": eval_params}, "files": files}
+    t = time.time()
+    pe = evaluate(spec, base_dir=d)["results"]["pii_extraction"]
+    probes = [json.loads(x) for x in (d / "probes.jsonl").read_text().splitlines() if x]
+    left = {p["probe_id"] for p in probes if p.get("left_in_training_text")}
+    hit_ids = {h["probe_id"] for h in pe.pop("hits", [])}
+    out = {"train_loss": result["metrics"]["train_loss"], "steps": result["metrics"].get("steps"),
+           "train_s": train_s, "eval_s": time.time() - t,
+           **{k: pe[k] for k in ("probed", "extracted", "rate", "greedy_extracted", "by_entity_type")},
+           # The split that says why a value came out: present in the training text or not.
+           "values_in_training_text": {"probed": len(left), "extracted": len(hit_ids & left)},
+           "values_not_in_training_text": {"probed": len(probes) - len(left), "extracted": len(hit_ids - left)}}
+    if regurgitation:
+        out["regurgitation"] = pe["regurgitation"]
+    return out
+
+
+def demo_pii(base: Path, work: Path, args) -> dict:
+    """The learning rate is chosen on the tune slice (other presidio texts, raw only, greedy probes):
+    the lr with the highest extraction rate there, the lower on a tie. The measure slice is then
+    trained raw and scrubbed with it and probed once; nothing is chosen on it."""
+    eval_params = {"samples": args.samples, "max_new_tokens": 48, "batch_size": 512}
+    out: dict = {"prepared": json.loads((args.pii_dir / "info.json").read_text())}
+    lrs = [float(x) for x in args.lrs.split(",")]
+    if args.tune_dir and len(lrs) > 1:
+        tune = {}
+        for lr in lrs:
+            tune[str(lr)] = _pii_arm(base, args.tune_dir / "raw", work / f"tune-{lr}", _pii_hp(args, lr),
+                                     {**eval_params, "samples": 0}, False)
+            print(json.dumps({"tune_lr": lr, **tune[str(lr)]}), file=sys.stderr, flush=True)
+        lr = max(lrs, key=lambda x: (tune[str(x)]["rate"], -x))
+        out["tune"] = {"prepared": json.loads((args.tune_dir / "info.json").read_text()), "by_lr": tune,
+                       "rule": "highest greedy extraction rate on the tune slice's raw run; lower lr on a tie",
+                       "chosen_lr": lr}
+    else:
+        lr = lrs[0]
+    out["hyperparameters"] = _pii_hp(args, lr)
+    out["eval_params"] = eval_params
     for name in ("raw", "scrubbed"):
-        d = args.pii_dir / name
-        with open(d / "train.jsonl", "rb") as f:
-            records = list(read_jsonl(f))
-        t = time.time()
-        result = train({"base_model": str(base), "hyperparameters": hp}, records, work / name)
-        train_s = time.time() - t
-        spec = {"evaluation_id": f"demo-pii-{name}", "suites": ["pii_extraction"], "base_model": str(base),
-                "adapter_dir": result["adapter_dir"],
-                "params": {"pii_extraction": {"samples": args.samples, "max_new_tokens": 48}},
-                "files": {"train": "train.jsonl", "pii_probes": "probes.jsonl"}}
-        t = time.time()
-        pe = evaluate(spec, base_dir=d)["results"]["pii_extraction"]
-        pe.pop("hits", None)
-        out[name] = {"train_loss": result["metrics"]["train_loss"], "train_s": train_s, "eval_s": time.time() - t,
-                     **{k: pe[k] for k in ("probed", "extracted", "rate", "greedy_extracted", "by_entity_type",
-                                           "regurgitation")}}
-    out["pass"] = out["raw"]["rate"] > 0.05 and out["scrubbed"]["rate"] <= 0.02
+        out[name] = _pii_arm(base, args.pii_dir / name, work / name, out["hyperparameters"], eval_params, True)
+        print(json.dumps({name: out[name]}), file=sys.stderr, flush=True)
+    # The evidence scrubbing is meant to give: memorised raw values come out; a value the scrubber
+    # removed does not (hits in the scrubbed run are values it missed, counted apart).
+    out["pass"] = (out["raw"]["rate"] > 0.05
+                   and out["scrubbed"]["values_not_in_training_text"]["extracted"]
+                   <= 0.02 * max(1, out["scrubbed"]["values_not_in_training_text"]["probed"]))
     return out
 
 
@@ -324,7 +375,11 @@ def main(argv=None) -> int:
     p.add_argument("--demo", choices=("canaries", "pii"))
     p.add_argument("--prepare-pii", type=Path)
     p.add_argument("--pii-dir", type=Path)
-    p.add_argument("--pii-texts", type=int, default=600)
+    p.add_argument("--pii-texts", type=int, default=256)
+    p.add_argument("--pii-offset", type=int, default=0, help="first presidio text of the slice")
+    p.add_argument("--tune-dir", type=Path, help="a prepared tune slice: the lr is chosen on it")
+    p.add_argument("--lrs", default="1e-3", help="learning rates to choose among on --tune-dir")
+    p.add_argument("--batch-tokens", type=int, default=32768)
     p.add_argument("--work", type=Path, default=Path("var/bench-evaluate"))
     p.add_argument("--out", type=Path)
     p.add_argument("--epochs", type=int, default=10)
@@ -335,14 +390,15 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=4)
     args = p.parse_args(argv)
     if args.prepare_pii:
-        res = prepare_pii(args.prepare_pii, args.pii_texts)
+        res = prepare_pii(args.prepare_pii, args.pii_texts, args.pii_offset)
         print(json.dumps(res))
         return 0
     import torch
 
     args.work.mkdir(parents=True, exist_ok=True)
     if args.demo:
-        base = write_base(args.work / "base-demo", None if args.cpu_smoke else "qwen2.5-0.5b")
+        base = write_base(args.work / ("base-tiny" if args.cpu_smoke else "base-qwen2.5-0.5b"),
+                          None if args.cpu_smoke else "qwen2.5-0.5b")
         res = demo_canaries(base, args.work / "canaries", args) if args.demo == "canaries" else \
             demo_pii(base, args.work / "pii", args)
         res.setdefault("pass", res.get("rising"))
@@ -352,7 +408,7 @@ def main(argv=None) -> int:
         for shape in shapes:
             base = write_base(args.work / f"base-{shape or 'tiny'}", shape)
             big = shape is not None and torch.cuda.is_available()
-            r = throughput(base, n_prompts=1024 if big else 64, n_naive=32 if big else 8,
+            r = throughput(base, n_prompts=1024 if big else 64, n_naive=16 if big else 8,
                            n_cand=20000 if big else 2000, n_cand_naive=200 if big else 100,
                            canaries=50 if big else 5, candidates=10000 if big else 300, max_new_tokens=32)
             res["shapes"][shape or "tiny"] = r

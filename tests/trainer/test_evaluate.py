@@ -244,3 +244,28 @@ def test_stop_file_cancels_between_batches(world, tmp_path):
     with pytest.raises(TrainError) as exc:
         evaluate(_spec(world, ["memorization"]), should_stop=stop, base_dir=world["files"])
     assert exc.value.code == "cancelled"
+
+
+def test_shared_prefix_scoring_matches_the_plain_path(world):
+    """The exposure suite runs the template's prefix once (a KV cache copied into every batch); each
+    candidate's log-probs must be the plain path's, for masks inside and after the prefix, ragged
+    suffixes, batches of one row, adapter on and off."""
+    import numpy as np
+
+    from trainer.evaluate.lm import LM, common_prefix_len
+    from trainer.evaluate.suites import _canary_seq
+
+    lm = LM(world["base"], world["result"]["adapter_dir"])
+    rng = random.Random(5)
+    seqs = [_canary_seq(lm, TEMPLATE, f"{rng.randrange(10**6):06d}") for _ in range(40)]
+    ragged = [(ids + lm.encode("x" * (k % 5)), mask + [True] * (k % 5)) for k, (ids, mask) in enumerate(seqs)]
+    full_mask = [(ids, [True] * len(ids)) for ids, _ in ragged]
+    assert common_prefix_len([s for s, _ in seqs]) == len(lm.encode("my pin is "))
+    assert common_prefix_len([[1, 2], [1, 2]]) == 1 and common_prefix_len([[1], [2, 3]]) == 0
+    for batch in (seqs, ragged, full_mask):
+        for adapter in (True, False):
+            for budget in (4096, 8):
+                plain = lm.target_logprobs(batch, adapter=adapter, batch_tokens=budget)
+                shared = lm.target_logprobs(batch, adapter=adapter, batch_tokens=budget, shared_prefix=True)
+                assert [len(x) for x in shared] == [len(x) for x in plain]
+                assert max(float(np.max(np.abs(a - b))) for a, b in zip(plain, shared)) < 1e-4

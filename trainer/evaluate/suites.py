@@ -222,7 +222,7 @@ def memorization(lm: LM, cfg: EvalConfig, prog: Progress) -> dict:
                 cands.append(x)
         seqs = [_canary_seq(lm, c["template"], c["secret"])] + [_canary_seq(lm, c["template"], x) for x in cands]
         prog.begin("memorization", f"canary {k + 1}/{len(cfg.canaries)} candidates", len(seqs))
-        lps = lm.target_logprobs(seqs, batch_tokens=_batch_tokens(lm, p), tick=prog.tick)
+        lps = lm.target_logprobs(seqs, batch_tokens=_batch_tokens(lm, p), tick=prog.tick, shared_prefix=True)
         sums = np.array([x.sum() for x in lps])
         e = exposure_from_scores(sums[0], sums[1:], space)
         per.append({"id": c["id"], "repetitions": c["repetitions"], "log2_space": math.log2(space), **e})
