@@ -2,6 +2,7 @@
 
     python -m bench.evaluate [--shapes qwen2.5-0.5b,llama3-8b] [--out bench/results/evaluate.json]
     python -m bench.evaluate --cpu-smoke                      # tiny model, < 1 min
+    python -m bench.evaluate --exposure-only --out ...        # the 50 x 10k exposure target alone
     python -m bench.evaluate --demo canaries --out ...        # exposure vs repetitions 1/4/16/64
     python -m bench.evaluate --prepare-pii DIR                # CPU: raw and scrubbed exports + probes
     python -m bench.evaluate --demo pii --pii-dir DIR --out ...
@@ -102,7 +103,7 @@ def throughput(base: Path, *, n_prompts: int, n_naive: int, n_cand: int, n_cand_
 
     from trainer.evaluate.common import EvalConfig, Progress
     from trainer.evaluate.lm import LM
-    from trainer.evaluate.suites import _canary_seq, memorization
+    from trainer.evaluate.suites import _canary_seqs, memorization
 
     lm = LM(str(base), None)
     rng = random.Random(0)
@@ -127,7 +128,7 @@ def throughput(base: Path, *, n_prompts: int, n_naive: int, n_cand: int, n_cand_
     new_tokens = sum(len(x[0]) for x in ours_out)
 
     template = "my account number is {secret} and that is all"
-    cand = [_canary_seq(lm, template, str(rng.randrange(10**9)).zfill(9)) for _ in range(n_cand)]
+    cand = _canary_seqs(lm, template, [str(rng.randrange(10**9)).zfill(9) for _ in range(n_cand)])
     lm.target_logprobs(cand[:512], batch_tokens=65536 if lm.on_gpu else 4096)
     naive_score(lm, cand[:2])
     _sync()
@@ -183,6 +184,57 @@ def throughput(base: Path, *, n_prompts: int, n_naive: int, n_cand: int, n_cand_
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return res
+
+
+def exposure_only(base: Path, *, canaries: int, candidates: int, n_check: int) -> dict:
+    """The exposure target alone: the memorization suite, `canaries` x `candidates`, timed; and the
+    shared-prefix scoring it uses against the plain path on `n_check` candidates (speed and agreement)."""
+    import numpy as np
+    import torch
+
+    from trainer.evaluate.common import EvalConfig, Progress
+    from trainer.evaluate.lm import LM
+    from trainer.evaluate.suites import _canary_seqs, memorization
+
+    lm = LM(str(base), None)
+    rng = random.Random(0)
+    template = "my account number is {secret} and that is all"
+    bt = 65536 if lm.on_gpu else 4096
+    cand = _canary_seqs(lm, template, [str(rng.randrange(10**9)).zfill(9) for _ in range(n_check)])
+    lm.target_logprobs(cand[:512], batch_tokens=bt)  # warm-up
+    lm.target_logprobs(cand[:512], batch_tokens=bt, shared_prefix=True)
+    timings = {}
+    for name, shared in (("plain", False), ("shared_prefix", True)):
+        _sync()
+        t = time.perf_counter()
+        lps = lm.target_logprobs(cand, batch_tokens=bt, shared_prefix=shared)
+        _sync()
+        timings[name] = (time.perf_counter() - t, np.array([x.sum() for x in lps]))
+    spec_canaries = [{"id": f"c{k}", "template": template, "secret": str(rng.randrange(10**9)).zfill(9),
+                      "space": {"kind": "digits", "length": 9}, "repetitions": 1} for k in range(canaries)]
+    cfg = EvalConfig.from_spec({"suites": ["memorization"], "base_model": str(base), "canaries": spec_canaries,
+                                "params": {"memorization": {"candidates": candidates}}})
+    _sync()
+    t = time.perf_counter()
+    mem = memorization(lm, cfg, Progress(lambda e: None, None))
+    _sync()
+    suite_s = time.perf_counter() - t
+    return {
+        "device": torch.cuda.get_device_name() if lm.on_gpu else "cpu",
+        "parameters": sum(p.numel() for p in lm.model.parameters()),
+        "scoring_check": {
+            "candidates": n_check,
+            "plain_candidates_per_s": n_check / timings["plain"][0],
+            "shared_prefix_candidates_per_s": n_check / timings["shared_prefix"][0],
+            "max_abs_logprob_diff_shared_prefix_vs_plain": float(np.max(np.abs(
+                timings["plain"][1] - timings["shared_prefix"][1]))),
+            "shared_prefix_error": lm.shared_prefix_error,
+        },
+        "exposure_suite": {"canaries": canaries, "candidates_each": candidates, "seconds": suite_s,
+                           "candidates_per_s": canaries * (candidates + 1) / suite_s,
+                           "max_exposure": mem["max_exposure"]},
+        "target_s": TARGETS["exposure_50x10k_s"],
+    }
 
 
 # -- demonstrations --------------------------------------------------------------------------------
@@ -372,6 +424,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.evaluate")
     p.add_argument("--shapes", default="qwen2.5-0.5b,llama3-8b")
     p.add_argument("--cpu-smoke", action="store_true")
+    p.add_argument("--exposure-only", action="store_true",
+                   help="only the 50 x 10k exposure target and the shared-prefix check (0.5B shape)")
     p.add_argument("--demo", choices=("canaries", "pii"))
     p.add_argument("--prepare-pii", type=Path)
     p.add_argument("--pii-dir", type=Path)
@@ -396,7 +450,14 @@ def main(argv=None) -> int:
     import torch
 
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.demo:
+    if args.exposure_only:
+        big = not args.cpu_smoke and torch.cuda.is_available()
+        base = write_base(args.work / ("base-qwen2.5-0.5b" if not args.cpu_smoke else "base-tiny"),
+                          None if args.cpu_smoke else "qwen2.5-0.5b")
+        res = exposure_only(base, canaries=50 if big else 5, candidates=10000 if big else 300,
+                            n_check=20000 if big else 1000)
+        res["pass"] = res["exposure_suite"]["seconds"] <= TARGETS["exposure_50x10k_s"] if big else None
+    elif args.demo:
         base = write_base(args.work / ("base-tiny" if args.cpu_smoke else "base-qwen2.5-0.5b"),
                           None if args.cpu_smoke else "qwen2.5-0.5b")
         res = demo_canaries(base, args.work / "canaries", args) if args.demo == "canaries" else \

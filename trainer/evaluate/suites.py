@@ -159,15 +159,19 @@ def heldout(lm: LM, cfg: EvalConfig, prog: Progress) -> dict:
 
 
 def _canary_seq(lm: LM, template: str, secret: str) -> tuple[list[int], list[bool]]:
-    """Token ids of the rendered canary and a mask of the tokens from the secret on. The template's
+    return _canary_seqs(lm, template, [secret])[0]
+
+
+def _canary_seqs(lm: LM, template: str, secrets: list[str]) -> list[tuple[list[int], list[bool]]]:
+    """Token ids of each rendered canary and a mask of the tokens from the secret on. The template's
     prefix is the same for every candidate, so leaving it out shifts every log-perplexity by one
-    constant and changes no rank (and skips its LM-head work)."""
-    text = render_canary(template, secret)
+    constant and changes no rank (and skips its LM-head work). One tokenizer call for all of them: a
+    call per candidate cost more than scoring it."""
     start = template.index("{secret}")
-    enc = lm.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    mask = [e > start for s, e in enc["offset_mapping"]]
-    return ids, mask
+    enc = lm.tokenizer([render_canary(template, x) for x in secrets], add_special_tokens=False,
+                       return_offsets_mapping=True)
+    return [(list(ids), [e > start for _, e in offsets])
+            for ids, offsets in zip(enc["input_ids"], enc["offset_mapping"])]
 
 
 def exposure_from_scores(secret_lp: float, candidate_lp: np.ndarray, space_size: float) -> dict:
@@ -220,7 +224,7 @@ def memorization(lm: LM, cfg: EvalConfig, prog: Progress) -> dict:
             if x not in seen:
                 seen.add(x)
                 cands.append(x)
-        seqs = [_canary_seq(lm, c["template"], c["secret"])] + [_canary_seq(lm, c["template"], x) for x in cands]
+        seqs = _canary_seqs(lm, c["template"], [c["secret"], *cands])
         prog.begin("memorization", f"canary {k + 1}/{len(cfg.canaries)} candidates", len(seqs))
         lps = lm.target_logprobs(seqs, batch_tokens=_batch_tokens(lm, p), tick=prog.tick, shared_prefix=True)
         sums = np.array([x.sum() for x in lps])
