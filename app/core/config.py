@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     # beside the artifact root. Without a bound, a curator could point a run at any file the API can
     # see (/proc/self/environ was queued once) and learn from the answer whether a path exists.
     model_roots: str | None = None
+    # CrowS-Pairs (crows_pairs_anonymized.csv, CC BY-SA 4.0) for the `bias` evaluation suite: not shipped
+    # with Pedigree (its license is share-alike). Unset: the bias suite is refused with `bias_corpus_missing`.
+    crows_pairs_path: str | None = None
     # A running training run with no event or heartbeat for this long is failed as worker_lost by the
     # reaper. The trainer heartbeats every 10 s; the margin covers a long checkpoint save or GC pause.
     training_heartbeat_timeout_s: float = 120.0

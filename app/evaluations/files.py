@@ -17,6 +17,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from app.evaluations import service
+from app.evaluations.corpora import crows_pairs
 from app.models.example import Example, ExampleRevision
 from app.models.pii import PiiFinding
 from app.models.training import Evaluation, TrainedRevision
@@ -32,10 +33,13 @@ PREFIX_CHARS = 400
 
 
 def names(ev: Evaluation) -> dict[str, Any]:
-    return {"train": "train", "validation": "validation",
-            "eval_sets": {e["name"]: f"eval_sets/{e['name']}" for e in ev.eval_sets},
-            "reference": "reference" if ev.reference else None,
-            "pii_probes": "pii_probes" if "pii_extraction" in ev.suites else None}
+    out = {"train": "train", "validation": "validation",
+           "eval_sets": {e["name"]: f"eval_sets/{e['name']}" for e in ev.eval_sets},
+           "reference": "reference" if ev.reference else None,
+           "pii_probes": "pii_probes" if "pii_extraction" in ev.suites else None}
+    if "bias" in ev.suites:  # CrowS-Pairs as JSON lines (app/evaluations/corpora.py)
+        out["bias_pairs"] = "bias_pairs"
+    return out
 
 
 def spec(session: Session, ev: Evaluation) -> dict[str, Any]:
@@ -62,6 +66,8 @@ def lines(session: Session, ev: Evaluation, name: str) -> Iterator[bytes]:
                 return _dataset_lines(session, e)
     if name == "pii_probes" and "pii_extraction" in ev.suites:
         return (orjson.dumps(p) + b"\n" for p in probes(session, ev))
+    if name == "bias_pairs" and "bias" in ev.suites:
+        return (orjson.dumps(p) + b"\n" for p in crows_pairs())
     from app.core.errors import NotFound
     raise NotFound(f"evaluation {ev.id} has no file {name!r}", details={"file": name,
                                                                         "files": sorted(_flat(names(ev)))})
@@ -137,3 +143,4 @@ def _at(content: Any, path: str) -> Any:
         return paths.get_path(content, path)
     except (KeyError, IndexError, TypeError, ValueError):
         return None
+

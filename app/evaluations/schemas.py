@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from app.training.schemas import AliasName, EventIn
 
-SUITES = ("heldout", "memorization", "pii_extraction", "membership")
+SUITES = ("heldout", "memorization", "pii_extraction", "membership", "bias")
 # The numbers the suites produce (trainer/evaluate/suites.py), as dotted paths into the results: only
 # these can be gated. A gate on anything else could never be met and would block its alias for good, so
 # it is refused when the policy is written.
@@ -20,6 +20,8 @@ METRICS = (
     "pii_extraction.rate", "pii_extraction.extracted", "pii_extraction.greedy_extracted",
     "pii_extraction.regurgitation.longest_overlap_tokens",
     "membership.auc", "membership.min_k_auc",
+    # CrowS-Pairs (trainer/evaluate/bias.py): the adapter's stereotype score minus its base's.
+    "bias.stereotype_score_delta", "bias.stereotype_score", "bias.base_stereotype_score",
 )
 # Per eval set: heldout.eval_sets.<dataset name>.loss, ... .generation.rouge_l.
 EVAL_SET_METRIC = re.compile(r"^heldout\.eval_sets\.[A-Za-z0-9][A-Za-z0-9._-]{0,199}\."
@@ -42,6 +44,7 @@ PARAM_DEFAULTS: dict[str, dict[str, Any]] = {
                        "temperature": 1.0, "seed": 0, "max_probes": 5000,
                        "regurgitation_max_train_tokens": 2_000_000},
     "membership": {"max_examples": 1000, "max_seq_len": 2048, "min_k": 0.2, "seed": 0},
+    "bias": {"max_pairs": 2000, "seed": 0},
 }
 PARAM_COMMON: dict[str, Any] = {"batch_tokens": None, "batch_size": None}
 PARAM_ZERO_OK = frozenset({"seed", "samples"})
@@ -100,7 +103,7 @@ class EvaluationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Checked in the service, which names the unknown suite in its 422 (code unknown_suite).
-    suites: list[Annotated[str, StringConstraints(min_length=1, max_length=50)]] = Field(min_length=1, max_length=4)
+    suites: list[Annotated[str, StringConstraints(min_length=1, max_length=50)]] = Field(min_length=1, max_length=len(SUITES))
     eval_sets: list[DatasetRef] = Field(default_factory=list, max_length=50)
     reference: DatasetRef | None = None
     params: dict[str, Any] = Field(default_factory=dict)

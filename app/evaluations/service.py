@@ -111,6 +111,10 @@ def create(session: Session, *, name: str, version: int, data: EvaluationCreate,
         raise ValidationFailed(f"{name} v{version} was trained without canaries: memorization has nothing to "
                                "measure", code="no_canaries",
                                details=[{"field": "suites", "code": "no_canaries", "message": "memorization"}])
+    if "bias" in suites:
+        from app.evaluations.corpora import crows_pairs_path
+
+        crows_pairs_path()  # 422 bias_corpus_missing, before a GPU host is asked for
     if not artifacts.exists(mv.artifact_uri):
         raise Conflict(f"the artifact of {name} v{version} is gone from {mv.artifact_uri}", code="artifact_missing",
                        details={"model": name, "version": version})

@@ -202,6 +202,7 @@ ENV_TABLE = [
     ("PEDIGREE_LOG_FORMAT", "json", lambda s: s.log_format, "json"),
     ("PEDIGREE_LOG_LEVEL", "DEBUG", lambda s: s.log_level, "DEBUG"),
     ("PEDIGREE_AUDIT_VERIFY_INTERVAL_S", "60", lambda s: s.audit_verify_interval_s, 60.0),
+    ("PEDIGREE_CROWS_PAIRS_PATH", "/data/crows.csv", lambda s: s.crows_pairs_path, "/data/crows.csv"),
     ("PEDIGREE_PII_SPACY_MODEL", "en_core_web_lg", lambda s: s.pii.spacy_model, "en_core_web_lg"),
     ("PEDIGREE_PII_MODE", "pattern_only", lambda s: s.pii.mode, "pattern_only"),
     ("PEDIGREE_PII_PHONE_REGIONS", '["DE", "AT"]', lambda s: s.pii.phone_regions, ("DE", "AT")),

@@ -94,7 +94,7 @@ def _spec(world, suites, adapter=True, **params):
                    "heldout": {"generation_examples": 8, "max_new_tokens": 16}, **params},
         "files": {"train": "train.jsonl", "validation": "validation.jsonl",
                   "eval_sets": {"val-as-eval": "validation.jsonl"}, "reference": "validation.jsonl",
-                  "pii_probes": "probes.jsonl"},
+                  "pii_probes": "probes.jsonl", "bias_pairs": "bias_pairs.jsonl"},
         "canaries": world["canaries"],
     }
 
@@ -118,6 +118,10 @@ def test_all_suites_through_the_cli(world, tmp_path):
     (tmp_path / "spec.json").write_text(json.dumps(_spec(world, list(SUITES))))
     for name in ("train.jsonl", "validation.jsonl", "probes.jsonl"):
         (tmp_path / name).write_bytes((world["files"] / name).read_bytes())
+    # The bias suite's own figures are tested in test_evaluate_bias.py; here it runs with the others.
+    (tmp_path / "bias_pairs.jsonl").write_text("".join(json.dumps(
+        {"pair_id": str(i), "sent_more": f"the poor man {i} is lazy", "sent_less": f"the rich man {i} is lazy",
+         "stereo_antistereo": "stereo", "bias_type": "socioeconomic"}) + "\n" for i in range(4)))
     out, events = tmp_path / "out", tmp_path / "events.jsonl"
     proc = subprocess.run(
         [sys.executable, "-m", "trainer", "evaluate", "--spec", str(spec), "--out", str(out), "--events",
@@ -153,6 +157,8 @@ def test_all_suites_through_the_cli(world, tmp_path):
     assert p["by_entity_type"]["PHONE_NUMBER"]["probed"] == p["probed"]
     assert {x["value_sha256"] for x in p["hits"]} <= {hashlib.sha256(v.encode()).hexdigest() for _, v in world["phones"]}
     assert p["regurgitation"]["longest_overlap_tokens"] >= 8
+
+    assert res["bias"]["pairs"] == 4 and 0.0 <= res["bias"]["stereotype_score"] <= 1.0
 
     mi = res["membership"]
     assert mi["members"] == mi["non_members"] == N_RECORDS // 2

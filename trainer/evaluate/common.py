@@ -11,7 +11,7 @@ from typing import Any
 
 from trainer.errors import TrainError
 
-SUITES = ("heldout", "memorization", "pii_extraction", "membership")
+SUITES = ("heldout", "memorization", "pii_extraction", "membership", "bias")
 
 # Per-suite parameters and their defaults; `None` where the default depends on the device.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -34,6 +34,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "regurgitation_max_train_tokens": 2_000_000,
     },
     "membership": {"max_examples": 1000, "max_seq_len": 2048, "min_k": 0.2, "seed": 0},
+    # CrowS-Pairs has 1,508 pairs: the default scores them all (trainer/evaluate/bias.py).
+    "bias": {"max_pairs": 2000, "seed": 0},
 }
 COMMON = {"batch_tokens": None, "batch_size": None}
 # Integers that may be 0: a seed, and no sampled probes at all (greedy decoding only).

@@ -373,3 +373,8 @@ def membership(lm: LM, cfg: EvalConfig, prog: Progress) -> dict:
 
 RUNNERS = {"heldout": heldout, "memorization": memorization, "pii_extraction": pii_extraction,
            "membership": membership}
+
+# The bias suite lives in its own module (CrowS-Pairs, docs/bias.md).
+from trainer.evaluate.bias import bias as _bias
+
+RUNNERS["bias"] = _bias
