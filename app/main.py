@@ -26,6 +26,7 @@ from app.dedup.router import router as dedup_router
 from app.evaluations.router import router as evaluations_router
 from app.examples.router import router as examples_router
 from app.keys.router import router as keys_router
+from app.keys.throttle import AuthThrottleMiddleware
 from app.lineage.router import router as lineage_router
 from app.ops.router import router as ops_router
 from app.pii.router import router as pii_router
@@ -141,6 +142,8 @@ def create_app() -> FastAPI:
     app.add_middleware(CatchAllMiddleware)
     # Outside the catch-all (added later = further out), so the record exists when it answers.
     app.add_middleware(RequestRecordMiddleware)
+    # Outside the handlers and the catch-all, so a throttled address is refused before any key lookup.
+    app.add_middleware(AuthThrottleMiddleware)
     if settings.metrics:  # outside the catch-all, so a 500 is timed and counted with its status
         app.add_middleware(HttpMetricsMiddleware)
     # Outermost: every log line of the request, its 500 included, and the tasks it sends carry the id.

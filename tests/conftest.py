@@ -26,6 +26,9 @@ REDIS_URL = os.environ.get("PEDIGREE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 for _k in [k for k in os.environ if k.startswith("PEDIGREE_") and not k.startswith("PEDIGREE_TEST")]:
     del os.environ[_k]
 os.environ["PEDIGREE_SECRET_KEY"] = "test-secret-key-0123456789abcdef"
+# Every test client is one address ("testclient") and the role matrix alone sends hundreds of refused
+# keys: throttling is off here except where tests/keys/test_lifecycle.py lowers the limit on purpose.
+os.environ["PEDIGREE_AUTH_FAILURE_LIMIT"] = "1000000000"
 
 # A response field its route's model does not declare fails the request here (in production it is a
 # warning): the OpenAPI document then states every field the tests see.

@@ -6,23 +6,34 @@ compared in constant time. Keys are shown once, at creation, and never stored in
 
 from __future__ import annotations
 
+import atexit
+import datetime as dt
 import hashlib
 import hmac
+import logging
 import secrets
+import threading
+import time
 import uuid
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
-from app.core.db import SessionDep
+from app.core.config import get_settings
+from app.core.db import SessionDep, get_engine
 from app.core.errors import Forbidden, Unauthorized, ValidationFailed
-from app.core.sql import any_of
-from app.models.auth import ROLES, ApiKey
+from app.core.sql import any_of, aware
+from app.models.auth import ROLES, ApiKey, ApiKeyPreviousSecret
 
 KEY_PREFIX = "pdg"
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -45,20 +56,39 @@ def _sha256(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _new_secret() -> tuple[str, str]:
+    prefix = secrets.token_hex(6)
+    return prefix, f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
+
+
 def create_key(session: Session, *, name: str, role: str, created_by: str | None = None,
-               is_human: bool = True) -> tuple[ApiKey, str]:
+               is_human: bool = True, expires_at: dt.datetime | None = None) -> tuple[ApiKey, str]:
     if role not in ROLES:
         raise ValidationFailed(
             f"unknown role {role!r}", details=[{"field": "role", "code": "invalid",
                                                 "message": f"one of {', '.join(ROLES)}"}]
         )
-    prefix = secrets.token_hex(6)
-    key = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
+    prefix, key = _new_secret()
     row = ApiKey(name=name, role=role, prefix=prefix, key_sha256=_sha256(key), created_by=created_by,
-                 is_human=is_human)
+                 is_human=is_human, expires_at=expires_at)
     session.add(row)
     session.flush()
     return row, key
+
+
+def rotate_key(session: Session, row: ApiKey, *, overlap_s: float) -> tuple[str, dt.datetime]:
+    """A new secret for the same key (same id, role, memberships and grants). The old secret keeps
+    working until the overlap window ends, so clients can be redeployed with the new one without an
+    outage; `overlap_s=0` ends it at once. Returns the new secret and the old one's end."""
+    now = utcnow()
+    until = now + dt.timedelta(seconds=overlap_s)
+    session.add(ApiKeyPreviousSecret(prefix=row.prefix, key_id=row.id, key_sha256=row.key_sha256,
+                                     valid_until=until, rotated_at=now))
+    row.prefix, key = _new_secret()
+    row.key_sha256 = _sha256(key)
+    row.rotated_at = now
+    session.flush()
+    return key, until
 
 
 def key_prefix(key: str) -> str:
@@ -73,20 +103,46 @@ def check_key(row, key: str) -> Actor:  # an ApiKey row or its columns
         raise Unauthorized("invalid API key")
     if row.revoked_at is not None:
         raise Unauthorized("API key revoked")
+    now = utcnow()
+    if row.expires_at is not None and aware(row.expires_at) <= now:
+        raise Unauthorized("API key expired", code="key_expired")
+    # Only rows found by a rotated-out prefix carry `valid_until` (the end of the rotation's overlap).
+    until = row._mapping.get("valid_until") if hasattr(row, "_mapping") else None
+    if until is not None and aware(until) <= now:
+        raise Unauthorized("API key rotated: this secret's overlap window has ended", code="key_rotated")
+    USES.note(row.id)
     return Actor(key_id=row.id, name=row.name, role=row.role, is_human=row.is_human)
 
 
 # Table columns and statements built once: every request authenticates, and an ORM entity load
 # (identity map, instance state) or a statement built per call cost several times the query itself.
 _K = ApiKey.__table__
-KEY_COLUMNS = (_K.c.id, _K.c.name, _K.c.role, _K.c.is_human, _K.c.key_sha256, _K.c.revoked_at, _K.c.prefix)
+_P = ApiKeyPreviousSecret.__table__
+KEY_COLUMNS = (_K.c.id, _K.c.name, _K.c.role, _K.c.is_human, _K.c.key_sha256, _K.c.revoked_at, _K.c.prefix,
+               _K.c.expires_at)
 _BY_PREFIX = select(*KEY_COLUMNS).where(_K.c.prefix == bindparam("prefix"))
 _BY_PREFIXES = {pg: select(*KEY_COLUMNS).where(any_of(_K.c.prefix, name="prefixes", pg=pg)) for pg in (False, True)}
+# A rotated-out secret: the key's current columns with the old secret's hash and its end, found by
+# the old prefix. Asked only when the prefix is not a current one (a rare path: overlap or a bad key).
+_PREVIOUS_COLUMNS = tuple(c for c in KEY_COLUMNS if c.name != "key_sha256") + (
+    _P.c.key_sha256, _P.c.valid_until, _P.c.prefix.label("old_prefix"))
+_BY_OLD_PREFIXES = {pg: select(*_PREVIOUS_COLUMNS).select_from(_P.join(_K, _K.c.id == _P.c.key_id))
+                    .where(any_of(_P.c.prefix, name="prefixes", pg=pg)) for pg in (False, True)}
+
+
+def previous_secrets(conn: Any, prefixes: list[str]) -> dict[str, Any]:
+    """Rows for rotated-out prefixes (old prefix -> row with `valid_until`); `check_key` takes them."""
+    stmt = _BY_OLD_PREFIXES[conn.dialect.name == "postgresql"]
+    return {r.old_prefix: r for r in conn.execute(stmt, {"prefixes": sorted(set(prefixes))})}
 
 
 def authenticate(session: Session, key: str) -> Actor:
     prefix = key_prefix(key)
-    return check_key(session.connection().execute(_BY_PREFIX, {"prefix": prefix}).first(), key)
+    conn = session.connection()
+    row = conn.execute(_BY_PREFIX, {"prefix": prefix}).first()
+    if row is None:
+        row = previous_secrets(conn, [prefix]).get(prefix)
+    return check_key(row, key)
 
 
 def authenticate_many(session: Session, keys: set[str]) -> dict[str, Actor | Unauthorized]:
@@ -104,12 +160,73 @@ def authenticate_many(session: Session, keys: set[str]) -> dict[str, Actor | Una
         conn = session.connection()
         stmt = _BY_PREFIXES[conn.dialect.name == "postgresql"]
         rows = {r.prefix: r for r in conn.execute(stmt, {"prefixes": sorted(set(prefixes.values()))})}
+        missing = [p for p in prefixes.values() if p not in rows]
+        if missing:
+            rows.update(previous_secrets(conn, missing))
     for key, prefix in prefixes.items():
         try:
             out[key] = check_key(rows.get(prefix), key)
         except Unauthorized as e:
             out[key] = e
     return out
+
+
+class KeyUses:
+    """`api_keys.last_used_at`, written off the request path: a request only notes its key in memory
+    (a dict lookup), and a daemon thread writes the noted keys in one statement every few seconds.
+    A key is noted at most once per `key_last_used_interval_s` per process, so a busy key costs one
+    UPDATE per interval and API process, not one per request, and no request waits on (or holds) a
+    lock on its key's row. The column is therefore "last used", accurate to the interval."""
+
+    def __init__(self) -> None:
+        self._noted: dict[uuid.UUID, float] = {}
+        self._pending: dict[uuid.UUID, dt.datetime] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def note(self, key_id: uuid.UUID) -> None:
+        now = time.monotonic()
+        last = self._noted.get(key_id)
+        if last is not None and now - last < get_settings().key_last_used_interval_s:
+            return
+        with self._lock:
+            self._noted[key_id] = now
+            self._pending[key_id] = utcnow()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="key-last-used", daemon=True)
+                self._thread.start()
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def flush(self) -> int:
+        with self._lock:
+            batch, self._pending = self._pending, {}
+        if not batch:
+            return 0
+        stmt = update(_K).where(_K.c.id == bindparam("b_id")).values(last_used_at=bindparam("b_at"))
+        try:
+            with get_engine().begin() as conn:
+                conn.execute(stmt, [{"b_id": k, "b_at": at} for k, at in batch.items()])
+        except Exception:  # a lost write of a "last used" hint must never fail a request or kill the thread
+            log.warning("writing api_keys.last_used_at failed", exc_info=True)
+            return 0
+        return len(batch)
+
+    def forget(self) -> None:
+        """Drops what was noted (tests switch databases between cases)."""
+        with self._lock:
+            self._noted.clear()
+            self._pending.clear()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(min(5.0, get_settings().key_last_used_interval_s))
+            self.flush()
+
+
+USES = KeyUses()
+atexit.register(USES.flush)
 
 
 def bearer_token(request: Request) -> str | None:

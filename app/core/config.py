@@ -131,6 +131,15 @@ class Settings(BaseSettings):
     # Celery beat verifies the audit chain this often (incremental from the checkpoint).
     audit_verify_interval_s: float = Field(3600.0, gt=0)
 
+    # API keys (docs/security.md, "Key lifecycle"). last_used_at is written at most this often per key
+    # and API process; a rotation keeps the old secret valid this long unless the request says otherwise.
+    key_last_used_interval_s: float = Field(300.0, gt=0)
+    key_rotation_overlap_s: float = Field(86400.0, ge=0, le=30 * 86400)
+    # Failed authentication: more than `auth_failure_limit` refusals (401) for one client address within
+    # `auth_failure_window_s` and that address gets 429 on every request until the window ends.
+    auth_failure_limit: int = Field(20, ge=1)
+    auth_failure_window_s: float = Field(300.0, gt=0)
+
     pii: PiiSettings = Field(default_factory=PiiSettings)
     openlineage: OpenLineageSettings = Field(default_factory=OpenLineageSettings)
     erasure: ErasureSettings = Field(default_factory=ErasureSettings)

@@ -41,6 +41,11 @@ AUTH_FAILURES = Counter(
     "pedigree_auth_failures_total",
     "Requests refused for their key: 401 (missing, malformed, unknown or revoked key) or 403 (role).",
     ["status"])
+AUTH_THROTTLED = Counter(
+    "pedigree_auth_throttled_total",
+    "Failed-authentication throttling: started (an address passed the limit; also an auth.throttled audit "
+    "event) and refused (requests answered 429 while throttled).",
+    ["outcome"])
 STAGE_BATCH_DURATION = Histogram(
     "pedigree_stage_batch_duration_seconds", "Duration of one pipeline stage batch, by stage and outcome.",
     ["stage", "outcome"], buckets=_BATCH_BUCKETS)

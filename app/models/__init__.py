@@ -1,7 +1,7 @@
 """All ORM models, imported here so Alembic's metadata sees every table."""
 
 from app.models.audit import AuditCheckpoint, AuditEvent, AuditHead
-from app.models.auth import ApiKey
+from app.models.auth import ApiKey, ApiKeyPreviousSecret
 from app.models.base import Base
 from app.models.dataset import Dataset
 from app.models.dedup import DedupDecision, DedupEvalHit, DedupPair, DedupRebuild, DedupSignature, DedupState
@@ -27,6 +27,7 @@ from app.models.training import (
 
 __all__ = [
     "ApiKey",
+    "ApiKeyPreviousSecret",
     "AuditCheckpoint",
     "AuditEvent",
     "AuditHead",

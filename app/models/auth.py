@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
-from sqlalchemy import String
+from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, CreatedAtMixin, IdMixin
@@ -23,3 +24,23 @@ class ApiKey(IdMixin, CreatedAtMixin, Base):
     revoked_at: Mapped[dt.datetime | None]
     # Set for keys of people; machine keys (trainer, judges) cannot count as human reviewers.
     is_human: Mapped[bool] = mapped_column(default=True)
+    # Unset: the key does not expire. Checked on every request, like revocation.
+    expires_at: Mapped[dt.datetime | None]
+    # Coalesced: written at most once per `key_last_used_interval_s` per key and API process
+    # (app/core/auth.py), so it is "used within the last few minutes", not the last request's time.
+    last_used_at: Mapped[dt.datetime | None]
+    rotated_at: Mapped[dt.datetime | None]
+
+
+class ApiKeyPreviousSecret(Base):
+    """A rotated-out secret, still accepted until `valid_until` (the rotation's overlap window). Kept
+    apart from api_keys so the current secret's lookup stays one indexed probe of one table; only a
+    prefix that is not current falls through to here."""
+
+    __tablename__ = "api_key_previous_secrets"
+
+    prefix: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    key_sha256: Mapped[str] = mapped_column(String(64))
+    valid_until: Mapped[dt.datetime]
+    rotated_at: Mapped[dt.datetime]

@@ -173,6 +173,7 @@ def sign_in(request: Request, session: SessionDep, api_key: Annotated[str, Form(
     try:
         actor = authenticate(session, api_key.strip())
     except PedigreeError:
+        request.state.auth_failed = True  # a redirect, not a 401: the throttle counts it from this flag
         return _headers(RedirectResponse("/review?error=invalid", status_code=303))
     if actor.role not in PAGE_ROLES or not actor.is_human:
         return _headers(RedirectResponse("/review?error=role", status_code=303))

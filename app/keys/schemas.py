@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.core.schemas import IsoTime, Out
+
+Role = Literal["admin", "curator", "reviewer", "trainer", "auditor"]
+
+
+def _aware_future(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("give a time zone (e.g. 2027-01-31T00:00:00Z)")
+    if value <= dt.datetime.now(dt.UTC):
+        raise ValueError("must be in the future")
+    return value
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    role: Role
+    is_human: bool = True
+    expires_at: dt.datetime | None = Field(None, description="the key stops working at this time (401 key_expired)")
+
+    _future = field_validator("expires_at")(_aware_future)
+
+
+class KeyRotate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    overlap_s: float | None = Field(
+        None, ge=0, le=30 * 86400,
+        description="how long the old secret keeps working; default PEDIGREE_KEY_ROTATION_OVERLAP_S (24 h); 0 ends it now")
+
+
+class KeyOut(Out):
+    id: str
+    name: str
+    role: Role
+    prefix: str
+    is_human: bool
+    created_at: IsoTime | None
+    created_by: str | None
+    revoked_at: IsoTime | None
+    expires_at: IsoTime | None = None
+    last_used_at: IsoTime | None = Field(None, description="accurate to PEDIGREE_KEY_LAST_USED_INTERVAL_S (5 min)")
+    rotated_at: IsoTime | None = None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="the secret, shown once")
+
+
+class KeyRotated(KeyOut):
+    key: str = Field(description="the new secret, shown once")
+    previous_valid_until: IsoTime = Field(description="the old secret is refused (401 key_rotated) from this time")
+
+
+class KeyList(Out):
+    items: list[KeyOut]
+
+
+class WhoAmI(Out):
+    name: str
+    role: Role
+    ref: str
+    is_human: bool
