@@ -133,7 +133,35 @@ def make_keys() -> dict[str, str]:
             _, keys[role] = auth.create_key(s, name=f"test-{role}", role=role)
         _, keys["reviewer2"] = auth.create_key(s, name="test-reviewer-2", role="reviewer")
         _, keys["curator2"] = auth.create_key(s, name="test-curator-2", role="curator")
+        _, keys["admin2"] = auth.create_key(s, name="test-admin-2", role="admin")
     return keys
+
+
+def key_id(key: str) -> str:
+    from sqlalchemy import select
+
+    from app.core.auth import key_prefix
+    from app.core.db import session_scope
+    from app.models.auth import ApiKey
+
+    with session_scope() as s:
+        return str(s.scalar(select(ApiKey.id).where(ApiKey.prefix == key_prefix(key))))
+
+
+def reveal_grant(api: Api, dataset_id: str, *, role: str = "admin", purpose: str = "test: check the scrubber",
+                 hours: float = 1.0) -> dict:
+    """An approved PII reveal grant for `role`'s key on the dataset: asked by admin, approved by admin2
+    (four eyes; for role admin2, the other way round)."""
+    import datetime as dt
+
+    asker, approver = ("admin2", "admin") if role == "admin2" else ("admin", "admin2")
+    until = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=hours)).isoformat()
+    r = api.as_(asker).post("/v1/pii-grants", json={"key_id": key_id(api.keys[role]), "dataset": dataset_id,
+                                                    "purpose": purpose, "expires_at": until})
+    assert r.status_code == 201, r.text
+    r = api.as_(approver).post(f"/v1/pii-grants/{r.json()['id']}/approve")
+    assert r.status_code == 200, r.text
+    return r.json()
 
 
 def new_dataset(api: Api, fmt: str = "instruction", **extra) -> dict:

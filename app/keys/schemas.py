@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -71,3 +72,49 @@ class WhoAmI(Out):
     role: Role
     ref: str
     is_human: bool
+
+
+GrantStatus = Literal["pending", "approved", "revoked", "expired"]
+
+
+class GrantCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key_id: uuid.UUID = Field(description="the key that will reveal (an admin key)")
+    dataset: str = Field(min_length=1, max_length=200, description="dataset id or name")
+    purpose: str = Field(min_length=3, max_length=2000, description="why raw text is needed; kept in the audit log")
+    expires_at: dt.datetime = Field(description="the grant stops at this time; at most 30 days ahead")
+
+    @field_validator("expires_at")
+    @classmethod
+    def _bounded(cls, value: dt.datetime) -> dt.datetime:
+        value = _aware_future(value)
+        if value > dt.datetime.now(dt.UTC) + dt.timedelta(days=30):
+            raise ValueError("at most 30 days ahead: ask again for longer work")
+        return value
+
+
+class GrantRevoke(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, max_length=2000)
+
+
+class GrantOut(Out):
+    id: str
+    key_id: str
+    dataset_id: str
+    purpose: str
+    expires_at: IsoTime
+    status: GrantStatus = Field(description="expired is computed from expires_at at each read and each reveal")
+    created_at: IsoTime | None
+    requested_by: str
+    approved_by: str | None
+    approved_at: IsoTime | None
+    revoked_by: str | None
+    revoked_at: IsoTime | None
+    revoke_reason: str | None
+
+
+class GrantList(Out):
+    items: list[GrantOut]

@@ -1,5 +1,6 @@
 """All ORM models, imported here so Alembic's metadata sees every table."""
 
+from app.models.access import PiiGrant
 from app.models.audit import AuditCheckpoint, AuditEvent, AuditHead
 from app.models.auth import ApiKey, ApiKeyPreviousSecret
 from app.models.base import Base
@@ -53,6 +54,7 @@ __all__ = [
     "ModelVersionFacet",
     "ModelVersionTaint",
     "PiiFinding",
+    "PiiGrant",
     "PiiScrub",
     "PiiVaultEntry",
     "RegisteredModel",

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from app.access import grants
 from app.audit import service as audit
 from app.core import metrics
 from app.core.auth import RAW_PII_READERS, Actor
@@ -30,6 +31,7 @@ from app.core.errors import InvalidState, NotFound, ValidationFailed
 from app.core.ids import new_id
 from app.examples import formats
 from app.examples import service as examples
+from app.models.access import PiiGrant
 from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.example import Example, ExampleRevision
@@ -270,6 +272,8 @@ def view_hook(session: Session, ex: Example, out: dict[str, Any], actor: Actor) 
 
 def reveal_raw(session: Session, *, example_id: str, actor: Actor) -> dict[str, Any]:
     ex = examples.get(session, example_id)
+    grant = grants.require_active(session, actor=actor, dataset_id=ex.dataset_id, what="example.raw",
+                                  entity_type="example", entity_id=ex.id)
     first = session.scalar(select(ExampleRevision).where(ExampleRevision.example_id == ex.id)
                            .order_by(ExampleRevision.seq).limit(1))
     if first is None:
@@ -282,7 +286,7 @@ def reveal_raw(session: Session, *, example_id: str, actor: Actor) -> dict[str, 
         # Nothing was ever found in it, so nothing was vaulted: the ingest revision is the raw text.
         content, source = first.content, "revision"
     audit.record(session, actor=actor.ref, action="example.raw_revealed", entity_type="example", entity_id=ex.id,
-                 payload={"revision_id": str(first.id), "source": source})
+                 payload={"revision_id": str(first.id), "source": source, **grants.audit_fields(grant)})
     metrics.inc(metrics.VAULT_REVEALS)
     return {"id": str(ex.id), "revision_id": str(first.id), "content": content, "source": source}
 
@@ -459,6 +463,10 @@ def report(session: Session, *, dataset_ref: str, actor: Actor | None = None, to
     from app.datasets import service as datasets
 
     ds = datasets.get(session, dataset_ref)
+    grant = None
+    if reveal and actor is not None:
+        grant = grants.require_active(session, actor=actor, dataset_id=ds.id, what="pii.report.values",
+                                      entity_type="dataset", entity_id=ds.id)
     scrubs = session.execute(
         select(func.count(), func.coalesce(func.sum(PiiScrub.findings), 0)).where(PiiScrub.dataset_id == ds.id)
     ).one()
@@ -503,7 +511,7 @@ def report(session: Session, *, dataset_ref: str, actor: Actor | None = None, to
         "false_positive_rate": round(fp / (fp + confirmed), 4) if fp + confirmed else None,
         "missed_added": added,
         "flags": dict(flags),
-        "top_values": top_values(session, ds, top=top, actor=actor if reveal else None),
+        "top_values": top_values(session, ds, top=top, actor=actor if reveal else None, grant=grant),
         "rescrub_pending": _rescrub_pending(session, ds),
     }
 
@@ -519,7 +527,8 @@ def may_read_raw(actor: Actor | None) -> bool:
     return actor is not None and (actor.role == "admin" or actor.role in RAW_PII_READERS)
 
 
-def top_values(session: Session, ds: Dataset, *, top: int, actor: Actor | None) -> dict[str, list[dict[str, Any]]]:
+def top_values(session: Session, ds: Dataset, *, top: int, actor: Actor | None,
+               grant: PiiGrant | None = None) -> dict[str, list[dict[str, Any]]]:
     """The most frequent values scrubbed in the current revisions, per entity type: each as its token (the
     HMAC a curator allows it by, app/pii/tokens.py), with how many findings and examples hold it; the value
     itself only when an `actor` who reads raw PII (admin) asks for it, decrypted from the vault, audited."""
@@ -538,7 +547,8 @@ def top_values(session: Session, ds: Dataset, *, top: int, actor: Actor | None) 
     policy = policy_of(ds)
     allowed = set(policy.allow_tokens)
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    reveal = may_read_raw(actor)
+    # Values only under a grant (report() checked it): a caller without one never reaches the vault.
+    reveal = may_read_raw(actor) and grant is not None
     raws: dict[uuid.UUID, dict | None] = {}
     for r in rows:
         item: dict[str, Any] = {"token": r.value_token, "findings": r.n, "examples": r.n_ex,
@@ -548,7 +558,7 @@ def top_values(session: Session, ds: Dataset, *, top: int, actor: Actor | None) 
         out[r.entity_type].append(item)
     if reveal and rows:
         audit.record(session, actor=actor.ref, action="pii.report.values_revealed", entity_type="dataset",
-                     entity_id=ds.id, payload={"values": len(rows), "top": top})
+                     entity_id=ds.id, payload={"values": len(rows), "top": top, **grants.audit_fields(grant)})
     return dict(out)
 
 

@@ -20,6 +20,7 @@ The one exception is the rule of docs/pii.md: admin reads provenance as stored, 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import io
 import json
 import re
@@ -36,7 +37,7 @@ import pytest
 import redis as redis_lib
 from sqlalchemy import text
 
-from tests.factories import make_keys
+from tests.factories import key_id, make_keys
 from tests.faults.conftest import ROOT
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.worker]
@@ -373,6 +374,13 @@ def test_no_canary_outside_the_vault(canary_stack):
         if hit := _hits(body, CONTENT + PROVENANCE + BAD):
             leaks.append(f"response of {what}: {hit}")
     # The admin's raw reveal really is the raw text (the canary is traceable, just not outside the vault).
+    # (under an approved grant: without one the sweep above got 403 no_grant from every reveal)
+    until = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    dup_id = ids_by_ref[f"dup-for-{P_EMAIL}"]
+    dup_ds = call("curator", "GET", f"/v1/examples/{dup_id}").json()["dataset_id"]
+    grant = call("admin", "POST", "/v1/pii-grants", json={"key_id": key_id(cs["keys"]["admin"]), "dataset": dup_ds,
+                                                          "purpose": "canary trace", "expires_at": until}).json()
+    assert call("admin2", "POST", f"/v1/pii-grants/{grant['id']}/approve").status_code == 200
     raw = call("admin", "GET", f"/v1/examples/{ids_by_ref[f'dup-for-{P_EMAIL}']}/raw").json()
     assert C_NAME in raw["content"]["instruction"]
     if raw["source"] != "vault":

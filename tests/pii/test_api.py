@@ -6,7 +6,7 @@ import orjson
 import pytest
 from sqlalchemy import select, text
 
-from tests.factories import new_dataset
+from tests.factories import new_dataset, reveal_grant
 
 CHAT = {
     "messages": [
@@ -66,6 +66,9 @@ def test_raw_is_admin_only_and_audited(api, db):
     for role in ("reviewer", "curator", "auditor", "trainer"):
         assert api.as_(role).get(f"/v1/examples/{ex['id']}/raw").status_code == 403
     r = api.as_("admin").get(f"/v1/examples/{ex['id']}/raw")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "no_grant"  # admin too, without a grant
+    grant = reveal_grant(api, ds["id"])
+    r = api.as_("admin").get(f"/v1/examples/{ex['id']}/raw")
     assert r.status_code == 200
     assert r.json()["content"]["messages"][0]["content"].startswith("Hi, I'm John Smith.")
     from app.core.db import session_scope
@@ -74,6 +77,7 @@ def test_raw_is_admin_only_and_audited(api, db):
     with session_scope() as s:
         events = s.scalars(select(AuditEvent).where(AuditEvent.action == "example.raw_revealed")).all()
         assert len(events) == 1 and events[0].entity_id == ex["id"] and events[0].actor.startswith("test-admin")
+        assert events[0].payload["grant_id"] == grant["id"]
     assert api.as_("auditor").get("/v1/audit/verify").json()["ok"]
 
 
@@ -185,6 +189,7 @@ def test_other_formats_and_clean_examples(api, db, fmt, item):
     assert ex["status"] == "pending_review" and ex["pii"]["scrubbed"]
     if fmt == "instruction":  # nothing found: no new revision, nothing vaulted
         assert ex["revision"]["reason"] == "ingest" and ex["pii_findings"] == []
+        reveal_grant(api, ds["id"])
         raw = api.as_("admin").get(f"/v1/examples/{ex['id']}/raw").json()
         assert raw["source"] == "revision" and raw["content"]["output"] == "Hello!"
     else:

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from sqlalchemy import text
 
-from tests.factories import Api, make_keys, new_dataset
+from tests.factories import Api, make_keys, new_dataset, reveal_grant
 from tests.support import celery_env
 
 NAME, EMAIL, PHONE = "Margarethe Quixwright", "margarethe.quixwright@example.org", "415-555-0143"
@@ -80,6 +80,7 @@ def test_an_exact_duplicate_is_scrubbed_with_its_own_findings_and_stays_a_duplic
     _no_canary(dump)
     assert dump.count("_pii_vault") == 2
     # The duplicate's own raw text is in the vault, bound to its own row.
+    reveal_grant(api, dup["dataset_id"])
     raw = api.as_("admin").get(f"/v1/examples/{dup['id']}/raw").json()
     assert raw["source"] == "vault" and NAME in raw["content"]["instruction"]
 

@@ -14,7 +14,7 @@ from app.models.audit import AuditEvent
 from app.models.example import ExampleRevision
 from app.pii import jobs
 from app.pii.tokens import token_key, value_token
-from tests.factories import ingest, new_dataset, set_status
+from tests.factories import ingest, new_dataset, reveal_grant, set_status
 
 TEXTS = {
     "a": "Book a table for two in Paris tonight, somewhere near the river.",
@@ -62,11 +62,15 @@ def test_report_lists_top_values_as_tokens_and_values_for_admin_only(api, db):
     plain = api.as_("admin").get(f"/v1/datasets/{ds['id']}/pii-report?top=1").json()
     assert "Paris" not in str(plain) and not _actions("pii.report.values_revealed")  # values only when asked
     assert api.as_("curator").get(f"/v1/datasets/{ds['id']}/pii-report?reveal=true").status_code == 403
+    r = api.as_("admin").get(f"/v1/datasets/{ds['id']}/pii-report?top=1&reveal=true")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "no_grant"
+    grant = reveal_grant(api, ds["id"])
     admin = api.as_("admin").get(f"/v1/datasets/{ds['id']}/pii-report?top=1&reveal=true").json()
     assert admin["top_values"]["LOCATION"] == [{"token": paris, "findings": 2, "examples": 2, "allowed": False,
                                                 "value": "Paris"}]
     assert admin["top_values"]["PERSON"][0]["value"] == "Maria Schmidt"
     assert _actions("pii.report.values_revealed")[-1]["values"] == 2
+    assert _actions("pii.report.values_revealed")[-1]["grant_id"] == grant["id"]
     assert api.as_("trainer").get(f"/v1/datasets/{ds['id']}/pii-report").status_code == 403
     assert api.as_("curator").get(f"/v1/datasets/{ds['id']}/pii-report?top=0").status_code == 422
 

@@ -8,6 +8,7 @@ an allowed role reaches the operation itself and a 404 cannot stand in for a 403
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import uuid
 from pathlib import Path
@@ -16,7 +17,16 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.factories import NDJSON, approved_dataset, complete_body, fake_artifact, freeze, instruction_line
+from tests.factories import (
+    NDJSON,
+    approved_dataset,
+    complete_body,
+    fake_artifact,
+    freeze,
+    instruction_line,
+    key_id,
+    reveal_grant,
+)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 ROLES = ("admin", "curator", "reviewer", "trainer", "auditor")
@@ -97,13 +107,23 @@ def world(api, dispatched, artifact_root):
         with session_scope() as s:
             return str(auth.create_key(s, name="victim", role="trainer")[0].id)
 
+    reveal_grant(api, ds["id"])  # the admin's reveals are under a grant; without one they are 403 no_grant
+    until = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    grant_body = {"key_id": key_id(api.keys["admin2"]), "dataset": ds["id"], "purpose": "role test", "expires_at": until}
+
+    def fresh_grant_id() -> str:  # approve and revoke change what they name: a pending grant each call
+        r = api.as_("admin2").post("/v1/pii-grants", json=grant_body)
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
     example_ref = approved[0]
     revision = cur.get(f"/v1/examples/{pending}").json()["revision"]["id"]
     params = {"dataset_ref": ds["id"], "example_id": pending, "batch_id": imp.json()["batch_id"],
               "key_id": fresh_key_id, "finding_id": findings[0]["id"], "snapshot_id": a["id"], "a": a["id"],
               "b": b["id"], "run_id": live["id"], "name": "role-model", "version": "1", "alias": "production",
               "source": "helpdesk", "license": "CC-BY-4.0", "reviewer": "test-reviewer",
-              "request_id": erasure.json()["id"], "evaluation_id": evaluation.json()["id"]}
+              "request_id": erasure.json()["id"], "evaluation_id": evaluation.json()["id"],
+              "grant_id": fresh_grant_id}
     item = {"example_id": pending, "revision_id": revision}
     requests: dict[tuple[str, str], dict[str, Any]] = {
         ("POST", "/v1/datasets"): {"json": {"name": f"ds-{uuid.uuid4().hex[:8]}", "format": "instruction"}},
@@ -112,6 +132,7 @@ def world(api, dispatched, artifact_root):
         ("POST", "/v1/datasets/{dataset_ref}/examples:import"): {
             "content": orjson.dumps(instruction_line(99)) + b"\n", "headers": NDJSON},
         ("POST", "/v1/keys"): {"json": {"name": "made-by-test", "role": "auditor"}},
+        ("POST", "/v1/pii-grants"): {"json": grant_body},
         ("POST", "/v1/examples/{example_id}/pii-findings"): {
             "json": {"field_path": "output", "start": 0, "end": 4, "entity_type": "PERSON"}},
         ("POST", "/v1/examples/{example_id}/pii-findings/{finding_id}/verdict"): {"json": {"verdict": "confirmed"}},
