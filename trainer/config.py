@@ -11,7 +11,7 @@ from typing import Any
 from trainer import hparams
 from trainer.errors import TrainError
 
-METHODS = ("lora", "qlora")
+METHODS = ("lora", "qlora", "dpo")
 
 
 def _frozen(d: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -31,12 +31,21 @@ class RunConfig:
     # [{"id", "template", "secret", "space", "repetitions"}], checked; inserted into the training stream.
     canaries: tuple = ()
 
+    @property
+    def adapter(self) -> str:
+        """What is trained: a LoRA adapter on a bf16/fp32 base, or on QLoRA's 4-bit base."""
+        if self.method == "dpo":
+            return self.hp["dpo_adapter"]
+        return self.method
+
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> RunConfig:
         hp = hparams.resolve(spec.get("hyperparameters"))
         method = spec.get("method", "lora")
         if method not in METHODS:
-            raise TrainError("invalid_hyperparameters", f"method: must be lora or qlora, got {method!r}")
+            raise TrainError("invalid_hyperparameters", f"method: must be one of {', '.join(METHODS)}, got {method!r}")
+        if spec.get("canaries") and method != "lora":
+            raise TrainError("invalid_hyperparameters", "canaries: supported for method lora only")
         base = spec.get("base_model")
         if not base or not isinstance(base, str):
             raise TrainError("bad_base_model", "base_model is required")

@@ -11,6 +11,7 @@ CODES = frozenset(
         "invalid_hyperparameters",
         "invalid_data",
         "invalid_params",
+        "method_format_mismatch",
         "cancelled",
         "internal_error",
     }

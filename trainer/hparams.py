@@ -28,6 +28,11 @@ DEFAULTS: dict = {
     "gradient_checkpointing": False,
     "loss_chunk": 4096,
     "log_every": 10,
+    # method dpo: the KL strength, the loss (trainer.dpo) and what is trained (a LoRA adapter, or one on
+    # QLoRA's 4-bit base).
+    "beta": 0.1,
+    "loss_type": "sigmoid",
+    "dpo_adapter": "lora",
 }
 
 _INT_RANGES = {
@@ -48,10 +53,13 @@ _FLOAT_RANGES = {
     "warmup_ratio": (0.0, 1.0, True),
     "weight_decay": (0.0, 10.0, True),
     "max_grad_norm": (0.0, 1e6, True),
+    "beta": (0.0, 10.0, False),
 }
 _CHOICES = {
     "lr_scheduler": ("cosine", "linear", "constant"),
     "attention": ("auto", "pedigree_varlen", "pedigree_flex", "pedigree_sdpa"),
+    "loss_type": ("sigmoid", "ipo"),
+    "dpo_adapter": ("lora", "qlora"),
 }
 
 

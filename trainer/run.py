@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from trainer import attention, modelcard, packing
+from trainer import attention, dpo, modelcard, packing
 from trainer.config import RunConfig
 from trainer.data import Renderer, Tokenized, verify_records
 from trainer.engine import DistInfo, Engine, dist_from_env, lr_lambda, make_optimizer
@@ -41,12 +41,14 @@ def _event(
     return {"kind": kind, "level": level, "message": message, "step": step, "data": data or {}}
 
 
-def _micro_batches(rows, examples, hp, pad_id, dist):
-    """This rank's micro-batches of one step's rows."""
+def _micro_batches(rows, examples, hp, pad_id, dist, row_len: int | None = None):
+    """This rank's micro-batches of one step's rows (rows of max_seq_len tokens; DPO's hold a pair's two
+    sequences, so theirs are twice as long)."""
+    row_len = row_len or hp["max_seq_len"]
     mine = rows[dist.rank :: dist.world]
-    per = max(1, hp["micro_batch_tokens"] // hp["max_seq_len"])
+    per = max(1, hp["micro_batch_tokens"] // row_len)
     return [
-        packing.build_micro_batch(mine[i : i + per], examples, hp["max_seq_len"], pad_id)
+        packing.build_micro_batch(mine[i : i + per], examples, row_len, pad_id)
         for i in range(0, len(mine), per)
     ]
 
@@ -96,6 +98,8 @@ class Prepared:
     model: Any
     train_ex: list[Tokenized]
     val_ex: list[Tokenized]
+    # method dpo: train_ex / val_ex are sequences, chosen at 2k and rejected at 2k+1 for pair k.
+    pairs: bool = False
     # Canary sequences (issue 17): trained like examples, never reported as examples.
     canary_ex: list[Tokenized] = field(default_factory=list)
 
@@ -122,6 +126,10 @@ class Fitted:
     val_before: float | None = None
     val_after: float | None = None
     train_loss: float | None = None
+    # method dpo: dpo.summary() of the validation pairs before and after, and of the last logged window.
+    dpo_before: dict = field(default_factory=dict)
+    dpo_after: dict = field(default_factory=dict)
+    dpo_train: dict = field(default_factory=dict)
     steps: int = 0
     tokens: int = 0
     supervised_tokens: int = 0
@@ -141,7 +149,9 @@ def prepare(cfg: RunConfig, rt: Runtime, records: Iterable[dict]) -> Prepared:
     # bf16 weights with autocast on the GPU; fp32 on the CPU, where bf16 matmuls are slow and the
     # tests want tight tolerances.
     dtype = torch.bfloat16 if rt.on_gpu else torch.float32
-    tokenizer, model = load_base(cfg.base_model, cfg.method, rt.device, dtype)
+    if cfg.method == "dpo":
+        dpo.check_records(records)
+    tokenizer, model = load_base(cfg.base_model, cfg.adapter, rt.device, dtype)
     rt.emit(
         _event("log", f"loaded {cfg.base_model} ({sum(p.numel() for p in model.parameters()):,} parameters)")
     )
@@ -150,9 +160,13 @@ def prepare(cfg: RunConfig, rt: Runtime, records: Iterable[dict]) -> Prepared:
     max_seq_len = cfg.hp["max_seq_len"]
     renderer = Renderer(tokenizer, max_seq_len)
     train_ex, val_ex = [], []
-    for i, rec in enumerate(records):
-        ex = renderer.tokenize(i, rec)
-        (train_ex if rec["split"] == "train" else val_ex).append(ex)
+    if cfg.method == "dpo":
+        train_ex = dpo.tokenize_pairs(renderer, [r for r in records if r["split"] == "train"])
+        val_ex = dpo.tokenize_pairs(renderer, [r for r in records if r["split"] != "train"])
+    else:
+        for i, rec in enumerate(records):
+            ex = renderer.tokenize(i, rec)
+            (train_ex if rec["split"] == "train" else val_ex).append(ex)
     if not train_ex:
         raise TrainError("invalid_data", "the snapshot has no train examples")
     truncated = sum(e.truncated for e in train_ex + val_ex)
@@ -165,7 +179,7 @@ def prepare(cfg: RunConfig, rt: Runtime, records: Iterable[dict]) -> Prepared:
     canary_ex = _canary_examples(cfg, tokenizer, max_seq_len, len(train_ex) + len(val_ex))
     if canary_ex:
         rt.emit(_event("log", f"{len(cfg.canaries)} canaries, {len(canary_ex)} canary sequences per epoch"))
-    return Prepared(manifest, tokenizer, model, train_ex, val_ex, canary_ex)
+    return Prepared(manifest, tokenizer, model, train_ex, val_ex, pairs=cfg.method == "dpo", canary_ex=canary_ex)
 
 
 def _canary_examples(cfg: RunConfig, tokenizer, max_seq_len: int, first_index: int) -> list[Tokenized]:
@@ -213,9 +227,10 @@ def build(cfg: RunConfig, rt: Runtime, prep: Prepared) -> Built:
     )
     pad_id = prep.tokenizer.pad_token_id if prep.tokenizer.pad_token_id is not None else 0
 
-    train_plan = packing.plan(prep.stream, hp["max_seq_len"])
-    val_plan = packing.plan(prep.val_ex, hp["max_seq_len"]) if prep.val_ex else None
-    rows_per_step = max(1, hp["batch_tokens"] // hp["max_seq_len"], rt.dist.world)
+    pack = dpo.plan if prep.pairs else packing.plan
+    train_plan = pack(prep.stream, hp["max_seq_len"])
+    val_plan = pack(prep.val_ex, hp["max_seq_len"]) if prep.val_ex else None
+    rows_per_step = max(1, hp["batch_tokens"] // train_plan.row_len, rt.dist.world)
     total_steps = math.ceil(len(train_plan.rows) / rows_per_step) * hp["epochs"]
     if hp["max_steps"]:
         total_steps = min(total_steps, hp["max_steps"])
@@ -235,7 +250,7 @@ def _validate(cfg: RunConfig, rt: Runtime, prep: Prepared, built: Built) -> floa
     if built.val_plan is None:
         return None
     built.peft_model.eval()
-    mbs = _micro_batches(built.val_plan.rows, prep.val_ex, cfg.hp, built.pad_id, rt.dist)
+    mbs = _micro_batches(built.val_plan.rows, prep.val_ex, cfg.hp, built.pad_id, rt.dist, built.val_plan.row_len)
     s, n = built.engine.eval_losses(mb.to(rt.device) for mb in mbs)
     s, n = rt.all_sum([s, float(n)])
     built.peft_model.train()
@@ -258,6 +273,8 @@ def _schedule(cfg: RunConfig, built: Built) -> list[tuple[int, list[list[int]]]]
 def fit(cfg: RunConfig, rt: Runtime, prep: Prepared, built: Built) -> Fitted:
     hp = cfg.hp
     try:
+        if prep.pairs:
+            return _fit_dpo(cfg, rt, prep, built)
         val_before = _validate(cfg, rt, prep, built)
         if val_before is not None:
             rt.emit(_event("metrics", f"validation loss before training {val_before:.4f}", step=0,
@@ -296,11 +313,7 @@ def _optimize(cfg: RunConfig, rt: Runtime, prep: Prepared, built: Built) -> Fitt
         torch.cuda.reset_peak_memory_stats(device)
     built.peft_model.train()
 
-    def make(item):
-        epoch, step_rows = item
-        mbs = _micro_batches(step_rows, stream, hp, built.pad_id, rt.dist)
-        return epoch, step_rows, [mb.pin() for mb in mbs] if rt.on_gpu else mbs
-
+    make = _step_maker(cfg, rt, built, stream)
     loader = Prefetcher(_schedule(cfg, built), make, depth=2)
     loss_acc = torch.zeros((), dtype=torch.float64, device=device)
     if rt.on_gpu:
@@ -359,6 +372,126 @@ def _optimize(cfg: RunConfig, rt: Runtime, prep: Prepared, built: Built) -> Fitt
     return out
 
 
+def _step_maker(cfg: RunConfig, rt: Runtime, built: Built, stream: list[Tokenized]):
+    def make(item):
+        epoch, step_rows = item
+        mbs = _micro_batches(step_rows, stream, cfg.hp, built.pad_id, rt.dist, built.train_plan.row_len)
+        return epoch, step_rows, [mb.pin() for mb in mbs] if rt.on_gpu else mbs
+
+    return make
+
+
+def _all_micro_batches(cfg: RunConfig, rt: Runtime, built: Built, plan: packing.PackPlan, seqs: list[Tokenized]):
+    return [mb.to(rt.device) for mb in _micro_batches(plan.rows, seqs, cfg.hp, built.pad_id, rt.dist, plan.row_len)]
+
+
+def _reference(cfg: RunConfig, rt: Runtime, built: Built, plan: packing.PackPlan | None,
+               seqs: list[Tokenized]) -> torch.Tensor:
+    """The cached reference log-probs of every sequence (this rank's share, summed over ranks)."""
+    n = len(seqs)
+    if plan is None or not n:
+        return torch.zeros(n, device=rt.device)
+    ref = dpo.reference_logps(built.engine, built.peft_model, _all_micro_batches(cfg, rt, built, plan, seqs), n,
+                              rt.device)
+    if rt.dist.world > 1:
+        import torch.distributed as tdist
+
+        tdist.all_reduce(ref)
+    return ref
+
+
+def _fit_dpo(cfg: RunConfig, rt: Runtime, prep: Prepared, built: Built) -> Fitted:
+    hp, engine = cfg.hp, built.engine
+    beta, loss_type = hp["beta"], hp["loss_type"]
+    t0 = time.perf_counter()
+    ref_train = _reference(cfg, rt, built, built.train_plan, prep.train_ex)
+    ref_val = _reference(cfg, rt, built, built.val_plan, prep.val_ex)
+    rt.emit(_event("log", f"reference log-probs of {len(prep.train_ex) + len(prep.val_ex)} sequences "
+                          f"(adapter disabled) in {time.perf_counter() - t0:.1f}s"))
+    rt.check_stop()
+    ntok_train = dpo.token_counts(prep.train_ex, rt.device)
+    ntok_val = dpo.token_counts(prep.val_ex, rt.device)
+
+    def validate() -> dict:
+        if built.val_plan is None:
+            return {}
+        built.peft_model.eval()
+        vals = dpo.evaluate(engine, _all_micro_batches(cfg, rt, built, built.val_plan, prep.val_ex), ref_val,
+                            ntok_val, len(prep.val_ex), beta=beta, loss_type=loss_type, device=rt.device)
+        built.peft_model.train()
+        return dpo.summary(rt.all_sum(vals))
+
+    out = Fitted(seen_tokens=[0] * len(prep.train_ex), seen_epochs=[0] * len(prep.train_ex))
+    out.dpo_before = validate()
+    if out.dpo_before:
+        rt.emit(_event("metrics", f"validation DPO loss before training {out.dpo_before['dpo_loss']:.4f}", step=0,
+                       data={"val_" + k: v for k, v in out.dpo_before.items()}))
+        out.val_before = out.dpo_before["dpo_loss"]
+    optimizer = make_optimizer(engine.params, lr=hp["learning_rate"], weight_decay=hp["weight_decay"],
+                               device=rt.device)
+    total_steps = built.total_steps
+    warmup = int(hp["warmup_ratio"] * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(hp["lr_scheduler"], total_steps, warmup))
+    stream = prep.train_ex
+    n = len(stream)
+    len_of = [len(e.input_ids) for e in stream]
+    sup_of = [e.supervised for e in stream]
+    totals = dpo.Totals(rt.device)
+    window = {"sup": 0, "real": 0}
+    last_beat = time.time()
+    if rt.on_gpu:
+        torch.cuda.reset_peak_memory_stats(rt.device)
+    built.peft_model.train()
+    loader = Prefetcher(_schedule(cfg, built), _step_maker(cfg, rt, built, stream), depth=2)
+    t_window = time.perf_counter()
+    try:
+        for epoch, step_rows, host_mbs in loader:
+            rt.check_stop(out.steps)
+            step_pairs = sum(len(row) for row in step_rows) // 2
+            mbs = [mb.to(rt.device) for mb in host_mbs]
+            dpo.backward_step(engine, mbs, ref_train, ntok_train, n, max(1, step_pairs), beta=beta,
+                              loss_type=loss_type, totals=totals)
+            if hp["max_grad_norm"] > 0:
+                torch.nn.utils.clip_grad_norm_(engine.params, hp["max_grad_norm"])
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            out.steps += 1
+            for row in step_rows:
+                for i in row:
+                    out.seen_tokens[i] += len_of[i]
+                    out.seen_epochs[i] += 1
+                    window["real"] += len_of[i]
+                    window["sup"] += sup_of[i]
+                    out.tokens += len_of[i]
+                    out.supervised_tokens += sup_of[i]
+            if out.steps % hp["log_every"] == 0 or out.steps == total_steps:
+                stats = dpo.summary(rt.all_sum(totals.values()))
+                totals.reset()
+                t = time.perf_counter() - t_window
+                out.train_time += t
+                data = {**stats, "train_loss": stats.get("dpo_loss"),
+                        "tokens_per_s": window["real"] / max(t, 1e-9),
+                        "supervised_tokens_per_s": window["sup"] / max(t, 1e-9),
+                        "learning_rate": scheduler.get_last_lr()[0], "epoch": epoch + 1}
+                out.train_loss, out.dpo_train = data["train_loss"], stats
+                rt.emit(_event("metrics", f"step {out.steps}/{total_steps} DPO loss {data['train_loss']:.4f} "
+                                          f"accuracy {stats.get('rewards_accuracy', 0):.2f}", step=out.steps, data=data))
+                window = {"sup": 0, "real": 0}
+                t_window = time.perf_counter()
+            if time.time() - last_beat >= 10:
+                rt.emit(_event("heartbeat", "training", step=out.steps))
+                last_beat = time.time()
+    finally:
+        loader.close()
+    out.dpo_after = validate()
+    if out.dpo_after:
+        out.val_after = out.dpo_after["dpo_loss"]
+        rt.emit(_event("metrics", f"validation DPO loss after training {out.val_after:.4f}", step=out.steps,
+                       data={"val_" + k: v for k, v in out.dpo_after.items()}))
+    return out
+
+
 def finish(
     cfg: RunConfig, rt: Runtime, prep: Prepared, built: Built, fitted: Fitted, out_dir: Path, t_start: float
 ) -> dict:
@@ -371,8 +504,8 @@ def finish(
         "train_loss": fitted.train_loss,
         "steps": fitted.steps,
         "epochs": cfg.hp["epochs"],
-        "train_examples": len(prep.train_ex),
-        "validation_examples": len(prep.val_ex),
+        "train_examples": len(prep.train_ex) // 2 if prep.pairs else len(prep.train_ex),
+        "validation_examples": len(prep.val_ex) // 2 if prep.pairs else len(prep.val_ex),
         "tokens": fitted.tokens,
         "supervised_tokens": fitted.supervised_tokens,
         "canary_tokens": fitted.canary_tokens,
@@ -386,12 +519,24 @@ def finish(
         "device": torch.cuda.get_device_name(rt.device) if rt.on_gpu else "cpu",
         "manifest_sha256": prep.manifest,
         "wall_s": time.time() - t_start,
+        "method": cfg.method,
     }
-    examples = [
-        {"revision_id": ex.revision_id, "tokens": fitted.seen_tokens[k], "epochs": fitted.seen_epochs[k]}
-        for k, ex in enumerate(prep.train_ex)
-        if fitted.seen_epochs[k]
-    ]
+    if prep.pairs:
+        metrics.update({"beta": cfg.hp["beta"], "loss_type": cfg.hp["loss_type"], "adapter": cfg.adapter,
+                        "val": {"before": fitted.dpo_before, "after": fitted.dpo_after}, **fitted.dpo_train})
+        # One lineage row per preference revision: tokens of both answers' sequences, epochs of the pair.
+        examples = [
+            {"revision_id": prep.train_ex[k].revision_id,
+             "tokens": fitted.seen_tokens[k] + fitted.seen_tokens[k + 1], "epochs": fitted.seen_epochs[k]}
+            for k in range(0, len(prep.train_ex), 2)
+            if fitted.seen_epochs[k]
+        ]
+    else:
+        examples = [
+            {"revision_id": ex.revision_id, "tokens": fitted.seen_tokens[k], "epochs": fitted.seen_epochs[k]}
+            for k, ex in enumerate(prep.train_ex)
+            if fitted.seen_epochs[k]
+        ]
     adapter_dir = out_dir / "adapter"
     if rt.dist.main:
         adapter_dir.mkdir(parents=True, exist_ok=True)

@@ -97,6 +97,11 @@ def create(session: Session, *, data: RunCreate, actor: Actor,
             code="manifest_mismatch",
             details={"field": "expected_manifest_sha256", "snapshot_manifest_sha256": snap.manifest_sha256},
         )
+    if data.method == "dpo" and snap.format != "preference":
+        raise ValidationFailed(f"method dpo needs a preference snapshot; snapshot {snap.id} is {snap.format}",
+                               code="method_format_mismatch",
+                               details=[{"field": "method", "code": "method_format_mismatch",
+                                         "message": f"dpo trains on preference pairs, not {snap.format} examples"}])
     erased = snapshots.erased_members(session, snap)
     if snap.contains_erased or erased:
         # Its export omits the erased members, so it no longer hashes to its manifest: training it would
