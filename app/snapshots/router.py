@@ -12,7 +12,7 @@ from app.core.errors import ValidationFailed
 from app.core.sql import is_pg
 from app.lineage import openlineage
 from app.models.snapshot import Snapshot
-from app.snapshots import bias, datasheet, diff, export, freeze, jobs, proofs, repository
+from app.snapshots import bias, croissant, datasheet, diff, export, freeze, jobs, proofs, repository
 from app.snapshots.schemas import EXPORT_FORMATS, BiasReport, ProofsRequest, SnapshotCreate, SnapshotOut
 
 router = APIRouter(prefix="/v1/snapshots", tags=["snapshots"])
@@ -147,6 +147,18 @@ def bias_report(snapshot_id: str, session: SessionDep, actor: SnapshotReader) ->
     """Representation of demographic descriptors per role, split, source and license, their co-occurrence
     with occupations and sentiment (PMI with counts), and flags over the dataset's threshold (docs/bias.md)."""
     return bias.compute(session, repository.get(session, snapshot_id))
+
+
+@router.get("/{snapshot_id}/croissant", response_class=JSONResponse, responses={
+    200: {"description": "Croissant 1.1 JSON-LD with the RAI vocabulary",
+          "content": {"application/ld+json": {"schema": {"type": "object"}}}}})
+def get_croissant(snapshot_id: str, session: SessionDep, actor: SnapshotReader, format: str = "pedigree") -> JSONResponse:
+    """Croissant 1.1 metadata (`application/ld+json`): the export files of `format` with their URLs and sha256,
+    record sets per the snapshot's task, and RAI fields generated from the records. 422 `no_export_format`
+    when `format` has no Croissant description for the snapshot's task."""
+    snap = repository.get(session, snapshot_id)
+    doc = croissant.document(session, snap, fmt=format)
+    return JSONResponse(doc, media_type="application/ld+json", headers={"X-Manifest-SHA256": snap.manifest_sha256})
 
 
 @router.get("/{snapshot_id}/datasheet")
