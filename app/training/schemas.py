@@ -85,7 +85,8 @@ class RunCreate(BaseModel):
     @model_validator(mode="after")
     def _canaries_method(self) -> RunCreate:
         # The trainer plants canaries in the LoRA stream only; QLoRA's quantised path is not covered by
-        # its tests yet, so asking for them there is refused rather than silently ignored.
+        # its tests yet and DPO trains on preference pairs (no SFT stream to plant them in), so asking
+        # for them there is refused rather than silently ignored.
         if self.canaries is not None and self.method != "lora":
             raise ValueError(f"canaries are supported for method 'lora' only, not {self.method!r}")
         return self

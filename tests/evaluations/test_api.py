@@ -174,6 +174,9 @@ def test_canaries_on_training_runs(api, dispatched, eval_dispatched, base_model,
             "model_name": "q", "canaries": {"count": 2}}
     r = api.as_("curator").post("/v1/training-runs", json=body)
     assert r.status_code == 422 and "canaries" in r.text
+    # DPO trains on preference pairs, not the SFT stream the canaries go into: refused the same way.
+    r = api.as_("curator").post("/v1/training-runs", json={**body, "method": "dpo"})
+    assert r.status_code == 422 and "canaries" in r.text and "'dpo'" in r.text
     r = api.as_("curator").post("/v1/training-runs", json={**body, "method": "lora",
                                                            "canaries": {"count": 0}})
     assert r.status_code == 422
