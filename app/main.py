@@ -25,6 +25,7 @@ from app.datasets.router import router as datasets_router
 from app.dedup.router import router as dedup_router
 from app.evaluations.router import router as evaluations_router
 from app.examples.router import router as examples_router
+from app.governance.router import router as governance_router
 from app.keys.grants_router import router as grants_router
 from app.keys.router import router as keys_router
 from app.keys.throttle import AuthThrottleMiddleware
@@ -152,7 +153,7 @@ def create_app() -> FastAPI:
     configure_logging(settings.log_format_resolved, settings.log_level)
     install_access_log_filter()  # query values (source refs, tags) never reach the access log
     for r in (datasets_router, examples_router, audit_router, keys_router, pii_router, review_router, snapshots_router,
-              dedup_router, training_router, evaluations_router):
+              dedup_router, training_router, evaluations_router, governance_router):
         app.include_router(r)
     app.include_router(grants_router)
     app.include_router(lineage_router)

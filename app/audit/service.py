@@ -260,3 +260,10 @@ def _verify(session: Session, *, mode: str = "auto", full: bool = False) -> Veri
     if last_seq > 0:
         _save_checkpoint(session, last_seq, last_hash, full=full)
     return VerifyResult(True, last_seq, None, mode=mode, verified_from=start, checked=last_seq - start)
+
+
+def chain_head(session: Session) -> dict[str, Any]:
+    """The newest event's sequence number and hash: a document that names it can be checked against the
+    chain later (every event before it is fixed by that hash)."""
+    row = session.execute(select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)).first()
+    return {"seq": row[0], "hash": row[1]} if row else {"seq": 0, "hash": None}
