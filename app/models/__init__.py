@@ -10,7 +10,15 @@ from app.models.example import DuplicateLink, Example, ExampleRevision, IngestBa
 from app.models.lineage import ErasureRequest, ModelVersionFacet, ModelVersionTaint
 from app.models.pii import PiiFinding, PiiScrub, PiiVaultEntry
 from app.models.pipeline import StageLease
-from app.models.review import Review, ReviewEscalation, ReviewLease, ReviewSessionRevocation, ReviewSuggestion
+from app.models.review import (
+    PairwiseJudgment,
+    PairwiseVerdict,
+    Review,
+    ReviewEscalation,
+    ReviewLease,
+    ReviewSessionRevocation,
+    ReviewSuggestion,
+)
 from app.models.snapshot import Snapshot, SnapshotMember
 from app.models.training import (
     Evaluation,
@@ -53,6 +61,8 @@ __all__ = [
     "ModelVersion",
     "ModelVersionFacet",
     "ModelVersionTaint",
+    "PairwiseJudgment",
+    "PairwiseVerdict",
     "PiiFinding",
     "PiiGrant",
     "PiiScrub",

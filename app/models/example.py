@@ -18,7 +18,7 @@ STATUSES = (
     "duplicate",
     "erased",
 )
-REVISION_REASONS = ("ingest", "pii_scrub", "reviewer_edit", "pii_verdict", "erasure")
+REVISION_REASONS = ("ingest", "pii_scrub", "reviewer_edit", "pii_verdict", "erasure", "pairwise_swap")
 
 
 class IngestBatch(IdMixin, CreatedAtMixin, Base):

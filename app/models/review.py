@@ -91,3 +91,44 @@ class ReviewSessionRevocation(Base):
 
     session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class PairwiseJudgment(IdMixin, CreatedAtMixin, Base):
+    """One reviewer's comparison of a preference revision's two answers. The reviewer saw them blind, as A
+    (left) and B (right) in an order drawn per reviewer and example; `left` records which stored answer was
+    on the left, `pick` what they pressed and `preferred` what it means against the stored order."""
+
+    __tablename__ = "pairwise_judgments"
+    __table_args__ = (
+        UniqueConstraint("revision_id", "reviewer_key_id"),
+        Index("ix_pairwise_judgments_dataset_id_created_at", "dataset_id", "created_at"),
+    )
+
+    example_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("examples.id"))
+    dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id"))
+    revision_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("example_revisions.id"))
+    review_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("reviews.id"))
+    reviewer: Mapped[str] = mapped_column(String(200))
+    reviewer_key_id: Mapped[uuid.UUID]
+    left: Mapped[str] = mapped_column(String(10))  # chosen | rejected
+    pick: Mapped[str] = mapped_column(String(10))  # a | b | tie | both_bad
+    preferred: Mapped[str] = mapped_column(String(10))  # chosen | rejected | tie | both_bad
+    reason_code: Mapped[str] = mapped_column(String(64))
+    comment: Mapped[str | None] = mapped_column(Text)
+
+
+class PairwiseVerdict(Base):
+    """The settled majority of an example's comparisons, written when its review policy approves it.
+    `revision_id` is the revision the reviewers judged, `current_revision_id` the one that holds the verdict
+    (a `pairwise_swap` revision when the majority preferred the stored rejected answer). Snapshots leave
+    out tie and both_bad verdicts of the current revision (rule `pair_unusable`)."""
+
+    __tablename__ = "pairwise_verdicts"
+
+    example_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("examples.id"), primary_key=True)
+    dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id"), index=True)
+    revision_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("example_revisions.id"))
+    current_revision_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("example_revisions.id"))
+    verdict: Mapped[str] = mapped_column(String(12))  # chosen | swapped | tie | both_bad | no_majority
+    counts: Mapped[dict]
+    settled_at: Mapped[dt.datetime]

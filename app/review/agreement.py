@@ -30,7 +30,8 @@ def cohen_kappa(a: list[str], b: list[str]) -> float | None:
     return round((po - pe) / (1 - pe), 4)
 
 
-def krippendorff_alpha(units: dict[str, dict[str, str]], raters: list[str]) -> float | None:
+def krippendorff_alpha(units: dict[str, dict[str, str]], raters: list[str],
+                       codes: dict[str, int] = CODES) -> float | None:
     values = {v for u in units.values() for v in u.values()}
     if len(units) == 0 or len(values) < 2:
         return None
@@ -39,12 +40,12 @@ def krippendorff_alpha(units: dict[str, dict[str, str]], raters: list[str]) -> f
     idx = {r: i for i, r in enumerate(raters)}
     for j, u in enumerate(cols):
         for r, v in units[u].items():
-            data[idx[r], j] = CODES.get(v, len(CODES))
+            data[idx[r], j] = codes.get(v, len(codes))
     alpha = krippendorff.alpha(reliability_data=data, level_of_measurement="nominal")
     return None if alpha is None or math.isnan(alpha) else round(float(alpha), 4)
 
 
-def summarise(ratings: list[tuple[str, str, str]]) -> dict[str, Any]:
+def summarise(ratings: list[tuple[str, str, str]], codes: dict[str, int] = CODES) -> dict[str, Any]:
     """ratings: (unit, rater, value). Units are revisions: an edit makes a new item to agree on."""
     by_unit: dict[str, dict[str, str]] = defaultdict(dict)
     for unit, rater, value in ratings:
@@ -72,7 +73,7 @@ def summarise(ratings: list[tuple[str, str, str]]) -> dict[str, Any]:
         "items_with_several_reviews": len(multi),
         "reviewers": len(raters),
         "percent_agreement": round(agree_pairs / total_pairs, 4) if total_pairs else None,
-        "krippendorff_alpha": krippendorff_alpha(multi, raters),
+        "krippendorff_alpha": krippendorff_alpha(multi, raters, codes),
         "cohen_kappa_pairs": pairs,
         "per_reviewer": {r: round(a / t, 4) for r, (a, t) in per.items() if t},
     }

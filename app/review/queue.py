@@ -23,6 +23,8 @@ from app.models.auth import ApiKey
 from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.example import Example
+from app.review.pairwise import blind_view as pairwise_view
+from app.review.schemas import PAIRWISE_REASON_CODES
 from app.review.service import (
     AUTHORED,
     ESC,
@@ -50,7 +52,7 @@ def _context_statement(by_id: bool) -> Any:
            .exists())
     cond = D.c.id == bindparam("ds_id", type_=D.c.id.type) if by_id else D.c.name == bindparam("ds_name")
     return (select(*KEY_COLUMNS, D.c.id.label("ds_id"), D.c.name.label("ds_name"), D.c.review_policy,
-                   own.label("has_own"))
+                   D.c.format.label("ds_format"), own.label("has_own"))
             .select_from(K.outerjoin(D, cond)).where(K.c.prefix == bindparam("prefix")))
 
 
@@ -74,7 +76,8 @@ def queue_context(session: Session, token: str, ref: str, *roles: str) -> tuple[
         actor = check_role(check_key(row, token), roles)
     if row.ds_id is None:
         raise NotFound(f"dataset {ref} not found", details={"dataset": str(ref)})
-    return actor, SimpleNamespace(id=row.ds_id, name=row.ds_name, review_policy=row.review_policy), bool(row.has_own)
+    return actor, SimpleNamespace(id=row.ds_id, name=row.ds_name, review_policy=row.review_policy,
+                                  format=row.ds_format), bool(row.has_own)
 
 
 @functools.lru_cache(maxsize=32)
@@ -206,6 +209,8 @@ def next_items(session: Session, *, dataset: Any, actor: Actor, limit: int = 1,
                                 "quality_flags": (rv.quality or {}).get("flags", [])}
         if with_view:
             item["example"] = examples.view(session, exs[eid], actor)
+        if dataset.format == "preference" and rv.content:
+            item["pairwise"] = {**pairwise_view(rv.content, actor.key_id, eid), "reason_codes": list(PAIRWISE_REASON_CODES)}
         out.append(item)
     return out
 

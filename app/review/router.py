@@ -12,7 +12,7 @@ from app.core.errors import Unauthorized
 from app.core.openapi import BEARER, errors
 from app.datasets import service as datasets
 from app.examples.schemas import SuggestionOut
-from app.review import decisions, edits, web
+from app.review import decisions, edits, pairwise, web
 from app.review import queue as review_queue
 from app.review import stats as review_stats
 from app.review.jobs import committer
@@ -21,6 +21,8 @@ from app.review.schemas import (
     BulkReviewIn,
     LeaseReleased,
     LeaseRenewed,
+    PairwiseIn,
+    PairwiseResult,
     ReviewCreated,
     ReviewIn,
     ReviewQueue,
@@ -84,6 +86,16 @@ async def review(example_id: str, data: ReviewIn, request: Request) -> Response:
     # Authenticated and committed by the group committer, in one transaction with the other
     # decisions that arrived meanwhile (see jobs.py for why).
     return _json(await committer.decide(example_id=example_id, data=data, token=token), 201)
+
+
+@router.post("/v1/examples/{example_id}/comparisons", status_code=201, response_model=PairwiseResult,
+             responses=errors(403, 404, 409))
+def compare(example_id: str, data: PairwiseIn, session: SessionDep, actor: Reviewer) -> dict[str, Any]:
+    """A pairwise pick on a preference example (docs/review.md): `a`/`b` as the caller's queue item showed
+    them, `tie` or `both_bad`, with a reason code. It approves the revision under the review policy (same
+    refusals as a decision: 409 `leased`, 403 `four_eyes`, ...); the pick that completes the policy
+    settles the verdict."""
+    return pairwise.compare(session, example_id=example_id, actor=actor, data=data)
 
 
 @router.post("/v1/reviews:bulk", response_model=BulkResult, responses=errors(404, 409))

@@ -13,6 +13,10 @@ from app.core.schemas import ErrorInfo, IsoTime, Items, JsonObject, Out
 from app.examples.schemas import ExampleOut, QualityFlag, RevisionOut
 
 Decision = Literal["approve", "reject", "request_changes"]
+Pick = Literal["a", "b", "tie", "both_bad"]
+# Why a reviewer picked what they picked: one per pick kind, then the shared ones.
+PAIRWISE_REASON_CODES = ("more_helpful", "more_accurate", "safer", "better_written", "follows_instructions",
+                         "equally_good", "both_unsafe", "both_wrong", "both_off_topic", "other")
 
 
 class ReviewIn(BaseModel):
@@ -21,6 +25,18 @@ class ReviewIn(BaseModel):
     decision: Decision
     revision_id: uuid.UUID
     reason_code: str | None = Field(default=None, max_length=64)
+    comment: str | None = Field(default=None, max_length=10_000)
+
+
+class PairwiseIn(BaseModel):
+    """A pairwise pick on a preference example: `a` is the answer shown on the left, `b` the right one, in
+    the order the queue item's `pairwise` block gives for the caller."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    revision_id: uuid.UUID
+    pick: Pick
+    reason_code: str = Field(max_length=64, description="one of " + ", ".join(PAIRWISE_REASON_CODES))
     comment: str | None = Field(default=None, max_length=10_000)
 
 
@@ -76,6 +92,13 @@ class QueueRevision(Out):
     content_sha256: str
 
 
+class PairwiseView(Out):
+    prompt: str | list[JsonObject]
+    a: str = Field(description="the answer shown on the left")
+    b: str = Field(description="the answer shown on the right")
+    reason_codes: list[str]
+
+
 class QueueItem(Out):
     example_id: str
     revision_id: str
@@ -85,6 +108,8 @@ class QueueItem(Out):
     revision: QueueRevision
     quality_flags: list[QualityFlag]
     example: ExampleOut | None = Field(None, description="with view=full only")
+    pairwise: PairwiseView | None = Field(None, description="preference examples: the prompt and both answers, "
+                                                            "blind, in this reviewer's order")
 
 
 class ReviewQueue(Items[QueueItem]):
@@ -200,8 +225,42 @@ class ReviewerStats(DecisionCounts):
     agreement_with_others: float | None
 
 
+class PairwiseReviewerStats(Out):
+    reviewer: str
+    judgments: int
+    picks: dict[str, int] = Field(description="a, b, tie, both_bad as pressed")
+    preferred: dict[str, int] = Field(description="chosen, rejected, tie, both_bad against the stored order")
+    left_share: float | None = Field(description="position bias: the share of a/b picks that went to the left "
+                                                 "answer (0.5 = none)")
+    agreement_with_others: float | None
+
+
+class PairwiseStats(Out):
+    judgments: int
+    items: int
+    preferred: dict[str, int]
+    agreement: Agreement = Field(description="over the four labels chosen / rejected / tie / both_bad")
+    verdicts: dict[str, int] = Field(description="settled examples by verdict: chosen, swapped, tie, both_bad, "
+                                                 "no_majority")
+    reviewers: list[PairwiseReviewerStats]
+
+
+class PairwiseResult(Out):
+    example_id: str
+    revision_id: str
+    pick: str
+    left: str = Field(description="which stored answer was on the left (chosen or rejected)")
+    preferred: str = Field(description="what the pick means: chosen, rejected, tie or both_bad")
+    reason_code: str
+    review: JsonObject = Field(description="the approval this pick recorded under the review policy")
+    example: JsonObject
+    verdict: JsonObject | None = Field(description="set when this pick completed the policy: {verdict, counts, "
+                                                   "revision_id, current_revision_id}")
+
+
 class ReviewStats(Out):
     dataset: DatasetReviewStats
     agreement: Agreement
     reviewers: list[ReviewerStats]
+    pairwise: PairwiseStats | None = Field(None, description="preference datasets with pairwise picks")
     policy: JsonObject = Field(description="the effective review policy, every default filled in")

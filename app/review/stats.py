@@ -16,7 +16,7 @@ from app.core.sql import aware
 from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.review import DECISIONS
-from app.review import agreement
+from app.review import agreement, pairwise
 from app.review.service import ESC, REV, E, R, policy_of
 
 
@@ -64,6 +64,7 @@ def stats(session: Session, *, dataset: Dataset, now: dt.datetime | None = None)
         "agreement": {k: v for k, v in agree.items() if k != "per_reviewer"},
         "reviewers": reviewers,
         "policy": policy_of(dataset).full(),
+        "pairwise": pairwise.stats(session, dataset_id=dataset.id) if dataset.format == "preference" else None,
     }
 
 

@@ -33,8 +33,8 @@ from app.core.db import SessionDep
 from app.core.errors import Forbidden, PedigreeError, Unauthorized
 from app.datasets import service as datasets
 from app.examples import service as examples
-from app.review import decisions, edits, queue, service, stats
-from app.review.schemas import ReviewIn, RevisionIn
+from app.review import decisions, edits, pairwise, queue, service, stats
+from app.review.schemas import PAIRWISE_REASON_CODES, PairwiseIn, ReviewIn, RevisionIn
 
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -231,15 +231,25 @@ def api_next(session: SessionDep, user: Viewer, dataset: str, skip: str | None =
 def api_example(example_id: str, session: SessionDep, user: Viewer) -> dict[str, Any]:
     ex = examples.get(session, example_id)
     ds = datasets.get(session, ex.dataset_id)
-    return {"item": {"example_id": str(ex.id), "revision_id": str(ex.current_revision_id),
-                     "dataset_id": str(ex.dataset_id), "lease_expires_at": None,
-                     "example": examples.view(session, ex, user.actor)},
+    view = examples.view(session, ex, user.actor)
+    item = {"example_id": str(ex.id), "revision_id": str(ex.current_revision_id), "dataset_id": str(ex.dataset_id),
+            "lease_expires_at": None, "example": view}
+    content = (view.get("revision") or {}).get("content")
+    if ds.format == "preference" and content:
+        item["pairwise"] = {**pairwise.blind_view(content, user.actor.key_id, ex.id),
+                            "reason_codes": list(PAIRWISE_REASON_CODES)}
+    return {"item": item,
             "progress": stats.progress(session, dataset=ds, actor=user.actor)}
 
 
 @router.post("/api/examples/{example_id}/decision")
 def api_decide(example_id: str, data: ReviewIn, session: SessionDep, user: Writer) -> dict[str, Any]:
     return decisions.decide(session, example_id=example_id, actor=user.actor, data=data)
+
+
+@router.post("/api/examples/{example_id}/comparison")
+def api_compare(example_id: str, data: PairwiseIn, session: SessionDep, user: Writer) -> dict[str, Any]:
+    return pairwise.compare(session, example_id=example_id, actor=user.actor, data=data)
 
 
 @router.post("/api/examples/{example_id}/revision")

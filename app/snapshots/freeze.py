@@ -34,8 +34,8 @@ from app.snapshots.repository import SPLIT_SPACE, manifest_hashes, split_h32, va
 from app.snapshots.schemas import SnapshotCreate, SnapshotFilter
 
 # Exclusion rules in the order they are tested; an example is counted under the first that removes it.
-RULES = ("erased", "pii_pending", "contaminates_eval", "duplicate", "status", "source", "license", "tags", "collected_at",
-         "min_approvals")
+RULES = ("erased", "pii_pending", "contaminates_eval", "duplicate", "status", "pair_unusable", "source", "license", "tags",
+         "collected_at", "min_approvals")
 
 # Above this many members a PostgreSQL freeze leaves the root to a step after its commit (the API runs
 # it as soon as the response is sent; any read before that computes it itself). The root statement
@@ -63,7 +63,7 @@ class _Query:
 
 
 def _candidates(session: Session, dataset_id: uuid.UUID, f: SnapshotFilter, *, with_tags: bool = False,
-                with_sha: bool = False, split: str | None = None) -> _Query:
+                with_sha: bool = False, split: str | None = None, pairs: bool = False) -> _Query:
     """SELECT example_id, revision_id, tags, rule over the dataset: rule is NULL for a selected example,
     otherwise the first exclusion rule that removes it."""
     pg = is_pg(session)
@@ -92,6 +92,16 @@ def _candidates(session: Session, dataset_id: uuid.UUID, f: SnapshotFilter, *, w
     whens.append("WHEN e.status NOT IN :statuses OR e.current_revision_id IS NULL THEN 'status'")
     params["statuses"] = sorted(set(statuses))
     binds.append(bindparam("statuses", expanding=True))
+
+    if pairs and not f.include_unusable_pairs:
+        # A preference pair DPO cannot learn from: the answers are the same text (also once PII scrubbing
+        # made them so), or the reviewers' settled verdict on this revision is a tie or both bad.
+        same = ("pr.content->>'chosen' = pr.content->>'rejected'" if pg else
+                "json_extract(pr.content, '$.chosen') = json_extract(pr.content, '$.rejected')")
+        joins.append("LEFT JOIN example_revisions pr ON pr.id = e.current_revision_id")
+        joins.append("LEFT JOIN pairwise_verdicts pv ON pv.example_id = e.id "
+                     "AND pv.current_revision_id = e.current_revision_id")
+        whens.append(f"WHEN {same} OR pv.verdict IN ('tie', 'both_bad') THEN 'pair_unusable'")
 
     if f.sources is not None:
         whens.append("WHEN e.source NOT IN :sources THEN 'source'" if f.sources else "WHEN 1 = 1 THEN 'source'")
@@ -307,7 +317,7 @@ def create(session: Session, *, data: SnapshotCreate, actor: Actor) -> Snapshot:
     sid = new_id()
     seed = str(data.seed)
     stratify = data.stratify_by.rstrip(":") if data.stratify_by else None
-    cand = _candidates(session, ds.id, f, with_tags=stratify is not None, with_sha=pg,
+    cand = _candidates(session, ds.id, f, with_tags=stratify is not None, with_sha=pg, pairs=ds.format == "preference",
                        split=_h32_below(session, "e.id").join(("CASE WHEN ", " THEN 'validation' ELSE 'train' END"))
                        if pg and stratify is None else None)
     threshold = validation_threshold(data.validation_fraction)

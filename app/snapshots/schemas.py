@@ -29,6 +29,9 @@ class SnapshotFilter(BaseModel):
     # The three default exclusions; each can be lifted explicitly, never by accident.
     include_duplicates: bool = False
     include_contaminating: bool = False
+    # Preference datasets: pairs with identical answers, and pairs whose pairwise verdict is a tie or both
+    # bad, stay out (rule pair_unusable) unless this is set.
+    include_unusable_pairs: bool = False
 
     @field_validator("statuses")
     @classmethod

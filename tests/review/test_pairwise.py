@@ -1,0 +1,161 @@
+"""Pairwise review of preference examples through the API, on SQLite and PostgreSQL: blind per-reviewer order,
+picks that approve under the policy, the settled verdict (a majority against the stored order swaps the
+answers in a new revision), the pair_unusable snapshot rule, stats (agreement, position bias), refusals."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from sqlalchemy import select
+
+from app.core.db import session_scope
+from app.models.audit import AuditEvent
+from app.models.example import ExampleRevision
+from app.models.review import PairwiseJudgment
+from tests.factories import get_example, new_dataset
+
+PAIRS = [{"prompt": f"Question {i}: how do I reset my password?", "chosen": f"Open settings, then security ({i}).",
+          "rejected": f"I cannot help with that ({i})."} for i in range(8)]
+
+
+def _dataset(api, pairs=PAIRS, approvals=2):
+    ds = new_dataset(api, "preference", review_policy={"required_approvals": approvals})
+    r = api.as_("curator").post(f"/v1/datasets/{ds['id']}/examples", json=pairs)
+    assert r.status_code == 201, r.text
+    return ds, [it["id"] for it in r.json()["items"]]
+
+
+def _queue(api, role, ds, limit=50):
+    r = api.as_(role).get("/v1/review/queue", params={"dataset": ds["id"], "limit": limit})
+    assert r.status_code == 200, r.text
+    return {it["example_id"]: it for it in r.json()["items"]}
+
+
+def _pick_for(item, want):
+    """The side (a/b) that shows the stored `want` answer in this reviewer's item."""
+    content = item["revision"]["content"]
+    return "a" if item["pairwise"]["a"] == content[want] else "b"
+
+
+def _compare(api, role, item, pick, reason="more_helpful"):
+    return api.as_(role).post(f"/v1/examples/{item['example_id']}/comparisons",
+                              json={"revision_id": item["revision_id"], "pick": pick, "reason_code": reason})
+
+
+def test_order_is_blind_random_per_reviewer_and_recorded(api):
+    ds, ids = _dataset(api)
+    q1, q2 = _queue(api, "reviewer", ds), _queue(api, "reviewer2", ds)
+    assert set(q1) == set(ids) and not q2  # reviewer holds every lease
+    lefts1 = {}
+    for eid, it in q1.items():
+        pw, content = it["pairwise"], it["revision"]["content"]
+        assert pw["prompt"] == content["prompt"] and {pw["a"], pw["b"]} == {content["chosen"], content["rejected"]}
+        lefts1[eid] = "chosen" if pw["a"] == content["chosen"] else "rejected"
+        assert "more_helpful" in pw["reason_codes"]
+    assert len(set(lefts1.values())) == 2  # both orders occur over eight items
+    # The same reviewer sees the same order again (a reload keeps it).
+    again = _queue(api, "reviewer", ds)
+    assert {e: it["pairwise"]["a"] for e, it in again.items()} == {e: it["pairwise"]["a"] for e, it in q1.items()}
+    for it in q1.values():
+        r = _compare(api, "reviewer", it, "a")
+        assert r.status_code == 201, r.text
+        assert r.json()["left"] == lefts1[it["example_id"]] and r.json()["preferred"] == lefts1[it["example_id"]]
+        assert r.json()["example"]["status"] == "pending_review"  # one of two approvals
+    q2 = _queue(api, "reviewer2", ds)
+    lefts2 = {e: "chosen" if it["pairwise"]["a"] == it["revision"]["content"]["chosen"] else "rejected"
+              for e, it in q2.items()}
+    assert lefts1 != lefts2 or len(ids) < 8  # drawn per reviewer, not per example
+    with session_scope() as s:
+        rows = s.execute(select(PairwiseJudgment.example_id, PairwiseJudgment.left, PairwiseJudgment.pick)).all()
+    assert {str(e): left for e, left, _ in rows} == lefts1 and {p for *_, p in rows} == {"a"}
+
+
+def test_majority_against_the_stored_order_swaps_through_a_new_revision(api):
+    ds, ids = _dataset(api, PAIRS[:3])
+    q1 = _queue(api, "reviewer", ds)
+    swap, tie, keep = ids
+    for eid, it in q1.items():
+        pick = {swap: _pick_for(it, "rejected"), tie: "tie", keep: _pick_for(it, "chosen")}[eid]
+        assert _compare(api, "reviewer", it, pick, "equally_good" if pick == "tie" else "more_accurate").status_code == 201
+    q2 = _queue(api, "reviewer2", ds)
+    out = {}
+    for eid, it in q2.items():
+        pick = {swap: _pick_for(it, "rejected"), tie: "tie", keep: "both_bad"}[eid]
+        r = _compare(api, "reviewer2", it, pick, "safer")
+        assert r.status_code == 201, r.text
+        out[eid] = r.json()
+    assert out[swap]["verdict"]["verdict"] == "swapped" and out[swap]["example"]["status"] == "approved"
+    assert out[tie]["verdict"]["verdict"] == "tie"
+    assert out[keep]["verdict"]["verdict"] == "no_majority"  # chosen once, both bad once
+    ex = get_example(api, swap)
+    original = PAIRS[0]
+    assert ex["status"] == "approved" and ex["revision"]["reason"] == "pairwise_swap"
+    assert (ex["revision"]["content"]["chosen"], ex["revision"]["content"]["rejected"]) == (
+        original["rejected"], original["chosen"])
+    with session_scope() as s:
+        new = s.get(ExampleRevision, uuid.UUID(ex["revision"]["id"]))
+        old = s.get(ExampleRevision, new.parent_id)
+        assert old.content["chosen"] == original["chosen"]  # the judged revision is kept
+        acts = [a for (a,) in s.execute(select(AuditEvent.action).order_by(AuditEvent.seq))]
+    assert "review.compared" in acts and "review.pairwise_settled" in acts and "example.revised" in acts
+    assert api.as_("auditor").get("/v1/audit/verify").json()["ok"]
+
+    # Snapshot: the tie is left out (pair_unusable), the swapped pair goes in as swapped.
+    r = api.as_("curator").post("/v1/snapshots", json={"dataset_id": ds["id"], "name": "dpo-1",
+                                                       "validation_fraction": 0.0})
+    assert r.status_code == 201, r.text
+    snap = r.json()
+    assert snap["counts"]["excluded"]["pair_unusable"] == 1 and snap["member_count"] == 2
+    recs = [json.loads(x) for x in api.as_("trainer").get(
+        f"/v1/snapshots/{snap['id']}/export").content.splitlines()]
+    by_ex = {x["example_id"]: x["content"] for x in recs}
+    assert by_ex[swap]["chosen"] == original["rejected"]
+    sheet = api.as_("auditor").get(f"/v1/snapshots/{snap['id']}/datasheet").text
+    assert "pair_unusable" in sheet
+    r = api.as_("curator").post("/v1/snapshots", json={"dataset_id": ds["id"], "name": "all-pairs",
+                                                       "filter": {"include_unusable_pairs": True}})
+    assert r.json()["member_count"] == 3
+
+    # Stats: agreement over the four labels, position bias per reviewer.
+    st = api.as_("auditor").get("/v1/review/stats", params={"dataset": ds["id"]}).json()["pairwise"]
+    assert st["judgments"] == 6 and st["items"] == 3
+    assert st["agreement"]["items_with_several_reviews"] == 3
+    assert abs(st["agreement"]["percent_agreement"] - 2 / 3) < 1e-4  # swap and tie agreed, keep did not
+    assert st["verdicts"] == {"swapped": 1, "tie": 1, "no_majority": 1}
+    for rv in st["reviewers"]:
+        sided = rv["picks"]["a"] + rv["picks"]["b"]
+        assert rv["left_share"] == (rv["picks"]["a"] / sided if sided else None)
+
+
+def test_identical_answers_are_left_out_of_preference_snapshots(api):
+    ds, _ = _dataset(api, [{"prompt": "p?", "chosen": "same answer", "rejected": "same answer"},
+                             {"prompt": "q?", "chosen": "good", "rejected": "bad"}], approvals=1)
+    for it in _queue(api, "reviewer", ds).values():
+        assert _compare(api, "reviewer", it, "a").status_code == 201
+    r = api.as_("curator").post("/v1/snapshots", json={"dataset_id": ds["id"], "name": "s"})
+    assert r.status_code == 201 and r.json()["counts"]["excluded"]["pair_unusable"] == 1, r.text
+
+
+def test_refusals(api):
+    ds, _ = _dataset(api, PAIRS[:2])
+    held = _queue(api, "reviewer2", ds, limit=1)
+    (eid, item), = held.items()
+    r = _compare(api, "reviewer", item, "a")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "leased", r.text
+    r = _compare(api, "reviewer2", item, "a", reason="no_such_reason")
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "reason_code"
+    r = api.as_("reviewer2").post(f"/v1/examples/{eid}/comparisons",
+                                  json={"revision_id": item["revision_id"], "pick": "left", "reason_code": "safer"})
+    assert r.status_code == 422
+    assert _compare(api, "reviewer2", item, "b").status_code == 201
+    r = _compare(api, "reviewer2", item, "a")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "already_decided"
+    chat = new_dataset(api, "instruction")
+    r = api.as_("curator").post(f"/v1/datasets/{chat['id']}/examples",
+                                json=[{"instruction": "Say hi to the team.", "output": "Hi team, hello!"}])
+    cid = r.json()["items"][0]["id"]
+    r = api.as_("reviewer").post(f"/v1/examples/{cid}/comparisons",
+                                 json={"revision_id": get_example(api, cid)["revision"]["id"], "pick": "a",
+                                       "reason_code": "safer"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "not_preference"
