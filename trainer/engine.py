@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from trainer import attention
+from trainer import kernels as fused
 from trainer.loss import supervised_token_losses
 from trainer.packing import MicroBatch
 
@@ -75,6 +76,7 @@ class Engine:
         loss_chunk: int = 4096,
         dist: DistInfo | None = None,
         compile: bool = False,
+        kernels="none",
     ):
         attention.register()
         self.model = model
@@ -94,6 +96,9 @@ class Engine:
         self.params = [p for p in model.parameters() if p.requires_grad]
         if autocast_dtype is not None:
             fast_path(model)
+        self.kernels = fused.resolve(kernels, device, compiled=compile)
+        # Before compilation, so the compiled layers trace the Liger modules' forwards.
+        fused.apply_layers(base, self.kernels)
         if compile:
             # Regional compilation: every decoder layer has the same code and shapes, so one
             # compiled graph serves them all and compile time stays that of a single layer.
@@ -105,16 +110,26 @@ class Engine:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    def _supervised_hidden(self, mb: MicroBatch):
+        """The decoder's final hidden states at supervised positions, and their targets (under autocast)."""
+        kwargs = attention.forward_kwargs(self.backend, mb)
+        out = self.decoder(input_ids=mb.input_ids, position_ids=mb.position_ids, use_cache=False, **kwargs)
+        hidden = out.last_hidden_state[0].index_select(0, mb.sup_index)
+        return hidden, mb.targets[0].index_select(0, mb.sup_index)
+
     def token_losses(self, mb: MicroBatch) -> torch.Tensor:
         """Per-supervised-token CE of one micro-batch (fp32, [mb.supervised_tokens])."""
-        kwargs = attention.forward_kwargs(self.backend, mb)
         with self._autocast():
-            out = self.decoder(
-                input_ids=mb.input_ids, position_ids=mb.position_ids, use_cache=False, **kwargs
-            )
-            hidden = out.last_hidden_state[0].index_select(0, mb.sup_index)
-            targets = mb.targets[0].index_select(0, mb.sup_index)
+            hidden, targets = self._supervised_hidden(mb)
             return supervised_token_losses(hidden, self.lm_weight, targets, self.loss_chunk)
+
+    def loss_sum(self, mb: MicroBatch) -> torch.Tensor:
+        """Summed CE over one micro-batch's supervised tokens: what training differentiates."""
+        if "flce" not in self.kernels:
+            return self.token_losses(mb).sum()
+        with self._autocast():
+            hidden, targets = self._supervised_hidden(mb)
+            return fused.flce_sum(hidden, self.lm_weight, targets)
 
     def backward_step(self, micro_batches, step_supervised: int) -> float:
         """Forward+backward over this rank's micro-batches; returns this rank's summed loss."""
@@ -122,8 +137,7 @@ class Engine:
         for mb in micro_batches:
             if mb.supervised_tokens == 0:
                 continue
-            losses = self.token_losses(mb)
-            s = losses.sum()
+            s = self.loss_sum(mb)
             (s / step_supervised).backward()
             total += s.detach()
         if self.dist.world > 1:

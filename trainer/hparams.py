@@ -25,6 +25,9 @@ DEFAULTS: dict = {
     "attention": "auto",
     # "auto": regional torch.compile on the GPU once a run is long enough to repay the ~1 min it takes.
     "compile": "auto",
+    # Liger-Kernel's fused kernels (trainer.kernels): "auto" = those that paid on an H200, when
+    # liger-kernel is installed and the run is on CUDA; "liger" = all four; "none".
+    "kernels": "auto",
     "gradient_checkpointing": False,
     "loss_chunk": 4096,
     "log_every": 10,
@@ -60,6 +63,7 @@ _CHOICES = {
     "attention": ("auto", "pedigree_varlen", "pedigree_flex", "pedigree_sdpa"),
     "loss_type": ("sigmoid", "ipo"),
     "dpo_adapter": ("lora", "qlora"),
+    "kernels": ("auto", "liger", "none"),
 }
 
 

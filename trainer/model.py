@@ -46,6 +46,11 @@ def load_base(base: str, method: str, device, dtype):
             bnb_4bit_compute_dtype=torch.bfloat16,
             bnb_4bit_use_double_quant=True,
         )
+    # Built on the meta device and filled shard by shard straight on `device` (QLoRA: each weight
+    # quantised to NF4 as it arrives), so host memory holds one shard at a time, never the model: a
+    # checkpoint larger than host memory still loads. Loading to the CPU and then moving the model
+    # needed the whole bf16 model in host memory first.
+    kwargs["device_map"] = {"": torch.device(device)}
     try:
         tokenizer = AutoTokenizer.from_pretrained(base)
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
@@ -55,8 +60,6 @@ def load_base(base: str, method: str, device, dtype):
         raise TrainError(
             "bad_base_model", f"cannot load base model {base}: {type(exc).__name__}: {exc}"
         ) from exc
-    if "quantization_config" not in kwargs:
-        model.to(device)
     return tokenizer, model
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from trainer import attention, dpo, modelcard, packing
+from trainer import attention, dpo, kernels, modelcard, packing
 from trainer.config import RunConfig
 from trainer.data import Renderer, Tokenized, verify_records
 from trainer.engine import DistInfo, Engine, dist_from_env, lr_lambda, make_optimizer
@@ -200,6 +200,17 @@ def _canary_examples(cfg: RunConfig, tokenizer, max_seq_len: int, first_index: i
     return out
 
 
+def _kernels(spec: str, rt: Runtime, compiled: bool):
+    if spec == "liger" and not (rt.on_gpu and kernels.available()):
+        raise TrainError("invalid_hyperparameters", "hyperparameters.kernels: liger needs a CUDA GPU and liger-kernel")
+    if spec == "liger" and compiled:
+        raise TrainError(
+            "invalid_hyperparameters",
+            "hyperparameters.kernels: liger's layer kernels do not run inside compiled layers; set compile to false",
+        )
+    return spec
+
+
 def build(cfg: RunConfig, rt: Runtime, prep: Prepared) -> Built:
     hp = cfg.hp
     torch.manual_seed(hp["seed"])
@@ -224,6 +235,7 @@ def build(cfg: RunConfig, rt: Runtime, prep: Prepared) -> Built:
         loss_chunk=hp["loss_chunk"],
         dist=rt.dist,
         compile=compile_layers,
+        kernels=_kernels(hp["kernels"], rt, bool(compile_layers)),
     )
     pad_id = prep.tokenizer.pad_token_id if prep.tokenizer.pad_token_id is not None else 0
 
@@ -240,6 +252,7 @@ def build(cfg: RunConfig, rt: Runtime, prep: Prepared) -> Built:
             f"{len(prep.train_ex)} train / {len(prep.val_ex)} validation examples; {len(train_plan.rows)} "
             f"rows of {hp['max_seq_len']} tokens, packing efficiency {train_plan.efficiency:.3f}; "
             f"{total_steps} steps; attention {backend}; compiled {bool(compile_layers)}; "
+            f"kernels {','.join(engine.kernels) or 'none'}; "
             f"{rt.dist.world} rank(s)",
         )
     )
