@@ -16,6 +16,7 @@ allowed because a part of it is. Loaded once per process.
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import lru_cache
 from importlib import resources
 
@@ -73,7 +74,16 @@ def public_places() -> frozenset[str]:
                 key = normalise(name)
                 if key not in given or key in _PLACE_NAMES:
                     names.add(name)
-    return frozenset(normalise(n) for n in names) | _data_file("public_places.txt")
+    keys = frozenset(normalise(n) for n in names) | _data_file("public_places.txt")
+    # "Montreal" for GeoNames' "Montréal", "Sao Paulo" for "São Paulo": text often drops the accents.
+    folded = {fold_accents(k) for k in keys}
+    return keys | frozenset(k for k in folded if k not in given or k in _PLACE_NAMES)
+
+
+def fold_accents(value: str) -> str:
+    if value.isascii():
+        return value
+    return "".join(c for c in unicodedata.normalize("NFKD", value) if not unicodedata.combining(c))
 
 
 # Types under which each list is consulted. A place typed PERSON stays a person ("Georgia" the customer):
@@ -123,6 +133,6 @@ class AllowFilter:
         key = normalise(value)
         if key in self.terms:
             return True
-        if entity_type in PLACE_TYPES and key in self.places:
+        if entity_type in PLACE_TYPES and (key in self.places or fold_accents(key) in self.places):
             return True
         return entity_type in FIGURE_TYPES and key in self.figures

@@ -81,11 +81,26 @@ def _signals(s: str) -> int:
             + bool(_BRACES.search(s)) + bool(_ASSIGN.match(s)))
 
 
+# A comment after a statement on the same line (`return a + b;  // Fix the operator`): its words are no
+# sentence that makes the statement prose. Whitespace before the mark keeps `http://` out.
+_TRAILING_COMMENT = re.compile(r"\s(?://|#)\s")
+
+
 def code_like(line: str) -> bool:
     """One line that reads as code: a keyword opening with a code mark, or two marks among a statement end
     (`;`, `{`, `}`, `):`), a call, an operator (`==`, `+=`, `->`, `x[i]`, `a.b(`), an identifier shape
-    (camelCase, snake_case, `num1`), braces, an assignment; never a sentence that lacks a statement end."""
+    (camelCase, snake_case, `num1`), braces, an assignment; never a sentence that lacks a statement end.
+    A statement followed by a comment is code whatever the comment says."""
     s = line.strip()
+    if not s:
+        return False
+    m = _TRAILING_COMMENT.search(s)
+    if m and m.start() > 0 and _statement(s[: m.start()].strip()):
+        return True
+    return _statement(s)
+
+
+def _statement(s: str) -> bool:
     if not s:
         return False
     if _COMMENT.match(s) or s in _BARE or _DIRECTIVE.match(s):
@@ -158,16 +173,23 @@ def _indented(lines: list[tuple[int, int, str]], taken: list[Span]) -> list[Span
 
 # In code datasets, a quoted identifier inside prose ("the built-in function 'max'", "the 'Name'
 # placeholder") is code too.
-_QUOTED_IDENT = re.compile(r"(?<![\w'\"])(['\"])[A-Za-z_$][\w$.]*(?:\(\))?\1(?![\w'\"])")
-# ... and so is a bare identifier shape ("num1", "max_value", "parseInt", "java.util.Scanner"): no name has one.
-_PROSE_IDENT = re.compile(r"\b[a-z]+[A-Z]\w*\b|\b[A-Za-z]+_\w+\b|\b[A-Za-z]+\d+\b|\b[a-z]\w*(?:\.[a-z_]\w*)+\b")
+# A spread or splat mark may lead it ("takes '...args'", "'*args'").
+_QUOTED_IDENT = re.compile(r"(?<![\w'\"])(['\"])(?:\.\.\.|\*{1,2})?[A-Za-z_$][\w$.]*(?:\(\))?\1(?![\w'\"])")
+# ... and so is a bare identifier shape ("num1", "max_value", "parseInt", "java.util.Scanner",
+# "System.Security.Cryptography"), or a lower-case word in parentheses ("a sorted list (arr)"): no name has
+# one. A qualified name needs two letters a part, so "U.S." and "J.R.R." stay prose.
+_PROSE_IDENT = re.compile(r"\b[a-z]+[A-Z]\w*\b|\b[A-Za-z]+_\w+\b|\b[A-Za-z]+\d+\b|\b[a-z]\w*(?:\.[a-z_]\w*)+\b|"
+                          r"\b[A-Z][\w$]+(?:\.[A-Z][\w$]+)+\b|(?<=\()[a-z_$][\w$]*(?=\))")
+# A data line ("firstName: John", "max_retries: 3"): a key with an identifier shape, a colon, a value. Only
+# in code datasets: in ordinary text "first_name: Ann" is a person's record, which the record rules scrub.
+_KEY_VALUE = re.compile(r"^[ \t-]*[\"']?(?:[a-z]+[A-Z]\w*|[A-Za-z]+_\w+)[\"']?\s*:\s*\S")
 
 
 def _code_lines(lines: list[tuple[int, int, str]], taken: list[Span], mode: str) -> list[Span]:
     candidates = [(s, e, b) for s, e, b in lines if b.strip() and not _inside(s, taken)]
     if not candidates:
         return []
-    flags = [code_like(b) for _, _, b in candidates]
+    flags = [code_like(b) or mode == "on" and bool(_KEY_VALUE.match(b)) for _, _, b in candidates]
     if mode == "auto" and sum(flags) * 2 <= len(candidates):
         return []
     # A short line next to code ("else", "end", "main()", a lone identifier) and a `#` comment go with

@@ -62,6 +62,21 @@ def test_code_lines_auto_on_and_prose():
         assert not code_like(line), line
 
 
+def test_code_in_prose_of_code_datasets():
+    # GPTeacher shapes the `code` profile used to leave to NER.
+    assert code_like("    return a + b;  // Fix the subtraction operator to addition operator")
+    assert not code_like("See http://example.com # and the rest is a plain sentence about it here")
+    text = ("It takes '...args' and a sorted list (arr); use the System.Security.Cryptography namespace.\n"
+            "firstName: John\nlastName: Doe\nage: 30")
+    covered = _covered(text, lines="on")
+    for part in ("'...args'", "arr", "System.Security.Cryptography", "firstName: John", "lastName: Doe"):
+        assert part in covered, part
+    # Not in ordinary text: there a "first_name: Ann" line is a person's record.
+    assert _covered("first_name: Ann\nlast_name: Ray\nhome: Leeds", lines="auto") == []
+    # Initials and abbreviations are no qualified names.
+    assert _covered("J.R.R. Tolkien lived in the U.S. for a while, said Mr. Smith today.", lines="on") == []
+
+
 # --- the engine around code -----------------------------------------------------------------------------------
 
 
@@ -142,6 +157,12 @@ def test_builtin_allow_list(engine):
 def test_a_cue_beats_the_allow_list(engine):
     out, _ = _scrub(engine, "Dear Mr. Ford, thanks for the call.")
     assert "Ford" not in out
+
+
+def test_placeholder_names_and_tools_are_allowed(engine):
+    text = "This would extract the value 'John Doe'. Test the API using a tool like Postman or Curl."
+    assert _scrub(engine, text, context={"code_lines": "on"})[0] == text
+    assert "John Doe" not in _scrub(engine, "Hello, my name is John Doe.")[0]  # a cue still wins
 
 
 def test_public_entities_keep_and_scrub(engine):

@@ -88,6 +88,16 @@ def test_headings_are_not_speakers(engine, text):
     assert not _values(engine, text, "PERSON")
 
 
+def test_a_list_of_fields_is_not_a_transcript(engine):
+    # GPTeacher: a method described field by field read as four speakers.
+    fields = ("Access Modifier: private - only inside the class.\n Modifier: static - belongs to the class.\n"
+              " Return Type: int - an integer.\n Arguments List: (int a, int b) - two integers.")
+    assert not _values(engine, fields, "PERSON")
+    # Three people speaking once each are still three speakers: their labels hold first names.
+    talk = "Anna: shall we start?\nBoris: yes, go ahead.\nKalman: fine by me."
+    assert {"Anna", "Boris", "Kalman"} <= set(_values(engine, talk, "PERSON"))
+
+
 # --- names without a model-friendly shape ------------------------------------------------------------------
 
 

@@ -156,3 +156,45 @@ def test_gazetteer_is_read_once_per_process():
     names = first_names()
     assert names["natasja"] >= 1 and "will" in names  # an English word too: hence the stop list
     assert "will" in common_word_names() and "natasja" not in common_word_names()
+
+
+# --- what the model labels, weighed (#15) --------------------------------------------------------------------
+
+
+def test_retyping_needs_words_that_are_names():
+    from app.pii.recognizers.passes import _name_evidence
+
+    def evidence(text, value):
+        start = text.index(value)
+        return _name_evidence(text, start, start + len(value))
+
+    # Names the model calls ORG or GPE: no ordinary word, no place, or a first name at the head.
+    assert evidence("Wisława Szczepańska's killers sentenced to life", "Wisława Szczepańska's")
+    assert evidence("the verses from Pinabel Marcil's Cautionary Tales", "Pinabel Marcil's")
+    assert evidence("Ask Florence Nightingale about it", "Florence Nightingale")
+    # Companies, teams, regions and things the shape alone used to re-type.
+    for text, value in [("It was Microsoft Corporation then.", "Microsoft Corporation"),
+                        ("Tickets for the Chicago Bulls game", "Chicago Bulls"),
+                        ("a year at Weight Watchers as the assistant", "Weight Watchers"),
+                        ("an orchestra serving Southern Tunisia", "Southern Tunisia"),
+                        ("which later became Berkery Noyes Mandasoft in 2019", "Berkery Noyes Mandasoft"),
+                        ("St Felicien\n Canada", "Felicien\n Canada")]:
+        assert not evidence(text, value), value
+
+
+def test_model_persons_made_of_ordinary_words_are_dropped():
+    from app.pii.recognizers import drop_word_persons, make_result
+
+    def kept(text, value):
+        start = text.index(value)
+        r = make_result("PERSON", start, start + len(value), 0.85, "SpacyRecognizer", "SpacyRecognizer")
+        return bool(drop_word_persons(text, [r]))
+
+    assert not kept("Capitalized words like Wisdom and Discipline are often mistaken", "Discipline")
+    assert not kept("Try the keto diet for a month.", "keto diet")
+    assert kept("For my take on Mrs. Baker, see below", "Baker")  # the honorific says a person
+    assert kept("Tom Baker played the Doctor.", "Tom Baker")  # a first name at the head
+    assert kept("follow up with patricia desrosiers. Thanks, Ann", "patricia desrosiers")
+    # Only the model's guesses: a cue recognizer's result is not weighed here.
+    r = make_result("PERSON", 0, 5, 0.6, "SpeakerLabelRecognizer", "SpeakerLabelRecognizer")
+    assert drop_word_persons("Baker: hello", [r]) == [r]

@@ -114,6 +114,14 @@ class SpeakerLabelRecognizer(LocalRecognizer):
                 continue
             result = make_result("PERSON", m.start(1), m.end(1), 0.6, self.name, self.id)
             out.append((result, bool(self._QUOTED.match(text, m.end(1) + 1))))
+        # Three or more labels, none of them said twice and none holding a first name, are a list of fields
+        # ("Access Modifier: private - ...", "Return Type: int - ..."), not people taking turns.
+        from app.pii.gazetteer import first_names
+
+        labels = [text[r.start : r.end] for r, _ in out]
+        if len(labels) >= 3 and len(set(labels)) == len(labels) and not any(
+                w.casefold() in first_names() for label in labels for w in label.split()):
+            return []
         # One "Label:" line is a heading; a transcript has at least two speaker lines. A label that opens a
         # quotation ('Kalman: "Sure."') is speech even alone.
         if len(out) >= 2:
