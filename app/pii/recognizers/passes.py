@@ -157,12 +157,13 @@ def _ordinary_words(value: str) -> bool:
     return bool(tokens) and all(t in ordinary and (t not in given or t in name_words) for t in tokens)
 
 
-def drop_word_persons(text: str, results: list[RecognizerResult]) -> list[RecognizerResult]:
+def drop_ordinary_words(text: str, results: list[RecognizerResult]) -> list[RecognizerResult]:
     """The small model calls ordinary words people ("Cautionary Tales", "Discipline", "Freezing Rain")
     and, in mixed-case text, lower-case phrases ("keto diet", "upsell"). A model-only PERSON made of
     ordinary words (`_ordinary_words`), or written in lower case in a text that has capitals without a
     first name at its head, is dropped. A cue before it keeps it ("Mrs. Baker"); the cue recognizers'
-    own results are not weighed here."""
+    own results are not weighed here. So is a model LOCATION of one ordinary word ("Mother", "Nurse",
+    "Payload"); places of several ("Salt Creek", "Mill Valley") stay: they can be where someone lives."""
     from app.pii.allow import cued
     from app.pii.gazetteer import first_names
 
@@ -170,8 +171,11 @@ def drop_word_persons(text: str, results: list[RecognizerResult]) -> list[Recogn
     has_capitals = any(c.isupper() for c in text)
     out = []
     for r in results:
-        if r.entity_type == "PERSON" and (r.recognition_metadata or {}).get(
-                RecognizerResult.RECOGNIZER_NAME_KEY) == "SpacyRecognizer":
+        model = (r.recognition_metadata or {}).get(RecognizerResult.RECOGNIZER_NAME_KEY) == "SpacyRecognizer"
+        if (model and r.entity_type == "LOCATION" and " " not in text[r.start : r.end].strip()
+                and _ordinary_words(text[r.start : r.end]) and not cued(text, r.start)):
+            continue
+        if model and r.entity_type == "PERSON":
             value = text[r.start : r.end]
             # Any first name, even one that is also a word ("Rose Hunter", "Will Cook"), keeps a span.
             if (_ordinary_words(value) and not cued(text, r.start)
