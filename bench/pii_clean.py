@@ -7,9 +7,11 @@
   the tune half (looked at while writing app/pii/context.py and the allow-list rules), odd ids the measure
   half (only measured). The allow list and public-figure list were built from other corpora altogether
   (scripts/build_allow_list.py).
-* Code integrity: on GPTeacher code-instruct (gpteacher_codegen-instruct.json, measured only), the share
-  of responses left byte-identical after scrubbing, among responses in which no validated pattern (email,
-  card, IBAN, SSN, IP, secret...) found anything. Under the `code` profile (the target) and `default`.
+* Code integrity: on GPTeacher code-instruct (gpteacher_codegen-instruct.json), the share of responses
+  left byte-identical after scrubbing, among responses in which no validated pattern (email, card, IBAN,
+  SSN, IP, secret...) found anything. Under the `code` profile (the target) and `default`. A development
+  figure: the code rules of app/pii/context.py were written by reading what they missed here (no other
+  corpus at hand has enough code: alpaca-libre holds 9 code answers in 4,655).
 * Word problems: 200 problems from 8 templates written here with invented names (first names from the
   name gazetteer, chosen by a seeded draw). Under `math_word_problems`: the share still solvable (every
   number kept, no placeholder, each name written the same way at every mention, replaced or not, and two
@@ -198,7 +200,8 @@ def run(dolly_n: int = 1000, code_n: int = 5000) -> dict:
         "targets": {"dolly_words_per_1000_max": TARGET_WORDS_PER_1000, "code_identical_min": TARGET_CODE_IDENTICAL,
                     "math_solvable_min": TARGET_MATH_SOLVABLE},
         "checks": checks,
-        "split": "Dolly: even ids tune, odd ids measure; GPTeacher and the word problems: measure only",
+        "split": ("Dolly: even ids tune, odd ids measure; GPTeacher: tune (the code rules were written on it); "
+                  "word problems: generated here, measure"),
         "pass": all(checks.values()),
     }
 
