@@ -92,12 +92,36 @@
       });
       return;
     }
+    if (Array.isArray(content.prompt)) {
+      content.prompt.forEach((m, i) => {
+        box.appendChild(el("div", { class: "msg " + m.role }, el("div", { class: "label" }, m.role),
+          el("div", { class: "text" }, textWithPii(m.content, spans(`prompt[${i}].content`)))));
+      });
+    }
     for (const key of ["instruction", "input", "output", "prompt", "completion", "chosen", "rejected"]) {
-      if (key in content) {
+      if (key in content && !(key === "prompt" && Array.isArray(content.prompt))) {
         box.appendChild(el("div", { class: "field" }, el("div", { class: "label" }, key),
           el("div", { class: "text" }, textWithPii(content[key] || "", spans(key)))));
       }
     }
+  }
+
+  // Preference items: the prompt, then the two answers side by side, blind (A left, B right, in the order
+  // the server drew for this reviewer). Which one is stored as chosen is not on the page.
+  function renderPairwise(pw) {
+    const box = $("content");
+    box.replaceChildren();
+    const turns = Array.isArray(pw.prompt) ? pw.prompt : [{ role: "user", content: pw.prompt }];
+    const prompt = el("div", { class: "pair-prompt", "data-testid": "pair-prompt" });
+    for (const m of turns) {
+      prompt.appendChild(el("div", { class: "msg " + m.role }, el("div", { class: "label" }, m.role),
+        el("div", { class: "text" }, textWithPii(m.content, []))));
+    }
+    box.appendChild(prompt);
+    const side = (name, text) => el("div", { class: "answer", "data-testid": "answer-" + name },
+      el("div", { class: "label" }, name === "a" ? "A (left)" : "B (right)"),
+      el("div", { class: "text" }, textWithPii(text, [])));
+    box.appendChild(el("div", { class: "pair" }, side("a", pw.a), side("b", pw.b)));
   }
 
   function listInto(id, items, fmt) {
@@ -126,7 +150,10 @@
     $("approvals").textContent = `${review.approvals || 0} / ${review.required_approvals || 1} approvals`;
     $("lease").textContent = item.lease_expires_at
       ? "lease until " + new Date(item.lease_expires_at).toLocaleTimeString() : "";
-    renderContent(rev.content || {}, ex.pii_findings);
+    const pairwise = Boolean(item.pairwise);
+    if (pairwise) renderPairwise(item.pairwise); else renderContent(rev.content || {}, ex.pii_findings);
+    $("pair-actions").hidden = !pairwise;
+    $("act-approve").hidden = pairwise;
     if (rev.reason === "reviewer_edit" || ex.status !== "pending_review") {
       const n = $("notice");
       n.hidden = false;
@@ -200,11 +227,17 @@
     }
   }
 
+  const PICK_TITLES = { a: "A (left) is better — why?", b: "B (right) is better — why?",
+    tie: "A tie — why?", both_bad: "Both are bad — why?" };
+
   function openReason(decision) {
     if (!state.item) return;
+    const pick = decision.startsWith("pick:") ? decision.slice(5) : null;
+    if (pick && !state.item.pairwise) return;
     state.mode = "reason"; state.reasonFor = decision; state.reasonPick = 0;
-    const codes = (state.item.example.review || {}).reason_codes || [];
-    $("reason-title").textContent = decision === "reject" ? "Reject — why?" : "Request changes — why?";
+    const codes = pick ? state.item.pairwise.reason_codes : (state.item.example.review || {}).reason_codes || [];
+    $("reason-title").textContent = pick ? PICK_TITLES[pick]
+      : decision === "reject" ? "Reject — why?" : "Request changes — why?";
     const ol = $("reason-list");
     ol.replaceChildren();
     codes.forEach((c, i) => {
@@ -230,7 +263,26 @@
     if (!li) return;
     $("reason").hidden = true;
     state.mode = "view";
-    decide(state.reasonFor, li.dataset.code, $("reason-comment").value);
+    if (state.reasonFor.startsWith("pick:")) compare(state.reasonFor.slice(5), li.dataset.code, $("reason-comment").value);
+    else decide(state.reasonFor, li.dataset.code, $("reason-comment").value);
+  }
+
+  async function compare(pick, reasonCode, comment) {
+    const item = state.item;
+    if (!item) return;
+    try {
+      const out = await call("POST", `/review/api/examples/${item.example_id}/comparison`, {
+        revision_id: item.example.revision.id, pick, reason_code: reasonCode, comment: comment || null,
+      });
+      await next();
+      const label = { a: "A better", b: "B better", tie: "Tie", both_bad: "Both bad" }[pick];
+      const x = out.example;
+      const settled = out.verdict ? ` → verdict ${out.verdict.verdict.replace("_", " ")}`
+        : ` (${x.approvals}/${x.required_approvals} reviews)`;
+      say(`${label}: ${item.example_id.slice(0, 8)}${settled}`, "ok");
+    } catch (e) {
+      say(e.code === "four_eyes" ? "Four eyes: " + e.message : e.message, "error");
+    }
   }
 
   function openEditor() {
@@ -301,13 +353,21 @@
       return;
     }
     if (typing || ev.ctrlKey || ev.metaKey || ev.altKey) return;
-    const actions = { a: () => decide("approve"), r: () => openReason("reject"), c: () => openReason("request_changes"),
-      e: openEditor, s: skip };
+    const pairwise = state.item && state.item.pairwise;
+    const actions = pairwise
+      ? { "1": () => openReason("pick:a"), ArrowLeft: () => openReason("pick:a"), "2": () => openReason("pick:b"),
+        ArrowRight: () => openReason("pick:b"), t: () => openReason("pick:tie"), b: () => openReason("pick:both_bad"),
+        r: () => openReason("reject"), c: () => openReason("request_changes"), e: openEditor, s: skip }
+      : { a: () => decide("approve"), r: () => openReason("reject"), c: () => openReason("request_changes"),
+        e: openEditor, s: skip };
     const fn = actions[ev.key];
     if (fn) { ev.preventDefault(); fn(); }
   });
 
   $("act-approve").addEventListener("click", () => decide("approve"));
+  for (const [id, pick] of [["pick-a", "a"], ["pick-b", "b"], ["pick-tie", "tie"], ["pick-both-bad", "both_bad"]]) {
+    $(id).addEventListener("click", () => openReason("pick:" + pick));
+  }
   $("act-reject").addEventListener("click", () => openReason("reject"));
   $("act-changes").addEventListener("click", () => openReason("request_changes"));
   $("act-edit").addEventListener("click", openEditor);
