@@ -66,3 +66,18 @@ def stats(dataset: Annotated[str, typer.Argument(help="dataset id or name")],
         for p in a["cohen_kappa_pairs"]:
             pairs.add_row(p["a"], p["b"], str(p["items"]), _fmt(p["kappa"]), _fmt(p["percent_agreement"]))
         out.print(pairs)
+    pw = st.get("pairwise")
+    if pw:
+        pa = pw["agreement"]
+        out.print(f"[bold]pairwise[/]  {pw['judgments']} picks on {pw['items']} pairs; preferred "
+                  + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in pw["preferred"].items())
+                  + "; verdicts " + (", ".join(f"{k.replace('_', ' ')} {v}" for k, v in pw["verdicts"].items()) or "none"))
+        out.print(f"pairwise agreement (chosen / rejected / tie / both bad): percent {_fmt(pa['percent_agreement'])}, "
+                  f"Krippendorff's alpha {_fmt(pa['krippendorff_alpha'])}")
+        bias = Table("reviewer", "picks", "A", "B", "tie", "both bad", "left share (position bias)",
+                     "agreement with others")
+        for r in pw["reviewers"]:
+            p = r["picks"]
+            bias.add_row(r["reviewer"], str(r["judgments"]), str(p["a"]), str(p["b"]), str(p["tie"]),
+                         str(p["both_bad"]), _fmt(r["left_share"]), _fmt(r["agreement_with_others"]))
+        out.print(bias)

@@ -126,6 +126,13 @@ def test_majority_against_the_stored_order_swaps_through_a_new_revision(api):
     for rv in st["reviewers"]:
         sided = rv["picks"]["a"] + rv["picks"]["b"]
         assert rv["left_share"] == (rv["picks"]["a"] / sided if sided else None)
+    from typer.testing import CliRunner
+
+    from app.cli import app as cli
+
+    out = CliRunner().invoke(cli, ["review", "stats", ds["id"]], env={"COLUMNS": "220"})
+    assert out.exit_code == 0, out.output
+    assert "pairwise" in out.output and "left share (position bias)" in out.output
 
 
 def test_identical_answers_are_left_out_of_preference_snapshots(api):
