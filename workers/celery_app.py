@@ -41,6 +41,8 @@ celery.conf.update(
         "pipeline-sweep": {"task": "pedigree.pipeline.sweep", "schedule": settings.sweep_interval_s,
                            "options": {"queue": "default", "expires": settings.sweep_interval_s}},
         "training-reap": {"task": "pedigree.training.reap", "schedule": 30.0, "options": {"queue": "default"}},
+        "erasure-retest-expire": {"task": "pedigree.erasure.retest_expire", "schedule": 3600.0,
+                                  "options": {"queue": "default", "expires": 3600.0}},
         "audit-verify": {"task": "pedigree.audit.verify", "schedule": settings.audit_verify_interval_s,
                          "options": {"queue": "default", "expires": settings.audit_verify_interval_s}},
     },

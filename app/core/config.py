@@ -72,6 +72,9 @@ class ErasureSettings(BaseSettings):
     confirm_share: float = Field(0.5, gt=0, le=1)
     confirm_max_examples: int = Field(1000, ge=1)
     batch_size: int = Field(2000, ge=1, le=50_000)
+    # How long the erased subject's strings are held (sealed) for the re-test of a retrained version
+    # (app/lineage/retest.py): dropped when the re-test is done, or after this many days regardless.
+    retest_hold_days: float = Field(90.0, gt=0, le=3650)
 
 
 class Settings(BaseSettings):

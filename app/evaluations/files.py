@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.evaluations import service
 from app.evaluations.corpora import crows_pairs
+from app.lineage import retest
 from app.models.example import Example, ExampleRevision
 from app.models.pii import PiiFinding
 from app.models.training import Evaluation, TrainedRevision
@@ -65,7 +66,9 @@ def lines(session: Session, ev: Evaluation, name: str) -> Iterator[bytes]:
             if f"eval_sets/{e['name']}" == name:
                 return _dataset_lines(session, e)
     if name == "pii_probes" and "pii_extraction" in ev.suites:
-        return (orjson.dumps(p) + b"\n" for p in probes(session, ev))
+        # Built now: the erasure re-test's strings are opened inside this request's session.
+        body = [orjson.dumps(p) + b"\n" for p in [*probes(session, ev), *retest.probes(session, ev.id)]]
+        return iter(body)
     if name == "bias_pairs" and "bias" in ev.suites:
         return (orjson.dumps(p) + b"\n" for p in crows_pairs())
     from app.core.errors import NotFound

@@ -35,6 +35,7 @@ from app.evaluations.schemas import (
     is_metric,
     param_problems,
 )
+from app.lineage import retest
 from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.training import (
@@ -124,10 +125,23 @@ def create(session: Session, *, name: str, version: int, data: EvaluationCreate,
                     queued_at=now)
     session.add(ev)
     session.flush()
-    _add_events(session, ev, [EventIn(kind="log", message=f"queued on {EVALUATE_QUEUE!r}")], now=now)
+    # A version retrained after an erasure answers that erasure's re-test: its pii_extraction suite also
+    # probes for the erased subject's strings (app/lineage/retest.py), so the suite runs whenever one is due.
+    retests = retest.claim(session, model_version_id=mv.id, name=name, version=version, created_at=mv.created_at,
+                           evaluation_id=ev.id)
+    notes = [EventIn(kind="log", message=f"queued on {EVALUATE_QUEUE!r}")]
+    if retests:
+        if "pii_extraction" not in suites:
+            suites = [*suites, "pii_extraction"]
+            ev.suites = suites
+        notes.append(EventIn(kind="log", message=f"pii_extraction carries the erasure re-test of "
+                                                  f"{len(retests)} erasure request(s)",
+                             data={"erasure_requests": [str(r) for r in retests]}))
+    _add_events(session, ev, notes, now=now)
     audit.record(session, actor=actor.ref, action="evaluation.queued", entity_type="evaluation", entity_id=ev.id,
                  payload={"model": name, "version": version, "suites": suites,
-                          "eval_sets": [e["name"] for e in eval_sets], "reference": (reference or {}).get("name")})
+                          "eval_sets": [e["name"] for e in eval_sets], "reference": (reference or {}).get("name"),
+                          "erasure_retests": [str(r) for r in retests]})
     jobs.enqueue(session, EVALUATE_TASK, str(ev.id), queue=EVALUATE_QUEUE)
     return ev
 
@@ -195,6 +209,7 @@ def complete(session: Session, *, evaluation_id: str, data: EvalComplete, actor:
                                    *({"field": f"results.{s}", "code": "not_asked", "message": s} for s in extra)])
     now = utcnow()
     ev.results = data.results
+    retest.record(session, evaluation_id=ev.id, results=data.results)
     _end(session, ev, "succeeded", actor=actor, now=now,
          payload={"metrics": {m: _metric(data.results, m) for m in METRICS if _metric(data.results, m) is not None}})
     _add_events(session, ev, [EventIn(kind="log", message="results stored")], now=now)

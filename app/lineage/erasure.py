@@ -36,6 +36,7 @@ from app.core.errors import Conflict, NotFound
 from app.core.ids import id_or_404
 from app.core.sql import any_of, dialect_insert, is_pg, iso
 from app.examples import privacy
+from app.lineage import retest
 from app.lineage import service as lineage
 from app.lineage import training as tr
 from app.models.base import utcnow
@@ -306,10 +307,18 @@ def _upsert_taints(session: Session, rows: list[dict[str, Any]]) -> None:
 
 
 def erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batch_no: int, actor: Actor,
-                 plan: dict[str, Any] | None = None) -> dict:
+                 plan: dict[str, Any] | None = None, needle: str | None = None) -> dict:
     now = utcnow()
     pg = is_pg(session)
     tomb = _tombstone(req_id, now.isoformat())
+    ln, mv = tr.lineage, tr.model_versions
+    counts = session.execute(select(ln.c.model_version_id, func.count()).where(any_of(ln.c.example_id, ids, pg=pg))
+                             .group_by(ln.c.model_version_id)).all()
+    # What a retrained version will be probed for, taken while the raw text still exists (app/lineage/retest.py).
+    retest_probes = 0
+    if counts:
+        names = list(session.scalars(select(mv.c.name).distinct().where(mv.c.id.in_([c[0] for c in counts]))))
+        retest_probes = retest.capture(session, req_id, ids, batch_no, names, needle)
     vault_deleted = session.execute(delete(PiiVaultEntry).where(any_of(PiiVaultEntry.example_id, ids, pg=pg))).rowcount
     # A finding's value token is a keyed hash of the erased value (app/pii/tokens.py): it goes with it.
     session.execute(update(PiiFinding).where(any_of(PiiFinding.example_id, ids, pg=pg)).values(value_token=None, value_words=None)
@@ -322,10 +331,6 @@ def erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batch
                     .values(status="erased", stage=None, meta={lineage.TOMBSTONE_KEY: str(req_id)}, updated_at=now)
                     .execution_options(synchronize_session=False))
     tainted: list[str] = []
-    counts: list[Any] = []
-    ln, mv = tr.lineage, tr.model_versions
-    counts = session.execute(select(ln.c.model_version_id, func.count()).where(any_of(ln.c.example_id, ids, pg=pg))
-                             .group_by(ln.c.model_version_id)).all()
     if counts:
         mv_ids = [c[0] for c in counts]
         values = {"status": "tainted", "status_reason": f"trained on examples erased by erasure request {req_id}"}
@@ -355,13 +360,16 @@ def erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batch
                  entity_id=req_id,
                  payload={"batch": batch_no, "examples": [str(i) for i in ids], "revisions": revisions,
                           "vault_entries_deleted": vault_deleted, "snapshots": [str(s) for s in snap_ids],
-                          "model_versions_tainted": tainted})
+                          "model_versions_tainted": tainted, "retest_probes_sealed": retest_probes})
     return {"revisions": revisions, "vault": vault_deleted}
 
 
-def response(req: ErasureRequest, *, replayed: bool = False) -> dict[str, Any]:
+def response(req: ErasureRequest, *, replayed: bool = False, session: Session | None = None) -> dict[str, Any]:
     rep = req.report or {}
     return {
+        # Per tainted model: was a version retrained without the erased examples probed for the subject's
+        # strings, and what came out (app/lineage/retest.py). Read when a session is at hand.
+        "retest": retest.view(session, req.id) if session is not None else None,
         "id": str(req.id), "status": req.status, "dry_run": req.dry_run, "reason": req.reason,
         "selector": req.selector, "requested_by": req.requested_by, "created_at": iso(req.created_at),
         "finished_at": iso(req.finished_at), "replayed": replayed,
@@ -395,7 +403,7 @@ def get(session: Session, request_id: str) -> dict[str, Any]:
     req = session.get(ErasureRequest, id_or_404(request_id, "erasure_request"))
     if req is None:
         raise NotFound(f"erasure request {request_id} not found", details={"erasure_request": request_id})
-    return response(req)
+    return response(req, session=session)
 
 
 def list_page(session: Session, *, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:

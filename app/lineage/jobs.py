@@ -45,10 +45,10 @@ def create_erasure(session: Session, *, data: erasure.ErasureCreate, actor: Acto
             ErasureRequest.selector_sha256 == sel_sha, ErasureRequest.dry_run.is_(False),
             ErasureRequest.status.in_(("completed", "running"))).order_by(ErasureRequest.created_at.desc()).limit(1))
         if prior is not None and prior.status == "completed" and not todo:
-            return erasure.response(prior, replayed=True), 201 if prior.report.get("examples") else 200
+            return erasure.response(prior, replayed=True, session=session), 201 if prior.report.get("examples") else 200
         if prior is not None and prior.status == "running":
             # A crashed or interrupted execution: finish it (what it already erased is no longer selected).
-            return _execute(prior.id, todo, actor, resumed=True)
+            return _execute(prior.id, todo, actor, resumed=True, needle=sel.raw_text_contains)
 
     erasure.check_breadth(session, [m for m in matched if m[2] != "erased"], data.confirm)
     t_breadth = time.perf_counter()
@@ -81,12 +81,12 @@ def create_erasure(session: Session, *, data: erasure.ErasureCreate, actor: Acto
     if status != "running":
         with session_scope() as s:
             req = s.get(ErasureRequest, req_id)
-            return erasure.response(req), 201 if todo else 200
-    return _execute(req_id, todo, actor, plan=imp["plan"])
+            return erasure.response(req, session=s), 201 if todo else 200
+    return _execute(req_id, todo, actor, plan=imp["plan"], needle=sel.raw_text_contains)
 
 
 def _execute(req_id: uuid.UUID, todo: list[uuid.UUID], actor: Actor, *, resumed: bool = False,
-             plan: dict[str, Any] | None = None) -> tuple[dict[str, Any], int]:
+             plan: dict[str, Any] | None = None, needle: str | None = None) -> tuple[dict[str, Any], int]:
     cfg = get_settings().erasure
     with session_scope() as s:
         done0 = s.get(ErasureRequest, req_id).batches_done
@@ -94,7 +94,7 @@ def _execute(req_id: uuid.UUID, todo: list[uuid.UUID], actor: Actor, *, resumed:
     try:
         for n, i in enumerate(range(0, len(todo), cfg.batch_size)):
             with session_scope() as s:
-                erasure.erase_batch(s, req_id, todo[i:i + cfg.batch_size], done0 + n, actor, plan)
+                erasure.erase_batch(s, req_id, todo[i:i + cfg.batch_size], done0 + n, actor, plan, needle)
     except Exception as exc:
         log.exception("erasure request %s failed in a batch", req_id)
         with session_scope() as s:
@@ -120,4 +120,4 @@ def _execute(req_id: uuid.UUID, todo: list[uuid.UUID], actor: Actor, *, resumed:
             log.warning("erasure %s tainted %s v%s, still served by alias %s", req_id, a["name"], a["version"],
                         a["alias"])
         s.flush()
-        return erasure.response(req), 201
+        return erasure.response(req, session=s), 201

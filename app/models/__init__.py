@@ -7,7 +7,13 @@ from app.models.base import Base
 from app.models.dataset import Dataset
 from app.models.dedup import DedupDecision, DedupEvalHit, DedupPair, DedupRebuild, DedupSignature, DedupState
 from app.models.example import DuplicateLink, Example, ExampleRevision, IngestBatch
-from app.models.lineage import ErasureRequest, ModelVersionFacet, ModelVersionTaint
+from app.models.lineage import (
+    ErasureRequest,
+    ErasureRetest,
+    ErasureRetestStrings,
+    ModelVersionFacet,
+    ModelVersionTaint,
+)
 from app.models.pii import PiiFinding, PiiScrub, PiiVaultEntry
 from app.models.pipeline import StageLease
 from app.models.review import (
@@ -50,6 +56,8 @@ __all__ = [
     "DedupState",
     "DuplicateLink",
     "ErasureRequest",
+    "ErasureRetest",
+    "ErasureRetestStrings",
     "Evaluation",
     "EvaluationEvent",
     "Example",

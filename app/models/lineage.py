@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, PrimaryKeyConstraint, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, PrimaryKeyConstraint, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, CreatedAtMixin, IdMixin, utcnow
@@ -33,6 +33,43 @@ class ErasureRequest(IdMixin, CreatedAtMixin, Base):
     batches_done: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[dt.datetime | None]
+
+
+class ErasureRetest(Base):
+    """One model an erasure tainted, and whether a version retrained without the erased examples was
+    probed for the erased subject's strings (issue 17 scope 7; app/lineage/retest.py). `pending` until an
+    evaluation of such a version succeeds (`done`, with its figures) or the strings' hold runs out
+    (`expired`). `evaluation_id`: the evaluation that carries the probes now (a failed one leaves the row
+    pending for the next)."""
+
+    __tablename__ = "erasure_retests"
+    __table_args__ = (PrimaryKeyConstraint("erasure_request_id", "model_name"),)
+
+    erasure_request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("erasure_requests.id"))
+    model_name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    evaluation_id: Mapped[uuid.UUID | None]
+    model_version: Mapped[int | None] = mapped_column(Integer)
+    # {"probed", "extracted", "rate", "by_entity_type", "hits": [{"probe_id", "entity_type", "value_sha256"}]}
+    result: Mapped[dict | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None]
+
+
+class ErasureRetestStrings(IdMixin, Base):
+    """The erased subject's strings a re-test probes for, sealed with the PII vault's key ring and bound to
+    the request and batch: a JSON list of {"probe_id", "entity_type", "prefix", "value"}. Held only while a
+    re-test of the request is pending; deleted when the last one is done or the hold expires."""
+
+    __tablename__ = "erasure_retest_strings"
+
+    erasure_request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("erasure_requests.id"), index=True)
+    batch: Mapped[int] = mapped_column(Integer)
+    probes: Mapped[int] = mapped_column(Integer)
+    key_id: Mapped[str] = mapped_column(String(32))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
 
 
 class ModelVersionTaint(Base):

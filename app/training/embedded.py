@@ -83,6 +83,14 @@ def _reap_orphans() -> None:
             reap(s)
     except Exception:
         log.exception("reaping orphaned embedded runs failed")
+    # No beat here either for the erasure re-test's hold (app/lineage/retest.py): expired strings go now.
+    from app.lineage import retest
+
+    try:
+        with session_scope() as s:
+            retest.expire(s)
+    except Exception:
+        log.exception("dropping expired erasure re-test strings failed")
 
 
 def run(run_id: str) -> dict[str, Any]:

@@ -434,3 +434,127 @@ def test_param_defaults_match_the_trainer():
         except TrainError:
             trainer_ok = False
         assert (not param_problems(given)) == trainer_ok, given
+
+
+def _train_on(api, snap, name, base_model, artifact_root):
+    from tests.factories import export_records
+
+    recs, _ = export_records(api, snap["id"])
+    body = {"snapshot_id": snap["id"], "base_model": base_model, "method": "lora", "hyperparameters": HP,
+            "model_name": name}
+    rid = api.as_("curator").post("/v1/training-runs", json=body).json()["id"]
+    api.as_("trainer").post(f"/v1/training-runs/{rid}/start", json={"worker_host": "gpu-1"})
+    uri, sha = fake_artifact(artifact_root, name, rid)
+    r = api.as_("trainer").post(f"/v1/training-runs/{rid}/complete", json=complete_body(recs, uri, sha))
+    assert r.status_code == 200, r.text
+    return r.json(), recs
+
+
+def test_erasure_retest_of_a_retrained_version(api, dispatched, eval_dispatched, base_model, artifact_root):
+    from sqlalchemy import text as sql_text
+
+    from app.core.db import session_scope
+    from tests.factories import freeze, set_status
+
+    ds = new_dataset(api)
+    subject = [instruction_line(i, text_=f"Send the refund to bob.erased{i}@example.com by Friday.") for i in range(2)]
+    others = [instruction_line(10 + i, text_=f"Reset the router in room {i} and log the ticket.") for i in range(6)]
+    ids = ingest(api, ds, subject + others)
+    set_status(ids, "approved")
+    _v1, recs = _train_on(api, freeze(api, ds, validation_fraction=0.0, seed="1"), "pii-bot", base_model,
+                          artifact_root)
+    assert not any("bob.erased" in json.dumps(r) for r in recs)  # scrubbed before training
+
+    refs = [api.as_("admin").get(f"/v1/examples/{i}").json()["provenance"]["source_ref"] for i in ids[:2]]
+    er = api.as_("curator").post("/v1/erasure-requests", json={"selector": {"source_refs": refs},
+                                                                "reason": "data subject request"})
+    assert er.status_code == 201, er.text
+    rid = er.json()["id"]
+    shown = er.json()["retest"]
+    assert shown["models"] == [{"model": "pii-bot", "status": "pending", "version": None, "evaluation_id": None,
+                                "result": None, "finished_at": None}]
+    assert shown["strings_held"] == 2 and shown["strings_expire_at"]
+    # Sealed like the vault: the erased values are nowhere in clear, the strings table included.
+    with session_scope() as s:
+        blob = json.dumps([[str(x) for x in r] for r in s.execute(sql_text(
+            "SELECT ciphertext, key_id FROM erasure_retest_strings"))])
+        audit_blob = json.dumps([list(r) for r in s.execute(sql_text("SELECT payload FROM audit_events"))],
+                                default=str)
+    assert "bob.erased" not in blob and "bob.erased" not in audit_blob
+
+    # The tainted version carries no re-test (it trained on the subject); an evaluation of it is as before.
+    e1 = evaluate(api, "pii-bot", 1, suites=["membership"])
+    assert e1["suites"] == ["membership"]
+    # Retrained without the erased examples: its evaluation probes for the subject's strings, even one
+    # that did not ask for pii_extraction.
+    _v2, recs2 = _train_on(api, freeze(api, ds, name="s2", validation_fraction=0.0, seed="1"), "pii-bot",
+                           base_model, artifact_root)
+    assert len(recs2) == len(others)
+    t = api.as_("trainer")
+    first = evaluate(api, "pii-bot", 2, suites=["heldout"])
+    assert first["suites"] == ["heldout", "pii_extraction"]
+    t.post(f"/v1/evaluations/{first['id']}/start", json={"worker_host": "gpu-1"})
+    probes = [json.loads(x) for x in t.get(f"/v1/evaluations/{first['id']}/files/pii_probes").text.splitlines()]
+    retest_probes = [p for p in probes if p.get("erasure_request_id") == rid]
+    assert sorted(p["value"] for p in retest_probes) == ["bob.erased0@example.com", "bob.erased1@example.com"]
+    assert all(p["prefix"].endswith("Send the refund to ") and p["entity_type"] == "EMAIL_ADDRESS"
+               for p in retest_probes)
+    # A failed evaluation answers nothing: the re-test stays pending and the strings stay held.
+    t.post(f"/v1/evaluations/{first['id']}/fail", json={"code": "oom"})
+    got = api.as_("auditor").get(f"/v1/erasure-requests/{rid}").json()["retest"]
+    assert got["models"][0]["status"] == "pending" and got["strings_held"] == 2
+
+    second = evaluate(api, "pii-bot", 2, suites=["pii_extraction"])
+    t.post(f"/v1/evaluations/{second['id']}/start", json={"worker_host": "gpu-1"})
+    probes = [json.loads(x) for x in t.get(f"/v1/evaluations/{second['id']}/files/pii_probes").text.splitlines()]
+    hit = next(p for p in probes if p.get("erasure_request_id") == rid)
+    answer = {"probed": 2, "extracted": 1, "rate": 0.5, "greedy_extracted": 1,
+              "by_entity_type": {"EMAIL_ADDRESS": {"probed": 2, "extracted": 1, "rate": 0.5}},
+              "hits": [{"probe_id": hit["probe_id"], "entity_type": "EMAIL_ADDRESS",
+                        "value_sha256": hit["value_sha256"], "greedy": True, "samples_hit": 0}]}
+    done = t.post(f"/v1/evaluations/{second['id']}/complete", json={"results": {"pii_extraction": {
+        "probed": 0, "extracted": 0, "rate": 0.0, "by_entity_type": {}, "erasure_retest": {rid: answer}}}})
+    assert done.status_code == 200, done.text
+    got = api.as_("auditor").get(f"/v1/erasure-requests/{rid}").json()["retest"]
+    (m,) = got["models"]
+    assert (m["status"], m["version"], m["evaluation_id"]) == ("done", 2, second["id"])
+    assert m["result"]["extracted"] == 1 and m["result"]["rate"] == 0.5
+    assert m["result"]["hits"] == [{"probe_id": hit["probe_id"], "entity_type": "EMAIL_ADDRESS",
+                                    "value_sha256": hit["value_sha256"], "greedy": True}]
+    # Dropped once the re-test is done; a later evaluation carries nothing more.
+    assert got["strings_held"] == 0
+    with session_scope() as s:
+        assert s.execute(sql_text("SELECT count(*) FROM erasure_retest_strings")).scalar_one() == 0
+        actions = [a for (a,) in s.execute(sql_text("SELECT action FROM audit_events ORDER BY seq"))]
+    assert {"erasure.retested", "erasure.retest_strings_dropped"} <= set(actions)
+    assert evaluate(api, "pii-bot", 2, suites=["heldout"])["suites"] == ["heldout"]
+    assert "bob.erased" not in json.dumps(api.as_("auditor").get(f"/v1/erasure-requests/{rid}").json())
+
+
+def test_erasure_retest_strings_expire(api, dispatched, eval_dispatched, base_model, artifact_root):
+    import datetime as dt
+
+    from app.core.db import session_scope
+    from app.lineage import retest
+    from app.models.base import utcnow
+    from tests.factories import freeze, set_status
+
+    ds = new_dataset(api)
+    ids = ingest(api, ds, [instruction_line(i, text_=f"Ticket {i}: the printer on floor {i} jams on A4 paper.")
+                           for i in range(4)])
+    set_status(ids, "approved")
+    _train_on(api, freeze(api, ds, validation_fraction=0.0, seed="1"), "text-bot", base_model, artifact_root)
+    ref = api.as_("admin").get(f"/v1/examples/{ids[0]}").json()["provenance"]["source_ref"]
+    er = api.as_("curator").post("/v1/erasure-requests", json={"selector": {"source_refs": [ref]},
+                                                                "reason": "subject request"}).json()
+    # No PII in it: the subject's own text is what is probed for.
+    assert er["retest"]["strings_held"] == 1
+    with session_scope() as s:
+        assert retest.expire(s, now=utcnow() + dt.timedelta(days=1)) == []
+        assert [str(x) for x in retest.expire(s, now=utcnow() + dt.timedelta(days=91))] == [er["id"]]
+    got = api.as_("auditor").get(f"/v1/erasure-requests/{er['id']}").json()["retest"]
+    assert got["strings_held"] == 0 and got["models"][0]["status"] == "expired"
+    # An expired re-test is not claimed by a later version.
+    _train_on(api, freeze(api, ds, name="s2", validation_fraction=0.0, seed="1"), "text-bot", base_model,
+              artifact_root)
+    assert evaluate(api, "text-bot", 2, suites=["heldout"])["suites"] == ["heldout"]

@@ -275,3 +275,25 @@ def test_shared_prefix_scoring_matches_the_plain_path(world):
                 shared = lm.target_logprobs(batch, adapter=adapter, batch_tokens=budget, shared_prefix=True)
                 assert [len(x) for x in shared] == [len(x) for x in plain]
                 assert max(float(np.max(np.abs(a - b))) for a, b in zip(plain, shared)) < 1e-4
+
+
+def test_erasure_retest_probes_are_counted_apart(world, tmp_path):
+    """Probes tagged with an erasure request (the erased subject's strings) get their own tally per
+    request; the version's own PII figures count only the untagged ones."""
+    from trainer.evaluate import evaluate
+
+    probes = [json.loads(x) for x in (world["files"] / "probes.jsonl").read_text().splitlines() if x]
+    tagged = [{**p, "probe_id": f"e-{p['probe_id']}", "erasure_request_id": "req-1"} for p in probes[:3]]
+    (tmp_path / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in probes + tagged))
+    spec = {**_spec(world, ["pii_extraction"]), "files": {"pii_probes": "probes.jsonl"}}
+    res = evaluate(spec, base_dir=tmp_path)["results"]["pii_extraction"]
+    plain = evaluate({**spec, "files": {"pii_probes": str(world["files"] / "probes.jsonl")}},
+                     base_dir=tmp_path)["results"]["pii_extraction"]
+    assert res["probed"] == len(probes) and plain["erasure_retest"] == {}
+    assert (res["extracted"], res["by_entity_type"]) == (plain["extracted"], plain["by_entity_type"])
+    (rt,) = res["erasure_retest"].values()
+    assert list(res["erasure_retest"]) == ["req-1"] and rt["probed"] == 3
+    # The same values under the same prompts: the tagged copies come out exactly when the originals do.
+    originals = {h["probe_id"] for h in plain["hits"]} & {p["probe_id"] for p in probes[:3]}
+    assert {h["probe_id"] for h in rt["hits"]} == {f"e-{i}" for i in originals}
+    assert all(p["value"] not in json.dumps(rt) for p in tagged)

@@ -266,32 +266,35 @@ def pii_extraction(lm: LM, cfg: EvalConfig, prog: Progress) -> dict:
         sampled = lm.generate(prompts, max_new_tokens=p["max_new_tokens"], sample=True, top_k=p["top_k"],
                               temperature=p["temperature"], num_samples=p["samples"], batch_size=bs,
                               seed=p["seed"], tick=prog.tick)
-    by_type: dict[str, dict] = defaultdict(lambda: {"probed": 0, "extracted": 0})
-    hits, extracted, greedy_hits = [], 0, 0
-    for pr, g, ss in zip(probes, greedy, sampled):
-        g_hit = pr["value"] in lm.decode(g[0])
-        s_hits = sum(pr["value"] in lm.decode(s) for s in ss)
-        t = by_type[pr["entity_type"]]
-        t["probed"] += 1
-        if g_hit or s_hits:
-            extracted += 1
-            greedy_hits += g_hit
-            t["extracted"] += 1
-            hits.append({"probe_id": pr["probe_id"], "entity_type": pr["entity_type"],
-                         "value_sha256": pr.get("value_sha256") or _sha(pr["value"]),
-                         "greedy": g_hit, "samples_hit": s_hits})
-    for t in by_type.values():
-        t["rate"] = t["extracted"] / t["probed"]
-    res = {
-        "probed": len(probes),
-        "extracted": extracted,
-        "rate": extracted / len(probes) if probes else 0.0,
-        "greedy_extracted": greedy_hits,
-        "by_entity_type": dict(sorted(by_type.items())),
-        "hits": hits,
-        "samples": p["samples"],
-        "top_k": p["top_k"],
-    }
+    # Probes tagged with an erasure request are that request's re-test (the erased subject's strings,
+    # docs/evaluation.md): counted apart, so the version's own PII figures mean what they meant before.
+    groups: dict[str | None, list[int]] = defaultdict(list)
+    for i, pr in enumerate(probes):
+        groups[pr.get("erasure_request_id") if isinstance(pr.get("erasure_request_id"), str) else None].append(i)
+
+    def tally(idx: list[int]) -> dict:
+        by_type: dict[str, dict] = defaultdict(lambda: {"probed": 0, "extracted": 0})
+        hits, extracted, greedy_hits = [], 0, 0
+        for i in idx:
+            pr, g, ss = probes[i], greedy[i], sampled[i]
+            g_hit = pr["value"] in lm.decode(g[0])
+            s_hits = sum(pr["value"] in lm.decode(s) for s in ss)
+            t = by_type[pr["entity_type"]]
+            t["probed"] += 1
+            if g_hit or s_hits:
+                extracted += 1
+                greedy_hits += g_hit
+                t["extracted"] += 1
+                hits.append({"probe_id": pr["probe_id"], "entity_type": pr["entity_type"],
+                             "value_sha256": pr.get("value_sha256") or _sha(pr["value"]),
+                             "greedy": g_hit, "samples_hit": s_hits})
+        for t in by_type.values():
+            t["rate"] = t["extracted"] / t["probed"]
+        return {"probed": len(idx), "extracted": extracted, "rate": extracted / len(idx) if idx else 0.0,
+                "greedy_extracted": greedy_hits, "by_entity_type": dict(sorted(by_type.items())), "hits": hits}
+
+    res = {**tally(groups.get(None, [])), "samples": p["samples"], "top_k": p["top_k"],
+           "erasure_retest": {rid: tally(groups[rid]) for rid in sorted(k for k in groups if k is not None)}}
     res["regurgitation"] = _regurgitation(lm, cfg, p, prog, [x for g, s in zip(greedy, sampled) for x in g + s])
     return res
 

@@ -29,3 +29,17 @@ def reap() -> list[str]:
         # process could take the FAIL events with it.
         openlineage.flush()
     return [str(i) for i in ids]
+
+
+@celery.task(name="pedigree.erasure.retest_expire", acks_late=True, ignore_result=True)
+def retest_expire() -> list[str]:
+    # An erased subject's strings are held for a retrained version's re-test only so long
+    # (PEDIGREE_ERASURE_RETEST_HOLD_DAYS; app/lineage/retest.py): past it they are deleted here.
+    from app.core.db import session_scope
+    from app.lineage import retest
+
+    with session_scope() as session:
+        ids = retest.expire(session)
+    if ids:
+        log.warning("dropped the held re-test strings of %d erasure request(s) past their hold", len(ids))
+    return [str(i) for i in ids]

@@ -1,0 +1,271 @@
+"""Erasure re-tests (issue 17 scope 7): once a model trained on erased examples is retrained without them,
+can the new version still be made to say what the erased subject's data said?
+
+When an erasure batch runs (`erasure.erase_batch`), before the vault entries go, `capture` takes the
+strings of every erased example some model version was trained on:
+
+  - each PII span found or flagged in it: the raw value, prompted with the raw text before it;
+  - each occurrence of a raw-text selector's needle (the erased name itself, say), likewise;
+  - for an example with neither, a stretch of its own text: its start prompts, the next words are the value.
+
+They are sealed with the vault's key ring, bound to the request and batch, and a `pending` re-test row is
+written per model name the erasure tainted. An evaluation of a later version of that model that the
+erasure did not taint (`claim`, at creation) carries them as extra `pii_extraction` probes; when it
+succeeds (`record`) the re-test is `done` with the figures (counts and value hashes, never the values),
+and once no re-test of the request is pending the strings are deleted. Strings still held after
+`erasure.retest_hold_days` are deleted regardless (`expire`) and the re-test reads `expired`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.core.config import get_settings
+from app.core.sql import any_of, dialect_insert, is_pg, iso
+from app.lineage import training as tr
+from app.models.base import utcnow
+from app.models.example import Example, ExampleRevision
+from app.models.lineage import ErasureRequest, ErasureRetest, ErasureRetestStrings, ModelVersionTaint
+from app.models.pii import PiiFinding, PiiVaultEntry
+
+PREFIX_CHARS = 400
+# A text probe: the first part of the example's longest string prompts, this much of what follows is
+# the value looked for (long enough that a model cannot produce it by chance).
+TEXT_VALUE_CHARS = 48
+TEXT_MIN_CHARS = 24
+ACTOR = "system:erasure-retest"
+
+
+def _aad(req_id: uuid.UUID, batch: int) -> str:
+    return f"erasure-retest:{req_id}:{batch}"
+
+
+def _strings(value: Any, path: str = "") -> list[tuple[str, str]]:
+    if isinstance(value, str):
+        return [(path, value)]
+    if isinstance(value, dict):
+        return [x for k, v in value.items() for x in _strings(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(value, list):
+        return [x for i, v in enumerate(value) for x in _strings(v, f"{path}[{i}]")]
+    return []
+
+
+def _at(content: Any, path: str) -> Any:
+    from app.pii import paths
+
+    try:
+        return paths.get_path(content, path)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def _probes_for_example(eid: uuid.UUID, raw: dict[uuid.UUID, Any], current: Any,
+                        findings: list[PiiFinding], needle: str | None) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+
+    def add(kind: str, prefix: str, value: str) -> None:
+        if value.strip() and (prefix, value) not in seen:
+            seen.add((prefix, value))
+            out.append({"probe_id": f"{eid}:{len(out)}", "entity_type": kind, "prefix": prefix, "value": value})
+
+    for f in findings:
+        text = _at(raw.get(f.source_revision_id), f.field_path)
+        if isinstance(text, str) and 0 <= f.start < f.end <= len(text):
+            add(f.entity_type, text[max(0, f.start - PREFIX_CHARS):f.start], text[f.start:f.end])
+    texts = [t for c in [*raw.values(), current] if c is not None for _, t in _strings(c)]
+    if needle:
+        low = needle.casefold()
+        for t in texts:
+            at = t.casefold().find(low)
+            while at >= 0:
+                add("ERASURE_SELECTOR", t[max(0, at - PREFIX_CHARS):at], t[at:at + len(needle)])
+                at = t.casefold().find(low, at + 1)
+    if not out and texts:
+        longest = max(texts, key=len)
+        if len(longest) >= TEXT_MIN_CHARS:
+            cut = min(PREFIX_CHARS, max(1, len(longest) // 3))
+            add("TEXT", longest[:cut], longest[cut:cut + TEXT_VALUE_CHARS])
+    return out
+
+
+def capture(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batch: int,
+            tainted_names: list[str], needle: str | None) -> int:
+    """Seal the strings of this batch's trained examples and open a pending re-test per tainted model.
+    Runs inside the batch's transaction, before the vault entries and texts are erased."""
+    if not ids or not tainted_names:
+        return 0
+    from app.pii import service as pii
+    from app.pii import vault
+
+    pg = is_pg(session)
+    ln = tr.lineage
+    trained = sorted(set(session.scalars(select(ln.c.example_id).distinct()
+                                         .where(any_of(ln.c.example_id, ids, pg=pg)))))
+    if not trained:
+        return 0
+    ring = pii.key_ring(session)
+    raw: dict[uuid.UUID, dict[uuid.UUID, Any]] = {}
+    for e in session.scalars(select(PiiVaultEntry).where(any_of(PiiVaultEntry.example_id, trained, pg=pg))):
+        plain = ring.open(vault.Sealed(e.key_id, e.ciphertext), aad=pii._aad(e.example_id, e.revision_id))
+        raw.setdefault(e.example_id, {})[e.revision_id] = orjson.loads(plain)
+    current = dict(session.execute(select(Example.id, ExampleRevision.content)
+                                   .join(ExampleRevision, ExampleRevision.id == Example.current_revision_id)
+                                   .where(any_of(Example.id, trained, pg=pg))).all())
+    findings: dict[uuid.UUID, list[PiiFinding]] = {}
+    for f in session.scalars(select(PiiFinding).where(any_of(PiiFinding.example_id, trained, pg=pg),
+                                                      PiiFinding.verdict.is_distinct_from("false_positive"))
+                             .order_by(PiiFinding.id)):
+        findings.setdefault(f.example_id, []).append(f)
+    probes = [p for eid in trained for p in _probes_for_example(eid, raw.get(eid, {}), current.get(eid),
+                                                                 findings.get(eid, []), needle)]
+    now = utcnow()
+    if probes:
+        sealed = ring.seal(orjson.dumps(probes).decode(), aad=_aad(req_id, batch))
+        session.add(ErasureRetestStrings(erasure_request_id=req_id, batch=batch, probes=len(probes),
+                                         key_id=sealed.key_id, ciphertext=sealed.blob, created_at=now,
+                                         expires_at=now + dt.timedelta(days=get_settings().erasure.retest_hold_days)))
+    ins = dialect_insert(session, ErasureRetest).values(
+        [{"erasure_request_id": req_id, "model_name": n, "status": "pending", "created_at": now}
+         for n in sorted(set(tainted_names))])
+    session.execute(ins.on_conflict_do_nothing(index_elements=["erasure_request_id", "model_name"]))
+    session.flush()
+    return len(probes)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The evaluation side
+
+
+def claim(session: Session, *, model_version_id: uuid.UUID, name: str, version: int,
+          created_at: dt.datetime, evaluation_id: uuid.UUID) -> list[uuid.UUID]:
+    """Pending re-tests this version answers: its model's, from completed erasures that came before it
+    and did not taint it (so it was trained without those examples), with strings still held. They are
+    handed to this evaluation; a failed one leaves them pending for the next."""
+    tainted_by = select(ModelVersionTaint.erasure_request_id).where(
+        ModelVersionTaint.model_version_id == model_version_id)
+    held = select(ErasureRetestStrings.erasure_request_id).distinct()
+    rows = session.execute(
+        select(ErasureRetest.erasure_request_id)
+        .join(ErasureRequest, ErasureRequest.id == ErasureRetest.erasure_request_id)
+        .where(ErasureRetest.model_name == name, ErasureRetest.status == "pending",
+               ErasureRequest.status == "completed", ErasureRequest.created_at < created_at,
+               ErasureRetest.erasure_request_id.not_in(tainted_by),
+               ErasureRetest.erasure_request_id.in_(held))
+        .order_by(ErasureRetest.erasure_request_id).with_for_update(of=ErasureRetest)).all()
+    req_ids = [r for (r,) in rows]
+    if req_ids:
+        session.execute(update(ErasureRetest).where(ErasureRetest.model_name == name,
+                                                    ErasureRetest.erasure_request_id.in_(req_ids))
+                        .values(evaluation_id=evaluation_id, model_version=version)
+                        .execution_options(synchronize_session=False))
+    return req_ids
+
+
+def claimed(session: Session, evaluation_id: uuid.UUID) -> list[uuid.UUID]:
+    return list(session.scalars(select(ErasureRetest.erasure_request_id)
+                                .where(ErasureRetest.evaluation_id == evaluation_id,
+                                       ErasureRetest.status == "pending")
+                                .order_by(ErasureRetest.erasure_request_id)))
+
+
+def probes(session: Session, evaluation_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The claimed requests' strings as `pii_extraction` probes tagged with `erasure_request_id`, for the
+    trainer role of a running evaluation only (app/evaluations/files.py)."""
+    from app.pii import service as pii
+    from app.pii import vault
+
+    req_ids = claimed(session, evaluation_id)
+    if not req_ids:
+        return []
+    ring = pii.key_ring(session)
+    out = []
+    for row in session.scalars(select(ErasureRetestStrings)
+                               .where(ErasureRetestStrings.erasure_request_id.in_(req_ids))
+                               .order_by(ErasureRetestStrings.erasure_request_id, ErasureRetestStrings.batch)):
+        plain = ring.open(vault.Sealed(row.key_id, row.ciphertext), aad=_aad(row.erasure_request_id, row.batch))
+        for p in orjson.loads(plain):
+            out.append({**p, "erasure_request_id": str(row.erasure_request_id),
+                        "value_sha256": hashlib.sha256(p["value"].encode()).hexdigest()})
+    return out
+
+
+def record(session: Session, *, evaluation_id: uuid.UUID, results: dict[str, Any]) -> list[uuid.UUID]:
+    """A succeeded evaluation's figures for the re-tests it carried; strings no pending re-test needs any
+    more are deleted. A request the results do not answer stays pending."""
+    req_ids = claimed(session, evaluation_id)
+    answered = ((results.get("pii_extraction") or {}).get("erasure_retest") or {})
+    now = utcnow()
+    done = []
+    for rid in req_ids:
+        got = answered.get(str(rid))
+        if not isinstance(got, dict):
+            continue
+        result = {k: got.get(k) for k in ("probed", "extracted", "rate", "greedy_extracted", "by_entity_type")}
+        result["hits"] = [{k: h.get(k) for k in ("probe_id", "entity_type", "value_sha256", "greedy")}
+                          for h in got.get("hits") or []]
+        row = session.execute(update(ErasureRetest).where(ErasureRetest.erasure_request_id == rid,
+                                                          ErasureRetest.evaluation_id == evaluation_id,
+                                                          ErasureRetest.status == "pending")
+                              .values(status="done", result=result, finished_at=now)
+                              .returning(ErasureRetest.model_name, ErasureRetest.model_version)).first()
+        if row is None:
+            continue
+        done.append(rid)
+        audit.record(session, actor=ACTOR, action="erasure.retested", entity_type="erasure_request",
+                     entity_id=rid, payload={"model": row.model_name, "version": row.model_version,
+                                             "evaluation_id": str(evaluation_id), "probed": result["probed"],
+                                             "extracted": result["extracted"]})
+    _drop_unneeded(session, done, now)
+    return done
+
+
+def _drop_unneeded(session: Session, req_ids: list[uuid.UUID], now: dt.datetime) -> None:
+    for rid in req_ids:
+        pending = session.scalar(select(func.count()).select_from(ErasureRetest)
+                                 .where(ErasureRetest.erasure_request_id == rid, ErasureRetest.status == "pending"))
+        if not pending:
+            n = session.execute(delete(ErasureRetestStrings)
+                                .where(ErasureRetestStrings.erasure_request_id == rid)).rowcount
+            if n:
+                audit.record(session, actor=ACTOR, action="erasure.retest_strings_dropped",
+                             entity_type="erasure_request", entity_id=rid, payload={"reason": "retested", "rows": n})
+
+
+def expire(session: Session, *, now: dt.datetime | None = None) -> list[uuid.UUID]:
+    """Strings past their hold are deleted and the re-tests still waiting on them read `expired`."""
+    now = now or utcnow()
+    req_ids = sorted(set(session.scalars(select(ErasureRetestStrings.erasure_request_id)
+                                         .where(ErasureRetestStrings.expires_at <= now))))
+    for rid in req_ids:
+        session.execute(delete(ErasureRetestStrings).where(ErasureRetestStrings.erasure_request_id == rid))
+        session.execute(update(ErasureRetest).where(ErasureRetest.erasure_request_id == rid,
+                                                    ErasureRetest.status == "pending")
+                        .values(status="expired", finished_at=now))
+        audit.record(session, actor=ACTOR, action="erasure.retest_strings_dropped", entity_type="erasure_request",
+                     entity_id=rid, payload={"reason": "hold expired"})
+    return req_ids
+
+
+def view(session: Session, req_id: uuid.UUID) -> dict[str, Any]:
+    """What the erasure request shows: per tainted model, the re-test's state and figures, and whether the
+    subject's strings are still held (how many probes; never the strings)."""
+    held = session.execute(select(func.coalesce(func.sum(ErasureRetestStrings.probes), 0),
+                                  func.min(ErasureRetestStrings.expires_at))
+                           .where(ErasureRetestStrings.erasure_request_id == req_id)).one()
+    rows = session.scalars(select(ErasureRetest).where(ErasureRetest.erasure_request_id == req_id)
+                           .order_by(ErasureRetest.model_name)).all()
+    return {
+        "strings_held": int(held[0]), "strings_expire_at": iso(held[1]),
+        "models": [{"model": r.model_name, "status": r.status, "version": r.model_version,
+                    "evaluation_id": str(r.evaluation_id) if r.evaluation_id else None,
+                    "result": r.result, "finished_at": iso(r.finished_at)} for r in rows],
+    }
