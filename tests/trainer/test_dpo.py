@@ -79,30 +79,14 @@ def _ours(tiny_model, loss_type, beta):
 
 def _reference_logprobs(monkeypatch):
     """TRL computes per-token log-probs with a Triton kernel, which needs CUDA. On the CPU the same math in
-    plain torch (log-softmax of the head's logits at the target, entropy and mean logit for TRL's metrics)
-    takes its place; TRL's DPO loss, batching, masking and reference handling, which are what this test
-    compares, run unchanged. With a GPU the kernel itself runs."""
-    if torch.cuda.is_available():
-        return
+    plain torch takes its place (bench.dpo.patch_trl_logprobs_for_cpu); TRL's DPO loss, batching, masking
+    and reference handling, which are what this test compares, run unchanged. With a GPU the kernel runs."""
     import trl.trainer.utils as trl_utils
 
-    class PlainLogProb:
-        @staticmethod
-        def apply(hidden, weight, bias, targets, temperature, chunk, softcap, scale, outputs):
-            logits = hidden @ weight.t()
-            if bias is not None:
-                logits = logits + bias
-            logits = logits * scale
-            if softcap is not None:
-                logits = softcap * torch.tanh(logits / softcap)
-            logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-            token = logp.gather(1, targets[:, None]).squeeze(1)
-            entropy = -(logp.exp() * logp).sum(-1).detach() if "entropy" in outputs else None
-            mean = logits.float().mean(-1).detach() if "mean_logits" in outputs else None
-            top1 = (logits.argmax(-1) == targets) if "is_top1" in outputs else None
-            return token, entropy, None, mean, top1
+    from bench.dpo import patch_trl_logprobs_for_cpu
 
-    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", PlainLogProb)
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", trl_utils._ChunkedLogProbFunction)
+    patch_trl_logprobs_for_cpu()
 
 
 def _trl(tiny_model, loss_type, beta, tmp_path):
