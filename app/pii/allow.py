@@ -175,4 +175,9 @@ class AllowFilter:
             return True
         if entity_type in PLACE_TYPES and self.places and public_place(key, self.places):
             return True
+        # A one-word place typed PERSON may be a person ("Georgia" the customer); a name of several words
+        # that is exactly a listed place ("Sri Lanka", "Hong Kong", "El Salvador") is the place.
+        if (entity_type == "PERSON" and " " in key and self.places
+                and (key in self.places or fold_accents(key) in self.places)):
+            return True
         return entity_type in FIGURE_TYPES and key in self.figures

@@ -174,6 +174,12 @@ def test_public_entities_keep_and_scrub(engine):
     # A private name next to public ones is still found.
     out, _ = _scrub(engine, "Albert Einstein met Csanád Gere in Paris.")
     assert "Csanád Gere" not in out and "Paris" in out and "Albert Einstein" in out
+    # A place of several words typed PERSON is the place; a one-word one may be a person ("Georgia").
+    from app.pii.allow import AllowFilter
+    allow = AllowFilter([], builtin=True, keep_public=True)
+    assert allow.allowed("PERSON", "Sri Lanka") and allow.allowed("PERSON", "Hong Kong")
+    assert not allow.allowed("PERSON", "Georgia") and not allow.allowed("PERSON", "Sri Lanka", cue=True)
+    assert not AllowFilter([], builtin=True, keep_public=False).allowed("PERSON", "Sri Lanka")
     # A city that is also a first name is not kept on NER's word alone.
     from app.pii.allow import public_places
     assert "tyler" not in public_places() and "paris" in public_places() and "canada" in public_places()
