@@ -198,6 +198,10 @@ def step_snapshot(ctx: Ctx) -> None:
         sheet = ctx.call("GET", f"/v1/snapshots/{snap['id']}/datasheet?format={fmt}", "auditor")
         (out / f"datasheet.{fmt}").write_text(sheet.text)
     console.print(f"export, Parquet and datasheet written to {out}")
+    from app.snapshots.bias import summary_lines
+
+    for line in summary_lines(ctx.call("GET", f"/v1/snapshots/{snap['id']}/bias-report", "auditor")):
+        console.print(line)
 
 
 def step_train(ctx: Ctx) -> None:
@@ -218,6 +222,19 @@ def step_lineage_report(ctx: Ctx) -> None:
     report(ctx)
 
 
+def step_documentation(ctx: Ctx) -> None:
+    from app.core.config import get_settings
+
+    mv = ctx.state["model_version"]
+    out = Path(get_settings().artifact_root).parent / "snapshot"
+    stem = f"technical-documentation-{mv['name']}-v{mv['version']}"
+    for fmt in ("md", "html"):
+        doc = ctx.call("GET", f"/v1/models/{mv['name']}/versions/{mv['version']}/documentation?format={fmt}",
+                       "auditor")
+        (out / f"{stem}.{fmt}").write_text(doc.text)
+    console.print(f"technical documentation (EU AI Act Annex IV data items) written to {out / stem}.md and .html")
+
+
 STEPS: list[tuple[str, Callable[[Ctx], None]]] = [
     ("keys", step_keys),
     ("dataset", step_dataset),
@@ -228,6 +245,7 @@ STEPS: list[tuple[str, Callable[[Ctx], None]]] = [
     ("train", step_train),
     ("evaluate", step_evaluate),
     ("lineage report", step_lineage_report),
+    ("technical documentation", step_documentation),
     ("audit", step_audit),
 ]
 

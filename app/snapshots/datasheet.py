@@ -10,13 +10,14 @@ tokenizer, so tokens ≈ characters / 4, which the sheet says where it uses them
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import html
 import io
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, Uuid, bindparam, select, text
+from sqlalchemy import DateTime, Select, Uuid, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from app.core.sql import is_pg
@@ -100,7 +101,7 @@ def gather(session: Session, snap: Snapshot) -> Facts:
     erased = repository.erased_members(session, snap)
     sections = [_motivation(snap, ds), _composition(snap, erased), _collection(session, snap),
                 _preprocessing(session, snap, ds), _bias(session, snap), _distribution(session, snap),
-                _maintenance(erased)]
+                _maintenance(session, snap, ds, erased)]
     return Facts(title=f"Datasheet: {ds.name} / {snap.name}", manifest_sha256=snap.manifest_sha256,
                  sections=sections)
 
@@ -287,8 +288,41 @@ def _distribution(session: Session, snap: Snapshot) -> Section:
     return dist
 
 
-def _maintenance(erased: list[Any]) -> Section:
+AGE_BUCKETS = ((30, "under 30 days"), (90, "30-89 days"), (365, "90-364 days"))
+
+
+def _validation_age(session: Session, snap: Snapshot, ds: Any, main: Section) -> None:
+    """How long ago each member's example was last validated (the pipeline last finished on it), in
+    buckets counted by the database, and what the dataset's revalidation policy says about it."""
+    from app.datasets.policies import GovernancePolicy
+    from app.models.base import utcnow
+
+    now = utcnow()
+    cases = " ".join(f"WHEN e.last_validated_at >= :t{i} THEN {i}" for i in range(len(AGE_BUCKETS)))
+    params: dict[str, Any] = {"sid": snap.id}
+    binds = [bindparam("sid", type_=Uuid())]
+    for i, (days, _) in enumerate(AGE_BUCKETS):
+        t = now - dt.timedelta(days=days)
+        params[f"t{i}"] = t if is_pg(session) else t.replace(tzinfo=None)
+        binds.append(bindparam(f"t{i}", type_=DateTime(timezone=True)))
+    rows = session.execute(text(
+        f"SELECT CASE WHEN e.last_validated_at IS NULL THEN -1 {cases} ELSE {len(AGE_BUCKETS)} END AS b, count(*) "
+        "FROM snapshot_members m JOIN examples e ON e.id = m.example_id WHERE m.snapshot_id = :sid GROUP BY 1"
+    ).bindparams(*binds), params).all()
+    got = {int(b): n for b, n in rows}
+    labels = [label for _, label in AGE_BUCKETS] + ["365 days or more"]
+    table = [[label, got.get(i, 0)] for i, label in enumerate(labels)] + [["never validated", got.get(-1, 0)]]
+    caption = "Validation age of the members' examples now (since the pipeline last finished on them)"
+    main.tables.append((caption, ["age", "members"], table))
+    days = GovernancePolicy.effective(ds.governance_policy).revalidate_after_days
+    main.paragraphs.append(f"Revalidation policy: examples older than {days} days are stale and left out of new "
+                           "snapshots (rule `stale`)." if days else
+                           "Revalidation policy: none (`governance_policy.revalidate_after_days` is not set).")
+
+
+def _maintenance(session: Session, snap: Snapshot, ds: Any, erased: list[Any]) -> Section:
     main = Section("Maintenance")
+    _validation_age(session, snap, ds, main)
     main.paragraphs.append("The snapshot is immutable: no member can be added or swapped. A member can only be "
                            "erased (right to erasure), after which exports omit it and say so in manifest.json.")
     main.paragraphs.append(f"Currently erased members: {len(erased)}.")

@@ -24,8 +24,10 @@ from app.core.errors import Conflict, ValidationFailed
 from app.core.ids import new_id
 from app.core.sql import aware, is_pg
 from app.datasets import service as datasets
+from app.datasets.policies import GovernancePolicy
 from app.dedup import queries as dedup_queries
 from app.examples import privacy
+from app.models.base import utcnow
 from app.models.snapshot import Snapshot
 from app.pipeline import stages
 from app.review import queries as review_queries
@@ -35,7 +37,7 @@ from app.snapshots.schemas import SnapshotCreate, SnapshotFilter
 
 # Exclusion rules in the order they are tested; an example is counted under the first that removes it.
 RULES = ("erased", "pii_pending", "contaminates_eval", "duplicate", "status", "pair_unusable", "source", "license", "tags",
-         "collected_at", "min_approvals")
+         "collected_at", "min_approvals", "stale")
 
 # Above this many members a PostgreSQL freeze leaves the root to a step after its commit (the API runs
 # it as soon as the response is sent; any read before that computes it itself). The root statement
@@ -63,7 +65,8 @@ class _Query:
 
 
 def _candidates(session: Session, dataset_id: uuid.UUID, f: SnapshotFilter, *, with_tags: bool = False,
-                with_sha: bool = False, split: str | None = None, pairs: bool = False) -> _Query:
+                with_sha: bool = False, split: str | None = None, pairs: bool = False,
+                stale_before: dt.datetime | None = None) -> _Query:
     """SELECT example_id, revision_id, tags, rule over the dataset: rule is NULL for a selected example,
     otherwise the first exclusion rule that removes it."""
     pg = is_pg(session)
@@ -142,6 +145,12 @@ def _candidates(session: Session, dataset_id: uuid.UUID, f: SnapshotFilter, *, w
                      "ON ap.revision_id = e.current_revision_id")
         whens.append("WHEN COALESCE(ap.n, 0) < :min_approvals THEN 'min_approvals'")
         params["min_approvals"] = f.min_approvals
+    if stale_before is not None:
+        # The dataset's governance policy: a validation older than revalidate_after_days (or none at all)
+        # is stale; such an example waits for revalidation instead of going into a snapshot.
+        whens.append("WHEN e.last_validated_at IS NULL OR e.last_validated_at < :stale_before THEN 'stale'")
+        params["stale_before"] = stale_before if pg else stale_before.replace(tzinfo=None)
+        binds.append(bindparam("stale_before", type_=DateTime(timezone=True)))
 
     # Tags only when a stratified split needs them: they are the widest column carried along.
     tags = "e.tags AS tags, " if with_tags else ""
@@ -317,7 +326,10 @@ def create(session: Session, *, data: SnapshotCreate, actor: Actor) -> Snapshot:
     sid = new_id()
     seed = str(data.seed)
     stratify = data.stratify_by.rstrip(":") if data.stratify_by else None
+    days = GovernancePolicy.effective(ds.governance_policy).revalidate_after_days
+    stale_before = utcnow() - dt.timedelta(days=days) if days else None
     cand = _candidates(session, ds.id, f, with_tags=stratify is not None, with_sha=pg, pairs=ds.format == "preference",
+                       stale_before=stale_before,
                        split=_h32_below(session, "e.id").join(("CASE WHEN ", " THEN 'validation' ELSE 'train' END"))
                        if pg and stratify is None else None)
     threshold = validation_threshold(data.validation_fraction)

@@ -41,3 +41,7 @@ def test_demo_runs_end_to_end(tmp_path):
     r = _cli(["demo", "--workdir", str(tmp_path / "demo")], env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "audit chain: ok=True" in r.stderr
+    # Issue 19: the snapshot's bias summary, and the model version's technical documentation on disk.
+    assert "bias report:" in r.stderr and "gender:" in r.stderr
+    docs = list((tmp_path / "demo" / "snapshot").glob("technical-documentation-*.md"))
+    assert docs and "Examination for biases" in docs[0].read_text()
