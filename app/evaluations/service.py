@@ -1,7 +1,8 @@
 """Evaluations of model versions (issue 17; docs/evaluation.md): creation and validation, the trainer's
 protocol (start, events, complete, fail), cancel, and the read side.
 
-The same state machine, locking and late-report refusal as training runs (app/training/service.py):
+The same state machine, locking and late-report refusal as training runs, written once in
+app/training/protocol.py (`EVALS` here, `RUNS` there):
 
     queued ─▶ running ─▶ succeeded
       │          ├─────▶ failed      (trainer report, or the reaper: worker_lost)
@@ -17,14 +18,13 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core import jobs
 from app.core.auth import Actor
-from app.core.errors import Conflict, NotFound, ValidationFailed
-from app.core.ids import id_or_404
+from app.core.errors import Conflict, ValidationFailed
 from app.core.pagination import page
 from app.evaluations.schemas import (
     METRICS,
@@ -47,6 +47,7 @@ from app.models.training import (
     TrainingRun,
 )
 from app.training import artifacts, gates, registry
+from app.training.protocol import Protocol
 from app.training.schemas import EventIn
 
 EVALUATE_TASK = "pedigree.evaluate.run"
@@ -54,21 +55,21 @@ EVALUATE_QUEUE = "train"
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
+def _drop_results(ev: Evaluation) -> None:
+    ev.results = {}  # nothing partial is ever read by a promotion gate
+
+
+# Claim, events, fail, cancel and the late-report refusal: the training run's steps (app/training/protocol.py).
+EVALS = Protocol(model=Evaluation, event_model=EvaluationEvent, fk="evaluation_id", entity="evaluation",
+                 label="evaluation", finished_code="evaluation_finished", on_fail=_drop_results)
+
+
 def get(session: Session, evaluation_id: str | uuid.UUID, *, lock: bool = False) -> Evaluation:
-    q = select(Evaluation).where(Evaluation.id == id_or_404(evaluation_id, "evaluation"))
-    if lock:
-        q = q.with_for_update()
-    ev = session.scalar(q.execution_options(populate_existing=True))
-    if ev is None:
-        raise NotFound(f"evaluation {evaluation_id} not found", details={"evaluation": str(evaluation_id)})
-    return ev
+    return EVALS.get(session, evaluation_id, lock=lock)
 
 
 def _finished(ev: Evaluation, doing: str) -> Conflict:
-    why = f" ({ev.error_code})" if ev.error_code else ""
-    return Conflict(f"evaluation {ev.id} is {ev.status}{why}; cannot {doing}",
-                    code="evaluation_finished" if ev.status in FINISHED else "invalid_state",
-                    details={"status": ev.status, "error_code": ev.error_code})
+    return EVALS.finished(ev, doing)
 
 
 def _dataset(session: Session, ref: str, field: str) -> Dataset:
@@ -151,16 +152,7 @@ def create(session: Session, *, name: str, version: int, data: EvaluationCreate,
 
 
 def start(session: Session, *, evaluation_id: str, worker_host: str, actor: Actor) -> Evaluation:
-    ev = get(session, evaluation_id, lock=True)
-    if ev.status != "queued":
-        raise Conflict(f"evaluation {ev.id} is {ev.status} (worker {ev.worker_host or '-'}); not startable",
-                       code="not_startable", details={"status": ev.status, "worker_host": ev.worker_host})
-    now = utcnow()
-    ev.status, ev.worker_host, ev.started_at, ev.heartbeat_at = "running", worker_host, now, now
-    _add_events(session, ev, [EventIn(kind="log", message=f"started on {worker_host}")], now=now)
-    audit.record(session, actor=actor.ref, action="evaluation.started", entity_type="evaluation", entity_id=ev.id,
-                 payload={"worker_host": worker_host})
-    return ev
+    return EVALS.start(session, row_id=evaluation_id, worker_host=worker_host, actor=actor)
 
 
 def require_running(session: Session, evaluation_id: str) -> Evaluation:
@@ -173,25 +165,11 @@ def require_running(session: Session, evaluation_id: str) -> Evaluation:
 
 def add_events(session: Session, *, evaluation_id: str, events: list[EventIn]) -> int:
     """A batch of events, counted as a heartbeat; refused (409) once the evaluation ended."""
-    eid = id_or_404(evaluation_id, "evaluation")
-    now = utcnow()
-    row = session.execute(update(Evaluation).where(Evaluation.id == eid, Evaluation.status == "running")
-                          .values(heartbeat_at=now).returning(Evaluation.id)).first()
-    if row is None:
-        raise _finished(get(session, eid), "accept events")
-    stored = [e for e in events if e.kind != "heartbeat"]
-    if stored:
-        _add_events(session, get(session, eid), stored, now=now)
-    return len(stored)
+    return EVALS.add_events(session, row_id=evaluation_id, events=events)
 
 
 def _add_events(session: Session, ev: Evaluation, events: list[EventIn], *, now: dt.datetime) -> None:
-    if not events:
-        return
-    rows = [{"evaluation_id": ev.id, "kind": e.kind or "log", "level": e.level or "info",
-             "message": (e.message or "")[:20_000], "step": e.step, "data": e.data or {}, "at": now} for e in events]
-    session.execute(insert(EvaluationEvent), rows)
-    ev.event_count = (ev.event_count or 0) + len(rows)
+    EVALS.append_events(session, ev, events, now=now)
 
 
 def complete(session: Session, *, evaluation_id: str, data: EvalComplete, actor: Actor) -> Evaluation:
@@ -221,37 +199,16 @@ def _metric(results: dict[str, Any], metric: str) -> Any:
 
 
 def fail(session: Session, *, evaluation_id: str, code: str, message: str, actor: Actor) -> Evaluation:
-    ev = get(session, evaluation_id, lock=True)
-    if ev.status == "failed" and ev.error_code == code:
-        return ev
-    if ev.status in FINISHED:
-        raise _finished(ev, "fail")
-    now = utcnow()
-    _end(session, ev, "failed", code=code, message=message, actor=actor, now=now)
-    _add_events(session, ev, [EventIn(kind="log", level="error", message=f"{code}: {message}")], now=now)
-    return ev
+    return EVALS.fail(session, row_id=evaluation_id, code=code, message=message, actor=actor)
 
 
 def cancel(session: Session, *, evaluation_id: str, actor: Actor) -> Evaluation:
-    ev = get(session, evaluation_id, lock=True)
-    if ev.status in FINISHED:
-        raise _finished(ev, "cancel")
-    now = utcnow()
-    ev.cancelled_by = actor.ref
-    _end(session, ev, "cancelled", actor=actor, now=now)
-    _add_events(session, ev, [EventIn(kind="log", level="warn", message=f"cancelled by {actor.ref}")], now=now)
-    return ev
+    return EVALS.cancel(session, row_id=evaluation_id, actor=actor)
 
 
 def _end(session: Session, ev: Evaluation, status: str, *, actor: Actor, now: dt.datetime, code: str | None = None,
          message: str | None = None, payload: dict[str, Any] | None = None) -> None:
-    previous = ev.status
-    ev.status, ev.finished_at = status, now
-    if status == "failed":
-        ev.failed_in, ev.error_code, ev.error_message, ev.results = previous, code, message, {}
-    audit.record(session, actor=actor.ref, action=f"evaluation.{status}", entity_type="evaluation", entity_id=ev.id,
-                 payload={"from": previous, **({"code": code, "message": message} if code else {}),
-                          **(payload or {})})
+    EVALS.end(session, ev, status, actor=actor, now=now, code=code, message=message, payload=payload)
 
 
 # ---------------------------------------------------------------------------------------------------------

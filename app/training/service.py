@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import BigInteger, Integer, Uuid, cast, func, insert, literal, select, text, update
+from sqlalchemy import BigInteger, Integer, Uuid, cast, func, insert, literal, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -31,14 +31,13 @@ from app.audit import service as audit
 from app.core import jobs
 from app.core.auth import Actor
 from app.core.config import get_settings
-from app.core.errors import Conflict, NotFound, ValidationFailed
+from app.core.errors import Conflict, ValidationFailed
 from app.core.ids import id_or_404
 from app.core.pagination import decode_cursor, page
 from app.core.sql import is_pg
 from app.models.base import utcnow
 from app.models.snapshot import Snapshot
 from app.models.training import (
-    FINISHED,
     ModelAliasHistory,
     ModelVersion,
     TrainedRevision,
@@ -49,6 +48,7 @@ from app.pii import queries as pii_queries
 from app.review import queries as review_queries
 from app.snapshots import repository as snapshots
 from app.training import artifacts, canaries, gates, registry
+from app.training.protocol import Protocol
 from app.training.schemas import EventIn, RunComplete, RunCreate, is_hub_id, is_valid_hub_id
 
 TRAIN_TASK = "pedigree.train.run"
@@ -56,21 +56,30 @@ TRAIN_QUEUE = "train"
 
 
 
+def _merge_metrics(run: TrainingRun, events: list[EventIn]) -> None:
+    """A run's metrics events fold into `run.metrics` (the latest value of each), while it runs."""
+    latest = [e for e in events if e.kind == "metrics" and e.data]
+    if latest and run.status == "running":
+        merged = dict(run.metrics or {})
+        for e in latest:
+            merged.update({k: v for k, v in (e.data or {}).items() if isinstance(v, (int, float, str)) or v is None})
+            if e.step is not None:
+                merged["step"] = e.step
+        run.metrics = merged
+
+
+# Claim, events, fail, cancel and the late-report refusal: the same steps as evaluations' (app/training/protocol.py).
+RUNS = Protocol(model=TrainingRun, event_model=TrainingRunEvent, fk="run_id", entity="training_run",
+                label="training run", finished_code="run_finished", startable=("queued", "validating"),
+                on_events=_merge_metrics)
+
+
 def get(session: Session, run_id: str | uuid.UUID, *, lock: bool = False) -> TrainingRun:
-    q = select(TrainingRun).where(TrainingRun.id == id_or_404(run_id, "training_run"))
-    if lock:
-        q = q.with_for_update()
-    run = session.scalar(q.execution_options(populate_existing=True))
-    if run is None:
-        raise NotFound(f"training run {run_id} not found", details={"training_run": str(run_id)})
-    return run
+    return RUNS.get(session, run_id, lock=lock)
 
 
 def _finished_conflict(run: TrainingRun, doing: str) -> Conflict:
-    why = f" ({run.error_code})" if run.error_code else ""
-    return Conflict(f"training run {run.id} is {run.status}{why}; cannot {doing}", code="run_finished"
-                    if run.status in FINISHED else "invalid_state",
-                    details={"status": run.status, "error_code": run.error_code})
+    return RUNS.finished(run, doing)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -212,57 +221,15 @@ def _validate_base_model(base_model: str) -> str | None:
 
 
 def start(session: Session, *, run_id: str, worker_host: str, actor: Actor) -> TrainingRun:
-    run = get(session, run_id, lock=True)
-    if run.status not in ("queued", "validating"):
-        # Another host claimed it, or it ended meanwhile: the trainer stops quietly on 409.
-        raise Conflict(f"training run {run.id} is {run.status} (worker {run.worker_host or '-'}); not startable",
-                       code="not_startable", details={"status": run.status, "worker_host": run.worker_host})
-    now = utcnow()
-    run.status, run.worker_host, run.started_at, run.heartbeat_at = "running", worker_host, now, now
-    _add_events(session, run, [EventIn(kind="log", message=f"started on {worker_host}")], now=now)
-    audit.record(session, actor=actor.ref, action="training_run.started", entity_type="training_run",
-                 entity_id=run.id, payload={"worker_host": worker_host})
-    return run
+    return RUNS.start(session, row_id=run_id, worker_host=worker_host, actor=actor)
 
 
 def add_events(session: Session, *, run_id: str, events: list[EventIn]) -> int:
-    """Store a batch of events and count it as a heartbeat. Heartbeat events themselves are not stored:
-    they only move `heartbeat_at` (one every few seconds per run would bury the log)."""
-    rid = id_or_404(run_id, "training_run")
-    now = utcnow()
-    stored = [e for e in events if e.kind != "heartbeat"]
-    # One conditional UPDATE both checks the state and takes the row lock: no read-then-write race with
-    # a cancel or the reaper, and a dead run's late reports are refused.
-    row = session.execute(
-        update(TrainingRun)
-        .where(TrainingRun.id == rid, TrainingRun.status == "running")
-        .values(heartbeat_at=now)
-        .returning(TrainingRun.metrics)
-    ).first()
-    if row is None:
-        run = get(session, rid)
-        raise _finished_conflict(run, "accept events")
-    if stored:
-        run = get(session, rid)
-        _add_events(session, run, stored, now=now)
-    return len(stored)
+    return RUNS.add_events(session, row_id=run_id, events=events)
 
 
 def _add_events(session: Session, run: TrainingRun, events: list[EventIn], *, now: dt.datetime) -> None:
-    if not events:
-        return
-    rows = [{"run_id": run.id, "kind": e.kind or "log", "level": e.level or "info", "message": (e.message or "")[:20_000],
-             "step": e.step, "data": e.data or {}, "at": now} for e in events]
-    session.execute(insert(TrainingRunEvent), rows)
-    run.event_count = (run.event_count or 0) + len(rows)
-    latest = [e for e in events if e.kind == "metrics" and e.data]
-    if latest and run.status == "running":
-        merged = dict(run.metrics or {})
-        for e in latest:
-            merged.update({k: v for k, v in (e.data or {}).items() if isinstance(v, (int, float, str)) or v is None})
-            if e.step is not None:
-                merged["step"] = e.step
-        run.metrics = merged
+    RUNS.append_events(session, run, events, now=now)
 
 
 def complete(session: Session, *, run_id: str, data: RunComplete, actor: Actor) -> tuple[TrainingRun, ModelVersion]:
@@ -358,39 +325,16 @@ def _write_lineage(session: Session, *, run: TrainingRun, mv: ModelVersion, revs
 
 
 def fail(session: Session, *, run_id: str, code: str, message: str, actor: Actor) -> TrainingRun:
-    run = get(session, run_id, lock=True)
-    if run.status == "failed" and run.error_code == code:
-        return run  # a retried report
-    if run.status in FINISHED:
-        raise _finished_conflict(run, "fail")
-    now = utcnow()
-    _end(session, run, "failed", code=code, message=message, actor=actor, now=now)
-    _add_events(session, run, [EventIn(kind="log", level="error", message=f"{code}: {message}")], now=now)
-    return run
+    return RUNS.fail(session, row_id=run_id, code=code, message=message, actor=actor)
 
 
 def cancel(session: Session, *, run_id: str, actor: Actor) -> TrainingRun:
-    run = get(session, run_id, lock=True)
-    if run.status in FINISHED:
-        raise _finished_conflict(run, "cancel")
-    now = utcnow()
-    run.cancelled_by = actor.ref
-    # The trainer learns of it from the 409 on its next events post (heartbeats come every few
-    # seconds) and stops at a step boundary; nothing it reports afterwards is accepted.
-    _end(session, run, "cancelled", actor=actor, now=now)
-    _add_events(session, run, [EventIn(kind="log", level="warn", message=f"cancelled by {actor.ref}")], now=now)
-    return run
+    return RUNS.cancel(session, row_id=run_id, actor=actor)
 
 
 def _end(session: Session, run: TrainingRun, status: str, *, actor: Actor, now: dt.datetime, code: str | None = None,
          message: str | None = None, payload: dict[str, Any] | None = None) -> None:
-    previous = run.status
-    run.status, run.finished_at = status, now
-    if status == "failed":
-        run.failed_in, run.error_code, run.error_message = previous, code, message
-    audit.record(session, actor=actor.ref, action=f"training_run.{status}", entity_type="training_run",
-                 entity_id=run.id, payload={"from": previous, **({"code": code, "message": message} if code else {}),
-                                            **(payload or {})})
+    RUNS.end(session, run, status, actor=actor, now=now, code=code, message=message, payload=payload)
 
 
 # ---------------------------------------------------------------------------------------------------------
