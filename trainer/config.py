@@ -11,7 +11,7 @@ from typing import Any
 from trainer import hparams
 from trainer.errors import TrainError
 
-METHODS = ("lora", "qlora", "dpo")
+METHODS = ("lora", "qlora", "dpo", "full")
 
 
 def _frozen(d: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -36,6 +36,8 @@ class RunConfig:
         """What is trained: a LoRA adapter on a bf16/fp32 base, or on QLoRA's 4-bit base."""
         if self.method == "dpo":
             return self.hp["dpo_adapter"]
+        if self.method == "full":
+            return "lora"  # loaded like a LoRA base (unquantised); trainer.full trains every weight
         return self.method
 
     @classmethod

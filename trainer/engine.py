@@ -121,11 +121,13 @@ class Engine:
         """Per-supervised-token CE of one micro-batch (fp32, [mb.supervised_tokens])."""
         with self._autocast():
             hidden, targets = self._supervised_hidden(mb)
+            if self.lm_weight.requires_grad:
+                return trainable_head_losses(hidden, self.lm_weight, targets, self.loss_chunk)
             return supervised_token_losses(hidden, self.lm_weight, targets, self.loss_chunk)
 
     def loss_sum(self, mb: MicroBatch) -> torch.Tensor:
         """Summed CE over one micro-batch's supervised tokens: what training differentiates."""
-        if "flce" not in self.kernels:
+        if "flce" not in self.kernels or self.lm_weight.requires_grad:
             return self.token_losses(mb).sum()
         with self._autocast():
             hidden, targets = self._supervised_hidden(mb)
@@ -172,6 +174,19 @@ class Engine:
             total += float(self.token_losses(mb).sum())
             count += mb.supervised_tokens
         return total, count
+
+
+def trainable_head_losses(hidden, weight, targets, chunk: int) -> torch.Tensor:
+    """Per-token CE when the LM head itself trains (full fine-tuning): plain autograd over supervised rows
+    in chunks, each chunk's logits recomputed in backward (checkpointed) so only one chunk is alive."""
+    from torch.utils.checkpoint import checkpoint
+
+    def piece(h, t):
+        return torch.nn.functional.cross_entropy((h @ weight.t()).float(), t, reduction="none")
+
+    out = [checkpoint(piece, hidden[s : s + chunk], targets[s : s + chunk], use_reentrant=False)
+           for s in range(0, hidden.shape[0], chunk)]
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
 
 def make_optimizer(params, *, lr: float, weight_decay: float, device: torch.device):

@@ -36,6 +36,8 @@ DEFAULTS: dict = {
     "beta": 0.1,
     "loss_type": "sigmoid",
     "dpo_adapter": "lora",
+    # method full: AdamW in fp32, or bitsandbytes' 8-bit AdamW on CUDA (trainer.full).
+    "optimizer": "adamw",
 }
 
 _INT_RANGES = {

@@ -32,7 +32,11 @@ def render(cfg: RunConfig, metrics: dict, examples: list[dict]) -> str:
     name = card.get("model_name") or cfg.model_name or "adapter"
     # A YAML emitter, not string formatting: a legal model path may hold ": ", " #", a leading "@" or "-",
     # or read as a YAML boolean, and the hub (and any other reader) must get the same string back.
-    meta = {"base_model": cfg.base_model, "library_name": "peft", "tags": ["lora", "pedigree"]}
+    if cfg.method == "full":
+        meta = {"base_model": cfg.base_model, "library_name": "transformers", "tags": ["full-fine-tune", "pedigree"]}
+    else:
+        meta = {"base_model": cfg.base_model, "library_name": "peft",
+                "tags": ["lora", "dpo", "pedigree"] if cfg.method == "dpo" else ["lora", "pedigree"]}
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, default_flow_style=False)
     lines = [
         "---",
@@ -42,14 +46,18 @@ def render(cfg: RunConfig, metrics: dict, examples: list[dict]) -> str:
         f"# {name}",
         "",
         (
-            f"A {cfg.method.upper()} adapter for `{cfg.base_model}`, trained by Pedigree "
-            "on a frozen, content-addressed snapshot. Every trained example is traceable through the lineage API."
+            (f"`{cfg.base_model}` with every weight fine-tuned" if cfg.method == "full" else
+             f"A {cfg.adapter.upper()} adapter for `{cfg.base_model}`, trained by direct preference optimisation "
+             f"(DPO, {cfg.hp['loss_type']} loss, beta {cfg.hp['beta']}) on preference pairs,"
+             if cfg.method == "dpo" else f"A {cfg.method.upper()} adapter for `{cfg.base_model}`,")
+            + " trained by Pedigree on a frozen, content-addressed snapshot. Every trained example is traceable "
+            "through the lineage API."
         ),
         "",
         "## Lineage",
         "",
     ]
-    facts = {"snapshot manifest sha256": metrics.get("manifest_sha256")}
+    facts = {"method": cfg.method, "snapshot manifest sha256": metrics.get("manifest_sha256")}
     facts.update({k: v for k, v in card.items() if k != "model_name"})
     facts["trained examples"] = len(examples)
     facts["trained tokens"] = sum(e["tokens"] for e in examples)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from trainer import attention, dpo, kernels, modelcard, packing
+from trainer import attention, dpo, full, kernels, modelcard, packing
 from trainer.config import RunConfig
 from trainer.data import Renderer, Tokenized, verify_records
 from trainer.engine import DistInfo, Engine, dist_from_env, lr_lambda, make_optimizer
@@ -148,7 +148,8 @@ def prepare(cfg: RunConfig, rt: Runtime, records: Iterable[dict]) -> Prepared:
     torch.manual_seed(seed)
     # bf16 weights with autocast on the GPU; fp32 on the CPU, where bf16 matmuls are slow and the
     # tests want tight tolerances.
-    dtype = torch.bfloat16 if rt.on_gpu else torch.float32
+    # Full fine-tuning keeps fp32 weights (the master copy AdamW updates) and computes under bf16 autocast.
+    dtype = torch.bfloat16 if rt.on_gpu and cfg.method != "full" else torch.float32
     if cfg.method == "dpo":
         dpo.check_records(records)
     tokenizer, model = load_base(cfg.base_model, cfg.adapter, rt.device, dtype)
@@ -214,8 +215,15 @@ def _kernels(spec: str, rt: Runtime, compiled: bool):
 def build(cfg: RunConfig, rt: Runtime, prep: Prepared) -> Built:
     hp = cfg.hp
     torch.manual_seed(hp["seed"])
-    peft_model = attach_lora(prep.model, hp)
-    if hp["gradient_checkpointing"]:
+    if cfg.method == "full":
+        fits = full.check_fits(prep.model, hp, rt.device)
+        budget = "unknown" if fits["budget"] is None else f"{fits['budget'] / full.GIB:.2f} GiB"
+        rt.emit(_event("log", f"full fine-tuning: {fits['parameters']:,} parameters, estimated "
+                              f"{fits['total'] / full.GIB:.2f} GiB needed, {budget} available"))
+        peft_model = full.prepare(prep.model, hp)
+    else:
+        peft_model = attach_lora(prep.model, hp)
+    if hp["gradient_checkpointing"] and cfg.method != "full":
         peft_model.get_base_model().gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
@@ -311,8 +319,11 @@ def fit(cfg: RunConfig, rt: Runtime, prep: Prepared, built: Built) -> Fitted:
 def _optimize(cfg: RunConfig, rt: Runtime, prep: Prepared, built: Built) -> Fitted:
     """The optimizer loop; metrics every `log_every` steps and heartbeats every 10 s."""
     hp, engine, device, total_steps = cfg.hp, built.engine, rt.device, built.total_steps
-    optimizer = make_optimizer(engine.params, lr=hp["learning_rate"], weight_decay=hp["weight_decay"],
-                               device=device)
+    if cfg.method == "full":
+        optimizer = full.make_optimizer(engine.params, hp, device)
+    else:
+        optimizer = make_optimizer(engine.params, lr=hp["learning_rate"], weight_decay=hp["weight_decay"],
+                                   device=device)
     warmup = int(hp["warmup_ratio"] * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(hp["lr_scheduler"], total_steps, warmup))
     n = len(prep.train_ex)
@@ -553,7 +564,11 @@ def finish(
     adapter_dir = out_dir / "adapter"
     if rt.dist.main:
         adapter_dir.mkdir(parents=True, exist_ok=True)
-        built.peft_model.save_pretrained(adapter_dir, safe_serialization=True)
+        if cfg.method == "full":
+            # The whole model, sharded safetensors + tokenizer, sha256 per file (trainer.full.save).
+            metrics["files"] = full.save(built.peft_model, prep.tokenizer, adapter_dir)
+        else:
+            built.peft_model.save_pretrained(adapter_dir, safe_serialization=True)
         (adapter_dir / "README.md").write_text(modelcard.render(cfg, metrics, examples))
         training = {"hyperparameters": dict(cfg.hp), "metrics": metrics, "base_model": cfg.base_model,
                     "method": cfg.method}

@@ -43,3 +43,22 @@ def summary_for_examples(session: Session, examples: Select) -> dict[str, int]:
         select(func.count(), func.count(Review.reviewer.distinct()), func.count().filter(Review.decision == "approve"))
         .where(Review.example_id.in_(examples))).one()
     return {"decisions": decisions, "reviewers": reviewers, "approvals": approvals}
+
+
+def pairwise_for_examples(session: Session, examples: Select) -> dict[str, Any] | None:
+    """Pairwise comparisons over the given example ids: counts by what was preferred, and per reviewer.
+    None when there were none (not a preference set, or compared by no one)."""
+    from app.models.review import PairwiseJudgment
+
+    rows = session.execute(
+        select(PairwiseJudgment.reviewer, PairwiseJudgment.preferred, func.count())
+        .where(PairwiseJudgment.example_id.in_(examples))
+        .group_by(PairwiseJudgment.reviewer, PairwiseJudgment.preferred)).all()
+    if not rows:
+        return None
+    by_pick: dict[str, int] = {}
+    by_reviewer: dict[str, dict[str, int]] = {}
+    for reviewer, preferred, n in rows:
+        by_pick[preferred] = by_pick.get(preferred, 0) + n
+        by_reviewer.setdefault(reviewer, {})[preferred] = n
+    return {"comparisons": sum(by_pick.values()), "by_pick": by_pick, "by_reviewer": by_reviewer}

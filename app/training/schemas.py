@@ -43,11 +43,15 @@ class Hyperparameters(BaseModel):
     gradient_checkpointing: bool = False
     loss_chunk: int = Field(4096, ge=64, le=1 << 20, strict=True)
     log_every: int = Field(10, ge=1, le=10**6, strict=True)
+    # Liger-Kernel's fused kernels on the GPU (trainer/kernels.py): auto, liger or none.
+    kernels: Literal["auto", "liger", "none"] = "auto"
     # method "dpo" (trainer/dpo.py): the KL strength, the loss, and whether the adapter sits on QLoRA's
     # 4-bit base. Other methods ignore them.
     beta: float = Field(0.1, gt=0.0, le=10.0)
     loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
     dpo_adapter: Literal["lora", "qlora"] = "lora"
+    # method "full" (trainer/full.py): AdamW, or 8-bit AdamW from bitsandbytes on CUDA.
+    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
 
     @field_validator("target_modules")
     @classmethod
@@ -73,10 +77,11 @@ class RunCreate(BaseModel):
     snapshot_id: str
     expected_manifest_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
     base_model: Annotated[str, StringConstraints(min_length=1, max_length=1000)]
-    method: Literal["lora", "qlora", "dpo"] = Field(
+    method: Literal["lora", "qlora", "dpo", "full"] = Field(
         "lora", description="lora / qlora: SFT (preference snapshots train on the chosen answer); dpo: direct "
                             "preference optimisation on a preference snapshot (hyperparameters beta, loss_type, "
-                            "dpo_adapter)")
+                            "dpo_adapter); full: SFT of every weight (small models; the artifact is the whole "
+                            "model, sharded safetensors)")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     model_name: ModelName
     metadata: dict[str, Any] = Field(default_factory=dict)

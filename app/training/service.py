@@ -388,6 +388,7 @@ def model_card_facts(session: Session, run: TrainingRun, *, governance: bool = F
     counts = snap.counts or {}
     facts: dict[str, Any] = {
         "model_name": run.model_name,
+        "method": run.method,
         "training run": str(run.id),
         "snapshot": f"{snap.name} ({snap.id})",
         "snapshot members": snap.member_count,
@@ -421,6 +422,9 @@ def model_card_facts(session: Session, run: TrainingRun, *, governance: bool = F
     if governance:
         members = snapshots.member_ids(snap.id)
         facts["reviews"] = review_queries.summary_for_examples(session, members)
+        compared = review_queries.pairwise_for_examples(session, members)
+        if compared:
+            facts["pairwise comparisons (by pick, by reviewer)"] = compared
         facts["pii scrubbed (findings by entity type)"] = pii_queries.findings_by_type(session, members)
         facts["examples with pii scrubbed"] = pii_queries.count_with_findings(session, members)
         facts["duplicates excluded at freeze"] = (counts.get("excluded") or {}).get("duplicate", 0)

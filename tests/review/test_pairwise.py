@@ -71,7 +71,7 @@ def test_order_is_blind_random_per_reviewer_and_recorded(api):
     assert {str(e): left for e, left, _ in rows} == lefts1 and {p for *_, p in rows} == {"a"}
 
 
-def test_majority_against_the_stored_order_swaps_through_a_new_revision(api):
+def test_majority_against_the_stored_order_swaps_through_a_new_revision(api, dispatched, base_model):
     ds, ids = _dataset(api, PAIRS[:3])
     q1 = _queue(api, "reviewer", ds)
     swap, tie, keep = ids
@@ -133,6 +133,17 @@ def test_majority_against_the_stored_order_swaps_through_a_new_revision(api):
     out = CliRunner().invoke(cli, ["review", "stats", ds["id"]], env={"COLUMNS": "220"})
     assert out.exit_code == 0, out.output
     assert "pairwise" in out.output and "left share (position bias)" in out.output
+
+    # A DPO run's model card says the method and the comparisons behind its pairs, by pick and by reviewer.
+    r = api.as_("curator").post("/v1/training-runs", json={"snapshot_id": snap["id"], "base_model": base_model,
+                                                           "model_name": "dpo-card", "method": "dpo"})
+    assert r.status_code == 201, r.text
+    card = api.as_("auditor").get(f"/v1/training-runs/{r.json()['id']}", params={"model_card": True}).json()["model_card"]
+    assert card["method"] == "dpo"
+    compared = card["pairwise comparisons (by pick, by reviewer)"]
+    assert compared["comparisons"] == 4  # the two members' judgments (the tie's pair is not a member)
+    assert compared["by_pick"] == {"rejected": 2, "chosen": 1, "both_bad": 1}
+    assert len(compared["by_reviewer"]) == 2
 
 
 def test_identical_answers_are_left_out_of_preference_snapshots(api):

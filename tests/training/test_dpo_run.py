@@ -94,3 +94,35 @@ def test_dpo_run_trains_and_writes_lineage_for_both_answers(db, api, artifact_ro
         row = got[rid_.replace("-", "")]
         assert row.epochs == 2 and row.tokens > 2 * (len(c["chosen"]) + len(c["rejected"]) + 2 * len(c["prompt"]))
     assert time.time() - t0 < 300
+
+
+@pytest.mark.train
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+def test_full_run_registers_the_whole_model(db, api, artifact_root, tiny_base):
+    """method full through the API: the registered artifact is the whole model (shards, tokenizer, sha256
+    per file, the model card), downloadable like an adapter; lineage as for LoRA."""
+    pytest.importorskip("torch")
+    import io
+    import json
+    import tarfile
+
+    from app.training import embedded
+
+    snap, _ = snapshot(api, n=10)
+    r = api.as_("curator").post("/v1/training-runs", json={
+        "snapshot_id": snap["id"], "base_model": tiny_base, "model_name": "full-tiny", "method": "full",
+        "hyperparameters": {"max_steps": 2, "batch_tokens": 1024, "max_seq_len": 256}})
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+    embedded.wait(rid, timeout=300)
+    run = api.as_("auditor").get(f"/v1/training-runs/{rid}").json()
+    assert run["status"] == "succeeded", run
+    art = api.as_("auditor").get("/v1/models/full-tiny/versions/1/artifact")
+    assert art.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(art.content), mode="r:gz") as tar:
+        names = set(tar.getnames())
+        files = json.loads(tar.extractfile("pedigree_files.json").read())
+        card = tar.extractfile("README.md").read().decode()
+    assert {"config.json", "tokenizer.json", "README.md"} <= names and any(n.endswith(".safetensors") for n in names)
+    assert set(files) <= names and snap["manifest_sha256"] in card
+    assert not any(n.startswith("adapter_") for n in names)
