@@ -211,31 +211,40 @@ def _spec_from_run(run: dict) -> dict:
     }
 
 
-def execute(run_id: str, settings: TrainerSettings, client: ApiClient | None = None,
-            request_id: str | None = None) -> dict:
-    """Run one training run end to end; returns what happened (for logs and tests)."""
+def _claim_and_run(what: str, row_id: str, settings: TrainerSettings, client: ApiClient | None,
+                   request_id: str | None, *, startable: tuple[str, ...], resource: str, fetch, start, body) -> dict:
+    """The claim both tasks make (docs/evaluation.md, "The wire protocol"; docs/trainer.md): read the row,
+    skip one that is no longer startable, claim it (409: another host has it or it was cancelled, so stop
+    quietly), run `body(row, client)`, and report an unexpected error as `internal_error` before re-raising."""
     own_client = client is None
     client = client or ApiClient(settings.api_url, settings.key, request_id=request_id)
     try:
-        run = client.get_run(run_id)
-        if run.get("status") not in (None, "queued", "validating"):
-            return {"status": "skipped", "reason": f"run is {run.get('status')}"}
+        row = fetch(client, row_id)
+        if row.get("status") not in (None, *startable):
+            return {"status": "skipped", "reason": f"{what} is {row.get('status')}"}
         try:
-            client.start(run_id, socket.gethostname())
+            start(client, row_id, socket.gethostname())
         except Conflict:
-            # Another worker has it, or it was cancelled before we got here: nothing to do.
             return {"status": "skipped", "reason": "start refused (409)"}
         try:
-            return _train_claimed(run_id, run, settings, client)
+            return body(row, client)
         except Exception as exc:
             try:
-                client.fail(run_id, "internal_error", f"trainer worker: {type(exc).__name__}: {exc}")
+                client.fail(row_id, "internal_error", f"trainer worker: {type(exc).__name__}: {exc}", resource)
             except Exception:  # noqa: BLE001, S110 - the original error is what matters; it is re-raised
                 pass
             raise
     finally:
         if own_client:
             client.close()
+
+
+def execute(run_id: str, settings: TrainerSettings, client: ApiClient | None = None,
+            request_id: str | None = None) -> dict:
+    """Run one training run end to end; returns what happened (for logs and tests)."""
+    return _claim_and_run("run", run_id, settings, client, request_id, startable=("queued", "validating"),
+                          resource="training-runs", fetch=lambda c, i: c.get_run(i), start=lambda c, i, h: c.start(i, h),
+                          body=lambda run, c: _train_claimed(run_id, run, settings, c))
 
 
 def _train_claimed(run_id: str, run: dict, settings: TrainerSettings, client: ApiClient) -> dict:
@@ -325,27 +334,10 @@ EVAL = "evaluations"
 
 def execute_evaluation(evaluation_id: str, settings: TrainerSettings, client: ApiClient | None = None) -> dict:
     """Run one evaluation end to end over the wire protocol (docs/evaluation.md); returns what happened."""
-    own_client = client is None
-    client = client or ApiClient(settings.api_url, settings.key)
-    try:
-        ev = client.get_evaluation(evaluation_id)
-        if ev.get("status") not in (None, "queued"):
-            return {"status": "skipped", "reason": f"evaluation is {ev.get('status')}"}
-        try:
-            client.start_evaluation(evaluation_id, socket.gethostname())
-        except Conflict:
-            return {"status": "skipped", "reason": "start refused (409)"}
-        try:
-            return _evaluate_claimed(evaluation_id, settings, client)
-        except Exception as exc:
-            try:
-                client.fail(evaluation_id, "internal_error", f"trainer worker: {type(exc).__name__}: {exc}", EVAL)
-            except Exception:  # noqa: BLE001, S110 - the original error is what matters; it is re-raised
-                pass
-            raise
-    finally:
-        if own_client:
-            client.close()
+    return _claim_and_run("evaluation", evaluation_id, settings, client, None, startable=("queued",), resource=EVAL,
+                          fetch=lambda c, i: c.get_evaluation(i),
+                          start=lambda c, i, h: c.start_evaluation(i, h),
+                          body=lambda ev, c: _evaluate_claimed(evaluation_id, settings, c))
 
 
 def _evaluate_claimed(evaluation_id: str, settings: TrainerSettings, client: ApiClient) -> dict:
