@@ -11,14 +11,31 @@ from sqlalchemy.orm import Session
 from app.core.auth import Curator, RunReader, Trainer
 from app.core.db import BIGINT_MAX, INT_MAX, SessionDep
 from app.core.errors import NotFound
+from app.core.openapi import binary, errors
 from app.core.sql import iso
 from app.evaluations import files, service
-from app.evaluations.schemas import EvalComplete, EvalEvents, EvalFail, EvalStart, EvaluationCreate, PolicyIn
+from app.evaluations.schemas import (
+    EvalComplete,
+    EvalEventPage,
+    EvalEvents,
+    EvalEventsAccepted,
+    EvalFail,
+    EvalStart,
+    EvaluationCreate,
+    EvaluationOut,
+    EvaluationPage,
+    EvaluationSpec,
+    ModelPolicyIn,
+    ModelPolicyOut,
+)
 from app.models.training import Evaluation, EvaluationEvent, ModelVersion
 from app.training import artifacts
 from app.training.schemas import ModelName
 
 Version = Annotated[int, Path(ge=1, le=INT_MAX)]
+# A file of the wire protocol: JSON lines (train, validation, eval sets, probes) or the adapter.
+FILES = {200: binary("application/x-ndjson", "application/gzip",
+                     description="JSON lines; `adapter` is the .tar.gz (`X-Artifact-SHA256`)"), **errors(409)}
 
 evaluations = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])
 models = APIRouter(prefix="/v1/models", tags=["evaluations"])
@@ -50,31 +67,32 @@ def evaluation_out(session: Session, ev: Evaluation, mv: ModelVersion | None = N
     }
 
 
-@models.post("/{name}/versions/{version}/evaluations", status_code=202)
+@models.post("/{name}/versions/{version}/evaluations", status_code=202, response_model=EvaluationOut,
+             responses=errors(409))
 def create_evaluation(name: ModelName, version: Version, data: EvaluationCreate, session: SessionDep,
                       actor: Curator) -> dict[str, Any]:
     ev = service.create(session, name=name, version=version, data=data, actor=actor)
     return evaluation_out(session, ev)
 
 
-@models.get("/{name}/versions/{version}/evaluations")
+@models.get("/{name}/versions/{version}/evaluations", response_model=EvaluationPage)
 def list_evaluations(name: ModelName, version: Version, session: SessionDep, actor: RunReader,
                      cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
     rows, nxt = service.list_for_version(session, name=name, version=version, cursor=cursor, limit=limit)
     return {"items": [evaluation_out(session, ev) for ev in rows], "next_cursor": nxt}
 
 
-@models.put("/{name}/policy")
-def put_policy(name: ModelName, body: PolicyIn, session: SessionDep, actor: Curator) -> dict[str, Any]:
+@models.put("/{name}/policy", response_model=ModelPolicyOut)
+def put_policy(name: ModelName, body: ModelPolicyIn, session: SessionDep, actor: Curator) -> dict[str, Any]:
     return service.put_policy(session, name=name, data=body, actor=actor)
 
 
-@models.get("/{name}/policy")
+@models.get("/{name}/policy", response_model=ModelPolicyOut)
 def get_policy(name: ModelName, session: SessionDep, actor: RunReader) -> dict[str, Any]:
     return service.get_policy(session, name)
 
 
-@evaluations.get("/{evaluation_id}")
+@evaluations.get("/{evaluation_id}", response_model=EvaluationOut)
 def get_evaluation(evaluation_id: str, session: SessionDep, actor: RunReader) -> dict[str, Any]:
     return evaluation_out(session, service.get(session, evaluation_id))
 
@@ -84,7 +102,7 @@ def event_out(e: EvaluationEvent) -> dict[str, Any]:
             "at": iso(e.at)}
 
 
-@evaluations.get("/{evaluation_id}/events")
+@evaluations.get("/{evaluation_id}/events", response_model=EvalEventPage)
 def list_events(evaluation_id: str, session: SessionDep, actor: RunReader,
                 cursor: Annotated[int | None, Query(ge=0, le=BIGINT_MAX)] = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
@@ -92,7 +110,7 @@ def list_events(evaluation_id: str, session: SessionDep, actor: RunReader,
     return {"items": [event_out(e) for e in rows], "next_cursor": nxt}
 
 
-@evaluations.post("/{evaluation_id}/cancel")
+@evaluations.post("/{evaluation_id}/cancel", response_model=EvaluationOut, responses=errors(409))
 def cancel_evaluation(evaluation_id: str, session: SessionDep, actor: Curator) -> dict[str, Any]:
     return evaluation_out(session, service.cancel(session, evaluation_id=evaluation_id, actor=actor))
 
@@ -100,18 +118,18 @@ def cancel_evaluation(evaluation_id: str, session: SessionDep, actor: Curator) -
 # The trainer's side (docs/evaluation.md, "The wire protocol").
 
 
-@evaluations.post("/{evaluation_id}/start")
+@evaluations.post("/{evaluation_id}/start", response_model=EvaluationOut, responses=errors(409))
 def start_evaluation(evaluation_id: str, body: EvalStart, session: SessionDep, actor: Trainer) -> dict[str, Any]:
     return evaluation_out(session, service.start(session, evaluation_id=evaluation_id,
                                                  worker_host=body.worker_host, actor=actor))
 
 
-@evaluations.get("/{evaluation_id}/spec")
+@evaluations.get("/{evaluation_id}/spec", response_model=EvaluationSpec, responses=errors(409))
 def get_spec(evaluation_id: str, session: SessionDep, actor: Trainer) -> dict[str, Any]:
     return files.spec(session, service.require_running(session, evaluation_id))
 
 
-@evaluations.get("/{evaluation_id}/files/{name:path}")
+@evaluations.get("/{evaluation_id}/files/{name:path}", response_class=StreamingResponse, responses=FILES)
 def get_file(evaluation_id: str, name: str, session: SessionDep, actor: Trainer) -> StreamingResponse:
     ev = service.require_running(session, evaluation_id)
     if name == "adapter":
@@ -125,18 +143,18 @@ def get_file(evaluation_id: str, name: str, session: SessionDep, actor: Trainer)
     return StreamingResponse(iter(body), media_type="application/x-ndjson")
 
 
-@evaluations.post("/{evaluation_id}/events")
+@evaluations.post("/{evaluation_id}/events", response_model=EvalEventsAccepted, responses=errors(409))
 def post_events(evaluation_id: str, body: EvalEvents, session: SessionDep, actor: Trainer) -> dict[str, Any]:
     return {"accepted": service.add_events(session, evaluation_id=evaluation_id, events=body.events)}
 
 
-@evaluations.post("/{evaluation_id}/complete")
+@evaluations.post("/{evaluation_id}/complete", response_model=EvaluationOut, responses=errors(409))
 def complete_evaluation(evaluation_id: str, body: EvalComplete, session: SessionDep,
                         actor: Trainer) -> dict[str, Any]:
     return evaluation_out(session, service.complete(session, evaluation_id=evaluation_id, data=body, actor=actor))
 
 
-@evaluations.post("/{evaluation_id}/fail")
+@evaluations.post("/{evaluation_id}/fail", response_model=EvaluationOut, responses=errors(409))
 def fail_evaluation(evaluation_id: str, body: EvalFail, session: SessionDep, actor: Trainer) -> dict[str, Any]:
     return evaluation_out(session, service.fail(session, evaluation_id=evaluation_id, code=body.code,
                                                 message=body.message, actor=actor))

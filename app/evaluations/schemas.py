@@ -1,4 +1,4 @@
-"""Request bodies of the evaluation and model-policy APIs (docs/evaluation.md)."""
+"""Request and response bodies of the evaluation and model-policy APIs (docs/evaluation.md)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from app.core.schemas import IsoTime, JsonObject, Out, Page, SeqPage
 from app.training.schemas import AliasName, EventIn
 
 SUITES = ("heldout", "memorization", "pii_extraction", "membership", "bias")
@@ -140,8 +141,119 @@ class Gate(BaseModel):
         return self
 
 
-class PolicyIn(BaseModel):
+class ModelPolicyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     gates: list[Gate] = Field(default_factory=list, max_length=50)
     gated_aliases: list[AliasName] = Field(default_factory=list, max_length=50)
+
+
+# Responses (app/core/schemas.py: what the routes return, field for field).
+
+
+class EvalModelRef(Out):
+    name: str
+    version: int
+
+
+class EvalError(Out):
+    code: str | None
+    message: str | None
+    failed_in: str | None
+
+
+class EvaluationOut(Out):
+    id: str
+    status: str
+    model: EvalModelRef
+    suites: list[str]
+    eval_sets: list[JsonObject] = Field(description="the eval-set datasets, as resolved at creation")
+    reference: JsonObject | None
+    params: JsonObject
+    results: JsonObject = Field(description="by suite; empty until the evaluation succeeded")
+    error: EvalError | None
+    worker_host: str | None
+    created_by: str
+    cancelled_by: str | None
+    created_at: IsoTime
+    queued_at: IsoTime | None
+    started_at: IsoTime | None
+    heartbeat_at: IsoTime | None
+    finished_at: IsoTime | None
+    event_count: int
+
+
+class EvaluationPage(Page[EvaluationOut]):
+    pass
+
+
+class EvalEventOut(Out):
+    id: int
+    kind: str
+    level: str
+    message: str
+    step: int | None
+    data: JsonObject
+    at: IsoTime
+
+
+class EvalEventPage(SeqPage[EvalEventOut]):
+    pass
+
+
+class EvalEventsAccepted(Out):
+    accepted: int
+
+
+class GateOut(Out):
+    """One bound: `max` or `min`."""
+
+    metric: str
+    max: float | None = None
+    min: float | None = None
+
+
+class ModelPolicyOut(Out):
+    name: str
+    gates: list[GateOut]
+    gated_aliases: list[str]
+    updated_at: IsoTime | None = Field(description="null while the model has no policy")
+    updated_by: str | None
+
+
+class SpecAdapter(Out):
+    name: str
+    version: int
+    sha256: str
+
+
+class SpecFiles(Out):
+    """Wire names for `GET /v1/evaluations/{id}/files/{name}`; null where the evaluation has none."""
+
+    train: str
+    validation: str
+    eval_sets: dict[str, str]
+    reference: str | None
+    pii_probes: str | None
+
+
+class SpecCanary(Out):
+    id: str
+    template: str
+    space: JsonObject
+    repetitions: int
+    secret: str
+
+
+class EvaluationSpec(Out):
+    """SPEC.json for the trainer running the evaluation (canary secrets included: the trainer role only)."""
+
+    evaluation_id: str
+    suites: list[str]
+    base_model: str
+    params: JsonObject
+    method: str
+    hyperparameters: JsonObject
+    adapter: SpecAdapter
+    files: SpecFiles
+    canaries: list[SpecCanary]

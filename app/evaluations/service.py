@@ -31,7 +31,7 @@ from app.evaluations.schemas import (
     SUITES,
     EvalComplete,
     EvaluationCreate,
-    PolicyIn,
+    ModelPolicyIn,
     is_metric,
     param_problems,
 )
@@ -253,7 +253,7 @@ def get_policy(session: Session, name: str) -> dict[str, Any]:
             "updated_at": p.updated_at.isoformat() if p else None, "updated_by": p.updated_by if p else None}
 
 
-def put_policy(session: Session, *, name: str, data: PolicyIn, actor: Actor) -> dict[str, Any]:
+def put_policy(session: Session, *, name: str, data: ModelPolicyIn, actor: Actor) -> dict[str, Any]:
     registry.list_versions(session, name, limit=1)
     for i, g in enumerate(data.gates):
         if not is_metric(g.metric):

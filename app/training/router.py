@@ -10,23 +10,35 @@ from app.audit import service as audit
 from app.core.auth import Curator, RunReader, Trainer
 from app.core.db import BIGINT_MAX, INT_MAX, SessionDep
 from app.core.errors import NotFound
+from app.core.openapi import binary, errors
 from app.core.sql import iso
 from app.models.training import ModelVersion, TrainingRun, TrainingRunEvent
 from app.training import artifacts, canaries, registry, service
 from app.training import embedded as _embedded  # noqa: F401 - registers the in-process runner
 from app.training.schemas import (
+    AliasHistoryPage,
     AliasMove,
+    AliasMoved,
     AliasName,
+    EventsAccepted,
     EventsIn,
+    ModelList,
     ModelName,
     RunComplete,
     RunCreate,
+    RunEventPage,
     RunFail,
+    RunOut,
+    RunPage,
     RunStart,
+    VersionOut,
+    VersionPage,
     VersionStatusChange,
 )
 
 Version = Annotated[int, Path(ge=1, le=INT_MAX)]
+ARTIFACT = {200: binary("application/gzip", description="The adapter as a .tar.gz; `X-Artifact-SHA256` is its digest")}
+REPLAYED = {200: {"model": RunOut, "description": "The run an earlier call with the same Idempotency-Key created"}}
 
 runs = APIRouter(prefix="/v1/training-runs", tags=["training"])
 models = APIRouter(prefix="/v1/models", tags=["models"])
@@ -76,7 +88,7 @@ def event_out(e: TrainingRunEvent) -> dict[str, Any]:
             "at": iso(e.at)}
 
 
-@runs.post("", status_code=201)
+@runs.post("", status_code=201, response_model=RunOut, responses={**REPLAYED, **errors(409)})
 def create_run(data: RunCreate, session: SessionDep, actor: Curator, response: Response,
                idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
                ) -> dict[str, Any]:
@@ -88,7 +100,7 @@ def create_run(data: RunCreate, session: SessionDep, actor: Curator, response: R
     return run_out(session, run)
 
 
-@runs.get("")
+@runs.get("", response_model=RunPage)
 def list_runs(session: SessionDep, actor: RunReader,
               status: Literal["validating", "queued", "running", "succeeded", "failed", "cancelled"] | None = None,
               snapshot: str | None = None, model: str | None = None, cursor: str | None = None,
@@ -99,7 +111,7 @@ def list_runs(session: SessionDep, actor: RunReader,
     return {"items": [run_out(session, r, mvs.get(r.id), full=False) for r in rows], "next_cursor": nxt}
 
 
-@runs.get("/{run_id}")
+@runs.get("/{run_id}", response_model=RunOut)
 def get_run(run_id: str, session: SessionDep, actor: RunReader, model_card: bool = False) -> dict[str, Any]:
     # The trainer fetches a run once, to train it, and writes the model card from it: it gets the review
     # and PII aggregates without asking; a status poll does not pay for them.
@@ -107,7 +119,7 @@ def get_run(run_id: str, session: SessionDep, actor: RunReader, model_card: bool
                    secrets=actor.role == "trainer")
 
 
-@runs.get("/{run_id}/events")
+@runs.get("/{run_id}/events", response_model=RunEventPage)
 def list_events(run_id: str, session: SessionDep, actor: RunReader,
                 cursor: Annotated[int | None, Query(ge=0, le=BIGINT_MAX)] = None,
                 kind: Literal["log", "metrics"] | None = None, level: Literal["info", "warn", "error"] | None = None,
@@ -116,7 +128,7 @@ def list_events(run_id: str, session: SessionDep, actor: RunReader,
     return {"items": [event_out(e) for e in rows], "next_cursor": nxt}
 
 
-@runs.post("/{run_id}/cancel")
+@runs.post("/{run_id}/cancel", response_model=RunOut, responses=errors(409))
 def cancel_run(run_id: str, session: SessionDep, actor: Curator) -> dict[str, Any]:
     return run_out(session, service.cancel(session, run_id=run_id, actor=actor))
 
@@ -124,23 +136,23 @@ def cancel_run(run_id: str, session: SessionDep, actor: Curator) -> dict[str, An
 # The trainer's side of the protocol (trainer/client.py).
 
 
-@runs.post("/{run_id}/start")
+@runs.post("/{run_id}/start", response_model=RunOut, responses=errors(409))
 def start_run(run_id: str, body: RunStart, session: SessionDep, actor: Trainer) -> dict[str, Any]:
     return run_out(session, service.start(session, run_id=run_id, worker_host=body.worker_host, actor=actor))
 
 
-@runs.post("/{run_id}/events")
+@runs.post("/{run_id}/events", response_model=EventsAccepted, responses=errors(409))
 def post_events(run_id: str, body: EventsIn, session: SessionDep, actor: Trainer) -> dict[str, Any]:
     return {"accepted": service.add_events(session, run_id=run_id, events=body.events)}
 
 
-@runs.post("/{run_id}/complete")
+@runs.post("/{run_id}/complete", response_model=RunOut, responses=errors(409))
 def complete_run(run_id: str, body: RunComplete, session: SessionDep, actor: Trainer) -> dict[str, Any]:
     run, mv = service.complete(session, run_id=run_id, data=body, actor=actor)
     return run_out(session, run, mv)
 
 
-@runs.post("/{run_id}/fail")
+@runs.post("/{run_id}/fail", response_model=RunOut, responses=errors(409))
 def fail_run(run_id: str, body: RunFail, session: SessionDep, actor: Trainer) -> dict[str, Any]:
     return run_out(session, service.fail(session, run_id=run_id, code=body.code, message=body.message, actor=actor))
 
@@ -154,12 +166,12 @@ def version_out(mv: ModelVersion, aliases: list[str]) -> dict[str, Any]:
             "aliases": aliases, "created_at": iso(mv.created_at), "created_by": mv.created_by}
 
 
-@models.get("")
+@models.get("", response_model=ModelList)
 def list_models(session: SessionDep, actor: RunReader) -> dict[str, Any]:
     return {"items": [{**m, "created_at": iso(m["created_at"])} for m in registry.list_models(session)]}
 
 
-@models.get("/{name}/versions")
+@models.get("/{name}/versions", response_model=VersionPage)
 def list_versions(name: ModelName, session: SessionDep, actor: RunReader,
                   status: Literal["candidate", "deployed", "retired", "tainted"] | None = None,
                   cursor: Annotated[int | None, Query(ge=1, le=INT_MAX)] = None,
@@ -169,13 +181,13 @@ def list_versions(name: ModelName, session: SessionDep, actor: RunReader,
     return {"items": [version_out(mv, aliases.get(mv.version, [])) for mv in rows], "next_cursor": nxt}
 
 
-@models.get("/{name}/versions/{version}")
+@models.get("/{name}/versions/{version}", response_model=VersionOut)
 def get_version(name: ModelName, version: Version, session: SessionDep, actor: RunReader) -> dict[str, Any]:
     mv = registry.get_version(session, name, version)
     return version_out(mv, registry.aliases_by_version(session, name).get(version, []))
 
 
-@models.patch("/{name}/versions/{version}")
+@models.patch("/{name}/versions/{version}", response_model=VersionOut, responses=errors(409))
 def change_version_status(name: ModelName, version: Version, body: VersionStatusChange, session: SessionDep,
                           actor: Curator) -> dict[str, Any]:
     mv = registry.set_status(session, name=name, version=version, status=body.status, reason=body.reason,
@@ -183,7 +195,7 @@ def change_version_status(name: ModelName, version: Version, body: VersionStatus
     return version_out(mv, registry.aliases_by_version(session, name).get(version, []))
 
 
-@models.get("/{name}/versions/{version}/artifact")
+@models.get("/{name}/versions/{version}/artifact", response_class=StreamingResponse, responses=ARTIFACT)
 def download_artifact(name: ModelName, version: Version, session: SessionDep, actor: RunReader) -> StreamingResponse:
     mv = registry.get_version(session, name, version)
     if not artifacts.exists(mv.artifact_uri):
@@ -197,14 +209,14 @@ def download_artifact(name: ModelName, version: Version, session: SessionDep, ac
     })
 
 
-@models.post("/{name}/aliases/{alias}")
+@models.post("/{name}/aliases/{alias}", response_model=AliasMoved, responses=errors(409))
 def move_alias(name: ModelName, alias: AliasName, body: AliasMove, session: SessionDep,
                actor: Curator) -> dict[str, Any]:
     return registry.move_alias(session, name=name, alias=alias, version=body.version, reason=body.reason,
                                actor=actor, override=body.override)
 
 
-@models.get("/{name}/aliases/{alias}/history")
+@models.get("/{name}/aliases/{alias}/history", response_model=AliasHistoryPage)
 def get_alias_history(name: ModelName, alias: AliasName, session: SessionDep, actor: RunReader,
                       cursor: Annotated[int | None, Query(ge=1, le=BIGINT_MAX)] = None,
                       limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:

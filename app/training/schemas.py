@@ -1,4 +1,4 @@
-"""Request bodies of the training and model-registry APIs.
+"""Request and response bodies of the training and model-registry APIs.
 
 The hyperparameter ranges mirror trainer/hparams.py (the API may not import the trainer); a test
 compares the two so they cannot drift apart. Checking them here turns a typo into a 422 naming the
@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from typing_extensions import TypedDict
+
+from app.core.schemas import IsoTime, Items, JsonObject, Out, Page, SeqPage
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
 ModelName = Annotated[str, StringConstraints(pattern=NAME_RE)]
@@ -162,3 +164,131 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]
 
 def is_valid_hub_id(base_model: str) -> bool:
     return bool(HUB_ID.match(base_model)) and ".." not in base_model
+
+
+# Responses (app/core/schemas.py: what the routes return, field for field).
+
+
+class RunError(Out):
+    code: str | None
+    message: str | None
+    failed_in: str | None = Field(description="the stage that failed: validation, training, registration, ...")
+
+
+class RunModelVersion(Out):
+    name: str
+    version: int
+    status: str
+    artifact_sha256: str
+
+
+class CanaryOut(Out):
+    """A planted canary; `secret` only in the trainer's own view of its run."""
+
+    id: str
+    template: str
+    space: JsonObject
+    repetitions: int
+    secret: str | None = None
+
+
+class RunOut(Out):
+    """A training run. `model_card` and `canaries` are left out of lists (they cost a query each)."""
+
+    id: str
+    status: str
+    snapshot_id: str
+    expected_manifest_sha256: str | None
+    base_model: str
+    method: str
+    hyperparameters: JsonObject
+    model_name: str
+    metadata: JsonObject
+    error: RunError | None = Field(description="set once the run failed")
+    metrics: JsonObject
+    model_version: RunModelVersion | None = Field(description="the version it registered, once succeeded")
+    worker_host: str | None
+    created_by: str
+    cancelled_by: str | None
+    created_at: IsoTime
+    queued_at: IsoTime | None
+    started_at: IsoTime | None
+    heartbeat_at: IsoTime | None
+    finished_at: IsoTime | None
+    event_count: int
+    model_card: JsonObject | None = Field(None, description="the lineage facts the trainer writes into the "
+                                                             "adapter's model card (review and PII aggregates "
+                                                             "with ?model_card=true)")
+    canaries: list[CanaryOut] | None = None
+
+
+class RunPage(Page[RunOut]):
+    pass
+
+
+class RunEventOut(Out):
+    id: int
+    kind: str
+    level: str
+    message: str
+    step: int | None
+    data: JsonObject
+    at: IsoTime
+
+
+class RunEventPage(SeqPage[RunEventOut]):
+    pass
+
+
+class EventsAccepted(Out):
+    accepted: int
+
+
+class ModelSummary(Out):
+    name: str
+    latest_version: int
+    created_at: IsoTime
+    aliases: dict[str, int] = Field(description="alias -> the version it serves")
+
+
+class ModelList(Items[ModelSummary]):
+    pass
+
+
+class VersionOut(Out):
+    name: str
+    version: int
+    status: str
+    status_reason: str | None
+    run_id: str
+    artifact_uri: str
+    artifact_sha256: str
+    aliases: list[str]
+    created_at: IsoTime
+    created_by: str
+
+
+class VersionPage(SeqPage[VersionOut]):
+    pass
+
+
+class AliasMoved(Out):
+    name: str
+    alias: str
+    version: int
+    from_version: int | None
+    changed: bool = Field(description="false when the alias already served this version")
+    override: bool | None = Field(None, description="whether an admin moved it past failing promotion gates")
+
+
+class AliasHistoryEntry(Out):
+    from_version: int | None
+    to_version: int
+    actor: str
+    at: IsoTime
+    reason: str | None
+    override: bool
+
+
+class AliasHistoryPage(SeqPage[AliasHistoryEntry]):
+    pass
