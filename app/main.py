@@ -31,6 +31,7 @@ from app.keys.router import router as keys_router
 from app.keys.throttle import AuthThrottleMiddleware
 from app.lineage.router import router as lineage_router
 from app.ops.router import router as ops_router
+from app.ops.schemas import Liveness
 from app.pii.router import router as pii_router
 from app.review.router import router as review_router
 from app.snapshots.router import router as snapshots_router
@@ -159,7 +160,7 @@ def create_app() -> FastAPI:
     app.include_router(lineage_router)
     app.include_router(ops_router)
 
-    @app.get("/healthz", tags=["ops"])
+    @app.get("/healthz", tags=["ops"], response_model=Liveness)
     def healthz() -> dict[str, Any]:
         # The one unauthenticated endpoint: load balancers probe it. It reveals nothing but liveness.
         with get_engine().connect() as conn:

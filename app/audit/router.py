@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from app.audit import service
+from app.audit.schemas import AuditEventList, VerifyOut
 from app.core.auth import Auditor
 from app.core.db import BIGINT_MAX, SessionDep
 from app.core.sql import iso
@@ -14,7 +15,7 @@ from app.models.audit import AuditEvent
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 
-@router.get("/verify")
+@router.get("/verify", response_model=VerifyOut)
 def verify(session: SessionDep, actor: Auditor,
            mode: Annotated[str, Query(pattern="^(auto|incremental|full)$")] = "auto",
            full: bool = False) -> dict[str, Any]:
@@ -23,7 +24,7 @@ def verify(session: SessionDep, actor: Auditor,
     return service.verify(session, mode=mode, full=full).to_dict()
 
 
-@router.get("/events")
+@router.get("/events", response_model=AuditEventList)
 def events(
     session: SessionDep,
     actor: Auditor,

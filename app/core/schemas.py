@@ -48,8 +48,10 @@ class Out(BaseModel):
                 log.warning("response model %s does not declare %s", type(self).__name__, sorted(names))
         return self
 
+    # No return annotation on purpose: pydantic would take a `dict[str, Any]` as the serialised schema
+    # and every response model would read as a free-form object in the OpenAPI document.
     @model_serializer(mode="wrap")
-    def _as_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _as_given(self, handler: SerializerFunctionWrapHandler):
         # A field the route left out stays out: optional fields mean "may be absent" (a role that may
         # not see it, a view without it), and filling them with null would change the response.
         given = self.model_fields_set

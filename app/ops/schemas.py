@@ -1,4 +1,4 @@
-"""The readiness answer (GET /readyz, 200 and 503 alike)."""
+"""The liveness and readiness answers (GET /healthz; GET /readyz, 200 and 503 alike)."""
 
 from __future__ import annotations
 
@@ -32,3 +32,9 @@ class Readiness(Out):
 def validate(body: dict[str, Any]) -> dict[str, Any]:
     """The body as the model serialises it (undeclared fields fail in the test suite)."""
     return Readiness.model_validate(body).model_dump(mode="json")
+
+
+class Liveness(Out):
+    """GET /healthz: the process answers and reaches its database."""
+
+    ok: bool

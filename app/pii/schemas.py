@@ -12,6 +12,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.core.schemas import Items, JsonObject, Out
+from app.examples.schemas import PiiFindingOut
+
 # Every type the engine can emit. A policy may name these plus the types of its own custom recognizers.
 KNOWN_ENTITIES: frozenset[str] = frozenset(
     {
@@ -199,6 +202,123 @@ class FindingOut(BaseModel):
     model: str
     verdict: str | None = None
 
+
+
+# --- request and response bodies of the PII routes ---------------------------------------------------------
+
+
+class VerdictIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: Literal["confirmed", "false_positive"]
+
+
+class MissedSpanIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    field_path: str = Field(min_length=1, max_length=200)
+    # Offsets are integer columns.
+    start: int = Field(ge=0, le=2**31 - 1)
+    end: int = Field(ge=1, le=2**31 - 1)
+    entity_type: EntityName
+
+
+class AllowIn(BaseModel):
+    """One value to allow: as itself, or as its token from the PII report (what a curator can see)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: str | None = Field(default=None, min_length=1, max_length=200)
+    token: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$")
+
+    @model_validator(mode="after")
+    def _one(self) -> AllowIn:
+        if (self.value is None) == (self.token is None):
+            raise ValueError("give exactly one of value or token")
+        if self.value is not None and not self.value.strip():
+            raise ValueError("value is blank")
+        return self
+
+
+class PiiPolicyIn(PiiPolicy):
+    # What GET returns can be PUT back as it is: the profile rides along, and changes the dataset's
+    # profile when it names another one.
+    pii_profile: str | None = Field(default=None, max_length=40)
+
+    @field_validator("pii_profile")
+    @classmethod
+    def _profile(cls, value: str | None) -> str | None:
+        return None if value is None else check_profile(value)
+
+
+class PiiPolicyOut(PiiPolicy):
+    """The effective policy (the profile with the dataset's own settings laid over it) and its profile."""
+
+    pii_profile: str
+
+
+class RawContent(Out):
+    id: str
+    revision_id: str = Field(description="the ingest revision")
+    content: JsonObject
+    source: Literal["vault", "revision"] = Field(description="vault, or the ingest revision where nothing "
+                                                            "was ever found")
+
+
+class FindingList(Items[PiiFindingOut]):
+    revision_id: str = Field(description="the current revision, whose findings these are")
+
+
+class VerdictResult(Out):
+    finding: PiiFindingOut
+    revision_id: str = Field(description="the current revision after the verdict (new for a false positive)")
+
+
+class MissedResult(Out):
+    revision_id: str = Field(description="the new revision, with the span scrubbed")
+    added: list[str] = Field(description="ids of the findings added (one per occurrence)")
+    findings: list[PiiFindingOut]
+
+
+class EntityCounts(Out):
+    found: int
+    confirmed: int
+    false_positive: int
+    added: int
+
+
+class TopValue(Out):
+    token: str
+    findings: int
+    examples: int
+    allowed: bool
+    value: str | None = Field(None, description="with reveal=true (admin only, audited)")
+
+
+class PiiReport(Out):
+    dataset_id: str
+    examples_scrubbed: int
+    findings: int
+    by_entity: dict[str, EntityCounts]
+    reviewed: int
+    false_positives: int
+    false_positive_rate: float | None
+    missed_added: int
+    flags: dict[str, int]
+    top_values: dict[str, list[TopValue]]
+    rescrub_pending: int
+
+
+class RescrubQueued(Out):
+    queued: bool
+    candidates: int
+    policy_sha256: str
+
+
+class AllowResult(Out):
+    token: str
+    pii_policy: PiiPolicy
+    rescrub: RescrubQueued
 
 # --- dataset profiles ----------------------------------------------------------------------------------------
 

@@ -2,18 +2,31 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Query
+from fastapi import APIRouter, BackgroundTasks, Query, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 
 from app.audit import service as audit
 from app.core.auth import Curator, SnapshotReader
 from app.core.db import SessionDep, get_engine
 from app.core.errors import ValidationFailed
+from app.core.openapi import binary, errors
 from app.core.sql import is_pg
 from app.lineage import openlineage
 from app.models.snapshot import Snapshot
 from app.snapshots import bias, croissant, datasheet, diff, export, freeze, jobs, proofs, repository
-from app.snapshots.schemas import EXPORT_FORMATS, BiasReport, ProofsRequest, SnapshotCreate, SnapshotOut
+from app.snapshots.schemas import (
+    EXPORT_FORMATS,
+    BiasReport,
+    Manifest,
+    MembershipProof,
+    MembershipProofs,
+    ProofsRequest,
+    SnapshotCreate,
+    SnapshotDiff,
+    SnapshotOut,
+    SnapshotPage,
+    SnapshotView,
+)
 
 router = APIRouter(prefix="/v1/snapshots", tags=["snapshots"])
 
@@ -21,6 +34,11 @@ router = APIRouter(prefix="/v1/snapshots", tags=["snapshots"])
 
 MEDIA = {"parquet": "application/vnd.apache.parquet"}
 EXT = {"parquet": "parquet"}
+EXPORT = {200: binary("application/x-ndjson", "application/vnd.apache.parquet",
+                      description="JSON lines in the asked format, or Parquet with format=parquet; the "
+                                  "X-Manifest-SHA256 and X-Export-Manifest-SHA256 headers name what it holds")}
+DATASHEET = {200: binary("text/markdown", "text/html", description="The datasheet: Markdown, or HTML with "
+                                                                  "format=html")}
 
 
 def _out(snap: Snapshot, *, stats: bool = True) -> dict[str, Any]:
@@ -30,7 +48,7 @@ def _out(snap: Snapshot, *, stats: bool = True) -> dict[str, Any]:
     return out.model_dump(mode="json")
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, response_model=SnapshotView, responses=errors(409))
 def create_snapshot(data: SnapshotCreate, session: SessionDep, actor: Curator,
                     background: BackgroundTasks) -> dict[str, Any]:
     # Hook (lineage issue): OpenLineage START/COMPLETE/FAIL around the freeze; a no-op unless configured.
@@ -43,14 +61,14 @@ def create_snapshot(data: SnapshotCreate, session: SessionDep, actor: Curator,
     return _out(ol.snapshot)
 
 
-@router.get("")
+@router.get("", response_model=SnapshotPage)
 def list_snapshots(session: SessionDep, actor: SnapshotReader, dataset: str | None = None,
                    cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
     rows, nxt = repository.list_page(session, dataset_ref=dataset, cursor=cursor, limit=limit)
     return {"items": [_out(s, stats=False) for s in rows], "next_cursor": nxt}
 
 
-@router.get("/{snapshot_id}")
+@router.get("/{snapshot_id}", response_model=SnapshotView)
 def get_snapshot(snapshot_id: str, session: SessionDep, actor: SnapshotReader) -> dict[str, Any]:
     snap = repository.get(session, snapshot_id)
     proofs.ensure_merkle_root(session, snap)
@@ -61,34 +79,36 @@ def get_snapshot(snapshot_id: str, session: SessionDep, actor: SnapshotReader) -
     return out
 
 
-@router.get("/{snapshot_id}/manifest.json")
-def get_manifest(snapshot_id: str, session: SessionDep, actor: SnapshotReader) -> JSONResponse:
+@router.get("/{snapshot_id}/manifest.json", response_model=Manifest)
+def get_manifest(snapshot_id: str, session: SessionDep, actor: SnapshotReader, response: Response) -> dict[str, Any]:
     snap = repository.get(session, snapshot_id)
     proofs.ensure_merkle_root(session, snap)
-    return JSONResponse(repository.manifest_document(session, snap),
-                        headers={"X-Manifest-SHA256": snap.manifest_sha256})
+    response.headers["X-Manifest-SHA256"] = snap.manifest_sha256
+    return repository.manifest_document(session, snap)
 
 
-@router.get("/{snapshot_id}/proof")
-def membership_proof(snapshot_id: str, session: SessionDep, actor: SnapshotReader, example_id: str | None = None,
-                     revision_id: str | None = None) -> JSONResponse:
+@router.get("/{snapshot_id}/proof", response_model=MembershipProof, responses=errors(409))
+def membership_proof(snapshot_id: str, session: SessionDep, actor: SnapshotReader, response: Response,
+                     example_id: str | None = None, revision_id: str | None = None) -> dict[str, Any]:
     """RFC 6962 inclusion proof of one member against the snapshot's Merkle root; check it with
     `pedigree snapshot verify-proof` or the dozen lines in docs/snapshots.md."""
     snap = repository.get(session, snapshot_id)
     proof = proofs.membership_proof(session, snap, example_id=example_id, revision_id=revision_id)
-    return JSONResponse(proof, headers={"X-Manifest-SHA256": snap.manifest_sha256,
-                                        "X-Merkle-Root": proof["merkle_root"]})
+    response.headers.update({"X-Manifest-SHA256": snap.manifest_sha256, "X-Merkle-Root": proof["merkle_root"]})
+    return proof
 
 
-@router.post("/{snapshot_id}/proofs")
-def membership_proofs(snapshot_id: str, data: ProofsRequest, session: SessionDep, actor: SnapshotReader) -> JSONResponse:
+@router.post("/{snapshot_id}/proofs", response_model=MembershipProofs, responses=errors(409))
+def membership_proofs(snapshot_id: str, data: ProofsRequest, session: SessionDep, actor: SnapshotReader,
+                      response: Response) -> dict[str, Any]:
     """Inclusion proofs of many members (up to 10,000) from one build of the tree, each in the single
     proof's shape; members not in the snapshot or erased since are listed under `refused`."""
     snap = repository.get(session, snapshot_id)
     field, values = ("example_id", data.example_ids) if data.example_ids is not None else \
         ("revision_id", data.revision_ids)
     out = proofs.membership_proofs(session, snap, field=field, values=values or [])
-    return JSONResponse(out, headers={"X-Manifest-SHA256": snap.manifest_sha256, "X-Merkle-Root": out["merkle_root"]})
+    response.headers.update({"X-Manifest-SHA256": snap.manifest_sha256, "X-Merkle-Root": out["merkle_root"]})
+    return out
 
 
 def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -97,7 +117,7 @@ def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
                                details=[{"field": field, "code": "invalid", "message": f"one of {', '.join(allowed)}"}])
 
 
-@router.get("/{snapshot_id}/export")
+@router.get("/{snapshot_id}/export", response_class=StreamingResponse, responses=EXPORT)
 def export_snapshot(snapshot_id: str, session: SessionDep, actor: SnapshotReader, format: str = "pedigree",
                     split: str = "all") -> StreamingResponse:
     _check_choice("format", format, EXPORT_FORMATS)
@@ -161,8 +181,8 @@ def get_croissant(snapshot_id: str, session: SessionDep, actor: SnapshotReader, 
     return JSONResponse(doc, media_type="application/ld+json", headers={"X-Manifest-SHA256": snap.manifest_sha256})
 
 
-@router.get("/{snapshot_id}/datasheet")
-def get_datasheet(snapshot_id: str, session: SessionDep, actor: SnapshotReader, format: str = "md"):
+@router.get("/{snapshot_id}/datasheet", response_class=HTMLResponse, responses=DATASHEET)
+def get_datasheet(snapshot_id: str, session: SessionDep, actor: SnapshotReader, format: str = "md") -> Response:
     _check_choice("format", format, ("md", "html"))
     snap = repository.get(session, snapshot_id)
     facts = datasheet.gather(session, snap)
@@ -173,7 +193,7 @@ def get_datasheet(snapshot_id: str, session: SessionDep, actor: SnapshotReader, 
                              headers=headers)
 
 
-@router.get("/{a}/diff/{b}")
+@router.get("/{a}/diff/{b}", response_model=SnapshotDiff)
 def diff_snapshots(a: str, b: str, session: SessionDep, actor: SnapshotReader, change: str | None = None,
                    cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     return diff.diff(session, repository.get(session, a), repository.get(session, b), change=change, cursor=cursor,

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.core.schemas import IsoTime, JsonObject, Out, Page
 from app.models.example import STATUSES
 
 EXPORT_FORMATS = ("pedigree", "openai-chat", "alpaca", "completion", "parquet", "openai-dpo", "trl")
@@ -162,3 +163,136 @@ class BiasReport(BaseModel):
     lexicons: dict[str, Any]
     method: str
     limits: list[str]
+
+
+# Responses (app/core/schemas.py: what the routes return, field for field).
+
+
+class SnapshotView(Out):
+    """A snapshot. `stats` is null in lists; `erased_members` only in `GET /v1/snapshots/{id}`."""
+
+    id: str
+    dataset_id: str
+    name: str
+    format: str
+    manifest_sha256: str
+    merkle_root: str | None = Field(description="null until computed (right after a large freeze)")
+    split_manifests: dict[str, str]
+    counts: JsonObject
+    filter: JsonObject
+    validation_fraction: float
+    seed: str
+    stratify_by: str | None
+    member_count: int
+    contains_erased: bool
+    created_by: str
+    created_at: IsoTime
+    stats: JsonObject | None
+    erased_members: int | None = None
+
+
+class SnapshotPage(Page[SnapshotView]):
+    pass
+
+
+class ManifestDataset(Out):
+    id: str
+    name: str
+    format: str
+
+
+class Manifest(Out):
+    """manifest.json: what is needed to check an export and to cite the snapshot (docs/snapshots.md)."""
+
+    snapshot_id: str
+    name: str
+    dataset: ManifestDataset
+    manifest_sha256: str
+    manifest_algorithm: str
+    content_sha256_algorithm: str
+    split_manifests: dict[str, str]
+    merkle_root: str | None
+    merkle_tree_size: int
+    merkle_algorithm: str
+    merkle_proof: str
+    counts: JsonObject
+    sources: JsonObject
+    licenses: JsonObject
+    legal_bases: JsonObject
+    collected_at: JsonObject
+    filter: JsonObject
+    validation_fraction: float
+    seed: str
+    stratify_by: str | None
+    split_rule: str
+    created_by: str
+    created_at: IsoTime
+    contains_erased: bool
+    erased_members: int
+    erased_example_ids: list[str]
+    export_manifest_sha256: str = Field(description="of what an export of split=all holds today")
+    export_member_count: int
+
+
+class ProofLeaf(Out):
+    example_id: str
+    revision_id: str
+    split: str
+    content_sha256: str
+    line: str = Field(description='the manifest line, "{content_sha256} {split}"')
+
+
+class MembershipProof(Out):
+    """RFC 6962 inclusion proof of one member against the snapshot's Merkle root."""
+
+    snapshot_id: str
+    merkle_root: str
+    manifest_sha256: str
+    algorithm: str
+    tree_size: int
+    leaf_index: int
+    leaf: ProofLeaf
+    leaf_hash: str
+    audit_path: list[str]
+
+
+class RefusedProof(Out):
+    """A member asked for that gets no proof; it names the example or revision it was asked by."""
+
+    code: str = Field(description="not_a_member or member_erased")
+    message: str
+    example_id: str | None = None
+    revision_id: str | None = None
+
+
+class MembershipProofs(Out):
+    snapshot_id: str
+    merkle_root: str
+    manifest_sha256: str
+    algorithm: str
+    tree_size: int
+    proofs: list[MembershipProof]
+    refused: list[RefusedProof]
+
+
+class DiffSide(Out):
+    id: str
+    name: str
+    manifest_sha256: str
+    members: int
+
+
+class DiffItem(Out):
+    change: str = Field(description="added, removed, revised or split_changed")
+    example_id: str
+    revision_a: str | None
+    revision_b: str | None
+    split_a: str | None
+    split_b: str | None
+
+
+class SnapshotDiff(Page[DiffItem]):
+    a: DiffSide
+    b: DiffSide
+    same_manifest: bool
+    counts: dict[str, int] = Field(description="per change, and unchanged")
