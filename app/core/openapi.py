@@ -51,11 +51,11 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def binary(*media_types: str, description: str) -> dict[str, Any]:
     """A `responses=` entry for a success body that is not JSON (an export, an artifact, a datasheet):
-    its real media types, so a generated client reads bytes instead of trying to parse JSON. Text types
-    are strings, the rest binary."""
+    its real media types, so a generated client reads bytes instead of trying to parse JSON. text/* are
+    strings; the rest, JSON lines included (streamed, of any size), binary."""
     return {"description": description, "content": {
-        m: {"schema": {"type": "string"} if m.startswith("text/") or m.endswith("ndjson")
-            else {"type": "string", "format": "binary"}} for m in media_types}}
+        m: {"schema": {"type": "string"} if m.startswith("text/") else {"type": "string", "format": "binary"}}
+        for m in media_types}}
 
 
 # Schemas of models that only documented request bodies name (routes that read their body raw).

@@ -59,8 +59,10 @@ _DEFAULTS = "; the query's `source`, `license` and `legal_basis` fill what an ex
 _CREATE_BODY = request_body({"application/json": ExampleIn | list[ExampleIn]},
                             description="one example object of the dataset's format, or an array of them" + _DEFAULTS)
 _IMPORT_BODY = request_body({
-    "application/x-ndjson": {"type": "string", "description": "JSON Lines: one example object per line "
-                             "(the shape of the application/json body); line numbers count from 1"},
+    # A byte stream (`format: binary`), so generated clients upload a file or stream instead of one string.
+    "application/x-ndjson": {"type": "string", "format": "binary",
+                             "description": "JSON Lines (UTF-8): one example object per line (the shape of "
+                                            "the application/json body); line numbers count from 1"},
     "application/json": ExampleIn,
 }, description="JSONL of any size, streamed (a single example object on one line is a one-line body)" + _DEFAULTS)
 
