@@ -24,7 +24,7 @@ class AuditEventRow(Out):
     actor: str
     action: str
     entity_type: str
-    entity_id: str
+    entity_id: str | None
     payload: JsonObject
     prev_hash: str
     hash: str

@@ -3,9 +3,10 @@
 FastAPI's generated document is the starting point; this module adds what it cannot see:
 - the bearer scheme, on every operation that needs a key (those whose dependencies authenticate, and
   the two hot review routes that authenticate by hand and say so with `BEARER`);
-- the error answers every operation can give, all in the one `Error` shape: 401 where a key is
-  needed, 403 where a role is checked, 404 where a path names something, 422 where anything is
-  parsed, and what a route declares itself with `errors(...)` (409, 413);
+- the error answers every operation can give, all in the one `Error` shape: 400 where a JSON body is
+  read, 401 where a key is needed, 403 where a role is checked, 404 where a path names something, 422
+  where anything is parsed, and what a route declares itself with `errors(...)` (404 for what a query
+  or body names, 409, 413);
 - FastAPI's own 422 schema (`HTTPValidationError`, `{"detail": [...]}`) is gone: the server never
   sends it (app.main turns validation errors into `Error`).
 
@@ -34,9 +35,10 @@ SCHEME = "bearer"
 BEARER: dict[str, Any] = {"security": [{SCHEME: []}]}
 
 DESCRIPTIONS = {
+    400: "The body could not be parsed as its media type (not JSON, or not UTF-8)",
     401: "No key, a malformed key, or a revoked one (`Authorization: Bearer <key>`)",
     403: "The key's role may not do this",
-    404: "What the path names does not exist",
+    404: "What the request names (in its path, query or body) does not exist",
     409: "The request conflicts with the current state (code names it: name_taken, lease_expired, ...)",
     413: "The body is larger than the route accepts",
     422: "Validation failed; `details` names each field or line",
@@ -130,6 +132,9 @@ def build(app: FastAPI) -> dict[str, Any]:
                 statuses.add(404)
             if _parses_input(route):
                 statuses.add(422)
+            if route.body_field is not None:
+                # FastAPI's own answer to a body it cannot decode, before validation (app.main maps it).
+                statuses.add(400)
             responses = op.setdefault("responses", {})
             for status in sorted(statuses):
                 # A route's own description is kept; FastAPI's 422 is replaced whole.

@@ -123,7 +123,7 @@ class AuditEventOut(Out):
     actor: str
     action: str
     entity_type: str
-    entity_id: str
+    entity_id: str | None
     payload: JsonObject
     hash: str
     hash_ok: bool | None = Field(None, description="re-hashed on read (lineage views only)")

@@ -48,7 +48,7 @@ def _out(snap: Snapshot, *, stats: bool = True) -> dict[str, Any]:
     return out.model_dump(mode="json")
 
 
-@router.post("", status_code=201, response_model=SnapshotView, responses=errors(409))
+@router.post("", status_code=201, response_model=SnapshotView, responses=errors(404, 409))
 def create_snapshot(data: SnapshotCreate, session: SessionDep, actor: Curator,
                     background: BackgroundTasks) -> dict[str, Any]:
     # Hook (lineage issue): OpenLineage START/COMPLETE/FAIL around the freeze; a no-op unless configured.
@@ -61,7 +61,7 @@ def create_snapshot(data: SnapshotCreate, session: SessionDep, actor: Curator,
     return _out(ol.snapshot)
 
 
-@router.get("", response_model=SnapshotPage)
+@router.get("", response_model=SnapshotPage, responses=errors(404))
 def list_snapshots(session: SessionDep, actor: SnapshotReader, dataset: str | None = None,
                    cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
     rows, nxt = repository.list_page(session, dataset_ref=dataset, cursor=cursor, limit=limit)

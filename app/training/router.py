@@ -88,7 +88,7 @@ def event_out(e: TrainingRunEvent) -> dict[str, Any]:
             "at": iso(e.at)}
 
 
-@runs.post("", status_code=201, response_model=RunOut, responses={**REPLAYED, **errors(409)})
+@runs.post("", status_code=201, response_model=RunOut, responses={**REPLAYED, **errors(404, 409)})
 def create_run(data: RunCreate, session: SessionDep, actor: Curator, response: Response,
                idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
                ) -> dict[str, Any]:
@@ -100,7 +100,7 @@ def create_run(data: RunCreate, session: SessionDep, actor: Curator, response: R
     return run_out(session, run)
 
 
-@runs.get("", response_model=RunPage)
+@runs.get("", response_model=RunPage, responses=errors(404))
 def list_runs(session: SessionDep, actor: RunReader,
               status: Literal["validating", "queued", "running", "succeeded", "failed", "cancelled"] | None = None,
               snapshot: str | None = None, model: str | None = None, cursor: str | None = None,
