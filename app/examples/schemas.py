@@ -275,7 +275,8 @@ class SuggestionOut(Out):
     revision_id: str
     source: str
     model: str | None
-    label: str
+    label: str | None = Field(description="approve, reject, request_changes or a free label; null when the "
+                                           "suggestion is only a score or a comment")
     score: float | None
     reason_code: str | None
     comment: str | None

@@ -17,7 +17,7 @@ from app.keys.schemas import GrantCreate, GrantList, GrantOut, GrantRevoke, Gran
 router = APIRouter(prefix="/v1/pii-grants", tags=["keys"])
 
 
-@router.post("", status_code=201, response_model=GrantOut)
+@router.post("", status_code=201, response_model=GrantOut, responses=errors(404))
 def request_grant(data: GrantCreate, session: SessionDep, actor: Admin) -> dict[str, Any]:
     """Ask for a grant (pending until another admin approves it)."""
     ds = datasets.get(session, data.dataset)
@@ -39,7 +39,7 @@ def revoke_grant(grant_id: uuid.UUID, session: SessionDep, actor: Admin,
                                      reason=data.reason if data is not None else None))
 
 
-@router.get("", response_model=GrantList)
+@router.get("", response_model=GrantList, responses=errors(404))
 def list_grants(session: SessionDep, actor: Auditor, key_id: uuid.UUID | None = None,
                 dataset: Annotated[str | None, Query(max_length=200)] = None,
                 status: GrantStatus | None = None) -> dict[str, Any]:

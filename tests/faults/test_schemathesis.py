@@ -95,3 +95,23 @@ def test_what_schemathesis_found_is_a_4xx(api, world):  # noqa: F811
                       json={"allow_list": ["fine", "zqcanary\u0000value"]})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_character", r.text
     assert "zqcanary" not in r.text  # the error names the field, never the value
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+def test_what_the_conformance_checks_found_is_declared(api, world):  # noqa: F811
+    """Found once the answers were checked against the document: a suggestion with neither label nor
+    anything else answered 500 (the response model wanted a label the column does not), an audit event
+    without an entity id did the same, and a dataset named in a query answers 404, now declared."""
+    real_ids, _ = world
+    admin = api.as_("admin")
+    r = admin.post(f"/v1/examples/{real_ids['example_id']}/suggestions", json={"score": 0.5})
+    assert r.status_code == 201 and r.json()["label"] is None, r.text
+    r = admin.get("/v1/audit/events", params={"limit": 1000})
+    assert r.status_code == 200, r.text
+    r = admin.get("/v1/pii-grants", params={"dataset": "no-such-dataset"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+    from app.main import create_app
+
+    doc = create_app().openapi()
+    assert "404" in doc["paths"]["/v1/pii-grants"]["get"]["responses"]
+    assert "400" in doc["paths"]["/v1/datasets"]["post"]["responses"]
