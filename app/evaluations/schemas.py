@@ -235,6 +235,7 @@ class SpecFiles(Out):
     eval_sets: dict[str, str]
     reference: str | None
     pii_probes: str | None
+    bias_pairs: str | None = Field(None, description="CrowS-Pairs as JSON lines, with the bias suite")
 
 
 class SpecCanary(Out):

@@ -323,6 +323,23 @@ class ErasureBatches(Out):
     done: int
 
 
+class RetestModel(Out):
+    model: str
+    status: str = Field(description="pending until a later, untainted version was evaluated with the probes")
+    version: int | None
+    evaluation_id: str | None
+    result: JsonObject | None
+    finished_at: IsoTime | None
+
+
+class ErasureRetest(Out):
+    """Per tainted model: was a retrained version probed for the erased subject's strings (docs/lineage.md)."""
+
+    strings_held: int = Field(description="sealed probes still held; never the strings")
+    strings_expire_at: IsoTime | None
+    models: list[RetestModel]
+
+
 class ErasureOut(Out):
     id: str
     status: str = Field(description="previewed, running or completed")
@@ -341,6 +358,8 @@ class ErasureOut(Out):
     batches: ErasureBatches
     timings_s: dict[str, float]
     error: str | None
+    retest: ErasureRetest | None = Field(description="null where the request was answered without its re-test "
+                                                     "state (at creation, in lists)")
 
 
 class ErasurePage(Page[ErasureOut]):
