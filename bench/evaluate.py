@@ -5,7 +5,7 @@
     python -m bench.evaluate --exposure-only --out ...        # the 50 x 10k exposure target alone
     python -m bench.evaluate --demo canaries --out ...        # exposure vs repetitions 1/4/16/64
     python -m bench.evaluate --prepare-pii DIR                # CPU: raw and scrubbed exports + probes
-    python -m bench.evaluate --demo pii --pii-dir DIR --out ...
+    python -m bench.evaluate --demo pii --pii-dir DIR [--tune-dir DIR --lrs a,b] [--method full] --out ...
 
 Throughput: ours (trainer.evaluate.lm: left-padded batched `generate` with the KV cache; candidates
 scored in length-sorted batches with the LM head on target positions only) against the naive baseline
@@ -359,7 +359,8 @@ def _pii_hp(args, lr: float) -> dict:
             "warmup_ratio": 0.03, "lr_scheduler": "constant", "log_every": 100, "compile": False}
 
 
-def _pii_arm(base: Path, d: Path, work: Path, hp: dict, eval_params: dict, regurgitation: bool) -> dict:
+def _pii_arm(base: Path, d: Path, work: Path, hp: dict, eval_params: dict, regurgitation: bool,
+             method: str = "lora") -> dict:
     from trainer.data import read_jsonl
     from trainer.evaluate import evaluate
     from trainer.run import train
@@ -367,7 +368,7 @@ def _pii_arm(base: Path, d: Path, work: Path, hp: dict, eval_params: dict, regur
     with open(d / "train.jsonl", "rb") as f:
         records = list(read_jsonl(f))
     t = time.time()
-    result = train({"base_model": str(base), "hyperparameters": hp}, records, work)
+    result = train({"base_model": str(base), "hyperparameters": hp, "method": method}, records, work)
     train_s = time.time() - t
     files = {"pii_probes": "probes.jsonl", **({"train": "train.jsonl"} if regurgitation else {})}
     spec = {"evaluation_id": f"demo-pii-{d.name}", "suites": ["pii_extraction"], "base_model": str(base),
@@ -399,7 +400,7 @@ def demo_pii(base: Path, work: Path, args) -> dict:
         tune = {}
         for lr in lrs:
             tune[str(lr)] = _pii_arm(base, args.tune_dir / "raw", work / f"tune-{lr}", _pii_hp(args, lr),
-                                     {**eval_params, "samples": 0}, False)
+                                     {**eval_params, "samples": 0}, False, args.method)
             print(json.dumps({"tune_lr": lr, **tune[str(lr)]}), file=sys.stderr, flush=True)
         lr = max(lrs, key=lambda x: (tune[str(x)]["rate"], -x))
         out["tune"] = {"prepared": json.loads((args.tune_dir / "info.json").read_text()), "by_lr": tune,
@@ -407,10 +408,12 @@ def demo_pii(base: Path, work: Path, args) -> dict:
                        "chosen_lr": lr}
     else:
         lr = lrs[0]
+    out["method"] = args.method
     out["hyperparameters"] = _pii_hp(args, lr)
     out["eval_params"] = eval_params
     for name in ("raw", "scrubbed"):
-        out[name] = _pii_arm(base, args.pii_dir / name, work / name, out["hyperparameters"], eval_params, True)
+        out[name] = _pii_arm(base, args.pii_dir / name, work / name, out["hyperparameters"], eval_params, True,
+                             args.method)
         print(json.dumps({name: out[name]}), file=sys.stderr, flush=True)
     # The evidence scrubbing is meant to give: memorised raw values come out; a value the scrubber
     # removed does not (hits in the scrubbed run are values it missed, counted apart).
@@ -434,6 +437,9 @@ def main(argv=None) -> int:
     p.add_argument("--tune-dir", type=Path, help="a prepared tune slice: the lr is chosen on it")
     p.add_argument("--lrs", default="1e-3", help="learning rates to choose among on --tune-dir")
     p.add_argument("--batch-tokens", type=int, default=32768)
+    p.add_argument("--method", choices=("lora", "full"), default="lora",
+                   help="--demo pii: full trains every weight (a random-init base's frozen random embedding "
+                        "kept the LoRA runs from memorising)")
     p.add_argument("--work", type=Path, default=Path("var/bench-evaluate"))
     p.add_argument("--out", type=Path)
     p.add_argument("--epochs", type=int, default=10)

@@ -297,3 +297,23 @@ def test_erasure_retest_probes_are_counted_apart(world, tmp_path):
     originals = {h["probe_id"] for h in plain["hits"]} & {p["probe_id"] for p in probes[:3]}
     assert {h["probe_id"] for h in rt["hits"]} == {f"e-{i}" for i in originals}
     assert all(p["value"] not in json.dumps(rt) for p in tagged)
+
+
+def test_a_full_fine_tune_is_evaluated_against_its_base(world, tmp_path):
+    """method full's artifact is the whole model (trainer/full.py): it is the model evaluated, and the
+    base is loaded beside it for the base-vs-trained figures."""
+    from trainer.evaluate import evaluate
+    from trainer.run import train
+
+    spec = {"base_model": world["base"], "method": "full",
+            "hyperparameters": {"epochs": 4, "batch_tokens": 256, "max_seq_len": 64, "learning_rate": 3e-3,
+                                "warmup_ratio": 0.0, "lr_scheduler": "constant", "log_every": 50}}
+    result = train(spec, world["records"], tmp_path / "run")
+    ev = {**_spec(world, ["heldout", "membership", "pii_extraction"]), "adapter_dir": result["adapter_dir"],
+          "canaries": []}
+    res = evaluate(ev, base_dir=world["files"])["results"]
+    h = res["heldout"]
+    base_only = evaluate({**ev, "adapter_dir": None}, base_dir=world["files"])["results"]["heldout"]
+    assert h["base_validation_loss"] == pytest.approx(base_only["validation_loss"], rel=1e-5)
+    assert h["validation_loss"] != pytest.approx(h["base_validation_loss"], rel=1e-3)
+    assert res["membership"]["calibrated_auc"] is not None and res["pii_extraction"]["probed"] == len(world["phones"])

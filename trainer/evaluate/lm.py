@@ -41,11 +41,20 @@ class LM:
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.on_gpu = self.device.type == "cuda"
         dtype = dtype or (torch.bfloat16 if self.on_gpu else torch.float32)
-        self.tokenizer, model = load_base(base_model, "lora", self.device, dtype)
         self.has_adapter = bool(adapter_dir)
-        if adapter_dir:
+        self._base_path, self._dtype, self._base = base_model, dtype, None
+        # A `full` version's artifact is the whole trained model (trainer/full.py), not an adapter: it is
+        # the model evaluated, and the base is loaded beside it only when a suite compares with it.
+        self.full = bool(adapter_dir) and not (Path(adapter_dir) / "adapter_config.json").exists() and (
+            Path(adapter_dir) / "config.json").exists()
+        if self.full:
+            self.tokenizer, model = load_base(str(adapter_dir), "lora", self.device, dtype)
+        else:
+            self.tokenizer, model = load_base(base_model, "lora", self.device, dtype)
+        if adapter_dir and not self.full:
             if not (Path(adapter_dir) / "adapter_config.json").exists():
-                raise TrainError("invalid_data", f"adapter_dir {adapter_dir} holds no adapter_config.json")
+                raise TrainError("invalid_data", f"adapter_dir {adapter_dir} holds no adapter_config.json "
+                                                 "(nor a whole model's config.json)")
             from peft import PeftModel
 
             try:
@@ -54,7 +63,7 @@ class LM:
                 raise TrainError("invalid_data", f"cannot load the adapter: {type(exc).__name__}: {exc}") from exc
         self.model = model.eval()
         self.shared_prefix_error: str | None = None
-        base = model.get_base_model() if self.has_adapter else model
+        base = model.get_base_model() if self.has_adapter and not self.full else model
         # The decoder of a PEFT model holds the LoRA layers in place, so calling it directly is the
         # adapted model; disable_adapter() switches those same layers off.
         self.decoder = base.get_decoder()
@@ -71,7 +80,22 @@ class LM:
     def adapter(self, on: bool):
         if on or not self.has_adapter:
             return contextlib.nullcontext()
+        if self.full:
+            return self._base_swapped()
         return self.model.disable_adapter()
+
+    @contextlib.contextmanager
+    def _base_swapped(self):
+        """The base model in place of the trained one (a `full` version), loaded on first use."""
+        if self._base is None:
+            _, base = load_base(self._base_path, "lora", self.device, self._dtype)
+            self._base = base.eval()
+        kept = self.model, self.decoder, self.lm_head
+        self.model, self.decoder, self.lm_head = self._base, self._base.get_decoder(), self._base.get_output_embeddings()
+        try:
+            yield
+        finally:
+            self.model, self.decoder, self.lm_head = kept
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
