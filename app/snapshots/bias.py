@@ -336,7 +336,9 @@ def compute(session: Session, snap: Snapshot, *, block_rows: int = BLOCK_ROWS) -
                 {"prompt": pa.array(prompts, pa.string()), "answer": pa.array(answers, pa.string())})
 
     # The next block is read (the database builds it; the socket wait releases the GIL) while this one is
-    # counted: on 2 cores that took ~30% off a 1M-member report. Only the prefetch thread uses the session.
+    # counted. On the loaded 2-core machine the gain did not show (71.6 s before at load 6.5-7, 74.3 s after
+    # at load 9-10, 1M members); it should on a machine with a core to spare. Only the prefetch thread
+    # uses the session.
     for split_codes, sources, licenses, texts in export._prefetch(_blocks(session, snap, block_rows), columns,
                                                                   depth=2):
         _add_block(acc, arr, split_codes, sources, licenses, texts)
