@@ -53,6 +53,14 @@ def test_documentation_from_records(api, dispatched, base_model, artifact_root, 
     assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
     assert "<script" not in html.text and snap["manifest_sha256"] in html.text
 
+    # An erasure that reaches trained examples shows in the next document, with the request.
+    r = c.post("/v1/erasure-requests", json={"selector": {"source_refs": [f"helpdesk-{i}" for i in range(4)]},
+                                              "reason": "Art. 17 request #7"})
+    assert r.status_code == 201, r.text
+    md = api.as_("auditor").get("/v1/models/faq-bot/versions/1/documentation").text
+    assert "This version is tainted" in md and r.json()["id"] in md
+    assert "Members erased since the freeze: 4" in md
+
     assert api.as_("auditor").get("/v1/models/faq-bot/versions/9/documentation").status_code == 404
     assert api.as_("auditor").get("/v1/models/faq-bot/versions/1/documentation",
                                   params={"format": "pdf"}).status_code == 422
