@@ -216,6 +216,12 @@ def step_evaluate(ctx: Ctx) -> None:
     evaluate(ctx)
 
 
+def step_dpo(ctx: Ctx) -> None:
+    from app.training.demo_steps import step_dpo as dpo
+
+    dpo(ctx)
+
+
 def step_lineage_report(ctx: Ctx) -> None:
     from app.training.demo_steps import step_lineage_report as report
 
@@ -244,6 +250,7 @@ STEPS: list[tuple[str, Callable[[Ctx], None]]] = [
     ("snapshot", step_snapshot),
     ("train", step_train),
     ("evaluate", step_evaluate),
+    ("preference pairs and DPO", step_dpo),
     ("lineage report", step_lineage_report),
     ("technical documentation", step_documentation),
     ("audit", step_audit),

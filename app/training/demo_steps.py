@@ -108,3 +108,70 @@ def step_lineage_report(ctx: Any) -> None:
         if back.status_code == 200:
             versions = [f"{v.get('name')} v{v.get('version')}" for v in back.json().get("model_versions", [])]
             console.print(f"example {ex_id} -> model versions {', '.join(versions) or '-'}")
+
+
+def _hh_line(i: int) -> bytes:
+    import orjson
+
+    q = f"How do I reset the password on account {i}?"
+    good = f"Open Settings, choose Security, then 'Reset password' for account {i}; a link arrives by email."
+    bad = "Just make a new account."
+    return orjson.dumps({"chosen": f"\n\nHuman: {q}\n\nAssistant: {good}", "rejected": f"\n\nHuman: {q}\n\nAssistant: {bad}",
+                         "provenance": {"source": "support-prefs", "source_ref": f"pref-{i}", "license": "internal"}})
+
+
+def step_dpo(ctx: Any) -> None:
+    """Preference data end to end, short: HH-shaped pairs imported, compared blind by two reviewers (one pair
+    swapped by their majority, one tie left out of the snapshot), then a DPO run on the tiny model."""
+    ds = ctx.call("POST", "/v1/datasets", "curator", json={"name": "support-prefs", "format": "preference",
+                                                           "review_policy": {"required_approvals": 2}})
+    body = b"\n".join(_hh_line(i) for i in range(12)) + b"\n"
+    imp = ctx.call("POST", f"/v1/datasets/{ds['id']}/examples:import", "curator", content=body,
+                   headers={"Content-Type": "application/x-ndjson"})
+    console.print(f"imported {imp['accepted']} Anthropic-HH-shaped pairs (prompt split off the transcripts)")
+    swap_ref = tie_ref = None
+    for role in ("reviewer", "reviewer2"):
+        while items := ctx.call("GET", f"/v1/review/queue?dataset={ds['id']}&limit=20", role)["items"]:
+            for n, it in enumerate(sorted(items, key=lambda x: x["example_id"])):
+                content, pw = it["revision"]["content"], it["pairwise"]
+                chosen_side = "a" if pw["a"] == content["chosen"] else "b"
+                pick, reason = chosen_side, "more_helpful"
+                if n == 0:  # both reviewers prefer the stored rejected answer here: the majority swaps the pair
+                    pick, reason, swap_ref = ("b" if chosen_side == "a" else "a"), "more_accurate", it["example_id"]
+                elif n == 1:
+                    pick, reason, tie_ref = "tie", "equally_good", it["example_id"]
+                ctx.call("POST", f"/v1/examples/{it['example_id']}/comparisons", role,
+                         json={"revision_id": it["revision_id"], "pick": pick, "reason_code": reason})
+    pw_stats = ctx.call("GET", f"/v1/review/stats?dataset={ds['id']}", "auditor")["pairwise"]
+    bias = ", ".join(f"{r['reviewer'].split('#')[0]} {r['left_share']:.2f}" for r in pw_stats["reviewers"])
+    console.print(f"pairwise review: {pw_stats['judgments']} picks, verdicts {pw_stats['verdicts']}, agreement "
+                  f"{pw_stats['agreement']['percent_agreement']:.0%}; left share per reviewer (position bias): {bias}")
+    swapped = ctx.call("GET", f"/v1/examples/{swap_ref}", "auditor")["revision"]
+    console.print(f"example …{swap_ref[-8:]}: revision {swapped['seq']} ({swapped['reason']}) holds the swapped pair")
+    snap = ctx.call("POST", "/v1/snapshots", "curator", json={"dataset_id": ds["id"], "name": "support-prefs-v1",
+                                                               "validation_fraction": 0.2, "seed": 7})
+    excluded = {k: v for k, v in snap["counts"]["excluded"].items() if v}
+    console.print(f"snapshot {snap['name']}: {snap['member_count']} pairs, excluded {excluded} (the tie …{tie_ref[-8:]})")
+    base = get_settings().model_root_list[0].resolve() / "tiny-model"
+    make_tiny(base)
+    run = ctx.call("POST", "/v1/training-runs", "curator", json={
+        "snapshot_id": snap["id"], "expected_manifest_sha256": snap["manifest_sha256"], "base_model": str(base),
+        "method": "dpo", "model_name": "support-faq-dpo",
+        "hyperparameters": {"epochs": 3, "learning_rate": 5e-3, "batch_tokens": 2048, "max_seq_len": 256,
+                            "lora_r": 8, "lora_alpha": 16, "seed": 7, "log_every": 1, "beta": 0.1}})
+    deadline = time.time() + 600
+    while run["status"] in ("validating", "queued", "running") and time.time() < deadline:
+        time.sleep(1)
+        run = ctx.call("GET", f"/v1/training-runs/{run['id']}", "auditor")
+    if run["status"] != "succeeded":
+        raise RuntimeError(f"DPO run ended {run['status']}: {run['error']}")
+    m = run["metrics"]
+    val = m.get("val") or {}
+    before, after = (val.get("before") or {}).get("dpo_loss"), (val.get("after") or {}).get("dpo_loss")
+    console.print(f"DPO run (sigmoid, beta 0.1, reference = base with the adapter off): {m['steps']} steps over "
+                  f"{m['train_examples']} pairs; last window reward accuracy {m.get('rewards_accuracy', 0):.2f}, "
+                  f"margin {m.get('rewards_margin', 0):.3f}"
+                  + (f"; validation DPO loss {before:.4f} -> {after:.4f}" if before is not None and after is not None
+                     else ""))
+    mv = run["model_version"]
+    console.print(f"registered {mv['name']} v{mv['version']}; each trained pair's lineage row counts both answers")

@@ -45,3 +45,6 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "bias report:" in r.stderr and "gender:" in r.stderr
     docs = list((tmp_path / "demo" / "snapshot").glob("technical-documentation-*.md"))
     assert docs and "Examination for biases" in docs[0].read_text()
+    # Issue 18: pairwise review swaps one pair and leaves a tie out; the DPO run registers a version.
+    assert "pairwise review:" in r.stderr and "(pairwise_swap)" in r.stderr and "pair_unusable" in r.stderr
+    assert "registered support-faq-dpo v1" in r.stderr

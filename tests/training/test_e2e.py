@@ -223,3 +223,34 @@ def test_trainer_end_to_end_then_killed_trainer_is_reaped(stack, tiny_base):
     assert again["status"] == "succeeded", (again, (st.tmp / "gpu-b.log").read_text()[-3000:])
     assert again["model_version"]["version"] == 2
     assert api.as_("auditor").get("/v1/audit/verify").json()["ok"] is True
+
+
+def test_dpo_run_through_the_real_trainer_worker(stack, tiny_base):
+    """method dpo end to end on real processes: a preference snapshot, the celery trainer worker, the tiny
+    model on the CPU; DPO metrics events, one lineage row per pair, the adapter registered."""
+    from tests.factories import set_status
+
+    st, api = stack
+    ds = api.as_("curator").post("/v1/datasets", json={"name": "prefs-e2e", "format": "preference"}).json()
+    rows = [{"prompt": f"Question {i}: which answer is kind?", "chosen": f"The kind answer {i}.",
+             "rejected": f"A rude answer, number {i}!", "provenance": {"source": "s", "source_ref": f"p{i}"}}
+            for i in range(10)]
+    r = api.as_("curator").post(f"/v1/datasets/{ds['id']}/examples", json=rows)
+    assert r.status_code == 201, r.text
+    set_status([it["id"] for it in r.json()["items"]], "approved")
+    snap = freeze(api, ds, validation_fraction=0.2, seed="3")
+    recs, _ = export_records(api, snap["id"])
+    st.trainer(api.keys["trainer"], "gpu-dpo")
+    r = api.as_("curator").post("/v1/training-runs", json={
+        "snapshot_id": snap["id"], "expected_manifest_sha256": snap["manifest_sha256"], "base_model": tiny_base,
+        "method": "dpo", "model_name": "tiny-dpo",
+        "hyperparameters": {**SHORT, "log_every": 1, "beta": 0.1}})
+    assert r.status_code == 201, r.text
+    done = wait_for(api, r.json()["id"], {"succeeded", "failed", "cancelled"})
+    assert done["status"] == "succeeded", (done, (st.tmp / "gpu-dpo.log").read_text()[-3000:])
+    events = api.as_("auditor").get(f"/v1/training-runs/{done['id']}/events",
+                                    params={"kind": "metrics", "limit": 1000}).json()["items"]
+    assert any({"rewards_accuracy", "rewards_margin"} <= set(e["data"] or {}) for e in events)
+    rows_ = lineage_rows(done["id"])
+    assert {str(x[0]) for x in rows_} == {x["revision_id"] for x in recs if x["split"] == "train"}
+    assert done["model_version"]["name"] == "tiny-dpo"
