@@ -106,6 +106,9 @@ def rescrub_batch(session: Session, ds: Dataset, ids: list[uuid.UUID], *, reason
     skipped: list[str] = []
     unchanged = 0
     redo_dedup: list[uuid.UUID] = []
+    # Checked again under the policy as it is now and found unchanged: validated now (issue 19). Changed
+    # ones go back through the pipeline, which stamps them when it finishes.
+    revalidated: list[uuid.UUID] = []
     nlp.load()
     from app.pii.scrub import ScrubInput, scrub_examples
 
@@ -143,6 +146,7 @@ def rescrub_batch(session: Session, ds: Dataset, ids: list[uuid.UUID], *, reason
         scrub.policy_sha256 = sha
         if out_sha == current.content_sha256:
             unchanged += 1
+            revalidated.append(r.id)
             _backfill_tokens(findings, res.findings)
             continue
         rid = new_id()
@@ -171,6 +175,9 @@ def rescrub_batch(session: Session, ds: Dataset, ids: list[uuid.UUID], *, reason
         if r.status == "approved":
             back_to_review.append(str(r.id))
         redo_dedup.append(r.id)
+    if revalidated:
+        session.execute(update(Example).where(any_of(Example.id, revalidated, pg=is_pg(session)))
+                        .values(last_validated_at=now))
     session.flush()
     if redo_dedup and stages.next_stage("pii"):
         pipeline.enqueue_stage(session, stages.next_stage("pii"), redo_dedup)

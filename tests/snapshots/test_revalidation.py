@@ -42,3 +42,22 @@ def test_bad_governance_policy_names_the_field(api):
     r = api.as_("curator").post("/v1/datasets", json={"name": "gp-bad", "format": "instruction",
                                                        "governance_policy": {"revalidate_on": ["moon_phase"]}})
     assert r.status_code == 422 and "revalidate_on" in r.text
+
+
+def test_a_rescrub_revalidates_what_it_leaves_unchanged(api):
+    from tests.pii.test_rescrub import SCRUB_PUBLIC, TEXTS, _examples, _line
+
+    ds = new_dataset(api, pii_policy=SCRUB_PUBLIC)
+    ingest(api, ds, [_line(k) for k in TEXTS])
+    old = (dt.datetime.now(dt.UTC) - dt.timedelta(days=400)).replace(tzinfo=None)
+    sql("UPDATE examples SET last_validated_at = :old WHERE source_ref IN ('a', 'c')", old=old)
+    # Allowing "Paris" changes a and b (back through the pipeline, stamped when it finishes) and leaves c
+    # as it was: c is stamped by the re-scrub itself.
+    r = api.as_("curator").patch(f"/v1/datasets/{ds['id']}", json={"pii_policy": {**SCRUB_PUBLIC,
+                                                                                  "allow_list": ["Paris"]}})
+    assert r.status_code == 200, r.text
+    ex = _examples(api, ds)
+    assert ex["c"]["revision"]["content"]["instruction"] != TEXTS["c"]  # still scrubbed (Maria): unchanged
+    for ref in ("a", "c"):
+        seen = dt.datetime.fromisoformat(get_example(api, ex[ref]["id"])["last_validated_at"])
+        assert (dt.datetime.now(dt.UTC) - seen.astimezone(dt.UTC)).days < 1, ref
