@@ -121,7 +121,7 @@ def model(name: str, version: int,
         root.add(f"snapshot {snap['name']} {snap['id']}  manifest {snap['manifest_sha256']}"
                  + ("  [red]contains erased[/]" if snap["contains_erased"] else ""))
     s = root.add(f"{summ['examples']} examples, {summ['tokens']} tokens")
-    for key in ("by_source", "by_license", "by_legal_basis", "by_reviewer", "by_pii_operator"):
+    for key in ("by_source", "by_license", "by_legal_basis", "by_reviewer", "by_pii_operator", "by_comparison"):
         if summ.get(key):
             s.add(f"{key.removeprefix('by_').replace('_', ' ')}: {json.dumps(summ[key])}")
     for w in d["warnings"]:

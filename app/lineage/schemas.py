@@ -182,6 +182,9 @@ class TrainedSummary(Out):
     by_status: dict[str, int]
     by_reviewer: dict[str, dict[str, int]] = Field(description="reviewer -> decision -> count")
     by_pii_operator: dict[str, dict[str, int]] = Field(description="operator -> entity type -> count")
+    by_comparison: dict[str, dict[str, int]] | None = Field(
+        None, description="preference pairs: reviewer -> preferred (chosen, rejected, tie, both_bad) -> count, over "
+                          "the pairwise picks on the trained revisions (on the judged revision for a swapped pair)")
 
 
 class EvaluationFacts(Out):

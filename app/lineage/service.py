@@ -12,7 +12,7 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, text, true
+from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select, text, true
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -28,7 +28,7 @@ from app.models.audit import AuditEvent
 from app.models.example import Example, ExampleRevision
 from app.models.lineage import ErasureRequest, ModelVersionTaint
 from app.models.pii import PiiFinding
-from app.models.review import Review
+from app.models.review import PairwiseJudgment, Review
 from app.models.snapshot import Snapshot, SnapshotMember
 
 # Roles that may read revision content in a lineage answer (always the stored, scrubbed content: raw
@@ -270,6 +270,18 @@ def _summary(session: Session, mv_id: uuid.UUID) -> dict[str, Any]:
     for op, et, n in rows:
         by_op[op][et] = n
     out["by_pii_operator"] = dict(sorted(by_op.items()))
+    # Pairwise picks behind a preference model (issue 18): a swapped pair's picks are on its parent revision.
+    rev = ExampleRevision.__table__
+    judged = case((rev.c.reason == "pairwise_swap", rev.c.parent_id), else_=rev.c.id)
+    rows = session.execute(select(PairwiseJudgment.reviewer, PairwiseJudgment.preferred, func.count())
+                           .select_from(base).join(rev, rev.c.id == base.c.revision_id)
+                           .join(PairwiseJudgment, PairwiseJudgment.revision_id == judged)
+                           .group_by(PairwiseJudgment.reviewer, PairwiseJudgment.preferred)).all()
+    if rows:
+        by_cmp: dict[str, dict[str, int]] = defaultdict(dict)
+        for reviewer, preferred, n in rows:
+            by_cmp[reviewer][preferred] = n
+        out["by_comparison"] = dict(sorted(by_cmp.items()))
     return out
 
 

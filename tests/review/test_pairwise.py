@@ -71,7 +71,7 @@ def test_order_is_blind_random_per_reviewer_and_recorded(api):
     assert {str(e): left for e, left, _ in rows} == lefts1 and {p for *_, p in rows} == {"a"}
 
 
-def test_majority_against_the_stored_order_swaps_through_a_new_revision(api, dispatched, base_model):
+def test_majority_against_the_stored_order_swaps_through_a_new_revision(api, dispatched, base_model, artifact_root):
     ds, ids = _dataset(api, PAIRS[:3])
     q1 = _queue(api, "reviewer", ds)
     swap, tie, keep = ids
@@ -144,6 +144,21 @@ def test_majority_against_the_stored_order_swaps_through_a_new_revision(api, dis
     assert compared["comparisons"] == 4  # the two members' judgments (the tie's pair is not a member)
     assert compared["by_pick"] == {"rejected": 2, "chosen": 1, "both_bad": 1}
     assert len(compared["by_reviewer"]) == 2
+
+    # The registered version's lineage counts the picks behind what it trained on, the swapped pair's
+    # picks included (they are on its parent revision).
+    from tests.factories import complete_body, fake_artifact
+
+    run_id = r.json()["id"]
+    assert api.as_("trainer").post(f"/v1/training-runs/{run_id}/start", json={"worker_host": "h"}).status_code == 200
+    uri, sha = fake_artifact(artifact_root, "dpo-card", run_id)
+    r = api.as_("trainer").post(f"/v1/training-runs/{run_id}/complete", json=complete_body(recs, uri, sha))
+    assert r.status_code == 200, r.text
+    lin = api.as_("auditor").get("/v1/lineage/models/dpo-card/versions/1").json()
+    assert lin["run"]["method"] == "dpo"
+    by_cmp = lin["summary"]["by_comparison"]
+    assert sum(n for per in by_cmp.values() for n in per.values()) == 4
+    assert sum(per.get("rejected", 0) for per in by_cmp.values()) == 2  # the swapped pair's two picks
 
 
 def test_identical_answers_are_left_out_of_preference_snapshots(api):
