@@ -219,6 +219,7 @@ ENV_TABLE = [
     ("PEDIGREE_ERASURE_CONFIRM_SHARE", "0.25", lambda s: s.erasure.confirm_share, 0.25),
     ("PEDIGREE_ERASURE_CONFIRM_MAX_EXAMPLES", "10", lambda s: s.erasure.confirm_max_examples, 10),
     ("PEDIGREE_ERASURE_BATCH_SIZE", "100", lambda s: s.erasure.batch_size, 100),
+    ("PEDIGREE_ERASURE_RETEST_HOLD_DAYS", "7.5", lambda s: s.erasure.retest_hold_days, 7.5),
 ]
 # Options of the remote-API CLI commands (typer reads them), not of the settings object.
 CLI_ENV = {"PEDIGREE_API_URL_FOR_CLI", "PEDIGREE_API_KEY"}
