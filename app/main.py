@@ -29,6 +29,7 @@ from app.governance.router import router as governance_router
 from app.keys.grants_router import router as grants_router
 from app.keys.router import router as keys_router
 from app.keys.throttle import AuthThrottleMiddleware
+from app.keys.workspaces_router import router as workspaces_router
 from app.lineage.router import router as lineage_router
 from app.ops.router import router as ops_router
 from app.ops.schemas import Liveness
@@ -157,6 +158,7 @@ def create_app() -> FastAPI:
               dedup_router, training_router, evaluations_router, governance_router):
         app.include_router(r)
     app.include_router(grants_router)
+    app.include_router(workspaces_router)
     app.include_router(lineage_router)
     app.include_router(ops_router)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,8 +75,10 @@ def pg_url() -> Iterator[str]:
 
     upgrade_head()
     yield url
+    from app.core.auth import USES
     from app.core.db import _engine_for
 
+    USES.forget()  # last-used notes for keys of a database about to be dropped
     _engine_for.cache_clear()
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -119,6 +122,10 @@ def truncate_all(url: str) -> None:
             for t in reversed(tables):
                 conn.execute(text(f"DELETE FROM {t}"))
         conn.execute(text("UPDATE audit_head SET seq = 0, hash = :h WHERE id = 1"), {"h": "0" * 64})
+        # The migration's `default` workspace is data too: put it back as a fresh install has it.
+        from app.models.auth import Workspace
+
+        conn.execute(Workspace.__table__.insert().values(id=uuid.uuid4(), name="default", created_by="migration priv03"))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

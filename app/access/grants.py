@@ -18,13 +18,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.core.auth import Actor
+from app.core.auth import Actor, check_workspace, visible_workspaces
 from app.core.db import session_scope
 from app.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from app.core.sql import aware, iso
 from app.models.access import PiiGrant
 from app.models.auth import ApiKey
 from app.models.base import utcnow
+from app.models.dataset import Dataset
 
 # Only admins read raw text (app/core/auth.py RAW_PII_READERS); a grant narrows that to one purpose,
 # one dataset and a time, it never widens it to another role.
@@ -49,9 +50,21 @@ def get(session: Session, grant_id: uuid.UUID | str) -> PiiGrant:
         g = session.get(PiiGrant, uuid.UUID(str(grant_id)))
     except ValueError:
         g = None
+    missing = NotFound(f"PII grant {grant_id} not found")
     if g is None:
-        raise NotFound(f"PII grant {grant_id} not found")
+        raise missing
+    _check_visible(session, g.dataset_id, missing)
     return g
+
+
+def _check_visible(session: Session, dataset_id: uuid.UUID, missing: Exception) -> None:
+    # Grants sit below the datasets domain, so the dataset's workspace is read here (one indexed read).
+    if visible_workspaces(session) is None:
+        return
+    ws = session.scalar(select(Dataset.workspace_id).where(Dataset.id == dataset_id))
+    if ws is None:
+        raise missing
+    check_workspace(session, ws, missing)
 
 
 def request(session: Session, *, key_id: uuid.UUID, dataset_id: uuid.UUID, purpose: str, expires_at: dt.datetime,
@@ -99,6 +112,8 @@ def revoke(session: Session, *, grant: PiiGrant, actor: Actor, reason: str | Non
 def listing(session: Session, *, key_id: uuid.UUID | None = None, dataset_id: uuid.UUID | None = None,
             status: str | None = None) -> list[PiiGrant]:
     q = select(PiiGrant).order_by(PiiGrant.created_at.desc(), PiiGrant.id)
+    if (visible := visible_workspaces(session)) is not None:
+        q = q.where(PiiGrant.dataset_id.in_(select(Dataset.id).where(Dataset.workspace_id.in_(visible))))
     if key_id is not None:
         q = q.where(PiiGrant.key_id == key_id)
     if dataset_id is not None:

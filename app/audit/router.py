@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -7,10 +8,12 @@ from sqlalchemy import select
 
 from app.audit import service
 from app.audit.schemas import AuditEventList, VerifyOut
-from app.core.auth import Auditor
+from app.core.auth import Auditor, check_workspace, visible_workspaces
 from app.core.db import BIGINT_MAX, SessionDep
+from app.core.errors import NotFound
 from app.core.sql import iso
 from app.models.audit import AuditEvent
+from app.models.auth import Workspace
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -24,6 +27,18 @@ def verify(session: SessionDep, actor: Auditor,
     return service.verify(session, mode=mode, full=full).to_dict()
 
 
+def _workspace_id(session, ref: str) -> uuid.UUID:
+    try:
+        w = session.get(Workspace, uuid.UUID(ref))
+    except ValueError:
+        w = session.scalar(select(Workspace).where(Workspace.name == ref))
+    missing = NotFound(f"workspace {ref} not found", details={"workspace": ref})
+    if w is None:
+        raise missing
+    check_workspace(session, w.id, missing)
+    return w.id
+
+
 @router.get("/events", response_model=AuditEventList)
 def events(
     session: SessionDep,
@@ -32,8 +47,18 @@ def events(
     action: str | None = None,
     after: Annotated[int, Query(ge=0, le=BIGINT_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    workspace: Annotated[str | None, Query(max_length=200, description="workspace id or name")] = None,
 ) -> dict[str, Any]:
+    """Events in order. An auditor sees the events of its workspaces; events about no workspace (keys,
+    workspaces, grants, history from before workspaces) count as `default`'s."""
     q = select(AuditEvent).where(AuditEvent.seq > after)
+    visible = visible_workspaces(session)
+    if visible is not None:
+        default = session.scalar(select(Workspace.id).where(Workspace.name == "default"))
+        cond = AuditEvent.workspace_id.in_(visible)
+        q = q.where(cond | AuditEvent.workspace_id.is_(None)) if default in visible else q.where(cond)
+    if workspace:
+        q = q.where(AuditEvent.workspace_id == _workspace_id(session, workspace))
     if entity_id:
         q = q.where(AuditEvent.entity_id == entity_id)
     if action:
@@ -43,6 +68,7 @@ def events(
         "items": [
             {"seq": e.seq, "occurred_at": iso(e.occurred_at), "actor": e.actor, "action": e.action,
              "entity_type": e.entity_type, "entity_id": e.entity_id, "payload": e.payload,
+             "workspace_id": str(e.workspace_id) if e.workspace_id else None,
              "prev_hash": e.prev_hash, "hash": e.hash}
             for e in rows
         ],

@@ -26,6 +26,8 @@ class AuditEventRow(Out):
     entity_type: str
     entity_id: str | None
     payload: JsonObject
+    workspace_id: str | None = Field(None, description="the workspace of what the event is about (part of its hash "
+                                                       "when set); null for events about no workspace's data")
     prev_hash: str
     hash: str
 

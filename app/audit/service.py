@@ -20,6 +20,7 @@ from sqlalchemy import bindparam, event, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.core import metrics
+from app.core.auth import WORKSPACE
 from app.core.sql import aware, dialect_insert
 from app.models.audit import GENESIS_HASH, AuditCheckpoint, AuditEvent, AuditHead
 from app.models.base import utcnow
@@ -47,6 +48,8 @@ def record(
             "entity_type": entity_type,
             "entity_id": None if entity_id is None else str(entity_id),
             "payload": payload or {},
+            # The workspace of the dataset this request resolved (app/core/auth.py check_workspace).
+            "workspace_id": session.info.get(WORKSPACE),
         }
     )
 
@@ -57,7 +60,8 @@ def _ts(value: dt.datetime) -> str:
 
 
 def event_hash(*, seq: int, prev_hash: str, occurred_at: dt.datetime, actor: str, action: str,
-               entity_type: str, entity_id: str | None, payload: dict[str, Any]) -> str:
+               entity_type: str, entity_id: str | None, payload: dict[str, Any],
+               workspace_id: Any = None) -> str:
     body = {
         "seq": seq,
         "prev_hash": prev_hash,
@@ -68,6 +72,8 @@ def event_hash(*, seq: int, prev_hash: str, occurred_at: dt.datetime, actor: str
         "entity_id": entity_id,
         "payload": payload,
     }
+    if workspace_id is not None:  # only when set: events from before workspaces keep their hashes
+        body["workspace_id"] = str(workspace_id)
     # Payloads go through a JSON round trip in the database, so hash the canonical JSON of what
     # comes back (sorted keys, UUIDs/datetimes as strings), never Python reprs.
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)).hexdigest()
@@ -98,7 +104,7 @@ def _append(session: Session, pending: list[dict[str, Any]]) -> list[dict[str, A
         payload = _canonical_payload(ev["payload"])
         h = event_hash(seq=seq, prev_hash=prev, occurred_at=ev["occurred_at"], actor=ev["actor"],
                        action=ev["action"], entity_type=ev["entity_type"], entity_id=ev["entity_id"],
-                       payload=payload)
+                       payload=payload, workspace_id=ev["workspace_id"])
         rows.append({**ev, "payload": payload, "seq": seq, "prev_hash": prev, "hash": h})
         prev = h
     conn.execute(_ADD_EVENTS, rows)
@@ -184,7 +190,7 @@ def _walk(session: Session, *, after: int, prev: str) -> tuple[VerifyResult | No
             return VerifyResult(False, ev.seq, ev.seq, "prev_hash does not match the previous event"), after, prev
         h = event_hash(seq=ev.seq, prev_hash=ev.prev_hash, occurred_at=ev.occurred_at, actor=ev.actor,
                        action=ev.action, entity_type=ev.entity_type, entity_id=ev.entity_id,
-                       payload=ev.payload)
+                       payload=ev.payload, workspace_id=ev.workspace_id)
         if h != ev.hash:
             return VerifyResult(False, ev.seq, ev.seq, "event content does not match its hash"), after, prev
         prev = ev.hash
@@ -241,7 +247,7 @@ def _verify(session: Session, *, mode: str = "auto", full: bool = False) -> Veri
         if ev is None or ev.hash != cp.hash or event_hash(
                 seq=ev.seq, prev_hash=ev.prev_hash, occurred_at=ev.occurred_at, actor=ev.actor,
                 action=ev.action, entity_type=ev.entity_type, entity_id=ev.entity_id,
-                payload=ev.payload) != cp.hash:
+                payload=ev.payload, workspace_id=ev.workspace_id) != cp.hash:
             return VerifyResult(False, cp.seq, cp.seq, "the checkpointed event changed since it was verified",
                                 mode="incremental", verified_from=cp.seq)
         after, prev = cp.seq, cp.hash

@@ -26,7 +26,7 @@ from app.core.config import get_settings
 from app.core.db import SessionDep, get_engine
 from app.core.errors import Forbidden, Unauthorized, ValidationFailed
 from app.core.sql import any_of, aware
-from app.models.auth import ROLES, ApiKey, ApiKeyPreviousSecret
+from app.models.auth import ROLES, ApiKey, ApiKeyPreviousSecret, Workspace, WorkspaceMember
 
 KEY_PREFIX = "pdg"
 log = logging.getLogger(__name__)
@@ -42,6 +42,22 @@ class Actor:
     name: str
     role: str
     is_human: bool = True
+    # (workspace id, role) per membership; admin keys are global and hold none (docs/security.md).
+    memberships: tuple[tuple[uuid.UUID, str], ...] = ()
+    # True once the memberships were loaded for a request; an actor a worker, the CLI or a test builds
+    # by hand is not scoped (like SYSTEM), which is what `scoped_role` reads.
+    scoped: bool = False
+
+    def scoped_role(self, workspace_id: uuid.UUID) -> str | None:
+        """The role to check in a workspace: the membership's (None: not a member) for a scoped key,
+        the key's own role for admin and for unscoped actors."""
+        if self.role == "admin" or not self.scoped:
+            return self.role
+        return dict(self.memberships).get(workspace_id)
+
+    @property
+    def member_roles(self) -> frozenset[str]:
+        return frozenset(r for _, r in self.memberships)
 
     @property
     def ref(self) -> str:
@@ -62,7 +78,10 @@ def _new_secret() -> tuple[str, str]:
 
 
 def create_key(session: Session, *, name: str, role: str, created_by: str | None = None,
-               is_human: bool = True, expires_at: dt.datetime | None = None) -> tuple[ApiKey, str]:
+               is_human: bool = True, expires_at: dt.datetime | None = None,
+               workspace_id: uuid.UUID | None = None) -> tuple[ApiKey, str]:
+    """A new key; a non-admin key becomes a member of `workspace_id` (default: the `default` workspace)
+    with its role, so a key made by the CLI or the API works where keys always did."""
     if role not in ROLES:
         raise ValidationFailed(
             f"unknown role {role!r}", details=[{"field": "role", "code": "invalid",
@@ -73,6 +92,11 @@ def create_key(session: Session, *, name: str, role: str, created_by: str | None
                  is_human=is_human, expires_at=expires_at)
     session.add(row)
     session.flush()
+    if role != "admin":
+        ws = workspace_id or session.scalar(select(Workspace.id).where(Workspace.name == "default"))
+        if ws is not None:
+            session.add(WorkspaceMember(workspace_id=ws, key_id=row.id, role=role, created_by=created_by))
+            session.flush()
     return row, key
 
 
@@ -168,6 +192,17 @@ def authenticate_many(session: Session, keys: set[str]) -> dict[str, Actor | Una
             out[key] = check_key(rows.get(prefix), key)
         except Unauthorized as e:
             out[key] = e
+    scoped = [a.key_id for a in out.values() if isinstance(a, Actor) and a.role != "admin"]
+    if scoped:  # the workspace roles of the whole batch in one query
+        conn = session.connection()
+        stmt = _MEMBERSHIPS_MANY[conn.dialect.name == "postgresql"]
+        held: dict[uuid.UUID, list[tuple[uuid.UUID, str]]] = {}
+        for r in conn.execute(stmt, {"key_ids": sorted(set(scoped))}):
+            held.setdefault(r.key_id, []).append((r.workspace_id, r.role))
+        for key, a in out.items():
+            if isinstance(a, Actor) and a.role != "admin":
+                out[key] = Actor(key_id=a.key_id, name=a.name, role=a.role, is_human=a.is_human,
+                                 memberships=tuple(held.get(a.key_id, ())), scoped=True)
     return out
 
 
@@ -243,11 +278,73 @@ def bearer_token(request: Request) -> str | None:
     return session_key
 
 
+# Workspace scoping (docs/security.md, "Workspaces"). The request's session carries the caller and the
+# route's roles; every lookup that resolves a dataset (by id, or through what hangs off it) calls
+# `check_workspace`, so the scoping lives in those few lookups and not in each route.
+SCOPE = "pedigree_scope_actor"
+ALLOWED = "pedigree_scope_allowed"
+WORKSPACE = "pedigree_workspace"
+_MEMBERSHIPS = select(WorkspaceMember.workspace_id, WorkspaceMember.role).where(
+    WorkspaceMember.key_id == bindparam("key_id"))
+_W = WorkspaceMember.__table__
+_MEMBERSHIPS_MANY = {pg: select(_W.c.key_id, _W.c.workspace_id, _W.c.role).where(
+    any_of(_W.c.key_id, name="key_ids", pg=pg)) for pg in (False, True)}
+
+
+def with_memberships(session: Session, actor: Actor) -> Actor:
+    """The actor with its workspace roles, installed as the session's scope (one indexed query; none
+    for admin, who is global)."""
+    if actor.role != "admin":
+        rows = session.connection().execute(_MEMBERSHIPS, {"key_id": actor.key_id}).all()
+        actor = Actor(key_id=actor.key_id, name=actor.name, role=actor.role, is_human=actor.is_human,
+                      memberships=tuple((r.workspace_id, r.role) for r in rows), scoped=True)
+    session.info[SCOPE] = actor
+    return actor
+
+
+def install_scope(session: Session, actor: Actor, roles: tuple[str, ...]) -> Session:
+    """Scopes a session the request opened itself (imports run in their own transactions) like the
+    request's: `actor` as the dependency loaded it, `roles` the route's."""
+    session.info[SCOPE] = actor
+    session.info[ALLOWED] = frozenset(roles) | {"admin"}
+    return session
+
+
+def scope_actor(session: Session) -> Actor | None:
+    return session.info.get(SCOPE)
+
+
+def visible_workspaces(session: Session, roles: tuple[str, ...] | None = None) -> list[uuid.UUID] | None:
+    """The workspaces the request may see (where the caller holds one of `roles`, when given); None:
+    all (admin, or no caller: workers, the CLI)."""
+    actor = session.info.get(SCOPE)
+    if actor is None or actor.role == "admin":
+        return None
+    return [w for w, r in actor.memberships if roles is None or r in roles]
+
+
+def check_workspace(session: Session, workspace_id: uuid.UUID, missing: Exception) -> None:
+    """404 (`missing`, the same error an unknown id gets) when the caller holds no role in the workspace:
+    a 403 would confirm the thing exists. 403 when it holds one there that the route does not allow.
+    Also remembers the workspace for the request's audit events."""
+    session.info[WORKSPACE] = workspace_id
+    actor = session.info.get(SCOPE)
+    if actor is None or actor.role == "admin":
+        return
+    role = dict(actor.memberships).get(workspace_id)
+    if role is None:
+        raise missing
+    allowed = session.info.get(ALLOWED)
+    if allowed is not None and role not in allowed:
+        raise Forbidden(f"role {role!r} in this workspace may not do this; needs one of {sorted(allowed)}",
+                        details={"role": role, "allowed": sorted(allowed)})
+
+
 def current_actor(request: Request, session: SessionDep) -> Actor:
     token = bearer_token(request)
     if not token:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    actor = authenticate(session, token)
+    actor = with_memberships(session, authenticate(session, token))
     request.state.actor = actor
     return actor
 
@@ -256,9 +353,10 @@ CurrentActor = Annotated[Actor, Depends(current_actor)]
 
 
 def check_role(actor: Actor, roles: tuple[str, ...], what: str = "do this") -> Actor:
-    """Admin passes every check; everyone else needs one of `roles`."""
+    """Admin passes every check; everyone else needs one of `roles`, as its own role or in one of its
+    workspaces (which workspace is checked when the dataset is looked up: `check_workspace`)."""
     allowed = set(roles) | {"admin"}
-    if actor.role not in allowed:
+    if actor.role not in allowed and not (actor.member_roles & allowed):
         raise Forbidden(
             f"role {actor.role!r} may not {what}; needs one of {sorted(allowed)}",
             details={"role": actor.role, "allowed": sorted(allowed)},
@@ -270,7 +368,8 @@ def require(*roles: str):
     """Dependency factory for `check_role`. The role check is a dependency, so it runs before the
     handler looks anything up: a denied role gets 403 whether or not the id it named exists."""
 
-    def _check(actor: CurrentActor) -> Actor:
+    def _check(actor: CurrentActor, session: SessionDep) -> Actor:
+        session.info[ALLOWED] = frozenset(roles) | {"admin"}
         return check_role(actor, roles)
 
     _check.roles = frozenset(roles) | {"admin"}  # type: ignore[attr-defined]

@@ -50,6 +50,8 @@ class DatasetCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     format: Format
+    workspace: str | None = Field(None, min_length=1, max_length=200,
+                                  description="workspace id or name; default `default`")
     description: str = ""
     # Policies are validated by their capability's schema and stored as given, so defaults added later
     # apply to datasets that did not set them.
@@ -111,6 +113,7 @@ class DatasetUpdate(BaseModel):
 class DatasetOut(BaseModel):
     id: uuid.UUID
     name: str
+    workspace_id: uuid.UUID
     format: str
     description: str
     review_policy: dict[str, Any]

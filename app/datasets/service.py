@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.core.auth import Actor
+from app.core.auth import Actor, check_workspace, scope_actor, visible_workspaces
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.datasets.schemas import DatasetCreate, DatasetUpdate, valid_layered
 from app.models.dataset import Dataset
@@ -22,23 +22,49 @@ def get(session: Session, ref: str | uuid.UUID) -> Dataset:
         ds = session.get(Dataset, uuid.UUID(str(ref)))
     except ValueError:
         ds = session.scalar(select(Dataset).where(Dataset.name == str(ref)))
+    missing = NotFound(f"dataset {ref} not found", details={"dataset": str(ref)})
     if ds is None:
-        raise NotFound(f"dataset {ref} not found", details={"dataset": str(ref)})
+        raise missing
+    check_workspace(session, ds.workspace_id, missing)  # another workspace's dataset is not found either
     return ds
+
+
+def check_dataset_id(session: Session, dataset_id: uuid.UUID, missing: Exception) -> None:
+    """For lookups of things that hang off a dataset (examples, batches, snapshots, runs): `missing`
+    when the dataset is outside the caller's workspaces. One indexed read by primary key; none outside
+    a request (workers and the CLI have no caller to scope, and their loops must not pay for it)."""
+    if scope_actor(session) is None:
+        return
+    ws = session.scalar(select(Dataset.workspace_id).where(Dataset.id == dataset_id))
+    if ws is None:
+        raise missing
+    check_workspace(session, ws, missing)
+
+
+def visible_dataset_ids(session: Session, roles: tuple[str, ...] | None = None) -> Any:
+    """A subquery of the dataset ids the caller may see (holding one of `roles` there, when given), or None
+    for all: list queries filter by it."""
+    visible = visible_workspaces(session, roles)
+    if visible is None:
+        return None
+    return select(Dataset.id).where(Dataset.workspace_id.in_(visible))
 
 
 def create(session: Session, *, data: DatasetCreate, actor: Actor) -> Dataset:
     if session.scalar(select(Dataset.id).where(Dataset.name == data.name)):
         raise Conflict(f"a dataset named {data.name!r} already exists", code="name_taken",
                        details={"field": "name"})
-    ds = Dataset(**data.model_dump(), created_by=actor.ref)
+    from app.access import workspaces
+
+    ws = workspaces.get(session, data.workspace)
+    ds = Dataset(**data.model_dump(exclude={"workspace"}), workspace_id=ws.id, created_by=actor.ref)
     session.add(ds)
     try:
         session.flush()
     except IntegrityError:  # lost a race with a concurrent create of the same name
         raise Conflict(f"a dataset named {data.name!r} already exists", code="name_taken") from None
     audit.record(session, actor=actor.ref, action="dataset.created", entity_type="dataset", entity_id=ds.id,
-                 payload=data.model_dump())
+                 payload={**data.model_dump(exclude={"workspace"}), "workspace_id": str(ws.id)})
     return ds
 
 
@@ -65,7 +91,11 @@ def _check_layered(profile: str, policy: dict) -> None:
 
 
 def list_all(session: Session) -> list[Dataset]:
-    return list(session.scalars(select(Dataset).order_by(Dataset.name)))
+    q = select(Dataset).order_by(Dataset.name)
+    visible = visible_workspaces(session)
+    if visible is not None:
+        q = q.where(Dataset.workspace_id.in_(visible))
+    return list(session.scalars(q))
 
 
 def counts(session: Session, dataset_id: uuid.UUID) -> dict[str, Any]:

@@ -59,9 +59,18 @@ def _drop_results(ev: Evaluation) -> None:
     ev.results = {}  # nothing partial is ever read by a promotion gate
 
 
+def _evaluation_visible(session: Session, ev: Evaluation, missing: Exception) -> None:
+    # An evaluation belongs to its model version's workspace (its run's dataset's).
+    mv = registry.version_by_id(session, ev.model_version_id)
+    if mv is None:
+        raise missing
+    registry.check_version_visible(session, mv, missing)
+
+
 # Claim, events, fail, cancel and the late-report refusal: the training run's steps (app/training/protocol.py).
 EVALS = Protocol(model=Evaluation, event_model=EvaluationEvent, fk="evaluation_id", entity="evaluation",
-                 label="evaluation", finished_code="evaluation_finished", on_fail=_drop_results)
+                 label="evaluation", finished_code="evaluation_finished", on_fail=_drop_results,
+                 visible=_evaluation_visible)
 
 
 def get(session: Session, evaluation_id: str | uuid.UUID, *, lock: bool = False) -> Evaluation:

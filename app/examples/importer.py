@@ -22,7 +22,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.core.auth import Actor
+from app.core.auth import CURATOR, Actor, install_scope
 from app.core.db import session_factory, session_scope
 from app.core.errors import ValidationFailed, note_batch_id
 from app.core.sql import aware
@@ -145,7 +145,7 @@ class StreamedImport:
 
     def open(self) -> uuid.UUID:
         with session_scope() as s:
-            self.dataset = datasets.get(s, self.dataset_ref)
+            self.dataset = datasets.get(install_scope(s, self.actor, CURATOR), self.dataset_ref)
             batch = ingest.open_batch(s, dataset=self.dataset, actor=self.actor, channel=self.channel,
                                       atomic=False, defaults=self.defaults)
         self.batch_id = batch.id  # only once committed: `abort` marks this row
@@ -306,7 +306,7 @@ class AtomicImport(StreamedImport):
         self.failed_batch_id: uuid.UUID | None = None
 
     def open(self) -> uuid.UUID:
-        self.dataset = datasets.get(self.session, self.dataset_ref)
+        self.dataset = datasets.get(install_scope(self.session, self.actor, CURATOR), self.dataset_ref)
         self.batch_id = ingest.open_batch(self.session, dataset=self.dataset, actor=self.actor, channel=self.channel,
                                           atomic=True, defaults=self.defaults).id
         return self.batch_id
@@ -331,7 +331,7 @@ class AtomicImport(StreamedImport):
             self.session.close()
             # The attempt itself is kept (as a failed batch, nothing in it) for the audit trail.
             with session_scope() as s:
-                ds = datasets.get(s, self.dataset_ref)
+                ds = datasets.get(install_scope(s, self.actor, CURATOR), self.dataset_ref)
                 b = ingest.open_batch(s, dataset=ds, actor=self.actor, channel=self.channel, atomic=True,
                                       defaults=self.defaults)
                 ingest.finish_batch(s, b, accepted=0, rejected=len(errors), unchanged=0, exact_duplicates=0,
@@ -370,7 +370,7 @@ def store_objects(*, dataset_ref: str, items: list[Any], actor: Actor, defaults:
 
     def work() -> dict[str, Any]:
         with session_scope() as session:
-            ds = datasets.get(session, dataset_ref)
+            ds = datasets.get(install_scope(session, actor, CURATOR), dataset_ref)
             candidates, errors = [], []
             for i, obj in enumerate(items):
                 try:

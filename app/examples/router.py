@@ -133,8 +133,10 @@ def get_batch(batch_id: str, session: SessionDep, actor: Reader) -> dict[str, An
         b = session.get(IngestBatch, uuid.UUID(batch_id))
     except ValueError:
         b = None
+    missing = NotFound(f"ingest batch {batch_id} not found")
     if b is None:
-        raise NotFound(f"ingest batch {batch_id} not found")
+        raise missing
+    datasets.check_dataset_id(session, b.dataset_id, missing)
     return {"id": str(b.id), "dataset_id": str(b.dataset_id), "created_by": b.created_by, "channel": b.channel,
             "atomic": b.atomic, "status": b.status, "accepted": b.accepted, "rejected": b.rejected,
             "unchanged": b.unchanged, "exact_duplicates": b.exact_duplicates, "errors": b.errors,

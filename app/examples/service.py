@@ -31,8 +31,12 @@ def get(session: Session, example_id: str | uuid.UUID) -> Example:
         ex = session.get(Example, uuid.UUID(str(example_id)))
     except ValueError:
         ex = None
+    missing = NotFound(f"example {example_id} not found", details={"example": str(example_id)})
     if ex is None:
-        raise NotFound(f"example {example_id} not found", details={"example": str(example_id)})
+        raise missing
+    from app.datasets.service import check_dataset_id
+
+    check_dataset_id(session, ex.dataset_id, missing)
     return ex
 
 

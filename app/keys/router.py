@@ -6,6 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 from sqlalchemy import select
 
+from app.access import workspaces
 from app.audit import service as audit
 from app.core import auth
 from app.core.auth import Admin, CurrentActor
@@ -36,11 +37,12 @@ def _key(session, key_id: uuid.UUID) -> ApiKey:
 
 @router.post("", status_code=201, response_model=KeyCreated)
 def create_key(data: KeyCreate, session: SessionDep, actor: Admin) -> dict[str, Any]:
+    ws = workspaces.get(session, data.workspace) if data.role != "admin" else None
     row, key = auth.create_key(session, name=data.name, role=data.role, created_by=actor.ref, is_human=data.is_human,
-                               expires_at=data.expires_at)
+                               expires_at=data.expires_at, workspace_id=ws.id if ws else None)
     audit.record(session, actor=actor.ref, action="api_key.created", entity_type="api_key", entity_id=row.id,
                  payload={"name": data.name, "role": data.role, "prefix": row.prefix,
-                          "expires_at": iso(data.expires_at)})
+                          "expires_at": iso(data.expires_at), "workspace_id": str(ws.id) if ws else None})
     return {**_out(row), "key": key}
 
 

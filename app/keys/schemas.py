@@ -28,6 +28,9 @@ class KeyCreate(BaseModel):
     role: Role
     is_human: bool = True
     expires_at: dt.datetime | None = Field(None, description="the key stops working at this time (401 key_expired)")
+    workspace: str | None = Field(None, min_length=1, max_length=200,
+                                  description="id or name; the key becomes a member with its role (default `default`; "
+                                              "admin keys are global and join none)")
 
     _future = field_validator("expires_at")(_aware_future)
 
@@ -118,3 +121,38 @@ class GrantOut(Out):
 
 class GrantList(Out):
     items: list[GrantOut]
+
+
+class WorkspaceCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class WorkspaceOut(Out):
+    id: str
+    name: str
+    created_at: IsoTime | None
+    created_by: str | None
+
+
+class WorkspaceList(Out):
+    items: list[WorkspaceOut]
+
+
+class MemberIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key_id: uuid.UUID
+    role: Literal["curator", "reviewer", "trainer", "auditor"] = Field(description="admin is global, never a member")
+
+
+class MemberOut(Out):
+    key_id: str
+    role: str
+    created_at: IsoTime | None
+    created_by: str | None
+
+
+class MemberList(Out):
+    items: list[MemberOut]

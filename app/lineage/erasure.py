@@ -30,11 +30,12 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.core.auth import Actor, check_role
+from app.core.auth import Actor, check_role, scope_actor
 from app.core.config import get_settings
 from app.core.errors import Conflict, NotFound
 from app.core.ids import id_or_404
 from app.core.sql import any_of, dialect_insert, is_pg, iso
+from app.datasets import service as datasets
 from app.examples import privacy
 from app.lineage import retest
 from app.lineage import service as lineage
@@ -198,7 +199,33 @@ def _raw_text_matches(session: Session, sel: Selector) -> set[uuid.UUID]:
 
 
 def select_examples(session: Session, sel: Selector, actor: Actor) -> list[tuple[uuid.UUID, uuid.UUID, str]]:
-    """(example_id, dataset_id, status) of every example the selector matches, erased ones included."""
+    """(example_id, dataset_id, status) of every example the selector matches, erased ones included; only
+    in the workspaces where the caller is a curator (a selector never reaches another team's data)."""
+    rows = _select_examples(session, sel, actor)
+    mine = datasets.visible_dataset_ids(session, ("curator",))
+    if mine is None:
+        return rows
+    keep = set(session.scalars(mine))
+    return [r for r in rows if r[1] in keep]
+
+
+def visible_dataset_strs(session: Session) -> set[str] | None:
+    q = datasets.visible_dataset_ids(session)
+    return None if q is None else {str(i) for i in session.scalars(q)}
+
+
+def may_see(session: Session, req: ErasureRequest, visible: set[str] | None) -> bool:
+    """A request is seen where one of the datasets it touched is; one that touched none, by its requester."""
+    if visible is None:
+        return True
+    touched = set((req.report or {}).get("datasets", {}))
+    if touched:
+        return bool(touched & visible)
+    actor = scope_actor(session)
+    return actor is not None and req.requested_by == actor.ref
+
+
+def _select_examples(session: Session, sel: Selector, actor: Actor) -> list[tuple[uuid.UUID, uuid.UUID, str]]:
     if sel.raw_text_contains is not None:
         check_role(actor, (), "search raw text (it reads the PII vault)")
         ids = sorted(_raw_text_matches(session, sel))
@@ -401,7 +428,7 @@ def warnings_for(aliases: list[dict[str, Any]], dry_run: bool) -> list[str]:
 
 def get(session: Session, request_id: str) -> dict[str, Any]:
     req = session.get(ErasureRequest, id_or_404(request_id, "erasure_request"))
-    if req is None:
+    if req is None or not may_see(session, req, visible_dataset_strs(session)):
         raise NotFound(f"erasure request {request_id} not found", details={"erasure_request": request_id})
     return response(req, session=session)
 
@@ -415,7 +442,10 @@ def list_page(session: Session, *, cursor: str | None, limit: int) -> tuple[list
     rows = list(session.scalars(q.order_by(ErasureRequest.id.desc()).limit(limit + 1)))
     nxt = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
     out = []
-    for r in rows[:limit]:
+    visible = visible_dataset_strs(session)
+    # Filtered after the page is cut (the datasets are in the report's JSON): a page can come back
+    # shorter than `limit` with a next cursor; follow it.
+    for r in (r for r in rows[:limit] if may_see(session, r, visible)):
         d = response(r)
         d.pop("example_ids")
         out.append(d)

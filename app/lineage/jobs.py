@@ -44,6 +44,8 @@ def create_erasure(session: Session, *, data: erasure.ErasureCreate, actor: Acto
         prior = session.scalar(select(ErasureRequest).where(
             ErasureRequest.selector_sha256 == sel_sha, ErasureRequest.dry_run.is_(False),
             ErasureRequest.status.in_(("completed", "running"))).order_by(ErasureRequest.created_at.desc()).limit(1))
+        if prior is not None and not erasure.may_see(session, prior, erasure.visible_dataset_strs(session)):
+            prior = None  # another workspace's request with the same selector is not this one's replay
         if prior is not None and prior.status == "completed" and not todo:
             return erasure.response(prior, replayed=True, session=session), 201 if prior.report.get("examples") else 200
         if prior is not None and prior.status == "running":

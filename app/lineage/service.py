@@ -20,6 +20,7 @@ from app.core.auth import Actor
 from app.core.errors import NotFound, ValidationFailed
 from app.core.pagination import decode_cursor, encode_cursor
 from app.core.sql import any_of, is_pg, iso
+from app.datasets import service as datasets
 from app.examples import privacy
 from app.examples import service as examples
 from app.lineage import facets
@@ -111,8 +112,16 @@ def tainted_alias_warnings(mvs: list[dict[str, Any]]) -> list[str]:
 def get_model_version(session: Session, name: str, version: int) -> Any:
     mv = tr.model_versions
     row = session.execute(select(mv).where(mv.c.name == name, mv.c.version == version)).first()
+    missing = NotFound(f"model {name!r} version {version} not found", details={"name": name, "version": version})
     if row is None:
-        raise NotFound(f"model {name!r} version {version} not found", details={"name": name, "version": version})
+        raise missing
+    if datasets.visible_dataset_ids(session) is not None:  # the version's workspace: its run's dataset's
+        run = tr.training_runs
+        ds_id = session.scalar(select(Snapshot.dataset_id).join(run, run.c.snapshot_id == Snapshot.id)
+                               .where(run.c.id == row.run_id))
+        if ds_id is None:
+            raise missing
+        datasets.check_dataset_id(session, ds_id, missing)
     return row
 
 
@@ -234,7 +243,8 @@ def audit_events_for(session: Session, entity_ids: list[str]) -> list[dict[str, 
     out = []
     for e in rows:
         h = audit.event_hash(seq=e.seq, prev_hash=e.prev_hash, occurred_at=e.occurred_at, actor=e.actor,
-                             action=e.action, entity_type=e.entity_type, entity_id=e.entity_id, payload=e.payload)
+                             action=e.action, entity_type=e.entity_type, entity_id=e.entity_id, payload=e.payload,
+                             workspace_id=e.workspace_id)
         out.append({"seq": e.seq, "at": iso(e.occurred_at), "actor": e.actor, "action": e.action,
                     "entity_type": e.entity_type, "entity_id": e.entity_id, "payload": e.payload,
                     "hash": e.hash, "hash_ok": h == e.hash})
@@ -348,6 +358,8 @@ def model_examples(session: Session, *, name: str, version: int, source: str | N
     (model_version_id, example_id) index that probes each example by primary key and stops after `limit`
     matches, so page 1 costs about limit / selectivity probes whatever the version's size."""
     ln, mv = tr.lineage, tr.model_versions
+    if datasets.visible_dataset_ids(session) is not None:
+        get_model_version(session, name, version)  # another workspace's version: 404 before any row
     # The version's id as an InitPlan of the page query itself: one round trip; the 404 check runs only
     # when the page comes back empty.
     mv_id = select(mv.c.id).where(mv.c.name == name, mv.c.version == version).scalar_subquery()
@@ -444,8 +456,12 @@ def _counts(session: Session, cond: ColumnElement[bool]) -> dict[str, Any]:
 
 def _reverse(session: Session, kind: str, value: str, cond: ColumnElement[bool], cursor: str | None,
              limit: int, actor: Actor | None) -> dict[str, Any]:
+    visible = datasets.visible_dataset_ids(session)
+    if visible is not None:  # only the caller's workspaces' examples, and what they went into
+        cond = cond & Example.dataset_id.in_(visible)
     items, nxt = _example_page(session, cond, cursor, limit, actor)
-    mvs = (model_versions_with(session, kind, value) if kind in facets.FACETS
+    # The facet table answers for the whole installation; scoped, the versions come from the examples.
+    mvs = (model_versions_with(session, kind, value) if kind in facets.FACETS and visible is None
            else model_versions_trained_on(session, cond))
     return {kind: value, "counts": _counts(session, cond), "examples": {"items": items, "next_cursor": nxt},
             "snapshots": snapshots_containing(session, cond), "model_versions": mvs,
@@ -469,8 +485,10 @@ def by_reviewer(session: Session, *, reviewer: str, decision: str | None = None,
         rv = rv.where(Review.decision == decision)
     cond = Example.id.in_(rv)
     out = _reverse(session, "reviewer", reviewer, cond, cursor, limit, actor)
-    decisions = session.execute(select(Review.decision, func.count()).where(_reviewer_match(reviewer))
-                                .group_by(Review.decision)).all()
+    dq = select(Review.decision, func.count()).where(_reviewer_match(reviewer))
+    if (visible := datasets.visible_dataset_ids(session)) is not None:
+        dq = dq.where(Review.example_id.in_(select(Example.id).where(Example.dataset_id.in_(visible))))
+    decisions = session.execute(dq.group_by(Review.decision)).all()
     out["decisions"] = dict(decisions)
     return out
 

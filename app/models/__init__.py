@@ -2,7 +2,7 @@
 
 from app.models.access import PiiGrant
 from app.models.audit import AuditCheckpoint, AuditEvent, AuditHead
-from app.models.auth import ApiKey, ApiKeyPreviousSecret
+from app.models.auth import ApiKey, ApiKeyPreviousSecret, Workspace, WorkspaceMember
 from app.models.base import Base
 from app.models.dataset import Dataset
 from app.models.dedup import DedupDecision, DedupEvalHit, DedupPair, DedupRebuild, DedupSignature, DedupState
@@ -88,4 +88,6 @@ __all__ = [
     "TrainingCanary",
     "TrainingRun",
     "TrainingRunEvent",
+    "Workspace",
+    "WorkspaceMember",
 ]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
 from sqlalchemy import BigInteger, String
 from sqlalchemy.orm import Mapped, mapped_column
@@ -23,6 +24,9 @@ class AuditEvent(Base):
     entity_type: Mapped[str] = mapped_column(String(50))
     entity_id: Mapped[str | None] = mapped_column(String(100), index=True)
     payload: Mapped[dict]
+    # The workspace of what the event is about (the dataset the request resolved); null for events
+    # about no workspace's data (keys, workspaces, throttling). Part of the hash when set.
+    workspace_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
 

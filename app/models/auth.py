@@ -44,3 +44,26 @@ class ApiKeyPreviousSecret(Base):
     key_sha256: Mapped[str] = mapped_column(String(64))
     valid_until: Mapped[dt.datetime]
     rotated_at: Mapped[dt.datetime]
+
+
+class Workspace(IdMixin, CreatedAtMixin, Base):
+    """A tenant: datasets belong to one, and everything reached through a dataset inherits it."""
+
+    __tablename__ = "workspaces"
+
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class WorkspaceMember(Base):
+    """A key's role in one workspace. `admin` keys are global and hold no memberships."""
+
+    __tablename__ = "workspace_members"
+
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"),
+                                                    primary_key=True)
+    key_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True,
+                                              index=True)
+    role: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[dt.datetime] = mapped_column(default=lambda: dt.datetime.now(dt.UTC))
+    created_by: Mapped[str | None] = mapped_column(String(200))

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from sqlalchemy import String, Text
+import uuid
+
+from sqlalchemy import ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, CreatedAtMixin, IdMixin
@@ -12,6 +14,8 @@ class Dataset(IdMixin, CreatedAtMixin, Base):
     __tablename__ = "datasets"
 
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    # Everything reached through the dataset (examples, reviews, snapshots, runs...) belongs to it too.
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"), index=True)
     format: Mapped[str] = mapped_column(String(20))
     description: Mapped[str] = mapped_column(Text, default="")
     created_by: Mapped[str | None] = mapped_column(String(200))

@@ -86,7 +86,7 @@ def _batch_statements(pg: bool) -> tuple[Any, Any, Any]:
     revisions' decisions, and which of the batch's reviewers wrote a revision of which example."""
     D = Dataset.__table__
     lock = (select(E.c.id, E.c.dataset_id, E.c.status, E.c.stage, E.c.current_revision_id, E.c.ingested_by,
-                   D.c.review_policy, L.c.holder_key_id, L.c.holder, L.c.acquired_at, L.c.expires_at,
+                   D.c.review_policy, D.c.workspace_id, L.c.holder_key_id, L.c.holder, L.c.acquired_at, L.c.expires_at,
                    ESC.c.example_id.label("escalated_id"))
             .join(D, D.c.id == E.c.dataset_id)
             .outerjoin(L, L.c.example_id == E.c.id)
@@ -132,9 +132,14 @@ def _load_batch(session: Session, ids: list[uuid.UUID], refs: set[str]) -> _Batc
 
 def _check(b: _Batch, eid: uuid.UUID, rq: DecisionRequest, now: dt.datetime) -> Any:
     ex = b.examples.get(eid)
-    if ex is None:
-        raise NotFound(f"example {rq.example_id} not found", details={"example": str(rq.example_id)})
     actor, data = rq.actor, rq.data
+    # Another workspace's example is not found, as a missing one (docs/security.md, "Workspaces").
+    ws_role = None if ex is None else actor.scoped_role(ex.workspace_id)
+    if ex is None or ws_role is None:
+        raise NotFound(f"example {rq.example_id} not found", details={"example": str(rq.example_id)})
+    if ws_role not in ("reviewer", "admin"):
+        raise Forbidden(f"role {ws_role!r} in this workspace may not decide", details={
+            "role": ws_role, "allowed": ["admin", "reviewer"]})
     policy = b.policies[ex.dataset_id]
     status = b.status[eid]
     if status != "pending_review" or ex.stage is not None:

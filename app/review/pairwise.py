@@ -23,7 +23,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.core.auth import Actor
+from app.core.auth import Actor, check_workspace
 from app.core.errors import InvalidState, NotFound, ValidationFailed
 from app.core.ids import new_id
 from app.examples.formats import content_sha256
@@ -63,9 +63,13 @@ def compare(session: Session, *, example_id: str | uuid.UUID, actor: Actor, data
         eid = uuid.UUID(str(example_id))
     except ValueError:
         raise NotFound(f"example {example_id} not found") from None
-    fmt = session.scalar(select(Dataset.format).join(Example, Example.dataset_id == Dataset.id).where(Example.id == eid))
-    if fmt is None:
-        raise NotFound(f"example {example_id} not found", details={"example": str(example_id)})
+    row = session.execute(select(Dataset.format, Dataset.workspace_id)
+                          .join(Example, Example.dataset_id == Dataset.id).where(Example.id == eid)).first()
+    missing = NotFound(f"example {example_id} not found", details={"example": str(example_id)})
+    if row is None:
+        raise missing
+    check_workspace(session, row.workspace_id, missing)  # another workspace's example: 404 before its format
+    fmt = row.format
     if fmt != "preference":
         raise InvalidState(f"pairwise review is for preference examples; this one is {fmt}", code="not_preference")
     if data.reason_code not in PAIRWISE_REASON_CODES:

@@ -16,10 +16,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.core.auth import KEY_COLUMNS, Actor, check_key, check_role, key_prefix, previous_secrets
-from app.core.errors import Conflict, NotFound
+from app.core.errors import Conflict, Forbidden, NotFound
 from app.core.sql import any_of, aware, is_pg, iso
 from app.examples import service as examples
-from app.models.auth import ApiKey
+from app.models.auth import ApiKey, WorkspaceMember
 from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.example import Example
@@ -51,8 +51,12 @@ def _context_statement(by_id: bool) -> Any:
                   E.c.status == "pending_review", E.c.stage.is_(None), L.c.revision_id == E.c.current_revision_id)
            .exists())
     cond = D.c.id == bindparam("ds_id", type_=D.c.id.type) if by_id else D.c.name == bindparam("ds_name")
+    # The caller's role in the dataset's workspace, in the same round trip (null: not a member).
+    W = WorkspaceMember.__table__
+    ws_role = (select(W.c.role).where(W.c.key_id == K.c.id, W.c.workspace_id == D.c.workspace_id)
+               .scalar_subquery())
     return (select(*KEY_COLUMNS, D.c.id.label("ds_id"), D.c.name.label("ds_name"), D.c.review_policy,
-                   D.c.format.label("ds_format"), own.label("has_own"))
+                   D.c.format.label("ds_format"), own.label("has_own"), ws_role.label("ws_role"))
             .select_from(K.outerjoin(D, cond)).where(K.c.prefix == bindparam("prefix")))
 
 
@@ -69,13 +73,19 @@ def queue_context(session: Session, token: str, ref: str, *roles: str) -> tuple[
     row = conn.execute(_context_statement("ds_id" in params), {**params, "prefix": prefix, "now": utcnow()}).first()
     if row is None and (old := previous_secrets(conn, [prefix]).get(prefix)) is not None:
         # A rotated-out secret in its overlap window: checked, then the context read by the key's current prefix.
-        actor = check_role(check_key(old, token), roles)
+        actor = check_key(old, token)
         row = conn.execute(_context_statement("ds_id" in params), {**params, "prefix": old.prefix,
                                                                    "now": utcnow()}).first()
     else:
-        actor = check_role(check_key(row, token), roles)
-    if row.ds_id is None:
+        actor = check_key(row, token)
+    if row.ws_role not in roles:  # a reviewer in this dataset's workspace passes whatever the key's own role
+        check_role(actor, roles)
+    # Another workspace's dataset is not found, as a missing one; a member in another role is refused.
+    if row.ds_id is None or (actor.role != "admin" and row.ws_role is None):
         raise NotFound(f"dataset {ref} not found", details={"dataset": str(ref)})
+    if actor.role != "admin" and row.ws_role not in roles:
+        raise Forbidden(f"role {row.ws_role!r} in this workspace may not do this",
+                        details={"role": row.ws_role, "allowed": sorted({*roles, "admin"})})
     return actor, SimpleNamespace(id=row.ds_id, name=row.ds_name, review_policy=row.review_policy,
                                   format=row.ds_format), bool(row.has_own)
 

@@ -21,6 +21,7 @@ from app.core.auth import Actor
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.core.sql import aware, dialect_insert, is_pg, iso
 from app.datasets.policies import ReviewPolicy
+from app.datasets.service import check_dataset_id
 from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.example import Example, ExampleRevision
@@ -60,8 +61,10 @@ def lock_example(session: Session, example_id: str | uuid.UUID) -> Example:
         q = q.with_for_update()
     # populate_existing: the row may sit in the identity map from before the lock was taken.
     ex = session.scalars(q.execution_options(populate_existing=True)).one_or_none()
+    missing = NotFound(f"example {example_id} not found", details={"example": str(example_id)})
     if ex is None:
-        raise NotFound(f"example {example_id} not found", details={"example": str(example_id)})
+        raise missing
+    check_dataset_id(session, ex.dataset_id, missing)
     return ex
 
 

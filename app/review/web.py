@@ -27,7 +27,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
-from app.core.auth import Actor, authenticate
+from app.core.auth import Actor, authenticate, install_scope, with_memberships
 from app.core.config import get_settings
 from app.core.db import SessionDep
 from app.core.errors import Forbidden, PedigreeError, Unauthorized
@@ -119,8 +119,10 @@ def _page_user(request: Request, session: SessionDep) -> PageUser:
     data = unseal(request.cookies.get(COOKIE))
     if not _live(session, data):
         raise Unauthorized("signed out; sign in at /review", code="signed_out")
-    # Authenticated on every call: a revoked key stops working at once, cookie or not.
-    actor = authenticate(session, data["k"])
+    # Authenticated on every call: a revoked key stops working at once, cookie or not. Scoped like the
+    # API: the page shows and decides only in the workspaces where the key reviews.
+    actor = with_memberships(session, authenticate(session, data["k"]))
+    install_scope(session, actor, PAGE_ROLES)
     if actor.role not in PAGE_ROLES:
         raise Forbidden("the review page is for reviewer keys")
     return PageUser(actor, data["c"])
@@ -145,7 +147,8 @@ def page(request: Request, session: SessionDep, dataset: str | None = None) -> R
     actor = None
     if _live(session, data):
         try:
-            actor = authenticate(session, data["k"])
+            actor = with_memberships(session, authenticate(session, data["k"]))
+            install_scope(session, actor, PAGE_ROLES)
         except PedigreeError:
             actor = None
     if actor is None or actor.role not in PAGE_ROLES:

@@ -49,14 +49,18 @@ def get(session: Session, snapshot_id: str | uuid.UUID) -> Snapshot:
         snap = session.get(Snapshot, uuid.UUID(str(snapshot_id)))
     except ValueError:
         snap = None
+    missing = NotFound(f"snapshot {snapshot_id} not found", details={"snapshot": str(snapshot_id)})
     if snap is None:
-        raise NotFound(f"snapshot {snapshot_id} not found", details={"snapshot": str(snapshot_id)})
+        raise missing
+    datasets.check_dataset_id(session, snap.dataset_id, missing)
     return snap
 
 
 def list_page(session: Session, *, dataset_ref: str | None, cursor: str | None,
               limit: int) -> tuple[list[Snapshot], str | None]:
     q = select(Snapshot)
+    if (visible := datasets.visible_dataset_ids(session)) is not None:
+        q = q.where(Snapshot.dataset_id.in_(visible))
     if dataset_ref:
         q = q.where(Snapshot.dataset_id == datasets.get(session, dataset_ref).id)
     if cursor:

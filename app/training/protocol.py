@@ -42,14 +42,20 @@ class Protocol:
     on_events: Callable[[Any, list[EventIn]], None] | None = None
     # Called with (row) when it fails: an evaluation drops its results.
     on_fail: Callable[[Any], None] | None = None
+    # Called with (session, row, missing) on every lookup: raises `missing` for a row outside the
+    # caller's workspaces (docs/security.md, "Workspaces").
+    visible: Callable[[Session, Any, Exception], None] | None = None
 
     def get(self, session: Session, row_id: str | uuid.UUID, *, lock: bool = False) -> Any:
         q = select(self.model).where(self.model.id == id_or_404(row_id, self.entity))
         if lock:
             q = q.with_for_update()
         row = session.scalar(q.execution_options(populate_existing=True))
+        missing = NotFound(f"{self.label} {row_id} not found", details={self.entity: str(row_id)})
         if row is None:
-            raise NotFound(f"{self.label} {row_id} not found", details={self.entity: str(row_id)})
+            raise missing
+        if self.visible is not None:
+            self.visible(session, row, missing)
         return row
 
     def finished(self, row: Any, doing: str) -> Conflict:

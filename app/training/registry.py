@@ -19,7 +19,9 @@ from app.core.auth import Actor
 from app.core.errors import Conflict, Forbidden, NotFound
 from app.core.pagination import page
 from app.core.sql import insert_ignore, is_pg
+from app.datasets import service as datasets
 from app.models.base import utcnow
+from app.models.snapshot import Snapshot
 from app.models.training import ModelAlias, ModelAliasHistory, ModelVersion, RegisteredModel, TrainingRun
 from app.training import gates
 
@@ -43,13 +45,36 @@ def register(session: Session, *, name: str, run: TrainingRun, artifact_uri: str
     return mv
 
 
+# Workspaces: a model version belongs to its run's dataset's workspace; a registered model (a name) is
+# visible where any of its versions is. Names are one namespace for the installation.
+def visible_run_ids(session: Session) -> Any:
+    """Subquery of the run ids the caller may see, or None for all."""
+    visible = datasets.visible_dataset_ids(session)
+    if visible is None:
+        return None
+    return (select(TrainingRun.id).join(Snapshot, Snapshot.id == TrainingRun.snapshot_id)
+            .where(Snapshot.dataset_id.in_(visible)))
+
+
+def check_version_visible(session: Session, mv: ModelVersion, missing: Exception) -> None:
+    if datasets.visible_dataset_ids(session) is None:
+        return
+    ds_id = session.scalar(select(Snapshot.dataset_id).join(TrainingRun, TrainingRun.snapshot_id == Snapshot.id)
+                           .where(TrainingRun.id == mv.run_id))
+    if ds_id is None:
+        raise missing
+    datasets.check_dataset_id(session, ds_id, missing)
+
+
 def get_version(session: Session, name: str, version: int, *, lock: bool = False) -> ModelVersion:
     q = select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
     if lock:
         q = q.with_for_update()
     mv = session.scalar(q)
+    missing = NotFound(f"model {name} has no version {version}", details={"model": name, "version": version})
     if mv is None:
-        raise NotFound(f"model {name} has no version {version}", details={"model": name, "version": version})
+        raise missing
+    check_version_visible(session, mv, missing)
     return mv
 
 
@@ -58,8 +83,13 @@ def _require_model(session: Session, name: str, *, lock: bool = False) -> Regist
     if lock:
         q = q.with_for_update()
     m = session.scalar(q)
+    missing = NotFound(f"model {name} not found", details={"model": name})
     if m is None:
-        raise NotFound(f"model {name} not found", details={"model": name})
+        raise missing
+    runs = visible_run_ids(session)
+    if runs is not None and session.scalar(
+            select(ModelVersion.id).where(ModelVersion.name == name, ModelVersion.run_id.in_(runs)).limit(1)) is None:
+        raise missing
     return m
 
 
@@ -72,8 +102,10 @@ def aliases_by_version(session: Session, name: str) -> dict[int, list[str]]:
 
 
 def list_models(session: Session) -> list[dict[str, Any]]:
-    rows = session.execute(select(RegisteredModel.name, RegisteredModel.latest_version, RegisteredModel.created_at)
-                           .order_by(RegisteredModel.name)).all()
+    q = select(RegisteredModel.name, RegisteredModel.latest_version, RegisteredModel.created_at)
+    if (runs := visible_run_ids(session)) is not None:
+        q = q.where(RegisteredModel.name.in_(select(ModelVersion.name).where(ModelVersion.run_id.in_(runs))))
+    rows = session.execute(q.order_by(RegisteredModel.name)).all()
     aliases: dict[str, dict[str, int]] = {}
     for name, alias, version in session.execute(select(ModelAlias.name, ModelAlias.alias, ModelAlias.version)):
         aliases.setdefault(name, {})[alias] = version
@@ -86,6 +118,8 @@ def list_versions(session: Session, name: str, *, status: str | None = None, bef
     never shifts when a run registers meanwhile)."""
     _require_model(session, name)
     q = select(ModelVersion).where(ModelVersion.name == name)
+    if (runs := visible_run_ids(session)) is not None:
+        q = q.where(ModelVersion.run_id.in_(runs))
     if status:
         q = q.where(ModelVersion.status == status)
     if before is not None:

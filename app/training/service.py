@@ -29,12 +29,13 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core import jobs
-from app.core.auth import Actor
+from app.core.auth import Actor, scope_actor
 from app.core.config import get_settings
 from app.core.errors import Conflict, ValidationFailed
 from app.core.ids import id_or_404
 from app.core.pagination import decode_cursor, page
 from app.core.sql import is_pg
+from app.datasets import service as datasets
 from app.models.base import utcnow
 from app.models.snapshot import Snapshot
 from app.models.training import (
@@ -68,10 +69,16 @@ def _merge_metrics(run: TrainingRun, events: list[EventIn]) -> None:
         run.metrics = merged
 
 
+def _run_visible(session: Session, run: TrainingRun, missing: Exception) -> None:
+    if scope_actor(session) is not None:  # the run's dataset is its snapshot's
+        ds_id = session.scalar(select(Snapshot.dataset_id).where(Snapshot.id == run.snapshot_id))
+        datasets.check_dataset_id(session, ds_id, missing)
+
+
 # Claim, events, fail, cancel and the late-report refusal: the same steps as evaluations' (app/training/protocol.py).
 RUNS = Protocol(model=TrainingRun, event_model=TrainingRunEvent, fk="run_id", entity="training_run",
                 label="training run", finished_code="run_finished", startable=("queued", "validating"),
-                on_events=_merge_metrics)
+                on_events=_merge_metrics, visible=_run_visible)
 
 
 def get(session: Session, run_id: str | uuid.UUID, *, lock: bool = False) -> TrainingRun:
@@ -344,6 +351,8 @@ def _end(session: Session, run: TrainingRun, status: str, *, actor: Actor, now: 
 def list_page(session: Session, *, status: str | None, snapshot_id: str | None, model_name: str | None,
               cursor: str | None, limit: int) -> tuple[list[TrainingRun], str | None]:
     q = select(TrainingRun)
+    if (visible := datasets.visible_dataset_ids(session)) is not None:
+        q = q.where(TrainingRun.snapshot_id.in_(select(Snapshot.id).where(Snapshot.dataset_id.in_(visible))))
     if status:
         q = q.where(TrainingRun.status == status)
     if snapshot_id:

@@ -123,7 +123,7 @@ def world(api, dispatched, artifact_root):
               "b": b["id"], "run_id": live["id"], "name": "role-model", "version": "1", "alias": "production",
               "source": "helpdesk", "license": "CC-BY-4.0", "reviewer": "test-reviewer",
               "request_id": erasure.json()["id"], "evaluation_id": evaluation.json()["id"],
-              "grant_id": fresh_grant_id}
+              "grant_id": fresh_grant_id, "workspace_id": "default"}
     item = {"example_id": pending, "revision_id": revision}
     requests: dict[tuple[str, str], dict[str, Any]] = {
         ("POST", "/v1/datasets"): {"json": {"name": f"ds-{uuid.uuid4().hex[:8]}", "format": "instruction"}},
@@ -133,6 +133,8 @@ def world(api, dispatched, artifact_root):
             "content": orjson.dumps(instruction_line(99)) + b"\n", "headers": NDJSON},
         ("POST", "/v1/keys"): {"json": {"name": "made-by-test", "role": "auditor"}},
         ("POST", "/v1/pii-grants"): {"json": grant_body},
+        ("POST", "/v1/workspaces"): {"json": {"name": f"ws-{uuid.uuid4().hex[:8]}"}},
+        ("POST", "/v1/workspaces/{workspace_id}/members"): {"json": {"key_id": fresh_key_id(), "role": "auditor"}},
         ("POST", "/v1/examples/{example_id}/pii-findings"): {
             "json": {"field_path": "output", "start": 0, "end": 4, "entity_type": "PERSON"}},
         ("POST", "/v1/examples/{example_id}/pii-findings/{finding_id}/verdict"): {"json": {"verdict": "confirmed"}},
@@ -142,6 +144,8 @@ def world(api, dispatched, artifact_root):
         ("GET", "/v1/review/stats"): {"params": {"dataset": ds["id"]}},
         ("POST", "/v1/examples/{example_id}/reviews"): {"json": {"decision": "approve", "revision_id": revision}},
         ("POST", "/v1/reviews:bulk"): {"json": {"decision": "approve", "items": [item]}},
+        ("POST", "/v1/examples/{example_id}/comparisons"): {
+            "json": {"revision_id": revision, "pick": "a", "reason_code": "more_helpful"}},
         ("POST", "/v1/examples/{example_id}/revisions"): {
             "json": {"content": {"instruction": "Write about the invoice.", "input": "", "output": "Done."}}},
         ("POST", "/v1/examples/{example_id}/suggestions"): {"json": {"model": "judge", "label": "approve"}},
