@@ -162,12 +162,16 @@ def test_majority_against_the_stored_order_swaps_through_a_new_revision(api, dis
 
 
 def test_identical_answers_are_left_out_of_preference_snapshots(api):
+    """Identical answers, and answers that differ only by what PII scrubbing replaced with one placeholder."""
     ds, _ = _dataset(api, [{"prompt": "p?", "chosen": "same answer", "rejected": "same answer"},
-                             {"prompt": "q?", "chosen": "good", "rejected": "bad"}], approvals=1)
+                           {"prompt": "Who do I write to?", "chosen": "Write to ann.lee@example.org today.",
+                            "rejected": "Write to bob.stone@example.com today."},
+                           {"prompt": "q?", "chosen": "good", "rejected": "bad"}], approvals=1)
     for it in _queue(api, "reviewer", ds).values():
         assert _compare(api, "reviewer", it, "a").status_code == 201
     r = api.as_("curator").post("/v1/snapshots", json={"dataset_id": ds["id"], "name": "s"})
-    assert r.status_code == 201 and r.json()["counts"]["excluded"]["pair_unusable"] == 1, r.text
+    assert r.status_code == 201 and r.json()["counts"]["excluded"]["pair_unusable"] == 2, r.text
+    assert r.json()["member_count"] == 1
 
 
 def test_refusals(api):

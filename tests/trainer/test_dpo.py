@@ -179,3 +179,16 @@ def test_dpo_refuses_other_formats_and_bad_beta(tiny_model, tmp_path):
             train({"base_model": str(tiny_model), "method": "dpo", "hyperparameters": {"beta": beta}}, _records(),
                   tmp_path / "o")
         assert e.value.code == "invalid_hyperparameters" and "hyperparameters.beta" in e.value.message
+
+
+def test_dpo_on_qloras_base_needs_cuda(tiny_model, tmp_path):
+    """dpo_adapter qlora loads the 4-bit base through the same path as method qlora: CUDA only."""
+    if torch.cuda.is_available():
+        pytest.skip("runs on a CPU host only")
+    from trainer.errors import TrainError
+    from trainer.run import train
+
+    with pytest.raises(TrainError) as e:
+        train({"base_model": str(tiny_model), "method": "dpo", "hyperparameters": {"dpo_adapter": "qlora"}},
+              _records(), tmp_path / "o")
+    assert e.value.code == "qlora_unavailable"
