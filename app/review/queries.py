@@ -6,18 +6,28 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, select, union_all
 from sqlalchemy.orm import Session
 
 from app.models.review import Review
 
 
-def approvals_by_revision(dataset_id: uuid.UUID) -> Select:
+def approvals_by_revision(dataset_id: uuid.UUID) -> Any:
     """(revision_id, n): distinct human reviewers who approved each revision of the dataset. Counted per
-    revision, so an edit (a new revision) resets the count, exactly as the review policy does."""
-    return (select(Review.revision_id, func.count(Review.reviewer_key_id.distinct()).label("n"))
-            .where(Review.dataset_id == dataset_id, Review.decision == "approve")
-            .group_by(Review.revision_id))
+    revision, so an edit (a new revision) resets the count, exactly as the review policy does. A
+    `pairwise_swap` revision holds the pair its parent's reviewers approved (their majority made it), so it
+    counts its parent's approvals."""
+    from app.models.example import ExampleRevision
+
+    own = (select(Review.revision_id, func.count(Review.reviewer_key_id.distinct()).label("n"))
+           .where(Review.dataset_id == dataset_id, Review.decision == "approve")
+           .group_by(Review.revision_id))
+    swapped = (select(ExampleRevision.id.label("revision_id"), func.count(Review.reviewer_key_id.distinct()).label("n"))
+               .join(Review, Review.revision_id == ExampleRevision.parent_id)
+               .where(Review.dataset_id == dataset_id, Review.decision == "approve",
+                      ExampleRevision.reason == "pairwise_swap")
+               .group_by(ExampleRevision.id))
+    return union_all(own, swapped)
 
 
 def decisions_by_reviewer(session: Session, revisions: Select) -> list[Any]:

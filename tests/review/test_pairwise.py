@@ -116,6 +116,10 @@ def test_majority_against_the_stored_order_swaps_through_a_new_revision(api, dis
     r = api.as_("curator").post("/v1/snapshots", json={"dataset_id": ds["id"], "name": "all-pairs",
                                                        "filter": {"include_unusable_pairs": True}})
     assert r.json()["member_count"] == 3
+    # The swap revision counts the approvals of the revision its reviewers judged.
+    r = api.as_("curator").post("/v1/snapshots", json={"dataset_id": ds["id"], "name": "two-approvals",
+                                                       "filter": {"min_approvals": 2}})
+    assert r.status_code == 201 and r.json()["member_count"] == 2, r.text
 
     # Stats: agreement over the four labels, position bias per reviewer.
     st = api.as_("auditor").get("/v1/review/stats", params={"dataset": ds["id"]}).json()["pairwise"]
