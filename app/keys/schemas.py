@@ -156,3 +156,9 @@ class MemberOut(Out):
 
 class MemberList(Out):
     items: list[MemberOut]
+
+
+class MemberRemoved(Out):
+    workspace_id: str
+    key_id: str
+    removed: bool

@@ -5,13 +5,21 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter
 
 from app.access import workspaces
 from app.core.auth import Admin, CurrentActor
 from app.core.db import SessionDep
 from app.core.openapi import errors
-from app.keys.schemas import MemberIn, MemberList, MemberOut, WorkspaceCreate, WorkspaceList, WorkspaceOut
+from app.keys.schemas import (
+    MemberIn,
+    MemberList,
+    MemberOut,
+    MemberRemoved,
+    WorkspaceCreate,
+    WorkspaceList,
+    WorkspaceOut,
+)
 
 router = APIRouter(prefix="/v1/workspaces", tags=["keys"])
 
@@ -40,7 +48,9 @@ def add_member(workspace_id: str, data: MemberIn, session: SessionDep, actor: Ad
     return {"key_id": str(m.key_id), "role": m.role, "created_at": None, "created_by": m.created_by}
 
 
-@router.delete("/{workspace_id}/members/{key_id}", status_code=204)
-def remove_member(workspace_id: str, key_id: uuid.UUID, session: SessionDep, actor: Admin) -> Response:
-    workspaces.remove_member(session, workspace=workspaces.get(session, workspace_id), key_id=key_id, actor=actor)
-    return Response(status_code=204)
+@router.delete("/{workspace_id}/members/{key_id}", response_model=MemberRemoved)
+def remove_member(workspace_id: str, key_id: uuid.UUID, session: SessionDep, actor: Admin) -> dict[str, Any]:
+    """Ends the key's access to the workspace on its next request."""
+    w = workspaces.get(session, workspace_id)
+    workspaces.remove_member(session, workspace=w, key_id=key_id, actor=actor)
+    return {"workspace_id": str(w.id), "key_id": str(key_id), "removed": True}
