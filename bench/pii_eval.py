@@ -1,6 +1,7 @@
 """PII detection quality: precision, recall and F1 per entity type, at the span level.
 
     python -m bench.pii_eval [--corpus-dir ../shared/corpora/pii] [--limit N] [--configs ...]
+                             [--parts tune|measure ...] [--model en_core_web_sm|en_core_web_md]
 
 Corpora: presidio-research's synthetic sets (presidio_synth_dataset_v2.json, presidio_generated_small.json):
 templates filled with Faker values, gold spans given as character offsets. Split by template (never by
@@ -37,6 +38,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from collections import defaultdict
@@ -278,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus-dir", type=Path, default=Path("../shared/corpora/pii"))
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N records")
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="evaluate only these parts (a part left out is not even run: `--parts tune` "
+                             "compares models without touching the held-out templates)")
+    parser.add_argument("--model", default=None,
+                        help="spaCy model for the NER configurations (PEDIGREE_PII_SPACY_MODEL; default: "
+                             "the setting's). The sm_* names then stand for that model")
     parser.add_argument("--fixture", type=Path, default=FIXTURE,
                         help="hand-written held-out shapes (JSON lines: text, spans [[type, value], ...])")
     parser.add_argument("--dolly", type=int, default=1000, metavar="N",
@@ -288,8 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clean-code", type=int, default=5000, help="GPTeacher records for pii_clean")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)  # presidio logs one warning per unmapped label
+    if args.model:
+        # Every engine here (and bench.pii_clean's) reads its settings from the environment.
+        os.environ["PEDIGREE_PII_SPACY_MODEL"] = args.model
+    from app.core.config import PiiSettings
 
+    model = PiiSettings().spacy_model
     records, repaired = load_corpus(args.corpus_dir, args.limit)
+    records = [r for r in records if r["part"] in args.parts]
     parts = {part: [r for r in records if r["part"] == part] for part in PARTS}
     figures: dict[str, dict] = {}
     sources: dict[str, dict] = {}
@@ -342,10 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.clean:
         from bench import pii_clean
 
-        clean = pii_clean.run(args.clean_dolly, args.clean_code)
+        clean = pii_clean.run(args.clean_dolly, args.clean_code,
+                              halves=tuple(h for h in pii_clean.HALVES if h in args.parts))
         print(f"\n== clean text (bench.pii_clean): {clean['headline']}")
     summary = {
         "bench": "pii_eval",
+        "model": model,
+        "parts": args.parts,
         "texts": len(records),
         "texts_per_part": {part: len(rs) for part, rs in parts.items()},
         "split": f"by template_id, stratified by rarest target type, salt {SPLIT_SALT!r}",

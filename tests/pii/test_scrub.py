@@ -39,7 +39,7 @@ def test_findings_point_at_the_raw_and_the_scrubbed_span(engine):
         scrubbed = get_path(res.content, f.field_path)
         assert scrubbed[f.scrubbed_start : f.scrubbed_end] == f"<{f.entity_type}>"
         assert raw[f.start : f.end] in {"John Smith", "john.smith@acme.io", "212-555-0187"}
-        assert f.engine.startswith("presidio-analyzer==") and f.model == "en_core_web_sm==3.8.0"
+        assert f.engine.startswith("presidio-analyzer==") and f.model == "en_core_web_md==3.8.0"
         assert f.operator == "placeholder" and f.recognizer and 0 < f.score <= 1
     # Findings carry no raw value.
     assert "John" not in repr([f.to_dict() for f in res.findings])

@@ -34,8 +34,10 @@ def _refuse_to_start_without_model_or_vault_key(**_: object) -> None:
     try:
         if s.mode == "ner" and resolve_model_package(s.spacy_model) is None:
             raise PiiModelMissing(
-                f"spaCy model {s.spacy_model!r} is not installed. Install it (`pip install --require-hashes -r "
-                "requirements/spacy-model.txt`) or set PEDIGREE_PII_MODE=pattern_only explicitly."
+                f"spaCy model {s.spacy_model!r} is not installed. Install it (`make install`, or `pip install "
+                "--no-deps --ignore-requires-python --require-hashes -r requirements/spacy-model-md.txt` for "
+                "en_core_web_md, `-r requirements/spacy-model.txt` for en_core_web_sm) or set "
+                "PEDIGREE_PII_MODE=pattern_only explicitly."
             )
         with session_scope() as session:
             startup_check(session)

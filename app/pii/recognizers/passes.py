@@ -162,7 +162,8 @@ def drop_ordinary_words(text: str, results: list[RecognizerResult]) -> list[Reco
     and, in mixed-case text, lower-case phrases ("keto diet", "upsell"). A model-only PERSON made of
     ordinary words (`_ordinary_words`), or written in lower case in a text that has capitals without a
     first name at its head, is dropped. A cue before it keeps it ("Mrs. Baker"); the cue recognizers'
-    own results are not weighed here. So is a model LOCATION of one ordinary word ("Mother", "Nurse",
+    own results are not weighed here. So is one led by a single lower-case letter ("z. The"): a variable,
+    not an initial. So is a model LOCATION of one ordinary word ("Mother", "Nurse",
     "Payload"); places of several ("Salt Creek", "Mill Valley") stay: they can be where someone lives."""
     from app.pii.allow import cued
     from app.pii.gazetteer import first_names
@@ -183,6 +184,11 @@ def drop_ordinary_words(text: str, results: list[RecognizerResult]) -> list[Reco
                 continue
             if (has_capitals and not any(c.isupper() for c in value)
                     and value.split()[0].strip(".,;:!?()\"'").casefold() not in given):
+                continue
+            # One lower-case letter is a variable ("the value of z. The code..."): initials are capitals.
+            # en_core_web_md, without the parser's sentence ends, runs such a span into the next sentence.
+            head = value.split()[0].strip(".,;:!?()\"'")
+            if len(head) == 1 and head.islower():
                 continue
         out.append(r)
     return out
