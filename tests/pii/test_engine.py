@@ -107,3 +107,13 @@ def test_a_lower_case_letter_is_a_variable_not_an_initial(engine):
     assert results == []
     [named] = engine.analyze_batch(["The letter was signed J. Hemsworth and posted on Monday."], PiiPolicy())
     assert any(r.entity_type == "PERSON" for r in named)
+
+
+def test_a_list_dash_does_not_make_an_ordinary_word_a_name(engine):
+    # en_core_web_md tagged "- Here" PERSON in a GPTeacher explanation of x++ and --y.
+    text = "1. x = 5\n2. y = 10\n3. z = x++ + --y\n- Here x++ will increment x after the operation. So x = 6"
+    [results] = engine.analyze_batch([text], PiiPolicy())
+    assert not any(r.entity_type == "PERSON" for r in results)
+    [kept] = engine.analyze_batch(["We asked Will Cook about the order."], PiiPolicy())
+    assert any(r.entity_type == "PERSON" and "Will Cook" in "We asked Will Cook about the order."[r.start : r.end]
+               for r in kept)

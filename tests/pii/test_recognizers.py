@@ -99,9 +99,16 @@ def test_a_name_found_once_is_found_everywhere_in_the_text(engine):
 # --- first-name gazetteer ----------------------------------------------------------------------------------
 
 
+# What the gazetteer adds is measured against the small model it was written for (the default en_core_web_md
+# finds some of these names itself, "Lina Artemova" among them).
+@pytest.fixture(scope="module")
+def small() -> PiiEngine:
+    return PiiEngine(PiiSettings(spacy_model="en_core_web_sm"))
+
+
 @pytest.fixture(scope="module")
 def no_gazetteer() -> PiiEngine:
-    return PiiEngine(PiiSettings(name_gazetteer=False))
+    return PiiEngine(PiiSettings(spacy_model="en_core_web_sm", name_gazetteer=False))
 
 
 def _persons(engine, text):
@@ -122,8 +129,8 @@ def _persons(engine, text):
         ("Mrs. Barbara Yudina Apt. 675 62314 Mellemvej 32", "Barbara Yudina", True),
     ],
 )
-def test_gazetteer_finds_names_the_small_model_misses(engine, no_gazetteer, text, name, found_before):
-    assert name in _persons(engine, text)
+def test_gazetteer_finds_names_the_small_model_misses(engine, small, no_gazetteer, text, name, found_before):
+    assert name in _persons(engine, text) and name in _persons(small, text)
     assert (name in _persons(no_gazetteer, text)) is found_before
 
 

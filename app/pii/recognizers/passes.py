@@ -4,6 +4,7 @@ other mentions and list members. engine.py runs them in order after the analyzer
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from presidio_analyzer import RecognizerResult
 
@@ -153,8 +154,17 @@ def _ordinary_words(value: str) -> bool:
     from app.pii.gazetteer import common_word_names, common_words, first_names
 
     given, ordinary, name_words = first_names(), common_words(), common_word_names()
-    tokens = [t for t in (_POSSESSIVE.sub("", w).strip(".,;:!?()\"'").casefold() for w in value.split()) if t]
+    # A token with no letter ("-" of a list item, "- Here") is punctuation, not a word either way.
+    tokens = [t for t in (_POSSESSIVE.sub("", w).strip(".,;:!?()\"'").casefold() for w in value.split())
+              if any(c.isalpha() for c in t)]
     return bool(tokens) and all(t in ordinary and (t not in given or t in name_words) for t in tokens)
+
+
+@lru_cache(maxsize=1)
+def _function_words() -> frozenset[str]:
+    from spacy.lang.en.stop_words import STOP_WORDS
+
+    return frozenset(STOP_WORDS)
 
 
 def drop_ordinary_words(text: str, results: list[RecognizerResult]) -> list[RecognizerResult]:
@@ -184,6 +194,11 @@ def drop_ordinary_words(text: str, results: list[RecognizerResult]) -> list[Reco
                 continue
             if (has_capitals and not any(c.isupper() for c in value)
                     and value.split()[0].strip(".,;:!?()\"'").casefold() not in given):
+                continue
+            # One function word alone ("- Here x++ will..."; nam_dict lists "Here", "Just", "So" as rare first
+            # names) is no name without a cue; in a name of several words it still counts ("Will Cook").
+            words = [w for w in (t.strip(".,;:!?()\"'").casefold() for t in value.split()) if any(c.isalpha() for c in w)]
+            if len(words) == 1 and words[0] in _function_words() and not cued(text, r.start):
                 continue
             # One lower-case letter is a variable ("the value of z. The code..."): initials are capitals.
             # en_core_web_md, without the parser's sentence ends, runs such a span into the next sentence.
