@@ -11,6 +11,7 @@ from app.audit.schemas import AuditEventList, VerifyOut
 from app.core.auth import Auditor, check_workspace, visible_workspaces
 from app.core.db import BIGINT_MAX, SessionDep
 from app.core.errors import NotFound
+from app.core.openapi import errors
 from app.core.sql import iso
 from app.models.audit import AuditEvent
 from app.models.auth import Workspace
@@ -39,7 +40,7 @@ def _workspace_id(session, ref: str) -> uuid.UUID:
     return w.id
 
 
-@router.get("/events", response_model=AuditEventList)
+@router.get("/events", response_model=AuditEventList, responses=errors(404))  # an unknown ?workspace=
 def events(
     session: SessionDep,
     actor: Auditor,

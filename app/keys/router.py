@@ -35,7 +35,7 @@ def _key(session, key_id: uuid.UUID) -> ApiKey:
     return row
 
 
-@router.post("", status_code=201, response_model=KeyCreated)
+@router.post("", status_code=201, response_model=KeyCreated, responses=errors(404))  # an unknown workspace
 def create_key(data: KeyCreate, session: SessionDep, actor: Admin) -> dict[str, Any]:
     ws = workspaces.get(session, data.workspace) if data.role != "admin" else None
     row, key = auth.create_key(session, name=data.name, role=data.role, created_by=actor.ref, is_human=data.is_human,

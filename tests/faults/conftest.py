@@ -246,8 +246,10 @@ def stack(fault_pg: PgCluster, fault_redis: RedisServer, monkeypatch, tmp_path: 
         yield s
     finally:
         s.close()
+        from app.core.auth import USES
         from app.core.db import _engine_for, get_engine
 
+        USES.forget()  # last-used notes for keys of the database about to be dropped
         get_engine().dispose()
         _engine_for.cache_clear()
         jobs.celery_client.cache_clear()

@@ -80,7 +80,7 @@ def test_create_queue_dispatch_list_and_validation(api, dispatched, base_model, 
         assert r.status_code == 422, (hp, r.text)
         assert r.json()["error"]["details"][0]["field"] == field, r.json()
     r = api.as_("curator").post("/v1/training-runs", json={"snapshot_id": snap["id"], "base_model": base_model,
-                                                          "model_name": "m", "method": "full"})
+                                                          "model_name": "m", "method": "rlhf"})
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "method"
 
     # A base model path that does not exist: the run is kept, failed while validating, never queued.
