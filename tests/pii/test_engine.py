@@ -117,3 +117,14 @@ def test_a_list_dash_does_not_make_an_ordinary_word_a_name(engine):
     [kept] = engine.analyze_batch(["We asked Will Cook about the order."], PiiPolicy())
     assert any(r.entity_type == "PERSON" and "Will Cook" in "We asked Will Cook about the order."[r.start : r.end]
                for r in kept)
+
+
+def test_a_lower_case_place_in_mixed_case_text_is_a_common_noun(engine):
+    # en_core_web_md typed "atlas" LOCATION; under public_entities: scrub it was scrubbed.
+    from app.pii.schemas import effective_policy
+
+    policy = effective_policy("default", {"public_entities": "scrub"})
+    [results] = engine.analyze_batch(["Look it up in the atlas."], policy)
+    assert results == []
+    [paris] = engine.analyze_batch(["She moved to Paris last year."], policy)
+    assert any(r.entity_type == "LOCATION" for r in paris)

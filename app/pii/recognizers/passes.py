@@ -174,7 +174,8 @@ def drop_ordinary_words(text: str, results: list[RecognizerResult]) -> list[Reco
     first name at its head, is dropped. A cue before it keeps it ("Mrs. Baker"); the cue recognizers'
     own results are not weighed here. So is one led by a single lower-case letter ("z. The"): a variable,
     not an initial. So is a model LOCATION of one ordinary word ("Mother", "Nurse",
-    "Payload"); places of several ("Salt Creek", "Mill Valley") stay: they can be where someone lives."""
+    "Payload"); places of several ("Salt Creek", "Mill Valley") stay: they can be where someone lives. A
+    model LOCATION in lower case in a text with capitals ("the atlas") is dropped too."""
     from app.pii.allow import cued
     from app.pii.gazetteer import first_names
 
@@ -185,6 +186,11 @@ def drop_ordinary_words(text: str, results: list[RecognizerResult]) -> list[Reco
         model = (r.recognition_metadata or {}).get(RecognizerResult.RECOGNIZER_NAME_KEY) == "SpacyRecognizer"
         if (model and r.entity_type == "LOCATION" and " " not in text[r.start : r.end].strip()
                 and _ordinary_words(text[r.start : r.end]) and not cued(text, r.start)):
+            continue
+        # A lower-case place in a text that has capitals is a common noun ("look it up in the atlas":
+        # en_core_web_md's LOCATION); lower-case records have no capitals and keep theirs.
+        if (model and r.entity_type == "LOCATION" and has_capitals
+                and not any(c.isupper() for c in text[r.start : r.end]) and not cued(text, r.start)):
             continue
         if model and r.entity_type == "PERSON":
             value = text[r.start : r.end]
