@@ -58,6 +58,25 @@ def _text(value: Any, field: str, *, max_chars: int, allow_empty: bool = False) 
     return value
 
 
+def _turn(m: Any, i: int, path: str, expected: str) -> tuple[str, str]:
+    """One turn of a conversation (a chat example's messages, a preference prompt): its role, checked
+    against the order (a system message first if any, then user/assistant alternating), and the role
+    the next turn must have."""
+    if not isinstance(m, dict):
+        raise FieldError(path, "type", f"{path} must be an object with role and content")
+    role = m.get("role")
+    if role not in CHAT_ROLES:
+        raise FieldError(f"{path}.role", "invalid", f"{path}.role must be one of {', '.join(CHAT_ROLES)}")
+    if role == "system":
+        if i != 0:
+            raise FieldError(f"{path}.role", "order", "a system message may only come first")
+        return role, expected
+    if role != expected:
+        raise FieldError(f"{path}.role", "order",
+                         f"{path} is {role!r} but turns must alternate user/assistant; expected {expected!r}")
+    return role, "assistant" if role == "user" else "user"
+
+
 def normalize(fmt: str, obj: dict[str, Any], *, max_chars: int = 100_000, max_messages: int = 256) -> dict[str, Any]:
     """Return the normalised content of one example, or raise FieldError naming the field."""
     if fmt == "chat":
@@ -72,19 +91,7 @@ def normalize(fmt: str, obj: dict[str, Any], *, max_chars: int = 100_000, max_me
         expected = "user"
         for i, m in enumerate(messages):
             path = f"messages[{i}]"
-            if not isinstance(m, dict):
-                raise FieldError(path, "type", f"{path} must be an object with role and content")
-            role = m.get("role")
-            if role not in CHAT_ROLES:
-                raise FieldError(f"{path}.role", "invalid", f"{path}.role must be one of {', '.join(CHAT_ROLES)}")
-            if role == "system":
-                if i != 0:
-                    raise FieldError(f"{path}.role", "order", "a system message may only come first")
-            elif role != expected:
-                raise FieldError(f"{path}.role", "order",
-                                 f"{path} is {role!r} but turns must alternate user/assistant; expected {expected!r}")
-            else:
-                expected = "assistant" if role == "user" else "user"
+            role, expected = _turn(m, i, path, expected)
             msg: dict[str, Any] = {"role": role, "content": _text(m.get("content"), f"{path}.content", max_chars=max_chars)}
             # OpenAI's per-message training weight (0/1) is the one extra key trainers understand.
             if "weight" in m:
@@ -132,19 +139,7 @@ def _prompt(value: Any, *, max_chars: int, max_messages: int) -> str | list[dict
     expected = "user"
     for i, m in enumerate(value):
         path = f"prompt[{i}]"
-        if not isinstance(m, dict):
-            raise FieldError(path, "type", f"{path} must be an object with role and content")
-        role = m.get("role")
-        if role not in CHAT_ROLES:
-            raise FieldError(f"{path}.role", "invalid", f"{path}.role must be one of {', '.join(CHAT_ROLES)}")
-        if role == "system":
-            if i != 0:
-                raise FieldError(f"{path}.role", "order", "a system message may only come first")
-        elif role != expected:
-            raise FieldError(f"{path}.role", "order",
-                             f"{path} is {role!r} but turns must alternate user/assistant; expected {expected!r}")
-        else:
-            expected = "assistant" if role == "user" else "user"
+        role, expected = _turn(m, i, path, expected)
         out.append({"role": role, "content": _text(m.get("content"), f"{path}.content", max_chars=max_chars)})
     if out[-1]["role"] != "user":
         raise FieldError(f"prompt[{len(out) - 1}].role", "order", "a prompt conversation must end with the user")
