@@ -28,7 +28,9 @@ def test_croissant_validates_and_is_generated_from_records(api):
     lines = [instruction_line(i, source="zendesk" if i % 4 else "crm") for i in range(16)]
     lines[0]["output"] = "She said her mother is a nurse; call me at 415-555-0132."
     set_status(ingest(api, ds, lines), "approved")
-    snap = freeze(api, ds, validation_fraction=0.25)
+    # The split hashes the (random) example ids: at 0.25 over 16 members, one run in a hundred had no
+    # validation member (seen in CI); at 0.5 each split is empty in only 2**-16 of runs.
+    snap = freeze(api, ds, validation_fraction=0.5)
     r = api.as_("auditor").get(f"/v1/snapshots/{snap['id']}/croissant")
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/ld+json")
