@@ -96,6 +96,30 @@ TRL_LARGEST = {"qwen2.5-0.5b": [32, 24, 16, 12, 8], "llama3-8b": [8, 6, 4, 3, 2]
 PEERS = ("trl_liger", "hf_largest", "hf_batch")
 
 
+def _step_clock(*, on_gpu: bool, warmup: int, seconds: float):
+    """A Trainer callback timing the steps after `warmup` (synchronised on the GPU) and stopping the
+    peer's run once `seconds` have passed: the same window for every Trainer-based line."""
+    import torch
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.t0 = None
+            self.steps = 0
+
+        def on_step_end(self, args, state, control, **kw):
+            if on_gpu:
+                torch.cuda.synchronize()
+            if state.global_step == warmup:
+                self.t0 = time.perf_counter()
+            elif self.t0 is not None:
+                self.steps = state.global_step - warmup
+                self.elapsed = time.perf_counter() - self.t0
+                if self.elapsed >= seconds:
+                    control.should_training_stop = True
+
+    return Clock()
+
 def smoke_shape(base: dict) -> dict:
     return {
         **base,
@@ -451,7 +475,7 @@ def run_hf(
     and a batch size that survives 15 s of random batches but dies on it mid-epoch does not fit.
     An OOM there raises `WorstBatchOOM`."""
     import torch
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     free_memory()
     on_gpu = device.type == "cuda"
@@ -485,23 +509,7 @@ def run_hf(
         collated.append((real, sup))
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.t0 = None
-            self.steps = 0
-
-        def on_step_end(self, args, state, control, **kw):
-            if on_gpu:
-                torch.cuda.synchronize()
-            if state.global_step == warmup:
-                self.t0 = time.perf_counter()
-            elif self.t0 is not None:
-                self.steps = state.global_step - warmup
-                self.elapsed = time.perf_counter() - self.t0
-                if self.elapsed >= seconds:
-                    control.should_training_stop = True
-
-    clock = Clock()
+    clock = _step_clock(on_gpu=on_gpu, warmup=warmup, seconds=seconds)
     args = TrainingArguments(
         output_dir=str(out_dir / "hf"),
         per_device_train_batch_size=batch_size,
@@ -643,7 +651,6 @@ def run_trl(
     on; off is faster wherever the batch fits). The batch size is packed rows per step."""
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from trainer.tiny import build_tokenizer
@@ -662,23 +669,7 @@ def run_trl(
     )
     counted: list[tuple[int, int]] = []
 
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.t0 = None
-            self.steps = 0
-
-        def on_step_end(self, args, state, control, **kw):
-            if on_gpu:
-                torch.cuda.synchronize()
-            if state.global_step == warmup:
-                self.t0 = time.perf_counter()
-            elif self.t0 is not None:
-                self.steps = state.global_step - warmup
-                self.elapsed = time.perf_counter() - self.t0
-                if self.elapsed >= seconds:
-                    control.should_training_stop = True
-
-    clock = Clock()
+    clock = _step_clock(on_gpu=on_gpu, warmup=warmup, seconds=seconds)
     args = SFTConfig(
         output_dir=str(out_dir / "trl"),
         per_device_train_batch_size=batch_size,
