@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.factories import instruction_line, make_keys
-from tests.sdk.test_client import _free_port, _serve, _wait
+from tests.sdk.test_client import live_server
 
 PACKAGE = "pedigree_generated"
 # openapi-python-client reads bodies it knows (JSON, text/*, octet-stream); the real media types of the
@@ -43,15 +43,8 @@ def server(db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # Outside the embedded mode the document is served only when asked for.
     monkeypatch.setenv("PEDIGREE_API_DOCS", "true")
     keys = make_keys()
-    port = _free_port()
-    proc = _serve(port, tmp_path / "api.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait(url, proc, tmp_path / "api.log")
+    with live_server(tmp_path / "api.log") as url:
         yield url, keys
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def _generate(url: str, where: Path):

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -56,18 +57,25 @@ def _wait(url: str, proc: subprocess.Popen, log: Path) -> None:
         time.sleep(0.2)
 
 
-@pytest.fixture
-def live(db: str, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    keys = make_keys()
+@contextmanager
+def live_server(log: Path) -> Iterator[str]:
+    """A uvicorn process of the API on a free port, with this process's environment; yields its URL."""
     port = _free_port()
-    proc = _serve(port, tmp_path / "api.log")
+    proc = _serve(port, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(url, proc, tmp_path / "api.log")
-        yield url, keys
+        _wait(url, proc, log)
+        yield url
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture
+def live(db: str, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    keys = make_keys()
+    with live_server(tmp_path / "api.log") as url:
+        yield url, keys
 
 
 def test_datasets_imports_pages_and_typed_errors(live, tmp_path):
