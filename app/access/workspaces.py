@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.core.auth import Actor, check_workspace, visible_workspaces
 from app.core.errors import Conflict, NotFound, ValidationFailed
+from app.core.ids import by_id_or_name
 from app.core.sql import iso
 from app.models.auth import ApiKey, Workspace, WorkspaceMember
 
@@ -27,10 +28,7 @@ def view(w: Workspace) -> dict[str, Any]:
 def get(session: Session, ref: str | uuid.UUID | None, *, scoped: bool = True) -> Workspace:
     """By id or name (None: `default`); outside the caller's workspaces it is not found, like a missing one."""
     ref = DEFAULT if ref is None else ref
-    try:
-        w = session.get(Workspace, uuid.UUID(str(ref)))
-    except ValueError:
-        w = session.scalar(select(Workspace).where(Workspace.name == str(ref)))
+    w = by_id_or_name(session, Workspace, ref)
     missing = NotFound(f"workspace {ref} not found", details={"workspace": str(ref)})
     if w is None:
         raise missing

@@ -6,6 +6,8 @@ from __future__ import annotations
 import uuid
 
 import uuid_utils
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.core.errors import NotFound
 
@@ -25,3 +27,12 @@ def id_or_404(value: object, what: str) -> uuid.UUID:
         return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
     except ValueError:
         raise NotFound(f"{what} {value} not found", details={what: str(value)}) from None
+
+
+def by_id_or_name(session: Session, model: type, ref: object):
+    """The row of `model` whose id or unique name is `ref`, or None: the CLI and humans use names, the API
+    hands out ids."""
+    try:
+        return session.get(model, uuid.UUID(str(ref)))
+    except ValueError:
+        return session.scalar(select(model).where(model.name == str(ref)))

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.core.auth import Actor, check_workspace, scope_actor, visible_workspaces
 from app.core.errors import Conflict, NotFound, ValidationFailed
+from app.core.ids import by_id_or_name
 from app.datasets.schemas import DatasetCreate, DatasetUpdate, valid_layered
 from app.models.dataset import Dataset
 from app.models.example import STATUSES, Example
@@ -17,11 +18,7 @@ from app.models.example import STATUSES, Example
 
 def get(session: Session, ref: str | uuid.UUID) -> Dataset:
     """By id or by name: the CLI and humans use names, the API hands out ids."""
-    ds = None
-    try:
-        ds = session.get(Dataset, uuid.UUID(str(ref)))
-    except ValueError:
-        ds = session.scalar(select(Dataset).where(Dataset.name == str(ref)))
+    ds = by_id_or_name(session, Dataset, ref)
     missing = NotFound(f"dataset {ref} not found", details={"dataset": str(ref)})
     if ds is None:
         raise missing
