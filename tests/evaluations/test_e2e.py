@@ -107,7 +107,7 @@ def test_evaluation_through_the_trainer_worker_then_killed_mid_evaluation(stack,
     eid = r.json()["id"]
     ev = wait_eval(api, eid, {"succeeded", "failed", "cancelled"})
     took = time.time() - t0
-    assert ev["status"] == "succeeded", (ev, (st.tmp / "gpu-a.log").read_text()[-4000:])
+    assert ev["status"] == "succeeded", (ev.get("error"), ev, (st.tmp / "gpu-a.log").read_text()[-4000:])
     res = ev["results"]
     assert ev["worker_host"] == __import__("socket").gethostname()
     h, m, p, mi = res["heldout"], res["memorization"], res["pii_extraction"], res["membership"]
