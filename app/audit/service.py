@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, event, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.core import metrics
-from app.core.auth import WORKSPACE
+from app.core.auth import PERSON, WORKSPACE
 from app.core.sql import aware, dialect_insert
 from app.models.audit import GENESIS_HASH, AuditCheckpoint, AuditEvent, AuditHead
 from app.models.base import utcnow
@@ -40,6 +40,10 @@ def record(
     entity_id: Any = None,
     payload: dict[str, Any] | None = None,
 ) -> None:
+    payload = payload or {}
+    person = session.info.get(PERSON)
+    if person is not None:  # a person signed in through SSO: who they are at their provider, on every event
+        payload = {**payload, "sso": person}
     session.info.setdefault(_PENDING, []).append(
         {
             "occurred_at": utcnow(),
@@ -47,7 +51,7 @@ def record(
             "action": action,
             "entity_type": entity_type,
             "entity_id": None if entity_id is None else str(entity_id),
-            "payload": payload or {},
+            "payload": payload,
             # The workspace of the dataset this request resolved (app/core/auth.py check_workspace).
             "workspace_id": session.info.get(WORKSPACE),
         }

@@ -115,6 +115,17 @@ def rotate_key(session: Session, row: ApiKey, *, overlap_s: float) -> tuple[str,
     return key, until
 
 
+def create_person_key(session: Session, *, name: str, role: str) -> ApiKey:
+    """The key that acts for a person signed in through SSO (app/sso). Its secret is generated and thrown
+    away, so it authenticates nothing on /v1; it exists so that reviews, leases, four eyes and the
+    workspace checks name a person exactly as they name a key. No membership: the groups give those."""
+    prefix, key = _new_secret()
+    row = ApiKey(name=name, role=role, prefix=prefix, key_sha256=_sha256(key), created_by="sso", is_human=True)
+    session.add(row)
+    session.flush()
+    return row
+
+
 def key_prefix(key: str) -> str:
     parts = key.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_PREFIX:
@@ -284,6 +295,8 @@ def bearer_token(request: Request) -> str | None:
 SCOPE = "pedigree_scope_actor"
 ALLOWED = "pedigree_scope_allowed"
 WORKSPACE = "pedigree_workspace"
+# {"iss", "sub"} of a person signed in to a web page through SSO: audit events of the request carry it.
+PERSON = "pedigree_person"
 _MEMBERSHIPS = select(WorkspaceMember.workspace_id, WorkspaceMember.role).where(
     WorkspaceMember.key_id == bindparam("key_id"))
 _W = WorkspaceMember.__table__

@@ -8,6 +8,7 @@ with a well-known secret is worse than one that does not start.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +18,8 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET = "embedded-insecure-secret-change-me"
+# The roles a group may map to (app/models/auth.py ROLES; core imports no model, so named again here).
+SSO_ROLES = ("admin", "curator", "reviewer", "trainer", "auditor")
 VAR_DIR = Path("var")
 
 PiiMode = Literal["ner", "pattern_only"]
@@ -77,6 +80,62 @@ class ErasureSettings(BaseSettings):
     # How long the erased subject's strings are held (sealed) for the re-test of a retrained version
     # (app/lineage/retest.py): dropped when the re-test is done, or after this many days regardless.
     retest_hold_days: float = Field(90.0, gt=0, le=3650)
+
+
+class SsoSettings(BaseSettings):
+    """PEDIGREE_SSO_*: OpenID Connect sign-in for the web pages (docs/security.md, "Single sign-on").
+    Off while `issuer` is unset; the API-key sign-in of the page works either way."""
+
+    model_config = SettingsConfigDict(env_prefix="PEDIGREE_SSO_", extra="ignore")
+
+    # The provider's issuer URL; its /.well-known/openid-configuration gives the endpoints and keys.
+    issuer: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    # This server's callback as registered with the provider, e.g. https://pedigree.example/review/sso/callback
+    redirect_url: str | None = None
+    scopes: str = "openid profile email groups"
+    # The ID token claim holding the person's groups (a list of strings, or one string).
+    groups_claim: str = "groups"
+    # The claim shown as the person's name in reviews and the audit log (falls back to sub).
+    name_claim: str = "email"
+    # Group -> {workspace name: role}, as JSON; "*": "admin" makes a group's members global admins.
+    # Or a file holding that JSON (group_roles_file wins when both are set).
+    group_roles: str = "{}"
+    group_roles_file: Path | None = None
+    session_ttl_s: float = Field(8 * 3600.0, gt=0, le=7 * 86400)
+    # Seconds of clock skew allowed on exp / iat of an ID token.
+    leeway_s: int = Field(60, ge=0, le=600)
+    # The button's label on the sign-in page.
+    label: str = "Sign in with single sign-on"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuer)
+
+    def group_role_table(self) -> list[tuple[str, str, str]]:
+        """(group, workspace name or "*", role), in the table's order: where two of a person's groups give
+        one workspace two roles, the earlier entry wins (a membership holds one role)."""
+        raw = self.group_roles_file.read_text() if self.group_roles_file else self.group_roles
+        where = str(self.group_roles_file) if self.group_roles_file else "PEDIGREE_SSO_GROUP_ROLES"
+        try:
+            table = json.loads(raw)
+        except ValueError as e:
+            raise ValueError(f"{where}: not JSON ({e})") from None
+        if not isinstance(table, dict):
+            raise ValueError(f"{where}: must be an object of group -> {{workspace: role}}")  # noqa: TRY004 (pydantic wants ValueError)
+        out = []
+        for group, roles in table.items():
+            if not isinstance(roles, dict):
+                raise ValueError(f"{where}: group {group!r} must map to an object of workspace -> role")  # noqa: TRY004
+            for ws, role in roles.items():
+                if role not in SSO_ROLES:
+                    raise ValueError(f"{where}: group {group!r}, workspace {ws!r}: unknown role {role!r}")
+                if (ws == "*") != (role == "admin"):
+                    raise ValueError(f"{where}: group {group!r}: admin is global, so only as \"*\": \"admin\" "
+                                     f"(and \"*\" only for admin)")
+                out.append((str(group), str(ws), role))
+        return out
 
 
 class Settings(BaseSettings):
@@ -148,6 +207,7 @@ class Settings(BaseSettings):
     pii: PiiSettings = Field(default_factory=PiiSettings)
     openlineage: OpenLineageSettings = Field(default_factory=OpenLineageSettings)
     erasure: ErasureSettings = Field(default_factory=ErasureSettings)
+    sso: SsoSettings = Field(default_factory=SsoSettings)
 
     @property
     def is_embedded(self) -> bool:
@@ -187,6 +247,11 @@ class Settings(BaseSettings):
             )
         if len(self.secret_key) < 16:
             raise ValueError("PEDIGREE_SECRET_KEY must be at least 16 characters")
+        if self.sso.enabled:
+            missing = [n for n in ("client_id", "client_secret", "redirect_url") if not getattr(self.sso, n)]
+            if missing:
+                raise ValueError("PEDIGREE_SSO_ISSUER is set but not " + ", ".join(f"PEDIGREE_SSO_{n.upper()}" for n in missing))
+            self.sso.group_role_table()  # a malformed role table stops start-up, naming the entry
         return self
 
 

@@ -26,6 +26,7 @@ from app.models.review import (
     ReviewSuggestion,
 )
 from app.models.snapshot import Snapshot, SnapshotMember
+from app.models.sso import SsoIdentity, SsoLogin, WebSession
 from app.models.training import (
     Evaluation,
     EvaluationEvent,
@@ -83,11 +84,14 @@ __all__ = [
     "ReviewSuggestion",
     "Snapshot",
     "SnapshotMember",
+    "SsoIdentity",
+    "SsoLogin",
     "StageLease",
     "TrainedRevision",
     "TrainingCanary",
     "TrainingRun",
     "TrainingRunEvent",
+    "WebSession",
     "Workspace",
     "WorkspaceMember",
 ]

@@ -2,8 +2,9 @@
 
 Sign-in takes an API key and keeps it in an HttpOnly, SameSite=Strict cookie, encrypted with a key
 derived from the service secret (AES-GCM), so the key is neither readable by scripts nor by anyone
-who only sees the cookie. The page's JSON calls live under /review/api and accept only that cookie
-plus an X-CSRF-Token header matching the token sealed inside it; the /v1 API never reads cookies,
+who only sees the cookie. Or, when configured, single sign-on (app/sso): an OpenID Connect sign-in whose
+session lives server-side, the cookie holding only a random token. The page's JSON calls live under
+/review/api and accept only such a cookie plus an X-CSRF-Token header matching the session's token; the /v1 API never reads cookies,
 so it needs no CSRF defence. Example text is untrusted: the script only ever sets textContent, and
 a strict Content-Security-Policy forbids inline scripts should a template ever slip.
 """
@@ -18,6 +19,7 @@ import secrets
 import time
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -27,7 +29,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
-from app.core.auth import Actor, authenticate, install_scope, with_memberships
+from app.core.auth import PERSON, Actor, authenticate, install_scope, with_memberships
 from app.core.config import get_settings
 from app.core.db import SessionDep
 from app.core.errors import Forbidden, PedigreeError, Unauthorized
@@ -35,6 +37,8 @@ from app.datasets import service as datasets
 from app.examples import service as examples
 from app.review import decisions, edits, pairwise, queue, service, stats
 from app.review.schemas import PAIRWISE_REASON_CODES, PairwiseIn, ReviewIn, RevisionIn
+from app.sso import service as sso
+from app.sso.oidc import SignInRefused
 
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -42,6 +46,11 @@ STATIC = {"review.js": "text/javascript", "review.css": "text/css"}
 
 COOKIE = "pedigree_review"
 PRE_COOKIE = "pedigree_review_pre"
+# Single sign-on (docs/security.md): the server-side session's token, and the state of a sign-in in flight.
+# SameSite=Lax, not Strict: the provider sends the browser back to the callback by a cross-site redirect,
+# and a Strict cookie set there would not come with the redirect on to /review.
+SSO_COOKIE = "pedigree_sso"
+SSO_STATE_COOKIE = "pedigree_sso_state"
 SESSION_TTL_S = 12 * 3600
 PAGE_ROLES = ("reviewer", "admin")
 
@@ -99,8 +108,9 @@ def _same_origin(request: Request) -> bool:
     return origin.split("://", 1)[-1] == host
 
 
-def _headers(resp: Response) -> Response:
-    resp.headers["Content-Security-Policy"] = CSP
+def _headers(resp: Response, *, form_targets: str = "") -> Response:
+    resp.headers["Content-Security-Policy"] = CSP if not form_targets else CSP.replace(
+        "form-action 'self'", f"form-action 'self' {form_targets}")
     resp.headers["X-Content-Type-Options"] = "nosniff"
     # same-origin, not no-referrer: under no-referrer browsers send "Origin: null" on form posts.
     resp.headers["Referrer-Policy"] = "same-origin"
@@ -115,7 +125,27 @@ class PageUser:
         self.csrf = csrf
 
 
+def _sso_user(request: Request, session: Session) -> PageUser | None:
+    """The person of the SSO session cookie, scoped like any key (their groups' workspace roles), with
+    their (issuer, subject) put on the request so its audit events name them. None: no SSO cookie."""
+    token = request.cookies.get(SSO_COOKIE)
+    if token is None:
+        return None
+    ps = sso.page_session(session, token)
+    if ps is None:
+        raise Unauthorized("signed out; sign in at /review", code="signed_out")
+    actor = with_memberships(session, ps.actor)
+    install_scope(session, actor, PAGE_ROLES)
+    session.info[PERSON] = {"iss": ps.issuer, "sub": ps.subject}
+    if not sso.may_review(actor):
+        raise Forbidden("your groups give you no reviewer role in any workspace", code="no_access")
+    return PageUser(actor, ps.csrf)
+
+
 def _page_user(request: Request, session: SessionDep) -> PageUser:
+    user = _sso_user(request, session)
+    if user is not None:
+        return user
     data = unseal(request.cookies.get(COOKIE))
     if not _live(session, data):
         raise Unauthorized("signed out; sign in at /review", code="signed_out")
@@ -141,8 +171,61 @@ Writer = Annotated[PageUser, Depends(_csrf_user)]
 
 # --- pages -------------------------------------------------------------------------------------------------
 
+def _sign_in_page(request: Request) -> Response:
+    pre = secrets.token_urlsafe(24)
+    cfg = get_settings().sso
+    q = request.query_params
+    reason = q.get("reason") or ""
+    resp = templates.TemplateResponse(request, "signin.html", {
+        "pre": pre, "error": q.get("error"), "reason": reason if reason in sso.REFUSAL_REASONS else None,
+        "signed_out": q.get("signed_out"),
+        "sso": cfg.enabled, "sso_label": cfg.label})
+    resp.set_cookie(PRE_COOKIE, pre, max_age=600, httponly=True, samesite="strict", secure=_secure(request),
+                    path="/review")
+    # The SSO button posts to /review/sso/start, which redirects to the provider: CSP's form-action
+    # governs that redirect too, so the provider's origin is named (on this page only).
+    return _headers(resp, form_targets=_provider_origin() if cfg.enabled else "")
+
+
+def _provider_origin() -> str:
+    cfg = get_settings().sso
+    try:
+        url = sso.oidc.metadata(cfg)["authorization_endpoint"]
+    except SignInRefused:  # the provider is down: the button will be refused with a reason anyway
+        url = cfg.issuer or ""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https") and parts.netloc else ""
+
+
+def _page_for(request: Request, session: Session, actor: Actor, csrf: str, dataset: str | None,
+              via_sso: bool) -> Response:
+    rows = []
+    for ds in datasets.list_all(session):
+        c = datasets.counts(session, ds.id)
+        rows.append({"id": str(ds.id), "name": ds.name, "format": ds.format, "pending": c.get("pending_review", 0)})
+    selected = dataset or (max(rows, key=lambda r: r["pending"])["id"] if rows else None)
+    resp = templates.TemplateResponse(request, "review.html", {
+        "actor": actor, "csrf": csrf, "datasets": rows, "selected": selected, "via_sso": via_sso})
+    return _headers(resp)
+
+
 @router.get("", response_class=HTMLResponse)
 def page(request: Request, session: SessionDep, dataset: str | None = None) -> Response:
+    token = request.cookies.get(SSO_COOKIE)
+    if token is not None:
+        ps = sso.page_session(session, token)
+        if ps is None:  # signed out, expired or revoked: the cookie is worth nothing, drop it
+            resp = _sign_in_page(request)
+            resp.delete_cookie(SSO_COOKIE, path="/review")
+            return resp
+        actor = with_memberships(session, ps.actor)
+        install_scope(session, actor, PAGE_ROLES)
+        if not sso.may_review(actor):
+            groups = sso.identity_groups(session, actor.key_id)
+            return _headers(templates.TemplateResponse(request, "noaccess.html", {
+                "actor": actor, "csrf": ps.csrf, "groups": groups,
+                "roles": [{"workspace": sso.workspace_name(session, w), "role": r} for w, r in actor.memberships]}))
+        return _page_for(request, session, actor, ps.csrf, dataset, via_sso=True)
     data = unseal(request.cookies.get(COOKIE))
     actor = None
     if _live(session, data):
@@ -152,19 +235,8 @@ def page(request: Request, session: SessionDep, dataset: str | None = None) -> R
         except PedigreeError:
             actor = None
     if actor is None or actor.role not in PAGE_ROLES:
-        pre = secrets.token_urlsafe(24)
-        resp = templates.TemplateResponse(request, "signin.html", {"pre": pre, "error": request.query_params.get("error")})
-        resp.set_cookie(PRE_COOKIE, pre, max_age=600, httponly=True, samesite="strict", secure=_secure(request),
-                        path="/review")
-        return _headers(resp)
-    rows = []
-    for ds in datasets.list_all(session):
-        c = datasets.counts(session, ds.id)
-        rows.append({"id": str(ds.id), "name": ds.name, "format": ds.format, "pending": c.get("pending_review", 0)})
-    selected = dataset or (max(rows, key=lambda r: r["pending"])["id"] if rows else None)
-    resp = templates.TemplateResponse(request, "review.html", {
-        "actor": actor, "csrf": data["c"], "datasets": rows, "selected": selected})
-    return _headers(resp)
+        return _sign_in_page(request)
+    return _page_for(request, session, actor, data["c"], dataset, via_sso=False)
 
 
 @router.post("/session")
@@ -185,11 +257,22 @@ def sign_in(request: Request, session: SessionDep, api_key: Annotated[str, Form(
                                   "iat": int(time.time())}),
                     max_age=SESSION_TTL_S, httponly=True, samesite="strict", secure=_secure(request), path="/review")
     resp.delete_cookie(PRE_COOKIE, path="/review")
+    resp.delete_cookie(SSO_COOKIE, path="/review")
     return _headers(resp)
 
 
 @router.post("/session/delete")
 def sign_out(request: Request, session: SessionDep, csrf: Annotated[str, Form(max_length=100)] = "") -> Response:
+    token = request.cookies.get(SSO_COOKIE)
+    if token is not None:
+        ps = sso.page_session(session, token)
+        if ps is not None and not hmac.compare_digest(csrf, ps.csrf):
+            # Without the page's token a cross-site form could sign people out; refuse, keep the session.
+            return _headers(RedirectResponse("/review", status_code=303))
+        sso.sign_out(session, token)
+        resp = RedirectResponse("/review?signed_out=1", status_code=303)
+        resp.delete_cookie(SSO_COOKIE, path="/review")
+        return _headers(resp)
     data = unseal(request.cookies.get(COOKIE))
     resp = RedirectResponse("/review", status_code=303)
     if data is not None and hmac.compare_digest(csrf, data["c"]):
@@ -197,6 +280,66 @@ def sign_out(request: Request, session: SessionDep, csrf: Annotated[str, Form(ma
             service.revoke_page_session(session, session_id=data["s"], expires_at=dt.datetime.fromtimestamp(
                 data.get("iat", 0) + SESSION_TTL_S, dt.UTC))  # a copy of the cookie (another browser, a proxy log) dies with this one
         resp.delete_cookie(COOKIE, path="/review")
+    return _headers(resp)
+
+
+# --- single sign-on (OpenID Connect, authorization code + PKCE) -----------------------------------------
+
+def _refuse(request: Request, session: Session, refused: SignInRefused) -> Response:
+    """A refused sign-in: audited (in this request's transaction, which commits: the answer is a redirect,
+    not an error), counted by the failed-authentication throttle, and told on the sign-in page."""
+    sso.record_refusal(session, get_settings().sso, refused, client=request.client.host if request.client else None)
+    request.state.auth_failed = True
+    resp = RedirectResponse(f"/review?error=sso&reason={refused.reason}", status_code=303)
+    resp.delete_cookie(SSO_STATE_COOKIE, path="/review/sso")
+    return _headers(resp)
+
+
+@router.post("/sso/start")
+def sso_start(request: Request, session: SessionDep, pre: Annotated[str, Form(max_length=100)] = "") -> Response:
+    cfg = get_settings().sso
+    if not cfg.enabled:
+        return Response(status_code=404)
+    # Login CSRF, as for the key form: only a page of this origin holds the pre-sign-in cookie's value.
+    if not pre or not hmac.compare_digest(pre, request.cookies.get(PRE_COOKIE, "")) or not _same_origin(request):
+        return _headers(RedirectResponse("/review?error=expired", status_code=303))
+    try:
+        state, url = sso.start(session, cfg)
+    except SignInRefused as e:
+        return _refuse(request, session, e)
+    resp = RedirectResponse(url, status_code=303)
+    # Binds the flow to this browser: a callback carrying a state this browser did not start is refused,
+    # so nobody can sign a victim in as themselves with their own code.
+    resp.set_cookie(SSO_STATE_COOKIE, state, max_age=sso.LOGIN_TTL_S, httponly=True, samesite="lax",
+                    secure=_secure(request), path="/review/sso")
+    resp.delete_cookie(PRE_COOKIE, path="/review")
+    return _headers(resp)
+
+
+@router.get("/sso/callback")
+def sso_callback(request: Request, session: SessionDep, state: str = "", code: str = "", error: str = "") -> Response:
+    cfg = get_settings().sso
+    if not cfg.enabled:
+        return Response(status_code=404)
+    try:
+        mine = request.cookies.get(SSO_STATE_COOKIE, "")
+        if not state or not mine or not hmac.compare_digest(state.encode(), mine.encode()):
+            raise SignInRefused("state", "this sign-in was not started in this browser; sign in again")
+        login = sso.take_login(session, state)
+        if error:
+            raise SignInRefused("provider_error", f"the identity provider answered {error[:100]!r}")
+        if not code:
+            raise SignInRefused("provider_error", "the identity provider sent no code")
+        token = sso.oidc.exchange_code(cfg, code=code, code_verifier=login.code_verifier)
+        claims = sso.oidc.validate_id_token(cfg, token, nonce=login.nonce)
+        signed = sso.sign_in(session, cfg, claims)
+    except SignInRefused as e:
+        return _refuse(request, session, e)
+    resp = RedirectResponse(login.next_path if login.next_path.startswith("/review") else "/review", status_code=303)
+    resp.set_cookie(SSO_COOKIE, signed.token, max_age=int(cfg.session_ttl_s), httponly=True, samesite="lax",
+                    secure=_secure(request), path="/review")
+    resp.delete_cookie(SSO_STATE_COOKIE, path="/review/sso")
+    resp.delete_cookie(COOKIE, path="/review")
     return _headers(resp)
 
 

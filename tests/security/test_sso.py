@@ -1,0 +1,235 @@
+"""Single sign-on for the review page against a real OpenID provider (panva's oidc-provider on node,
+tests/security/oidc/provider.mjs), through headless Chromium, on SQLite and PostgreSQL.
+
+The provider's people: alice and dave in `reviewers-a`, carol in `curators-a` and `reviewers-b`, bob in
+`marketing` (mapped to nothing). Refused sign-ins use the provider's own behaviour (a replayed callback,
+a state this browser did not start) or an ID token it re-signs wrong in exactly one way (a second key
+set, another audience, an expired token, another nonce): provider.mjs's /__test/fault.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+PROVIDER = ROOT / "tests" / "security" / "oidc"
+CHROMIUM = "/usr/bin/chromium"
+NODE = "/usr/bin/node"
+CLIENT_ID = "pedigree-review"
+CLIENT_SECRET = "test-client-secret-0123456789abcdef"
+GROUP_ROLES = {"reviewers-a": {"team-a": "reviewer"}, "curators-a": {"team-a": "curator"},
+               "reviewers-b": {"team-b": "reviewer"}}
+
+
+def _wait(url: str, proc: subprocess.Popen, what: str) -> None:
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start")
+
+
+class World:
+    def __init__(self, url: str, issuer: str, admin: str) -> None:
+        self.url, self.issuer, self.admin = url, issuer, admin
+        self.datasets: dict[str, str] = {}
+        self.examples: dict[str, list[str]] = {}
+
+    def call(self, method: str, path: str, **kw) -> httpx.Response:
+        return httpx.request(method, self.url + path, headers={"Authorization": f"Bearer {self.admin}"}, timeout=120, **kw)
+
+    def fault(self, name: str | None) -> None:
+        assert httpx.post(self.issuer + "/__test/fault", content=json.dumps({"fault": name})).status_code == 204
+
+    def events(self, action: str) -> list[dict]:
+        r = self.call("GET", "/v1/audit/events", params={"action": action, "limit": 1000})
+        assert r.status_code == 200, r.text
+        return r.json()["items"]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Chromium not installed (./scripts/ensure-browser.sh)")
+    if not (PROVIDER / "node_modules" / "oidc-provider").exists():
+        pytest.fail("the test OpenID provider is not installed: `make install` runs `npm ci` in tests/security/oidc")
+    from bench.common import free_port
+
+    app_port, op_port = free_port(), free_port()
+    url, issuer = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{op_port}"
+    pg_name = None
+    if request.param == "sqlite":
+        db = f"sqlite:///{tmp_path_factory.mktemp('sso') / 'pedigree.db'}"
+    else:
+        from tests.conftest import PG_ADMIN_URL
+
+        pg_name = f"pedigree_sso_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{pg_name}"')
+        db = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{pg_name}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PEDIGREE_")}
+    env.update(PEDIGREE_DATABASE_URL=db, PEDIGREE_EMBEDDED="true", PEDIGREE_SECRET_KEY="sso-test-secret-0123456789",
+               PEDIGREE_SSO_ISSUER=issuer, PEDIGREE_SSO_CLIENT_ID=CLIENT_ID, PEDIGREE_SSO_CLIENT_SECRET=CLIENT_SECRET,
+               PEDIGREE_SSO_REDIRECT_URL=url + "/review/sso/callback", PEDIGREE_SSO_GROUP_ROLES=json.dumps(GROUP_ROLES))
+    op = subprocess.Popen([NODE, "provider.mjs"], cwd=PROVIDER, stdout=subprocess.DEVNULL,
+                          env={**os.environ, "PORT": str(op_port), "CLIENT_ID": CLIENT_ID, "CLIENT_SECRET": CLIENT_SECRET,
+                               "REDIRECT_URI": url + "/review/sso/callback"})
+    api = None
+    try:
+        _wait(issuer + "/.well-known/openid-configuration", op, "oidc-provider")
+        out = subprocess.run([sys.executable, "-m", "app.cli", "keys", "create", "--role", "admin", "--name", "sso-admin"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+        admin = out.stdout.strip().splitlines()[-1]
+        api = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port",
+                                str(app_port), "--log-level", "warning"], cwd=ROOT, env=env)
+        _wait(url + "/healthz", api, "the API")
+        w = World(url, issuer, admin)
+        for team in ("team-a", "team-b"):
+            assert w.call("POST", "/v1/workspaces", json={"name": team}).status_code == 201
+            ds = w.call("POST", "/v1/datasets", json={"name": f"{team}-notes", "format": "instruction",
+                                                      "workspace": team}).json()
+            rows = [{"instruction": f"How do I reset the {team} printer, step {i}?", "input": "",
+                     "output": f"Hold the power button for ten seconds, then wait for step {i} to finish."}
+                    for i in range(6)]
+            r = w.call("POST", f"/v1/datasets/{ds['id']}/examples", json=rows)
+            assert r.status_code == 201, r.text
+            w.datasets[team] = ds["id"]
+            w.examples[team] = [i["id"] for i in r.json()["items"]]
+        yield w
+    finally:
+        for proc in (api, op):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=20)
+        if pg_name:
+            from tests.conftest import PG_ADMIN_URL
+
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def browser(world: World) -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM,
+                              args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 1360, "height": 900})
+    pg = ctx.new_page()
+    pg.set_default_timeout(20_000)
+    yield pg
+    ctx.close()
+
+
+def sso_sign_in(page, world: World, who: str) -> None:
+    """Through the provider's own login form, as a person would."""
+    page.goto(world.url + "/review")
+    page.get_by_test_id("sso-sign-in").click()
+    page.wait_for_url(world.issuer + "/**")
+    page.locator("input[name=login]").fill(who)
+    page.locator("input[name=password]").fill("any password")
+    page.locator("button[type=submit]").click()
+    page.wait_for_url(world.url + "/review**")
+
+
+def sso_cookie(page) -> dict | None:
+    return next((c for c in page.context.cookies() if c["name"] == "pedigree_sso"), None)
+
+
+def csrf(page) -> str:
+    return page.locator('meta[name="csrf-token"]').get_attribute("content")
+
+
+def decide(page, world: World, eid: str, token: str | None) -> object:
+    """A decision from the page's session (its cookie), with or without the page's CSRF header."""
+    rid = world.call("GET", f"/v1/examples/{eid}").json()["revision"]["id"]
+    headers = {"Origin": world.url, **({"X-CSRF-Token": token} if token is not None else {})}
+    return page.request.post(world.url + f"/review/api/examples/{eid}/decision", headers=headers,
+                             data={"decision": "approve", "revision_id": rid})
+
+
+# --- the core ----------------------------------------------------------------------------------------------
+
+def test_sign_in_acts_with_the_groups_roles_and_the_audit_log_names_the_person(page, world: World) -> None:
+    sso_sign_in(page, world, "alice")
+    page.get_by_test_id("content").wait_for()
+    assert "alice@example.test" in page.get_by_test_id("who").inner_text()
+    options = page.get_by_test_id("dataset").locator("option").all_inner_texts()
+    assert [o.split(" (")[0] for o in options] == ["team-a-notes"]  # team-b is not hers to see
+    cookie = sso_cookie(page)
+    assert cookie and cookie["httpOnly"] and cookie["sameSite"] == "Lax" and not cookie["secure"]  # plain http here
+    first = page.get_by_test_id("example-id").inner_text()
+    assert first in world.examples["team-a"]
+    page.keyboard.press("a")
+    page.get_by_test_id("message").filter(has_text="Approved").wait_for()
+    # Outside her workspaces an example is a 404, exactly as for a key.
+    other = page.request.get(world.url + f"/review/api/examples/{world.examples['team-b'][0]}")
+    assert other.status == 404
+    decided = [e for e in world.events("review.decided") if e["entity_id"] == first]
+    assert len(decided) == 1
+    assert decided[0]["payload"]["sso"] == {"iss": world.issuer, "sub": "alice"}
+    assert decided[0]["actor"].startswith("alice@example.test (sso)#")
+    signed = [e for e in world.events("sso.signed_in") if e["payload"]["sso"]["sub"] == "alice"]
+    assert signed and signed[-1]["payload"]["roles"] == [
+        {"workspace": "team-a", "workspace_id": signed[-1]["payload"]["roles"][0]["workspace_id"], "role": "reviewer"}]
+    assert signed[-1]["payload"]["groups"] == ["reviewers-a"]
+    assert world.call("GET", "/v1/audit/verify").json()["ok"] is True
+
+
+def test_roles_are_per_workspace(page, world: World) -> None:
+    """carol: curator in team-a (no reviewing there), reviewer in team-b."""
+    sso_sign_in(page, world, "carol")
+    page.get_by_test_id("content").wait_for()
+    token = csrf(page)
+    assert decide(page, world, world.examples["team-b"][0], token).status == 200
+    r = decide(page, world, world.examples["team-a"][1], token)
+    assert r.status == 403 and r.json()["error"]["details"]["role"] == "curator"
+    r = page.request.get(world.url + f"/review/api/examples/{world.examples['team-a'][1]}")
+    assert r.status == 403 and r.json()["error"]["details"]["role"] == "curator"
+
+
+def test_a_group_that_maps_to_no_role_is_signed_in_with_no_access_and_told(page, world: World) -> None:
+    sso_sign_in(page, world, "bob")
+    notice = page.get_by_test_id("no-access")
+    notice.wait_for()
+    assert "no reviewer role" in notice.inner_text()
+    assert "marketing" in page.get_by_test_id("groups").inner_text()
+    r = page.request.get(world.url + f"/review/api/next?dataset={world.datasets['team-a']}")
+    assert r.status == 403 and r.json()["error"]["code"] == "no_access"
+    signed = [e for e in world.events("sso.signed_in") if e["payload"]["sso"]["sub"] == "bob"]
+    assert signed[-1]["payload"]["roles"] == [] and signed[-1]["payload"]["unmapped_groups"] == ["marketing"]
+
+
+def test_api_key_sign_in_still_works_beside_sso(page, world: World) -> None:
+    key = world.call("POST", "/v1/keys", json={"name": "embedded-reviewer", "role": "reviewer",
+                                               "workspace": "team-b"}).json()["key"]
+    page.goto(world.url + "/review")
+    page.get_by_test_id("api-key").fill(key)
+    page.get_by_test_id("sign-in").click()
+    page.get_by_test_id("content").wait_for()
+    assert "embedded-reviewer" in page.get_by_test_id("who").inner_text()
