@@ -131,6 +131,7 @@ def create_app() -> FastAPI:
     from app.snapshots import lexicons
 
     lexicons.check()
+    get_settings().sso.check()  # single sign-on half configured, or a bad group table: refuse to start
     # The interactive docs and the OpenAPI schema are the only pages besides /healthz and the review
     # sign-in that answer without a key, so outside the embedded mode they are off unless asked for.
     settings = get_settings()

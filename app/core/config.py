@@ -113,6 +113,18 @@ class SsoSettings(BaseSettings):
     def enabled(self) -> bool:
         return bool(self.issuer)
 
+    def check(self) -> None:
+        """Called by the API at start-up (not on every settings load: each variable is set alone in tests):
+        an incomplete configuration or a malformed role table stops it, naming what is wrong."""
+        if not self.enabled:
+            return
+        missing = [n for n in ("client_id", "client_secret", "redirect_url") if not getattr(self, n)]
+        if missing:
+            raise ValueError("PEDIGREE_SSO_ISSUER is set but not " + ", ".join(f"PEDIGREE_SSO_{n.upper()}" for n in missing))
+        if "openid" not in self.scopes.split():
+            raise ValueError("PEDIGREE_SSO_SCOPES must include openid")
+        self.group_role_table()
+
     def group_role_table(self) -> list[tuple[str, str, str]]:
         """(group, workspace name or "*", role), in the table's order: where two of a person's groups give
         one workspace two roles, the earlier entry wins (a membership holds one role)."""
@@ -247,11 +259,6 @@ class Settings(BaseSettings):
             )
         if len(self.secret_key) < 16:
             raise ValueError("PEDIGREE_SECRET_KEY must be at least 16 characters")
-        if self.sso.enabled:
-            missing = [n for n in ("client_id", "client_secret", "redirect_url") if not getattr(self.sso, n)]
-            if missing:
-                raise ValueError("PEDIGREE_SSO_ISSUER is set but not " + ", ".join(f"PEDIGREE_SSO_{n.upper()}" for n in missing))
-            self.sso.group_role_table()  # a malformed role table stops start-up, naming the entry
         return self
 
 

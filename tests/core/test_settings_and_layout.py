@@ -224,6 +224,19 @@ ENV_TABLE = [
     ("PEDIGREE_ERASURE_CONFIRM_MAX_EXAMPLES", "10", lambda s: s.erasure.confirm_max_examples, 10),
     ("PEDIGREE_ERASURE_BATCH_SIZE", "100", lambda s: s.erasure.batch_size, 100),
     ("PEDIGREE_ERASURE_RETEST_HOLD_DAYS", "7.5", lambda s: s.erasure.retest_hold_days, 7.5),
+    ("PEDIGREE_SSO_ISSUER", "https://idp.example", lambda s: s.sso.issuer, "https://idp.example"),
+    ("PEDIGREE_SSO_CLIENT_ID", "pedigree", lambda s: s.sso.client_id, "pedigree"),
+    ("PEDIGREE_SSO_CLIENT_SECRET", "cs", lambda s: s.sso.client_secret, "cs"),
+    ("PEDIGREE_SSO_REDIRECT_URL", "https://p/review/sso/callback", lambda s: s.sso.redirect_url,
+     "https://p/review/sso/callback"),
+    ("PEDIGREE_SSO_SCOPES", "openid groups", lambda s: s.sso.scopes, "openid groups"),
+    ("PEDIGREE_SSO_GROUPS_CLAIM", "roles", lambda s: s.sso.groups_claim, "roles"),
+    ("PEDIGREE_SSO_NAME_CLAIM", "name", lambda s: s.sso.name_claim, "name"),
+    ("PEDIGREE_SSO_GROUP_ROLES", '{"g": {"w": "reviewer"}}', lambda s: s.sso.group_role_table(), [("g", "w", "reviewer")]),
+    ("PEDIGREE_SSO_GROUP_ROLES_FILE", "/etc/p/roles.json", lambda s: s.sso.group_roles_file, Path("/etc/p/roles.json")),
+    ("PEDIGREE_SSO_SESSION_TTL_S", "600", lambda s: s.sso.session_ttl_s, 600.0),
+    ("PEDIGREE_SSO_LEEWAY_S", "5", lambda s: s.sso.leeway_s, 5),
+    ("PEDIGREE_SSO_LABEL", "Sign in with Okta", lambda s: s.sso.label, "Sign in with Okta"),
 ]
 # Options of the remote-API CLI commands (typer reads them), not of the settings object.
 CLI_ENV = {"PEDIGREE_API_URL_FOR_CLI", "PEDIGREE_API_KEY"}
@@ -254,7 +267,7 @@ def test_sections_are_built_once():
 def test_every_setting_has_a_row_in_the_table():
     from app.core.config import Settings
 
-    sections = {"pii", "openlineage", "erasure"}
+    sections = {"pii", "openlineage", "erasure", "sso"}
     names = {f"PEDIGREE_{f.upper()}" for f in Settings.model_fields if f not in sections}
     for sec in sections:
         names |= {f"PEDIGREE_{sec.upper()}_{f.upper()}" for f in Settings.model_fields[sec].annotation.model_fields}
