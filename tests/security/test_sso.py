@@ -233,3 +233,126 @@ def test_api_key_sign_in_still_works_beside_sso(page, world: World) -> None:
     page.get_by_test_id("sign-in").click()
     page.get_by_test_id("content").wait_for()
     assert "embedded-reviewer" in page.get_by_test_id("who").inner_text()
+
+
+# --- refused sign-ins and ended sessions -------------------------------------------------------------------
+
+def refused(page, world: World, reason: str) -> None:
+    """The sign-in ended on the sign-in page, naming `reason`; no session; one audit event saying why."""
+    page.get_by_test_id("sso-refused").wait_for()
+    assert f"reason={reason}" in page.url
+    assert f"({reason})" in page.get_by_test_id("sso-refused").inner_text()
+    assert sso_cookie(page) is None
+    assert page.request.get(world.url + f"/review/api/next?dataset={world.datasets['team-a']}").status == 401
+    assert any(e["payload"]["reason"] == reason for e in world.events("sso.sign_in_refused"))
+
+
+@pytest.mark.parametrize(("fault", "reason"), [
+    ("bad_signature", "bad_signature"),    # signed by a key set the provider never published
+    ("wrong_audience", "wrong_audience"),  # the provider's own key, issued to another client
+    ("expired", "expired"),                # the provider's own key, exp an hour ago
+    ("wrong_nonce", "nonce_mismatch"),     # the provider's own key, a nonce this sign-in did not send
+])
+def test_a_bad_id_token_is_refused(page, world: World, fault: str, reason: str) -> None:
+    world.fault(fault)
+    try:
+        sso_sign_in(page, world, "alice")
+    finally:
+        world.fault(None)
+    refused(page, world, reason)
+    # The same person, a good token: signed in (the refusal was the token's, nothing else). Cookies
+    # cleared: the provider's own session would otherwise skip its login form.
+    page.context.clear_cookies()
+    sso_sign_in(page, world, "alice")
+    page.get_by_test_id("content").wait_for()
+
+
+def test_a_replayed_callback_is_refused(page, world: World) -> None:
+    callbacks: list[str] = []
+    page.on("request", lambda r: callbacks.append(r.url) if "/review/sso/callback" in r.url else None)
+    sso_sign_in(page, world, "alice")
+    page.get_by_test_id("content").wait_for()
+    (url,) = callbacks
+    state = url.split("state=", 1)[1].split("&", 1)[0]
+    # Even with the state cookie put back, the state was used up by the first callback.
+    page.context.clear_cookies()
+    page.context.add_cookies([{"name": "pedigree_sso_state", "value": state, "url": world.url + "/review/sso/"}])
+    page.goto(url)
+    refused(page, world, "state")
+
+
+def _attacker_callback(world: World, who: str) -> tuple[httpx.Client, str]:
+    """Someone's own sign-in, stopped before the provider's redirect to the callback is followed: the
+    callback URL (their code, their state) that a login-CSRF attack would make a victim's browser open."""
+    c = httpx.Client(timeout=30, follow_redirects=False)
+    html = c.get(world.url + "/review").text
+    pre = html.split('name="pre" value="', 1)[1].split('"', 1)[0]
+    r = c.post(world.url + "/review/sso/start", data={"pre": pre}, headers={"Origin": world.url})
+    assert r.status_code == 303, r.text
+    r = c.get(r.headers["location"])
+    while r.status_code in (302, 303) and not r.headers["location"].startswith(world.url):
+        r = c.get(httpx.URL(str(r.url)).join(r.headers["location"]))
+    action = r.text.split('action="', 1)[1].split('"', 1)[0]
+    r = c.post(httpx.URL(str(r.url)).join(action), data={"prompt": "login", "login": who, "password": "x"})
+    while not r.headers["location"].startswith(world.url):
+        r = c.get(httpx.URL(str(r.url)).join(r.headers["location"]))
+    return c, r.headers["location"]
+
+
+def test_a_callback_this_browser_did_not_start_is_refused(page, world: World) -> None:
+    attacker, url = _attacker_callback(world, "dave")
+    page.goto(url)  # the victim's browser: no state cookie of this sign-in
+    refused(page, world, "state")
+    page.goto(url.replace("state=", "state=x"))  # and a state that was never issued
+    refused(page, world, "state")
+    # The URL itself was good: in the browser that started it, it signs in (the refusals were the binding).
+    r = attacker.get(url)
+    assert r.status_code == 303 and r.headers["location"] == "/review"
+    assert attacker.cookies.get("pedigree_sso")
+    attacker.close()
+
+
+def test_a_decision_without_the_csrf_token_is_403(page, world: World) -> None:
+    sso_sign_in(page, world, "dave")
+    page.get_by_test_id("content").wait_for()
+    eid = world.examples["team-a"][3]
+    r = decide(page, world, eid, None)
+    assert r.status == 403 and r.json()["error"]["code"] == "csrf"
+    r = decide(page, world, eid, "0" * 64)
+    assert r.status == 403 and r.json()["error"]["code"] == "csrf"
+    assert world.call("GET", f"/v1/examples/{eid}").json()["review"]["decisions"] == []
+    assert decide(page, world, eid, csrf(page)).status == 200
+
+
+def test_sign_out_ends_the_session_for_every_copy_of_the_cookie(page, browser, world: World) -> None:
+    sso_sign_in(page, world, "alice")
+    page.get_by_test_id("content").wait_for()
+    old = sso_cookie(page)
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_test_id("signed-out").wait_for()
+    assert sso_cookie(page) is None
+    ctx = browser.new_context()  # a copy of the cookie, elsewhere
+    try:
+        ctx.add_cookies([{"name": old["name"], "value": old["value"], "url": world.url + "/review"}])
+        r = ctx.request.get(world.url + f"/review/api/next?dataset={world.datasets['team-a']}")
+        assert r.status == 401 and r.json()["error"]["code"] == "signed_out"
+        assert ctx.request.post(world.url + f"/review/api/examples/{world.examples['team-a'][4]}/release",
+                                headers={"Origin": world.url}).status == 401
+        other = ctx.new_page()
+        other.goto(world.url + "/review")
+        other.get_by_test_id("sso-sign-in").wait_for()  # the sign-in page, not the queue
+    finally:
+        ctx.close()
+    assert any(e["payload"]["sso"]["sub"] == "alice" for e in world.events("sso.signed_out"))
+
+
+def test_revoking_the_persons_key_locks_them_out(page, world: World) -> None:
+    sso_sign_in(page, world, "dave")
+    page.get_by_test_id("content").wait_for()
+    key_id = [e for e in world.events("sso.signed_in") if e["payload"]["sso"]["sub"] == "dave"][-1]["payload"]["key_id"]
+    assert world.call("DELETE", f"/v1/keys/{key_id}").status_code in (200, 204)
+    r = page.request.get(world.url + f"/review/api/next?dataset={world.datasets['team-a']}")
+    assert r.status == 401
+    page.context.clear_cookies()
+    sso_sign_in(page, world, "dave")
+    refused(page, world, "key_revoked")
