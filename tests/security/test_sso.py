@@ -356,3 +356,14 @@ def test_revoking_the_persons_key_locks_them_out(page, world: World) -> None:
     page.context.clear_cookies()
     sso_sign_in(page, world, "dave")
     refused(page, world, "key_revoked")
+
+
+def test_the_session_cookie_is_secure_when_served_over_tls(world: World) -> None:
+    """Behind a TLS-terminating proxy (uvicorn trusts X-Forwarded-Proto from 127.0.0.1): Secure, HttpOnly, Lax."""
+    c, url = _attacker_callback(world, "alice")
+    r = c.get(url, headers={"X-Forwarded-Proto": "https"})
+    assert r.status_code == 303
+    (cookie,) = [v for k, v in r.headers.multi_items() if k == "set-cookie" and v.startswith("pedigree_sso=")]
+    flags = {f.strip().lower() for f in cookie.split(";")[1:]}
+    assert {"secure", "httponly", "samesite=lax", "path=/review"} <= flags, cookie
+    c.close()
