@@ -331,8 +331,10 @@ def sso_callback(request: Request, session: SessionDep, state: str = "", code: s
         if not code:
             raise SignInRefused("provider_error", "the identity provider sent no code")
         token = sso.oidc.exchange_code(cfg, code=code, code_verifier=login.code_verifier)
-        claims = sso.oidc.validate_id_token(cfg, token, nonce=login.nonce)
-        signed = sso.sign_in(session, cfg, claims)
+        checked = sso.oidc.validate_id_token(cfg, token, nonce=login.nonce)
+        claims = sso.oidc.with_userinfo_groups(cfg, token, checked)
+        source = "id_token" if cfg.groups_claim in checked else "userinfo" if cfg.groups_claim in claims else "none"
+        signed = sso.sign_in(session, cfg, claims, groups_source=source)
     except SignInRefused as e:
         return _refuse(request, session, e)
     resp = RedirectResponse(login.next_path if login.next_path.startswith("/review") else "/review", status_code=303)

@@ -151,3 +151,26 @@ def validate_id_token(cfg: SsoSettings, token: dict[str, Any], *, nonce: str) ->
     if not isinstance(claims.get("sub"), str) or not claims["sub"]:
         raise SignInRefused("invalid_claims", "the ID token has no subject")
     return dict(claims)
+
+
+def with_userinfo_groups(cfg: SsoSettings, token: dict[str, Any], claims: dict[str, Any]) -> dict[str, Any]:
+    """Many providers put groups only at the userinfo endpoint (OpenID Connect Core 5.4: scope claims
+    go there when an access token is issued). When the ID token lacks the groups claim, it is read
+    there, with the access token, from a response whose `sub` must be the ID token's (Core 5.3.2)."""
+    if cfg.groups_claim in claims:
+        return claims
+    endpoint = metadata(cfg).get("userinfo_endpoint")
+    if not isinstance(endpoint, str) or not token.get("access_token"):
+        return claims
+    try:
+        with OAuth2Client(client_id=cfg.client_id, token=token, timeout=HTTP_TIMEOUT_S) as c:
+            r = c.get(endpoint)
+            r.raise_for_status()
+            info = r.json()
+    except (AuthlibBaseError, httpx.HTTPError, ValueError) as e:
+        raise SignInRefused("provider_unreachable", f"the userinfo endpoint failed: {type(e).__name__}") from None
+    if not isinstance(info, dict) or info.get("sub") != claims["sub"]:
+        raise SignInRefused("invalid_claims", "the userinfo response names another subject")
+    if cfg.groups_claim in info:
+        claims = {**claims, cfg.groups_claim: info[cfg.groups_claim]}
+    return claims

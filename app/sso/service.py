@@ -14,6 +14,7 @@ from typing import Any
 
 from authlib.common.security import generate_token
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -136,7 +137,29 @@ def display_name(cfg: SsoSettings, claims: dict[str, Any]) -> str:
     return str(claims["sub"])[:150]
 
 
-def sign_in(session: Session, cfg: SsoSettings, claims: dict[str, Any]) -> SignedIn:
+def _identity(session: Session, issuer: str, subject: str) -> SsoIdentity | None:
+    return session.scalar(select(SsoIdentity).where(SsoIdentity.issuer == issuer, SsoIdentity.subject == subject))
+
+
+def _new_identity(session: Session, issuer: str, subject: str, name: str, role: str) -> SsoIdentity:
+    """A person's first sign-in: their identity and acting key. In a savepoint, because their first
+    sign-in in two tabs at once races: the loser's insert fails on (issuer, subject) and it takes the
+    winner's identity (on PostgreSQL the insert waits for the winner's commit, then sees it)."""
+    try:
+        with session.begin_nested():
+            key = create_person_key(session, name=f"{name} (sso)", role=role)
+            ident = SsoIdentity(issuer=issuer, subject=subject, key_id=key.id, display_name=name)
+            session.add(ident)
+            session.flush()
+        return ident
+    except IntegrityError:
+        ident = _identity(session, issuer, subject)
+        if ident is None:
+            raise
+        return ident
+
+
+def sign_in(session: Session, cfg: SsoSettings, claims: dict[str, Any], *, groups_source: str = "id_token") -> SignedIn:
     """Signs the person the checked claims name in: finds or makes their identity and acting key, rewrites
     the key's memberships from their groups, opens a session. Audited `sso.signed_in`."""
     now = utcnow()
@@ -144,19 +167,13 @@ def sign_in(session: Session, cfg: SsoSettings, claims: dict[str, Any]) -> Signe
     groups = groups_of(cfg, claims)
     m = map_groups(session, cfg, groups)
     name = display_name(cfg, claims)
-    ident = session.scalar(select(SsoIdentity).where(SsoIdentity.issuer == issuer, SsoIdentity.subject == subject))
-    if ident is None:
-        key = create_person_key(session, name=f"{name} (sso)", role=_key_role(m))
-        ident = SsoIdentity(issuer=issuer, subject=subject, key_id=key.id, display_name=name, groups=groups)
-        session.add(ident)
-        session.flush()
-    else:
-        key = session.get(ApiKey, ident.key_id)
-        if key is None or key.revoked_at is not None:
-            raise SignInRefused("key_revoked", "an administrator revoked this person's access")
-        key.role = _key_role(m)
-        key.name = f"{name} (sso)"
-        ident.display_name, ident.groups = name, groups
+    ident = _identity(session, issuer, subject) or _new_identity(session, issuer, subject, name, _key_role(m))
+    key = session.get(ApiKey, ident.key_id)
+    if key is None or key.revoked_at is not None:
+        raise SignInRefused("key_revoked", "an administrator revoked this person's access")
+    key.role = _key_role(m)
+    key.name = f"{name} (sso)"
+    ident.display_name, ident.groups = name, groups
     ident.last_sign_in_at = now
     # The groups are the source of truth for a person: their memberships are the groups' roles, now.
     session.execute(delete(WorkspaceMember).where(WorkspaceMember.key_id == key.id))
@@ -171,7 +188,7 @@ def sign_in(session: Session, cfg: SsoSettings, claims: dict[str, Any]) -> Signe
     actor = Actor(key_id=key.id, name=key.name, role=key.role)
     audit.record(session, actor=actor.ref, action="sso.signed_in", entity_type="sso_identity", entity_id=ident.id,
                  payload={"sso": {"iss": issuer, "sub": subject}, "key_id": str(key.id), "session_id": str(ws_row.id),
-                          "groups": groups, "admin": m.admin,
+                          "groups": groups, "groups_source": groups_source, "admin": m.admin,
                           "roles": [{"workspace": ws.name, "workspace_id": str(ws.id), "role": r} for ws, r in m.roles],
                           "unmapped_groups": m.unmapped_groups, "unknown_workspaces": m.unknown_workspaces})
     return SignedIn(token=token, identity=ident, mapping=m)

@@ -197,7 +197,7 @@ def test_sign_in_acts_with_the_groups_roles_and_the_audit_log_names_the_person(p
     signed = [e for e in world.events("sso.signed_in") if e["payload"]["sso"]["sub"] == "alice"]
     assert signed and signed[-1]["payload"]["roles"] == [
         {"workspace": "team-a", "workspace_id": signed[-1]["payload"]["roles"][0]["workspace_id"], "role": "reviewer"}]
-    assert signed[-1]["payload"]["groups"] == ["reviewers-a"]
+    assert signed[-1]["payload"]["groups"] == ["reviewers-a"] and signed[-1]["payload"]["groups_source"] == "id_token"
     assert world.call("GET", "/v1/audit/verify").json()["ok"] is True
 
 
@@ -223,6 +223,18 @@ def test_a_group_that_maps_to_no_role_is_signed_in_with_no_access_and_told(page,
     assert r.status == 403 and r.json()["error"]["code"] == "no_access"
     signed = [e for e in world.events("sso.signed_in") if e["payload"]["sso"]["sub"] == "bob"]
     assert signed[-1]["payload"]["roles"] == [] and signed[-1]["payload"]["unmapped_groups"] == ["marketing"]
+
+
+def test_groups_only_at_userinfo_are_read_there(page, world: World) -> None:
+    world.fault("groups_at_userinfo")
+    try:
+        sso_sign_in(page, world, "alice")
+    finally:
+        world.fault(None)
+    page.get_by_test_id("content").wait_for()
+    signed = [e for e in world.events("sso.signed_in") if e["payload"]["sso"]["sub"] == "alice"][-1]
+    assert signed["payload"]["groups"] == ["reviewers-a"] and signed["payload"]["groups_source"] == "userinfo"
+    assert [r["role"] for r in signed["payload"]["roles"]] == ["reviewer"]
 
 
 def test_api_key_sign_in_still_works_beside_sso(page, world: World) -> None:

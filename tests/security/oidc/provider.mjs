@@ -7,6 +7,8 @@
 //   wrong_audience signed by the provider's own key, aud another client
 //   expired        signed by the provider's own key, exp an hour ago
 //   wrong_nonce    signed by the provider's own key, nonce not the one the client sent
+//   groups_at_userinfo  not a fault: the groups claim left out of the ID token (still at userinfo), as
+//                  providers that follow OpenID Connect Core 5.4 to the letter do
 // The fault applies to one token and is then cleared.
 //
 // Env: PORT, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI. Prints "ready <issuer>" once listening.
@@ -75,6 +77,7 @@ provider.use(async (ctx, next) => {
     else if (fault === 'wrong_audience') claims.aud = 'some-other-client';
     else if (fault === 'expired') { claims.iat = now - 7200; claims.exp = now - 3600; }
     else if (fault === 'wrong_nonce') claims.nonce = 'not-the-nonce-you-sent';
+    else if (fault === 'groups_at_userinfo') delete claims.groups;
     ctx.body = { ...ctx.body, id_token: await new SignJWT(claims).setProtectedHeader({ alg: 'RS256', kid: 'test-key-1', typ: 'JWT' }).sign(key) };
     fault = null;
   }
