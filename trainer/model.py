@@ -152,6 +152,8 @@ def _nf4_linear(linear, device):
     if linear.bias is not None:
         q.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
     q.requires_grad_(False)
+    # The caller still holds the old module: drop its bf16 weight now, or every layer's would live on.
+    linear.to_empty(device="meta", recurse=False)
     return q
 
 
