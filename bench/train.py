@@ -5,6 +5,8 @@ as a second line. `ratio` and "pass" are against the fastest peer line (named as
     python -m bench.train --check         # both shapes, all three trainers, one GPU
     python -m bench.train --cpu-smoke     # tiny shapes on the CPU, < 1 min
     torchrun --nproc_per_node 2 -m bench.train --ddp --trainers ours   # data parallel
+    python -m bench.train --method qlora  # 8B QLoRA: ours vs TRL + bitsandbytes 4-bit + Liger
+    python -m bench.train --shapes llama3-70b --method qlora   # 70B QLoRA, ours only, one GPU
 
 Data: the real length distribution of ../shared/corpora/instruct (prompt and answer token counts
 under a byte-level BPE trained here on that corpus, ChatML-templated), filled with random token ids.
@@ -1281,6 +1283,9 @@ def main(argv=None) -> int:
                    help="full: every weight trained, ours against HF Trainer full fine-tuning (target >= 3x, MFU "
                         f"reported); qlora: every shape as its {QLORA} line (ours vs TRL + bitsandbytes + Liger)")
     p.add_argument("--out", type=Path, help="also write the result JSON here")
+    p.add_argument("--merge-into", type=Path, metavar="FILE",
+                   help="add this run's shapes to an existing result JSON (e.g. the QLoRA line into "
+                        "bench/results/train.json); its pass becomes both runs' pass, and `runs` says which came from where")
     p.add_argument(
         "--write-base",
         type=Path,
@@ -1529,6 +1534,17 @@ def main(argv=None) -> int:
         if not args.cpu_smoke
         else bool(result.get("correctness", {}).get("pass", True))
     )
+    if args.merge_into and main_rank and args.merge_into.exists():
+        merged = json.loads(args.merge_into.read_text())
+        merged.setdefault("runs", [{"shapes": [k for k in merged["shapes"] if k not in result["shapes"]],
+                                    "date": merged.get("date"), "machine": merged.get("machine")}])
+        merged["runs"].append({"shapes": list(result["shapes"]), "date": result["date"], "machine": result["machine"],
+                               "argv": sys.argv[1:] if argv is None else list(argv), "pass": result["pass"]})
+        merged["shapes"].update(result["shapes"])
+        merged["targets"] = result["targets"]
+        merged["pass"] = bool(merged.get("pass")) and result["pass"]
+        merged.pop("partial", None)
+        args.merge_into.write_text(json.dumps(merged, indent=2, default=float) + "\n")
     line = json.dumps(result, default=float)
     if main_rank:
         if args.out:
