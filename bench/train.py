@@ -1073,7 +1073,7 @@ def shape_sizes(arg: str, shape: str) -> list[int]:
 
 
 def run_ours_or_halve(cfg_dir, examples, micro, args, dist, spec, common, log, **extra) -> dict:
-    """Ours at `micro` tokens per forward, halved once on OOM. A compiled QLoRA run that fails for any
+    """Ours at `micro` tokens per forward, halved on OOM (twice at most). A compiled QLoRA run that fails for any
     other reason (bitsandbytes' layers inside the compiled decoder layers) is run again eagerly, and
     the result says why."""
     import torch
