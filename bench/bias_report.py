@@ -5,8 +5,8 @@
 1. builds n approved instruction examples directly (COPY, bench.snapshot's builder: the shared corpora's
    instruction texts, varied so every content hash differs, plus 5% excluded rows) and freezes a snapshot
    through the real HTTP API;
-2. times `GET /v1/snapshots/{id}/bias-report` over HTTP (ours: keyset column blocks, Arrow tokenising and
-   lookups, numpy counting; no Python per member);
+2. times `GET /v1/snapshots/{id}/bias-report` over HTTP (ours: keyset COPY blocks, Arrow tokenising with
+   lookups per distinct token, numpy counting; no Python per member);
 3. the baseline, side by side: the same counts the obvious way (one SQL row per member, a Python regex
    tokenizer and dict lookups per token) on the first --naive-n members, timed and extrapolated per
    member; and a correctness check: our counts for a snapshot of exactly those members equal the

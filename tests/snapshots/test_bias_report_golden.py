@@ -23,7 +23,6 @@ import uuid
 from pathlib import Path
 
 import orjson
-import pytest
 
 from tests.factories import freeze, ingest, new_dataset, set_status
 
@@ -32,7 +31,7 @@ N = 240
 # Varies per snapshot, so not part of the comparison.
 VOLATILE = ("snapshot_id", "manifest_sha256")
 
-WORDS = (
+WORDS = (  # noqa: SIM905 (a word list reads better as text)
     "she he her him his hers they them woman women man men mother father girl boy wife husband lady gentleman "
     "trans woman nonbinary person visually impaired older adult young child teenager elderly middle-aged "
     "Muslim Jewish Hindu Christian Buddhist atheist Mexican Chinese Indian German Nigerian Black white Asian "
