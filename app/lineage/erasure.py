@@ -13,7 +13,10 @@ batch (`erase_batch`):
     the audit chain, which commit to hashes, still verify;
   - the examples become `erased` (metadata cleared: it is where subject identifiers live);
   - every snapshot holding one is marked `contains_erased` (exports omit erased members from then on);
-  - every model version trained on one becomes `tainted`, with the request id in model_version_taints.
+  - every model version trained on one becomes `tainted`, with the request id in model_version_taints;
+  - the free text people wrote about them (review comments, pairwise-review comments, machine suggestions'
+    comments, edit comments on revisions) is replaced by a redaction marker: it may quote the subject's
+    data. The rows stay (decision, reviewer, reason code, time: the review record and its statistics).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from app.models.dedup import DedupEvalNgram
 from app.models.example import Example, ExampleRevision
 from app.models.lineage import ErasureRequest, ModelVersionTaint
 from app.models.pii import PiiFinding, PiiVaultEntry
+from app.models.review import PairwiseJudgment, Review, ReviewSuggestion
 from app.models.snapshot import Snapshot, SnapshotMember
 
 log = logging.getLogger(__name__)
@@ -326,6 +330,33 @@ def _tombstone(request_id: uuid.UUID, at: str) -> dict[str, Any]:
     return {lineage.TOMBSTONE_KEY: {"request_id": str(request_id), "at": at}}
 
 
+def redaction_marker(request_id: uuid.UUID) -> str:
+    return f"[redacted by erasure request {request_id}]"
+
+
+# Free text written about an example, per table: (report key, table, how the table names the example).
+# Reason codes stay: they come from a fixed list and say nothing about the subject.
+REDACTED_TEXT = ("reviews", "pairwise_judgments", "review_suggestions", "revisions")
+
+
+def _redact_comments(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], pg: bool) -> dict[str, int]:
+    marker = redaction_marker(req_id)
+    # Pairwise judgments have no index on example_id; their revision_id leads a unique index.
+    revs = select(ExampleRevision.id).where(any_of(ExampleRevision.example_id, ids, pg=pg)).scalar_subquery()
+    where = {
+        "reviews": (Review, any_of(Review.example_id, ids, pg=pg)),
+        "pairwise_judgments": (PairwiseJudgment, PairwiseJudgment.revision_id.in_(revs)),
+        "review_suggestions": (ReviewSuggestion, any_of(ReviewSuggestion.example_id, ids, pg=pg)),
+        "revisions": (ExampleRevision, any_of(ExampleRevision.example_id, ids, pg=pg)),
+    }
+    out = {}
+    for key in REDACTED_TEXT:
+        model, cond = where[key]
+        out[key] = session.execute(update(model).where(cond, model.comment.is_not(None), model.comment != marker)
+                                   .values(comment=marker).execution_options(synchronize_session=False)).rowcount
+    return out
+
+
 def _upsert_taints(session: Session, rows: list[dict[str, Any]]) -> None:
     ins = dialect_insert(session, ModelVersionTaint).values(rows)
     session.execute(ins.on_conflict_do_update(
@@ -352,6 +383,7 @@ def erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batch
                     .execution_options(synchronize_session=False))
     # An evaluation example's n-gram hashes fingerprint its text: they go with it.
     session.execute(delete(DedupEvalNgram).where(any_of(DedupEvalNgram.example_id, ids, pg=pg)))
+    redacted = _redact_comments(session, req_id, ids, pg)
     revisions = session.execute(update(ExampleRevision).where(any_of(ExampleRevision.example_id, ids, pg=pg))
                                 .values(content=tomb).execution_options(synchronize_session=False)).rowcount
     session.execute(update(Example).where(any_of(Example.id, ids, pg=pg))
@@ -381,14 +413,20 @@ def erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batch
     if snap_ids:
         session.execute(update(Snapshot).where(Snapshot.id.in_(snap_ids), Snapshot.contains_erased.is_(False))
                         .values(contains_erased=True).execution_options(synchronize_session=False))
+    # The running totals go on the request in this batch's transaction, so a resumed request reports the
+    # redactions of the batches a crash left committed.
+    report = dict(session.scalar(select(ErasureRequest.report).where(ErasureRequest.id == req_id)) or {})
+    so_far = report.get("comments_redacted") or {}
+    report["comments_redacted"] = {k: so_far.get(k, 0) + redacted[k] for k in REDACTED_TEXT}
     session.execute(update(ErasureRequest).where(ErasureRequest.id == req_id)
-                    .values(batches_done=batch_no + 1))
+                    .values(batches_done=batch_no + 1, report=report))
     audit.record(session, actor=actor.ref, action="erasure.batch_executed", entity_type="erasure_request",
                  entity_id=req_id,
                  payload={"batch": batch_no, "examples": [str(i) for i in ids], "revisions": revisions,
                           "vault_entries_deleted": vault_deleted, "snapshots": [str(s) for s in snap_ids],
-                          "model_versions_tainted": tainted, "retest_probes_sealed": retest_probes})
-    return {"revisions": revisions, "vault": vault_deleted}
+                          "model_versions_tainted": tainted, "retest_probes_sealed": retest_probes,
+                          "comments_redacted": redacted})
+    return {"revisions": revisions, "vault": vault_deleted, "comments_redacted": redacted}
 
 
 def response(req: ErasureRequest, *, replayed: bool = False, session: Session | None = None) -> dict[str, Any]:
@@ -415,6 +453,7 @@ def response(req: ErasureRequest, *, replayed: bool = False, session: Session | 
         "warnings": rep.get("warnings", []),
         "batches": {"total": rep.get("batches", 0), "done": req.batches_done},
         "timings_s": rep.get("timings_s", {}),
+        "comments_redacted": {k: (rep.get("comments_redacted") or {}).get(k, 0) for k in REDACTED_TEXT},
         "error": req.error,
     }
 

@@ -360,6 +360,10 @@ class ErasureOut(Out):
     warnings: list[str]
     batches: ErasureBatches
     timings_s: dict[str, float]
+    comments_redacted: dict[str, int] = Field(description=(
+        "free text about the erased examples replaced by the marker '[redacted by erasure request <id>]', per "
+        "table: reviews, pairwise_judgments, review_suggestions, revisions (edit comments); the rows, their "
+        "decisions, reviewers, reason codes and times stay. Zero in a preview"))
     error: str | None
     retest: ErasureRetest | None = Field(description="null where the request was answered without its re-test "
                                                      "state (at creation, in lists)")
