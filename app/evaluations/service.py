@@ -46,6 +46,7 @@ from app.models.training import (
     TrainingCanary,
     TrainingRun,
 )
+from app.snapshots import repository as snapshots
 from app.training import artifacts, gates, registry
 from app.training.protocol import Protocol
 from app.training.schemas import EventIn
@@ -122,6 +123,8 @@ def create(session: Session, *, name: str, version: int, data: EvaluationCreate,
         raise ValidationFailed(f"{name} v{version} was trained without canaries: memorization has nothing to "
                                "measure", code="no_canaries",
                                details=[{"field": "suites", "code": "no_canaries", "message": "memorization"}])
+    if "membership" in suites:
+        _check_membership_splits(session, mv, name=name, version=version)
     if "bias" in suites:
         from app.evaluations.corpora import crows_pairs_path
 
@@ -154,6 +157,23 @@ def create(session: Session, *, name: str, version: int, data: EvaluationCreate,
                           "erasure_retests": [str(r) for r in retests]})
     jobs.enqueue(session, EVALUATE_TASK, str(ev.id), queue=EVALUATE_QUEUE)
     return ev
+
+
+def _check_membership_splits(session: Session, mv: ModelVersion, *, name: str, version: int) -> None:
+    """Membership compares the version's train members with its snapshot's validation non-members; with
+    either split empty the GPU host would claim the evaluation, download everything and load the model
+    only to fail it `invalid_data`. The split is by a hash of each example id, so a small snapshot can
+    land with no validation member at all (16 examples at 0.25: about one freeze in a hundred)."""
+    snap = snapshots.get(session, session.get(TrainingRun, mv.run_id).snapshot_id)
+    # As the suite's files are served (members erased since the freeze left out), not as frozen.
+    counts = snapshots.served_split_counts(session, snap)
+    for split, role in (("train", "member"), ("validation", "non-member")):
+        if not counts[split]:
+            raise ValidationFailed(
+                f"{name} v{version}'s snapshot {snap.name} has no {split} examples: membership needs "
+                f"{role}s (freeze with a validation_fraction, or stratify_by for an exact share)",
+                code=f"no_{split}_examples",
+                details=[{"field": "suites", "code": f"no_{split}_examples", "message": "membership"}])
 
 
 # ---------------------------------------------------------------------------------------------------------

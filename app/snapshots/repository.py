@@ -12,7 +12,7 @@ import hashlib
 import uuid
 from typing import Any
 
-from sqlalchemy import Select, Uuid, bindparam, select, text
+from sqlalchemy import Select, Uuid, bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from app.core.errors import NotFound
@@ -71,6 +71,19 @@ def list_page(session: Session, *, dataset_ref: str | None, cursor: str | None,
 def erased_members(session: Session, snap: Snapshot) -> list[uuid.UUID]:
     """Members whose example was erased after the freeze (asked of the examples domain)."""
     return examples_queries.erased_among(session, snap.dataset_id, member_ids(snap.id))
+
+
+def served_split_counts(session: Session, snap: Snapshot) -> dict[str, int]:
+    """Members per split as an export serves them now: the freeze's counts less the members erased since."""
+    counts = {split: int((snap.counts or {}).get(split) or 0) for split in ("train", "validation")}
+    erased = erased_members(session, snap)
+    if erased:
+        for split, n in session.execute(
+                select(SnapshotMember.split, func.count()).where(SnapshotMember.snapshot_id == snap.id,
+                                                                 SnapshotMember.example_id.in_(erased))
+                .group_by(SnapshotMember.split)):
+            counts[split] -= n
+    return counts
 
 
 def member_pairs(snapshot_id: uuid.UUID) -> Select:

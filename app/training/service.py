@@ -124,6 +124,13 @@ def create(session: Session, *, data: RunCreate, actor: Actor,
         # fail on the GPU host. Say so now, and say what to do.
         raise Conflict(f"snapshot {snap.id} contains erased examples; freeze a new snapshot to train on",
                        code="snapshot_contains_erased", details={"erased_members": len(erased)})
+    if not (snap.counts or {}).get("train"):
+        # The split is by a hash of each example id: a small snapshot with a large validation_fraction can
+        # freeze with every member in validation, and the GPU host would only fail it `invalid_data`.
+        raise ValidationFailed(f"snapshot {snap.id} has no train examples ({snap.member_count} in validation)",
+                               code="no_train_examples",
+                               details=[{"field": "snapshot_id", "code": "no_train_examples",
+                                         "message": f"validation_fraction {snap.validation_fraction}"}])
     now = utcnow()
     run = TrainingRun(
         snapshot_id=snap.id,

@@ -67,7 +67,11 @@ def test_evaluation_through_the_trainer_worker_then_killed_mid_evaluation(stack,
     lines = [instruction_line(i, text_=f"Write to alice.quill{i}@example.com about invoice {i}.") for i in range(16)]
     ids = ingest(api, ds, lines)
     set_status(ids, "approved")
-    snap = freeze(api, ds, validation_fraction=0.25, seed="3")
+    # Stratified (one stratum: no `lang:` tags): 4 validation members every run. The plain split hashes
+    # each fresh example id and left all 16 in train about one run in a hundred; membership then has no
+    # non-members (the CI failure: the evaluation `failed` with `invalid_data`; now a 422 at creation).
+    snap = freeze(api, ds, validation_fraction=0.25, seed="3", stratify_by="lang")
+    assert snap["counts"]["validation"] == 4 and snap["counts"]["train"] == 12
     evs = new_dataset(api, is_eval_set=True)
     ingest(api, evs, [instruction_line(100 + i, source="evalset") for i in range(4)])
 

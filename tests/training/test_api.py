@@ -337,6 +337,20 @@ def test_registry_promote_rollback_history_taint(api, dispatched, base_model, ar
     assert api.as_("auditor").get("/v1/audit/verify").json()["ok"] is True
 
 
+def test_a_snapshot_without_train_examples_is_refused_before_any_host_sees_it(api, dispatched, base_model):
+    """The split hashes each example id, so a small snapshot with a large validation_fraction can freeze
+    with every member in validation; the trainer would claim the run and fail it `invalid_data` ("the
+    snapshot has no train examples"). Stratified, 0.75 of 2 examples is exactly 2: certain here."""
+    from tests.factories import approved_dataset, freeze
+
+    ds, _ = approved_dataset(api, n=2)
+    snap = freeze(api, ds, validation_fraction=0.75, stratify_by="lang")
+    assert snap["counts"]["train"] == 0 and snap["counts"]["validation"] == 2
+    err = new_run(api, snap, base_model, expect=422)["error"]
+    assert err["code"] == "no_train_examples" and err["details"][0]["field"] == "snapshot_id", err
+    assert dispatched == []
+
+
 def test_version_numbers_count_up_per_name(api, dispatched, base_model, artifact_root):
     snap, recs = snapshot(api)
     got = []
