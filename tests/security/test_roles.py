@@ -70,7 +70,8 @@ def world(api, dispatched, artifact_root):
 
     cur = api.as_("curator")
     ds, approved = approved_dataset(api, n=6)
-    a = freeze(api, ds, name="a", validation_fraction=0.25, seed="1")
+    # Stratified (one stratum): exactly 2 of 6 in validation, so a run on it always has train examples.
+    a = freeze(api, ds, name="a", validation_fraction=0.25, seed="1", stratify_by="lang")
     b = freeze(api, ds, name="b", validation_fraction=0.5, seed="2")
     line = {"instruction": "Write to alice.quill@example.com about the invoice.", "output": "Done.",
             "provenance": {"source": "mail", "source_ref": "m-1", "license": "CC-BY-4.0"}}

@@ -25,7 +25,8 @@ def _pref_snapshot(api, n=12):
              "rejected": f"A rude answer, number {i}!", "provenance": {"source": "s", "source_ref": f"p{i}"}}
             for i in range(n)]
     set_status(ingest(api, ds, rows), "approved")
-    return freeze(api, ds, validation_fraction=0.2, seed="3")
+    # Stratified (one stratum): exactly round(0.2 * n) in validation, never all n (a 422 no_train_examples).
+    return freeze(api, ds, validation_fraction=0.2, seed="3", stratify_by="lang")
 
 
 def test_dpo_on_another_format_and_bad_beta_are_422(api, dispatched, base_model):
