@@ -34,6 +34,7 @@ from app.lineage.router import router as lineage_router
 from app.ops.router import router as ops_router
 from app.ops.schemas import Liveness
 from app.pii.router import router as pii_router
+from app.revalidation.router import router as revalidation_router
 from app.review.router import router as review_router
 from app.snapshots.router import router as snapshots_router
 from app.training.router import router as training_router
@@ -161,6 +162,7 @@ def create_app() -> FastAPI:
     app.include_router(grants_router)
     app.include_router(workspaces_router)
     app.include_router(lineage_router)
+    app.include_router(revalidation_router)
     app.include_router(ops_router)
 
     @app.get("/healthz", tags=["ops"], response_model=Liveness)

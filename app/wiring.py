@@ -32,7 +32,7 @@ from app.dedup.rebuild import REBUILD_TASK
 from app.dedup.store import install_view, installed_view
 from app.evaluations import embedded as embedded_evaluations
 from app.evaluations import service as evaluations
-from app.examples import quality
+from app.examples import quality, validation
 from app.examples import service as examples
 from app.lineage import facets, openlineage
 from app.pii import jobs as pii_jobs
@@ -43,6 +43,8 @@ from app.pii.rescrub import RESCRUB_TASK
 from app.pipeline import jobs as pipeline_jobs
 from app.pipeline import service as pipeline
 from app.pipeline import stages
+from app.revalidation import jobs as revalidation_jobs
+from app.revalidation import service as revalidation
 from app.review import service as review
 from app.training import embedded as embedded_training
 from app.training import service as training
@@ -65,11 +67,11 @@ def wire() -> None:
     with _lock:
         if _wired:
             return
-        stages.install(_stage_list())
+        stages.install(_stage_list(), on_validated=validation.record_pipeline)
         # The hooks write disjoint keys of the view; the order is fixed anyway, so two processes
         # build the same view.
-        examples.install_view_hooks([pii.view_hook, dedup.view_hook, review.review_view])
-        audit.install_subscribers([facets.on_audit, openlineage.on_audit, pii_rescrub.on_audit])
+        examples.install_view_hooks([pii.view_hook, dedup.view_hook, review.review_view, validation.view_hook])
+        audit.install_subscribers([facets.on_audit, openlineage.on_audit, pii_rescrub.on_audit, revalidation.on_audit])
         # Dedup compares scrubbed text through PII's view (spans as keyed hashes of their values).
         install_view(pii_queries.dedup_views)
         jobs.install_local_handlers({
@@ -78,6 +80,8 @@ def wire() -> None:
             REBUILD_TASK: dedup_jobs.rebuild,
             EVAL_SWEEP_TASK: dedup_jobs.eval_sweep,
             RESCRUB_TASK: pii_jobs.rescrub,
+            revalidation.RUN_TASK: revalidation_jobs.run,
+            revalidation.CHECK_TASK: revalidation_jobs.check,
             training.TRAIN_TASK: embedded_training.start_in_background,
             evaluations.EVALUATE_TASK: embedded_evaluations.start_in_background,
         })
@@ -92,6 +96,7 @@ def registered() -> dict[str, list[str]]:
     """What the registries hold now, by qualified name (empty lists before `wire()`)."""
     return {
         "stages": [f"{s.name}@{s.queue}:{_name(s.handler)}" for s in stages.STAGES],
+        "on_validated": [_name(h) for h in stages.ON_VALIDATED],
         "view_hooks": [_name(h) for h in examples.VIEW_HOOKS],
         "audit_subscribers": [_name(f) for f in audit.subscribers()],
         "local_handlers": sorted(f"{k}:{_name(v)}" for k, v in jobs.LOCAL_HANDLERS.items()),

@@ -23,7 +23,7 @@ broker = settings.redis_url or "memory://"
 
 celery = Celery("pedigree", broker=broker,
                 include=["workers.tasks.pipeline", "workers.tasks.pii", "workers.tasks.dedup",
-                         "workers.tasks.training", "workers.tasks.audit"])
+                         "workers.tasks.training", "workers.tasks.audit", "workers.tasks.revalidation"])
 celery.conf.update(
     task_queues=[Queue("default"), Queue("pii"), Queue("dedup")],
     task_default_queue="default",
@@ -43,6 +43,9 @@ celery.conf.update(
         "training-reap": {"task": "pedigree.training.reap", "schedule": 30.0, "options": {"queue": "default"}},
         "erasure-retest-expire": {"task": "pedigree.erasure.retest_expire", "schedule": 3600.0,
                                   "options": {"queue": "default", "expires": 3600.0}},
+        # Engines and recognizers change with a deploy, ages with time: compare the records hourly.
+        "revalidation-check": {"task": "pedigree.revalidation.check", "schedule": settings.revalidation_check_interval_s,
+                               "options": {"queue": "pii", "expires": settings.revalidation_check_interval_s}},
         "audit-verify": {"task": "pedigree.audit.verify", "schedule": settings.audit_verify_interval_s,
                          "options": {"queue": "default", "expires": settings.audit_verify_interval_s}},
     },

@@ -49,6 +49,10 @@ class PiiSettings(BaseSettings):
     custom_recognizers: bool = True
     # The first-name gazetteer recognizer (part of the custom set; off only to measure what it adds).
     name_gazetteer: bool = True
+    # A JSON file of deployment-wide regex recognizers (an organisation's own identifiers), each
+    # {"name", "entity_type", "patterns": [{"regex", "score"}], "context"}: part of the recognizer set, so
+    # changing it revalidates the examples it could change (docs/governance.md).
+    extra_recognizers: Path | None = None
     batch_size: int = 64
     # "kid:base64(32 bytes),..." newest first. Unset: embedded mode uses a key file, other modes refuse.
     vault_keys: str | None = None
@@ -206,6 +210,8 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Celery beat verifies the audit chain this often (incremental from the checkpoint).
     audit_verify_interval_s: float = Field(3600.0, gt=0)
+    # How often the worker compares validation records with its versions (docs/governance.md).
+    revalidation_check_interval_s: float = Field(3600.0, ge=10)
 
     # API keys (docs/security.md, "Key lifecycle"). last_used_at is written at most this often per key
     # and API process; a rotation keeps the old secret valid this long unless the request says otherwise.

@@ -283,6 +283,22 @@ class SuggestionOut(Out):
     created_at: IsoTime
 
 
+class ValidationRecordOut(Out):
+    """What last validated the example (app/examples/validation.py)."""
+
+    validated_at: IsoTime
+    via: str = Field(description="pipeline, rescrub, revalidation or migration")
+    revision_id: str | None = Field(description="the revision that was validated")
+    current: bool = Field(description="whether that revision is still the current one")
+    pii_engine: str | None
+    spacy_model: str | None
+    recognizers: str | None = Field(description="the recognizer set's version (sha256 over its members)")
+    pii_policy_sha256: str | None
+    dedup_policy_sha256: str | None
+    revalidation_id: str | None
+    reviews: dict[str, int] = Field(description="decisions on the validated revision, by decision")
+
+
 class ExampleOut(Out):
     """`GET /v1/examples/{id}`: the fields the caller's role may see."""
 
@@ -300,6 +316,7 @@ class ExampleOut(Out):
     updated_at: IsoTime
     last_validated_at: IsoTime | None = Field(
         None, description="when the pipeline last finished on the current content (null: not yet)")
+    validation: ValidationRecordOut | None = None
     # Filled by the PII, dedup and review hooks.
     pii: PiiScrubOut | None = None
     dedup: DedupView | None = None

@@ -40,6 +40,7 @@ from app.models.training import (
     TrainingRun,
     TrainingRunEvent,
 )
+from app.models.validation import ExampleValidation, PiiRecognizerSet, Revalidation
 
 __all__ = [
     "ApiKey",
@@ -63,6 +64,7 @@ __all__ = [
     "EvaluationEvent",
     "Example",
     "ExampleRevision",
+    "ExampleValidation",
     "IngestBatch",
     "ModelAlias",
     "ModelAliasHistory",
@@ -74,9 +76,11 @@ __all__ = [
     "PairwiseVerdict",
     "PiiFinding",
     "PiiGrant",
+    "PiiRecognizerSet",
     "PiiScrub",
     "PiiVaultEntry",
     "RegisteredModel",
+    "Revalidation",
     "Review",
     "ReviewEscalation",
     "ReviewLease",

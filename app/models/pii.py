@@ -48,6 +48,8 @@ class PiiScrub(IdMixin, CreatedAtMixin, Base):
     flags: Mapped[dict] = mapped_column(default=dict)
     engine: Mapped[str] = mapped_column(String(100))
     model: Mapped[str] = mapped_column(String(100))
+    # The recognizer set's version (app/pii/fingerprint.py); NULL on scrubs made before it was recorded.
+    recognizers: Mapped[str | None] = mapped_column(String(64))
 
 
 class PiiFinding(IdMixin, CreatedAtMixin, Base):

@@ -251,7 +251,37 @@ def _registry(settings: PiiSettings, nlp_engine) -> RecognizerRegistry:
     if settings.custom_recognizers:
         for recognizer in custom.custom_recognizers(gazetteer=settings.name_gazetteer):
             registry.add_recognizer(recognizer)
+    for recognizer in extra_recognizers(settings.extra_recognizers):
+        registry.add_recognizer(recognizer)
     return registry
+
+
+class ExtraRecognizersInvalid(RuntimeError):
+    """PEDIGREE_PII_EXTRA_RECOGNIZERS names a file that is missing or malformed (the message names it)."""
+
+
+def extra_recognizers(path: Path | None) -> list[EntityRecognizer]:
+    """The deployment's own regex recognizers from a JSON list (see PiiSettings.extra_recognizers)."""
+    if path is None:
+        return []
+    from pydantic import TypeAdapter, ValidationError
+
+    from app.pii.schemas import CustomRecognizer
+
+    try:
+        specs = TypeAdapter(list[CustomRecognizer]).validate_json(Path(path).read_bytes())
+    except OSError as exc:
+        raise ExtraRecognizersInvalid(f"PEDIGREE_PII_EXTRA_RECOGNIZERS: cannot read {path}: {exc}") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ExtraRecognizersInvalid(
+            f"PEDIGREE_PII_EXTRA_RECOGNIZERS: {path} is malformed at {where or 'top level'}: {first['msg']}") from exc
+    return [PatternRecognizer(supported_entity=spec.entity_type, name=f"deployment.{spec.name}",
+                              patterns=[PresidioPattern(f"{spec.name}.{j}", p.regex, p.score)
+                                        for j, p in enumerate(spec.patterns)],
+                              context=spec.context or None, global_regex_flags=regex.DOTALL | regex.MULTILINE)
+            for spec in specs]
 
 
 class PiiEngine:

@@ -28,12 +28,12 @@ from app.core import jobs
 from app.core.auth import Actor
 from app.core.ids import new_id
 from app.core.sql import any_of, is_pg
-from app.examples import formats
+from app.examples import formats, validation
 from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.example import Example, ExampleRevision
 from app.models.pii import PiiFinding, PiiScrub
-from app.pii import nlp, tokens
+from app.pii import fingerprint, nlp, tokens
 from app.pii import service as pii
 from app.pipeline import service as pipeline
 from app.pipeline import stages
@@ -92,8 +92,12 @@ def _lock(session: Session, ids: list[uuid.UUID]) -> list[Any]:
     return session.execute(q).all()
 
 
-def rescrub_batch(session: Session, ds: Dataset, ids: list[uuid.UUID], *, reason: str) -> dict[str, Any]:
-    """Re-scrub these examples of `ds` (candidates, locked here) in the caller's transaction."""
+def rescrub_batch(session: Session, ds: Dataset, ids: list[uuid.UUID], *, reason: str, force: bool = False,
+                  revalidation_id: uuid.UUID | None = None) -> dict[str, Any]:
+    """Re-scrub these examples of `ds` (candidates, locked here) in the caller's transaction. `force`: also
+    those already scrubbed under the current policy (a revalidation after an engine, model or recognizer
+    change). Unchanged outputs are stamped validated now (app/examples/validation.py); changed ones go back
+    through the pipeline, whose last stage records them."""
     policy = pii.policy_of(ds)
     sha = pii.policy_sha(policy)
     if not policy.enabled:  # turned off after the task was queued: past scrubs stay (see request)
@@ -106,19 +110,22 @@ def rescrub_batch(session: Session, ds: Dataset, ids: list[uuid.UUID], *, reason
     skipped: list[str] = []
     unchanged = 0
     redo_dedup: list[uuid.UUID] = []
-    # Checked again under the policy as it is now and found unchanged: validated now (issue 19). Changed
-    # ones go back through the pipeline, which stamps them when it finishes.
+    # Checked again under the policy and engine as they are now and found unchanged: validated now (issue
+    # 19). Changed ones go back through the pipeline, which records them when it finishes; a changed exact
+    # duplicate stays out of the pipeline and is recorded here.
     revalidated: list[uuid.UUID] = []
     nlp.load()
     from app.pii.scrub import ScrubInput, scrub_examples
 
     eng, hk, tk = pii.engine(), pii.hash_key(), tokens.token_key()
+    versions = fingerprint.register(session, eng)
+    work: list[dict[str, Any]] = []
     for r in rows:
         if r.status not in RESCRUBBABLE or r.stage not in (None, stages.next_stage("pii")):
             continue
         scrub = session.scalar(select(PiiScrub).where(PiiScrub.example_id == r.id)
                                .order_by(PiiScrub.created_at.desc()).limit(1))
-        if scrub is None or scrub.policy_sha256 == sha:
+        if scrub is None or (scrub.policy_sha256 == sha and not force):
             continue
         current = session.get(ExampleRevision, r.current_revision_id)
         findings = pii.findings_for(session, current.id)
@@ -139,11 +146,26 @@ def rescrub_batch(session: Session, ds: Dataset, ids: list[uuid.UUID], *, reason
             PiiFinding.example_id == r.id, PiiFinding.verdict == "false_positive", PiiFinding.value_token.is_not(None))))
         if restored:
             run_policy = policy.model_copy(update={"allow_tokens": sorted(set(policy.allow_tokens) | restored)})
-        item = ScrubInput(raw, key=f"{ds.id}:{scrub.source_sha256}", fields=formats.text_fields(ds.format, raw))
-        res = scrub_examples(eng, [item], run_policy, hash_key=hk, token_key=tk)[0]
+        work.append({"r": r, "scrub": scrub, "current": current, "findings": findings, "source": source, "raw": raw,
+                     "vaulted": vaulted, "policy": run_policy})
+    # One engine call per policy (nearly always one): spaCy's pipe over the whole batch, not one text at a time.
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for w in work:
+        groups.setdefault(w["policy"].model_dump_json(), []).append(w)
+    for group in groups.values():
+        items = [ScrubInput(w["raw"], key=f"{ds.id}:{w['scrub'].source_sha256}",
+                            fields=formats.text_fields(ds.format, w["raw"])) for w in group]
+        for w, res in zip(group, scrub_examples(eng, items, group[0]["policy"], hash_key=hk, token_key=tk),
+                          strict=True):
+            w["res"] = res
+    for w in work:
+        r, scrub, current, findings, source, raw, res = (w["r"], w["scrub"], w["current"], w["findings"],
+                                                         w["source"], w["raw"], w["res"])
         out = res.content if res.findings else raw
         out_sha = formats.content_sha256(out)
         scrub.policy_sha256 = sha
+        scrub.engine, scrub.model, scrub.recognizers = (versions["pii_engine"], versions["spacy_model"],
+                                                        versions["recognizers"])
         if out_sha == current.content_sha256:
             unchanged += 1
             revalidated.append(r.id)
@@ -155,7 +177,7 @@ def rescrub_batch(session: Session, ds: Dataset, ids: list[uuid.UUID], *, reason
             "id": rid, "example_id": r.id, "seq": seq + 1, "content": out, "content_sha256": out_sha,
             "parent_id": current.id, "reason": "pii_scrub", "author": pii.ACTOR,
             "comment": f"re-scrubbed: {reason}", "created_at": now}])
-        if res.findings and not vaulted:
+        if res.findings and not w["vaulted"]:
             vault_rows, markers = pii.seal_rows(pii.key_ring(session), [(r.id, source.id, raw)])
             pii.write_vault(session, vault_rows, markers)
         if res.findings:
@@ -168,6 +190,7 @@ def rescrub_batch(session: Session, ds: Dataset, ids: list[uuid.UUID], *, reason
             # to the same output, and a near duplicate's link is re-settled by the next dedup rebuild.
             session.execute(update(Example).where(Example.id == r.id).values(current_revision_id=rid,
                                                                              updated_at=now))
+            revalidated.append(r.id)
             continue
         nxt = stages.next_stage("pii")
         session.execute(update(Example).where(Example.id == r.id).values(
@@ -175,10 +198,9 @@ def rescrub_batch(session: Session, ds: Dataset, ids: list[uuid.UUID], *, reason
         if r.status == "approved":
             back_to_review.append(str(r.id))
         redo_dedup.append(r.id)
-    if revalidated:
-        session.execute(update(Example).where(any_of(Example.id, revalidated, pg=is_pg(session)))
-                        .values(last_validated_at=now))
     session.flush()
+    validation.stamp(session, revalidated, now=now, via="revalidation" if revalidation_id else "rescrub",
+                     versions=versions, pii_policy_sha256=sha, revalidation_id=revalidation_id)
     if redo_dedup and stages.next_stage("pii"):
         pipeline.enqueue_stage(session, stages.next_stage("pii"), redo_dedup)
     result = {"dataset_id": str(ds.id), "reason": reason, "policy_sha256": sha, "examples": len(rows),
@@ -186,6 +208,60 @@ def rescrub_batch(session: Session, ds: Dataset, ids: list[uuid.UUID], *, reason
               "skipped_reviewed": skipped}
     audit.record(session, actor=pii.ACTOR, action="pii.rescrubbed", entity_type="example_batch", payload=result)
     return result
+
+
+# Recognizers whose analyze reads no NLP artifacts: run alone, without spaCy, they find what they find inside
+# the engine. A Presidio PatternRecognizer that keeps its analyze is one; these of ours were checked to be.
+_NO_NLP = frozenset({"PaymentCardRecognizer", "LoosePhoneRecognizer", "CaseInsensitiveIbanRecognizer",
+                     "SecretRecognizer"})
+
+
+def prefilterable(rec: Any) -> bool:
+    from presidio_analyzer import PatternRecognizer
+
+    if type(rec).__name__ in _NO_NLP:
+        return True
+    return isinstance(rec, PatternRecognizer) and type(rec).analyze is PatternRecognizer.analyze
+
+
+def prefilter(session: Session, ds: Dataset, ids: list[uuid.UUID], names: set[str]) -> tuple[list, list]:
+    """Split `ids` into those a recognizer change could affect and those it cannot, without the model.
+
+    Only the named recognizers changed (added, changed or removed) between the set that validated these
+    examples and the current one. An example is a candidate when the current version of one of them finds
+    anything at all in its raw text (before thresholds, context or passes), or when its current findings
+    name one of them. Otherwise the engine's result is the same set of spans as before, so the output is:
+    for an added recognizer this is exact; for a changed or removed one it misses only a span of the old
+    version that displaced another recognizer's and was then dropped by a later pass (docs/governance.md)."""
+    pg = is_pg(session)
+    eng = pii.engine()
+    recs = [r for r in eng.analyzer.registry.recognizers if r.name in names]
+    flagged = set(session.scalars(
+        select(PiiFinding.example_id).join(Example, Example.current_revision_id == PiiFinding.revision_id)
+        .where(any_of(PiiFinding.example_id, ids, pg=pg), PiiFinding.recognizer.in_(sorted(names))).distinct()))
+    rest = [i for i in ids if i not in flagged]
+    if not recs or not rest:
+        return sorted(flagged), rest
+    from app.pii.recognizers.normalize import Normalised
+
+    later = aliased(PiiScrub)
+    latest = (select(later.id).where(later.example_id == PiiScrub.example_id)
+              .order_by(later.created_at.desc()).limit(1).scalar_subquery())
+    sources = dict(session.execute(select(PiiScrub.example_id, PiiScrub.source_revision_id)
+                                   .where(any_of(PiiScrub.example_id, rest, pg=pg), PiiScrub.id == latest)).all())
+    raws = pii.raw_contents(session, [(e, s) for e, s in sources.items()])
+    plain = dict(session.execute(select(ExampleRevision.id, ExampleRevision.content).where(
+        any_of(ExampleRevision.id, [s for e, s in sources.items() if e not in raws], pg=pg))).all())
+    candidates, cleared = sorted(flagged), []
+    for eid in rest:
+        raw = raws.get(eid) if eid in raws else plain.get(sources.get(eid))
+        if raw is None:  # no scrub to compare with: the full path decides
+            candidates.append(eid)
+            continue
+        texts = [t for _, t in formats.text_fields(ds.format, raw) if t and t.strip()]
+        hit = any(rec.analyze(Normalised(t).text, rec.supported_entities, None) for t in texts for rec in recs)
+        (candidates if hit else cleared).append(eid)
+    return candidates, cleared
 
 
 def _keep_confirmed(rows: list[dict], old: list[PiiFinding]) -> list[dict]:

@@ -29,6 +29,7 @@ from app.core.auth import RAW_PII_READERS, Actor
 from app.core.config import get_settings
 from app.core.errors import InvalidState, NotFound, ValidationFailed
 from app.core.ids import new_id
+from app.core.sql import any_of, in_chunks, is_pg
 from app.examples import formats
 from app.examples import service as examples
 from app.models.access import PiiGrant
@@ -36,7 +37,7 @@ from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.example import Example, ExampleRevision
 from app.models.pii import PiiFinding, PiiScrub, PiiVaultEntry
-from app.pii import nlp, tokens, vault
+from app.pii import fingerprint, nlp, tokens, vault
 from app.pii.operators import ExampleOperators
 from app.pii.paths import get_path, set_path
 from app.pii.schemas import PiiPolicy, effective_policy
@@ -139,6 +140,24 @@ def raw_content(session: Session, example_id: uuid.UUID, revision_id: uuid.UUID)
     return orjson.loads(plain)
 
 
+def raw_contents(session: Session, pairs: list[tuple[uuid.UUID, uuid.UUID]]) -> dict[uuid.UUID, dict]:
+    """{example id: raw content} for (example, revision) pairs in one read; revisions never vaulted
+    (nothing was found in them) are absent."""
+    if not pairs:
+        return {}
+    pg = is_pg(session)
+    by_rev = {r: e for e, r in pairs}
+    ring = key_ring(session)
+    out: dict[uuid.UUID, dict] = {}
+    for part in in_chunks(list(by_rev), pg=pg):
+        for entry in session.execute(select(PiiVaultEntry.revision_id, PiiVaultEntry.key_id, PiiVaultEntry.ciphertext)
+                                     .where(any_of(PiiVaultEntry.revision_id, part, pg=pg))):
+            eid = by_rev[entry.revision_id]
+            out[eid] = orjson.loads(ring.open(vault.Sealed(entry.key_id, entry.ciphertext),
+                                              aad=_aad(eid, entry.revision_id)))
+    return out
+
+
 # --- the stage -----------------------------------------------------------------------------------------------
 
 
@@ -212,6 +231,9 @@ def scrub_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
                                     "status": "scrubbed" if r.status == "ingested" else r.status, "now": now})
     if not scrub_rows:
         return
+    recognizers = fingerprint.register(session, eng)["recognizers"]
+    for row in scrub_rows:
+        row["recognizers"] = recognizers
     if rev_rows:
         session.execute(insert(ExampleRevision), rev_rows)
     vault_rows, markers = seal_rows(ring, to_vault)

@@ -119,6 +119,8 @@ def _run_stage(stage_name: str, ids: list[uuid.UUID], lease: _Lease | None) -> i
             # Examples a stage already settled (duplicate, rejected) were validated all the same.
             session.execute(update(Example).where(still_here, Example.status.in_(TERMINAL))
                             .values(last_validated_at=now))
+            for hook in stages.ON_VALIDATED:
+                hook(session, moved, now)
         session.execute(update(Example).where(still_here).values(stage=nxt, updated_at=now))
         audit.record(
             session,

@@ -28,17 +28,21 @@ class Stage:
 
 # Filled by `install()` (app.wiring), never at import time.
 STAGES: list[Stage] = []
+# Called with (session, example ids, now) in the last stage's transaction, for the examples the pipeline
+# finished on: their validation records (app/examples/validation.py) commit with the stamp.
+ON_VALIDATED: list[Callable[..., None]] = []
 
 # Exact duplicates found at ingest enter here directly: their text is the same as their twin's, but the
 # ingest revision is raw and must be scrubbed (and vaulted) like any other before anyone reads it.
 SCRUB_STAGE = "pii"
 
 
-def install(stages: Sequence[Stage]) -> None:
+def install(stages: Sequence[Stage], on_validated: Callable[..., None] | None = None) -> None:
     names = [s.name for s in stages]
     if len(set(names)) != len(names) or SCRUB_STAGE not in names:
         raise ValueError(f"stage names must be unique and include {SCRUB_STAGE!r}: {names}")
     STAGES[:] = stages
+    ON_VALIDATED[:] = [on_validated] if on_validated else []
 
 
 def _stages() -> list[Stage]:

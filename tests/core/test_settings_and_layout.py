@@ -60,13 +60,15 @@ def test_every_entry_point_wires_the_same_registries_and_imports_wire_nothing():
     assert [s.split("@")[0] for s in wired["stages"]] == ["quality", "pii", "dedup"]
     assert wired["stages"][0].endswith(":app.examples.quality.quality_handler")
     assert wired["view_hooks"] == ["app.pii.service.view_hook", "app.dedup.service.view_hook",
-                                   "app.review.service.review_view"]
+                                   "app.review.service.review_view", "app.examples.validation.view_hook"]
     assert wired["audit_subscribers"] == ["app.lineage.facets.on_audit", "app.lineage.openlineage.on_audit",
-                                          "app.pii.rescrub.on_audit"]
+                                          "app.pii.rescrub.on_audit", "app.revalidation.service.on_audit"]
+    assert wired["on_validated"] == ["app.examples.validation.record_pipeline"]
     assert wired["dedup_view"] == ["app.pii.queries.dedup_views"]
     assert {h.split(":")[0] for h in wired["local_handlers"]} == {
         "pedigree.pipeline.run_stage", "pedigree.pipeline.sweep", "pedigree.dedup.rebuild",
-        "pedigree.dedup.eval_sweep", "pedigree.train.run", "pedigree.pii.rescrub", "pedigree.evaluate.run"}
+        "pedigree.dedup.eval_sweep", "pedigree.train.run", "pedigree.pii.rescrub", "pedigree.evaluate.run",
+        "pedigree.revalidation.run", "pedigree.revalidation.check"}
 
 
 def test_an_unwired_process_refuses_instead_of_doing_less():
@@ -202,6 +204,7 @@ ENV_TABLE = [
     ("PEDIGREE_LOG_FORMAT", "json", lambda s: s.log_format, "json"),
     ("PEDIGREE_LOG_LEVEL", "DEBUG", lambda s: s.log_level, "DEBUG"),
     ("PEDIGREE_AUDIT_VERIFY_INTERVAL_S", "60", lambda s: s.audit_verify_interval_s, 60.0),
+    ("PEDIGREE_REVALIDATION_CHECK_INTERVAL_S", "600", lambda s: s.revalidation_check_interval_s, 600.0),
     ("PEDIGREE_KEY_LAST_USED_INTERVAL_S", "30", lambda s: s.key_last_used_interval_s, 30.0),
     ("PEDIGREE_KEY_ROTATION_OVERLAP_S", "600", lambda s: s.key_rotation_overlap_s, 600.0),
     ("PEDIGREE_AUTH_FAILURE_LIMIT", "5", lambda s: s.auth_failure_limit, 5),
@@ -212,6 +215,8 @@ ENV_TABLE = [
     ("PEDIGREE_PII_PHONE_REGIONS", '["DE", "AT"]', lambda s: s.pii.phone_regions, ("DE", "AT")),
     ("PEDIGREE_PII_CUSTOM_RECOGNIZERS", "false", lambda s: s.pii.custom_recognizers, False),
     ("PEDIGREE_PII_NAME_GAZETTEER", "false", lambda s: s.pii.name_gazetteer, False),
+    ("PEDIGREE_PII_EXTRA_RECOGNIZERS", "/etc/pedigree/recognizers.json", lambda s: str(s.pii.extra_recognizers),
+     "/etc/pedigree/recognizers.json"),
     ("PEDIGREE_PII_BATCH_SIZE", "8", lambda s: s.pii.batch_size, 8),
     ("PEDIGREE_PII_VAULT_KEYS", "k1:QUFB", lambda s: s.pii.vault_keys, "k1:QUFB"),
     ("PEDIGREE_PII_VAULT_KEY_FILE", "/tmp/v.key", lambda s: s.pii.vault_key_file, Path("/tmp/v.key")),

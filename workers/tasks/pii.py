@@ -26,7 +26,7 @@ def _refuse_to_start_without_model_or_vault_key(**_: object) -> None:
     from app.pii import nlp
 
     nlp.load()  # before the engine module imports Presidio: keeps torch out of the worker
-    from app.pii.engine import PiiModelMissing, resolve_model_package
+    from app.pii.engine import ExtraRecognizersInvalid, PiiModelMissing, resolve_model_package
     from app.pii.service import startup_check
     from app.pii.vault import VaultError
 
@@ -39,11 +39,14 @@ def _refuse_to_start_without_model_or_vault_key(**_: object) -> None:
                 "en_core_web_md, `-r requirements/spacy-model.txt` for en_core_web_sm) or set "
                 "PEDIGREE_PII_MODE=pattern_only explicitly."
             )
+        from app.pii.engine import extra_recognizers
+
+        extra_recognizers(s.extra_recognizers)  # a missing or malformed file refuses start-up, naming it
         with session_scope() as session:
             startup_check(session)
         # The pool children are forked from this process: they must not inherit its open connection.
         get_engine().dispose()
-    except (PiiModelMissing, VaultError) as exc:
+    except (PiiModelMissing, ExtraRecognizersInvalid, VaultError) as exc:
         log.critical("worker refuses to start: %s", exc)
         print(f"pedigree worker: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(78) from exc  # EX_CONFIG
