@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from app.cli_support import cli_actor, prepare_db
 from app.lineage.cli import app as lineage_app
+from app.revalidation.cli import app as revalidation_app
 from app.review.cli import app as review_app
 from app.snapshots.cli import app as snapshot_app
 from app.training.cli import app as runs_app
@@ -36,6 +37,7 @@ app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(review_app, name="review")
 app.add_typer(runs_app, name="runs")
 app.add_typer(lineage_app, name="lineage")
+app.add_typer(revalidation_app, name="revalidation")
 
 err = Console(stderr=True)
 out = Console()

@@ -31,6 +31,9 @@ celery.conf.update(
     task_reject_on_worker_lost=True,
     task_ignore_result=True,
     worker_prefetch_multiplier=1,
+    # A pool child builds the PII engine (spaCy model, recognizer fingerprints) before it reports up: on a
+    # loaded host that takes longer than Celery's 4 s default, which then kills and re-forks it forever.
+    worker_proc_alive_timeout=120.0,
     broker_connection_retry_on_startup=True,
     # Redis redelivers an unacked message after this long; longer than the slowest batch (see the
     # setting). A killed worker's batch is recovered sooner by the lease sweeper.

@@ -212,6 +212,8 @@ class Settings(BaseSettings):
     audit_verify_interval_s: float = Field(3600.0, gt=0)
     # How often the worker compares validation records with its versions (docs/governance.md).
     revalidation_check_interval_s: float = Field(3600.0, ge=10)
+    # Examples per revalidation transaction: what a crash can cost, and how often progress commits.
+    revalidation_batch_size: int = Field(500, ge=1, le=10_000)
 
     # API keys (docs/security.md, "Key lifecycle"). last_used_at is written at most this often per key
     # and API process; a rotation keeps the old secret valid this long unless the request says otherwise.

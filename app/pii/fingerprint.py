@@ -50,6 +50,8 @@ def _plain(value: Any, depth: int = 0) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v, depth + 1) for v in value]
     if isinstance(value, (set, frozenset)):
+        if all(isinstance(v, str) for v in value):  # word lists (the gazetteer's names): hashed, fast
+            return {"strings": hashlib.sha256("\n".join(sorted(value)).encode()).hexdigest()}
         return sorted((_plain(v, depth + 1) for v in value), key=repr)
     if isinstance(value, dict):
         return {str(k): _plain(v, depth + 1) for k, v in sorted(value.items(), key=lambda kv: repr(kv[0]))}

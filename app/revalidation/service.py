@@ -100,12 +100,10 @@ def dedup_mismatch(session: Session, ds: Dataset, target: dict[str, Any]) -> int
     )) or 0
 
 
-def triggers_of(ds: Dataset, requested: list[str] | None = None) -> list[str]:
+def triggers_of(ds: Dataset) -> list[str]:
     on = list(policy_of(ds).revalidate_on)
     if policy_of(ds).revalidate_after_days:
         on.append("age")
-    if requested is not None:
-        on = [t for t in requested if t in on or t == "age"]
     return on
 
 
@@ -131,8 +129,11 @@ def request(session: Session, ds: Dataset, *, actor: str, triggers: list[str], s
 def request_api(session: Session, *, dataset_ref: str, actor: Actor, triggers: list[str] | None,
                 scope: str) -> Revalidation:
     ds = datasets.get(session, dataset_ref)
-    return request(session, ds, actor=actor.ref, triggers=triggers_of(ds, triggers) if triggers else
-                   triggers_of(ds) + (["requested"] if scope == "all" else []), scope=scope)
+    # Asked for by name, a trigger counts whatever the dataset's policy lists: the policy says what fires on
+    # its own, a curator may still ask.
+    chosen = list(dict.fromkeys(triggers)) if triggers else triggers_of(ds)
+    return request(session, ds, actor=actor.ref, triggers=chosen + (["requested"] if scope == "all" else []),
+                   scope=scope)
 
 
 def check(session: Session, ds: Dataset, versions: dict[str, Any]) -> Revalidation | None:

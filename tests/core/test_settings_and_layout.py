@@ -205,6 +205,7 @@ ENV_TABLE = [
     ("PEDIGREE_LOG_LEVEL", "DEBUG", lambda s: s.log_level, "DEBUG"),
     ("PEDIGREE_AUDIT_VERIFY_INTERVAL_S", "60", lambda s: s.audit_verify_interval_s, 60.0),
     ("PEDIGREE_REVALIDATION_CHECK_INTERVAL_S", "600", lambda s: s.revalidation_check_interval_s, 600.0),
+    ("PEDIGREE_REVALIDATION_BATCH_SIZE", "50", lambda s: s.revalidation_batch_size, 50),
     ("PEDIGREE_KEY_LAST_USED_INTERVAL_S", "30", lambda s: s.key_last_used_interval_s, 30.0),
     ("PEDIGREE_KEY_ROTATION_OVERLAP_S", "600", lambda s: s.key_rotation_overlap_s, 600.0),
     ("PEDIGREE_AUTH_FAILURE_LIMIT", "5", lambda s: s.auth_failure_limit, 5),

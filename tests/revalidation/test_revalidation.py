@@ -168,3 +168,28 @@ def test_a_malformed_recognizers_file_is_refused_naming_it(tmp_path):
         extra_recognizers(bad)
     with pytest.raises(ExtraRecognizersInvalid, match="missing.json"):
         extra_recognizers(tmp_path / "missing.json")
+
+
+def test_the_cli_starts_checks_and_shows_progress(api):
+    import json
+
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    ds = new_dataset(api)
+    ingest(api, ds, _lines(3, set()))
+    run = CliRunner()
+    r = run.invoke(app, ["revalidation", "check", ds["name"]])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == {"queued": []}  # nothing changed since the pipeline validated them
+    r = run.invoke(app, ["revalidation", "start", ds["name"], "--scope", "all"])
+    assert r.exit_code == 0, r.output
+    started = json.loads(r.output)
+    assert started["status"] == "done" and started["unchanged"] == 3 and started["requested_by"].startswith("cli:")
+    r = run.invoke(app, ["revalidation", "status", started["id"]])
+    assert r.exit_code == 0 and json.loads(r.output)["id"] == started["id"]
+    r = run.invoke(app, ["revalidation", "status", str(uuid.uuid4())])
+    assert r.exit_code == 1 and "not found" in r.output
+    r = run.invoke(app, ["revalidation", "start", "no-such-dataset"])
+    assert r.exit_code == 1 and "not found" in r.output

@@ -94,6 +94,8 @@ def world(api, dispatched, artifact_root):
     evaluation = cur.post("/v1/models/role-model/versions/1/evaluations", json={"suites": ["heldout"]})
     assert evaluation.status_code == 202, evaluation.text
     live = cur.post("/v1/training-runs", json=body).json()
+    revalidation = cur.post(f"/v1/datasets/{ds['id']}/revalidations", json={"triggers": ["recognizers"]})
+    assert revalidation.status_code == 202, revalidation.text
     erasure = cur.post("/v1/erasure-requests", json={"selector": {"source_refs": ["m-1"]}, "reason": "test",
                                                      "dry_run": True})
     assert erasure.status_code in (200, 201), erasure.text
@@ -124,6 +126,7 @@ def world(api, dispatched, artifact_root):
               "b": b["id"], "run_id": live["id"], "name": "role-model", "version": "1", "alias": "production",
               "source": "helpdesk", "license": "CC-BY-4.0", "reviewer": "test-reviewer",
               "request_id": erasure.json()["id"], "evaluation_id": evaluation.json()["id"],
+              "revalidation_id": revalidation.json()["id"],
               "grant_id": fresh_grant_id, "workspace_id": "default"}
     item = {"example_id": pending, "revision_id": revision}
     requests: dict[tuple[str, str], dict[str, Any]] = {
@@ -133,6 +136,7 @@ def world(api, dispatched, artifact_root):
         ("POST", "/v1/datasets/{dataset_ref}/examples:import"): {
             "content": orjson.dumps(instruction_line(99)) + b"\n", "headers": NDJSON},
         ("POST", "/v1/keys"): {"json": {"name": "made-by-test", "role": "auditor"}},
+        ("POST", "/v1/datasets/{dataset_ref}/revalidations"): {"json": {"triggers": ["recognizers"]}},
         ("POST", "/v1/pii-grants"): {"json": grant_body},
         ("POST", "/v1/workspaces"): {"json": {"name": f"ws-{uuid.uuid4().hex[:8]}"}},
         ("POST", "/v1/workspaces/{workspace_id}/members"): {"json": {"key_id": fresh_key_id(), "role": "auditor"}},

@@ -14,7 +14,7 @@ from tests.security.test_roles import ROLES, _call, _url, documented, world  # n
 
 # Path parameters that name something reached through a dataset (what a workspace owns).
 OWNED = {"dataset_ref", "example_id", "batch_id", "finding_id", "snapshot_id", "a", "b", "run_id",
-         "evaluation_id", "grant_id", "name", "version", "alias"}
+         "evaluation_id", "grant_id", "name", "version", "alias", "revalidation_id"}
 # Operations whose scoping is not built yet (docs/security.md, "Workspaces", what is not scoped): each
 # answers another workspace's key as before. The test fails when one of them starts to be scoped
 # (remove it here) or when any other operation leaks.
@@ -40,7 +40,8 @@ def test_another_workspaces_key_finds_nothing_on_any_operation(api, world):  # n
     matrix = documented()
     api.keys.update(_other_workspace_keys(api))
     owned_ids = {v for k, v in params.items() if k in {"dataset_ref", "example_id", "batch_id", "snapshot_id", "a",
-                                                       "b", "run_id", "evaluation_id", "request_id"}
+                                                       "b", "run_id", "evaluation_id", "request_id",
+                                                       "revalidation_id"}
                  and isinstance(v, str)}
     wrong, unscoped = [], set()
     for (method, path), allowed in sorted(matrix.items(), key=lambda kv: kv[0][1]):

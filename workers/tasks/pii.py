@@ -54,9 +54,10 @@ def _refuse_to_start_without_model_or_vault_key(**_: object) -> None:
 
 @worker_process_init.connect
 def _build_engine(**_: object) -> None:
+    from app.pii import fingerprint
     from app.pii.service import engine
 
-    engine()
+    fingerprint.versions(engine())  # the recognizer set's fingerprints once per process, not in a task
 
 
 @celery.task(name=RESCRUB_TASK, acks_late=True, ignore_result=True,
