@@ -8,7 +8,7 @@ stay NULL, which the revalidation check reads as "changed": the first check afte
 them (docs/governance.md).
 
 Revision ID: gov02
-Revises: priv03
+Revises: priv04
 Create Date: 2026-12-06 21:30:00
 """
 
@@ -19,7 +19,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = 'gov02'
-down_revision: str | None = 'priv03'
+down_revision: str | None = 'priv04'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
