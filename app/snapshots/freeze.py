@@ -29,6 +29,7 @@ from app.dedup import queries as dedup_queries
 from app.examples import privacy
 from app.models.base import utcnow
 from app.models.snapshot import Snapshot
+from app.models.validation import Revalidation
 from app.pipeline import stages
 from app.review import queries as review_queries
 from app.snapshots.proofs import pg_merkle_root
@@ -64,9 +65,23 @@ class _Query:
     binds: list[Any]
 
 
+_REVALIDATED = ("pii_engine", "spacy_model", "recognizers")
+
+
+def _revalidating(session: Session, dataset_id: uuid.UUID) -> dict[str, Any] | None:
+    """{record column: target value} of the dataset's running revalidation, for the PII versions it fired
+    on; None when none is running (or it has not started, so its target is not known yet)."""
+    rv = session.execute(select(Revalidation.target, Revalidation.triggers).where(
+        Revalidation.dataset_id == dataset_id, Revalidation.status == "running", Revalidation.phase == "pii")
+        .order_by(Revalidation.created_at.desc()).limit(1)).first()
+    if rv is None or not rv.target:
+        return None
+    return {k: rv.target[k] for k in _REVALIDATED if k in (rv.triggers or []) and rv.target.get(k)} or None
+
+
 def _candidates(session: Session, dataset_id: uuid.UUID, f: SnapshotFilter, *, with_tags: bool = False,
                 with_sha: bool = False, split: str | None = None, pairs: bool = False,
-                stale_before: dt.datetime | None = None) -> _Query:
+                stale_before: dt.datetime | None = None, revalidating: dict[str, Any] | None = None) -> _Query:
     """SELECT example_id, revision_id, tags, rule over the dataset: rule is NULL for a selected example,
     otherwise the first exclusion rule that removes it."""
     pg = is_pg(session)
@@ -145,12 +160,22 @@ def _candidates(session: Session, dataset_id: uuid.UUID, f: SnapshotFilter, *, w
                      "ON ap.revision_id = e.current_revision_id")
         whens.append("WHEN COALESCE(ap.n, 0) < :min_approvals THEN 'min_approvals'")
         params["min_approvals"] = f.min_approvals
+    stale: list[str] = []
     if stale_before is not None:
         # The dataset's governance policy: a validation older than revalidate_after_days (or none at all)
         # is stale; such an example waits for revalidation instead of going into a snapshot.
-        whens.append("WHEN e.last_validated_at IS NULL OR e.last_validated_at < :stale_before THEN 'stale'")
+        stale.append("e.last_validated_at IS NULL OR e.last_validated_at < :stale_before")
         params["stale_before"] = stale_before if pg else stale_before.replace(tzinfo=None)
         binds.append(bindparam("stale_before", type_=DateTime(timezone=True)))
+    if revalidating:
+        # A revalidation of the dataset is under way (an engine, model or recognizer change): an example
+        # whose record still differs from its target waits for it too (docs/governance.md).
+        joins.append("LEFT JOIN example_validations xv ON xv.example_id = e.id")
+        for i, (col, value) in enumerate(sorted(revalidating.items())):
+            stale.append(f"xv.{col} IS NULL OR xv.{col} <> :rv_{i}")
+            params[f"rv_{i}"] = value
+    if stale:
+        whens.append(f"WHEN {' OR '.join(f'({c})' for c in stale)} THEN 'stale'")
 
     # Tags only when a stratified split needs them: they are the widest column carried along.
     tags = "e.tags AS tags, " if with_tags else ""
@@ -329,7 +354,7 @@ def create(session: Session, *, data: SnapshotCreate, actor: Actor) -> Snapshot:
     days = GovernancePolicy.effective(ds.governance_policy).revalidate_after_days
     stale_before = utcnow() - dt.timedelta(days=days) if days else None
     cand = _candidates(session, ds.id, f, with_tags=stratify is not None, with_sha=pg, pairs=ds.format == "preference",
-                       stale_before=stale_before,
+                       stale_before=stale_before, revalidating=_revalidating(session, ds.id),
                        split=_h32_below(session, "e.id").join(("CASE WHEN ", " THEN 'validation' ELSE 'train' END"))
                        if pg and stratify is None else None)
     threshold = validation_threshold(data.validation_fraction)

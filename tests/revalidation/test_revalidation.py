@@ -10,7 +10,7 @@ import datetime as dt
 import uuid
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app.core.db import session_scope
 from app.models.example import ExampleRevision
@@ -193,3 +193,22 @@ def test_the_cli_starts_checks_and_shows_progress(api):
     assert r.exit_code == 1 and "not found" in r.output
     r = run.invoke(app, ["revalidation", "start", "no-such-dataset"])
     assert r.exit_code == 1 and "not found" in r.output
+
+
+def test_a_freeze_during_a_revalidation_leaves_out_what_it_has_not_reached(api):
+    from tests.factories import freeze, set_status, sql
+
+    ds = new_dataset(api)
+    ids = ingest(api, ds, _lines(4, set()))
+    set_status(ids, "approved")
+    with session_scope() as s:
+        s.add(Revalidation(dataset_id=uuid.UUID(ds["id"]), status="running", phase="pii", triggers=["recognizers"],
+                           requested_by="test", plan={}, target={"recognizers": "new-set", "pii_engine": "other"}))
+    with session_scope() as s:
+        s.execute(update(ExampleValidation).where(ExampleValidation.example_id == uuid.UUID(ids[0]))
+                  .values(recognizers="new-set"))
+    snap = freeze(api, ds, validation_fraction=0.0)
+    # Only the recognizer set fired, so only it counts; the one example already brought to it goes in.
+    assert snap["counts"]["excluded"]["stale"] == 3 and snap["member_count"] == 1
+    sql("UPDATE revalidations SET status = 'done', phase = 'done'")
+    assert freeze(api, ds, "s2", validation_fraction=0.0)["member_count"] == 4
