@@ -57,6 +57,9 @@ def varlen_available() -> bool:
     return torch.cuda.is_available()
 
 
+_FLASH_DTYPES = (torch.float16, torch.bfloat16)
+
+
 def varlen_doc_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kw):
     fn, causal, has_gqa, has_scale = _varlen_fn()
     b, h = query.shape[:2]
@@ -75,7 +78,17 @@ def varlen_doc_attention(module, query, key, value, attention_mask=None, scaling
         extra["scale"] = scaling
     cu = kw["pedigree_cu_seqlens"]
     m = kw["pedigree_max_seqlen"]
+    back = None
+    if q.dtype not in _FLASH_DTYPES or k.dtype not in _FLASH_DTYPES or v.dtype not in _FLASH_DTYPES:
+        # Full fine-tuning keeps fp32 weights under bf16 autocast: the projections come out bf16 but RoPE's
+        # fp32 cos/sin promote q and k back to fp32, and autocast does not cover the flash kernel, which
+        # takes only half types. Run it in the autocast dtype and hand back what the caller gave.
+        low = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
+        back = query.dtype
+        q, k, v = q.to(low), k.to(low), v.to(low)
     out = fn(q, k, v, cu, cu, m, m, **extra)
+    if back is not None:
+        out = out.to(back)
     return out.unsqueeze(0), None  # [1, T, H, D]
 
 
