@@ -19,9 +19,10 @@ import pytest
 from sqlalchemy import text
 
 from tests.factories import Api, make_keys
+from tests.support import redis_db_url
 
 PG_ADMIN_URL = os.environ.get("PEDIGREE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("PEDIGREE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+REDIS_URL = redis_db_url("plain")  # this xdist worker's own (tests/support.py, REDIS_SLOTS)
 
 # Tests never run with a developer's own settings.
 for _k in [k for k in os.environ if k.startswith("PEDIGREE_") and not k.startswith("PEDIGREE_TEST")]:
@@ -224,5 +225,5 @@ def worker_env(pg, redis_url, monkeypatch):
     starts and stops it); suites that race several workers use their own Redis database index."""
     from tests.support import celery_env
 
-    with celery_env(pg, redis_url, monkeypatch, db_base=7) as env:
+    with celery_env(pg, monkeypatch, "workers") as env:
         yield env

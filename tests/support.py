@@ -13,6 +13,34 @@ import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Redis databases for the tests, so that no test can flush a queue another test is using.
+# Database = worker * len(REDIS_SLOTS) + slot, worker = the xdist worker's number (0 without xdist):
+# gw0 holds 0-5, gw1 6-11; 12-15 stay the benchmarks' (bench/pii 12, bench/dedup 14, bench/common 15).
+# Tests on one xdist worker run one at a time, so fixtures may share a slot when each flushes its
+# database before and after and stops every process it started before that last flush; the slots
+# keep apart what runs real consumers, so a straggler of one kind can never take another's tasks.
+# The host and port come from PEDIGREE_TEST_REDIS (its database index is ignored).
+REDIS_SLOTS = {
+    "plain": 0,        # the `redis_url` fixture (metrics, readiness, throttle, LSH) and brokers with no worker
+    "dedup_race": 1,   # tests/dedup/test_worker_race.py: racing CPU workers
+    "stage_lease": 2,  # tests/faults/test_stage_lease.py
+    "workers": 3,      # the `worker_env` fixture: foundation / PII Celery workers
+    "train": 4,        # training stacks and the trainer's own Celery worker test (queue "train")
+    "evaluate": 5,     # evaluation stacks (e2e, bias), which run trainers on queue "train" too
+}
+_FIRST_BENCH_DB = 12
+
+
+def redis_db_url(slot: str) -> str:
+    """This xdist worker's Redis database for `slot` (see REDIS_SLOTS)."""
+    base = os.environ.get("PEDIGREE_TEST_REDIS", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0]
+    n = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+    db = n * len(REDIS_SLOTS) + REDIS_SLOTS[slot]
+    if db >= _FIRST_BENCH_DB:
+        raise RuntimeError(f"xdist worker {n} would need Redis database {db}: this layout runs at most "
+                           f"{_FIRST_BENCH_DB // len(REDIS_SLOTS)} workers (-n 2)")
+    return f"{base}/{db}"
+
 
 def start_worker(env: dict[str, str], queues: str = "default,pii,dedup", name: str = "w1") -> subprocess.Popen:
     cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queues,
@@ -32,13 +60,10 @@ def stop_worker(proc: subprocess.Popen) -> bytes:
 
 
 @contextmanager
-def celery_env(pg: str, redis_url: str, monkeypatch, db_base: int) -> Iterator[dict[str, str]]:
-    """Point this process and its workers at PostgreSQL and a Redis database of their own
-    (`db_base` + xdist worker number), flushed before and after, so parallel suites never share a queue.
-    Taken: 3-4 dedup race, 7-8 foundation/pii workers, 9 pii queued (no worker), 11 training e2e, 12 bench/pii, 13 trainer worker,
-    14 bench/dedup, 15 bench/common."""
-    n = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
-    url = redis_url.rsplit("/", 1)[0] + f"/{db_base + n}"
+def celery_env(pg: str, monkeypatch, slot: str) -> Iterator[dict[str, str]]:
+    """Point this process and its workers at PostgreSQL and this xdist worker's Redis database for
+    `slot` (REDIS_SLOTS), flushed before and after."""
+    url = redis_db_url(slot)
     redis.Redis.from_url(url).flushdb()
     monkeypatch.setenv("PEDIGREE_REDIS_URL", url)
     monkeypatch.setenv("PEDIGREE_EMBEDDED", "false")

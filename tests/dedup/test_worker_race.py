@@ -22,7 +22,7 @@ NDJSON = {"Content-Type": "application/x-ndjson"}
 @pytest.fixture
 def worker_env(pg, redis_url, monkeypatch):
     # Its own Redis database (broker and index): see tests/support.py for who holds which.
-    with celery_env(pg, redis_url, monkeypatch, db_base=3) as env:
+    with celery_env(pg, monkeypatch, "dedup_race") as env:
         yield env
 
 

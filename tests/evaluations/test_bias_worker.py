@@ -21,14 +21,14 @@ import httpx
 import pytest
 
 from tests.factories import Api, corpora_file, freeze, ingest, instruction_line, new_dataset, set_status
+from tests.support import redis_db_url
 from tests.training import test_e2e as training_e2e
 
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-# A Redis database of its own (10 and 11 are the evaluation and training e2e tests', 12-15 the benches'
-# and tests/trainer/test_worker.py's): the fixture flushes it.
-BROKER = os.environ.get("PEDIGREE_TEST_BIAS_REDIS", "redis://127.0.0.1:6379/9")
+# The evaluation stacks' Redis slot, per xdist worker (tests/support.py, REDIS_SLOTS); the fixture flushes it.
+BROKER = os.environ.get("PEDIGREE_TEST_BIAS_REDIS") or redis_db_url("evaluate")
 HP = {"max_steps": 4, "batch_tokens": 1024, "max_seq_len": 256, "log_every": 1, "learning_rate": 1e-2}
 PAIRS = 90
 tiny_base = training_e2e.tiny_base

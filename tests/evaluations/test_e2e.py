@@ -16,6 +16,7 @@ import time
 import pytest
 
 from tests.factories import Api, export_records, freeze, ingest, instruction_line, new_dataset, set_status
+from tests.support import redis_db_url
 from tests.training import test_e2e as training_e2e
 
 pytest.importorskip("torch")
@@ -23,8 +24,8 @@ pytest.importorskip("peft")
 pytest.importorskip("scipy")
 pytestmark = [pytest.mark.train, pytest.mark.worker, pytest.mark.postgres, pytest.mark.redis]
 
-# Its own Redis database: the training e2e's trainer (database 11) must not take these evaluations.
-BROKER = os.environ.get("PEDIGREE_TEST_EVAL_REDIS", "redis://127.0.0.1:6379/10")
+# A Redis slot apart from the training stacks' (tests/support.py, REDIS_SLOTS), per xdist worker.
+BROKER = os.environ.get("PEDIGREE_TEST_EVAL_REDIS") or redis_db_url("evaluate")
 tiny_base = training_e2e.tiny_base
 HP = {"max_steps": 6, "batch_tokens": 1024, "max_seq_len": 256, "log_every": 1, "learning_rate": 1e-2}
 SMALL = {"heldout": {"generation_examples": 4, "max_new_tokens": 8, "max_examples": 16},

@@ -20,6 +20,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, update
 
 from tests.factories import new_dataset
+from tests.support import redis_db_url
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
@@ -59,7 +60,7 @@ def broker(pg_api, redis_url, monkeypatch):
     from app.core import jobs
     from app.core.config import reset_settings
 
-    url = redis_url.rsplit("/", 1)[0] + "/9"
+    url = redis_db_url("plain")
     redis.Redis.from_url(url).flushdb()
     monkeypatch.setenv("PEDIGREE_REDIS_URL", url)
     monkeypatch.setenv("PEDIGREE_EMBEDDED", "false")

@@ -30,7 +30,7 @@ def broker(pg_api, pg, redis_url, monkeypatch):
     r = pg_api.as_("curator").post(f"/v1/datasets/{ds['id']}/examples:import", content=body,
                                    headers={"Content-Type": "application/x-ndjson"})
     assert r.json()["accepted"] == 3
-    with celery_env(pg, redis_url, monkeypatch, db_base=5) as env:
+    with celery_env(pg, monkeypatch, "stage_lease") as env:
         with session_scope() as s:
             ids = sorted(s.scalars(select(Example.id)))
         yield redis.Redis.from_url(env["PEDIGREE_REDIS_URL"]), ids

@@ -92,7 +92,7 @@ def queued(pg, redis_url, monkeypatch):
 
     from app.main import create_app
 
-    with celery_env(pg, redis_url, monkeypatch, db_base=9), TestClient(create_app()) as client:
+    with celery_env(pg, monkeypatch, "plain"), TestClient(create_app()) as client:
         yield Api(client, make_keys())
 
 

@@ -324,8 +324,9 @@ def test_real_celery_worker_runs_a_task_sent_by_name(service, tmp_path):
     from celery import Celery
 
     redis = pytest.importorskip("redis")
-    base = os.environ.get("PEDIGREE_TEST_REDIS", "redis://127.0.0.1:6379/0")
-    url = base.rsplit("/", 1)[0] + "/13"  # a database of its own: no other test's "train" queue
+    from tests.support import redis_db_url
+
+    url = redis_db_url("train")  # no other xdist worker's "train" queue (tests/support.py, REDIS_SLOTS)
     try:
         redis.Redis.from_url(url).flushdb()
     except redis.exceptions.ConnectionError:

@@ -26,16 +26,16 @@ import httpx
 import pytest
 
 from tests.factories import Api, approved_dataset, export_records, freeze, make_keys
+from tests.support import redis_db_url
 
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 pytestmark = [pytest.mark.train, pytest.mark.worker, pytest.mark.postgres, pytest.mark.redis]
 
 ROOT = Path(__file__).resolve().parents[2]
-# A Redis database of its own, so no other test's worker steals these runs (13 is
-# tests/trainer/test_worker.py's, whose worker would take them under xdist; 12, 14, 15 are the
-# benches'): the fixture flushes it.
-BROKER = os.environ.get("PEDIGREE_TEST_TRAIN_REDIS", "redis://127.0.0.1:6379/11")
+# This xdist worker's "train" slot (tests/support.py, REDIS_SLOTS), so no trainer started by a test on
+# another xdist worker takes these runs; the fixture flushes it.
+BROKER = os.environ.get("PEDIGREE_TEST_TRAIN_REDIS") or redis_db_url("train")
 SHORT = {"max_steps": 2, "batch_tokens": 1024, "max_seq_len": 256, "log_every": 1}
 
 
