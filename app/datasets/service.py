@@ -87,9 +87,10 @@ def _check_layered(profile: str, policy: dict) -> None:
             {"field": "pii_policy", "code": "invalid", "message": str(exc)}]) from None
 
 
-def list_all(session: Session) -> list[Dataset]:
+def list_all(session: Session, *, roles: tuple[str, ...] | None = None) -> list[Dataset]:
+    """The datasets of the workspaces the caller may see; with `roles`, only those where it holds one."""
     q = select(Dataset).order_by(Dataset.name)
-    visible = visible_workspaces(session)
+    visible = visible_workspaces(session, roles)
     if visible is not None:
         q = q.where(Dataset.workspace_id.in_(visible))
     return list(session.scalars(q))

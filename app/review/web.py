@@ -200,7 +200,9 @@ def _provider_origin() -> str:
 def _page_for(request: Request, session: Session, actor: Actor, csrf: str, dataset: str | None,
               via_sso: bool) -> Response:
     rows = []
-    for ds in datasets.list_all(session):
+    # Only where the person reviews: a workspace where they curate or audit would list datasets whose
+    # queue answers 403 (the page's API is scoped to PAGE_ROLES, like /v1/review).
+    for ds in datasets.list_all(session, roles=PAGE_ROLES):
         c = datasets.counts(session, ds.id)
         rows.append({"id": str(ds.id), "name": ds.name, "format": ds.format, "pending": c.get("pending_review", 0)})
     selected = dataset or (max(rows, key=lambda r: r["pending"])["id"] if rows else None)

@@ -103,3 +103,29 @@ def test_sign_out_revokes_the_sealed_cookie_everywhere(api):
     legacy = web.seal({"k": api.keys["reviewer"], "c": "x", "iat": int(dt.datetime.now(dt.UTC).timestamp())})
     api.client.cookies.set("pedigree_review", legacy, path="/review")
     assert api.client.get(f"/review/api/next?dataset={ds['id']}").status_code == 401
+
+
+def test_the_dataset_list_shows_only_workspaces_where_the_person_reviews(api):
+    from tests.factories import key_id
+
+    admin = api.as_("admin")
+    notes = new_dataset(api)  # the default workspace, where the reviewer key reviews
+    bank = admin.post("/v1/workspaces", json={"name": "bank"}).json()
+    calls = admin.post("/v1/datasets", json={"name": "calls", "format": "chat", "workspace": bank["id"]}).json()
+    r = admin.post(f"/v1/workspaces/{bank['id']}/members",
+                   json={"key_id": key_id(api.keys["reviewer"]), "role": "curator"})
+    assert r.status_code == 201, r.text
+    sign_in(api)
+    page = api.client.get("/review")
+    options = re.findall(r'<option value="([^"]+)"', page.text)
+    assert options == [notes["id"]]  # not bank's `calls`, whose queue would answer 403
+    assert api.client.get(f"/review/api/next?dataset={calls['id']}").status_code == 403
+
+    # Made a reviewer in bank, the person sees its dataset at once.
+    admin.delete(f"/v1/workspaces/{bank['id']}/members/{key_id(api.keys['reviewer'])}")
+    r = admin.post(f"/v1/workspaces/{bank['id']}/members",
+                   json={"key_id": key_id(api.keys["reviewer"]), "role": "reviewer"})
+    assert r.status_code == 201, r.text
+    options = re.findall(r'<option value="([^"]+)"', api.client.get("/review").text)
+    assert sorted(options) == sorted([notes["id"], calls["id"]])
+    assert api.client.get(f"/review/api/next?dataset={calls['id']}").status_code == 200
