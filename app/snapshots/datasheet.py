@@ -314,6 +314,16 @@ def _validation_age(session: Session, snap: Snapshot, ds: Any, main: Section) ->
     table = [[label, got.get(i, 0)] for i, label in enumerate(labels)] + [["never validated", got.get(-1, 0)]]
     caption = "Validation age of the members' examples now (since the pipeline last finished on them)"
     main.tables.append((caption, ["age", "members"], table))
+    # What validated them: one row per (engine, model, recognizer set) among the members' records.
+    by = session.execute(text(
+        "SELECT v.pii_engine, v.spacy_model, v.recognizers, count(*) FROM snapshot_members m "
+        "JOIN example_validations v ON v.example_id = m.example_id WHERE m.snapshot_id = :sid "
+        "GROUP BY v.pii_engine, v.spacy_model, v.recognizers ORDER BY count(*) DESC"
+    ).bindparams(bindparam("sid", type_=Uuid())), {"sid": snap.id}).all()
+    if by:
+        main.tables.append(("What last validated the members' examples (their validation records, now)",
+                            ["PII engine", "spaCy model", "recognizer set", "members"],
+                            [[e or "none", m or "none", (r or "not recorded")[:12], n] for e, m, r, n in by]))
     days = GovernancePolicy.effective(ds.governance_policy).revalidate_after_days
     main.paragraphs.append(f"Revalidation policy: examples older than {days} days are stale and left out of new "
                            "snapshots (rule `stale`)." if days else

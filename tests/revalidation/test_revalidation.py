@@ -211,4 +211,7 @@ def test_a_freeze_during_a_revalidation_leaves_out_what_it_has_not_reached(api):
     # Only the recognizer set fired, so only it counts; the one example already brought to it goes in.
     assert snap["counts"]["excluded"]["stale"] == 3 and snap["member_count"] == 1
     sql("UPDATE revalidations SET status = 'done', phase = 'done'")
-    assert freeze(api, ds, "s2", validation_fraction=0.0)["member_count"] == 4
+    s2 = freeze(api, ds, "s2", validation_fraction=0.0)
+    assert s2["member_count"] == 4
+    md = api.as_("auditor").get(f"/v1/snapshots/{s2['id']}/datasheet").text
+    assert "What last validated the members' examples" in md and "| new-set | 1 |" in md, md
