@@ -8,6 +8,8 @@
   spaCy pipeline through `nlp.pipe`, explicit entity list, five phone regions, identical texts analyzed
   once, structure kept, findings built. `--model` picks our engine's spaCy model (PEDIGREE_PII_SPACY_MODEL,
   e.g. en_core_web_md); the naive loop stays on en_core_web_sm, the baseline the target was set against.
+* the two are timed slice by slice, taking turns (`--rounds`, default 20 slices of about 120 texts): both see the same load, and the
+  speed-up is total naive time over total ours time, with the per-slice ratios beside it.
 * scaling: the same batched path in N worker processes, each building its engine once at start (as a Celery
   worker does in worker_process_init); the clock starts when all engines are built.
 * --worker-path: the real thing. A throwaway PostgreSQL database built by the migrations, the texts
@@ -39,7 +41,7 @@ from pathlib import Path
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-TARGET_SPEEDUP = 2.0
+TARGET_SPEEDUP = 3.0  # #15: "stays >= 3x the naive loop per core"
 TARGET_SCALING = 1.8
 BATCH = 128
 HASH_KEY = b"bench-pii-hash-key-0123456789abcdef"
@@ -87,14 +89,44 @@ def build_naive():
     return AnalyzerEngine(nlp_engine=provider.create_engine()), AnonymizerEngine()
 
 
-def run_naive(texts: list[str]) -> float:
-    analyzer, anonymizer = build_naive()
-    analyzer.analyze(texts[0], language="en")  # warm-up outside the clock
-    t0 = time.perf_counter()
+def naive_all(analyzer, anonymizer, texts: list[str]) -> None:
     for text in texts:
         results = analyzer.analyze(text, language="en")
         anonymizer.anonymize(text=text, analyzer_results=results)
-    return time.perf_counter() - t0
+
+
+def run_interleaved(texts: list[str], rounds: int) -> dict:
+    """Ours and the naive loop on the same slices, one after the other, alternating which goes first.
+
+    Measured one whole path after the other, the ratio moved with whatever else the machine ran in between
+    (2.2x to 3.5x at load averages 3-8 on the 2-core machine, #15): a neighbour's burst landed on one path
+    only. Slice by slice both paths see the same load within seconds of each other; the speed-up is total
+    naive time over total ours time, and the per-slice ratios show the spread.
+    """
+    from app.pii.engine import get_engine
+
+    analyzer, anonymizer = build_naive()
+    get_engine()
+    # Warm-up outside the clock: both paths, on texts of both kinds, so the vocabularies and caches of
+    # neither are cold when its first slice is timed.
+    warm = texts[:BATCH] + texts[-BATCH:]
+    naive_all(analyzer, anonymizer, warm)
+    scrub_all(warm)
+    # Strided slices: each holds the same mix of PII sentences and Dolly pairs, so the per-slice ratios
+    # differ by load, not by what the slice holds.
+    slices = [texts[k::rounds] for k in range(rounds)]
+    ours_s, naive_s, ratios, findings = [], [], [], 0
+    for k, part in enumerate(slices):
+        for which in (("ours", "naive") if k % 2 == 0 else ("naive", "ours")):
+            t0 = time.perf_counter()
+            if which == "ours":
+                findings += scrub_all(part)
+                ours_s.append(time.perf_counter() - t0)
+            else:
+                naive_all(analyzer, anonymizer, part)
+                naive_s.append(time.perf_counter() - t0)
+        ratios.append(naive_s[-1] / ours_s[-1])
+    return {"ours_s": sum(ours_s), "naive_s": sum(naive_s), "ratios": ratios, "findings": findings}
 
 
 # --- ours --------------------------------------------------------------------------------------------------
@@ -263,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="process-scaling repetitions (1 and 2 processes alternating); medians reported")
     parser.add_argument("--worker-path", action="store_true",
                         help="also measure the real pipeline: PostgreSQL + Redis + celery workers (1 and 2)")
+    parser.add_argument("--rounds", type=int, default=20,
+                        help="slices that ours and the naive loop take turns on (same load for both)")
     parser.add_argument("--model", default=None, help="our engine's spaCy model (the naive loop keeps sm)")
     args = parser.parse_args(argv)
     _quiet()
@@ -278,14 +312,18 @@ def main(argv: list[str] | None = None) -> int:
     chars = sum(len(t) for t in texts)
     print(f"{len(texts)} texts, {chars} chars, cpus={os.cpu_count()}", flush=True)
 
-    ours_s, findings = run_ours(texts)
+    naive_dps, slice_ratios = None, []
+    if args.skip_naive:
+        ours_s, findings = run_ours(texts)
+    else:
+        inter = run_interleaved(texts, args.rounds)
+        ours_s, findings, slice_ratios = inter["ours_s"], inter["findings"], inter["ratios"]
+        naive_dps = len(texts) / inter["naive_s"]
     ours_dps = len(texts) / ours_s
     print(f"ours (batched, 1 process): {ours_dps:8.1f} docs/s  ({findings} findings)", flush=True)
-    naive_dps = None
-    if not args.skip_naive:
-        naive_s = run_naive(texts)
-        naive_dps = len(texts) / naive_s
-        print(f"naive loop (1 process):    {naive_dps:8.1f} docs/s", flush=True)
+    if naive_dps:
+        print(f"naive loop (1 process):    {naive_dps:8.1f} docs/s  (interleaved in {len(slice_ratios)} slices; "
+              f"per-slice speed-up {', '.join(f'{r:.2f}' for r in slice_ratios)})", flush=True)
 
     # Alternating repetitions, medians: on a 2-core machine any neighbour's burst lands on one side of a
     # single 1-vs-2 comparison and moves the ratio by more than the 1.8 target's margin.
@@ -321,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         "ours_docs_per_s": round(ours_dps, 1),
         "naive_docs_per_s": round(naive_dps, 1) if naive_dps else None,
         "speedup_vs_naive": round(speedup, 2) if speedup else None,
+        "speedup_per_slice": [round(r, 2) for r in slice_ratios],
+        "speedup_per_slice_median": round(statistics.median(slice_ratios), 2) if slice_ratios else None,
         "processes_docs_per_s": {str(k): round(v, 1) for k, v in per_procs.items()},
         "scaling_1_to_2": round(scaling, 2) if scaling else None,
         "scaling_1_to_2_per_rep": [round(x, 2) for x in rep_scaling],

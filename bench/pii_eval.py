@@ -210,6 +210,33 @@ def by_recognizer(records: list[dict], predictions: list[list[tuple]]) -> dict[s
     return dict(sorted(out.items(), key=lambda kv: -(kv[1]["tp"] + kv[1]["fp"])))
 
 
+def reviewer_view(records: list[dict]) -> dict[str, dict]:
+    """What a reviewer reads: the headline engine under the default policy (the entities, threshold and
+    public-entity rules a dataset gets, not the widened evaluation list), and per gold span of a target
+    type whether every word character of the value is inside a scrubbed span of any type. This is how #15
+    counted leaks ("what a reviewer sees still holds gold values"): a name scrubbed as a LOCATION is
+    hidden, "Teresa <PERSON>" is not. Typed recall stays the target; this is the privacy view beside it."""
+    from app.core.config import PiiSettings
+    from app.pii.engine import PiiEngine
+    from app.pii.schemas import PiiPolicy
+
+    engine = PiiEngine(PiiSettings(**CONFIGS[HEADLINE]))
+    results = engine.analyze_batch([r["text"] for r in records], PiiPolicy())
+    hidden: dict[str, int] = defaultdict(int)
+    total: dict[str, int] = defaultdict(int)
+    for rec, res in zip(records, results):
+        masked = [(r.start, r.end) for r in res]
+        for gtype, gs, ge in rec["spans"]:
+            if gtype not in TARGET_ENTITIES:
+                continue
+            total[gtype] += 1
+            chars = [i for i in range(gs, ge) if rec["text"][i].isalnum()]
+            if all(any(a <= i < b for a, b in masked) for i in chars):
+                hidden[gtype] += 1
+    return {et: {"support": total[et], "hidden": _r(hidden[et] / total[et])} for et in TARGET_ENTITIES
+            if total[et]}
+
+
 def _r(x):
     return None if x is None else round(x, 3)
 
@@ -325,6 +352,13 @@ def main(argv: list[str] | None = None) -> int:
                                                  "covered": None})
                 row += f"{m['support']:>10}{_fmt(m['precision'], 7)}{_fmt(m['recall'], 7)}{_fmt(m['covered'], 7)}"
             print(row)
+    view: dict[str, dict] = {}
+    if HEADLINE in args.configs:
+        for part in PARTS:
+            if parts[part]:
+                view[part] = reviewer_view(parts[part])
+                print(f"\n== {HEADLINE}, default policy: share of gold values hidden from a reviewer ({part} part): "
+                      + ", ".join(f"{et} {m['hidden']:.3f} (n {m['support']})" for et, m in view[part].items()))
     for part, per in sources.items():
         print(f"\n== {HEADLINE}: findings per recognizer ({part} part)")
         for key, c in per.items():
@@ -371,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         "headline_config": HEADLINE,
         "headline_recall": measured,
         "tune_recall": recalls["tune"],
+        "reviewer_view_hidden": view,
         "headline_person_precision": {part: headline.get(part, {}).get("PERSON", {}).get("precision")
                                       for part in PARTS},
         "figures": figures,

@@ -140,8 +140,9 @@ class _LoadedSpacyEngine(SpacyNlpEngine):
             entities=entities,
             tokens=doc,
             tokens_indices=[t.idx for t in doc],
-            # Without the lemmatizer lemma_ is empty and context words would never match.
-            lemmas=[t.lemma_ or t.lower_ for t in doc],
+            # The lemmatizer is always removed (_UNNEEDED_PIPES), so lemma_ is empty and context words would
+            # never match: the lower-cased token stands in (reading lemma_ first cost 3% of a batch).
+            lemmas=[t.lower_ for t in doc],
             nlp_engine=self,
             language=language,
             scores=scores,
@@ -398,7 +399,8 @@ class PiiEngine:
         for r in results:
             if code and _recognizer(r) in NAME_FINDERS and overlaps(r.start, r.end, code):
                 continue
-            if allow.allowed(r.entity_type, text[r.start : r.end], _recognizer(r), cue=cued(text, r.start)):
+            if allow.allowed(r.entity_type, text[r.start : r.end], _recognizer(r), cue=cued(text, r.start),
+                             before=text[max(0, r.start - 20) : r.start]):
                 continue
             out.append(r)
         return out

@@ -230,3 +230,35 @@ def test_public_places_regions_accents_and_things_named_after_them():
     # A region word does not make a town public, nor does a street word.
     for value in ["Salt Creek", "Mill Valley", "North Szentendre Street", "Csanád Street"]:
         assert not public_place(normalise(value), places), value
+
+
+def test_named_features_teams_and_state_codes_are_public_places():
+    """#15, fourth round (Dolly's tune half): rivers, seas, empires, stadiums and institutions typed as a
+    place, a team named after a city, a state's postal code."""
+    from app.pii.allow import AllowFilter, named_feature
+
+    allow = AllowFilter([], builtin=True, keep_public=True)
+    for value in ["the Yakima River", "Puget Sound", "the Bay of Bengal", "the Sasanian Empire",
+                  "the Footprint Center", "the Statue of Zeus", "the Southern Hemisphere",
+                  "the Ghana Space Science and Technology Institute", "New York Yankees", "San Antonio Spurs",
+                  "NJ", "UAE"]:
+        assert allow.allowed("LOCATION", value), value
+    # Words that also end town names stay scrubbed, and so does any of these after a house number (Faker
+    # streets end in "Islands", "River", "Mountains").
+    for value in ["Crater Lake", "Harbour Island", "Salt Creek", "Sioux Lookout"]:
+        assert not allow.allowed("LOCATION", value), value
+    assert not named_feature("Medvedev Islands", before="P.O. Box 211 ")
+    assert named_feature("Canary Islands", before="holidays on the ")
+    assert not allow.allowed("LOCATION", "Medvedev Islands", before="Box 211 ")
+    # Only under public_entities: keep.
+    assert not AllowFilter([], builtin=True, keep_public=False).allowed("LOCATION", "the Yakima River")
+
+
+def test_region_phone_numbers_need_five_digits():
+    """A 4-digit year is no phone number: libphonenumber read "in 1680" as a German short number."""
+    from app.pii.recognizers import RegionPhoneRecognizer
+
+    rec = RegionPhoneRecognizer(supported_regions=["US", "GB", "DE", "FR", "IN"])
+    assert rec.analyze("The fort fell in 1680 when they left.", ["PHONE_NUMBER"]) == []
+    found = rec.analyze("Tel. (030) 1234 5678 or +1 212 555 0100", ["PHONE_NUMBER"])
+    assert len(found) == 2

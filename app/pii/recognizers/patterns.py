@@ -144,7 +144,14 @@ class RegionPhoneRecognizer(PhoneRecognizer):
     """The stock libphonenumber recognizer, minus unbroken digit runs named as identifiers: libphonenumber
     reads "order 060426070011" as a phone number of some region."""
 
+    # Five digits or more with at most a few separators between them, on one line. libphonenumber walks
+    # the whole text once per region, which is most of this recognizer's cost, and on a text with no such
+    # run the only numbers it can find are 4-digit years read as German short numbers ("in 1680").
+    _DIGIT_RUN = re.compile(r"\d(?:[^\S\n]{0,3}[().\-/+]{0,2}[^\S\n]{0,2}\d){4,}")
+
     def analyze(self, text, entities, nlp_artifacts=None):
+        if not self._DIGIT_RUN.search(text):
+            return []
         return [r for r in super().analyze(text, entities, nlp_artifacts)
                 if not (text[r.start : r.end].isdigit() and identifier_before(text, r.start))]
 
