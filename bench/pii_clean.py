@@ -12,6 +12,10 @@
   SSN, IP, secret...) found anything. Under the `code` profile (the target) and `default`. A development
   figure: the code rules of app/pii/context.py were written by reading what they missed here (no other
   corpus at hand has enough code: alpaca-libre holds 9 code answers in 4,655).
+* Code integrity, measured: the same on 600 top-level functions of the running Python's standard library,
+  each after a one-line lead and unfenced (`--stdlib N` per half): code nobody here read before #15's
+  fourth round. Split by a salted hash into a tune half and a measure half; the 100% target is read on
+  the measure half.
 * Word problems: 200 problems from 8 templates written here with invented names (first names from the
   name gazetteer, chosen by a seeded draw). Under `math_word_problems`: the share still solvable (every
   number kept, no placeholder, each name written the same way at every mention, replaced or not, and two
@@ -135,6 +139,60 @@ def code_integrity(engine, n: int) -> dict:
     return out
 
 
+STDLIB_SALT = "pedigree-pii-code-measure-v1"
+# Prose a code answer opens with, as instruction data writes it; the code follows on its own lines,
+# unfenced, so it is the code-line rules that have to find it (a fenced block is found by its fence).
+_STDLIB_LEADS = ["Here is the function:", "You can write it like this:", "The implementation looks like this:",
+                 "This is how the standard library does it:", "Try the following code:"]
+
+
+def stdlib_functions(n: int, half: str = "measure") -> list[str]:
+    """Code answers this project never read: top-level functions of the running Python's pure-Python
+    standard library (5 to 40 lines), picked by SHA-256 of module and name under a fixed salt, each after
+    a one-line lead. Written by CPython's authors, with their comments, docstrings, string literals and
+    names. Split like Dolly: in the hash order, even ranks are the tune half (read when a rule misses),
+    odd ranks the measure half (only ever counted), which carries the code-integrity target."""
+    import ast
+    import hashlib
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    found: list[tuple[str, str]] = []
+    for path in sorted(root.glob("*.py")):
+        try:
+            source = path.read_text(encoding="utf-8")
+            tree = ast.parse(source)
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and 5 <= node.end_lineno - node.lineno + 1 <= 40:
+                segment = ast.get_source_segment(source, node)
+                if segment:
+                    key = hashlib.sha256(f"{STDLIB_SALT}:{path.stem}.{node.name}".encode()).hexdigest()
+                    found.append((key, segment))
+    found.sort()
+    picked = found[0 if half == "tune" else 1 :: 2][:n]
+    return [f"{_STDLIB_LEADS[i % len(_STDLIB_LEADS)]}\n\n{code}\n" for i, (_, code) in enumerate(picked)]
+
+
+def code_measure(engine, n: int, half: str = "measure") -> dict:
+    """Code integrity on standard-library functions (stdlib_functions), same rule as on GPTeacher: among
+    answers in which no validated pattern found anything, the share left byte-identical."""
+    texts = stdlib_functions(n, half)
+    out = {"answers": len(texts), "python": sys.version.split()[0]}
+    for name, policy in (("code", _policy("code")), ("default", _policy("default")),
+                         ("baseline", _policy("default", BASELINE))):
+        results = _scrub(engine, [{"text": t} for t in texts], policy)
+        clean = [(t, r) for t, r in zip(texts, results)
+                 if not any(f.entity_type in PATTERN_TYPES for f in r.findings)]
+        identical = sum(1 for t, r in clean if r.content["text"] == t)
+        changed = Counter(t[f.start : f.end] for t, r in clean for f in r.findings)
+        out[name] = {"blocks": len(clean), "with_pattern_pii": len(texts) - len(clean), "identical": identical,
+                     "share_identical": round(identical / len(clean), 4) if clean else None,
+                     "top_rewritten": [v for v, _ in changed.most_common(10)]}
+    return out
+
+
 def word_problems(seed: int = 15) -> list[tuple[str, list[str]]]:
     from app.pii.gazetteer import common_word_names, first_names
 
@@ -180,16 +238,22 @@ def math(engine) -> dict:
     return out
 
 
-def run(dolly_n: int = 1000, code_n: int = 5000, halves: tuple[str, ...] = HALVES) -> dict:
+def run(dolly_n: int = 1000, code_n: int = 5000, halves: tuple[str, ...] = HALVES,
+        stdlib_n: int = 600) -> dict:
     """`halves` picks the Dolly halves to run (`("tune",)` compares engines without touching the measure
-    half); without the measure half the Dolly check cannot pass."""
+    half, and skips the code measure set too); without the measure half the Dolly and code checks cannot
+    pass."""
     logging.disable(logging.WARNING)
     engine = _engine()
     figures = {"dolly_answers": dolly(engine, dolly_n, halves), "gpteacher_code": code_integrity(engine, code_n),
                "word_problems": math(engine)}
+    if stdlib_n:
+        figures["stdlib_code"] = {half: code_measure(engine, stdlib_n, half) for half in halves}
     dolly_fig = figures["dolly_answers"]
     measured = dolly_fig["measure"]["ours"]["per_1000"] if "measure" in dolly_fig else None
-    identical = figures["gpteacher_code"]["code"]["share_identical"]
+    # The target is read on the measure set; GPTeacher's share is the development figure beside it.
+    identical = (figures["stdlib_code"]["measure"]["code"]["share_identical"]
+                 if "measure" in figures.get("stdlib_code", {}) else None)
     math_ok = figures["word_problems"]["math_word_problems"]["share_solvable"]
     checks = {"dolly_words_per_1000": measured is not None and measured <= TARGET_WORDS_PER_1000,
               "code_identical": identical is not None and identical >= TARGET_CODE_IDENTICAL,
@@ -203,14 +267,15 @@ def run(dolly_n: int = 1000, code_n: int = 5000, halves: tuple[str, ...] = HALVE
                          dolly_fig["measure"]["baseline"]["per_1000"] if "measure" in dolly_fig else None,
                      "dolly_tune_words_per_1000":
                          dolly_fig["tune"]["ours"]["per_1000"] if "tune" in dolly_fig else None,
-                     "code_share_identical": identical,
+                     "code_share_identical_measure": identical,
+                     "code_share_identical_tune": figures["gpteacher_code"]["code"]["share_identical"],
                      "code_share_identical_baseline": figures["gpteacher_code"]["baseline"]["share_identical"],
                      "math_share_solvable": math_ok},
         "targets": {"dolly_words_per_1000_max": TARGET_WORDS_PER_1000, "code_identical_min": TARGET_CODE_IDENTICAL,
                     "math_solvable_min": TARGET_MATH_SOLVABLE},
         "checks": checks,
         "split": ("Dolly: even ids tune, odd ids measure; GPTeacher: tune (the code rules were written on it); "
-                  "word problems: generated here, measure"),
+                  "standard-library functions: hash-split, even ranks tune, odd measure; word problems: generated here, measure"),
         "pass": all(checks.values()),
     }
 
@@ -220,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dolly", type=int, default=1000, help="Dolly answers per half")
     parser.add_argument("--code", type=int, default=5000, help="GPTeacher records")
+    parser.add_argument("--stdlib", type=int, default=600, help="standard-library functions (code, measure set)")
     parser.add_argument("--halves", nargs="+", choices=HALVES, default=list(HALVES), help="Dolly halves to run")
     parser.add_argument("--model", default=None, help="spaCy model (PEDIGREE_PII_SPACY_MODEL)")
     args = parser.parse_args(argv)
@@ -228,11 +294,16 @@ def main(argv: list[str] | None = None) -> int:
     for path in (DOLLY, GPTEACHER):
         if not path.exists():
             raise SystemExit(f"corpus file missing: {path} (see ../shared/corpora/README.md)")
-    summary = run(args.dolly, args.code, tuple(args.halves))
+    summary = run(args.dolly, args.code, tuple(args.halves), args.stdlib)
     for key, value in summary["headline"].items():
         print(f"{key:<45}{value}")
     for name, fig in summary["figures"]["gpteacher_code"].items():
         print(f"code[{name}] rewritten most: {fig['top_rewritten']}")
+    for half, figs in summary["figures"].get("stdlib_code", {}).items():
+        for name in ("code", "default", "baseline"):
+            fig = figs[name]
+            print(f"stdlib code, {half} half [{name}]: {fig['identical']} of {fig['blocks']} identical; "
+                  f"rewritten most: {fig['top_rewritten']}")
     print(json.dumps(summary, separators=(",", ":")))
     return 0
 

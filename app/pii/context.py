@@ -171,6 +171,49 @@ def _indented(lines: list[tuple[int, int, str]], taken: list[Span]) -> list[Span
     return spans
 
 
+# A Python (or Ruby, CoffeeScript...) definition header: `def name(...):`, `class Name(Base):`.
+_DEF_HEADER = re.compile(r"^(?:async\s+)?(?:def|class)\s+[A-Za-z_]\w*\s*(?:\([^\n]*\))?\s*(?:->[^\n:]+)?:\s*(?:#.*)?$")
+
+
+_DEF_OPEN = re.compile(r"^(?:async\s+)?(?:def|class)\s+[A-Za-z_]\w*\s*[(:]")
+
+
+def _suites(lines: list[tuple[int, int, str]], taken: list[Span]) -> list[Span]:
+    """A definition header and every line indented deeper under it: the function or class whole, with its
+    docstring, comments and string literals. Those read as prose line by line ("Return a Traceback
+    instance.", "Calculate the Julian day...") but are part of the code (#15, fourth round: standard-library
+    functions, tune half)."""
+    spans: list[Span] = []
+    i = 0
+    while i < len(lines):
+        start, end, body = lines[i]
+        if _inside(start, taken) or not _DEF_OPEN.match(body.strip()):
+            i += 1
+            continue
+        # A header whose parameters run over several lines ends where its brackets close.
+        header, h = body.strip(), i
+        while header.count("(") > header.count(")") and h + 1 < min(len(lines), i + 12):
+            h += 1
+            header += " " + lines[h][2].strip()
+        if not _DEF_HEADER.match(header):
+            i += 1
+            continue
+        end = lines[h][1]
+        indent = len(body) - len(body.lstrip())
+        j, last = h + 1, end
+        while j < len(lines):
+            b = lines[j][2]
+            if b.strip():
+                if len(b) - len(b.lstrip()) <= indent:
+                    break
+                last = lines[j][1]
+            j += 1
+        if last > end:  # a header with no suite under it is one code-like line, no block
+            spans.append((start, last))
+        i = j
+    return spans
+
+
 # In code datasets, a quoted identifier inside prose ("the built-in function 'max'", "the 'Name'
 # placeholder") is code too.
 # A spread or splat mark may lead it ("takes '...args'", "'*args'").
@@ -229,6 +272,8 @@ def code_spans(text: str, *, blocks: bool = True, lines: Literal["off", "auto", 
     if blocks and ("    " in text or "\t" in text):
         split = _lines(text)
         spans.extend(_indented(split, spans))
+        if "def " in text or "class " in text:
+            spans.extend(_suites(split, spans))
     if lines != "off":
         split = split if split is not None else _lines(text)
         spans.extend(_code_lines(split, spans, lines))

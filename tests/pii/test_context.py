@@ -183,3 +183,21 @@ def test_public_entities_keep_and_scrub(engine):
     # A city that is also a first name is not kept on NER's word alone.
     from app.pii.allow import public_places
     assert "tyler" not in public_places() and "paris" in public_places() and "canada" in public_places()
+
+
+def test_a_definition_is_code_with_its_docstring():
+    """#15, fourth round (standard-library functions): docstrings and comments under `def` read as prose
+    line by line ("Return a Traceback instance.") but belong to the function; so do parameters that run
+    over several lines."""
+    from app.pii.context import code_spans
+
+    text = ('Try the following code:\n\ndef create_default_context(purpose=None, *, cafile=None,\n'
+            '                           capath=None):\n    """Create a SSLContext object with default settings.\n'
+            '\n    Calculate the Julian day, as Jython does.\n    """\n    return purpose\n\nThat is all.')
+    spans = code_spans(text)
+    start = text.index("def ")
+    assert any(s <= start and text.index("return purpose") < e for s, e in spans)
+    assert not any(s <= text.index("That is all") < e for s, e in spans)
+    assert not any(s <= text.index("Try the") < e for s, e in spans)
+    # A header alone is no block.
+    assert code_spans("def of the word: a meaning.") == []
