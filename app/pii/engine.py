@@ -165,6 +165,7 @@ class _LoadedSpacyEngine(SpacyNlpEngine):
             ),
         )
         self.nlp = {"en": nlp}
+        self._flags: dict[str, tuple[bool, bool]] = {}
 
     def load(self) -> None:
         pass
@@ -173,17 +174,40 @@ class _LoadedSpacyEngine(SpacyNlpEngine):
         ents = _cut_at_field_breaks(doc)
         entities, scores = self._get_updated_entities(ents, [self.ner_model_configuration.default_score]
                                                       * len(ents))
+        # One pass over the tokens (each pass builds a Token object per token). The lemmatizer is always
+        # removed (_UNNEEDED_PIPES), so lemma_ is empty and context words would never match: the
+        # lower-cased token stands in (reading lemma_ first cost 3% of a batch).
+        indices, lemmas = [], []
+        for t in doc:
+            indices.append(t.idx)
+            lemmas.append(t.lower_)
         return NlpArtifacts(
             entities=entities,
             tokens=doc,
-            tokens_indices=[t.idx for t in doc],
-            # The lemmatizer is always removed (_UNNEEDED_PIPES), so lemma_ is empty and context words would
-            # never match: the lower-cased token stands in (reading lemma_ first cost 3% of a batch).
-            lemmas=[t.lower_ for t in doc],
+            tokens_indices=indices,
+            lemmas=lemmas,
             nlp_engine=self,
             language=language,
             scores=scores,
         )
+
+    # NlpArtifacts asks both for every token of every text (its context keywords); each answer is a
+    # vocabulary lookup, so they are kept per word. Bounded: cleared past 200,000 words.
+    def is_stopword(self, word: str, language: str) -> bool:
+        return self._lexeme_flags(word, language)[0]
+
+    def is_punct(self, word: str, language: str) -> bool:
+        return self._lexeme_flags(word, language)[1]
+
+    def _lexeme_flags(self, word: str, language: str) -> tuple[bool, bool]:
+        flags = self._flags.get(word)
+        if flags is None:
+            lexeme = self.nlp[language].vocab[word]
+            flags = (lexeme.is_stop, lexeme.is_punct)
+            if len(self._flags) > 200_000:
+                self._flags.clear()
+            self._flags[word] = flags
+        return flags
 
 
 def _cut_at_field_breaks(doc) -> list[spacy.tokens.Span]:
