@@ -128,3 +128,25 @@ def test_a_lower_case_place_in_mixed_case_text_is_a_common_noun(engine):
     assert results == []
     [paris] = engine.analyze_batch(["She moved to Paris last year."], policy)
     assert any(r.entity_type == "LOCATION" for r in paris)
+
+
+def test_artifacts_built_in_one_pass_match_presidios():
+    """The spaCy step builds NlpArtifacts itself (one pass over the tokens, #15): the context keywords
+    must be the list Presidio's own constructor makes, or the phone and card context words stop
+    working."""
+    from presidio_analyzer.nlp_engine import NlpArtifacts
+
+    from app.core.config import PiiSettings
+    from app.pii.engine import get_engine
+
+    nlp_engine = get_engine(PiiSettings()).nlp_engine
+    text = "Call me at 0494 92 82 32, office: fax 555-0100. I'm Dr. Ann O'Neil; be there at 9:30!"
+    [(_, ours)] = list(nlp_engine.process_batch([text], language="en"))
+    theirs = NlpArtifacts(entities=ours.entities, tokens=ours.tokens, tokens_indices=ours.tokens_indices,
+                          lemmas=ours.lemmas, nlp_engine=nlp_engine, language="en", scores=ours.scores)
+    assert ours.keywords == theirs.keywords and "fax" in ours.keywords and "be" not in ours.keywords
+    assert ours.tokens_indices == [t.idx for t in ours.tokens]
+    assert ours.lemmas == [t.lower_ for t in ours.tokens]
+    vocab = nlp_engine.nlp["en"].vocab
+    assert all(nlp_engine.is_stopword(w, "en") == vocab[w].is_stop
+               and nlp_engine.is_punct(w, "en") == vocab[w].is_punct for w in ours.lemmas)
