@@ -65,6 +65,24 @@ IsoTime = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"
 JsonObject = dict[str, Any]
 
 
+class LifecycleOut(Out):
+    """The life of a job a trainer claims over HTTP (a training run, an evaluation): one wire protocol
+    (start, events with heartbeats, complete or fail, cancel, reaper), so one set of fields, read the
+    same way on both. The subclasses add their own fields after these."""
+
+    id: str
+    status: str
+    worker_host: str | None
+    created_by: str
+    cancelled_by: str | None
+    created_at: IsoTime
+    queued_at: IsoTime | None
+    started_at: IsoTime | None
+    heartbeat_at: IsoTime | None
+    finished_at: IsoTime | None
+    event_count: int
+
+
 class ErrorInfo(BaseModel):
     code: str = Field(description="machine-readable, e.g. not_found, validation_error, name_taken")
     message: str

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from app.core.schemas import IsoTime, JsonObject, Out, Page, SeqPage
+from app.core.schemas import IsoTime, JsonObject, LifecycleOut, Out, Page, SeqPage
 from app.training.schemas import AliasName, EventIn
 
 SUITES = ("heldout", "memorization", "pii_extraction", "membership", "bias")
@@ -162,9 +162,7 @@ class EvalError(Out):
     failed_in: str | None
 
 
-class EvaluationOut(Out):
-    id: str
-    status: str
+class EvaluationOut(LifecycleOut):
     model: EvalModelRef
     suites: list[str]
     eval_sets: list[JsonObject] = Field(description="the eval-set datasets, as resolved at creation")
@@ -172,15 +170,6 @@ class EvaluationOut(Out):
     params: JsonObject
     results: JsonObject = Field(description="by suite; empty until the evaluation succeeded")
     error: EvalError | None
-    worker_host: str | None
-    created_by: str
-    cancelled_by: str | None
-    created_at: IsoTime
-    queued_at: IsoTime | None
-    started_at: IsoTime | None
-    heartbeat_at: IsoTime | None
-    finished_at: IsoTime | None
-    event_count: int
 
 
 class EvaluationPage(Page[EvaluationOut]):

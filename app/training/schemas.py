@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from typing_extensions import TypedDict
 
-from app.core.schemas import IsoTime, Items, JsonObject, Out, Page, SeqPage
+from app.core.schemas import IsoTime, Items, JsonObject, LifecycleOut, Out, Page, SeqPage
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
 ModelName = Annotated[str, StringConstraints(pattern=NAME_RE)]
@@ -192,11 +192,9 @@ class CanaryOut(Out):
     secret: str | None = None
 
 
-class RunOut(Out):
+class RunOut(LifecycleOut):
     """A training run. `model_card` and `canaries` are left out of lists (they cost a query each)."""
 
-    id: str
-    status: str
     snapshot_id: str
     expected_manifest_sha256: str | None
     base_model: str
@@ -207,15 +205,6 @@ class RunOut(Out):
     error: RunError | None = Field(description="set once the run failed")
     metrics: JsonObject
     model_version: RunModelVersion | None = Field(description="the version it registered, once succeeded")
-    worker_host: str | None
-    created_by: str
-    cancelled_by: str | None
-    created_at: IsoTime
-    queued_at: IsoTime | None
-    started_at: IsoTime | None
-    heartbeat_at: IsoTime | None
-    finished_at: IsoTime | None
-    event_count: int
     model_card: JsonObject | None = Field(None, description="the lineage facts the trainer writes into the "
                                                              "adapter's model card (review and PII aggregates "
                                                              "with ?model_card=true)")
