@@ -190,7 +190,7 @@ def run_trl(config_dir: Path, records: list[dict], *, seq_len: int, batch: int, 
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from app.snapshots.export import to_trl
+    from app.snapshots.formats import to_trl
     from trainer.tiny import build_tokenizer
 
     patch_trl_logprobs_for_cpu()
@@ -237,6 +237,27 @@ def run_trl(config_dir: Path, records: list[dict], *, seq_len: int, batch: int, 
     del trainer, model
     free_memory()
     return out
+
+
+def ours_or_halve(config_dir: Path, records: list[dict], *, micro_tokens: int, seq_len: int, **kw) -> dict:
+    """Ours at `micro_tokens` per forward, halved on OOM (twice at most, never below one pair): on an 80 GB
+    card the 8B shape's 32k-token micro-batch does not fit beside the fp32 logits of its LM head. The
+    result names the micro-batch that ran and the sizes that did not."""
+    import torch
+
+    tried = []
+    while True:
+        try:
+            r = run_ours(config_dir, records, micro_tokens=micro_tokens, seq_len=seq_len, **kw)
+            r["micro_tokens"], r["oom_micro_tokens"] = micro_tokens, tried
+            return r
+        except torch.OutOfMemoryError:
+            if len(tried) == 2 or micro_tokens // 2 < 2 * seq_len:
+                raise
+        # Outside the handler: its traceback holds the failed step's activations.
+        tried.append(micro_tokens)
+        free_memory()
+        micro_tokens //= 2
 
 
 def trl_largest(config_dir, records, batches, **kw) -> dict:
@@ -294,7 +315,8 @@ def main(argv=None) -> dict:
             cfg = write_config(name, shape, tmp / "configs")
             common = {"seq_len": a.max_seq_len, "seconds": a.seconds, "max_steps": a.max_steps, "device": device,
                       "seed": a.seed}
-            ours = run_ours(cfg, records, batch_tokens=a.ours_batch_tokens, micro_tokens=a.ours_micro_tokens, **common)
+            ours = ours_or_halve(cfg, records, batch_tokens=a.ours_batch_tokens, micro_tokens=a.ours_micro_tokens,
+                                 **common)
             trl = trl_largest(cfg, records, batches, tmp=tmp, **common)
             ratio = ours["tokens_per_s"] / trl["tokens_per_s"] if trl.get("tokens_per_s") else None
             mem = (ours["peak_memory_gib"] / trl["peak_memory_gib"]

@@ -13,7 +13,7 @@ from app.core.openapi import binary, errors
 from app.core.sql import is_pg
 from app.lineage import openlineage
 from app.models.snapshot import Snapshot
-from app.snapshots import bias, croissant, datasheet, diff, export, freeze, jobs, proofs, repository
+from app.snapshots import bias, croissant, datasheet, diff, export, formats, freeze, jobs, proofs, repository
 from app.snapshots.schemas import (
     EXPORT_FORMATS,
     BiasReport,
@@ -123,7 +123,7 @@ def export_snapshot(snapshot_id: str, session: SessionDep, actor: SnapshotReader
     _check_choice("format", format, EXPORT_FORMATS)
     _check_choice("split", split, ("all", "train", "validation"))
     snap = repository.get(session, snapshot_id)
-    if format in export.PREFERENCE_ONLY and snap.format != "preference":
+    if format in formats.PREFERENCE_ONLY and snap.format != "preference":
         raise ValidationFailed(f"the {format} export needs a preference snapshot; this one is {snap.format}",
                                code="format_mismatch",
                                details=[{"field": "format", "code": "format_mismatch",

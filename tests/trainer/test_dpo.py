@@ -94,7 +94,7 @@ def _trl(tiny_model, loss_type, beta, tmp_path):
     from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from app.snapshots.export import to_trl
+    from app.snapshots.formats import to_trl
 
     # Given a PEFT model, TRL's reference is a frozen copy of its adapter as it is at construction: zero-B
     # there (so the base, as ours), perturbed only afterwards.
