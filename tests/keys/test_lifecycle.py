@@ -150,3 +150,42 @@ def test_repeated_failed_auth_is_throttled_metered_and_audited(api, throttled):
 
     throttle.counter().reset()
     assert api.as_("curator").get("/v1/datasets").status_code == 200
+
+
+def _until(pred, timeout: float = 2.0) -> bool:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.005)
+    return pred()
+
+
+def test_failures_counted_by_one_api_process_throttle_the_others(redis_url):
+    """Each API process checks a mirror of the Redis counts fed by pub/sub (no Redis call per request):
+    a count made in one process reaches the others, a process started later fills its mirror from
+    Redis, a mirror that is not live asks Redis, and a new window's first failure is not read as the
+    old window's count."""
+    import uuid
+
+    from app.keys.throttle import RedisCounter
+
+    client = f"throttle-test-{uuid.uuid4().hex[:8]}"
+    a, b = RedisCounter(redis_url), RedisCounter(redis_url)
+    assert a.wait_live(5) and b.wait_live(5)
+    assert [a.failed(client, 0.8) for _ in range(3)] == [1, 2, 3]
+    assert a.retry_after(client, 3) == 0.0 and b.retry_after(client, 3) == 0.0
+    assert a.failed(client, 0.8) == 4
+    assert a.retry_after(client, 3) > 0  # the failing process: at once, before its 401 is answered
+    assert _until(lambda: b.retry_after(client, 3) > 0)  # another: within Redis's delivery
+    late = RedisCounter(redis_url)
+    assert late.wait_live(5) and 0 < late.retry_after(client, 3) <= 0.8
+    late._live.clear()  # as while its subscription is down: every check asks Redis
+    assert 0 < late.retry_after(client, 3) <= 0.8
+    assert _until(lambda: a.retry_after(client, 3) == 0 and b.retry_after(client, 3) == 0)
+    assert late.retry_after(client, 3) == 0.0
+    assert a.failed(client, 0.8) == 1  # the next window starts from one, in every mirror
+    assert _until(lambda: b._counts.get(client, (0,))[0] == 1)
+    assert b.retry_after(client, 0) > 0 and b.retry_after(client, 1) == 0.0
