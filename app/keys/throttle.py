@@ -186,7 +186,7 @@ class RedisCounter:
                     m = ps.get_message(timeout=30.0)
                     if m is not None and m["type"] == "message":
                         self._apply(m["data"])
-            except Exception:  # noqa: BLE001 - the check falls back to Redis; retry the subscription
+            except Exception:  # the check falls back to Redis; retry the subscription
                 if self._live.is_set():
                     log.warning("auth throttle mirror lost its subscription; checking Redis per request",
                                 exc_info=True)
