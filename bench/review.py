@@ -11,9 +11,21 @@ through the API and then set to pending_review directly: this measures review, n
 Proof of exclusivity, from both ends: the client log shows no example handed to two reviewers whose
 hold intervals overlap (nor handed twice at all), and the database holds no example with two
 reviews and exactly one review per accepted decision; the audit chain verifies afterwards.
-By default the whole measurement runs four times, each on a fresh database: with metrics (multiprocess mode,
-scraped every 5 s) and JSON logs off and on, in the order off on on off (`--obs-rounds`; `--observability on|off` runs one side); the JSON reports
-on/off, which must stay >= 0.95, and the main figures are the 'on' run's.
+
+Each measurement runs on a fresh database, as one of three setups, and by default all three run, in
+rounds whose order alternates (A B C, then C B A, ...) so that drift on a shared machine cancels:
+
+  A  workspaces off: keys and the dataset in the single `default` workspace, as an installation that
+     never made a workspace runs; metrics and JSON logs on
+  B  workspaces on (the main figures): the reviewers are members of a team workspace (and auditors of
+     a second one holding its own dataset), the dataset is the team's; metrics and JSON logs on
+  C  workspaces on, metrics (multiprocess mode, scraped every 5 s) and JSON logs off
+
+B/A is what the workspace scope costs (issue 21: >= 0.95), B/C what observability costs (issue 16:
+>= 0.95), both as ratios of the medians over the rounds. `--compare workspaces|observability|none`
+runs A B, B C or B alone (`--workspaces`/`--observability` pick the one setup of `none`). `pass` needs
+B's medians to meet the targets (>= 200 decisions/s, queue-next and decide p99 < 100 ms), every run's
+proof and no errors, and each ratio measured to reach 0.95.
 The last stdout line is one JSON object with figures, targets and "pass".
 """
 
@@ -53,8 +65,13 @@ from bench.common import (
 
 TARGET_DECISIONS_PER_S = 200
 TARGET_P99_MS = 100
-# Metrics and structured logs may cost at most 5% of the decision rate (issue 16).
+# Metrics and structured logs (issue 16), and workspace scoping (issue 21), may each cost at most 5% of
+# the decision rate.
 OBS_TARGET = 0.95
+WS_TARGET = 0.95
+# (workspaces, observability) per setup; see the module's docstring.
+SETUPS = {"A": (False, True), "B": (True, True), "C": (True, False)}
+COMPARE = {"all": "ABC", "workspaces": "AB", "observability": "BC"}
 REASONS = ("factual_error", "formatting", "tone", "off_topic")
 
 
@@ -200,7 +217,11 @@ def _meter(server_pid: int, pg_url: str, start: float, end: float, out: dict[str
         return [r[0] for r in conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
 
+    def sessions() -> int:
+        return conn.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
+
     time.sleep(max(0.0, start - time.time()))
+    sessions0 = sessions()
     srv0 = _cpu_s(_tree(server_pid))
     # Backends come and go with the pool's overflow connections: sampled every 0.2 s, a backend that
     # lives only between two samples is missed, not one that lives through a sample (a reading at
@@ -215,6 +236,9 @@ def _meter(server_pid: int, pg_url: str, start: float, end: float, out: dict[str
     srv1 = _cpu_s(_tree(server_pid))
     out["server_s"] = sum(v - srv0.get(p, 0.0) for p, v in srv1.items())
     out["postgres_s"] = sum(v - first[p] for p, v in last.items())
+    # Sessions PostgreSQL started in the window (pg_stat_database, PostgreSQL 14+): beyond the pools'
+    # first fill, connections opened and closed under load, each a backend forked and warmed up.
+    out["postgres_sessions"] = sessions() - sessions0
     conn.close()
 
 
@@ -232,46 +256,85 @@ def main() -> None:
     ap.add_argument("--client-procs", type=int, default=1, help="client processes sharing the reviewers")
     ap.add_argument("--think-ms", type=float, default=200.0,
                     help="mean reading time per item (0: reviewers hammer back to back, to find the ceiling)")
-    ap.add_argument("--observability", choices=("compare", "on", "off"), default="compare",
-                    help="metrics and JSON logs on, off, or both (off then on, each on a fresh database): "
-                         "the JSON then reports on/off; the main figures are the 'on' run's")
-    ap.add_argument("--obs-rounds", type=int, default=2,
-                    help="with compare: off/on pairs, in the order off on on off ... so drift cancels; medians")
+    ap.add_argument("--compare", choices=("all", "workspaces", "observability", "none"), default="all",
+                    help="all: setups A B C; workspaces: A B; observability: B C; none: one setup")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="rounds of the compared setups, the order reversed every other round; medians")
+    ap.add_argument("--workspaces", choices=("on", "off"), default="on", help="with --compare none")
+    ap.add_argument("--observability", choices=("on", "off"), default="on", help="with --compare none")
     args = ap.parse_args()
-    if args.observability == "compare":
-        sides = [s for k in range(args.obs_rounds) for s in (("off", "on") if k % 2 == 0 else ("on", "off"))]
+    if args.compare == "none":
+        setup = {v: k for k, v in SETUPS.items()}.get((args.workspaces == "on", args.observability == "on"))
+        if setup is None:
+            ap.error("workspaces off with observability off is not one of the setups")
+        order = [setup]
     else:
-        sides = [args.observability]
-    runs: dict[str, list[dict]] = {"off": [], "on": []}
+        cells = COMPARE[args.compare]
+        order = [c for k in range(args.rounds) for c in (cells if k % 2 == 0 else cells[::-1])]
+    runs: dict[str, list[dict]] = defaultdict(list)
     with tempfile.TemporaryDirectory() as tmp:
-        for i, side in enumerate(sides):
-            runs[side].append(run_once(args, side == "on", Path(tmp) / f"{i}-{side}"))
-    result = (runs["on"] or runs["off"])[-1]
-    if runs["on"] and runs["off"]:
-        def med(side: str, get) -> float:
-            return median([get(r) for r in runs[side]])
+        for i, cell in enumerate(order):
+            ws, obs = SETUPS[cell]
+            runs[cell].append(run_once(args, cell, ws, obs, Path(tmp) / f"{i}-{cell}"))
+    main_cell = "B" if runs["B"] else order[0]
+    result = dict(runs[main_cell][-1])
 
-        keep = ("decisions_per_s", "queue_next_ms", "decide_ms", "cpu_ms_per_decision", "load_avg_1m", "pass")
-        ratio = med("on", lambda r: r["decisions_per_s"]) / max(med("off", lambda r: r["decisions_per_s"]), 1e-9)
-        cpu = (med("on", lambda r: r["cpu_ms_per_decision"]["server"])
-               / max(med("off", lambda r: r["cpu_ms_per_decision"]["server"]), 1e-9))
-        on, off = runs["on"][-1], runs["off"][-1]
-        result["observability"] = {
-            "order": sides,
-            "runs": {side: [{k: r[k] for k in keep} for r in rs] for side, rs in runs.items()},
-            "on_vs_off_decisions_per_s": round(ratio, 3),
-            "on_vs_off_server_cpu_ms_per_decision": round(cpu, 3),
-            "target_on_vs_off_min": OBS_TARGET,
-        }
+    def med(cell: str, get) -> float:
+        return median([get(r) for r in runs[cell]])
+
+    def rate(cell: str) -> float:
+        return med(cell, lambda r: r["decisions_per_s"])
+
+    def cpu(cell: str) -> float:
+        return med(cell, lambda r: r["cpu_ms_per_decision"]["server"])
+
+    keep = ("decisions_per_s", "queue_next_ms", "decide_ms", "cpu_ms_per_decision", "load_avg_1m", "pass")
+    medians = {cell: {"decisions_per_s": round(rate(cell), 1),
+                      "queue_next_p99_ms": round(med(cell, lambda r: r["queue_next_ms"]["p99"]), 1),
+                      "decide_p50_ms": round(med(cell, lambda r: r["decide_ms"]["p50"]), 1),
+                      "decide_p99_ms": round(med(cell, lambda r: r["decide_ms"]["p99"]), 1),
+                      "server_cpu_ms_per_decision": round(cpu(cell), 2),
+                      "postgres_cpu_ms_per_decision": round(med(cell, lambda r: r["cpu_ms_per_decision"]["postgres"]), 2),
+                      "runs": len(runs[cell])} for cell in sorted(runs)}
+    loads = [x for rs in runs.values() for r in rs for x in r["load_avg_1m"].values()]
+    result.update(
+        order=order,
+        setups={c: {"workspaces": SETUPS[c][0], "observability": SETUPS[c][1]} for c in sorted(runs)},
+        runs={cell: [{k: r[k] for k in keep} for r in rs] for cell, rs in sorted(runs.items())},
+        medians=medians,
+        # Several sessions share this machine's two cores: a load average well above 2 means the
+        # latency figures say as much about the neighbours as about the service.
+        load_avg_1m_range=[min(loads), max(loads)],
+    )
+    m = medians[main_cell]
+    ok = (all(r["proof_ok"] and not r["errors"] for rs in runs.values() for r in rs)
+          and m["decisions_per_s"] >= TARGET_DECISIONS_PER_S and m["queue_next_p99_ms"] < TARGET_P99_MS
+          and m["decide_p99_ms"] < TARGET_P99_MS)
+    if runs["A"] and runs["B"]:
+        ratio = rate("B") / max(rate("A"), 1e-9)
+        result["workspaces_on_vs_off"] = round(ratio, 3)
+        result["workspaces_on_vs_off_server_cpu_ms_per_decision"] = round(cpu("B") / max(cpu("A"), 1e-9), 3)
+        result["targets"]["workspaces_on_vs_off_min"] = WS_TARGET
+        ok = ok and ratio >= WS_TARGET
+        print(f"workspaces on vs off (medians of {len(runs['B'])} / {len(runs['A'])} runs): {ratio:.3f}x decisions/s, "
+              f"{cpu('B') / max(cpu('A'), 1e-9):.3f}x server CPU per decision; decide p99 "
+              f"{medians['B']['decide_p99_ms']} vs {medians['A']['decide_p99_ms']} ms")
+    if runs["B"] and runs["C"]:
+        ratio = rate("B") / max(rate("C"), 1e-9)
         result["observability_on_vs_off"] = round(ratio, 3)
+        result["observability_on_vs_off_server_cpu_ms_per_decision"] = round(cpu("B") / max(cpu("C"), 1e-9), 3)
         result["targets"]["observability_on_vs_off_min"] = OBS_TARGET
-        result["pass"] = bool(result["pass"] and ratio >= OBS_TARGET)
-        print(f"metrics+JSON logs on vs off (medians over {sides}): {ratio:.3f}x decisions/s, {cpu:.3f}x server CPU "
-              f"per decision; last runs: decide p99 {on['decide_ms']['p99']} vs {off['decide_ms']['p99']} ms")
+        ok = ok and ratio >= OBS_TARGET
+        print(f"metrics+JSON logs on vs off (medians of {len(runs['B'])} / {len(runs['C'])} runs): {ratio:.3f}x "
+              f"decisions/s, {cpu('B') / max(cpu('C'), 1e-9):.3f}x server CPU per decision; decide p99 "
+              f"{medians['B']['decide_p99_ms']} vs {medians['C']['decide_p99_ms']} ms")
+    print(f"setup {main_cell} medians: {m['decisions_per_s']} decisions/s, queue-next p99 {m['queue_next_p99_ms']} ms, "
+          f"decide p99 {m['decide_p99_ms']} ms; load average {min(loads)}-{max(loads)} on {os.cpu_count()} CPUs")
+    result["pass"] = bool(ok)
     print(json.dumps(result))
 
 
-def run_once(args: argparse.Namespace, obs: bool, folder: Path) -> dict:
+def run_once(args: argparse.Namespace, cell: str, workspaces: bool, obs: bool, folder: Path) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     with temp_pg_database("pedigree_bench_review") as db_url:
         env = bench_env(db_url)
@@ -283,12 +346,37 @@ def run_once(args: argparse.Namespace, obs: bool, folder: Path) -> dict:
         with api_server(observability_env(env, obs, folder), workers=args.server_workers,
                         log_path=folder / "api.log") as (url, server_proc):
             H = {"Authorization": f"Bearer {admin}"}
-            curator = httpx.post(f"{url}/v1/keys", json={"name": "bench-curator", "role": "curator"}, headers=H).json()["key"]
-            keys = [httpx.post(f"{url}/v1/keys", json={"name": f"bench-reviewer-{i}", "role": "reviewer"},
-                               headers=H).json()["key"] for i in range(args.reviewers)]
+            team: dict[str, str] = {}
+            if workspaces:
+                # The reviewers work in their team's workspace and audit another one, which holds a
+                # dataset of its own: every lookup has a workspace to tell apart.
+                team = {"workspace": httpx.post(f"{url}/v1/workspaces", json={"name": "bench-team"},
+                                                headers=H).raise_for_status().json()["id"]}
+                other = httpx.post(f"{url}/v1/workspaces", json={"name": "bench-other"},
+                                   headers=H).raise_for_status().json()["id"]
+            curator = httpx.post(f"{url}/v1/keys", json={"name": "bench-curator", "role": "curator", **team},
+                                 headers=H).raise_for_status().json()["key"]
+            made = [httpx.post(f"{url}/v1/keys", json={"name": f"bench-reviewer-{i}", "role": "reviewer", **team},
+                               headers=H).raise_for_status().json() for i in range(args.reviewers)]
+            keys = [k["key"] for k in made]
+            if workspaces:
+                for k in made:
+                    httpx.post(f"{url}/v1/workspaces/{other}/members", json={"key_id": k["id"], "role": "auditor"},
+                               headers=H).raise_for_status()
+                other_curator = httpx.post(f"{url}/v1/keys", json={"name": "bench-other-curator", "role": "curator",
+                                                                   "workspace": other},
+                                           headers=H).raise_for_status().json()["key"]
+                ods = httpx.post(f"{url}/v1/datasets", headers={"Authorization": f"Bearer {other_curator}"},
+                                 json={"name": "review-bench-other", "format": "instruction", "workspace": other}
+                                 ).raise_for_status().json()
+                httpx.post(f"{url}/v1/datasets/{ods['id']}/examples:import",
+                           content=b"\n".join(synthetic_lines(500)) + b"\n", timeout=None,
+                           headers={"Authorization": f"Bearer {other_curator}",
+                                    "Content-Type": "application/x-ndjson"}).raise_for_status()
             ds = httpx.post(f"{url}/v1/datasets", headers={"Authorization": f"Bearer {curator}"},
                             json={"name": f"review-bench-{uuid.uuid4().hex[:6]}", "format": "instruction",
-                                  "review_policy": {"required_approvals": 1, "four_eyes": True}}).json()
+                                  "review_policy": {"required_approvals": 1, "four_eyes": True}, **team}
+                            ).raise_for_status().json()
             t0 = time.perf_counter()
             body = b"\n".join(synthetic_lines(args.examples)) + b"\n"
             r = httpx.post(f"{url}/v1/datasets/{ds['id']}/examples:import", content=body, timeout=None,
@@ -297,8 +385,7 @@ def run_once(args: argparse.Namespace, obs: bool, folder: Path) -> dict:
             # The pipeline's tasks went to a broker nobody consumes: put the examples where review starts.
             pg_url = db_url.replace("postgresql+psycopg://", "postgresql://")
             with psycopg.connect(pg_url, autocommit=True) as c:
-                c.execute("UPDATE examples SET status = 'pending_review', stage = NULL WHERE dataset_id = %s",
-                          (ds["id"],))
+                c.execute("UPDATE examples SET status = 'pending_review', stage = NULL")
                 c.execute("VACUUM ANALYZE")
             setup_s = time.perf_counter() - t0
 
@@ -369,6 +456,7 @@ def run_once(args: argparse.Namespace, obs: bool, folder: Path) -> dict:
         "cpu_ms_per_decision": {"server": round(1000 * cpu.get("server_s", 0) / max(measured_ok, 1), 2),
                                 "postgres": round(1000 * cpu.get("postgres_s", 0) / max(measured_ok, 1), 2),
                                 "client": round(1000 * client_cpu / max(measured_ok, 1), 2)},
+        "postgres_sessions_started": cpu.get("postgres_sessions", 0),
         "ceiling_decisions_per_s_dedicated": round(
             (os.cpu_count() or 1) / max((cpu.get("server_s", 0) + cpu.get("postgres_s", 0) + client_cpu)
                                         / max(measured_ok, 1), 1e-9), 0),
@@ -377,12 +465,14 @@ def run_once(args: argparse.Namespace, obs: bool, folder: Path) -> dict:
                   "examples_decided_twice": decided_twice, "audit_chain_ok": verify["ok"],
                   "audit_events": verify["events"], "statuses": statuses},
         "targets": {"decisions_per_s": TARGET_DECISIONS_PER_S, "p99_ms": TARGET_P99_MS},
-        "observability_on": obs,
+        "setup": cell, "workspaces_on": workspaces, "observability_on": obs,
         "scrapes": {"done": scraper.scrapes, "failed": scraper.failed} if obs else None,
+        "proof_ok": bool(proof_ok and (not obs or scraper.failed == 0)),
     }
     result["pass"] = bool(proof_ok and rate >= TARGET_DECISIONS_PER_S and q99 < TARGET_P99_MS
                           and d99 < TARGET_P99_MS and not errors and (not obs or scraper.failed == 0))
-    print(f"[metrics+logs {'on' if obs else 'off'}] {ok} decisions in {args.duration:.0f}s by {args.reviewers} "
+    print(f"[{cell}: workspaces {'on' if workspaces else 'off'}, metrics+logs {'on' if obs else 'off'}, load "
+          f"{load_before[0]:.1f}->{load_after[0]:.1f}] {ok} decisions in {args.duration:.0f}s by {args.reviewers} "
           f"reviewers: {rate:.0f}/s; queue-next p50 {q50:.1f} ms p99 {q99:.1f} ms; decide p50 {d50:.1f} ms "
           f"p99 {d99:.1f} ms; handed twice {handed_twice}, decided twice {decided_twice}")
     return result

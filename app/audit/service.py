@@ -39,7 +39,10 @@ def record(
     entity_type: str,
     entity_id: Any = None,
     payload: dict[str, Any] | None = None,
+    workspace_id: Any = None,
 ) -> None:
+    """`workspace_id`: the workspace the event is about, where one transaction touches several (the
+    review committer's batches); by default the one the request resolved."""
     payload = payload or {}
     person = session.info.get(PERSON)
     if person is not None:  # a person signed in through SSO: who they are at their provider, on every event
@@ -53,7 +56,7 @@ def record(
             "entity_id": None if entity_id is None else str(entity_id),
             "payload": payload,
             # The workspace of the dataset this request resolved (app/core/auth.py check_workspace).
-            "workspace_id": session.info.get(WORKSPACE),
+            "workspace_id": workspace_id if workspace_id is not None else session.info.get(WORKSPACE),
         }
     )
 

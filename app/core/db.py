@@ -33,7 +33,7 @@ BIGINT_MAX = 2**63 - 1
 
 
 @lru_cache
-def _engine_for(url: str, echo: bool) -> Engine:
+def _engine_for(url: str, echo: bool, pool_size: int = 20) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -63,14 +63,14 @@ def _engine_for(url: str, echo: bool) -> Engine:
     # hide_parameters: a failed statement's message (logged by the 500 handler and by workers) would
     # otherwise carry its bound values, i.e. raw example text and provenance, into the logs.
     return create_engine(
-        url, echo=echo, hide_parameters=True, json_serializer=json_dumps, pool_pre_ping=True, pool_size=10,
+        url, echo=echo, hide_parameters=True, json_serializer=json_dumps, pool_pre_ping=True, pool_size=pool_size,
         max_overflow=20,
     )
 
 
 def get_engine() -> Engine:
     s = get_settings()
-    return _engine_for(s.database_url, s.log_sql)
+    return _engine_for(s.database_url, s.log_sql, s.db_pool_size)
 
 
 def session_factory() -> sessionmaker[Session]:

@@ -193,7 +193,7 @@ def decide_many(session: Session, requests: list[DecisionRequest], *, atomic: bo
     b = _load_batch(session, sorted({e for e in ids if e is not None}), {rq.actor.ref for rq in requests})
 
     reviews, lease_gone, esc_gone, esc_new = [], set(), set(), []
-    moves: dict[str, list[tuple[uuid.UUID, str, uuid.UUID, str, Actor]]] = defaultdict(list)
+    moves: dict[str, list[tuple[uuid.UUID, str, uuid.UUID, str, Actor, uuid.UUID]]] = defaultdict(list)
     for i, rq in enumerate(requests):
         if out[i] is not None:
             continue
@@ -227,7 +227,11 @@ def decide_many(session: Session, requests: list[DecisionRequest], *, atomic: bo
             esc_gone.add(eid)
         else:
             outcome = _outcome(policy, tally, data.decision)
+        # The batch resolves its examples itself (no check_workspace), and may span workspaces: each
+        # event names its example's.
+        ws = ex.workspace_id
         audit.record(session, actor=actor.ref, action="review.decided", entity_type="example", entity_id=eid,
+                     workspace_id=ws,
                      payload={"review_id": str(review_id), "revision_id": str(rid), "decision": data.decision,
                               "reason_code": data.reason_code,
                               # Comments are free text and may quote personal data; the review row keeps them.
@@ -238,11 +242,12 @@ def decide_many(session: Session, requests: list[DecisionRequest], *, atomic: bo
             esc_new.append({"example_id": eid, "dataset_id": ex.dataset_id, "revision_id": rid, "created_at": now,
                             "reason": f"conflicting decisions: {dict(tally)}"})
             audit.record(session, actor=actor.ref, action="review.escalated", entity_type="example", entity_id=eid,
+                         workspace_id=ws,
                          payload={"revision_id": str(rid), "tally": dict(tally)})
         elif outcome is not None:
             why = ("escalation resolved by an admin" if was_escalated else
                    f"review policy ({policy.conflict_resolution}, {policy.required_approvals} approvals)")
-            moves[outcome].append((eid, b.status[eid], rid, why, actor))
+            moves[outcome].append((eid, b.status[eid], rid, why, actor, ws))
             b.status[eid] = outcome
         review = {"id": str(review_id), "example_id": str(eid), "revision_id": str(rid), "reviewer": actor.ref,
                   "decision": data.decision, "reason_code": data.reason_code, "comment": data.comment,
@@ -271,8 +276,9 @@ def decide_many(session: Session, requests: list[DecisionRequest], *, atomic: bo
         conn.execute(w.add_escalations, esc_new)
     for to, rows in moves.items():
         conn.execute(w.move, {"ids": [r[0] for r in rows], "new_status": to, "at": now})
-        for eid, before, rid, why, actor in rows:
+        for eid, before, rid, why, actor, ws in rows:
             audit.record(session, actor=actor.ref, action="example.status_changed", entity_type="example",
+                         workspace_id=ws,
                          entity_id=eid, payload={"from": before, "to": to, "why": why, "revision_id": str(rid)})
     return out
 

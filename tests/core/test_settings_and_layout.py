@@ -182,6 +182,7 @@ def test_api_docs_are_off_outside_the_embedded_mode(monkeypatch):
 ENV_TABLE = [
     ("PEDIGREE_DATABASE_URL", "postgresql+psycopg://u@h/db", lambda s: s.database_url, "postgresql+psycopg://u@h/db"),
     ("PEDIGREE_REDIS_URL", "redis://h:1/0", lambda s: s.redis_url, "redis://h:1/0"),
+    ("PEDIGREE_DB_POOL_SIZE", "33", lambda s: s.db_pool_size, 33),
     ("PEDIGREE_SECRET_KEY", "s" * 20, lambda s: s.secret_key, "s" * 20),
     ("PEDIGREE_EMBEDDED", "false", lambda s: s.embedded, False),
     ("PEDIGREE_MAX_EXAMPLE_BYTES", "1000", lambda s: s.max_example_bytes, 1000),
@@ -323,3 +324,18 @@ def test_the_cli_reads_its_remote_api_variables():
         return out
 
     assert CLI_ENV <= envvars(typer.main.get_command(app))
+
+
+def test_the_postgresql_pool_keeps_db_pool_size_connections(monkeypatch):
+    from app.core.config import reset_settings
+    from app.core.db import get_engine
+
+    monkeypatch.setenv("PEDIGREE_DATABASE_URL", "postgresql+psycopg://u@127.0.0.1:1/never-connected")
+    monkeypatch.setenv("PEDIGREE_DB_POOL_SIZE", "33")
+    reset_settings()
+    try:
+        pool = get_engine().pool  # built without connecting
+        assert pool.size() == 33 and pool._max_overflow == 20
+    finally:
+        monkeypatch.undo()
+        reset_settings()

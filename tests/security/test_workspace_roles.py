@@ -128,3 +128,32 @@ def test_the_migration_puts_existing_data_into_default_with_todays_roles(tmp_pat
                                     {"w": default}).all())
     engine.dispose()
     assert members == {ids["reviewer"].hex: "reviewer", ids["auditor"].hex: "auditor"}
+
+
+def test_review_decisions_are_audited_in_their_examples_workspace(api):
+    """The review committer decides batches that may span workspaces and resolves the examples itself:
+    each decision's events name the example's workspace. They named none, so they counted as
+    `default`'s: its auditors read another team's decisions, the team's own auditors did not."""
+    admin = api.as_("admin")
+    ws = admin.post("/v1/workspaces", json={"name": "team-r"}).json()
+    _, cur = _key(api, "curator", "team-r")
+    _, rev = _key(api, "reviewer", "team-r")
+    _, aud = _key(api, "auditor", "team-r")
+    ds = api.client.post("/v1/datasets", json={"name": "r-set", "format": "instruction", "workspace": "team-r",
+                                               "review_policy": {"required_approvals": 1}},
+                         headers=_as(api, cur)).json()
+    r = api.client.post(f"/v1/datasets/{ds['id']}/examples", headers=_as(api, cur), json=[
+        {"instruction": "Explain the tides briefly.", "input": "", "output": "The moon's pull lifts the sea twice a day."}])
+    eid = r.json()["items"][0]["id"]
+    (item,) = api.client.get("/v1/review/queue", params={"dataset": ds["id"]}, headers=_as(api, rev)).json()["items"]
+    r = api.client.post(f"/v1/examples/{eid}/reviews", headers=_as(api, rev),
+                        json={"decision": "approve", "revision_id": item["revision_id"]})
+    assert r.status_code == 201 and r.json()["status"] == "approved", r.text
+    mine = api.client.get("/v1/audit/events", params={"workspace": "team-r"}, headers=_as(api, aud)).json()["items"]
+    decided = {e["action"]: e for e in mine if e["entity_id"] == eid}
+    assert decided["review.decided"]["workspace_id"] == ws["id"]
+    assert decided["review.decided"]["actor"].startswith("reviewer-team-r#")
+    assert decided["example.status_changed"]["payload"]["to"] == "approved"
+    seen_by_default = api.as_("auditor").get("/v1/audit/events").json()["items"]
+    assert not [e for e in seen_by_default if e["entity_id"] == eid and e["action"].startswith("review.")]
+    assert admin.get("/v1/audit/verify").json()["ok"]
