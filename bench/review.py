@@ -271,12 +271,12 @@ def main() -> None:
     else:
         cells = COMPARE[args.compare]
         order = [c for k in range(args.rounds) for c in (cells if k % 2 == 0 else cells[::-1])]
-    runs: dict[str, list[dict]] = defaultdict(list)
+    runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, cell in enumerate(order):
             ws, obs = SETUPS[cell]
-            runs[cell].append(run_once(args, cell, ws, obs, Path(tmp) / f"{i}-{cell}"))
-    main_cell = "B" if runs["B"] else order[0]
+            runs.setdefault(cell, []).append(run_once(args, cell, ws, obs, Path(tmp) / f"{i}-{cell}"))
+    main_cell = "B" if "B" in runs else order[0]
     result = dict(runs[main_cell][-1])
 
     def med(cell: str, get) -> float:
@@ -310,7 +310,7 @@ def main() -> None:
     ok = (all(r["proof_ok"] and not r["errors"] for rs in runs.values() for r in rs)
           and m["decisions_per_s"] >= TARGET_DECISIONS_PER_S and m["queue_next_p99_ms"] < TARGET_P99_MS
           and m["decide_p99_ms"] < TARGET_P99_MS)
-    if runs["A"] and runs["B"]:
+    if "A" in runs and "B" in runs:
         ratio = rate("B") / max(rate("A"), 1e-9)
         result["workspaces_on_vs_off"] = round(ratio, 3)
         result["workspaces_on_vs_off_server_cpu_ms_per_decision"] = round(cpu("B") / max(cpu("A"), 1e-9), 3)
@@ -319,7 +319,7 @@ def main() -> None:
         print(f"workspaces on vs off (medians of {len(runs['B'])} / {len(runs['A'])} runs): {ratio:.3f}x decisions/s, "
               f"{cpu('B') / max(cpu('A'), 1e-9):.3f}x server CPU per decision; decide p99 "
               f"{medians['B']['decide_p99_ms']} vs {medians['A']['decide_p99_ms']} ms")
-    if runs["B"] and runs["C"]:
+    if "B" in runs and "C" in runs:
         ratio = rate("B") / max(rate("C"), 1e-9)
         result["observability_on_vs_off"] = round(ratio, 3)
         result["observability_on_vs_off_server_cpu_ms_per_decision"] = round(cpu("B") / max(cpu("C"), 1e-9), 3)
