@@ -150,3 +150,17 @@ def test_artifacts_built_in_one_pass_match_presidios():
     vocab = nlp_engine.nlp["en"].vocab
     assert all(nlp_engine.is_stopword(w, "en") == vocab[w].is_stop
                and nlp_engine.is_punct(w, "en") == vocab[w].is_punct for w in ours.lemmas)
+
+
+def test_digit_patterns_skip_texts_without_a_digit():
+    """The stock digit-only recognizers are skipped on a text with no digit (#15, speed), and still find
+    their values where there are digits, look-alike digits included (detection reads the normalised copy)."""
+    from app.core.config import PiiSettings
+    from app.pii.engine import get_engine
+
+    engine = get_engine(PiiSettings())
+    ssn = next(r for r in engine.analyzer.registry.recognizers if r.name == "UsSsnRecognizer")
+    assert ssn.analyze("No numbers here at all, only words.", ["US_SSN"]) == []
+    assert ssn.analyze("SSN 536-22-8726", ["US_SSN"])
+    [found] = engine.analyze_batch(["My social security number is ５３６-２２-８７２６."], PiiPolicy())
+    assert [r.entity_type for r in found] == ["US_SSN"]
