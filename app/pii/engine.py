@@ -148,6 +148,20 @@ class _SpanContextEnhancer(LemmaContextAwareEnhancer):
         return list(set(back + forward))
 
 
+class _Analyzer(AnalyzerEngine):
+    """Presidio's analyzer, minus a step that does nothing here: before the context enhancer it hands each
+    recognizer its own results (a filter of all results per recognizer, so recognizers x results work per
+    text) for recognizer-level context scoring, which none of ours or the stock ones we register
+    implements. Where one does, Presidio's own step runs."""
+
+    def _enhance_using_context(self, text, raw_results, nlp_artifacts, recognizers, context=None):
+        if any(type(r).enhance_using_context is not EntityRecognizer.enhance_using_context for r in recognizers):
+            return super()._enhance_using_context(text, raw_results, nlp_artifacts, recognizers, context)
+        return self.context_aware_enhancer.enhance_using_context(
+            text=text, raw_results=list(raw_results), nlp_artifacts=nlp_artifacts, recognizers=recognizers,
+            context=context)
+
+
 class _LoadedSpacyEngine(SpacyNlpEngine):
     """Presidio's spaCy engine around a pipeline we loaded ourselves.
 
@@ -381,7 +395,7 @@ class PiiEngine:
         nlp, model = load_spacy(settings)
         self.nlp = nlp
         self.nlp_engine = _LoadedSpacyEngine(nlp, settings.spacy_model)
-        self.analyzer = AnalyzerEngine(
+        self.analyzer = _Analyzer(
             registry=_registry(settings, self.nlp_engine),
             nlp_engine=self.nlp_engine,
             supported_languages=["en"],
