@@ -164,3 +164,28 @@ def test_digit_patterns_skip_texts_without_a_digit():
     assert ssn.analyze("SSN 536-22-8726", ["US_SSN"])
     [found] = engine.analyze_batch(["My social security number is ５３６-２２-８７２６."], PiiPolicy())
     assert [r.entity_type for r in found] == ["US_SSN"]
+
+
+def test_recognizer_level_context_still_runs_where_a_recognizer_has_it():
+    """The analyzer skips Presidio's per-recognizer context step only while no recognizer implements it."""
+    from presidio_analyzer import PatternRecognizer, RecognizerResult
+    from presidio_analyzer import Pattern as PresidioPattern
+
+    from app.core.config import PiiSettings
+    from app.pii.engine import get_engine
+
+    class Boosting(PatternRecognizer):
+        def enhance_using_context(self, text, raw_recognizer_results, other_raw_recognizer_results,
+                                  nlp_artifacts, context=None):
+            for r in raw_recognizer_results:
+                r.score = 0.99
+            return raw_recognizer_results
+
+    engine = get_engine(PiiSettings())
+    rec = Boosting(supported_entity="TICKET", patterns=[PresidioPattern("t", r"\bTK-\d{4}\b", 0.5)],
+                   name="boosting")
+    [(_, artifacts)] = list(engine.nlp_engine.process_batch(["see TK-1234"], language="en"))
+    results = engine.analyzer.analyze(text="see TK-1234", language="en", entities=["TICKET"],
+                                      nlp_artifacts=artifacts, ad_hoc_recognizers=[rec])
+    assert [(r.entity_type, r.score) for r in results] == [("TICKET", 0.99)]
+    assert isinstance(results[0], RecognizerResult)
