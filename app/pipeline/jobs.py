@@ -110,6 +110,14 @@ def _run_stage(stage_name: str, ids: list[uuid.UUID], lease: _Lease | None) -> i
         now = utcnow()
         still_here = and_(Example.id.in_(locked), Example.stage == stage_name)
         moved = list(session.scalars(select(Example.id).where(still_here)))
+        # The stage settled these itself (an exact duplicate stops after its scrub): the pipeline is done
+        # with them, so they are validated now too.
+        settled = list(session.scalars(select(Example.id).where(
+            Example.id.in_(locked), Example.stage.is_(None), Example.status.in_(TERMINAL))))
+        if settled and nxt is not None:
+            session.execute(update(Example).where(Example.id.in_(settled)).values(last_validated_at=now))
+            for hook in stages.ON_VALIDATED:
+                hook(session, settled, now)
         if nxt is None:
             session.execute(
                 update(Example)

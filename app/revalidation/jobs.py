@@ -18,7 +18,7 @@ from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from app.audit import service as audit
 from app.core.config import get_settings
@@ -30,6 +30,7 @@ from app.models.base import utcnow
 from app.models.dataset import Dataset
 from app.models.dedup import DedupRebuild
 from app.models.example import Example
+from app.models.pii import PiiScrub
 from app.models.validation import ExampleValidation, Revalidation
 from app.pii import fingerprint, nlp, rescrub
 from app.pii import service as pii
@@ -109,6 +110,17 @@ def revalidate_batch(s: Session, ds: Dataset, rv: Revalidation, ids: list[uuid.U
     recs = {r.example_id: r for r in s.execute(
         select(v.example_id, v.validated_at, v.pii_engine, v.spacy_model, v.recognizers, v.pii_policy_sha256)
         .where(any_of(v.example_id, ids, pg=pg)))}
+    missing = [i for i in ids if i not in recs]
+    if missing:
+        # No record (settled before records existed): the latest scrub says what checked it, and when.
+        later = aliased(PiiScrub)
+        latest = (select(later.id).where(later.example_id == PiiScrub.example_id)
+                  .order_by(later.created_at.desc()).limit(1).scalar_subquery())
+        for r in s.execute(select(PiiScrub.example_id, PiiScrub.created_at.label("validated_at"),
+                                  PiiScrub.engine.label("pii_engine"), PiiScrub.model.label("spacy_model"),
+                                  PiiScrub.recognizers, PiiScrub.policy_sha256.label("pii_policy_sha256"))
+                           .where(any_of(PiiScrub.example_id, missing, pg=pg), PiiScrub.id == latest)):
+            recs[r.example_id] = r
     target, trig, cutoff = rv.target, set(rv.triggers or []), _cutoff(rv)
     members = vers["members"]
     old_sets = fingerprint.members_of(s, sorted({r.recognizers for r in recs.values() if r.recognizers}))
@@ -117,7 +129,11 @@ def revalidate_batch(s: Session, ds: Dataset, rv: Revalidation, ids: list[uuid.U
     pre: dict[frozenset[str], list[uuid.UUID]] = defaultdict(list)
     for eid in ids:
         r = recs.get(eid)
-        if rv.scope == "all" or r is None or r.pii_policy_sha256 != sha or "age" in trig and cutoff is not None and aware(r.validated_at) < cutoff or any(t in trig and getattr(r, t) != target[t] for t in ("pii_engine", "spacy_model")):
+        whole_engine = (
+            rv.scope == "all" or r is None or r.pii_policy_sha256 != sha
+            or ("age" in trig and cutoff is not None and aware(r.validated_at) < cutoff)
+            or any(t in trig and getattr(r, t) != target[t] for t in ("pii_engine", "spacy_model")))
+        if whole_engine:
             full.append(eid)
         elif "recognizers" in trig and r.recognizers != target["recognizers"] and r.recognizers in old_sets:
             d = fingerprint.diff(old_sets[r.recognizers], members)

@@ -215,3 +215,16 @@ def test_a_freeze_during_a_revalidation_leaves_out_what_it_has_not_reached(api):
     assert s2["member_count"] == 4
     md = api.as_("auditor").get(f"/v1/snapshots/{s2['id']}/datasheet").text
     assert "What last validated the members' examples" in md and "| new-set | 1 |" in md, md
+
+
+def test_an_exact_duplicate_is_recorded_and_prefiltered_like_its_twin(api, acme_file, monkeypatch):
+    ds = new_dataset(api)
+    a = instruction_line(1)
+    twin = {**a, "provenance": {**a["provenance"], "source_ref": "helpdesk-1-copy"}}
+    ids = ingest(api, ds, [a, twin])
+    dup = get_example(api, ids[1])
+    assert dup["status"] == "duplicate" and dup["validation"]["via"] == "pipeline" and dup["last_validated_at"]
+    deploy_recognizers(monkeypatch, acme_file)
+    [rid] = jobs.check(ds["id"])
+    rv = api.as_("auditor").get(f"/v1/revalidations/{rid}").json()
+    assert rv["unchanged"] == 2 and rv["plan"]["prefiltered"] == 2 and rv["plan"]["rescrubbed"] == 0
