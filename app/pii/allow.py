@@ -144,7 +144,7 @@ ocean oceans sea seas gulf strait straits hemisphere empire kingdom dynasty cali
 palace castle cathedral basilica abbey temple mosque synagogue statue gardens tower museum stadium arena
 center centre airport university institute observatory mountains range desert peninsula canyon glacier
 volcano river reservoir sound channel delta basin plateau archipelago fjord lagoon reef islands
-""".split())
+""".split())  # noqa: SIM905 (a word list reads better as text)
 _FEATURE_OF = frozenset({"bay", "gulf", "sea", "isle", "isles", "straits", "strait", "statue", "empire",
                           "kingdom", "cape", "lake", "mount", "river", "hanging"})
 _HOUSE_NUMBER_BEFORE = re.compile(r"\d[^\n]{0,12}$")

@@ -168,8 +168,8 @@ def test_digit_patterns_skip_texts_without_a_digit():
 
 def test_recognizer_level_context_still_runs_where_a_recognizer_has_it():
     """The analyzer skips Presidio's per-recognizer context step only while no recognizer implements it."""
-    from presidio_analyzer import PatternRecognizer, RecognizerResult
     from presidio_analyzer import Pattern as PresidioPattern
+    from presidio_analyzer import PatternRecognizer, RecognizerResult
 
     from app.core.config import PiiSettings
     from app.pii.engine import get_engine
