@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,72 @@ def record(
             "workspace_id": workspace_id if workspace_id is not None else session.info.get(WORKSPACE),
         }
     )
+
+
+def _workspace_resolvers() -> dict[str, Any]:
+    """entity_type -> select(entity id, its dataset's workspace) for ids bound as `ids`: the dataset-scoped
+    things an event names by id. Built on first use (the models import this module's package)."""
+    from app.models.access import PiiGrant
+    from app.models.dataset import Dataset
+    from app.models.example import Example, IngestBatch
+    from app.models.pii import PiiFinding
+    from app.models.snapshot import Snapshot
+    from app.models.training import Evaluation, ModelVersion, TrainingRun
+
+    ws = Dataset.workspace_id
+    ids = bindparam("ids", expanding=True)
+
+    def by_dataset(model):
+        return select(model.id, ws).join(Dataset, Dataset.id == model.dataset_id).where(model.id.in_(ids))
+
+    run = select(TrainingRun.id, ws).join(Snapshot, Snapshot.id == TrainingRun.snapshot_id) \
+        .join(Dataset, Dataset.id == Snapshot.dataset_id)
+    mv = select(ModelVersion.id, ws).join(TrainingRun, TrainingRun.id == ModelVersion.run_id) \
+        .join(Snapshot, Snapshot.id == TrainingRun.snapshot_id).join(Dataset, Dataset.id == Snapshot.dataset_id)
+    evq = select(Evaluation.id, ws).join(ModelVersion, ModelVersion.id == Evaluation.model_version_id) \
+        .join(TrainingRun, TrainingRun.id == ModelVersion.run_id) \
+        .join(Snapshot, Snapshot.id == TrainingRun.snapshot_id).join(Dataset, Dataset.id == Snapshot.dataset_id)
+    return {
+        "dataset": select(Dataset.id, ws).where(Dataset.id.in_(ids)),
+        "example": by_dataset(Example),
+        "ingest_batch": by_dataset(IngestBatch),
+        "pii_finding": by_dataset(PiiFinding),
+        "pii_grant": by_dataset(PiiGrant),
+        "snapshot": by_dataset(Snapshot),
+        "training_run": run.where(TrainingRun.id.in_(ids)),
+        "model_version": mv.where(ModelVersion.id.in_(ids)),
+        "evaluation": evq.where(Evaluation.id.in_(ids)),
+    }
+
+
+_RESOLVERS: dict[str, Any] = {}
+
+
+def _resolve_workspaces(session: Session, pending: list[dict[str, Any]]) -> None:
+    """Events that name a dataset-scoped entity but no workspace (workers, the CLI, routes that resolved
+    no dataset) get the entity's workspace: one query per entity type per commit, never one per event,
+    and none when every event already names its workspace (requests, the import, the committer)."""
+    todo: dict[str, dict[uuid.UUID, list[dict[str, Any]]]] = {}
+    for ev in pending:
+        if ev["workspace_id"] is not None or ev["entity_id"] is None:
+            continue
+        try:
+            eid = uuid.UUID(ev["entity_id"])
+        except ValueError:
+            continue
+        todo.setdefault(ev["entity_type"], {}).setdefault(eid, []).append(ev)
+    if not todo:
+        return
+    if not _RESOLVERS:
+        _RESOLVERS.update(_workspace_resolvers())
+    conn = session.connection()
+    for entity_type, by_id in todo.items():
+        q = _RESOLVERS.get(entity_type)
+        if q is None:
+            continue
+        for eid, wid in conn.execute(q, {"ids": list(by_id)}):
+            for ev in by_id.get(eid, ()):
+                ev["workspace_id"] = wid
 
 
 def _ts(value: dt.datetime) -> str:
@@ -124,6 +191,7 @@ def _write_pending(session: Session) -> None:
     pending = session.info.pop(_PENDING, None)
     if pending:
         session.flush()
+        _resolve_workspaces(session, pending)
         rows = _append(session, pending)
         if _SUBSCRIBERS:
             session.info[_COMMITTED] = rows

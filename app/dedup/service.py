@@ -131,6 +131,7 @@ def dedup_batch(session: Session, ds: Dataset, policy: DedupPolicy, batch: list[
         actor="system:dedup",
         action="dedup.batch",
         entity_type="example_batch",
+        workspace_id=ds.workspace_id,
         payload={
             "dataset_id": str(ds.id),
             "examples": len(batch),

@@ -174,7 +174,7 @@ class StreamedImport:
         with session_scope() as s:
             b = s.get(IngestBatch, self.batch_id)
             ingest.finish_batch(s, b, errors=self.progress.errors, status="completed", lines_committed=last_line,
-                                **self.progress.totals())
+                                workspace_id=self.dataset.workspace_id, **self.progress.totals())
 
     async def abort(self) -> None:
         if self.batch_id is None:
@@ -335,12 +335,12 @@ class AtomicImport(StreamedImport):
                 b = ingest.open_batch(s, dataset=ds, actor=self.actor, channel=self.channel, atomic=True,
                                       defaults=self.defaults)
                 ingest.finish_batch(s, b, accepted=0, rejected=len(errors), unchanged=0, exact_duplicates=0,
-                                    errors=errors, status="failed")
+                                    errors=errors, status="failed", workspace_id=ds.workspace_id)
                 self.failed_batch_id = b.id
             return
         b = self.session.get(IngestBatch, self.batch_id)
         ingest.finish_batch(self.session, b, errors=errors, status="completed", lines_committed=last_line,
-                            **self.totals)
+                            workspace_id=self.dataset.workspace_id, **self.totals)
         self.session.commit()
         self.session.close()
 
@@ -387,7 +387,7 @@ def store_objects(*, dataset_ref: str, items: list[Any], actor: Actor, defaults:
                 raise ValidationFailed(f"{len(out.errors)} examples conflict with stored ones; nothing was stored",
                                        code="conflict", details=[e.to_dict() for e in out.errors])
             ingest.finish_batch(session, batch, accepted=out.accepted, rejected=0, unchanged=out.unchanged,
-                                exact_duplicates=out.exact_duplicates, errors=[])
+                                exact_duplicates=out.exact_duplicates, errors=[], workspace_id=ds.workspace_id)
             return {"batch_id": str(batch.id), "accepted": out.accepted, "rejected": 0, "unchanged": out.unchanged,
                     "exact_duplicates": out.exact_duplicates, "errors": [], "items": out.items}
 

@@ -106,6 +106,7 @@ def store(session: Session, *, dataset: Dataset, batch_id: uuid.UUID, actor: Act
     new_ok.sort()
     audit.record(
         session, actor=actor.ref, action="examples.ingested", entity_type="ingest_batch", entity_id=batch_id,
+        workspace_id=dataset.workspace_id,
         payload={"dataset_id": str(dataset.id), "examples": sorted(str(i) for i in inserted),
                  "exact_duplicates": len(dup_ids)},
     )
@@ -192,7 +193,9 @@ def _plan(session: Session, dataset: Dataset, batch_id: uuid.UUID, actor: Actor,
 
 def finish_batch(session: Session, batch: IngestBatch, *, accepted: int, rejected: int, unchanged: int,
                  exact_duplicates: int, errors: list[LineError], status: str = "completed",
-                 lines_committed: int | None = None) -> None:
+                 lines_committed: int | None = None, workspace_id: uuid.UUID | None = None) -> None:
+    """`workspace_id`: the batch's dataset's, where the caller holds the dataset (else the audit log
+    resolves it from the batch at commit)."""
     if lines_committed is not None:
         batch.lines_committed = lines_committed
     batch.last_seen = utcnow()
@@ -204,7 +207,7 @@ def finish_batch(session: Session, batch: IngestBatch, *, accepted: int, rejecte
     batch.status = status
     batch.finished_at = utcnow()
     audit.record(session, actor=batch.created_by, action="ingest_batch.finished", entity_type="ingest_batch",
-                 entity_id=batch.id, payload={"accepted": accepted, "rejected": rejected, "unchanged": unchanged,
+                 entity_id=batch.id, workspace_id=workspace_id, payload={"accepted": accepted, "rejected": rejected, "unchanged": unchanged,
                                               "exact_duplicates": exact_duplicates, "status": status})
 
 

@@ -206,7 +206,8 @@ def rescrub_batch(session: Session, ds: Dataset, ids: list[uuid.UUID], *, reason
     result = {"dataset_id": str(ds.id), "reason": reason, "policy_sha256": sha, "examples": len(rows),
               "changed": changed, "unchanged": unchanged, "approvals_reset": back_to_review,
               "skipped_reviewed": skipped}
-    audit.record(session, actor=pii.ACTOR, action="pii.rescrubbed", entity_type="example_batch", payload=result)
+    audit.record(session, actor=pii.ACTOR, action="pii.rescrubbed", entity_type="example_batch", payload=result,
+                 workspace_id=ds.workspace_id)
     return result
 
 

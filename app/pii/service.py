@@ -175,7 +175,8 @@ def scrub_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
     rows = session.execute(
         select(Example.id, Example.dataset_id, Example.status, ExampleRevision.id.label("rid"),
                ExampleRevision.seq, ExampleRevision.content, ExampleRevision.content_sha256,
-               ExampleRevision.reason, Dataset.format, Dataset.pii_policy, Dataset.pii_profile)
+               ExampleRevision.reason, Dataset.format, Dataset.pii_policy, Dataset.pii_profile,
+               Dataset.workspace_id)
         .join(ExampleRevision, Example.current_revision_id == ExampleRevision.id)
         .join(Dataset, Dataset.id == Example.dataset_id)
         .where(Example.id.in_(example_ids))
@@ -202,18 +203,25 @@ def scrub_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
     now = utcnow()
     rev_rows, scrub_rows, finding_rows, example_updates = [], [], [], []
     to_vault: list[tuple[uuid.UUID, uuid.UUID, dict]] = []
-    flagged = 0
+    # A stage batch may mix datasets of several workspaces: one audit event per workspace, each counting
+    # only its own examples (an auditor of one team must not read another's figures).
+    per_ws: dict[uuid.UUID, dict[str, int]] = {}
     for dataset_id, group in by_dataset.items():
         policy = policy_of(group[0])
         if not policy.enabled:
             continue
+        counts = per_ws.setdefault(group[0].workspace_id, {"examples": 0, "revisions": 0, "findings": 0,
+                                                           "flagged": 0})
         sha = policy_sha(policy)
         # Exact duplicates of one another get the same key, hence the same surrogates and the same output.
         items = [ScrubInput(r.content, key=f"{dataset_id}:{r.content_sha256}",
                             fields=formats.text_fields(r.format, r.content)) for r in group]
         for r, res in zip(group, scrub_examples(eng, items, policy, hash_key=hk, token_key=tk)):
             result_rid = r.rid
+            counts["examples"] += 1
             if res.findings:
+                counts["revisions"] += 1
+                counts["findings"] += len(res.findings)
                 result_rid = new_id()
                 rev_rows.append({"id": result_rid, "example_id": r.id, "seq": r.seq + 1, "content": res.content,
                                  "content_sha256": formats.content_sha256(res.content), "parent_id": r.rid,
@@ -221,7 +229,7 @@ def scrub_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
                 to_vault.append((r.id, r.rid, r.content))
                 finding_rows.extend(finding_row(f, r.id, dataset_id, result_rid, r.rid, now) for f in res.findings)
             if res.flags:
-                flagged += 1
+                counts["flagged"] += 1
             scrub_rows.append({"id": new_id(), "example_id": r.id, "dataset_id": dataset_id,
                                "source_revision_id": r.rid, "source_sha256": r.content_sha256,
                                "result_revision_id": result_rid, "policy_sha256": sha,
@@ -249,9 +257,11 @@ def scrub_handler(*, session: Session, example_ids: list[uuid.UUID]) -> None:
         .values(current_revision_id=bindparam("rid"), status=bindparam("status"), updated_at=bindparam("now")),
         example_updates,
     )
-    audit.record(session, actor=ACTOR, action="pii.scrubbed", entity_type="example_batch",
-                 payload={"examples": len(scrub_rows), "revisions": len(rev_rows), "findings": len(finding_rows),
-                          "flagged": flagged, "engine": eng.info.engine, "model": eng.info.model})
+    for workspace_id, counts in per_ws.items():
+        if counts["examples"]:
+            audit.record(session, actor=ACTOR, action="pii.scrubbed", entity_type="example_batch",
+                         payload={**counts, "engine": eng.info.engine, "model": eng.info.model},
+                         workspace_id=workspace_id)
 
 
 def finding_row(f, example_id, dataset_id, revision_id, source_revision_id, now) -> dict:

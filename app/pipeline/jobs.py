@@ -32,6 +32,7 @@ from app.core.config import get_settings
 from app.core.db import get_engine, session_scope
 from app.core.ids import new_id
 from app.models.base import utcnow
+from app.models.dataset import Dataset
 from app.models.example import Example
 from app.models.pipeline import StageLease
 from app.pipeline import stages
@@ -130,13 +131,22 @@ def _run_stage(stage_name: str, ids: list[uuid.UUID], lease: _Lease | None) -> i
             for hook in stages.ON_VALIDATED:
                 hook(session, moved, now)
         session.execute(update(Example).where(still_here).values(stage=nxt, updated_at=now))
-        audit.record(
-            session,
-            actor="system:pipeline",
-            action=f"pipeline.{stage_name}.done",
-            entity_type="example_batch",
-            payload={"stage": stage_name, "next": nxt or "pending_review", "examples": [str(i) for i in locked]},
-        )
+        # A batch may mix workspaces: one event per workspace naming only its examples (one query per batch).
+        ws_of = dict(session.execute(select(Example.id, Dataset.workspace_id)
+                                     .join(Dataset, Dataset.id == Example.dataset_id).where(Example.id.in_(locked)))
+                     .all())
+        by_ws: dict[uuid.UUID | None, list[str]] = {}
+        for eid in locked:
+            by_ws.setdefault(ws_of.get(eid), []).append(str(eid))
+        for wid, examples in by_ws.items():
+            audit.record(
+                session,
+                actor="system:pipeline",
+                action=f"pipeline.{stage_name}.done",
+                entity_type="example_batch",
+                payload={"stage": stage_name, "next": nxt or "pending_review", "examples": examples},
+                workspace_id=wid,
+            )
         if nxt is not None:
             enqueue_stage(session, nxt, moved)
         if lease is not None:

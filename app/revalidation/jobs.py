@@ -86,7 +86,7 @@ def _start(rid: uuid.UUID) -> bool:
         rv.total = s.scalar(select(func.count()).select_from(
             service.candidates(ds, target, rv.triggers, rv.scope, cutoff).subquery())) or 0
         rv.status, rv.started_at = "running", rv.started_at or utcnow()
-        audit.record(s, actor=ACTOR, action="revalidation.started", entity_type="dataset", entity_id=ds.id,
+        audit.record(s, actor=ACTOR, action="revalidation.started", entity_type="dataset", entity_id=ds.id, workspace_id=ds.workspace_id,
                      payload={"revalidation_id": str(rv.id), "target": target, "candidates": rv.total,
                               "triggers": rv.triggers})
         return True
@@ -213,7 +213,7 @@ def _stamp_dedup(s: Session, ds: Dataset, rv: Revalidation) -> None:
 
 def _finish(s: Session, ds: Dataset, rv: Revalidation) -> None:
     rv.status, rv.phase, rv.finished_at = "done", "done", utcnow()
-    audit.record(s, actor=ACTOR, action="revalidation.done", entity_type="dataset", entity_id=ds.id,
+    audit.record(s, actor=ACTOR, action="revalidation.done", entity_type="dataset", entity_id=ds.id, workspace_id=ds.workspace_id,
                  payload={"revalidation_id": str(rv.id), "examples": rv.done, "changed": rv.changed,
                           "unchanged": rv.unchanged, "approvals_reset": rv.approvals_reset, "skipped": rv.skipped})
 
