@@ -133,6 +133,7 @@ def export_cmd(
     """Write a snapshot export and its manifest.json under --out, with a progress bar; verify every
     content hash and the manifest hash before writing the final file."""
     from app.snapshots import export as ex
+    from app.snapshots.formats import PREFERENCE_ONLY
 
     if format not in EXPORT_FORMATS:
         err.print(f"[red]unknown format {format!r}; one of {', '.join(EXPORT_FORMATS)}")
@@ -186,7 +187,7 @@ def export_cmd(
     else:
         final = out / f"{stem}.{'parquet' if format == 'parquet' else format + '.jsonl'}"
         fmt = manifest["dataset"]["format"]
-        if format in ex.PREFERENCE_ONLY and fmt != "preference":
+        if format in PREFERENCE_ONLY and fmt != "preference":
             raw_path.unlink()
             err.print(f"[red]the {format} export needs a preference snapshot; this one is {fmt}")
             raise typer.Exit(2)

@@ -455,6 +455,14 @@ def test_cli_export_writes_and_verifies(api, tmp_path):
         assert summary["manifest_sha256"] == snap["manifest_sha256"]
     files = sorted(p.name for p in out.iterdir())
     assert files == ["s1.all.alpaca.jsonl", "s1.all.jsonl", "s1.all.parquet", "s1.manifest.json"]
+    # README's line: a converted format of one split (this broke when the converters moved to formats.py).
+    res = runner.invoke(cli, ["snapshot", "export", snap["id"], "--format", "openai-chat", "--split", "train",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(ln) for ln in (out / "s1.train.openai-chat.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["messages"][-1]["role"] == "assistant" for r in rows)
+    res = runner.invoke(cli, ["snapshot", "export", snap["id"], "--format", "trl", "--out", str(out)])
+    assert res.exit_code == 2 and "needs a preference snapshot" in res.output
     res = runner.invoke(cli, ["snapshot", "export", snap["id"], "--format", "xml"])
     assert res.exit_code == 2
 
