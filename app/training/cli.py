@@ -39,11 +39,17 @@ def list_runs(status: Annotated[str | None, typer.Option()] = None,
 def show(run_id: str) -> None:
     """One run as JSON (the API's shape)."""
     from app.core.db import session_scope
+    from app.core.errors import PedigreeError
     from app.training import router, service
 
     prepare_db()
-    with session_scope() as s:
-        print(json.dumps(router.run_out(s, service.get(s, run_id)), indent=2, default=str))
+    try:
+        with session_scope() as s:
+            print(json.dumps(router.run_out(s, service.get(s, run_id)), indent=2, default=str))
+    except PedigreeError as e:
+        # Same exit codes as `pedigree lineage`: 4 for not found, 1 otherwise; a message, not a traceback.
+        err.print(f"[red]{e.message}")
+        raise typer.Exit(1 if e.status_code != 404 else 4) from None
 
 
 @app.command("reap")

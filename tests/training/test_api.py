@@ -394,6 +394,8 @@ def test_cli_runs_list_show_reap(api, dispatched, base_model, artifact_root):
     r = runner.invoke(cli, ["runs", "show", run["id"]])
     assert r.exit_code == 0, r.output
     assert '"status": "queued"' in r.output
+    r = runner.invoke(cli, ["runs", "show", "00000000-0000-0000-0000-000000000000"])
+    assert r.exit_code == 4 and "not found" in r.output and "Traceback" not in r.output
     assert runner.invoke(cli, ["runs", "list"]).exit_code == 0
     r = runner.invoke(cli, ["runs", "reap", "--stale-after", "60"])
     assert r.exit_code == 0 and "reaped 0 run(s)" in r.output
