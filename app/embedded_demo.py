@@ -46,7 +46,10 @@ def demo_examples(n: int = 48, seed: int = 7) -> list[bytes]:
         inp = f"Customer {name} ({email}, {phone}) writes: I need to {topic}, ticket {1000 + i}."
         if variant == 2:
             # The same ticket re-sent through another channel with different spacing and punctuation:
-            # not byte-identical (so not an exact duplicate) but a near duplicate for MinHash.
+            # not byte-identical (so not an exact duplicate) but a near duplicate for MinHash. It keeps
+            # the first ticket's customer: dedup compares scrubbed names by keyed hash, so the same
+            # question from another customer is not a duplicate.
+            name, email, phone = _PEOPLE[(i % len(_TOPICS)) % len(_PEOPLE)]
             inp = f"Customer {name} ({email}, {phone}) writes:  I need to {topic} - ticket {1000 + i % 8}!"
         lines.append(orjson.dumps({
             "instruction": instruction, "input": inp, "output": answer,
@@ -116,6 +119,16 @@ def step_pipeline(ctx: Ctx) -> None:
     page = ctx.call("GET", f"/v1/datasets/{ds['id']}/examples?limit=1", "reviewer")
     ex = page["items"][0]
     console.print(f"example {ex['id']}: status {ex['status']}, quality {ex['quality']}, flags {ex['quality_flags']}")
+    pii = ctx.call("GET", f"/v1/datasets/{ds['id']}/pii-report", "curator")
+    found = ", ".join(f"{t} {v['found']}" for t, v in sorted(pii["by_entity"].items()))
+    console.print(f"pii scrub: {pii['findings']} findings in {pii['examples_scrubbed']} examples ({found}); "
+                  "raw text in the encrypted vault")
+    shown = ctx.call("GET", f"/v1/examples/{ex['id']}", "reviewer")["revision"]["content"]
+    console.print(f"  what a reviewer sees: {shown.get('input') or shown}")
+    dd = ctx.call("GET", f"/v1/datasets/{ds['id']}/dedup", "curator")
+    kinds = ", ".join(f"{n} {m}" for m, n in sorted(dd["duplicates"].items())) or "none"
+    console.print(f"dedup: duplicates by method: {kinds} (minhash: near copies, verified by exact Jaccard); "
+                  f"{dd['clusters']} clusters, each with one canonical member")
 
 
 def step_review(ctx: Ctx) -> None:

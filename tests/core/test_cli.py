@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,9 @@ def test_demo_runs_end_to_end(tmp_path):
     r = _cli(["demo", "--workdir", str(tmp_path / "demo")], env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "audit chain: ok=True" in r.stderr
+    # The scrub and dedup stages say what they did; the demo data's re-sent tickets are near duplicates.
+    assert "pii scrub:" in r.stderr and "what a reviewer sees: Customer <PERSON>" in r.stderr
+    assert re.search(r"dedup: duplicates by method: 1 exact, [1-9]\d* minhash", r.stderr), r.stderr
     # Issue 19: the snapshot's bias summary, and the model version's technical documentation on disk.
     assert "bias report:" in r.stderr and "gender:" in r.stderr
     docs = list((tmp_path / "demo" / "snapshot").glob("technical-documentation-*.md"))
