@@ -4,8 +4,13 @@ counted as `default`'s: default's auditors read another team's figures and its o
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
+
+import orjson
 import pytest
 
+from tests.factories import NDJSON, instruction_line
 from tests.security.test_workspace_roles import _as, _key
 
 LINES = [
@@ -24,34 +29,80 @@ def _world(api):
     return ws, cur, aud, ds
 
 
-def _import(api, cur, ds):
+def _import(api, cur, ds, request=None):
     r = api.client.post(f"/v1/datasets/{ds['id']}/examples", headers=_as(api, cur), json=LINES)
     assert r.status_code in (200, 201), r.text
 
 
-def _rescrub(api, cur, ds):
-    policy = api.client.get(f"/v1/datasets/{ds['id']}/pii-policy", headers=_as(api, cur)).json()
-    r = api.client.request("PUT", f"/v1/datasets/{ds['id']}/pii-policy", headers=_as(api, cur), json=policy)
-    assert r.status_code == 200, r.text
+def _stream_import(api, cur, ds, request=None):
+    # The streaming import commits in sessions of its own (no request session to name the workspace).
+    lines = [instruction_line(i, text_=f"Write to maria.schmidt@example.com about task {i}.") for i in range(3)]
+    r = api.client.post(f"/v1/datasets/{ds['id']}/examples:import", headers={**_as(api, cur), **NDJSON},
+                        content=b"\n".join(orjson.dumps(x) for x in lines) + b"\n")
+    assert r.status_code == 200 and r.json()["rejected"] == 0, r.text
 
 
-def _revalidate(api, cur, ds):
+def _rescrub(api, cur, ds, request):
+    # Allowing a value changes the policy: the scrubbed examples are re-scrubbed in-process after the commit.
+    r = api.client.post(f"/v1/datasets/{ds['id']}/pii-policy/allow-list", headers=_as(api, cur),
+                        json={"value": "maria.schmidt@example.com"})
+    assert r.status_code == 200 and r.json()["rescrub"]["candidates"] >= 1, r.text
+
+
+def _revalidate(api, cur, ds, request):
     r = api.client.post(f"/v1/datasets/{ds['id']}/revalidations", headers=_as(api, cur), json={"scope": "all"})
     assert r.status_code == 202, r.text
 
 
-def _snapshot(api, cur, ds):
+def _freeze(api, cur, ds) -> dict:
     r = api.client.post("/v1/snapshots", headers=_as(api, cur), json={"dataset_id": ds["id"], "name": "w1",
                                                                      "filter": {"statuses": ["pending_review"]}})
-    assert r.status_code in (200, 201, 202), r.text
+    assert r.status_code == 201, r.text
+    return r.json()
 
 
-# (the action, the audit actions it must produce). Each row runs after the import (the later ones need data).
+def _snapshot(api, cur, ds, request):
+    snap = _freeze(api, cur, ds)
+    from app.core.db import session_scope
+    from app.models.snapshot import Snapshot
+    from app.snapshots import jobs
+
+    # A large freeze leaves its Merkle root to a worker's after-commit step: put this one in that state.
+    with session_scope() as s:
+        s.get(Snapshot, uuid.UUID(snap["id"])).merkle_root = None
+    jobs.fill_merkle_root(uuid.UUID(snap["id"]))
+
+
+def _training(api, cur, ds, request):
+    request.getfixturevalue("dispatched")  # the trainer's protocol is driven by hand below
+    base_model = request.getfixturevalue("base_model")
+    snap = _freeze(api, cur, ds)
+    r = api.client.post("/v1/training-runs", headers=_as(api, cur), json={
+        "snapshot_id": snap["id"], "base_model": base_model, "method": "lora", "model_name": "w-bot",
+        "hyperparameters": {"epochs": 1, "max_steps": 3, "batch_tokens": 1024, "max_seq_len": 256}})
+    assert r.status_code == 201, r.text
+    run = r.json()
+    r = api.as_("admin").post(f"/v1/training-runs/{run['id']}/start", json={"worker_host": "gpu-1"})
+    assert r.status_code == 200, r.text
+    from app.core.db import session_scope
+    from app.models.training import TrainingRun
+    from app.training.reaper import reap
+
+    with session_scope() as s:
+        s.get(TrainingRun, uuid.UUID(run["id"])).heartbeat_at = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)
+    with session_scope() as s:  # the reaper: a worker, no request, no workspace of its own
+        assert reap(s, stale_after_s=120) == [uuid.UUID(run["id"])]
+
+
+# (the action, the audit actions it must produce). The rows after the two imports run on imported data.
+INGEST = {"examples.ingested", "ingest_batch.finished", "pipeline.pii.done", "pii.scrubbed", "dedup.batch"}
 ACTIONS = [
-    (_import, {"examples.ingested", "ingest_batch.finished", "pipeline.pii.done", "pii.scrubbed", "dedup.batch"}),
-    (_rescrub, {"dataset.pii_policy_set", "pii.rescrub_requested"}),
+    (_stream_import, INGEST),
+    (_import, INGEST),
+    (_rescrub, {"dataset.pii_allow_list_added", "pii.rescrub_requested", "pii.rescrubbed"}),
     (_revalidate, {"revalidation.requested", "revalidation.started", "revalidation.done"}),
-    (_snapshot, {"snapshot.created"}),
+    (_snapshot, {"snapshot.created", "snapshot.merkle_root"}),
+    (_training, {"training_run.created", "training_run.queued", "training_run.started", "training_run.failed"}),
 ]
 
 
@@ -67,13 +118,13 @@ def _all(api, headers=None, params=None) -> list[dict]:
 
 
 @pytest.mark.parametrize("action,expected", ACTIONS, ids=[a.__name__.strip("_") for a, _ in ACTIONS])
-def test_each_audited_action_names_the_datasets_workspace(api, action, expected):
+def test_each_audited_action_names_the_datasets_workspace(api, request, action, expected):
     """On SQLite and PostgreSQL (the `api` fixture runs both)."""
     ws, cur, aud, ds = _world(api)
-    if action is not _import:
+    if action not in (_import, _stream_import):
         _import(api, cur, ds)
     before = {e["seq"] for e in _all(api, headers=_as(api, aud))}
-    action(api, cur, ds)
+    action(api, cur, ds, request)
     mine = [e for e in _all(api, headers=_as(api, aud)) if e["seq"] not in before]
     filtered = _all(api, headers=_as(api, aud), params={"workspace": "team-w"})
     got = {e["action"] for e in mine}
@@ -86,4 +137,41 @@ def test_each_audited_action_names_the_datasets_workspace(api, action, expected)
               or (e.get("payload") or {}).get("dataset_id") == ds["id"]]
     assert not leaked, leaked
     assert not expected & {e["action"] for e in seen if e["seq"] > min(x["seq"] for x in mine)}
+    assert api.as_("admin").get("/v1/audit/verify").json()["ok"]
+
+
+def test_a_stage_batch_spanning_workspaces_is_audited_once_per_workspace(api, monkeypatch):
+    """Workers batch examples by stage, not by dataset: one batch of team-w's and default's examples writes
+    one event per workspace, each naming only that workspace's examples and counting only them."""
+    from app.core import jobs
+    from app.pipeline.jobs import _run_stage
+    from app.pipeline.service import RUN_STAGE_TASK
+
+    sent: list[tuple] = []
+    monkeypatch.setitem(jobs.LOCAL_HANDLERS, RUN_STAGE_TASK, lambda *a: sent.append(a))  # run below, together
+    ws, cur, aud, ds = _world(api)
+    _stream_import(api, cur, ds)
+    other = api.as_("curator").post("/v1/datasets", json={"name": "d-set", "format": "instruction"}).json()
+    _stream_import(api, api.keys["curator"], other)
+
+    def batch_of(stage: str) -> list[uuid.UUID]:
+        return sorted({uuid.UUID(i) for st, batch in sent if st == stage for i in batch})
+
+    assert len(batch_of("quality")) == 6, sent  # the first stage, deferred: both imports' examples
+    assert _run_stage("quality", batch_of("quality"), None) == 6
+    assert _run_stage("pii", batch_of("pii"), None) == 6  # queued by the quality batch, as one batch
+    events = _all(api, headers=_as(api, api.keys["admin"]))
+    default_id = next(w["id"] for w in api.as_("admin").get("/v1/workspaces").json()["items"] if w["name"] == "default")
+    batch_events = ("pipeline.quality.done", "pipeline.pii.done", "pii.scrubbed")
+    for action in batch_events:
+        assert sorted(e["workspace_id"] for e in events if e["action"] == action) == sorted([ws["id"], default_id])
+    mine = {e["action"]: e for e in _all(api, headers=_as(api, aud)) if e["action"] in batch_events}
+    team_ids = {x["id"] for x in api.client.get(f"/v1/datasets/{ds['id']}/examples", headers=_as(api, cur)).json()["items"]}
+    assert len(team_ids) == 3
+    assert set(mine["pipeline.quality.done"]["payload"]["examples"]) == team_ids
+    assert set(mine["pipeline.pii.done"]["payload"]["examples"]) == team_ids
+    assert mine["pii.scrubbed"]["payload"]["examples"] == 3 and mine["pii.scrubbed"]["payload"]["findings"] >= 3
+    seen = _all(api, headers=_as(api, api.keys["auditor"]))
+    assert not team_ids & {i for e in seen if e["action"].startswith("pipeline.") for i in e["payload"]["examples"]}
+    assert [e["payload"]["examples"] for e in seen if e["action"] == "pii.scrubbed"] == [3]
     assert api.as_("admin").get("/v1/audit/verify").json()["ok"]
