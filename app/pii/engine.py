@@ -340,7 +340,7 @@ def _registry(settings: PiiSettings, nlp_engine) -> RecognizerRegistry:
         UsPassportRecognizer(),
         UsLicenseRecognizer(),
         UsBankRecognizer(),
-        NhsRecognizer(),
+        custom.PhoneAwareNhsRecognizer(),
         CryptoRecognizer(),
         MedicalLicenseRecognizer(),
         UrlRecognizer(),

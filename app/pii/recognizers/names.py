@@ -156,6 +156,10 @@ _NOT_SURNAMES = _ORG_WORDS | _PLACE_WORDS | frozenset(
 _NAME_OPENERS = frozenset(
     """mr mrs ms mx dr prof sir madam mme mlle herr frau sr sra srta miss dear hi hello hey thanks thank
     regards cheers sincerely uncle aunt cousin""".split()  # noqa: SIM905
+    # Role nouns a ticket or a record puts before the person it is about (#15: "Customer Priya Raman
+    # (priya.r@..., +1 ...) writes"). Capitalised at a sentence's start they read as the first word of a
+    # longer proper noun, which kept the name out; the first name after them still has to be in the gazetteer.
+    + """customer client patient caller user guest passenger applicant tenant""".split()  # noqa: SIM905
 )
 # NER labels that a lone gazetteer name inside them does not override ("German", "Genesis", "Hamlet"). A
 # full name does override PRODUCT and WORK_OF_ART: the small model calls "Lily Nolan" a product.
