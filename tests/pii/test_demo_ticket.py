@@ -68,3 +68,9 @@ def test_ticket_variants(engine, text, expected):
 
 def test_an_nhs_number_without_a_country_code_is_still_one(engine):
     assert _scrub(engine, ["Patient NHS number 943 476 5919 on file."]) == ["Patient NHS number <UK_NHS> on file."]
+
+
+def test_a_role_noun_before_an_ordinary_word_is_no_name(engine):
+    # The negative twin of the role-noun opener: it only lets a known first name start a name.
+    texts = ["Contact Customer Care or the User Guide for help.", "Patient Safety Week starts on Monday."]
+    assert _scrub(engine, texts) == texts
