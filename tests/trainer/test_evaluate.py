@@ -293,9 +293,11 @@ def test_erasure_retest_probes_are_counted_apart(world, tmp_path):
     assert (res["extracted"], res["by_entity_type"]) == (plain["extracted"], plain["by_entity_type"])
     (rt,) = res["erasure_retest"].values()
     assert list(res["erasure_retest"]) == ["req-1"] and rt["probed"] == 3
-    # The same values under the same prompts: the tagged copies come out exactly when the originals do.
-    originals = {h["probe_id"] for h in plain["hits"]} & {p["probe_id"] for p in probes[:3]}
-    assert {h["probe_id"] for h in rt["hits"]} == {f"e-{i}" for i in originals}
+    # The same values under the same prompts: greedy decoding brings the tagged copies out exactly when it
+    # brings the originals out. (Sampled hits are not compared: one seeded stream is drawn over the batch, so
+    # a row's draws depend on which rows share its batch, and the tagged run has three more rows.)
+    originals = {h["probe_id"] for h in plain["hits"] if h["greedy"]} & {p["probe_id"] for p in probes[:3]}
+    assert {h["probe_id"] for h in rt["hits"] if h["greedy"]} == {f"e-{i}" for i in originals}
     assert all(p["value"] not in json.dumps(rt) for p in tagged)
 
 
