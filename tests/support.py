@@ -76,3 +76,22 @@ def celery_env(pg: str, monkeypatch, slot: str) -> Iterator[dict[str, str]]:
         yield {**os.environ, "PEDIGREE_DATABASE_URL": pg, "PEDIGREE_REDIS_URL": url, "PEDIGREE_EMBEDDED": "false"}
     finally:
         redis.Redis.from_url(url).flushdb()
+
+
+# Debian's headless Chromium, the browser the page tests drive (the brief names it; Playwright's own
+# download is never used).
+CHROMIUM = "/usr/bin/chromium"
+
+
+@contextmanager
+def chromium() -> Iterator[object]:
+    """One headless Chromium for a test module, closed after it."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM,
+                              args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            yield b
+        finally:
+            b.close()

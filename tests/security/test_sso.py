@@ -22,11 +22,12 @@ import httpx
 import psycopg
 import pytest
 
+from tests.support import CHROMIUM, chromium
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
 PROVIDER = ROOT / "tests" / "security" / "oidc"
-CHROMIUM = "/usr/bin/chromium"
 NODE = "/usr/bin/node"
 CLIENT_ID = "pedigree-review"
 CLIENT_SECRET = "test-client-secret-0123456789abcdef"
@@ -128,13 +129,8 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="module")
 def browser(world: World) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM,
-                              args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
