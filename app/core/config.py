@@ -13,6 +13,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urljoin
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -98,6 +99,10 @@ class SsoSettings(BaseSettings):
     client_secret: str | None = None
     # This server's callback as registered with the provider, e.g. https://pedigree.example/review/sso/callback
     redirect_url: str | None = None
+    # Where the provider sends the browser after ending its session at sign-out (RP-initiated logout);
+    # register it with the provider as a post_logout_redirect_uri. Default: /review/sso/signed-out on
+    # redirect_url's origin.
+    post_logout_redirect_url: str | None = None
     scopes: str = "openid profile email groups"
     # The ID token claim holding the person's groups (a list of strings, or one string).
     groups_claim: str = "groups"
@@ -116,6 +121,12 @@ class SsoSettings(BaseSettings):
     @property
     def enabled(self) -> bool:
         return bool(self.issuer)
+
+    @property
+    def post_logout_url(self) -> str:
+        if self.post_logout_redirect_url:
+            return self.post_logout_redirect_url
+        return urljoin(self.redirect_url or "", "/review/sso/signed-out")
 
     def check(self) -> None:
         """Called by the API at start-up (not on every settings load: each variable is set alone in tests):

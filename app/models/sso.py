@@ -43,7 +43,9 @@ class SsoLogin(Base):
 
 class WebSession(IdMixin, CreatedAtMixin, Base):
     """A signed-in person's page session. The cookie holds a random token; only its sha256 is stored, so
-    a copy of this table signs nobody in. Sign-out sets `revoked_at`; every request reads the row."""
+    a copy of this table signs nobody in. Sign-out sets `revoked_at`; every request reads the row.
+    `id_token` is the provider's ID token of the sign-in, kept only as the `id_token_hint` of the
+    provider-side sign-out (RP-initiated logout) and cleared by it."""
 
     __tablename__ = "web_sessions"
 
@@ -52,3 +54,4 @@ class WebSession(IdMixin, CreatedAtMixin, Base):
     key_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
     revoked_at: Mapped[dt.datetime | None]
+    id_token: Mapped[str | None] = mapped_column(Text)

@@ -51,6 +51,10 @@ PRE_COOKIE = "pedigree_review_pre"
 # and a Strict cookie set there would not come with the redirect on to /review.
 SSO_COOKIE = "pedigree_sso"
 SSO_STATE_COOKIE = "pedigree_sso_state"
+# The state of a provider-side sign-out in flight (RP-initiated logout): the signed-out page says the
+# provider's session ended only when the browser comes back with the state this browser was given.
+SSO_LOGOUT_COOKIE = "pedigree_sso_logout"
+LOGOUT_TTL_S = 600
 SESSION_TTL_S = 12 * 3600
 PAGE_ROLES = ("reviewer", "admin")
 
@@ -171,28 +175,40 @@ Writer = Annotated[PageUser, Depends(_csrf_user)]
 
 # --- pages -------------------------------------------------------------------------------------------------
 
-def _sign_in_page(request: Request) -> Response:
+# What the signed-out page may be told by its query string. "provider" (the provider's session ended too)
+# is never among them: only the provider's redirect back with this browser's state shows it.
+SIGNED_OUT_QUERY = ("1", "unsupported", "unreachable")
+
+
+def _sign_in_page(request: Request, *, signed_out: str | None = None) -> Response:
     pre = secrets.token_urlsafe(24)
     cfg = get_settings().sso
     q = request.query_params
     reason = q.get("reason") or ""
+    if signed_out is None and q.get("signed_out") in SIGNED_OUT_QUERY:
+        signed_out = q.get("signed_out")
     resp = templates.TemplateResponse(request, "signin.html", {
         "pre": pre, "error": q.get("error"), "reason": reason if reason in sso.REFUSAL_REASONS else None,
-        "signed_out": q.get("signed_out"),
+        "signed_out": signed_out,
         "sso": cfg.enabled, "sso_label": cfg.label})
     resp.set_cookie(PRE_COOKIE, pre, max_age=600, httponly=True, samesite="strict", secure=_secure(request),
                     path="/review")
     # The SSO button posts to /review/sso/start, which redirects to the provider: CSP's form-action
     # governs that redirect too, so the provider's origin is named (on this page only).
-    return _headers(resp, form_targets=_provider_origin() if cfg.enabled else "")
+    return _headers(resp, form_targets=_provider_origins("authorization_endpoint") if cfg.enabled else "")
 
 
-def _provider_origin() -> str:
+def _provider_origins(endpoint: str) -> str:
+    """The origin of one of the provider's endpoints, for CSP's form-action: a form whose answer redirects
+    there (the SSO button to the authorization endpoint, sign-out to the end_session_endpoint) is held
+    to form-action along the whole redirect chain."""
     cfg = get_settings().sso
     try:
-        url = sso.oidc.metadata(cfg)["authorization_endpoint"]
+        url = sso.oidc.metadata(cfg).get(endpoint)
     except SignInRefused:  # the provider is down: the button will be refused with a reason anyway
         url = cfg.issuer or ""
+    if not isinstance(url, str):
+        return ""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https") and parts.netloc else ""
 
@@ -208,7 +224,7 @@ def _page_for(request: Request, session: Session, actor: Actor, csrf: str, datas
     selected = dataset or (max(rows, key=lambda r: r["pending"])["id"] if rows else None)
     resp = templates.TemplateResponse(request, "review.html", {
         "actor": actor, "csrf": csrf, "datasets": rows, "selected": selected, "via_sso": via_sso})
-    return _headers(resp)
+    return _headers(resp, form_targets=_provider_origins("end_session_endpoint") if via_sso else "")
 
 
 @router.get("", response_class=HTMLResponse)
@@ -226,7 +242,8 @@ def page(request: Request, session: SessionDep, dataset: str | None = None) -> R
             groups = sso.identity_groups(session, actor.key_id)
             return _headers(templates.TemplateResponse(request, "noaccess.html", {
                 "actor": actor, "csrf": ps.csrf, "groups": groups,
-                "roles": [{"workspace": sso.workspace_name(session, w), "role": r} for w, r in actor.memberships]}))
+                "roles": [{"workspace": sso.workspace_name(session, w), "role": r} for w, r in actor.memberships]}),
+                form_targets=_provider_origins("end_session_endpoint"))
         return _page_for(request, session, actor, ps.csrf, dataset, via_sso=True)
     data = unseal(request.cookies.get(COOKIE))
     actor = None
@@ -271,8 +288,16 @@ def sign_out(request: Request, session: SessionDep, csrf: Annotated[str, Form(ma
         if ps is not None and not hmac.compare_digest(csrf, ps.csrf):
             # Without the page's token a cross-site form could sign people out; refuse, keep the session.
             return _headers(RedirectResponse("/review", status_code=303))
-        sso.sign_out(session, token)
-        resp = RedirectResponse("/review?signed_out=1", status_code=303)
+        state = secrets.token_urlsafe(32)
+        out = sso.sign_out(session, get_settings().sso, token, state=state)
+        if out is not None and out.provider_url:
+            # On to the provider, which ends its own session and sends the browser back to
+            # /review/sso/signed-out with this state.
+            resp = RedirectResponse(out.provider_url, status_code=303)
+            resp.set_cookie(SSO_LOGOUT_COOKIE, state, max_age=LOGOUT_TTL_S, httponly=True, samesite="lax",
+                            secure=_secure(request), path="/review/sso")
+        else:
+            resp = RedirectResponse(f"/review?signed_out={out.provider if out else 1}", status_code=303)
         resp.delete_cookie(SSO_COOKIE, path="/review")
         return _headers(resp)
     data = unseal(request.cookies.get(COOKIE))
@@ -336,7 +361,7 @@ def sso_callback(request: Request, session: SessionDep, state: str = "", code: s
         checked = sso.oidc.validate_id_token(cfg, token, nonce=login.nonce)
         claims = sso.oidc.with_userinfo_groups(cfg, token, checked)
         source = "id_token" if cfg.groups_claim in checked else "userinfo" if cfg.groups_claim in claims else "none"
-        signed = sso.sign_in(session, cfg, claims, groups_source=source)
+        signed = sso.sign_in(session, cfg, claims, groups_source=source, id_token=token["id_token"])
     except SignInRefused as e:
         return _refuse(request, session, e)
     resp = RedirectResponse(login.next_path if login.next_path.startswith("/review") else "/review", status_code=303)
@@ -345,6 +370,18 @@ def sso_callback(request: Request, session: SessionDep, state: str = "", code: s
     resp.delete_cookie(SSO_STATE_COOKIE, path="/review/sso")
     resp.delete_cookie(COOKIE, path="/review")
     return _headers(resp)
+
+
+@router.get("/sso/signed-out", response_class=HTMLResponse)
+def sso_signed_out(request: Request, state: str = "") -> Response:
+    """The provider's redirect after it ended its session (the post_logout_redirect_uri). Our session ended
+    before the browser left; this page only tells the person, and says the provider's session is over
+    only when the state is the one this browser was given at sign-out (else it is a link anyone could send)."""
+    mine = request.cookies.get(SSO_LOGOUT_COOKIE, "")
+    ours = bool(state) and bool(mine) and hmac.compare_digest(state.encode(), mine.encode())
+    resp = _sign_in_page(request, signed_out="provider" if ours else "1")
+    resp.delete_cookie(SSO_LOGOUT_COOKIE, path="/review/sso")
+    return resp
 
 
 @router.get("/static/{name}")

@@ -3,6 +3,7 @@ token's checks. authlib builds the requests (PKCE S256, client authentication) a
 token's claims (`CodeIDToken`: iss, aud, exp, iat, nonce, azp, at_hash); joserfc (authlib's JOSE layer)
 verifies the signature against the provider's published keys. Anything wrong is `SignInRefused` with a
 reason code the sign-in page and the audit log show; nothing here trusts a claim it did not check.
+Sign-out at the provider (RP-Initiated Logout 1.0) is the `end_session_endpoint` URL built here.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from authlib.common.errors import AuthlibBaseError
+from authlib.common.urls import add_params_to_uri
 from authlib.integrations.httpx_client import OAuth2Client
 from authlib.oidc.core import CodeIDToken
 from joserfc import jwt
@@ -41,19 +44,25 @@ _metadata: dict[str, tuple[float, dict[str, Any]]] = {}
 _jwks: dict[str, dict[str, Any]] = {}
 
 
+def _get_json(url: str, what: str) -> Any:
+    """A provider document (discovery, keys) fetched and parsed; any failure is the provider's."""
+    try:
+        r = httpx.get(url, timeout=HTTP_TIMEOUT_S)
+        r.raise_for_status()
+        return r.json()
+    except (httpx.HTTPError, ValueError) as e:
+        raise SignInRefused("provider_unreachable", f"the identity provider's {what} failed: {type(e).__name__}") from None
+
+
 def metadata(cfg: SsoSettings) -> dict[str, Any]:
     """The provider's discovery document, cached for an hour per issuer."""
     issuer = cfg.issuer or ""
     hit = _metadata.get(issuer)
     if hit is not None and time.monotonic() - hit[0] < METADATA_TTL_S:
         return hit[1]
-    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
-    try:
-        r = httpx.get(url, timeout=HTTP_TIMEOUT_S)
-        r.raise_for_status()
-        doc = r.json()
-    except (httpx.HTTPError, ValueError) as e:
-        raise SignInRefused("provider_unreachable", f"the identity provider's discovery document failed: {type(e).__name__}") from None
+    doc = _get_json(issuer.rstrip("/") + "/.well-known/openid-configuration", "discovery document")
+    if not isinstance(doc, dict):
+        raise SignInRefused("provider_misconfigured", "the discovery document is not a JSON object")
     # OpenID Connect Discovery 1.0, 4.3: the document's issuer must be the one asked for, exactly, or a
     # provider (or whoever answers at that URL) could pass tokens off as another issuer's.
     if doc.get("issuer") != issuer:
@@ -67,16 +76,10 @@ def metadata(cfg: SsoSettings) -> dict[str, Any]:
 
 
 def _key_set(cfg: SsoSettings, *, force: bool = False) -> KeySet:
-    doc = metadata(cfg)
-    uri = doc["jwks_uri"]
+    uri = metadata(cfg)["jwks_uri"]
     keys = None if force else _jwks.get(uri)
     if keys is None:
-        try:
-            r = httpx.get(uri, timeout=HTTP_TIMEOUT_S)
-            r.raise_for_status()
-            keys = r.json()
-        except (httpx.HTTPError, ValueError) as e:
-            raise SignInRefused("provider_unreachable", f"the identity provider's keys failed: {type(e).__name__}") from None
+        keys = _get_json(uri, "keys")
         with _lock:
             _jwks[uri] = keys
     return KeySet.import_key_set(keys)
@@ -101,6 +104,22 @@ def authorization_url(cfg: SsoSettings, *, state: str, nonce: str, code_verifier
         url, _ = c.create_authorization_url(doc["authorization_endpoint"], state=state, nonce=nonce,
                                             code_verifier=code_verifier)
     return url
+
+
+def end_session_url(cfg: SsoSettings, *, id_token: str | None, state: str) -> str | None:
+    """Where to send the browser to end the person's session at the provider too (OpenID Connect
+    RP-Initiated Logout 1.0), or None when the provider's discovery document names no
+    `end_session_endpoint` (then only our session ends). `id_token_hint` tells the provider whose session
+    and which client; the `post_logout_redirect_uri` must be registered with it, and `state` comes back
+    with the browser so the signed-out page can tell that redirect from a link anyone could send."""
+    endpoint = metadata(cfg).get("end_session_endpoint")
+    if not isinstance(endpoint, str) or urlsplit(endpoint).scheme not in ("http", "https"):
+        return None
+    params = {"post_logout_redirect_uri": cfg.post_logout_url, "state": state, "client_id": cfg.client_id or ""}
+    if id_token:
+        params["id_token_hint"] = id_token
+    # The endpoint may carry a query of its own (some providers route by it): keep it.
+    return add_params_to_uri(endpoint, list(params.items()))
 
 
 def exchange_code(cfg: SsoSettings, *, code: str, code_verifier: str) -> dict[str, Any]:

@@ -159,9 +159,11 @@ def _new_identity(session: Session, issuer: str, subject: str, name: str, role: 
         return ident
 
 
-def sign_in(session: Session, cfg: SsoSettings, claims: dict[str, Any], *, groups_source: str = "id_token") -> SignedIn:
+def sign_in(session: Session, cfg: SsoSettings, claims: dict[str, Any], *, groups_source: str = "id_token",
+            id_token: str | None = None) -> SignedIn:
     """Signs the person the checked claims name in: finds or makes their identity and acting key, rewrites
-    the key's memberships from their groups, opens a session. Audited `sso.signed_in`."""
+    the key's memberships from their groups, opens a session (keeping the raw `id_token` as the hint of
+    its provider-side sign-out). Audited `sso.signed_in`."""
     now = utcnow()
     issuer, subject = str(claims["iss"]), str(claims["sub"])
     groups = groups_of(cfg, claims)
@@ -182,7 +184,7 @@ def sign_in(session: Session, cfg: SsoSettings, claims: dict[str, Any], *, group
             session.add(WorkspaceMember(workspace_id=ws.id, key_id=key.id, role=role, created_by="sso"))
     token = secrets.token_urlsafe(32)
     ws_row = WebSession(token_sha256=_sha256(token), identity_id=ident.id, key_id=key.id,
-                        expires_at=now + dt.timedelta(seconds=cfg.session_ttl_s))
+                        expires_at=now + dt.timedelta(seconds=cfg.session_ttl_s), id_token=id_token)
     session.add(ws_row)
     session.flush()
     actor = Actor(key_id=key.id, name=key.name, role=key.role)
@@ -231,17 +233,36 @@ def page_session(session: Session, token: str | None) -> PageSession | None:
                        issuer=r.issuer, subject=r.subject, csrf=csrf_token(token))
 
 
-def sign_out(session: Session, token: str) -> bool:
-    """Ends the session server-side: the cookie (and any copy of it) is refused from now on."""
+@dataclass
+class SignedOut:
+    # Where to send the browser to end the provider's session too; None: only ours ended.
+    provider_url: str | None
+    # "requested" (sent to the end_session_endpoint), "unsupported" (the provider names none) or
+    # "unreachable" (its discovery document could not be read): what the signed-out page tells the person.
+    provider: str
+
+
+def sign_out(session: Session, cfg: SsoSettings, token: str, *, state: str) -> SignedOut | None:
+    """Ends the session server-side (the cookie, and any copy of it, is refused from now on) and, when the
+    provider supports RP-initiated logout, says where to end the person's session there too. None: the
+    cookie names no live session."""
     ps = page_session(session, token)
     if ps is None:
-        return False
-    session.execute(update(WebSession).where(WebSession.id == ps.session_id).values(revoked_at=utcnow()))
+        return None
+    id_token = session.scalar(select(WebSession.id_token).where(WebSession.id == ps.session_id))
+    # The ID token goes with the session: it is needed once, for this hint, and names the person.
+    session.execute(update(WebSession).where(WebSession.id == ps.session_id).values(revoked_at=utcnow(), id_token=None))
     # Sessions long past their end are useless rows; sign-outs are frequent enough to keep the table small.
     session.execute(delete(WebSession).where(WebSession.expires_at < utcnow() - dt.timedelta(days=1)))
+    try:
+        url = oidc.end_session_url(cfg, id_token=id_token, state=state)
+        out = SignedOut(url, "requested" if url else "unsupported")
+    except SignInRefused:  # the provider is down: our session is over all the same, and the page says the rest
+        out = SignedOut(None, "unreachable")
     audit.record(session, actor=ps.actor.ref, action="sso.signed_out", entity_type="sso_identity",
-                 payload={"sso": {"iss": ps.issuer, "sub": ps.subject}, "session_id": str(ps.session_id)})
-    return True
+                 payload={"sso": {"iss": ps.issuer, "sub": ps.subject}, "session_id": str(ps.session_id),
+                          "provider_sign_out": out.provider})
+    return out
 
 
 def may_review(actor: Actor) -> bool:

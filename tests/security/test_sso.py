@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -66,8 +67,10 @@ class World:
         return r.json()["items"]
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+@contextmanager
+def serve(backend: str, tmp_path_factory: pytest.TempPathFactory, *, rp_logout: bool = True) -> Iterator[World]:
+    """A provider and an API signing in with it, on a fresh database of `backend`, with two teams' data.
+    `rp_logout=False`: a provider without RP-initiated logout (no end_session_endpoint)."""
     if not os.path.exists(CHROMIUM):
         pytest.skip("Chromium not installed (./scripts/ensure-browser.sh)")
     if not (PROVIDER / "node_modules" / "oidc-provider").exists():
@@ -77,7 +80,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     app_port, op_port = free_port(), free_port()
     url, issuer = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{op_port}"
     pg_name = None
-    if request.param == "sqlite":
+    if backend == "sqlite":
         db = f"sqlite:///{tmp_path_factory.mktemp('sso') / 'pedigree.db'}"
     else:
         from tests.conftest import PG_ADMIN_URL
@@ -90,9 +93,13 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     env.update(PEDIGREE_DATABASE_URL=db, PEDIGREE_EMBEDDED="true", PEDIGREE_SECRET_KEY="sso-test-secret-0123456789",
                PEDIGREE_SSO_ISSUER=issuer, PEDIGREE_SSO_CLIENT_ID=CLIENT_ID, PEDIGREE_SSO_CLIENT_SECRET=CLIENT_SECRET,
                PEDIGREE_SSO_REDIRECT_URL=url + "/review/sso/callback", PEDIGREE_SSO_GROUP_ROLES=json.dumps(GROUP_ROLES))
+    # The post-logout redirect is left to its default (/review/sso/signed-out on the callback's origin):
+    # the provider refuses any URI not registered, so this also checks the default.
     op = subprocess.Popen([NODE, "provider.mjs"], cwd=PROVIDER, stdout=subprocess.DEVNULL,
                           env={**os.environ, "PORT": str(op_port), "CLIENT_ID": CLIENT_ID, "CLIENT_SECRET": CLIENT_SECRET,
-                               "REDIRECT_URI": url + "/review/sso/callback"})
+                               "REDIRECT_URI": url + "/review/sso/callback",
+                               "POST_LOGOUT_REDIRECT_URI": url + "/review/sso/signed-out",
+                               "RP_LOGOUT": "on" if rp_logout else "off"})
     api = None
     try:
         _wait(issuer + "/.well-known/openid-configuration", op, "oidc-provider")
@@ -125,6 +132,12 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
             with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with serve(request.param, tmp_path_factory) as w:
+        yield w
 
 
 @pytest.fixture(scope="module")
@@ -332,12 +345,20 @@ def test_a_decision_without_the_csrf_token_is_403(page, world: World) -> None:
     assert decide(page, world, eid, csrf(page)).status == 200
 
 
+def sso_sign_out(page, world: World) -> None:
+    """The page's Sign out, then the provider's own confirmation, as a person would."""
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(world.issuer + "/session/end**")
+    page.get_by_role("button", name="Yes, sign me out").click()
+    page.wait_for_url(world.url + "/review/sso/signed-out**")
+    page.get_by_test_id("signed-out").wait_for()
+
+
 def test_sign_out_ends_the_session_for_every_copy_of_the_cookie(page, browser, world: World) -> None:
     sso_sign_in(page, world, "alice")
     page.get_by_test_id("content").wait_for()
     old = sso_cookie(page)
-    page.get_by_role("button", name="Sign out").click()
-    page.get_by_test_id("signed-out").wait_for()
+    sso_sign_out(page, world)
     assert sso_cookie(page) is None
     ctx = browser.new_context()  # a copy of the cookie, elsewhere
     try:
@@ -352,6 +373,69 @@ def test_sign_out_ends_the_session_for_every_copy_of_the_cookie(page, browser, w
     finally:
         ctx.close()
     assert any(e["payload"]["sso"]["sub"] == "alice" for e in world.events("sso.signed_out"))
+
+
+def test_sign_out_ends_the_session_at_the_provider_too(page, world: World) -> None:
+    """RP-initiated logout: after sign-out, signing in again takes the person's credentials at the provider."""
+    logins: list[str] = []  # the provider's login form (its interaction pages), each time it is shown
+    page.on("framenavigated", lambda f: logins.append(f.url) if "/interaction/" in f.url else None)
+    sso_sign_in(page, world, "alice")
+    page.get_by_test_id("content").wait_for()
+    assert len(logins) == 1
+    # While the provider's session lives, a sign-in passes it without asking: drop only our session.
+    page.context.clear_cookies(name="pedigree_sso")
+    page.goto(world.url + "/review")
+    page.get_by_test_id("sso-sign-in").click()
+    page.get_by_test_id("content").wait_for()
+    assert len(logins) == 1, logins
+
+    sso_sign_out(page, world)
+    assert page.get_by_test_id("signed-out").get_attribute("data-provider") == "ended"
+    assert "identity provider" in page.get_by_test_id("signed-out").inner_text()
+    out = [e for e in world.events("sso.signed_out") if e["payload"]["sso"]["sub"] == "alice"][-1]
+    assert out["payload"]["provider_sign_out"] == "requested"
+    # The provider's session is gone: the next sign-in stops at its login form.
+    page.get_by_test_id("sso-sign-in").click()
+    page.locator("input[name=password]").wait_for()
+    assert len(logins) == 2 and page.url.startswith(world.issuer + "/interaction/")
+    page.locator("input[name=login]").fill("alice")
+    page.locator("input[name=password]").fill("any password")
+    page.locator("button[type=submit]").click()
+    page.get_by_test_id("content").wait_for()
+    # The signed-out page claims the provider's session ended only for the state this browser was given.
+    page.goto(world.url + "/review/sso/signed-out?state=sent-by-someone-else")
+    assert page.get_by_test_id("signed-out").get_attribute("data-provider") is None
+
+
+@pytest.fixture(scope="module")
+def local_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """A provider without RP-initiated logout (no end_session_endpoint), on SQLite."""
+    with serve("sqlite", tmp_path_factory, rp_logout=False) as w:
+        yield w
+
+
+def test_without_an_end_session_endpoint_sign_out_is_local_and_says_so(local_world: World) -> None:
+    w = local_world
+    assert "end_session_endpoint" not in httpx.get(w.issuer + "/.well-known/openid-configuration").json()
+    c, url = _attacker_callback(w, "alice")
+    assert c.get(url).status_code == 303 and c.cookies.get("pedigree_sso")
+    html = c.get(w.url + "/review").text
+    token = html.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+    r = c.post(w.url + "/review/session/delete", data={"csrf": token}, headers={"Origin": w.url})
+    assert r.status_code == 303 and r.headers["location"] == "/review?signed_out=unsupported"
+    assert not c.cookies.get("pedigree_sso")
+    page = c.get(w.url + r.headers["location"]).text
+    assert 'data-provider="kept"' in page and "may still be signed in there" in " ".join(page.split())
+    out = [e for e in w.events("sso.signed_out") if e["payload"]["sso"]["sub"] == "alice"][-1]
+    assert out["payload"]["provider_sign_out"] == "unsupported"
+    # What the page says is so: the provider's session outlived ours, the next sign-in asks for nothing.
+    pre = page.split('name="pre" value="', 1)[1].split('"', 1)[0]
+    r = c.post(w.url + "/review/sso/start", data={"pre": pre}, headers={"Origin": w.url})
+    while not r.headers["location"].startswith(w.url):
+        assert "/interaction/" not in r.headers["location"]
+        r = c.get(httpx.URL(str(r.url)).join(r.headers["location"]))
+    assert "/review/sso/callback" in r.headers["location"]
+    c.close()
 
 
 def test_revoking_the_persons_key_locks_them_out(page, world: World) -> None:

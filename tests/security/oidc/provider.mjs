@@ -11,7 +11,12 @@
 //                  providers that follow OpenID Connect Core 5.4 to the letter do
 // The fault applies to one token and is then cleared.
 //
-// Env: PORT, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI. Prints "ready <issuer>" once listening.
+// Sign-out (OpenID Connect RP-Initiated Logout 1.0): the end_session_endpoint is on, with the client's
+// POST_LOGOUT_REDIRECT_URI registered; RP_LOGOUT=off turns the feature off, so the discovery document
+// names no end_session_endpoint (a provider without it).
+//
+// Env: PORT, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, POST_LOGOUT_REDIRECT_URI, RP_LOGOUT. Prints
+// "ready <issuer>" once listening.
 import http from 'node:http';
 
 import { SignJWT, decodeJwt, exportJWK, generateKeyPair } from 'jose';
@@ -40,6 +45,7 @@ const provider = new Provider(issuer, {
     client_id: process.env.CLIENT_ID,
     client_secret: process.env.CLIENT_SECRET,
     redirect_uris: [process.env.REDIRECT_URI],
+    post_logout_redirect_uris: process.env.POST_LOGOUT_REDIRECT_URI ? [process.env.POST_LOGOUT_REDIRECT_URI] : [],
     response_types: ['code'],
     grant_types: ['authorization_code'],
     token_endpoint_auth_method: 'client_secret_basic',
@@ -50,7 +56,11 @@ const provider = new Provider(issuer, {
   // The groups claim in the ID token itself (not only at userinfo): that is where Pedigree reads it.
   conformIdTokenClaims: false,
   pkce: { required: () => true },
-  features: { devInteractions: { enabled: true } },
+  features: {
+    devInteractions: { enabled: true },
+    // The provider's own confirmation page stays ("Yes, sign me out"): a real provider asks too.
+    rpInitiatedLogout: { enabled: process.env.RP_LOGOUT !== 'off' },
+  },
   async findAccount(ctx, id) {
     const person = PEOPLE[id];
     if (!person) return undefined;
