@@ -219,10 +219,16 @@ def visible_dataset_strs(session: Session) -> set[str] | None:
 
 
 def may_see(session: Session, req: ErasureRequest, visible: set[str] | None) -> bool:
-    """A request is seen where one of the datasets it touched is; one that touched none, by its requester."""
+    """A request is seen where one of the workspaces it is about is (the datasets it touched, for requests
+    from before workspaces were recorded on it); one about none, by its requester."""
     if visible is None:
         return True
-    touched = set((req.report or {}).get("datasets", {}))
+    rep = req.report or {}
+    if rep.get("workspaces"):
+        from app.core.auth import visible_workspaces
+
+        return bool(set(rep["workspaces"]) & {str(w) for w in visible_workspaces(session) or ()})
+    touched = set(rep.get("datasets", {}))
     if touched:
         return bool(touched & visible)
     actor = scope_actor(session)
@@ -323,6 +329,80 @@ def impact(session: Session, example_ids: list[uuid.UUID], dataset_ids: set[uuid
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Workspaces: a request's selector may match several workspaces' examples (its caller curates in each), so
+# its audit events and its report are split by workspace: each event names one, and says only what the
+# request did (or would do) there; a viewer who sees some of them is shown only their part.
+
+
+def empty_section() -> dict[str, Any]:
+    return {"datasets": [], "examples": 0, "already_erased": 0, "snapshots": [], "model_versions": [],
+            "batches": 0, "batches_run": [], "comments_redacted": dict.fromkeys(REDACTED_TEXT, 0)}
+
+
+def dataset_workspaces(session: Session, dataset_ids: set[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+    if not dataset_ids:
+        return {}
+    return dict(session.execute(select(Dataset.id, Dataset.workspace_id).where(Dataset.id.in_(list(dataset_ids)))).all())
+
+
+def empty_scope(session: Session, sel: Selector, actor: Actor) -> list[uuid.UUID]:
+    """The workspaces a request that matched nothing is about: where its selector could have matched (the
+    caller's curator workspaces, or the one of `dataset_id` among them). An admin's reaches every
+    workspace, so it names none (and counts as `default`'s, like other installation-wide events)."""
+    from app.core.auth import visible_workspaces
+
+    mine = visible_workspaces(session, ("curator",))
+    if sel.dataset_id is not None:
+        ws = session.scalar(select(Dataset.workspace_id).where(Dataset.id == sel.dataset_id))
+        return [ws] if ws is not None and (mine is None or ws in mine) else []
+    return [] if mine is None else sorted(mine)
+
+
+def workspace_sections(matched: list[tuple[uuid.UUID, uuid.UUID, str]], ws_of: dict[uuid.UUID, uuid.UUID],
+                       imp: dict[str, Any], batch_size: int) -> dict[str, dict[str, Any]]:
+    """Per workspace the selector matched examples of: its datasets, examples to erase and already erased,
+    snapshots, model versions (by their run's snapshot) and batches."""
+    out: dict[str, dict[str, Any]] = {}
+    for _, ds, status in matched:
+        sec = out.setdefault(str(ws_of[ds]), empty_section())
+        if status == "erased":
+            sec["already_erased"] += 1
+        else:
+            sec["examples"] += 1
+            if str(ds) not in sec["datasets"]:
+                sec["datasets"].append(str(ds))
+    snap_ws = {s["id"]: str(ws_of.get(uuid.UUID(s["dataset_id"]), "")) for s in imp["snapshots"]}
+    for sid, w in snap_ws.items():
+        if w in out:
+            out[w]["snapshots"].append(sid)
+    for mv_id, sid in imp["plan"]["mv_snapshot"].items():
+        w = snap_ws.get(str(sid))
+        if w in out:
+            out[w]["model_versions"].append(str(mv_id))
+    for sec in out.values():
+        sec["datasets"].sort()
+        sec["batches"] = -(-sec["examples"] // batch_size)
+    return out
+
+
+def plan_batches(todo: list[tuple[uuid.UUID, uuid.UUID]], ws_of: dict[uuid.UUID, uuid.UUID],
+                 batch_size: int) -> list[tuple[uuid.UUID, list[uuid.UUID]]]:
+    """(workspace, example ids) per batch, in id order within a workspace: a batch never mixes workspaces,
+    so its audit event names one (a request within one workspace batches exactly as before)."""
+    by_ws: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
+    for eid, ds in sorted(todo):
+        by_ws[ws_of[ds]].append(eid)
+    return [(w, ids[i:i + batch_size]) for w in sorted(by_ws) for ids in [by_ws[w]]
+            for i in range(0, len(ids), batch_size)]
+
+
+def section_payload(sec: dict[str, Any], aliases: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"examples": sec["examples"], "already_erased": sec["already_erased"], "datasets": sec["datasets"],
+            "snapshots": sec["snapshots"], "model_versions": sec["model_versions"],
+            "aliases": [a for a in aliases if a["model_version_id"] in sec["model_versions"]]}
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Execution
 
 
@@ -339,21 +419,35 @@ def redaction_marker(request_id: uuid.UUID) -> str:
 REDACTED_TEXT = ("reviews", "pairwise_judgments", "review_suggestions", "revisions")
 
 
-def _redact_comments(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], pg: bool) -> dict[str, int]:
-    marker = redaction_marker(req_id)
+def _comment_targets(ids: list[uuid.UUID], pg: bool) -> dict[str, tuple[Any, Any]]:
+    """Per table of REDACTED_TEXT, (model, the condition naming these examples' rows)."""
     # Pairwise judgments have no index on example_id; their revision_id leads a unique index.
     revs = select(ExampleRevision.id).where(any_of(ExampleRevision.example_id, ids, pg=pg)).scalar_subquery()
-    where = {
+    return {
         "reviews": (Review, any_of(Review.example_id, ids, pg=pg)),
         "pairwise_judgments": (PairwiseJudgment, PairwiseJudgment.revision_id.in_(revs)),
         "review_suggestions": (ReviewSuggestion, any_of(ReviewSuggestion.example_id, ids, pg=pg)),
         "revisions": (ExampleRevision, any_of(ExampleRevision.example_id, ids, pg=pg)),
     }
+
+
+def _redact_comments(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], pg: bool) -> dict[str, int]:
+    marker = redaction_marker(req_id)
     out = {}
-    for key in REDACTED_TEXT:
-        model, cond = where[key]
+    for key, (model, cond) in _comment_targets(ids, pg).items():
         out[key] = session.execute(update(model).where(cond, model.comment.is_not(None), model.comment != marker)
                                    .values(comment=marker).execution_options(synchronize_session=False)).rowcount
+    return out
+
+
+def count_comments(session: Session, ids: list[uuid.UUID]) -> dict[str, int]:
+    """What `_redact_comments` would redact for these (not yet erased) examples: a preview's figures."""
+    pg = is_pg(session)
+    out = dict.fromkeys(REDACTED_TEXT, 0)
+    step = 50_000 if pg else SEARCH_BATCH
+    for i in range(0, len(ids), step):
+        for key, (model, cond) in _comment_targets(ids[i:i + step], pg).items():
+            out[key] += session.scalar(select(func.count()).select_from(model).where(cond, model.comment.is_not(None)))
     return out
 
 
@@ -365,7 +459,10 @@ def _upsert_taints(session: Session, rows: list[dict[str, Any]]) -> None:
 
 
 def erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batch_no: int, actor: Actor,
-                 plan: dict[str, Any] | None = None, needle: str | None = None) -> dict:
+                 plan: dict[str, Any] | None = None, needle: str | None = None,
+                 workspace_id: uuid.UUID | None = None) -> dict:
+    """`ids` all of `workspace_id` (`plan_batches` never mixes workspaces), so the batch's audit event
+    names the one workspace whose data it erased."""
     now = utcnow()
     pg = is_pg(session)
     tomb = _tombstone(req_id, now.isoformat())
@@ -418,10 +515,17 @@ def erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batch
     report = dict(session.scalar(select(ErasureRequest.report).where(ErasureRequest.id == req_id)) or {})
     so_far = report.get("comments_redacted") or {}
     report["comments_redacted"] = {k: so_far.get(k, 0) + redacted[k] for k in REDACTED_TEXT}
+    if workspace_id is not None:
+        sections = {k: dict(v) for k, v in (report.get("workspaces") or {}).items()}
+        mine = sections.setdefault(str(workspace_id), empty_section())
+        mine["batches_run"] = [*mine.get("batches_run", []), batch_no]
+        mine["comments_redacted"] = {k: (mine.get("comments_redacted") or {}).get(k, 0) + redacted[k]
+                                     for k in REDACTED_TEXT}
+        report["workspaces"] = sections
     session.execute(update(ErasureRequest).where(ErasureRequest.id == req_id)
                     .values(batches_done=batch_no + 1, report=report))
     audit.record(session, actor=actor.ref, action="erasure.batch_executed", entity_type="erasure_request",
-                 entity_id=req_id,
+                 entity_id=req_id, workspace_id=workspace_id,
                  payload={"batch": batch_no, "examples": [str(i) for i in ids], "revisions": revisions,
                           "vault_entries_deleted": vault_deleted, "snapshots": [str(s) for s in snap_ids],
                           "model_versions_tainted": tainted, "retest_probes_sealed": retest_probes,
@@ -458,6 +562,54 @@ def response(req: ErasureRequest, *, replayed: bool = False, session: Session | 
     }
 
 
+def scoped(session: Session, req: ErasureRequest, out: dict[str, Any], visible: set[str] | None) -> dict[str, Any]:
+    """`out` (a `response`) cut to what the caller may see: a request that also touched workspaces the
+    caller holds no role in shows only the datasets, examples, snapshots, model versions, aliases, batches
+    and redactions of the caller's, and no timings (they are the whole request's)."""
+    if visible is None:
+        return out
+    from app.core.auth import visible_workspaces
+
+    rep = req.report or {}
+    sections = rep.get("workspaces") or {}
+    mine = {str(w) for w in visible_workspaces(session) or ()}
+    datasets_touched = set(rep.get("datasets", {}))
+    if (set(sections) <= mine) if sections else (datasets_touched <= visible):
+        return out
+    kept = {k: v for k, v in sections.items() if k in mine}
+    ds = datasets_touched & visible
+    snaps = {x for v in kept.values() for x in v["snapshots"]} if sections else \
+        {x["id"] for x in rep.get("snapshots", []) if x["dataset_id"] in visible}
+    # Requests from before the split name no version's workspace: their versions are withheld.
+    mvs = {x for v in kept.values() for x in v["model_versions"]}
+    aff = out["affected"]
+    aliases = [a for a in aff["aliases"] if a["model_version_id"] in mvs]
+    names = {m["name"] for m in aff["model_versions"] if m["id"] in mvs}
+    ids = [uuid.UUID(i) for i in out.get("example_ids") or []]
+    seen_ids: set[str] = set()
+    for i in range(0, len(ids), SEARCH_BATCH):
+        seen_ids.update(str(e) for e in session.scalars(select(Example.id).where(
+            Example.id.in_(ids[i:i + SEARCH_BATCH]), Example.dataset_id.in_([uuid.UUID(d) for d in ds]))))
+    return {
+        **out,
+        "affected": {"examples": sum(n for d, n in out["datasets"].items() if d in ds),
+                     "snapshots": [x for x in aff["snapshots"] if x["id"] in snaps],
+                     "model_versions": [m for m in aff["model_versions"] if m["id"] in mvs], "aliases": aliases},
+        "already_erased": sum(v["already_erased"] for v in kept.values()),
+        "datasets": {d: n for d, n in out["datasets"].items() if d in ds},
+        "example_ids": [str(e) for e in ids if str(e) in seen_ids] if out.get("example_ids") is not None else None,
+        "warnings": warnings_for(aliases, req.dry_run),
+        "batches": {"total": sum(v["batches"] for v in kept.values()),
+                    "done": sum(len(v["batches_run"]) for v in kept.values())},
+        "timings_s": {},
+        "comments_redacted": {k: sum(v["comments_redacted"].get(k, 0) for v in kept.values()) for k in REDACTED_TEXT},
+        "retest": None if out.get("retest") is None else {
+            **out["retest"], "models": [m for m in out["retest"]["models"] if m["model"] in names],
+            # The sealed strings are held per batch: only the caller's batches' count.
+            "strings_held": retest.held(session, req.id, [b for v in kept.values() for b in v["batches_run"]])},
+    }
+
+
 def warnings_for(aliases: list[dict[str, Any]], dry_run: bool) -> list[str]:
     verb = "would be" if dry_run else "is now"
     return [f"ALIAS {a['name']}@{a['alias']} points at model version {a['name']} v{a['version']}, which {verb} "
@@ -467,9 +619,10 @@ def warnings_for(aliases: list[dict[str, Any]], dry_run: bool) -> list[str]:
 
 def get(session: Session, request_id: str) -> dict[str, Any]:
     req = session.get(ErasureRequest, id_or_404(request_id, "erasure_request"))
-    if req is None or not may_see(session, req, visible_dataset_strs(session)):
+    visible = visible_dataset_strs(session)
+    if req is None or not may_see(session, req, visible):
         raise NotFound(f"erasure request {request_id} not found", details={"erasure_request": request_id})
-    return response(req, session=session)
+    return scoped(session, req, response(req, session=session), visible)
 
 
 def list_page(session: Session, *, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
@@ -487,6 +640,7 @@ def list_page(session: Session, *, cursor: str | None, limit: int) -> tuple[list
     for r in (r for r in rows[:limit] if may_see(session, r, visible)):
         d = response(r)
         d.pop("example_ids")
+        d = scoped(session, r, d, visible)
         out.append(d)
     return out, nxt
 

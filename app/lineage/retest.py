@@ -220,12 +220,40 @@ def record(session: Session, *, evaluation_id: uuid.UUID, results: dict[str, Any
         if row is None:
             continue
         done.append(rid)
+        # The evaluation's workspace (its version's): the re-test is of that model there.
         audit.record(session, actor=ACTOR, action="erasure.retested", entity_type="erasure_request",
-                     entity_id=rid, payload={"model": row.model_name, "version": row.model_version,
+                     entity_id=rid, workspace_id=_evaluation_workspace(session, evaluation_id), payload={"model": row.model_name, "version": row.model_version,
                                              "evaluation_id": str(evaluation_id), "probed": result["probed"],
                                              "extracted": result["extracted"]})
     _drop_unneeded(session, done, now)
     return done
+
+
+def _evaluation_workspace(session: Session, evaluation_id: uuid.UUID) -> uuid.UUID | None:
+    from app.models.dataset import Dataset
+    from app.models.snapshot import Snapshot
+
+    ev, mv, run = tr.evaluations, tr.model_versions, tr.training_runs
+    return session.scalar(select(Dataset.workspace_id).select_from(ev)
+                          .join(mv, mv.c.id == ev.c.model_version_id).join(run, run.c.id == mv.c.run_id)
+                          .join(Snapshot, Snapshot.id == run.c.snapshot_id).join(Dataset, Dataset.id == Snapshot.dataset_id)
+                          .where(ev.c.id == evaluation_id))
+
+
+def _dropped(session: Session, rid: uuid.UUID, batches: list[int], payload: dict[str, Any]) -> None:
+    """`erasure.retest_strings_dropped`, once per workspace whose batches held the dropped strings (a batch
+    is of one workspace: the request's report lists each workspace's), with that workspace's row count."""
+    report = session.scalar(select(ErasureRequest.report).where(ErasureRequest.id == rid)) or {}
+    left = list(batches)
+    for ws, sec in sorted((report.get("workspaces") or {}).items()):
+        mine = [b for b in left if b in set(sec.get("batches_run") or ())]
+        if mine:
+            left = [b for b in left if b not in mine]
+            audit.record(session, actor=ACTOR, action="erasure.retest_strings_dropped", entity_type="erasure_request",
+                         entity_id=rid, workspace_id=uuid.UUID(ws), payload={**payload, "rows": len(mine)})
+    if left:  # a request from before batches were kept per workspace
+        audit.record(session, actor=ACTOR, action="erasure.retest_strings_dropped", entity_type="erasure_request",
+                     entity_id=rid, payload={**payload, "rows": len(left)})
 
 
 def _drop_unneeded(session: Session, req_ids: list[uuid.UUID], now: dt.datetime) -> None:
@@ -233,11 +261,11 @@ def _drop_unneeded(session: Session, req_ids: list[uuid.UUID], now: dt.datetime)
         pending = session.scalar(select(func.count()).select_from(ErasureRetest)
                                  .where(ErasureRetest.erasure_request_id == rid, ErasureRetest.status == "pending"))
         if not pending:
-            n = session.execute(delete(ErasureRetestStrings)
-                                .where(ErasureRetestStrings.erasure_request_id == rid)).rowcount
-            if n:
-                audit.record(session, actor=ACTOR, action="erasure.retest_strings_dropped",
-                             entity_type="erasure_request", entity_id=rid, payload={"reason": "retested", "rows": n})
+            batches = list(session.scalars(delete(ErasureRetestStrings)
+                                           .where(ErasureRetestStrings.erasure_request_id == rid)
+                                           .returning(ErasureRetestStrings.batch)))
+            if batches:
+                _dropped(session, rid, batches, {"reason": "retested"})
 
 
 def expire(session: Session, *, now: dt.datetime | None = None) -> list[uuid.UUID]:
@@ -246,13 +274,22 @@ def expire(session: Session, *, now: dt.datetime | None = None) -> list[uuid.UUI
     req_ids = sorted(set(session.scalars(select(ErasureRetestStrings.erasure_request_id)
                                          .where(ErasureRetestStrings.expires_at <= now))))
     for rid in req_ids:
-        session.execute(delete(ErasureRetestStrings).where(ErasureRetestStrings.erasure_request_id == rid))
+        batches = list(session.scalars(delete(ErasureRetestStrings).where(ErasureRetestStrings.erasure_request_id == rid)
+                                       .returning(ErasureRetestStrings.batch)))
         session.execute(update(ErasureRetest).where(ErasureRetest.erasure_request_id == rid,
                                                     ErasureRetest.status == "pending")
                         .values(status="expired", finished_at=now))
-        audit.record(session, actor=ACTOR, action="erasure.retest_strings_dropped", entity_type="erasure_request",
-                     entity_id=rid, payload={"reason": "hold expired"})
+        _dropped(session, rid, batches, {"reason": "hold expired"})
     return req_ids
+
+
+def held(session: Session, req_id: uuid.UUID, batches: list[int]) -> int:
+    """Sealed probes still held for these batches of the request (a partial view's count)."""
+    if not batches:
+        return 0
+    return int(session.scalar(select(func.coalesce(func.sum(ErasureRetestStrings.probes), 0))
+                              .where(ErasureRetestStrings.erasure_request_id == req_id,
+                                     ErasureRetestStrings.batch.in_(batches))))
 
 
 def view(session: Session, req_id: uuid.UUID) -> dict[str, Any]:

@@ -363,7 +363,7 @@ class ErasureOut(Out):
     comments_redacted: dict[str, int] = Field(description=(
         "free text about the erased examples replaced by the marker '[redacted by erasure request <id>]', per "
         "table: reviews, pairwise_judgments, review_suggestions, revisions (edit comments); the rows, their "
-        "decisions, reviewers, reason codes and times stay. Zero in a preview"))
+        "decisions, reviewers, reason codes and times stay. In a preview: what execution would redact"))
     error: str | None
     retest: ErasureRetest | None = Field(description="null where the request was answered without its re-test "
                                                      "state (at creation, in lists)")

@@ -113,10 +113,18 @@ def test_erasure_redacts_review_text_and_keeps_the_records(api):
                                                                  "reason": "Art. 17 request #7"}).json()
     assert again["replayed"] is True and again["comments_redacted"] == done["comments_redacted"]
 
+    # A preview reports what execution would redact, and redacts nothing.
     preview = api.as_("curator").post("/v1/erasure-requests", json={
         "selector": {"metadata": {"user_id": "u2"}}, "reason": "check", "dry_run": True}).json()
-    assert preview["comments_redacted"] == {t: 0 for t in before}
-    assert all(any(QUOTE in row[_comment_at(t)] for row in rows) for t, rows in _texts([ids[2]]).items())
+    would = _texts([ids[2]])
+    assert preview["comments_redacted"] == {t: len(rows) for t, rows in would.items()}
+    assert all(n >= 1 for n in preview["comments_redacted"].values()), preview["comments_redacted"]
+    assert api.as_("auditor").get(f"/v1/erasure-requests/{preview['id']}").json()["comments_redacted"] \
+        == preview["comments_redacted"]
+    assert all(any(QUOTE in row[_comment_at(t)] for row in rows) for t, rows in would.items())
+    executed = api.as_("curator").post("/v1/erasure-requests", json={
+        "selector": {"metadata": {"user_id": "u2"}}, "reason": "Art. 17 request #9"}).json()
+    assert executed["comments_redacted"] == preview["comments_redacted"]
 
 
 def test_a_failed_batch_redacts_nothing_and_the_resumed_request_does(api, monkeypatch):

@@ -175,3 +175,117 @@ def test_a_stage_batch_spanning_workspaces_is_audited_once_per_workspace(api, mo
     assert not team_ids & {i for e in seen if e["action"].startswith("pipeline.") for i in e["payload"]["examples"]}
     assert [e["payload"]["examples"] for e in seen if e["action"] == "pii.scrubbed"] == [3]
     assert api.as_("admin").get("/v1/audit/verify").json()["ok"]
+
+
+# --- erasure: a selector may reach several workspaces ---------------------------------------------------
+
+def _subject_rows(team: str, n: int) -> list[dict]:
+    return [{"instruction": f"Summarise {team} ticket {i}.", "input": "", "output": f"Ticket {i} of {team} is closed.",
+             "provenance": {"source": "tickets", "source_ref": f"{team}-{i}", "metadata": {"user_id": "subject-9"}}}
+            for i in range(n)]
+
+
+def test_erasure_events_name_each_workspace_they_touched_and_only_its_part(api):
+    """A curator of team-w and team-v erases a subject found in both (and in default, out of its reach): each
+    erasure event names one workspace and says only what the request did there; team-w's auditor reads its
+    part (events and request), never team-v's; default's auditor, nothing of it. Both backends."""
+    from tests.lineage.conftest import register_model
+
+    admin = api.as_("admin")
+    ws_w, cur_w, aud_w, ds_w = _world(api)
+    ws_v = admin.post("/v1/workspaces", json={"name": "team-v"}).json()
+    both_id, both = _key(api, "curator", "team-w")
+    assert admin.post(f"/v1/workspaces/{ws_v['id']}/members", json={"key_id": both_id, "role": "curator"}).status_code in (200, 201)
+    _, aud_v = _key(api, "auditor", "team-v")
+    ds_v = api.client.post("/v1/datasets", json={"name": "v-set", "format": "instruction", "workspace": "team-v"},
+                           headers=_as(api, both)).json()
+    ds_d = api.as_("curator").post("/v1/datasets", json={"name": "d-subject", "format": "instruction"}).json()
+    ids = {}
+    for name, ds, key, n in (("w", ds_w, cur_w, 2), ("v", ds_v, both, 3), ("d", ds_d, api.keys["curator"], 1)):
+        r = api.client.post(f"/v1/datasets/{ds['id']}/examples", headers=_as(api, key), json=_subject_rows(name, n))
+        assert r.status_code == 201, r.text
+        ids[name] = [it["id"] for it in r.json()["items"]]
+    # team-v's data reaches a snapshot and a model version, which the erasure flags and taints.
+    snap_v = api.client.post("/v1/snapshots", headers=_as(api, both), json={
+        "dataset_id": ds_v["id"], "name": "v1", "filter": {"statuses": ["pending_review"]}})
+    assert snap_v.status_code == 201, snap_v.text
+    snap_v = snap_v.json()
+    members = [(e, api.client.get(f"/v1/examples/{e}", headers=_as(api, both)).json()["revision"]["id"]) for e in ids["v"]]
+    mv = register_model(snapshot_id=snap_v["id"], members=members, name="v-model", aliases=("prod",))
+
+    body = {"selector": {"metadata": {"user_id": "subject-9"}}, "reason": "Art. 17 #21", "confirm": True}
+    preview = api.client.post("/v1/erasure-requests", headers=_as(api, both), json={**body, "dry_run": True}).json()
+    assert preview["affected"]["examples"] == 5  # default's example is out of the caller's reach
+    done = api.client.post("/v1/erasure-requests", headers=_as(api, both), json=body)
+    assert done.status_code == 201, done.text
+    done = done.json()
+    assert done["affected"]["examples"] == 5 and [m["id"] for m in done["affected"]["model_versions"]] == [mv["model_version_id"]]
+
+    events = [e for e in _all(api, headers=_as(api, api.keys["admin"]))
+              if e["entity_id"] in (preview["id"], done["id"]) and e["action"].startswith("erasure.")]
+    by = {}
+    for e in events:
+        by.setdefault((e["entity_id"], e["action"]), []).append(e)
+    for rid, actions in ((preview["id"], ["erasure.previewed"]),
+                         (done["id"], ["erasure.requested", "erasure.batch_executed", "erasure.completed"])):
+        for action in actions:
+            got = by[(rid, action)]
+            assert sorted(e["workspace_id"] for e in got) == sorted([ws_w["id"], ws_v["id"]]), (action, got)
+    part = {e["workspace_id"]: e for e in by[(done["id"], "erasure.requested")]}
+    assert part[ws_w["id"]]["payload"]["examples"] == 2 and part[ws_v["id"]]["payload"]["examples"] == 3
+    assert part[ws_w["id"]]["payload"]["model_versions"] == 0 and part[ws_w["id"]]["payload"]["aliases"] == []
+    assert part[ws_v["id"]]["payload"]["model_versions"] == 1 and part[ws_v["id"]]["payload"]["snapshots"] == 1
+    for e in by[(done["id"], "erasure.batch_executed")]:
+        mine = ids["w"] if e["workspace_id"] == ws_w["id"] else ids["v"]
+        assert set(e["payload"]["examples"]) == set(mine)
+    done_w = {e["workspace_id"]: e for e in by[(done["id"], "erasure.completed")]}[ws_w["id"]]
+    assert done_w["payload"]["model_versions_tainted"] == [] and done_w["payload"]["snapshots"] == []
+
+    # team-w's auditor: its part, by the filter and without it; nothing naming team-v's data.
+    mine = [e for e in _all(api, headers=_as(api, aud_w), params={"workspace": "team-w"})
+            if e["action"].startswith("erasure.")]
+    assert {(e["entity_id"], e["action"]) for e in mine} == {
+        (preview["id"], "erasure.previewed"), (done["id"], "erasure.requested"),
+        (done["id"], "erasure.batch_executed"), (done["id"], "erasure.completed")}
+    seen_w = _all(api, headers=_as(api, aud_w))
+    text_w = orjson.dumps(seen_w).decode()
+    assert ws_v["id"] not in {e["workspace_id"] for e in seen_w}
+    assert not [x for x in [*ids["v"], snap_v["id"], mv["model_version_id"], ds_v["id"]] if x in text_w]
+    assert api.client.get("/v1/audit/events", headers=_as(api, aud_w), params={"workspace": "team-v"}).status_code == 404
+    # The request itself, as team-w's auditor reads it: team-w's part only.
+    got = api.client.get(f"/v1/erasure-requests/{done['id']}", headers=_as(api, aud_w))
+    assert got.status_code == 200, got.text
+    got = got.json()
+    assert got["affected"]["examples"] == 2 and sorted(got["example_ids"]) == sorted(ids["w"])
+    assert got["datasets"] == {ds_w["id"]: 2} and got["affected"]["model_versions"] == []
+    assert got["affected"]["aliases"] == [] and got["affected"]["snapshots"] == [] and got["warnings"] == []
+    assert got["batches"] == {"total": 1, "done": 1} and got["timings_s"] == {}
+    listed = [x for x in api.client.get("/v1/erasure-requests", headers=_as(api, aud_w)).json()["items"]
+              if x["id"] == done["id"]]
+    assert listed and listed[0]["affected"]["examples"] == 2
+    text_w = orjson.dumps([got, listed]).decode()
+    assert not [x for x in [*ids["v"], snap_v["id"], mv["model_version_id"], ds_v["id"]] if x in text_w]
+    # team-v's auditor reads the rest, with its tainted version and alias warning.
+    got_v = api.client.get(f"/v1/erasure-requests/{done['id']}", headers=_as(api, aud_v)).json()
+    assert got_v["affected"]["examples"] == 3 and got_v["affected"]["aliases"] and got_v["warnings"]
+    # Default's auditor: none of it (erasure events used to name no workspace and so counted as default's).
+    seen = _all(api, headers=_as(api, api.keys["auditor"]))
+    assert not [e for e in seen if e["entity_id"] in (preview["id"], done["id"])]
+    assert api.as_("auditor").get(f"/v1/erasure-requests/{done['id']}").status_code == 404
+    assert admin.get(f"/v1/examples/{ids['d'][0]}").json()["status"] != "erased"
+    assert admin.get("/v1/audit/verify").json()["ok"]
+
+
+def test_an_erasure_that_matched_nothing_is_about_the_workspaces_it_searched(api):
+    ws_w, cur_w, aud_w, _ds = _world(api)
+    r = api.client.post("/v1/erasure-requests", headers=_as(api, cur_w),
+                        json={"selector": {"source_refs": ["nobody-here"]}, "reason": "Art. 17 #22"})
+    assert r.status_code == 200, r.text
+    rid = r.json()["id"]
+    ev = [e for e in _all(api, headers=_as(api, api.keys["admin"])) if e["entity_id"] == rid]
+    assert [(e["action"], e["workspace_id"]) for e in ev] == [("erasure.requested", ws_w["id"])]
+    assert [e["entity_id"] for e in _all(api, headers=_as(api, aud_w), params={"workspace": "team-w"})
+            if e["entity_id"] == rid] == [rid]
+    assert api.client.get(f"/v1/erasure-requests/{rid}", headers=_as(api, aud_w)).status_code == 200
+    assert not [e for e in _all(api, headers=_as(api, api.keys["auditor"])) if e["entity_id"] == rid]
+    assert api.as_("auditor").get(f"/v1/erasure-requests/{rid}").status_code == 404
