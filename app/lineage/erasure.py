@@ -515,8 +515,8 @@ def erase_batch(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batch
     report = dict(session.scalar(select(ErasureRequest.report).where(ErasureRequest.id == req_id)) or {})
     so_far = report.get("comments_redacted") or {}
     report["comments_redacted"] = {k: so_far.get(k, 0) + redacted[k] for k in REDACTED_TEXT}
-    if workspace_id is not None:
-        sections = {k: dict(v) for k, v in (report.get("workspaces") or {}).items()}
+    if workspace_id is not None and "workspaces" in report:  # a request from before the split has none to keep
+        sections = {k: dict(v) for k, v in report["workspaces"].items()}
         mine = sections.setdefault(str(workspace_id), empty_section())
         mine["batches_run"] = [*mine.get("batches_run", []), batch_no]
         mine["comments_redacted"] = {k: (mine.get("comments_redacted") or {}).get(k, 0) + redacted[k]
