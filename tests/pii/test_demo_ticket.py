@@ -74,3 +74,16 @@ def test_a_role_noun_before_an_ordinary_word_is_no_name(engine):
     # The negative twin of the role-noun opener: it only lets a known first name start a name.
     texts = ["Contact Customer Care or the User Guide for help.", "Patient Safety Week starts on Monday."]
     assert _scrub(engine, texts) == texts
+
+
+@pytest.mark.parametrize("text, expected", [
+    # libphonenumber's match took the bracket that opens the aside: "User Sunita Rao (<PHONE_NUMBER>)" lost
+    # its "(" to the placeholder.
+    ("User Sunita Rao (+1 (415) 555 0199) writes: x", "User <PERSON> (<PHONE_NUMBER>) writes: x"),
+    ("User Sunita Rao (+1 415 555 0199) writes: x", "User <PERSON> (<PHONE_NUMBER>) writes: x"),
+    ("Call me (+44 20 7946 0958) today.", "Call me (<PHONE_NUMBER>) today."),
+    # Negative twin: the area code's own brackets stay inside the number.
+    ("Call (415) 555 0199 today.", "Call <PHONE_NUMBER> today."),
+])
+def test_a_bracket_around_a_phone_stays_in_the_text(engine, text, expected):
+    assert _scrub(engine, [text]) == [expected]

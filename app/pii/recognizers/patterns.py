@@ -152,8 +152,27 @@ class RegionPhoneRecognizer(PhoneRecognizer):
     def analyze(self, text, entities, nlp_artifacts=None):
         if not self._DIGIT_RUN.search(text):
             return []
-        return [r for r in super().analyze(text, entities, nlp_artifacts)
-                if not (text[r.start : r.end].isdigit() and identifier_before(text, r.start))]
+        out = []
+        for r in super().analyze(text, entities, nlp_artifacts):
+            if text[r.start : r.end].isdigit() and identifier_before(text, r.start):
+                continue
+            r.start, r.end = trim_unbalanced_parens(text, r.start, r.end)
+            out.append(r)
+        return out
+
+
+def trim_unbalanced_parens(text: str, start: int, end: int) -> tuple[int, int]:
+    """libphonenumber's matcher takes a bracket that opens the whole aside around a number ("User Sunita
+    Rao (+1 (415) 555 0199)" gave "(+1 (415) 555 0199"): the bracket is the text's, not the number's. A
+    leading "(" is dropped while the span opens more brackets than it closes, a trailing ")" while it
+    closes more than it opens; "(415) 555 0199" keeps its area-code brackets."""
+    value = text[start:end]
+    while value.startswith("(") and value.count("(") > value.count(")"):
+        value = value[1:].lstrip()
+    while value.endswith(")") and value.count(")") > value.count("("):
+        value = value[:-1].rstrip()
+    new_start = text.find(value, start)
+    return new_start, new_start + len(value)
 
 
 class PhoneAwareNhsRecognizer(NhsRecognizer):
