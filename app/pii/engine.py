@@ -49,6 +49,7 @@ from presidio_anonymizer import AnonymizerEngine
 
 from app.core.config import PiiMode, PiiSettings, get_settings
 from app.pii import recognizers as custom
+from app.pii.recognizers import public
 from app.pii.allow import AllowFilter, cued
 from app.pii.context import code_spans, overlaps
 from app.pii.recognizers.normalize import Normalised
@@ -487,8 +488,13 @@ class PiiEngine:
             results = custom.prefer_cued_names(results)
             results = custom.drop_ordinary_words(text, results)
             results = custom.retype_names(text, results)
+            keep_public = policy.public_entities == "keep"
+            if keep_public:
+                results = public.drop_named_things(text, results)
             results = results + custom.coordinated_names(text, results)
             results = custom.propagate_mentions(text, results)
+            if keep_public:
+                results = public.keep_public_figures(text, results)
         wanted = set(policy.entities)
         results = [r for r in results if r.entity_type in wanted]
         results = self._keep(text, results, allow, code)
