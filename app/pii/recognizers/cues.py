@@ -19,6 +19,9 @@ from app.pii.recognizers.common import _ORG_WORDS, _PLACE_WORDS, make_result
 _PERSON_VERB = re.compile(
     r"[ \t]+(?:lives|lived|resides|resided)[ \t]+(?:on|at|in|with|near)\b|[ \t]+was[ \t]+born\b"
     r"|[ \t]+grew[ \t]+up\b|[ \t]+passed[ \t]+away\b|[ \t]+began[ \t]+(?:writing|(?:her|his)[ \t]+career)\b"
+    # Said or done to someone else: "Duqyaha shouted at Janet", "Ilse whispered to her brother".
+    r"|[ \t]+(?:shouted|yelled|screamed|whispered|winked|waved|nodded|smiled|glared|sneered|snapped)[ \t]+"
+    r"(?:at|to)\b"
     r"|[ \t]+spent[ \t]+(?:a|an|one|two|three|several|her|his)[ \t]+(?:year|years|month|months|summer)\b"
 )
 _SENTENCE_END = re.compile(r"(?<!\b[A-Z])[.!?:;]\s+|[,\"“”()]\s*")

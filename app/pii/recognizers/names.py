@@ -51,6 +51,10 @@ class PersonCueRecognizer(PatternRecognizer):
         r"(?i:written by)",
         r"(?i:directed by:?)",
         r"(?i:signed,?)",
+        # The answer to a question for a name, on the next turn of a chat ("Bot: What's the name on the
+        # account? User: Eve Magrath").
+        (r"(?i:(?:what(?:'s| is) (?:your (?:full )?name|the (?:full )?name (?:on|for|under) (?:the|your|this) \w+)\??|(?:your|the) (?:full )?name,? please\??|"
+         r"who am i (?:speaking|talking) (?:to|with)\??)(?:\s*[a-z]+[ \t]*:|(?!\s*[a-z]+[ \t]*:)))"),
         r"(?i:starring)",
         r"(?i:played by)",
         r"(?i:married to)",

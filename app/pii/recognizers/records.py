@@ -16,6 +16,7 @@ import re
 from presidio_analyzer import LocalRecognizer
 
 from app.pii.recognizers.common import _ORG_WORDS, _PLACE_WORDS, make_result
+from app.pii.recognizers.patterns import _CAP, _STREET_PREFIXES, _STREET_SUFFIXES, _STREET_WORDS
 
 _MONTH = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?|"
           r"oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)")
@@ -40,6 +41,14 @@ _LABEL_LEAD = re.compile(r"[ \t>*-]*")
 _ADDRESS_LINE = re.compile(
     r"(?i)^[ \t>*-]*(?:\d{1,6}[a-z]?\s+[^\W\d_]|[^\W\d_][\w'’.-]*(?:[ \t]+[\w'’.-]+){0,3}[ \t]+\d{1,5}[a-z]?\b"
     r"|(?:apt|suite|unit|p\.?\s?o\.?\s?box)\b)"
+)
+# A street line in full: house number and street word, street suffix and number, a unit or a PO box (the
+# address recognizer's shapes), on a line of its own.
+_STREET_LINE = re.compile(
+    rf"^[ \t>*-]*(?:\d{{1,6}}[A-Za-z]?,?[ \t]+(?:\d{{1,5}}[ \t]+)?(?:{_CAP}[ \t]+){{0,4}}(?:{_STREET_WORDS})\b"
+    rf"|(?:\d{{1,6}}[ \t]+)?(?:{_CAP}[ \t]+){{0,2}}[A-ZÀ-ÖØ-ÞĀ-Ž][\w'’-]*(?:{_STREET_SUFFIXES})[ \t]+\d{{1,5}}[a-zA-Z]?\b"
+    rf"|(?:{_STREET_PREFIXES})[ \t]+(?:[\w'’.-]+[ \t]+){{0,4}}?\d{{1,5}}[a-zA-Z]?\b"
+    r"|(?:Apt\.?|Apartment|Suite|Unit|Flat|P\.?[ \t]?O\.?[ \t]?Box)[ \t]*#?[ \t]*\d)"
 )
 _YEARS = re.compile(r"^(?:1[5-9]|20)\d\d\s?[-–/]\s?(?:1[5-9]|20)\d\d$")  # "2022-2021": a season
 _EMAIL = re.compile(r"^[\w.+-]+@[\w-]+(?:\.[\w-]+)+$")
@@ -109,7 +118,13 @@ class PersonRecordRecognizer(LocalRecognizer):
             return []  # a name line is two to four words
         lead = _LABEL_LEAD.match(line).end()
         value = line[lead:].rstrip()
-        if not value or not any(_ADDRESS_LINE.search(f) for f in following) or not self._is_name(value):
+        if not value or not any(_ADDRESS_LINE.search(f) for f in following):
+            return []
+        # A first name the gazetteer does not know ("Duqyaha Karataev", "Mijail C Adomo") still heads a
+        # label when the line under it (a blank line or a company line between allowed) is a street or a
+        # unit in full, the shape the address recognizer needs, and the name line has no ordinary word.
+        if not self._is_name(value) and not (self._is_name(value, known_first=False)
+                                              and any(_STREET_LINE.search(f) for f in following)):
             return []
         return [make_result("PERSON", offset + lead, offset + lead + len(value), 0.6, self.name, self.id)]
 
@@ -177,7 +192,7 @@ class PersonRecordRecognizer(LocalRecognizer):
             return "name"
         return None
 
-    def _is_name(self, value: str) -> bool:
+    def _is_name(self, value: str, known_first: bool = True) -> bool:
         """Two or three name words (a middle initial allowed), the first a known first name, all in one
         case: "john smith", "John A. Smith", "JOHN SMITH"."""
         tokens = value.split()
@@ -194,4 +209,8 @@ class PersonRecordRecognizer(LocalRecognizer):
             return False
         if any(w.casefold() in self._not_name for w in words):
             return False
+        if not known_first:
+            from app.pii.gazetteer import common_words
+
+            return shapes == {"title"} and not any(w.casefold() in common_words() for w in words)
         return words[0].casefold() in self._first
