@@ -234,22 +234,37 @@ class _LoadedSpacyEngine(SpacyNlpEngine):
         return flags
 
 
+# A dash, bullet or bar standing alone between spaces separates list items ("- Doug Bannister - Suella
+# Braverman", "West Bengal - Kolkata, Purulia", "Larisa Latynina - 5 medals"); no name or place holds one.
+_ITEM_SEPARATORS = frozenset({"-", "–", "—", "*", "•", "|", "/"})
+
+
+def _is_break(doc, i: int) -> bool:
+    tok = doc[i]
+    if "\n" in tok.text_with_ws or "\t" in tok.text_with_ws:
+        return True
+    return (tok.text in _ITEM_SEPARATORS and bool(tok.whitespace_) and i > 0 and bool(doc[i - 1].whitespace_))
+
+
 def _cut_at_field_breaks(doc) -> list[spacy.tokens.Span]:
-    """A model entity never runs across a line break or a tab: a name is one field of a record. Without the
-    parser (removed for speed) en_core_web_md reads "Martinezburgh\nElijah Bowman\t01/24/1968\t" in a
-    tab-separated record as one ORG, which then swallows the name found by the record rules. Each piece
-    between breaks keeps the label; whitespace-only pieces are dropped."""
+    """A model entity never runs across a line break, a tab or a list separator (`_ITEM_SEPARATORS`): a
+    name is one field of a record, one item of a list. Without the parser (removed for speed)
+    en_core_web_md reads "Martinezburgh\nElijah Bowman\t01/24/1968\t" in a tab-separated record as one ORG,
+    which then swallows the name found by the record rules, and "David Gauke - Laura Kuenssberg - Caroline
+    Lucas" as one PERSON, "West Bengal - Kolkata" as one place (neither piece then matched the public
+    places). Each piece between breaks keeps the label; pieces without a letter are dropped."""
     out: list[spacy.tokens.Span] = []
     for ent in doc.ents:
-        if "\n" not in ent.text and "\t" not in ent.text:
+        if not any(_is_break(doc, i) for i in range(ent.start, ent.end)):
             out.append(ent)
             continue
         start = ent.start
         for i in range(ent.start, ent.end + 1):
-            if i == ent.end or "\n" in doc[i].text_with_ws or "\t" in doc[i].text_with_ws:
-                end = i if i == ent.end or doc[i].is_space else i + 1
+            if i == ent.end or _is_break(doc, i):
+                tok_is_piece = i < ent.end and doc[i].text not in _ITEM_SEPARATORS and not doc[i].is_space
+                end = i + 1 if tok_is_piece else i
                 piece = doc[start:end]
-                if piece.text.strip():
+                if any(c.isalpha() for c in piece.text):
                     out.append(spacy.tokens.Span(doc, start, end, label=ent.label_))
                 start = i + 1
                 if i == ent.end:
