@@ -254,7 +254,15 @@ def coordinated_names(text: str, results: list[RecognizerResult]) -> list[Recogn
     lists = []
     for m in _LIST.finditer(text):
         cued = _PEOPLE_CUE.search(text, max(0, m.start() - 40), m.start()) is not None
-        if cued or any(s < m.end() and m.start() < e for s, e in persons):
+        if cued:
+            lists.append((m, cued))
+            continue
+        # Without the noun, a long list in which one member in two or fewer is a name is a list of things
+        # with a name-like member ("Newton, Natick, Framingham, Wellesley, Dedham, and Needham", the
+        # regions of a game, a list of companies): the one PERSON is the odd one out, not the rule.
+        items = [i for i in _ITEM.finditer(text, m.start(), m.end()) if i.group() not in ("And", "Or")]
+        named = sum(1 for i in items if any(s < i.end() and i.start() < e for s, e in persons))
+        if named and not (len(items) >= 5 and 2 * named < len(items)):
             lists.append((m, cued))
     if not lists:
         return []
