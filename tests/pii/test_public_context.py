@@ -109,3 +109,13 @@ def test_a_question_for_the_name_of_a_thing_is_no_cue(engine):
 def test_a_speech_verb_aimed_at_someone_marks_its_subject(engine):
     [out] = _scrub(engine, ['Duqyaha shouted at Janet: "What are you doing here?"'])
     assert "Duqyaha" not in out
+
+
+def test_a_listed_figure_keeps_the_later_surname_mention(engine):
+    text = "Thomas Jefferson was the third president. In 1801, Jefferson was inaugurated."
+    assert _scrub(engine, [text]) == [text]
+
+
+def test_a_private_person_sharing_a_listed_surname_is_scrubbed(engine):
+    [out] = _scrub(engine, ["Ana Jefferson called. Jefferson wants a refund."])
+    assert "Jefferson" not in out

@@ -83,6 +83,26 @@ def _lede(text: str, r: RecognizerResult, nrp_starts: set[int]) -> tuple[int, in
     return r.end, m.end()
 
 
+_FULL_BEFORE = r"(?:[A-ZÀ-ÖØ-ÞĀ-Ž][\w.'’-]*\s+){1,3}"
+
+
+def _listed_elsewhere(text: str, r: RecognizerResult) -> bool:
+    """A lone word ("Jefferson") that the text also writes as the last word of a listed public figure's
+    full name ("Thomas Jefferson (April 13, 1743 – July 4, 1826) was..."): the list kept the full name, and
+    the later mention is the same person."""
+    from app.pii.allow import normalise, public_figures
+
+    word = _POSSESSIVE.sub("", text[r.start : r.end].strip())
+    if " " in word or len(word) < 3 or not word[:1].isupper():
+        return False
+    figures = public_figures()
+    for m in re.finditer(_FULL_BEFORE + re.escape(word) + r"(?!\w)", text):
+        words = m.group().split()
+        if any(normalise(" ".join(words[k:])) in figures for k in range(len(words) - 1)):
+            return True
+    return False
+
+
 def keep_public_figures(text: str, results: list[RecognizerResult]) -> list[RecognizerResult]:
     """Drop the PERSON results of names the text describes as a reference work describes a public figure
     (`_lede`), with every other PERSON mention of the same name or its surname."""
@@ -96,6 +116,9 @@ def keep_public_figures(text: str, results: list[RecognizerResult]) -> list[Reco
     ledes: list[tuple[int, int]] = []
     for r in persons:
         if _name(r) in _CUED or cued(text, r.start):
+            continue
+        if _listed_elsewhere(text, r):
+            public.add(_POSSESSIVE.sub("", text[r.start : r.end].strip()))
             continue
         lede = _lede(text, r, nrp_starts)
         if lede:
