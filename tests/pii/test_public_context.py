@@ -119,3 +119,20 @@ def test_a_listed_figure_keeps_the_later_surname_mention(engine):
 def test_a_private_person_sharing_a_listed_surname_is_scrubbed(engine):
     [out] = _scrub(engine, ["Ana Jefferson called. Jefferson wants a refund."])
     assert "Jefferson" not in out
+
+
+@pytest.mark.parametrize("text", [
+    "Georg Friedrich Parrot was born on July 15, 1767 in Montbeliard. Parrot studied physics.",
+    "Harvey Marion LaFollette (September 8, 1858 – September 20, 1929) taught school in Indiana.",
+])
+def test_a_person_dated_beyond_privacy_law_is_kept(engine, text):
+    assert _scrub(engine, [text]) == [text]
+
+
+@pytest.mark.parametrize("text, leaked", [
+    ("Richard Brandon Morris was born on July 24, 1904. He attended City College.", "Morris"),
+    ("Anna Maria Kowalski (born 1950) lives in Warsaw.", "Kowalski"),
+    ("Jan Erik Holm (1940 – 2001) left his estate to his nephew.", "Holm"),
+])
+def test_a_person_who_may_be_alive_or_recently_dead_is_scrubbed(engine, text, leaked):
+    assert leaked not in _scrub(engine, [text])[0]

@@ -83,6 +83,39 @@ def _lede(text: str, r: RecognizerResult, nrp_starts: set[int]) -> tuple[int, in
     return r.end, m.end()
 
 
+# Born this long ago, a person is dead, and has been for 50 years even at a hundred: outside what data
+# protection law covers (the GDPR does not apply to the dead; HIPAA protects a decedent's records for 50
+# years). Died this long ago, the same.
+_BORN_BEFORE_YEARS = 150
+_DIED_BEFORE_YEARS = 50
+_BORN = re.compile(r"\s+(?:was|is)\s+born\b[^.\n]{0,40}?\b(1\d{3})\b")
+_YEAR = re.compile(r"\b(1\d{3}|20\d\d)\b")
+
+
+def _long_dead(text: str, r: RecognizerResult) -> tuple[int, int] | None:
+    """A full name the text dates beyond the reach of privacy law: "Georg Friedrich Parrot was born on July
+    15, 1767", "Thomas Jefferson (April 13, 1743 – July 4, 1826)". Returns the dating stretch, or None."""
+    import datetime
+
+    value = text[r.start : r.end].strip()
+    if len(value.split()) < 2:
+        return None
+    now = datetime.date.today().year
+    m = _LEDE_BRACKET.match(text, r.end)
+    if m:
+        years = [int(y) for y in _YEAR.findall(m.group())]
+        if not years:
+            return None
+        lifespan = len(years) >= 2 and "born" not in m.group().casefold()
+        if years[0] <= now - _BORN_BEFORE_YEARS or lifespan and years[-1] <= now - _DIED_BEFORE_YEARS:
+            return m.start(), m.end()
+        return None
+    m = _BORN.match(text, r.end)
+    if m and int(m.group(1)) <= now - _BORN_BEFORE_YEARS:
+        return m.start(), m.end()
+    return None
+
+
 _FULL_BEFORE = r"(?:[A-ZÀ-ÖØ-ÞĀ-Ž][\w.'’-]*\s+){1,3}"
 
 
@@ -120,7 +153,7 @@ def keep_public_figures(text: str, results: list[RecognizerResult]) -> list[Reco
         if _listed_elsewhere(text, r):
             public.add(_POSSESSIVE.sub("", text[r.start : r.end].strip()))
             continue
-        lede = _lede(text, r, nrp_starts)
+        lede = _lede(text, r, nrp_starts) or _long_dead(text, r)
         if lede:
             ledes.append(lede)
             value = _POSSESSIVE.sub("", text[r.start : r.end].strip())
