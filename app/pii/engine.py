@@ -49,9 +49,9 @@ from presidio_anonymizer import AnonymizerEngine
 
 from app.core.config import PiiMode, PiiSettings, get_settings
 from app.pii import recognizers as custom
-from app.pii.recognizers import public
 from app.pii.allow import AllowFilter, cued
 from app.pii.context import code_spans, overlaps
+from app.pii.recognizers import public
 from app.pii.recognizers.normalize import Normalised
 from app.pii.recognizers.secrets import SecretRecognizer
 from app.pii.schemas import PiiPolicy
