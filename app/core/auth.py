@@ -157,6 +157,13 @@ KEY_COLUMNS = (_K.c.id, _K.c.name, _K.c.role, _K.c.is_human, _K.c.key_sha256, _K
                _K.c.expires_at)
 _BY_PREFIX = select(*KEY_COLUMNS).where(_K.c.prefix == bindparam("prefix"))
 _BY_PREFIXES = {pg: select(*KEY_COLUMNS).where(any_of(_K.c.prefix, name="prefixes", pg=pg)) for pg in (False, True)}
+_W = WorkspaceMember.__table__
+# The batch's keys with their workspace roles, one row per membership (a key with none: one row, the
+# membership columns null). One round trip where the key query and the memberships query were two.
+_BY_PREFIXES_WITH_MEMBERSHIPS = {
+    pg: select(*KEY_COLUMNS, _W.c.workspace_id.label("m_workspace_id"), _W.c.role.label("m_role"))
+    .select_from(_K.outerjoin(_W, _W.c.key_id == _K.c.id))
+    .where(any_of(_K.c.prefix, name="prefixes", pg=pg)) for pg in (False, True)}
 # A rotated-out secret: the key's current columns with the old secret's hash and its end, found by
 # the old prefix. Asked only when the prefix is not a current one (a rare path: overlap or a bad key).
 _PREVIOUS_COLUMNS = tuple(c for c in KEY_COLUMNS if c.name != "key_sha256") + (
@@ -181,8 +188,10 @@ def authenticate(session: Session, key: str) -> Actor:
 
 
 def authenticate_many(session: Session, keys: set[str]) -> dict[str, Actor | Unauthorized]:
-    """`authenticate` for a batch of keys in one query (the review committer's batches carry the
-    keys of many reviewers; a query each was up to half of a batch's round trips)."""
+    """`authenticate` for a batch of keys, with their workspace roles, in one query (the review
+    committer's batches carry the keys of many reviewers; a query each was up to half of a batch's
+    round trips). Read in the caller's transaction on every call: nothing is cached, so a revoked key,
+    an expiry or a removed membership counts from the next batch."""
     out: dict[str, Actor | Unauthorized] = {}
     prefixes: dict[str, str] = {}
     for key in keys:
@@ -191,25 +200,29 @@ def authenticate_many(session: Session, keys: set[str]) -> dict[str, Actor | Una
         except Unauthorized as e:
             out[key] = e
     rows = {}
+    held: dict[uuid.UUID, list[tuple[uuid.UUID, str]]] = {}
     if prefixes:
         conn = session.connection()
-        stmt = _BY_PREFIXES[conn.dialect.name == "postgresql"]
-        rows = {r.prefix: r for r in conn.execute(stmt, {"prefixes": sorted(set(prefixes.values()))})}
+        pg = conn.dialect.name == "postgresql"
+        for r in conn.execute(_BY_PREFIXES_WITH_MEMBERSHIPS[pg], {"prefixes": sorted(set(prefixes.values()))}):
+            rows.setdefault(r.prefix, r)
+            ms = held.setdefault(r.id, [])
+            if r.m_workspace_id is not None:
+                ms.append((r.m_workspace_id, r.m_role))
         missing = [p for p in prefixes.values() if p not in rows]
         if missing:
-            rows.update(previous_secrets(conn, missing))
+            old = previous_secrets(conn, missing)
+            rows.update(old)
+            # Keys presented by a rotated-out secret: their memberships in a query of their own (rare).
+            if ids := sorted({r.id for r in old.values()} - held.keys()):
+                for r in conn.execute(_MEMBERSHIPS_MANY[pg], {"key_ids": ids}):
+                    held.setdefault(r.key_id, []).append((r.workspace_id, r.role))
     for key, prefix in prefixes.items():
         try:
             out[key] = check_key(rows.get(prefix), key)
         except Unauthorized as e:
             out[key] = e
-    scoped = [a.key_id for a in out.values() if isinstance(a, Actor) and a.role != "admin"]
-    if scoped:  # the workspace roles of the whole batch in one query
-        conn = session.connection()
-        stmt = _MEMBERSHIPS_MANY[conn.dialect.name == "postgresql"]
-        held: dict[uuid.UUID, list[tuple[uuid.UUID, str]]] = {}
-        for r in conn.execute(stmt, {"key_ids": sorted(set(scoped))}):
-            held.setdefault(r.key_id, []).append((r.workspace_id, r.role))
+    if any(isinstance(a, Actor) and a.role != "admin" for a in out.values()):
         for key, a in out.items():
             if isinstance(a, Actor) and a.role != "admin":
                 out[key] = Actor(key_id=a.key_id, name=a.name, role=a.role, is_human=a.is_human,
@@ -299,7 +312,6 @@ WORKSPACE = "pedigree_workspace"
 PERSON = "pedigree_person"
 _MEMBERSHIPS = select(WorkspaceMember.workspace_id, WorkspaceMember.role).where(
     WorkspaceMember.key_id == bindparam("key_id"))
-_W = WorkspaceMember.__table__
 _MEMBERSHIPS_MANY = {pg: select(_W.c.key_id, _W.c.workspace_id, _W.c.role).where(
     any_of(_W.c.key_id, name="key_ids", pg=pg)) for pg in (False, True)}
 
