@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, event, insert, select, update
+from sqlalchemy import bindparam, event, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from app.core import metrics
 from app.core.auth import PERSON, WORKSPACE
+from app.core.db import json_dumps
 from app.core.sql import aware, dialect_insert
 from app.models.audit import GENESIS_HASH, AuditCheckpoint, AuditEvent, AuditHead
 from app.models.base import utcnow
@@ -164,6 +165,17 @@ _BUMP_HEAD = (update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq + bind
               .returning(_HEAD.c.seq, _HEAD.c.hash))
 _ADD_EVENTS = insert(AuditEvent.__table__)
 _SET_HEAD_HASH = update(_HEAD).where(_HEAD.c.id == 1).values(hash=bindparam("head_hash"))
+_EVENT_COLUMNS = ("seq", "occurred_at", "actor", "action", "entity_type", "entity_id", "payload", "workspace_id",
+                  "prev_hash", "hash")
+_EVENT_TYPES = ("bigint", "timestamptz", "text", "text", "text", "text", "jsonb", "uuid", "text", "text")
+# PostgreSQL: the events and the head's new hash in one statement (a data-modifying CTE runs whether
+# or not the outer statement reads it), one array per column so the text is the same for any number of
+# events. The head row stays locked from _BUMP_HEAD to COMMIT, so every round trip in between is one
+# that all other appenders wait out; this was two (an executemany, then the head update).
+_ADD_EVENTS_SET_HEAD_PG = text(
+    f"WITH added AS (INSERT INTO audit_events ({', '.join(_EVENT_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"CAST(:{c} AS {t}[])" for c, t in zip(_EVENT_COLUMNS, _EVENT_TYPES, strict=True))
+    + ")) UPDATE audit_head SET hash = :head_hash WHERE id = 1")
 
 
 def _append(session: Session, pending: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -181,8 +193,16 @@ def _append(session: Session, pending: list[dict[str, Any]]) -> list[dict[str, A
                        payload=payload, workspace_id=ev["workspace_id"])
         rows.append({**ev, "payload": payload, "seq": seq, "prev_hash": prev, "hash": h})
         prev = h
-    conn.execute(_ADD_EVENTS, rows)
-    conn.execute(_SET_HEAD_HASH, {"head_hash": prev})
+    if conn.dialect.name == "postgresql":
+        params: dict[str, Any] = {c: [r[c] for r in rows] for c in _EVENT_COLUMNS}
+        # The payloads as the engine's JSON serialiser writes them; workspace ids as text (null for
+        # none), so an all-null column binds as well.
+        params["payload"] = [json_dumps(p) for p in params["payload"]]
+        params["workspace_id"] = [None if w is None else str(w) for w in params["workspace_id"]]
+        conn.execute(_ADD_EVENTS_SET_HEAD_PG, {**params, "head_hash": prev})
+    else:
+        conn.execute(_ADD_EVENTS, rows)
+        conn.execute(_SET_HEAD_HASH, {"head_hash": prev})
     return rows
 
 
