@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -80,10 +80,11 @@ class _Batch:
 
 
 @functools.lru_cache(maxsize=2)
-def _batch_statements(pg: bool) -> tuple[Any, Any, Any]:
+def _batch_statements(pg: bool) -> tuple[Any, Any, Any | None]:
     """The batch's three reads, built once (see any_of): the locking read with the lease and the
     escalation riding on it (both keyed by the example, so the outer joins add no rows), the current
-    revisions' decisions, and which of the batch's reviewers wrote a revision of which example."""
+    revisions' decisions, and which of the batch's reviewers wrote a revision of which example (on
+    PostgreSQL the last two as one statement, and no third)."""
     D = Dataset.__table__
     lock = (select(E.c.id, E.c.dataset_id, E.c.status, E.c.stage, E.c.current_revision_id, E.c.ingested_by,
                    D.c.review_policy, D.c.workspace_id, L.c.holder_key_id, L.c.holder, L.c.acquired_at, L.c.expires_at,
@@ -100,6 +101,17 @@ def _batch_statements(pg: bool) -> tuple[Any, Any, Any]:
     authored = (select(REV.c.example_id, REV.c.author)
                 .where(any_of(REV.c.example_id, name="ids", pg=pg), any_of(REV.c.author, name="refs", pg=pg),
                        any_of(REV.c.reason, name="authored", pg=pg)))
+    if pg:
+        # Both in one round trip, as two JSON arrays. After the lock, not inside the locking statement:
+        # that one's snapshot is taken before it waits for a row another batch holds, so a decision
+        # committed meanwhile would be missing from the tally; this statement's snapshot has it.
+        both = select(
+            select(func.json_agg(func.json_build_array(*decisions.selected_columns))).where(
+                decisions.whereclause).scalar_subquery()
+            .label("decisions"),
+            select(func.json_agg(func.json_build_array(*authored.selected_columns))).where(authored.whereclause)
+            .scalar_subquery().label("authored"))
+        return lock, both, None
     return lock, decisions, authored
 
 
@@ -116,7 +128,15 @@ def _load_batch(session: Session, ids: list[uuid.UUID], refs: set[str]) -> _Batc
     tallies: dict[uuid.UUID, Counter[str]] = defaultdict(Counter)
     decided: set[tuple[uuid.UUID, uuid.UUID]] = set()
     authored: set[tuple[uuid.UUID, str]] = set()
-    if eids:
+    if eids and authored_q is None:  # PostgreSQL: both reads in one statement
+        row = conn.execute(decisions, {"rids": rids, "ids": eids, "refs": sorted(refs),
+                                       "authored": list(AUTHORED)}).one()
+        for rid, key_id, decision in row.decisions or ():
+            rid = uuid.UUID(rid)
+            tallies[rid][decision] += 1
+            decided.add((rid, uuid.UUID(key_id)))
+        authored = {(uuid.UUID(eid), author) for eid, author in row.authored or ()}
+    elif eids:
         for r in conn.execute(decisions, {"rids": rids}):
             tallies[r.revision_id][r.decision] += 1
             decided.add((r.revision_id, r.reviewer_key_id))
