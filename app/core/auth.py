@@ -156,7 +156,6 @@ _P = ApiKeyPreviousSecret.__table__
 KEY_COLUMNS = (_K.c.id, _K.c.name, _K.c.role, _K.c.is_human, _K.c.key_sha256, _K.c.revoked_at, _K.c.prefix,
                _K.c.expires_at)
 _BY_PREFIX = select(*KEY_COLUMNS).where(_K.c.prefix == bindparam("prefix"))
-_BY_PREFIXES = {pg: select(*KEY_COLUMNS).where(any_of(_K.c.prefix, name="prefixes", pg=pg)) for pg in (False, True)}
 _W = WorkspaceMember.__table__
 # The batch's keys with their workspace roles, one row per membership (a key with none: one row, the
 # membership columns null). One round trip where the key query and the memberships query were two.
