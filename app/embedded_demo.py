@@ -34,8 +34,19 @@ _PEOPLE = [("Maria Keller", "maria.keller@example.org", "+44 20 7946 0958"),
            ("Priya Raman", "priya.r@example.net", "+1 415 555 0199")]
 
 
+# The helpdesk's own case references, which no stock recognizer knows: the revalidation step deploys one.
+CASE_REF = r"\bHD-[A-Z0-9]{10}\b"
+_CASE_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+def case_ref(ticket: int) -> str:
+    k = ticket * 7919 + 13
+    return "HD-" + "".join(_CASE_CHARS[(k >> (5 * j)) % len(_CASE_CHARS)] for j in range(10))
+
+
 def demo_examples(n: int = 48, seed: int = 7) -> list[bytes]:
-    """Synthetic support conversations with PII, exact and near duplicates, and two bad lines."""
+    """Synthetic support conversations with PII, exact and near duplicates, two bad lines, and in one answer
+    in 16 the helpdesk's case reference."""
     rng = random.Random(seed)
     lines: list[bytes] = []
     for i in range(n):
@@ -51,6 +62,9 @@ def demo_examples(n: int = 48, seed: int = 7) -> list[bytes]:
             # question from another customer is not a duplicate.
             name, email, phone = _PEOPLE[(i % len(_TOPICS)) % len(_PEOPLE)]
             inp = f"Customer {name} ({email}, {phone}) writes:  I need to {topic} - ticket {1000 + i % 8}!"
+        if i % 16 == 5:
+            # The re-sent ticket (variant 2) quotes its first ticket's case, so the near copies stay near.
+            answer = f"{answer} Your case reference is {case_ref(1000 + (i % 8 if variant == 2 else i))}."
         lines.append(orjson.dumps({
             "instruction": instruction, "input": inp, "output": answer,
             "provenance": {"source": "helpdesk", "source_ref": f"ticket-{1000 + i}",
@@ -151,6 +165,47 @@ def step_review(ctx: Ctx) -> None:
                   f"pending {d['pending']}; {d['decisions']} decisions")
     console.print(f"agreement over {ag['items_with_several_reviews']} items: {ag['percent_agreement']:.0%}, "
                   f"Krippendorff's alpha {ag['krippendorff_alpha']} (near 0 when almost every label is the same)")
+
+
+def step_revalidation(ctx: Ctx) -> None:
+    """A deploy adds a recognizer for the helpdesk's case references: the examples validated without it are
+    revalidated, and only those whose scrubbed output changes get a new revision and go back to review."""
+    from app.core.config import get_settings, reset_settings
+
+    ds = ctx.state["dataset"]
+    rec = Path(get_settings().artifact_root).parent / "recognizers.json"
+    rec.parent.mkdir(parents=True, exist_ok=True)
+    rec.write_text(orjson.dumps([{"name": "helpdesk_case", "entity_type": "SECRET",
+                                  "patterns": [{"regex": CASE_REF, "score": 0.9}]}]).decode())
+    os.environ["PEDIGREE_PII_EXTRA_RECOGNIZERS"] = str(rec)
+    reset_settings()  # what the deploy does to this process: new settings, hence a new engine
+    before = {it["id"]: it for it in ctx.call("GET", f"/v1/datasets/{ds['id']}/examples?limit=200", "reviewer")["items"]}
+    # What Celery beat's check would queue for this deploy; in the embedded mode it runs in-process.
+    rv = ctx.call("POST", f"/v1/datasets/{ds['id']}/revalidations", "curator", expect=202,
+                  json={"triggers": ["recognizers"]})
+    rv = ctx.call("GET", f"/v1/revalidations/{rv['id']}", "auditor")
+    plan = rv["plan"]
+    console.print(f"recognizer set changed (deployment recognizer helpdesk_case): revalidation {rv['status']}, "
+                  f"{rv['done']}/{rv['total']} examples in {rv['batches']} batch(es)")
+    console.print(f"  {plan.get('prefiltered', 0)} cleared by the added recognizer alone (no model run), "
+                  f"{plan.get('rescrubbed', 0)} re-scrubbed from the vault; {rv['changed']} got a new revision, "
+                  f"{rv['unchanged']} unchanged (record restamped, approvals kept), "
+                  f"{rv['approvals_reset']} approvals of changed content back to review")
+    after = {it["id"]: it for it in ctx.call("GET", f"/v1/datasets/{ds['id']}/examples?limit=200", "reviewer")["items"]}
+    kept = sum(1 for i, it in before.items() if it["status"] == "approved" and after[i]["status"] == "approved")
+    console.print(f"  approved before: {sum(it['status'] == 'approved' for it in before.values())}, still approved: {kept}")
+    changed = [i for i in after if after[i]["revision"]["id"] != before[i]["revision"]["id"]]
+    if changed:
+        shown = ctx.call("GET", f"/v1/examples/{changed[0]}", "reviewer")["revision"]["content"]["output"]
+        console.print(f"  now: {shown}")
+    # The changed content is new to the reviewers: both approve it again before it can be frozen.
+    for role in ("reviewer", "reviewer2"):
+        while items := ctx.call("GET", f"/v1/review/queue?dataset={ds['id']}&limit=20", role)["items"]:
+            for it in items:
+                ctx.call("POST", f"/v1/examples/{it['example_id']}/reviews", role,
+                         json={"decision": "approve", "revision_id": it["revision_id"]})
+    d = ctx.call("GET", f"/v1/review/stats?dataset={ds['id']}", "auditor")["dataset"]
+    console.print(f"re-reviewed: approved {d['approved']}, pending {d['pending']}")
 
 
 def step_audit(ctx: Ctx) -> None:
@@ -260,6 +315,7 @@ STEPS: list[tuple[str, Callable[[Ctx], None]]] = [
     ("ingest", step_ingest),
     ("pipeline", step_pipeline),
     ("review", step_review),
+    ("revalidation", step_revalidation),
     ("snapshot", step_snapshot),
     ("train", step_train),
     ("evaluate", step_evaluate),
