@@ -236,6 +236,8 @@ ENV_TABLE = [
     ("PEDIGREE_SSO_CLIENT_SECRET", "cs", lambda s: s.sso.client_secret, "cs"),
     ("PEDIGREE_SSO_REDIRECT_URL", "https://p/review/sso/callback", lambda s: s.sso.redirect_url,
      "https://p/review/sso/callback"),
+    ("PEDIGREE_SSO_POST_LOGOUT_REDIRECT_URL", "https://p/review/sso/signed-out",
+     lambda s: s.sso.post_logout_redirect_url, "https://p/review/sso/signed-out"),
     ("PEDIGREE_SSO_SCOPES", "openid groups", lambda s: s.sso.scopes, "openid groups"),
     ("PEDIGREE_SSO_GROUPS_CLAIM", "roles", lambda s: s.sso.groups_claim, "roles"),
     ("PEDIGREE_SSO_NAME_CLAIM", "name", lambda s: s.sso.name_claim, "name"),
