@@ -596,3 +596,101 @@ def test_erasure_retest_strings_expire(api, dispatched, eval_dispatched, base_mo
     _train_on(api, freeze(api, ds, name="s2", validation_fraction=0.0, seed="1"), "text-bot", base_model,
               artifact_root)
     assert evaluate(api, "text-bot", 2, suites=["heldout"])["suites"] == ["heldout"]
+
+
+def _workspace_keys(api, workspace: str) -> dict[str, str]:
+    admin = api.as_("admin")
+    assert admin.post("/v1/workspaces", json={"name": workspace}).status_code == 201
+    keys = {}
+    for role in ("curator", "trainer", "auditor"):
+        r = admin.post("/v1/keys", json={"name": f"{workspace}-{role}", "role": role, "workspace": workspace})
+        assert r.status_code == 201, r.text
+        keys[role] = r.json()["key"]
+    return keys
+
+
+def _acting_as(api, keys: dict[str, str]) -> dict[str, str]:
+    """The factories call `api.as_("curator")`, `"trainer"`: point those roles at another workspace's keys;
+    returns what to put back."""
+    saved = {k: api.keys[k] for k in keys}
+    api.keys.update(keys)
+    return saved
+
+
+def test_erasure_retest_is_never_claimed_across_workspaces(api, dispatched, eval_dispatched, base_model,
+                                                           artifact_root):
+    """Issue 21 x issue 17: an erasure in workspace A leaves a pending re-test of A's `pii-bot`. A version
+    of a model of the same name in workspace B must not claim it: its probes are A's erased subject's
+    strings (they would go to B's trainer), and it proves nothing about A's model."""
+    from sqlalchemy import text as sql_text
+
+    from app.core.db import session_scope
+    from tests.factories import freeze, set_status
+
+    ds = new_dataset(api)
+    subject = [instruction_line(i, text_=f"Send the refund to bob.erased{i}@example.com by Friday.") for i in range(2)]
+    others = [instruction_line(10 + i, text_=f"Reset the router in room {i} and log the ticket.") for i in range(6)]
+    ids = ingest(api, ds, subject + others)
+    set_status(ids, "approved")
+    _train_on(api, freeze(api, ds, validation_fraction=0.0, seed="1"), "pii-bot", base_model, artifact_root)
+    refs = [api.as_("admin").get(f"/v1/examples/{i}").json()["provenance"]["source_ref"] for i in ids[:2]]
+    er = api.as_("curator").post("/v1/erasure-requests", json={"selector": {"source_refs": refs},
+                                                                "reason": "data subject request"})
+    assert er.status_code == 201, er.text
+    rid = er.json()["id"]
+    assert [m["model"] for m in er.json()["retest"]["models"]] == ["pii-bot"]
+
+    # Workspace B retrains "pii-bot" after the erasure.
+    b = _workspace_keys(api, "b")
+    home = _acting_as(api, b)
+    ds_b = new_dataset(api, workspace="b")
+    ids_b = ingest(api, ds_b, [instruction_line(20 + i, text_=f"Water the plants on shelf {i} twice a week.")
+                               for i in range(4)])
+    set_status(ids_b, "approved")
+    snap_b = freeze(api, ds_b, validation_fraction=0.0, seed="1")
+    # A model name belongs to the workspace that first trained under it: B cannot take A's.
+    r = api.as_("curator").post("/v1/training-runs", json={
+        "snapshot_id": snap_b["id"], "base_model": base_model, "method": "lora", "hyperparameters": HP,
+        "model_name": "pii-bot"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "model_name_taken", r.text
+    assert "workspace" not in json.dumps(r.json()["error"]["details"])  # names no owner
+    _train_on(api, snap_b, "pii-bot-b", base_model, artifact_root)
+    api.keys.update(home)
+
+    # An installation from before names belonged to one workspace may already hold B's version under A's
+    # name: made here by hand, as such a registry looks.
+    with session_scope() as s:
+        s.execute(sql_text("UPDATE registered_models SET latest_version = 2 WHERE name = 'pii-bot'"))
+        s.execute(sql_text("UPDATE model_versions SET name = 'pii-bot', version = 2 WHERE name = 'pii-bot-b'"))
+        s.execute(sql_text("UPDATE training_runs SET model_name = 'pii-bot' WHERE model_name = 'pii-bot-b'"))
+
+    # B's version of the same name, trained after the erasure and untainted by it: no claim.
+    home = _acting_as(api, b)
+    ev_b = api.as_("curator").post("/v1/models/pii-bot/versions/2/evaluations",
+                                   json={"suites": ["pii_extraction"]})
+    assert ev_b.status_code == 202, ev_b.text
+    # Nothing name-wide of A's either: its aliases, policy and history are not B's to read or move.
+    assert api.as_("curator").post("/v1/models/pii-bot/aliases/production",
+                                   json={"version": 2}).status_code == 404
+    assert api.as_("curator").request("PUT", "/v1/models/pii-bot/policy",
+                                      json={"gates": [], "gated_aliases": []}).status_code == 404
+    assert "pii-bot\"" not in api.as_("curator").get("/v1/models").text
+    t = api.as_("trainer")
+    assert t.post(f"/v1/evaluations/{ev_b.json()['id']}/start", json={"worker_host": "gpu-b"}).status_code == 200
+    served = t.get(f"/v1/evaluations/{ev_b.json()['id']}/files/pii_probes")
+    assert served.status_code == 200 and "bob.erased" not in served.text and "erasure_request_id" not in served.text
+    api.keys.update(home)
+    got = api.as_("auditor").get(f"/v1/erasure-requests/{rid}").json()["retest"]
+    assert got["models"][0]["status"] == "pending" and got["models"][0]["evaluation_id"] is None
+    assert got["strings_held"] == 2
+
+    # A's own retrained version claims it, and gets the strings.
+    _train_on(api, freeze(api, ds, name="s2", validation_fraction=0.0, seed="1"), "pii-bot", base_model,
+              artifact_root)
+    ev_a = evaluate(api, "pii-bot", 3, suites=["heldout"])
+    assert ev_a["suites"] == ["heldout", "pii_extraction"]
+    t = api.as_("trainer")
+    t.post(f"/v1/evaluations/{ev_a['id']}/start", json={"worker_host": "gpu-1"})
+    probes = [json.loads(x) for x in t.get(f"/v1/evaluations/{ev_a['id']}/files/pii_probes").text.splitlines()]
+    assert sorted(p["value"] for p in probes if p.get("erasure_request_id") == rid) == [
+        "bob.erased0@example.com", "bob.erased1@example.com"]
