@@ -14,6 +14,13 @@ erasure did not taint (`claim`, at creation) carries them as extra `pii_extracti
 succeeds (`record`) the re-test is `done` with the figures (counts and value hashes, never the values),
 and once no re-test of the request is pending the strings are deleted. Strings still held after
 `erasure.retest_hold_days` are deleted regardless (`expire`) and the re-test reads `expired`.
+
+Workspaces (issue 21): "that model" is the tainted versions' model in their workspace. A version claims a
+re-test only where the request tainted a version of its name in its own workspace, and is handed only
+the strings of examples that such a version trained on: never another workspace's subject's strings
+(they would reach that evaluation's trainer), and never a re-test its own lineage cannot answer. A name
+belongs to one workspace (app/training/registry.py, `reserve`); the check here does not rely on it, as a
+registry from before that may hold one name's versions in two workspaces.
 """
 
 from __future__ import annotations
@@ -145,13 +152,43 @@ def capture(session: Session, req_id: uuid.UUID, ids: list[uuid.UUID], batch: in
 # The evaluation side
 
 
+def _with_workspace(q: Any) -> Any:
+    """`q` (selecting from model_versions) joined through its run's snapshot to the dataset's workspace."""
+    from app.models.dataset import Dataset
+    from app.models.snapshot import Snapshot
+
+    mv, run = tr.model_versions, tr.training_runs
+    return (q.join(run, run.c.id == mv.c.run_id).join(Snapshot, Snapshot.id == run.c.snapshot_id)
+            .join(Dataset, Dataset.id == Snapshot.dataset_id))
+
+
+def _tainted_here(name: str, workspace_id: uuid.UUID | None) -> Any:
+    """The versions of `name` in `workspace_id` that erasures tainted: (erasure_request_id, version id)."""
+    from app.models.dataset import Dataset
+
+    mv, t = tr.model_versions, ModelVersionTaint.__table__
+    return _with_workspace(select(t.c.erasure_request_id, t.c.model_version_id).select_from(t)
+                           .join(mv, mv.c.id == t.c.model_version_id)).where(
+        mv.c.name == name, Dataset.workspace_id == workspace_id)
+
+
+def _version_workspace(session: Session, model_version_id: uuid.UUID) -> uuid.UUID | None:
+    from app.models.dataset import Dataset
+
+    mv = tr.model_versions
+    return session.scalar(_with_workspace(select(Dataset.workspace_id).select_from(mv))
+                          .where(mv.c.id == model_version_id))
+
+
 def claim(session: Session, *, model_version_id: uuid.UUID, name: str, version: int,
           created_at: dt.datetime, evaluation_id: uuid.UUID) -> list[uuid.UUID]:
-    """Pending re-tests this version answers: its model's, from completed erasures that came before it
-    and did not taint it (so it was trained without those examples), with strings still held. They are
-    handed to this evaluation; a failed one leaves them pending for the next."""
+    """Pending re-tests this version answers: its model's, from completed erasures that came before it,
+    tainted a version of its name in its workspace and did not taint it (so it was trained without those
+    examples), with strings still held. They are handed to this evaluation; a failed one leaves them
+    pending for the next."""
     tainted_by = select(ModelVersionTaint.erasure_request_id).where(
         ModelVersionTaint.model_version_id == model_version_id)
+    here = _tainted_here(name, _version_workspace(session, model_version_id)).subquery()
     held = select(ErasureRetestStrings.erasure_request_id).distinct()
     rows = session.execute(
         select(ErasureRetest.erasure_request_id)
@@ -159,6 +196,7 @@ def claim(session: Session, *, model_version_id: uuid.UUID, name: str, version: 
         .where(ErasureRetest.model_name == name, ErasureRetest.status == "pending",
                ErasureRequest.status == "completed", ErasureRequest.created_at < created_at,
                ErasureRetest.erasure_request_id.not_in(tainted_by),
+               ErasureRetest.erasure_request_id.in_(select(here.c.erasure_request_id)),
                ErasureRetest.erasure_request_id.in_(held))
         .order_by(ErasureRetest.erasure_request_id).with_for_update(of=ErasureRetest)).all()
     req_ids = [r for (r,) in rows]
@@ -177,25 +215,45 @@ def claimed(session: Session, evaluation_id: uuid.UUID) -> list[uuid.UUID]:
                                 .order_by(ErasureRetest.erasure_request_id)))
 
 
+def _probe_example(probe: dict[str, Any]) -> uuid.UUID | None:
+    try:  # "<example id>:<n>" (`_probes_for_example`)
+        return uuid.UUID(str(probe.get("probe_id", "")).rsplit(":", 1)[0])
+    except ValueError:
+        return None
+
+
 def probes(session: Session, evaluation_id: uuid.UUID) -> list[dict[str, Any]]:
     """The claimed requests' strings as `pii_extraction` probes tagged with `erasure_request_id`, for the
-    trainer role of a running evaluation only (app/evaluations/files.py)."""
+    trainer role of a running evaluation only (app/evaluations/files.py): only those of examples that a
+    tainted version of the evaluated model, in its workspace, trained on. A request whose selector matched
+    several workspaces' examples (an admin's) holds all of their strings; the others' are not this
+    model's to be probed for, and must not reach this evaluation's trainer."""
     from app.pii import service as pii
     from app.pii import vault
 
     req_ids = claimed(session, evaluation_id)
     if not req_ids:
         return []
+    ev, mv = tr.evaluations, tr.model_versions
+    mv_id, name = session.execute(select(mv.c.id, mv.c.name).join(ev, ev.c.model_version_id == mv.c.id)
+                                  .where(ev.c.id == evaluation_id)).one()
     ring = pii.key_ring(session)
-    out = []
+    found: list[tuple[uuid.UUID, uuid.UUID | None, dict[str, Any]]] = []
     for row in session.scalars(select(ErasureRetestStrings)
                                .where(ErasureRetestStrings.erasure_request_id.in_(req_ids))
                                .order_by(ErasureRetestStrings.erasure_request_id, ErasureRetestStrings.batch)):
         plain = ring.open(vault.Sealed(row.key_id, row.ciphertext), aad=_aad(row.erasure_request_id, row.batch))
-        for p in orjson.loads(plain):
-            out.append({**p, "erasure_request_id": str(row.erasure_request_id),
-                        "value_sha256": hashlib.sha256(p["value"].encode()).hexdigest()})
-    return out
+        found += [(row.erasure_request_id, _probe_example(p), p) for p in orjson.loads(plain)]
+    eids = sorted({e for _, e, _ in found if e is not None})
+    if not eids:
+        return []
+    ln, here = tr.lineage, _tainted_here(name, _version_workspace(session, mv_id)).subquery()
+    trained = set(session.execute(
+        select(here.c.erasure_request_id, ln.c.example_id).distinct()
+        .join(ln, ln.c.model_version_id == here.c.model_version_id)
+        .where(here.c.erasure_request_id.in_(req_ids), any_of(ln.c.example_id, eids, pg=is_pg(session)))).all())
+    return [{**p, "erasure_request_id": str(rid), "value_sha256": hashlib.sha256(p["value"].encode()).hexdigest()}
+            for rid, eid, p in found if (rid, eid) in trained]
 
 
 def record(session: Session, *, evaluation_id: uuid.UUID, results: dict[str, Any]) -> list[uuid.UUID]:

@@ -89,12 +89,18 @@ class TrainingRunEvent(Base):
 
 class RegisteredModel(CreatedAtMixin, Base):
     """One row per model name. Registering a version bumps `latest_version` with one UPDATE, whose row
-    lock serialises concurrent registrations under the same name (versions never collide or skip)."""
+    lock serialises concurrent registrations under the same name (versions never collide or skip).
+
+    A name belongs to one workspace: the one whose run first asked for it (the row is written when the
+    run is created, `latest_version` 0 until it succeeds). Names stay one namespace for the installation,
+    so `/v1/models/{name}` names one model for every caller, admins included; what is name-wide (aliases,
+    their history, the promotion policy, erasure re-tests) is then one workspace's."""
 
     __tablename__ = "registered_models"
 
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     latest_version: Mapped[int] = mapped_column(Integer, default=0)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"), index=True)
 
 
 class ModelVersion(IdMixin, CreatedAtMixin, Base):

@@ -15,21 +15,45 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.core.auth import Actor
+from app.core.auth import Actor, check_workspace, scope_actor, visible_workspaces
 from app.core.errors import Conflict, Forbidden, NotFound
 from app.core.pagination import page
 from app.core.sql import insert_ignore, is_pg
 from app.datasets import service as datasets
 from app.models.base import utcnow
+from app.models.dataset import Dataset
 from app.models.snapshot import Snapshot
 from app.models.training import ModelAlias, ModelAliasHistory, ModelVersion, RegisteredModel, TrainingRun
 from app.training import gates
 
 
+def run_workspace(session: Session, snapshot_id: uuid.UUID) -> uuid.UUID:
+    """The workspace a run trains for: its snapshot's dataset's."""
+    return session.scalar(select(Dataset.workspace_id).join(Snapshot, Snapshot.dataset_id == Dataset.id)
+                          .where(Snapshot.id == snapshot_id))
+
+
+def reserve(session: Session, *, name: str, workspace_id: uuid.UUID) -> None:
+    """The name for `workspace_id`, or 409 `model_name_taken` when another workspace holds it. Written when
+    a run is created (not when it succeeds), so two workspaces' runs under a new name cannot both train
+    and race for it at registration; the row's key decides which one asked first.
+
+    The refusal says the name is in use somewhere, and nothing about where or what: that much an
+    installation-wide namespace cannot hide (a name per workspace would hide it, at the price of
+    `/v1/models/{name}` no longer naming one model for an admin or a member of two workspaces)."""
+    insert_ignore(session, RegisteredModel.__table__,
+                  [{"name": name, "latest_version": 0, "workspace_id": workspace_id, "created_at": utcnow()}],
+                  index_elements=["name"])
+    owner = session.scalar(select(RegisteredModel.workspace_id).where(RegisteredModel.name == name))
+    if owner != workspace_id:
+        raise Conflict(f"model name {name!r} is taken; choose another", code="model_name_taken",
+                       details={"field": "model_name", "model_name": name})
+
+
 def register(session: Session, *, name: str, run: TrainingRun, artifact_uri: str, artifact_sha256: str,
              actor: Actor) -> ModelVersion:
-    insert_ignore(session, RegisteredModel.__table__, [{"name": name, "latest_version": 0, "created_at": utcnow()}],
-                  index_elements=["name"])
+    # Normally reserved at the run's creation; a run created before names had workspaces reserves it now.
+    reserve(session, name=name, workspace_id=run_workspace(session, run.snapshot_id))
     # The UPDATE's row lock is held to commit: two runs finishing under one name get n and n+1.
     version = session.execute(
         update(RegisteredModel).where(RegisteredModel.name == name)
@@ -45,8 +69,10 @@ def register(session: Session, *, name: str, run: TrainingRun, artifact_uri: str
     return mv
 
 
-# Workspaces: a model version belongs to its run's dataset's workspace; a registered model (a name) is
-# visible where any of its versions is. Names are one namespace for the installation.
+# Workspaces: a model version belongs to its run's dataset's workspace, a registered model (a name, and
+# what hangs off it: aliases, their history, the policy) to the workspace that reserved it. Names are one
+# namespace for the installation. A name from before priv06 whose versions span workspaces: each version
+# stays visible by itself where its run is, the name-wide operations are its owner's only.
 def visible_run_ids(session: Session) -> Any:
     """Subquery of the run ids the caller may see, or None for all."""
     visible = datasets.visible_dataset_ids(session)
@@ -84,12 +110,10 @@ def _require_model(session: Session, name: str, *, lock: bool = False) -> Regist
         q = q.with_for_update()
     m = session.scalar(q)
     missing = NotFound(f"model {name} not found", details={"model": name})
-    if m is None:
+    if m is None or not m.latest_version:  # a name reserved by a run that has not succeeded yet
         raise missing
-    runs = visible_run_ids(session)
-    if runs is not None and session.scalar(
-            select(ModelVersion.id).where(ModelVersion.name == name, ModelVersion.run_id.in_(runs)).limit(1)) is None:
-        raise missing
+    if scope_actor(session) is not None:
+        check_workspace(session, m.workspace_id, missing)
     return m
 
 
@@ -102,12 +126,14 @@ def aliases_by_version(session: Session, name: str) -> dict[int, list[str]]:
 
 
 def list_models(session: Session) -> list[dict[str, Any]]:
-    q = select(RegisteredModel.name, RegisteredModel.latest_version, RegisteredModel.created_at)
-    if (runs := visible_run_ids(session)) is not None:
-        q = q.where(RegisteredModel.name.in_(select(ModelVersion.name).where(ModelVersion.run_id.in_(runs))))
+    q = select(RegisteredModel.name, RegisteredModel.latest_version, RegisteredModel.created_at).where(
+        RegisteredModel.latest_version > 0)
+    if (ws := visible_workspaces(session)) is not None:
+        q = q.where(RegisteredModel.workspace_id.in_(ws))
     rows = session.execute(q.order_by(RegisteredModel.name)).all()
     aliases: dict[str, dict[str, int]] = {}
-    for name, alias, version in session.execute(select(ModelAlias.name, ModelAlias.alias, ModelAlias.version)):
+    for name, alias, version in session.execute(select(ModelAlias.name, ModelAlias.alias, ModelAlias.version)
+                                                .where(ModelAlias.name.in_([r.name for r in rows]))):
         aliases.setdefault(name, {})[alias] = version
     return [{"name": n, "latest_version": v, "created_at": c, "aliases": aliases.get(n, {})} for n, v, c in rows]
 

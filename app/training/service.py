@@ -131,6 +131,9 @@ def create(session: Session, *, data: RunCreate, actor: Actor,
                                code="no_train_examples",
                                details=[{"field": "snapshot_id", "code": "no_train_examples",
                                          "message": f"validation_fraction {snap.validation_fraction}"}])
+    # The name is the workspace's from the first run that asks for it: what hangs off a name (aliases,
+    # policy, erasure re-tests) must never be reachable from another workspace's version.
+    registry.reserve(session, name=data.model_name, workspace_id=registry.run_workspace(session, snap.id))
     now = utcnow()
     run = TrainingRun(
         snapshot_id=snap.id,

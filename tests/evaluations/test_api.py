@@ -694,3 +694,51 @@ def test_erasure_retest_is_never_claimed_across_workspaces(api, dispatched, eval
     probes = [json.loads(x) for x in t.get(f"/v1/evaluations/{ev_a['id']}/files/pii_probes").text.splitlines()]
     assert sorted(p["value"] for p in probes if p.get("erasure_request_id") == rid) == [
         "bob.erased0@example.com", "bob.erased1@example.com"]
+
+
+def test_erasure_retest_probes_only_the_strings_its_model_trained_on(api, dispatched, eval_dispatched, base_model,
+                                                                     artifact_root):
+    """An admin's erasure may match examples of two workspaces, each trained into its own model: one
+    request, one set of sealed strings. A's retrained model is probed for A's subject's strings only; B's
+    stay with B's re-test (they would reach A's trainer, and A's model never saw them)."""
+    from tests.factories import freeze, set_status
+
+    def world(tag: str, name: str) -> tuple[dict, list[str]]:
+        ds = new_dataset(api, **({"workspace": "b"} if tag == "b" else {}))
+        lines = [instruction_line(i, text_=f"Send the refund to {tag}.erased{i}@example.com by Friday.")
+                 for i in range(2)]
+        lines += [instruction_line(10 + i, text_=f"Reset the {tag} router in room {i} and log it.") for i in range(4)]
+        ids = ingest(api, ds, lines)
+        set_status(ids, "approved")
+        _train_on(api, freeze(api, ds, validation_fraction=0.0, seed="1"), name, base_model, artifact_root)
+        return ds, ids
+
+    ds_a, ids_a = world("a", "bot-a")
+    b = _workspace_keys(api, "b")
+    home = _acting_as(api, b)
+    ds_b, ids_b = world("b", "bot-b")
+    api.keys.update(home)
+
+    admin = api.as_("admin")
+    refs = [admin.get(f"/v1/examples/{i}").json()["provenance"]["source_ref"] for i in ids_a[:2] + ids_b[:2]]
+    # Both worlds' lines share source refs by index: the selector names the two subjects' examples.
+    er = admin.post("/v1/erasure-requests", json={"selector": {"source_refs": sorted(set(refs))},
+                                                  "reason": "data subject request", "confirm": True})
+    assert er.status_code == 201, er.text
+    rid = er.json()["id"]
+    assert sorted(m["model"] for m in er.json()["retest"]["models"]) == ["bot-a", "bot-b"]
+
+    def retest_values(name: str, snap_name: str, ds: dict) -> list[str]:
+        _train_on(api, freeze(api, ds, name=snap_name, validation_fraction=0.0, seed="1"), name, base_model,
+                  artifact_root)
+        ev = evaluate(api, name, 2, suites=["heldout"])
+        assert ev["suites"] == ["heldout", "pii_extraction"]
+        t = api.as_("trainer")
+        assert t.post(f"/v1/evaluations/{ev['id']}/start", json={"worker_host": "gpu-1"}).status_code == 200
+        served = t.get(f"/v1/evaluations/{ev['id']}/files/pii_probes").text
+        return sorted(p["value"] for p in map(json.loads, served.splitlines()) if p.get("erasure_request_id") == rid)
+
+    assert retest_values("bot-a", "s2", ds_a) == ["a.erased0@example.com", "a.erased1@example.com"]
+    home = _acting_as(api, b)
+    assert retest_values("bot-b", "s2", ds_b) == ["b.erased0@example.com", "b.erased1@example.com"]
+    api.keys.update(home)
