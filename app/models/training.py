@@ -100,7 +100,9 @@ class RegisteredModel(CreatedAtMixin, Base):
 
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     latest_version: Mapped[int] = mapped_column(Integer, default=0)
-    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"), index=True)
+    # Never null once written (priv06 fills every old row); nullable only because SQLite cannot add a
+    # NOT NULL column in place to a table other rows reference (the migration says why).
+    workspace_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("workspaces.id"), index=True)
 
 
 class ModelVersion(IdMixin, CreatedAtMixin, Base):

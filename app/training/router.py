@@ -93,7 +93,8 @@ def create_run(data: RunCreate, session: SessionDep, actor: Curator, response: R
                idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
                ) -> dict[str, Any]:
     """`Idempotency-Key` makes a retry safe: the same key and request answer 200 with the run the
-    first call created (no second GPU run); the same key with another request is a 409."""
+    first call created (no second GPU run); the same key with another request is a 409. A model name
+    belongs to the workspace whose run first asked for it: another workspace's is 409 `model_name_taken`."""
     run, created = service.create(session, data=data, actor=actor, idempotency_key=idempotency_key)
     if not created:
         response.status_code = 200

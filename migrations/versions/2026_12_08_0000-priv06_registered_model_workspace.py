@@ -24,8 +24,21 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column('registered_models', sa.Column('workspace_id', sa.Uuid(), nullable=True))
+    # Nullable, and added in place rather than by a batch copy: SQLite rebuilds a table to alter it, and
+    # dropping the old registered_models fails its referencing rows' foreign keys (model_versions,
+    # model_aliases), which the app's connections enforce. Every row is filled below and every new one is
+    # written with its workspace (app/training/registry.py, `reserve`).
     bind = op.get_bind()
+    fk = 'fk_registered_models_workspace_id_workspaces'
+    if bind.dialect.name == 'sqlite':
+        # Alembic would add the foreign key as a separate ALTER, which SQLite has not got; a column
+        # constraint in the ADD COLUMN is allowed (hand-written for that reason).
+        op.execute(f'ALTER TABLE registered_models ADD COLUMN workspace_id CHAR(32) '
+                   f'CONSTRAINT {fk} REFERENCES workspaces (id)')
+    else:
+        op.add_column('registered_models', sa.Column('workspace_id', sa.Uuid(), nullable=True))
+        op.create_foreign_key(op.f(fk), 'registered_models', 'workspaces', ['workspace_id'], ['id'])
+    op.create_index(op.f('ix_registered_models_workspace_id'), 'registered_models', ['workspace_id'])
     rm = sa.table('registered_models', sa.column('name', sa.String()), sa.column('workspace_id', sa.Uuid()))
     mv = sa.table('model_versions', sa.column('name', sa.String()), sa.column('version', sa.Integer()),
                   sa.column('run_id', sa.Uuid()))
@@ -41,15 +54,10 @@ def upgrade() -> None:
     bind.execute(rm.update().values(workspace_id=first))
     default = sa.select(ws.c.id).where(ws.c.name == 'default').scalar_subquery()
     bind.execute(rm.update().where(rm.c.workspace_id.is_(None)).values(workspace_id=default))
-    with op.batch_alter_table('registered_models') as batch:
-        batch.alter_column('workspace_id', existing_type=sa.Uuid(), nullable=False)
-        batch.create_foreign_key(op.f('fk_registered_models_workspace_id_workspaces'), 'workspaces',
-                                 ['workspace_id'], ['id'])
-        batch.create_index(op.f('ix_registered_models_workspace_id'), ['workspace_id'])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f('ix_registered_models_workspace_id'), table_name='registered_models')
     with op.batch_alter_table('registered_models') as batch:
-        batch.drop_index(op.f('ix_registered_models_workspace_id'))
         batch.drop_constraint(op.f('fk_registered_models_workspace_id_workspaces'), type_='foreignkey')
         batch.drop_column('workspace_id')
