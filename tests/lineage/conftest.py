@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from app.lineage import training as tr
 from app.models.base import utcnow
@@ -31,15 +31,19 @@ def register_model(*, snapshot_id: str, members: list[tuple[str, str]], name: st
     """A succeeded run over `members` [(example_id, revision_id)] registered as name:version, written the
     way the training service writes it (one lineage row per trained revision)."""
     from app.core.db import session_scope
+    from app.models.dataset import Dataset
     from app.models.snapshot import Snapshot
     from app.models.training import RegisteredModel
 
     run_id, mv_id = uuid.uuid4(), uuid.uuid4()
     now = utcnow()
     with session_scope() as s:
-        manifest = s.get(Snapshot, uuid.UUID(snapshot_id)).manifest_sha256
-        if s.get(RegisteredModel, name) is None:
-            s.execute(insert(RegisteredModel).values(name=name, latest_version=version, created_at=now))
+        snap = s.get(Snapshot, uuid.UUID(snapshot_id))
+        manifest = snap.manifest_sha256
+        if s.get(RegisteredModel, name) is None:  # the name is its first run's workspace's, as `reserve` writes it
+            ws = s.scalar(select(Dataset.workspace_id).where(Dataset.id == snap.dataset_id))
+            s.execute(insert(RegisteredModel).values(name=name, latest_version=version, workspace_id=ws,
+                                                     created_at=now))
         s.execute(insert(tr.training_runs).values(**_row(
             tr.training_runs, id=run_id, snapshot_id=uuid.UUID(snapshot_id), expected_manifest_sha256=manifest,
             base_model="tiny", method="lora", hyperparameters={"epochs": epochs, "lora_r": 8}, meta={},
