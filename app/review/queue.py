@@ -197,8 +197,8 @@ def next_items(session: Session, *, dataset: Any, actor: Actor, limit: int = 1,
     # statement (a fresh snapshot, autocommit) sees that lease and passes the row by; fewer locked than
     # wanted is the queue running dry for this caller, and it stops there. (Stopping after two empty
     # tries instead answered "no items" with thousands pending, about once in 300-1,300 cycles with
-    # four reviewers.) Each collision is another reviewer's grant, so
-    # retrying while they happen cannot spin without the queue moving; the bound is a backstop.
+    # four reviewers.) Each collision is another reviewer's grant, so retrying while they happen
+    # cannot spin without the queue moving; the bound is a backstop.
     for _attempt in range(PICK_ATTEMPTS if pg else 1):
         want = limit - len(granted)
         if want <= 0:
