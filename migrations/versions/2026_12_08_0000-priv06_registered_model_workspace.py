@@ -26,7 +26,8 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     # Nullable, and added in place rather than by a batch copy: SQLite rebuilds a table to alter it, and
     # dropping the old registered_models fails its referencing rows' foreign keys (model_versions,
-    # model_aliases), which the app's connections enforce. Every row is filled below and every new one is
+    # model_aliases), which the app's connections enforce (written before migrations/env.py turned that off
+    # for the copies; in place is still the cheaper way). Every row is filled below and every new one is
     # written with its workspace (app/training/registry.py, `reserve`).
     bind = op.get_bind()
     fk = 'fk_registered_models_workspace_id_workspaces'
