@@ -198,12 +198,16 @@ def _seed(env: dict[str, str], texts: list[str]) -> list[str]:
     from app.core.config import reset_settings
     from app.core.db import session_scope
     from app.examples import ingest, parsing
+    from app.models.auth import Workspace
     from app.models.dataset import Dataset
     from app.models.example import Example
 
     reset_settings()
     with session_scope() as s:
-        ds = Dataset(name=f"bench-pii-{os.getpid()}-{time.time_ns()}", format="instruction", created_by="bench")
+        # Every dataset belongs to a workspace (priv03); the worker path does not care which.
+        ws = s.scalar(select(Workspace.id).where(Workspace.name == "default"))
+        ds = Dataset(name=f"bench-pii-{os.getpid()}-{time.time_ns()}", format="instruction", created_by="bench",
+                     workspace_id=ws)
         s.add(ds)
         s.flush()
         batch = ingest.open_batch(s, dataset=ds, actor=SYSTEM, channel="api", atomic=True,
