@@ -95,3 +95,27 @@ def chromium() -> Iterator[object]:
             yield b
         finally:
             b.close()
+
+
+@contextmanager
+def scratch_database(backend: str, folder: Path, prefix: str) -> Iterator[str]:
+    """A SQLAlchemy URL of an empty database of `backend` for tests that build their own schema or serve
+    their own API (migrations from revision one, a subprocess server); a PostgreSQL one is dropped on exit
+    even with connections still open."""
+    if backend == "sqlite":
+        yield f"sqlite:///{folder / f'{prefix}.db'}"
+        return
+    import uuid
+
+    import psycopg
+
+    from tests.conftest import PG_ADMIN_URL
+
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+psycopg://')}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -220,9 +220,8 @@ def test_every_migration_keeps_every_row_and_reference(backend, tmp_path, monkey
     row and no reference is broken. SQLite alters a table by copying it and dropping the old one, which
     with foreign keys on fails on (or cascades into) the rows of every table that references it:
     priv03's copy of `datasets` on an installation with snapshots."""
-    import uuid
+    from contextlib import ExitStack
 
-    import psycopg
     from alembic import command
     from alembic.script import ScriptDirectory
     from sqlalchemy import create_engine
@@ -230,16 +229,10 @@ def test_every_migration_keeps_every_row_and_reference(backend, tmp_path, monkey
     from app.core.config import reset_settings
     from app.core.db import get_engine
     from app.core.migrate import alembic_config, upgrade_head
+    from tests.support import scratch_database
 
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'old.db'}"
-    else:
-        from tests.conftest import PG_ADMIN_URL
-
-        name = f"pedigree_mig_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as c:
-            c.execute(f'CREATE DATABASE "{name}"')
-        url = f"{PG_ADMIN_URL.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+psycopg://')}/{name}"
+    stack = ExitStack()
+    url = stack.enter_context(scratch_database(backend, tmp_path, "pedigree_mig"))
     monkeypatch.setenv("PEDIGREE_DATABASE_URL", url)
     reset_settings()
     cfg = alembic_config()
@@ -266,6 +259,4 @@ def test_every_migration_keeps_every_row_and_reference(backend, tmp_path, monkey
     finally:
         engine.dispose()
         get_engine().dispose()
-        if backend == "postgresql":
-            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as c:
-                c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        stack.close()

@@ -14,16 +14,14 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
-from tests.support import CHROMIUM, chromium
+from tests.support import CHROMIUM, chromium, scratch_database
 
 pytestmark = pytest.mark.browser
 
@@ -79,16 +77,8 @@ def serve(backend: str, tmp_path_factory: pytest.TempPathFactory, *, rp_logout: 
 
     app_port, op_port = free_port(), free_port()
     url, issuer = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{op_port}"
-    pg_name = None
-    if backend == "sqlite":
-        db = f"sqlite:///{tmp_path_factory.mktemp('sso') / 'pedigree.db'}"
-    else:
-        from tests.conftest import PG_ADMIN_URL
-
-        pg_name = f"pedigree_sso_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{pg_name}"')
-        db = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{pg_name}"
+    stack = ExitStack()
+    db = stack.enter_context(scratch_database(backend, tmp_path_factory.mktemp("sso"), "pedigree_sso"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PEDIGREE_")}
     env.update(PEDIGREE_DATABASE_URL=db, PEDIGREE_EMBEDDED="true", PEDIGREE_SECRET_KEY="sso-test-secret-0123456789",
                PEDIGREE_SSO_ISSUER=issuer, PEDIGREE_SSO_CLIENT_ID=CLIENT_ID, PEDIGREE_SSO_CLIENT_SECRET=CLIENT_SECRET,
@@ -127,11 +117,7 @@ def serve(backend: str, tmp_path_factory: pytest.TempPathFactory, *, rp_logout: 
             if proc is not None:
                 proc.terminate()
                 proc.wait(timeout=20)
-        if pg_name:
-            from tests.conftest import PG_ADMIN_URL
-
-            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+        stack.close()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
